@@ -1,0 +1,252 @@
+"""``napari-ibis``: segment a slice with the agent, or evaluate on a manifest.
+
+Every error a person can fix is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import IbisError, InputError
+
+EXIT_BAD_INPUT = 2
+
+
+def _slice_arg(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--slice takes integers such as 40 or 0,40, not '{text}'") from None
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="napari-ibis", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    seg = commands.add_parser("segment", help="run the agent on one image slice")
+    seg.add_argument("image", help="PNG/JPEG/TIFF/NIfTI/NRRD/DICOM/NPY file")
+    seg.add_argument("--query", required=True, help='what to segment, e.g. "segment the liver tumour"')
+    seg.add_argument("--init-mask", help="a mask to refine instead of starting empty")
+    seg.add_argument("--label", type=int, help="the label value of --init-mask to use (label maps)")
+    seg.add_argument("--model", help="model folder or http(s)://HOST:PORT/v1 endpoint (default: the bundled agent)")
+    seg.add_argument("--remote-model", default="ibis", help="model name on a remote endpoint (key from $IBIS_API_KEY)")
+    seg.add_argument("--segmenter", default="litemedsam", help="litemedsam | classical | sam2:CHECKPOINT")
+    seg.add_argument("--profile", default="ibis-release", choices=["ibis-release", "paper"])
+    seg.add_argument("--history", action=argparse.BooleanOptionalAction, default=None, help="keep earlier turns (profile default)")
+    seg.add_argument("--max-steps", type=_positive_int, default=20)
+    seg.add_argument("--slice", type=_slice_arg, help="slice index of a volume (axis 0; two values for 4-D)")
+    seg.add_argument("--window", help="intensity window: ct:LEVEL,WIDTH | percentile:LOW,HIGH | range:MIN,MAX")
+    seg.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    seg.add_argument("--out", help="labels file (.tif .nii.gz .npy .png .nrrd); default IMAGE.ibis.tif")
+    seg.add_argument("--trace", help="trajectory JSON; default next to --out")
+    seg.add_argument("--force", action="store_true", help="overwrite existing output files")
+    seg.add_argument("--quiet", action="store_true", help="print only the summary")
+
+    ev = commands.add_parser("eval", help="evaluate a policy and segmenter on a manifest JSONL")
+    ev.add_argument("manifest")
+    ev.add_argument("--policy", default="oracle", help="oracle | model:DIR | default")
+    ev.add_argument("--segmenter", default="litemedsam")
+    ev.add_argument("--profile", default="ibis-release", choices=["ibis-release", "paper"])
+    ev.add_argument("--max-clicks", type=_positive_int, default=20)
+    ev.add_argument("--limit", type=_positive_int, help="evaluate only the first N cases")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--json", dest="json_out", help="write the report here")
+    ev.add_argument("--force", action="store_true")
+    return parser
+
+
+# -- segment ---------------------------------------------------------------------------
+def _default_out(image: Path) -> Path:
+    name = image.name[: -len(".nii.gz")] if image.name.lower().endswith(".nii.gz") else image.stem
+    return image.with_name(f"{name}.ibis.tif")
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from . import io
+    from .policies import load_policy
+    from .segmenters import build_segmenter
+    from .session import ActionTaken, Answered, MaskUpdated, Session, StepStarted, Stopped, ThoughtDelta
+
+    if not args.query.strip():
+        raise InputError("the query is empty: say what to segment, e.g. --query 'segment the liver tumour'")
+    image_path = Path(args.image)
+    out = Path(args.out) if args.out else _default_out(image_path)
+    trace = Path(args.trace) if args.trace else out.with_name(out.name.split(".")[0] + ".ibis.json")
+    for path in (out, trace):
+        if path.exists() and not args.force:
+            raise InputError(f"{path} exists; pass --force to overwrite it")
+    loaded = io.read_image(image_path, args.slice)
+    init_mask = io.read_mask(args.init_mask, loaded, args.label) if args.init_mask else None
+    policy = load_policy(args.model, device=args.device, remote_model=args.remote_model)
+    segmenter = build_segmenter(args.segmenter, device="cpu" if args.device == "auto" else args.device)
+    session = Session(
+        loaded.slice, args.query, policy, segmenter, profile=args.profile, max_steps=args.max_steps,
+        use_history=args.history, init_mask=init_mask, window=args.window,
+    )
+    say = (lambda *a, **k: None) if args.quiet else (lambda *a, **k: print(*a, **k, flush=True))
+    stop = None
+    for event in session.run():
+        if isinstance(event, StepStarted):
+            say(f"\n[step {event.index}] ", end="")
+        elif isinstance(event, ThoughtDelta):
+            say(event.text, end="")
+        elif isinstance(event, ActionTaken):
+            clicks = ", ".join(f"{'+' if c.positive else '-'}({c.row}, {c.col})" for c in event.clicks)
+            say(f"\n  -> clicks {clicks}", end="")
+        elif isinstance(event, MaskUpdated):
+            say(f"; mask {event.step.area} px, IoU to previous {event.step.iou_prev:.3f}")
+        elif isinstance(event, Answered):
+            say(f"\n  -> answer: {event.step.answer or ''}")
+        elif isinstance(event, Stopped):
+            stop = event
+    session.accept()
+    record = session.trajectory()
+    record["image"] = {"path": str(image_path), "slice": list(loaded.slice_index), "shape": list(loaded.data.shape)}
+    record["init_mask"] = str(args.init_mask) if args.init_mask else None
+    io.write_labels(out, session.mask, loaded, force=args.force)
+    io.write_json(trace, record, force=args.force)
+    print(
+        f"stopped: {stop.reason}{' (' + stop.message + ')' if stop and stop.message else ''}; "
+        f"{len(session.steps)} steps, mask {session.current.area} px -> {out} (trace {trace})"
+    )
+    return 0
+
+
+# -- eval ------------------------------------------------------------------------------
+def _evaluate_oracle(cases, segmenter, max_clicks: int, progress) -> list[dict]:
+    from .evaluation import simulate_clicks
+    from .metrics import dice, entity_counts
+    from .overlay import to_rgb8
+
+    rows = []
+    for case in progress(cases):
+        started = time.perf_counter()
+        run = simulate_clicks(segmenter, to_rgb8(case.image), case.mask, max_clicks=max_clicks)
+        seconds = time.perf_counter() - started
+        final = run.mask if run.mask is not None else np.zeros_like(case.mask)
+        rows.append(
+            {
+                "source": case.source, "target": case.target, "ious": run.ious, "iou": run.ious[-1],
+                "dice": dice(case.mask, final), "entity": entity_counts(case.mask, final),
+                "steps": len(run.clicks), "parsable": len(run.clicks), "turns": len(run.clicks),
+                "seconds": seconds,
+            }
+        )
+    return rows
+
+
+def _evaluate_model(cases, segmenter, policy, profile: str, max_clicks: int, progress) -> list[dict]:
+    from .metrics import dice, entity_counts, iou
+    from .session import Session, Stopped
+
+    rows = []
+    for case in progress(cases):
+        started = time.perf_counter()
+        session = Session(case.image, case.target if " " in case.target else f"segment the {case.target}",
+                          policy, segmenter, profile=profile, max_steps=max_clicks)
+        stop = None
+        for event in session.run():
+            if isinstance(event, Stopped):
+                stop = event
+        seconds = time.perf_counter() - started
+        ious = [iou(case.mask, s.mask) for s in session.steps if s.kind == "click"]
+        turns = len(session.steps) + (1 if stop is not None and stop.reason == "unparsable" else 0)
+        rows.append(
+            {
+                "source": case.source, "target": case.target, "ious": ious or [0.0],
+                "iou": iou(case.mask, session.mask), "dice": dice(case.mask, session.mask),
+                "entity": entity_counts(case.mask, session.mask), "steps": len(session.steps),
+                "parsable": len(session.steps), "turns": turns, "seconds": seconds,
+                "stop": stop.reason if stop else None,
+            }
+        )
+    return rows
+
+
+def summarise(rows: list[dict], max_clicks: int) -> dict:
+    from .metrics import click_summary
+
+    tp = sum(r["entity"][0] for r in rows)
+    fp = sum(r["entity"][1] for r in rows)
+    fn = sum(r["entity"][2] for r in rows)
+    steps = sum(r["steps"] for r in rows)
+    report = {
+        "cases": len(rows),
+        "iou": float(np.mean([r["iou"] for r in rows])),
+        "dice": float(np.mean([r["dice"] for r in rows])),
+        "f1": 1.0 if 2 * tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn),
+        "mean_steps": steps / len(rows),
+        "parsable_share": sum(r["parsable"] for r in rows) / max(1, sum(r["turns"] for r in rows)),
+        "seconds_per_step": sum(r["seconds"] for r in rows) / max(1, steps),
+        "seconds_per_case": float(np.mean([r["seconds"] for r in rows])),
+    }
+    report.update(click_summary([r["ious"] for r in rows], max_clicks))
+    return report
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from . import io
+    from .policies import default_model_folder, load_policy
+    from .segmenters import build_segmenter
+
+    out = Path(args.json_out) if args.json_out else None
+    if out is not None and out.exists() and not args.force:
+        raise InputError(f"{out} exists; pass --force to overwrite it")
+    cases = io.read_manifest(args.manifest)[: args.limit]
+    segmenter = build_segmenter(args.segmenter)
+    progress = lambda items: tqdm(items, desc="cases", unit="case", file=sys.stderr)  # noqa: E731
+    if args.policy == "oracle":
+        rows = _evaluate_oracle(cases, segmenter, args.max_clicks, progress)
+        policy_identity = {"name": "oracle"}
+    elif args.policy == "default" or args.policy.startswith("model:"):
+        folder = default_model_folder() if args.policy == "default" else args.policy[len("model:"):]
+        policy = load_policy(folder, device=args.device)
+        rows = _evaluate_model(cases, segmenter, policy, args.profile, args.max_clicks, progress)
+        policy_identity = policy.identity()
+    else:
+        raise InputError(f"unknown policy '{args.policy}': use oracle, model:DIR or default")
+    report = summarise(rows, args.max_clicks)
+    printable = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in report.items()}
+    width = max(len(k) for k in printable)
+    for key, value in printable.items():
+        print(f"{key:<{width}}  {value}")
+    if out is not None:
+        io.write_json(
+            out,
+            {"manifest": str(args.manifest), "policy": policy_identity, "segmenter": segmenter.identity(),
+             "max_clicks": args.max_clicks, "summary": report, "cases": rows},
+            force=args.force,
+        )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"segment": cmd_segment, "eval": cmd_eval}[args.command](args)
+    except IbisError as exc:
+        print(f"napari-ibis: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("napari-ibis: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

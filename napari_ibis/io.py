@@ -1,0 +1,335 @@
+"""Read images, volumes and masks; write labels and trajectories atomically.
+
+Formats: PNG/JPEG/BMP, TIFF (2-D, RGB, stacks; 8/16-bit, float), NIfTI
+(``.nii``, ``.nii.gz``), NRRD, DICOM (``.dcm``; rescale slope/intercept applied)
+and NumPy ``.npy``. Volumes are arrays with the slice axis first: NIfTI and
+NRRD data (x, y, z) are read as (z, y, x), so ``slice=Z`` is axial slice Z of an
+RAS volume. Labels are written in the input's geometry: a 2-D input gets a 2-D
+file; a volume gets a volume of the same shape (and affine, for NIfTI) with the
+mask in the chosen slice only (PNG output is always the 2-D slice).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".nrrd", ".dcm", ".npy")
+LABEL_SUFFIXES = (".tif", ".tiff", ".nii", ".nii.gz", ".npy", ".png", ".nrrd")
+
+
+def suffix_of(path: str | Path) -> str:
+    name = str(path).lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
+@dataclass
+class LoadedImage:
+    """A file's pixels (slice axis first), the 2-D slice to work on, and how to write back."""
+
+    path: Path
+    data: np.ndarray
+    rgb: bool
+    slice_index: tuple[int, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return self.data.shape[:-1] if self.rgb else self.data.shape
+
+    @property
+    def slice(self) -> np.ndarray:
+        return self.data[self.slice_index] if self.slice_index else self.data
+
+
+def _read_raw(path: Path) -> tuple[np.ndarray, bool, dict]:
+    """(array, is_rgb, meta) with the slice axis first for volumes."""
+    suffix = suffix_of(path)
+    if suffix in (".png", ".jpg", ".jpeg", ".bmp"):
+        from PIL import Image
+
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("P", "LA", "RGBA", "CMYK", "YCbCr"):
+                image = image.convert("RGB")
+            array = np.asarray(image)
+        return array, array.ndim == 3, {"format": "raster"}
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        array = tifffile.imread(path)
+        rgb = array.ndim >= 3 and array.shape[-1] in (3, 4) and array.dtype == np.uint8
+        return array, rgb, {"format": "tiff"}
+    if suffix in (".nii", ".nii.gz"):
+        import nibabel as nib
+
+        image = nib.load(str(path))
+        array = np.asarray(image.dataobj)
+        if array.ndim >= 3 and array.shape[2] == 1 and array.ndim == 3:
+            array = array[:, :, 0]
+        array = np.ascontiguousarray(array.T)
+        return array, False, {"format": "nifti", "affine": image.affine, "header": image.header}
+    if suffix == ".nrrd":
+        import nrrd
+
+        array, header = nrrd.read(str(path), index_order="C")
+        return array, False, {"format": "nrrd", "header": header}
+    if suffix == ".dcm":
+        import pydicom
+        from pydicom.pixels import apply_rescale
+
+        dataset = pydicom.dcmread(str(path))
+        array = dataset.pixel_array
+        rgb = getattr(dataset, "SamplesPerPixel", 1) == 3
+        if not rgb and ("RescaleSlope" in dataset or "RescaleIntercept" in dataset):
+            array = apply_rescale(array, dataset).astype(np.float32)
+        return array, rgb, {"format": "dicom", "modality": str(getattr(dataset, "Modality", ""))}
+    if suffix == ".npy":
+        array = np.load(path, allow_pickle=False)
+        rgb = array.ndim >= 3 and array.shape[-1] == 3 and array.dtype == np.uint8
+        return array, rgb, {"format": "npy"}
+    raise InputError(f"{path.name}: unsupported file type '{suffix}'; use one of {', '.join(IMAGE_SUFFIXES)}")
+
+
+def _slice_index(path: Path, spatial: Sequence[int], slice_: int | Sequence[int] | None) -> tuple[int, ...]:
+    extra = len(spatial) - 2
+    if extra <= 0:
+        if slice_ is not None and slice_ != ():
+            raise InputError(f"{path.name} is a 2-D image: --slice does not apply")
+        return ()
+    if slice_ is None:
+        if extra == 1:
+            return (spatial[0] // 2,)
+        raise InputError(
+            f"{path.name} has {len(spatial)} dimensions {tuple(spatial)}: pick a slice with --slice "
+            + ",".join("I" for _ in range(extra))
+        )
+    index = (slice_,) if isinstance(slice_, (int, np.integer)) else tuple(slice_)
+    if len(index) != extra:
+        raise InputError(f"{path.name} needs {extra} slice indices, got {len(index)}")
+    for i, (value, size) in enumerate(zip(index, spatial)):
+        if not 0 <= value < size:
+            raise InputError(f"slice {value} is outside axis {i} of {path.name} (0..{size - 1})")
+    return tuple(int(v) for v in index)
+
+
+def read_image(path: str | Path, slice: int | Sequence[int] | None = None) -> LoadedImage:
+    """Read a 2-D image or a volume and choose the slice to work on.
+
+    A 3-D volume without ``slice`` uses its middle slice; 4-D data needs ``slice``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"image not found: {path}")
+    try:
+        array, rgb, meta = _read_raw(path)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"cannot read {path.name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+        raise InputError(f"{path.name} does not hold numeric pixels ({array.dtype})")
+    if rgb and array.shape[-1] == 4:
+        array = array[..., :3]
+    spatial = array.shape[:-1] if rgb else array.shape
+    if len(spatial) < 2:
+        raise InputError(f"{path.name} holds a {array.ndim}-D array {array.shape}, not an image")
+    loaded = LoadedImage(path, array, rgb, _slice_index(path, spatial, slice), meta)
+    image = loaded.slice
+    if np.issubdtype(image.dtype, np.floating) and not np.all(np.isfinite(image)):
+        raise InputError(f"{path.name} contains NaN or infinite values in the chosen slice")
+    if min(image.shape[:2]) < 8:
+        raise InputError(f"{path.name}: the slice is {image.shape[0]}x{image.shape[1]}; at least 8x8 is needed")
+    return loaded
+
+
+def to_binary(mask: np.ndarray, label: int | None = None, name: str = "mask") -> np.ndarray:
+    """A boolean mask from a binary or label-valued array (``label`` picks one value)."""
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[-1] in (3, 4):
+        if not (np.all(mask[..., 0] == mask[..., 1]) and np.all(mask[..., 0] == mask[..., 2])):
+            raise InputError(f"{name} is a colour image, not a mask")
+        mask = mask[..., 0]
+    if mask.dtype == np.bool_:
+        values = np.array([0, 1])
+    elif np.issubdtype(mask.dtype, np.number):
+        if np.issubdtype(mask.dtype, np.floating) and not np.all(np.isfinite(mask)):
+            raise InputError(f"{name} contains NaN or infinite values")
+        values = np.unique(mask)
+        if not np.all(values == np.round(values)) or values.min() < 0:
+            raise InputError(f"{name} is not binary or label-valued (found values such as {values[values != np.round(values)][:1]})")
+    else:
+        raise InputError(f"{name} does not hold numbers ({mask.dtype})")
+    if label is not None:
+        if label not in values:
+            raise InputError(f"{name} has no pixel with label {label}")
+        return mask == label
+    nonzero = values[values != 0]
+    if len(nonzero) > 1:
+        raise InputError(f"{name} holds {len(nonzero)} labels; choose one with --label")
+    return mask != 0
+
+
+def read_mask(path: str | Path, like: LoadedImage, label: int | None = None) -> np.ndarray:
+    """A boolean mask for the slice of ``like``, read from a 2-D or a matching volume file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"mask not found: {path}")
+    try:
+        array, _, _ = _read_raw(path)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"cannot read the mask {path.name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    slice_shape = like.slice.shape[:2]
+    if array.shape[: len(like.spatial_shape)] == like.spatial_shape and like.slice_index:
+        array = array[like.slice_index]
+    if array.shape[:2] != slice_shape or array.ndim > 3:
+        raise InputError(f"the mask {path.name} is {array.shape} but the image slice is {slice_shape}")
+    return to_binary(array, label, name=path.name)
+
+
+def _atomic_target(path: Path, force: bool) -> Path:
+    if path.exists() and not force:
+        raise InputError(f"{path} exists; pass --force to overwrite it")
+    if not path.parent.is_dir():
+        raise InputError(f"the folder {path.parent} does not exist")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name.split('.')[0]}-", suffix=suffix_of(path))
+    os.close(handle)
+    return Path(temporary)
+
+
+def labels_volume(labels: np.ndarray, like: LoadedImage | None) -> np.ndarray:
+    """Labels in the input's geometry: the slice, or a volume with only that slice set."""
+    if like is None or not like.slice_index:
+        return labels
+    volume = np.zeros(like.spatial_shape, dtype=labels.dtype)
+    volume[like.slice_index] = labels
+    return volume
+
+
+def write_labels(path: str | Path, labels: np.ndarray, like: LoadedImage | None = None, force: bool = False, value: int = 1) -> Path:
+    """Write labels in the format of ``path``'s suffix, atomically.
+
+    A boolean mask becomes ``value`` inside, 0 outside; an integer array keeps its
+    values. PNG holds one 2-D slice (a binary mask as 0/255, so that it can be seen).
+    """
+    path = Path(path)
+    suffix = suffix_of(path)
+    if suffix not in LABEL_SUFFIXES:
+        raise InputError(f"cannot write labels as '{suffix}'; use one of {', '.join(LABEL_SUFFIXES)}")
+    labels = np.asarray(labels)
+    if labels.dtype == np.bool_:
+        labels = labels.astype(np.uint8) * np.uint8(value)
+    elif not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(f"labels must be boolean or integer, got {labels.dtype}")
+    temporary = _atomic_target(path, force)
+    try:
+        if suffix == ".png":
+            from PIL import Image
+
+            if labels.ndim != 2:
+                raise InputError("PNG holds a single 2-D slice; use .tif, .nii.gz, .npy or .nrrd for volumes")
+            flat = (labels > 0).astype(np.uint8) * 255 if labels.max(initial=0) <= 1 else labels.astype(np.uint16)
+            Image.fromarray(flat).save(temporary, format="PNG")
+        else:
+            labels = labels_volume(labels, like)
+            if suffix in (".tif", ".tiff"):
+                import tifffile
+
+                tifffile.imwrite(temporary, labels)
+            elif suffix == ".npy":
+                with open(temporary, "wb") as handle:
+                    np.save(handle, labels)
+            elif suffix in (".nii", ".nii.gz"):
+                import nibabel as nib
+
+                affine = like.meta.get("affine") if like is not None else None
+                nib.save(nib.Nifti1Image(np.ascontiguousarray(labels.T), np.eye(4) if affine is None else affine), str(temporary))
+            elif suffix == ".nrrd":
+                import nrrd
+
+                nrrd.write(str(temporary), labels, index_order="C")
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | Path, record: dict, force: bool = False) -> Path:
+    """Write a JSON record atomically (never half a file)."""
+    path = Path(path)
+    temporary = _atomic_target(path, force)
+    try:
+        temporary.write_text(json.dumps(record, indent=2, default=_json_default) + "\n")
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+# -- manifests ---------------------------------------------------------------------
+@dataclass
+class Case:
+    """One evaluation case of a manifest: a 2-D slice, its mask and its names."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    target: str
+    modality: str
+    source: str
+
+
+def read_manifest(manifest: str | Path) -> list[Case]:
+    """Cases of a manifest JSONL: ``{"image", "mask", "target", "modality", "slice"?, "label"?}``."""
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise InputError(f"manifest not found: {manifest}")
+    cases = []
+    for number, line in enumerate(manifest.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            image_path = manifest.parent / entry["image"]
+            mask_path = manifest.parent / entry["mask"]
+            target = str(entry["target"])
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise InputError(f"{manifest.name} line {number}: not a manifest entry ({exc})") from None
+        try:
+            loaded = read_image(image_path, entry.get("slice"))
+            mask = read_mask(mask_path, loaded, entry.get("label"))
+        except InputError as exc:
+            raise InputError(f"{manifest.name} line {number}: {exc}") from None
+        cases.append(
+            Case(
+                image=loaded.slice,
+                mask=mask,
+                target=target,
+                modality=str(entry.get("modality", "")),
+                source=str(entry.get("source", f"{manifest.name}:{number}")),
+            )
+        )
+    if not cases:
+        raise InputError(f"{manifest.name} lists no cases")
+    return cases

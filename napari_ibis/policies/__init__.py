@@ -1,0 +1,40 @@
+"""Agent policies behind one protocol: ``vlm`` (local folder), ``remote`` (OpenAI-compatible
+endpoint) and ``oracle`` (click simulator with ground truth)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .._resources import resource_path
+from ..errors import ModelError
+from .base import Policy, PolicyRequest
+
+__all__ = ["Policy", "PolicyRequest", "default_model_folder", "load_policy"]
+
+DEFAULT_MODEL = ("models", "default")
+
+
+def default_model_folder() -> Path:
+    """The project's own bundled agent; a clear error while it does not exist yet."""
+    folder = resource_path(*DEFAULT_MODEL)
+    if not (folder / "config.json").is_file():
+        raise ModelError(
+            "the project's own default agent is not trained and bundled yet: pass --model DIR "
+            "(a Qwen2.5-VL folder, e.g. the released IBISAgent 7B weights) or --model http://HOST:PORT/v1"
+        )
+    return folder
+
+
+def load_policy(model: str | Path | None, device: str = "auto", remote_model: str = "ibis", max_new_tokens: int = 512) -> Policy:
+    """A policy for ``--model``: a local folder, an ``http(s)://`` endpoint, or ``None`` for the default."""
+    text = str(model) if model is not None else ""
+    if text.startswith(("http://", "https://")):
+        from .remote import RemotePolicy
+
+        return RemotePolicy(text, model=remote_model)
+    from .vlm import VLMPolicy
+
+    folder = Path(text) if text else default_model_folder()
+    if not folder.exists():
+        raise ModelError(f"model folder not found: {folder}")
+    return VLMPolicy(folder, device=device, max_new_tokens=max_new_tokens)

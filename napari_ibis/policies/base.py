@@ -1,0 +1,52 @@
+"""The policy protocol: given the conversation so far, write the next model turn.
+
+Every policy returns raw text in its profile's grammar; the session parses it
+with the same parser whatever the policy (so an oracle or a remote server is
+held to the same rules as a local model). Streaming goes through ``on_text``,
+cancellation through ``cancel`` (a ``threading.Event``): a policy checks it at
+least once per generated token and raises :class:`~napari_ibis.errors.Cancelled`.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ..protocol import Profile
+from ..segmenters.base import Click
+
+TextSink = Callable[[str], None]
+
+
+@dataclass
+class PolicyRequest:
+    """What a policy may look at to decide a turn."""
+
+    profile: Profile
+    query: str
+    image: np.ndarray
+    mask: np.ndarray | None
+    clicks: tuple[Click, ...]
+    step: int
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Policy(ABC):
+    name: str = "policy"
+
+    def identity(self) -> dict:
+        """What a trajectory file records about this policy (never secrets)."""
+        return {"name": self.name}
+
+    @abstractmethod
+    def respond(
+        self,
+        request: PolicyRequest,
+        on_text: TextSink | None = None,
+        cancel: threading.Event | None = None,
+    ) -> str:
+        """The next turn as raw text (``<think>…</think><action>…</action>…``)."""

@@ -1,0 +1,182 @@
+"""A local vision-language model folder (``transformers``) as the agent.
+
+Loads Qwen2.5-VL first (the released IBISAgent weights), and Qwen2-VL and
+Qwen3-VL folders, strictly from local files (``local_files_only=True``) and
+without running code shipped in the folder (``trust_remote_code=False``).
+Device, dtype and attention follow the machine: bf16 + sdpa on CUDA, fp16 on
+MPS, fp32 on CPU. Tokens stream through ``TextIteratorStreamer``; a stopping
+criterion checks the cancel event after every token.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+from PIL import Image
+
+from ..errors import Cancelled, ModelError
+from .base import Policy, PolicyRequest, TextSink
+
+MODEL_CLASSES = {
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "qwen2_vl": "Qwen2VLForConditionalGeneration",
+    "qwen3_vl": "Qwen3VLForConditionalGeneration",
+}
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(device: str, dtype: str = "auto"):
+    import torch
+
+    if dtype != "auto":
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                "float16": torch.float16, "fp16": torch.float16}[dtype]
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def inspect_model_folder(folder: str | Path) -> str:
+    """The ``model_type`` of a supported VLM folder; a clear :class:`ModelError` otherwise."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelError(f"model folder not found: {folder}")
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ModelError(f"{folder} is not a transformers model folder (no config.json)")
+    try:
+        model_type = json.loads(config_path.read_text()).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ModelError(f"{config_path} is not valid JSON") from None
+    if model_type not in MODEL_CLASSES:
+        raise ModelError(
+            f"{folder.name} holds a '{model_type}' model; supported: {', '.join(sorted(MODEL_CLASSES))}"
+        )
+    if not any((folder / name).is_file() for name in _WEIGHT_FILES):
+        raise ModelError(f"{folder} has a config but no weights (model.safetensors)")
+    if not any((folder / name).is_file() for name in ("preprocessor_config.json", "processor_config.json")):
+        raise ModelError(f"{folder} has no image processor (preprocessor_config.json)")
+    return model_type
+
+
+class _CancelCriteria:
+    """A ``StoppingCriteria`` that ends generation once ``cancel`` is set."""
+
+    def __init__(self, cancel: threading.Event) -> None:
+        self.cancel = cancel
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class VLMPolicy(Policy):
+    name = "vlm"
+
+    def __init__(
+        self,
+        folder: str | Path,
+        device: str = "auto",
+        dtype: str = "auto",
+        attn_implementation: str = "sdpa",
+        max_new_tokens: int = 512,
+    ) -> None:
+        import transformers
+
+        self.folder = Path(folder)
+        self.model_type = inspect_model_folder(self.folder)
+        self.device = pick_device(device)
+        self.max_new_tokens = max_new_tokens
+        model_class = getattr(transformers, MODEL_CLASSES[self.model_type], None)
+        if model_class is None:
+            raise ModelError(f"this transformers {transformers.__version__} has no {MODEL_CLASSES[self.model_type]}")
+        try:
+            self.processor = transformers.AutoProcessor.from_pretrained(
+                self.folder, local_files_only=True, trust_remote_code=False
+            )
+            self.model = model_class.from_pretrained(
+                self.folder,
+                local_files_only=True,
+                trust_remote_code=False,
+                dtype=pick_dtype(self.device, dtype),
+                attn_implementation=attn_implementation,
+            ).to(self.device)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelError(f"cannot load {self.folder.name}: {str(exc).splitlines()[0]}") from None
+        self.model.eval()
+        tokenizer = self.processor.tokenizer
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def identity(self) -> dict:
+        return {"name": self.name, "folder": str(self.folder), "model_type": self.model_type, "device": self.device}
+
+    def encode(self, messages: list[dict]) -> dict:
+        """Processor inputs (token ids, pixel values, grid sizes) for a conversation."""
+        converted = []
+        for message in messages:
+            content = []
+            for item in message["content"]:
+                if item["type"] == "image":
+                    content.append({"type": "image", "image": Image.fromarray(item["image"])})
+                else:
+                    content.append(item)
+            converted.append({"role": message["role"], "content": content})
+        return self.processor.apply_chat_template(
+            converted, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+        )
+
+    def respond(self, request: PolicyRequest, on_text: TextSink | None = None, cancel: threading.Event | None = None) -> str:
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+        cancel = cancel or threading.Event()
+        inputs = self.encode(request.messages).to(self.device)
+        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        failure: list[BaseException] = []
+
+        def generate() -> None:
+            try:
+                import torch
+
+                with torch.inference_mode():
+                    self.model.generate(
+                        **inputs,
+                        max_new_tokens=self.max_new_tokens,
+                        do_sample=False,
+                        pad_token_id=self.pad_token_id,
+                        streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([_CancelCriteria(cancel)]),
+                    )
+            except BaseException as exc:  # re-raised on the caller's thread
+                failure.append(exc)
+                streamer.end()
+
+        worker = threading.Thread(target=generate, name="ibis-generate", daemon=True)
+        worker.start()
+        pieces = []
+        for piece in streamer:
+            pieces.append(piece)
+            if on_text is not None and piece:
+                on_text(piece)
+        worker.join()
+        if failure:
+            raise failure[0]
+        if cancel.is_set():
+            raise Cancelled("stopped during generation")
+        return "".join(pieces)

@@ -1,0 +1,37 @@
+"""Promptable segmenters behind one protocol; :func:`build_segmenter` picks one by name.
+
+Specs: ``litemedsam`` (bundled weights), ``classical`` (no weights),
+``sam2:CHECKPOINT`` (a SAM 2 / SAM 2.1 / MedSAM2 ``.pt`` file, config inferred),
+``sam2:CHECKPOINT#CONFIG`` (config named, e.g. ``configs/sam2.1/sam2.1_hiera_t.yaml``)
+and ``sam2:random`` (random weights, for tests and timings).
+"""
+
+from __future__ import annotations
+
+from ..errors import InputError
+from .base import Click, Segmenter, SegmentResult, image_key
+
+SEGMENTER_CHOICES = ("litemedsam", "classical", "sam2:CHECKPOINT")
+
+__all__ = ["Click", "Segmenter", "SegmentResult", "build_segmenter", "image_key", "SEGMENTER_CHOICES"]
+
+
+def build_segmenter(spec: str = "litemedsam", device: str = "cpu") -> Segmenter:
+    """A segmenter backend from its spec string (see module docstring)."""
+    name, _, argument = spec.partition(":")
+    if name == "litemedsam":
+        from .litemedsam import LiteMedSAMSegmenter
+
+        return LiteMedSAMSegmenter(checkpoint=argument or None, device=device)
+    if name == "classical":
+        from .classical import ClassicalSegmenter
+
+        return ClassicalSegmenter()
+    if name == "sam2":
+        if not argument:
+            raise InputError("sam2 needs a checkpoint: --segmenter sam2:/path/to/sam2.1_hiera_tiny.pt")
+        from .sam2 import SAM2Segmenter
+
+        checkpoint, _, config = argument.partition("#")
+        return SAM2Segmenter(None if checkpoint == "random" else checkpoint, config=config or None, device=device)
+    raise InputError(f"unknown segmenter '{spec}'; choose litemedsam, classical or sam2:CHECKPOINT")

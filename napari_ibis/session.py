@@ -1,0 +1,435 @@
+"""The think-act-observe loop and its step timeline.
+
+A :class:`Session` holds one slice, one query, a policy, a segmenter and a
+profile. :meth:`Session.run` lets the agent work and yields events as they
+happen (thought text as it streams, each action, each new mask, the answer and
+why it stopped). Between runs, a person edits the timeline:
+
+* :meth:`undo` / :meth:`redo` move through the steps; :meth:`reject` drops the
+  current step and the steps after it; :meth:`accept` takes the current mask;
+* :meth:`add_click` inserts a user click as a step (the agent continues from it);
+* an initial mask (``init_mask``) starts a refinement instead of a fresh run.
+
+Each step's mask comes from the segmenter with every click in effect plus the
+previous step's low-res logits, so :meth:`replay` rebuilds the same mask.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from .errors import ActionParseError, Cancelled, InputError
+from .metrics import iou
+from .overlay import to_rgb8
+from .policies.base import Policy, PolicyRequest
+from .protocol import Action, Profile, Turn, get_profile
+from .segmenters.base import Click, Segmenter
+
+MIN_SIDE = 8
+REPEAT_LIMIT = 3  # the release stops when the same action comes three times in a row
+
+
+@dataclass
+class Step:
+    """One entry of the timeline: what was done and the mask it left."""
+
+    index: int
+    source: str  # "agent", "user" or "initial"
+    kind: str  # "click", "answer" or "initial"
+    mask: np.ndarray
+    logits: np.ndarray | None
+    clicks: tuple[Click, ...] = ()
+    added: tuple[Click, ...] = ()
+    actions: tuple[Action, ...] = ()
+    thought: str = ""
+    raw: str = ""
+    prompt: str = ""
+    answer: str | None = None
+    not_present: bool = False
+    iou_prev: float = float("nan")
+    seconds_policy: float = 0.0
+    seconds_segment: float = 0.0
+
+    @property
+    def area(self) -> int:
+        return int(np.count_nonzero(self.mask))
+
+
+# -- events ------------------------------------------------------------------------
+@dataclass
+class StepStarted:
+    index: int
+
+
+@dataclass
+class ThoughtDelta:
+    index: int
+    text: str
+
+
+@dataclass
+class ActionTaken:
+    index: int
+    actions: tuple[Action, ...]
+    clicks: tuple[Click, ...]
+
+
+@dataclass
+class MaskUpdated:
+    step: Step
+
+
+@dataclass
+class Answered:
+    step: Step
+
+
+@dataclass
+class Stopped:
+    """Why a run ended: answered, not_present, max_steps, repeated, unparsable,
+    cancelled or error (``message`` says more)."""
+
+    reason: str
+    message: str = ""
+
+
+Event = StepStarted | ThoughtDelta | ActionTaken | MaskUpdated | Answered | Stopped
+
+
+@dataclass
+class Operation:
+    """A timeline edit, kept for the trajectory record."""
+
+    name: str
+    cursor: int
+    time: float = field(default_factory=time.time)
+
+
+class Session:
+    """One slice, one query: the agent loop plus an editable step timeline."""
+
+    def __init__(
+        self,
+        image: np.ndarray,
+        query: str,
+        policy: Policy,
+        segmenter: Segmenter,
+        profile: str | Profile = "ibis-release",
+        max_steps: int = 20,
+        use_history: bool | None = None,
+        init_mask: np.ndarray | None = None,
+        window: str | None = None,
+    ) -> None:
+        if not isinstance(query, str) or not query.strip():
+            raise InputError("the query is empty: say what to segment, e.g. 'segment the liver tumour'")
+        self.rgb = to_rgb8(image, window)
+        height, width = self.rgb.shape[:2]
+        if min(height, width) < MIN_SIDE:
+            raise InputError(f"the image is {height}x{width}; it must be at least {MIN_SIDE} pixels a side")
+        if max_steps < 1:
+            raise InputError("max steps must be at least 1")
+        self.query = query.strip()
+        self.policy = policy
+        self.segmenter = segmenter
+        self.profile = get_profile(profile)
+        self.max_steps = max_steps
+        self.use_history = self.profile.use_history if use_history is None else use_history
+        self.window = window
+        self.segmenter.set_image(self.rgb)
+        self._initial = self._initial_step(init_mask)
+        self._steps: list[Step] = []
+        self._cursor = 0
+        self.accepted: int | None = None
+        self.operations: list[Operation] = []
+        self.rejected_outputs: list[str] = []
+        self.last_stop: Stopped | None = None
+
+    def _initial_step(self, init_mask: np.ndarray | None) -> Step:
+        shape = self.rgb.shape[:2]
+        if init_mask is None:
+            return Step(0, "initial", "initial", np.zeros(shape, dtype=bool), None)
+        mask = np.asarray(init_mask)
+        if mask.shape != shape:
+            raise InputError(f"the initial mask is {mask.shape} but the image is {shape}")
+        mask = mask > 0
+        return Step(0, "initial", "initial", mask, self.segmenter.prior_from_mask(mask) if mask.any() else None)
+
+    # -- state ---------------------------------------------------------------------
+    @property
+    def steps(self) -> list[Step]:
+        """The active steps, oldest first (undone steps are not included)."""
+        return self._steps[: self._cursor]
+
+    @property
+    def cursor(self) -> int:
+        return self._cursor
+
+    @property
+    def current(self) -> Step:
+        return self._steps[self._cursor - 1] if self._cursor else self._initial
+
+    @property
+    def initial(self) -> Step:
+        return self._initial
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.current.mask
+
+    @property
+    def can_redo(self) -> bool:
+        return self._cursor < len(self._steps)
+
+    def step_at(self, index: int) -> Step:
+        """Step ``index`` (1-based, active or undone; 0 is the initial state)."""
+        return self._initial if index == 0 else self._steps[index - 1]
+
+    # -- timeline edits ------------------------------------------------------------
+    def undo(self) -> Step:
+        if self._cursor:
+            self._cursor -= 1
+            self.operations.append(Operation("undo", self._cursor))
+        return self.current
+
+    def redo(self) -> Step:
+        if self.can_redo:
+            self._cursor += 1
+            self.operations.append(Operation("redo", self._cursor))
+        return self.current
+
+    def reject(self) -> Step:
+        """Drop the current step and everything after it."""
+        if self._cursor:
+            del self._steps[self._cursor - 1 :]
+            self._cursor -= 1
+            self.operations.append(Operation("reject", self._cursor))
+        return self.current
+
+    def accept(self) -> np.ndarray:
+        """Take the current mask as the result."""
+        self.accepted = self._cursor
+        self.operations.append(Operation("accept", self._cursor))
+        return self.current.mask
+
+    def _push(self, step: Step) -> None:
+        del self._steps[self._cursor :]
+        self._steps.append(step)
+        self._cursor = len(self._steps)
+
+    def add_click(self, row: int, col: int, positive: bool) -> Step:
+        """A person's click, as a step of the timeline."""
+        height, width = self.rgb.shape[:2]
+        if not (0 <= row < height and 0 <= col < width):
+            raise InputError(f"the click ({row}, {col}) lies outside the {height}x{width} slice")
+        click = Click(int(row), int(col), bool(positive), source="user")
+        action = self.profile.action_at(click.row, click.col, click.positive, height, width)
+        return self._click_step("user", (click,), (action,))
+
+    def _click_step(self, source: str, added: tuple[Click, ...], actions: tuple[Action, ...], **fields) -> Step:
+        before = self.current
+        clicks = before.clicks + added
+        started = time.perf_counter()
+        result = self.segmenter.segment(clicks, before.logits)
+        step = Step(
+            index=self._cursor + 1,
+            source=source,
+            kind="click",
+            mask=result.mask,
+            logits=result.logits,
+            clicks=clicks,
+            added=added,
+            actions=actions,
+            iou_prev=iou(before.mask, result.mask),
+            seconds_segment=time.perf_counter() - started,
+            **fields,
+        )
+        self._push(step)
+        return step
+
+    def replay(self) -> np.ndarray:
+        """Rebuild the current mask from the initial state and the active steps' clicks."""
+        self.segmenter.set_image(self.rgb)
+        mask, logits = self._initial.mask, self._initial.logits
+        for step in self.steps:
+            if step.kind == "click":
+                result = self.segmenter.segment(step.clicks, logits)
+                mask, logits = result.mask, result.logits
+            elif step.not_present:
+                mask = np.zeros_like(mask)
+        return mask
+
+    # -- the agent loop --------------------------------------------------------------
+    def _turns(self) -> list[Turn]:
+        """Earlier agent turns of the active timeline, for profiles that keep history."""
+        turns, previous = [], self._initial
+        for step in self.steps:
+            if step.source == "agent":
+                turns.append(Turn(self.profile.observation(self.rgb, previous.mask), step.prompt, step.raw))
+            previous = step
+        return turns
+
+    def _is_fresh(self) -> bool:
+        return self._cursor == 0 and not self._initial.mask.any()
+
+    def _ask(self, request: PolicyRequest, index: int, cancel: threading.Event) -> Iterator[ThoughtDelta | str]:
+        """Run the policy on a helper thread; yield text deltas, then the full reply."""
+        channel: queue.Queue = queue.Queue()
+
+        def work() -> None:
+            try:
+                reply = self.policy.respond(request, on_text=lambda text: channel.put(("text", text)), cancel=cancel)
+                channel.put(("done", reply))
+            except BaseException as exc:  # handed to the session's thread
+                channel.put(("error", exc))
+
+        threading.Thread(target=work, name="ibis-policy", daemon=True).start()
+        while True:
+            kind, value = channel.get()
+            if kind == "text":
+                yield ThoughtDelta(index, value)
+            elif kind == "error":
+                raise value
+            else:
+                yield value
+                return
+
+    def _repeats(self, actions: tuple[Action, ...]) -> bool:
+        recent = [s.actions for s in self.steps[-(REPEAT_LIMIT - 1) :] if s.source == "agent"]
+        return len(recent) == REPEAT_LIMIT - 1 and all(a == actions for a in recent)
+
+    def run(self, cancel: threading.Event | None = None) -> Iterator[Event]:
+        """Let the agent work from the current state; yields events until it stops."""
+        cancel = cancel or threading.Event()
+        self.segmenter.set_image(self.rgb)
+        for _ in range(self.max_steps):
+            stop = yield from self._agent_turn(cancel)
+            if stop is not None:
+                self.last_stop = stop
+                yield stop
+                return
+        self.last_stop = Stopped("max_steps", f"reached {self.max_steps} steps without an answer")
+        yield self.last_stop
+
+    def _agent_turn(self, cancel: threading.Event) -> Iterator[Event]:
+        if cancel.is_set():
+            return Stopped("cancelled", "stopped before the next step")
+        index = self._cursor + 1
+        before = self.current
+        prompt = self.profile.user_text(self.query, first=self._is_fresh())
+        observation = self.profile.observation(self.rgb, before.mask)
+        request = PolicyRequest(
+            profile=self.profile,
+            query=self.query,
+            image=self.rgb,
+            mask=before.mask,
+            clicks=before.clicks,
+            step=index,
+            messages=self.profile.messages(self._turns() + [Turn(observation, prompt)], self.use_history),
+        )
+        yield StepStarted(index)
+        started = time.perf_counter()
+        raw = ""
+        try:
+            for item in self._ask(request, index, cancel):
+                if isinstance(item, ThoughtDelta):
+                    yield item
+                else:
+                    raw = item
+        except Cancelled as exc:
+            return Stopped("cancelled", str(exc))
+        except Exception as exc:  # a policy failure must leave the timeline as it was
+            return Stopped("error", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        seconds_policy = time.perf_counter() - started
+        try:
+            response = self.profile.parse(raw)
+        except ActionParseError as exc:
+            self.rejected_outputs.append(raw)
+            return Stopped("unparsable", str(exc))
+        common = {"thought": response.thought, "raw": raw, "prompt": prompt, "seconds_policy": seconds_policy}
+
+        if response.undo:
+            self.undo()
+            return None
+        if response.terminate:
+            mask = np.zeros_like(before.mask) if response.not_present else before.mask
+            not_present = response.not_present or (not before.mask.any() and not before.clicks)
+            step = Step(
+                index=index, source="agent", kind="answer", mask=mask, logits=before.logits, clicks=before.clicks,
+                answer=response.answer, not_present=not_present, iou_prev=iou(before.mask, mask), **common,
+            )
+            self._push(step)
+            yield Answered(step)
+            return Stopped("not_present" if not_present else "answered", response.answer or "")
+        if self._repeats(response.actions):
+            return Stopped("repeated", f"the agent repeated the same action {REPEAT_LIMIT} times")
+        height, width = self.rgb.shape[:2]
+        added = tuple(
+            Click(*self.profile.to_pixel(a, height, width), a.positive, target=a.target, source="agent")
+            for a in response.actions
+        )
+        yield ActionTaken(index, response.actions, added)
+        step = self._click_step("agent", added, response.actions, **common)
+        yield MaskUpdated(step)
+        return None
+
+    # -- record ------------------------------------------------------------------------
+    def trajectory(self) -> dict:
+        """A JSON-ready record of how the current mask was made."""
+        from . import __version__
+
+        height, width = self.rgb.shape[:2]
+        previous_area = self._initial.area
+
+        def click_record(click: Click) -> dict:
+            action = self.profile.action_at(click.row, click.col, click.positive, height, width)
+            return {
+                "row": click.row, "col": click.col, "positive": click.positive, "source": click.source,
+                "target": click.target, "model_xy": [action.x, action.y],
+            }
+
+        steps = []
+        for step in self.steps:
+            steps.append(
+                {
+                    "index": step.index,
+                    "source": step.source,
+                    "kind": step.kind,
+                    "thought": step.thought,
+                    "output": step.raw,
+                    "actions": [
+                        {"positive": a.positive, "x": a.x, "y": a.y, "target": a.target} for a in step.actions
+                    ],
+                    "clicks": [click_record(c) for c in step.added],
+                    "answer": step.answer,
+                    "not_present": step.not_present,
+                    "mask_area": step.area,
+                    "area_change": step.area - previous_area,
+                    "iou_to_previous": None if np.isnan(step.iou_prev) else round(step.iou_prev, 6),
+                    "seconds_policy": round(step.seconds_policy, 4),
+                    "seconds_segment": round(step.seconds_segment, 4),
+                }
+            )
+            previous_area = step.area
+        return {
+            "napari_ibis": __version__,
+            "query": self.query,
+            "profile": self.profile.name,
+            "use_history": self.use_history,
+            "max_steps": self.max_steps,
+            "image_shape": [height, width],
+            "window": self.window,
+            "policy": self.policy.identity(),
+            "segmenter": self.segmenter.identity(),
+            "initial_mask_area": self._initial.area,
+            "steps": steps,
+            "operations": [{"name": o.name, "cursor": o.cursor, "time": o.time} for o in self.operations],
+            "accepted_step": self.accepted,
+            "stop": None if self.last_stop is None else {"reason": self.last_stop.reason, "message": self.last_stop.message},
+            "final_mask_area": self.current.area,
+        }

@@ -1,0 +1,69 @@
+"""Shared fixtures: synthetic images with known masks, scripted policies, a tiny VLM folder."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_ibis.policies.base import Policy, PolicyRequest
+
+
+def disk_image(size: int = 96, centre=(40, 52), radius: int = 14, seed: int = 0):
+    """A grey image with one bright disk on a noisy background, and the disk's mask."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.ogrid[:size, :size]
+    mask = (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius**2
+    image = 40 + rng.normal(0, 4, (size, size))
+    image[mask] += 150
+    return np.clip(image, 0, 255).astype(np.uint8), mask
+
+
+class ScriptedPolicy(Policy):
+    """Replies with canned texts in order (the last one repeats), streaming word by word."""
+
+    name = "scripted"
+
+    def __init__(self, replies, delay: float = 0.0, fail_at: int | None = None):
+        self.replies = list(replies)
+        self.calls = 0
+        self.delay = delay
+        self.fail_at = fail_at
+        self.requests: list[PolicyRequest] = []
+
+    def respond(self, request, on_text=None, cancel=None):
+        from napari_ibis.errors import Cancelled
+
+        self.requests.append(request)
+        self.calls += 1
+        if self.fail_at is not None and self.calls == self.fail_at:
+            raise RuntimeError("the model crashed")
+        text = self.replies[min(self.calls - 1, len(self.replies) - 1)]
+        pieces = text.split(" ")
+        for i, piece in enumerate(pieces):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("stopped during generation")
+            if self.delay:
+                threading.Event().wait(self.delay)
+            if on_text is not None:
+                on_text(piece + (" " if i < len(pieces) - 1 else ""))
+        return text
+
+
+def point(positive: bool, x: float, y: float, thought: str = "looking") -> str:
+    sign = "Positive" if positive else "Negative"
+    return f"<think>\n{thought}\n</think>\n<action>\n{sign} Point ({x:.4f}, {y:.4f})\n</action>"
+
+
+TERMINATE = "<think>\nThe mask fits.\n</think>\n<action>\nTerminate\n</action>\n<answer>\nDone.\n</answer>"
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_folder(tmp_path_factory) -> Path:
+    from napari_ibis.protocol import PROFILES
+    from training.tiny import build_tiny_vlm
+
+    corpus = [p.system_prompt() for p in PROFILES.values()] + [point(True, 0.5, 0.25), TERMINATE] * 3
+    return build_tiny_vlm(tmp_path_factory.mktemp("tiny") / "model", corpus)
