@@ -12,6 +12,8 @@ The walker's object probability is the result; its log-odds are the logits.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -84,7 +86,9 @@ class ClassicalSegmenter(Segmenter):
         elif not (seeds == 2).any():
             probability = np.ones(self._grey.shape)
         else:
-            probability = random_walker(self._grey, seeds, beta=self.beta, mode="cg_j", tol=1e-3, return_full_prob=True)[0]
+            with warnings.catch_warnings():  # cg_j's loose tolerance overshoots [0, 1] slightly; clipped below
+                warnings.simplefilter("ignore", UserWarning)
+                probability = random_walker(self._grey, seeds, beta=self.beta, mode="cg_j", tol=1e-3, return_full_prob=True)[0]
         probability = np.clip(probability, 1e-4, 1 - 1e-4)
         logits = np.log(probability / (1 - probability)).astype(np.float32)
         full = resize(logits, self.image_shape, order=1) if logits.shape != self.image_shape else logits

@@ -68,7 +68,10 @@ class SAM2Segmenter(Segmenter):
         except Exception as exc:
             raise ModelError(f"cannot build SAM 2 from config '{self.config}': {str(exc).splitlines()[0]}") from None
         if state is not None:
-            missing, unexpected = model.load_state_dict(state, strict=False)
+            try:
+                missing, unexpected = model.load_state_dict(state, strict=False)
+            except RuntimeError:  # weights of other shapes
+                missing, unexpected = ["(shapes differ)"], []
             if missing or unexpected:
                 raise ModelError(
                     f"{Path(self.checkpoint).name} does not match config {self.config}: "

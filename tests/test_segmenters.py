@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+
+from conftest import disk_image
+from napari_ibis.errors import InputError, ModelError
+from napari_ibis.evaluation import simulate_clicks
+from napari_ibis.overlay import to_rgb8
+from napari_ibis.segmenters import Click, build_segmenter
+
+
+@pytest.fixture(scope="module")
+def litemedsam():
+    return build_segmenter("litemedsam")
+
+
+@pytest.mark.parametrize("spec", ["classical", "litemedsam"])
+def test_clicks_segment_a_bright_disk(spec, litemedsam):
+    segmenter = litemedsam if spec == "litemedsam" else build_segmenter(spec)
+    image, mask = disk_image(128, centre=(60, 70), radius=18)
+    run = simulate_clicks(segmenter, to_rgb8(image), mask, max_clicks=5)
+    assert max(run.ious) > 0.7, run.ious
+    assert run.mask.shape == mask.shape and run.mask.dtype == bool
+
+
+def test_the_image_is_embedded_once_per_slice(litemedsam):
+    image, mask = disk_image(96)
+    before = litemedsam.encoder_calls
+    run = simulate_clicks(litemedsam, to_rgb8(image), mask, max_clicks=10)
+    litemedsam.set_image(to_rgb8(image))  # same pixels again: no new embedding
+    assert len(run.clicks) == 10 and litemedsam.encoder_calls - before == 1
+    other, _ = disk_image(96, seed=5)
+    litemedsam.set_image(to_rgb8(other))
+    assert litemedsam.encoder_calls - before == 2
+
+
+def test_litemedsam_respects_a_negative_click(litemedsam):
+    image, mask = disk_image(96, centre=(48, 48), radius=20)
+    litemedsam.set_image(to_rgb8(image))
+    first = litemedsam.segment([Click(48, 48, True)])
+    assert first.mask[48, 48]
+    second = litemedsam.segment([Click(48, 48, True), Click(50, 60, False)], first.logits)
+    assert not second.mask[50, 60] and second.mask[48, 48]
+
+
+def test_clicks_outside_the_image_are_refused():
+    segmenter = build_segmenter("classical")
+    segmenter.set_image(np.zeros((16, 16, 3), np.uint8))
+    with pytest.raises(InputError, match="outside"):
+        segmenter.segment([Click(16, 3, True)])
+
+
+def test_unknown_segmenter_and_missing_checkpoints_are_clear_errors(tmp_path):
+    with pytest.raises(InputError, match="unknown segmenter"):
+        build_segmenter("nnunet")
+    with pytest.raises(ModelError, match="not found"):
+        build_segmenter(f"sam2:{tmp_path / 'missing.pt'}")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match="cannot read"):
+        build_segmenter(f"sam2:{garbage}")
+    with pytest.raises(ModelError):
+        build_segmenter(f"litemedsam:{garbage}")
+
+
+@pytest.mark.slow
+def test_sam2_checkpoint_round_trip_infers_its_config(tmp_path):
+    import torch
+
+    random_model = build_segmenter("sam2:random")
+    checkpoint = tmp_path / "medsam2_like.pt"
+    torch.save({"model": random_model.predictor.model.state_dict()}, checkpoint)
+    loaded = build_segmenter(f"sam2:{checkpoint}")
+    assert loaded.config == "configs/sam2.1/sam2.1_hiera_t.yaml"
+    image, _ = disk_image(64)
+    loaded.set_image(to_rgb8(image))
+    first = loaded.segment([Click(40, 52, True)])
+    second = loaded.segment([Click(40, 52, True), Click(5, 5, False)], first.logits)
+    assert first.logits.shape == (256, 256) and second.mask.shape == (64, 64)
+    with pytest.raises(ModelError, match="does not match"):
+        build_segmenter(f"sam2:{checkpoint}#configs/sam2.1/sam2.1_hiera_s.yaml")

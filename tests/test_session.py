@@ -1,0 +1,189 @@
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from conftest import TERMINATE, ScriptedPolicy, disk_image, point
+from napari_ibis.errors import InputError
+from napari_ibis.policies.oracle import OraclePolicy
+from napari_ibis.segmenters import build_segmenter
+from napari_ibis.session import ActionTaken, Answered, MaskUpdated, Session, StepStarted, Stopped, ThoughtDelta
+
+
+@pytest.fixture
+def case():
+    return disk_image(96, centre=(40, 52), radius=14)
+
+
+@pytest.fixture(scope="module")
+def classical():
+    return build_segmenter("classical")
+
+
+def run_all(session, cancel=None):
+    return list(session.run(cancel))
+
+
+def inside(x=52.5 / 96, y=40.5 / 96):
+    return x, y
+
+
+def test_agent_runs_to_its_answer_with_streamed_thoughts(case, classical):
+    image, mask = case
+    policy = ScriptedPolicy([point(True, *inside(), "the bright disk is the target"), TERMINATE])
+    session = Session(image, "segment the disk", policy, classical)
+    events = run_all(session)
+    kinds = [type(e) for e in events]
+    assert kinds[0] is StepStarted and ThoughtDelta in kinds
+    assert kinds.index(ThoughtDelta) < kinds.index(MaskUpdated)  # text streams before the mask
+    assert isinstance(events[-1], Stopped) and events[-1].reason == "answered"
+    streamed = "".join(e.text for e in events if isinstance(e, ThoughtDelta) and e.index == 1)
+    assert "the bright disk is the target" in streamed
+    clicks = next(e for e in events if isinstance(e, ActionTaken)).clicks
+    assert (clicks[0].row, clicks[0].col, clicks[0].positive) == (40, 52, True)
+    assert [s.kind for s in session.steps] == ["click", "answer"]
+    assert session.mask[40, 52] and (session.mask & mask).sum() / (session.mask | mask).sum() > 0.6
+    # the second turn shows the mask to the model with the release's refinement prompt
+    second = policy.requests[1]
+    assert "This is a refinement step" in second.messages[-1]["content"][1]["text"]
+    assert not np.array_equal(second.messages[-1]["content"][0]["image"], session.rgb)
+
+
+def test_undo_redo_reject_accept_and_replay(case, classical):
+    image, _ = case
+    replies = [point(True, *inside()), point(False, 0.1, 0.1), point(True, 0.6, 0.45), TERMINATE]
+    session = Session(image, "segment the disk", ScriptedPolicy(replies), classical)
+    run_all(session)
+    assert len(session.steps) == 4
+    third = session.steps[2].mask.copy()
+    session.undo()
+    session.undo()
+    assert session.cursor == 2 and session.can_redo
+    session.redo()
+    assert np.array_equal(session.mask, third)
+    session.reject()  # drops step 3 and everything after
+    assert session.cursor == 2 and not session.can_redo
+    accepted = session.accept()
+    assert session.accepted == 2 and np.array_equal(accepted, session.steps[1].mask)
+    assert np.array_equal(session.replay(), session.mask)
+    names = [o["name"] for o in session.trajectory()["operations"]]
+    assert names == ["undo", "undo", "redo", "reject", "accept"]
+
+
+def test_a_user_click_becomes_a_step_and_the_agent_continues_from_it(case, classical):
+    image, _ = case
+    policy = ScriptedPolicy([point(True, *inside()), TERMINATE])
+    session = Session(image, "segment the disk", policy, classical, max_steps=1)
+    assert run_all(session)[-1].reason == "max_steps"
+    step = session.add_click(5, 5, positive=False)
+    assert step.source == "user" and len(step.clicks) == 2 and not step.clicks[-1].positive
+    events = run_all(session)
+    assert events[-1].reason == "answered"
+    assert [s.source for s in session.steps] == ["agent", "user", "agent"]
+    assert policy.requests[-1].clicks[-1].source == "user"
+    assert np.array_equal(session.replay(), session.mask)
+
+
+def test_refinement_starts_from_an_imported_mask(case, classical):
+    image, mask = case
+    policy = ScriptedPolicy([TERMINATE])
+    session = Session(image, "segment the disk", policy, classical, init_mask=mask.astype(np.uint8) * 7)
+    events = run_all(session)
+    assert events[-1].reason == "answered"
+    assert np.array_equal(session.mask, mask)
+    assert "refinement step" in policy.requests[0].messages[-1]["content"][1]["text"]
+    with pytest.raises(InputError, match="initial mask"):
+        Session(image, "q", policy, classical, init_mask=np.zeros((5, 5)))
+
+
+def test_not_present_answer_leaves_an_empty_mask(case, classical):
+    image, _ = case
+    session = Session(image, "segment the kidney", ScriptedPolicy([TERMINATE]), classical)
+    assert run_all(session)[-1].reason == "not_present"
+    assert not session.mask.any()
+    paper = ScriptedPolicy(["<think>no kidney</think><action>Not present</action><answer>No kidney.</answer>"])
+    session = Session(image, "segment the kidney", paper, classical, profile="paper")
+    events = run_all(session)
+    assert events[-1].reason == "not_present" and isinstance(events[-2], Answered)
+
+
+@pytest.mark.parametrize(
+    "reply, reason",
+    [
+        ("I think it is the liver.", "unparsable"),
+        (point(True, 0.5, 0.5) + "<action>Terminate</action>", "unparsable"),
+        ("<action>Positive Point (1.5, 0.2)</action>", "unparsable"),
+        ("garbage " * 1500, "unparsable"),
+    ],
+)
+def test_nonsense_from_the_model_stops_cleanly(case, classical, reply, reason):
+    image, _ = case
+    session = Session(image, "segment the disk", ScriptedPolicy([reply]), classical)
+    events = run_all(session)
+    assert events[-1].reason == reason and events[-1].message
+    assert session.steps == [] and session.rejected_outputs == [reply]
+
+
+def test_the_same_action_three_times_stops_the_run(case, classical):
+    image, _ = case
+    session = Session(image, "segment the disk", ScriptedPolicy([point(True, *inside())]), classical)
+    assert run_all(session)[-1].reason == "repeated"
+    assert len(session.steps) == 2
+
+
+def test_a_policy_that_crashes_leaves_the_timeline_intact(case, classical):
+    image, _ = case
+    policy = ScriptedPolicy([point(True, *inside()), TERMINATE], fail_at=2)
+    session = Session(image, "segment the disk", policy, classical)
+    events = run_all(session)
+    assert events[-1].reason == "error" and "crashed" in events[-1].message
+    assert len(session.steps) == 1
+    assert run_all(session)[-1].reason == "answered"  # the next run works
+
+
+def test_cancel_before_and_during_generation(case, classical):
+    image, _ = case
+    cancel = threading.Event()
+    cancel.set()
+    session = Session(image, "segment the disk", ScriptedPolicy([point(True, *inside())]), classical)
+    assert run_all(session, cancel)[-1].reason == "cancelled"
+    slow = ScriptedPolicy([point(True, *inside(), " ".join(["word"] * 200))], delay=0.01)
+    session = Session(image, "segment the disk", slow, classical)
+    cancel = threading.Event()
+    events = []
+    for event in session.run(cancel):
+        events.append(event)
+        if isinstance(event, ThoughtDelta):
+            cancel.set()
+    assert events[-1].reason == "cancelled" and session.steps == []
+
+
+def test_oracle_policy_drives_the_loop_in_both_profiles(case, classical):
+    image, mask = case
+    for profile in ("ibis-release", "paper"):
+        session = Session(image, "disk", OraclePolicy(mask, stop_iou=0.8), classical, profile=profile, max_steps=10)
+        events = run_all(session)
+        assert events[-1].reason in ("answered", "max_steps")
+        assert (session.mask & mask).sum() / (session.mask | mask).sum() > 0.6
+
+
+def test_trajectory_records_every_step(case, classical):
+    image, _ = case
+    session = Session(image, "segment the disk", ScriptedPolicy([point(True, *inside()), TERMINATE]), classical)
+    run_all(session)
+    record = json.loads(json.dumps(session.trajectory()))
+    assert record["query"] == "segment the disk" and record["profile"] == "ibis-release"
+    assert record["segmenter"]["name"] == "classical" and record["policy"]["name"] == "scripted"
+    first = record["steps"][0]
+    assert first["clicks"][0]["row"] == 40 and first["clicks"][0]["model_xy"] == pytest.approx([0.5469, 0.4219])
+    assert first["mask_area"] > 0 and first["thought"] and first["output"].startswith("<think>")
+    assert record["stop"]["reason"] == "answered"
+
+
+def test_bad_session_input_is_refused(case, classical):
+    image, _ = case
+    with pytest.raises(InputError, match="query is empty"):
+        Session(image, "  ", ScriptedPolicy([TERMINATE]), classical)
+    with pytest.raises(InputError, match="at least 8"):
+        Session(np.zeros((5, 40)), "q", ScriptedPolicy([TERMINATE]), classical)
