@@ -1,0 +1,161 @@
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from conftest import disk_image
+from napari_ibis import io
+from napari_ibis.cli import main
+from napari_ibis.errors import InputError
+
+
+def test_reads_png_tiff16_rgb_nifti_nrrd_npy_and_dicom(tmp_path):
+    image, _ = disk_image(32)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    assert np.array_equal(io.read_image(tmp_path / "a.png").slice, image)
+    sixteen = (image.astype(np.uint16) * 200)
+    tifffile.imwrite(tmp_path / "b.tif", sixteen)
+    assert io.read_image(tmp_path / "b.tif").slice.dtype == np.uint16
+    rgb = np.stack([image] * 3, axis=-1)
+    tifffile.imwrite(tmp_path / "c.tif", rgb)
+    assert io.read_image(tmp_path / "c.tif").rgb
+    volume = np.random.default_rng(0).random((20, 24, 10)).astype(np.float32)  # x, y, z
+    nib.save(nib.Nifti1Image(volume, np.diag([2.0, 2.0, 3.0, 1.0])), tmp_path / "v.nii.gz")
+    loaded = io.read_image(tmp_path / "v.nii.gz", 4)
+    assert loaded.data.shape == (10, 24, 20) and np.array_equal(loaded.slice, volume[:, :, 4].T)
+    import nrrd
+
+    nrrd.write(str(tmp_path / "v.nrrd"), volume.transpose(2, 1, 0).copy(), index_order="C")
+    assert io.read_image(tmp_path / "v.nrrd", 3).slice.shape == (24, 20)
+    np.save(tmp_path / "d.npy", image)
+    assert io.read_image(tmp_path / "d.npy").slice.shape == (32, 32)
+    from pydicom.data import get_testdata_file
+
+    ct = io.read_image(get_testdata_file("CT_small.dcm"))
+    assert ct.slice.shape == (128, 128) and ct.meta["modality"] == "CT" and ct.slice.min() < 0  # Hounsfield units
+
+
+def test_labels_are_written_in_the_input_geometry_and_never_overwritten(tmp_path):
+    volume = np.zeros((20, 24, 10), np.int16)
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(volume, affine), tmp_path / "v.nii.gz")
+    loaded = io.read_image(tmp_path / "v.nii.gz", 4)
+    mask = np.zeros((24, 20), bool)
+    mask[5:9, 3:7] = True
+    out = io.write_labels(tmp_path / "labels.nii.gz", mask, loaded)
+    written = nib.load(out)
+    assert written.shape == (20, 24, 10) and np.allclose(written.affine, affine)
+    data = np.asarray(written.dataobj)
+    assert data[:, :, 4].T[5, 3] == 1 and data.sum() == 16  # only slice 4 is set
+    with pytest.raises(InputError, match="--force"):
+        io.write_labels(tmp_path / "labels.nii.gz", mask, loaded)
+    io.write_labels(tmp_path / "labels.nii.gz", mask, loaded, force=True)
+    for suffix in (".tif", ".npy", ".png", ".nrrd"):
+        io.write_labels(tmp_path / f"m{suffix}", mask, loaded if suffix != ".png" else None)
+    assert np.asarray(Image.open(tmp_path / "m.png")).max() == 255
+    assert tifffile.imread(tmp_path / "m.tif").shape == (10, 24, 20)
+    assert not list(tmp_path.glob(".*"))  # no temporary files left behind
+
+
+def test_masks_must_be_binary_or_label_valued(tmp_path):
+    loaded = io.LoadedImage(tmp_path, np.zeros((10, 10)), rgb=False)
+    np.save(tmp_path / "float.npy", np.full((10, 10), 0.5))
+    with pytest.raises(InputError, match="not binary"):
+        io.read_mask(tmp_path / "float.npy", loaded)
+    labels = np.zeros((10, 10), np.uint8)
+    labels[:3] = 1
+    labels[5:] = 2
+    np.save(tmp_path / "labels.npy", labels)
+    with pytest.raises(InputError, match="--label"):
+        io.read_mask(tmp_path / "labels.npy", loaded)
+    assert io.read_mask(tmp_path / "labels.npy", loaded, label=2).sum() == 50
+    np.save(tmp_path / "small.npy", np.zeros((9, 10), np.uint8))
+    with pytest.raises(InputError, match="image slice is"):
+        io.read_mask(tmp_path / "small.npy", loaded)
+
+
+# -- the command line ------------------------------------------------------------------
+@pytest.fixture
+def files(tmp_path):
+    image, mask = disk_image(48, centre=(20, 26), radius=8)
+    Image.fromarray(image).save(tmp_path / "img.png")
+    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "mask.png")
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG not really")
+    np.save(tmp_path / "nan.npy", np.full((16, 16), np.nan))
+    np.save(tmp_path / "tiny.npy", np.zeros((4, 16)))
+    np.save(tmp_path / "four_d.npy", np.zeros((2, 3, 16, 16)))
+    return tmp_path
+
+
+def run_cli(capsys, *args):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["segment", "{d}/missing.png", "--query", "q", "--model", "{d}"], "image not found"),
+        (["segment", "{d}/corrupt.png", "--query", "q", "--model", "{d}"], "cannot read corrupt.png"),
+        (["segment", "{d}/img.png", "--query", " ", "--model", "{d}"], "query is empty"),
+        (["segment", "{d}/nan.npy", "--query", "q", "--model", "{d}"], "NaN"),
+        (["segment", "{d}/tiny.npy", "--query", "q", "--model", "{d}"], "at least 8x8"),
+        (["segment", "{d}/four_d.npy", "--query", "q", "--model", "{d}"], "pick a slice with --slice"),
+        (["segment", "{d}/img.png", "--query", "q", "--init-mask", "{d}/tiny.npy", "--model", "{d}"], "image slice is"),
+        (["segment", "{d}/img.png", "--query", "q", "--model", "{d}"], "no config.json"),
+        (["segment", "{d}/img.png", "--query", "q"], "default agent is not trained"),
+        (["segment", "{d}/img.png", "--query", "q", "--model", "{d}", "--segmenter", "sam2:{d}/img.png"], ""),
+        (["eval", "{d}/missing.jsonl"], "manifest not found"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(files, capsys, args, message):
+    code, _, err = run_cli(capsys, *[a.replace("{d}", str(files)) for a in args])
+    assert code == 2 and err.startswith("napari-ibis: error: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_segment_writes_labels_and_trace_with_a_model_folder(files, capsys, tiny_vlm_folder):
+    out, trace = files / "out.tif", files / "trace.json"
+    code, stdout, _ = run_cli(capsys, "segment", files / "img.png", "--query", "segment the disk", "--model",
+                              tiny_vlm_folder, "--segmenter", "classical", "--max-steps", "2", "--out", out, "--trace", trace)
+    assert code == 0 and "stopped:" in stdout
+    assert tifffile.imread(out).shape == (48, 48)
+    record = json.loads(trace.read_text())
+    assert record["query"] == "segment the disk" and record["policy"]["model_type"] == "qwen2_5_vl"
+    code, _, err = run_cli(capsys, "segment", files / "img.png", "--query", "q", "--model", tiny_vlm_folder,
+                           "--out", out, "--trace", trace)
+    assert code == 2 and "--force" in err
+
+
+def test_eval_with_the_oracle_reports_click_metrics(files, capsys):
+    manifest = files / "cases.jsonl"
+    manifest.write_text(json.dumps({"image": "img.png", "mask": "mask.png", "target": "disk", "modality": "synthetic"}) + "\n")
+    code, stdout, _ = run_cli(capsys, "eval", manifest, "--policy", "oracle", "--segmenter", "classical",
+                              "--max-clicks", "5", "--json", files / "report.json")
+    assert code == 0 and "noc@85" in stdout
+    report = json.loads((files / "report.json").read_text())["summary"]
+    for key in ("iou", "dice", "f1", "noc@80", "noc@85", "noc@90", "never@85", "miou@1", "miou@5",
+                "mean_steps", "seconds_per_step"):
+        assert key in report
+    assert report["cases"] == 1 and report["iou"] > 0.5
+
+
+def test_importing_the_core_loads_no_qt_torch_or_napari():
+    code = (
+        "import sys, napari_ibis.cli, napari_ibis.session, napari_ibis.protocol, napari_ibis.io;"
+        "bad = [m for m in ('torch', 'transformers', 'sam2', 'qtpy', 'PyQt6', 'napari') if m in sys.modules];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_napari_manifest_validates():
+    result = subprocess.run([sys.executable, "-m", "npe2", "validate", "napari-ibis"], capture_output=True, text=True)
+    assert result.returncode == 0 and "valid" in result.stdout.lower(), result.stdout + result.stderr

@@ -1,0 +1,155 @@
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from conftest import disk_image, point
+from napari_ibis.errors import Cancelled, ModelError
+from napari_ibis.policies import load_policy
+from napari_ibis.policies.base import PolicyRequest
+from napari_ibis.policies.remote import RemotePolicy
+from napari_ibis.policies.vlm import VLMPolicy, inspect_model_folder
+from napari_ibis.protocol import Turn, get_profile
+from napari_ibis.segmenters import build_segmenter
+from napari_ibis.session import Session, Stopped, ThoughtDelta
+
+
+def request(profile="ibis-release"):
+    prof = get_profile(profile)
+    image = np.full((40, 60, 3), 90, np.uint8)
+    messages = prof.messages([Turn(image, prof.user_text("segment the disk", True))])
+    return PolicyRequest(prof, "segment the disk", image, None, (), 1, messages)
+
+
+# -- local VLM folders ------------------------------------------------------------------
+def test_a_tiny_qwen25vl_folder_loads_and_streams(tiny_vlm_folder):
+    policy = VLMPolicy(tiny_vlm_folder, max_new_tokens=12)
+    assert policy.identity()["model_type"] == "qwen2_5_vl" and policy.device == "cpu"
+    inputs = policy.encode(request().messages)
+    grid = inputs["image_grid_thw"][0].tolist()
+    image_tokens = int((inputs["input_ids"] == policy.model.config.image_token_id).sum())
+    assert image_tokens == grid[0] * grid[1] * grid[2] // 4  # merge 2x2
+    pieces = []
+    text = policy.respond(request(), on_text=pieces.append)
+    assert pieces and "".join(pieces) == text
+
+
+def test_the_vlm_session_loop_runs_end_to_end(tiny_vlm_folder):
+    image, _ = disk_image(64)
+    policy = VLMPolicy(tiny_vlm_folder, max_new_tokens=16)
+    session = Session(image, "segment the disk", policy, build_segmenter("classical"), max_steps=2)
+    events = list(session.run())
+    assert any(isinstance(e, ThoughtDelta) for e in events)
+    # a random model writes nonsense: the run must stop cleanly, saying why
+    assert isinstance(events[-1], Stopped) and events[-1].reason in ("unparsable", "max_steps", "answered", "repeated", "not_present")
+
+
+def test_stop_during_generation(tiny_vlm_folder):
+    policy = VLMPolicy(tiny_vlm_folder, max_new_tokens=400)
+    cancel = threading.Event()
+
+    def stop_soon(_piece):
+        cancel.set()
+
+    with pytest.raises(Cancelled):
+        policy.respond(request(), on_text=stop_soon, cancel=cancel)
+
+
+def test_folders_that_are_not_supported_vlms_are_refused(tmp_path, tiny_vlm_folder):
+    with pytest.raises(ModelError, match="not found"):
+        load_policy(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="no config.json"):
+        inspect_model_folder(tmp_path / "empty")
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ModelError, match="'bert' model"):
+        inspect_model_folder(bert)
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.json").write_text((tiny_vlm_folder / "config.json").read_text())
+    with pytest.raises(ModelError, match="no weights"):
+        inspect_model_folder(partial)
+
+
+def test_without_a_bundled_agent_the_default_says_what_to_do():
+    with pytest.raises(ModelError, match="--model"):
+        load_policy(None)
+
+
+# -- remote endpoint (loopback fake of an OpenAI-compatible server) ----------------------
+class FakeServer:
+    def __init__(self, reply: str, failures: int = 0, status: int = 500):
+        self.reply, self.failures, self.status = reply, failures, status
+        self.seen: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.seen.append({"headers": dict(self.headers), "body": body})
+                if outer.failures > 0:
+                    outer.failures -= 1
+                    self.send_response(outer.status)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                for word in outer.reply.split(" "):
+                    chunk = {"choices": [{"delta": {"content": word + " "}}]}
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.write(b"data: [DONE]\n\n")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_remote_policy_streams_and_keeps_the_key_secret(monkeypatch):
+    monkeypatch.setenv("IBIS_API_KEY", "sk-secret-123")
+    server = FakeServer(point(True, 0.5, 0.25))
+    try:
+        policy = RemotePolicy(server.url, model="ibis-7b")
+        pieces = []
+        text = policy.respond(request(), on_text=pieces.append)
+        assert len(pieces) > 3 and "Positive Point (0.5000, 0.2500)" in text
+        sent = server.seen[0]
+        assert sent["headers"]["Authorization"] == "Bearer sk-secret-123"
+        content = sent["body"]["messages"][1]["content"]
+        assert content[0]["image_url"]["url"].startswith("data:image/png;base64,")
+        assert content[1]["text"] == "<image>segment the disk"
+        assert "sk-secret" not in json.dumps(policy.identity())
+        image, _ = disk_image(64)
+        session = Session(image, "segment the disk", policy, build_segmenter("classical"), max_steps=1)
+        list(session.run())
+        assert "sk-secret" not in json.dumps(session.trajectory())
+    finally:
+        server.close()
+
+
+def test_remote_policy_retries_server_errors_and_reports_client_errors():
+    server = FakeServer(point(False, 0.1, 0.1), failures=2, status=503)
+    try:
+        assert "Negative Point" in RemotePolicy(server.url, retries=2).respond(request())
+        assert len(server.seen) == 3
+    finally:
+        server.close()
+    server = FakeServer("x", failures=5, status=401)
+    try:
+        with pytest.raises(ModelError, match="HTTP 401"):
+            RemotePolicy(server.url, retries=2).respond(request())
+        assert len(server.seen) == 1
+    finally:
+        server.close()
+    with pytest.raises(ModelError, match="cannot reach"):
+        RemotePolicy("http://127.0.0.1:9/v1", retries=0, timeout=2).respond(request())
