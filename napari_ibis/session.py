@@ -7,7 +7,8 @@ why it stopped). Between runs, a person edits the timeline:
 
 * :meth:`undo` / :meth:`redo` move through the steps; :meth:`reject` drops the
   current step and the steps after it; :meth:`accept` takes the current mask;
-* :meth:`add_click` inserts a user click as a step (the agent continues from it);
+* :meth:`add_click` inserts a user click as a step (the agent continues from it),
+  :meth:`add_mask_edit` a person's own edit of the mask;
 * an initial mask (``init_mask``) starts a refinement instead of a fresh run.
 
 Each step's mask comes from the segmenter with every click in effect plus the
@@ -41,7 +42,7 @@ class Step:
 
     index: int
     source: str  # "agent", "user" or "initial"
-    kind: str  # "click", "answer" or "initial"
+    kind: str  # "click", "edit" (a person's brush edit), "answer" or "initial"
     mask: np.ndarray
     logits: np.ndarray | None
     clicks: tuple[Click, ...] = ()
@@ -231,6 +232,25 @@ class Session:
         action = self.profile.action_at(click.row, click.col, click.positive, height, width)
         return self._click_step("user", (click,), (action,))
 
+    def add_mask_edit(self, mask: np.ndarray) -> Step:
+        """A person's edit of the mask (e.g. napari's brush), as a step of the timeline."""
+        mask = np.asarray(mask)
+        if mask.shape != self.rgb.shape[:2]:
+            raise InputError(f"the edited mask is {mask.shape} but the slice is {self.rgb.shape[:2]}")
+        before = self.current
+        mask = mask > 0
+        step = Step(
+            index=self._cursor + 1,
+            source="user",
+            kind="edit",
+            mask=mask,
+            logits=self.segmenter.prior_from_mask(mask) if mask.any() else None,
+            clicks=before.clicks,
+            iou_prev=iou(before.mask, mask),
+        )
+        self._push(step)
+        return step
+
     def _click_step(self, source: str, added: tuple[Click, ...], actions: tuple[Action, ...], **fields) -> Step:
         before = self.current
         clicks = before.clicks + added
@@ -260,6 +280,8 @@ class Session:
             if step.kind == "click":
                 result = self.segmenter.segment(step.clicks, logits)
                 mask, logits = result.mask, result.logits
+            elif step.kind == "edit":
+                mask, logits = step.mask, step.logits
             elif step.not_present:
                 mask = np.zeros_like(mask)
         return mask
