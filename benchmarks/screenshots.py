@@ -1,0 +1,71 @@
+"""README screenshots from a real run of the widget under Xvfb.
+
+The agent here is the oracle policy (the click simulator with stardist's
+hand-drawn mask), since no trained agent is bundled yet; the segmenter is the
+bundled LiteMedSAM; the image is stardist's real fluorescence nuclei.
+
+    xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    import napari
+    import numpy as np
+    from qtpy.QtWidgets import QApplication
+    from stardist.data import test_image_nuclei_2d
+
+    from napari_ibis._widget import MODEL_CACHE, IbisWidget
+    from napari_ibis.policies.oracle import OraclePolicy
+
+    out = ROOT / "docs" / "images"
+    out.mkdir(parents=True, exist_ok=True)
+    image, labels = test_image_nuclei_2d(return_mask=True)
+    target = labels == 119
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1400, 900)
+    viewer.add_image(image, name="nuclei")
+    widget = IbisWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="IBIS agent", area="right")
+    MODEL_CACHE._items[("policy", "oracle (ground truth)", "auto")] = OraclePolicy(target, stop_iou=0.85)
+    widget.model_edit.setText("oracle (ground truth)")
+    widget.query_edit.setText("segment the nucleus")
+    rows, cols = np.nonzero(target)
+    viewer.scene.camera.center = (rows.mean(), cols.mean())
+    viewer.scene.camera.zoom = 6
+    app = QApplication.instance()
+
+    def wait(condition, seconds=120):
+        import time
+
+        end = time.time() + seconds
+        while not condition() and time.time() < end:
+            app.processEvents()
+            time.sleep(0.02)
+
+    widget.max_steps.setValue(2)
+    widget.run()
+    wait(lambda: not widget.running)
+    app.processEvents()
+    viewer.window.screenshot(str(out / "widget-mid-run.png"), canvas_only=False)
+    widget.max_steps.setValue(20)
+    widget.continue_run()
+    wait(lambda: not widget.running)
+    widget.export_to_layer()
+    viewer.layers["IBIS mask"].visible = False
+    app.processEvents()
+    viewer.window.screenshot(str(out / "widget-after-export.png"), canvas_only=False)
+    print(widget.transcript.toPlainText())
+    print(widget.status.text())
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()
