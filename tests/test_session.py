@@ -187,3 +187,19 @@ def test_bad_session_input_is_refused(case, classical):
         Session(image, "  ", ScriptedPolicy([TERMINATE]), classical)
     with pytest.raises(InputError, match="at least 8"):
         Session(np.zeros((5, 40)), "q", ScriptedPolicy([TERMINATE]), classical)
+
+
+def test_a_brush_edit_is_a_step_that_replay_keeps(case, classical):
+    image, mask = case
+    policy = ScriptedPolicy([point(True, *inside()), TERMINATE])
+    session = Session(image, "segment the disk", policy, classical, max_steps=1)
+    run_all(session)
+    painted = session.mask.copy()
+    painted[0:5, 0:5] = True
+    step = session.add_mask_edit(painted)
+    assert step.kind == "edit" and step.source == "user" and np.array_equal(session.mask, painted)
+    assert np.array_equal(session.replay(), painted)
+    session.undo()
+    assert not session.mask[0:5, 0:5].any()
+    with pytest.raises(InputError, match="edited mask"):
+        session.add_mask_edit(np.zeros((3, 3)))

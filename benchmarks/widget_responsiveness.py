@@ -1,0 +1,108 @@
+"""Responsiveness of the napari widget (issue 3), under Xvfb on 2 cores.
+
+1. A 10-step run on a real 512x512 slice (stardist nuclei) with the LiteMedSAM
+   segmenter and the oracle policy (no trained agent is bundled yet): the largest
+   gap between ticks of a 10 ms QTimer on the GUI thread while the run works,
+   target <= 50 ms; the time from pressing Run to the first mask.
+2. The same with a tiny randomly initialised Qwen2.5-VL (not a trained model):
+   time from pressing Run to the first streamed text.
+
+    xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/widget_responsiveness.py
+Writes benchmarks/results/widget_responsiveness.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    import napari
+    import numpy as np
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+    from stardist.data import test_image_nuclei_2d
+
+    from napari_ibis._layers import MASK_NAME
+    from napari_ibis._widget import MODEL_CACHE, IbisWidget
+    from napari_ibis.policies.oracle import OraclePolicy
+    from napari_ibis.protocol import PROFILES
+    from training.tiny import build_tiny_vlm
+
+    image, labels = test_image_nuclei_2d(return_mask=True)
+    viewer = napari.Viewer(show=True)
+    viewer.add_image(image, name="nuclei")
+    widget = IbisWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    app = QApplication.instance()
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+
+    def wait(condition, seconds=300):
+        end = time.time() + seconds
+        while not condition() and time.time() < end:
+            app.processEvents()
+            time.sleep(0.001)
+
+    # warm-up: imports and model loading happen once per session of napari
+    MODEL_CACHE._items[("policy", "oracle", "auto")] = OraclePolicy(labels == 119, stop_iou=1.01)
+    widget.model_edit.setText("oracle")
+    widget.query_edit.setText("segment the nucleus")
+    widget.max_steps.setValue(1)
+    widget.run()
+    wait(lambda: not widget.running)
+
+    widget.max_steps.setValue(10)
+    MODEL_CACHE._items[("policy", "oracle", "auto")] = OraclePolicy(labels == 153, stop_iou=1.01)
+    first_mask = []
+    viewer.layers[MASK_NAME].events.data.connect(lambda e: first_mask.append(time.perf_counter()) if not first_mask else None)
+    timer.start()
+    pressed = time.perf_counter()
+    widget.run()
+    wait(lambda: not widget.running)
+    timer.stop()
+    gaps = np.diff(ticks) * 1000
+    oracle = {
+        "steps": len(widget.session.steps),
+        "largest_gui_gap_ms": float(gaps.max()),
+        "p99_gui_gap_ms": float(np.percentile(gaps, 99)),
+        "run_to_first_mask_s": first_mask[0] - pressed if first_mask else None,
+        "run_seconds": ticks[-1] - pressed,
+    }
+    print(json.dumps(oracle, indent=2))
+
+    folder = build_tiny_vlm(Path(tempfile.mkdtemp()) / "tiny", [p.system_prompt() for p in PROFILES.values()])
+    widget.model_edit.setText(str(folder))
+    widget.max_steps.setValue(1)
+    widget.run()  # loads the model once (cached per folder and device)
+    wait(lambda: not widget.running)
+    first_text = []
+    def on_text() -> None:  # the first model text after the "[step 1] " header
+        shown = widget.transcript.toPlainText()
+        if not first_text and "] " in shown and shown.split("] ", 1)[1].strip():
+            first_text.append(time.perf_counter())
+
+    widget.transcript.textChanged.connect(on_text)
+    pressed = time.perf_counter()
+    widget.run()
+    wait(lambda: not widget.running)
+    vlm = {"model": "random Qwen2.5-VL from a config", "run_to_first_text_s": first_text[0] - pressed if first_text else None,
+           "stop": widget.status.text()}
+    print(json.dumps(vlm, indent=2))
+    out = ROOT / "benchmarks" / "results" / "widget_responsiveness.json"
+    out.write_text(json.dumps({"oracle_litemedsam_10_steps": oracle, "tiny_random_vlm": vlm}, indent=2) + "\n")
+    print(f"wrote {out}")
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()
