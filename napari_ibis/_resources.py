@@ -9,15 +9,16 @@ from pathlib import Path
 @lru_cache(maxsize=1)
 def resources_root() -> Path:
     """The folder that holds prompt profiles, bundled models and sample cases."""
-    from importlib.resources import files
+    from importlib.util import find_spec
 
-    try:
-        installed = Path(str(files("napari_ibis.resources")))
-    except ModuleNotFoundError:  # a source checkout that was never installed
-        installed = None
-    if installed is not None and (installed / "prompts").is_dir():
-        return installed
-    return Path(__file__).resolve().parent.parent / "resources"
+    try:  # installed: setup.cfg maps resources/ to the data-only package napari_ibis.resources
+        spec = find_spec("napari_ibis.resources")
+    except ModuleNotFoundError:
+        spec = None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(location) / "prompts").is_dir():
+            return Path(location)
+    return Path(__file__).resolve().parent.parent / "resources"  # a source checkout
 
 
 def resource_path(*parts: str) -> Path:

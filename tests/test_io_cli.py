@@ -159,3 +159,25 @@ def test_importing_the_core_loads_no_qt_torch_or_napari():
 def test_the_napari_manifest_validates():
     result = subprocess.run([sys.executable, "-m", "npe2", "validate", "napari-ibis"], capture_output=True, text=True)
     assert result.returncode == 0 and "valid" in result.stdout.lower(), result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_a_normal_install_carries_the_manifest_and_the_resources(tmp_path):
+    """`pip install .` (not -e): napari.yaml and resources/ must be inside the wheel."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    wheels, target = tmp_path / "wheels", tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(root)],
+                   check=True, capture_output=True)
+    (wheel,) = wheels.glob("*.whl")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)
+    code = ("import napari_ibis._resources as r, napari_ibis.protocol as p;"
+            "print(r.resources_root()); print(p.get_profile('ibis-release').system_prompt()[:20])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                            env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    assert str(target) in result.stdout and "You are a precise" in result.stdout
+    assert (target / "napari_ibis" / "napari.yaml").is_file()
+    assert (target / "napari_ibis" / "resources" / "prompts" / "ibis-release" / "LICENSE").is_file()
