@@ -252,12 +252,23 @@ class LiteMedSAMSegmenter(Segmenter):
             seeds[(rows - int(r)) ** 2 + (cols - int(c)) ** 2 <= 2] = 1 if positive else 2
         if not (seeds == 1).any() or not (seeds == 2).any():
             return mask
-        probability = 1 / (1 + np.exp(-np.clip(logits, -8, 8)))
-        data = np.stack([self._small, probability], axis=-1)
+        # Only the neighbourhood of the mask and the clicks can change: walk there.
+        rows_any, cols_any = np.nonzero(seeds != 2)
+        margin = 8
+        r0, r1 = max(rows_any.min() - margin, 0), min(rows_any.max() + margin + 1, mask.shape[0])
+        c0, c1 = max(cols_any.min() - margin, 0), min(cols_any.max() + margin + 1, mask.shape[1])
+        window = (slice(r0, r1), slice(c0, c1))
+        probability = 1 / (1 + np.exp(-np.clip(logits[window], -8, 8)))
+        data = np.stack([self._small[window], probability], axis=-1)
+        local = seeds[window].copy()
+        local[[0, -1], :] = np.where(local[[0, -1], :] == 1, 1, 2)
+        local[:, [0, -1]] = np.where(local[:, [0, -1]] == 1, 1, 2)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            labels = random_walker(data, seeds, beta=self.beta, mode="cg_j", tol=1e-3, channel_axis=-1)
-        return labels == 1
+            labels = random_walker(data, local, beta=self.beta, mode="cg_j", tol=1e-3, channel_axis=-1)
+        out = np.zeros_like(mask)
+        out[window] = labels == 1
+        return out
 
     def _to_image(self, low_res: np.ndarray) -> np.ndarray:
         from skimage.transform import resize

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+
+from napari_ibis.segmenters import build_segmenter
+from training import text
+from training.datasets import split_by_group, stardist_nuclei
+from training.phantoms import phantom, phantom_samples
+from training.trajectories import keep, self_correction, simulate
+
+
+def test_phantoms_are_seeded_and_hold_several_disjoint_named_structures():
+    a, b = phantom(7), phantom(7)
+    assert np.array_equal(a.image, b.image) and a.masks.keys() == b.masks.keys()
+    assert not np.array_equal(phantom(8).image, a.image)
+    for seed in range(10):
+        ph = phantom(seed)
+        assert len(ph.masks) >= 2 and ph.image.dtype == np.uint8
+        names = list(ph.masks)
+        for i, first in enumerate(names):
+            for second in names[i + 1:]:
+                overlap = (ph.masks[first] & ph.masks[second]).any()
+                lesion_in_host = "tumour" in second or second in ("infarct", "nodule", "polyp", "mitotic figure")
+                assert not overlap or lesion_in_host
+
+
+def test_the_leak_check_catches_planted_privileged_words():
+    assert text.leaks("The red region is a FP of the mask") == ["fp", "red"]
+    assert text.leaks("Compare with the ground truth") == ["ground truth"]
+    assert text.leaks("The mask covers the liver well") == []
+
+
+def test_synthesised_reasoning_never_leaks():
+    rng = np.random.default_rng(0)
+    mask = np.zeros((40, 40), bool)
+    mask[10:20, 10:20] = True
+    for _ in range(500):
+        row, col = rng.integers(0, 40, 2)
+        for current in (None, mask):
+            thought = text.reasoning("liver", "CT", current, int(row), int(col), bool(rng.integers(2)), rng)
+            assert not text.leaks(thought) and "liver" in thought
+        assert "liver" in text.query("liver", "CT", rng)
+
+
+def test_splits_by_group_are_disjoint():
+    samples = list(phantom_samples(range(30))) + list(stardist_nuclei(count=10))
+    train, evaluation = split_by_group(samples, eval_fraction=0.3)
+    assert train and evaluation
+    assert not {s.group for s in train} & {s.group for s in evaluation}
+
+
+@pytest.fixture(scope="module")
+def classical():
+    return build_segmenter("classical")
+
+
+def test_trajectories_reach_the_stop_iou_and_absent_targets_say_so(classical):
+    rng = np.random.default_rng(1)
+    sample = next(s for s in phantom_samples([0]) if s.target == "liver")
+    trajectory = simulate(sample, classical, rng, stop_iou=0.85, max_steps=12)
+    assert trajectory.moves[-1].keyword == "terminate" and trajectory.final_iou >= 0.85
+    ious = [m.iou_after for m in trajectory.moves if m.click is not None]
+    assert ious == sorted(ious) or max(ious) >= 0.85
+    assert keep(trajectory, max_clicks=12, min_dice=0.8)
+    absent = simulate(type(sample)(sample.image, np.zeros_like(sample.mask), "appendix", "CT", "x", "g"), classical, rng)
+    assert absent.kind == "absent" and [m.keyword for m in absent.moves] == ["not_present"]
+
+
+def test_self_correction_flags_the_wrong_click_and_undoes_it(classical):
+    rng = np.random.default_rng(3)
+    sample = next(s for s in phantom_samples([0]) if s.target == "liver")
+    corrected = None
+    for _ in range(5):
+        corrected = self_correction(sample, classical, rng, stop_iou=0.85, max_steps=8)
+        if corrected:
+            break
+    assert corrected is not None and corrected.kind == "self_correction"
+    index = next(i for i, m in enumerate(corrected.moves) if m.wrong)
+    wrong, undo = corrected.moves[index], corrected.moves[index + 1]
+    assert wrong.iou_after < undo.iou_after and undo.keyword == "undo"  # the wrong click made it worse
+    assert np.array_equal(undo.mask_after, wrong.mask_before)
