@@ -19,3 +19,41 @@ def retina():
     from skimage import data
 
     return [(data.retina(), {"name": "retina", "rgb": True}, "image")]
+
+
+def brain():
+    """The Colin27 T1 MRI volume with its 116 AAL regions (Debian package mricron-data)."""
+    from pathlib import Path
+
+    import nibabel as nib
+    import numpy as np
+
+    root = Path("/usr/share/mricron/templates")
+    if not (root / "aal.nii.gz").is_file():
+        from napari.utils.notifications import show_warning
+
+        show_warning("the Colin27 brain needs the Debian package mricron-data (apt-get install mricron-data)")
+        return []
+    volume = np.asarray(nib.load(str(root / "ch2.nii.gz")).dataobj).T[:, ::-1]  # (z, y, x), anterior up
+    atlas = np.asarray(nib.load(str(root / "aal.nii.gz")).dataobj).T[:, ::-1]
+    return [
+        (volume, {"name": "Colin27 T1"}, "image"),
+        (atlas, {"name": "AAL regions", "opacity": 0.3, "visible": False}, "labels"),
+    ]
+
+
+def phantom():
+    """A synthetic CT-like phantom with named organs and a lesion (exact masks as labels)."""
+    import numpy as np
+
+    from training.phantoms import phantom as make_phantom
+
+    ph = make_phantom(0, size=256, modality="CT")
+    labels = np.zeros(ph.image.shape, np.uint8)
+    for value, (name, mask) in enumerate(ph.masks.items(), start=1):
+        labels[mask] = value
+    names = ", ".join(f"{v}={n}" for v, n in enumerate(ph.masks, start=1))
+    return [
+        (ph.image, {"name": "phantom (CT-like)"}, "image"),
+        (labels, {"name": f"phantom structures ({names})", "opacity": 0.3, "visible": False}, "labels"),
+    ]

@@ -152,6 +152,9 @@ class IbisWidget(QWidget):
         self.target_combo = QComboBox()
         self.target_label = QSpinBox()
         self.target_label.setRange(1, 65535)
+        self.remove_working = QCheckBox("remove the working layers after export")
+        self.remove_working.setChecked(self.settings.value("remove_working", False, bool))
+        self.remove_working.toggled.connect(lambda on: self.settings.setValue("remove_working", on))
         self.export_button = QPushButton("Export to layer")
         self.save_button = QPushButton("Save file…")
         export_row = QHBoxLayout()
@@ -161,6 +164,7 @@ class IbisWidget(QWidget):
         export_box = QGroupBox("result")
         export_layout = QVBoxLayout(export_box)
         export_layout.addLayout(export_row)
+        export_layout.addWidget(self.remove_working)
         buttons = QHBoxLayout()
         buttons.addWidget(self.export_button)
         buttons.addWidget(self.save_button)
@@ -552,6 +556,8 @@ class IbisWidget(QWidget):
         layer.data = data
         layer.metadata["ibis_trajectory"] = self.session.trajectory()
         self.status.setText(f"exported {int(mask.sum())} px as label {value} into '{layer.name}'")
+        if self.remove_working.isChecked():
+            self.layers.remove()
         self._refresh_layer_choices()
         return layer
 

@@ -1,6 +1,6 @@
 import numpy as np
 
-from napari_ibis._sample_data import nuclei, retina
+from napari_ibis._sample_data import brain, nuclei, phantom, retina
 from napari_ibis._writer import write_labels
 
 
@@ -10,6 +10,10 @@ def test_sample_data_loads_offline_with_ground_truth():
     assert labels_kind == "labels" and labels.max() > 100
     ((fundus, meta, kind),) = retina()
     assert fundus.ndim == 3 and meta["rgb"] and kind == "image"
+    (volume, _, _), (atlas, _, _) = brain()
+    assert volume.shape == atlas.shape == (181, 217, 181) and atlas.max() == 116
+    (ct, _, _), (structures, meta, _) = phantom()
+    assert ct.shape == structures.shape and structures.max() >= 3 and "liver" in meta["name"]
 
 
 def test_the_writer_keeps_every_label_value(tmp_path):

@@ -12,9 +12,14 @@ pytestmark = pytest.mark.gui
 
 
 @pytest.fixture
-def widget(make_napari_viewer, qtbot):
+def widget(make_napari_viewer, qtbot, tmp_path):
+    from qtpy.QtCore import QSettings
+
     from napari_ibis._widget import MODEL_CACHE, IbisWidget
 
+    # remembered choices go to a temporary folder, not the person's own settings
+    QSettings.setPath(QSettings.Format.NativeFormat, QSettings.Scope.UserScope, str(tmp_path))
+    QSettings("napari-ibis", "widget").clear()
     viewer = make_napari_viewer()
     image, mask = disk_image(96, centre=(40, 52), radius=14)
     viewer.add_image(image, name="scan")
@@ -133,6 +138,12 @@ def test_export_to_a_new_and_an_existing_layer_keeps_other_labels(widget, qtbot,
     assert "ibis_trajectory" in layer.metadata
     saved = widget.save_result(tmp_path / "result.tif")
     assert saved.exists() and (tmp_path / "result.ibis.json").exists()
+    from napari_ibis._layers import MASK_NAME
+
+    assert MASK_NAME in widget.viewer.layers  # kept by default
+    widget.remove_working.setChecked(True)
+    widget.export_to_layer("atlas", 5)
+    assert MASK_NAME not in widget.viewer.layers
 
 
 def test_a_volume_gets_only_the_current_slice(make_napari_viewer, qtbot):
@@ -188,9 +199,10 @@ def test_deleting_the_working_layers_mid_run_does_not_crash(widget, qtbot):
     from napari_ibis._layers import CLICKS_NAME, MASK_NAME
 
     replies = [point(True, *INSIDE), point(False, 0.1, 0.1), point(True, 0.55, 0.45), TERMINATE]
-    widget.use_policy(ScriptedPolicy(replies, delay=0.01))
+    widget.use_policy(ScriptedPolicy(replies, delay=0.05))
     widget.run()
     qtbot.waitUntil(lambda: MASK_NAME in widget.viewer.layers, timeout=10_000)
+    assert widget.running
     widget.viewer.layers.remove(MASK_NAME)
     if CLICKS_NAME in widget.viewer.layers:
         widget.viewer.layers.remove(CLICKS_NAME)
