@@ -1,9 +1,11 @@
 """Responsiveness of the napari widget (issue 3), under Xvfb on 2 cores.
 
-1. A 10-step run on a real 512x512 slice (stardist nuclei) with the LiteMedSAM
+1. 10-step runs on a real 512x512 slice (stardist nuclei) with the LiteMedSAM
    segmenter and the oracle policy (no trained agent is bundled yet): the largest
-   gap between ticks of a 10 ms QTimer on the GUI thread while the run works,
-   target <= 50 ms; the time from pressing Run to the first mask.
+   gap between ticks of a 10 ms QTimer on the GUI thread while the run works
+   (target <= 50 ms), and the time from pressing Run to the first mask. The first
+   run of a napari session is reported apart: it also loads the model, embeds the
+   slice and renders the step-number glyphs for the first time.
 2. The same with a tiny randomly initialised Qwen2.5-VL (not a trained model):
    time from pressing Run to the first streamed text.
 
@@ -30,7 +32,6 @@ def main() -> None:
     from qtpy.QtWidgets import QApplication
     from stardist.data import test_image_nuclei_2d
 
-    from napari_ibis._layers import MASK_NAME
     from napari_ibis._widget import MODEL_CACHE, IbisWidget
     from napari_ibis.policies.oracle import OraclePolicy
     from napari_ibis.protocol import PROFILES
@@ -53,31 +54,42 @@ def main() -> None:
             app.processEvents()
             time.sleep(0.001)
 
-    # warm-up: imports and model loading happen once per session of napari
-    MODEL_CACHE._items[("policy", "oracle", "auto")] = OraclePolicy(labels == 119, stop_iou=1.01)
+    def measured_run(target: np.ndarray) -> dict:
+        MODEL_CACHE._items[("policy", "oracle", "auto")] = OraclePolicy(target, stop_iou=1.01)
+        ticks.clear()
+        first_mask: list[float] = []
+        handler = widget._on_yielded
+
+        def spy(item):
+            if item[0] == "event" and type(item[1]).__name__ == "MaskUpdated" and not first_mask:
+                first_mask.append(time.perf_counter())
+            handler(item)
+
+        widget._on_yielded = spy
+        timer.start()
+        pressed = time.perf_counter()
+        widget.run()
+        wait(lambda: not widget.running)
+        timer.stop()
+        widget._on_yielded = handler
+        gaps = np.diff(ticks) * 1000
+        return {
+            "steps": len(widget.session.steps),
+            "largest_gui_gap_ms": float(gaps.max()),
+            "p99_gui_gap_ms": float(np.percentile(gaps, 99)),
+            "gaps_over_50ms": int((gaps > 50).sum()),
+            "run_to_first_mask_s": first_mask[0] - pressed,
+            "run_seconds": ticks[-1] - pressed,
+        }
+
     widget.model_edit.setText("oracle")
     widget.query_edit.setText("segment the nucleus")
-    widget.max_steps.setValue(1)
-    widget.run()
-    wait(lambda: not widget.running)
-
     widget.max_steps.setValue(10)
-    MODEL_CACHE._items[("policy", "oracle", "auto")] = OraclePolicy(labels == 153, stop_iou=1.01)
-    first_mask = []
-    viewer.layers[MASK_NAME].events.data.connect(lambda e: first_mask.append(time.perf_counter()) if not first_mask else None)
-    timer.start()
-    pressed = time.perf_counter()
-    widget.run()
-    wait(lambda: not widget.running)
-    timer.stop()
-    gaps = np.diff(ticks) * 1000
-    oracle = {
-        "steps": len(widget.session.steps),
-        "largest_gui_gap_ms": float(gaps.max()),
-        "p99_gui_gap_ms": float(np.percentile(gaps, 99)),
-        "run_to_first_mask_s": first_mask[0] - pressed if first_mask else None,
-        "run_seconds": ticks[-1] - pressed,
-    }
+    # The first run of a napari session also loads the model, embeds the slice and
+    # renders the step-number glyphs for the first time; the second is the steady state.
+    first_run = measured_run(labels == 119)
+    oracle = measured_run(labels == 153)
+    oracle["first_run_of_the_session"] = first_run
     print(json.dumps(oracle, indent=2))
 
     folder = build_tiny_vlm(Path(tempfile.mkdtemp()) / "tiny", [p.system_prompt() for p in PROFILES.values()])
@@ -86,6 +98,7 @@ def main() -> None:
     widget.run()  # loads the model once (cached per folder and device)
     wait(lambda: not widget.running)
     first_text = []
+
     def on_text() -> None:  # the first model text after the "[step 1] " header
         shown = widget.transcript.toPlainText()
         if not first_text and "] " in shown and shown.split("] ", 1)[1].strip():

@@ -101,24 +101,28 @@ class SessionLayers:
         self.syncing = True
         try:
             labels = self.mask_layer()
-            data = labels.data
-            data[self.index] = 0 if mask is None else mask.astype(data.dtype)
-            labels.data = data  # one refresh
+            labels.data[self.index] = 0 if mask is None else mask.astype(labels.data.dtype)
+            labels.refresh()  # in place: no new array, no data event
             points = self.clicks_layer()
-            coords = np.array([list(self.index) + [c.row, c.col] for c in clicks], dtype=float).reshape(-1, len(self._shape()))
-            colors = [POSITIVE_COLOR if c.positive else NEGATIVE_COLOR for c in clicks]
-            points.data = coords
-            points.features = {
-                "positive": np.array([c.positive for c in clicks], dtype=bool),
-                "source": np.array([c.source for c in clicks], dtype=object),
-                "step": np.array(list(steps), dtype=int),
-            }
-            if len(clicks):
-                points.face_color = colors
-                points.symbol = ["diamond" if c.source == "user" else "disc" for c in clicks]
-            points.refresh()
+            shown = (tuple(clicks), tuple(steps), self.index)
+            if getattr(points, "_ibis_shown", None) != shown or len(points.data) != len(clicks):
+                self._show_clicks(points, clicks, steps)
+                points._ibis_shown = shown
         finally:
             self.syncing = False
+
+    def _show_clicks(self, points, clicks: Sequence[Click], steps: Sequence[int]) -> None:
+        coords = np.array([list(self.index) + [c.row, c.col] for c in clicks], dtype=float)
+        points.data = coords.reshape(-1, len(self._shape()))
+        points.features = {
+            "positive": np.array([c.positive for c in clicks], dtype=bool),
+            "source": np.array([c.source for c in clicks], dtype=object),
+            "step": np.array(list(steps), dtype=int),
+        }
+        if len(clicks):
+            points.face_color = [POSITIVE_COLOR if c.positive else NEGATIVE_COLOR for c in clicks]
+            if any(c.source == "user" for c in clicks):
+                points.symbol = ["diamond" if c.source == "user" else "disc" for c in clicks]
 
     def remove(self) -> None:
         for name in (CLICKS_NAME, MASK_NAME):

@@ -64,6 +64,16 @@ class ModelCache:
 MODEL_CACHE = ModelCache()
 
 
+def _leave_a_core_for_the_gui() -> None:
+    """Run inference on all cores but one: on a 2-core laptop, torch on both cores
+    delayed the GUI thread's timers by up to 350 ms (benchmarks/widget_responsiveness.py)."""
+    import os
+
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+
+
 class IbisWidget(QWidget):
     """Run the IBIS agent on the current slice, steer it, and export the result."""
 
@@ -371,6 +381,7 @@ class IbisWidget(QWidget):
         from .session import Session
 
         yield ("status", "loading the model…")
+        _leave_a_core_for_the_gui()
         device = spec["device"]
         try:
             policy = MODEL_CACHE.get(("policy", spec["model"], device), lambda: load_policy(spec["model"], device=device))
@@ -470,8 +481,10 @@ class IbisWidget(QWidget):
         for click in clicks:
             owner = next((s.index for s in self.session.steps if click in s.added), 0)
             owners.append(owner)
+        count = len(self.viewer.layers)
         self.layers.show(step.mask, clicks, owners)
-        self._refresh_layer_choices()
+        if len(self.viewer.layers) != count:  # a working layer was (re)created
+            self._refresh_layer_choices()
 
     def _preview_step(self, row: int) -> None:
         if self.session is not None and 0 <= row <= len(self.session.steps):

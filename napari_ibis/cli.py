@@ -91,8 +91,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
             raise InputError(f"{path} exists; pass --force to overwrite it")
     loaded = io.read_image(image_path, args.slice)
     init_mask = io.read_mask(args.init_mask, loaded, args.label) if args.init_mask else None
-    policy = load_policy(args.model, device=args.device, remote_model=args.remote_model)
     segmenter = build_segmenter(args.segmenter, device="cpu" if args.device == "auto" else args.device)
+    policy = load_policy(args.model, device=args.device, remote_model=args.remote_model)
     session = Session(
         loaded.slice, args.query, policy, segmenter, profile=args.profile, max_steps=args.max_steps,
         use_history=args.history, init_mask=init_mask, window=args.window,

@@ -110,7 +110,7 @@ def run_cli(capsys, *args):
         (["segment", "{d}/img.png", "--query", "q", "--init-mask", "{d}/tiny.npy", "--model", "{d}"], "image slice is"),
         (["segment", "{d}/img.png", "--query", "q", "--model", "{d}"], "no config.json"),
         (["segment", "{d}/img.png", "--query", "q"], "default agent is not trained"),
-        (["segment", "{d}/img.png", "--query", "q", "--model", "{d}", "--segmenter", "sam2:{d}/img.png"], ""),
+        (["segment", "{d}/img.png", "--query", "q", "--model", "{d}", "--segmenter", "sam2:{d}/img.png"], "as a SAM 2 checkpoint"),
         (["eval", "{d}/missing.jsonl"], "manifest not found"),
     ],
 )

@@ -19,8 +19,9 @@ def default_model_folder() -> Path:
     folder = resource_path(*DEFAULT_MODEL)
     if not (folder / "config.json").is_file():
         raise ModelError(
-            "the project's own default agent is not trained and bundled yet: pass --model DIR "
-            "(a Qwen2.5-VL folder, e.g. the released IBISAgent 7B weights) or --model http://HOST:PORT/v1"
+            "the project's own default agent is not trained and bundled yet: give a model folder "
+            "(--model DIR; a Qwen2.5-VL folder such as the released IBISAgent 7B weights) "
+            "or an endpoint (--model http://HOST:PORT/v1)"
         )
     return folder
 
