@@ -1,10 +1,12 @@
 """Per-step cost of the agent loop on 2 cores (issue 2).
 
 1. Without a VLM: a 512x512 real slice (stardist nuclei, 16-bit fluorescence), a
-   10-step session driven by the oracle policy with the LiteMedSAM segmenter; the
-   per-step time covers policy + segment + overlay + event. Reports the first
-   step (which includes nothing but the decoder: the embedding is made when the
-   session starts) and the median of the others, and the encoder calls (target: 1).
+   10-step session with the LiteMedSAM segmenter. The clicks are the oracle's,
+   recorded in a first session and replayed as text, so that the per-step time is
+   segment + overlay + event (+ parsing), not the simulator's own distance
+   transforms. Reports the first step (5 box proposals; the embedding is made
+   when the session starts), the median of the others, and the encoder calls
+   (target: 1).
 2. With a tiny randomly initialised Qwen2.5-VL built from a config (not a trained
    model): seconds per step and generated tokens per second.
 
@@ -26,6 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from napari_ibis.policies.base import Policy  # noqa: E402
 from napari_ibis.policies.oracle import OraclePolicy  # noqa: E402
 from napari_ibis.policies.vlm import VLMPolicy  # noqa: E402
 from napari_ibis.protocol import PROFILES  # noqa: E402
@@ -33,6 +36,18 @@ from napari_ibis.segmenters import build_segmenter  # noqa: E402
 from napari_ibis.session import MaskUpdated, Session, StepStarted  # noqa: E402
 from training.datasets import stardist_nuclei  # noqa: E402
 from training.tiny import TinyConfig, build_tiny_vlm  # noqa: E402
+
+
+class Replay(Policy):
+    """Says the recorded replies again, at no cost."""
+
+    name = "replay"
+
+    def __init__(self, replies: list[str]) -> None:
+        self.replies = iter(replies)
+
+    def respond(self, request, on_text=None, cancel=None) -> str:
+        return next(self.replies)
 
 
 def timed_steps(session: Session) -> list[float]:
@@ -50,8 +65,12 @@ def main() -> None:
     torch.set_num_threads(2)
     sample = next(stardist_nuclei(count=1))
     segmenter = build_segmenter("litemedsam")
+    recorded = Session(sample.image, "segment the nucleus", OraclePolicy(sample.mask, stop_iou=1.01), segmenter, max_steps=10)
+    list(recorded.run())
+    replies = [step.raw for step in recorded.steps if step.kind == "click"]
+    segmenter = build_segmenter("litemedsam")  # a fresh one: count its encoder calls
     started = time.perf_counter()
-    session = Session(sample.image, "segment the nucleus", OraclePolicy(sample.mask, stop_iou=1.01), segmenter, max_steps=10)
+    session = Session(sample.image, "segment the nucleus", Replay(replies), segmenter, max_steps=len(replies))
     embed_seconds = time.perf_counter() - started
     times = timed_steps(session)
     no_vlm = {
