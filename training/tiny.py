@@ -31,22 +31,24 @@ SPECIAL_TOKENS = [
 # The Qwen2.5-VL chat template; ``text_first`` moves each user turn's text before its image.
 _TEMPLATE = (
     "{%- for message in messages -%}"
-    "{%- if loop.first and message['role'] != 'system' -%}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{%- endif -%}"
-    "<|im_start|>{{ message['role'] }}\n"
+    "{%- if loop.first and message['role'] != 'system' -%}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}"
+    "{%- endif -%}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
     "{%- if message['content'] is string -%}{{ message['content'] }}"
     "{%- else -%}"
     "{%- set texts = message['content'] | selectattr('type', 'equalto', 'text') | list -%}"
     "{%- set visuals = message['content'] | rejectattr('type', 'equalto', 'text') | list -%}"
     "{%- set ordered = (texts + visuals) if TEXT_FIRST else message['content'] -%}"
     "{%- for content in ordered -%}"
-    "{%- if content['type'] == 'image' -%}<|vision_start|><|image_pad|><|vision_end|>"
-    "{%- elif content['type'] == 'video' -%}<|vision_start|><|video_pad|><|vision_end|>"
+    "{%- if content['type'] == 'image' -%}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{%- elif content['type'] == 'video' -%}{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
     "{%- else -%}{{ content['text'] }}{%- endif -%}"
     "{%- endfor -%}"
     "{%- endif -%}"
-    "<|im_end|>\n"
+    "{{ '<|im_end|>\n' }}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
 )
 
 

@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+
+from napari_ibis.segmenters import build_segmenter
+from training.phantoms import phantom_samples
+from training.sft import SFTConfig, encode, render, train
+from training.trajectories import self_correction, simulate
+
+
+@pytest.fixture(scope="module")
+def trajectories():
+    segmenter = build_segmenter("classical")
+    rng = np.random.default_rng(0)
+    samples = [s for s in phantom_samples(range(3)) if s.target in ("liver", "left lung", "left ventricle")]
+    normal = [simulate(s, segmenter, rng, stop_iou=0.85, max_steps=4) for s in samples]
+    corrected = None
+    for _ in range(6):
+        corrected = self_correction(samples[0], segmenter, rng, stop_iou=0.85, max_steps=4)
+        if corrected:
+            break
+    assert corrected is not None
+    return normal, corrected
+
+
+def test_only_the_assistant_tokens_of_correct_moves_are_trained(tiny_vlm_folder, trajectories):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_vlm_folder, local_files_only=True)
+    _, corrected = trajectories
+    (sample,) = render(corrected, "paper")  # history on: one multi-turn, multi-image sample
+    assert sum(m["role"] == "assistant" for m in sample.messages) == len(corrected.moves)
+    encoded = encode(processor, sample)
+    ids, labels = encoded["input_ids"][0].numpy(), encoded["labels"]
+    trained_text = processor.tokenizer.decode(ids[labels != -100])
+    replies = [m["content"][0]["text"] for m in sample.messages if m["role"] == "assistant"]
+    expected = "".join(reply + "<|im_end|>" for reply, keep in zip(replies, sample.trained) if keep)
+    assert trained_text == expected
+    wrong = [reply for reply, keep in zip(replies, sample.trained) if not keep]
+    assert len(wrong) == 1 and wrong[0] not in trained_text
+    # every image has its image tokens, and the grids line up with them
+    grids = encoded["image_grid_thw"]
+    assert grids.shape[0] == len(corrected.moves)
+    image_token = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert int((ids == image_token).sum()) == int(grids.prod(dim=1).sum()) // 4
+    assert (labels[ids == image_token] == -100).all()
+
+
+def test_release_rendering_is_one_sample_per_move_and_skips_undo(trajectories):
+    normal, corrected = trajectories
+    rendered = render(normal[0], "ibis-release")
+    assert len(rendered) == len(normal[0].moves)
+    assert all([m["role"] for m in s.messages] == ["system", "user", "assistant"] for s in rendered)
+    assert rendered[0].messages[1]["content"][1]["text"].startswith("<image>")
+    assert "refinement step" in rendered[1].messages[1]["content"][1]["text"]
+    assert render(corrected, "ibis-release") == []
+
+
+@pytest.mark.slow
+def test_a_short_sft_run_lowers_the_loss_and_the_model_loads_as_a_policy(tiny_vlm_folder, trajectories, tmp_path):
+    from napari_ibis.policies.vlm import VLMPolicy
+    from napari_ibis.session import Session, Stopped
+    from training.sft import render_all
+
+    normal, _ = trajectories
+    samples = render_all(normal, "ibis-release")
+    config = SFTConfig(model=str(tiny_vlm_folder), output=str(tmp_path / "sft"), steps=30, learning_rate=2e-3, log_every=0)
+    record = train(config, samples)
+    first, last = np.mean(record["losses"][:5]), np.mean(record["losses"][-5:])
+    assert last < first * 0.7, (first, last)
+    policy = VLMPolicy(tmp_path / "sft", max_new_tokens=80)
+    sample = normal[0].sample
+    session = Session(sample.image, normal[0].query, policy, build_segmenter("classical"), max_steps=3)
+    events = list(session.run())
+    assert isinstance(events[-1], Stopped)
+    assert (tmp_path / "sft" / "training_card.json").is_file()
