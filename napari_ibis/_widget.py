@@ -523,12 +523,6 @@ class IbisWidget(QWidget):
         row, col = self.layers.to_pixel(points.data[-1])
         self._start(self._click_job, row, col, self.click_positive)
 
-    def add_user_click(self, row: int, col: int, positive: bool | None = None) -> None:
-        """Programmatic twin of clicking into the clicks layer."""
-        if self.session is None or self.running:
-            return
-        self._start(self._click_job, row, col, self.click_positive if positive is None else positive)
-
     def use_brush_edit(self) -> None:
         """Take the working mask layer, as painted by a person, as a new step."""
         if self.running or self.session is None or MASK_NAME not in self.viewer.layers:

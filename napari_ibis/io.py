@@ -99,6 +99,19 @@ def _read_raw(path: Path) -> tuple[np.ndarray, bool, dict]:
     raise InputError(f"{path.name}: unsupported file type '{suffix}'; use one of {', '.join(IMAGE_SUFFIXES)}")
 
 
+def _read_checked(path: Path, what: str) -> tuple[np.ndarray, bool, dict]:
+    """:func:`_read_raw`, with a missing or unreadable file as a one-line InputError."""
+    if not path.is_file():
+        raise InputError(f"{what} not found: {path}")
+    try:
+        return _read_raw(path)
+    except InputError:
+        raise
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"cannot read {path.name}: {reason}") from None
+
+
 def _slice_index(path: Path, spatial: Sequence[int], slice_: int | Sequence[int] | None) -> tuple[int, ...]:
     extra = len(spatial) - 2
     if extra <= 0:
@@ -127,14 +140,7 @@ def read_image(path: str | Path, slice: int | Sequence[int] | None = None) -> Lo
     A 3-D volume without ``slice`` uses its middle slice; 4-D data needs ``slice``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"image not found: {path}")
-    try:
-        array, rgb, meta = _read_raw(path)
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(f"cannot read {path.name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    array, rgb, meta = _read_checked(path, "image")
     if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
         raise InputError(f"{path.name} does not hold numeric pixels ({array.dtype})")
     if rgb and array.shape[-1] == 4:
@@ -181,14 +187,7 @@ def to_binary(mask: np.ndarray, label: int | None = None, name: str = "mask") ->
 def read_mask(path: str | Path, like: LoadedImage, label: int | None = None) -> np.ndarray:
     """A boolean mask for the slice of ``like``, read from a 2-D or a matching volume file."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"mask not found: {path}")
-    try:
-        array, _, _ = _read_raw(path)
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(f"cannot read the mask {path.name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    array, _, _ = _read_checked(path, "mask")
     slice_shape = like.slice.shape[:2]
     if array.shape[: len(like.spatial_shape)] == like.spatial_shape and like.slice_index:
         array = array[like.slice_index]
