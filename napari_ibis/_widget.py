@@ -8,6 +8,7 @@ Stop sets the session's cancel event, which the policy checks after every token.
 
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 from pathlib import Path
@@ -62,6 +63,16 @@ class ModelCache:
 
 
 MODEL_CACHE = ModelCache()
+
+
+def _freeze_long_lived_objects() -> None:
+    """Collect, then move every object alive now (napari, Qt, loaded models) out of the
+    garbage collector's reach. A full collection walks that whole graph while holding
+    the GIL and blocked the GUI for about 300 ms in the middle of runs
+    (benchmarks/widget_responsiveness.py). Called when the widget is idle: the first
+    collection is the slow one, later ones only walk what is new."""
+    gc.collect()
+    gc.freeze()
 
 
 def _leave_a_core_for_the_gui() -> None:
@@ -366,6 +377,8 @@ class IbisWidget(QWidget):
         from napari.qt.threading import create_worker
 
         self.cancel = threading.Event()
+        if not gc.get_freeze_count():
+            _freeze_long_lived_objects()
         worker = create_worker(job, *args, _progress={"desc": "IBIS agent"})
         worker.yielded.connect(self._on_yielded)
         worker.errored.connect(lambda exc: self.report_error(f"{type(exc).__name__}: {exc}"))
@@ -456,6 +469,7 @@ class IbisWidget(QWidget):
 
     def _on_finished(self) -> None:
         self.worker = None
+        _freeze_long_lived_objects()
         self._sync_step_list()
         self._update_buttons()
 
