@@ -156,8 +156,7 @@ def _evaluate_model(cases, segmenter, policy, profile: str, max_clicks: int, pro
     rows = []
     for case in progress(cases):
         started = time.perf_counter()
-        session = Session(case.image, case.target if " " in case.target else f"segment the {case.target}",
-                          policy, segmenter, profile=profile, max_steps=max_clicks)
+        session = Session(case.image, case.query, policy, segmenter, profile=profile, max_steps=max_clicks)
         stop = None
         for event in session.run():
             if isinstance(event, Stopped):

@@ -297,10 +297,15 @@ class Case:
     target: str
     modality: str
     source: str
+    query: str = ""
+
+    def __post_init__(self) -> None:
+        self.query = self.query or f"segment the {self.target}"
 
 
 def read_manifest(manifest: str | Path) -> list[Case]:
-    """Cases of a manifest JSONL: ``{"image", "mask", "target", "modality", "slice"?, "label"?}``."""
+    """Cases of a manifest JSONL: ``{"image", "mask", "target", "modality", "slice"?, "label"?, "query"?}``
+    (the query defaults to "segment the TARGET")."""
     manifest = Path(manifest)
     if not manifest.is_file():
         raise InputError(f"manifest not found: {manifest}")
@@ -327,6 +332,7 @@ def read_manifest(manifest: str | Path) -> list[Case]:
                 target=target,
                 modality=str(entry.get("modality", "")),
                 source=str(entry.get("source", f"{manifest.name}:{number}")),
+                query=str(entry.get("query", "")),
             )
         )
     if not cases:

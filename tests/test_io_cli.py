@@ -181,3 +181,18 @@ def test_a_normal_install_carries_the_manifest_and_the_resources(tmp_path):
     assert str(target) in result.stdout and "You are a precise" in result.stdout
     assert (target / "napari_ibis" / "napari.yaml").is_file()
     assert (target / "napari_ibis" / "resources" / "prompts" / "ibis-release" / "LICENSE").is_file()
+
+
+def test_eval_runs_a_model_policy_with_the_manifest_query(files, capsys, tiny_vlm_folder):
+    manifest = files / "cases.jsonl"
+    entry = {"image": "img.png", "mask": "mask.png", "target": "left disk", "modality": "synthetic", "query": "find the disk"}
+    manifest.write_text(json.dumps(entry) + "\n")
+    assert io.read_manifest(manifest)[0].query == "find the disk"
+    code, stdout, _ = run_cli(capsys, "eval", manifest, "--policy", f"model:{tiny_vlm_folder}", "--segmenter", "classical",
+                              "--max-clicks", "2", "--json", files / "model-report.json")
+    assert code == 0 and "parsable_share" in stdout
+    report = json.loads((files / "model-report.json").read_text())
+    assert report["policy"]["model_type"] == "qwen2_5_vl" and report["cases"][0]["stop"]
+    del entry["query"]
+    manifest.write_text(json.dumps(entry) + "\n")
+    assert io.read_manifest(manifest)[0].query == "segment the left disk"
