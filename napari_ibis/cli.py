@@ -66,7 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ev.add_argument("--json", dest="json_out", help="write the report here")
     ev.add_argument("--force", action="store_true")
+    for name, entry in extra_commands().items():
+        extra = commands.add_parser(name, help=f"from {entry.value.split(':')[0]}: see napari-ibis {name} --help", add_help=False)
+        extra.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
+
+
+def extra_commands() -> dict:
+    """Subcommands registered by other packages (entry point group ``napari_ibis.commands``),
+    e.g. ``data`` and ``sft`` from the training package; loaded only when used."""
+    from importlib.metadata import entry_points
+
+    return {entry.name: entry for entry in entry_points(group="napari_ibis.commands")}
 
 
 # -- segment ---------------------------------------------------------------------------
@@ -238,6 +249,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command not in ("segment", "eval"):
+            return int(extra_commands()[args.command].load()(args.rest) or 0)
         return {"segment": cmd_segment, "eval": cmd_eval}[args.command](args)
     except IbisError as exc:
         print(f"napari-ibis: error: {exc}", file=sys.stderr)

@@ -166,7 +166,12 @@ def test_a_normal_install_carries_the_manifest_and_the_resources(tmp_path):
     """`pip install .` (not -e): napari.yaml and resources/ must be inside the wheel."""
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    import shutil
+
+    source = tmp_path / "source"  # build from a copy: setuptools writes build/ and *.egg-info
+    shutil.copytree(Path(__file__).resolve().parent.parent, source, symlinks=True,
+                    ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "benchmarks", "docs", "__pycache__"))
+    root = source
     wheels, target = tmp_path / "wheels", tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(root)],
                    check=True, capture_output=True)

@@ -206,8 +206,11 @@ def render_all(trajectories: Iterable[Trajectory], profile: str) -> list[Rendere
     return [sample for t in trajectories for sample in render(t, profile)]
 
 
-def main(argv=None) -> None:
-    """``python -m training.sft CONFIG.json``: phantom trajectories -> SFT -> model folder.
+def main(argv=None) -> int:
+    """``napari-ibis sft CONFIG`` (or ``python -m training.sft CONFIG``): SFT -> model folder.
+
+    With ``data`` set to a dataset folder (``napari-ibis data build``) its samples are
+    used; otherwise phantom trajectories are made on the fly.
 
     Keys: those of :class:`SFTConfig`; ``extra`` may hold ``seeds`` (default 0-49),
     ``segmenter`` (default classical), ``stop_iou`` (0.9), ``max_steps`` (8).
@@ -219,7 +222,7 @@ def main(argv=None) -> None:
     from .phantoms import phantom_samples
     from .trajectories import keep, simulate
 
-    parser = argparse.ArgumentParser(prog="python -m training.sft")
+    parser = argparse.ArgumentParser(prog="napari-ibis sft")
     parser.add_argument("config")
     args = parser.parse_args(argv)
     text = Path(args.config).read_text()
@@ -230,6 +233,12 @@ def main(argv=None) -> None:
     else:
         values = json.loads(text)
     config = SFTConfig(**values)
+    if config.data:
+        from .storage import read_dataset
+
+        record = train(config, read_dataset(config.data))
+        print(f"done: {config.output} ({record['tokens_per_second']:.0f} tokens/s)")
+        return 0
     extra = config.extra
     segmenter = build_segmenter(extra.get("segmenter", "classical"))
     rng = np.random.default_rng(config.seed)
@@ -242,7 +251,8 @@ def main(argv=None) -> None:
     print(f"{len(kept)} of {len(trajectories)} trajectories kept")
     record = train(config, render_all(kept, config.profile))
     print(f"done: {config.output} ({record['tokens_per_second']:.0f} tokens/s)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,0 +1,38 @@
+import json
+
+import numpy as np
+
+from napari_ibis.cli import main
+from training.storage import export_sharegpt, read_dataset
+
+
+def test_data_build_writes_resumes_exports_and_feeds_sft(tmp_path, capsys, tiny_vlm_folder):
+    folder = tmp_path / "data"
+    config = {"output": str(folder), "profile": "paper", "segmenter": "classical", "seeds": [0, 2],
+              "max_steps": 3, "stop_iou": 0.8, "min_dice": 0.0, "self_correction_fraction": 0.5}
+    (tmp_path / "data.json").write_text(json.dumps(config))
+    assert main(["data", "build", str(tmp_path / "data.json")]) == 0
+    lines = (folder / "samples.jsonl").read_text().splitlines()
+    assert lines and len({json.loads(line)["id"] for line in lines}) == len(lines)
+    assert main(["data", "build", str(tmp_path / "data.json")]) == 0  # resumes: nothing twice
+    assert (folder / "samples.jsonl").read_text().splitlines() == lines
+
+    samples = read_dataset(folder)
+    row = json.loads(lines[0])
+    user_images = sum(len([c for c in m["content"] if c["type"] == "image"]) for m in samples[0].messages)
+    assert user_images == len(row["images"]) and samples[0].trained == row["trained"]
+    assert all(isinstance(c["image"], np.ndarray) for m in samples[0].messages for c in m["content"] if c["type"] == "image")
+    texts = [c["text"] for m in samples[0].messages for c in m["content"] if c["type"] == "text"]
+    assert not any(t.startswith("<image>") for t in texts[1:2])  # the paper profile's texts come back unchanged
+
+    out = export_sharegpt(folder, tmp_path / "sharegpt.json")
+    records = json.loads(out.read_text())
+    assert records and all(
+        sum(m["content"].count("<image>") for m in r["messages"]) == len(r["images"]) for r in records
+    )
+
+    sft = {"model": str(tiny_vlm_folder), "output": str(tmp_path / "model"), "data": str(folder), "profile": "paper",
+           "steps": 3, "log_every": 0}
+    (tmp_path / "sft.json").write_text(json.dumps(sft))
+    assert main(["sft", str(tmp_path / "sft.json")]) == 0
+    assert (tmp_path / "model" / "config.json").is_file() and (tmp_path / "model" / "training_card.json").is_file()

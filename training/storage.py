@@ -1,0 +1,187 @@
+"""Dataset folders of rendered trajectories, and their ShareGPT / LLaMA-Factory export.
+
+A dataset folder holds ``samples.jsonl`` and ``images/*.png``. One line is one
+chat sample in the ShareGPT layout that LLaMA-Factory (the release's SFT tool)
+reads: ``messages`` with string contents where ``<image>`` marks each image,
+``images`` with the PNG paths in order, plus ``trained`` (one flag per assistant
+message: False for moves kept only as context) and the sample's provenance. The
+ibis-release prompts already start with ``<image>``: that is where the release's
+own training data put the image.
+
+``napari-ibis data build CONFIG`` (``main``) makes such a folder from phantoms and
+the real sets, with a progress bar, and resumes where a previous run stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from PIL import Image
+
+from .sft import RenderedSample
+
+IMAGE_TAG = "<image>"
+
+
+def _flatten(message: dict) -> tuple[str, list[np.ndarray], int]:
+    """(text with one <image> per image, the images, how many tags were added)."""
+    texts, images = [], []
+    for item in message["content"]:
+        if item["type"] == "image":
+            images.append(item["image"])
+        else:
+            texts.append(item["text"])
+    text = "".join(texts)
+    added = max(len(images) - text.count(IMAGE_TAG), 0)
+    return IMAGE_TAG * added + text, images, added
+
+
+def to_row(sample: RenderedSample, sample_id: str, folder: Path, meta: dict | None = None) -> dict:
+    """A JSONL row for ``sample``; its images are written under ``folder/images``."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    messages, paths, added_tags = [], [], []
+    for message in sample.messages:
+        text, images, added = _flatten(message)
+        for image in images:
+            path = Path("images") / f"{_safe(sample_id)}_{len(paths)}.png"
+            Image.fromarray(image).save(folder / path)
+            paths.append(str(path))
+        messages.append({"role": message["role"], "content": text})
+        added_tags.append(added)
+    return {"id": sample_id, "messages": messages, "images": paths, "trained": sample.trained,
+            "added_image_tags": added_tags, **(meta or {})}
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+
+
+def from_row(row: dict, folder: Path) -> RenderedSample:
+    """The RenderedSample of a JSONL row (images loaded from ``folder``), texts as rendered."""
+    images = iter(np.asarray(Image.open(folder / p).convert("RGB")) for p in row["images"])
+    messages = []
+    for message, added in zip(row["messages"], row["added_image_tags"]):
+        text = message["content"]
+        content = [{"type": "image", "image": next(images)} for _ in range(text.count(IMAGE_TAG))]
+        content.append({"type": "text", "text": text[len(IMAGE_TAG) * added:]})
+        messages.append({"role": message["role"], "content": content})
+    return RenderedSample(messages, list(row["trained"]))
+
+
+def read_dataset(folder: str | Path) -> list[RenderedSample]:
+    folder = Path(folder)
+    lines = (folder / "samples.jsonl").read_text().splitlines()
+    return [from_row(json.loads(line), folder) for line in lines if line.strip()]
+
+
+def export_sharegpt(folder: str | Path, out: str | Path, include_context: bool = False) -> Path:
+    """A LLaMA-Factory dataset file (JSON list, ShareGPT layout) from a dataset folder.
+
+    LLaMA-Factory trains every assistant turn, so samples with context-only moves
+    are left out unless ``include_context``.
+    """
+    folder, out = Path(folder), Path(out)
+    rows = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines() if line.strip()]
+    records = [
+        {"messages": row["messages"], "images": [str((folder / p).resolve()) for p in row["images"]]}
+        for row in rows
+        if include_context or all(row["trained"])
+    ]
+    out.write_text(json.dumps(records, indent=1) + "\n")
+    return out
+
+
+def append_samples(folder: Path, items: Iterable[tuple[str, RenderedSample, dict]]) -> int:
+    """Append samples whose id is not in the folder yet; returns how many were written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    index = folder / "samples.jsonl"
+    done = set()
+    if index.is_file():
+        done = {json.loads(line)["id"] for line in index.read_text().splitlines() if line.strip()}
+    written = 0
+    with index.open("a") as handle:
+        for sample_id, sample, meta in items:
+            if sample_id in done:
+                continue
+            handle.write(json.dumps(to_row(sample, sample_id, folder, meta)) + "\n")
+            handle.flush()  # a run stopped midway resumes after the last whole line
+            done.add(sample_id)
+            written += 1
+    return written
+
+
+def build(config: dict, progress=None) -> Path:
+    """Trajectories from phantoms (and real sets) into a dataset folder; resumable.
+
+    Keys (defaults): output (required), profile ("ibis-release"), segmenter
+    ("classical"), seeds ([0, 100]), real ([] or any of "nuclei", "aal"),
+    stop_iou (0.9), max_steps (8), min_dice (0.8), absent_probability (0.1),
+    self_correction_fraction (0.0; paper profile only), seed (0).
+    """
+    from napari_ibis.segmenters import build_segmenter
+
+    from .datasets import colin27_aal, stardist_nuclei
+    from .phantoms import phantom_samples
+    from .sft import render
+    from .trajectories import keep, self_correction, simulate
+
+    folder = Path(config["output"])
+    profile = config.get("profile", "ibis-release")
+    segmenter = build_segmenter(config.get("segmenter", "classical"))
+    rng = np.random.default_rng(config.get("seed", 0))
+    samples = list(phantom_samples(range(*config.get("seeds", [0, 100])), absent_probability=config.get("absent_probability", 0.1)))
+    if "nuclei" in config.get("real", []):
+        samples += list(stardist_nuclei())
+    if "aal" in config.get("real", []):
+        samples += list(colin27_aal())
+    options = {"stop_iou": config.get("stop_iou", 0.9), "max_steps": config.get("max_steps", 8)}
+    fraction = config.get("self_correction_fraction", 0.0) if profile == "paper" else 0.0
+
+    def items():
+        for sample in (progress(samples) if progress else samples):
+            corrected = rng.random() < fraction
+            sample_id = f"{sample.source}:{'self_correction' if corrected else 'plain'}"
+            trajectory = (self_correction(sample, segmenter, rng, **options) if corrected else None) or simulate(
+                sample, segmenter, rng, **options)
+            if not keep(trajectory, options["max_steps"], config.get("min_dice", 0.8)):
+                continue
+            meta = {"kind": trajectory.kind, "target": sample.target, "modality": sample.modality,
+                    "source": sample.source, "group": sample.group, "profile": profile}
+            for index, rendered in enumerate(render(trajectory, profile)):
+                yield f"{sample_id}:{index}", rendered, meta
+
+    append_samples(folder, items())
+    return folder
+
+
+def main(argv=None) -> int:
+    """``napari-ibis data build CONFIG`` and ``napari-ibis data export FOLDER OUT``."""
+    import argparse
+
+    from tqdm import tqdm
+
+    parser = argparse.ArgumentParser(prog="napari-ibis data")
+    commands = parser.add_subparsers(dest="command", required=True)
+    build_parser = commands.add_parser("build", help="make a dataset folder from a JSON/YAML config")
+    build_parser.add_argument("config")
+    export_parser = commands.add_parser("export", help="write the ShareGPT / LLaMA-Factory JSON of a dataset folder")
+    export_parser.add_argument("folder")
+    export_parser.add_argument("out")
+    args = parser.parse_args(argv)
+    if args.command == "build":
+        text = Path(args.config).read_text()
+        if args.config.endswith((".yaml", ".yml")):
+            import yaml
+
+            config = yaml.safe_load(text)
+        else:
+            config = json.loads(text)
+        folder = build(config, progress=lambda items: tqdm(items, desc="samples", unit="sample"))
+        count = len((folder / "samples.jsonl").read_text().splitlines())
+        print(f"{folder}: {count} chat samples")
+    else:
+        print(export_sharegpt(args.folder, args.out))
+    return 0
