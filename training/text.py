@@ -17,6 +17,8 @@ import re
 
 import numpy as np
 
+from napari_ibis.policies.oracle import describe_place
+
 QUERY_TEMPLATES = {
     "direct": ["Segment the {target}.", "segment the {target}", "Please segment the {target} in this {modality} image."],
     "descriptive": ["Outline the {target} visible in this {modality} scan.", "Delineate the boundary of the {target}."],
@@ -74,12 +76,6 @@ def answer(target: str, modality: str, rng: np.random.Generator, present: bool =
     return _pick(rng, ANSWER_TEMPLATES, target=target)
 
 
-def where(row: int, col: int, shape: tuple[int, int]) -> str:
-    vertical = ("upper", "middle", "lower")[min(2, 3 * row // max(shape[0], 1))]
-    horizontal = ("left", "central", "right")[min(2, 3 * col // max(shape[1], 1))]
-    return "the centre" if (vertical, horizontal) == ("middle", "central") else f"the {vertical} {horizontal} part"
-
-
 def _relative(mask: np.ndarray, row: int, col: int) -> str:
     """Where (row, col) lies from the centre of the visible mask, in words."""
     rows, cols = np.nonzero(mask)
@@ -96,24 +92,24 @@ def reasoning(target: str, modality: str, mask: np.ndarray | None, row: int, col
               rng: np.random.Generator) -> str:
     """A first-person thought for a click, from what the agent sees (image + green mask)."""
     shape = mask.shape if mask is not None else (1, 1)
-    place = where(row, col, shape)
+    place = describe_place(row, col, *shape)
     if mask is None or not mask.any():
         options = [
             f"This is a {modality} image and there is no mask yet. The {target} appears in {place} of the image; "
             f"I will place a positive point on a clear part of it.",
-            f"No mask is shown, so this is the first step. I look for the {target}: it lies in {place}. "
+            f"No mask is shown, so this is the first step. I look for the {target}: it lies in {place} of the image. "
             f"A positive point there starts the segmentation.",
         ]
     elif positive:
         options = [
             f"The green mask covers part of the {target}, but tissue that belongs to it, {_relative(mask, row, col)}, "
             f"is still uncovered. I add a positive point there.",
-            f"The mask stops short of the {target}'s boundary in {place}; that region looks like the same structure. "
+            f"The mask stops short of the {target}'s boundary in {place} of the image; that region looks like the same structure. "
             f"A positive point will extend the mask.",
         ]
     else:
         options = [
-            f"The green mask spills beyond the {target} in {place}; that area does not look like the {target}. "
+            f"The green mask spills beyond the {target} in {place} of the image; that area does not look like the {target}. "
             f"I place a negative point to remove it.",
             f"Part of the mask, {_relative(mask, row, col)}, covers tissue outside the {target}'s boundary. "
             f"A negative point there should trim it.",
