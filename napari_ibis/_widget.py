@@ -399,7 +399,7 @@ class IbisWidget(QWidget):
         try:
             policy = MODEL_CACHE.get(("policy", spec["model"], device), lambda: load_policy(spec["model"], device=device))
             segmenter = MODEL_CACHE.get(
-                ("segmenter", spec["segmenter"]), lambda: build_segmenter(spec["segmenter"], device="cpu" if device == "auto" else device)
+                ("segmenter", spec["segmenter"]), lambda: build_segmenter(spec["segmenter"], device=device)
             )
             yield ("status", "embedding the slice…")
             session = Session(

@@ -6,7 +6,6 @@ Every error a person can fix is one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -102,7 +101,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             raise InputError(f"{path} exists; pass --force to overwrite it")
     loaded = io.read_image(image_path, args.slice)
     init_mask = io.read_mask(args.init_mask, loaded, args.label) if args.init_mask else None
-    segmenter = build_segmenter(args.segmenter, device="cpu" if args.device == "auto" else args.device)
+    segmenter = build_segmenter(args.segmenter, device=args.device)
     policy = load_policy(args.model, device=args.device, remote_model=args.remote_model)
     session = Session(
         loaded.slice, args.query, policy, segmenter, profile=args.profile, max_steps=args.max_steps,

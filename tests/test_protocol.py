@@ -4,7 +4,7 @@ import string
 import numpy as np
 import pytest
 
-from napari_ibis.protocol import Action, ActionParseError, Response, Turn, format_response, get_profile, parse
+from napari_ibis.protocol import Action, ActionParseError, Response, Turn, get_profile, parse
 
 RELEASE = get_profile("ibis-release")
 PAPER = get_profile("paper")

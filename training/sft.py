@@ -209,47 +209,23 @@ def render_all(trajectories: Iterable[Trajectory], profile: str) -> list[Rendere
 def main(argv=None) -> int:
     """``napari-ibis sft CONFIG`` (or ``python -m training.sft CONFIG``): SFT -> model folder.
 
-    With ``data`` set to a dataset folder (``napari-ibis data build``) its samples are
-    used; otherwise phantom trajectories are made on the fly.
-
-    Keys: those of :class:`SFTConfig`; ``extra`` may hold ``seeds`` (default 0-49),
-    ``segmenter`` (default classical), ``stop_iou`` (0.9), ``max_steps`` (8).
+    Keys: those of :class:`SFTConfig`. ``data`` names a dataset folder made by
+    ``napari-ibis data build``; without it one is built first in ``OUTPUT/data``
+    from ``extra`` (the keys of :func:`training.storage.build`).
     """
     import argparse
 
-    from napari_ibis.segmenters import build_segmenter
-
-    from .phantoms import phantom_samples
-    from .trajectories import keep, simulate
+    from .config_file import read_config
+    from .storage import build, read_dataset
 
     parser = argparse.ArgumentParser(prog="napari-ibis sft")
     parser.add_argument("config")
     args = parser.parse_args(argv)
-    text = Path(args.config).read_text()
-    if args.config.endswith((".yaml", ".yml")):
-        import yaml
-
-        values = yaml.safe_load(text)
-    else:
-        values = json.loads(text)
-    config = SFTConfig(**values)
-    if config.data:
-        from .storage import read_dataset
-
-        record = train(config, read_dataset(config.data))
-        print(f"done: {config.output} ({record['tokens_per_second']:.0f} tokens/s)")
-        return 0
-    extra = config.extra
-    segmenter = build_segmenter(extra.get("segmenter", "classical"))
-    rng = np.random.default_rng(config.seed)
-    seeds = range(*extra.get("seeds", [0, 50]))
-    trajectories = [
-        simulate(s, segmenter, rng, stop_iou=extra.get("stop_iou", 0.9), max_steps=extra.get("max_steps", 8))
-        for s in phantom_samples(seeds, absent_probability=extra.get("absent_probability", 0.1))
-    ]
-    kept = [t for t in trajectories if keep(t, max_clicks=extra.get("max_steps", 8))]
-    print(f"{len(kept)} of {len(trajectories)} trajectories kept")
-    record = train(config, render_all(kept, config.profile))
+    config = SFTConfig(**read_config(args.config))
+    data = config.data
+    if not data:
+        data = build({"seed": config.seed, **config.extra, "output": str(Path(config.output) / "data"), "profile": config.profile})
+    record = train(config, read_dataset(data))
     print(f"done: {config.output} ({record['tokens_per_second']:.0f} tokens/s)")
     return 0
 

@@ -172,14 +172,9 @@ def main(argv=None) -> int:
     export_parser.add_argument("out")
     args = parser.parse_args(argv)
     if args.command == "build":
-        text = Path(args.config).read_text()
-        if args.config.endswith((".yaml", ".yml")):
-            import yaml
+        from .config_file import read_config
 
-            config = yaml.safe_load(text)
-        else:
-            config = json.loads(text)
-        folder = build(config, progress=lambda items: tqdm(items, desc="samples", unit="sample"))
+        folder = build(read_config(args.config), progress=lambda items: tqdm(items, desc="samples", unit="sample"))
         count = len((folder / "samples.jsonl").read_text().splitlines())
         print(f"{folder}: {count} chat samples")
     else:

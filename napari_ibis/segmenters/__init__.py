@@ -17,7 +17,11 @@ __all__ = ["Click", "Segmenter", "SegmentResult", "build_segmenter", "image_key"
 
 
 def build_segmenter(spec: str = "litemedsam", device: str = "cpu") -> Segmenter:
-    """A segmenter backend from its spec string (see module docstring)."""
+    """A segmenter backend from its spec string (see module docstring).
+
+    ``device="auto"`` means the CPU: the segmenters are light, and the GPU, where
+    there is one, is better left to the language model."""
+    device = "cpu" if device == "auto" else device
     name, _, argument = spec.partition(":")
     if name == "litemedsam":
         from .litemedsam import LiteMedSAMSegmenter
