@@ -3,6 +3,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
+import torch
 import pytest
 
 from conftest import disk_image, point
@@ -24,9 +25,15 @@ def request(profile="ibis-release"):
 
 
 # -- local VLM folders ------------------------------------------------------------------
-def test_a_tiny_qwen25vl_folder_loads_and_streams(tiny_vlm_folder):
-    policy = VLMPolicy(tiny_vlm_folder, max_new_tokens=12)
-    assert policy.identity()["model_type"] == "qwen2_5_vl" and policy.device == "cpu"
+@pytest.mark.parametrize("model_type", ["qwen3_vl", "qwen2_5_vl"])
+def test_tiny_qwen_vl_folders_load_and_stream(tiny_vlm_folder, model_type, tmp_path):
+    from training.tiny import TinyConfig, build_tiny_vlm
+
+    folder = tiny_vlm_folder  # the project's own class: Qwen3-VL; the release's: Qwen2.5-VL
+    if model_type != "qwen3_vl":
+        folder = build_tiny_vlm(tmp_path / "m", ["segment the disk"] * 3, TinyConfig(model_type=model_type, text_first=False))
+    policy = VLMPolicy(folder, max_new_tokens=12)
+    assert policy.identity()["model_type"] == model_type and policy.device == "cpu"
     inputs = policy.encode(request().messages)
     grid = inputs["image_grid_thw"][0].tolist()
     image_tokens = int((inputs["input_ids"] == policy.model.config.image_token_id).sum())
@@ -34,6 +41,13 @@ def test_a_tiny_qwen25vl_folder_loads_and_streams(tiny_vlm_folder):
     pieces = []
     text = policy.respond(request(), on_text=pieces.append)
     assert pieces and "".join(pieces) == text
+
+
+def test_the_small_models_vision_positions_start_as_sin_cos_and_survive_saving(tiny_vlm_folder):
+    from training.tiny import sincos_table
+
+    table = VLMPolicy(tiny_vlm_folder).model.model.visual.pos_embed.weight.detach()
+    assert torch.allclose(table, sincos_table(int(table.shape[0] ** 0.5), table.shape[1]))
 
 
 def test_the_vlm_session_loop_runs_end_to_end(tiny_vlm_folder):

@@ -6,7 +6,14 @@ No tokenizer or weights can be downloaded here, so this module makes them:
   the Qwen chat and vision special tokens, wrapped as a ``transformers`` fast
   tokenizer with the Qwen2.5-VL chat template (or a text-before-image variant);
 * a ``Qwen2VLImageProcessor`` with a small pixel budget;
-* a small ``Qwen2_5_VLForConditionalGeneration`` (or Qwen3-VL) from a config.
+* a small ``Qwen3VLForConditionalGeneration`` (default) or
+  ``Qwen2_5_VLForConditionalGeneration`` from a config.
+
+The project's own small model is a Qwen3-VL whose vision position table starts as
+a 2-D sin-cos table, with the query text before the image in each user turn: of
+the set-ups measured in shared/docs/DATA_AND_WEIGHTS.md only that one learned to
+put a first click on the named structure (Qwen2.5-VL's vision tower has rotary
+positions only, so its patch features carry no absolute position).
 
 :func:`build_tiny_vlm` writes all of it as an ordinary model folder that
 ``from_pretrained`` reads with no network, and that the ``vlm`` policy loads.
@@ -60,7 +67,7 @@ def chat_template(text_first: bool = False) -> str:
 class TinyConfig:
     """Sizes of a small Qwen-VL model (defaults: about 4-6 M parameters)."""
 
-    model_type: str = "qwen2_5_vl"
+    model_type: str = "qwen3_vl"  # or "qwen2_5_vl"
     vocab_size: int = 1024
     hidden_size: int = 192
     layers: int = 4
@@ -73,7 +80,8 @@ class TinyConfig:
     patch_size: int = 8
     merge_size: int = 2
     image_size: int = 112
-    text_first: bool = False
+    text_first: bool = True
+    sincos_positions: bool = True  # Qwen3-VL only: start the vision position table as 2-D sin-cos
 
 
 def build_tokenizer(corpus: Iterable[str], vocab_size: int = 1024, text_first: bool = False):
@@ -102,8 +110,8 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int = 1024, text_first: b
 
 
 def build_processor(tokenizer, config: TinyConfig):
-    """A Qwen2.5-VL (or Qwen3-VL) processor around ``tokenizer`` with a small pixel budget."""
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+    """A Qwen2.5-VL or Qwen3-VL processor around ``tokenizer`` with a fixed small pixel budget."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor, Qwen3VLProcessor
 
     pixels = config.image_size * config.image_size
     image_processor = Qwen2VLImageProcessor(
@@ -117,7 +125,8 @@ def build_processor(tokenizer, config: TinyConfig):
         patch_size=config.patch_size, merge_size=config.merge_size, temporal_patch_size=2,
         min_pixels=pixels, max_pixels=pixels,
     )
-    return Qwen2_5_VLProcessor(
+    processor_class = Qwen3VLProcessor if config.model_type == "qwen3_vl" else Qwen2_5_VLProcessor
+    return processor_class(
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=video_processor,
@@ -126,14 +135,97 @@ def build_processor(tokenizer, config: TinyConfig):
 
 
 def build_model(tokenizer, config: TinyConfig, seed: int = 0):
-    """A randomly initialised small Qwen2.5-VL whose special token ids fit ``tokenizer``."""
+    """A randomly initialised small Qwen-VL whose special token ids fit ``tokenizer``."""
     import torch
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+    torch.manual_seed(seed)
+    if config.model_type == "qwen3_vl":
+        model = _qwen3_vl(tokenizer, config, ids)
+    elif config.model_type == "qwen2_5_vl":
+        model = _qwen2_5_vl(tokenizer, config, ids)
+    else:
+        raise ValueError(f"model_type must be qwen3_vl or qwen2_5_vl, not {config.model_type!r}")
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    return model.eval()
+
+
+def _rope_sections(config: TinyConfig) -> list[int]:
     half = config.hidden_size // config.heads // 2  # rotary frequencies per head
     temporal = half // 4  # Qwen's own split is 16/24/24 of 64
     height = (half - temporal) // 2
+    return [temporal, height, half - temporal - height]
+
+
+def _qwen3_vl(tokenizer, config: TinyConfig, ids: dict):
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    side = config.image_size // config.patch_size
+    model_config = Qwen3VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": config.hidden_size,
+            "num_hidden_layers": config.layers,
+            "num_attention_heads": config.heads,
+            "num_key_value_heads": config.kv_heads,
+            "head_dim": config.hidden_size // config.heads,
+            "intermediate_size": config.intermediate_size,
+            "max_position_embeddings": 4096,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": _rope_sections(config),
+                                "mrope_interleaved": True},
+            "bos_token_id": ids["<|im_start|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={
+            "depth": config.vision_depth,
+            "hidden_size": config.vision_hidden,
+            "num_heads": config.vision_heads,
+            "intermediate_size": config.vision_hidden * 2,
+            "out_hidden_size": config.hidden_size,
+            "patch_size": config.patch_size,
+            "spatial_merge_size": config.merge_size,
+            "temporal_patch_size": 2,
+            "num_position_embeddings": side * side,
+            "deepstack_visual_indexes": list(range(1, config.vision_depth - 1))[:3],
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
+    model = Qwen3VLForConditionalGeneration(model_config)
+    if config.sincos_positions:
+        import torch
+
+        table = model.model.visual.pos_embed.weight
+        with torch.no_grad():
+            table.copy_(sincos_table(side, table.shape[1]))
+    return model
+
+
+def sincos_table(side: int, dim: int):
+    """A (side*side, dim) 2-D sin-cos position table: half the channels for rows, half for columns."""
+    import torch
+
+    quarter = dim // 4
+    frequencies = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter))
+    grid = torch.arange(side, dtype=torch.float32)
+    rows, cols = torch.meshgrid(grid, grid, indexing="ij")
+    parts = []
+    for coordinate in (rows.flatten(), cols.flatten()):
+        angles = coordinate[:, None] * frequencies[None]
+        parts += [angles.sin(), angles.cos()]
+    table = torch.cat(parts, dim=1)
+    return torch.nn.functional.pad(table, (0, dim - table.shape[1]))
+
+
+def _qwen2_5_vl(tokenizer, config: TinyConfig, ids: dict):
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    temporal, height, width = _rope_sections(config)
     model_config = Qwen2_5_VLConfig(
         text_config={
             "vocab_size": len(tokenizer),
@@ -143,7 +235,7 @@ def build_model(tokenizer, config: TinyConfig, seed: int = 0):
             "num_key_value_heads": config.kv_heads,
             "intermediate_size": config.intermediate_size,
             "max_position_embeddings": 4096,
-            "rope_scaling": {"type": "mrope", "mrope_section": [temporal, height, half - temporal - height]},
+            "rope_scaling": {"type": "mrope", "mrope_section": [temporal, height, width]},
             "tie_word_embeddings": True,
             "bos_token_id": ids["<|im_start|>"],
             "eos_token_id": ids["<|im_end|>"],
@@ -166,11 +258,7 @@ def build_model(tokenizer, config: TinyConfig, seed: int = 0):
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
     )
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(model_config)
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    return model.eval()
+    return Qwen2_5_VLForConditionalGeneration(model_config)
 
 
 def build_tiny_vlm(folder: str | Path, corpus: Iterable[str], config: TinyConfig | None = None, seed: int = 0) -> Path:
