@@ -78,3 +78,62 @@ def test_self_correction_flags_the_wrong_click_and_undoes_it(classical):
     wrong, undo = corrected.moves[index], corrected.moves[index + 1]
     assert wrong.iou_after < undo.iou_after and undo.keyword == "undo"  # the wrong click made it worse
     assert np.array_equal(undo.mask_after, wrong.mask_before)
+
+
+def _labelled_volume(seed: int):
+    rng = np.random.default_rng(seed)
+    image = rng.normal(100, 10, (12, 40, 48)).astype(np.float32)  # slices, rows, cols
+    labels = np.zeros(image.shape, np.uint8)
+    labels[2:9, 10:25, 12:30] = 1  # an organ over 7 slices
+    labels[4:6, 14:18, 15:19] = 2  # a lesion in 2 of them
+    return image, labels
+
+
+def test_msd_task_folders_slice_each_named_label_and_keep_volumes_whole(tmp_path):
+    import json
+
+    import nibabel as nib
+
+    from training.datasets import msd_task
+
+    (tmp_path / "imagesTr").mkdir()
+    (tmp_path / "labelsTr").mkdir()
+    training = []
+    for case in range(2):
+        image, labels = _labelled_volume(case)
+        affine = np.eye(4)
+        nib.save(nib.Nifti1Image(image.T, affine), tmp_path / f"imagesTr/liver_{case}.nii.gz")  # NIfTI order (x, y, z)
+        nib.save(nib.Nifti1Image(labels.T, affine), tmp_path / f"labelsTr/liver_{case}.nii.gz")
+        training.append({"image": f"./imagesTr/liver_{case}.nii.gz", "label": f"./labelsTr/liver_{case}.nii.gz"})
+    (tmp_path / "dataset.json").write_text(json.dumps(
+        {"labels": {"0": "background", "1": "Liver", "2": "Cancer"}, "modality": {"0": "CT"}, "training": training}))
+    samples = list(msd_task(tmp_path, slices_per_label=3, min_area=10))
+    assert {s.target for s in samples} == {"liver", "cancer"} and {s.modality for s in samples} == {"CT"}
+    assert sum(s.target == "liver" for s in samples) == 6 and sum(s.target == "cancer" for s in samples) == 4
+    liver = next(s for s in samples if s.target == "liver")
+    assert liver.image.shape == liver.mask.shape == (40, 48) and liver.mask.sum() == 15 * 18
+    assert len({s.group for s in samples}) == 2  # one group per volume: splits never cut a volume
+
+
+def test_image_mask_folders_pair_files_by_name_and_name_labels(tmp_path):
+    import tifffile
+    from PIL import Image
+
+    from training.datasets import image_mask_folder
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    image, labels = _labelled_volume(0)
+    tifffile.imwrite(tmp_path / "images/vol.tif", image)
+    tifffile.imwrite(tmp_path / "masks/vol.tif", labels)
+    Image.fromarray(np.full((32, 32), 80, np.uint8)).save(tmp_path / "images/slice.png")
+    flat = np.zeros((32, 32), np.uint8)
+    flat[5:20, 5:20] = 255
+    Image.fromarray(flat).save(tmp_path / "masks/slice.png")
+    Image.fromarray(flat).save(tmp_path / "images/unpaired.png")
+    samples = list(image_mask_folder(tmp_path, names={1: "kidney", 2: "kidney tumour", 255: "kidney"}, modality="CT", min_area=10))
+    by_source = {s.source.split(":")[1] for s in samples}
+    assert by_source == {"vol", "slice"}  # the unpaired image is skipped
+    flat_sample = next(s for s in samples if s.source.split(":")[1] == "slice")
+    assert flat_sample.mask.sum() == 225 and flat_sample.target == "kidney"
+    assert {s.target for s in samples} == {"kidney", "kidney tumour"}

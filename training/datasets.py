@@ -11,6 +11,13 @@ Real sets available here without a download:
 * :func:`stardist_nuclei`: stardist's fluorescence nuclei image with 125
   hand-drawn instances (PyPI ``stardist``, BSD-3);
 * :func:`manifest_samples`: the JSONL manifest of the public contract.
+
+Sets a user brings:
+
+* :func:`image_mask_folder`: ``images/`` and ``masks/`` (or ``labels/``) with
+  matching file names, 2-D or volumes, binary or label-valued masks;
+* :func:`msd_task`: a Medical Segmentation Decathlon task folder (``dataset.json``,
+  ``imagesTr/``, ``labelsTr/``), volumes sliced to 2-D.
 """
 
 from __future__ import annotations
@@ -136,6 +143,90 @@ def manifest_samples(manifest: str | Path) -> Iterator[Sample]:
             source=case.source,
             group=case.source.split(":")[0],
         )
+
+
+def _volume_samples(image: np.ndarray, labels: np.ndarray, names: dict[int, str], modality: str, source: str,
+                    group: str, slices_per_label: int, min_area: int) -> Iterator[Sample]:
+    """Samples of one labelled image: 2-D as it is; a volume (slice axis first) at
+    ``slices_per_label`` slices per label, evenly spread over the slices where it
+    covers at least ``min_area`` pixels."""
+    if image.shape[:labels.ndim] != labels.shape:
+        raise ValueError(f"{source}: image {image.shape} and mask {labels.shape} differ in shape")
+    for value, name in sorted(names.items()):
+        region = labels == value
+        if labels.ndim == 2:
+            if region.sum() >= min_area:
+                yield Sample(image, region, name, modality, f"{source}:label={value}", group)
+            continue
+        areas = region.reshape(region.shape[0], -1).sum(axis=1)
+        candidates = np.flatnonzero(areas >= min_area)
+        if candidates.size == 0:
+            continue
+        chosen = candidates[np.unique(np.linspace(0, candidates.size - 1, min(slices_per_label, candidates.size)).round().astype(int))]
+        for index in chosen:
+            yield Sample(np.ascontiguousarray(image[index]), np.ascontiguousarray(region[index]), name, modality,
+                         f"{source}:slice={index}:label={value}", group)
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".tiff", ".tif", ".png", ".npy", ".nrrd", ".dcm", ".jpg", ".jpeg"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def image_mask_folder(folder: str | Path, names: dict[int, str] | None = None, target: str = "target",
+                      modality: str = "unknown", slices_per_label: int = 3, min_area: int = 20) -> Iterator[Sample]:
+    """Pairs ``images/NAME.*`` + ``masks/NAME.*`` (or ``labels/``) of any format napari_ibis.io reads.
+
+    Mask values other than 0 are separate targets named by ``names`` (value ->
+    name); without it every non-zero value is called ``target``. Each image is its
+    own group, so a volume never straddles a split.
+    """
+    from napari_ibis.io import read_image
+
+    folder = Path(folder)
+    mask_dir = next((folder / d for d in ("masks", "labels") if (folder / d).is_dir()), None)
+    if not (folder / "images").is_dir() or mask_dir is None:
+        raise FileNotFoundError(f"{folder} needs images/ and masks/ (or labels/) folders")
+    masks = {_stem(p): p for p in sorted(mask_dir.iterdir()) if p.is_file()}
+    for image_path in sorted((folder / "images").iterdir()):
+        mask_path = masks.get(_stem(image_path))
+        if mask_path is None:
+            continue
+        image = read_image(image_path).data
+        labels = np.asarray(read_image(mask_path).data).astype(np.int64)
+        found = {int(v): (names or {}).get(int(v), target) for v in np.unique(labels) if v != 0}
+        if names is not None:
+            found = {v: n for v, n in found.items() if v in names}
+        yield from _volume_samples(image, labels, found, modality, f"{folder.name}:{_stem(image_path)}",
+                                   f"{folder.name}:{_stem(image_path)}", slices_per_label, min_area)
+
+
+def msd_task(folder: str | Path, channel: int = 0, slices_per_label: int = 3, min_area: int = 20,
+             limit: int | None = None) -> Iterator[Sample]:
+    """Training cases of a Medical Segmentation Decathlon task folder, sliced to 2-D.
+
+    Names and modality come from ``dataset.json``; multi-channel volumes (e.g.
+    BrainTumour's four MRI sequences) use ``channel``. One group per volume.
+    """
+    import nibabel as nib
+
+    folder = Path(folder)
+    meta = json.loads((folder / "dataset.json").read_text())
+    names = {int(k): v.lower() for k, v in meta["labels"].items() if int(k) != 0}
+    modalities = meta.get("modality", {"0": "unknown"})
+    modality = modalities.get(str(channel), next(iter(modalities.values())))
+    for case in meta["training"][:limit]:
+        image = np.asarray(nib.load(str(folder / case["image"])).dataobj)
+        labels = np.asarray(nib.load(str(folder / case["label"])).dataobj).astype(np.int64)
+        if image.ndim == 4:
+            image = image[..., channel]
+        name = _stem(Path(case["image"]))
+        # NIfTI (x, y, z) -> axial slices first, rows = y
+        yield from _volume_samples(np.ascontiguousarray(image.T), np.ascontiguousarray(labels.T), names, modality,
+                                   f"msd-{folder.name}:{name}", f"msd-{folder.name}:{name}", slices_per_label, min_area)
 
 
 def split_by_group(samples: Iterable[Sample], eval_fraction: float = 0.2, salt: str = "napari-ibis") -> tuple[list[Sample], list[Sample]]:

@@ -12,6 +12,7 @@ of correct moves, with their closing ``<|im_end|>``, are trained.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -88,26 +89,44 @@ def _as_pil(messages: list[dict]) -> list[dict]:
 
 
 def encode(processor, sample: RenderedSample) -> dict:
-    """Token ids, labels (-100 outside trained assistant turns), pixel values and grids."""
-    messages = _as_pil(sample.messages)
-    full = processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors="pt")
-    ids = full["input_ids"][0]
+    """Token ids, labels (-100 outside trained assistant turns), pixel values and grids.
+
+    The conversation is tokenised once; assistant spans are found by the
+    ``<|im_start|>assistant\n`` header and end with their ``<|im_end|>``.
+    """
+    full = processor.apply_chat_template(_as_pil(sample.messages), tokenize=True, return_dict=True, return_tensors="pt")
+    ids = full["input_ids"][0].numpy()
     labels = np.full(ids.shape[0], -100, dtype=np.int64)
-    assistant_indices = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-    for flag, index in zip(sample.trained, assistant_indices):
-        start = _length(processor, messages[:index], generation_prompt=True)
-        end = _length(processor, messages[: index + 1], generation_prompt=False) - 1  # drop the trailing newline
+    tokenizer = processor.tokenizer
+    header = tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    starts = [i + len(header) for i in range(len(ids) - len(header) + 1) if list(ids[i:i + len(header)]) == header]
+    for flag, start in zip(sample.trained, starts):
+        ends = np.flatnonzero(ids[start:] == end_id)
+        stop = start + int(ends[0]) + 1 if ends.size else len(ids)
         if flag:
-            labels[start:end] = ids[start:end].numpy()
+            labels[start:stop] = ids[start:stop]
     full["labels"] = labels
     return full
 
 
-def _length(processor, messages: list[dict], generation_prompt: bool) -> int:
-    encoded = processor.apply_chat_template(
-        messages, tokenize=True, return_dict=True, return_tensors="pt", add_generation_prompt=generation_prompt
+def collate(encoded: list[dict], pad_id: int) -> dict:
+    """Right-padded batch of encoded samples (images concatenated in order)."""
+    import torch
+
+    length = max(int(e["input_ids"].shape[1]) for e in encoded)
+    batch: dict = {}
+    for key, fill in (("input_ids", pad_id), ("attention_mask", 0), ("mm_token_type_ids", 0)):
+        if key in encoded[0]:
+            rows = [torch.nn.functional.pad(e[key][0], (0, length - e[key].shape[1]), value=fill) for e in encoded]
+            batch[key] = torch.stack(rows)
+    batch["labels"] = torch.stack(
+        [torch.nn.functional.pad(torch.as_tensor(e["labels"]), (0, length - len(e["labels"])), value=-100) for e in encoded]
     )
-    return int(encoded["input_ids"].shape[1])
+    for key in ("pixel_values", "image_grid_thw"):
+        if key in encoded[0]:
+            batch[key] = torch.cat([e[key] for e in encoded])
+    return batch
 
 
 @dataclass
@@ -116,9 +135,10 @@ class SFTConfig:
 
     model: str  # folder of the model to start from
     output: str  # folder to write
-    data: str = ""  # a JSONL of rendered samples written by `napari-ibis data build`, or empty for phantoms
+    data: str = ""  # a dataset folder written by `napari-ibis data build`; empty: build one from `extra`
     profile: str = "ibis-release"
     steps: int = 100
+    batch_size: int = 1  # samples per process per micro-step
     learning_rate: float = 5e-4
     warmup_fraction: float = 0.1
     gradient_accumulation: int = 1
@@ -126,80 +146,192 @@ class SFTConfig:
     save_every: int = 0  # 0: only at the end
     resume: bool = False
     log_every: int = 10
+    lora: dict = field(default_factory=dict)  # {} full fine-tuning; else peft LoraConfig keys (r, lora_alpha, ...)
+    eval_every: int = 0  # first-click hit rate on held-out phantoms every N steps (0: never)
+    eval_seeds: list = field(default_factory=lambda: [90000, 90025])
+    tiny: dict = field(default_factory=dict)  # build a new small model at `model` first (TinyConfig keys)
     extra: dict = field(default_factory=dict)
 
 
-def train(config: SFTConfig, samples: list[RenderedSample], log=print) -> dict:
-    """Full fine-tuning of a (small) VLM folder on rendered samples; returns the loss log."""
+# The language model's projections: LoRA leaves the vision tower as it is.
+LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def _load(config: SFTConfig, accelerator):
+    """(model, processor) to train: the start folder, or the checkpoint when resuming; LoRA applied."""
     import torch
+    import transformers
 
     from napari_ibis.policies.vlm import MODEL_CLASSES, inspect_model_folder
 
-    import transformers
-
-    torch.manual_seed(config.seed)
-    rng = random.Random(config.seed)
-    source = Path(config.output) / "checkpoint" if config.resume and (Path(config.output) / "checkpoint").is_dir() else Path(config.model)
-    model_type = inspect_model_folder(source)
+    checkpoint = Path(config.output) / "checkpoint"
+    resuming = config.resume and (checkpoint / "trainer_state.pt").is_file()
+    source = checkpoint if resuming and not config.lora else Path(config.model)
+    model_class = getattr(transformers, MODEL_CLASSES[inspect_model_folder(source)])
     processor = transformers.AutoProcessor.from_pretrained(source, local_files_only=True)
-    model = getattr(transformers, MODEL_CLASSES[model_type]).from_pretrained(source, local_files_only=True, dtype=torch.float32)
-    model.train()
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    dtype = torch.bfloat16 if accelerator.device.type == "cuda" and config.lora else torch.float32
+    model = model_class.from_pretrained(source, local_files_only=True, dtype=dtype)
+    if config.lora:
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if resuming:
+            model = PeftModel.from_pretrained(model, checkpoint / "adapter", is_trainable=True)
+        else:
+            options = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": LORA_TARGETS, **config.lora}
+            model = get_peft_model(model, LoraConfig(**options))
+    return model, processor, resuming
+
+
+def train(config: SFTConfig, samples: list[RenderedSample], log=print) -> dict:
+    """Fine-tune a VLM folder on rendered samples (full or LoRA; one or many processes).
+
+    Run it under ``accelerate launch`` (or ``torchrun``) for several processes: each
+    takes its share of every global batch, gradients are averaged (gloo on CPU,
+    NCCL on GPUs). Only the main process writes. Returns the training record.
+    """
+    import torch
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    rank, world = accelerator.process_index, accelerator.num_processes
+    torch.manual_seed(config.seed)
+    model, processor, resuming = _load(config, accelerator)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
     warmup = max(1, int(config.steps * config.warmup_fraction))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps))
     )
-    state_path = Path(config.output) / "checkpoint" / "trainer_state.pt"
-    start_step = 0
-    if config.resume and state_path.is_file():
-        state = torch.load(state_path, weights_only=True)
+    checkpoint = Path(config.output) / "checkpoint"
+    start_step, losses = 0, []
+    if resuming:
+        state = torch.load(checkpoint / "trainer_state.pt", weights_only=True)
         optimiser.load_state_dict(state["optimiser"])
         schedule.load_state_dict(state["schedule"])
-        start_step = int(state["step"])
-    encoded = [encode(processor, s) for s in samples]
-    losses: list[float] = []
-    started = time.perf_counter()
-    tokens = 0
+        start_step, losses = int(state["step"]), list(state.get("losses", []))
+    model.train()
+    model, optimiser = accelerator.prepare(model, optimiser)
+    pad_id = processor.tokenizer.pad_token_id
+    evaluation = _first_click_cases(config) if config.eval_every and accelerator.is_main_process else []
+    evaluations = []
+    order = random.Random(config.seed)  # the same stream on every process: each takes its slice
+    for _ in range(start_step * config.gradient_accumulation):
+        order.choices(range(len(samples)), k=config.batch_size * world)
+    started, tokens = time.perf_counter(), 0
     for step in range(start_step, config.steps):
         optimiser.zero_grad()
         total = 0.0
-        for _ in range(config.gradient_accumulation):
-            batch = encoded[rng.randrange(len(encoded))]
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
-            labels = torch.as_tensor(batch["labels"])[None]
-            out = model(**inputs, labels=labels)
-            (out.loss / config.gradient_accumulation).backward()
-            total += out.loss.item() / config.gradient_accumulation
-            tokens += int(inputs["input_ids"].shape[1])
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        for micro in range(config.gradient_accumulation):
+            picks = order.choices(range(len(samples)), k=config.batch_size * world)
+            mine = picks[rank * config.batch_size:(rank + 1) * config.batch_size]
+            batch = {k: v.to(accelerator.device) for k, v in collate([encode(processor, samples[i]) for i in mine], pad_id).items()}
+            sync = accelerator.no_sync(model) if micro < config.gradient_accumulation - 1 else contextlib.nullcontext()
+            with sync:
+                loss = model(**batch).loss / config.gradient_accumulation
+                accelerator.backward(loss)
+            total += loss.item()
+            tokens += int(batch["attention_mask"].sum())
+        accelerator.clip_grad_norm_(trainable, 1.0)
         optimiser.step()
         schedule.step()
-        losses.append(total)
-        if config.log_every and (step + 1) % config.log_every == 0:
+        losses.append(float(accelerator.reduce(torch.tensor([total], device=accelerator.device), "mean").item()))
+        if config.log_every and (step + 1) % config.log_every == 0 and accelerator.is_main_process:
             log(f"step {step + 1}/{config.steps} loss {np.mean(losses[-config.log_every:]):.4f}")
+        if evaluation and (step + 1) % config.eval_every == 0:
+            result = first_click_hits(accelerator.unwrap_model(model), processor, evaluation, config.profile)
+            evaluations.append({"step": step + 1, **result})
+            log(f"step {step + 1}: first-click hits {result['hit_rate']:.2f} parsable {result['parsable']:.2f}")
+            model.train()
         if config.save_every and (step + 1) % config.save_every == 0:
-            _save(model, processor, Path(config.output) / "checkpoint", optimiser, schedule, step + 1)
+            _save(accelerator, model, processor, checkpoint, config, {
+                "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(), "step": step + 1, "losses": losses})
     seconds = time.perf_counter() - started
+    all_tokens = int(accelerator.reduce(torch.tensor([tokens], device=accelerator.device), "sum").item())
     record = {
         "config": asdict(config),
         "samples": len(samples),
+        "processes": world,
+        "trainable_parameters": sum(p.numel() for p in trainable),
         "losses": losses,
+        "first_click_evaluations": evaluations,
         "seconds": seconds,
-        "tokens_per_second": tokens / max(seconds, 1e-9),
+        "tokens_per_second": all_tokens / max(seconds, 1e-9),
     }
-    _save(model, processor, Path(config.output), None, None, config.steps)
-    (Path(config.output) / "training_card.json").write_text(json.dumps(record, indent=2) + "\n")
+    _save(accelerator, model, processor, Path(config.output), config, None, merge=True)
+    if accelerator.is_main_process:
+        (Path(config.output) / "training_card.json").write_text(json.dumps(record, indent=2) + "\n")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
     return record
 
 
-def _save(model, processor, folder: Path, optimiser, schedule, step: int) -> None:
+def _save(accelerator, model, processor, folder: Path, config: SFTConfig, state: dict | None, merge: bool = False) -> None:
+    """Write a model folder (LoRA merged when ``merge``) or a resumable checkpoint (main process only)."""
     import torch
 
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    if optimiser is not None:
-        torch.save({"optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(), "step": step}, folder / "trainer_state.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        model = accelerator.unwrap_model(model)
+        if config.lora and merge:
+            import copy
+
+            copy.deepcopy(model).merge_and_unload().save_pretrained(folder)
+        elif config.lora:
+            model.save_pretrained(folder / "adapter")
+        else:
+            model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        if state is not None:
+            torch.save(state, folder / "trainer_state.pt")
+    accelerator.wait_for_everyone()
+
+
+def _first_click_cases(config: SFTConfig) -> list:
+    from .phantoms import phantom_samples
+
+    return list(phantom_samples(range(*config.eval_seeds)))
+
+
+def first_click_hits(model, processor, samples, profile_name: str = "ibis-release", max_new_tokens: int = 160) -> dict:
+    """Greedy first step on each sample: share parsable, share of clicks inside the named mask, per target."""
+    import torch
+
+    from napari_ibis.errors import ActionParseError
+    from napari_ibis.protocol import parse
+
+    from . import text
+
+    profile = get_profile(profile_name)
+    model.eval()
+    hits, parsed, per_target = 0, 0, {}
+    rng = np.random.default_rng(0)
+    for sample in samples:
+        rgb = to_rgb8(sample.image)
+        turn = Turn(profile.observation(rgb, None), profile.user_text(text.query(sample.target, sample.modality, rng), first=True))
+        messages = _as_pil(profile.messages([turn]))
+        inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(**inputs.to(model.device), max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=processor.tokenizer.pad_token_id)
+        reply = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        hit = False
+        try:
+            response = parse(reply, profile)
+            parsed += 1
+            if response.actions:
+                row, col = profile.to_pixel(response.actions[0], *sample.mask.shape)
+                hit = bool(sample.mask[row, col]) if sample.mask.any() else False
+            elif response.not_present:
+                hit = not sample.mask.any()
+        except ActionParseError:
+            pass
+        hits += hit
+        done, total = per_target.get(sample.target, (0, 0))
+        per_target[sample.target] = (done + hit, total + 1)
+    count = max(len(samples), 1)
+    return {"cases": len(samples), "hit_rate": hits / count, "parsable": parsed / count,
+            "per_target": {k: f"{a}/{b}" for k, (a, b) in sorted(per_target.items())}}
 
 
 def render_all(trajectories: Iterable[Trajectory], profile: str) -> list[RenderedSample]:
@@ -225,7 +357,13 @@ def main(argv=None) -> int:
     data = config.data
     if not data:
         data = build({"seed": config.seed, **config.extra, "output": str(Path(config.output) / "data"), "profile": config.profile})
-    record = train(config, read_dataset(data))
+    samples = read_dataset(data)
+    if config.tiny and not Path(config.model).exists():
+        from .tiny import TinyConfig, build_tiny_vlm
+
+        corpus = [item["text"] for s in samples for m in s.messages for item in m["content"] if item["type"] == "text"]
+        build_tiny_vlm(config.model, corpus, TinyConfig(**config.tiny), seed=config.seed)
+    record = train(config, samples)
     print(f"done: {config.output} ({record['tokens_per_second']:.0f} tokens/s)")
     return 0
 

@@ -117,13 +117,14 @@ def build(config: dict, progress=None) -> Path:
     """Trajectories from phantoms (and real sets) into a dataset folder; resumable.
 
     Keys (defaults): output (required), profile ("ibis-release"), segmenter
-    ("classical"), seeds ([0, 100]), real ([] or any of "nuclei", "aal"),
+    ("classical"), seeds ([0, 100]), real ([] or any of "nuclei", "aal": only
+    their training side of :func:`training.datasets.split_by_group` is used),
     stop_iou (0.9), max_steps (8), min_dice (0.8), absent_probability (0.1),
     self_correction_fraction (0.0; paper profile only), seed (0).
     """
     from napari_ibis.segmenters import build_segmenter
 
-    from .datasets import colin27_aal, stardist_nuclei
+    from .datasets import colin27_aal, split_by_group, stardist_nuclei
     from .phantoms import phantom_samples
     from .sft import render
     from .trajectories import keep, self_correction, simulate
@@ -133,10 +134,12 @@ def build(config: dict, progress=None) -> Path:
     segmenter = build_segmenter(config.get("segmenter", "classical"))
     rng = np.random.default_rng(config.get("seed", 0))
     samples = list(phantom_samples(range(*config.get("seeds", [0, 100])), absent_probability=config.get("absent_probability", 0.1)))
+    real = []
     if "nuclei" in config.get("real", []):
-        samples += list(stardist_nuclei())
+        real += list(stardist_nuclei())
     if "aal" in config.get("real", []):
-        samples += list(colin27_aal())
+        real += list(colin27_aal())
+    samples += split_by_group(real)[0]
     options = {"stop_iou": config.get("stop_iou", 0.9), "max_steps": config.get("max_steps", 8)}
     fraction = config.get("self_correction_fraction", 0.0) if profile == "paper" else 0.0
 
