@@ -1,12 +1,12 @@
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import torch
 import pytest
 
 from conftest import disk_image, point
+from fake_openai import FakeServer
 from napari_ibis.errors import Cancelled, ModelError
 from napari_ibis.policies import load_policy
 from napari_ibis.policies.base import PolicyRequest
@@ -95,40 +95,6 @@ def test_without_a_bundled_agent_the_default_says_what_to_do():
 
 
 # -- remote endpoint (loopback fake of an OpenAI-compatible server) ----------------------
-class FakeServer:
-    def __init__(self, reply: str, failures: int = 0, status: int = 500):
-        self.reply, self.failures, self.status = reply, failures, status
-        self.seen: list[dict] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.seen.append({"headers": dict(self.headers), "body": body})
-                if outer.failures > 0:
-                    outer.failures -= 1
-                    self.send_response(outer.status)
-                    self.end_headers()
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.end_headers()
-                for word in outer.reply.split(" "):
-                    chunk = {"choices": [{"delta": {"content": word + " "}}]}
-                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                self.wfile.write(b"data: [DONE]\n\n")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-
-
 def test_remote_policy_streams_and_keeps_the_key_secret(monkeypatch):
     monkeypatch.setenv("IBIS_API_KEY", "sk-secret-123")
     server = FakeServer(point(True, 0.5, 0.25))

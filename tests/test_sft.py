@@ -73,3 +73,51 @@ def test_a_short_sft_run_lowers_the_loss_and_the_model_loads_as_a_policy(tiny_vl
     events = list(session.run())
     assert isinstance(events[-1], Stopped)
     assert (tmp_path / "sft" / "training_card.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
+    from training.storage import build
+
+    return build({"output": str(tmp_path_factory.mktemp("data") / "data"), "seeds": [0, 2], "max_steps": 2,
+                  "stop_iou": 0.8, "min_dice": 0.0})
+
+
+def test_lora_trains_only_the_language_model_and_saves_a_merged_folder(tiny_vlm_folder, small_dataset, tmp_path):
+    import torch
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from napari_ibis.policies.vlm import VLMPolicy
+    from training.storage import read_dataset
+
+    config = SFTConfig(model=str(tiny_vlm_folder), output=str(tmp_path / "lora"), steps=4, learning_rate=5e-3,
+                       log_every=0, lora={"r": 4, "lora_alpha": 8, "lora_dropout": 0.0})
+    record = train(config, read_dataset(small_dataset))
+    before = Qwen3VLForConditionalGeneration.from_pretrained(tiny_vlm_folder).state_dict()
+    after = VLMPolicy(tmp_path / "lora").model.state_dict()  # merged: loads like any model folder
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all("language_model" in k and k.endswith("proj.weight") for k in changed)
+    assert not any("visual" in k for k in changed)
+    assert record["trainable_parameters"] < sum(v.numel() for v in before.values()) / 10
+
+
+def test_two_cpu_processes_train_together(tiny_vlm_folder, small_dataset, tmp_path):
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = {"model": str(tiny_vlm_folder), "output": str(tmp_path / "ddp"), "data": str(small_dataset), "steps": 3,
+              "batch_size": 1, "log_every": 1}
+    (tmp_path / "sft.json").write_text(json.dumps(config))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               "-m", "training.sft", str(tmp_path / "sft.json")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    card = json.loads((tmp_path / "ddp" / "training_card.json").read_text())
+    assert card["processes"] == 2 and len(card["losses"]) == 3
+    assert (tmp_path / "ddp" / "model.safetensors").is_file()

@@ -36,3 +36,15 @@ def test_data_build_writes_resumes_exports_and_feeds_sft(tmp_path, capsys, tiny_
     (tmp_path / "sft.json").write_text(json.dumps(sft))
     assert main(["sft", str(tmp_path / "sft.json")]) == 0
     assert (tmp_path / "model" / "config.json").is_file() and (tmp_path / "model" / "training_card.json").is_file()
+
+
+def test_dataset_folders_load_with_hugging_face_datasets(tmp_path):
+    datasets = __import__("pytest").importorskip("datasets")
+    from training.storage import build
+
+    folder = build({"output": str(tmp_path / "data"), "seeds": [0, 2], "max_steps": 2, "stop_iou": 0.8, "min_dice": 0.0})
+    table = datasets.load_dataset("json", data_files=str(folder / "samples.jsonl"), split="train")
+    assert len(table) == len(read_dataset(folder))
+    first = table[0]
+    assert [m["role"] for m in first["messages"]] == ["system", "user", "assistant"]
+    assert all((folder / path).is_file() for path in first["images"])

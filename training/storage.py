@@ -120,7 +120,9 @@ def build(config: dict, progress=None) -> Path:
     ("classical"), seeds ([0, 100]), real ([] or any of "nuclei", "aal": only
     their training side of :func:`training.datasets.split_by_group` is used),
     stop_iou (0.9), max_steps (8), min_dice (0.8), absent_probability (0.1),
-    self_correction_fraction (0.0; paper profile only), seed (0).
+    self_correction_fraction (0.0; paper profile only), seed (0), teacher (none;
+    {url, model, api_key_env}: an OpenAI-compatible endpoint that writes the
+    click reasoning, see :mod:`training.teacher`).
     """
     from napari_ibis.segmenters import build_segmenter
 
@@ -141,6 +143,11 @@ def build(config: dict, progress=None) -> Path:
         real += list(colin27_aal())
     samples += split_by_group(real)[0]
     options = {"stop_iou": config.get("stop_iou", 0.9), "max_steps": config.get("max_steps", 8)}
+    if config.get("teacher"):
+        from .teacher import Teacher
+
+        options["reasoner"] = Teacher(**{"base_url": config["teacher"]["url"], **{
+            k: v for k, v in config["teacher"].items() if k != "url"}})
     fraction = config.get("self_correction_fraction", 0.0) if profile == "paper" else 0.0
 
     def items():
@@ -157,6 +164,9 @@ def build(config: dict, progress=None) -> Path:
                 yield f"{sample_id}:{index}", rendered, meta
 
     append_samples(folder, items())
+    if "reasoner" in options:
+        counts = options["reasoner"].counts
+        print(f"teacher: {counts['accepted']} thoughts accepted, {counts['rejected']} rejected, {counts['failed']} failed")
     return folder
 
 

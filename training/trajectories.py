@@ -77,8 +77,14 @@ def simulate(
     ties: str = "negative",
     padding: bool = True,
     init_mask: np.ndarray | None = None,
+    reasoner=None,
 ) -> Trajectory:
-    """A normal (or, for an empty mask, an absent) trajectory."""
+    """A normal (or, for an empty mask, an absent) trajectory.
+
+    ``reasoner`` (e.g. a :class:`training.teacher.Teacher`) may rewrite each click's
+    synthesised thought; it gets (target, modality, image, truth, mask, row, col,
+    positive, synthesised thought) and returns the thought to keep.
+    """
     gt = sample.mask
     query = text.query(sample.target, sample.modality, rng)
     segmenter.set_image(to_rgb8(sample.image))
@@ -101,6 +107,8 @@ def simulate(
         row, col, positive = found
         click = Click(row, col, positive, sample.target, "simulator")
         thought = text.reasoning(sample.target, sample.modality, mask, row, col, positive, rng)
+        if reasoner is not None:
+            thought = reasoner(sample.target, sample.modality, sample.image, gt, mask, row, col, positive, thought)
         clicks.append(click)
         new_mask, logits, score = _step(segmenter, clicks, logits, gt)
         trajectory.moves.append(Move(mask, thought, click, mask_after=new_mask, iou_after=score))
