@@ -1,0 +1,151 @@
+"""The paper's rewards (section 3.3, appendix C), as pure functions of masks and text.
+
+Constants default to those of the released reward function
+(shared/docs/RELEASED_PROTOCOL.md) and live in :class:`RewardConfig`:
+
+* format: 1 when the reply has the trained layout (``<think>`` block, one
+  ``<action>`` block the profile parses, a closed ``<answer>``; a final turn must
+  carry its answer), else 0;
+* answer: piecewise on IoU (> 0.8: 3, > 0.7: 2, > 0.5: 1, else 0); for a closed
+  question (the target is absent) 3 for saying "not present", else 0;
+* click placement: +1 for a positive click in the false-negative region or a
+  negative click in the false-positive region of the mask *before* the click, -1
+  otherwise, 0 for turns without a click;
+* progressive: 1 when the IoU after the action is strictly higher than before
+  (0 on a final turn);
+* length: 1 up to the optimal number of steps (5), then -0.2 per extra step.
+
+The total is the sum of the enabled terms divided by ``normaliser`` (5, as in the
+release). Every term is returned separately so that each can be logged.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from napari_ibis.errors import ActionParseError
+from napari_ibis.metrics import iou
+from napari_ibis.protocol import Profile, Response, get_profile
+
+_LAYOUT = re.compile(r"\s*<think>\n.*?\S.*?\n</think>\n\s*<action>\n.+?\n</action>(?:\n\s*<answer>\n.*?\n</answer>)?\s*", re.S)
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Reward constants; the defaults are the released IBISAgent's."""
+
+    answer_levels: tuple[tuple[float, float], ...] = ((0.8, 3.0), (0.7, 2.0), (0.5, 1.0))
+    closed_answer: float = 3.0
+    placement_hit: float = 1.0
+    placement_miss: float = -1.0
+    progress: float = 1.0
+    optimal_steps: int = 5
+    length_bonus: float = 1.0
+    length_penalty: float = 0.2
+    normaliser: float = 5.0
+    use_placement: bool = True
+    use_progress: bool = True
+    use_length: bool = True
+
+
+def parse_or_none(text: str, profile: Profile | str) -> Response | None:
+    try:
+        return get_profile(profile).parse(text)
+    except ActionParseError:
+        return None
+
+
+def format_reward(text: str, profile: Profile | str = "ibis-release") -> float:
+    """1 if ``text`` has the trained layout and a parsable action (final turns answered)."""
+    response = parse_or_none(text, profile)
+    if response is None or not _LAYOUT.fullmatch(text):
+        return 0.0
+    final = response.terminate or response.not_present
+    if final and not response.answer:
+        return 0.0
+    return 1.0
+
+
+def answer_reward(iou_value: float, config: RewardConfig = RewardConfig()) -> float:
+    """Piecewise reward on the IoU of the mask the turn leaves behind."""
+    for threshold, value in config.answer_levels:
+        if iou_value > threshold:
+            return value
+    return 0.0
+
+
+def closed_answer_reward(said_absent: bool, present: bool, config: RewardConfig = RewardConfig()) -> float:
+    """Exact match for the closed question "is the target there?"."""
+    return config.closed_answer if said_absent != present else 0.0
+
+
+def placement_reward(row: int, col: int, positive: bool, truth: np.ndarray, mask_before: np.ndarray,
+                     config: RewardConfig = RewardConfig()) -> float:
+    """+hit when a positive click falls in the missed region or a negative one in the spill, else miss."""
+    height, width = truth.shape
+    if not (0 <= row < height and 0 <= col < width):
+        return config.placement_miss
+    region = (truth & ~mask_before) if positive else (mask_before & ~truth)
+    return config.placement_hit if region[row, col] else config.placement_miss
+
+
+def progress_reward(iou_before: float, iou_after: float, final: bool, config: RewardConfig = RewardConfig()) -> float:
+    return 0.0 if final else (config.progress if iou_after > iou_before else 0.0)
+
+
+def length_reward(step: int, config: RewardConfig = RewardConfig()) -> float:
+    """``step`` counts from 1: the bonus up to the optimum, a linear penalty after it."""
+    if step <= config.optimal_steps:
+        return config.length_bonus
+    return -config.length_penalty * (step - config.optimal_steps)
+
+
+def step_reward(text: str, truth: np.ndarray, mask_before: np.ndarray, mask_after: np.ndarray, step: int,
+                clicks: list[tuple[int, int, bool]], profile: Profile | str = "ibis-release",
+                config: RewardConfig = RewardConfig()) -> dict[str, float]:
+    """All terms for one decision (the release's single-decision RL sample) and their total.
+
+    ``clicks`` are the (row, col, positive) pixels the turn added; ``mask_after`` is
+    what the segmenter made of them (equal to ``mask_before`` on a final turn).
+    """
+    profile = get_profile(profile)
+    response = parse_or_none(text, profile)
+    present = bool(truth.any())
+    terms = {"format": format_reward(text, profile), "answer": 0.0, "placement": 0.0, "progress": 0.0, "length": 0.0}
+    if response is not None:
+        final = response.terminate or response.not_present
+        if not present or response.not_present:
+            terms["answer"] = closed_answer_reward(response.not_present, present, config)
+        else:
+            terms["answer"] = answer_reward(iou(truth, mask_after), config)
+        if config.use_placement and clicks:
+            terms["placement"] = float(np.mean([placement_reward(r, c, p, truth, mask_before, config) for r, c, p in clicks]))
+        if config.use_progress and present:
+            terms["progress"] = progress_reward(iou(truth, mask_before), iou(truth, mask_after), final, config)
+        if config.use_length:
+            terms["length"] = length_reward(step, config)
+    terms["total"] = sum(terms.values()) / config.normaliser
+    return terms
+
+
+def trajectory_reward(step_terms: list[dict[str, float]], truth: np.ndarray, final_mask: np.ndarray, said_absent: bool,
+                      config: RewardConfig = RewardConfig()) -> dict[str, float]:
+    """One reward for a whole multi-turn rollout (paper): per-turn format, placement and
+    progress averaged over its turns, the answer on the final mask, the length on the turn count."""
+    turns = max(len(step_terms), 1)
+    present = bool(truth.any())
+    terms = {key: sum(t[key] for t in step_terms) / turns for key in ("format", "placement", "progress")}
+    if not present or said_absent:
+        terms["answer"] = closed_answer_reward(said_absent, present, config)
+    else:
+        terms["answer"] = answer_reward(iou(truth, final_mask), config)
+    terms["length"] = length_reward(len(step_terms), config) if config.use_length else 0.0
+    if not config.use_placement:
+        terms["placement"] = 0.0
+    if not config.use_progress:
+        terms["progress"] = 0.0
+    terms["total"] = sum(terms.values()) / config.normaliser
+    return terms
