@@ -2,11 +2,11 @@ import json
 import threading
 
 import numpy as np
-import torch
 import pytest
-
+import torch
 from conftest import disk_image, point
 from fake_openai import FakeServer
+
 from napari_ibis.errors import Cancelled, ModelError
 from napari_ibis.policies import load_policy
 from napari_ibis.policies.base import PolicyRequest

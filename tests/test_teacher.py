@@ -1,6 +1,6 @@
 import numpy as np
-
 from fake_openai import FakeServer
+
 from napari_ibis.segmenters import build_segmenter
 from training.phantoms import phantom_samples
 from training.teacher import Teacher, oracle_view

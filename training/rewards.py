@@ -30,7 +30,7 @@ from napari_ibis.errors import ActionParseError
 from napari_ibis.metrics import iou
 from napari_ibis.protocol import Profile, Response, get_profile
 
-_LAYOUT = re.compile(r"\s*<think>\n.*?\S.*?\n</think>\n\s*<action>\n.+?\n</action>(?:\n\s*<answer>\n.*?\n</answer>)?\s*", re.S)
+_LAYOUT = re.compile(r"\s*<think>\n.*?\S.*?\n</think>\n\s*<action>\n.+?\n</action>(?:\n\s*<answer>\n.*?\n</answer>)?\s*", re.DOTALL)
 
 
 @dataclass(frozen=True)

@@ -17,15 +17,16 @@ import json
 import math
 import random
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
 from napari_ibis.overlay import to_rgb8
 from napari_ibis.protocol import Response, Turn, get_profile
 
+from .checkpoints import load_for_training, save
 from .trajectories import Trajectory
 
 
@@ -153,35 +154,6 @@ class SFTConfig:
     extra: dict = field(default_factory=dict)
 
 
-# The language model's projections: LoRA leaves the vision tower as it is.
-LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-
-
-def _load(config: SFTConfig, accelerator):
-    """(model, processor) to train: the start folder, or the checkpoint when resuming; LoRA applied."""
-    import torch
-    import transformers
-
-    from napari_ibis.policies.vlm import MODEL_CLASSES, inspect_model_folder
-
-    checkpoint = Path(config.output) / "checkpoint"
-    resuming = config.resume and (checkpoint / "trainer_state.pt").is_file()
-    source = checkpoint if resuming and not config.lora else Path(config.model)
-    model_class = getattr(transformers, MODEL_CLASSES[inspect_model_folder(source)])
-    processor = transformers.AutoProcessor.from_pretrained(source, local_files_only=True)
-    dtype = torch.bfloat16 if accelerator.device.type == "cuda" and config.lora else torch.float32
-    model = model_class.from_pretrained(source, local_files_only=True, dtype=dtype)
-    if config.lora:
-        from peft import LoraConfig, PeftModel, get_peft_model
-
-        if resuming:
-            model = PeftModel.from_pretrained(model, checkpoint / "adapter", is_trainable=True)
-        else:
-            options = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": LORA_TARGETS, **config.lora}
-            model = get_peft_model(model, LoraConfig(**options))
-    return model, processor, resuming
-
-
 def train(config: SFTConfig, samples: list[RenderedSample], log=print) -> dict:
     """Fine-tune a VLM folder on rendered samples (full or LoRA; one or many processes).
 
@@ -195,7 +167,7 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=print) -> dict:
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     rank, world = accelerator.process_index, accelerator.num_processes
     torch.manual_seed(config.seed)
-    model, processor, resuming = _load(config, accelerator)
+    model, processor, resuming = load_for_training(config, accelerator)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
     warmup = max(1, int(config.steps * config.warmup_fraction))
@@ -243,7 +215,7 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=print) -> dict:
             log(f"step {step + 1}: first-click hits {result['hit_rate']:.2f} parsable {result['parsable']:.2f}")
             model.train()
         if config.save_every and (step + 1) % config.save_every == 0:
-            _save(accelerator, model, processor, checkpoint, config, {
+            save(accelerator, model, processor, checkpoint, config, {
                 "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(), "step": step + 1, "losses": losses})
     seconds = time.perf_counter() - started
     all_tokens = int(accelerator.reduce(torch.tensor([tokens], device=accelerator.device), "sum").item())
@@ -257,34 +229,12 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=print) -> dict:
         "seconds": seconds,
         "tokens_per_second": all_tokens / max(seconds, 1e-9),
     }
-    _save(accelerator, model, processor, Path(config.output), config, None, merge=True)
+    save(accelerator, model, processor, Path(config.output), config, None, merge=True)
     if accelerator.is_main_process:
         (Path(config.output) / "training_card.json").write_text(json.dumps(record, indent=2) + "\n")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return record
-
-
-def _save(accelerator, model, processor, folder: Path, config: SFTConfig, state: dict | None, merge: bool = False) -> None:
-    """Write a model folder (LoRA merged when ``merge``) or a resumable checkpoint (main process only)."""
-    import torch
-
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        folder.mkdir(parents=True, exist_ok=True)
-        model = accelerator.unwrap_model(model)
-        if config.lora and merge:
-            import copy
-
-            copy.deepcopy(model).merge_and_unload().save_pretrained(folder)
-        elif config.lora:
-            model.save_pretrained(folder / "adapter")
-        else:
-            model.save_pretrained(folder)
-        processor.save_pretrained(folder)
-        if state is not None:
-            torch.save(state, folder / "trainer_state.pt")
-    accelerator.wait_for_everyone()
 
 
 def _first_click_cases(config: SFTConfig) -> list:

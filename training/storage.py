@@ -15,8 +15,8 @@ the real sets, with a progress bar, and resumes where a previous run stopped.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from PIL import Image

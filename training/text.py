@@ -48,7 +48,7 @@ ABSENT_ANSWERS = [
 
 FORBIDDEN = ("red", "blue", "cross", "tp", "fp", "fn", "ground truth", "ground-truth", "oracle", "true positive",
              "false positive", "false negative")
-_FORBIDDEN_RE = re.compile(r"\b(" + "|".join(re.escape(w) for w in FORBIDDEN) + r")\b", re.I)
+_FORBIDDEN_RE = re.compile(r"\b(" + "|".join(re.escape(w) for w in FORBIDDEN) + r")\b", re.IGNORECASE)
 
 
 def leaks(text: str) -> list[str]:

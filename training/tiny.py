@@ -21,9 +21,9 @@ positions only, so its patch features carry no absolute position).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -111,7 +111,12 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int = 1024, text_first: b
 
 def build_processor(tokenizer, config: TinyConfig):
     """A Qwen2.5-VL or Qwen3-VL processor around ``tokenizer`` with a fixed small pixel budget."""
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor, Qwen3VLProcessor
+    from transformers import (
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+        Qwen3VLProcessor,
+    )
 
     pixels = config.image_size * config.image_size
     image_processor = Qwen2VLImageProcessor(
