@@ -1,0 +1,115 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TERMINATE, ScriptedPolicy, disk_image, point
+from napari_ibis.segmenters import build_segmenter
+from training.datasets import Sample
+from training.grpo import GRPOConfig, group_advantages, policy_loss, score, token_log_probs, train
+from training.rewards import RewardConfig
+from training.rollout import rollout, training_samples
+from training.sft import collate, encode
+
+
+def disk_sample():
+    image, mask = disk_image(64, centre=(30, 34), radius=12)
+    return Sample(image, mask, "disk", "CT", "test:disk", "disk")
+
+
+def test_group_advantages_are_normalised_and_vanish_for_equal_rewards():
+    assert not group_advantages([0.4, 0.4, 0.4, 0.4]).any()
+    advantages = group_advantages([0.0, 1.0, 0.5, 0.5])
+    assert advantages.mean() == pytest.approx(0) and advantages.std() == pytest.approx(1, rel=1e-4)
+    assert advantages[1] > advantages[2] > advantages[0]
+
+
+def test_a_rollout_goes_through_the_session_and_is_scored_per_turn():
+    sample = disk_sample()
+    policy = ScriptedPolicy([point(True, 34.5 / 64, 30.5 / 64), TERMINATE.replace("Terminate", "Termination")])
+    episode = rollout(policy, sample, "segment the disk", build_segmenter("classical"), max_turns=4)
+    assert [len(t.clicks) for t in episode.turns] == [1, 0] and episode.stop_reason == "answered"
+    assert episode.turns[0].clicks[0] == (30, 34, True) and not episode.turns[0].mask_before.any()
+    assert np.array_equal(episode.turns[1].mask_before, episode.turns[0].mask_after)
+    assert episode.final_iou > 0.8
+    terms = score(episode, RewardConfig())
+    assert terms["format"] == 1.0 and terms["answer"] == 3.0 and terms["placement"] == 0.5  # one click in two turns
+    assert terms["length"] == 1.0
+
+
+def test_an_unreadable_reply_ends_the_rollout_without_a_length_bonus():
+    episode = rollout(ScriptedPolicy(["I think the disk is in the middle."]), disk_sample(), "segment the disk",
+                      build_segmenter("classical"))
+    assert episode.stop_reason == "unparsable" and len(episode.turns) == 1
+    assert score(episode, RewardConfig())["total"] == 0.0
+
+
+def test_only_the_models_reply_tokens_get_gradients(tiny_vlm_folder):
+    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(tiny_vlm_folder)
+    model = Qwen3VLForConditionalGeneration.from_pretrained(tiny_vlm_folder)
+    policy = ScriptedPolicy([point(True, 0.5, 0.5), TERMINATE])
+    episode = rollout(policy, disk_sample(), "segment the disk", build_segmenter("classical"), profile="paper")
+    (rendered,) = training_samples(episode)  # the paper profile keeps history: one multi-turn sample
+    encoded = encode(processor, rendered)
+    batch = collate([encoded], processor.tokenizer.pad_token_id)
+    captured = {}
+
+    def keep_logits(module, args, out):
+        out.retain_grad()
+        captured["logits"] = out
+
+    model.lm_head.register_forward_hook(keep_logits)
+    log_probs, mask = token_log_probs(model, batch)
+    loss, _ = policy_loss(log_probs, log_probs.detach(), torch.tensor([1.0]), mask)
+    loss.backward()
+    grad = captured["logits"].grad[0, :-1].abs().sum(dim=-1)  # position t predicts token t + 1
+    trained = mask[0].bool()
+    assert trained.sum() > 0 and (grad[trained] > 0).all()
+    assert (grad[~trained] == 0).all()  # system, user, observation and image tokens get no gradient
+    image_positions = batch["input_ids"][0, 1:] == model.config.image_token_id
+    assert image_positions.any() and not trained[image_positions].any()
+
+
+def test_grpo_with_equal_rewards_does_not_move_the_weights(tiny_vlm_folder, tmp_path):
+    from transformers import Qwen3VLForConditionalGeneration
+
+    # an untrained model writes nonsense: every rollout scores 0, every advantage is 0
+    config = GRPOConfig(model=str(tiny_vlm_folder), output=str(tmp_path / "grpo"), steps=1, questions_per_step=1,
+                        group_size=2, max_turns=2, max_new_tokens=12, seeds=[0, 3], learning_rate=1e-2, log_every=0)
+    card = train(config)
+    (record,) = card["steps"]
+    assert record["reward/total"] == 0.0 and record["zero_advantage_groups"] == 1
+    before = Qwen3VLForConditionalGeneration.from_pretrained(tiny_vlm_folder).state_dict()
+    after = Qwen3VLForConditionalGeneration.from_pretrained(tmp_path / "grpo").state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    logged = [json.loads(line) for line in (tmp_path / "grpo" / "log.jsonl").read_text().splitlines()]
+    assert {"reward/format", "reward/answer", "reward/placement", "reward/progress", "reward/length"} <= logged[0].keys()
+
+
+def test_the_clipped_ratio_stops_pushing_past_the_trust_region():
+    log_probs = torch.tensor([[0.0, 0.5]], requires_grad=True)  # ratio e^0.5 = 1.65 on the second token
+    loss, stats = policy_loss(log_probs, torch.zeros(1, 2), torch.tensor([1.0]), torch.ones(1, 2))
+    loss.backward()
+    assert log_probs.grad[0, 0] != 0 and log_probs.grad[0, 1] == 0 and stats["clip_fraction"] == 0.5
+
+
+def test_two_cpu_processes_run_grpo(tiny_vlm_folder, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = {"model": str(tiny_vlm_folder), "output": str(tmp_path / "ddp"), "steps": 1, "questions_per_step": 1,
+              "group_size": 2, "max_turns": 1, "max_new_tokens": 8, "seeds": [0, 4]}
+    (tmp_path / "grpo.json").write_text(json.dumps(config))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               "-m", "training.grpo", str(tmp_path / "grpo.json")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    card = json.loads((tmp_path / "ddp" / "training_card.json").read_text())
+    assert card["processes"] == 2 and card["steps"][0]["rollouts"] == 4

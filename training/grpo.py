@@ -1,0 +1,365 @@
+"""Multi-turn GRPO with the paper's rewards (section 3.3, appendix C).
+
+Each step, every process takes ``questions_per_step`` questions (a sample and a
+query), lets the current model answer each ``group_size`` times through the real
+Session (:mod:`training.rollout`), scores every rollout (:mod:`training.rewards`)
+and normalises the rewards within each group into advantages. The loss is the
+clipped-ratio policy gradient on the model's own reply tokens only (system,
+user, observation and image tokens are masked out), aggregated per token or per
+sequence; a KL term to the starting model is optional (off by default, as in the
+release). The ratio is taken against the log-probabilities of the model that
+produced the rollouts, computed before the first update of the step; with
+``mini_batches`` > 1 the later updates are off-policy and the clip matters.
+
+``GRPOConfig`` maps 1:1 onto ``napari-ibis grpo CONFIG``. Logs go to
+``OUTPUT/log.jsonl`` (and TensorBoard when it is installed), one line per step
+with every reward term separately.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoints import load_for_training, save
+from .datasets import Sample
+from .rewards import RewardConfig, step_reward, trajectory_reward
+from .rollout import Rollout, SamplingPolicy, rollout, training_samples
+from .sft import collate, encode
+
+
+@dataclass
+class GRPOConfig:
+    """GRPO settings (``napari-ibis grpo CONFIG`` reads these keys)."""
+
+    model: str  # folder to start from (usually the SFT output)
+    output: str
+    profile: str = "ibis-release"
+    mode: str = "trajectory"  # "trajectory" (paper, multi-turn) or "decision" (release: one turn from a simulated state)
+    segmenter: str = "classical"
+    seeds: list = field(default_factory=lambda: [0, 400])  # phantom seeds the questions come from
+    real: list = field(default_factory=list)  # "aal", "nuclei": their training side is added
+    absent_probability: float = 0.1
+    steps: int = 50
+    questions_per_step: int = 4  # per process
+    group_size: int = 4
+    max_turns: int = 6
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 160
+    learning_rate: float = 1e-5
+    warmup_steps: int = 0
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    kl_coef: float = 0.0
+    loss_aggregation: str = "token-mean"  # or "seq-mean-token-mean"
+    mini_batches: int = 1
+    rewards: dict = field(default_factory=dict)  # RewardConfig keys
+    lora: dict = field(default_factory=dict)
+    save_every: int = 0
+    resume: bool = False
+    log_every: int = 1
+    seed: int = 0
+
+
+def group_advantages(rewards, eps: float = 1e-6) -> np.ndarray:
+    """(r - mean) / std within one group; all zero when the rewards are equal (nothing to learn)."""
+    rewards = np.asarray(rewards, dtype=np.float64)
+    spread = rewards.std()
+    if spread < eps:
+        return np.zeros_like(rewards)
+    return (rewards - rewards.mean()) / (spread + eps)
+
+
+def token_log_probs(model, batch: dict):
+    """(log p of each next token, mask of the trained ones): both (B, T-1)."""
+    import torch
+
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs).logits[:, :-1].float()
+    targets = batch["input_ids"][:, 1:]
+    log_probs = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]
+    return log_probs, (batch["labels"][:, 1:] != -100).float()
+
+
+def policy_loss(log_probs, old_log_probs, advantages, mask, clip_low: float = 0.2, clip_high: float = 0.2,
+                aggregation: str = "token-mean", total_tokens: float | None = None, ref_log_probs=None,
+                kl_coef: float = 0.0):
+    """Clipped-ratio policy-gradient loss over masked tokens; returns (loss, stats).
+
+    ``advantages`` has one value per sequence. With ``token-mean`` the sum is
+    divided by ``total_tokens`` (all trained tokens of the mini-batch, so that
+    sequences split over several calls add up to one mean).
+    """
+    import torch
+
+    ratio = torch.exp(log_probs - old_log_probs)
+    advantage = advantages[:, None]
+    unclipped = ratio * advantage
+    clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * advantage
+    per_token = -torch.minimum(unclipped, clipped)
+    kl = torch.zeros_like(per_token)
+    if ref_log_probs is not None and kl_coef:
+        delta = ref_log_probs - log_probs
+        kl = torch.exp(delta) - delta - 1  # k3 estimator, always >= 0
+        per_token = per_token + kl_coef * kl
+    if aggregation == "token-mean":
+        loss = (per_token * mask).sum() / (total_tokens or mask.sum().clamp(min=1))
+    elif aggregation == "seq-mean-token-mean":
+        loss = ((per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)).mean()
+    else:
+        raise ValueError(f"loss_aggregation must be token-mean or seq-mean-token-mean, not {aggregation!r}")
+    with torch.no_grad():
+        tokens = mask.sum().clamp(min=1)
+        stats = {"clip_fraction": float(((unclipped != clipped).float() * mask).sum() / tokens),
+                 "kl": float((kl * mask).sum() / tokens)}
+    return loss, stats
+
+
+def score(episode: Rollout, config: RewardConfig, mode: str = "trajectory") -> dict[str, float]:
+    """Reward terms of a rollout: of its one decision, or of the whole trajectory.
+
+    A trajectory that ended on an unreadable reply gets no length bonus: stopping
+    by breaking the format must not pay.
+    """
+    truth = episode.sample.mask
+    steps = [step_reward(t.reply, truth, t.mask_before, t.mask_after, i + 1, t.clicks, episode.profile, config)
+             for i, t in enumerate(episode.turns)]
+    if mode == "decision":
+        return steps[0]
+    broken = episode.stop_reason == "unparsable"
+    config = RewardConfig(**{**asdict(config), "use_length": config.use_length and not broken})
+    return trajectory_reward(steps, truth, episode.final_mask, episode.said_absent, config)
+
+
+class Questions:
+    """An endless, seeded stream of (sample, query, initial mask) for one process."""
+
+    def __init__(self, config: GRPOConfig, segmenter, rank: int) -> None:
+        from .datasets import colin27_aal, split_by_group, stardist_nuclei
+        from .phantoms import phantom_samples
+
+        self.samples: list[Sample] = list(phantom_samples(range(*config.seeds), absent_probability=config.absent_probability))
+        real = []
+        if "aal" in config.real:
+            real += list(colin27_aal())
+        if "nuclei" in config.real:
+            real += list(stardist_nuclei())
+        self.samples += split_by_group(real)[0]
+        self.rng = np.random.default_rng([config.seed, rank])
+        self.mode, self.segmenter = config.mode, segmenter
+        self.max_turns = config.max_turns
+
+    def next(self) -> tuple[Sample, str, np.ndarray | None]:
+        from . import text
+        from .trajectories import simulate
+
+        sample = self.samples[self.rng.integers(len(self.samples))]
+        if self.mode != "decision" or not sample.mask.any():
+            return sample, text.query(sample.target, sample.modality, self.rng), None
+        simulated = simulate(sample, self.segmenter, self.rng, stop_iou=0.9, max_steps=self.max_turns)
+        states = [m.mask_before for m in simulated.moves]
+        state = states[self.rng.integers(len(states))]
+        return sample, simulated.query, state if state.any() else None
+
+
+def train(config: GRPOConfig, log=print) -> dict:
+    """Run GRPO; writes the model folder, ``log.jsonl`` and ``training_card.json``."""
+    import torch
+    from accelerate import Accelerator
+
+    from napari_ibis.segmenters import build_segmenter
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    rank, world = accelerator.process_index, accelerator.num_processes
+    torch.manual_seed(config.seed + rank)
+    random.seed(config.seed + rank)
+    model, processor, resuming = load_for_training(config, accelerator)
+    reference = None
+    if config.kl_coef and not config.lora:
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, (s + 1) / max(config.warmup_steps, 1)))
+    output, checkpoint = Path(config.output), Path(config.output) / "checkpoint"
+    if accelerator.is_main_process:
+        output.mkdir(parents=True, exist_ok=True)
+    start_step = 0
+    if resuming:
+        state = torch.load(checkpoint / "trainer_state.pt", weights_only=True)
+        optimiser.load_state_dict(state["optimiser"])
+        schedule.load_state_dict(state["schedule"])
+        start_step = int(state["step"])
+    model, optimiser = accelerator.prepare(model, optimiser)
+    segmenter = build_segmenter(config.segmenter, str(accelerator.device))
+    questions = Questions(config, segmenter, rank)
+    for _ in range(start_step * config.questions_per_step):
+        questions.rng.integers(len(questions.samples))  # resume the stream roughly where it was
+    reward_config = RewardConfig(**config.rewards)
+    pad_id = processor.tokenizer.pad_token_id
+    writer = _tensorboard(output) if accelerator.is_main_process else None
+    history = []
+    for step in range(start_step, config.steps):
+        started = time.perf_counter()
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.eval()
+        policy = SamplingPolicy(unwrapped, processor, config.temperature, config.top_p, config.max_new_tokens)
+        groups: list[list[tuple[Rollout, dict]]] = []
+        for _ in range(config.questions_per_step):
+            sample, query, init_mask = questions.next()
+            group = []
+            for _ in range(config.group_size):
+                episode = rollout(policy, sample, query, segmenter, config.profile,
+                                  1 if config.mode == "decision" else config.max_turns, init_mask)
+                group.append((episode, score(episode, reward_config, config.mode)))
+            groups.append(group)
+        rollout_seconds = time.perf_counter() - started
+        # one (encoded sequence, advantage) per trained sample
+        items = []
+        for group in groups:
+            advantages = group_advantages([terms["total"] for _, terms in group])
+            for (episode, _), advantage in zip(group, advantages):
+                for rendered in training_samples(episode):
+                    items.append((encode(processor, rendered), float(advantage)))
+        model.train()
+        stats = {"clip_fraction": [], "kl": [], "loss": []}
+        if items:
+            with torch.no_grad():
+                for encoded, _ in items:
+                    batch = _to_device(collate([encoded], pad_id), accelerator.device)
+                    encoded["old"] = token_log_probs(model, batch)[0].detach()
+                    if reference is not None:
+                        encoded["ref"] = token_log_probs(reference, batch)[0].detach()
+                    elif config.kl_coef and config.lora:
+                        with accelerator.unwrap_model(model).disable_adapter():
+                            encoded["ref"] = token_log_probs(model, batch)[0].detach()
+            for chunk in np.array_split(np.arange(len(items)), config.mini_batches):
+                optimiser.zero_grad()
+                total_tokens = sum(float((torch.as_tensor(items[i][0]["labels"]) != -100).sum()) for i in chunk)
+                for position, i in enumerate(chunk):
+                    encoded, advantage = items[i]
+                    batch = _to_device(collate([encoded], pad_id), accelerator.device)
+                    log_probs, mask = token_log_probs(model, batch)
+                    loss, loss_stats = policy_loss(
+                        log_probs, encoded["old"], torch.tensor([advantage], device=log_probs.device), mask,
+                        config.clip_low, config.clip_high, config.loss_aggregation,
+                        total_tokens if config.loss_aggregation == "token-mean" else None,
+                        encoded.get("ref"), config.kl_coef)
+                    if config.loss_aggregation != "token-mean":
+                        loss = loss / len(chunk)
+                    sync = position == len(chunk) - 1
+                    with accelerator.no_sync(model) if not sync else contextlib.nullcontext():
+                        accelerator.backward(loss)
+                    stats["loss"].append(loss.item())
+                    stats["clip_fraction"].append(loss_stats["clip_fraction"])
+                    stats["kl"].append(loss_stats["kl"])
+                accelerator.clip_grad_norm_(trainable, 1.0)
+                optimiser.step()
+        schedule.step()
+        record = _step_record(step + 1, groups, stats, rollout_seconds, time.perf_counter() - started)
+        record = _gather_mean(accelerator, record)
+        history.append(record)
+        if accelerator.is_main_process:
+            with (output / "log.jsonl").open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            if writer is not None:
+                for key, value in record.items():
+                    if isinstance(value, (int, float)) and key != "step":
+                        writer.add_scalar(key, value, step + 1)
+            if config.log_every and (step + 1) % config.log_every == 0:
+                log(f"step {step + 1}/{config.steps} reward {record['reward/total']:.3f} iou {record['iou']:.3f} "
+                    f"parsable {record['parsable']:.2f} turns {record['turns']:.1f} ({record['seconds']:.0f} s)")
+        if config.save_every and (step + 1) % config.save_every == 0:
+            save(accelerator, model, processor, checkpoint, config,
+                 {"optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(), "step": step + 1})
+    save(accelerator, model, processor, output, config, None, merge=True)
+    card = {"config": asdict(config), "processes": world, "steps": history}
+    if accelerator.is_main_process:
+        (output / "training_card.json").write_text(json.dumps(card, indent=2) + "\n")
+        if writer is not None:
+            writer.close()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return card
+
+
+def _to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _step_record(step: int, groups, stats: dict, rollout_seconds: float, seconds: float) -> dict:
+    episodes = [(e, terms) for group in groups for e, terms in group]
+    turns = [t for e, _ in episodes for t in e.turns]
+    parsable = [t for t in turns if t.reply and _parses(t.reply, episodes[0][0].profile)]
+    record = {"step": step, "rollouts": len(episodes)}
+    for key in ("total", "format", "answer", "placement", "progress", "length"):
+        record[f"reward/{key}"] = float(np.mean([terms[key] for _, terms in episodes])) if episodes else 0.0
+    present = [e for e, _ in episodes if e.sample.mask.any()]
+    record["iou"] = float(np.mean([e.final_iou for e in present])) if present else 0.0
+    record["parsable"] = len(parsable) / max(len(turns), 1)
+    record["turns"] = len(turns) / max(len(episodes), 1)
+    record["zero_advantage_groups"] = sum(not group_advantages([t["total"] for _, t in g]).any() for g in groups)
+    for key, values in stats.items():
+        record[key] = float(np.mean(values)) if values else 0.0
+    record["rollout_seconds"] = rollout_seconds
+    record["seconds"] = seconds
+    return record
+
+
+def _parses(reply: str, profile: str) -> bool:
+    from .rewards import parse_or_none
+
+    return parse_or_none(reply, profile) is not None
+
+
+def _gather_mean(accelerator, record: dict) -> dict:
+    """Average every number of a step record over processes (sum the counts)."""
+    import torch
+
+    if accelerator.num_processes == 1:
+        return record
+    keys = [k for k, v in record.items() if k != "step" and isinstance(v, (int, float))]
+    values = torch.tensor([float(record[k]) for k in keys], device=accelerator.device)
+    reduced = accelerator.reduce(values, "mean")
+    out = dict(record)
+    for key, value in zip(keys, reduced.tolist()):
+        out[key] = value * (accelerator.num_processes if key in ("rollouts", "zero_advantage_groups") else 1)
+    return out
+
+
+def _tensorboard(output: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard not installed: JSONL only
+        return None
+    output.mkdir(parents=True, exist_ok=True)
+    return SummaryWriter(str(output / "tensorboard"))
+
+
+def main(argv=None) -> int:
+    """``napari-ibis grpo CONFIG``: GRPO from a model folder -> a model folder."""
+    import argparse
+
+    from .config_file import read_config
+
+    parser = argparse.ArgumentParser(prog="napari-ibis grpo")
+    parser.add_argument("config")
+    args = parser.parse_args(argv)
+    config = GRPOConfig(**read_config(args.config))
+    card = train(config)
+    last = card["steps"][-1] if card["steps"] else {}
+    print(f"done: {config.output} (last step reward {last.get('reward/total', float('nan')):.3f}, "
+          f"iou {last.get('iou', float('nan')):.3f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
