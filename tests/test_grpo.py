@@ -113,3 +113,19 @@ def test_two_cpu_processes_run_grpo(tiny_vlm_folder, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     card = json.loads((tmp_path / "ddp" / "training_card.json").read_text())
     assert card["processes"] == 2 and card["steps"][0]["rollouts"] == 4
+
+
+def test_evaluation_reports_iou_steps_parsing_and_the_oracle_at_equal_clicks():
+    from training.evaluate import evaluate
+
+    sample = disk_sample()
+    absent = Sample(sample.image, np.zeros_like(sample.mask), "spleen", "CT", "test:absent", "absent")
+    policy = ScriptedPolicy([point(True, 34.5 / 64, 30.5 / 64), TERMINATE])
+    result = evaluate(policy, [sample], build_segmenter("classical"), max_steps=4)
+    summary = result["summary"]
+    assert summary["cases"] == 1 and summary["mean_iou"] > 0.8 and summary["parsable_share"] == 1.0
+    assert summary["mean_steps"] == 2 and 0 < summary["oracle_iou_same_clicks"] <= 1
+    assert result["cases"][0]["clicks"] == 1
+    # a reply that cannot be read counts against the parsable share; an absent target needs "not present"
+    broken = evaluate(ScriptedPolicy(["no idea"]), [sample, absent], build_segmenter("classical"))["summary"]
+    assert broken["parsable_share"] == 0.0 and broken["mean_iou"] == 0.0 and broken["absent_answered_right"] == 0.0

@@ -1,0 +1,144 @@
+"""Evaluate an agent (model folder or any policy) on held-out cases through the real Session.
+
+Per case: a seeded query from the paper's templates, the agent's session with
+greedy decoding, then IoU, Dice, whether it answered the closed question right
+(target absent), steps, the share of parsable replies and seconds. Next to the
+agent, the click oracle with the *same number of clicks* gives the IoU the same
+segmenter could have reached, so that a weak agent and a weak segmenter can be
+told apart.
+
+``napari-ibis evaluate CONFIG`` (or :func:`main`) writes a JSON with the summary
+and every case.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from napari_ibis.evaluation import simulate_clicks
+from napari_ibis.metrics import dice, entity_f1
+from napari_ibis.overlay import to_rgb8
+
+from . import text
+from .datasets import Sample
+from .rollout import rollout
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate and on which cases (``napari-ibis evaluate CONFIG``)."""
+
+    model: str  # a model folder (greedy decoding through the vlm policy)
+    output: str  # the JSON to write
+    profile: str = "ibis-release"
+    segmenter: str = "classical"
+    phantom_seeds: list = field(default_factory=lambda: [90000, 90060])  # held out from every training config
+    real: list = field(default_factory=list)  # "aal", "nuclei": their evaluation side
+    absent_probability: float = 0.1
+    max_steps: int = 8
+    limit: int | None = None
+    seed: int = 0
+
+
+def cases(config: EvalConfig) -> dict[str, list[Sample]]:
+    """Held-out cases per set: phantoms by seed, real sets by their evaluation side."""
+    from .datasets import colin27_aal, split_by_group, stardist_nuclei
+    from .phantoms import phantom_samples
+
+    sets = {"phantoms (synthetic)": list(phantom_samples(range(*config.phantom_seeds), absent_probability=config.absent_probability))}
+    if "aal" in config.real:
+        sets["colin27-aal (real)"] = split_by_group(list(colin27_aal()))[1]
+    if "nuclei" in config.real:
+        sets["stardist nuclei (real)"] = split_by_group(list(stardist_nuclei()))[1]
+    return {name: samples[: config.limit] for name, samples in sets.items()}
+
+
+def evaluate(policy, samples: list[Sample], segmenter, profile: str = "ibis-release", max_steps: int = 8,
+             seed: int = 0, progress=None) -> dict:
+    """Run ``policy`` on each sample; returns {"summary": ..., "cases": [...]}."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for sample in progress(samples) if progress else samples:
+        query = text.query(sample.target, sample.modality, rng)
+        started = time.perf_counter()
+        episode = rollout(policy, sample, query, segmenter, profile, max_steps)
+        seconds = time.perf_counter() - started
+        clicks = sum(len(t.clicks) for t in episode.turns)
+        present = bool(sample.mask.any())
+        oracle = float("nan")
+        if present and clicks:
+            run = simulate_clicks(segmenter, to_rgb8(sample.image), sample.mask, max_clicks=clicks)
+            oracle = run.ious[-1]
+        parsable = sum(_parses(t.reply, profile) for t in episode.turns)
+        rows.append({
+            "source": sample.source, "target": sample.target, "query": query, "present": present,
+            "iou": episode.final_iou if present else float("nan"),
+            "dice": dice(sample.mask, episode.final_mask) if present else float("nan"),
+            "closed_correct": (episode.said_absent != present),
+            "steps": len(episode.turns), "clicks": clicks, "parsable": parsable, "turns": len(episode.turns),
+            "stop": episode.stop_reason, "oracle_iou_same_clicks": oracle, "seconds": seconds,
+            "_pair": (sample.mask, episode.final_mask),
+        })
+    return {"summary": summarise(rows), "cases": [{k: v for k, v in r.items() if k != "_pair"} for r in rows]}
+
+
+def _parses(reply: str, profile: str) -> bool:
+    from .rewards import parse_or_none
+
+    return parse_or_none(reply, profile) is not None
+
+
+def summarise(rows: list[dict]) -> dict:
+    present = [r for r in rows if r["present"]]
+    absent = [r for r in rows if not r["present"]]
+    oracle = [r["oracle_iou_same_clicks"] for r in present if not np.isnan(r["oracle_iou_same_clicks"])]
+    turns = sum(r["turns"] for r in rows)
+    return {
+        "cases": len(rows),
+        "present": len(present),
+        "absent": len(absent),
+        "mean_iou": float(np.mean([r["iou"] for r in present])) if present else float("nan"),
+        "mean_dice": float(np.mean([r["dice"] for r in present])) if present else float("nan"),
+        "entity_f1": entity_f1([r["_pair"] for r in rows]),
+        "absent_answered_right": float(np.mean([r["closed_correct"] for r in absent])) if absent else float("nan"),
+        "mean_steps": float(np.mean([r["steps"] for r in rows])) if rows else float("nan"),
+        "parsable_share": sum(r["parsable"] for r in rows) / max(turns, 1),
+        "oracle_iou_same_clicks": float(np.mean(oracle)) if oracle else float("nan"),
+        "seconds_per_case": float(np.mean([r["seconds"] for r in rows])) if rows else float("nan"),
+    }
+
+
+def main(argv=None) -> int:
+    """``napari-ibis evaluate CONFIG``: a model folder on held-out cases -> JSON summary."""
+    import argparse
+
+    from tqdm import tqdm
+
+    from napari_ibis.policies.vlm import VLMPolicy
+    from napari_ibis.segmenters import build_segmenter
+
+    from .config_file import read_config
+
+    parser = argparse.ArgumentParser(prog="napari-ibis evaluate")
+    parser.add_argument("config")
+    args = parser.parse_args(argv)
+    config = EvalConfig(**read_config(args.config))
+    policy = VLMPolicy(config.model, max_new_tokens=200)
+    segmenter = build_segmenter(config.segmenter)
+    results = {}
+    for name, samples in cases(config).items():
+        results[name] = evaluate(policy, samples, segmenter, config.profile, config.max_steps, config.seed,
+                                 progress=lambda items, n=name: tqdm(items, desc=n, unit="case"))
+        print(name, json.dumps(results[name]["summary"]))
+    Path(config.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(config.output).write_text(json.dumps({"config": config.__dict__, "results": results}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
