@@ -51,6 +51,9 @@ class RewardConfig:
     use_length: bool = True
 
 
+DEFAULT_REWARDS = RewardConfig()
+
+
 def parse_or_none(text: str, profile: Profile | str) -> Response | None:
     try:
         return get_profile(profile).parse(text)
@@ -69,7 +72,7 @@ def format_reward(text: str, profile: Profile | str = "ibis-release") -> float:
     return 1.0
 
 
-def answer_reward(iou_value: float, config: RewardConfig = RewardConfig()) -> float:
+def answer_reward(iou_value: float, config: RewardConfig = DEFAULT_REWARDS) -> float:
     """Piecewise reward on the IoU of the mask the turn leaves behind."""
     for threshold, value in config.answer_levels:
         if iou_value > threshold:
@@ -77,13 +80,13 @@ def answer_reward(iou_value: float, config: RewardConfig = RewardConfig()) -> fl
     return 0.0
 
 
-def closed_answer_reward(said_absent: bool, present: bool, config: RewardConfig = RewardConfig()) -> float:
+def closed_answer_reward(said_absent: bool, present: bool, config: RewardConfig = DEFAULT_REWARDS) -> float:
     """Exact match for the closed question "is the target there?"."""
     return config.closed_answer if said_absent != present else 0.0
 
 
 def placement_reward(row: int, col: int, positive: bool, truth: np.ndarray, mask_before: np.ndarray,
-                     config: RewardConfig = RewardConfig()) -> float:
+                     config: RewardConfig = DEFAULT_REWARDS) -> float:
     """+hit when a positive click falls in the missed region or a negative one in the spill, else miss."""
     height, width = truth.shape
     if not (0 <= row < height and 0 <= col < width):
@@ -92,11 +95,11 @@ def placement_reward(row: int, col: int, positive: bool, truth: np.ndarray, mask
     return config.placement_hit if region[row, col] else config.placement_miss
 
 
-def progress_reward(iou_before: float, iou_after: float, final: bool, config: RewardConfig = RewardConfig()) -> float:
+def progress_reward(iou_before: float, iou_after: float, final: bool, config: RewardConfig = DEFAULT_REWARDS) -> float:
     return 0.0 if final else (config.progress if iou_after > iou_before else 0.0)
 
 
-def length_reward(step: int, config: RewardConfig = RewardConfig()) -> float:
+def length_reward(step: int, config: RewardConfig = DEFAULT_REWARDS) -> float:
     """``step`` counts from 1: the bonus up to the optimum, a linear penalty after it."""
     if step <= config.optimal_steps:
         return config.length_bonus
@@ -105,7 +108,7 @@ def length_reward(step: int, config: RewardConfig = RewardConfig()) -> float:
 
 def step_reward(text: str, truth: np.ndarray, mask_before: np.ndarray, mask_after: np.ndarray, step: int,
                 clicks: list[tuple[int, int, bool]], profile: Profile | str = "ibis-release",
-                config: RewardConfig = RewardConfig()) -> dict[str, float]:
+                config: RewardConfig = DEFAULT_REWARDS) -> dict[str, float]:
     """All terms for one decision (the release's single-decision RL sample) and their total.
 
     ``clicks`` are the (row, col, positive) pixels the turn added; ``mask_after`` is
@@ -132,7 +135,7 @@ def step_reward(text: str, truth: np.ndarray, mask_before: np.ndarray, mask_afte
 
 
 def trajectory_reward(step_terms: list[dict[str, float]], truth: np.ndarray, final_mask: np.ndarray, said_absent: bool,
-                      config: RewardConfig = RewardConfig()) -> dict[str, float]:
+                      config: RewardConfig = DEFAULT_REWARDS) -> dict[str, float]:
     """One reward for a whole multi-turn rollout (paper): per-turn format, placement and
     progress averaged over its turns, the answer on the final mask, the length on the turn count."""
     turns = max(len(step_terms), 1)
