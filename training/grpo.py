@@ -43,6 +43,7 @@ class GRPOConfig:
     output: str
     profile: str = "ibis-release"
     mode: str = "trajectory"  # "trajectory" (paper, multi-turn) or "decision" (release: one turn from a simulated state)
+    first_step_share: float = 0.0  # decision mode: share of questions asked from the empty first state
     segmenter: str = "classical"
     seeds: list = field(default_factory=lambda: [0, 400])  # phantom seeds the questions come from
     real: list = field(default_factory=list)  # "aal", "nuclei": their training side is added
@@ -156,13 +157,15 @@ class Questions:
         self.rng = np.random.default_rng([config.seed, rank])
         self.mode, self.segmenter = config.mode, segmenter
         self.max_turns = config.max_turns
+        self.first_step_share = config.first_step_share
 
     def next(self) -> tuple[Sample, str, np.ndarray | None]:
         from . import text
         from .trajectories import simulate
 
         sample = self.samples[self.rng.integers(len(self.samples))]
-        if self.mode != "decision" or not sample.mask.any():
+        first = self.rng.random() < self.first_step_share
+        if self.mode != "decision" or not sample.mask.any() or first:
             return sample, text.query(sample.target, sample.modality, self.rng), None
         simulated = simulate(sample, self.segmenter, self.rng, stop_iou=0.9, max_steps=self.max_turns)
         states = [m.mask_before for m in simulated.moves]

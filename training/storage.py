@@ -150,10 +150,15 @@ def build(config: dict, progress=None) -> Path:
             k: v for k, v in config["teacher"].items() if k != "url"}})
     fraction = config.get("self_correction_fraction", 0.0) if profile == "paper" else 0.0
 
+    index = folder / "samples.jsonl"
+    done = {json.loads(line)["id"] for line in index.read_text().splitlines() if line.strip()} if index.is_file() else set()
+
     def items():
         for sample in (progress(samples) if progress else samples):
             corrected = rng.random() < fraction
             sample_id = f"{sample.source}:{'self_correction' if corrected else 'plain'}"
+            if f"{sample_id}:0" in done:
+                continue  # made by an earlier run: resume without simulating it again
             trajectory = (self_correction(sample, segmenter, rng, **options) if corrected else None) or simulate(
                 sample, segmenter, rng, **options)
             if not keep(trajectory, options["max_steps"], config.get("min_dice", 0.8)):
@@ -164,6 +169,7 @@ def build(config: dict, progress=None) -> Path:
                 yield f"{sample_id}:{index}", rendered, meta
 
     append_samples(folder, items())
+    (folder / "complete").write_text("all samples of this configuration are in samples.jsonl\n")
     if "reasoner" in options:
         counts = options["reasoner"].counts
         print(f"teacher: {counts['accepted']} thoughts accepted, {counts['rejected']} rejected, {counts['failed']} failed")
