@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # GRPO of a Qwen2.5-VL-7B (or any model folder) with verl on one node of 8 GPUs, through the
-# napari-ibis environment (training/verl_adapter.py). Settings follow the IBISAgent release:
+# napari-ibis environment (training/integrations/verl_loop.py). Settings follow the IBISAgent release:
 # rollout n=4, lr 1e-6, batch 256, response length 2768, no KL (shared/docs/RELEASED_PROTOCOL.md).
 #
 #   pip install verl vllm            # in the cluster's environment, beside napari-ibis
-#   python -m training.verl.make_data OUT_DIR     # train.parquet / val.parquet from phantoms + real sets
-#   MODEL=/path/to/Qwen2.5-VL-7B-sft DATA=OUT_DIR bash training/verl/run_ibis_grpo_8gpu.sh
+#   python -m training.integrations.make_verl_data OUT_DIR     # train.parquet / val.parquet from phantoms + real sets
+#   MODEL=/path/to/Qwen2.5-VL-7B-sft DATA=OUT_DIR bash training/integrations/run_verl_grpo_8gpu.sh
 set -euo pipefail
 : "${MODEL:?set MODEL to a model folder}"
-: "${DATA:?set DATA to the folder made by training.verl.make_data}"
+: "${DATA:?set DATA to the folder made by training.integrations.make_verl_data}"
 cd "$(dirname "$0")/../.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 python3 -m verl.trainer.main_ppo \
@@ -35,8 +35,8 @@ python3 -m verl.trainer.main_ppo \
   actor_rollout_ref.rollout.gpu_memory_utilization=0.6 \
   actor_rollout_ref.rollout.multi_turn.enable=True \
   actor_rollout_ref.rollout.agent.default_agent_loop=ibis_agent \
-  actor_rollout_ref.rollout.agent.agent_loop_config_path=training/verl/agent_loops.yaml \
-  custom_reward_function.path=training/verl_adapter.py \
+  actor_rollout_ref.rollout.agent.agent_loop_config_path=training/integrations/verl_agent_loops.yaml \
+  custom_reward_function.path=training/integrations/verl_reward.py \
   custom_reward_function.name=compute_score \
   trainer.n_gpus_per_node=8 \
   trainer.nnodes=1 \

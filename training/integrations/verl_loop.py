@@ -16,8 +16,9 @@ SGLang rollout servers. This module plugs the same environment that
   as :mod:`training.rewards` (the release's single-decision samples: the clicks
   so far are in ``extra_info``).
 
-verl itself is optional; nothing here imports it unless it is installed. A
-ready 8-GPU launcher is ``training/verl/run_ibis_grpo_8gpu.sh``.
+verl itself is optional; nothing here imports it unless it is installed. Imports are
+absolute so that verl can load ``verl_reward.py`` (which re-exports the reward) by path. A
+ready 8-GPU launcher is ``training/integrations/run_verl_grpo_8gpu.sh``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from napari_ibis.overlay import to_rgb8
 from napari_ibis.protocol import Turn, get_profile
 from napari_ibis.segmenters.base import Click, Segmenter
 
-from .rewards import (
+from training.rewards import (
     DEFAULT_REWARDS,
     RewardConfig,
     parse_or_none,
@@ -254,7 +255,7 @@ def write_verl_dataset(samples, folder, split: str = "train", max_turns: int = 6
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from . import text
+    from training import text
 
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)

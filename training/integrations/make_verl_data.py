@@ -1,4 +1,4 @@
-"""``python -m training.verl.make_data OUT [--seeds 0 2000]``: verl parquet files for the ibis_agent loop.
+"""``python -m training.integrations.make_verl_data OUT [--seeds 0 2000]``: verl parquet files for the ibis_agent loop.
 
 train.parquet: phantoms of the training seeds plus the training side of the real
 sets; val.parquet: held-out phantom seeds plus the real sets' evaluation side.
@@ -10,11 +10,11 @@ import argparse
 
 from training.datasets import colin27_aal, split_by_group
 from training.phantoms import phantom_samples
-from training.verl_adapter import write_verl_dataset
+from training.integrations.verl_loop import write_verl_dataset
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.verl.make_data")
+    parser = argparse.ArgumentParser(prog="python -m training.integrations.make_verl_data")
     parser.add_argument("out")
     parser.add_argument("--seeds", type=int, nargs=2, default=[0, 2000])
     parser.add_argument("--val-seeds", type=int, nargs=2, default=[90000, 90200])

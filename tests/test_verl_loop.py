@@ -6,7 +6,7 @@ from PIL import Image
 
 from conftest import TERMINATE, disk_image, point
 from napari_ibis.segmenters import build_segmenter
-from training.verl_adapter import IbisEnvironment, compute_score, run_episode
+from training.integrations.verl_loop import IbisEnvironment, compute_score, run_episode
 
 CLICK = point(True, 34.5 / 64, 30.5 / 64)
 
@@ -49,7 +49,7 @@ def test_the_agent_loop_masks_observations_and_returns_every_image(processor):
     assert "<|im_start|>user" in observation and (ids[mask == 1] != image_token).all()
     assert (ids[mask == 0] == image_token).sum() > 0
     # the second call saw exactly the tokens that the processor makes of the whole conversation so far
-    from training.verl_adapter import _ids
+    from training.integrations.verl_loop import _ids
 
     first, second = (np.asarray(i) for i in out["multi_modal_data"]["images"])
     fresh = IbisEnvironment(image, truth, "segment the disk", build_segmenter("classical"), profile="paper")
@@ -87,7 +87,7 @@ def test_the_verl_agent_loop_registers_when_verl_is_installed():
 def test_verl_parquet_rows_point_at_real_files_and_the_agent_loop(tmp_path):
     datasets = pytest.importorskip("datasets")
     from training.phantoms import phantom_samples
-    from training.verl_adapter import write_verl_dataset
+    from training.integrations.verl_loop import write_verl_dataset
 
     samples = list(phantom_samples([0, 1]))
     path = write_verl_dataset(samples, tmp_path, "train")
@@ -97,3 +97,14 @@ def test_verl_parquet_rows_point_at_real_files_and_the_agent_loop(tmp_path):
     assert row["prompt"][1]["content"].startswith("<image>") and samples[0].target in row["extra_info"]["query"]
     mask = np.asarray(Image.open(row["extra_info"]["mask"])) > 127
     assert np.array_equal(mask, samples[0].mask)
+
+
+def test_verl_can_load_the_reward_file_by_its_path():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "training" / "integrations" / "verl_reward.py"
+    spec = importlib.util.spec_from_file_location("custom_module", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # as verl's load_extern_type does
+    assert callable(module.compute_score)
