@@ -110,7 +110,7 @@ class IbisWidget(QWidget):
         self.profile_combo = QComboBox()
         self.profile_combo.addItems(["ibis-release", "paper"])
         self.model_edit = QLineEdit(self.settings.value("model_folder", "", str))
-        self.model_edit.setPlaceholderText("model folder or http://host:port/v1")
+        self.model_edit.setPlaceholderText("empty: the bundled agent; or a model folder, http://host:port/v1")
         browse = QPushButton("…")
         browse.setMaximumWidth(30)
         browse.clicked.connect(self._browse_model)

@@ -109,7 +109,6 @@ def run_cli(capsys, *args):
         (["segment", "{d}/four_d.npy", "--query", "q", "--model", "{d}"], "pick a slice with --slice"),
         (["segment", "{d}/img.png", "--query", "q", "--init-mask", "{d}/tiny.npy", "--model", "{d}"], "image slice is"),
         (["segment", "{d}/img.png", "--query", "q", "--model", "{d}"], "no config.json"),
-        (["segment", "{d}/img.png", "--query", "q"], "default agent is not trained"),
         (["segment", "{d}/img.png", "--query", "q", "--model", "{d}", "--segmenter", "sam2:{d}/img.png"], "as a SAM 2 checkpoint"),
         (["eval", "{d}/missing.jsonl"], "manifest not found"),
     ],
@@ -120,6 +119,14 @@ def test_bad_input_is_one_line_and_exit_code_2(files, capsys, args, message):
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_a_missing_default_agent_is_one_clear_line(files, capsys, monkeypatch):
+    import napari_ibis.policies as policies
+
+    monkeypatch.setattr(policies, "DEFAULT_MODEL", ("models", "not-there"))
+    code, _, err = run_cli(capsys, "segment", files / "img.png", "--query", "q")
+    assert code == 2 and "bundled default agent is missing" in err and err.count("\n") == 1
+
+
 def test_segment_writes_labels_and_trace_with_a_model_folder(files, capsys, tiny_vlm_folder):
     out, trace = files / "out.tif", files / "trace.json"
     code, stdout, _ = run_cli(capsys, "segment", files / "img.png", "--query", "segment the disk", "--model",
@@ -127,7 +134,7 @@ def test_segment_writes_labels_and_trace_with_a_model_folder(files, capsys, tiny
     assert code == 0 and "stopped:" in stdout
     assert tifffile.imread(out).shape == (48, 48)
     record = json.loads(trace.read_text())
-    assert record["query"] == "segment the disk" and record["policy"]["model_type"] == "qwen2_5_vl"
+    assert record["query"] == "segment the disk" and record["policy"]["model_type"] == "qwen3_vl"
     code, _, err = run_cli(capsys, "segment", files / "img.png", "--query", "q", "--model", tiny_vlm_folder,
                            "--out", out, "--trace", trace)
     assert code == 2 and "--force" in err
@@ -197,7 +204,7 @@ def test_eval_runs_a_model_policy_with_the_manifest_query(files, capsys, tiny_vl
                               "--max-clicks", "2", "--json", files / "model-report.json")
     assert code == 0 and "parsable_share" in stdout
     report = json.loads((files / "model-report.json").read_text())
-    assert report["policy"]["model_type"] == "qwen2_5_vl" and report["cases"][0]["stop"]
+    assert report["policy"]["model_type"] == "qwen3_vl" and report["cases"][0]["stop"]
     del entry["query"]
     manifest.write_text(json.dumps(entry) + "\n")
     assert io.read_manifest(manifest)[0].query == "segment the left disk"

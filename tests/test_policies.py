@@ -89,7 +89,10 @@ def test_folders_that_are_not_supported_vlms_are_refused(tmp_path, tiny_vlm_fold
         inspect_model_folder(partial)
 
 
-def test_without_a_bundled_agent_the_default_says_what_to_do():
+def test_without_the_bundled_agent_the_default_says_what_to_do(monkeypatch):
+    import napari_ibis.policies as policies
+
+    monkeypatch.setattr(policies, "DEFAULT_MODEL", ("models", "not-there"))
     with pytest.raises(ModelError, match="--model"):
         load_policy(None)
 

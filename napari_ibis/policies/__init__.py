@@ -15,12 +15,12 @@ DEFAULT_MODEL = ("models", "default")
 
 
 def default_model_folder() -> Path:
-    """The project's own bundled agent; a clear error while it does not exist yet."""
+    """The project's own small agent shipped in ``resources/models/default``."""
     folder = resource_path(*DEFAULT_MODEL)
     if not (folder / "config.json").is_file():
         raise ModelError(
-            "the project's own default agent is not trained and bundled yet: give a model folder "
-            "(--model DIR; a Qwen2.5-VL folder such as the released IBISAgent 7B weights) "
+            f"the bundled default agent is missing from this installation ({folder}): reinstall napari-ibis, "
+            "or give a model folder (--model DIR, e.g. the released IBISAgent 7B weights) "
             "or an endpoint (--model http://HOST:PORT/v1)"
         )
     return folder
