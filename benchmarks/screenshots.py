@@ -1,8 +1,10 @@
 """README screenshots from a real run of the widget under Xvfb.
 
-The agent here is the oracle policy (the click simulator with stardist's
-hand-drawn mask), since no trained agent is bundled yet; the segmenter is the
-bundled LiteMedSAM; the image is stardist's real fluorescence nuclei.
+widget-mid-run.png and widget-after-export.png: the oracle policy (the click
+simulator with stardist's hand-drawn mask) stands in for a strong agent, with the
+bundled LiteMedSAM, on stardist's real fluorescence nuclei, to show the widget's
+controls. widget-default-agent.png: the bundled default agent itself (empty model
+field) on a held-out synthetic phantom.
 
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py
 """
@@ -64,6 +66,31 @@ def main() -> None:
     viewer.window.screenshot(str(out / "widget-after-export.png"), canvas_only=False)
     print(widget.transcript.toPlainText())
     print(widget.status.text())
+    viewer.close()
+    default_agent(out, wait)
+
+
+def default_agent(out: Path, wait) -> None:
+    """The bundled agent (empty model field) on a held-out phantom, query naming its largest structure."""
+    import napari
+
+    from napari_ibis._widget import IbisWidget
+    from training.phantoms import phantom
+
+    example = phantom(90003)
+    target = max(example.masks, key=lambda name: example.masks[name].sum())
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1400, 900)
+    viewer.add_image(example.image, name=f"phantom ({example.modality}-like, held out)")
+    widget = IbisWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="IBIS agent", area="right")
+    widget.model_edit.setText("")
+    widget.query_edit.setText(f"segment the {target}")
+    widget.max_steps.setValue(6)
+    widget.run()
+    wait(lambda: not widget.running, 300)
+    viewer.window.screenshot(str(out / "widget-default-agent.png"), canvas_only=False)
+    print(widget.transcript.toPlainText())
     viewer.close()
 
 

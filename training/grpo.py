@@ -283,6 +283,8 @@ def train(config: GRPOConfig, log=print) -> dict:
             save(accelerator, model, processor, checkpoint, config,
                  {"optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(), "step": step + 1})
     save(accelerator, model, processor, output, config, None, merge=True)
+    if (output / "log.jsonl").is_file():  # after a resume, the log holds the steps of every run
+        history = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines() if line.strip()]
     card = {"config": asdict(config), "processes": world, "steps": history}
     if accelerator.is_main_process:
         (output / "training_card.json").write_text(json.dumps(card, indent=2) + "\n")
