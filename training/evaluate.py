@@ -26,6 +26,7 @@ from napari_ibis.overlay import to_rgb8
 
 from . import text
 from .datasets import Sample
+from .rewards import parse_or_none
 from .rollout import rollout
 
 
@@ -74,7 +75,7 @@ def evaluate(policy, samples: list[Sample], segmenter, profile: str = "ibis-rele
         if present and clicks:
             run = simulate_clicks(segmenter, to_rgb8(sample.image), sample.mask, max_clicks=clicks)
             oracle = run.ious[-1]
-        parsable = sum(_parses(t.reply, profile) for t in episode.turns)
+        parsable = sum(parse_or_none(t.reply, profile) is not None for t in episode.turns)
         rows.append({
             "source": sample.source, "target": sample.target, "query": query, "present": present,
             "iou": episode.final_iou if present else float("nan"),
@@ -86,11 +87,6 @@ def evaluate(policy, samples: list[Sample], segmenter, profile: str = "ibis-rele
         })
     return {"summary": summarise(rows), "cases": [{k: v for k, v in r.items() if k != "_pair"} for r in rows]}
 
-
-def _parses(reply: str, profile: str) -> bool:
-    from .rewards import parse_or_none
-
-    return parse_or_none(reply, profile) is not None
 
 
 def summarise(rows: list[dict]) -> dict:

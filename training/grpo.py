@@ -30,7 +30,7 @@ import numpy as np
 
 from .checkpoints import load_for_training, save
 from .datasets import Sample
-from .rewards import RewardConfig, step_reward, trajectory_reward
+from .rewards import RewardConfig, parse_or_none, step_reward, trajectory_reward
 from .rollout import Rollout, SamplingPolicy, rollout, training_samples
 from .sft import collate, encode
 
@@ -302,7 +302,7 @@ def _to_device(batch: dict, device) -> dict:
 def _step_record(step: int, groups, stats: dict, rollout_seconds: float, seconds: float) -> dict:
     episodes = [(e, terms) for group in groups for e, terms in group]
     turns = [t for e, _ in episodes for t in e.turns]
-    parsable = [t for t in turns if t.reply and _parses(t.reply, episodes[0][0].profile)]
+    parsable = [t for t in turns if t.reply and parse_or_none(t.reply, episodes[0][0].profile) is not None]
     record = {"step": step, "rollouts": len(episodes)}
     for key in ("total", "format", "answer", "placement", "progress", "length"):
         record[f"reward/{key}"] = float(np.mean([terms[key] for _, terms in episodes])) if episodes else 0.0
@@ -317,11 +317,6 @@ def _step_record(step: int, groups, stats: dict, rollout_seconds: float, seconds
     record["seconds"] = seconds
     return record
 
-
-def _parses(reply: str, profile: str) -> bool:
-    from .rewards import parse_or_none
-
-    return parse_or_none(reply, profile) is not None
 
 
 def _gather_mean(accelerator, record: dict) -> dict:
