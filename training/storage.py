@@ -14,6 +14,7 @@ the real sets, with a progress bar, and resumes where a previous run stopped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -134,7 +135,7 @@ def build(config: dict, progress=None) -> Path:
     folder = Path(config["output"])
     profile = config.get("profile", "ibis-release")
     segmenter = build_segmenter(config.get("segmenter", "classical"))
-    rng = np.random.default_rng(config.get("seed", 0))
+    seed = config.get("seed", 0)
     samples = list(phantom_samples(range(*config.get("seeds", [0, 100])), absent_probability=config.get("absent_probability", 0.1)))
     real = []
     if "nuclei" in config.get("real", []):
@@ -155,6 +156,8 @@ def build(config: dict, progress=None) -> Path:
 
     def items():
         for sample in (progress(samples) if progress else samples):
+            # each sample draws from its own stream, so a resumed build makes exactly what a fresh one would
+            rng = np.random.default_rng([seed, int.from_bytes(hashlib.sha256(sample.source.encode()).digest()[:8], "little")])
             corrected = rng.random() < fraction
             sample_id = f"{sample.source}:{'self_correction' if corrected else 'plain'}"
             if f"{sample_id}:0" in done:
