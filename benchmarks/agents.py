@@ -27,8 +27,9 @@ from training.evaluate import EvalConfig, cases, evaluate
 MODELS = {
     "untrained (random init)": "runs/default/init",
     "SFT": "runs/default/sft",
-    "SFT + GRPO": "runs/default/grpo",
-    "SFT + GRPO without placement and progressive rewards": "runs/default/grpo-no-region-rewards",
+    "SFT + GRPO (release reward constants)": "runs/default/grpo-release-constants",
+    "SFT + GRPO without placement and progressive rewards (release constants)": "runs/default/grpo-no-region-rewards",
+    "SFT + GRPO (shipped: a wrong 'not present' costs 3)": "runs/default/grpo",
 }
 OUT = ROOT / "benchmarks" / "results" / "agents.json"
 

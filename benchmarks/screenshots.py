@@ -82,6 +82,7 @@ def default_agent(out: Path, wait) -> None:
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1400, 900)
     viewer.add_image(example.image, name=f"phantom ({example.modality}-like, held out)")
+    viewer.reset_view()
     widget = IbisWidget(viewer)
     viewer.window.add_dock_widget(widget, name="IBIS agent", area="right")
     widget.model_edit.setText("")

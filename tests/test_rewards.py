@@ -106,3 +106,17 @@ def test_trajectory_reward_averages_turns_and_scores_the_final_mask():
     assert terms["format"] == 0.5 and terms["placement"] == 0.0 and terms["progress"] == 0.5
     assert terms["answer"] == 0.0 and terms["length"] == 1.0  # IoU 0.5 is not > 0.5
     assert terms["total"] == pytest.approx(2.0 / 5)
+
+
+def test_a_wrong_not_present_can_be_made_to_cost_more_than_a_missed_click():
+    # with the release's constants, giving up on an empty mask (0.4) beats a missed click (0.2):
+    # a weak policy learns to answer "not present"; wrong_absent_answer closes that door
+    empty = np.zeros_like(TRUTH)
+    give_up = format_response(Response(thought="Nothing.", terminate=True, answer="It is not there."))
+    miss = point(True, 2, 2)
+    release = RewardConfig()
+    assert step_reward(give_up, TRUTH, empty, empty, 1, [], config=release)["total"] == pytest.approx(0.4)
+    assert step_reward(miss, TRUTH, empty, empty, 1, [(2, 2, True)], config=release)["total"] == pytest.approx(0.2)
+    strict = RewardConfig(wrong_absent_answer=-3.0)
+    assert step_reward(give_up, TRUTH, empty, empty, 1, [], config=strict)["total"] == pytest.approx(-0.2)
+    assert step_reward(give_up, np.zeros_like(TRUTH), empty, empty, 1, [], config=strict)["answer"] == 3.0

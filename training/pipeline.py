@@ -85,6 +85,7 @@ def bundle(model: str | Path, target: str | Path, produced: dict) -> Path:
     for name in MODEL_FILES:
         if (model / name).is_file():
             shutil.copy2(model / name, target / name)
+            (target / name).chmod(0o644)
     card = model_card(produced)
     (target / "model_card.json").write_text(json.dumps(card, indent=1) + "\n")
     (target / "MODEL_CARD.md").write_text(card_markdown(card, target))

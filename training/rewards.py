@@ -39,6 +39,7 @@ class RewardConfig:
 
     answer_levels: tuple[tuple[float, float], ...] = ((0.8, 3.0), (0.7, 2.0), (0.5, 1.0))
     closed_answer: float = 3.0
+    wrong_absent_answer: float = 0.0  # answering "not present" when the target is there (release: 0)
     placement_hit: float = 1.0
     placement_miss: float = -1.0
     progress: float = 1.0
@@ -81,8 +82,10 @@ def answer_reward(iou_value: float, config: RewardConfig = DEFAULT_REWARDS) -> f
 
 
 def closed_answer_reward(said_absent: bool, present: bool, config: RewardConfig = DEFAULT_REWARDS) -> float:
-    """Exact match for the closed question "is the target there?"."""
-    return config.closed_answer if said_absent != present else 0.0
+    """Exact match for the closed question "is the target there?" (a wrong "not present" may cost)."""
+    if said_absent != present:
+        return config.closed_answer
+    return config.wrong_absent_answer if said_absent else 0.0
 
 
 def placement_reward(row: int, col: int, positive: bool, truth: np.ndarray, mask_before: np.ndarray,
@@ -120,8 +123,9 @@ def step_reward(text: str, truth: np.ndarray, mask_before: np.ndarray, mask_afte
     terms = {"format": format_reward(text, profile), "answer": 0.0, "placement": 0.0, "progress": 0.0, "length": 0.0}
     if response is not None:
         final = response.terminate or response.not_present
-        if not present or response.not_present:
-            terms["answer"] = closed_answer_reward(response.not_present, present, config)
+        said_absent = response.not_present or (response.terminate and not mask_after.any())  # as the Session reads it
+        if not present or said_absent:
+            terms["answer"] = closed_answer_reward(said_absent, present, config)
         else:
             terms["answer"] = answer_reward(iou(truth, mask_after), config)
         if config.use_placement and clicks:
