@@ -3,8 +3,8 @@
 1. 10-step runs on a real 512x512 slice (stardist nuclei) with the LiteMedSAM
    segmenter: the largest gap between ticks of a 10 ms QTimer on the GUI thread
    while the run works (target <= 50 ms), and the time from pressing Run to the
-   first mask. The first run of a napari session (oracle policy: no trained agent
-   is bundled yet) also loads the model, embeds the slice and renders the
+   first mask. The first run of a napari session (oracle policy, measured
+   before the small agent was bundled) also loads the model, embeds the slice and renders the
    step-number glyphs for the first time; it is reported apart. The steady-state
    run replays the oracle's replies with a 50 ms pause per turn in place of
    token generation.
