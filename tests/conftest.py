@@ -67,3 +67,22 @@ def tiny_vlm_folder(tmp_path_factory) -> Path:
 
     corpus = [p.system_prompt() for p in PROFILES.values()] + [point(True, 0.5, 0.25), TERMINATE] * 3
     return build_tiny_vlm(tmp_path_factory.mktemp("tiny") / "model", corpus)
+
+
+def run_on_two_processes(module: str, config: dict, folder: Path) -> dict:
+    """Run ``python -m MODULE CONFIG`` as two CPU processes under torchrun; returns the training card."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    path = folder / "two-processes.json"
+    path.write_text(json.dumps(config))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               "-m", module, str(path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads((Path(config["output"]) / "training_card.json").read_text())

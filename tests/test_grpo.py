@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TERMINATE, ScriptedPolicy, disk_image, point
+from conftest import TERMINATE, ScriptedPolicy, disk_image, point, run_on_two_processes
 from napari_ibis.segmenters import build_segmenter
 from training.datasets import Sample
 from training.grpo import GRPOConfig, group_advantages, policy_loss, score, token_log_probs, train
@@ -97,21 +97,9 @@ def test_the_clipped_ratio_stops_pushing_past_the_trust_region():
 
 
 def test_two_cpu_processes_run_grpo(tiny_vlm_folder, tmp_path):
-    import socket
-    import subprocess
-    import sys
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     config = {"model": str(tiny_vlm_folder), "output": str(tmp_path / "ddp"), "steps": 1, "questions_per_step": 1,
               "group_size": 2, "max_turns": 1, "max_new_tokens": 8, "seeds": [0, 4]}
-    (tmp_path / "grpo.json").write_text(json.dumps(config))
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-               "-m", "training.grpo", str(tmp_path / "grpo.json")]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    card = json.loads((tmp_path / "ddp" / "training_card.json").read_text())
+    card = run_on_two_processes("training.grpo", config, tmp_path)
     assert card["processes"] == 2 and card["steps"][0]["rollouts"] == 4
 
 

@@ -103,21 +103,10 @@ def test_lora_trains_only_the_language_model_and_saves_a_merged_folder(tiny_vlm_
 
 
 def test_two_cpu_processes_train_together(tiny_vlm_folder, small_dataset, tmp_path):
-    import json
-    import socket
-    import subprocess
-    import sys
+    from conftest import run_on_two_processes
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     config = {"model": str(tiny_vlm_folder), "output": str(tmp_path / "ddp"), "data": str(small_dataset), "steps": 3,
               "batch_size": 1, "log_every": 1}
-    (tmp_path / "sft.json").write_text(json.dumps(config))
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-               "-m", "training.sft", str(tmp_path / "sft.json")]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    card = json.loads((tmp_path / "ddp" / "training_card.json").read_text())
+    card = run_on_two_processes("training.sft", config, tmp_path)
     assert card["processes"] == 2 and len(card["losses"]) == 3
     assert (tmp_path / "ddp" / "model.safetensors").is_file()

@@ -27,48 +27,35 @@ MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "pr
                "chat_template.jinja", "chat_template.json", "video_preprocessor_config.json")
 
 
-def _stage_config(root: Path, name: str | None) -> tuple[dict, Path] | None:
-    if not name:
-        return None
-    path = root / name
-    return read_config(path), path
+def _stages():
+    """(name, where the stage's output says it is complete, its command's main)."""
+    from . import evaluate, grpo, sft, storage
+
+    def card(config: dict) -> Path:
+        return Path(config["output"]) / "training_card.json"
+
+    return [
+        ("data", lambda config: Path(config["output"]) / "complete", lambda argv: storage.main(["build", *argv])),
+        ("sft", card, sft.main),
+        ("grpo", card, grpo.main),
+        ("evaluate", lambda config: Path(config["output"]), evaluate.main),
+    ]
 
 
 def run(config_path: str | Path, log=print) -> dict:
     """Run every stage that is not complete yet; returns {stage: what it produced}."""
-    from tqdm import tqdm
-
-    from . import evaluate as evaluation
-    from . import grpo, sft, storage
-
     config_path = Path(config_path)
     plan = read_config(config_path)
-    root = config_path.parent
     produced: dict[str, str] = {}
-    if stage := _stage_config(root, plan.get("data")):
-        data, _ = stage
-        if not (Path(data["output"]) / "complete").is_file():
-            log(f"data: building {data['output']}")
-            storage.build(data, progress=lambda items: tqdm(items, desc="samples", unit="sample"))
-        produced["data"] = data["output"]
-    if stage := _stage_config(root, plan.get("sft")):
-        sft_config, path = stage
-        if not (Path(sft_config["output"]) / "training_card.json").is_file():
-            log(f"sft: {path}")
-            sft.main([str(path)])
-        produced["sft"] = sft_config["output"]
-    if stage := _stage_config(root, plan.get("grpo")):
-        grpo_config, path = stage
-        if not (Path(grpo_config["output"]) / "training_card.json").is_file():
-            log(f"grpo: {path}")
-            grpo.main([str(path)])
-        produced["grpo"] = grpo_config["output"]
-    if stage := _stage_config(root, plan.get("evaluate")):
-        eval_config, path = stage
-        if not Path(eval_config["output"]).is_file():
-            log(f"evaluate: {path}")
-            evaluation.main([str(path)])
-        produced["evaluate"] = eval_config["output"]
+    for name, complete, command in _stages():
+        if not plan.get(name):
+            continue
+        path = config_path.parent / plan[name]
+        stage_config = read_config(path)
+        if not complete(stage_config).is_file():
+            log(f"{name}: {path}")
+            command([str(path)])
+        produced[name] = stage_config["output"]
     if plan.get("bundle"):
         final = produced.get("grpo") or produced.get("sft")
         produced["bundle"] = str(bundle(final, plan["bundle"], produced))

@@ -95,13 +95,17 @@ def export_sharegpt(folder: str | Path, out: str | Path, include_context: bool =
     return out
 
 
-def append_samples(folder: Path, items: Iterable[tuple[str, RenderedSample, dict]]) -> int:
-    """Append samples whose id is not in the folder yet; returns how many were written."""
+def written_ids(folder: Path) -> set[str]:
+    """Ids of the samples already in a dataset folder."""
+    index = folder / "samples.jsonl"
+    return {json.loads(line)["id"] for line in index.read_text().splitlines() if line.strip()} if index.is_file() else set()
+
+
+def append_samples(folder: Path, items: Iterable[tuple[str, RenderedSample, dict]], done: set[str] | None = None) -> int:
+    """Append samples whose id is not in the folder yet (``done``: ids known to be there); returns how many."""
     folder.mkdir(parents=True, exist_ok=True)
     index = folder / "samples.jsonl"
-    done = set()
-    if index.is_file():
-        done = {json.loads(line)["id"] for line in index.read_text().splitlines() if line.strip()}
+    done = written_ids(folder) if done is None else done
     written = 0
     with index.open("a") as handle:
         for sample_id, sample, meta in items:
@@ -151,8 +155,7 @@ def build(config: dict, progress=None) -> Path:
             k: v for k, v in config["teacher"].items() if k != "url"}})
     fraction = config.get("self_correction_fraction", 0.0) if profile == "paper" else 0.0
 
-    index = folder / "samples.jsonl"
-    done = {json.loads(line)["id"] for line in index.read_text().splitlines() if line.strip()} if index.is_file() else set()
+    done = written_ids(folder)
 
     def items():
         for sample in (progress(samples) if progress else samples):
@@ -171,7 +174,7 @@ def build(config: dict, progress=None) -> Path:
             for index, rendered in enumerate(render(trajectory, profile)):
                 yield f"{sample_id}:{index}", rendered, meta
 
-    append_samples(folder, items())
+    append_samples(folder, items(), done)
     (folder / "complete").write_text("all samples of this configuration are in samples.jsonl\n")
     if "reasoner" in options:
         counts = options["reasoner"].counts

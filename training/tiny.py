@@ -163,52 +163,73 @@ def _rope_sections(config: TinyConfig) -> list[int]:
     return [temporal, height, half - temporal - height]
 
 
+def _text_config(tokenizer, config: TinyConfig, ids: dict) -> dict:
+    """Language-model settings both classes share."""
+    return {
+        "vocab_size": len(tokenizer),
+        "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.layers,
+        "num_attention_heads": config.heads,
+        "num_key_value_heads": config.kv_heads,
+        "intermediate_size": config.intermediate_size,
+        "max_position_embeddings": 4096,
+        "bos_token_id": ids["<|im_start|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+    }
+
+
+def _vision_config(config: TinyConfig) -> dict:
+    """Vision-tower settings both classes share (its output feeds the language model)."""
+    return {
+        "depth": config.vision_depth,
+        "hidden_size": config.vision_hidden,
+        "num_heads": config.vision_heads,
+        "intermediate_size": config.vision_hidden * 2,
+        "out_hidden_size": config.hidden_size,
+        "patch_size": config.patch_size,
+        "spatial_merge_size": config.merge_size,
+        "temporal_patch_size": 2,
+    }
+
+
+def _vision_token_ids(ids: dict) -> dict:
+    return {
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+    }
+
+
 def _qwen3_vl(tokenizer, config: TinyConfig, ids: dict):
+    import torch
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
     side = config.image_size // config.patch_size
-    model_config = Qwen3VLConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": config.hidden_size,
-            "num_hidden_layers": config.layers,
-            "num_attention_heads": config.heads,
-            "num_key_value_heads": config.kv_heads,
-            "head_dim": config.hidden_size // config.heads,
-            "intermediate_size": config.intermediate_size,
-            "max_position_embeddings": 4096,
+    text = {**_text_config(tokenizer, config, ids), "head_dim": config.hidden_size // config.heads,
             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": _rope_sections(config),
-                                "mrope_interleaved": True},
-            "bos_token_id": ids["<|im_start|>"],
-            "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-        },
-        vision_config={
-            "depth": config.vision_depth,
-            "hidden_size": config.vision_hidden,
-            "num_heads": config.vision_heads,
-            "intermediate_size": config.vision_hidden * 2,
-            "out_hidden_size": config.hidden_size,
-            "patch_size": config.patch_size,
-            "spatial_merge_size": config.merge_size,
-            "temporal_patch_size": 2,
-            "num_position_embeddings": side * side,
-            "deepstack_visual_indexes": list(range(1, config.vision_depth - 1))[:3],
-        },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True,
-    )
-    model = Qwen3VLForConditionalGeneration(model_config)
+                                "mrope_interleaved": True}}
+    vision = {**_vision_config(config), "num_position_embeddings": side * side,
+              "deepstack_visual_indexes": list(range(1, config.vision_depth - 1))[:3]}
+    model = Qwen3VLForConditionalGeneration(
+        Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True, **_vision_token_ids(ids)))
     if config.sincos_positions:
-        import torch
-
         table = model.model.visual.pos_embed.weight
         with torch.no_grad():
             table.copy_(sincos_table(side, table.shape[1]))
     return model
+
+
+def _qwen2_5_vl(tokenizer, config: TinyConfig, ids: dict):
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    text = {**_text_config(tokenizer, config, ids), "tie_word_embeddings": True,
+            "rope_scaling": {"type": "mrope", "mrope_section": _rope_sections(config)}}
+    vision = {**_vision_config(config), "fullatt_block_indexes": [config.vision_depth - 1],
+              "window_size": config.patch_size * config.merge_size * 4}
+    return Qwen2_5_VLForConditionalGeneration(
+        Qwen2_5_VLConfig(text_config=text, vision_config=vision, **_vision_token_ids(ids)))
 
 
 def sincos_table(side: int, dim: int):
@@ -225,45 +246,6 @@ def sincos_table(side: int, dim: int):
         parts += [angles.sin(), angles.cos()]
     table = torch.cat(parts, dim=1)
     return torch.nn.functional.pad(table, (0, dim - table.shape[1]))
-
-
-def _qwen2_5_vl(tokenizer, config: TinyConfig, ids: dict):
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    temporal, height, width = _rope_sections(config)
-    model_config = Qwen2_5_VLConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": config.hidden_size,
-            "num_hidden_layers": config.layers,
-            "num_attention_heads": config.heads,
-            "num_key_value_heads": config.kv_heads,
-            "intermediate_size": config.intermediate_size,
-            "max_position_embeddings": 4096,
-            "rope_scaling": {"type": "mrope", "mrope_section": [temporal, height, width]},
-            "tie_word_embeddings": True,
-            "bos_token_id": ids["<|im_start|>"],
-            "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-        },
-        vision_config={
-            "depth": config.vision_depth,
-            "hidden_size": config.vision_hidden,
-            "num_heads": config.vision_heads,
-            "intermediate_size": config.vision_hidden * 2,
-            "out_hidden_size": config.hidden_size,
-            "patch_size": config.patch_size,
-            "spatial_merge_size": config.merge_size,
-            "temporal_patch_size": 2,
-            "fullatt_block_indexes": [config.vision_depth - 1],
-            "window_size": config.patch_size * config.merge_size * 4,
-        },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-    )
-    return Qwen2_5_VLForConditionalGeneration(model_config)
 
 
 def build_tiny_vlm(folder: str | Path, corpus: Iterable[str], config: TinyConfig | None = None, seed: int = 0) -> Path:
