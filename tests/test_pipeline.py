@@ -9,8 +9,11 @@ def test_one_command_rebuilds_an_agent_from_nothing_and_bundles_it(tmp_path):
     run = tmp_path / "run"
     stages = {
         "data.yaml": {"output": str(run / "data"), "seeds": [0, 2], "max_steps": 2, "stop_iou": 0.8, "min_dice": 0.0},
-        "sft.yaml": {"model": str(run / "init"), "output": str(run / "sft"), "data": str(run / "data"), "steps": 2,
-                     "log_every": 0, "tiny": {"vocab_size": 600}},
+        "first.yaml": {"output": str(run / "first"), "first_move_only": True, "seeds": [0, 3]},
+        "grounding.yaml": {"model": str(run / "init"), "output": str(run / "grounding"), "data": str(run / "first"),
+                           "steps": 2, "log_every": 0, "tiny": {"vocab_size": 600}},
+        "sft.yaml": {"model": str(run / "grounding"), "output": str(run / "sft"), "data": str(run / "data"), "steps": 2,
+                     "log_every": 0},
         "grpo.yaml": {"model": str(run / "sft"), "output": str(run / "grpo"), "steps": 1, "questions_per_step": 1,
                       "group_size": 2, "mode": "decision", "max_new_tokens": 8, "seeds": [0, 2]},
         "eval.yaml": {"model": str(run / "grpo"), "output": str(run / "eval.json"), "phantom_seeds": [90000, 90001],
@@ -18,16 +21,18 @@ def test_one_command_rebuilds_an_agent_from_nothing_and_bundles_it(tmp_path):
     }
     for name, content in stages.items():
         (tmp_path / name).write_text(yaml.safe_dump(content))
-    plan = {"data": "data.yaml", "sft": "sft.yaml", "grpo": "grpo.yaml", "evaluate": "eval.yaml",
+    plan = {"data": "data.yaml", "grounding_data": "first.yaml", "grounding": "grounding.yaml", "sft": "sft.yaml", "grpo": "grpo.yaml", "evaluate": "eval.yaml",
             "bundle": str(tmp_path / "bundle")}
     (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
     assert main(["pipeline", str(tmp_path / "plan.yaml")]) == 0
     bundle = tmp_path / "bundle"
     assert (bundle / "model.safetensors").is_file() and not (bundle / "checkpoint").exists()
     card = json.loads((bundle / "model_card.json").read_text())
-    assert card["sft"]["steps"] == 2 and card["grpo"]["steps"] == 1
+    assert card["grounding"]["steps"] == 2 and card["sft"]["steps"] == 2 and card["grpo"]["steps"] == 1
+    assert card["stages"]["sft"] == str(run / "sft")
     assert card["evaluation"]["phantoms (synthetic)"]["cases"] == 2
-    assert "| phantoms (synthetic) | 2 |" in (bundle / "MODEL_CARD.md").read_text()
+    markdown = (bundle / "MODEL_CARD.md").read_text()
+    assert "| phantoms (synthetic) | 2 |" in markdown and "SFT on first decisions (grounding): 2 steps" in markdown
     # the bundled folder is a model the runtime loads
     from napari_ibis.policies import load_policy
 

@@ -110,3 +110,12 @@ def test_two_cpu_processes_train_together(tiny_vlm_folder, small_dataset, tmp_pa
     card = run_on_two_processes("training.sft", config, tmp_path)
     assert card["processes"] == 2 and len(card["losses"]) == 3
     assert (tmp_path / "ddp" / "model.safetensors").is_file()
+
+
+def test_the_small_tokenizer_writes_numbers_one_digit_per_token():
+    from training.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer(["Positive Point (0.6680, 0.1680)"] * 50, vocab_size=300)
+    pieces = [tokenizer.decode([i]) for i in tokenizer("(0.6680, 0.1680)")["input_ids"]]
+    assert all(len(piece.strip()) == 1 for piece in pieces if piece.strip().isdigit() or any(c.isdigit() for c in piece))
+    assert "".join(pieces) == "(0.6680, 0.1680)"

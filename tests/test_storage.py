@@ -48,3 +48,18 @@ def test_dataset_folders_load_with_hugging_face_datasets(tmp_path):
     first = table[0]
     assert [m["role"] for m in first["messages"]] == ["system", "user", "assistant"]
     assert all((folder / path).is_file() for path in first["images"])
+
+
+def test_first_move_data_holds_one_first_decision_per_structure_without_a_segmenter(tmp_path):
+    from training.phantoms import phantom_samples
+    from training.storage import build
+
+    folder = build({"output": str(tmp_path / "first"), "first_move_only": True, "seeds": [0, 6], "absent_probability": 1.0,
+                    "segmenter": "no such backend"})  # never built: the first move needs none
+    rows = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == len(list(phantom_samples(range(6), absent_probability=1.0)))
+    assert {row["kind"] for row in rows} == {"first_move", "absent"}
+    for row in rows:
+        assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant"] and len(row["images"]) == 1
+        reply = row["messages"][-1]["content"]
+        assert ("Positive Point (" in reply) if row["kind"] == "first_move" else ("Termination" in reply)

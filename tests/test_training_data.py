@@ -23,6 +23,23 @@ def test_phantoms_are_seeded_and_hold_several_disjoint_named_structures():
                 assert not overlap or lesion_in_host
 
 
+def test_phantom_anatomy_is_readable_from_the_image():
+    """Paired structures on their own side (radiological convention), lesions in their organ."""
+    from training.phantoms import LESION_HOSTS, LESIONS
+
+    for seed in range(40):
+        ph = phantom(seed)
+        centre = {name: np.argwhere(mask)[:, 1].mean() for name, mask in ph.masks.items() if mask.any()}
+        for name, column in centre.items():
+            if name.startswith("left ") or name == "spleen":
+                assert column > ph.image.shape[1] / 2 - 1, (seed, name)
+            if name.startswith("right ") or name == "liver":
+                assert column < ph.image.shape[1] / 2 + 1, (seed, name)
+        lesion = LESIONS[ph.modality]
+        if lesion in ph.masks:
+            assert any(host in ph.masks and (ph.masks[lesion] <= ph.masks[host]).all() for host in LESION_HOSTS[ph.modality])
+
+
 def test_the_leak_check_catches_planted_privileged_words():
     assert text.leaks("The red region is a FP of the mask") == ["fp", "red"]
     assert text.leaks("Compare with the ground truth") == ["ground truth"]

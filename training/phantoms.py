@@ -2,9 +2,14 @@
 
 Each phantom is a 2-D grey image in the style of one modality (CT, MRI, X-ray,
 ultrasound, fluorescence microscopy) holding several structures with names,
-drawn without overlap: organs of varied shape, size and contrast, plus small
-lesions inside them. Texture, noise and blur follow the modality. Because one
-image holds several named things, the query decides which one is meant.
+drawn without overlap: organs of varied shape, size and contrast, plus a small
+lesion inside the organ it belongs to (a liver tumour in the liver, a nodule in
+a lung). Paired structures lie on their anatomical side in the radiological
+convention (the patient's left on the image's right; the liver on the patient's
+right, the spleen on the left), so that "left kidney" and
+"right kidney", alike in size and brightness, can be told apart from the image.
+Texture, noise and blur follow the modality. Because one image holds several
+named things, the query decides which one is meant.
 
 ``phantom(seed)`` is a pure function of its seed, so that splits by seed are
 exact: nothing evaluated was trained on.
@@ -28,6 +33,22 @@ ORGANS = {
     "fluorescence microscopy": [("nucleus", 0.07, 0.8), ("cell", 0.12, 0.45)],
 }
 LESIONS = {"CT": "liver tumour", "MRI": "infarct", "X-ray": "nodule", "ultrasound": "polyp", "fluorescence microscopy": "mitotic figure"}
+LESION_HOSTS = {"CT": ("liver",), "MRI": ("myocardium",), "X-ray": ("left lung", "right lung"), "ultrasound": ("gallbladder",),
+                "fluorescence microscopy": ("cell",)}
+
+
+SIDES = {"liver": "right", "spleen": "left"}  # the patient's side of unpaired organs that have one
+
+
+def _column_range(name: str, radius: float, size: int) -> tuple[float, float]:
+    """Where a structure's centre column may lie: its anatomical side, if it has one."""
+    low, high = radius + 2, size - radius - 2
+    side = SIDES.get(name) or name.split(" ")[0]
+    if side == "left":  # the patient's left is on the image's right
+        return max(low, size / 2), high
+    if side == "right":
+        return low, min(high, size / 2)
+    return low, high
 
 
 @dataclass
@@ -61,7 +82,7 @@ def phantom(seed: int, size: int = 128, modality: str | None = None, lesion_prob
     for name, relative, intensity in ORGANS[modality]:
         radius = relative * size * rng.uniform(0.7, 1.2)
         for _ in range(50):
-            centre = rng.uniform(radius + 2, size - radius - 2, size=2)
+            centre = np.array([rng.uniform(radius + 2, size - radius - 2), rng.uniform(*_column_range(name, radius, size))])
             blob = _blob(shape, centre, radius, rng)
             if not (blob & ndi.binary_dilation(occupied, iterations=2)).any():
                 break
@@ -70,8 +91,9 @@ def phantom(seed: int, size: int = 128, modality: str | None = None, lesion_prob
         occupied |= blob
         masks[name] = blob
         image[blob] = intensity + rng.uniform(-0.08, 0.08)
-    if masks and rng.random() < lesion_probability:
-        host = rng.choice(sorted(masks))
+    hosts = [name for name in LESION_HOSTS[modality] if name in masks]
+    if hosts and rng.random() < lesion_probability:
+        host = hosts[rng.integers(len(hosts))]
         inside = ndi.distance_transform_edt(masks[host])
         radius = max(2.0, min(inside.max() * 0.5, size * rng.uniform(0.02, 0.06)))
         candidates = np.argwhere(inside > radius + 1)

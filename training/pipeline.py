@@ -2,8 +2,10 @@
 
 CONFIG names one config file per stage (paths relative to CONFIG's folder):
 
-    data: data-default.yaml          # napari-ibis data build
-    sft: sft-default.yaml            # napari-ibis sft
+    data: data-default.yaml          # napari-ibis data build (trajectories)
+    grounding_data: data-grounding.yaml  # napari-ibis data build (first decisions only; optional)
+    grounding: sft-grounding.yaml    # napari-ibis sft on the first decisions (optional)
+    sft: sft-default.yaml            # napari-ibis sft on whole trajectories
     grpo: grpo-default.yaml          # napari-ibis grpo
     evaluate: eval-default.yaml      # napari-ibis evaluate
     bundle: resources/models/default  # where the finished model folder is copied (optional)
@@ -34,8 +36,16 @@ def _stages():
     def card(config: dict) -> Path:
         return Path(config["output"]) / "training_card.json"
 
+    def data_complete(config: dict) -> Path:
+        return Path(config["output"]) / "complete"
+
+    def build(argv: list[str]):
+        return storage.main(["build", *argv])
+
     return [
-        ("data", lambda config: Path(config["output"]) / "complete", lambda argv: storage.main(["build", *argv])),
+        ("data", data_complete, build),
+        ("grounding_data", data_complete, build),
+        ("grounding", card, sft.main),
         ("sft", card, sft.main),
         ("grpo", card, grpo.main),
         ("evaluate", lambda config: Path(config["output"]), evaluate.main),
@@ -57,7 +67,7 @@ def run(config_path: str | Path, log=print) -> dict:
             command([str(path)])
         produced[name] = stage_config["output"]
     if plan.get("bundle"):
-        final = produced.get("grpo") or produced.get("sft")
+        final = produced.get("grpo") or produced.get("sft") or produced.get("grounding")
         produced["bundle"] = str(bundle(final, plan["bundle"], produced))
         log(f"bundled: {produced['bundle']}")
     return produced
@@ -85,12 +95,13 @@ def model_card(produced: dict) -> dict:
     if "data" in produced:
         rows = (Path(produced["data"]) / "samples.jsonl").read_text().splitlines()
         card["data"] = {"folder": produced["data"], "chat_samples": len(rows)}
-    if "sft" in produced:
-        sft_card = json.loads((Path(produced["sft"]) / "training_card.json").read_text())
-        losses = sft_card["losses"]
-        card["sft"] = {"steps": len(losses), "samples": sft_card["samples"], "loss_first_50": _mean(losses[:50]),
-                       "loss_last_50": _mean(losses[-50:]), "first_click_evaluations": sft_card["first_click_evaluations"],
-                       "seconds": sft_card["seconds"], "config": sft_card["config"]}
+    for stage in ("grounding", "sft"):
+        if stage in produced:
+            sft_card = json.loads((Path(produced[stage]) / "training_card.json").read_text())
+            losses = sft_card["losses"]
+            card[stage] = {"steps": len(losses), "samples": sft_card["samples"], "loss_first_50": _mean(losses[:50]),
+                           "loss_last_50": _mean(losses[-50:]), "first_click_evaluations": sft_card["first_click_evaluations"],
+                           "seconds": sft_card["seconds"], "config": sft_card["config"]}
     if "grpo" in produced:
         grpo_card = json.loads((Path(produced["grpo"]) / "training_card.json").read_text())
         steps = grpo_card["steps"]
@@ -112,13 +123,15 @@ def card_markdown(card: dict, folder: Path) -> str:
     size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) / 2**20
     lines = ["# napari-ibis default agent", "",
              "A small Qwen3-VL-class model trained from scratch on 2 CPU cores by `napari-ibis pipeline "
-             "training/configs/default-agent.yaml` (SFT on click-simulated trajectories, then GRPO with the paper's "
-             "rewards). Synthetic phantoms and the training side of the Colin27/AAL slices; nothing evaluated was "
+             "training/configs/default-agent.yaml` (SFT on first decisions, then on click-simulated trajectories, "
+             "then GRPO with the paper's rewards). Synthetic phantoms and the training side of the Colin27/AAL slices; nothing evaluated was "
              "trained on.", "", f"Folder size: {size:.1f} MiB.", ""]
-    if "sft" in card:
-        sft = card["sft"]
-        lines += [f"- SFT: {sft['steps']} steps on {sft['samples']} chat samples, loss {sft['loss_first_50']:.3f} -> "
-                  f"{sft['loss_last_50']:.3f} ({sft['seconds'] / 60:.0f} min)."]
+    for stage, title in (("grounding", "SFT on first decisions (grounding)"), ("sft", "SFT on whole trajectories")):
+        if stage not in card:
+            continue
+        sft = card[stage]
+        lines += [f"- {title}: {sft['steps']} steps of batch {sft['config']['batch_size']} on {sft['samples']} chat "
+                  f"samples, loss {sft['loss_first_50']:.3f} -> {sft['loss_last_50']:.3f} ({sft['seconds'] / 60:.0f} min)."]
         for ev in sft["first_click_evaluations"]:
             lines.append(f"  - first click inside the named structure at step {ev['step']}: {ev['hit_rate']:.2f} "
                          f"({ev['cases']} held-out phantom cases; {ev['per_target']})")

@@ -125,7 +125,9 @@ def build(config: dict, progress=None) -> Path:
     ("classical"), seeds ([0, 100]), real ([] or any of "nuclei", "aal": only
     their training side of :func:`training.datasets.split_by_group` is used),
     stop_iou (0.9), max_steps (8), min_dice (0.8), absent_probability (0.1),
-    self_correction_fraction (0.0; paper profile only), seed (0), teacher (none;
+    self_correction_fraction (0.0; paper profile only), first_move_only (False:
+    only each sample's first decision, no segmenter, see
+    :func:`training.trajectories.first_move`), seed (0), teacher (none;
     {url, model, api_key_env}: an OpenAI-compatible endpoint that writes the
     click reasoning, see :mod:`training.teacher`).
     """
@@ -134,11 +136,12 @@ def build(config: dict, progress=None) -> Path:
     from .datasets import colin27_aal, split_by_group, stardist_nuclei
     from .phantoms import phantom_samples
     from .sft import render
-    from .trajectories import keep, self_correction, simulate
+    from .trajectories import first_move, keep, self_correction, simulate
 
     folder = Path(config["output"])
     profile = config.get("profile", "ibis-release")
-    segmenter = build_segmenter(config.get("segmenter", "classical"))
+    first_only = config.get("first_move_only", False)
+    segmenter = None if first_only else build_segmenter(config.get("segmenter", "classical"))
     seed = config.get("seed", 0)
     samples = list(phantom_samples(range(*config.get("seeds", [0, 100])), absent_probability=config.get("absent_probability", 0.1)))
     real = []
@@ -153,7 +156,7 @@ def build(config: dict, progress=None) -> Path:
 
         options["reasoner"] = Teacher(**{"base_url": config["teacher"]["url"], **{
             k: v for k, v in config["teacher"].items() if k != "url"}})
-    fraction = config.get("self_correction_fraction", 0.0) if profile == "paper" else 0.0
+    fraction = config.get("self_correction_fraction", 0.0) if profile == "paper" and not first_only else 0.0
 
     done = written_ids(folder)
 
@@ -165,9 +168,12 @@ def build(config: dict, progress=None) -> Path:
             sample_id = f"{sample.source}:{'self_correction' if corrected else 'plain'}"
             if f"{sample_id}:0" in done:
                 continue  # made by an earlier run: resume without simulating it again
-            trajectory = (self_correction(sample, segmenter, rng, **options) if corrected else None) or simulate(
-                sample, segmenter, rng, **options)
-            if not keep(trajectory, options["max_steps"], config.get("min_dice", 0.8)):
+            if first_only:
+                trajectory = first_move(sample, rng, options.get("reasoner"))
+            else:
+                trajectory = (self_correction(sample, segmenter, rng, **options) if corrected else None) or simulate(
+                    sample, segmenter, rng, **options)
+            if not first_only and not keep(trajectory, options["max_steps"], config.get("min_dice", 0.8)):
                 continue
             meta = {"kind": trajectory.kind, "target": sample.target, "modality": sample.modality,
                     "source": sample.source, "group": sample.group, "profile": profile}

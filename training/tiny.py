@@ -90,7 +90,10 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int = 1024, text_first: b
     from transformers import PreTrainedTokenizerFast
 
     core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # one token per digit, as Qwen's own tokenizer splits numbers: a coordinate is then
+    # written digit by digit instead of as one rare token per 4-digit number
+    core.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -44,7 +44,7 @@ class Move:
 class Trajectory:
     sample: Sample
     query: str
-    kind: str  # "normal", "absent", "self_correction", "user_inconsistency"
+    kind: str  # "normal", "absent", "self_correction", "user_inconsistency", "first_move"
     moves: list[Move] = field(default_factory=list)
     init_mask: np.ndarray | None = None
     answer: str = ""
@@ -116,6 +116,28 @@ def simulate(
     trajectory.moves.append(Move(mask, text.stop_reasoning(sample.target, rng), keyword="terminate", mask_after=mask,
                                  iou_after=iou(gt, mask)))
     trajectory.answer = text.answer(sample.target, sample.modality, rng)
+    return trajectory
+
+
+def first_move(sample: Sample, rng: np.random.Generator, reasoner=None) -> Trajectory:
+    """Only the first decision on an empty mask: the first click, or "not present".
+
+    Needs no segmenter, so it is cheap to make in bulk: the data of a grounding
+    stage that teaches where the named structure lies before whole trajectories.
+    """
+    query = text.query(sample.target, sample.modality, rng)
+    empty = np.zeros_like(sample.mask)
+    if not sample.mask.any():
+        trajectory = Trajectory(sample, query, "absent", answer=text.answer(sample.target, sample.modality, rng, present=False))
+        trajectory.moves.append(Move(empty, text.absent_reasoning(sample.target, sample.modality, rng), keyword="not_present",
+                                     mask_after=empty, iou_after=1.0))
+        return trajectory
+    row, col, _ = next_click(sample.mask, empty)
+    thought = text.reasoning(sample.target, sample.modality, empty, row, col, True, rng)
+    if reasoner is not None:
+        thought = reasoner(sample.target, sample.modality, sample.image, sample.mask, empty, row, col, True, thought)
+    trajectory = Trajectory(sample, query, "first_move")
+    trajectory.moves.append(Move(empty, thought, Click(row, col, True, sample.target, "simulator")))
     return trajectory
 
 
