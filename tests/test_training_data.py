@@ -97,6 +97,22 @@ def test_self_correction_flags_the_wrong_click_and_undoes_it(classical):
     assert np.array_equal(undo.mask_after, wrong.mask_before)
 
 
+def test_release_self_correction_repairs_the_worse_mask_and_trains_only_the_repair(classical):
+    from training.sft import render
+
+    rng = np.random.default_rng(3)
+    sample = next(s for s in phantom_samples([0]) if s.target == "liver")
+    corrected = next(filter(None, (self_correction(sample, classical, rng, undo=False, stop_iou=0.85, max_steps=8)
+                                   for _ in range(5))))
+    index = next(i for i, m in enumerate(corrected.moves) if m.wrong)
+    wrong, repair = corrected.moves[index], corrected.moves[index + 1]
+    assert not any(m.keyword == "undo" for m in corrected.moves)
+    assert np.array_equal(repair.mask_before, wrong.mask_after)  # the next decision sees the worse mask
+    assert corrected.final_iou > wrong.iou_after
+    samples = render(corrected, "ibis-release")
+    assert len(samples) == len(corrected.moves) - 1  # the wrong click is never a training target
+
+
 def _labelled_volume(seed: int):
     rng = np.random.default_rng(seed)
     image = rng.normal(100, 10, (12, 40, 48)).astype(np.float32)  # slices, rows, cols

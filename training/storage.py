@@ -125,7 +125,8 @@ def build(config: dict, progress=None) -> Path:
     ("classical"), seeds ([0, 100]), real ([] or any of "nuclei", "aal": only
     their training side of :func:`training.datasets.split_by_group` is used),
     stop_iou (0.9), max_steps (8), min_dice (0.8), absent_probability (0.1),
-    self_correction_fraction (0.0; paper profile only), first_move_only (False:
+    self_correction_fraction (0.0; the share of trajectories with a wrong click and
+    its repair, see :func:`training.trajectories.self_correction`), first_move_only (False:
     only each sample's first decision, no segmenter, see
     :func:`training.trajectories.first_move`), seed (0), teacher (none;
     {url, model, api_key_env}: an OpenAI-compatible endpoint that writes the
@@ -156,7 +157,7 @@ def build(config: dict, progress=None) -> Path:
 
         options["reasoner"] = Teacher(**{"base_url": config["teacher"]["url"], **{
             k: v for k, v in config["teacher"].items() if k != "url"}})
-    fraction = config.get("self_correction_fraction", 0.0) if profile == "paper" and not first_only else 0.0
+    fraction = 0.0 if first_only else config.get("self_correction_fraction", 0.0)
 
     done = written_ids(folder)
 
@@ -171,7 +172,8 @@ def build(config: dict, progress=None) -> Path:
             if first_only:
                 trajectory = first_move(sample, rng, options.get("reasoner"))
             else:
-                trajectory = (self_correction(sample, segmenter, rng, **options) if corrected else None) or simulate(
+                trajectory = (self_correction(sample, segmenter, rng, undo=profile == "paper", **options)
+                              if corrected else None) or simulate(
                     sample, segmenter, rng, **options)
             if not first_only and not keep(trajectory, options["max_steps"], config.get("min_dice", 0.8)):
                 continue

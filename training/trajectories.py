@@ -7,7 +7,8 @@ Filters drop over-long trajectories and those whose final Dice stays low.
 Variants:
 * ``absent``: the query names a structure that is not there; one step, "not present";
 * ``self_correction``: a wrong click at some step, the worse mask it made, then an
-  undo and the right click; the wrong step is flagged so SFT masks its loss;
+  undo and the right click (paper grammar), or clicks that repair the worse mask
+  (release grammar, no undo); the wrong step is flagged so SFT masks its loss;
 * ``user_inconsistency``: the initial mask is another structure than the query
   names; the agent first removes it (undo of the imported mask), then segments.
 """
@@ -141,8 +142,14 @@ def first_move(sample: Sample, rng: np.random.Generator, reasoner=None) -> Traje
     return trajectory
 
 
-def self_correction(sample: Sample, segmenter: Segmenter, rng: np.random.Generator, **kwargs) -> Trajectory | None:
-    """A trajectory with one wrong click, its worse mask, an undo, then the right click."""
+def self_correction(sample: Sample, segmenter: Segmenter, rng: np.random.Generator, undo: bool = True,
+                    **kwargs) -> Trajectory | None:
+    """A trajectory with one wrong click, its worse mask, then the recovery.
+
+    ``undo`` (the paper's grammar): an undo, then the right click. Without it (the
+    release's grammar has no undo, and each decision sees only the current mask)
+    the recovery repairs the worse mask with further clicks, starting from it.
+    """
     base = simulate(sample, segmenter, rng, **kwargs)
     clicks_at = [i for i, m in enumerate(base.moves) if m.click is not None]
     if base.kind != "normal" or not clicks_at:
@@ -163,9 +170,12 @@ def self_correction(sample: Sample, segmenter: Segmenter, rng: np.random.Generat
         return None  # the "wrong" click did not make things worse: not a lesson
     wrong = Move(before, text.reasoning(sample.target, sample.modality, before, int(row), int(col), True, rng),
                  wrong_click, mask_after=wrong_mask, iou_after=wrong_iou, wrong=True)
-    undo = Move(wrong_mask, f"The last point made the mask worse: it now covers tissue that is not the {sample.target}. "
+    if not undo:
+        repair = simulate(sample, segmenter, rng, init_mask=wrong_mask, **kwargs)
+        return Trajectory(sample, base.query, "self_correction", base.moves[:at] + [wrong] + repair.moves, answer=repair.answer)
+    undo_move = Move(wrong_mask, f"The last point made the mask worse: it now covers tissue that is not the {sample.target}. "
                             "I undo that step and reconsider.", keyword="undo", mask_after=before, iou_after=iou(gt, before))
-    corrected = Trajectory(sample, base.query, "self_correction", base.moves[:at] + [wrong, undo] + base.moves[at:],
+    corrected = Trajectory(sample, base.query, "self_correction", base.moves[:at] + [wrong, undo_move] + base.moves[at:],
                            answer=base.answer)
     return corrected
 
