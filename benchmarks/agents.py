@@ -9,6 +9,8 @@ with) and at most 8 steps; see training/evaluate.py for the metrics.
     python benchmarks/agents.py                       # every model below that exists
     python benchmarks/agents.py --only SFT --threads 1  # one entry (two can run side by side)
 Updates benchmarks/results/agents.json (one entry per model) and prints a table.
+benchmarks/results/agents-v1.json holds the first default agent's figures (no grounding
+stage, phantoms before their anatomy fix, SFT on whole numbers as tokens), for the record.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from training.evaluate import EvalConfig, cases, evaluate
 
 MODELS = {
     "untrained (random init)": "runs/default/init",
-    "SFT": "runs/default/sft",
-    "SFT + GRPO (release reward constants)": "runs/default/grpo-release-constants",
-    "SFT + GRPO without placement and progressive rewards (release constants)": "runs/default/grpo-no-region-rewards",
-    "SFT + GRPO (shipped: a wrong 'not present' costs 3)": "runs/default/grpo",
+    "SFT on first decisions only (grounding)": "runs/default/grounding",
+    "SFT (grounding, then trajectories without self-reflection)": "runs/default/sft-plain",
+    "SFT with self-reflection": "runs/default/sft",
+    "SFT with self-reflection + GRPO (shipped)": "runs/default/grpo",
+    "SFT with self-reflection + GRPO without placement and progressive rewards": "runs/default/grpo-no-region-rewards",
 }
 OUT = ROOT / "benchmarks" / "results" / "agents.json"
 
@@ -44,9 +47,13 @@ def main() -> None:
     parser.add_argument("--only", action="append", help="model names from MODELS (default: all that exist)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--limit", type=int, default=None, help="cases per set (default: all)")
+    parser.add_argument("--from-eval", metavar="JSON",
+                        help="take the --only model's figures from a `napari-ibis evaluate` output of the same cases")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = EvalConfig(model="", output="", real=["aal", "nuclei"], limit=args.limit)
+    if args.from_eval:
+        return copy_evaluation(args.only, Path(args.from_eval), config)
     sets = cases(config)
     results = json.loads(OUT.read_text()) if OUT.is_file() else {}
     for name, folder in MODELS.items():
@@ -64,6 +71,22 @@ def main() -> None:
         results = json.loads(OUT.read_text()) if OUT.is_file() else {}  # another process may have written meanwhile
         results[name] = entry
         OUT.write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results)
+
+
+def copy_evaluation(names: list[str] | None, path: Path, config: EvalConfig) -> None:
+    """One model's entry from an evaluation run of the pipeline, after checking it used the same cases."""
+    if not names or len(names) != 1:
+        raise SystemExit("--from-eval needs exactly one --only model")
+    evaluation = json.loads(path.read_text())
+    same = ("profile", "segmenter", "phantom_seeds", "real", "absent_probability", "max_steps", "limit", "seed")
+    differ = [key for key in same if evaluation["config"].get(key) != getattr(config, key)]
+    if differ or Path(evaluation["config"]["model"]) != Path(MODELS[names[0]]):
+        raise SystemExit(f"{path} evaluated other cases or another model ({', '.join(differ) or 'model'})")
+    results = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    results[names[0]] = {"folder": MODELS[names[0]], "threads": None, "from": str(path),
+                         "sets": {name: result["summary"] for name, result in evaluation["results"].items()}}
+    OUT.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
 
 
