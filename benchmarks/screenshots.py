@@ -7,6 +7,7 @@ controls. widget-default-agent.png: the bundled default agent itself (empty mode
 field) on a held-out synthetic phantom.
 
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py
+    xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --default-agent-only
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
+    import argparse
+
     import napari
     import numpy as np
     from qtpy.QtWidgets import QApplication
@@ -27,8 +30,22 @@ def main() -> None:
     from napari_ibis._widget import MODEL_CACHE, IbisWidget
     from napari_ibis.policies.oracle import OraclePolicy
 
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--default-agent-only", action="store_true", help="only widget-default-agent.png")
+    args = parser.parse_args()
     out = ROOT / "docs" / "images"
     out.mkdir(parents=True, exist_ok=True)
+
+    def wait(condition, seconds=120):
+        import time
+
+        end = time.time() + seconds
+        while not condition() and time.time() < end:
+            QApplication.instance().processEvents()  # the viewer made the application
+            time.sleep(0.02)
+
+    if args.default_agent_only:
+        return default_agent(out, wait)
     image, labels = test_image_nuclei_2d(return_mask=True)
     target = labels == 119
     viewer = napari.Viewer(show=True)
@@ -42,27 +59,17 @@ def main() -> None:
     rows, cols = np.nonzero(target)
     viewer.scene.camera.center = (rows.mean(), cols.mean())
     viewer.scene.camera.zoom = 6
-    app = QApplication.instance()
-
-    def wait(condition, seconds=120):
-        import time
-
-        end = time.time() + seconds
-        while not condition() and time.time() < end:
-            app.processEvents()
-            time.sleep(0.02)
-
     widget.max_steps.setValue(2)
     widget.run()
     wait(lambda: not widget.running)
-    app.processEvents()
+    QApplication.instance().processEvents()
     viewer.window.screenshot(str(out / "widget-mid-run.png"), canvas_only=False)
     widget.max_steps.setValue(20)
     widget.continue_run()
     wait(lambda: not widget.running)
     widget.export_to_layer()
     viewer.layers["IBIS mask"].visible = False
-    app.processEvents()
+    QApplication.instance().processEvents()
     viewer.window.screenshot(str(out / "widget-after-export.png"), canvas_only=False)
     print(widget.transcript.toPlainText())
     print(widget.status.text())

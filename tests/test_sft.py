@@ -119,3 +119,16 @@ def test_the_small_tokenizer_writes_numbers_one_digit_per_token():
     pieces = [tokenizer.decode([i]) for i in tokenizer("(0.6680, 0.1680)")["input_ids"]]
     assert all(len(piece.strip()) == 1 for piece in pieces if piece.strip().isdigit() or any(c.isdigit() for c in piece))
     assert "".join(pieces) == "(0.6680, 0.1680)"
+
+
+def test_a_resumed_run_keeps_the_losses_evaluations_and_time_of_its_first_part(tiny_vlm_folder, small_dataset, tmp_path):
+    from training.storage import read_dataset
+
+    samples = read_dataset(small_dataset)
+    common = dict(model=str(tiny_vlm_folder), output=str(tmp_path / "sft"), batch_size=2, save_every=2,
+                  eval_every=2, eval_seeds=[90000, 90001], log_every=0, resume=True)
+    first = train(SFTConfig(steps=2, **common), samples)
+    whole = train(SFTConfig(steps=4, **common), samples)  # goes on from the checkpoint at step 2
+    assert whole["losses"][:2] == first["losses"] and len(whole["losses"]) == 4
+    assert [e["step"] for e in whole["first_click_evaluations"]] == [2, 4]
+    assert whole["seconds"] > first["seconds"]

@@ -353,7 +353,7 @@ def main(argv=None) -> int:
     parser.add_argument("config")
     args = parser.parse_args(argv)
     config = GRPOConfig(**read_config(args.config))
-    card = train(config)
+    card = train(config, log=lambda line: print(line, flush=True))  # progress shows in a redirected log
     last = card["steps"][-1] if card["steps"] else {}
     print(f"done: {config.output} (last step reward {last.get('reward/total', float('nan')):.3f}, "
           f"iou {last.get('iou', float('nan')):.3f})")

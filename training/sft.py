@@ -175,21 +175,22 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=print) -> dict:
         optimiser, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps))
     )
     checkpoint = Path(config.output) / "checkpoint"
-    start_step, losses = 0, []
-    if resuming:
+    start_step, losses, evaluations, seconds_before, tokens = 0, [], [], 0.0, 0
+    if resuming:  # the card of a resumed run covers the whole run: losses, evaluations, time, tokens
         state = torch.load(checkpoint / "trainer_state.pt", weights_only=True)
         optimiser.load_state_dict(state["optimiser"])
         schedule.load_state_dict(state["schedule"])
         start_step, losses = int(state["step"]), list(state.get("losses", []))
+        evaluations, seconds_before = list(state.get("evaluations", [])), float(state.get("seconds", 0.0))
+        tokens = int(state.get("tokens", 0))
     model.train()
     model, optimiser = accelerator.prepare(model, optimiser)
     pad_id = processor.tokenizer.pad_token_id
     evaluation = _first_click_cases(config) if config.eval_every and accelerator.is_main_process else []
-    evaluations = []
     order = random.Random(config.seed)  # the same stream on every process: each takes its slice
     for _ in range(start_step * config.gradient_accumulation):
         order.choices(range(len(samples)), k=config.batch_size * world)
-    started, tokens = time.perf_counter(), 0
+    started = time.perf_counter()
     for step in range(start_step, config.steps):
         optimiser.zero_grad()
         total = 0.0
@@ -216,8 +217,9 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=print) -> dict:
             model.train()
         if config.save_every and (step + 1) % config.save_every == 0:
             save(accelerator, model, processor, checkpoint, config, {
-                "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(), "step": step + 1, "losses": losses})
-    seconds = time.perf_counter() - started
+                "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(), "step": step + 1, "losses": losses,
+                "evaluations": json.loads(json.dumps(evaluations)), "seconds": seconds_before + time.perf_counter() - started, "tokens": tokens})
+    seconds = seconds_before + time.perf_counter() - started
     all_tokens = int(accelerator.reduce(torch.tensor([tokens], device=accelerator.device), "sum").item())
     record = {
         "config": asdict(config),
@@ -313,7 +315,7 @@ def main(argv=None) -> int:
 
         corpus = [item["text"] for s in samples for m in s.messages for item in m["content"] if item["type"] == "text"]
         build_tiny_vlm(config.model, corpus, TinyConfig(**config.tiny), seed=config.seed)
-    record = train(config, samples)
+    record = train(config, samples, log=lambda line: print(line, flush=True))  # progress shows in a redirected log
     print(f"done: {config.output} ({record['tokens_per_second']:.0f} tokens/s)")
     return 0
 
