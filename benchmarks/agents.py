@@ -96,8 +96,13 @@ def print_table(results: dict) -> None:
     for name, entry in results.items():
         for set_name, s in entry["sets"].items():
             print(f"| {name} | {set_name} | {s['cases']} | {s['mean_iou']:.3f} | {s['mean_dice']:.3f} | "
-                  f"{s['entity_f1']:.3f} | {s['absent_answered_right']:.2f} | {s['mean_steps']:.2f} | "
-                  f"{s['parsable_share']:.2f} | {s['oracle_iou_same_clicks']:.3f} | {s['seconds_per_case']:.2f} |")
+                  f"{s['entity_f1']:.3f} | {_figure(s['absent_answered_right'], 2)} | {s['mean_steps']:.2f} | "
+                  f"{s['parsable_share']:.2f} | {_figure(s['oracle_iou_same_clicks'], 3)} | {s['seconds_per_case']:.2f} |")
+
+
+def _figure(value: float, digits: int) -> str:
+    """n/a where a figure has no cases (no absent target, no click)."""
+    return "n/a" if value != value else f"{value:.{digits}f}"
 
 
 if __name__ == "__main__":
