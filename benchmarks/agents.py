@@ -55,7 +55,7 @@ def main() -> None:
     if args.from_eval:
         return copy_evaluation(args.only, Path(args.from_eval), config)
     sets = cases(config)
-    results = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    results = _read_results()
     for name, folder in MODELS.items():
         if (args.only and name not in args.only) or not (ROOT / folder / "config.json").is_file():
             continue
@@ -68,7 +68,7 @@ def main() -> None:
             entry["sets"][set_name] = summary
             print(f"{name} / {set_name}: {json.dumps({k: round(v, 3) for k, v in summary.items()})} "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
-        results = json.loads(OUT.read_text()) if OUT.is_file() else {}  # another process may have written meanwhile
+        results = _read_results()  # another process may have written meanwhile
         results[name] = entry
         OUT.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
@@ -83,11 +83,15 @@ def copy_evaluation(names: list[str] | None, path: Path, config: EvalConfig) -> 
     differ = [key for key in same if evaluation["config"].get(key) != getattr(config, key)]
     if differ or Path(evaluation["config"]["model"]) != Path(MODELS[names[0]]):
         raise SystemExit(f"{path} evaluated other cases or another model ({', '.join(differ) or 'model'})")
-    results = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    results = _read_results()
     results[names[0]] = {"folder": MODELS[names[0]], "threads": None, "from": str(path),
                          "sets": {name: result["summary"] for name, result in evaluation["results"].items()}}
     OUT.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
+
+
+def _read_results() -> dict:
+    return json.loads(OUT.read_text()) if OUT.is_file() else {}
 
 
 def print_table(results: dict) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import random
 import time
@@ -173,7 +174,7 @@ class Questions:
         return sample, simulated.query, state if state.any() else None
 
 
-def train(config: GRPOConfig, log=print) -> dict:
+def train(config: GRPOConfig, log=functools.partial(print, flush=True)) -> dict:
     """Run GRPO; writes the model folder, ``log.jsonl`` and ``training_card.json``."""
     import torch
     from accelerate import Accelerator
@@ -353,7 +354,7 @@ def main(argv=None) -> int:
     parser.add_argument("config")
     args = parser.parse_args(argv)
     config = GRPOConfig(**read_config(args.config))
-    card = train(config, log=lambda line: print(line, flush=True))  # progress shows in a redirected log
+    card = train(config)
     last = card["steps"][-1] if card["steps"] else {}
     print(f"done: {config.output} (last step reward {last.get('reward/total', float('nan')):.3f}, "
           f"iou {last.get('iou', float('nan')):.3f})")

@@ -13,6 +13,7 @@ of correct moves, with their closing ``<|im_end|>``, are trained.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import random
@@ -154,7 +155,7 @@ class SFTConfig:
     extra: dict = field(default_factory=dict)
 
 
-def train(config: SFTConfig, samples: list[RenderedSample], log=print) -> dict:
+def train(config: SFTConfig, samples: list[RenderedSample], log=functools.partial(print, flush=True)) -> dict:
     """Fine-tune a VLM folder on rendered samples (full or LoRA; one or many processes).
 
     Run it under ``accelerate launch`` (or ``torchrun``) for several processes: each
@@ -218,7 +219,7 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=print) -> dict:
         if config.save_every and (step + 1) % config.save_every == 0:
             save(accelerator, model, processor, checkpoint, config, {
                 "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(), "step": step + 1, "losses": losses,
-                "evaluations": json.loads(json.dumps(evaluations)), "seconds": seconds_before + time.perf_counter() - started, "tokens": tokens})
+                "evaluations": evaluations, "seconds": seconds_before + time.perf_counter() - started, "tokens": tokens})
     seconds = seconds_before + time.perf_counter() - started
     all_tokens = int(accelerator.reduce(torch.tensor([tokens], device=accelerator.device), "sum").item())
     record = {
@@ -315,7 +316,7 @@ def main(argv=None) -> int:
 
         corpus = [item["text"] for s in samples for m in s.messages for item in m["content"] if item["type"] == "text"]
         build_tiny_vlm(config.model, corpus, TinyConfig(**config.tiny), seed=config.seed)
-    record = train(config, samples, log=lambda line: print(line, flush=True))  # progress shows in a redirected log
+    record = train(config, samples)
     print(f"done: {config.output} ({record['tokens_per_second']:.0f} tokens/s)")
     return 0
 
