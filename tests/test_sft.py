@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -132,3 +134,55 @@ def test_a_resumed_run_keeps_the_losses_evaluations_and_time_of_its_first_part(t
     assert whole["losses"][:2] == first["losses"] and len(whole["losses"]) == 4
     assert [e["step"] for e in whole["first_click_evaluations"]] == [2, 4]
     assert whole["seconds"] > first["seconds"]
+
+
+def test_the_target_map_marks_the_image_tokens_the_named_structure_covers(tiny_vlm_folder, trajectories):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_vlm_folder, local_files_only=True)
+    normal, _ = trajectories
+    sample = render(normal[0], "ibis-release")[0]
+    encoded = encode(processor, sample)
+    image_token = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    values = encoded["target_map"]
+    assert values.shape == ((encoded["input_ids"][0] == image_token).sum().item(),)
+    rows, cols = (int(v) // 2 for v in encoded["image_grid_thw"][0][1:])
+    peak_row, peak_col = np.unravel_index(values.argmax(), (rows, cols))
+    mask = normal[0].sample.mask  # the token most covered lies where the mask is
+    assert mask[int((peak_row + 0.5) * mask.shape[0] / rows), int((peak_col + 0.5) * mask.shape[1] / cols)]
+
+
+def test_the_target_map_losses_train_a_head_and_an_attention_head_and_save_an_ordinary_model(tiny_vlm_folder, small_dataset, tmp_path):
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from training.storage import read_dataset
+
+    samples = read_dataset(small_dataset)
+    assert all(s.target_mask is not None for s in samples)  # the dataset folder keeps each sample's target mask
+    config = SFTConfig(model=str(tiny_vlm_folder), output=str(tmp_path / "sft"), steps=30, batch_size=2,
+                       learning_rate=3e-3, log_every=0, target_map_weight=1.0, target_attention_weight=1.0, save_every=30,
+                       eval_every=30, eval_seeds=[90000, 90001])
+    record = train(config, samples)
+    (evaluation,) = record["first_click_evaluations"]
+    assert 0.0 <= evaluation["map_peak_hit_rate"] <= 1.0  # does the model see the target, whatever it clicks?
+    for name in ("target_map_losses", "target_attention_losses"):  # the head learns the map, head 0 of layer 3 to look at it
+        first, last = np.mean(record[name][:5]), np.mean(record[name][-5:])
+        assert last < first * 0.9, (name, first, last)
+    before = Qwen3VLForConditionalGeneration.from_pretrained(tiny_vlm_folder).state_dict()
+    after = Qwen3VLForConditionalGeneration.from_pretrained(tmp_path / "sft").state_dict()
+    assert before.keys() == after.keys()  # an ordinary model folder
+    import torch
+
+    state = torch.load(tmp_path / "sft" / "checkpoint" / "trainer_state.pt", weights_only=True)
+    assert "target_map_head" in state  # a resumed run goes on with the same head
+
+
+CONFIGS = Path(__file__).parents[1] / "training" / "configs"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("sft-*.yaml")))
+def test_every_sft_config_in_the_repository_reads_into_its_settings(name):
+    from training.config_file import read_config
+
+    config = SFTConfig(**read_config(CONFIGS / name))  # a misspelt key fails here
+    assert config.steps > 0 and config.output

@@ -27,6 +27,7 @@ import numpy as np
 from napari_ibis.overlay import to_rgb8
 from napari_ibis.protocol import Response, Turn, get_profile
 
+from . import target_map
 from .checkpoints import load_for_training, save
 from .trajectories import Trajectory
 
@@ -37,6 +38,7 @@ class RenderedSample:
 
     messages: list[dict]
     trained: list[bool]  # one flag per assistant message
+    target_mask: np.ndarray | None = None  # the named structure in every image (for the target-map loss)
 
 
 def _response(move, trajectory: Trajectory, profile) -> Response:
@@ -66,9 +68,10 @@ def render(trajectory: Trajectory, profile_name: str = "ibis-release") -> list[R
         text = profile.user_text(trajectory.query, first=first and not move.mask_before.any() and not turns)
         turns.append(Turn(observation, text, profile.format(_response(move, trajectory, profile))))
         flags.append(not move.wrong)
+    target = trajectory.sample.mask
     if profile.use_history:
-        return [RenderedSample(_with_replies(profile, turns), flags)]
-    return [RenderedSample(_with_replies(profile, [turn]), [flag]) for turn, flag in zip(turns, flags) if flag]
+        return [RenderedSample(_with_replies(profile, turns), flags, target)]
+    return [RenderedSample(_with_replies(profile, [turn]), [flag], target) for turn, flag in zip(turns, flags) if flag]
 
 
 def _with_replies(profile, turns: list[Turn]) -> list[dict]:
@@ -109,7 +112,20 @@ def encode(processor, sample: RenderedSample) -> dict:
         if flag:
             labels[start:stop] = ids[start:stop]
     full["labels"] = labels
+    full["target_map"] = _target_map(processor, sample, full.get("image_grid_thw"))
     return full
+
+
+def _target_map(processor, sample: RenderedSample, grids) -> np.ndarray:
+    """One target-map value per image token (NaN without a target mask): see :mod:`training.target_map`."""
+    from .target_map import token_coverage
+
+    if grids is None:
+        return np.zeros(0, dtype=np.float32)
+    merge = processor.image_processor.merge_size
+    if sample.target_mask is None:
+        return np.full(int(np.asarray(grids).prod(axis=1).sum()) // merge**2, np.nan, dtype=np.float32)
+    return np.concatenate([token_coverage(sample.target_mask, g, merge) for g in grids]).astype(np.float32)
 
 
 def collate(encoded: list[dict], pad_id: int) -> dict:
@@ -128,6 +144,8 @@ def collate(encoded: list[dict], pad_id: int) -> dict:
     for key in ("pixel_values", "image_grid_thw"):
         if key in encoded[0]:
             batch[key] = torch.cat([e[key] for e in encoded])
+    if "target_map" in encoded[0]:
+        batch["target_map"] = torch.as_tensor(np.concatenate([e["target_map"] for e in encoded]))
     return batch
 
 
@@ -151,6 +169,10 @@ class SFTConfig:
     lora: dict = field(default_factory=dict)  # {} full fine-tuning; else peft LoraConfig keys (r, lora_alpha, ...)
     eval_every: int = 0  # first-click hit rate on held-out phantoms every N steps (0: never)
     eval_seeds: list = field(default_factory=lambda: [90000, 90025])
+    target_map_weight: float = 0.0  # > 0: add the auxiliary target-map loss (training/target_map.py) times this
+    target_map_layer: int = 2  # hidden state it reads: 0 embeddings, i the output of decoder layer i
+    target_attention_weight: float = 0.0  # > 0: one attention head learns to look at the target (target_map.attention_loss)
+    target_attention_layer: int = 3  # decoder layer (1-based) whose head 0 is taught; eager attention while training
     tiny: dict = field(default_factory=dict)  # build a new small model at `model` first (TinyConfig keys)
     extra: dict = field(default_factory=dict)
 
@@ -170,6 +192,9 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=functools.partia
     torch.manual_seed(config.seed)
     model, processor, resuming = load_for_training(config, accelerator)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    head = target_map.make_head(model.config.text_config.hidden_size) if config.target_map_weight > 0 else None
+    if head is not None:
+        trainable += list(head.parameters())
     optimiser = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
     warmup = max(1, int(config.steps * config.warmup_fraction))
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -184,8 +209,19 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=functools.partia
         start_step, losses = int(state["step"]), list(state.get("losses", []))
         evaluations, seconds_before = list(state.get("evaluations", [])), float(state.get("seconds", 0.0))
         tokens = int(state.get("tokens", 0))
+        if head is not None and "target_map_head" in state:
+            head.load_state_dict(state["target_map_head"])
     model.train()
-    model, optimiser = accelerator.prepare(model, optimiser)
+    attend = config.target_attention_weight > 0
+    if attend:
+        model.set_attn_implementation("eager")  # attention weights are needed; the saved folder keeps its own setting
+    if head is None:
+        model, optimiser = accelerator.prepare(model, optimiser)
+    else:
+        model, head, optimiser = accelerator.prepare(model, head, optimiser)
+    image_token_id = accelerator.unwrap_model(model).config.image_token_id
+    map_losses: list[float] = list(state.get("target_map_losses", [])) if resuming else []
+    attention_losses: list[float] = list(state.get("target_attention_losses", [])) if resuming else []
     pad_id = processor.tokenizer.pad_token_id
     evaluation = _first_click_cases(config) if config.eval_every and accelerator.is_main_process else []
     order = random.Random(config.seed)  # the same stream on every process: each takes its slice
@@ -194,32 +230,55 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=functools.partia
     started = time.perf_counter()
     for step in range(start_step, config.steps):
         optimiser.zero_grad()
-        total = 0.0
+        total, map_total, attention_total = 0.0, 0.0, 0.0
         for micro in range(config.gradient_accumulation):
             picks = order.choices(range(len(samples)), k=config.batch_size * world)
             mine = picks[rank * config.batch_size:(rank + 1) * config.batch_size]
             batch = {k: v.to(accelerator.device) for k, v in collate([encode(processor, samples[i]) for i in mine], pad_id).items()}
+            token_map = batch.pop("target_map", None)
             sync = accelerator.no_sync(model) if micro < config.gradient_accumulation - 1 else contextlib.nullcontext()
             with sync:
-                loss = model(**batch).loss / config.gradient_accumulation
-                accelerator.backward(loss)
-            total += loss.item()
+                out = model(**batch, output_hidden_states=head is not None, output_attentions=attend)
+                loss = out.loss
+                total += loss.item() / config.gradient_accumulation
+                if head is not None:
+                    map_loss = target_map.loss(head, out.hidden_states[config.target_map_layer], batch["input_ids"],
+                                               image_token_id, token_map)
+                    map_total += map_loss.item() / config.gradient_accumulation
+                    loss = loss + config.target_map_weight * map_loss
+                if attend:
+                    attention_loss = target_map.attention_loss(out.attentions[config.target_attention_layer - 1],
+                                                               batch["input_ids"], batch["labels"], image_token_id, token_map)
+                    attention_total += attention_loss.item() / config.gradient_accumulation
+                    loss = loss + config.target_attention_weight * attention_loss
+                accelerator.backward(loss / config.gradient_accumulation)
             tokens += int(batch["attention_mask"].sum())
         accelerator.clip_grad_norm_(trainable, 1.0)
         optimiser.step()
         schedule.step()
         losses.append(float(accelerator.reduce(torch.tensor([total], device=accelerator.device), "mean").item()))
+        if head is not None:
+            map_losses.append(float(accelerator.reduce(torch.tensor([map_total], device=accelerator.device), "mean").item()))
+        if attend:
+            attention_losses.append(float(accelerator.reduce(torch.tensor([attention_total], device=accelerator.device), "mean").item()))
         if config.log_every and (step + 1) % config.log_every == 0 and accelerator.is_main_process:
-            log(f"step {step + 1}/{config.steps} loss {np.mean(losses[-config.log_every:]):.4f}")
+            extra = f" (target map {np.mean(map_losses[-config.log_every:]):.4f})" if head is not None else ""
+            extra += f" (target attention {np.mean(attention_losses[-config.log_every:]):.4f})" if attend else ""
+            log(f"step {step + 1}/{config.steps} loss {np.mean(losses[-config.log_every:]):.4f}{extra}")
         if evaluation and (step + 1) % config.eval_every == 0:
-            result = first_click_hits(accelerator.unwrap_model(model), processor, evaluation, config.profile)
+            probe = None if head is None else (accelerator.unwrap_model(head), config.target_map_layer)
+            result = first_click_hits(accelerator.unwrap_model(model), processor, evaluation, config.profile, map_probe=probe)
             evaluations.append({"step": step + 1, **result})
-            log(f"step {step + 1}: first-click hits {result['hit_rate']:.2f} parsable {result['parsable']:.2f}")
+            peak = f" target-map peak on target {result['map_peak_hit_rate']:.2f}" if probe else ""
+            log(f"step {step + 1}: first-click hits {result['hit_rate']:.2f} parsable {result['parsable']:.2f}{peak}")
             model.train()
         if config.save_every and (step + 1) % config.save_every == 0:
             save(accelerator, model, processor, checkpoint, config, {
                 "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(), "step": step + 1, "losses": losses,
-                "evaluations": evaluations, "seconds": seconds_before + time.perf_counter() - started, "tokens": tokens})
+                "evaluations": evaluations, "seconds": seconds_before + time.perf_counter() - started, "tokens": tokens,
+                **({} if head is None else {"target_map_head": accelerator.unwrap_model(head).state_dict(),
+                                            "target_map_losses": map_losses}),
+                **({"target_attention_losses": attention_losses} if attend else {})})
     seconds = seconds_before + time.perf_counter() - started
     all_tokens = int(accelerator.reduce(torch.tensor([tokens], device=accelerator.device), "sum").item())
     record = {
@@ -228,6 +287,8 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=functools.partia
         "processes": world,
         "trainable_parameters": sum(p.numel() for p in trainable),
         "losses": losses,
+        **({"target_map_losses": map_losses} if head is not None else {}),
+        **({"target_attention_losses": attention_losses} if attend else {}),
         "first_click_evaluations": evaluations,
         "seconds": seconds,
         "tokens_per_second": all_tokens / max(seconds, 1e-9),
@@ -246,8 +307,14 @@ def _first_click_cases(config: SFTConfig) -> list:
     return list(phantom_samples(range(*config.eval_seeds)))
 
 
-def first_click_hits(model, processor, samples, profile_name: str = "ibis-release", max_new_tokens: int = 160) -> dict:
-    """Greedy first step on each sample: share parsable, share of clicks inside the named mask, per target."""
+def first_click_hits(model, processor, samples, profile_name: str = "ibis-release", max_new_tokens: int = 160,
+                     map_probe=None) -> dict:
+    """Greedy first step on each sample: share parsable, share of clicks inside the named mask, per target.
+
+    ``map_probe`` (target-map head, layer): also the share of present targets on
+    which the head's highest image token is one the target covers, which tells
+    whether the model sees the structure even when its click misses it.
+    """
     import torch
 
     from napari_ibis.errors import ActionParseError
@@ -257,13 +324,16 @@ def first_click_hits(model, processor, samples, profile_name: str = "ibis-releas
 
     profile = get_profile(profile_name)
     model.eval()
-    hits, parsed, per_target = 0, 0, {}
+    hits, parsed, per_target, peaks, present = 0, 0, {}, 0, 0
     rng = np.random.default_rng(0)
     for sample in samples:
         rgb = to_rgb8(sample.image)
         turn = Turn(profile.observation(rgb, None), profile.user_text(text.query(sample.target, sample.modality, rng), first=True))
         messages = _as_pil(profile.messages([turn]))
         inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+        if map_probe is not None and sample.mask.any():
+            peaks += _map_peak_on_target(model, processor, inputs, map_probe, sample.mask)
+            present += 1
         with torch.inference_mode():
             out = model.generate(**inputs.to(model.device), max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=processor.tokenizer.pad_token_id)
@@ -284,7 +354,21 @@ def first_click_hits(model, processor, samples, profile_name: str = "ibis-releas
         per_target[sample.target] = (done + hit, total + 1)
     count = max(len(samples), 1)
     return {"cases": len(samples), "hit_rate": hits / count, "parsable": parsed / count,
-            "per_target": {k: f"{a}/{b}" for k, (a, b) in sorted(per_target.items())}}
+            "per_target": {k: f"{a}/{b}" for k, (a, b) in sorted(per_target.items())},
+            **({"map_peak_hit_rate": peaks / max(present, 1)} if map_probe is not None else {})}
+
+
+def _map_peak_on_target(model, processor, inputs, map_probe, mask) -> bool:
+    import torch
+
+    from .target_map import token_coverage
+
+    head, layer = map_probe
+    with torch.inference_mode():
+        hidden = model(**inputs.to(model.device), output_hidden_states=True).hidden_states[layer][0]
+        logits = head(hidden[inputs["input_ids"][0] == model.config.image_token_id]).squeeze(-1)
+    coverage = token_coverage(mask, inputs["image_grid_thw"][0], processor.image_processor.merge_size)
+    return bool(coverage[int(logits.argmax())] > 0)
 
 
 def render_all(trajectories: Iterable[Trajectory], profile: str) -> list[RenderedSample]:

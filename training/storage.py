@@ -4,7 +4,9 @@ A dataset folder holds ``samples.jsonl`` and ``images/*.png``. One line is one
 chat sample in the ShareGPT layout that LLaMA-Factory (the release's SFT tool)
 reads: ``messages`` with string contents where ``<image>`` marks each image,
 ``images`` with the PNG paths in order, plus ``trained`` (one flag per assistant
-message: False for moves kept only as context) and the sample's provenance. The
+message: False for moves kept only as context), ``target_mask`` (a PNG under
+``masks/`` of the named structure, for the target-map loss of
+:mod:`training.target_map`; older folders lack it) and the sample's provenance. The
 ibis-release prompts already start with ``<image>``: that is where the release's
 own training data put the image.
 
@@ -52,8 +54,12 @@ def to_row(sample: RenderedSample, sample_id: str, folder: Path, meta: dict | No
             paths.append(str(path))
         messages.append({"role": message["role"], "content": text})
         added_tags.append(added)
-    return {"id": sample_id, "messages": messages, "images": paths, "trained": sample.trained,
-            "added_image_tags": added_tags, **(meta or {})}
+    row = {"id": sample_id, "messages": messages, "images": paths, "trained": sample.trained, "added_image_tags": added_tags}
+    if sample.target_mask is not None:
+        (folder / "masks").mkdir(exist_ok=True)
+        row["target_mask"] = str(Path("masks") / f"{_safe(sample_id)}.png")
+        Image.fromarray(sample.target_mask.astype(np.uint8) * 255).save(folder / row["target_mask"])
+    return {**row, **(meta or {})}
 
 
 def _safe(name: str) -> str:
@@ -69,7 +75,8 @@ def from_row(row: dict, folder: Path) -> RenderedSample:
         content = [{"type": "image", "image": next(images)} for _ in range(text.count(IMAGE_TAG))]
         content.append({"type": "text", "text": text[len(IMAGE_TAG) * added:]})
         messages.append({"role": message["role"], "content": content})
-    return RenderedSample(messages, list(row["trained"]))
+    mask = np.asarray(Image.open(folder / row["target_mask"])) > 0 if row.get("target_mask") else None
+    return RenderedSample(messages, list(row["trained"]), mask)
 
 
 def read_dataset(folder: str | Path) -> list[RenderedSample]:

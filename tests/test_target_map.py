@@ -1,0 +1,56 @@
+"""The target-map losses on hand-made tensors (training/target_map.py)."""
+
+import numpy as np
+import torch
+
+from training.target_map import attention_loss, loss, token_coverage
+
+IMAGE = 9
+
+
+def test_coverage_is_the_share_of_each_token_inside_the_mask_in_raster_order():
+    mask = np.zeros((64, 64), bool)
+    mask[:, :16] = True  # the left quarter
+    mask[:8, 48:] = True  # half of the top-right token
+    coverage = token_coverage(mask, (1, 8, 8), 2).reshape(4, 4)
+    assert coverage[:, 0].tolist() == [1.0] * 4
+    assert coverage[0, 3] == 0.5 and coverage[1:, 1:].sum() == 0
+
+
+def test_a_head_that_finds_the_small_target_scores_better_than_one_that_says_no_everywhere():
+    ids = torch.tensor([[1, IMAGE, IMAGE, IMAGE, IMAGE, 2]])
+    targets = torch.tensor([0.0, 1.0, 0.0, 0.0])  # one of four tokens is the target
+    hidden = torch.eye(6)[None]  # each position its own feature
+    head = torch.nn.Linear(6, 1)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.fill_(-4.0)  # "no" everywhere: right on 3 of 4 tokens
+        says_no = loss(head, hidden, ids, IMAGE, targets).item()
+        head.weight[0, 2] = 8.0  # position 2 is the second image token: "yes" there
+        finds_it = loss(head, hidden, ids, IMAGE, targets).item()
+    assert finds_it < says_no / 4  # balanced: missing the one target token costs as much as all the background
+
+
+def test_samples_without_a_target_mask_add_nothing():
+    ids = torch.tensor([[IMAGE, IMAGE]])
+    hidden = torch.randn(1, 2, 4, requires_grad=True)
+    value = loss(torch.nn.Linear(4, 1), hidden, ids, IMAGE, torch.tensor([float("nan")] * 2))
+    assert value.item() == 0.0 and value.requires_grad
+
+
+def test_the_attention_loss_is_lowest_when_the_answer_looks_at_the_target():
+    ids = torch.tensor([[1, IMAGE, IMAGE, IMAGE, 7, 8]])
+    labels = torch.tensor([[-100, -100, -100, -100, -100, 8]])  # position 4 predicts the trained token 8
+    targets = torch.tensor([0.0, 0.0, 1.0])
+
+    def attention(looks_at):
+        weights = torch.zeros(1, 2, 6, 6)
+        weights[0, 0, 4, looks_at] = 1.0
+        return weights
+
+    on_target = attention_loss(attention([3]), ids, labels, IMAGE, targets).item()
+    spread = attention_loss(attention([1, 2, 3]), ids, labels, IMAGE, targets).item()
+    elsewhere = attention_loss(attention([1]), ids, labels, IMAGE, targets).item()
+    assert on_target < 1e-6 < spread < elsewhere
+    absent = attention_loss(attention([1]), ids, labels, IMAGE, torch.zeros(3))  # nothing to look at: no term
+    assert absent.item() == 0.0
