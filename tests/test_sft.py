@@ -160,12 +160,13 @@ def test_the_target_map_losses_train_a_head_and_an_attention_head_and_save_an_or
     samples = read_dataset(small_dataset)
     assert all(s.target_mask is not None for s in samples)  # the dataset folder keeps each sample's target mask
     config = SFTConfig(model=str(tiny_vlm_folder), output=str(tmp_path / "sft"), steps=30, batch_size=2,
-                       learning_rate=3e-3, log_every=0, target_map_weight=1.0, target_attention_weight=1.0, save_every=30,
+                       learning_rate=1e-3, log_every=0, target_map_weight=1.0, target_attention_weight=1.0, target_position_weight=1.0, save_every=30,
                        eval_every=30, eval_seeds=[90000, 90001])
     record = train(config, samples)
     (evaluation,) = record["first_click_evaluations"]
     assert 0.0 <= evaluation["map_peak_hit_rate"] <= 1.0  # does the model see the target, whatever it clicks?
-    for name in ("target_map_losses", "target_attention_losses"):  # the head learns the map, head 0 of layer 3 to look at it
+    # the head learns the map, head 0 of layer 3 to look at it, the answer to carry where it is
+    for name in ("target_map_losses", "target_attention_losses", "target_position_losses"):
         first, last = np.mean(record[name][:5]), np.mean(record[name][-5:])
         assert last < first * 0.9, (name, first, last)
     before = Qwen3VLForConditionalGeneration.from_pretrained(tiny_vlm_folder).state_dict()
@@ -174,7 +175,7 @@ def test_the_target_map_losses_train_a_head_and_an_attention_head_and_save_an_or
     import torch
 
     state = torch.load(tmp_path / "sft" / "checkpoint" / "trainer_state.pt", weights_only=True)
-    assert "target_map_head" in state  # a resumed run goes on with the same head
+    assert "target_map_head" in state and "target_position_head" in state  # a resumed run goes on with the same heads
 
 
 CONFIGS = Path(__file__).parents[1] / "training" / "configs"

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from training.target_map import attention_loss, loss, token_coverage
+from training.target_map import attention_loss, centre, loss, position_loss, token_coverage
 
 IMAGE = 9
 
@@ -54,3 +54,20 @@ def test_the_attention_loss_is_lowest_when_the_answer_looks_at_the_target():
     assert on_target < 1e-6 < spread < elsewhere
     absent = attention_loss(attention([1]), ids, labels, IMAGE, torch.zeros(3))  # nothing to look at: no term
     assert absent.item() == 0.0
+
+
+def test_the_position_loss_asks_every_answer_position_for_the_targets_centre():
+    mask = np.zeros((10, 20), bool)
+    mask[0:2, 0:4] = True
+    assert centre(mask) == (0.1, 0.1) and centre(np.zeros((4, 4), bool)) is None
+    labels = torch.tensor([[-100, -100, 5, 6], [-100, -100, 5, 6]])  # positions 1 and 2 predict trained tokens
+    hidden = torch.zeros(2, 4, 3)
+    hidden[..., 0] = 1.0
+    head = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([0.1, 0.1]))  # always answers the first sample's centre
+    centres = torch.tensor([[0.1, 0.1], [float("nan")] * 2])  # the second sample has no target: left out
+    assert position_loss(head, hidden, labels, centres).item() < 1e-12
+    missed = position_loss(head, hidden, labels, torch.tensor([[0.5, 0.1], [0.1, 0.1]])).item()
+    assert abs(missed - 0.4**2 / 4) < 1e-6  # x off by 0.4 at 2 of 4 positions, y right: mean over 8 values

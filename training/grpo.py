@@ -84,7 +84,7 @@ def token_log_probs(model, batch: dict):
     """(log p of each next token, mask of the trained ones): both (B, T-1)."""
     import torch
 
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "target_map")}
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "target_map", "target_centre")}
     logits = model(**inputs).logits[:, :-1].float()
     targets = batch["input_ids"][:, 1:]
     log_probs = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]

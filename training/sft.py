@@ -113,6 +113,8 @@ def encode(processor, sample: RenderedSample) -> dict:
             labels[start:stop] = ids[start:stop]
     full["labels"] = labels
     full["target_map"] = _target_map(processor, sample, full.get("image_grid_thw"))
+    where = None if sample.target_mask is None else target_map.centre(sample.target_mask)
+    full["target_centre"] = np.array(where or (np.nan, np.nan), dtype=np.float32)
     return full
 
 
@@ -146,6 +148,7 @@ def collate(encoded: list[dict], pad_id: int) -> dict:
             batch[key] = torch.cat([e[key] for e in encoded])
     if "target_map" in encoded[0]:
         batch["target_map"] = torch.as_tensor(np.concatenate([e["target_map"] for e in encoded]))
+        batch["target_centre"] = torch.as_tensor(np.stack([e["target_centre"] for e in encoded]))
     return batch
 
 
@@ -173,6 +176,7 @@ class SFTConfig:
     target_map_layer: int = 2  # hidden state it reads: 0 embeddings, i the output of decoder layer i
     target_attention_weight: float = 0.0  # > 0: one attention head learns to look at the target (target_map.attention_loss)
     target_attention_layer: int = 3  # decoder layer (1-based) whose head 0 is taught; eager attention while training
+    target_position_weight: float = 0.0  # > 0: that layer's output at the answer predicts the target's centre (position_loss)
     tiny: dict = field(default_factory=dict)  # build a new small model at `model` first (TinyConfig keys)
     extra: dict = field(default_factory=dict)
 
@@ -195,6 +199,9 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=functools.partia
     head = target_map.make_head(model.config.text_config.hidden_size) if config.target_map_weight > 0 else None
     if head is not None:
         trainable += list(head.parameters())
+    locator = target_map.make_head(model.config.text_config.hidden_size, 2) if config.target_position_weight > 0 else None
+    if locator is not None:
+        trainable += list(locator.parameters())
     optimiser = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
     warmup = max(1, int(config.steps * config.warmup_fraction))
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -211,17 +218,22 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=functools.partia
         tokens = int(state.get("tokens", 0))
         if head is not None and "target_map_head" in state:
             head.load_state_dict(state["target_map_head"])
+        if locator is not None and "target_position_head" in state:
+            locator.load_state_dict(state["target_position_head"])
     model.train()
     attend = config.target_attention_weight > 0
     if attend:
         model.set_attn_implementation("eager")  # attention weights are needed; the saved folder keeps its own setting
-    if head is None:
-        model, optimiser = accelerator.prepare(model, optimiser)
-    else:
-        model, head, optimiser = accelerator.prepare(model, head, optimiser)
+    extra_heads = [h for h in (head, locator) if h is not None]
+    model, *extra_heads, optimiser = accelerator.prepare(model, *extra_heads, optimiser)
+    if head is not None:
+        head = extra_heads.pop(0)
+    if locator is not None:
+        locator = extra_heads.pop(0)
     image_token_id = accelerator.unwrap_model(model).config.image_token_id
     map_losses: list[float] = list(state.get("target_map_losses", [])) if resuming else []
     attention_losses: list[float] = list(state.get("target_attention_losses", [])) if resuming else []
+    position_losses: list[float] = list(state.get("target_position_losses", [])) if resuming else []
     pad_id = processor.tokenizer.pad_token_id
     evaluation = _first_click_cases(config) if config.eval_every and accelerator.is_main_process else []
     order = random.Random(config.seed)  # the same stream on every process: each takes its slice
@@ -230,15 +242,15 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=functools.partia
     started = time.perf_counter()
     for step in range(start_step, config.steps):
         optimiser.zero_grad()
-        total, map_total, attention_total = 0.0, 0.0, 0.0
+        total, map_total, attention_total, position_total = 0.0, 0.0, 0.0, 0.0
         for micro in range(config.gradient_accumulation):
             picks = order.choices(range(len(samples)), k=config.batch_size * world)
             mine = picks[rank * config.batch_size:(rank + 1) * config.batch_size]
             batch = {k: v.to(accelerator.device) for k, v in collate([encode(processor, samples[i]) for i in mine], pad_id).items()}
-            token_map = batch.pop("target_map", None)
+            token_map, centres = batch.pop("target_map", None), batch.pop("target_centre", None)
             sync = accelerator.no_sync(model) if micro < config.gradient_accumulation - 1 else contextlib.nullcontext()
             with sync:
-                out = model(**batch, output_hidden_states=head is not None, output_attentions=attend)
+                out = model(**batch, output_hidden_states=head is not None or locator is not None, output_attentions=attend)
                 loss = out.loss
                 total += loss.item() / config.gradient_accumulation
                 if head is not None:
@@ -251,6 +263,11 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=functools.partia
                                                                batch["input_ids"], batch["labels"], image_token_id, token_map)
                     attention_total += attention_loss.item() / config.gradient_accumulation
                     loss = loss + config.target_attention_weight * attention_loss
+                if locator is not None:
+                    position_loss = target_map.position_loss(locator, out.hidden_states[config.target_attention_layer],
+                                                             batch["labels"], centres)
+                    position_total += position_loss.item() / config.gradient_accumulation
+                    loss = loss + config.target_position_weight * position_loss
                 accelerator.backward(loss / config.gradient_accumulation)
             tokens += int(batch["attention_mask"].sum())
         accelerator.clip_grad_norm_(trainable, 1.0)
@@ -261,9 +278,12 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=functools.partia
             map_losses.append(float(accelerator.reduce(torch.tensor([map_total], device=accelerator.device), "mean").item()))
         if attend:
             attention_losses.append(float(accelerator.reduce(torch.tensor([attention_total], device=accelerator.device), "mean").item()))
+        if locator is not None:
+            position_losses.append(float(accelerator.reduce(torch.tensor([position_total], device=accelerator.device), "mean").item()))
         if config.log_every and (step + 1) % config.log_every == 0 and accelerator.is_main_process:
             extra = f" (target map {np.mean(map_losses[-config.log_every:]):.4f})" if head is not None else ""
             extra += f" (target attention {np.mean(attention_losses[-config.log_every:]):.4f})" if attend else ""
+            extra += f" (target position {np.mean(position_losses[-config.log_every:]):.4f})" if locator is not None else ""
             log(f"step {step + 1}/{config.steps} loss {np.mean(losses[-config.log_every:]):.4f}{extra}")
         if evaluation and (step + 1) % config.eval_every == 0:
             probe = None if head is None else (accelerator.unwrap_model(head), config.target_map_layer)
@@ -278,7 +298,9 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=functools.partia
                 "evaluations": evaluations, "seconds": seconds_before + time.perf_counter() - started, "tokens": tokens,
                 **({} if head is None else {"target_map_head": accelerator.unwrap_model(head).state_dict(),
                                             "target_map_losses": map_losses}),
-                **({"target_attention_losses": attention_losses} if attend else {})})
+                **({"target_attention_losses": attention_losses} if attend else {}),
+                **({} if locator is None else {"target_position_head": accelerator.unwrap_model(locator).state_dict(),
+                                               "target_position_losses": position_losses})})
     seconds = seconds_before + time.perf_counter() - started
     all_tokens = int(accelerator.reduce(torch.tensor([tokens], device=accelerator.device), "sum").item())
     record = {
@@ -289,6 +311,7 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=functools.partia
         "losses": losses,
         **({"target_map_losses": map_losses} if head is not None else {}),
         **({"target_attention_losses": attention_losses} if attend else {}),
+        **({"target_position_losses": position_losses} if locator is not None else {}),
         "first_click_evaluations": evaluations,
         "seconds": seconds,
         "tokens_per_second": all_tokens / max(seconds, 1e-9),

@@ -31,10 +31,11 @@ def token_coverage(mask: np.ndarray, grid_thw, merge_size: int) -> np.ndarray:
     return pooled.flatten().repeat(frames).numpy()
 
 
-def make_head(hidden_size: int):
+def make_head(hidden_size: int, outputs: int = 1):
+    """A training-only linear read-out of hidden states (target map: 1 output; position: 2)."""
     import torch
 
-    return torch.nn.Linear(hidden_size, 1)
+    return torch.nn.Linear(hidden_size, outputs)
 
 
 def loss(head, hidden, input_ids, image_token_id: int, targets):
@@ -93,3 +94,33 @@ def attention_loss(attentions, input_ids, labels, image_token_id: int, targets, 
     if not parts:
         return attentions[..., :1, :1].sum() * 0.0
     return torch.stack(parts).mean()
+
+
+def centre(mask) -> tuple[float, float] | None:
+    """(x, y) of the mask's centre of mass as shares of the width and height; None when empty."""
+    rows, cols = np.nonzero(mask)
+    if not len(rows):
+        return None
+    return float((cols.mean() + 0.5) / mask.shape[1]), float((rows.mean() + 0.5) / mask.shape[0])
+
+
+def position_loss(head, hidden, labels, centres):
+    """Mean squared error of a linear (x, y) read-out of the answer's hidden states.
+
+    ``hidden``: (batch, length, width) states of one layer; every position that
+    predicts a trained token of a sample with a target is asked for the target's
+    centre (``centres``: (batch, 2), NaN for absent targets or no mask). Where
+    :func:`attention_loss` teaches *where to look*, this teaches the answer to
+    carry *what the look found* (the target's position), which the coordinate
+    digits need. Zero (still attached) when no sample has a centre.
+    """
+    import torch
+
+    centres = centres.to(hidden.device)
+    predicts_trained = torch.zeros_like(labels, dtype=torch.bool)
+    predicts_trained[:, :-1] = labels[:, 1:] != -100
+    predicts_trained &= ~torch.isnan(centres).any(-1, keepdim=True)
+    if not predicts_trained.any():
+        return head(hidden[:, :1]).sum() * 0.0
+    wanted = centres[:, None, :].expand(-1, labels.shape[1], -1)[predicts_trained]
+    return torch.nn.functional.mse_loss(head(hidden[predicts_trained]), wanted)
