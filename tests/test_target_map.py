@@ -56,18 +56,20 @@ def test_the_attention_loss_is_lowest_when_the_answer_looks_at_the_target():
     assert absent.item() == 0.0
 
 
-def test_the_position_loss_asks_every_answer_position_for_the_targets_centre():
+def test_the_position_loss_asks_the_replys_first_position_for_the_targets_centre():
     mask = np.zeros((10, 20), bool)
     mask[0:2, 0:4] = True
     assert centre(mask) == (0.1, 0.1) and centre(np.zeros((4, 4), bool)) is None
-    labels = torch.tensor([[-100, -100, 5, 6], [-100, -100, 5, 6]])  # positions 1 and 2 predict trained tokens
+    labels = torch.tensor([[-100, -100, 5, 6], [-100, -100, 5, 6]])  # position 1 predicts the reply's first token
     hidden = torch.zeros(2, 4, 3)
-    hidden[..., 0] = 1.0
+    hidden[:, 1, 0] = 1.0  # position 1 ...
+    hidden[:, 2, 1] = 1.0  # ... and position 2 (already inside the reply) look different
     head = torch.nn.Linear(3, 2)
     with torch.no_grad():
         head.weight.zero_()
-        head.bias.copy_(torch.tensor([0.1, 0.1]))  # always answers the first sample's centre
+        head.weight[:, 0] = 0.1  # the right centre at position 1 only
+        head.bias.zero_()
     centres = torch.tensor([[0.1, 0.1], [float("nan")] * 2])  # the second sample has no target: left out
-    assert position_loss(head, hidden, labels, centres).item() < 1e-12
+    assert position_loss(head, hidden, labels, centres).item() < 1e-12  # position 2 is not asked
     missed = position_loss(head, hidden, labels, torch.tensor([[0.5, 0.1], [0.1, 0.1]])).item()
-    assert abs(missed - 0.4**2 / 4) < 1e-6  # x off by 0.4 at 2 of 4 positions, y right: mean over 8 values
+    assert abs(missed - 0.4**2 / 4) < 1e-6  # x off by 0.4 in one of two samples, y right: mean over 4 values

@@ -297,7 +297,7 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=functools.partia
                 "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(), "step": step + 1, "losses": losses,
                 "evaluations": evaluations, "seconds": seconds_before + time.perf_counter() - started, "tokens": tokens,
                 **({} if head is None else {"target_map_head": accelerator.unwrap_model(head).state_dict(),
-                                            "target_map_losses": map_losses}),
+                                            "target_map_layer": config.target_map_layer, "target_map_losses": map_losses}),
                 **({"target_attention_losses": attention_losses} if attend else {}),
                 **({} if locator is None else {"target_position_head": accelerator.unwrap_model(locator).state_dict(),
                                                "target_position_losses": position_losses})})
@@ -332,7 +332,8 @@ def _first_click_cases(config: SFTConfig) -> list:
 
 def first_click_hits(model, processor, samples, profile_name: str = "ibis-release", max_new_tokens: int = 160,
                      map_probe=None) -> dict:
-    """Greedy first step on each sample: share parsable, share of clicks inside the named mask, per target.
+    """Greedy first step on each sample: share parsable, share of clicks inside the named mask, per target,
+    how many distinct points the clicks take.
 
     ``map_probe`` (target-map head, layer): also the share of present targets on
     which the head's highest image token is one the target covers, which tells
@@ -347,7 +348,7 @@ def first_click_hits(model, processor, samples, profile_name: str = "ibis-releas
 
     profile = get_profile(profile_name)
     model.eval()
-    hits, parsed, per_target, peaks, present = 0, 0, {}, 0, 0
+    hits, parsed, per_target, peaks, present, points = 0, 0, {}, 0, 0, set()
     rng = np.random.default_rng(0)
     for sample in samples:
         rgb = to_rgb8(sample.image)
@@ -366,6 +367,7 @@ def first_click_hits(model, processor, samples, profile_name: str = "ibis-releas
             response = parse(reply, profile)
             parsed += 1
             if response.actions:
+                points.add(response.actions[0])
                 row, col = profile.to_pixel(response.actions[0], *sample.mask.shape)
                 hit = bool(sample.mask[row, col]) if sample.mask.any() else False
             elif response.not_present:
@@ -378,6 +380,7 @@ def first_click_hits(model, processor, samples, profile_name: str = "ibis-releas
     count = max(len(samples), 1)
     return {"cases": len(samples), "hit_rate": hits / count, "parsable": parsed / count,
             "per_target": {k: f"{a}/{b}" for k, (a, b) in sorted(per_target.items())},
+            "distinct_clicks": len(points),  # one or two: the model ignores the image
             **({"map_peak_hit_rate": peaks / max(present, 1)} if map_probe is not None else {})}
 
 

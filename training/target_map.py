@@ -105,22 +105,26 @@ def centre(mask) -> tuple[float, float] | None:
 
 
 def position_loss(head, hidden, labels, centres):
-    """Mean squared error of a linear (x, y) read-out of the answer's hidden states.
+    """Mean squared error of a linear (x, y) read-out of the reply's first position.
 
-    ``hidden``: (batch, length, width) states of one layer; every position that
-    predicts a trained token of a sample with a target is asked for the target's
-    centre (``centres``: (batch, 2), NaN for absent targets or no mask). Where
-    :func:`attention_loss` teaches *where to look*, this teaches the answer to
-    carry *what the look found* (the target's position), which the coordinate
-    digits need. Zero (still attached) when no sample has a centre.
+    ``hidden``: (batch, length, width) states of one layer; the position that
+    predicts the first trained token of each reply (nothing of the reply written
+    yet) is asked for the target's centre (``centres``: (batch, 2), NaN for absent
+    targets or no mask). Later positions are left out on purpose: there the reply's
+    own words ("upper left", the digits) give the position away, and a read-out
+    learns to copy them instead of the image (measured: docs/TRAINING.md). Where
+    :func:`attention_loss` teaches *where to look*, this teaches the reply to carry
+    *what the look found*. Zero (still attached) when no sample has a centre.
     """
     import torch
 
     centres = centres.to(hidden.device)
     predicts_trained = torch.zeros_like(labels, dtype=torch.bool)
     predicts_trained[:, :-1] = labels[:, 1:] != -100
-    predicts_trained &= ~torch.isnan(centres).any(-1, keepdim=True)
-    if not predicts_trained.any():
+    first = predicts_trained.clone()
+    first[:, 1:] &= ~predicts_trained[:, :-1]  # the start of each trained run
+    first &= ~torch.isnan(centres).any(-1, keepdim=True)
+    if not first.any():
         return head(hidden[:, :1]).sum() * 0.0
-    wanted = centres[:, None, :].expand(-1, labels.shape[1], -1)[predicts_trained]
-    return torch.nn.functional.mse_loss(head(hidden[predicts_trained]), wanted)
+    wanted = centres[:, None, :].expand(-1, labels.shape[1], -1)[first]
+    return torch.nn.functional.mse_loss(head(hidden[first]), wanted)
