@@ -66,7 +66,7 @@ def look_and_write_figures(model, processor) -> dict:
 
     from training.phantoms import phantom_samples
     from training.sft import encode, render
-    from training.target_map import centre
+    from training.target_map import BATCH_KEYS, centre
     from training.trajectories import first_move
 
     rng = np.random.default_rng(0)
@@ -80,7 +80,7 @@ def look_and_write_figures(model, processor) -> dict:
         ids = encoded["input_ids"]
         pieces = [processor.tokenizer.decode([t]) for t in ids[0]]
         at = max(i for i in range(2, len(pieces)) if pieces[i - 2] in (" lies", " appears") and pieces[i - 1] == " in")
-        inputs = {k: v for k, v in encoded.items() if k not in ("labels", "target_map", "target_centre")}
+        inputs = {k: v for k, v in encoded.items() if k not in ("labels", *BATCH_KEYS)}
         with torch.inference_mode():
             out = model(**inputs, output_attentions=True, output_hidden_states=True)
         keys = (ids[0] == image_token).nonzero().squeeze(-1)

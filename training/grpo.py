@@ -33,6 +33,7 @@ from .checkpoints import load_for_training, save
 from .datasets import Sample
 from .rewards import RewardConfig, parse_or_none, step_reward, trajectory_reward
 from .rollout import Rollout, SamplingPolicy, rollout, training_samples
+from . import target_map
 from .sft import collate, encode
 
 
@@ -84,7 +85,7 @@ def token_log_probs(model, batch: dict):
     """(log p of each next token, mask of the trained ones): both (B, T-1)."""
     import torch
 
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "target_map", "target_centre")}
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", *target_map.BATCH_KEYS)}
     logits = model(**inputs).logits[:, :-1].float()
     targets = batch["input_ids"][:, 1:]
     log_probs = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]

@@ -120,14 +120,12 @@ def encode(processor, sample: RenderedSample) -> dict:
 
 def _target_map(processor, sample: RenderedSample, grids) -> np.ndarray:
     """One target-map value per image token (NaN without a target mask): see :mod:`training.target_map`."""
-    from .target_map import token_coverage
-
     if grids is None:
         return np.zeros(0, dtype=np.float32)
     merge = processor.image_processor.merge_size
     if sample.target_mask is None:
         return np.full(int(np.asarray(grids).prod(axis=1).sum()) // merge**2, np.nan, dtype=np.float32)
-    return np.concatenate([token_coverage(sample.target_mask, g, merge) for g in grids]).astype(np.float32)
+    return np.concatenate([target_map.token_coverage(sample.target_mask, g, merge) for g in grids]).astype(np.float32)
 
 
 def collate(encoded: list[dict], pad_id: int) -> dict:
@@ -195,13 +193,9 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=functools.partia
     rank, world = accelerator.process_index, accelerator.num_processes
     torch.manual_seed(config.seed)
     model, processor, resuming = load_for_training(config, accelerator)
+    terms = target_map.Terms(config, model.config.text_config.hidden_size, model.config.image_token_id)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    head = target_map.make_head(model.config.text_config.hidden_size) if config.target_map_weight > 0 else None
-    if head is not None:
-        trainable += list(head.parameters())
-    locator = target_map.make_head(model.config.text_config.hidden_size, 2) if config.target_position_weight > 0 else None
-    if locator is not None:
-        trainable += list(locator.parameters())
+    trainable += [p for head in terms.heads.values() for p in head.parameters()]
     optimiser = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
     warmup = max(1, int(config.steps * config.warmup_fraction))
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -216,76 +210,47 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=functools.partia
         start_step, losses = int(state["step"]), list(state.get("losses", []))
         evaluations, seconds_before = list(state.get("evaluations", [])), float(state.get("seconds", 0.0))
         tokens = int(state.get("tokens", 0))
-        if head is not None and "target_map_head" in state:
-            head.load_state_dict(state["target_map_head"])
-        if locator is not None and "target_position_head" in state:
-            locator.load_state_dict(state["target_position_head"])
+        terms.load(state)
     model.train()
-    attend = config.target_attention_weight > 0
-    if attend:
+    if terms.needs_attentions:
         model.set_attn_implementation("eager")  # attention weights are needed; the saved folder keeps its own setting
-    extra_heads = [h for h in (head, locator) if h is not None]
-    model, *extra_heads, optimiser = accelerator.prepare(model, *extra_heads, optimiser)
-    if head is not None:
-        head = extra_heads.pop(0)
-    if locator is not None:
-        locator = extra_heads.pop(0)
-    image_token_id = accelerator.unwrap_model(model).config.image_token_id
-    map_losses: list[float] = list(state.get("target_map_losses", [])) if resuming else []
-    attention_losses: list[float] = list(state.get("target_attention_losses", [])) if resuming else []
-    position_losses: list[float] = list(state.get("target_position_losses", [])) if resuming else []
+    model, *heads, optimiser = accelerator.prepare(model, *terms.heads.values(), optimiser)
+    terms.heads = dict(zip(terms.heads, heads))
     pad_id = processor.tokenizer.pad_token_id
     evaluation = _first_click_cases(config) if config.eval_every and accelerator.is_main_process else []
     order = random.Random(config.seed)  # the same stream on every process: each takes its slice
     for _ in range(start_step * config.gradient_accumulation):
         order.choices(range(len(samples)), k=config.batch_size * world)
+
+    def mean(value: float) -> float:  # over the processes
+        return float(accelerator.reduce(torch.tensor([value], device=accelerator.device), "mean").item())
+
     started = time.perf_counter()
     for step in range(start_step, config.steps):
         optimiser.zero_grad()
-        total, map_total, attention_total, position_total = 0.0, 0.0, 0.0, 0.0
+        total = 0.0
         for micro in range(config.gradient_accumulation):
             picks = order.choices(range(len(samples)), k=config.batch_size * world)
             mine = picks[rank * config.batch_size:(rank + 1) * config.batch_size]
             batch = {k: v.to(accelerator.device) for k, v in collate([encode(processor, samples[i]) for i in mine], pad_id).items()}
-            token_map, centres = batch.pop("target_map", None), batch.pop("target_centre", None)
+            targets = {key: batch.pop(key) for key in target_map.BATCH_KEYS}
             sync = accelerator.no_sync(model) if micro < config.gradient_accumulation - 1 else contextlib.nullcontext()
             with sync:
-                out = model(**batch, output_hidden_states=head is not None or locator is not None, output_attentions=attend)
-                loss = out.loss
-                total += loss.item() / config.gradient_accumulation
-                if head is not None:
-                    map_loss = target_map.loss(head, out.hidden_states[config.target_map_layer], batch["input_ids"],
-                                               image_token_id, token_map)
-                    map_total += map_loss.item() / config.gradient_accumulation
-                    loss = loss + config.target_map_weight * map_loss
-                if attend:
-                    attention_loss = target_map.attention_loss(out.attentions[config.target_attention_layer - 1],
-                                                               batch["input_ids"], batch["labels"], image_token_id, token_map)
-                    attention_total += attention_loss.item() / config.gradient_accumulation
-                    loss = loss + config.target_attention_weight * attention_loss
-                if locator is not None:
-                    position_loss = target_map.position_loss(locator, out.hidden_states[config.target_attention_layer],
-                                                             batch["labels"], centres)
-                    position_total += position_loss.item() / config.gradient_accumulation
-                    loss = loss + config.target_position_weight * position_loss
+                out = model(**batch, output_hidden_states=terms.needs_hidden_states, output_attentions=terms.needs_attentions)
+                total += out.loss.item() / config.gradient_accumulation
+                loss = out.loss + terms.loss(out, batch, targets, share=1 / config.gradient_accumulation)
                 accelerator.backward(loss / config.gradient_accumulation)
             tokens += int(batch["attention_mask"].sum())
         accelerator.clip_grad_norm_(trainable, 1.0)
         optimiser.step()
         schedule.step()
-        losses.append(float(accelerator.reduce(torch.tensor([total], device=accelerator.device), "mean").item()))
-        if head is not None:
-            map_losses.append(float(accelerator.reduce(torch.tensor([map_total], device=accelerator.device), "mean").item()))
-        if attend:
-            attention_losses.append(float(accelerator.reduce(torch.tensor([attention_total], device=accelerator.device), "mean").item()))
-        if locator is not None:
-            position_losses.append(float(accelerator.reduce(torch.tensor([position_total], device=accelerator.device), "mean").item()))
+        losses.append(mean(total))
+        terms.end_step(mean)
         if config.log_every and (step + 1) % config.log_every == 0 and accelerator.is_main_process:
-            extra = f" (target map {np.mean(map_losses[-config.log_every:]):.4f})" if head is not None else ""
-            extra += f" (target attention {np.mean(attention_losses[-config.log_every:]):.4f})" if attend else ""
-            extra += f" (target position {np.mean(position_losses[-config.log_every:]):.4f})" if locator is not None else ""
+            extra = terms.describe(config.log_every)
             log(f"step {step + 1}/{config.steps} loss {np.mean(losses[-config.log_every:]):.4f}{extra}")
         if evaluation and (step + 1) % config.eval_every == 0:
+            head = terms.heads.get("target_map")
             probe = None if head is None else (accelerator.unwrap_model(head), config.target_map_layer)
             result = first_click_hits(accelerator.unwrap_model(model), processor, evaluation, config.profile, map_probe=probe)
             evaluations.append({"step": step + 1, **result})
@@ -296,11 +261,7 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=functools.partia
             save(accelerator, model, processor, checkpoint, config, {
                 "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(), "step": step + 1, "losses": losses,
                 "evaluations": evaluations, "seconds": seconds_before + time.perf_counter() - started, "tokens": tokens,
-                **({} if head is None else {"target_map_head": accelerator.unwrap_model(head).state_dict(),
-                                            "target_map_layer": config.target_map_layer, "target_map_losses": map_losses}),
-                **({"target_attention_losses": attention_losses} if attend else {}),
-                **({} if locator is None else {"target_position_head": accelerator.unwrap_model(locator).state_dict(),
-                                               "target_position_losses": position_losses})})
+                **terms.state(accelerator.unwrap_model)})
     seconds = seconds_before + time.perf_counter() - started
     all_tokens = int(accelerator.reduce(torch.tensor([tokens], device=accelerator.device), "sum").item())
     record = {
@@ -309,9 +270,7 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=functools.partia
         "processes": world,
         "trainable_parameters": sum(p.numel() for p in trainable),
         "losses": losses,
-        **({"target_map_losses": map_losses} if head is not None else {}),
-        **({"target_attention_losses": attention_losses} if attend else {}),
-        **({"target_position_losses": position_losses} if locator is not None else {}),
+        **terms.record(),
         "first_click_evaluations": evaluations,
         "seconds": seconds,
         "tokens_per_second": all_tokens / max(seconds, 1e-9),
@@ -355,13 +314,15 @@ def first_click_hits(model, processor, samples, profile_name: str = "ibis-releas
         turn = Turn(profile.observation(rgb, None), profile.user_text(text.query(sample.target, sample.modality, rng), first=True))
         messages = _as_pil(profile.messages([turn]))
         inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
-        if map_probe is not None and sample.mask.any():
-            peaks += _map_peak_on_target(model, processor, inputs, map_probe, sample.mask)
-            present += 1
+        probed = map_probe is not None and bool(sample.mask.any())
         with torch.inference_mode():
             out = model.generate(**inputs.to(model.device), max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=processor.tokenizer.pad_token_id)
-        reply = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+                                 pad_token_id=processor.tokenizer.pad_token_id, return_dict_in_generate=True,
+                                 output_hidden_states=probed)
+        if probed:  # the prompt's hidden states come with the first generated token
+            peaks += _map_peak_on_target(out.hidden_states[0], inputs, map_probe, sample.mask, processor, model)
+            present += 1
+        reply = processor.tokenizer.decode(out.sequences[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         hit = False
         try:
             response = parse(reply, profile)
@@ -384,16 +345,14 @@ def first_click_hits(model, processor, samples, profile_name: str = "ibis-releas
             **({"map_peak_hit_rate": peaks / max(present, 1)} if map_probe is not None else {})}
 
 
-def _map_peak_on_target(model, processor, inputs, map_probe, mask) -> bool:
+def _map_peak_on_target(prompt_states, inputs, map_probe, mask, processor, model) -> bool:
     import torch
-
-    from .target_map import token_coverage
 
     head, layer = map_probe
     with torch.inference_mode():
-        hidden = model(**inputs.to(model.device), output_hidden_states=True).hidden_states[layer][0]
+        hidden = prompt_states[layer][0]
         logits = head(hidden[inputs["input_ids"][0] == model.config.image_token_id]).squeeze(-1)
-    coverage = token_coverage(mask, inputs["image_grid_thw"][0], processor.image_processor.merge_size)
+    coverage = target_map.token_coverage(mask, inputs["image_grid_thw"][0], processor.image_processor.merge_size)
     return bool(coverage[int(logits.argmax())] > 0)
 
 

@@ -64,6 +64,15 @@ def loss(head, hidden, input_ids, image_token_id: int, targets):
     return sum(parts) / len(parts)
 
 
+def _predicts_trained(labels):
+    """(batch, length) True where the next token is trained (labels shifted by one)."""
+    import torch
+
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    mask[:, :-1] = labels[:, 1:] != -100
+    return mask
+
+
 def attention_loss(attentions, input_ids, labels, image_token_id: int, targets, head: int = 0):
     """Teach one attention head to look at the named structure from every trained token.
 
@@ -79,8 +88,7 @@ def attention_loss(attentions, input_ids, labels, image_token_id: int, targets, 
 
     targets = targets.to(attentions.device)
     is_image = input_ids == image_token_id
-    predicts_trained = torch.zeros_like(is_image)
-    predicts_trained[:, :-1] = labels[:, 1:] != -100
+    predicts_trained = _predicts_trained(labels)
     parts, offset = [], 0
     for row in range(input_ids.shape[0]):
         keys = torch.nonzero(is_image[row]).squeeze(-1)
@@ -119,8 +127,7 @@ def position_loss(head, hidden, labels, centres):
     import torch
 
     centres = centres.to(hidden.device)
-    predicts_trained = torch.zeros_like(labels, dtype=torch.bool)
-    predicts_trained[:, :-1] = labels[:, 1:] != -100
+    predicts_trained = _predicts_trained(labels)
     first = predicts_trained.clone()
     first[:, 1:] &= ~predicts_trained[:, :-1]  # the start of each trained run
     first &= ~torch.isnan(centres).any(-1, keepdim=True)
@@ -128,3 +135,79 @@ def position_loss(head, hidden, labels, centres):
         return head(hidden[:, :1]).sum() * 0.0
     wanted = centres[:, None, :].expand(-1, labels.shape[1], -1)[first]
     return torch.nn.functional.mse_loss(head(hidden[first]), wanted)
+
+
+# Batch keys that carry these targets (made by training.sft.encode/collate); not model inputs.
+BATCH_KEYS = ("target_map", "target_centre")
+
+# The terms by the name they have in logs, cards, checkpoints and SFTConfig (NAME_weight).
+TERMS = ("target_map", "target_attention", "target_position")
+
+
+class Terms:
+    """The target-map terms an SFT run uses: their heads, weights and per-step losses.
+
+    Built from an SFTConfig; terms with weight 0 are off. ``heads`` are trained with
+    the model (pass them to the optimiser and to ``accelerator.prepare``); ``state``
+    and ``load`` carry heads and loss histories through checkpoints, so the card of a
+    resumed run covers the whole run.
+    """
+
+    def __init__(self, config, hidden_size: int, image_token_id: int):
+        self.config, self.image_token_id = config, image_token_id
+        self.on = [name for name in TERMS if getattr(config, f"{name}_weight") > 0]
+        self.heads = {}
+        if "target_map" in self.on:
+            self.heads["target_map"] = make_head(hidden_size)
+        if "target_position" in self.on:
+            self.heads["target_position"] = make_head(hidden_size, 2)
+        self.losses = {name: [] for name in self.on}
+        self._step = {}
+
+    @property
+    def needs_hidden_states(self) -> bool:
+        return bool(self.heads)
+
+    @property
+    def needs_attentions(self) -> bool:
+        return "target_attention" in self.on
+
+    def loss(self, out, batch: dict, targets: dict, share: float):
+        """The weighted sum of the terms on one micro-batch; ``share`` scales what is logged."""
+        config, total = self.config, 0.0
+        for name in self.on:
+            if name == "target_map":
+                value = loss(self.heads[name], out.hidden_states[config.target_map_layer], batch["input_ids"],
+                             self.image_token_id, targets["target_map"])
+            elif name == "target_attention":
+                value = attention_loss(out.attentions[config.target_attention_layer - 1], batch["input_ids"],
+                                       batch["labels"], self.image_token_id, targets["target_map"])
+            else:
+                value = position_loss(self.heads[name], out.hidden_states[config.target_attention_layer],
+                                      batch["labels"], targets["target_centre"])
+            self._step[name] = self._step.get(name, 0.0) + value.item() * share
+            total = total + getattr(config, f"{name}_weight") * value
+        return total
+
+    def end_step(self, mean) -> None:
+        """Append this step's loss of each term (``mean``: averages a float over processes)."""
+        for name in self.on:
+            self.losses[name].append(mean(self._step.pop(name, 0.0)))
+
+    def describe(self, last: int) -> str:
+        return "".join(f" ({name.replace('_', ' ')} {np.mean(self.losses[name][-last:]):.4f})" for name in self.on)
+
+    def record(self) -> dict:
+        return {f"{name}_losses": losses for name, losses in self.losses.items()}
+
+    def state(self, unwrap) -> dict:
+        heads = {f"{name}_head": unwrap(head).state_dict() for name, head in self.heads.items()}
+        layer = {"target_map_layer": self.config.target_map_layer} if "target_map" in self.heads else {}
+        return {**heads, **layer, **self.record()}
+
+    def load(self, state: dict) -> None:
+        for name, head in self.heads.items():
+            if f"{name}_head" in state:
+                head.load_state_dict(state[f"{name}_head"])
+        for name in self.on:
+            self.losses[name] = list(state.get(f"{name}_losses", []))
