@@ -10,7 +10,8 @@ with) and at most 8 steps; see training/evaluate.py for the metrics.
     python benchmarks/agents.py --only SFT --threads 1  # one entry (two can run side by side)
 Updates benchmarks/results/agents.json (one entry per model) and prints a table.
 benchmarks/results/agents-v1.json holds the first default agent's figures (no grounding
-stage, phantoms before their anatomy fix, SFT on whole numbers as tokens), for the record.
+stage, phantoms before their anatomy fix, SFT on whole numbers as tokens) and
+agents-v2.json the second's (grounding stage without the target-map terms), for the record.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ MODELS = {
     "untrained (random init)": "runs/default/init",
     "SFT on first decisions only (grounding)": "runs/default/grounding",
     "SFT (grounding, then trajectories without self-reflection)": "runs/default/sft-plain",
-    "SFT with self-reflection": "runs/default/sft",
-    "SFT with self-reflection + GRPO (shipped)": "runs/default/grpo",
+    "SFT with self-reflection (shipped)": "runs/default/sft",
+    "SFT with self-reflection + GRPO": "runs/default/grpo",
     "SFT with self-reflection + GRPO without placement and progressive rewards": "runs/default/grpo-no-region-rewards",
 }
 OUT = ROOT / "benchmarks" / "results" / "agents.json"

@@ -11,7 +11,9 @@ For each model folder (or SFT checkpoint folder) on held-out phantoms (seeds fro
   of any layer gives to the target's image tokens from the position that writes the
   first word of the place ("... it lies in the | upper left of the image"): the
   first point of the reply where the image decides the text, before any word of it
-  gives the position away;
+  gives the position away; for that head also where it points (the centre of its
+  attention over the image tokens, correlated with the target's centre) and how much
+  of its attention goes to image tokens at all;
 - writes: how much of the target's centre (x and y, R^2 on held-out cases) a ridge
   probe reads from the hidden state at that position, per layer (layer 0: the
   embeddings; layer i: the output of decoder layer i).
@@ -66,12 +68,13 @@ def look_and_write_figures(model, processor) -> dict:
 
     from training.phantoms import phantom_samples
     from training.sft import encode, render
-    from training.target_map import BATCH_KEYS, centre
+    from training.target_map import BATCH_KEYS, centre, token_positions
     from training.trajectories import first_move
 
     rng = np.random.default_rng(0)
     image_token = model.config.image_token_id
-    looks, states, centres = [], [], []
+    merge = model.config.vision_config.spatial_merge_size
+    looks, states, centres, attended, image_shares = [], [], [], [], []
     for sample in phantom_samples(range(*PROBE_SEEDS)):
         if not sample.mask.any():
             continue
@@ -88,11 +91,17 @@ def look_and_write_figures(model, processor) -> dict:
         shares = [(layer[0, :, at][:, keys] * on_target).sum(-1) / layer[0, :, at][:, keys].sum(-1).clamp_min(1e-9)
                   for layer in out.attentions]
         looks.append(torch.stack(shares).numpy())  # (layers, heads)
+        places = token_positions(encoded["image_grid_thw"], merge).numpy()
+        weights = torch.stack([layer[0, :, at][:, keys] for layer in out.attentions]).numpy()  # (layers, heads, tokens)
+        image_shares.append(weights.sum(-1))
+        attended.append(weights @ places / weights.sum(-1, keepdims=True).clip(1e-9))  # (layers, heads, 2)
         states.append([h[0, at].numpy() for h in out.hidden_states])
         centres.append(centre(sample.mask))
     looks = np.mean(looks, axis=0)
     best_layer, best_head = np.unravel_index(looks.argmax(), looks.shape)
     target = np.array(centres)
+    pointed = np.array(attended)[:, best_layer, best_head]
+    points = {axis: round(float(np.corrcoef(pointed[:, k], target[:, k])[0, 1]), 3) for k, axis in enumerate("xy")}
     train = len(target) * 2 // 3
     written = {}
     for layer in range(len(states[0])):
@@ -105,7 +114,9 @@ def look_and_write_figures(model, processor) -> dict:
         written[f"layer {layer}"] = {"x": round(float(r2[0]), 3), "y": round(float(r2[1]), 3)}
     return {"probe_cases": len(target), "held_out_probe_cases": len(target) - train,
             "attention_on_target": {"best": round(float(looks.max()), 3), "layer": int(best_layer) + 1, "head": int(best_head),
-                                    "per_layer_best": [round(float(v), 3) for v in looks.max(1)]},
+                                    "per_layer_best": [round(float(v), 3) for v in looks.max(1)],
+                                    "image_share": round(float(np.mean(image_shares, 0)[best_layer, best_head]), 3),
+                                    "points_at_centre_corr": points},
             "centre_r2_before_place": written}
 
 
@@ -135,7 +146,10 @@ def main() -> None:
         sees = "n/a" if figures["map_peak_hit_rate"] is None else f"{figures['map_peak_hit_rate']:.2f}"
         print(f"{name}: clicks inside {figures['click_hit_rate']:.2f} ({figures['distinct_clicks']} distinct points in "
               f"{figures['cases']} cases), sees {sees}, looks {figures['attention_on_target']['best']:.2f} "
-              f"(layer {figures['attention_on_target']['layer']} head {figures['attention_on_target']['head']}), "
+              f"(layer {figures['attention_on_target']['layer']} head {figures['attention_on_target']['head']}, "
+              f"{figures['attention_on_target']['image_share']:.2f} of it on the image, points at the centre with "
+              f"corr x {figures['attention_on_target']['points_at_centre_corr']['x']:.2f} "
+              f"y {figures['attention_on_target']['points_at_centre_corr']['y']:.2f}), "
               f"writes x R2 {last[1]['x']:.2f} y R2 {last[1]['y']:.2f} ({last[0]}), {figures['seconds']:.0f} s", flush=True)
 
 

@@ -11,7 +11,7 @@ def test_one_command_rebuilds_an_agent_from_nothing_and_bundles_it(tmp_path):
         "data.yaml": {"output": str(run / "data"), "seeds": [0, 2], "max_steps": 2, "stop_iou": 0.8, "min_dice": 0.0},
         "first.yaml": {"output": str(run / "first"), "first_move_only": True, "seeds": [0, 3]},
         "grounding.yaml": {"model": str(run / "init"), "output": str(run / "grounding"), "data": str(run / "first"),
-                           "steps": 2, "log_every": 0, "tiny": {"vocab_size": 600}},
+                           "steps": 2, "log_every": 0, "tiny": {"vocab_size": 600}, "target_map_weight": 1.0},
         "sft.yaml": {"model": str(run / "grounding"), "output": str(run / "sft"), "data": str(run / "data"), "steps": 2,
                      "log_every": 0},
         "grpo.yaml": {"model": str(run / "sft"), "output": str(run / "grpo"), "steps": 1, "questions_per_step": 1,
@@ -22,7 +22,7 @@ def test_one_command_rebuilds_an_agent_from_nothing_and_bundles_it(tmp_path):
     for name, content in stages.items():
         (tmp_path / name).write_text(yaml.safe_dump(content))
     plan = {"data": "data.yaml", "grounding_data": "first.yaml", "grounding": "grounding.yaml", "sft": "sft.yaml", "grpo": "grpo.yaml", "evaluate": "eval.yaml",
-            "bundle": str(tmp_path / "bundle")}
+            "bundle": str(tmp_path / "bundle"), "bundle_stage": "sft"}
     (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
     assert main(["pipeline", str(tmp_path / "plan.yaml")]) == 0
     bundle = tmp_path / "bundle"
@@ -30,9 +30,14 @@ def test_one_command_rebuilds_an_agent_from_nothing_and_bundles_it(tmp_path):
     card = json.loads((bundle / "model_card.json").read_text())
     assert card["grounding"]["steps"] == 2 and card["sft"]["steps"] == 2 and card["grpo"]["steps"] == 1
     assert card["stages"]["sft"] == str(run / "sft")
+    # GRPO ran and is on the card, but the stage named by bundle_stage is the one shipped
+    assert (bundle / "model.safetensors").read_bytes() == (run / "sft" / "model.safetensors").read_bytes()
+    assert card["stages"]["bundled_stage"] == "sft"
     assert card["evaluation"]["phantoms (synthetic)"]["cases"] == 2
     markdown = (bundle / "MODEL_CARD.md").read_text()
     assert "| phantoms (synthetic) | 2 |" in markdown and "SFT on first decisions (grounding): 2 steps" in markdown
+    assert "target-map terms (training/target_map.py): target_map x 1.0" in markdown  # how the model was taught
+    assert "This folder holds the model of the `sft` stage" in markdown and "Not in this folder" in markdown
     # the bundled folder is a model the runtime loads
     from napari_ibis.policies import load_policy
 

@@ -161,12 +161,13 @@ def test_the_target_map_losses_train_a_head_and_an_attention_head_and_save_an_or
     assert all(s.target_mask is not None for s in samples)  # the dataset folder keeps each sample's target mask
     config = SFTConfig(model=str(tiny_vlm_folder), output=str(tmp_path / "sft"), steps=30, batch_size=2,
                        learning_rate=1e-3, log_every=0, target_map_weight=1.0, target_attention_weight=1.0, target_position_weight=1.0, save_every=30,
-                       eval_every=30, eval_seeds=[90000, 90001])
+                       token_position_weight=1.0, target_attention_all_keys=True, eval_every=30, eval_seeds=[90000, 90001])
     record = train(config, samples)
     (evaluation,) = record["first_click_evaluations"]
     assert 0.0 <= evaluation["map_peak_hit_rate"] <= 1.0  # does the model see the target, whatever it clicks?
-    # the head learns the map, head 0 of layer 3 to look at it, the answer to carry where it is
-    for name in ("target_map_losses", "target_attention_losses", "target_position_losses"):
+    # the head learns the map, head 0 of layer 3 to look at it (and what it reads to hold each token's place),
+    # the answer to carry where it is
+    for name in ("target_map_losses", "target_attention_losses", "target_position_losses", "token_position_losses"):
         first, last = np.mean(record[name][:5]), np.mean(record[name][-5:])
         assert last < first * 0.9, (name, first, last)
     before = Qwen3VLForConditionalGeneration.from_pretrained(tiny_vlm_folder).state_dict()
@@ -175,7 +176,7 @@ def test_the_target_map_losses_train_a_head_and_an_attention_head_and_save_an_or
     import torch
 
     state = torch.load(tmp_path / "sft" / "checkpoint" / "trainer_state.pt", weights_only=True)
-    assert "target_map_head" in state and "target_position_head" in state  # a resumed run goes on with the same heads
+    assert {"target_map_head", "target_position_head", "token_position_head"} <= state.keys()  # a resumed run goes on with the same heads
 
 
 CONFIGS = Path(__file__).parents[1] / "training" / "configs"
@@ -187,3 +188,20 @@ def test_every_sft_config_in_the_repository_reads_into_its_settings(name):
 
     config = SFTConfig(**read_config(CONFIGS / name))  # a misspelt key fails here
     assert config.steps > 0 and config.output
+
+
+def test_replay_mixes_a_fixed_draw_of_an_earlier_stages_samples_into_the_data(small_dataset, tmp_path):
+    from training.sft import replayed
+    from training.storage import read_dataset
+
+    def key(sample):  # a sample's texts and the bytes of its images
+        items = [item for message in sample.messages for item in message["content"]]
+        return repr([item["text"] if item["type"] == "text" else np.asarray(item["image"]).tobytes() for item in items])
+
+    pool = {key(s) for s in read_dataset(small_dataset)}
+    config = SFTConfig(model="m", output="o", replay_data=str(small_dataset), replay_samples=3, seed=1)
+    drawn = [key(s) for s in replayed(config)]
+    assert len(set(drawn)) == 3 and set(drawn) <= pool  # three distinct samples of that folder
+    assert [key(s) for s in replayed(config)] == drawn  # the same draw on a rerun (resume)
+    assert len(replayed(SFTConfig(model="m", output="o", replay_data=str(small_dataset)))) == len(pool)
+    assert replayed(SFTConfig(model="m", output="o")) == []

@@ -3,7 +3,8 @@
 import numpy as np
 import torch
 
-from training.target_map import attention_loss, centre, loss, position_loss, token_coverage
+from training.target_map import (attention_loss, centre, loss, position_loss, token_coverage, token_position_loss,
+                                 token_positions)
 
 IMAGE = 9
 
@@ -54,6 +55,42 @@ def test_the_attention_loss_is_lowest_when_the_answer_looks_at_the_target():
     assert on_target < 1e-6 < spread < elsewhere
     absent = attention_loss(attention([1]), ids, labels, IMAGE, torch.zeros(3))  # nothing to look at: no term
     assert absent.item() == 0.0
+
+
+def test_with_all_keys_the_attention_loss_also_asks_the_head_not_to_look_at_text():
+    ids = torch.tensor([[1, IMAGE, IMAGE, IMAGE, 7, 8]])
+    labels = torch.tensor([[-100, -100, -100, -100, -100, 8]])
+    targets = torch.tensor([0.0, 0.0, 1.0])
+    half_on_text = torch.zeros(1, 1, 6, 6)
+    half_on_text[0, 0, 4, [0, 3]] = 0.5  # half on the first text token, half on the target
+    all_on_target = torch.zeros(1, 1, 6, 6)
+    all_on_target[0, 0, 4, 3] = 1.0
+    assert attention_loss(half_on_text, ids, labels, IMAGE, targets).item() < 1e-6  # renormalised over the image
+    diluted = attention_loss(half_on_text, ids, labels, IMAGE, targets, all_keys=True).item()
+    assert abs(diluted - np.log(2)) < 1e-5
+    assert attention_loss(all_on_target, ids, labels, IMAGE, targets, all_keys=True).item() < 1e-6
+
+
+def test_token_positions_are_the_merged_tokens_centres_in_raster_order_image_after_image():
+    positions = token_positions(torch.tensor([[1, 4, 8], [1, 2, 2]]), merge_size=2)
+    assert positions.shape == (2 * 4 + 1, 2)
+    assert positions[:4].tolist() == [[0.125, 0.25], [0.375, 0.25], [0.625, 0.25], [0.875, 0.25]]  # first row
+    assert positions[4].tolist() == [0.125, 0.75] and positions[8].tolist() == [0.5, 0.5]  # second row; the second image
+
+
+def test_the_token_position_loss_is_zero_when_each_image_tokens_value_holds_its_own_place():
+    ids = torch.tensor([[1, IMAGE, IMAGE, IMAGE, IMAGE, 2]])
+    positions = token_positions(torch.tensor([[1, 4, 4]]), merge_size=2)
+    values = torch.zeros(1, 6, 3)
+    values[0, 1:5, :2] = positions  # the image tokens' values are their places; text is ignored
+    values[0, [0, 5]] = 5.0
+    head = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(2, 3))
+        head.bias.zero_()
+    assert token_position_loss(head, values, ids, IMAGE, positions).item() < 1e-12
+    shuffled = token_position_loss(head, values, ids, IMAGE, positions.flip(0)).item()
+    assert shuffled > 0.1  # values that do not match their tokens' places cost
 
 
 def test_the_position_loss_asks_the_replys_first_position_for_the_targets_centre():

@@ -9,11 +9,14 @@ CONFIG names one config file per stage (paths relative to CONFIG's folder):
     grpo: grpo-default.yaml          # napari-ibis grpo
     evaluate: eval-default.yaml      # napari-ibis evaluate
     bundle: resources/models/default  # where the finished model folder is copied (optional)
+    bundle_stage: sft                # which stage's model to copy (default: the last one run)
 
 A stage whose output is complete is skipped, so a run that was stopped goes on
 where it was (SFT and GRPO also resume from their checkpoints). The bundle holds
 the model files only, plus MODEL_CARD.md and model_card.json written from the
-training cards and the evaluation.
+training cards and the evaluation. ``bundle_stage`` ships an earlier stage's model
+when a later one measured worse (the card says so; point ``evaluate`` at the
+shipped stage).
 """
 
 from __future__ import annotations
@@ -67,8 +70,11 @@ def run(config_path: str | Path, log=print) -> dict:
             command([str(path)])
         produced[name] = stage_config["output"]
     if plan.get("bundle"):
-        final = produced.get("grpo") or produced.get("sft") or produced.get("grounding")
-        produced["bundle"] = str(bundle(final, plan["bundle"], produced))
+        stage = plan.get("bundle_stage") or next(s for s in ("grpo", "sft", "grounding") if s in produced)
+        if stage not in produced:
+            raise SystemExit(f"bundle_stage {stage!r} is not a stage of {config_path}")
+        produced["bundled_stage"] = stage
+        produced["bundle"] = str(bundle(produced[stage], plan["bundle"], produced))
         log(f"bundled: {produced['bundle']}")
     return produced
 
@@ -109,8 +115,9 @@ def model_card(produced: dict) -> dict:
                         "reward_first_10": _mean([s["reward/total"] for s in steps[:10]]),
                         "reward_last_10": _mean([s["reward/total"] for s in steps[-10:]])}
     if "evaluate" in produced and Path(produced["evaluate"]).is_file():
-        results = json.loads(Path(produced["evaluate"]).read_text())["results"]
-        card["evaluation"] = {name: result["summary"] for name, result in results.items()}
+        evaluation = json.loads(Path(produced["evaluate"]).read_text())
+        card["evaluated_model"] = evaluation["config"]["model"]
+        card["evaluation"] = {name: result["summary"] for name, result in evaluation["results"].items()}
     return card
 
 
@@ -120,6 +127,8 @@ def _mean(values) -> float:
 
 
 def card_markdown(card: dict, folder: Path) -> str:
+    from .target_map import TERMS as TARGET_TERMS
+
     size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) / 2**20
     lines = ["# napari-ibis default agent", "",
              "A small Qwen3-VL-class model trained from scratch on 2 CPU cores by `napari-ibis pipeline "
@@ -132,15 +141,24 @@ def card_markdown(card: dict, folder: Path) -> str:
         sft = card[stage]
         lines += [f"- {title}: {sft['steps']} steps of batch {sft['config']['batch_size']} on {sft['samples']} chat "
                   f"samples, loss {sft['loss_first_50']:.3f} -> {sft['loss_last_50']:.3f} ({sft['seconds'] / 60:.0f} min)."]
+        terms = [f"{name} x {sft['config'][f'{name}_weight']}" for name in TARGET_TERMS
+                 if sft["config"].get(f"{name}_weight", 0) > 0]
+        if terms:
+            lines.append(f"  - target-map terms (training/target_map.py): {', '.join(terms)}")
         for ev in sft["first_click_evaluations"]:
             lines.append(f"  - first click inside the named structure at step {ev['step']}: {ev['hit_rate']:.2f} "
                          f"({ev['cases']} held-out phantom cases; {ev['per_target']})")
+    shipped = card["stages"].get("bundled_stage")
     if "grpo" in card:
         grpo = card["grpo"]
+        not_shipped = " Not in this folder: the SFT model it started from measured better." if shipped not in (None, "grpo") else ""
         lines += [f"- GRPO: {grpo['steps']} steps ({grpo['config']['mode']} mode, group {grpo['config']['group_size']}), "
-                  f"mean reward {grpo['reward_first_10']:.3f} (first 10 steps) -> {grpo['reward_last_10']:.3f} (last 10)."]
+                  f"mean reward {grpo['reward_first_10']:.3f} (first 10 steps) -> {grpo['reward_last_10']:.3f} (last 10).{not_shipped}"]
+    if shipped:
+        lines += [f"- This folder holds the model of the `{shipped}` stage ({card['stages'][shipped]})."]
     if "evaluation" in card:
-        lines += ["", "| set | cases | mean IoU | Dice | entity F1 | steps | parsable | oracle IoU, same clicks | s/case |",
+        lines += ["", f"Held-out evaluation of {card['evaluated_model']} (`napari-ibis evaluate`):",
+                  "", "| set | cases | mean IoU | Dice | entity F1 | steps | parsable | oracle IoU, same clicks | s/case |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for name, s in card["evaluation"].items():
             lines.append(f"| {name} | {s['cases']} | {s['mean_iou']:.3f} | {s['mean_dice']:.3f} | {s['entity_f1']:.3f} | "

@@ -175,6 +175,10 @@ class SFTConfig:
     target_attention_weight: float = 0.0  # > 0: one attention head learns to look at the target (target_map.attention_loss)
     target_attention_layer: int = 3  # decoder layer (1-based) whose head 0 is taught; eager attention while training
     target_position_weight: float = 0.0  # > 0: that layer's output at the answer predicts the target's centre (position_loss)
+    target_attention_all_keys: bool = False  # the taught head spends all its attention on the target, not only its image share
+    token_position_weight: float = 0.0  # > 0: that head's value of each image token holds the token's own x, y
+    replay_data: str = ""  # another dataset folder to mix in, so a later stage keeps what an earlier one taught
+    replay_samples: int = 0  # how many of its samples (drawn once, with `seed`); 0 with replay_data: all of them
     tiny: dict = field(default_factory=dict)  # build a new small model at `model` first (TinyConfig keys)
     extra: dict = field(default_factory=dict)
 
@@ -193,7 +197,7 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=functools.partia
     rank, world = accelerator.process_index, accelerator.num_processes
     torch.manual_seed(config.seed)
     model, processor, resuming = load_for_training(config, accelerator)
-    terms = target_map.Terms(config, model.config.text_config.hidden_size, model.config.image_token_id)
+    terms = target_map.Terms(config, model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     trainable += [p for head in terms.heads.values() for p in head.parameters()]
     optimiser = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
@@ -360,12 +364,31 @@ def render_all(trajectories: Iterable[Trajectory], profile: str) -> list[Rendere
     return [sample for t in trajectories for sample in render(t, profile)]
 
 
+def replayed(config: SFTConfig) -> list[RenderedSample]:
+    """The samples of ``replay_data`` to mix into this stage's data (none without it).
+
+    Stage 2 of the default agent learns whole trajectories from a few hundred
+    phantoms; alone, it was measured to lose much of the first-click grounding that
+    stage 1 had learnt from 36,287 first decisions (docs/TRAINING.md). Mixing some of
+    stage 1's samples back in is the usual cure for such forgetting.
+    """
+    from .storage import read_dataset
+
+    if not config.replay_data:
+        return []
+    pool = read_dataset(config.replay_data)
+    if not config.replay_samples or config.replay_samples >= len(pool):
+        return pool
+    return random.Random(config.seed).sample(pool, config.replay_samples)
+
+
 def main(argv=None) -> int:
     """``napari-ibis sft CONFIG`` (or ``python -m training.sft CONFIG``): SFT -> model folder.
 
     Keys: those of :class:`SFTConfig`. ``data`` names a dataset folder made by
     ``napari-ibis data build``; without it one is built first in ``OUTPUT/data``
-    from ``extra`` (the keys of :func:`training.storage.build`).
+    from ``extra`` (the keys of :func:`training.storage.build`). ``replay_data``
+    adds samples of another folder (:func:`replayed`).
     """
     import argparse
 
@@ -379,7 +402,7 @@ def main(argv=None) -> int:
     data = config.data
     if not data:
         data = build({"seed": config.seed, **config.extra, "output": str(Path(config.output) / "data"), "profile": config.profile})
-    samples = read_dataset(data)
+    samples = read_dataset(data) + replayed(config)
     if config.tiny and not Path(config.model).exists():
         from .tiny import TinyConfig, build_tiny_vlm
 
