@@ -33,6 +33,7 @@ MODELS = {
     "SFT (grounding, then trajectories without self-reflection)": "runs/default/sft-plain",
     "SFT with self-reflection (shipped)": "runs/default/sft",
     "SFT with self-reflection + GRPO": "runs/default/grpo",
+    "SFT with self-reflection + GRPO on first steps only": "runs/default/grpo-first-steps",
     "SFT with self-reflection + GRPO without placement and progressive rewards": "runs/default/grpo-no-region-rewards",
 }
 OUT = ROOT / "benchmarks" / "results" / "agents.json"
