@@ -87,14 +87,13 @@ def look_and_write_figures(model, processor) -> dict:
         with torch.inference_mode():
             out = model(**inputs, output_attentions=True, output_hidden_states=True)
         keys = (ids[0] == image_token).nonzero().squeeze(-1)
-        on_target = torch.as_tensor(encoded["target_map"]) > 0
-        shares = [(layer[0, :, at][:, keys] * on_target).sum(-1) / layer[0, :, at][:, keys].sum(-1).clamp_min(1e-9)
-                  for layer in out.attentions]
-        looks.append(torch.stack(shares).numpy())  # (layers, heads)
-        places = token_positions(encoded["image_grid_thw"], merge).numpy()
+        on_target = np.asarray(encoded["target_map"]) > 0
         weights = torch.stack([layer[0, :, at][:, keys] for layer in out.attentions]).numpy()  # (layers, heads, tokens)
-        image_shares.append(weights.sum(-1))
-        attended.append(weights @ places / weights.sum(-1, keepdims=True).clip(1e-9))  # (layers, heads, 2)
+        on_image = weights.sum(-1).clip(1e-9)
+        image_shares.append(on_image)
+        looks.append((weights * on_target).sum(-1) / on_image)  # (layers, heads)
+        places = token_positions(encoded["image_grid_thw"], merge).numpy()
+        attended.append(weights @ places / on_image[..., None])  # (layers, heads, 2)
         states.append([h[0, at].numpy() for h in out.hidden_states])
         centres.append(centre(sample.mask))
     looks = np.mean(looks, axis=0)

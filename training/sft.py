@@ -376,10 +376,7 @@ def replayed(config: SFTConfig) -> list[RenderedSample]:
 
     if not config.replay_data:
         return []
-    pool = read_dataset(config.replay_data)
-    if not config.replay_samples or config.replay_samples >= len(pool):
-        return pool
-    return random.Random(config.seed).sample(pool, config.replay_samples)
+    return read_dataset(config.replay_data, config.replay_samples or None, config.seed)
 
 
 def main(argv=None) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -79,10 +80,13 @@ def from_row(row: dict, folder: Path) -> RenderedSample:
     return RenderedSample(messages, list(row["trained"]), mask)
 
 
-def read_dataset(folder: str | Path) -> list[RenderedSample]:
+def read_dataset(folder: str | Path, count: int | None = None, seed: int = 0) -> list[RenderedSample]:
+    """The samples of a dataset folder; with ``count``, a seeded draw of that many (only their images are read)."""
     folder = Path(folder)
-    lines = (folder / "samples.jsonl").read_text().splitlines()
-    return [from_row(json.loads(line), folder) for line in lines if line.strip()]
+    rows = [line for line in (folder / "samples.jsonl").read_text().splitlines() if line.strip()]
+    if count is not None and count < len(rows):
+        rows = random.Random(seed).sample(rows, count)
+    return [from_row(json.loads(row), folder) for row in rows]
 
 
 def export_sharegpt(folder: str | Path, out: str | Path, include_context: bool = False) -> Path:

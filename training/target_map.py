@@ -216,8 +216,8 @@ class Terms:
                 lambda module, args, output: setattr(self, "_values", output[..., :head_width]))
 
     @property
-    def needs_hidden_states(self) -> bool:
-        return bool(self.heads)
+    def needs_hidden_states(self) -> bool:  # the token-position term reads v_proj through its hook instead
+        return "target_map" in self.on or "target_position" in self.on
 
     @property
     def needs_attentions(self) -> bool:
