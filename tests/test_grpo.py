@@ -114,6 +114,19 @@ def test_evaluation_reports_iou_steps_parsing_and_the_oracle_at_equal_clicks():
     assert summary["cases"] == 1 and summary["mean_iou"] > 0.8 and summary["parsable_share"] == 1.0
     assert summary["mean_steps"] == 2 and 0 < summary["oracle_iou_same_clicks"] <= 1
     assert result["cases"][0]["clicks"] == 1
+    assert result["cases"][0]["ious"] == [summary["mean_iou"]] == [summary["mean_iou_after_first_click"]]
     # a reply that cannot be read counts against the parsable share; an absent target needs "not present"
     broken = evaluate(ScriptedPolicy(["no idea"]), [sample, absent], build_segmenter("classical"))["summary"]
     assert broken["parsable_share"] == 0.0 and broken["mean_iou"] == 0.0 and broken["absent_answered_right"] == 0.0
+
+
+CONFIGS = __import__("pathlib").Path(__file__).parents[1] / "training" / "configs"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("grpo-*.yaml")))
+def test_every_grpo_config_in_the_repository_reads_into_its_settings_and_rewards(name):
+    from training.config_file import read_config
+
+    config = GRPOConfig(**read_config(CONFIGS / name))  # a misspelt key fails here
+    RewardConfig(**config.rewards)
+    assert config.mode in ("trajectory", "decision") and config.steps > 0 and config.output

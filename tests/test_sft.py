@@ -152,6 +152,44 @@ def test_the_target_map_marks_the_image_tokens_the_named_structure_covers(tiny_v
     assert mask[int((peak_row + 0.5) * mask.shape[0] / rows), int((peak_col + 0.5) * mask.shape[1] / cols)]
 
 
+def test_a_refinement_decision_looks_at_the_error_its_click_goes_into(trajectories):
+    normal, _ = trajectories
+    trajectory = next(t for t in normal if sum(m.click is not None for m in t.moves) >= 2)
+    samples = render(trajectory, "ibis-release")
+    truth = trajectory.sample.mask
+    assert np.array_equal(samples[0].target_mask, truth)  # the first click: the whole structure
+    for sample, move in zip(samples[1:], trajectory.moves[1:]):
+        if move.click is None:  # Terminate judges the whole structure
+            assert np.array_equal(sample.target_mask, truth)
+            continue
+        focus, before = sample.target_mask, move.mask_before
+        assert focus[move.click.row, move.click.col]  # the click lies in it
+        wrong = truth & ~before if move.click.positive else before & ~truth
+        assert focus.any() and not (focus & ~wrong).any()  # and it holds only what the mask got wrong
+
+
+def test_a_later_stage_starts_from_the_target_map_heads_of_an_earlier_one(tiny_vlm_folder, small_dataset, tmp_path):
+    import torch
+
+    from training.storage import read_dataset
+
+    samples = read_dataset(small_dataset)
+    terms = dict(target_map_weight=1.0, target_position_weight=1.0, log_every=0, batch_size=1, learning_rate=1e-3)
+    first = SFTConfig(model=str(tiny_vlm_folder), output=str(tmp_path / "one"), steps=4, save_every=4, **terms)
+    train(first, samples)
+    taught = torch.load(tmp_path / "one" / "checkpoint" / "trainer_state.pt", weights_only=True)
+    second = SFTConfig(model=str(tmp_path / "one"), output=str(tmp_path / "two"), steps=1, save_every=1, learning_rate=0.0,
+                       target_heads_from=str(tmp_path / "one" / "checkpoint"),
+                       **{k: v for k, v in terms.items() if k != "learning_rate"})
+    lines = []
+    train(second, samples, log=lines.append)
+    assert any("target_map, target_position" in line for line in lines)
+    kept = torch.load(tmp_path / "two" / "checkpoint" / "trainer_state.pt", weights_only=True)
+    for name in ("target_map_head", "target_position_head"):  # learning rate 0: the heads are those of stage one
+        for key, value in taught[name].items():
+            assert torch.equal(kept[name][key], value), (name, key)
+
+
 def test_the_target_map_losses_train_a_head_and_an_attention_head_and_save_an_ordinary_model(tiny_vlm_folder, small_dataset, tmp_path):
     from transformers import Qwen3VLForConditionalGeneration
 

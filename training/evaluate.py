@@ -5,7 +5,8 @@ greedy decoding, then IoU, Dice, whether it answered the closed question right
 (target absent), steps, the share of parsable replies and seconds. Next to the
 agent, the click oracle with the *same number of clicks* gives the IoU the same
 segmenter could have reached, so that a weak agent and a weak segmenter can be
-told apart.
+told apart. The IoU after each of the agent's clicks (``ious``) shows whether its
+later clicks improve the mask its first click made (``mean_iou_after_first_click``).
 
 ``napari-ibis evaluate CONFIG`` (or :func:`main`) writes a JSON with the summary
 and every case.
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_ibis.evaluation import simulate_clicks
-from napari_ibis.metrics import dice, entity_f1
+from napari_ibis.metrics import dice, entity_f1, iou
 from napari_ibis.overlay import to_rgb8
 
 from . import text
@@ -76,6 +77,7 @@ def evaluate(policy, samples: list[Sample], segmenter, profile: str = "ibis-rele
             run = simulate_clicks(segmenter, to_rgb8(sample.image), sample.mask, max_clicks=clicks)
             oracle = run.ious[-1]
         parsable = sum(parse_or_none(t.reply, profile) is not None for t in episode.turns)
+        ious = [iou(sample.mask, t.mask_after) for t in episode.turns if t.clicks and t.mask_after is not None]
         rows.append({
             "source": sample.source, "target": sample.target, "query": query, "present": present,
             "iou": episode.final_iou if present else float("nan"),
@@ -83,6 +85,7 @@ def evaluate(policy, samples: list[Sample], segmenter, profile: str = "ibis-rele
             "closed_correct": (episode.said_absent != present),
             "steps": len(episode.turns), "clicks": clicks, "parsable": parsable, "turns": len(episode.turns),
             "stop": episode.stop_reason, "oracle_iou_same_clicks": oracle, "seconds": seconds,
+            "ious": ious if present else [],
             "_pair": (sample.mask, episode.final_mask),
         })
     return {"summary": summarise(rows), "cases": [{k: v for k, v in r.items() if k != "_pair"} for r in rows]}
@@ -100,6 +103,7 @@ def summarise(rows: list[dict]) -> dict:
         "absent": len(absent),
         "mean_iou": float(np.mean([r["iou"] for r in present])) if present else float("nan"),
         "mean_dice": float(np.mean([r["dice"] for r in present])) if present else float("nan"),
+        "mean_iou_after_first_click": float(np.mean([(r.get("ious") or [0.0])[0] for r in present])) if present else float("nan"),
         "entity_f1": entity_f1([r["_pair"] for r in rows]),
         "absent_answered_right": float(np.mean([r["closed_correct"] for r in absent])) if absent else float("nan"),
         "mean_steps": float(np.mean([r["steps"] for r in rows])) if rows else float("nan"),

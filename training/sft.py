@@ -29,7 +29,7 @@ from napari_ibis.protocol import Response, Turn, get_profile
 
 from . import target_map
 from .checkpoints import load_for_training, save
-from .trajectories import Trajectory
+from .trajectories import Trajectory, focus_region
 
 
 @dataclass
@@ -38,7 +38,9 @@ class RenderedSample:
 
     messages: list[dict]
     trained: list[bool]  # one flag per assistant message
-    target_mask: np.ndarray | None = None  # the named structure in every image (for the target-map loss)
+    # where the trained decision should look, for the target-map loss: the decision's focus region
+    # (trajectories.focus_region) in one-decision samples, the named structure in multi-turn ones
+    target_mask: np.ndarray | None = None
 
 
 def _response(move, trajectory: Trajectory, profile) -> Response:
@@ -68,10 +70,11 @@ def render(trajectory: Trajectory, profile_name: str = "ibis-release") -> list[R
         text = profile.user_text(trajectory.query, first=first and not move.mask_before.any() and not turns)
         turns.append(Turn(observation, text, profile.format(_response(move, trajectory, profile))))
         flags.append(not move.wrong)
-    target = trajectory.sample.mask
+    truth = trajectory.sample.mask
     if profile.use_history:
-        return [RenderedSample(_with_replies(profile, turns), flags, target)]
-    return [RenderedSample(_with_replies(profile, [turn]), [flag], target) for turn, flag in zip(turns, flags) if flag]
+        return [RenderedSample(_with_replies(profile, turns), flags, truth)]
+    return [RenderedSample(_with_replies(profile, [turn]), [flag], focus_region(truth, move))
+            for turn, flag, move in zip(turns, flags, trajectory.moves) if flag]
 
 
 def _with_replies(profile, turns: list[Turn]) -> list[dict]:
@@ -177,6 +180,7 @@ class SFTConfig:
     target_position_weight: float = 0.0  # > 0: that layer's output at the answer predicts the target's centre (position_loss)
     target_attention_all_keys: bool = False  # the taught head spends all its attention on the target, not only its image share
     token_position_weight: float = 0.0  # > 0: that head's value of each image token holds the token's own x, y
+    target_heads_from: str = ""  # an earlier stage's checkpoint folder: start the target-map heads from its heads
     replay_data: str = ""  # another dataset folder to mix in, so a later stage keeps what an earlier one taught
     replay_samples: int = 0  # how many of its samples (drawn once, with `seed`); 0 with replay_data: all of them
     tiny: dict = field(default_factory=dict)  # build a new small model at `model` first (TinyConfig keys)
@@ -215,6 +219,9 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=functools.partia
         evaluations, seconds_before = list(state.get("evaluations", [])), float(state.get("seconds", 0.0))
         tokens = int(state.get("tokens", 0))
         terms.load(state)
+    elif config.target_heads_from:
+        state = torch.load(Path(config.target_heads_from) / "trainer_state.pt", weights_only=True)
+        log(f"target-map heads from {config.target_heads_from}: {', '.join(terms.load_heads(state)) or 'none'}")
     model.train()
     if terms.needs_attentions:
         model.set_attn_implementation("eager")  # attention weights are needed; the saved folder keeps its own setting

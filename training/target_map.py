@@ -260,9 +260,14 @@ class Terms:
         layer = {"target_map_layer": self.config.target_map_layer} if "target_map" in self.heads else {}
         return {**heads, **layer, **self.record()}
 
+    def load_heads(self, state: dict) -> list[str]:
+        """Take the heads a checkpoint state holds (names of those taken)."""
+        taken = [name for name in self.heads if f"{name}_head" in state]
+        for name in taken:
+            self.heads[name].load_state_dict(state[f"{name}_head"])
+        return taken
+
     def load(self, state: dict) -> None:
-        for name, head in self.heads.items():
-            if f"{name}_head" in state:
-                head.load_state_dict(state[f"{name}_head"])
+        self.load_heads(state)
         for name in self.on:
             self.losses[name] = list(state.get(f"{name}_losses", []))

@@ -41,6 +41,27 @@ class Move:
     wrong: bool = False  # trained as context only (loss masked)
 
 
+def focus_region(truth: np.ndarray, move: Move) -> np.ndarray:
+    """Where one decision should look: the error region a refinement click goes into.
+
+    For a click on a non-empty mask, the connected part of the error it lies in (what
+    the mask missed for a positive click, what it wrongly holds for a negative one);
+    for a first click, a keyword action or a click outside any error, the whole
+    target. The target-map terms of :mod:`training.target_map` train on it, so the
+    head that learnt to find the named structure learns to find what is wrong.
+    """
+    from scipy.ndimage import label
+
+    truth = np.asarray(truth, dtype=bool)
+    if move.click is None or not move.mask_before.any():
+        return truth
+    before = np.asarray(move.mask_before, dtype=bool)
+    error = truth & ~before if move.click.positive else before & ~truth
+    parts, _ = label(error)
+    part = parts[move.click.row, move.click.col]
+    return parts == part if part else truth
+
+
 @dataclass
 class Trajectory:
     sample: Sample
