@@ -36,6 +36,7 @@ MODELS = {
     "SFT with self-reflection + GRPO on first steps only": "runs/default/grpo-first-steps",
     "SFT with self-reflection + GRPO, multi-turn rollouts": "runs/default/grpo-trajectory",
     "SFT with self-reflection + GRPO at learning rate 1e-5": "runs/default/grpo-low-lr",
+    "SFT with self-reflection + GRPO, multi-turn rollouts at learning rate 1e-5": "runs/default/grpo-trajectory-low-lr",
     "SFT with self-reflection + GRPO without placement and progressive rewards": "runs/default/grpo-no-region-rewards",
 }
 OUT = ROOT / "benchmarks" / "results" / "agents.json"
