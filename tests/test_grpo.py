@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,7 +121,7 @@ def test_evaluation_reports_iou_steps_parsing_and_the_oracle_at_equal_clicks():
     assert broken["parsable_share"] == 0.0 and broken["mean_iou"] == 0.0 and broken["absent_answered_right"] == 0.0
 
 
-CONFIGS = __import__("pathlib").Path(__file__).parents[1] / "training" / "configs"
+CONFIGS = Path(__file__).parents[1] / "training" / "configs"
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("grpo-*.yaml")))

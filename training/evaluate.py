@@ -77,7 +77,7 @@ def evaluate(policy, samples: list[Sample], segmenter, profile: str = "ibis-rele
             run = simulate_clicks(segmenter, to_rgb8(sample.image), sample.mask, max_clicks=clicks)
             oracle = run.ious[-1]
         parsable = sum(parse_or_none(t.reply, profile) is not None for t in episode.turns)
-        ious = [iou(sample.mask, t.mask_after) for t in episode.turns if t.clicks and t.mask_after is not None]
+        ious = [iou(sample.mask, t.mask_after) for t in episode.turns if present and t.clicks and t.mask_after is not None]
         rows.append({
             "source": sample.source, "target": sample.target, "query": query, "present": present,
             "iou": episode.final_iou if present else float("nan"),
@@ -85,7 +85,7 @@ def evaluate(policy, samples: list[Sample], segmenter, profile: str = "ibis-rele
             "closed_correct": (episode.said_absent != present),
             "steps": len(episode.turns), "clicks": clicks, "parsable": parsable, "turns": len(episode.turns),
             "stop": episode.stop_reason, "oracle_iou_same_clicks": oracle, "seconds": seconds,
-            "ious": ious if present else [],
+            "ious": ious,
             "_pair": (sample.mask, episode.final_mask),
         })
     return {"summary": summarise(rows), "cases": [{k: v for k, v in r.items() if k != "_pair"} for r in rows]}
@@ -103,7 +103,7 @@ def summarise(rows: list[dict]) -> dict:
         "absent": len(absent),
         "mean_iou": float(np.mean([r["iou"] for r in present])) if present else float("nan"),
         "mean_dice": float(np.mean([r["dice"] for r in present])) if present else float("nan"),
-        "mean_iou_after_first_click": float(np.mean([(r.get("ious") or [0.0])[0] for r in present])) if present else float("nan"),
+        "mean_iou_after_first_click": float(np.mean([(r["ious"] or [0.0])[0] for r in present])) if present else float("nan"),
         "entity_f1": entity_f1([r["_pair"] for r in rows]),
         "absent_answered_right": float(np.mean([r["closed_correct"] for r in absent])) if absent else float("nan"),
         "mean_steps": float(np.mean([r["steps"] for r in rows])) if rows else float("nan"),

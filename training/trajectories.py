@@ -18,8 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.ndimage import label
 
-from napari_ibis.clicker import next_click
+from napari_ibis.clicker import error_regions, next_click
 from napari_ibis.metrics import dice, iou
 from napari_ibis.overlay import to_rgb8
 from napari_ibis.segmenters.base import Click, Segmenter
@@ -50,14 +51,11 @@ def focus_region(truth: np.ndarray, move: Move) -> np.ndarray:
     target. The target-map terms of :mod:`training.target_map` train on it, so the
     head that learnt to find the named structure learns to find what is wrong.
     """
-    from scipy.ndimage import label
-
     truth = np.asarray(truth, dtype=bool)
     if move.click is None or not move.mask_before.any():
         return truth
-    before = np.asarray(move.mask_before, dtype=bool)
-    error = truth & ~before if move.click.positive else before & ~truth
-    parts, _ = label(error)
+    missed, extra = error_regions(truth, move.mask_before)
+    parts, _ = label(missed if move.click.positive else extra)
     part = parts[move.click.row, move.click.col]
     return parts == part if part else truth
 
