@@ -8,7 +8,9 @@ with) and at most 8 steps; see training/evaluate.py for the metrics.
 
     python benchmarks/agents.py                       # every model below that exists
     python benchmarks/agents.py --only SFT --threads 1  # one entry (two can run side by side)
-Updates benchmarks/results/agents.json (one entry per model) and prints a table.
+Updates benchmarks/results/agents.json (one entry per model) and agents-cases.json (each
+model's IoU per case, in case order), prints a table and each model's mean IoU difference to
+the shipped model on the same cases, with its paired standard error.
 benchmarks/results/agents-v1.json holds the first default agent's figures (no grounding
 stage, phantoms before their anatomy fix, SFT on whole numbers as tokens) and
 agents-v2.json the second's (grounding stage without the target-map terms), for the record.
@@ -25,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from training.evaluate import EvalConfig, cases, evaluate
+from training.evaluate import EvalConfig, cases, evaluate, paired_difference
 
 MODELS = {
     "untrained (random init)": "runs/default/init",
@@ -37,9 +39,13 @@ MODELS = {
     "SFT with self-reflection + GRPO, multi-turn rollouts": "runs/default/grpo-trajectory",
     "SFT with self-reflection + GRPO at learning rate 1e-5": "runs/default/grpo-low-lr",
     "SFT with self-reflection + GRPO, multi-turn rollouts at learning rate 1e-5": "runs/default/grpo-trajectory-low-lr",
-    "SFT with self-reflection + GRPO without placement and progressive rewards": "runs/default/grpo-no-region-rewards",
+    "SFT with self-reflection + GRPO at 1e-5, 8 questions a step, temperature 0.7": "runs/default/grpo-focused",
+    "SFT with self-reflection + GRPO at 1e-5 from its own masks": "runs/default/grpo-policy-states",
+    "SFT with self-reflection + GRPO at 1e-5 without placement and progressive rewards": "runs/default/grpo-no-region-rewards",
 }
 OUT = ROOT / "benchmarks" / "results" / "agents.json"
+CASES_OUT = ROOT / "benchmarks" / "results" / "agents-cases.json"
+BASELINE = "SFT with self-reflection (shipped)"
 
 
 def main() -> None:
@@ -67,16 +73,20 @@ def main() -> None:
         policy = VLMPolicy(ROOT / folder, max_new_tokens=200)
         segmenter = build_segmenter("classical")
         entry = {"folder": folder, "threads": args.threads, "sets": {}}
+        per_case = {}
         for set_name, samples in sets.items():
             started = time.perf_counter()
-            summary = evaluate(policy, samples, segmenter, config.profile, config.max_steps, config.seed)["summary"]
-            entry["sets"][set_name] = summary
+            result = evaluate(policy, samples, segmenter, config.profile, config.max_steps, config.seed)
+            summary = entry["sets"][set_name] = result["summary"]
+            per_case[set_name] = case_ious(result)
             print(f"{name} / {set_name}: {json.dumps({k: round(v, 3) for k, v in summary.items()})} "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
         results = _read_results()  # another process may have written meanwhile
         results[name] = entry
         OUT.write_text(json.dumps(results, indent=2) + "\n")
+        _write_cases(name, per_case)
     print_table(results)
+    print_paired(_read_cases())
 
 
 def copy_evaluation(names: list[str] | None, path: Path, config: EvalConfig) -> None:
@@ -92,7 +102,40 @@ def copy_evaluation(names: list[str] | None, path: Path, config: EvalConfig) -> 
     results[names[0]] = {"folder": MODELS[names[0]], "threads": None, "from": str(path),
                          "sets": {name: result["summary"] for name, result in evaluation["results"].items()}}
     OUT.write_text(json.dumps(results, indent=2) + "\n")
+    _write_cases(names[0], {name: case_ious(result) for name, result in evaluation["results"].items()})
     print_table(results)
+    print_paired(_read_cases())
+
+
+def case_ious(result: dict) -> list:
+    """The final IoU of each case in order (None where the target is absent: JSON has no NaN)."""
+    return [None if c["iou"] != c["iou"] else c["iou"] for c in result["cases"]]
+
+
+def _read_cases() -> dict:
+    return json.loads(CASES_OUT.read_text()) if CASES_OUT.is_file() else {}
+
+
+def _write_cases(name: str, per_case: dict) -> None:
+    everything = _read_cases()
+    everything[name] = per_case
+    CASES_OUT.write_text(json.dumps(everything) + "\n")
+
+
+def print_paired(per_case: dict) -> None:
+    """Each model's mean IoU difference to the shipped model on the same cases (95% interval)."""
+    if BASELINE not in per_case:
+        return
+    print(f"\n| model | set | cases | IoU minus '{BASELINE}' | paired SE | 95% interval |")
+    print("|---|---|---|---|---|---|")
+    for name, sets in per_case.items():
+        for set_name, ious in sets.items():
+            baseline = per_case[BASELINE].get(set_name)
+            if name == BASELINE or baseline is None or len(baseline) != len(ious):
+                continue
+            d = paired_difference(*([float("nan") if v is None else v for v in x] for x in (ious, baseline)))
+            print(f"| {name} | {set_name} | {d['cases']} | {d['mean']:+.3f} | {d['se']:.3f} | "
+                  f"[{d['low']:+.3f}, {d['high']:+.3f}] |")
 
 
 def _read_results() -> dict:
@@ -100,13 +143,15 @@ def _read_results() -> dict:
 
 
 def print_table(results: dict) -> None:
-    print("| model | set | cases | mean IoU | Dice | entity F1 | absent answered | steps | parsable | oracle IoU, same clicks | s/case |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | set | cases | mean IoU | Dice | entity F1 | absent answered | steps | parsable | oracle IoU, same clicks "
+          "| s/case | IoU after click 1 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, entry in results.items():
         for set_name, s in entry["sets"].items():
             print(f"| {name} | {set_name} | {s['cases']} | {s['mean_iou']:.3f} | {s['mean_dice']:.3f} | "
                   f"{s['entity_f1']:.3f} | {_figure(s['absent_answered_right'], 2)} | {s['mean_steps']:.2f} | "
-                  f"{s['parsable_share']:.2f} | {_figure(s['oracle_iou_same_clicks'], 3)} | {s['seconds_per_case']:.2f} |")
+                  f"{s['parsable_share']:.2f} | {_figure(s['oracle_iou_same_clicks'], 3)} | {s['seconds_per_case']:.2f} | "
+                  f"{_figure(s.get('mean_iou_after_first_click', float('nan')), 3)} |")
 
 
 def _figure(value: float, digits: int) -> str:

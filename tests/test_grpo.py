@@ -39,6 +39,22 @@ def test_a_rollout_goes_through_the_session_and_is_scored_per_turn():
     assert terms["length"] == 1.0
 
 
+def test_decision_questions_can_start_from_the_masks_the_model_reaches_itself():
+    from training.grpo import Questions
+
+    config = GRPOConfig(model="m", output="o", mode="decision", seeds=[0, 1], state_source="policy", max_turns=4)
+    questions = Questions(config, build_segmenter("classical"), rank=0)
+    questions.samples = [disk_sample()]
+    questions.greedy = ScriptedPolicy([point(True, 34.5 / 64, 30.5 / 64)])  # clicks inside the disk
+    sample, query, state = questions.next()
+    assert questions.greedy.calls >= 1 and query
+    assert state is not None and np.logical_and(state, sample.mask).sum() / np.logical_or(state, sample.mask).sum() > 0.8
+    questions.greedy = ScriptedPolicy([TERMINATE])  # answers on the empty mask: the question starts fresh
+    assert questions.next()[2] is None
+    with pytest.raises(ValueError, match="state_source"):
+        Questions(GRPOConfig(model="m", output="o", seeds=[0, 1], state_source="oracle"), build_segmenter("classical"), 0)
+
+
 def test_an_unreadable_reply_ends_the_rollout_without_a_length_bonus():
     episode = rollout(ScriptedPolicy(["I think the disk is in the middle."]), disk_sample(), "segment the disk",
                       build_segmenter("classical"))
@@ -119,6 +135,19 @@ def test_evaluation_reports_iou_steps_parsing_and_the_oracle_at_equal_clicks():
     # a reply that cannot be read counts against the parsable share; an absent target needs "not present"
     broken = evaluate(ScriptedPolicy(["no idea"]), [sample, absent], build_segmenter("classical"))["summary"]
     assert broken["parsable_share"] == 0.0 and broken["mean_iou"] == 0.0 and broken["absent_answered_right"] == 0.0
+
+
+def test_a_paired_comparison_tells_a_real_gain_from_noise_and_skips_absent_cases():
+    from training.evaluate import paired_difference
+
+    baseline = [0.1, 0.9, 0.5, float("nan"), 0.3]
+    better = [0.2, 1.0, 0.6, float("nan"), 0.4]  # +0.1 on every present case: no spread, no doubt
+    gain = paired_difference(better, baseline)
+    assert gain["cases"] == 4 and gain["mean"] == pytest.approx(0.1) and gain["se"] == pytest.approx(0.0)
+    mixed = paired_difference([0.9, 0.1, 0.9, float("nan"), 0.1], baseline)
+    assert mixed["low"] < 0 < mixed["high"]  # up on some cases, down on others: the interval holds zero
+    with pytest.raises(ValueError, match="not the same cases"):
+        paired_difference([0.1, 0.2], baseline)
 
 
 CONFIGS = Path(__file__).parents[1] / "training" / "configs"

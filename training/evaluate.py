@@ -113,6 +113,26 @@ def summarise(rows: list[dict]) -> dict:
     }
 
 
+def paired_difference(ious: list[float], baseline: list[float]) -> dict:
+    """Mean of per-case IoU differences against a baseline on the same cases, with its standard error.
+
+    Both lists hold one IoU per case in the same order (NaN for an absent target,
+    left out). ``low``/``high`` bound a normal 95% interval of the mean difference;
+    pairing removes the spread between cases, which dominates either mean's own error.
+    """
+    a, b = np.asarray(ious, dtype=float), np.asarray(baseline, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"{a.size} cases against {b.size}: not the same cases")
+    keep = ~(np.isnan(a) | np.isnan(b))
+    diff = a[keep] - b[keep]
+    if diff.size < 2:
+        return {"cases": int(diff.size), "mean": float(diff.mean()) if diff.size else float("nan"),
+                "se": float("nan"), "low": float("nan"), "high": float("nan")}
+    se = float(diff.std(ddof=1) / np.sqrt(diff.size))
+    mean = float(diff.mean())
+    return {"cases": int(diff.size), "mean": mean, "se": se, "low": mean - 1.96 * se, "high": mean + 1.96 * se}
+
+
 def main(argv=None) -> int:
     """``napari-ibis evaluate CONFIG``: a model folder on held-out cases -> JSON summary."""
     import argparse

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_ibis.policies.base import Policy
+
 from .checkpoints import load_for_training, save
 from .datasets import Sample
 from .rewards import RewardConfig, parse_or_none, step_reward, trajectory_reward
@@ -46,6 +48,7 @@ class GRPOConfig:
     profile: str = "ibis-release"
     mode: str = "trajectory"  # "trajectory" (paper, multi-turn) or "decision" (release: one turn from a simulated state)
     first_step_share: float = 0.0  # decision mode: share of questions asked from the empty first state
+    state_source: str = "simulated"  # decision mode: states from the click simulator, or "policy": the model's own
     segmenter: str = "classical"
     seeds: list = field(default_factory=lambda: [0, 400])  # phantom seeds the questions come from
     real: list = field(default_factory=list)  # "aal", "nuclei": their training side is added
@@ -160,6 +163,10 @@ class Questions:
         self.mode, self.segmenter = config.mode, segmenter
         self.max_turns = config.max_turns
         self.first_step_share = config.first_step_share
+        if config.state_source not in ("simulated", "policy"):
+            raise ValueError(f"state_source must be 'simulated' or 'policy', not {config.state_source!r}")
+        self.state_source, self.profile = config.state_source, config.profile
+        self.greedy: Policy | None = None  # state_source "policy": the current model, greedy (set every step)
 
     def next(self) -> tuple[Sample, str, np.ndarray | None]:
         from . import text
@@ -169,6 +176,13 @@ class Questions:
         first = self.rng.random() < self.first_step_share
         if self.mode != "decision" or not sample.mask.any() or first:
             return sample, text.query(sample.target, sample.modality, self.rng), None
+        if self.state_source == "policy":
+            # the mask the model itself reaches after 1 to max_turns - 1 greedy turns: the states it meets
+            # at evaluation, not the simulator's better ones
+            query = text.query(sample.target, sample.modality, self.rng)
+            turns = int(self.rng.integers(1, max(self.max_turns, 2)))
+            state = rollout(self.greedy, sample, query, self.segmenter, self.profile, turns).final_mask
+            return sample, query, state if state.any() else None
         simulated = simulate(sample, self.segmenter, self.rng, stop_iou=0.9, max_steps=self.max_turns)
         states = [m.mask_before for m in simulated.moves]
         state = states[self.rng.integers(len(states))]
@@ -216,6 +230,7 @@ def train(config: GRPOConfig, log=functools.partial(print, flush=True)) -> dict:
         unwrapped = accelerator.unwrap_model(model)
         unwrapped.eval()
         policy = SamplingPolicy(unwrapped, processor, config.temperature, config.top_p, config.max_new_tokens)
+        questions.greedy = SamplingPolicy(unwrapped, processor, 0.0, max_new_tokens=config.max_new_tokens)
         groups: list[list[tuple[Rollout, dict]]] = []
         for _ in range(config.questions_per_step):
             sample, query, init_mask = questions.next()

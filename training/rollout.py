@@ -8,8 +8,9 @@ the clicks it added, so that rewards and log-probabilities can be computed
 afterwards. Two modes:
 
 * ``trajectory`` (paper): a fresh session from an empty mask, up to ``max_turns``;
-* ``decision`` (the release's RL data): one turn from a state taken from a
-  simulated trajectory (``init_mask``), as verl's single-decision samples.
+* ``decision`` (the release's RL data): one turn from a given state (``init_mask``):
+  a simulated trajectory's, as verl's single-decision samples, or one the model
+  reached itself (``GRPOConfig.state_source``).
 
 :func:`training_samples` turns a rollout into chat samples whose assistant
 tokens (and only those) carry the loss: with history, one multi-turn sample;
