@@ -6,7 +6,7 @@ CONFIG names one config file per stage (paths relative to CONFIG's folder):
     grounding_data: data-grounding.yaml  # napari-ibis data build (first decisions only; optional)
     grounding: sft-grounding.yaml    # napari-ibis sft on the first decisions (optional)
     sft: sft-default.yaml            # napari-ibis sft on whole trajectories
-    grpo: grpo-default.yaml          # napari-ibis grpo
+    grpo: grpo-default-low-lr.yaml   # napari-ibis grpo
     evaluate: eval-default.yaml      # napari-ibis evaluate
     bundle: resources/models/default  # where the finished model folder is copied (optional)
     bundle_stage: sft                # which stage's model to copy (default: the last one run)
@@ -151,7 +151,7 @@ def card_markdown(card: dict, folder: Path) -> str:
     shipped = card["stages"].get("bundled_stage")
     if "grpo" in card:
         grpo = card["grpo"]
-        not_shipped = " Not in this folder: the SFT model it started from measured better." if shipped not in (None, "grpo") else ""
+        not_shipped = " Not in this folder: it did not measure better than the SFT model it started from." if shipped not in (None, "grpo") else ""
         lines += [f"- GRPO: {grpo['steps']} steps ({grpo['config']['mode']} mode, group {grpo['config']['group_size']}), "
                   f"mean reward {grpo['reward_first_10']:.3f} (first 10 steps) -> {grpo['reward_last_10']:.3f} (last 10).{not_shipped}"]
     if shipped:
