@@ -86,7 +86,7 @@ def main() -> None:
         OUT.write_text(json.dumps(results, indent=2) + "\n")
         _write_cases(name, per_case)
     print_table(results)
-    print_paired(_read_cases())
+    print_paired(read_cases())
 
 
 def copy_evaluation(names: list[str] | None, path: Path, config: EvalConfig) -> None:
@@ -104,7 +104,7 @@ def copy_evaluation(names: list[str] | None, path: Path, config: EvalConfig) -> 
     OUT.write_text(json.dumps(results, indent=2) + "\n")
     _write_cases(names[0], {name: case_ious(result) for name, result in evaluation["results"].items()})
     print_table(results)
-    print_paired(_read_cases())
+    print_paired(read_cases())
 
 
 def case_ious(result: dict) -> list:
@@ -112,12 +112,13 @@ def case_ious(result: dict) -> list:
     return [None if c["iou"] != c["iou"] else c["iou"] for c in result["cases"]]
 
 
-def _read_cases() -> dict:
+def read_cases() -> dict:
+    """Every model's IoU per case and set, as agents-cases.json holds them."""
     return json.loads(CASES_OUT.read_text()) if CASES_OUT.is_file() else {}
 
 
 def _write_cases(name: str, per_case: dict) -> None:
-    everything = _read_cases()
+    everything = read_cases()
     everything[name] = per_case
     CASES_OUT.write_text(json.dumps(everything) + "\n")
 
@@ -133,7 +134,7 @@ def print_paired(per_case: dict) -> None:
             baseline = per_case[BASELINE].get(set_name)
             if name == BASELINE or baseline is None or len(baseline) != len(ious):
                 continue
-            d = paired_difference(*([float("nan") if v is None else v for v in x] for x in (ious, baseline)))
+            d = paired_difference(ious, baseline)
             print(f"| {name} | {set_name} | {d['cases']} | {d['mean']:+.3f} | {d['se']:.3f} | "
                   f"[{d['low']:+.3f}, {d['high']:+.3f}] |")
 

@@ -23,9 +23,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from agents import BASELINE, read_cases  # noqa: E402  (benchmarks/ is this script's folder)
 from training.evaluate import EvalConfig, cases, evaluate, paired_difference  # noqa: E402
 
-BASELINE = "SFT with self-reflection (shipped)"
 PHANTOMS = "phantoms (synthetic)"
 
 
@@ -44,8 +44,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device: this check needs a GPU")
     samples = cases(EvalConfig(model="", output="", limit=args.cases))[PHANTOMS]
-    cpu = json.loads((ROOT / "benchmarks" / "results" / "agents-cases.json").read_text())[BASELINE][PHANTOMS]
-    cpu = [float("nan") if v is None else v for v in cpu[: len(samples)]]
+    cpu = np.array(read_cases()[BASELINE][PHANTOMS][: len(samples)], dtype=float)  # None (absent target) -> NaN
     report = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
               "transformers": transformers.__version__, "cases": len(samples),
               "cpu_mean_iou_same_cases": float(np.nanmean(cpu)), "runs": {}}

@@ -116,8 +116,8 @@ def summarise(rows: list[dict]) -> dict:
 def paired_difference(ious: list[float], baseline: list[float]) -> dict:
     """Mean of per-case IoU differences against a baseline on the same cases, with its standard error.
 
-    Both lists hold one IoU per case in the same order (NaN for an absent target,
-    left out). ``low``/``high`` bound a normal 95% interval of the mean difference;
+    Both lists hold one IoU per case in the same order (NaN or None, as JSON keeps
+    it, for an absent target: left out). ``low``/``high`` bound a normal 95% interval of the mean difference;
     pairing removes the spread between cases, which dominates either mean's own error.
     """
     a, b = np.asarray(ious, dtype=float), np.asarray(baseline, dtype=float)
