@@ -33,7 +33,11 @@ MODELS = {
     "untrained (random init)": "runs/default/init",
     "SFT on first decisions only (grounding)": "runs/default/grounding",
     "SFT (grounding, then trajectories without self-reflection)": "runs/default/sft-plain",
-    "SFT with self-reflection (shipped)": "runs/default/sft",
+    "SFT with self-reflection (v4, grounding on the CPU only)": "runs/default/sft",
+    "SFT with self-reflection, grounding streamed on a GPU (shipped)": "runs/default/sft-stream",
+    "SFT with self-reflection, grounding streamed on a GPU, 5,000 first decisions replayed": "runs/default/sft-stream-replay5k",
+    "SFT with self-reflection, grounding streamed on a GPU + GRPO at 1e-5": "runs/default/grpo-after-stream",
+    "SFT with self-reflection, grounding streamed on a GPU + GRPO at 1e-5 from its own masks": "runs/default/grpo-after-stream-policy-states",
     "SFT with self-reflection + GRPO": "runs/default/grpo",
     "SFT with self-reflection + GRPO on first steps only": "runs/default/grpo-first-steps",
     "SFT with self-reflection + GRPO, multi-turn rollouts": "runs/default/grpo-trajectory",
@@ -45,7 +49,17 @@ MODELS = {
 }
 OUT = ROOT / "benchmarks" / "results" / "agents.json"
 CASES_OUT = ROOT / "benchmarks" / "results" / "agents-cases.json"
-BASELINE = "SFT with self-reflection (shipped)"
+BASELINE = "SFT with self-reflection, grounding streamed on a GPU (shipped)"
+V4 = "SFT with self-reflection (v4, grounding on the CPU only)"
+STARTED_FROM = {  # the model each was trained from, for the paired difference each stage made
+    "SFT on first decisions only (grounding)": "untrained (random init)",
+    V4: "SFT on first decisions only (grounding)",
+    "SFT (grounding, then trajectories without self-reflection)": "SFT on first decisions only (grounding)",
+    BASELINE: V4,  # not trained from it: the same stage 2 on a grounding model that went on on a GPU
+    "SFT with self-reflection, grounding streamed on a GPU, 5,000 first decisions replayed": BASELINE,  # likewise: its stage-2 twin
+    **{name: V4 for name in MODELS if name.startswith("SFT with self-reflection + GRPO")},
+    **{name: BASELINE for name in MODELS if name.startswith("SFT with self-reflection, grounding streamed on a GPU + GRPO")},
+}
 
 
 def main() -> None:
@@ -124,19 +138,29 @@ def _write_cases(name: str, per_case: dict) -> None:
 
 
 def print_paired(per_case: dict) -> None:
-    """Each model's mean IoU difference to the shipped model on the same cases (95% interval)."""
-    if BASELINE not in per_case:
-        return
-    print(f"\n| model | set | cases | IoU minus '{BASELINE}' | paired SE | 95% interval |")
+    """Each model's mean IoU difference on the same cases (95% interval): to the shipped model, then to the one it started from."""
+    if BASELINE in per_case:
+        print(f"\n| model | set | cases | IoU minus '{BASELINE}' | paired SE | 95% interval |")
+        print("|---|---|---|---|---|---|")
+        for name in per_case:
+            if name != BASELINE:
+                _print_differences(name, per_case[name], per_case[BASELINE])
+    print("\n| model (compared with: the model it was trained from; for the GPU-grounded SFT, its CPU-grounded twin) "
+          "| set | cases | IoU difference | paired SE | 95% interval |")
     print("|---|---|---|---|---|---|")
-    for name, sets in per_case.items():
-        for set_name, ious in sets.items():
-            baseline = per_case[BASELINE].get(set_name)
-            if name == BASELINE or baseline is None or len(baseline) != len(ious):
-                continue
-            d = paired_difference(ious, baseline)
-            print(f"| {name} | {set_name} | {d['cases']} | {d['mean']:+.3f} | {d['se']:.3f} | "
-                  f"[{d['low']:+.3f}, {d['high']:+.3f}] |")
+    for name, start in STARTED_FROM.items():
+        if name in per_case and start in per_case:
+            _print_differences(f"{name} (compared with: {start})", per_case[name], per_case[start])
+
+
+def _print_differences(name: str, sets: dict, baseline_sets: dict) -> None:
+    for set_name, ious in sets.items():
+        baseline = baseline_sets.get(set_name)
+        if baseline is None or len(baseline) != len(ious):
+            continue
+        d = paired_difference(ious, baseline)
+        print(f"| {name} | {set_name} | {d['cases']} | {d['mean']:+.3f} | {d['se']:.3f} | "
+              f"[{d['low']:+.3f}, {d['high']:+.3f}] |")
 
 
 def _read_results() -> dict:

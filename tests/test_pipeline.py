@@ -12,7 +12,10 @@ def test_one_command_rebuilds_an_agent_from_nothing_and_bundles_it(tmp_path):
         "first.yaml": {"output": str(run / "first"), "first_move_only": True, "seeds": [0, 3]},
         "grounding.yaml": {"model": str(run / "init"), "output": str(run / "grounding"), "data": str(run / "first"),
                            "steps": 2, "log_every": 0, "tiny": {"vocab_size": 600}, "target_map_weight": 1.0},
-        "sft.yaml": {"model": str(run / "grounding"), "output": str(run / "sft"), "data": str(run / "data"), "steps": 2,
+        "stream.yaml": {"model": str(run / "grounding"), "output": str(run / "stream"), "steps": 2, "batch_size": 2,
+                        "log_every": 0, "stream": {"start_seed": 200_000, "shuffle_buffer": 4}, "target_map_weight": 1.0,
+                        "target_heads_from": str(run / "grounding")},
+        "sft.yaml": {"model": str(run / "stream"), "output": str(run / "sft"), "data": str(run / "data"), "steps": 2,
                      "log_every": 0},
         "grpo.yaml": {"model": str(run / "sft"), "output": str(run / "grpo"), "steps": 1, "questions_per_step": 1,
                       "group_size": 2, "mode": "decision", "max_new_tokens": 8, "seeds": [0, 2]},
@@ -21,7 +24,8 @@ def test_one_command_rebuilds_an_agent_from_nothing_and_bundles_it(tmp_path):
     }
     for name, content in stages.items():
         (tmp_path / name).write_text(yaml.safe_dump(content))
-    plan = {"data": "data.yaml", "grounding_data": "first.yaml", "grounding": "grounding.yaml", "sft": "sft.yaml", "grpo": "grpo.yaml", "evaluate": "eval.yaml",
+    plan = {"data": "data.yaml", "grounding_data": "first.yaml", "grounding": "grounding.yaml",
+            "grounding_stream": "stream.yaml", "sft": "sft.yaml", "grpo": "grpo.yaml", "evaluate": "eval.yaml",
             "bundle": str(tmp_path / "bundle"), "bundle_stage": "sft"}
     (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
     assert main(["pipeline", str(tmp_path / "plan.yaml")]) == 0
@@ -30,12 +34,14 @@ def test_one_command_rebuilds_an_agent_from_nothing_and_bundles_it(tmp_path):
     card = json.loads((bundle / "model_card.json").read_text())
     assert card["grounding"]["steps"] == 2 and card["sft"]["steps"] == 2 and card["grpo"]["steps"] == 1
     assert card["stages"]["sft"] == str(run / "sft")
+    assert card["grounding_stream"]["samples"] == "streamed: 4 new first decisions"  # the GPU stage, at tiny size
     # GRPO ran and is on the card, but the stage named by bundle_stage is the one shipped
     assert (bundle / "model.safetensors").read_bytes() == (run / "sft" / "model.safetensors").read_bytes()
     assert card["stages"]["bundled_stage"] == "sft"
     assert card["evaluation"]["phantoms (synthetic)"]["cases"] == 2
     markdown = (bundle / "MODEL_CARD.md").read_text()
     assert "| phantoms (synthetic) | 2 |" in markdown and "SFT on first decisions (grounding): 2 steps" in markdown
+    assert "each from a new phantom made while training (GPU): 2 steps of batch 2 on streamed: 4 new" in markdown
     assert "target-map terms (training/target_map.py): target_map x 1.0" in markdown  # how the model was taught
     assert "This folder holds the model of the `sft` stage" in markdown and "Not in this folder" in markdown
     # the bundled folder is a model the runtime loads

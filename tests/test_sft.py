@@ -1,3 +1,4 @@
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -245,3 +246,44 @@ def test_replay_mixes_a_fixed_draw_of_an_earlier_stages_samples_into_the_data(sm
     assert [key(s) for s in replayed(config)] == drawn  # the same draw on a rerun (resume)
     assert len(replayed(SFTConfig(model="m", output="o", replay_data=str(small_dataset)))) == len(pool)
     assert replayed(SFTConfig(model="m", output="o")) == []
+
+
+def test_streamed_first_decisions_give_every_lane_its_own_phantoms_and_never_a_held_out_one():
+    from training.stream import StreamConfig, rendered_first_moves
+
+    config = StreamConfig(start_seed=100_000)
+
+    def images(lane, lanes=2, count=12):
+        drawn = list(itertools.islice(rendered_first_moves(config, "ibis-release", lane, lanes), count))
+        assert all("<image>" in s.messages[1]["content"][-1]["text"] for s in drawn)  # full first-decision questions
+        return {np.asarray(s.messages[1]["content"][0]["image"]).tobytes() for s in drawn}
+
+    lane0, lane1 = images(0), images(1)
+    assert lane0 and lane1 and not lane0 & lane1  # two lanes (processes or workers) never share a phantom
+    assert len(images(0, 1, 40)) >= 10  # one lane walks through new phantoms
+    with pytest.raises(ValueError, match="held-out"):
+        StreamConfig(start_seed=90_000)
+
+
+def test_a_streamed_grounding_run_trains_on_new_phantoms_and_hands_its_heads_to_the_next_stage(tiny_vlm_folder, small_dataset, tmp_path):
+    import torch
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from training.sft import HEADS_FILE
+    from training.storage import read_dataset
+
+    terms = dict(target_map_weight=1.0, target_position_weight=1.0, log_every=0, batch_size=2)
+    config = SFTConfig(model=str(tiny_vlm_folder), output=str(tmp_path / "stream"), steps=3, learning_rate=1e-3,
+                       stream={"start_seed": 200_000, "workers": 2, "shuffle_buffer": 4}, **terms)
+    record = train(config, [])
+    assert record["samples"] == "streamed: 6 new first decisions"
+    before = Qwen3VLForConditionalGeneration.from_pretrained(tiny_vlm_folder).state_dict()
+    after = Qwen3VLForConditionalGeneration.from_pretrained(tmp_path / "stream").state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    taught = torch.load(tmp_path / "stream" / HEADS_FILE, weights_only=True)
+    nxt = SFTConfig(model=str(tmp_path / "stream"), output=str(tmp_path / "next"), steps=1, save_every=1, learning_rate=0.0,
+                    target_heads_from=str(tmp_path / "stream"), **terms)
+    train(nxt, read_dataset(small_dataset))
+    kept = torch.load(tmp_path / "next" / "checkpoint" / "trainer_state.pt", weights_only=True)
+    for key, value in taught["target_map_head"].items():  # learning rate 0: the heads are the streamed run's
+        assert torch.equal(kept["target_map_head"][key], value)

@@ -212,7 +212,7 @@ def train(config: GRPOConfig, log=functools.partial(print, flush=True)) -> dict:
         output.mkdir(parents=True, exist_ok=True)
     start_step = 0
     if resuming:
-        state = torch.load(checkpoint / "trainer_state.pt", weights_only=True)
+        state = torch.load(checkpoint / "trainer_state.pt", weights_only=True, map_location="cpu")
         optimiser.load_state_dict(state["optimiser"])
         schedule.load_state_dict(state["schedule"])
         start_step = int(state["step"])

@@ -5,6 +5,7 @@ CONFIG names one config file per stage (paths relative to CONFIG's folder):
     data: data-default.yaml          # napari-ibis data build (trajectories)
     grounding_data: data-grounding.yaml  # napari-ibis data build (first decisions only; optional)
     grounding: sft-grounding.yaml    # napari-ibis sft on the first decisions (optional)
+    grounding_stream: sft-grounding-stream.yaml  # more of it on new phantoms made while training (optional; a GPU job)
     sft: sft-default.yaml            # napari-ibis sft on whole trajectories
     grpo: grpo-default-low-lr.yaml   # napari-ibis grpo
     evaluate: eval-default.yaml      # napari-ibis evaluate
@@ -49,6 +50,7 @@ def _stages():
         ("data", data_complete, build),
         ("grounding_data", data_complete, build),
         ("grounding", card, sft.main),
+        ("grounding_stream", card, sft.main),
         ("sft", card, sft.main),
         ("grpo", card, grpo.main),
         ("evaluate", lambda config: Path(config["output"]), evaluate.main),
@@ -70,7 +72,7 @@ def run(config_path: str | Path, log=print) -> dict:
             command([str(path)])
         produced[name] = stage_config["output"]
     if plan.get("bundle"):
-        stage = plan.get("bundle_stage") or next(s for s in ("grpo", "sft", "grounding") if s in produced)
+        stage = plan.get("bundle_stage") or next(s for s in ("grpo", "sft", "grounding_stream", "grounding") if s in produced)
         if stage not in produced:
             raise SystemExit(f"bundle_stage {stage!r} is not a stage of {config_path}")
         produced["bundled_stage"] = stage
@@ -101,13 +103,9 @@ def model_card(produced: dict) -> dict:
     if "data" in produced:
         rows = (Path(produced["data"]) / "samples.jsonl").read_text().splitlines()
         card["data"] = {"folder": produced["data"], "chat_samples": len(rows)}
-    for stage in ("grounding", "sft"):
+    for stage in SFT_STAGES:
         if stage in produced:
-            sft_card = json.loads((Path(produced[stage]) / "training_card.json").read_text())
-            losses = sft_card["losses"]
-            card[stage] = {"steps": len(losses), "samples": sft_card["samples"], "loss_first_50": _mean(losses[:50]),
-                           "loss_last_50": _mean(losses[-50:]), "first_click_evaluations": sft_card["first_click_evaluations"],
-                           "seconds": sft_card["seconds"], "config": sft_card["config"]}
+            card[stage] = _sft_summary(json.loads((Path(produced[stage]) / "training_card.json").read_text()))
     if "grpo" in produced:
         grpo_card = json.loads((Path(produced["grpo"]) / "training_card.json").read_text())
         steps = grpo_card["steps"]
@@ -121,6 +119,30 @@ def model_card(produced: dict) -> dict:
     return card
 
 
+SFT_STAGES = {"grounding": "SFT on first decisions (grounding)",
+              "grounding_stream": "More SFT on first decisions, each from a new phantom made while training (GPU)",
+              "sft": "SFT on whole trajectories"}
+
+
+def _sft_summary(sft_card: dict) -> dict:
+    losses = sft_card["losses"]
+    summary = {"steps": len(losses), "samples": sft_card["samples"], "loss_first_50": _mean(losses[:50]),
+               "loss_last_50": _mean(losses[-50:]), "first_click_evaluations": sft_card["first_click_evaluations"],
+               "seconds": sft_card["seconds"], "config": sft_card["config"]}
+    if "continued_from" in sft_card:  # a run made of consecutive parts (each with its own warm-up and schedule)
+        summary["continued_from"] = _sft_summary(sft_card["continued_from"])
+    return summary
+
+
+def _sft_line(title: str, sft: dict) -> str:
+    samples = sft["samples"] if isinstance(sft["samples"], str) else f"{sft['samples']} chat samples"
+    line = (f"{title}: {sft['steps']} steps of batch {sft['config']['batch_size']} on {samples}, "
+            f"loss {sft['loss_first_50']:.3f} -> {sft['loss_last_50']:.3f} ({sft['seconds'] / 60:.0f} min)")
+    if "continued_from" in sft:
+        line = f"{_sft_line(title, sft['continued_from'])}; then, from its model, {line[len(title) + 2:]}"
+    return line
+
+
 def _mean(values) -> float:
     values = list(values)
     return float(sum(values) / len(values)) if values else float("nan")
@@ -130,17 +152,17 @@ def card_markdown(card: dict, folder: Path) -> str:
     from .target_map import TERMS as TARGET_TERMS
 
     size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) / 2**20
+    where = "on 2 CPU cores and, for the streamed grounding stage, one GPU" if "grounding_stream" in card else "on 2 CPU cores"
     lines = ["# napari-ibis default agent", "",
-             "A small Qwen3-VL-class model trained from scratch on 2 CPU cores by `napari-ibis pipeline "
+             f"A small Qwen3-VL-class model trained from scratch {where} by `napari-ibis pipeline "
              "training/configs/default-agent.yaml` (SFT on first decisions, then on click-simulated trajectories, "
              "then GRPO with the paper's rewards). Synthetic phantoms and the training side of the Colin27/AAL slices; nothing evaluated was "
              "trained on.", "", f"Folder size: {size:.1f} MiB.", ""]
-    for stage, title in (("grounding", "SFT on first decisions (grounding)"), ("sft", "SFT on whole trajectories")):
+    for stage, title in SFT_STAGES.items():
         if stage not in card:
             continue
         sft = card[stage]
-        lines += [f"- {title}: {sft['steps']} steps of batch {sft['config']['batch_size']} on {sft['samples']} chat "
-                  f"samples, loss {sft['loss_first_50']:.3f} -> {sft['loss_last_50']:.3f} ({sft['seconds'] / 60:.0f} min)."]
+        lines += [f"- {_sft_line(title, sft)}."]
         terms = [f"{name} x {sft['config'][f'{name}_weight']}" for name in TARGET_TERMS
                  if sft["config"].get(f"{name}_weight", 0) > 0]
         if terms:

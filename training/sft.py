@@ -183,6 +183,7 @@ class SFTConfig:
     target_heads_from: str = ""  # an earlier stage's checkpoint folder: start the target-map heads from its heads
     replay_data: str = ""  # another dataset folder to mix in, so a later stage keeps what an earlier one taught
     replay_samples: int = 0  # how many of its samples (drawn once, with `seed`); 0 with replay_data: all of them
+    stream: dict = field(default_factory=dict)  # {} read `data`; else first decisions of new phantoms made while training (training.stream.StreamConfig keys)
     tiny: dict = field(default_factory=dict)  # build a new small model at `model` first (TinyConfig keys)
     extra: dict = field(default_factory=dict)
 
@@ -212,7 +213,7 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=functools.partia
     checkpoint = Path(config.output) / "checkpoint"
     start_step, losses, evaluations, seconds_before, tokens = 0, [], [], 0.0, 0
     if resuming:  # the card of a resumed run covers the whole run: losses, evaluations, time, tokens
-        state = torch.load(checkpoint / "trainer_state.pt", weights_only=True)
+        state = torch.load(checkpoint / "trainer_state.pt", weights_only=True, map_location="cpu")
         optimiser.load_state_dict(state["optimiser"])
         schedule.load_state_dict(state["schedule"])
         start_step, losses = int(state["step"]), list(state.get("losses", []))
@@ -220,7 +221,7 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=functools.partia
         tokens = int(state.get("tokens", 0))
         terms.load(state)
     elif config.target_heads_from:
-        state = torch.load(Path(config.target_heads_from) / "trainer_state.pt", weights_only=True)
+        state = torch.load(heads_file(config.target_heads_from), weights_only=True, map_location="cpu")  # a GPU run's heads load on a laptop
         log(f"target-map heads from {config.target_heads_from}: {', '.join(terms.load_heads(state)) or 'none'}")
     model.train()
     if terms.needs_attentions:
@@ -229,6 +230,12 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=functools.partia
     terms.heads = dict(zip(terms.heads, heads))
     pad_id = processor.tokenizer.pad_token_id
     evaluation = _first_click_cases(config) if config.eval_every and accelerator.is_main_process else []
+    streamed = None
+    if config.stream:  # each process its own lanes of new phantoms; a resumed run skips past those it saw
+        from .stream import StreamConfig, batches
+
+        streamed = batches(StreamConfig(**config.stream), processor, config.profile, config.batch_size, pad_id, rank, world,
+                           skip_phantoms=start_step * config.batch_size * config.gradient_accumulation)
     order = random.Random(config.seed)  # the same stream on every process: each takes its slice
     for _ in range(start_step * config.gradient_accumulation):
         order.choices(range(len(samples)), k=config.batch_size * world)
@@ -241,9 +248,13 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=functools.partia
         optimiser.zero_grad()
         total = 0.0
         for micro in range(config.gradient_accumulation):
-            picks = order.choices(range(len(samples)), k=config.batch_size * world)
-            mine = picks[rank * config.batch_size:(rank + 1) * config.batch_size]
-            batch = {k: v.to(accelerator.device) for k, v in collate([encode(processor, samples[i]) for i in mine], pad_id).items()}
+            if streamed is not None:
+                batch = next(streamed)
+            else:
+                picks = order.choices(range(len(samples)), k=config.batch_size * world)
+                mine = picks[rank * config.batch_size:(rank + 1) * config.batch_size]
+                batch = collate([encode(processor, samples[i]) for i in mine], pad_id)
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             targets = {key: batch.pop(key) for key in target_map.BATCH_KEYS}
             sync = accelerator.no_sync(model) if micro < config.gradient_accumulation - 1 else contextlib.nullcontext()
             with sync:
@@ -277,7 +288,7 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=functools.partia
     all_tokens = int(accelerator.reduce(torch.tensor([tokens], device=accelerator.device), "sum").item())
     record = {
         "config": asdict(config),
-        "samples": len(samples),
+        "samples": len(samples) if streamed is None else f"streamed: {config.steps * config.batch_size * config.gradient_accumulation * world} new first decisions",
         "processes": world,
         "trainable_parameters": sum(p.numel() for p in trainable),
         "losses": losses,
@@ -289,9 +300,23 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=functools.partia
     save(accelerator, model, processor, Path(config.output), config, None, merge=True)
     if accelerator.is_main_process:
         (Path(config.output) / "training_card.json").write_text(json.dumps(record, indent=2) + "\n")
+        if terms.heads:  # a later stage can start from them (target_heads_from: this folder)
+            torch.save(terms.state(accelerator.unwrap_model), Path(config.output) / HEADS_FILE)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return record
+
+
+HEADS_FILE = "target_heads.pt"
+
+
+def heads_file(folder: str | Path) -> Path:
+    """The file holding a run's target-map heads: a finished run's ``target_heads.pt``, or a checkpoint's state."""
+    folder = Path(folder)
+    for name in (HEADS_FILE, "trainer_state.pt"):
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"no target-map heads in {folder}: neither {HEADS_FILE} nor trainer_state.pt is there")
 
 
 def _first_click_cases(config: SFTConfig) -> list:
@@ -386,13 +411,23 @@ def replayed(config: SFTConfig) -> list[RenderedSample]:
     return read_dataset(config.replay_data, config.replay_samples or None, config.seed)
 
 
+def _stream_corpus(config: SFTConfig, count: int = 4000) -> list[RenderedSample]:
+    """The first ``count`` streamed samples: the texts a new model's tokenizer is trained on."""
+    import itertools
+
+    from .stream import StreamConfig, rendered_first_moves
+
+    return list(itertools.islice(rendered_first_moves(StreamConfig(**config.stream), config.profile), count))
+
+
 def main(argv=None) -> int:
     """``napari-ibis sft CONFIG`` (or ``python -m training.sft CONFIG``): SFT -> model folder.
 
     Keys: those of :class:`SFTConfig`. ``data`` names a dataset folder made by
     ``napari-ibis data build``; without it one is built first in ``OUTPUT/data``
     from ``extra`` (the keys of :func:`training.storage.build`). ``replay_data``
-    adds samples of another folder (:func:`replayed`).
+    adds samples of another folder (:func:`replayed`). ``stream`` instead makes first
+    decisions of new phantoms while training (:mod:`training.stream`; a GPU's stage).
     """
     import argparse
 
@@ -403,14 +438,19 @@ def main(argv=None) -> int:
     parser.add_argument("config")
     args = parser.parse_args(argv)
     config = SFTConfig(**read_config(args.config))
-    data = config.data
-    if not data:
-        data = build({"seed": config.seed, **config.extra, "output": str(Path(config.output) / "data"), "profile": config.profile})
-    samples = read_dataset(data) + replayed(config)
+    if config.stream and (config.data or config.replay_data):
+        raise SystemExit(f"{args.config}: `stream` makes its own samples; leave out `data` and `replay_data`")
+    if config.stream:
+        samples = []
+    else:
+        data = config.data or build(
+            {"seed": config.seed, **config.extra, "output": str(Path(config.output) / "data"), "profile": config.profile})
+        samples = read_dataset(data) + replayed(config)
     if config.tiny and not Path(config.model).exists():
         from .tiny import TinyConfig, build_tiny_vlm
 
-        corpus = [item["text"] for s in samples for m in s.messages for item in m["content"] if item["type"] == "text"]
+        corpus_samples = samples or _stream_corpus(config)
+        corpus = [item["text"] for s in corpus_samples for m in s.messages for item in m["content"] if item["type"] == "text"]
         build_tiny_vlm(config.model, corpus, TinyConfig(**config.tiny), seed=config.seed)
     record = train(config, samples)
     print(f"done: {config.output} ({record['tokens_per_second']:.0f} tokens/s)")
