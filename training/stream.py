@@ -4,14 +4,14 @@ The grounding stage learns where a named structure lies from first decisions
 (:func:`training.trajectories.first_move`): no segmenter runs, so a sample costs
 about 5 ms to make and 7 ms to encode on one core. A fixed dataset folder of
 10,000 phantoms is enough for 2 CPU cores, where the model's step is the cost; a
-GPU takes samples faster than a folder can be worth re-reading, so there the
-grounding stage draws a new phantom for every sample instead (``stream:`` in an
-SFT config, :class:`StreamConfig`). Data-loader workers make and encode them while
-the GPU trains.
+GPU gets through such a folder in minutes, and new phantoms teach more than the
+same ones again, so there the grounding stage draws a new phantom for every sample
+(``stream:`` in an SFT config, :class:`StreamConfig`). Data-loader workers make and
+encode them while the GPU trains.
 
 Each process and each worker takes its own lane of phantom seeds (``start_seed +
 lane``, ``+ lanes``, ...), so no two see the same phantom, and none is a held-out
-one as long as ``start_seed`` lies above the evaluation seeds (90000-90059).
+one: ``start_seed`` must lie above the seeds any evaluation here uses (90000-90099).
 """
 
 from __future__ import annotations
