@@ -36,6 +36,7 @@ MODELS = {
     "SFT with self-reflection (v4, grounding on the CPU only)": "runs/default/sft",
     "SFT with self-reflection, grounding streamed on a GPU (shipped)": "runs/default/sft-stream",
     "SFT with self-reflection, grounding streamed on a GPU, 5,000 first decisions replayed": "runs/default/sft-stream-replay5k",
+    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8": "runs/default/sft-stream-stop08",
     "SFT with self-reflection, grounding streamed on a GPU + GRPO at 1e-5": "runs/default/grpo-after-stream",
     "SFT with self-reflection, grounding streamed on a GPU + GRPO at 1e-5 from its own masks": "runs/default/grpo-after-stream-policy-states",
     "SFT with self-reflection + GRPO": "runs/default/grpo",
@@ -57,6 +58,7 @@ STARTED_FROM = {  # the model each was trained from, for the paired difference e
     "SFT (grounding, then trajectories without self-reflection)": "SFT on first decisions only (grounding)",
     BASELINE: V4,  # not trained from it: the same stage 2 on a grounding model that went on on a GPU
     "SFT with self-reflection, grounding streamed on a GPU, 5,000 first decisions replayed": BASELINE,  # likewise: its stage-2 twin
+    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8": BASELINE,
     **{name: V4 for name in MODELS if name.startswith("SFT with self-reflection + GRPO")},
     **{name: BASELINE for name in MODELS if name.startswith("SFT with self-reflection, grounding streamed on a GPU + GRPO")},
 }

@@ -4,7 +4,7 @@ Runs ``resources/models/default`` greedily through the real Session on the first
 N held-out phantoms (the cases of ``benchmarks/agents.py``), once in the dtype
 the policy picks for CUDA (bf16) and once in fp32, and compares each case's IoU
 with the CPU run recorded in ``benchmarks/results/agents-cases.json`` (the shipped
-model, fp32 on 2 CPU cores). Prints a JSON summary and writes it to --out.
+model, fp32 on the CPU). Prints a JSON summary and writes it to --out.
 
     python benchmarks/gpu_check.py --cases 12 --out benchmarks/results/gpu_check.json
 """
