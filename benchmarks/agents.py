@@ -34,9 +34,10 @@ MODELS = {
     "SFT on first decisions only (grounding)": "runs/default/grounding",
     "SFT (grounding, then trajectories without self-reflection)": "runs/default/sft-plain",
     "SFT with self-reflection (v4, grounding on the CPU only)": "runs/default/sft",
-    "SFT with self-reflection, grounding streamed on a GPU (shipped)": "runs/default/sft-stream",
+    "SFT with self-reflection, grounding streamed on a GPU (v5)": "runs/default/sft-stream",
     "SFT with self-reflection, grounding streamed on a GPU, 5,000 first decisions replayed": "runs/default/sft-stream-replay5k",
-    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8": "runs/default/sft-stream-stop08",
+    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 (shipped)": "runs/default/sft-stream-stop08",
+    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + GRPO at 1e-5": "runs/default/grpo-after-stop08",
     "SFT with self-reflection, grounding streamed on a GPU + GRPO at 1e-5": "runs/default/grpo-after-stream",
     "SFT with self-reflection, grounding streamed on a GPU + GRPO at 1e-5 from its own masks": "runs/default/grpo-after-stream-policy-states",
     "SFT with self-reflection + GRPO": "runs/default/grpo",
@@ -50,17 +51,19 @@ MODELS = {
 }
 OUT = ROOT / "benchmarks" / "results" / "agents.json"
 CASES_OUT = ROOT / "benchmarks" / "results" / "agents-cases.json"
-BASELINE = "SFT with self-reflection, grounding streamed on a GPU (shipped)"
+BASELINE = "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 (shipped)"
+V5 = "SFT with self-reflection, grounding streamed on a GPU (v5)"
 V4 = "SFT with self-reflection (v4, grounding on the CPU only)"
 STARTED_FROM = {  # the model each was trained from, for the paired difference each stage made
     "SFT on first decisions only (grounding)": "untrained (random init)",
     V4: "SFT on first decisions only (grounding)",
     "SFT (grounding, then trajectories without self-reflection)": "SFT on first decisions only (grounding)",
-    BASELINE: V4,  # not trained from it: the same stage 2 on a grounding model that went on on a GPU
-    "SFT with self-reflection, grounding streamed on a GPU, 5,000 first decisions replayed": BASELINE,  # likewise: its stage-2 twin
-    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8": BASELINE,
+    V5: V4,  # not trained from it: the same stage 2 on a grounding model that went on on a GPU
+    "SFT with self-reflection, grounding streamed on a GPU, 5,000 first decisions replayed": V5,  # likewise: its stage-2 twin
+    BASELINE: V5,  # likewise: the same stage 2 on trajectories that stop sooner
     **{name: V4 for name in MODELS if name.startswith("SFT with self-reflection + GRPO")},
-    **{name: BASELINE for name in MODELS if name.startswith("SFT with self-reflection, grounding streamed on a GPU + GRPO")},
+    **{name: V5 for name in MODELS if name.startswith("SFT with self-reflection, grounding streamed on a GPU + GRPO")},
+    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + GRPO at 1e-5": BASELINE,
 }
 
 
