@@ -237,7 +237,7 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=functools.partia
         streamed = batches(StreamConfig(**config.stream), processor, config.profile, config.batch_size, pad_id, rank, world,
                            skip_phantoms=start_step * config.batch_size * config.gradient_accumulation)
     order = random.Random(config.seed)  # the same stream on every process: each takes its slice
-    for _ in range(0 if streamed else start_step * config.gradient_accumulation):  # a streamed run has no list to draw from
+    for _ in range(0 if streamed is not None else start_step * config.gradient_accumulation):  # a streamed run has no list to draw from
         order.choices(range(len(samples)), k=config.batch_size * world)
 
     def mean(value: float) -> float:  # over the processes
