@@ -37,7 +37,9 @@ MODELS = {
     "SFT with self-reflection, grounding streamed on a GPU (v5)": "runs/default/sft-stream",
     "SFT with self-reflection, grounding streamed on a GPU, 5,000 first decisions replayed": "runs/default/sft-stream-replay5k",
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 (shipped)": "runs/default/sft-stream-stop08",
+    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.7": "runs/default/sft-stream-stop07",
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + GRPO at 1e-5": "runs/default/grpo-after-stop08",
+    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + GRPO at 2e-5, 120 steps": "runs/default/grpo-after-stop08-long",
     "SFT with self-reflection, grounding streamed on a GPU + GRPO at 1e-5": "runs/default/grpo-after-stream",
     "SFT with self-reflection, grounding streamed on a GPU + GRPO at 1e-5 from its own masks": "runs/default/grpo-after-stream-policy-states",
     "SFT with self-reflection + GRPO": "runs/default/grpo",
@@ -61,9 +63,11 @@ STARTED_FROM = {  # the model each was trained from, for the paired difference e
     V5: V4,  # not trained from it: the same stage 2 on a grounding model that went on on a GPU
     "SFT with self-reflection, grounding streamed on a GPU, 5,000 first decisions replayed": V5,  # likewise: its stage-2 twin
     BASELINE: V5,  # likewise: the same stage 2 on trajectories that stop sooner
+    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.7": V5,  # likewise
     **{name: V4 for name in MODELS if name.startswith("SFT with self-reflection + GRPO")},
     **{name: V5 for name in MODELS if name.startswith("SFT with self-reflection, grounding streamed on a GPU + GRPO")},
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + GRPO at 1e-5": BASELINE,
+    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + GRPO at 2e-5, 120 steps": BASELINE,
 }
 
 
