@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import threading
 
@@ -60,6 +61,15 @@ def test_the_vlm_session_loop_runs_end_to_end(tiny_vlm_folder):
     assert isinstance(events[-1], Stopped) and events[-1].reason in ("unparsable", "max_steps", "answered", "repeated", "not_present")
 
 
+def test_a_policy_asked_to_sample_varies_and_reproduces_with_its_seed(tiny_vlm_folder):
+    policy = VLMPolicy(tiny_vlm_folder, max_new_tokens=12)
+    greedy = [policy.respond(request()) for _ in range(2)]
+    assert greedy[0] == greedy[1]  # temperature 0: the release's greedy decoding
+    sampled = {seed: policy.respond(dataclasses.replace(request(), temperature=1.0, seed=seed)) for seed in range(5)}
+    assert len(set(sampled.values())) > 1
+    assert policy.respond(dataclasses.replace(request(), temperature=1.0, seed=3)) == sampled[3]
+
+
 def test_stop_during_generation(tiny_vlm_folder):
     policy = VLMPolicy(tiny_vlm_folder, max_new_tokens=400)
     cancel = threading.Event()
@@ -116,6 +126,9 @@ def test_remote_policy_streams_and_keeps_the_key_secret(monkeypatch):
         session = Session(image, "segment the disk", policy, build_segmenter("classical"), max_steps=1)
         list(session.run())
         assert "sk-secret" not in json.dumps(session.trajectory())
+        assert sent["body"]["temperature"] == 0.0 and "seed" not in sent["body"]
+        policy.respond(dataclasses.replace(request(), temperature=0.7, seed=12))
+        assert server.seen[-1]["body"]["temperature"] == 0.7 and server.seen[-1]["body"]["seed"] == 12
     finally:
         server.close()
 

@@ -33,6 +33,8 @@ class PolicyRequest:
     clicks: tuple[Click, ...]
     step: int
     messages: list[dict[str, Any]] = field(default_factory=list)
+    temperature: float = 0.0  # 0: greedy (the release's decoding); above 0: sample, to ask for another reply
+    seed: int = 0  # the sampling seed, so that a sampled reply can be reproduced
 
 
 class Policy(ABC):

@@ -96,7 +96,8 @@ class RemotePolicy(Policy):
                 "model": self.model,
                 "messages": to_openai_messages(request.messages),
                 "stream": True,
-                "temperature": 0.0,
+                "temperature": request.temperature,
+                **({"seed": request.seed} if request.temperature > 0 else {}),
                 "max_tokens": self.max_tokens,
             }
         ).encode()

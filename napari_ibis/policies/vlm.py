@@ -4,8 +4,10 @@ Loads Qwen2.5-VL first (the released IBISAgent weights), and Qwen2-VL and
 Qwen3-VL folders, strictly from local files (``local_files_only=True``) and
 without running code shipped in the folder (``trust_remote_code=False``).
 Device, dtype and attention follow the machine: bf16 + sdpa on CUDA, fp16 on
-MPS, fp32 on CPU. Tokens stream through ``TextIteratorStreamer``; a stopping
-criterion checks the cancel event after every token.
+MPS, fp32 on CPU. Decoding is greedy, as the release's, unless the request asks
+for a temperature (then sampled, seeded with the request's seed). Tokens stream
+through ``TextIteratorStreamer``; a stopping criterion checks the cancel event
+after every token.
 """
 
 from __future__ import annotations
@@ -154,11 +156,16 @@ class VLMPolicy(Policy):
             try:
                 import torch
 
+                sampling = {}
+                if request.temperature > 0:
+                    torch.manual_seed(request.seed)
+                    sampling = {"temperature": request.temperature, "top_p": 1.0, "top_k": 0}
                 with torch.inference_mode():
                     self.model.generate(
                         **inputs,
                         max_new_tokens=self.max_new_tokens,
-                        do_sample=False,
+                        do_sample=request.temperature > 0,
+                        **sampling,
                         pad_token_id=self.pad_token_id,
                         streamer=streamer,
                         stopping_criteria=StoppingCriteriaList([_CancelCriteria(cancel)]),
