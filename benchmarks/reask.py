@@ -10,7 +10,8 @@ the first sampled reply that passes:
   parsable click elsewhere;
 - ``contradiction``: a positive click inside the current mask or a negative one outside
   it (the system prompt asks for clicks in the missed or wrongly included area); a
-  passing reply parses and does not contradict (a Terminate passes).
+  passing reply parses and does not contradict (a Terminate passes);
+- ``contradiction-click``: the same, but only a click passes (no Terminate).
 
     python benchmarks/reask.py --rule repeat --tries 5 --temperature 0.7
 
@@ -74,6 +75,8 @@ class AskAgain(Policy):
             return False
         if self.rule == "repeat":
             return bool(actions) and actions != greedy_actions
+        if self.rule == "contradiction-click" and not actions:
+            return False
         return not self._contradicts(request, actions)
 
     def respond(self, request, on_text=None, cancel=None) -> str:
@@ -104,7 +107,7 @@ def main() -> None:
     from napari_ibis.segmenters import build_segmenter
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rule", choices=["repeat", "contradiction"], default="repeat")
+    parser.add_argument("--rule", choices=["repeat", "contradiction", "contradiction-click"], default="repeat")
     parser.add_argument("--tries", type=int, default=5)
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--threads", type=int, default=2)
