@@ -38,6 +38,7 @@ MODELS = {
     "SFT with self-reflection, grounding streamed on a GPU, 5,000 first decisions replayed": "runs/default/sft-stream-replay5k",
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 (shipped)": "runs/default/sft-stream-stop08",
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.7": "runs/default/sft-stream-stop07",
+    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8, twice the phantoms": "runs/default/sft-stream-stop08-800",
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + GRPO at 1e-5": "runs/default/grpo-after-stop08",
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + GRPO at 2e-5, 120 steps": "runs/default/grpo-after-stop08-long",
     "SFT with self-reflection, grounding streamed on a GPU + GRPO at 1e-5": "runs/default/grpo-after-stream",
@@ -64,6 +65,7 @@ STARTED_FROM = {  # the model each was trained from, for the paired difference e
     "SFT with self-reflection, grounding streamed on a GPU, 5,000 first decisions replayed": V5,  # likewise: its stage-2 twin
     BASELINE: V5,  # likewise: the same stage 2 on trajectories that stop sooner
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.7": V5,  # likewise
+    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8, twice the phantoms": V5,  # likewise
     **{name: V4 for name in MODELS if name.startswith("SFT with self-reflection + GRPO")},
     **{name: V5 for name in MODELS if name.startswith("SFT with self-reflection, grounding streamed on a GPU + GRPO")},
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + GRPO at 1e-5": BASELINE,
