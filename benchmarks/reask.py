@@ -28,14 +28,15 @@ import dataclasses
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from napari_ibis.policies.base import Policy, PolicyRequest  # noqa: E402
-from napari_ibis.protocol import ActionParseError  # noqa: E402
 from training.evaluate import EvalConfig, cases, evaluate, paired_difference  # noqa: E402
+from training.rewards import parse_or_none  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "reask.json"
 SET = "phantoms (synthetic)"
@@ -53,9 +54,8 @@ class AskAgain(Policy):
 
     def _actions(self, request: PolicyRequest, raw: str):
         """The click actions of a reply; () for Terminate/undo; None when it does not parse."""
-        try:
-            response = request.profile.parse(raw)
-        except ActionParseError:
+        response = parse_or_none(raw, request.profile)
+        if response is None:
             return None
         return () if (response.terminate or response.undo) else response.actions
 
@@ -102,7 +102,7 @@ class AskAgain(Policy):
 def main() -> None:
     import torch
 
-    from agents import BASELINE, MODELS, read_cases
+    from agents import BASELINE, MODELS, case_ious, read_cases
     from napari_ibis.policies.vlm import VLMPolicy
     from napari_ibis.segmenters import build_segmenter
 
@@ -118,26 +118,18 @@ def main() -> None:
     policy = AskAgain(VLMPolicy(ROOT / config.model, max_new_tokens=200), args.rule, args.tries, args.temperature)
     started = time.perf_counter()
     result = evaluate(policy, samples, build_segmenter("classical"), config.profile, config.max_steps, config.seed)
-    ious = [None if c["iou"] != c["iou"] else c["iou"] for c in result["cases"]]
     shipped = read_cases().get(BASELINE, {}).get(SET)
     entry = {
         "model": config.model, "rule": args.rule, "tries": args.tries, "temperature": args.temperature,
         "threads": args.threads, "seconds": time.perf_counter() - started, "counts": policy.counts,
-        "summary": result["summary"], "stops": _count(c["stop"] for c in result["cases"]),
-        "vs_shipped": paired_difference(ious, shipped) if shipped else None,
+        "summary": result["summary"], "stops": dict(Counter(c["stop"] for c in result["cases"])),
+        "vs_shipped": paired_difference(case_ious(result), shipped) if shipped else None,
     }
     everything = json.loads(OUT.read_text()) if OUT.is_file() else {}
     everything[f"{args.rule}, {args.tries} tries, temperature {args.temperature}"] = entry
     OUT.write_text(json.dumps(everything, indent=2) + "\n")
     print(json.dumps({k: entry[k] for k in ("rule", "tries", "temperature", "counts", "stops", "vs_shipped")}))
     print(json.dumps({k: round(v, 3) for k, v in result["summary"].items()}))
-
-
-def _count(values) -> dict:
-    counts: dict = {}
-    for value in values:
-        counts[value] = counts.get(value, 0) + 1
-    return counts
 
 
 if __name__ == "__main__":
