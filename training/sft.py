@@ -159,7 +159,7 @@ class SFTConfig:
 
     model: str  # folder of the model to start from
     output: str  # folder to write
-    data: str = ""  # a dataset folder written by `napari-ibis data build`; empty: build one from `extra`
+    data: str | list = ""  # a dataset folder written by `napari-ibis data build` (or a list of them); empty: build one from `extra`
     profile: str = "ibis-release"
     steps: int = 100
     batch_size: int = 1  # samples per process per micro-step
@@ -424,7 +424,7 @@ def main(argv=None) -> int:
     """``napari-ibis sft CONFIG`` (or ``python -m training.sft CONFIG``): SFT -> model folder.
 
     Keys: those of :class:`SFTConfig`. ``data`` names a dataset folder made by
-    ``napari-ibis data build``; without it one is built first in ``OUTPUT/data``
+    ``napari-ibis data build`` (or ``data dagger``), or a list of them; without it one is built first in ``OUTPUT/data``
     from ``extra`` (the keys of :func:`training.storage.build`). ``replay_data``
     adds samples of another folder (:func:`replayed`). ``stream`` instead makes first
     decisions of new phantoms while training (:mod:`training.stream`; a GPU's stage).
@@ -443,9 +443,10 @@ def main(argv=None) -> int:
     if config.stream:
         samples = []
     else:
-        data = config.data or build(
-            {"seed": config.seed, **config.extra, "output": str(Path(config.output) / "data"), "profile": config.profile})
-        samples = read_dataset(data) + replayed(config)
+        folders = [config.data] if isinstance(config.data, str) else list(config.data)
+        folders = [f for f in folders if f] or [build(
+            {"seed": config.seed, **config.extra, "output": str(Path(config.output) / "data"), "profile": config.profile})]
+        samples = [sample for folder in folders for sample in read_dataset(folder)] + replayed(config)
     if config.tiny and not Path(config.model).exists():
         from .tiny import TinyConfig, build_tiny_vlm
 

@@ -202,7 +202,8 @@ def build(config: dict, progress=None) -> Path:
 
 
 def main(argv=None) -> int:
-    """``napari-ibis data build CONFIG`` and ``napari-ibis data export FOLDER OUT``."""
+    """``napari-ibis data build CONFIG``, ``napari-ibis data dagger CONFIG`` (:mod:`training.dagger`)
+    and ``napari-ibis data export FOLDER OUT``."""
     import argparse
 
     from tqdm import tqdm
@@ -211,14 +212,18 @@ def main(argv=None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     build_parser = commands.add_parser("build", help="make a dataset folder from a JSON/YAML config")
     build_parser.add_argument("config")
+    dagger_parser = commands.add_parser("dagger", help="label the states a model reaches itself with the click simulator's decisions")
+    dagger_parser.add_argument("config")
     export_parser = commands.add_parser("export", help="write the ShareGPT / LLaMA-Factory JSON of a dataset folder")
     export_parser.add_argument("folder")
     export_parser.add_argument("out")
     args = parser.parse_args(argv)
-    if args.command == "build":
+    if args.command in ("build", "dagger"):
+        from . import dagger
         from .config_file import read_config
 
-        folder = build(read_config(args.config), progress=lambda items: tqdm(items, desc="samples", unit="sample"))
+        make = build if args.command == "build" else dagger.build
+        folder = make(read_config(args.config), progress=lambda items: tqdm(items, desc="samples", unit="sample"))
         count = len((folder / "samples.jsonl").read_text().splitlines())
         print(f"{folder}: {count} chat samples")
     else:
