@@ -17,7 +17,11 @@ def test_one_command_rebuilds_an_agent_from_nothing_and_bundles_it(tmp_path):
                         "target_heads_from": str(run / "grounding")},
         "sft.yaml": {"model": str(run / "stream"), "output": str(run / "sft"), "data": str(run / "data"), "steps": 2,
                      "log_every": 0},
-        "grpo.yaml": {"model": str(run / "sft"), "output": str(run / "grpo"), "steps": 1, "questions_per_step": 1,
+        "dagger-data.yaml": {"output": str(run / "dagger-data"), "model": str(run / "sft"), "seeds": [0, 1],
+                             "max_steps": 2},
+        "dagger-sft.yaml": {"model": str(run / "sft"), "output": str(run / "dagger"), "steps": 2, "log_every": 0,
+                            "data": [str(run / "data"), str(run / "dagger-data")]},
+        "grpo.yaml": {"model": str(run / "dagger"), "output": str(run / "grpo"), "steps": 1, "questions_per_step": 1,
                       "group_size": 2, "mode": "decision", "max_new_tokens": 8, "seeds": [0, 2]},
         "eval.yaml": {"model": str(run / "grpo"), "output": str(run / "eval.json"), "phantom_seeds": [90000, 90001],
                       "limit": 2, "max_steps": 2},
@@ -25,7 +29,8 @@ def test_one_command_rebuilds_an_agent_from_nothing_and_bundles_it(tmp_path):
     for name, content in stages.items():
         (tmp_path / name).write_text(yaml.safe_dump(content))
     plan = {"data": "data.yaml", "grounding_data": "first.yaml", "grounding": "grounding.yaml",
-            "grounding_stream": "stream.yaml", "sft": "sft.yaml", "grpo": "grpo.yaml", "evaluate": "eval.yaml",
+            "grounding_stream": "stream.yaml", "sft": "sft.yaml",
+            "dagger": [{"data": ["dagger-data.yaml"], "sft": "dagger-sft.yaml"}], "grpo": "grpo.yaml", "evaluate": "eval.yaml",
             "bundle": str(tmp_path / "bundle"), "bundle_stage": "sft"}
     (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
     assert main(["pipeline", str(tmp_path / "plan.yaml")]) == 0
@@ -34,6 +39,10 @@ def test_one_command_rebuilds_an_agent_from_nothing_and_bundles_it(tmp_path):
     card = json.loads((bundle / "model_card.json").read_text())
     assert card["grounding"]["steps"] == 2 and card["sft"]["steps"] == 2 and card["grpo"]["steps"] == 1
     assert card["stages"]["sft"] == str(run / "sft")
+    # a DAgger round: the SFT model's own states, labelled, then SFT on them and the trajectories
+    states = card["dagger_rounds"][0]["states"][str(run / "dagger-data")]
+    assert states > 0 and card["dagger_rounds"][0]["sft"]["samples"] == states + card["data"]["chat_samples"]
+    assert card["stages"]["dagger"] == str(run / "dagger")
     assert card["grounding_stream"]["samples"] == "streamed: 4 new first decisions"  # the GPU stage, at tiny size
     # GRPO ran and is on the card, but the stage named by bundle_stage is the one shipped
     assert (bundle / "model.safetensors").read_bytes() == (run / "sft" / "model.safetensors").read_bytes()
@@ -44,6 +53,7 @@ def test_one_command_rebuilds_an_agent_from_nothing_and_bundles_it(tmp_path):
     assert "each from a new phantom made while training (GPU): 2 steps of batch 2 on streamed: 4 new" in markdown
     assert "target-map terms (training/target_map.py): target_map x 1.0" in markdown  # how the model was taught
     assert "This folder holds the model of the `sft` stage" in markdown and "Not in this folder" in markdown
+    assert f"DAgger round 1: {states} states" in markdown
     # the bundled folder is a model the runtime loads
     from napari_ibis.policies import load_policy
 

@@ -7,6 +7,9 @@ CONFIG names one config file per stage (paths relative to CONFIG's folder):
     grounding: sft-grounding.yaml    # napari-ibis sft on the first decisions (optional)
     grounding_stream: sft-grounding-stream.yaml  # more of it on new phantoms made while training (optional; a GPU job)
     sft: sft-default.yaml            # napari-ibis sft on whole trajectories
+    dagger:                          # rounds of DAgger (optional; training/dagger.py), each:
+      - data: [data-dagger-v6.yaml]  #   napari-ibis data dagger: the last model's own states, labelled
+        sft: sft-after-stream-dagger.yaml  # napari-ibis sft on them and the trajectories
     grpo: grpo-default-low-lr.yaml   # napari-ibis grpo
     evaluate: eval-default.yaml      # napari-ibis evaluate
     bundle: resources/models/default  # where the finished model folder is copied (optional)
@@ -52,6 +55,7 @@ def _stages():
         ("grounding", card, sft.main),
         ("grounding_stream", card, sft.main),
         ("sft", card, sft.main),
+        ("dagger", None, None),  # rounds of (dagger data, SFT): see _dagger_rounds
         ("grpo", card, grpo.main),
         ("evaluate", lambda config: Path(config["output"]), evaluate.main),
     ]
@@ -65,6 +69,9 @@ def run(config_path: str | Path, log=print) -> dict:
     for name, complete, command in _stages():
         if not plan.get(name):
             continue
+        if name == "dagger":
+            produced.update(_dagger_rounds(config_path.parent, plan[name], log))
+            continue
         path = config_path.parent / plan[name]
         stage_config = read_config(path)
         if not complete(stage_config).is_file():
@@ -72,12 +79,34 @@ def run(config_path: str | Path, log=print) -> dict:
             command([str(path)])
         produced[name] = stage_config["output"]
     if plan.get("bundle"):
-        stage = plan.get("bundle_stage") or next(s for s in ("grpo", "sft", "grounding_stream", "grounding") if s in produced)
+        stage = plan.get("bundle_stage") or next(s for s in ("grpo", "dagger", "sft", "grounding_stream", "grounding") if s in produced)
         if stage not in produced:
             raise SystemExit(f"bundle_stage {stage!r} is not a stage of {config_path}")
         produced["bundled_stage"] = stage
         produced["bundle"] = str(bundle(produced[stage], plan["bundle"], produced))
         log(f"bundled: {produced['bundle']}")
+    return produced
+
+
+def _dagger_rounds(folder: Path, rounds: list[dict], log) -> dict:
+    """Each round: its DAgger data configs, then its SFT config; produced["dagger"] is the last round's model."""
+    from . import sft, storage
+
+    produced: dict = {"dagger_rounds": []}
+    for number, spec in enumerate(rounds, 1):
+        data = []
+        for name in spec["data"]:
+            stage_config = read_config(folder / name)
+            if not (Path(stage_config["output"]) / "complete").is_file():
+                log(f"dagger round {number} data: {folder / name}")
+                storage.main(["dagger", str(folder / name)])
+            data.append(stage_config["output"])
+        stage_config = read_config(folder / spec["sft"])
+        if not (Path(stage_config["output"]) / "training_card.json").is_file():
+            log(f"dagger round {number} sft: {folder / spec['sft']}")
+            sft.main([str(folder / spec["sft"])])
+        produced["dagger_rounds"].append({"data": data, "sft": stage_config["output"]})
+        produced["dagger"] = stage_config["output"]
     return produced
 
 
@@ -106,6 +135,10 @@ def model_card(produced: dict) -> dict:
     for stage in SFT_STAGES:
         if stage in produced:
             card[stage] = _sft_summary(json.loads((Path(produced[stage]) / "training_card.json").read_text()))
+    for spec in produced.get("dagger_rounds", []):
+        card.setdefault("dagger_rounds", []).append({
+            "states": {folder: len((Path(folder) / "samples.jsonl").read_text().splitlines()) for folder in spec["data"]},
+            "sft": _sft_summary(json.loads((Path(spec["sft"]) / "training_card.json").read_text()))})
     if "grpo" in produced:
         grpo_card = json.loads((Path(produced["grpo"]) / "training_card.json").read_text())
         steps = grpo_card["steps"]
@@ -156,7 +189,7 @@ def card_markdown(card: dict, folder: Path) -> str:
     lines = ["# napari-ibis default agent", "",
              f"A small Qwen3-VL-class model trained from scratch {where} by `napari-ibis pipeline "
              "training/configs/default-agent.yaml` (SFT on first decisions, then on click-simulated trajectories, "
-             "then GRPO with the paper's rewards). Synthetic phantoms and the training side of the Colin27/AAL slices; nothing evaluated was "
+             f"{'then on its own states (DAgger), ' if 'dagger_rounds' in card else ''}then GRPO with the paper's rewards). Synthetic phantoms and the training side of the Colin27/AAL slices; nothing evaluated was "
              "trained on.", "", f"Folder size: {size:.1f} MiB.", ""]
     for stage, title in SFT_STAGES.items():
         if stage not in card:
@@ -170,6 +203,10 @@ def card_markdown(card: dict, folder: Path) -> str:
         for ev in sft["first_click_evaluations"]:
             lines.append(f"  - first click inside the named structure at step {ev['step']}: {ev['hit_rate']:.2f} "
                          f"({ev['cases']} held-out phantom cases; {ev['per_target']})")
+    for number, spec in enumerate(card.get("dagger_rounds", []), 1):
+        states = sum(spec["states"].values())
+        lines.append(f"- DAgger round {number}: {states} states that the previous stage's model reached on the training "
+                     f"phantoms, each labelled with the click simulator's decision; then {_sft_line('SFT', spec['sft'])[5:]}")
     shipped = card["stages"].get("bundled_stage")
     if "grpo" in card:
         grpo = card["grpo"]
