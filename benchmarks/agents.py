@@ -41,6 +41,8 @@ MODELS = {
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8, twice the phantoms": "runs/default/sft-stream-stop08-800",
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + GRPO at 1e-5": "runs/default/grpo-after-stop08",
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + the shipped model's own states (DAgger, retrained)": "runs/default/sft-stream-dagger",
+    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + two rounds of own states (DAgger)": "runs/default/sft-stream-dagger-r2",
+    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + the shipped model's own states (DAgger, retrained) + GRPO at 1e-5": "runs/default/grpo-after-dagger",
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + the shipped model's own states (DAgger, fine-tuned)": "runs/default/sft-v6-dagger",
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + GRPO at 2e-5, 120 steps": "runs/default/grpo-after-stop08-long",
     "SFT with self-reflection, grounding streamed on a GPU + GRPO at 1e-5": "runs/default/grpo-after-stream",
@@ -75,6 +77,8 @@ STARTED_FROM = {  # the model each was trained from, for the paired difference e
     # retrained from the same stage-1 model as the shipped one, on its data plus the DAgger states: compared with it
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + the shipped model's own states (DAgger, retrained)": BASELINE,
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + the shipped model's own states (DAgger, fine-tuned)": BASELINE,
+    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + two rounds of own states (DAgger)": BASELINE,
+    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + the shipped model's own states (DAgger, retrained) + GRPO at 1e-5": "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + the shipped model's own states (DAgger, retrained)",
 }
 
 
