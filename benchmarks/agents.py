@@ -36,14 +36,15 @@ MODELS = {
     "SFT with self-reflection (v4, grounding on the CPU only)": "runs/default/sft",
     "SFT with self-reflection, grounding streamed on a GPU (v5)": "runs/default/sft-stream",
     "SFT with self-reflection, grounding streamed on a GPU, 5,000 first decisions replayed": "runs/default/sft-stream-replay5k",
-    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 (shipped)": "runs/default/sft-stream-stop08",
+    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 (v6)": "runs/default/sft-stream-stop08",
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.7": "runs/default/sft-stream-stop07",
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8, twice the phantoms": "runs/default/sft-stream-stop08-800",
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + GRPO at 1e-5": "runs/default/grpo-after-stop08",
-    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + the shipped model's own states (DAgger, retrained)": "runs/default/sft-stream-dagger",
-    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + two rounds of own states (DAgger)": "runs/default/sft-stream-dagger-r2",
-    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + the shipped model's own states (DAgger, retrained) + GRPO at 1e-5": "runs/default/grpo-after-dagger",
-    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + the shipped model's own states (DAgger, fine-tuned)": "runs/default/sft-v6-dagger",
+    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + v6's own states (DAgger, retrained)": "runs/default/sft-stream-dagger",
+    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + two rounds of own states (DAgger, v7, shipped)": "runs/default/sft-stream-dagger-r2",
+    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + two rounds of own states (DAgger, v7, shipped) + GRPO at 1e-5": "runs/default/grpo-after-dagger-r2",
+    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + v6's own states (DAgger, retrained) + GRPO at 1e-5": "runs/default/grpo-after-dagger",
+    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + v6's own states (DAgger, v6 fine-tuned)": "runs/default/sft-v6-dagger",
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + GRPO at 2e-5, 120 steps": "runs/default/grpo-after-stop08-long",
     "SFT with self-reflection, grounding streamed on a GPU + GRPO at 1e-5": "runs/default/grpo-after-stream",
     "SFT with self-reflection, grounding streamed on a GPU + GRPO at 1e-5 from its own masks": "runs/default/grpo-after-stream-policy-states",
@@ -58,27 +59,30 @@ MODELS = {
 }
 OUT = ROOT / "benchmarks" / "results" / "agents.json"
 CASES_OUT = ROOT / "benchmarks" / "results" / "agents-cases.json"
-BASELINE = "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 (shipped)"
+BASELINE = "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + two rounds of own states (DAgger, v7, shipped)"  # the bundled agent
+V6 = "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 (v6)"
 V5 = "SFT with self-reflection, grounding streamed on a GPU (v5)"
 V4 = "SFT with self-reflection (v4, grounding on the CPU only)"
+DAGGER_1 = "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + v6's own states (DAgger, retrained)"
 STARTED_FROM = {  # the model each was trained from, for the paired difference each stage made
     "SFT on first decisions only (grounding)": "untrained (random init)",
     V4: "SFT on first decisions only (grounding)",
     "SFT (grounding, then trajectories without self-reflection)": "SFT on first decisions only (grounding)",
     V5: V4,  # not trained from it: the same stage 2 on a grounding model that went on on a GPU
     "SFT with self-reflection, grounding streamed on a GPU, 5,000 first decisions replayed": V5,  # likewise: its stage-2 twin
-    BASELINE: V5,  # likewise: the same stage 2 on trajectories that stop sooner
+    V6: V5,  # likewise: the same stage 2 on trajectories that stop sooner
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.7": V5,  # likewise
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8, twice the phantoms": V5,  # likewise
     **{name: V4 for name in MODELS if name.startswith("SFT with self-reflection + GRPO")},
     **{name: V5 for name in MODELS if name.startswith("SFT with self-reflection, grounding streamed on a GPU + GRPO")},
-    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + GRPO at 1e-5": BASELINE,
-    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + GRPO at 2e-5, 120 steps": BASELINE,
-    # retrained from the same stage-1 model as the shipped one, on its data plus the DAgger states: compared with it
-    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + the shipped model's own states (DAgger, retrained)": BASELINE,
-    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + the shipped model's own states (DAgger, fine-tuned)": BASELINE,
-    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + two rounds of own states (DAgger)": BASELINE,
-    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + the shipped model's own states (DAgger, retrained) + GRPO at 1e-5": "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + the shipped model's own states (DAgger, retrained)",
+    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + GRPO at 1e-5": V6,
+    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + GRPO at 2e-5, 120 steps": V6,
+    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + v6's own states (DAgger, v6 fine-tuned)": V6,
+    # retrained from the same stage-1 model as v6, on its data plus the DAgger states: compared with v6, then round 1
+    DAGGER_1: V6,
+    BASELINE: DAGGER_1,
+    f"{DAGGER_1} + GRPO at 1e-5": DAGGER_1,
+    f"{BASELINE} + GRPO at 1e-5": BASELINE,
 }
 
 

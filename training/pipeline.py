@@ -206,7 +206,7 @@ def card_markdown(card: dict, folder: Path) -> str:
     for number, spec in enumerate(card.get("dagger_rounds", []), 1):
         states = sum(spec["states"].values())
         lines.append(f"- DAgger round {number}: {states} states that the previous stage's model reached on the training "
-                     f"phantoms, each labelled with the click simulator's decision; then {_sft_line('SFT', spec['sft'])[5:]}")
+                     f"phantoms, each labelled with the click simulator's decision; then {_sft_line('SFT', spec['sft'])[5:]}.")
     shipped = card["stages"].get("bundled_stage")
     if "grpo" in card:
         grpo = card["grpo"]
