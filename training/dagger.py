@@ -3,10 +3,11 @@
 The click simulator's trajectories show the model only the simulator's own masks,
 which get better with every click. At evaluation the model meets its *own* masks:
 a heart where only one chamber is green, a liver half covered after a click that
-changed nothing. No sample ever showed it what to do there, and the bundled agent
-was measured to click the same point again in a third of the held-out sessions
-(docs/TRAINING.md). DAgger (Ross, Gordon and Bagnell, 2011) closes that gap: run
-the model, and label every state it visits with what the expert would do there.
+changed nothing. No sample ever showed it what to do there: the v6 agent clicked the
+same point again in a third of the held-out sessions, and only 10% of its clicks on
+a mask went into what the mask got wrong (docs/TRAINING.md). DAgger (Ross, Gordon
+and Bagnell, 2011) closes that gap: run the model, and label every state it visits
+with what the expert would do there.
 
 Here the model runs greedily through the real :class:`~napari_ibis.session.Session`
 (:func:`training.rollout.rollout`), and the expert is the click simulator: at
