@@ -23,7 +23,6 @@ SFT mixes with the trajectories (``data:`` may list several folders).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +80,7 @@ def visited_states(episode) -> list[tuple[np.ndarray, bool]]:
     seen, states = set(), []
     for index, turn in enumerate(episode.turns):
         mask = np.asarray(turn.mask_before, dtype=bool)
-        key = hashlib.sha256(np.packbits(mask).tobytes()).hexdigest()
+        key = np.packbits(mask).tobytes()
         if key not in seen:
             seen.add(key)
             states.append((mask, index == 0))
@@ -99,23 +98,14 @@ def build(config: dict, progress=None) -> Path:
     from napari_ibis.policies.vlm import VLMPolicy
     from napari_ibis.segmenters import build_segmenter
 
-    from .datasets import colin27_aal, split_by_group, stardist_nuclei
-    from .phantoms import phantom_samples
     from .rollout import rollout
-    from .storage import append_samples, written_ids
+    from .storage import append_samples, sample_rng, training_samples, written_ids
 
     folder = Path(config["output"])
     profile = config.get("profile", "ibis-release")
     policy = VLMPolicy(config["model"], max_new_tokens=200)
     segmenter = build_segmenter(config.get("segmenter", "classical"))
-    samples = list(phantom_samples(range(*config.get("seeds", [0, 100])),
-                                   absent_probability=config.get("absent_probability", 0.1)))
-    real = []
-    if "nuclei" in config.get("real", []):
-        real += list(stardist_nuclei())
-    if "aal" in config.get("real", []):
-        real += list(colin27_aal())
-    samples += split_by_group(real)[0]
+    samples = training_samples(config)
     seed, stop_iou, max_steps = config.get("seed", 0), config.get("stop_iou", 0.8), config.get("max_steps", 8)
     done = written_ids(folder)
     sources = {key.rsplit(":", 1)[0] for key in done}
@@ -125,7 +115,7 @@ def build(config: dict, progress=None) -> Path:
             sample_id = f"{sample.source}:dagger"
             if sample_id in sources:
                 continue  # labelled by an earlier run
-            rng = np.random.default_rng([seed, int.from_bytes(hashlib.sha256(sample.source.encode()).digest()[:8], "little")])
+            rng = sample_rng(seed, sample)
             query = text.query(sample.target, sample.modality, rng)
             answer = text.answer(sample.target, sample.modality, rng, present=bool(sample.mask.any()))
             episode = rollout(policy, sample, query, segmenter, profile, max_steps)

@@ -36,48 +36,60 @@ MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "pr
                "chat_template.jinja", "chat_template.json", "video_preprocessor_config.json")
 
 
+def _card(config: dict) -> Path:
+    return Path(config["output"]) / "training_card.json"
+
+
+def _data_complete(config: dict) -> Path:
+    return Path(config["output"]) / "complete"
+
+
 def _stages():
-    """(name, where the stage's output says it is complete, its command's main)."""
+    """(name, where the stage's output says it is complete, its command's main); DAgger rounds apart."""
     from . import evaluate, grpo, sft, storage
-
-    def card(config: dict) -> Path:
-        return Path(config["output"]) / "training_card.json"
-
-    def data_complete(config: dict) -> Path:
-        return Path(config["output"]) / "complete"
 
     def build(argv: list[str]):
         return storage.main(["build", *argv])
 
-    return [
-        ("data", data_complete, build),
-        ("grounding_data", data_complete, build),
-        ("grounding", card, sft.main),
-        ("grounding_stream", card, sft.main),
-        ("sft", card, sft.main),
-        ("dagger", None, None),  # rounds of (dagger data, SFT): see _dagger_rounds
-        ("grpo", card, grpo.main),
+    before = [
+        ("data", _data_complete, build),
+        ("grounding_data", _data_complete, build),
+        ("grounding", _card, sft.main),
+        ("grounding_stream", _card, sft.main),
+        ("sft", _card, sft.main),
+    ]
+    after = [
+        ("grpo", _card, grpo.main),
         ("evaluate", lambda config: Path(config["output"]), evaluate.main),
     ]
+    return before, after
+
+
+def _run_stage(path: Path, complete, command, label: str, log) -> str:
+    """Run one stage's command unless its output is complete; returns its output."""
+    stage_config = read_config(path)
+    if not complete(stage_config).is_file():
+        log(f"{label}: {path}")
+        command([str(path)])
+    return stage_config["output"]
 
 
 def run(config_path: str | Path, log=print) -> dict:
     """Run every stage that is not complete yet; returns {stage: what it produced}."""
     config_path = Path(config_path)
     plan = read_config(config_path)
-    produced: dict[str, str] = {}
-    for name, complete, command in _stages():
-        if not plan.get(name):
-            continue
-        if name == "dagger":
-            produced.update(_dagger_rounds(config_path.parent, plan[name], log))
-            continue
-        path = config_path.parent / plan[name]
-        stage_config = read_config(path)
-        if not complete(stage_config).is_file():
-            log(f"{name}: {path}")
-            command([str(path)])
-        produced[name] = stage_config["output"]
+    produced: dict = {}
+    before, after = _stages()
+
+    def run_stages(stages):
+        for name, complete, command in stages:
+            if plan.get(name):
+                produced[name] = _run_stage(config_path.parent / plan[name], complete, command, name, log)
+
+    run_stages(before)
+    if plan.get("dagger"):
+        produced.update(_dagger_rounds(config_path.parent, plan["dagger"], log))
+    run_stages(after)
     if plan.get("bundle"):
         stage = plan.get("bundle_stage") or next(s for s in ("grpo", "dagger", "sft", "grounding_stream", "grounding") if s in produced)
         if stage not in produced:
@@ -92,21 +104,15 @@ def _dagger_rounds(folder: Path, rounds: list[dict], log) -> dict:
     """Each round: its DAgger data configs, then its SFT config; produced["dagger"] is the last round's model."""
     from . import sft, storage
 
+    def dagger(argv: list[str]):
+        return storage.main(["dagger", *argv])
+
     produced: dict = {"dagger_rounds": []}
     for number, spec in enumerate(rounds, 1):
-        data = []
-        for name in spec["data"]:
-            stage_config = read_config(folder / name)
-            if not (Path(stage_config["output"]) / "complete").is_file():
-                log(f"dagger round {number} data: {folder / name}")
-                storage.main(["dagger", str(folder / name)])
-            data.append(stage_config["output"])
-        stage_config = read_config(folder / spec["sft"])
-        if not (Path(stage_config["output"]) / "training_card.json").is_file():
-            log(f"dagger round {number} sft: {folder / spec['sft']}")
-            sft.main([str(folder / spec["sft"])])
-        produced["dagger_rounds"].append({"data": data, "sft": stage_config["output"]})
-        produced["dagger"] = stage_config["output"]
+        data = [_run_stage(folder / name, _data_complete, dagger, f"dagger round {number} data", log) for name in spec["data"]]
+        model = _run_stage(folder / spec["sft"], _card, sft.main, f"dagger round {number} sft", log)
+        produced["dagger_rounds"].append({"data": data, "sft": model})
+        produced["dagger"] = model
     return produced
 
 

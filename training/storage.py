@@ -129,6 +129,25 @@ def append_samples(folder: Path, items: Iterable[tuple[str, RenderedSample, dict
     return written
 
 
+def training_samples(config: dict) -> list:
+    """The phantoms of ``seeds`` (with ``absent_probability``) and the training side of the ``real`` sets."""
+    from .datasets import colin27_aal, split_by_group, stardist_nuclei
+    from .phantoms import phantom_samples
+
+    samples = list(phantom_samples(range(*config.get("seeds", [0, 100])), absent_probability=config.get("absent_probability", 0.1)))
+    real = []
+    if "nuclei" in config.get("real", []):
+        real += list(stardist_nuclei())
+    if "aal" in config.get("real", []):
+        real += list(colin27_aal())
+    return samples + split_by_group(real)[0]
+
+
+def sample_rng(seed: int, sample) -> np.random.Generator:
+    """A sample's own random stream, so that a resumed build makes exactly what a fresh one would."""
+    return np.random.default_rng([seed, int.from_bytes(hashlib.sha256(sample.source.encode()).digest()[:8], "little")])
+
+
 def build(config: dict, progress=None) -> Path:
     """Trajectories from phantoms (and real sets) into a dataset folder; resumable.
 
@@ -145,8 +164,6 @@ def build(config: dict, progress=None) -> Path:
     """
     from napari_ibis.segmenters import build_segmenter
 
-    from .datasets import colin27_aal, split_by_group, stardist_nuclei
-    from .phantoms import phantom_samples
     from .sft import render
     from .trajectories import first_move, keep, self_correction, simulate
 
@@ -155,13 +172,7 @@ def build(config: dict, progress=None) -> Path:
     first_only = config.get("first_move_only", False)
     segmenter = None if first_only else build_segmenter(config.get("segmenter", "classical"))
     seed = config.get("seed", 0)
-    samples = list(phantom_samples(range(*config.get("seeds", [0, 100])), absent_probability=config.get("absent_probability", 0.1)))
-    real = []
-    if "nuclei" in config.get("real", []):
-        real += list(stardist_nuclei())
-    if "aal" in config.get("real", []):
-        real += list(colin27_aal())
-    samples += split_by_group(real)[0]
+    samples = training_samples(config)
     options = {"stop_iou": config.get("stop_iou", 0.9), "max_steps": config.get("max_steps", 8)}
     if config.get("teacher"):
         from .teacher import Teacher
@@ -175,7 +186,7 @@ def build(config: dict, progress=None) -> Path:
     def items():
         for sample in (progress(samples) if progress else samples):
             # each sample draws from its own stream, so a resumed build makes exactly what a fresh one would
-            rng = np.random.default_rng([seed, int.from_bytes(hashlib.sha256(sample.source.encode()).digest()[:8], "little")])
+            rng = sample_rng(seed, sample)
             corrected = rng.random() < fraction
             sample_id = f"{sample.source}:{'self_correction' if corrected else 'plain'}"
             if f"{sample_id}:0" in done:
