@@ -12,7 +12,7 @@ from napari_ibis.errors import Cancelled, ModelError
 from napari_ibis.policies import load_policy
 from napari_ibis.policies.base import PolicyRequest
 from napari_ibis.policies.remote import RemotePolicy
-from napari_ibis.policies.vlm import VLMPolicy, inspect_model_folder
+from napari_ibis.policies.vlm import VLMPolicy, attention_backends, inspect_model_folder, pick_device
 from napari_ibis.protocol import Turn, get_profile
 from napari_ibis.segmenters import build_segmenter
 from napari_ibis.session import Session, Stopped, ThoughtDelta
@@ -34,7 +34,7 @@ def test_tiny_qwen_vl_folders_load_and_stream(tiny_vlm_folder, model_type, tmp_p
     if model_type != "qwen3_vl":
         folder = build_tiny_vlm(tmp_path / "m", ["segment the disk"] * 3, TinyConfig(model_type=model_type, text_first=False))
     policy = VLMPolicy(folder, max_new_tokens=12)
-    assert policy.identity()["model_type"] == model_type and policy.device == "cpu"
+    assert policy.identity()["model_type"] == model_type and policy.device == pick_device("auto")
     inputs = policy.encode(request().messages)
     grid = inputs["image_grid_thw"][0].tolist()
     image_tokens = int((inputs["input_ids"] == policy.model.config.image_token_id).sum())
@@ -47,8 +47,19 @@ def test_tiny_qwen_vl_folders_load_and_stream(tiny_vlm_folder, model_type, tmp_p
 def test_the_small_models_vision_positions_start_as_sin_cos_and_survive_saving(tiny_vlm_folder):
     from training.tiny import sincos_table
 
-    table = VLMPolicy(tiny_vlm_folder).model.model.visual.pos_embed.weight.detach()
+    table = VLMPolicy(tiny_vlm_folder, device="cpu").model.model.visual.pos_embed.weight.detach()
     assert torch.allclose(table, sincos_table(int(table.shape[0] ** 0.5), table.shape[1]))
+
+
+def test_generation_on_cuda_leaves_out_cudnn_attention_and_restores_it_after():
+    # cuDNN's attention builds a plan for every new key length: 6x slower replies on an H100
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    with attention_backends("cuda:0"):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    with attention_backends("cpu"):
+        assert torch.backends.cuda.cudnn_sdp_enabled() == before
 
 
 def test_the_vlm_session_loop_runs_end_to_end(tiny_vlm_folder):

@@ -4,7 +4,8 @@ Loads Qwen2.5-VL first (the released IBISAgent weights), and Qwen2-VL and
 Qwen3-VL folders, strictly from local files (``local_files_only=True``) and
 without running code shipped in the folder (``trust_remote_code=False``).
 Device, dtype and attention follow the machine: bf16 + sdpa on CUDA, fp16 on
-MPS, fp32 on CPU. Decoding is greedy, as the release's, unless the request asks
+MPS, fp32 on CPU; on CUDA, attention without cuDNN's backend
+(:func:`attention_backends`). Decoding is greedy, as the release's, unless the request asks
 for a temperature (then sampled, seeded with the request's seed). Tokens stream
 through ``TextIteratorStreamer``; a stopping criterion checks the cancel event
 after every token.
@@ -39,6 +40,27 @@ def pick_device(device: str = "auto") -> str:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def attention_backends(device: str):
+    """The context generation runs in: on CUDA, SDPA may use every backend but cuDNN's.
+
+    cuDNN's attention builds a plan for every shape it has not seen (about 45 ms on an
+    H100, against 0.05 ms for a call), and while a reply is written every token brings
+    a new key length; PyTorch picks cuDNN for bf16 on Hopper. With it, the bundled agent
+    took 15.4 s a case in bf16; without it 2.65 s, the same IoUs
+    (``benchmarks/sdpa_backends.py``, ``benchmarks/gpu_check.py``).
+    """
+    import contextlib
+
+    if not device.startswith("cuda") or not CUDA_SKIPS_CUDNN_ATTENTION:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+CUDA_SKIPS_CUDNN_ATTENTION = True  # benchmarks/gpu_check.py turns it off to measure the difference
 
 
 def pick_dtype(device: str, dtype: str = "auto"):
@@ -160,7 +182,7 @@ class VLMPolicy(Policy):
                 if request.temperature > 0:
                     torch.manual_seed(request.seed)
                     sampling = {"temperature": request.temperature, "top_p": 1.0, "top_k": 0}
-                with torch.inference_mode():
+                with torch.inference_mode(), attention_backends(self.device):
                     self.model.generate(
                         **inputs,
                         max_new_tokens=self.max_new_tokens,
