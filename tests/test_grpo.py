@@ -55,6 +55,28 @@ def test_decision_questions_can_start_from_the_masks_the_model_reaches_itself():
         Questions(GRPOConfig(model="m", output="o", seeds=[0, 1], state_source="oracle"), build_segmenter("classical"), 0)
 
 
+def test_a_continued_decision_is_paid_the_answer_where_the_greedy_model_ends_and_only_it_is_trained():
+    from training.rollout import FirstTurnThen, first_turn
+
+    sample, segmenter = disk_sample(), build_segmenter("classical")
+    click = point(True, 34.5 / 64, 30.5 / 64)  # inside the disk: the classical segmenter then finds it
+    greedy = ScriptedPolicy([TERMINATE])
+    episode = rollout(FirstTurnThen(ScriptedPolicy([click]), greedy), sample, "segment the disk", segmenter, max_turns=4)
+    assert len(episode.turns) == 2 and greedy.calls == 1 and episode.final_iou > 0.8
+    now = score(first_turn(episode), RewardConfig(), "decision")
+    later = score(episode, RewardConfig(), "decision")
+    assert later["answer"] == 3.0 and later["placement"] == now["placement"] == 1.0
+    assert later["total"] == pytest.approx(now["total"] - (now["answer"] - 3.0) / 5.0)
+    [trained] = training_samples(first_turn(episode))
+    assert trained.messages[-1]["content"][0]["text"] == click
+    # a first reply that answers ends the episode: nothing is continued, the answer is on the mask as it was
+    stop = rollout(FirstTurnThen(ScriptedPolicy([TERMINATE]), greedy), sample, "segment the disk", segmenter, max_turns=4,
+                   init_mask=episode.final_mask)
+    assert len(stop.turns) == 1 and greedy.calls == 1 and score(stop, RewardConfig(), "decision")["answer"] == 3.0
+    with pytest.raises(ValueError, match="decision_answer"):
+        GRPOConfig(model="m", output="o", mode="decision", decision_answer="later")
+
+
 def test_an_unreadable_reply_ends_the_rollout_without_a_length_bonus():
     episode = rollout(ScriptedPolicy(["I think the disk is in the middle."]), disk_sample(), "segment the disk",
                       build_segmenter("classical"))

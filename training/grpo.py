@@ -11,6 +11,12 @@ release). The ratio is taken against the log-probabilities of the model that
 produced the rollouts, computed before the first update of the step; with
 ``mini_batches`` > 1 the later updates are off-policy and the clip matters.
 
+In the release's single-decision mode each rollout is one reply from a given
+state, paid on the mask it leaves; ``decision_answer: continued`` lets the current
+model carry on greedily after that reply and pays the answer term on where it
+ends, so that stopping now and clicking on are compared by what they lead to.
+Only the decision itself is trained.
+
 ``GRPOConfig`` maps 1:1 onto ``napari-ibis grpo CONFIG``. Logs go to
 ``OUTPUT/log.jsonl`` (and TensorBoard when it is installed), one line per step
 with every reward term separately.
@@ -33,8 +39,8 @@ from napari_ibis.policies.base import Policy
 
 from .checkpoints import load_for_training, save
 from .datasets import Sample
-from .rewards import RewardConfig, parse_or_none, step_reward, trajectory_reward
-from .rollout import Rollout, SamplingPolicy, rollout, training_samples
+from .rewards import RewardConfig, final_answer_reward, parse_or_none, step_reward, trajectory_reward
+from .rollout import FirstTurnThen, Rollout, SamplingPolicy, first_turn, rollout, training_samples
 from . import target_map
 from .sft import collate, encode
 
@@ -49,6 +55,10 @@ class GRPOConfig:
     mode: str = "trajectory"  # "trajectory" (paper, multi-turn) or "decision" (release: one turn from a simulated state)
     first_step_share: float = 0.0  # decision mode: share of questions asked from the empty first state
     state_source: str = "simulated"  # decision mode: states from the click simulator, or "policy": the model's own
+    # decision mode: the answer term on the mask the decision leaves ("now", the release), or on the mask the
+    # current model ends with when it carries on greedily from there ("continued"): a click is then worth what
+    # it leads to, not only what it does at once
+    decision_answer: str = "now"
     segmenter: str = "classical"
     seeds: list = field(default_factory=lambda: [0, 400])  # phantom seeds the questions come from
     real: list = field(default_factory=list)  # "aal", "nuclei": their training side is added
@@ -73,6 +83,10 @@ class GRPOConfig:
     resume: bool = False
     log_every: int = 1
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.decision_answer not in ("now", "continued"):
+            raise ValueError(f"decision_answer must be 'now' or 'continued', not {self.decision_answer!r}")
 
 
 def group_advantages(rewards, eps: float = 1e-6) -> np.ndarray:
@@ -139,7 +153,11 @@ def score(episode: Rollout, config: RewardConfig, mode: str = "trajectory") -> d
     steps = [step_reward(t.reply, truth, t.mask_before, t.mask_after, i + 1, t.clicks, episode.profile, config)
              for i, t in enumerate(episode.turns)]
     if mode == "decision":
-        return steps[0]
+        terms = steps[0]
+        if len(episode.turns) > 1:  # carried on after the decision (decision_answer: continued)
+            terms = {**terms, "answer": final_answer_reward(truth, episode.final_mask, episode.said_absent, config)}
+            terms["total"] = sum(v for k, v in terms.items() if k != "total") / config.normaliser
+        return terms
     broken = episode.stop_reason == "unparsable"
     config = RewardConfig(**{**asdict(config), "use_length": config.use_length and not broken})
     return trajectory_reward(steps, truth, episode.final_mask, episode.said_absent, config)
@@ -222,6 +240,7 @@ def train(config: GRPOConfig, log=functools.partial(print, flush=True)) -> dict:
     for _ in range(start_step * config.questions_per_step):
         questions.rng.integers(len(questions.samples))  # resume the stream roughly where it was
     reward_config = RewardConfig(**config.rewards)
+    continued = config.mode == "decision" and config.decision_answer == "continued"
     pad_id = processor.tokenizer.pad_token_id
     writer = _tensorboard(output) if accelerator.is_main_process else None
     history = []
@@ -236,8 +255,12 @@ def train(config: GRPOConfig, log=functools.partial(print, flush=True)) -> dict:
             sample, query, init_mask = questions.next()
             group = []
             for _ in range(config.group_size):
-                episode = rollout(policy, sample, query, segmenter, config.profile,
-                                  1 if config.mode == "decision" else config.max_turns, init_mask)
+                if continued:
+                    episode = rollout(FirstTurnThen(policy, questions.greedy), sample, query, segmenter, config.profile,
+                                      config.max_turns, init_mask)
+                else:
+                    episode = rollout(policy, sample, query, segmenter, config.profile,
+                                      1 if config.mode == "decision" else config.max_turns, init_mask)
                 group.append((episode, score(episode, reward_config, config.mode)))
             groups.append(group)
         rollout_seconds = time.perf_counter() - started
@@ -246,7 +269,7 @@ def train(config: GRPOConfig, log=functools.partial(print, flush=True)) -> dict:
         for group in groups:
             advantages = group_advantages([terms["total"] for _, terms in group])
             for (episode, _), advantage in zip(group, advantages):
-                for rendered in training_samples(episode):
+                for rendered in training_samples(first_turn(episode) if config.mode == "decision" else episode):
                     items.append((encode(processor, rendered), float(advantage)))
         model.train()
         stats = {"clip_fraction": [], "kl": [], "loss": []}

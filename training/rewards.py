@@ -138,17 +138,23 @@ def step_reward(text: str, truth: np.ndarray, mask_before: np.ndarray, mask_afte
     return terms
 
 
+def final_answer_reward(truth: np.ndarray, final_mask: np.ndarray, said_absent: bool,
+                        config: RewardConfig = DEFAULT_REWARDS) -> float:
+    """The answer term on where an episode ended: exact match if the target is absent or the
+    agent said so, else piecewise on the final mask's IoU."""
+    present = bool(truth.any())
+    if not present or said_absent:
+        return closed_answer_reward(said_absent, present, config)
+    return answer_reward(iou(truth, final_mask), config)
+
+
 def trajectory_reward(step_terms: list[dict[str, float]], truth: np.ndarray, final_mask: np.ndarray, said_absent: bool,
                       config: RewardConfig = DEFAULT_REWARDS) -> dict[str, float]:
     """One reward for a whole multi-turn rollout (paper): per-turn format, placement and
     progress averaged over its turns, the answer on the final mask, the length on the turn count."""
     turns = max(len(step_terms), 1)
-    present = bool(truth.any())
     terms = {key: sum(t[key] for t in step_terms) / turns for key in ("format", "placement", "progress")}
-    if not present or said_absent:
-        terms["answer"] = closed_answer_reward(said_absent, present, config)
-    else:
-        terms["answer"] = answer_reward(iou(truth, final_mask), config)
+    terms["answer"] = final_answer_reward(truth, final_mask, said_absent, config)
     terms["length"] = length_reward(len(step_terms), config) if config.use_length else 0.0
     if not config.use_placement:
         terms["placement"] = 0.0

@@ -10,7 +10,9 @@ afterwards. Two modes:
 * ``trajectory`` (paper): a fresh session from an empty mask, up to ``max_turns``;
 * ``decision`` (the release's RL data): one turn from a given state (``init_mask``):
   a simulated trajectory's, as verl's single-decision samples, or one the model
-  reached itself (``GRPOConfig.state_source``).
+  reached itself (``GRPOConfig.state_source``). With :class:`FirstTurnThen` the
+  episode goes on after that turn with another policy (the current model, greedy),
+  and :func:`first_turn` keeps only the decision for training.
 
 :func:`training_samples` turns a rollout into chat samples whose assistant
 tokens (and only those) carry the loss: with history, one multi-turn sample;
@@ -19,6 +21,7 @@ without, one sample per turn.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
@@ -101,6 +104,28 @@ class _Recorder(Policy):
         reply = self.policy.respond(request, on_text, cancel)
         self.turns.append((request, reply))
         return reply
+
+
+class FirstTurnThen(Policy):
+    """``first`` answers the first request of an episode, ``rest`` every later one."""
+
+    name = "first-turn-then"
+
+    def __init__(self, first: Policy, rest: Policy) -> None:
+        self.first, self.rest, self.calls = first, rest, 0
+
+    def identity(self) -> dict:
+        return {"name": self.name, "first": self.first.identity(), "rest": self.rest.identity()}
+
+    def respond(self, request: PolicyRequest, on_text: TextSink | None = None, cancel: threading.Event | None = None) -> str:
+        policy = self.first if self.calls == 0 else self.rest
+        self.calls += 1
+        return policy.respond(request, on_text, cancel)
+
+
+def first_turn(episode: Rollout) -> Rollout:
+    """The episode cut to its first turn (what a decision-mode GRPO step trains)."""
+    return dataclasses.replace(episode, turns=episode.turns[:1])
 
 
 def _clicks(reply: str, profile: Profile, shape: tuple[int, int]) -> list[tuple[int, int, bool]]:
