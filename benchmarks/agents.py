@@ -43,6 +43,10 @@ MODELS = {
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + v6's own states (DAgger, retrained)": "runs/default/sft-stream-dagger",
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + two rounds of own states (DAgger, v7, shipped)": "runs/default/sft-stream-dagger-r2",
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + two rounds of own states (DAgger, v7, shipped) + GRPO at 1e-5": "runs/default/grpo-after-dagger-r2",
+    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + three rounds of own states (DAgger, round 3)": "runs/default/sft-stream-dagger-r3",
+    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + two rounds of own states (DAgger, v7, shipped) + GRPO at 1e-5, answer paid where the model ends": "runs/default/grpo-continued-after-dagger-r2",
+    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + two rounds of own states (DAgger, v7, shipped) + GRPO at 1e-5, answer paid where the model ends, temperature 0.7, no cost for a missed click": "runs/default/grpo-continued-t07-after-dagger-r2",
+    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + two rounds of own states (DAgger, v7's recipe, seed 1)": "runs/default/sft-stream-dagger-r2-seed1",
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + v6's own states (DAgger, retrained) + GRPO at 1e-5": "runs/default/grpo-after-dagger",
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + v6's own states (DAgger, v6 fine-tuned)": "runs/default/sft-v6-dagger",
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + GRPO at 2e-5, 120 steps": "runs/default/grpo-after-stop08-long",
@@ -64,6 +68,7 @@ V6 = "SFT with self-reflection, grounding streamed on a GPU, trajectories stoppi
 V5 = "SFT with self-reflection, grounding streamed on a GPU (v5)"
 V4 = "SFT with self-reflection (v4, grounding on the CPU only)"
 DAGGER_1 = "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + v6's own states (DAgger, retrained)"
+DAGGER_3 = "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + three rounds of own states (DAgger, round 3)"
 STARTED_FROM = {  # the model each was trained from, for the paired difference each stage made
     "SFT on first decisions only (grounding)": "untrained (random init)",
     V4: "SFT on first decisions only (grounding)",
@@ -83,6 +88,11 @@ STARTED_FROM = {  # the model each was trained from, for the paired difference e
     BASELINE: DAGGER_1,
     f"{DAGGER_1} + GRPO at 1e-5": DAGGER_1,
     f"{BASELINE} + GRPO at 1e-5": BASELINE,
+    DAGGER_3: BASELINE,
+    f"{BASELINE} + GRPO at 1e-5, answer paid where the model ends": BASELINE,
+    f"{BASELINE} + GRPO at 1e-5, answer paid where the model ends, temperature 0.7, no cost for a missed click": BASELINE,
+    # the same recipe as the bundled model with another seed: how far apart two runs of one recipe land
+    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + two rounds of own states (DAgger, v7's recipe, seed 1)": BASELINE,
 }
 
 
