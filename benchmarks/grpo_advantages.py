@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from training.config_file import read_config  # noqa: E402
-from training.grpo import GRPOConfig, Questions, group_advantages, score  # noqa: E402
+from training.grpo import GRPOConfig, Questions, group_advantages, play, score  # noqa: E402
 from training.rewards import RewardConfig, parse_or_none, placement_reward  # noqa: E402
-from training.rollout import FirstTurnThen, SamplingPolicy, rollout  # noqa: E402
+from training.rollout import SamplingPolicy  # noqa: E402
 
 TERMS = ("total", "format", "answer", "placement", "progress", "length")
 
@@ -47,9 +47,8 @@ def first_move(episode) -> str:
 
 def main() -> None:
     import torch
-    import transformers
 
-    from napari_ibis.policies.vlm import MODEL_CLASSES, inspect_model_folder
+    from napari_ibis.policies.vlm import VLMPolicy
     from napari_ibis.segmenters import build_segmenter
 
     parser = argparse.ArgumentParser()
@@ -62,25 +61,21 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     config = GRPOConfig(**read_config(args.config))
     folder = Path(args.model or config.model)
-    model = getattr(transformers, MODEL_CLASSES[inspect_model_folder(folder)]).from_pretrained(folder, local_files_only=True)
-    processor = transformers.AutoProcessor.from_pretrained(folder, local_files_only=True)
-    model.eval()
+    loaded = VLMPolicy(folder, device="cpu")  # the model and processor, as the widget loads them
+    model, processor = loaded.model, loaded.processor
     torch.manual_seed(config.seed)
     segmenter = build_segmenter(config.segmenter)
     questions = Questions(config, segmenter, rank=0)
     sampled = SamplingPolicy(model, processor, config.temperature, config.top_p, config.max_new_tokens)
     questions.greedy = SamplingPolicy(model, processor, 0.0, max_new_tokens=config.max_new_tokens)
     rewards = RewardConfig(**config.rewards)
-    continued = config.mode == "decision" and config.decision_answer == "continued"
     by_kind: dict[str, list] = defaultdict(list)
     started = time.perf_counter()
     for index in range(args.questions):
         sample, query, init_mask = questions.next()
         group = []
         for _ in range(config.group_size):
-            policy = FirstTurnThen(sampled, questions.greedy) if continued else sampled
-            turns = config.max_turns if continued or config.mode != "decision" else 1
-            episode = rollout(policy, sample, query, segmenter, config.profile, turns, init_mask)
+            episode = play(config, sampled, questions.greedy, sample, query, segmenter, init_mask)
             group.append((first_move(episode), score(episode, rewards, config.mode)))
         for (kind, terms), advantage in zip(group, group_advantages([t["total"] for _, t in group])):
             by_kind[kind].append({"advantage": float(advantage), **{k: terms[k] for k in TERMS}})

@@ -150,8 +150,9 @@ def score(episode: Rollout, config: RewardConfig, mode: str = "trajectory") -> d
     by breaking the format must not pay.
     """
     truth = episode.sample.mask
+    turns = episode.turns[:1] if mode == "decision" else episode.turns  # a continued decision's later turns are not scored
     steps = [step_reward(t.reply, truth, t.mask_before, t.mask_after, i + 1, t.clicks, episode.profile, config)
-             for i, t in enumerate(episode.turns)]
+             for i, t in enumerate(turns)]
     if mode == "decision":
         terms = steps[0]
         if len(episode.turns) > 1:  # carried on after the decision (decision_answer: continued)
@@ -161,6 +162,17 @@ def score(episode: Rollout, config: RewardConfig, mode: str = "trajectory") -> d
     broken = episode.stop_reason == "unparsable"
     config = RewardConfig(**{**asdict(config), "use_length": config.use_length and not broken})
     return trajectory_reward(steps, truth, episode.final_mask, episode.said_absent, config)
+
+
+def play(config: GRPOConfig, sampled: Policy, greedy: Policy | None, sample: Sample, query: str, segmenter,
+         init_mask: np.ndarray | None) -> Rollout:
+    """One episode as a GRPO step plays it: a whole trajectory, one decision, or one decision that
+    ``greedy`` (the current model) carries on from (``decision_answer: continued``)."""
+    if config.mode != "decision":
+        return rollout(sampled, sample, query, segmenter, config.profile, config.max_turns, init_mask)
+    if config.decision_answer == "continued":
+        return rollout(FirstTurnThen(sampled, greedy), sample, query, segmenter, config.profile, config.max_turns, init_mask)
+    return rollout(sampled, sample, query, segmenter, config.profile, 1, init_mask)
 
 
 class Questions:
@@ -240,7 +252,6 @@ def train(config: GRPOConfig, log=functools.partial(print, flush=True)) -> dict:
     for _ in range(start_step * config.questions_per_step):
         questions.rng.integers(len(questions.samples))  # resume the stream roughly where it was
     reward_config = RewardConfig(**config.rewards)
-    continued = config.mode == "decision" and config.decision_answer == "continued"
     pad_id = processor.tokenizer.pad_token_id
     writer = _tensorboard(output) if accelerator.is_main_process else None
     history = []
@@ -255,12 +266,7 @@ def train(config: GRPOConfig, log=functools.partial(print, flush=True)) -> dict:
             sample, query, init_mask = questions.next()
             group = []
             for _ in range(config.group_size):
-                if continued:
-                    episode = rollout(FirstTurnThen(policy, questions.greedy), sample, query, segmenter, config.profile,
-                                      config.max_turns, init_mask)
-                else:
-                    episode = rollout(policy, sample, query, segmenter, config.profile,
-                                      1 if config.mode == "decision" else config.max_turns, init_mask)
+                episode = play(config, policy, questions.greedy, sample, query, segmenter, init_mask)
                 group.append((episode, score(episode, reward_config, config.mode)))
             groups.append(group)
         rollout_seconds = time.perf_counter() - started

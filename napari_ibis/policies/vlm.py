@@ -13,6 +13,7 @@ after every token.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from pathlib import Path
@@ -51,8 +52,6 @@ def attention_backends(device: str):
     took 15.4 s a case in bf16; without it 2.65 s, the same IoUs
     (``benchmarks/sdpa_backends.py``, ``benchmarks/gpu_check.py``).
     """
-    import contextlib
-
     if not device.startswith("cuda") or not CUDA_SKIPS_CUDNN_ATTENTION:
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
