@@ -46,6 +46,8 @@ MODELS = {
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + three rounds of own states (DAgger, round 3)": "runs/default/sft-stream-dagger-r3",
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + two rounds of own states (DAgger, v7, shipped) + GRPO at 1e-5, answer paid where the model ends": "runs/default/grpo-continued-after-dagger-r2",
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + two rounds of own states (DAgger, v7, shipped) + GRPO at 1e-5, answer paid where the model ends, temperature 0.7, no cost for a missed click": "runs/default/grpo-continued-t07-after-dagger-r2",
+    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + two rounds of own states (DAgger, v7, shipped) + GRPO on click coordinates only, from its own masks": "runs/default/grpo-coordinates-after-dagger-r2",
+    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + two rounds of own states (DAgger, v7, shipped) + GRPO on click coordinates only, from its own masks, at 3e-5": "runs/default/grpo-coordinates-lr3e-5-after-dagger-r2",
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + two rounds of own states (DAgger, v7's recipe, seed 1)": "runs/default/sft-stream-dagger-r2-seed1",
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + v6's own states (DAgger, retrained) + GRPO at 1e-5": "runs/default/grpo-after-dagger",
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + v6's own states (DAgger, v6 fine-tuned)": "runs/default/sft-v6-dagger",
@@ -91,6 +93,8 @@ STARTED_FROM = {  # the model each was trained from, for the paired difference e
     DAGGER_3: BASELINE,
     f"{BASELINE} + GRPO at 1e-5, answer paid where the model ends": BASELINE,
     f"{BASELINE} + GRPO at 1e-5, answer paid where the model ends, temperature 0.7, no cost for a missed click": BASELINE,
+    f"{BASELINE} + GRPO on click coordinates only, from its own masks": BASELINE,
+    f"{BASELINE} + GRPO on click coordinates only, from its own masks, at 3e-5": BASELINE,
     # the same recipe as the bundled model with another seed: how far apart two runs of one recipe land
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + two rounds of own states (DAgger, v7's recipe, seed 1)": BASELINE,
 }

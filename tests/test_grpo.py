@@ -112,6 +112,24 @@ def test_only_the_models_reply_tokens_get_gradients(tiny_vlm_folder):
     assert image_positions.any() and not trained[image_positions].any()
 
 
+def test_coordinate_training_keeps_only_the_digits_of_the_clicks(tiny_vlm_folder):
+    from transformers import AutoProcessor
+
+    from training.grpo import coordinate_labels
+
+    processor = AutoProcessor.from_pretrained(tiny_vlm_folder)
+    policy = ScriptedPolicy([point(True, 0.25, 0.75, thought="the disk is at 0.5"), TERMINATE])
+    episode = rollout(policy, disk_sample(), "segment the disk", build_segmenter("classical"), max_turns=3)
+    click, answer = (encode(processor, r) for r in training_samples(episode))  # the release profile: one per turn
+    labels = coordinate_labels(processor.tokenizer, click["input_ids"][0], click["labels"])
+    kept = click["input_ids"][0].numpy()[labels != -100]
+    assert processor.tokenizer.decode(kept) == "0.25000.7500"  # not the 0.5 of the reasoning, not "Positive Point"
+    assert np.array_equal(labels[labels != -100], kept)
+    assert (coordinate_labels(processor.tokenizer, answer["input_ids"][0], answer["labels"]) == -100).all()
+    with pytest.raises(ValueError, match="trained_tokens"):
+        GRPOConfig(model="m", output="o", trained_tokens="thoughts")
+
+
 def test_grpo_with_equal_rewards_does_not_move_the_weights(tiny_vlm_folder, tmp_path):
     from transformers import Qwen3VLForConditionalGeneration
 

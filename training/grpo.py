@@ -15,7 +15,10 @@ In the release's single-decision mode each rollout is one reply from a given
 state, paid on the mask it leaves; ``decision_answer: continued`` lets the current
 model carry on greedily after that reply and pays the answer term on where it
 ends, so that stopping now and clicking on are compared by what they lead to.
-Only the decision itself is trained.
+Only the decision itself is trained. ``trained_tokens: coordinates`` narrows the loss
+further to the digits of the click coordinates inside ``<action>``: the group then
+teaches where to click, while the choice between clicking and answering (and the
+reasoning) stays as supervised training left it.
 
 ``GRPOConfig`` maps 1:1 onto ``napari-ibis grpo CONFIG``. Logs go to
 ``OUTPUT/log.jsonl`` (and TensorBoard when it is installed), one line per step
@@ -29,6 +32,7 @@ import copy
 import functools
 import json
 import random
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,6 +63,7 @@ class GRPOConfig:
     # current model ends with when it carries on greedily from there ("continued"): a click is then worth what
     # it leads to, not only what it does at once
     decision_answer: str = "now"
+    trained_tokens: str = "reply"  # every token of the model's reply, or "coordinates": only the click's numbers
     segmenter: str = "classical"
     seeds: list = field(default_factory=lambda: [0, 400])  # phantom seeds the questions come from
     real: list = field(default_factory=list)  # "aal", "nuclei": their training side is added
@@ -87,6 +92,8 @@ class GRPOConfig:
     def __post_init__(self) -> None:
         if self.decision_answer not in ("now", "continued"):
             raise ValueError(f"decision_answer must be 'now' or 'continued', not {self.decision_answer!r}")
+        if self.trained_tokens not in ("reply", "coordinates"):
+            raise ValueError(f"trained_tokens must be 'reply' or 'coordinates', not {self.trained_tokens!r}")
 
 
 def group_advantages(rewards, eps: float = 1e-6) -> np.ndarray:
@@ -96,6 +103,28 @@ def group_advantages(rewards, eps: float = 1e-6) -> np.ndarray:
     if spread < eps:
         return np.zeros_like(rewards)
     return (rewards - rewards.mean()) / (spread + eps)
+
+
+_ACTION = re.compile(r"<action>(.*?)</action>", re.S)
+
+
+def coordinate_labels(tokenizer, input_ids, labels) -> np.ndarray:
+    """``labels`` with every trained token masked out (-100) but the digits and points of the
+    click coordinates inside ``<action>...</action>`` (``trained_tokens: coordinates``)."""
+    labels = np.asarray(labels).copy()
+    pieces, text = [], ""
+    for index in np.flatnonzero(labels != -100):
+        piece = tokenizer.decode([int(input_ids[index])])
+        pieces.append((index, len(text), len(text) + len(piece), piece.strip()))
+        text += piece
+    keep = np.zeros(labels.shape, dtype=bool)
+    for action in _ACTION.finditer(text):
+        low, high = action.span(1)
+        for index, start, end, piece in pieces:
+            if low <= start and end <= high and piece and set(piece) <= set("0123456789."):
+                keep[index] = True
+    labels[~keep] = -100
+    return labels
 
 
 def token_log_probs(model, batch: dict):
@@ -276,7 +305,11 @@ def train(config: GRPOConfig, log=functools.partial(print, flush=True)) -> dict:
             advantages = group_advantages([terms["total"] for _, terms in group])
             for (episode, _), advantage in zip(group, advantages):
                 for rendered in training_samples(first_turn(episode) if config.mode == "decision" else episode):
-                    items.append((encode(processor, rendered), float(advantage)))
+                    encoded = encode(processor, rendered)
+                    if config.trained_tokens == "coordinates":
+                        encoded["labels"] = coordinate_labels(processor.tokenizer, encoded["input_ids"][0], encoded["labels"])
+                    if (encoded["labels"] != -100).any():  # an answer has no coordinates to train
+                        items.append((encoded, float(advantage)))
         model.train()
         stats = {"clip_fraction": [], "kl": [], "loss": []}
         if items:
