@@ -130,6 +130,37 @@ def test_coordinate_training_keeps_only_the_digits_of_the_clicks(tiny_vlm_folder
         GRPOConfig(model="m", output="o", trained_tokens="thoughts")
 
 
+def test_pushing_a_bad_click_down_moves_probability_only_among_the_digits(tiny_vlm_folder):
+    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+
+    from training.grpo import coordinate_labels, coordinate_token_ids
+
+    processor = AutoProcessor.from_pretrained(tiny_vlm_folder)
+    model = Qwen3VLForConditionalGeneration.from_pretrained(tiny_vlm_folder)
+    episode = rollout(ScriptedPolicy([point(False, 0.25, 0.75)]), disk_sample(), "segment the disk",
+                      build_segmenter("classical"), max_turns=1)
+    (encoded,) = (encode(processor, r) for r in training_samples(episode))
+    encoded["labels"] = coordinate_labels(processor.tokenizer, encoded["input_ids"][0], encoded["labels"])
+    batch = collate([encoded], processor.tokenizer.pad_token_id)
+    captured = {}
+
+    def keep_logits(module, args, out):
+        out.retain_grad()
+        captured["logits"] = out
+
+    model.lm_head.register_forward_hook(keep_logits)
+    digits = coordinate_token_ids(processor.tokenizer)
+    log_probs, mask = token_log_probs(model, batch, within=digits)
+    trained = mask[0].bool()
+    assert trained.sum() == 12 and (log_probs[0, trained] < 0).all()  # "0.2500" and "0.7500", each a choice among 11
+    loss, _ = policy_loss(log_probs, log_probs.detach(), torch.tensor([-1.0]), mask)  # a click the group did worse with
+    loss.backward()
+    grad = captured["logits"].grad[0, :-1][trained]  # (coordinate positions, vocabulary)
+    others = torch.ones(grad.shape[1], dtype=torch.bool)
+    others[digits] = False
+    assert (grad[:, digits].abs().sum(dim=1) > 0).all() and (grad[:, others] == 0).all()
+
+
 def test_grpo_with_equal_rewards_does_not_move_the_weights(tiny_vlm_folder, tmp_path):
     from transformers import Qwen3VLForConditionalGeneration
 

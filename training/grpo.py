@@ -18,7 +18,9 @@ ends, so that stopping now and clicking on are compared by what they lead to.
 Only the decision itself is trained. ``trained_tokens: coordinates`` narrows the loss
 further to the digits of the click coordinates inside ``<action>``: the group then
 teaches where to click, while the choice between clicking and answering (and the
-reasoning) stays as supervised training left it.
+reasoning) stays as supervised training left it. Those digits are scored as a choice
+among the coordinate characters only (``0``-``9`` and ``.``), so that pushing a bad
+click down cannot hand its probability to a newline and break the reply.
 
 ``GRPOConfig`` maps 1:1 onto ``napari-ibis grpo CONFIG``. Logs go to
 ``OUTPUT/log.jsonl`` (and TensorBoard when it is installed), one line per step
@@ -106,6 +108,15 @@ def group_advantages(rewards, eps: float = 1e-6) -> np.ndarray:
 
 
 _ACTION = re.compile(r"<action>(.*?)</action>", re.S)
+COORDINATE_CHARACTERS = "0123456789."
+
+
+def coordinate_token_ids(tokenizer) -> list[int]:
+    """Token ids of the characters click coordinates are written with (one token each)."""
+    ids = tokenizer.convert_tokens_to_ids(list(COORDINATE_CHARACTERS))
+    if any(i is None or i == tokenizer.unk_token_id for i in ids):
+        raise ValueError("trained_tokens: coordinates needs a tokenizer with one token per digit and for '.'")
+    return ids
 
 
 def coordinate_labels(tokenizer, input_ids, labels) -> np.ndarray:
@@ -121,20 +132,27 @@ def coordinate_labels(tokenizer, input_ids, labels) -> np.ndarray:
     for action in _ACTION.finditer(text):
         low, high = action.span(1)
         for index, start, end, piece in pieces:
-            if low <= start and end <= high and piece and set(piece) <= set("0123456789."):
+            if low <= start and end <= high and len(piece) == 1 and piece in COORDINATE_CHARACTERS:
                 keep[index] = True
     labels[~keep] = -100
     return labels
 
 
-def token_log_probs(model, batch: dict):
-    """(log p of each next token, mask of the trained ones): both (B, T-1)."""
+def token_log_probs(model, batch: dict, within: list[int] | None = None):
+    """(log p of each next token, mask of the trained ones): both (B, T-1).
+
+    With ``within`` (token ids), p is normalised over those tokens only: the trained
+    tokens must be among them (``trained_tokens: coordinates``).
+    """
     import torch
 
     inputs = {k: v for k, v in batch.items() if k not in ("labels", *target_map.BATCH_KEYS)}
     logits = model(**inputs).logits[:, :-1].float()
     targets = batch["input_ids"][:, 1:]
-    log_probs = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]
+    if within is None:
+        log_probs = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]
+    else:
+        log_probs = logits.gather(-1, targets[..., None])[..., 0] - torch.logsumexp(logits[..., within], dim=-1)
     return log_probs, (batch["labels"][:, 1:] != -100).float()
 
 
@@ -282,6 +300,7 @@ def train(config: GRPOConfig, log=functools.partial(print, flush=True)) -> dict:
         questions.rng.integers(len(questions.samples))  # resume the stream roughly where it was
     reward_config = RewardConfig(**config.rewards)
     pad_id = processor.tokenizer.pad_token_id
+    within = coordinate_token_ids(processor.tokenizer) if config.trained_tokens == "coordinates" else None
     writer = _tensorboard(output) if accelerator.is_main_process else None
     history = []
     for step in range(start_step, config.steps):
@@ -316,19 +335,19 @@ def train(config: GRPOConfig, log=functools.partial(print, flush=True)) -> dict:
             with torch.no_grad():
                 for encoded, _ in items:
                     batch = _to_device(collate([encoded], pad_id), accelerator.device)
-                    encoded["old"] = token_log_probs(model, batch)[0].detach()
+                    encoded["old"] = token_log_probs(model, batch, within)[0].detach()
                     if reference is not None:
-                        encoded["ref"] = token_log_probs(reference, batch)[0].detach()
+                        encoded["ref"] = token_log_probs(reference, batch, within)[0].detach()
                     elif config.kl_coef and config.lora:
                         with accelerator.unwrap_model(model).disable_adapter():
-                            encoded["ref"] = token_log_probs(model, batch)[0].detach()
+                            encoded["ref"] = token_log_probs(model, batch, within)[0].detach()
             for chunk in np.array_split(np.arange(len(items)), config.mini_batches):
                 optimiser.zero_grad()
                 total_tokens = sum(float((torch.as_tensor(items[i][0]["labels"]) != -100).sum()) for i in chunk)
                 for position, i in enumerate(chunk):
                     encoded, advantage = items[i]
                     batch = _to_device(collate([encoded], pad_id), accelerator.device)
-                    log_probs, mask = token_log_probs(model, batch)
+                    log_probs, mask = token_log_probs(model, batch, within)
                     loss, loss_stats = policy_loss(
                         log_probs, encoded["old"], torch.tensor([advantage], device=log_probs.device), mask,
                         config.clip_low, config.clip_high, config.loss_aggregation,
