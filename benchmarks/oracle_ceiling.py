@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from napari_ibis.evaluation import simulate_clicks  # noqa: E402
+from napari_ibis.metrics import miou_at  # noqa: E402
 from napari_ibis.overlay import to_rgb8  # noqa: E402
 from napari_ibis.segmenters import build_segmenter  # noqa: E402
 from training.evaluate import EvalConfig, cases  # noqa: E402
@@ -40,15 +41,15 @@ def ceiling(segmenter_name: str, samples) -> dict:
     for sample in samples:
         run = simulate_clicks(segmenter, to_rgb8(sample.image), sample.mask, max_clicks=MAX_CLICKS)
         curves.append(run.ious)
-    curves = np.asarray(curves)  # (cases, clicks)
-    reached = curves >= TRAINING_STOP
+    by_click = np.asarray(curves)  # (cases, clicks)
+    reached = by_click >= TRAINING_STOP
     stop_at = np.where(reached.any(axis=1), reached.argmax(axis=1), MAX_CLICKS - 1)
     return {
         "cases": len(samples),
-        "mean_iou_after_k_clicks": {str(k + 1): float(curves[:, k].mean()) for k in range(MAX_CLICKS)},
-        "mean_best_iou_within_8": float(curves.max(axis=1).mean()),
-        "share_reaching_0.85_within_8": float((curves.max(axis=1) >= 0.85).mean()),
-        f"stop_at_{TRAINING_STOP}": {"mean_iou": float(curves[np.arange(len(curves)), stop_at].mean()),
+        "mean_iou_after_k_clicks": {str(k): miou_at(curves, k) for k in range(1, MAX_CLICKS + 1)},
+        "mean_best_iou_within_8": float(by_click.max(axis=1).mean()),
+        "share_reaching_0.85_within_8": float((by_click.max(axis=1) >= 0.85).mean()),
+        f"stop_at_{TRAINING_STOP}": {"mean_iou": float(by_click[np.arange(len(by_click)), stop_at].mean()),
                                      "mean_clicks": float((stop_at + 1).mean())},
         "seconds_per_case": (time.perf_counter() - started) / len(samples),
     }

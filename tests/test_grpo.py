@@ -14,6 +14,18 @@ from training.rollout import rollout, training_samples
 from training.sft import collate, encode
 
 
+def keep_logit_gradients(model) -> dict:
+    """After the next forward and backward pass, ``["logits"].grad`` holds the loss's gradient on the logits."""
+    captured = {}
+
+    def keep(module, args, out):
+        out.retain_grad()
+        captured["logits"] = out
+
+    model.lm_head.register_forward_hook(keep)
+    return captured
+
+
 def disk_sample():
     image, mask = disk_image(64, centre=(30, 34), radius=12)
     return Sample(image, mask, "disk", "CT", "test:disk", "disk")
@@ -94,13 +106,7 @@ def test_only_the_models_reply_tokens_get_gradients(tiny_vlm_folder):
     (rendered,) = training_samples(episode)  # the paper profile keeps history: one multi-turn sample
     encoded = encode(processor, rendered)
     batch = collate([encoded], processor.tokenizer.pad_token_id)
-    captured = {}
-
-    def keep_logits(module, args, out):
-        out.retain_grad()
-        captured["logits"] = out
-
-    model.lm_head.register_forward_hook(keep_logits)
+    captured = keep_logit_gradients(model)
     log_probs, mask = token_log_probs(model, batch)
     loss, _ = policy_loss(log_probs, log_probs.detach(), torch.tensor([1.0]), mask)
     loss.backward()
@@ -142,13 +148,7 @@ def test_pushing_a_bad_click_down_moves_probability_only_among_the_digits(tiny_v
     (encoded,) = (encode(processor, r) for r in training_samples(episode))
     encoded["labels"] = coordinate_labels(processor.tokenizer, encoded["input_ids"][0], encoded["labels"])
     batch = collate([encoded], processor.tokenizer.pad_token_id)
-    captured = {}
-
-    def keep_logits(module, args, out):
-        out.retain_grad()
-        captured["logits"] = out
-
-    model.lm_head.register_forward_hook(keep_logits)
+    captured = keep_logit_gradients(model)
     digits = coordinate_token_ids(processor.tokenizer)
     log_probs, mask = token_log_probs(model, batch, within=digits)
     trained = mask[0].bool()

@@ -123,17 +123,14 @@ def coordinate_labels(tokenizer, input_ids, labels) -> np.ndarray:
     """``labels`` with every trained token masked out (-100) but the digits and points of the
     click coordinates inside ``<action>...</action>`` (``trained_tokens: coordinates``)."""
     labels = np.asarray(labels).copy()
-    pieces, text = [], ""
-    for index in np.flatnonzero(labels != -100):
-        piece = tokenizer.decode([int(input_ids[index])])
-        pieces.append((index, len(text), len(text) + len(piece), piece.strip()))
-        text += piece
+    trained = np.flatnonzero(labels != -100)
+    pieces = tokenizer.batch_decode([[int(input_ids[i])] for i in trained])
+    ends = np.cumsum([len(piece) for piece in pieces])  # where each token's text ends in the trained text
+    actions = [a.span(1) for a in _ACTION.finditer("".join(pieces))]
     keep = np.zeros(labels.shape, dtype=bool)
-    for action in _ACTION.finditer(text):
-        low, high = action.span(1)
-        for index, start, end, piece in pieces:
-            if low <= start and end <= high and len(piece) == 1 and piece in COORDINATE_CHARACTERS:
-                keep[index] = True
+    for index, piece, end in zip(trained, pieces, ends):
+        inside = any(low <= end - len(piece) and end <= high for low, high in actions)
+        keep[index] = inside and len(piece.strip()) == 1 and piece.strip() in COORDINATE_CHARACTERS
     labels[~keep] = -100
     return labels
 
@@ -325,7 +322,7 @@ def train(config: GRPOConfig, log=functools.partial(print, flush=True)) -> dict:
             for (episode, _), advantage in zip(group, advantages):
                 for rendered in training_samples(first_turn(episode) if config.mode == "decision" else episode):
                     encoded = encode(processor, rendered)
-                    if config.trained_tokens == "coordinates":
+                    if within is not None:  # trained_tokens: coordinates
                         encoded["labels"] = coordinate_labels(processor.tokenizer, encoded["input_ids"][0], encoded["labels"])
                     if (encoded["labels"] != -100).any():  # an answer has no coordinates to train
                         items.append((encoded, float(advantage)))
