@@ -221,6 +221,29 @@ def test_a_paired_comparison_tells_a_real_gain_from_noise_and_skips_absent_cases
         paired_difference([0.1, 0.2], baseline)
 
 
+def test_an_evaluation_compares_with_an_earlier_one_only_on_the_same_cases(tmp_path):
+    from training.evaluate import EvalConfig, _read_comparable, compare
+
+    def written(config, ious):
+        cases = [{"iou": value} for value in ious]
+        path = tmp_path / f"eval-{len(list(tmp_path.iterdir()))}.json"  # NaN is written as JSON's NaN, as evaluate does
+        path.write_text(json.dumps({"config": config.__dict__, "results": {"phantoms": {
+            "summary": {"mean_iou": float(np.nanmean(ious))}, "cases": cases}}}))
+        return path
+
+    config = EvalConfig(model="m", output="o", segmenter="litemedsam")
+    earlier = written(EvalConfig(model="other", output="o", segmenter="classical"), [0.5, float("nan"), 0.5])
+    baseline = _read_comparable(str(earlier), config)  # another model and segmenter: still the same cases
+    [line] = compare({"phantoms": {"summary": {"mean_iou": 0.6}, "cases": [{"iou": 0.6}, {"iou": float("nan")}, {"iou": 0.6}]}},
+                     baseline)
+    assert line.startswith("phantoms: mean IoU 0.600, +0.100 +- 0.000") and "2 cases with a target" in line
+    with pytest.raises(SystemExit, match="drew other cases \\(phantom_seeds differ\\)"):
+        _read_comparable(str(written(EvalConfig(model="m", output="o", phantom_seeds=[0, 3]), [0.1, 0.2, 0.3])), config)
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(SystemExit, match="not an evaluation written by napari-ibis evaluate"):
+        _read_comparable(str(tmp_path / "broken.json"), config)
+
+
 CONFIGS = Path(__file__).parents[1] / "training" / "configs"
 
 

@@ -146,8 +146,11 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(prog="napari-ibis evaluate")
     parser.add_argument("config")
+    parser.add_argument("--against", metavar="JSON",
+                        help="an earlier evaluation of the same cases: print each set's paired IoU difference to it")
     args = parser.parse_args(argv)
     config = EvalConfig(**read_config(args.config))
+    baseline = _read_comparable(args.against, config) if args.against else None
     policy = VLMPolicy(config.model, max_new_tokens=200)
     segmenter = build_segmenter(config.segmenter)
     results = {}
@@ -157,7 +160,39 @@ def main(argv=None) -> int:
         print(name, json.dumps(results[name]["summary"]))
     Path(config.output).parent.mkdir(parents=True, exist_ok=True)
     Path(config.output).write_text(json.dumps({"config": config.__dict__, "results": results}, indent=1) + "\n")
+    if baseline is not None:
+        for line in compare(results, baseline):
+            print(line)
     return 0
+
+
+CASE_KEYS = ("profile", "phantom_seeds", "real", "absent_probability", "max_steps", "limit", "seed")
+
+
+def _read_comparable(path: str, config: EvalConfig) -> dict:
+    """The results of an earlier evaluation, after checking it drew the same cases (the segmenter may differ)."""
+    try:
+        earlier = json.loads(Path(path).read_text())
+        earlier_config, results = earlier["config"], earlier["results"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SystemExit(f"--against {path}: not an evaluation written by napari-ibis evaluate ({error})")
+    differ = [key for key in CASE_KEYS if earlier_config.get(key) != getattr(config, key)]
+    if differ:
+        raise SystemExit(f"--against {path}: drew other cases ({', '.join(differ)} differ)")
+    return results
+
+
+def compare(results: dict, baseline: dict) -> list[str]:
+    """One line per set both hold: mean IoU, and the paired difference to the baseline with its standard error."""
+    lines = []
+    for name, result in results.items():
+        if name not in baseline:
+            continue
+        ious = [c["iou"] for c in result["cases"]]
+        d = paired_difference(ious, [c["iou"] for c in baseline[name]["cases"]])
+        lines.append(f"{name}: mean IoU {result['summary']['mean_iou']:.3f}, {d['mean']:+.3f} +- {d['se']:.3f} "
+                     f"against the earlier evaluation ({d['cases']} cases with a target)")
+    return lines
 
 
 if __name__ == "__main__":
