@@ -203,6 +203,10 @@ def test_evaluation_reports_iou_steps_parsing_and_the_oracle_at_equal_clicks():
     assert summary["mean_steps"] == 2 and 0 < summary["oracle_iou_same_clicks"] <= 1
     assert result["cases"][0]["clicks"] == 1
     assert result["cases"][0]["ious"] == [summary["mean_iou"]] == [summary["mean_iou_after_first_click"]]
+    two_clicks = evaluate(ScriptedPolicy([point(True, 34.5 / 64, 30.5 / 64), point(False, 34.5 / 64, 30.5 / 64), TERMINATE]),
+                          [sample], build_segmenter("classical"), max_steps=4)
+    ious = two_clicks["cases"][0]["ious"]  # a negative click on the disk's centre takes the mask down
+    assert len(ious) == 2 and ious[1] < ious[0] == two_clicks["summary"]["mean_best_iou_along"]
     # a reply that cannot be read counts against the parsable share; an absent target needs "not present"
     broken = evaluate(ScriptedPolicy(["no idea"]), [sample, absent], build_segmenter("classical"))["summary"]
     assert broken["parsable_share"] == 0.0 and broken["mean_iou"] == 0.0 and broken["absent_answered_right"] == 0.0

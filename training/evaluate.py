@@ -6,7 +6,8 @@ greedy decoding, then IoU, Dice, whether it answered the closed question right
 agent, the click oracle with the *same number of clicks* gives the IoU the same
 segmenter could have reached, so that a weak agent and a weak segmenter can be
 told apart. The IoU after each of the agent's clicks (``ious``) shows whether its
-later clicks improve the mask its first click made (``mean_iou_after_first_click``).
+later clicks improve the mask its first click made (``mean_iou_after_first_click``),
+and the best of them (``mean_best_iou_along``) what a better moment to stop could keep.
 
 ``napari-ibis evaluate CONFIG`` (or :func:`main`) writes a JSON with the summary
 and every case.
@@ -104,6 +105,8 @@ def summarise(rows: list[dict]) -> dict:
         "mean_iou": float(np.mean([r["iou"] for r in present])) if present else float("nan"),
         "mean_dice": float(np.mean([r["dice"] for r in present])) if present else float("nan"),
         "mean_iou_after_first_click": float(np.mean([(r["ious"] or [0.0])[0] for r in present])) if present else float("nan"),
+        # what a stopper that knew the best moment of each of the agent's own sessions would keep
+        "mean_best_iou_along": float(np.mean([max(r["ious"] or [0.0]) for r in present])) if present else float("nan"),
         "entity_f1": entity_f1([r["_pair"] for r in rows]),
         "absent_answered_right": float(np.mean([r["closed_correct"] for r in absent])) if absent else float("nan"),
         "mean_steps": float(np.mean([r["steps"] for r in rows])) if rows else float("nan"),
