@@ -70,6 +70,16 @@ def test_progress_needs_a_strict_improvement_and_is_zero_when_stopping():
     assert progress_reward(0.5, 0.9, final=True) == 0.0
 
 
+def test_progress_gain_pays_how_much_a_click_mends_and_charges_how_much_it_spoils():
+    config = RewardConfig(progress=0.0, progress_gain=10.0)
+    assert progress_reward(0.5, 0.7, final=False, config=config) == pytest.approx(2.0)
+    assert progress_reward(0.5, 0.55, final=False, config=config) == pytest.approx(0.5)  # less mended, less paid
+    assert progress_reward(0.6, 0.5, final=False, config=config) == pytest.approx(-1.0)
+    assert progress_reward(0.5, 0.9, final=True, config=config) == 0.0
+    both = RewardConfig(progress_gain=10.0)  # the release's step bonus plus the gain
+    assert progress_reward(0.5, 0.6, final=False, config=both) == pytest.approx(2.0)
+
+
 def test_length_reward_around_the_optimum():
     assert [length_reward(s) for s in (1, 4, 5, 6, 8)] == pytest.approx([1, 1, 1, -0.2, -0.6])
     assert length_reward(4, RewardConfig(optimal_steps=3, length_penalty=0.5)) == -0.5

@@ -12,7 +12,8 @@ Constants default to those of the released reward function
   negative click in the false-positive region of the mask *before* the click, -1
   otherwise, 0 for turns without a click;
 * progressive: 1 when the IoU after the action is strictly higher than before
-  (0 on a final turn);
+  (0 on a final turn); ``progress_gain`` > 0 adds that many times the IoU change
+  itself, so that a click that mends more earns more (not in the release: 0);
 * length: 1 up to the optimal number of steps (5), then -0.2 per extra step.
 
 The total is the sum of the enabled terms divided by ``normaliser`` (5, as in the
@@ -43,6 +44,7 @@ class RewardConfig:
     placement_hit: float = 1.0
     placement_miss: float = -1.0
     progress: float = 1.0
+    progress_gain: float = 0.0  # > 0: the progress term also pays this times (IoU after - IoU before)
     optimal_steps: int = 5
     length_bonus: float = 1.0
     length_penalty: float = 0.2
@@ -99,7 +101,9 @@ def placement_reward(row: int, col: int, positive: bool, truth: np.ndarray, mask
 
 
 def progress_reward(iou_before: float, iou_after: float, final: bool, config: RewardConfig = DEFAULT_REWARDS) -> float:
-    return 0.0 if final else (config.progress if iou_after > iou_before else 0.0)
+    if final:
+        return 0.0
+    return (config.progress if iou_after > iou_before else 0.0) + config.progress_gain * (iou_after - iou_before)
 
 
 def length_reward(step: int, config: RewardConfig = DEFAULT_REWARDS) -> float:
