@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from training.evaluate import EvalConfig, cases, evaluate, paired_difference
+from training.evaluate import CASE_KEYS, EvalConfig, case_ious, cases, evaluate, paired_difference
 
 MODELS = {
     "untrained (random init)": "runs/default/init",
@@ -156,7 +156,7 @@ def copy_evaluation(names: list[str] | None, path: Path, config: EvalConfig) -> 
     if not names or len(names) != 1:
         raise SystemExit("--from-eval needs exactly one --only model")
     evaluation = json.loads(path.read_text())
-    same = ("profile", "segmenter", "phantom_seeds", "real", "absent_probability", "max_steps", "limit", "seed")
+    same = ("segmenter", *CASE_KEYS)
     differ = [key for key in same if evaluation["config"].get(key) != getattr(config, key)]
     if differ or Path(evaluation["config"]["model"]) != Path(MODELS[names[0]]):
         raise SystemExit(f"{path} evaluated other cases or another model ({', '.join(differ) or 'model'})")
@@ -167,11 +167,6 @@ def copy_evaluation(names: list[str] | None, path: Path, config: EvalConfig) -> 
     _write_cases(names[0], {name: case_ious(result) for name, result in evaluation["results"].items()})
     print_table(results)
     print_paired(read_cases())
-
-
-def case_ious(result: dict) -> list:
-    """The final IoU of each case in order (None where the target is absent: JSON has no NaN)."""
-    return [None if c["iou"] != c["iou"] else c["iou"] for c in result["cases"]]
 
 
 def read_cases() -> dict:

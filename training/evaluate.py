@@ -48,6 +48,9 @@ class EvalConfig:
     seed: int = 0
 
 
+CASE_KEYS = ("profile", "phantom_seeds", "real", "absent_probability", "max_steps", "limit", "seed")  # what draws the cases
+
+
 def cases(config: EvalConfig) -> dict[str, list[Sample]]:
     """Held-out cases per set: phantoms by seed, real sets by their evaluation side."""
     from .datasets import colin27_aal, split_by_group, stardist_nuclei
@@ -116,6 +119,11 @@ def summarise(rows: list[dict]) -> dict:
     }
 
 
+def case_ious(result: dict) -> list:
+    """The final IoU of each case of one set's result in order (None where the target is absent: JSON has no NaN)."""
+    return [None if c["iou"] != c["iou"] else c["iou"] for c in result["cases"]]
+
+
 def paired_difference(ious: list[float], baseline: list[float]) -> dict:
     """Mean of per-case IoU differences against a baseline on the same cases, with its standard error.
 
@@ -169,9 +177,6 @@ def main(argv=None) -> int:
     return 0
 
 
-CASE_KEYS = ("profile", "phantom_seeds", "real", "absent_probability", "max_steps", "limit", "seed")
-
-
 def _read_comparable(path: str, config: EvalConfig) -> dict:
     """The results of an earlier evaluation, after checking it drew the same cases (the segmenter may differ)."""
     try:
@@ -191,8 +196,7 @@ def compare(results: dict, baseline: dict) -> list[str]:
     for name, result in results.items():
         if name not in baseline:
             continue
-        ious = [c["iou"] for c in result["cases"]]
-        d = paired_difference(ious, [c["iou"] for c in baseline[name]["cases"]])
+        d = paired_difference(case_ious(result), case_ious(baseline[name]))
         lines.append(f"{name}: mean IoU {result['summary']['mean_iou']:.3f}, {d['mean']:+.3f} +- {d['se']:.3f} "
                      f"against the earlier evaluation ({d['cases']} cases with a target)")
     return lines
