@@ -107,6 +107,25 @@ def test_lora_trains_only_the_language_model_and_saves_a_merged_folder(tiny_vlm_
     assert record["trainable_parameters"] < sum(v.numel() for v in before.values()) / 10
 
 
+def test_a_model_goes_on_at_a_larger_image_size_with_four_times_the_image_tokens(tiny_vlm_folder, small_dataset, tmp_path):
+    from napari_ibis.policies.vlm import VLMPolicy
+    from training.storage import read_dataset
+
+    def image_tokens(folder) -> int:
+        policy = VLMPolicy(folder, device="cpu")
+        grey = np.zeros((128, 128, 3), np.uint8)
+        inputs = policy.encode([{"role": "user", "content": [{"type": "image", "image": grey}, {"type": "text", "text": "segment the liver"}]}])
+        return int((inputs["input_ids"] == policy.model.config.image_token_id).sum())
+
+    config = SFTConfig(model=str(tiny_vlm_folder), output=str(tmp_path / "finer"), steps=2, log_every=0, image_size=224)
+    train(config, read_dataset(small_dataset))
+    assert image_tokens(tmp_path / "finer") == 4 * image_tokens(tiny_vlm_folder) == 4 * 49  # 8 instead of 16 pixels a token
+    from napari_ibis.errors import InputError
+
+    with pytest.raises(InputError, match="multiple of 16"):
+        train(SFTConfig(model=str(tiny_vlm_folder), output=str(tmp_path / "odd"), steps=1, image_size=100), read_dataset(small_dataset))
+
+
 def test_two_cpu_processes_train_together(tiny_vlm_folder, small_dataset, tmp_path):
     from conftest import run_on_two_processes
 

@@ -25,6 +25,8 @@ def load_for_training(config, accelerator):
     source = checkpoint if resuming and not config.lora else Path(config.model)
     model_class = getattr(transformers, MODEL_CLASSES[inspect_model_folder(source)])
     processor = transformers.AutoProcessor.from_pretrained(source, local_files_only=True)
+    if getattr(config, "image_size", 0):
+        set_image_size(processor, config.image_size)
     dtype = torch.bfloat16 if accelerator.device.type == "cuda" and config.lora else torch.float32
     model = model_class.from_pretrained(source, local_files_only=True, dtype=dtype)
     if config.lora:
@@ -36,6 +38,25 @@ def load_for_training(config, accelerator):
             options = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": LORA_TARGETS, **config.lora}
             model = get_peft_model(model, LoraConfig(**options))
     return model, processor, resuming
+
+
+def set_image_size(processor, side: int) -> None:
+    """Resize every image to ``side`` x ``side`` pixels' worth before the model sees it (saved with the folder).
+
+    A Qwen-VL vision tower takes any grid of patches (Qwen3-VL interpolates its position
+    table), so a model trained at 112 pixels can go on at 224: four times as many image
+    tokens, each covering a quarter of the area.
+    """
+    patch = processor.image_processor.patch_size * processor.image_processor.merge_size
+    if side <= 0 or side % patch:
+        from napari_ibis.errors import InputError
+
+        raise InputError(f"image_size must be a positive multiple of {patch} (this model's patch x merge), not {side}")
+    for images in (processor.image_processor, getattr(processor, "video_processor", None)):
+        if images is not None:
+            images.size = {"shortest_edge": side * side, "longest_edge": side * side}
+            if hasattr(images, "min_pixels"):
+                images.min_pixels = images.max_pixels = side * side
 
 
 def save(accelerator, model, processor, folder: Path, config, state: dict | None, merge: bool = False) -> None:

@@ -185,6 +185,7 @@ class SFTConfig:
     replay_samples: int = 0  # how many of its samples (drawn once, with `seed`); 0 with replay_data: all of them
     stream: dict = field(default_factory=dict)  # {} read `data`; else first decisions of new phantoms made while training (training.stream.StreamConfig keys)
     tiny: dict = field(default_factory=dict)  # build a new small model at `model` first (TinyConfig keys)
+    image_size: int = 0  # > 0: images reach the model at this side (its pixel budget becomes side x side), e.g. finer image tokens
     extra: dict = field(default_factory=dict)
 
 
