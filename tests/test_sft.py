@@ -108,6 +108,7 @@ def test_lora_trains_only_the_language_model_and_saves_a_merged_folder(tiny_vlm_
 
 
 def test_a_model_goes_on_at_a_larger_image_size_with_four_times_the_image_tokens(tiny_vlm_folder, small_dataset, tmp_path):
+    from napari_ibis.errors import InputError
     from napari_ibis.policies.vlm import VLMPolicy
     from training.storage import read_dataset
 
@@ -120,8 +121,6 @@ def test_a_model_goes_on_at_a_larger_image_size_with_four_times_the_image_tokens
     config = SFTConfig(model=str(tiny_vlm_folder), output=str(tmp_path / "finer"), steps=2, log_every=0, image_size=224)
     train(config, read_dataset(small_dataset))
     assert image_tokens(tmp_path / "finer") == 4 * image_tokens(tiny_vlm_folder) == 4 * 49  # 8 instead of 16 pixels a token
-    from napari_ibis.errors import InputError
-
     with pytest.raises(InputError, match="multiple of 16"):
         train(SFTConfig(model=str(tiny_vlm_folder), output=str(tmp_path / "odd"), steps=1, image_size=100), read_dataset(small_dataset))
 

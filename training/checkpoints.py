@@ -53,10 +53,8 @@ def set_image_size(processor, side: int) -> None:
 
         raise InputError(f"image_size must be a positive multiple of {patch} (this model's patch x merge), not {side}")
     for images in (processor.image_processor, getattr(processor, "video_processor", None)):
-        if images is not None:
+        if images is not None:  # Qwen's processors read their pixel budget from `size` alone
             images.size = {"shortest_edge": side * side, "longest_edge": side * side}
-            if hasattr(images, "min_pixels"):
-                images.min_pixels = images.max_pixels = side * side
 
 
 def save(accelerator, model, processor, folder: Path, config, state: dict | None, merge: bool = False) -> None:
