@@ -62,3 +62,15 @@ def test_one_command_rebuilds_an_agent_from_nothing_and_bundles_it(tmp_path):
     first_sft = (run / "sft" / "model.safetensors").stat().st_mtime
     assert main(["pipeline", str(tmp_path / "plan.yaml")]) == 0
     assert (run / "sft" / "model.safetensors").stat().st_mtime == first_sft
+
+
+def test_a_config_reads_numbers_in_exponent_form_as_numbers(tmp_path):
+    from training.config_file import read_config
+    from training.grpo import GRPOConfig
+
+    path = tmp_path / "grpo.yaml"
+    path.write_text("model: m\noutput: o\nlearning_rate: 1e-5\nkl_coef: 2E-3\nsteps: 40\nname: 1e5x\nseed: 0\n")
+    read = read_config(path)
+    assert read["learning_rate"] == 1e-5 and read["kl_coef"] == 0.002 and read["steps"] == 40
+    assert read["name"] == "1e5x" and isinstance(read["steps"], int)  # words and integers stay as they were
+    assert GRPOConfig(**{k: v for k, v in read.items() if k != "name"}).learning_rate == 1e-5
