@@ -53,6 +53,7 @@ MODELS = {
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + two rounds of own states (DAgger, v7, shipped) + GRPO on click coordinates only, from its own masks, at 3e-5": "runs/default/grpo-coordinates-lr3e-5-after-dagger-r2",
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + two rounds of own states (DAgger, v7, shipped) + GRPO on click coordinates only, from its own masks, paid 10 x the IoU change as well": "runs/default/grpo-coordinates-iou-gain-after-dagger-r2",
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + two rounds of own states (DAgger, v7, shipped) + GRPO on click coordinates only, from its own masks, paid 10 x the IoU change instead of placement and progress": "runs/default/grpo-coordinates-iou-gain-only-after-dagger-r2",
+    "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + two rounds of own states (DAgger, v7, shipped) + GRPO on whole clicking replies, compared among clicks only, from its own masks": "runs/default/grpo-clicks-after-dagger-r2",
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + two rounds of own states (DAgger, v7, shipped) + 1,200 steps at 1e-4 on its LiteMedSAM states and the trajectories, images at 112 pixels": "runs/default/sft-v7-finer-tokens-control",
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + two rounds of own states (DAgger, v7, shipped) + 1,200 steps at 1e-4 on its LiteMedSAM states and the trajectories, images at 224 pixels (finer image tokens)": "runs/default/sft-v7-finer-tokens",
     "SFT with self-reflection, grounding streamed on a GPU, trajectories stopping at IoU 0.8 + two rounds of own states (DAgger, v7's recipe, seed 1)": "runs/default/sft-stream-dagger-r2-seed1",
@@ -107,6 +108,7 @@ STARTED_FROM = {  # the model each was trained from, for the paired difference e
     f"{BASELINE} + GRPO on click coordinates only, from its own masks, at 3e-5": BASELINE,
     f"{BASELINE} + GRPO on click coordinates only, from its own masks, paid 10 x the IoU change as well": BASELINE,
     f"{BASELINE} + GRPO on click coordinates only, from its own masks, paid 10 x the IoU change instead of placement and progress": BASELINE,
+    f"{BASELINE} + GRPO on whole clicking replies, compared among clicks only, from its own masks": BASELINE,
     f"{BASELINE} + 1,200 steps at 1e-4 on its LiteMedSAM states and the trajectories, images at 112 pixels": BASELINE,
     # the same fine-tune, but every image reaches the model at 224 pixels (196 image tokens of 8 pixels, not 49 of 16)
     f"{BASELINE} + 1,200 steps at 1e-4 on its LiteMedSAM states and the trajectories, images at 224 pixels (finer image tokens)": BASELINE,

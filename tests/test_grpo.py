@@ -67,6 +67,44 @@ def test_decision_questions_can_start_from_the_masks_the_model_reaches_itself():
         Questions(GRPOConfig(model="m", output="o", seeds=[0, 1], state_source="oracle"), build_segmenter("classical"), 0)
 
 
+def test_a_question_pool_asks_the_same_questions_in_turn_from_the_starting_models_masks():
+    from training.grpo import Questions
+
+    config = GRPOConfig(model="m", output="o", mode="decision", seeds=[0, 6], state_source="policy", max_turns=4,
+                        question_pool=3)
+    questions = Questions(config, build_segmenter("classical"), rank=0)
+    questions.greedy = ScriptedPolicy([point(True, 0.5, 0.5)])
+    first_round = [questions.next() for _ in range(3)]
+    calls = questions.greedy.calls
+    questions.greedy = ScriptedPolicy([TERMINATE])  # a later model: the pool keeps the first model's masks
+    for _ in range(2):
+        for (sample, query, state), again in zip(first_round, [questions.next() for _ in range(3)]):
+            assert again[0] is sample and again[1] == query and again[2] is state
+    assert calls >= 1 and questions.greedy.calls == 0
+    with pytest.raises(ValueError, match="question_pool"):
+        GRPOConfig(model="m", output="o", question_pool=-1)
+
+
+def test_training_clicks_compares_and_trains_only_the_replies_that_click():
+    from training.grpo import trained_rollouts
+
+    sample, segmenter = disk_sample(), build_segmenter("classical")
+    replies = [point(True, 34.5 / 64, 30.5 / 64), point(True, 5 / 64, 5 / 64), TERMINATE, "no action here"]
+    group = []
+    for reply in replies:
+        episode = rollout(ScriptedPolicy([reply]), sample, "segment the disk", segmenter, max_turns=1)
+        group.append((episode, score(episode, RewardConfig(), "decision")))
+    kept, advantages = trained_rollouts(group, "clicks")
+    assert kept == [0, 1, 3]  # the answer is neither trained nor part of the baseline
+    assert advantages[0] > 0 > advantages[1] and advantages.mean() == pytest.approx(0, abs=1e-9)
+    kept, advantages = trained_rollouts(group, "reply")
+    assert kept == [0, 1, 2, 3] and len(advantages) == 4
+    kept, advantages = trained_rollouts(group[2:3], "clicks")
+    assert kept == [] and advantages.size == 0  # a group that only answers teaches nothing
+    with pytest.raises(ValueError, match="decision"):
+        GRPOConfig(model="m", output="o", trained_tokens="clicks", mode="trajectory")
+
+
 def test_a_continued_decision_is_paid_the_answer_where_the_greedy_model_ends_and_only_it_is_trained():
     from training.rollout import FirstTurnThen, first_turn
 
@@ -116,6 +154,30 @@ def test_only_the_models_reply_tokens_get_gradients(tiny_vlm_folder):
     assert (grad[~trained] == 0).all()  # system, user, observation and image tokens get no gradient
     image_positions = batch["input_ids"][0, 1:] == model.config.image_token_id
     assert image_positions.any() and not trained[image_positions].any()
+
+
+def test_the_logged_policy_change_is_zero_without_an_update_and_grows_with_the_step(tiny_vlm_folder):
+    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+
+    from training.grpo import policy_change
+
+    processor = AutoProcessor.from_pretrained(tiny_vlm_folder)
+    model = Qwen3VLForConditionalGeneration.from_pretrained(tiny_vlm_folder)
+    policy = ScriptedPolicy([point(True, 0.5, 0.5)])
+    episode = rollout(policy, disk_sample(), "segment the disk", build_segmenter("classical"), max_turns=1)
+    encoded = encode(processor, training_samples(episode)[0])
+    pad = processor.tokenizer.pad_token_id
+    with torch.no_grad():
+        encoded["old"] = token_log_probs(model, collate([encoded], pad))[0]
+    assert policy_change(model, [(encoded, 1.0)], pad, "cpu") == pytest.approx(0.0, abs=1e-6)
+    changes = []
+    for size in (1e-3, 1e-2):
+        moved = Qwen3VLForConditionalGeneration.from_pretrained(tiny_vlm_folder)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            moved.lm_head.weight.add_(size * torch.randn_like(moved.lm_head.weight))
+        changes.append(policy_change(moved, [(encoded, 1.0)], pad, "cpu"))
+    assert 0 < changes[0] < changes[1]
 
 
 def test_coordinate_training_keeps_only_the_digits_of_the_clicks(tiny_vlm_folder):
@@ -253,8 +315,8 @@ CONFIGS = Path(__file__).parents[1] / "training" / "configs"
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("grpo-*.yaml")))
 def test_every_grpo_config_in_the_repository_reads_into_its_settings_and_rewards(name):
-    from training.config_file import read_config
+    from training.config_file import load_config
 
-    config = GRPOConfig(**read_config(CONFIGS / name))  # a misspelt key fails here
+    config = load_config(GRPOConfig, CONFIGS / name)  # a misspelt key or a value of the wrong kind fails here
     RewardConfig(**config.rewards)
     assert config.mode in ("trajectory", "decision") and config.steps > 0 and config.output

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import yaml
 
 from napari_ibis.cli import main
@@ -74,3 +75,21 @@ def test_a_config_reads_numbers_in_exponent_form_as_numbers(tmp_path):
     assert read["learning_rate"] == 1e-5 and read["kl_coef"] == 0.002 and read["steps"] == 40
     assert read["name"] == "1e5x" and isinstance(read["steps"], int)  # words and integers stay as they were
     assert GRPOConfig(**{k: v for k, v in read.items() if k != "name"}).learning_rate == 1e-5
+
+
+@pytest.mark.parametrize("text, message", [
+    ("model: m\noutput: o\nlearning_rat: 0.1\n", "unknown key learning_rat"),
+    ("model: m\noutput: o\nlearning_rate: fast\n", "learning_rate must be a number, not 'fast'"),
+    ("model: m\noutput: o\nsteps: 2.5\n", "steps must be a whole number"),
+    ("model: m\nsteps: 2\n", "missing output"),
+    ("model: m\noutput: o\ntrained_tokens: words\n", "trained_tokens must be"),
+    ("model: [m\n", "cannot read"),
+    ("- a list\n", "expected `key: value` lines"),
+])
+def test_a_config_mistake_is_one_line_naming_the_file_and_nothing_runs(tmp_path, capsys, text, message):
+    path = tmp_path / "grpo.yaml"
+    path.write_text(text)
+    assert main(["grpo", str(path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and str(path) in error and message in error
+    assert not (tmp_path / "o").exists()

@@ -32,3 +32,44 @@ def read_config(path: str | Path) -> dict:
 
         return yaml.load(text, Loader=_loader())
     return json.loads(text)
+
+
+_KINDS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def load_config(cls, path: str | Path):
+    """The dataclass ``cls`` (SFTConfig, GRPOConfig, EvalConfig) from a config file.
+
+    Every mistake in the file (unreadable, an unknown or missing key, a value of the wrong
+    kind, a setting the class refuses) becomes one line naming the file (InputError).
+    """
+    import dataclasses
+
+    from napari_ibis.errors import InputError
+
+    try:
+        values = read_config(path)
+    except (OSError, ValueError) as exc:  # ValueError: JSON and YAML parse errors
+        raise InputError(f"cannot read {path}: {str(exc).splitlines()[0]}") from exc
+    except Exception as exc:  # yaml.YAMLError
+        raise InputError(f"cannot read {path}: {' '.join(str(exc).split())}") from exc
+    if not isinstance(values, dict):
+        raise InputError(f"{path}: expected `key: value` lines, found {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise InputError(f"{path}: unknown key {', '.join(unknown)} (known: {', '.join(fields)})")
+    required = [name for name, f in fields.items()
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in values]
+    if missing:
+        raise InputError(f"{path}: missing {', '.join(missing)}")
+    for name, value in values.items():
+        kinds = _KINDS.get(str(fields[name].type))
+        if kinds and (not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool))):
+            wanted = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text"}
+            raise InputError(f"{path}: {name} must be {wanted[str(fields[name].type)]}, not {value!r}")
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        raise InputError(f"{path}: {exc}") from exc

@@ -153,14 +153,14 @@ def main(argv=None) -> int:
     from napari_ibis.policies.vlm import VLMPolicy
     from napari_ibis.segmenters import build_segmenter
 
-    from .config_file import read_config
+    from .config_file import load_config
 
     parser = argparse.ArgumentParser(prog="napari-ibis evaluate")
     parser.add_argument("config")
     parser.add_argument("--against", metavar="JSON",
                         help="an earlier evaluation of the same cases: print each set's paired IoU difference to it")
     args = parser.parse_args(argv)
-    config = EvalConfig(**read_config(args.config))
+    config = load_config(EvalConfig, args.config)
     baseline = _read_comparable(args.against, config) if args.against else None
     policy = VLMPolicy(config.model, max_new_tokens=200)
     segmenter = build_segmenter(config.segmenter)

@@ -20,7 +20,13 @@ further to the digits of the click coordinates inside ``<action>``: the group th
 teaches where to click, while the choice between clicking and answering (and the
 reasoning) stays as supervised training left it. Those digits are scored as a choice
 among the coordinate characters only (``0``-``9`` and ``.``), so that pushing a bad
-click down cannot hand its probability to a newline and break the reply.
+click down cannot hand its probability to a newline and break the reply. The
+release's replies decide where to click in their reasoning ("below and to the left
+of the mask's centre") and in the sign of the point before the digits, so
+``trained_tokens: clicks`` trains every token of the replies that click (and of
+unreadable ones), with advantages normalised among those replies of a group only:
+answers (Termination, "not present") are neither trained nor compared with, and the
+update teaches which click, not whether to click.
 
 ``GRPOConfig`` maps 1:1 onto ``napari-ibis grpo CONFIG``. Logs go to
 ``OUTPUT/log.jsonl`` (and TensorBoard when it is installed), one line per step
@@ -65,7 +71,9 @@ class GRPOConfig:
     # current model ends with when it carries on greedily from there ("continued"): a click is then worth what
     # it leads to, not only what it does at once
     decision_answer: str = "now"
-    trained_tokens: str = "reply"  # every token of the model's reply, or "coordinates": only the click's numbers
+    # every token of the model's reply; "coordinates": only the click's numbers; "clicks": whole replies that
+    # click (or are unreadable), compared only among themselves, so answering is left as SFT made it
+    trained_tokens: str = "reply"
     segmenter: str = "classical"
     seeds: list = field(default_factory=lambda: [0, 400])  # phantom seeds the questions come from
     real: list = field(default_factory=list)  # "aal", "nuclei": their training side is added
@@ -90,17 +98,45 @@ class GRPOConfig:
     resume: bool = False
     log_every: int = 1
     seed: int = 0
+    # > 0: draw that many questions once (from the starting model) and ask only those, in turn, every
+    # step. A sanity check that the policy gradient can raise the reward where it trains, apart from
+    # whether what it learns carries to new questions
+    question_pool: int = 0
 
     def __post_init__(self) -> None:
+        if self.question_pool < 0:
+            raise ValueError(f"question_pool must be 0 (a new question every time) or more, not {self.question_pool}")
         if self.decision_answer not in ("now", "continued"):
             raise ValueError(f"decision_answer must be 'now' or 'continued', not {self.decision_answer!r}")
-        if self.trained_tokens not in ("reply", "coordinates"):
-            raise ValueError(f"trained_tokens must be 'reply' or 'coordinates', not {self.trained_tokens!r}")
+        if self.trained_tokens not in ("reply", "coordinates", "clicks"):
+            raise ValueError(f"trained_tokens must be 'reply', 'coordinates' or 'clicks', not {self.trained_tokens!r}")
+        if self.trained_tokens == "clicks" and self.mode != "decision":
+            raise ValueError("trained_tokens: clicks needs mode: decision (one reply per rollout)")
+
+
+def trained_rollouts(group: list[tuple[Rollout, dict]], trained_tokens: str) -> tuple[list[int], np.ndarray]:
+    """Which rollouts of a group are trained, and their advantages (normalised among those only).
+
+    With ``trained_tokens: clicks`` a reply that answers (Termination or "not present") is left
+    out of both; every other setting trains and compares the whole group.
+    """
+    if trained_tokens == "clicks":
+        kept = [i for i, (episode, _) in enumerate(group) if not _answers(episode)]
+    else:
+        kept = list(range(len(group)))
+    return kept, group_advantages([group[i][1]["total"] for i in kept])
+
+
+def _answers(episode: Rollout) -> bool:
+    response = parse_or_none(episode.turns[0].reply, episode.profile) if episode.turns else None
+    return response is not None and (response.terminate or response.not_present)
 
 
 def group_advantages(rewards, eps: float = 1e-6) -> np.ndarray:
     """(r - mean) / std within one group; all zero when the rewards are equal (nothing to learn)."""
     rewards = np.asarray(rewards, dtype=np.float64)
+    if rewards.size < 2:
+        return np.zeros_like(rewards)
     spread = rewards.std()
     if spread < eps:
         return np.zeros_like(rewards)
@@ -187,6 +223,25 @@ def policy_loss(log_probs, old_log_probs, advantages, mask, clip_low: float = 0.
     return loss, stats
 
 
+def policy_change(model, items, pad_id: int, device, within: list[int] | None = None) -> float:
+    """How far this step's updates moved the policy on the replies it trained: the mean per-token
+    KL(old || new) of the trained tokens (k3 estimator, ``(r - 1) - log r`` with r = p_new / p_old).
+
+    The clip only bounds the later mini-batches of a step; this shows how large each step was.
+    """
+    import torch
+
+    change, tokens = 0.0, 0.0
+    with torch.no_grad():
+        for encoded, _ in items:
+            batch = _to_device(collate([encoded], pad_id), device)
+            log_probs, mask = token_log_probs(model, batch, within)
+            delta = log_probs - encoded["old"]
+            change += float(((torch.exp(delta) - 1 - delta) * mask).sum())
+            tokens += float(mask.sum())
+    return change / max(tokens, 1.0)
+
+
 def score(episode: Rollout, config: RewardConfig, mode: str = "trajectory") -> dict[str, float]:
     """Reward terms of a rollout: of its one decision, or of the whole trajectory.
 
@@ -241,8 +296,20 @@ class Questions:
             raise ValueError(f"state_source must be 'simulated' or 'policy', not {config.state_source!r}")
         self.state_source, self.profile = config.state_source, config.profile
         self.greedy: Policy | None = None  # state_source "policy": the current model, greedy (set every step)
+        self.pool_size = config.question_pool
+        self.pool: list[tuple[Sample, str, np.ndarray | None]] = []
+        self.asked = 0
 
     def next(self) -> tuple[Sample, str, np.ndarray | None]:
+        if not self.pool_size:
+            return self.draw()
+        if not self.pool:  # drawn on the first call, so policy states come from the starting model
+            self.pool = [self.draw() for _ in range(self.pool_size)]
+        self.asked += 1
+        return self.pool[(self.asked - 1) % self.pool_size]
+
+    def draw(self) -> tuple[Sample, str, np.ndarray | None]:
+        """A new question from the seeded stream."""
         from . import text
         from .trajectories import simulate
 
@@ -293,8 +360,8 @@ def train(config: GRPOConfig, log=functools.partial(print, flush=True)) -> dict:
     model, optimiser = accelerator.prepare(model, optimiser)
     segmenter = build_segmenter(config.segmenter, str(accelerator.device))
     questions = Questions(config, segmenter, rank)
-    for _ in range(start_step * config.questions_per_step):
-        questions.rng.integers(len(questions.samples))  # resume the stream roughly where it was
+    for _ in range(0 if config.question_pool else start_step * config.questions_per_step):
+        questions.rng.integers(len(questions.samples))  # resume the stream roughly where it was (a pool is drawn again)
     reward_config = RewardConfig(**config.rewards)
     pad_id = processor.tokenizer.pad_token_id
     within = coordinate_token_ids(processor.tokenizer) if config.trained_tokens == "coordinates" else None
@@ -318,8 +385,8 @@ def train(config: GRPOConfig, log=functools.partial(print, flush=True)) -> dict:
         # one (encoded sequence, advantage) per trained sample
         items = []
         for group in groups:
-            advantages = group_advantages([terms["total"] for _, terms in group])
-            for (episode, _), advantage in zip(group, advantages):
+            kept, advantages = trained_rollouts(group, config.trained_tokens)
+            for (episode, _), advantage in zip([group[i] for i in kept], advantages):
                 for rendered in training_samples(first_turn(episode) if config.mode == "decision" else episode):
                     encoded = encode(processor, rendered)
                     if within is not None:  # trained_tokens: coordinates
@@ -327,7 +394,7 @@ def train(config: GRPOConfig, log=functools.partial(print, flush=True)) -> dict:
                     if (encoded["labels"] != -100).any():  # an answer has no coordinates to train
                         items.append((encoded, float(advantage)))
         model.train()
-        stats = {"clip_fraction": [], "kl": [], "loss": []}
+        stats = {"clip_fraction": [], "kl": [], "loss": [], "approx_kl": []}
         if items:
             with torch.no_grad():
                 for encoded, _ in items:
@@ -360,6 +427,7 @@ def train(config: GRPOConfig, log=functools.partial(print, flush=True)) -> dict:
                     stats["kl"].append(loss_stats["kl"])
                 accelerator.clip_grad_norm_(trainable, 1.0)
                 optimiser.step()
+            stats["approx_kl"] = [policy_change(model, items, pad_id, accelerator.device, within)]
         schedule.step()
         record = _step_record(step + 1, groups, stats, rollout_seconds, time.perf_counter() - started)
         record = _gather_mean(accelerator, record)
@@ -442,12 +510,12 @@ def main(argv=None) -> int:
     """``napari-ibis grpo CONFIG``: GRPO from a model folder -> a model folder."""
     import argparse
 
-    from .config_file import read_config
+    from .config_file import load_config
 
     parser = argparse.ArgumentParser(prog="napari-ibis grpo")
     parser.add_argument("config")
     args = parser.parse_args(argv)
-    config = GRPOConfig(**read_config(args.config))
+    config = load_config(GRPOConfig, args.config)
     card = train(config)
     last = card["steps"][-1] if card["steps"] else {}
     print(f"done: {config.output} (last step reward {last.get('reward/total', float('nan')):.3f}, "

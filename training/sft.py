@@ -432,13 +432,13 @@ def main(argv=None) -> int:
     """
     import argparse
 
-    from .config_file import read_config
+    from .config_file import load_config
     from .storage import build, read_dataset
 
     parser = argparse.ArgumentParser(prog="napari-ibis sft")
     parser.add_argument("config")
     args = parser.parse_args(argv)
-    config = SFTConfig(**read_config(args.config))
+    config = load_config(SFTConfig, args.config)
     if config.stream and (config.data or config.replay_data):
         raise SystemExit(f"{args.config}: `stream` makes its own samples; leave out `data` and `replay_data`")
     if config.stream:
