@@ -239,6 +239,17 @@ def test_grpo_with_equal_rewards_does_not_move_the_weights(tiny_vlm_folder, tmp_
     assert {"reward/format", "reward/answer", "reward/placement", "reward/progress", "reward/length"} <= logged[0].keys()
 
 
+def test_epochs_reuse_each_steps_rollouts_for_that_many_updates(tiny_vlm_folder, tmp_path):
+    config = GRPOConfig(model=str(tiny_vlm_folder), output=str(tmp_path / "grpo"), steps=1, questions_per_step=1,
+                        group_size=2, max_turns=1, max_new_tokens=8, seeds=[0, 3], epochs=3, mini_batches=2,
+                        save_every=1, log_every=0)
+    train(config)
+    state = torch.load(tmp_path / "grpo" / "checkpoint" / "trainer_state.pt", weights_only=True)
+    assert {int(s["step"]) for s in state["optimiser"]["state"].values()} == {6}  # 3 passes x 2 mini-batches
+    with pytest.raises(ValueError, match="epochs"):
+        GRPOConfig(model="m", output="o", epochs=0)
+
+
 def test_the_clipped_ratio_stops_pushing_past_the_trust_region():
     log_probs = torch.tensor([[0.0, 0.5]], requires_grad=True)  # ratio e^0.5 = 1.65 on the second token
     loss, stats = policy_loss(log_probs, torch.zeros(1, 2), torch.tensor([1.0]), torch.ones(1, 2))

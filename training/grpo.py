@@ -9,7 +9,8 @@ user, observation and image tokens are masked out), aggregated per token or per
 sequence; a KL term to the starting model is optional (off by default, as in the
 release). The ratio is taken against the log-probabilities of the model that
 produced the rollouts, computed before the first update of the step; with
-``mini_batches`` > 1 the later updates are off-policy and the clip matters.
+``mini_batches`` > 1 or ``epochs`` > 1 (each batch used that many times, as PPO and verl's
+``ppo_epochs``) the later updates are off-policy and the clip bounds them.
 
 In the release's single-decision mode each rollout is one reply from a given
 state, paid on the mask it leaves; ``decision_answer: continued`` lets the current
@@ -92,6 +93,7 @@ class GRPOConfig:
     kl_coef: float = 0.0
     loss_aggregation: str = "token-mean"  # or "seq-mean-token-mean"
     mini_batches: int = 1
+    epochs: int = 1  # passes over each step's rollouts (the clip bounds every update after the first)
     rewards: dict = field(default_factory=dict)  # RewardConfig keys
     lora: dict = field(default_factory=dict)
     save_every: int = 0
@@ -104,6 +106,8 @@ class GRPOConfig:
     question_pool: int = 0
 
     def __post_init__(self) -> None:
+        if self.epochs < 1 or self.mini_batches < 1:
+            raise ValueError(f"epochs and mini_batches must be 1 or more, not {self.epochs} and {self.mini_batches}")
         if self.question_pool < 0:
             raise ValueError(f"question_pool must be 0 (a new question every time) or more, not {self.question_pool}")
         if self.decision_answer not in ("now", "continued"):
@@ -405,7 +409,8 @@ def train(config: GRPOConfig, log=functools.partial(print, flush=True)) -> dict:
                     elif config.kl_coef and config.lora:
                         with accelerator.unwrap_model(model).disable_adapter():
                             encoded["ref"] = token_log_probs(model, batch, within)[0].detach()
-            for chunk in np.array_split(np.arange(len(items)), config.mini_batches):
+            chunks = [c for _ in range(config.epochs) for c in np.array_split(np.arange(len(items)), config.mini_batches)]
+            for chunk in chunks:
                 optimiser.zero_grad()
                 total_tokens = sum(float((torch.as_tensor(items[i][0]["labels"]) != -100).sum()) for i in chunk)
                 for position, i in enumerate(chunk):
