@@ -93,3 +93,12 @@ def test_a_config_mistake_is_one_line_naming_the_file_and_nothing_runs(tmp_path,
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and str(path) in error and message in error
     assert not (tmp_path / "o").exists()
+
+
+def test_a_misspelt_data_option_is_refused_in_one_line_before_anything_is_built(tmp_path, capsys):
+    path = tmp_path / "data.yaml"
+    path.write_text(f"output: {tmp_path / 'data'}\nseeds: [0, 2]\nstop_iuo: 0.8\n")  # stop_iou, misspelt
+    assert main(["data", "build", str(path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "unknown key stop_iuo" in error
+    assert not (tmp_path / "data").exists()

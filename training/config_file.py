@@ -73,3 +73,16 @@ def load_config(cls, path: str | Path):
         return cls(**values)
     except ValueError as exc:
         raise InputError(f"{path}: {exc}") from exc
+
+
+def check_keys(config: dict, known: tuple[str, ...], required: tuple[str, ...], what: str) -> None:
+    """One line (InputError) for a key ``what`` does not know, or a required one left out: a
+    misspelt option would otherwise be ignored and its default used without a word."""
+    from napari_ibis.errors import InputError
+
+    unknown = sorted(set(config) - set(known))
+    if unknown:
+        raise InputError(f"{what}: unknown key {', '.join(unknown)} (known: {', '.join(known)})")
+    missing = [key for key in required if key not in config]
+    if missing:
+        raise InputError(f"{what}: missing {', '.join(missing)}")

@@ -87,6 +87,10 @@ def visited_states(episode) -> list[tuple[np.ndarray, bool]]:
     return states
 
 
+DAGGER_KEYS = ("output", "model", "profile", "segmenter", "seeds", "real", "absent_probability", "max_steps", "stop_iou",
+               "seed")
+
+
 def build(config: dict, progress=None) -> Path:
     """Roll the model out on each training sample and write the expert's decisions; resumable.
 
@@ -98,9 +102,11 @@ def build(config: dict, progress=None) -> Path:
     from napari_ibis.policies.vlm import VLMPolicy
     from napari_ibis.segmenters import build_segmenter
 
+    from .config_file import check_keys
     from .rollout import rollout
     from .storage import append_samples, sample_rng, training_samples, written_ids
 
+    check_keys(config, DAGGER_KEYS, ("output", "model"), "data dagger config")
     folder = Path(config["output"])
     profile = config.get("profile", "ibis-release")
     policy = VLMPolicy(config["model"], max_new_tokens=200)

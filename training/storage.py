@@ -148,6 +148,10 @@ def sample_rng(seed: int, sample) -> np.random.Generator:
     return np.random.default_rng([seed, int.from_bytes(hashlib.sha256(sample.source.encode()).digest()[:8], "little")])
 
 
+BUILD_KEYS = ("output", "profile", "segmenter", "seeds", "real", "stop_iou", "max_steps", "min_dice", "absent_probability",
+              "self_correction_fraction", "first_move_only", "seed", "teacher")
+
+
 def build(config: dict, progress=None) -> Path:
     """Trajectories from phantoms (and real sets) into a dataset folder; resumable.
 
@@ -164,9 +168,11 @@ def build(config: dict, progress=None) -> Path:
     """
     from napari_ibis.segmenters import build_segmenter
 
+    from .config_file import check_keys
     from .sft import render
     from .trajectories import first_move, keep, self_correction, simulate
 
+    check_keys(config, BUILD_KEYS, ("output",), "data build config")
     folder = Path(config["output"])
     profile = config.get("profile", "ibis-release")
     first_only = config.get("first_move_only", False)
