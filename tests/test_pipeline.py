@@ -102,3 +102,10 @@ def test_a_misspelt_data_option_is_refused_in_one_line_before_anything_is_built(
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "unknown key stop_iuo" in error
     assert not (tmp_path / "data").exists()
+
+
+def test_a_misspelt_pipeline_stage_is_refused_rather_than_skipped(tmp_path, capsys):
+    path = tmp_path / "agent.yaml"
+    path.write_text("sft: sft.yaml\ngrpoo: grpo.yaml\n")
+    assert main(["pipeline", str(path)]) == 2
+    assert "unknown key grpoo" in capsys.readouterr().err

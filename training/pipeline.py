@@ -29,7 +29,7 @@ import json
 import shutil
 from pathlib import Path
 
-from .config_file import read_config
+from .config_file import check_keys, read_config
 
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "preprocessor_config.json",
                "processor_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -80,6 +80,8 @@ def run(config_path: str | Path, log=print) -> dict:
     plan = read_config(config_path)
     produced: dict = {}
     before, after = _stages()
+    check_keys(plan, (*(name for name, _, _ in before), "dagger", *(name for name, _, _ in after), "bundle", "bundle_stage"),
+               (), f"pipeline config {config_path}")
 
     def run_stages(stages):
         for name, complete, command in stages:
