@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from training.config_file import read_config  # noqa: E402
+from training.config_file import load_config  # noqa: E402
 from training.grpo import (GRPOConfig, Questions, coordinate_labels, coordinate_token_ids, policy_change,  # noqa: E402
                            policy_loss, score, token_log_probs, trained_rollouts)
 from training.rewards import RewardConfig  # noqa: E402
@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "grpo_step.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = GRPOConfig(**read_config(args.config))
+    config = load_config(GRPOConfig, args.config)
     started = time.perf_counter()
     loaded = VLMPolicy(Path(config.model), device="cpu")
     start_model, processor = loaded.model, loaded.processor
@@ -101,6 +101,8 @@ def main() -> None:
         if within is not None:
             encoded["labels"] = coordinate_labels(processor.tokenizer, encoded["input_ids"][0], encoded["labels"])
         if (encoded["labels"] != -100).any():
+            with torch.no_grad():  # the policy before the update, the same for every learning rate
+                encoded["old"] = token_log_probs(start_model, collate([encoded], pad), within)[0]
             items.append((encoded, float(advantage)))
     report = {"config": args.config, "question": query, "replies": args.group, "trained": len(items),
               "rewards": [terms["total"] for _, terms in group], "trained_tokens": config.trained_tokens,
@@ -111,9 +113,6 @@ def main() -> None:
     print("|---|---|---|---|")
     for learning_rate in args.learning_rates:
         model = copy.deepcopy(start_model).train()
-        for encoded, _ in items:
-            with torch.no_grad():
-                encoded["old"] = token_log_probs(model, collate([encoded], pad), within)[0]
         parameters = [p for p in model.parameters() if p.requires_grad]
         optimiser = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
         total = sum(float((torch.as_tensor(e["labels"]) != -100).sum()) for e, _ in items)

@@ -45,25 +45,20 @@ def load_config(cls, path: str | Path):
     """
     import dataclasses
 
+    import yaml
+
     from napari_ibis.errors import InputError
 
     try:
         values = read_config(path)
-    except (OSError, ValueError) as exc:  # ValueError: JSON and YAML parse errors
-        raise InputError(f"cannot read {path}: {str(exc).splitlines()[0]}") from exc
-    except Exception as exc:  # yaml.YAMLError
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # ValueError: JSON parse errors
         raise InputError(f"cannot read {path}: {' '.join(str(exc).split())}") from exc
     if not isinstance(values, dict):
         raise InputError(f"{path}: expected `key: value` lines, found {type(values).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise InputError(f"{path}: unknown key {', '.join(unknown)} (known: {', '.join(fields)})")
-    required = [name for name, f in fields.items()
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    missing = [name for name in required if name not in values]
-    if missing:
-        raise InputError(f"{path}: missing {', '.join(missing)}")
+    required = tuple(name for name, f in fields.items()
+                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+    check_keys(values, tuple(fields), required, str(path))
     for name, value in values.items():
         kinds = _KINDS.get(str(fields[name].type))
         if kinds and (not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool))):

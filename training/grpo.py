@@ -193,6 +193,13 @@ def token_log_probs(model, batch: dict, within: list[int] | None = None):
     return log_probs, (batch["labels"][:, 1:] != -100).float()
 
 
+def k3(log_ratio):
+    """Per-token KL estimate from log(p_other / p_sampled): exp(x) - x - 1, always >= 0 (Schulman's k3)."""
+    import torch
+
+    return torch.exp(log_ratio) - log_ratio - 1
+
+
 def policy_loss(log_probs, old_log_probs, advantages, mask, clip_low: float = 0.2, clip_high: float = 0.2,
                 aggregation: str = "token-mean", total_tokens: float | None = None, ref_log_probs=None,
                 kl_coef: float = 0.0):
@@ -211,8 +218,7 @@ def policy_loss(log_probs, old_log_probs, advantages, mask, clip_low: float = 0.
     per_token = -torch.minimum(unclipped, clipped)
     kl = torch.zeros_like(per_token)
     if ref_log_probs is not None and kl_coef:
-        delta = ref_log_probs - log_probs
-        kl = torch.exp(delta) - delta - 1  # k3 estimator, always >= 0
+        kl = k3(ref_log_probs - log_probs)
         per_token = per_token + kl_coef * kl
     if aggregation == "token-mean":
         loss = (per_token * mask).sum() / (total_tokens or mask.sum().clamp(min=1))
@@ -229,7 +235,7 @@ def policy_loss(log_probs, old_log_probs, advantages, mask, clip_low: float = 0.
 
 def policy_change(model, items, pad_id: int, device, within: list[int] | None = None) -> float:
     """How far this step's updates moved the policy on the replies it trained: the mean per-token
-    KL(old || new) of the trained tokens (k3 estimator, ``(r - 1) - log r`` with r = p_new / p_old).
+    KL(old || new) of the trained tokens (:func:`k3` of log(p_new / p_old)).
 
     The clip only bounds the later mini-batches of a step; this shows how large each step was.
     """
@@ -240,8 +246,7 @@ def policy_change(model, items, pad_id: int, device, within: list[int] | None = 
         for encoded, _ in items:
             batch = _to_device(collate([encoded], pad_id), device)
             log_probs, mask = token_log_probs(model, batch, within)
-            delta = log_probs - encoded["old"]
-            change += float(((torch.exp(delta) - 1 - delta) * mask).sum())
+            change += float((k3(log_probs - encoded["old"]) * mask).sum())
             tokens += float(mask.sum())
     return change / max(tokens, 1.0)
 
