@@ -78,3 +78,74 @@ def test_sam2_checkpoint_round_trip_infers_its_config(tmp_path):
     assert first.logits.shape == (256, 256) and second.mask.shape == (64, 64)
     with pytest.raises(ModelError, match="does not match"):
         build_segmenter(f"sam2:{checkpoint}#configs/sam2.1/sam2.1_hiera_s.yaml")
+
+
+@pytest.fixture(scope="module")
+def hand_drawn_nucleus():
+    """stardist's real fluorescence image and one of its hand-drawn nuclei (a person's imported mask)."""
+    from stardist.data import test_image_nuclei_2d
+
+    image, labels = test_image_nuclei_2d(return_mask=True)
+    ids, counts = np.unique(labels[labels > 0], return_counts=True)
+    nucleus = labels == ids[np.argmin(np.abs(counts - 560))]  # about the size of the one in the report
+    return to_rgb8(image), nucleus
+
+
+ALL_SEGMENTERS = ["classical", "litemedsam", pytest.param("sam2:random", marks=pytest.mark.slow)]
+
+
+@pytest.fixture(scope="module")
+def segmenters(litemedsam):
+    built = {"litemedsam": litemedsam}
+
+    def get(spec):
+        if spec not in built:
+            built[spec] = build_segmenter(spec)
+        return built[spec]
+
+    return get
+
+
+@pytest.mark.parametrize("spec", ALL_SEGMENTERS)
+def test_a_negative_click_outside_an_imported_mask_leaves_it_as_it_was(spec, segmenters, hand_drawn_nucleus):
+    image, nucleus = hand_drawn_nucleus
+    segmenter = segmenters(spec)
+    segmenter.set_image(image)
+    prior = segmenter.prior_from_mask(nucleus)
+    rows, cols = np.nonzero(nucleus)
+    far = (int(rows.mean() + 170) % image.shape[0], int(cols.mean()))
+    assert not nucleus[far]
+    result = segmenter.segment([Click(*far, False, source="user")], prior)
+    overlap = (result.mask & nucleus).sum() / (result.mask | nucleus).sum()
+    assert overlap > 0.9, (spec, result.mask.sum(), nucleus.sum())
+
+
+@pytest.mark.parametrize("spec", ALL_SEGMENTERS)
+def test_a_negative_click_inside_an_imported_mask_removes_only_the_part_around_it(spec, segmenters, hand_drawn_nucleus):
+    image, nucleus = hand_drawn_nucleus
+    segmenter = segmenters(spec)
+    segmenter.set_image(image)
+    rows, cols = np.nonzero(nucleus)
+    edge = int(np.argmax(cols))  # a click near the nucleus's right edge, inside it
+    click = Click(int(rows[edge]), int(cols[edge]) - 2, False, source="user")
+    assert nucleus[click.row, click.col]
+    result = segmenter.segment([click], segmenter.prior_from_mask(nucleus))
+    assert not result.mask[click.row, click.col]
+    assert result.mask.sum() > 0.5 * nucleus.sum() and (result.mask & ~nucleus).sum() < 0.05 * nucleus.sum()
+
+
+@pytest.mark.parametrize("spec", ALL_SEGMENTERS)
+def test_no_sequence_of_clicks_on_an_imported_mask_raises(spec, segmenters, hand_drawn_nucleus):
+    image, nucleus = hand_drawn_nucleus
+    segmenter = segmenters(spec)
+    segmenter.set_image(image)
+    rng = np.random.default_rng(0)
+    height, width = nucleus.shape
+    for trial in range(6):
+        logits = segmenter.prior_from_mask(nucleus) if trial % 2 == 0 else None
+        clicks = []
+        for _ in range(4):
+            clicks.append(Click(int(rng.integers(height)), int(rng.integers(width)), bool(rng.random() < 0.4)))
+            result = segmenter.segment(clicks, logits)
+            assert result.mask.shape == nucleus.shape and result.mask.dtype == bool
+            logits = result.logits

@@ -88,17 +88,47 @@ class Segmenter(ABC):
         for click in clicks:
             if not (0 <= click.row < height and 0 <= click.col < width):
                 raise InputError(f"click ({click.row}, {click.col}) lies outside the {height}x{width} image")
-        if prior is None and not any(c.positive for c in clicks):
-            # Nothing to segment without a positive click or a prior mask.
-            return SegmentResult(np.zeros((height, width), dtype=bool), None, 0.0)
+        if not any(c.positive for c in clicks):
+            # Without a positive click there is no object to find: keep the prior mask (an
+            # imported or earlier mask) and cut out the part around each negative click in it.
+            if prior is None:
+                return SegmentResult(np.zeros((height, width), dtype=bool), None, 0.0)
+            mask = carve(self.mask_from_prior(prior), [c for c in clicks if not c.positive])
+            return SegmentResult(mask, self.prior_from_mask(mask), float("nan"))
         return self._segment(list(clicks), prior)
 
     def prior_from_mask(self, mask: np.ndarray) -> np.ndarray | None:
         """Logits that stand for an imported mask, to start a refinement from it."""
         return None
 
+    def mask_from_prior(self, prior: np.ndarray) -> np.ndarray:
+        """The image-sized mask that logits from :meth:`segment` or :meth:`prior_from_mask` stand for."""
+        from skimage.transform import resize
+
+        prior = np.asarray(prior, dtype=np.float32)
+        if prior.shape != self.image_shape:
+            prior = resize(prior, self.image_shape, order=1, preserve_range=True)
+        return prior > 0
+
     @abstractmethod
     def _embed(self, image: np.ndarray) -> None: ...
 
     @abstractmethod
     def _segment(self, clicks: list[Click], prior: np.ndarray | None) -> SegmentResult: ...
+
+
+def carve(mask: np.ndarray, negatives: Sequence[Click]) -> np.ndarray:
+    """``mask`` without the region around each negative click that lies inside it: a disk
+    reaching just past the mask's nearest edge. A negative click outside the mask changes nothing."""
+    from scipy.ndimage import distance_transform_edt
+
+    out = np.asarray(mask, dtype=bool).copy()
+    inside = [c for c in negatives if out[c.row, c.col]]
+    if not inside:
+        return out
+    depth = distance_transform_edt(out)
+    rows, cols = np.ogrid[: out.shape[0], : out.shape[1]]
+    for click in inside:
+        reach = depth[click.row, click.col] + 2.0
+        out &= (rows - click.row) ** 2 + (cols - click.col) ** 2 > reach**2
+    return out

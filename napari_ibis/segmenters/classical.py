@@ -2,9 +2,9 @@
 
 The slice is reduced to grey and to at most ``work_size`` pixels on its longest
 side. Seeds: a small disk at each click (positive = object, negative =
-background), the image border as background (except near positive clicks), and,
-while no positive click exists (an imported mask refined with negative clicks), the
-inside of the prior mask as object except around the negative clicks. Seeding the
+background) and the image border as background (except near positive clicks);
+without a positive click the base class keeps the prior mask and carves around
+the negative clicks (:func:`~napari_ibis.segmenters.base.carve`). Seeding the
 previous result on every step was measured to lock its errors in (mIoU falls with
 clicks), so a positive click starts the walker afresh from all clicks.
 The walker's object probability is the result; its log-odds are the logits.
@@ -15,7 +15,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from .base import Click, Segmenter, SegmentResult
 
@@ -58,14 +57,6 @@ class ClassicalSegmenter(Segmenter):
         positives = [self._to_work(c) for c in clicks if c.positive]
         negatives = [self._to_work(c) for c in clicks if not c.positive]
 
-        if prior is not None and prior.shape == shape and not positives:
-            # Refining an imported mask with negative clicks only: keep the rest of it.
-            inside = prior > 0
-            core = ndi.binary_erosion(inside, iterations=3)
-            for r, c in negatives:  # carve the part of the old mask around each negative click
-                reach = ndi.distance_transform_edt(inside)[r, c] + 3
-                core &= (rows - r) ** 2 + (cols - c) ** 2 > reach**2
-            seeds[core] = 1
         border = np.zeros(shape, dtype=bool)
         border[[0, -1], :] = True
         border[:, [0, -1]] = True

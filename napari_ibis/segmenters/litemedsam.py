@@ -182,6 +182,8 @@ class LiteMedSAMSegmenter(Segmenter):
         previous_box = _box_of(previous) if previous is not None else None
         if previous_box is None:
             positives = [(r, c) for r, c, p in points if p]
+            if not positives:
+                return np.zeros((0, 4), dtype=np.float32)
             rows, cols = [p[0] for p in positives], [p[1] for p in positives]
             for side in SQUARE_SIDES:
                 half = side / 2
@@ -280,6 +282,9 @@ class LiteMedSAMSegmenter(Segmenter):
         new_h, new_w = self._resized
         cropped = low_res[:new_h, :new_w]
         return resize(cropped, self.image_shape, order=1, preserve_range=True) > 0
+
+    def mask_from_prior(self, prior: np.ndarray) -> np.ndarray:
+        return self._to_image(np.asarray(prior, dtype=np.float32))
 
     def prior_from_mask(self, mask: np.ndarray) -> np.ndarray:
         from skimage.transform import resize
