@@ -34,6 +34,7 @@ from .segmenters.base import Click, Segmenter
 
 MIN_SIDE = 8
 REPEAT_LIMIT = 3  # the release stops when the same action comes three times in a row
+NO_CHANGE_IOU = 0.99  # a repeated click whose mask overlaps the current one this much changes nothing
 
 
 @dataclass
@@ -93,11 +94,17 @@ class Answered:
 
 @dataclass
 class Stopped:
-    """Why a run ended: answered, not_present, max_steps, repeated, unparsable,
-    cancelled or error (``message`` says more)."""
+    """Why a run ended: answered, not_present, finished (the agent repeated a click
+    that would not change the mask: the current step is its result), max_steps,
+    repeated, unparsable, cancelled or error (``message`` says more)."""
 
     reason: str
     message: str = ""
+
+    @property
+    def finished(self) -> bool:
+        """Whether the agent ended the run itself with a result (not a failure or a stop)."""
+        return self.reason in ("answered", "not_present", "finished")
 
 
 Event = StepStarted | ThoughtDelta | ActionTaken | MaskUpdated | Answered | Stopped
@@ -395,10 +402,24 @@ class Session:
             Click(*self.profile.to_pixel(a, height, width), a.positive, target=a.target, source="agent")
             for a in response.actions
         )
+        if self._changes_nothing(before, added):
+            return Stopped(
+                "finished",
+                f"the agent repeated a click that would not change the mask; step {self._cursor} "
+                f"({before.area} px) is the result",
+            )
         yield ActionTaken(index, response.actions, added)
         step = self._click_step("agent", added, response.actions, **common)
         yield MaskUpdated(step)
         return None
+
+    def _changes_nothing(self, before: Step, added: tuple[Click, ...]) -> bool:
+        """Whether clicks the agent repeats (each already in effect) would leave the mask as it is."""
+        in_effect = {(c.row, c.col, c.positive) for c in before.clicks}
+        if not added or any((c.row, c.col, c.positive) not in in_effect for c in added):
+            return False
+        result = self.segmenter.segment(before.clicks + added, before.logits)
+        return iou(before.mask, result.mask) >= NO_CHANGE_IOU
 
     # -- record ------------------------------------------------------------------------
     def trajectory(self) -> dict:

@@ -125,11 +125,33 @@ def test_nonsense_from_the_model_stops_cleanly(case, classical, reply, reason):
     assert session.steps == [] and session.rejected_outputs == [reply]
 
 
-def test_the_same_action_three_times_stops_the_run(case, classical):
-    image, _ = case
+def test_a_repeated_click_that_changes_nothing_ends_the_run_as_finished(case, classical):
+    image, truth = case
     session = Session(image, "segment the disk", ScriptedPolicy([point(True, *inside())]), classical)
-    assert run_all(session)[-1].reason == "repeated"
-    assert len(session.steps) == 2
+    stop = run_all(session)[-1]
+    assert stop.reason == "finished" and stop.finished and "step 1" in stop.message
+    assert len(session.steps) == 1 and session.mask[truth].mean() > 0.8  # the good mask is the result
+
+
+def test_the_same_action_three_times_stops_the_run_when_each_changes_the_mask(case):
+    from napari_ibis.segmenters.base import Segmenter, SegmentResult
+
+    class Growing(Segmenter):
+        """Each call returns a larger disk around the first click."""
+
+        def _embed(self, image):
+            self.calls = 0
+
+        def _segment(self, clicks, prior):
+            self.calls += 1
+            rows, cols = np.ogrid[: self.image_shape[0], : self.image_shape[1]]
+            mask = (rows - clicks[0].row) ** 2 + (cols - clicks[0].col) ** 2 <= (4 * self.calls) ** 2
+            return SegmentResult(mask, None)
+
+    image, _ = case
+    session = Session(image, "segment the disk", ScriptedPolicy([point(True, *inside())]), Growing())
+    stop = run_all(session)[-1]
+    assert stop.reason == "repeated" and not stop.finished and len(session.steps) == 2
 
 
 def test_a_policy_that_crashes_leaves_the_timeline_intact(case, classical):
