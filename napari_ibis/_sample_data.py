@@ -22,11 +22,11 @@ def retina():
 
 
 def brain():
-    """The Colin27 T1 MRI volume with its 116 AAL regions (Debian package mricron-data)."""
+    """The Colin27 T1 MRI volume with its 116 AAL regions (Debian package mricron-data),
+    read with their geometry (axial, anterior up, the patient's left on the right)."""
     from pathlib import Path
 
-    import nibabel as nib
-    import numpy as np
+    from .formats import read_nifti
 
     root = Path("/usr/share/mricron/templates")
     if not (root / "aal.nii.gz").is_file():
@@ -34,11 +34,12 @@ def brain():
 
         show_warning("the Colin27 brain needs the Debian package mricron-data (apt-get install mricron-data)")
         return []
-    volume = np.asarray(nib.load(str(root / "ch2.nii.gz")).dataobj).T[:, ::-1]  # (z, y, x), anterior up
-    atlas = np.asarray(nib.load(str(root / "aal.nii.gz")).dataobj).T[:, ::-1]
+    volume, _, volume_meta = read_nifti(root / "ch2.nii.gz")
+    atlas, _, atlas_meta = read_nifti(root / "aal.nii.gz")
     return [
-        (volume, {"name": "Colin27 T1"}, "image"),
-        (atlas, {"name": "AAL regions", "opacity": 0.3, "visible": False}, "labels"),
+        (volume, {"name": "Colin27 T1", **volume_meta["geometry"].layer_kwargs()}, "image"),
+        (atlas.astype("uint8"), {"name": "AAL regions", "opacity": 0.3, "visible": False,
+                                 **atlas_meta["geometry"].layer_kwargs()}, "labels"),
     ]
 
 

@@ -1,12 +1,16 @@
 """Read images, volumes and masks; write labels and trajectories atomically.
 
-Formats: PNG/JPEG/BMP, TIFF (2-D, RGB, stacks; 8/16-bit, float), NIfTI
-(``.nii``, ``.nii.gz``), NRRD, DICOM (``.dcm``; rescale slope/intercept applied)
-and NumPy ``.npy``. Volumes are arrays with the slice axis first: NIfTI and
-NRRD data (x, y, z) are read as (z, y, x), so ``slice=Z`` is axial slice Z of an
-RAS volume. Labels are written in the input's geometry: a 2-D input gets a 2-D
-file; a volume gets a volume of the same shape (and affine, for NIfTI) with the
-mask in the chosen slice only (PNG output is always the 2-D slice).
+Formats: PNG/JPEG/BMP, TIFF (2-D, RGB, stacks; 8/16-bit, float; ImageJ spacing),
+NIfTI (``.nii``, ``.nii.gz``), NRRD, DICOM (a ``.dcm`` file, or a folder holding a
+series; rescale slope/intercept applied) and NumPy ``.npy``. Volumes with an
+orientation (NIfTI, NRRD, DICOM series) are read in the display convention of
+:mod:`napari_ibis.geometry`: slice axis first, axial slices with anterior at the
+top and the patient's left on the image's right, so ``slice=Z`` is axial slice Z
+counted from inferior to superior. Labels are written back in the input's
+geometry: a 2-D input gets a 2-D file; a volume gets a volume on the source's
+voxel grid (with its affine and header for NIfTI and NRRD) with the mask in the
+chosen slice only (PNG output is always the 2-D slice). Files are written through
+a temporary file and get the mode the user's umask gives.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import InputError
+from .geometry import Geometry
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".nrrd", ".dcm", ".npy")
 LABEL_SUFFIXES = (".tif", ".tiff", ".nii", ".nii.gz", ".npy", ".png", ".nrrd")
@@ -51,7 +56,11 @@ class LoadedImage:
 
 
 def _read_raw(path: Path) -> tuple[np.ndarray, bool, dict]:
-    """(array, is_rgb, meta) with the slice axis first for volumes."""
+    """(array, is_rgb, meta) in display order, slice axis first for volumes."""
+    from . import formats
+
+    if path.is_dir():
+        return formats.read_dicom_series(path)
     suffix = suffix_of(path)
     if suffix in (".png", ".jpg", ".jpeg", ".bmp"):
         from PIL import Image
@@ -63,45 +72,23 @@ def _read_raw(path: Path) -> tuple[np.ndarray, bool, dict]:
             array = np.asarray(image)
         return array, array.ndim == 3, {"format": "raster"}
     if suffix in (".tif", ".tiff"):
-        import tifffile
-
-        array = tifffile.imread(path)
-        rgb = array.ndim >= 3 and array.shape[-1] in (3, 4) and array.dtype == np.uint8
-        return array, rgb, {"format": "tiff"}
+        return formats.read_tiff(path)
     if suffix in (".nii", ".nii.gz"):
-        import nibabel as nib
-
-        image = nib.load(str(path))
-        array = np.asarray(image.dataobj)
-        if array.ndim >= 3 and array.shape[2] == 1 and array.ndim == 3:
-            array = array[:, :, 0]
-        array = np.ascontiguousarray(array.T)
-        return array, False, {"format": "nifti", "affine": image.affine, "header": image.header}
+        return formats.read_nifti(path)
     if suffix == ".nrrd":
-        import nrrd
-
-        array, header = nrrd.read(str(path), index_order="C")
-        return array, False, {"format": "nrrd", "header": header}
+        return formats.read_nrrd(path)
     if suffix == ".dcm":
-        import pydicom
-        from pydicom.pixels import apply_rescale
-
-        dataset = pydicom.dcmread(str(path))
-        array = dataset.pixel_array
-        rgb = getattr(dataset, "SamplesPerPixel", 1) == 3
-        if not rgb and ("RescaleSlope" in dataset or "RescaleIntercept" in dataset):
-            array = apply_rescale(array, dataset).astype(np.float32)
-        return array, rgb, {"format": "dicom", "modality": str(getattr(dataset, "Modality", ""))}
+        return formats.read_dicom_file(path)
     if suffix == ".npy":
         array = np.load(path, allow_pickle=False)
         rgb = array.ndim >= 3 and array.shape[-1] == 3 and array.dtype == np.uint8
         return array, rgb, {"format": "npy"}
-    raise InputError(f"{path.name}: unsupported file type '{suffix}'; use one of {', '.join(IMAGE_SUFFIXES)}")
+    raise InputError(f"{path.name}: unsupported file type '{suffix}'; use one of {', '.join(IMAGE_SUFFIXES)} or a DICOM folder")
 
 
 def _read_checked(path: Path, what: str) -> tuple[np.ndarray, bool, dict]:
     """:func:`_read_raw`, with a missing or unreadable file as a one-line InputError."""
-    if not path.is_file():
+    if not (path.is_file() or (path.is_dir() and what == "image")):
         raise InputError(f"{what} not found: {path}")
     try:
         return _read_raw(path)
@@ -197,10 +184,7 @@ def read_mask(path: str | Path, like: LoadedImage, label: int | None = None) -> 
 
 
 def _atomic_target(path: Path, force: bool) -> Path:
-    if path.exists() and not force:
-        raise InputError(f"{path} exists; pass --force to overwrite it")
-    if not path.parent.is_dir():
-        raise InputError(f"the folder {path.parent} does not exist")
+    check_writable(path, force)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name.split('.')[0]}-", suffix=suffix_of(path))
     os.close(handle)
     return Path(temporary)
@@ -215,21 +199,29 @@ def labels_volume(labels: np.ndarray, like: LoadedImage | None) -> np.ndarray:
     return volume
 
 
-def write_labels(path: str | Path, labels: np.ndarray, like: LoadedImage | None = None, force: bool = False, value: int = 1) -> Path:
+def write_labels(path: str | Path, labels: np.ndarray, like: LoadedImage | None = None, force: bool = False,
+                 value: int = 1, geometry: Geometry | None = None) -> Path:
     """Write labels in the format of ``path``'s suffix, atomically.
 
     A boolean mask becomes ``value`` inside, 0 outside; an integer array keeps its
-    values. PNG holds one 2-D slice (a binary mask as 0/255, so that it can be seen).
+    values. ``labels`` are in display order (a slice of ``like``, or the whole
+    volume); NIfTI and NRRD are written on the source's voxel grid with its affine
+    and header (``geometry``, else ``like``'s), TIFF with its spacing. Without a
+    geometry a :class:`~napari_ibis.geometry.GeometryWarning` says so. PNG holds one
+    2-D slice (a binary mask as 0/255, so that it can be seen).
     """
+    from . import formats
+
     path = Path(path)
     suffix = suffix_of(path)
-    if suffix not in LABEL_SUFFIXES:
-        raise InputError(f"cannot write labels as '{suffix}'; use one of {', '.join(LABEL_SUFFIXES)}")
+    check_labels_path(path, force)
     labels = np.asarray(labels)
     if labels.dtype == np.bool_:
         labels = labels.astype(np.uint8) * np.uint8(value)
     elif not np.issubdtype(labels.dtype, np.integer):
         raise InputError(f"labels must be boolean or integer, got {labels.dtype}")
+    if geometry is None and like is not None:
+        geometry = like.meta.get("geometry")
     temporary = _atomic_target(path, force)
     try:
         if suffix == ".png":
@@ -242,26 +234,48 @@ def write_labels(path: str | Path, labels: np.ndarray, like: LoadedImage | None 
         else:
             labels = labels_volume(labels, like)
             if suffix in (".tif", ".tiff"):
-                import tifffile
-
-                tifffile.imwrite(temporary, labels)
+                formats.write_tiff(temporary, labels, geometry)
             elif suffix == ".npy":
                 with open(temporary, "wb") as handle:
                     np.save(handle, labels)
             elif suffix in (".nii", ".nii.gz"):
-                import nibabel as nib
-
-                affine = like.meta.get("affine") if like is not None else None
-                nib.save(nib.Nifti1Image(np.ascontiguousarray(labels.T), np.eye(4) if affine is None else affine), str(temporary))
+                formats.write_nifti(temporary, labels, geometry)
             elif suffix == ".nrrd":
-                import nrrd
-
-                nrrd.write(str(temporary), labels, index_order="C")
-        os.replace(temporary, path)
+                formats.write_nrrd(temporary, labels, geometry)
+        _publish(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
     return path
+
+
+def check_labels_path(path: str | Path, force: bool = False) -> None:
+    """Refuse, before any work is done, a labels path that cannot be written."""
+    path = Path(path)
+    suffix = suffix_of(path)
+    if suffix not in LABEL_SUFFIXES:
+        raise InputError(f"cannot write labels as '{suffix or path.name}'; use one of {', '.join(LABEL_SUFFIXES)}")
+    check_writable(path, force)
+
+
+def check_writable(path: str | Path, force: bool = False) -> None:
+    """One line if ``path`` exists (without ``force``) or its folder does not."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise InputError(f"{path} exists; pass --force to overwrite it")
+    if not path.parent.is_dir():
+        raise InputError(f"the folder {path.parent} does not exist")
+
+
+def _publish(temporary: Path, path: Path) -> None:
+    """Move a finished temporary file into place with the mode the user's umask gives.
+
+    ``mkstemp`` creates files readable by their owner only; a labels file is meant
+    to be shared like any other file the user writes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+    os.replace(temporary, path)
 
 
 def write_json(path: str | Path, record: dict, force: bool = False) -> Path:
@@ -270,7 +284,7 @@ def write_json(path: str | Path, record: dict, force: bool = False) -> Path:
     temporary = _atomic_target(path, force)
     try:
         temporary.write_text(json.dumps(record, indent=2, default=_json_default) + "\n")
-        os.replace(temporary, path)
+        _publish(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise

@@ -27,7 +27,7 @@ def test_reads_png_tiff16_rgb_nifti_nrrd_npy_and_dicom(tmp_path):
     volume = np.random.default_rng(0).random((20, 24, 10)).astype(np.float32)  # x, y, z
     nib.save(nib.Nifti1Image(volume, np.diag([2.0, 2.0, 3.0, 1.0])), tmp_path / "v.nii.gz")
     loaded = io.read_image(tmp_path / "v.nii.gz", 4)
-    assert loaded.data.shape == (10, 24, 20) and np.array_equal(loaded.slice, volume[:, :, 4].T)
+    assert loaded.data.shape == (10, 24, 20) and np.array_equal(loaded.slice, volume[:, :, 4].T[::-1, ::-1])  # anterior up, left on the right
     import nrrd
 
     nrrd.write(str(tmp_path / "v.nrrd"), volume.transpose(2, 1, 0).copy(), index_order="C")
@@ -51,7 +51,7 @@ def test_labels_are_written_in_the_input_geometry_and_never_overwritten(tmp_path
     written = nib.load(out)
     assert written.shape == (20, 24, 10) and np.allclose(written.affine, affine)
     data = np.asarray(written.dataobj)
-    assert data[:, :, 4].T[5, 3] == 1 and data.sum() == 16  # only slice 4 is set
+    assert data[:, :, 4].T[::-1, ::-1][5, 3] == 1 and data.sum() == 16  # only slice 4 is set
     with pytest.raises(InputError, match="--force"):
         io.write_labels(tmp_path / "labels.nii.gz", mask, loaded)
     io.write_labels(tmp_path / "labels.nii.gz", mask, loaded, force=True)

@@ -1,0 +1,276 @@
+"""Read and write medical image formats with their geometry.
+
+Readers return ``(array, rgb, meta)``: the pixels in display order (see
+:mod:`napari_ibis.geometry`; volumes slice-axis first), whether the last axis is
+colour, and ``meta`` with ``format`` and, where the file has one, ``geometry``
+(a :class:`~napari_ibis.geometry.Geometry`). Writers take display-order labels
+and put them back on the source's voxel grid with its affine and header.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .geometry import Geometry, GeometryWarning, from_affine
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+# -- NIfTI ---------------------------------------------------------------------------
+def read_nifti(path: Path) -> tuple[np.ndarray, bool, dict]:
+    import nibabel as nib
+
+    image = nib.load(str(path))
+    array = np.asarray(image.dataobj)
+    meta = {"format": "nifti"}
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3:  # 4-D and more: axes reversed, no reorientation
+        return np.ascontiguousarray(array.T), False, meta
+    geometry = from_affine("nifti", array.shape, image.affine, header=image.header.copy(), source=str(path))
+    meta["geometry"] = geometry
+    return geometry.to_display(array), False, meta
+
+
+def write_nifti(path: Path, labels: np.ndarray, geometry: Geometry | None) -> None:
+    import nibabel as nib
+
+    if geometry is None or (geometry.affine is None and not geometry.spacing):
+        _warn_no_geometry(path)
+        image = nib.Nifti1Image(np.ascontiguousarray(labels.T), np.eye(4))
+    elif geometry.affine is None:  # spacing only (TIFF): axes reversed, no orientation known
+        image = nib.Nifti1Image(np.ascontiguousarray(labels.T), np.diag(list(geometry.spacing[::-1]) + [1.0]))
+    else:
+        data = geometry.to_file(labels)
+        header = None
+        if geometry.format == "nifti" and geometry.header is not None:
+            header = geometry.header.copy()
+            header.set_data_dtype(data.dtype)
+            header.set_slope_inter(1.0, 0.0)
+        image = nib.Nifti1Image(data, geometry.affine, header)
+        if header is not None:  # keep the source's qform/sform codes, not nibabel's defaults
+            image.set_qform(geometry.affine, int(geometry.header["qform_code"]))
+            image.set_sform(geometry.affine, int(geometry.header["sform_code"]))
+    nib.save(image, str(path))
+
+
+# -- NRRD ----------------------------------------------------------------------------
+_NRRD_SPACES = {
+    "left-posterior-superior": LPS_TO_RAS, "LPS": LPS_TO_RAS,
+    "right-anterior-superior": np.eye(4), "RAS": np.eye(4),
+    "left-anterior-superior": np.diag([-1.0, 1.0, 1.0, 1.0]), "LAS": np.diag([-1.0, 1.0, 1.0, 1.0]),
+}
+
+
+def read_nrrd(path: Path) -> tuple[np.ndarray, bool, dict]:
+    import nrrd
+
+    array, header = nrrd.read(str(path), index_order="F")
+    meta = {"format": "nrrd"}
+    directions = header.get("space directions")
+    space = header.get("space")
+    if array.ndim == 3 and directions is not None and space in _NRRD_SPACES:
+        directions = np.asarray(directions, dtype=float)
+        if directions.shape == (3, 3) and np.all(np.isfinite(directions)):
+            affine = np.eye(4)
+            affine[:3, :3] = directions.T
+            affine[:3, 3] = np.asarray(header.get("space origin", np.zeros(3)), dtype=float)
+            geometry = from_affine("nrrd", array.shape, _NRRD_SPACES[space] @ affine, header=dict(header), source=str(path))
+            meta["geometry"] = geometry
+            return geometry.to_display(array), False, meta
+    return np.ascontiguousarray(array.T), False, meta  # no orientation: slice axis first, as stored
+
+
+def write_nrrd(path: Path, labels: np.ndarray, geometry: Geometry | None) -> None:
+    import nrrd
+
+    if geometry is None or geometry.affine is None:
+        if geometry is None:
+            _warn_no_geometry(path)
+        header = {} if geometry is None else {"spacings": list(geometry.spacing[::-1])}
+        nrrd.write(str(path), np.ascontiguousarray(labels.T), header=header, index_order="F")
+        return
+    data = geometry.to_file(labels)
+    if geometry.format == "nrrd" and geometry.header is not None:
+        keep = ("space", "space directions", "space origin", "space units", "measurement frame", "kinds")
+        header = {k: v for k, v in geometry.header.items() if k in keep}
+    else:
+        header = {"space": "right-anterior-superior", "space directions": geometry.affine[:3, :3].T,
+                  "space origin": geometry.affine[:3, 3]}
+    header["encoding"] = "gzip"
+    nrrd.write(str(path), data, header=header, index_order="F")
+
+
+# -- DICOM ---------------------------------------------------------------------------
+def _dicom_affine(dataset, slice_step: np.ndarray | None) -> np.ndarray | None:
+    """Voxel (column, row, slice) -> RAS mm from a DICOM dataset's position tags."""
+    try:
+        orientation = np.asarray(dataset.ImageOrientationPatient, dtype=float)
+        position = np.asarray(dataset.ImagePositionPatient, dtype=float)
+        row_spacing, col_spacing = (float(v) for v in dataset.PixelSpacing)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    along_row, along_col = orientation[:3], orientation[3:]
+    if slice_step is None:
+        thickness = float(getattr(dataset, "SliceThickness", 1.0) or 1.0)
+        slice_step = np.cross(along_row, along_col) * thickness
+    affine = np.eye(4)
+    affine[:3, 0] = along_row * col_spacing
+    affine[:3, 1] = along_col * row_spacing
+    affine[:3, 2] = slice_step
+    affine[:3, 3] = position
+    return LPS_TO_RAS @ affine
+
+
+def _dicom_pixels(dataset) -> tuple[np.ndarray, bool]:
+    from pydicom.pixels import apply_rescale
+
+    array = dataset.pixel_array
+    rgb = getattr(dataset, "SamplesPerPixel", 1) == 3
+    if not rgb and ("RescaleSlope" in dataset or "RescaleIntercept" in dataset):
+        array = apply_rescale(array, dataset).astype(np.float32)
+    return array, rgb
+
+
+def _dicom_meta(dataset, geometry: Geometry | None) -> dict:
+    meta = {"format": "dicom", "modality": str(getattr(dataset, "Modality", ""))}
+    if geometry is not None:
+        meta["geometry"] = geometry
+    return meta
+
+
+def read_dicom_file(path: Path) -> tuple[np.ndarray, bool, dict]:
+    import pydicom
+
+    dataset = pydicom.dcmread(str(path))
+    array, rgb = _dicom_pixels(dataset)
+    geometry = None
+    if array.ndim == 2:
+        affine = _dicom_affine(dataset, None)
+        if affine is not None:
+            geometry = from_affine("dicom", (array.shape[1], array.shape[0], 1), affine, source=str(path),
+                                   header={"modality": str(getattr(dataset, "Modality", ""))})
+            array = geometry.to_display(array.T[:, :, None])
+        else:
+            spacing = getattr(dataset, "PixelSpacing", None) or getattr(dataset, "ImagerPixelSpacing", None)
+            if spacing is not None:
+                geometry = Geometry("dicom", array.shape, spacing=tuple(float(v) for v in spacing), source=str(path))
+    return array, rgb, _dicom_meta(dataset, geometry)
+
+
+def read_dicom_series(folder: Path) -> tuple[np.ndarray, bool, dict]:
+    """The largest DICOM series in a folder, as a volume sorted along its slice normal."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    series: dict[str, list] = {}
+    for file in sorted(p for p in folder.iterdir() if p.is_file()):
+        try:
+            dataset = pydicom.dcmread(str(file))
+        except (InvalidDicomError, OSError, EOFError):
+            continue
+        if "PixelData" not in dataset:
+            continue
+        series.setdefault(str(getattr(dataset, "SeriesInstanceUID", "")), []).append(dataset)
+    if not series:
+        raise InputError(f"{folder.name}: no DICOM images in this folder")
+    datasets = max(series.values(), key=len)
+    first = datasets[0]
+    if len(datasets) == 1:
+        array, rgb = _dicom_pixels(first)
+        return array, rgb, _dicom_meta(first, None)
+    try:
+        orientation = np.asarray(first.ImageOrientationPatient, dtype=float)
+        normal = np.cross(orientation[:3], orientation[3:])
+        datasets.sort(key=lambda d: float(np.dot(normal, np.asarray(d.ImagePositionPatient, dtype=float))))
+        positions = np.array([np.asarray(d.ImagePositionPatient, dtype=float) for d in datasets])
+        step = (positions[-1] - positions[0]) / (len(datasets) - 1)
+    except (AttributeError, TypeError, ValueError):
+        datasets.sort(key=lambda d: int(getattr(d, "InstanceNumber", 0) or 0))
+        step = None
+    slices = [_dicom_pixels(d)[0] for d in datasets]
+    if len({s.shape for s in slices}) != 1:
+        raise InputError(f"{folder.name}: the slices of the series differ in size")
+    stack = np.stack(slices)  # (slice, row, column)
+    affine = _dicom_affine(datasets[0], step) if step is not None else None
+    if affine is None:
+        return stack, False, _dicom_meta(first, None)
+    file_array = stack.transpose(2, 1, 0)  # (column, row, slice), as NIfTI converters store it
+    geometry = from_affine("dicom", file_array.shape, affine, source=str(folder),
+                           header={"modality": str(getattr(first, "Modality", "")), "slices": len(datasets)})
+    return geometry.to_display(file_array), False, _dicom_meta(first, geometry)
+
+
+def is_dicom_folder(folder: Path) -> bool:
+    """Whether a folder holds at least one DICOM file (read by its preamble only)."""
+    for file in list(folder.iterdir())[:50]:
+        if file.is_file():
+            try:
+                with open(file, "rb") as handle:
+                    handle.seek(128)
+                    if handle.read(4) == b"DICM":
+                        return True
+            except OSError:
+                continue
+    return False
+
+
+# -- TIFF ----------------------------------------------------------------------------
+def read_tiff(path: Path) -> tuple[np.ndarray, bool, dict]:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        array = tif.asarray()
+        spacing = _tiff_spacing(tif, array)
+    rgb = array.ndim >= 3 and array.shape[-1] in (3, 4) and array.dtype == np.uint8
+    meta = {"format": "tiff"}
+    spatial = array.ndim - (1 if rgb else 0)
+    if spacing is not None and spatial in (2, 3):
+        values, unit = spacing
+        meta["geometry"] = Geometry("tiff", array.shape[:spatial], spacing=tuple(values[-spatial:]), unit=unit,
+                                    source=str(path))
+    return array, rgb, meta
+
+
+def _tiff_spacing(tif, array: np.ndarray) -> tuple[tuple[float, float, float], str] | None:
+    """(z, y, x) spacing and unit from ImageJ metadata and the resolution tags, if present."""
+    page = tif.pages[0]
+    imagej = tif.imagej_metadata or {}
+    resolution = page.tags.get("XResolution"), page.tags.get("YResolution")
+    if not imagej.get("spacing") and (resolution[0] is None or page.tags.get("ResolutionUnit") is None):
+        return None
+    try:
+        x = resolution[1].value if resolution[1] is not None else (1, 1)
+        y = resolution[0].value if resolution[0] is not None else (1, 1)
+        size_y, size_x = y[1] / y[0], x[1] / x[0]  # pixels per unit -> unit per pixel
+    except (ZeroDivisionError, TypeError, IndexError):
+        return None
+    unit = str(imagej.get("unit", "")) or {2: "inch", 3: "cm"}.get(int(getattr(page.tags.get("ResolutionUnit"), "value", 1)), "")
+    return (float(imagej.get("spacing", 1.0)), float(size_y), float(size_x)), unit.replace("\\u00B5", "µ")
+
+
+def write_tiff(path: Path, labels: np.ndarray, geometry: Geometry | None) -> None:
+    import tifffile
+
+    if geometry is None or not geometry.spacing or labels.dtype not in (np.uint8, np.uint16):
+        if geometry is None and labels.ndim >= 3:
+            _warn_no_geometry(path)
+        tifffile.imwrite(path, labels)
+        return
+    spacing = tuple(geometry.spacing[-labels.ndim:])
+    metadata = {"unit": geometry.unit or "mm"}
+    if labels.ndim == 3:
+        metadata["spacing"] = spacing[0]
+        metadata["axes"] = "ZYX"
+    tifffile.imwrite(path, labels, imagej=True, resolution=(1.0 / spacing[-1], 1.0 / spacing[-2]), metadata=metadata)
+
+
+def _warn_no_geometry(path: Path) -> None:
+    warnings.warn(
+        f"{path.name}: the labels carry no geometry (no source affine or spacing); written with an identity affine",
+        GeometryWarning, stacklevel=3,
+    )

@@ -1,0 +1,181 @@
+"""Where a displayed array's voxels lie in its file and in the patient.
+
+Volumes are shown (in napari, and to the agent) in one display convention,
+whatever the file's axis order: the slice axis first, axial slices, anterior at
+the top and the patient's left on the image's right (the radiological convention
+of most 2-D medical data sets and of the released model's training data). In
+nibabel's axis codes the display axes point to ("S", "P", "L").
+
+A :class:`Geometry` remembers how the file's voxel axes were permuted and flipped
+into that display order, the file's affine (voxel -> RAS millimetres) and its
+header, so that labels drawn on the display array are written back to the
+source's own voxel grid exactly (a permutation and flips, no resampling).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+DISPLAY_AXCODES = ("S", "P", "L")
+GEOMETRY_KEY = "ibis_geometry"  # the key of a napari layer's metadata that holds a Geometry
+
+# world axes of napari, as seen from RAS: (S, P, L) = M @ (R, A, S)
+_RAS_TO_DISPLAY_WORLD = np.array([[0.0, 0.0, 1.0], [0.0, -1.0, 0.0], [-1.0, 0.0, 0.0]])
+
+
+class GeometryWarning(UserWarning):
+    """Labels written without the source's geometry (no affine, no spacing)."""
+
+
+@dataclass
+class Geometry:
+    """How a display array maps onto a source file's voxels and onto the patient.
+
+    ``file_shape``: the spatial shape as the file stores it ((i, j, k) for NIfTI,
+    NRRD and DICOM series). ``affine``: file voxel -> RAS mm, or None where the
+    file holds no orientation (TIFF). ``ornt``: nibabel's orientation transform
+    from the file's axes to the display axes (None: the file is already in
+    display order). ``squeeze``: the display drops a leading one-voxel axis (a
+    single-slice file shown as a 2-D image).
+    """
+
+    format: str
+    file_shape: tuple[int, ...]
+    affine: np.ndarray | None = None
+    ornt: np.ndarray | None = None
+    spacing: tuple[float, ...] = ()
+    unit: str = "mm"
+    header: Any = None
+    source: str = ""
+    squeeze: bool = False
+    extra: dict = field(default_factory=dict)
+
+    # -- arrays ------------------------------------------------------------------
+    def to_display(self, file_array: np.ndarray) -> np.ndarray:
+        """The file's (spatial) array in display order."""
+        from nibabel.orientations import apply_orientation
+
+        array = np.asarray(file_array)
+        if self.ornt is not None:
+            array = apply_orientation(array, self.ornt)
+        if self.squeeze:
+            array = array[0]
+        return np.ascontiguousarray(array)
+
+    def to_file(self, display_array: np.ndarray) -> np.ndarray:
+        """A display-order array back in the file's voxel order (exactly inverse to :meth:`to_display`)."""
+        from nibabel.orientations import apply_orientation, ornt_transform
+
+        array = np.asarray(display_array)
+        if self.squeeze:
+            array = array[None]
+        if self.ornt is not None:
+            identity = np.column_stack([np.arange(len(self.ornt)), np.ones(len(self.ornt))])
+            array = apply_orientation(array, ornt_transform(identity, self.ornt))
+        if tuple(array.shape) != tuple(self.file_shape):
+            raise ValueError(f"labels of shape {array.shape} do not fit the source grid {self.file_shape}")
+        return array
+
+    @property
+    def display_shape(self) -> tuple[int, ...]:
+        shape = tuple(self.file_shape)
+        if self.ornt is not None:
+            shape = tuple(shape[int(axis)] for axis in np.argsort(self.ornt[:, 0]))
+        return shape[1:] if self.squeeze else shape
+
+    # -- where it lies -------------------------------------------------------------
+    @property
+    def display_affine(self) -> np.ndarray | None:
+        """Display voxel index -> RAS mm (3-D), or None without an affine."""
+        if self.affine is None:
+            return None
+        if self.ornt is None:
+            return np.asarray(self.affine, dtype=float)
+        from nibabel.orientations import inv_ornt_aff
+
+        return np.asarray(self.affine, dtype=float) @ inv_ornt_aff(self.ornt, self.file_shape)
+
+    def layer_kwargs(self) -> dict:
+        """``scale``, ``translate`` and ``metadata`` for a napari layer of the display array."""
+        ndim = len(self.display_shape)
+        scale, translate = list(self.spacing[-ndim:]), [0.0] * ndim
+        affine = self.display_affine
+        if affine is not None:
+            world = _RAS_TO_DISPLAY_WORLD @ affine[:3, :3]
+            origin = _RAS_TO_DISPLAY_WORLD @ affine[:3, 3]
+            start = 1 if self.squeeze else 0
+            scale = [float(np.linalg.norm(world[:, axis])) for axis in range(start, 3)]
+            translate = [float(v) for v in origin[start:]]
+        kwargs: dict = {"metadata": {GEOMETRY_KEY: self}}
+        if scale and len(scale) == ndim:
+            kwargs["scale"] = tuple(scale)
+            kwargs["translate"] = tuple(translate)
+        return kwargs
+
+    def describe(self) -> dict:
+        """A JSON-ready summary for trajectory records."""
+        return {
+            "format": self.format,
+            "source": self.source,
+            "file_shape": list(self.file_shape),
+            "display_shape": list(self.display_shape),
+            "display_axcodes": list(display_axcodes_of(self)) if self.affine is not None else None,
+            "affine": None if self.affine is None else np.asarray(self.affine).round(6).tolist(),
+            "spacing": list(self.spacing),
+        }
+
+
+def display_ornt(affine: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, bool]:
+    """The orientation transform (file axes -> display axes) and whether to squeeze axis 0.
+
+    A volume goes to ("S", "P", "L"). A single-slice file keeps its one-voxel axis
+    first (squeezed away) and shows its plane with rows running P (else I) and
+    columns running L (else P).
+    """
+    from nibabel.orientations import axcodes2ornt, io_orientation, ornt2axcodes, ornt_transform
+
+    source = io_orientation(affine)
+    codes = ornt2axcodes(source)
+    singletons = [axis for axis, size in enumerate(shape) if size == 1]
+    if len(shape) != 3 or len(singletons) != 1:
+        target = DISPLAY_AXCODES
+        squeeze = False
+    else:
+        axis = singletons[0]
+        own = codes[axis]
+        rest = {"LR": "L", "AP": "P", "IS": "I"}
+        planes = [pair for pair in ("LR", "AP", "IS") if own not in pair]
+        names = [rest[pair] for pair in planes]  # what the two in-plane axes point to
+        rows = "P" if "P" in names else "I"
+        cols = "L" if "L" in names else "P"
+        target = (own, rows, cols)
+        squeeze = True
+    return ornt_transform(source, axcodes2ornt(target)), squeeze
+
+
+def display_axcodes_of(geometry: Geometry) -> tuple[str, ...]:
+    from nibabel import aff2axcodes
+
+    return tuple(aff2axcodes(geometry.display_affine))
+
+
+def from_affine(file_format: str, file_shape: tuple[int, ...], affine: np.ndarray, header: Any = None,
+                source: str = "", unit: str = "mm") -> Geometry:
+    """A Geometry for a 3-D (or single-slice) file with an orientation."""
+    ornt, squeeze = display_ornt(affine, file_shape)
+    geometry = Geometry(file_format, tuple(int(s) for s in file_shape), np.asarray(affine, float), ornt, (),
+                        unit, header, source, squeeze)
+    geometry.spacing = tuple(float(v) for v in np.linalg.norm(geometry.display_affine[:3, :3], axis=0))
+    if squeeze:
+        geometry.spacing = geometry.spacing[1:]
+    return geometry
+
+
+def geometry_of(layer_or_metadata) -> Geometry | None:
+    """The Geometry a napari layer (or its metadata dict) carries, if any."""
+    metadata = getattr(layer_or_metadata, "metadata", layer_or_metadata) or {}
+    value = metadata.get(GEOMETRY_KEY) if isinstance(metadata, dict) else None
+    return value if isinstance(value, Geometry) else None

@@ -1,0 +1,218 @@
+"""Geometry travels with the image: readers, the display convention, writers that land on
+the source's voxel grid (NIfTI, NRRD, DICOM series, TIFF stacks)."""
+
+import warnings
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_ibis import io
+from napari_ibis._reader import get_reader
+from napari_ibis._writer import write_labels as napari_write_labels
+from napari_ibis.geometry import GEOMETRY_KEY, GeometryWarning
+
+
+def oblique_flipped_affine() -> np.ndarray:
+    """Voxel axes (i, j, k) running to P, I and L, tilted by about 10 degrees, spacing 0.8/1.2/2.0 mm."""
+    from scipy.spatial.transform import Rotation
+
+    axes = np.column_stack([[0, -1, 0], [0, 0, -1], [-1, 0, 0]]).astype(float)  # i: P, j: I, k: L (RAS world)
+    tilt = Rotation.from_euler("xyz", [10, -6, 4], degrees=True).as_matrix()
+    affine = np.eye(4)
+    affine[:3, :3] = tilt @ axes @ np.diag([0.8, 1.2, 2.0])
+    affine[:3, 3] = [31.5, -17.25, 44.0]
+    return affine
+
+
+def world_of(affine: np.ndarray, voxel) -> np.ndarray:
+    return (affine @ np.r_[np.asarray(voxel, float), 1.0])[:3]
+
+
+def labelled_volume(shape=(20, 16, 12), seed=0):
+    """A random grey volume and a label volume with a few distinct blobs (file voxel order)."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(100, 10, shape).astype(np.int16)
+    labels = np.zeros(shape, np.uint8)
+    labels[3:6, 2:5, 1:4] = 1
+    labels[12:15, 9:13, 6:10] = 2
+    labels[shape[0] - 3, 1, shape[2] - 2] = 3
+    return image, labels
+
+
+def test_a_nifti_round_trip_keeps_affine_shape_and_every_voxel(tmp_path):
+    """Oblique, flipped, permuted axes and a non-zero origin: reader -> labels layer -> writer -> nibabel."""
+    affine = oblique_flipped_affine()
+    image, labels = labelled_volume()
+    for data, name in ((image, "scan"), (labels, "scan_seg")):
+        source = nib.Nifti1Image(data, affine)
+        source.set_qform(affine, 1)
+        source.set_sform(affine, 4)
+        nib.save(source, tmp_path / f"{name}.nii.gz")
+
+    (data, kwargs, kind), = get_reader(str(tmp_path / "scan.nii.gz"))(str(tmp_path / "scan.nii.gz"))
+    assert kind == "image" and GEOMETRY_KEY in kwargs["metadata"]
+    (seg, seg_kwargs, seg_kind), = get_reader(str(tmp_path / "scan_seg.nii.gz"))(str(tmp_path / "scan_seg.nii.gz"))
+    assert seg_kind == "labels" and seg.shape == data.shape
+    assert np.allclose(kwargs["scale"], seg_kwargs["scale"]) and all(s > 0 for s in kwargs["scale"])
+
+    out = napari_write_labels(str(tmp_path / "out.nii.gz"), seg, seg_kwargs)[0]
+    written = nib.load(out)
+    assert written.shape == labels.shape and np.allclose(written.affine, affine)
+    assert np.array_equal(np.asarray(written.dataobj), labels)  # every voxel where it was in the source
+    assert int(written.header["qform_code"]) == 1 and int(written.header["sform_code"]) == 4
+
+
+def test_a_slice_segmented_on_the_display_lands_on_the_source_voxels(tmp_path):
+    """The CLI path: read a slice in display order, write the mask back, find it at the same world points."""
+    affine = oblique_flipped_affine()
+    image, labels = labelled_volume()
+    nib.save(nib.Nifti1Image(image, affine), tmp_path / "scan.nii.gz")
+    loaded = io.read_image(tmp_path / "scan.nii.gz", 5)
+    geometry = loaded.meta["geometry"]
+    mask = np.zeros(loaded.slice.shape, bool)
+    mask[4:7, 2:9] = True
+    written = nib.load(io.write_labels(tmp_path / "mask.nii.gz", mask, loaded))
+    data = np.asarray(written.dataobj)
+    assert data.sum() == mask.sum() and np.allclose(written.affine, affine)
+    display_affine = geometry.display_affine
+    for row, col in zip(*np.nonzero(mask)):
+        voxel = np.linalg.solve(affine, np.r_[world_of(display_affine, (5, row, col)), 1.0])[:3]
+        assert data[tuple(np.round(voxel).astype(int))] == 1
+
+
+@pytest.mark.parametrize("axcodes", ["RAS", "LPS", "LAS", "PIR", "SRA"])
+def test_volumes_are_shown_axial_anterior_up_patient_left_on_the_right(tmp_path, axcodes):
+    from nibabel.orientations import axcodes2ornt, inv_ornt_aff, ornt_transform
+
+    # an RAS volume (x to the patient's Right, y Anterior, z Superior) with two anterior-superior
+    # markers: 5 on the patient's left (x low), 7 on the patient's right (x high)
+    volume = np.zeros((30, 30, 30), np.int16)
+    volume[1:5, 25:29, 25:29] = 5
+    volume[25:29, 25:29, 25:29] = 7
+    ras = np.diag([1.5, 1.5, 1.5, 1.0])
+    transform = ornt_transform(axcodes2ornt("RAS"), axcodes2ornt(axcodes))
+    data = nib.orientations.apply_orientation(volume, transform)
+    affine = ras @ inv_ornt_aff(transform, volume.shape)
+    nib.save(nib.Nifti1Image(data, affine), tmp_path / "v.nii.gz")
+    loaded = io.read_image(tmp_path / "v.nii.gz")
+    display = loaded.data
+    z = int(np.argmax((display == 5).sum(axis=(1, 2))))
+    assert z > 20  # superior slices have the higher index
+    rows, cols = np.nonzero(display[z] == 5)
+    assert rows.mean() < 10  # anterior at the top
+    assert cols.mean() > 20  # the patient's left on the image's right
+    rows, cols = np.nonzero(display[z] == 7)
+    assert cols.mean() < 10  # the patient's right on the image's left
+    # and back to the file's own voxels exactly
+    assert np.array_equal(loaded.meta["geometry"].to_file(display), data)
+
+
+def test_nrrd_in_lps_space_round_trips_with_its_header(tmp_path):
+    import nrrd
+
+    image, labels = labelled_volume((14, 12, 10))
+    header = {"space": "left-posterior-superior", "space directions": np.diag([0.7, 0.7, 2.5]),
+              "space origin": np.array([-40.0, 12.0, 7.5])}
+    nrrd.write(str(tmp_path / "ct.nrrd"), image, header=header, index_order="F")
+    nrrd.write(str(tmp_path / "ct_seg.nrrd"), labels, header=header, index_order="F")
+    (_, image_kwargs, _), = get_reader(str(tmp_path / "ct.nrrd"))(str(tmp_path / "ct.nrrd"))
+    (seg, kwargs, kind), = get_reader(str(tmp_path / "ct_seg.nrrd"))(str(tmp_path / "ct_seg.nrrd"))
+    assert kind == "labels" and np.allclose(kwargs["scale"], (2.5, 0.7, 0.7))
+    out = napari_write_labels(str(tmp_path / "out.nrrd"), seg, kwargs)[0]
+    data, written = nrrd.read(out, index_order="F")
+    assert np.array_equal(data, labels) and written["space"] == "left-posterior-superior"
+    assert np.allclose(written["space directions"], header["space directions"])
+    assert np.allclose(written["space origin"], header["space origin"])
+    # LPS x increases to the patient's left: voxel x low (label 1 at i=3..5) is the patient's right
+    cols = np.nonzero(seg == 1)[2]
+    assert cols.mean() < seg.shape[2] / 2
+
+
+def write_dicom_series(folder, volume_zyx, spacing=(0.75, 0.75), thickness=2.5, origin=(-100.0, -120.0, 30.0)):
+    """A CT series (one file per slice, shuffled names) in LPS with axial orientation."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir()
+    series = generate_uid()
+    order = np.random.default_rng(1).permutation(len(volume_zyx))
+    for index, z in enumerate(order):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(folder / f"IM{index:04d}"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.SeriesInstanceUID = series
+        ds.Modality = "CT"
+        ds.PatientName = "Secret^Person"
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [origin[0], origin[1], origin[2] + z * thickness]
+        ds.PixelSpacing = list(spacing)
+        ds.SliceThickness = thickness
+        ds.InstanceNumber = int(z) + 1
+        ds.Rows, ds.Columns = volume_zyx.shape[1:]
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+        ds.PixelRepresentation = 1
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+        ds.PixelData = volume_zyx[z].astype(np.int16).tobytes()
+        ds.save_as(str(folder / f"IM{index:04d}"), enforce_file_format=True)
+
+
+def test_a_dicom_series_folder_opens_as_a_volume_and_saves_as_nifti_in_place(tmp_path):
+    volume = np.zeros((6, 20, 24), np.int16)
+    volume[:, 2:6, 18:22] = 1500  # rows low = anterior, columns high = patient's left (LPS x+)
+    write_dicom_series(tmp_path / "series", volume)
+    reader = get_reader(str(tmp_path / "series"))
+    assert reader is not None
+    (data, kwargs, kind), = reader(str(tmp_path / "series"))
+    assert data.shape == (6, 20, 24) and kind == "image"
+    assert np.array_equal(data + 1024, volume.astype(np.float32))  # HU, sorted by position, not by file name
+    assert np.allclose(kwargs["scale"], (2.5, 0.75, 0.75))
+    labels = (data > 0).astype(np.uint8)
+    out = napari_write_labels(str(tmp_path / "seg.nii.gz"), labels, kwargs)[0]
+    written = nib.load(out)
+    assert nib.aff2axcodes(written.affine) == ("L", "P", "S")  # DICOM's own voxel order, as converters write it
+    corner = written.affine @ np.array([0, 0, 0, 1.0])
+    assert np.allclose(corner[:3], [100.0, 120.0, 30.0])  # LPS (-100, -120, 30) in RAS
+    assert np.array_equal(np.asarray(written.dataobj).transpose(2, 1, 0), labels)
+
+
+def test_tiff_stacks_keep_their_spacing(tmp_path):
+    import tifffile
+
+    stack = np.zeros((5, 30, 40), np.uint16)
+    stack[2, 10:20, 10:30] = 900
+    tifffile.imwrite(tmp_path / "cells.tif", stack, imagej=True, resolution=(1 / 0.25, 1 / 0.25),
+                     metadata={"spacing": 1.5, "unit": "um", "axes": "ZYX"})
+    (data, kwargs, _), = get_reader(str(tmp_path / "cells.tif"))(str(tmp_path / "cells.tif"))
+    assert data.shape == stack.shape and np.allclose(kwargs["scale"], (1.5, 0.25, 0.25))
+    out = napari_write_labels(str(tmp_path / "labels.tif"), (data > 0).astype(np.uint8), kwargs)[0]
+    (_, written, _), = get_reader(out)(out)
+    assert np.allclose(written["scale"], (1.5, 0.25, 0.25))
+
+
+def test_labels_without_geometry_are_written_with_a_warning_not_silently(tmp_path):
+    labels = np.zeros((4, 8, 8), np.uint8)
+    labels[1, 2:4, 2:4] = 1
+    with pytest.warns(GeometryWarning, match="no geometry"):
+        napari_write_labels(str(tmp_path / "bare.nii.gz"), labels, {"metadata": {}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GeometryWarning)
+        napari_write_labels(str(tmp_path / "bare.png"), labels[1], {"metadata": {}})  # a 2-D picture needs none
+
+
+def test_the_brain_sample_carries_its_geometry_and_is_radiological():
+    from napari_ibis._sample_data import brain
+
+    layers = brain()
+    if not layers:
+        pytest.skip("mricron-data is not installed")
+    (volume, meta, _), (atlas, atlas_meta, _) = layers
+    assert GEOMETRY_KEY in meta["metadata"] and GEOMETRY_KEY in atlas_meta["metadata"]
+    z = int(np.argmax((atlas == 37).sum(axis=(1, 2))))  # AAL 37 = Hippocampus_L
+    assert np.nonzero(atlas[z] == 37)[1].mean() > atlas.shape[2] / 2  # the left hippocampus on the image's right
