@@ -3,8 +3,10 @@
 widget-mid-run.png and widget-after-export.png: the oracle policy (the click
 simulator with stardist's hand-drawn mask) stands in for a strong agent, with the
 bundled LiteMedSAM, on stardist's real fluorescence nuclei, to show the widget's
-controls. widget-default-agent.png: the bundled default agent itself (empty model
-field) on a held-out synthetic phantom.
+controls. widget-brain.png: the Colin27 MRI opened through the napari-ibis reader
+(axial, anterior up, the patient's left on the right), the oracle with the AAL
+left hippocampus. widget-default-agent.png: the bundled default agent itself
+(empty model field) on a held-out synthetic phantom.
 
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --default-agent-only
@@ -27,7 +29,7 @@ def main() -> None:
     from qtpy.QtWidgets import QApplication
     from stardist.data import test_image_nuclei_2d
 
-    from napari_ibis._widget import MODEL_CACHE, IbisWidget
+    from napari_ibis._widget import IbisWidget
     from napari_ibis.policies.oracle import OraclePolicy
 
     parser = argparse.ArgumentParser()
@@ -53,28 +55,68 @@ def main() -> None:
     viewer.add_image(image, name="nuclei")
     widget = IbisWidget(viewer)
     viewer.window.add_dock_widget(widget, name="IBIS agent", area="right")
-    MODEL_CACHE._items[("policy", "oracle (ground truth)", "auto")] = OraclePolicy(target, stop_iou=0.85)
-    widget.model_edit.setText("oracle (ground truth)")
-    widget.query_edit.setText("segment the nucleus")
+    widget.controller.models.provide("oracle (ground truth)", OraclePolicy(target, stop_iou=0.85))
+    panel = widget.run_panel
+    panel.model_edit.setText("oracle (ground truth)")
+    panel.segmenter_combo.setCurrentText("litemedsam")
+    panel.query_edit.setText("segment the nucleus")
     rows, cols = np.nonzero(target)
     viewer.scene.camera.center = (rows.mean(), cols.mean())
     viewer.scene.camera.zoom = 6
-    widget.max_steps.setValue(2)
+    panel.max_steps.setValue(2)
     widget.run()
     wait(lambda: not widget.running)
     QApplication.instance().processEvents()
     viewer.window.screenshot(str(out / "widget-mid-run.png"), canvas_only=False)
-    widget.max_steps.setValue(20)
+    panel.max_steps.setValue(20)
     widget.continue_run()
     wait(lambda: not widget.running)
     widget.export_to_layer()
     viewer.layers["IBIS mask"].visible = False
     QApplication.instance().processEvents()
     viewer.window.screenshot(str(out / "widget-after-export.png"), canvas_only=False)
-    print(widget.transcript.toPlainText())
-    print(widget.status.text())
+    print(widget.steps_panel.transcript.toPlainText())
+    print(widget.steps_panel.status.text())
     viewer.close()
+    brain(out, wait)
     default_agent(out, wait)
+
+
+def brain(out: Path, wait) -> None:
+    """Colin27 through the reader, the oracle asked for the left hippocampus (AAL 37)."""
+    import napari
+    import numpy as np
+    from qtpy.QtWidgets import QApplication
+
+    from napari_ibis._reader import get_reader
+    from napari_ibis._widget import IbisWidget
+    from napari_ibis.policies.oracle import OraclePolicy
+
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1400, 900)
+    for name in ("ch2.nii.gz", "aal.nii.gz"):
+        path = f"/usr/share/mricron/templates/{name}"
+        for data, kwargs, kind in get_reader(path)(path):
+            viewer._add_layer_from_data(data, kwargs, kind)
+    atlas = viewer.layers["aal"]
+    atlas.visible = False
+    z = int(np.argmax((atlas.data == 37).sum(axis=(1, 2))))
+    viewer.dims.set_current_step(0, z)
+    widget = IbisWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="IBIS agent", area="right")
+    widget.controller.models.provide("oracle (AAL atlas)", OraclePolicy(atlas.data[z] == 37, stop_iou=0.85))
+    panel = widget.run_panel
+    panel.image_combo.setCurrentText("ch2")
+    panel.model_edit.setText("oracle (AAL atlas)")
+    panel.segmenter_combo.setCurrentText("litemedsam")
+    panel.query_edit.setText("segment the left hippocampus")
+    panel.max_steps.setValue(8)
+    widget.run()
+    wait(lambda: not widget.running, 300)
+    QApplication.instance().processEvents()
+    viewer.window.screenshot(str(out / "widget-brain.png"), canvas_only=False)
+    print(widget.steps_panel.status.text())
+    viewer.close()
 
 
 def default_agent(out: Path, wait) -> None:
@@ -92,13 +134,15 @@ def default_agent(out: Path, wait) -> None:
     viewer.reset_view()
     widget = IbisWidget(viewer)
     viewer.window.add_dock_widget(widget, name="IBIS agent", area="right")
-    widget.model_edit.setText("")
-    widget.query_edit.setText(f"segment the {target}")
-    widget.max_steps.setValue(6)
+    panel = widget.run_panel
+    panel.model_edit.setText("")
+    panel.segmenter_combo.setCurrentText("litemedsam")
+    panel.query_edit.setText(f"segment the {target}")
+    panel.max_steps.setValue(6)
     widget.run()
     wait(lambda: not widget.running, 300)
     viewer.window.screenshot(str(out / "widget-default-agent.png"), canvas_only=False)
-    print(widget.transcript.toPlainText())
+    print(widget.steps_panel.transcript.toPlainText())
     viewer.close()
 
 

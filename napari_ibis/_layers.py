@@ -2,12 +2,17 @@
 
 * ``IBIS clicks`` (Points): every click in effect; positive green, negative red;
   agent clicks are discs, a person's clicks are diamonds; the text is the step
-  number. New points that a person adds here become user clicks.
-* ``IBIS mask`` (Labels): the working mask of the step shown.
+  number. Clicks on the same spot are drawn as rings of growing size and share
+  one label ("1,3"), so none hides another. New points that a person adds here
+  become user clicks.
+* ``IBIS mask`` (Labels): the working mask of the step shown, in the green the
+  agent sees in its overlay (the release's (34, 139, 34)).
 
-Both are created once, updated in place, and take the image layer's scale and
-translate. For a volume they have the volume's shape, and only the slice being
-worked on is written.
+Both are created once, updated in place, take the image layer's scale and
+translate, and are kept above every other layer. For a volume they have the
+volume's shape, and only the slice being worked on is written. Result layers
+(exports) carry the image layer's geometry, so that they save in the source's
+voxel grid.
 """
 
 from __future__ import annotations
@@ -16,16 +21,25 @@ from typing import Sequence
 
 import numpy as np
 
+from .geometry import GEOMETRY_KEY, geometry_of
+from .overlay import RELEASE_COLOR
 from .segmenters.base import Click
 
 CLICKS_NAME = "IBIS clicks"
 MASK_NAME = "IBIS mask"
+WORKING = (MASK_NAME, CLICKS_NAME)  # bottom to top
 POSITIVE_COLOR = "#22c55e"
 NEGATIVE_COLOR = "#ef4444"
+CLICK_SIZE = 8
+SAME_SPOT = 3.0  # clicks closer than this (pixels) share a spot
 
 
 def spatial_ndim(layer) -> int:
     return layer.data.ndim - (1 if getattr(layer, "rgb", False) else 0)
+
+
+def spatial_shape(layer) -> tuple[int, ...]:
+    return tuple(layer.data.shape[: spatial_ndim(layer)])
 
 
 def current_slice_index(layer, viewer) -> tuple[int, ...]:
@@ -42,6 +56,37 @@ def layer_slice(layer, index: tuple[int, ...]) -> np.ndarray:
     """The 2-D slice (grey or RGB) of an Image layer at ``index``."""
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
     return np.asarray(data[index] if index else data)
+
+
+def mask_colormap():
+    from napari.utils.colormaps import DirectLabelColormap
+
+    green = tuple(c / 255 for c in RELEASE_COLOR) + (1.0,)
+    return DirectLabelColormap(color_dict={None: (0.0, 0.0, 0.0, 0.0), 0: (0.0, 0.0, 0.0, 0.0), 1: green})
+
+
+def click_spots(clicks: Sequence[Click], steps: Sequence[int]) -> tuple[list[str], list[float], list[bool]]:
+    """For each click: its label text, its size, and whether it is drawn filled.
+
+    The first click on a spot is a filled disc labelled with every step that
+    clicked there ("1,3"); later ones are unlabelled, unfilled rings, each larger
+    than the one before, so that all of them stay visible."""
+    texts, sizes, filled = [], [], []
+    spots: list[tuple[int, int, list[int]]] = []  # (row, col, indices of the clicks there)
+    for i, click in enumerate(clicks):
+        for row, col, members in spots:
+            if abs(click.row - row) <= SAME_SPOT and abs(click.col - col) <= SAME_SPOT:
+                members.append(i)
+                break
+        else:
+            spots.append((click.row, click.col, [i]))
+    texts, sizes, filled = [""] * len(clicks), [float(CLICK_SIZE)] * len(clicks), [True] * len(clicks)
+    for _, _, members in spots:
+        texts[members[0]] = ",".join(str(steps[i]) for i in members)
+        for rank, i in enumerate(members[1:], start=1):
+            sizes[i] = CLICK_SIZE + 5.0 * rank
+            filled[i] = False
+    return texts, sizes, filled
 
 
 class SessionLayers:
@@ -64,26 +109,26 @@ class SessionLayers:
         return {"scale": tuple(layer.scale)[-n:], "translate": tuple(layer.translate)[-n:]}
 
     def _shape(self) -> tuple[int, ...]:
-        layer = self.image_layer
-        return tuple(layer.data.shape[: spatial_ndim(layer)])
+        return spatial_shape(self.image_layer)
 
     def _find(self, name: str):
         return self.viewer.layers[name] if name in self.viewer.layers else None
 
-    # -- layers ----------------------------------------------------------------------
+    # -- working layers --------------------------------------------------------------
     def clicks_layer(self):
         layer = self._find(CLICKS_NAME)
         if layer is None:
             layer = self.viewer.add_points(
                 np.empty((0, len(self._shape()))),
                 name=CLICKS_NAME,
-                size=8,
-                border_width=0.1,
-                features={"positive": np.zeros(0, bool), "source": np.array([], dtype=object), "step": np.zeros(0, int)},
-                text={"string": "{step}", "color": "white", "anchor": "upper_left", "size": 9},
+                size=CLICK_SIZE,
+                border_width=0.15,
+                features={"positive": np.zeros(0, bool), "source": np.array([], dtype=object),
+                          "step": np.zeros(0, int), "label": np.array([], dtype=object)},
+                text={"string": "{label}", "color": "white", "anchor": "upper_left", "size": 9},
                 **self._geometry(),
             )
-            layer.feature_defaults = {"positive": True, "source": "user", "step": 0}
+            layer.feature_defaults = {"positive": True, "source": "user", "step": 0, "label": ""}
         return layer
 
     def mask_layer(self):
@@ -91,8 +136,16 @@ class SessionLayers:
         if layer is None or layer.data.shape != self._shape():
             if layer is not None:
                 self.viewer.layers.remove(layer)
-            layer = self.viewer.add_labels(np.zeros(self._shape(), dtype=np.uint8), name=MASK_NAME, opacity=0.5, **self._geometry())
+            layer = self.viewer.add_labels(np.zeros(self._shape(), dtype=np.uint8), name=MASK_NAME, opacity=0.5,
+                                           colormap=mask_colormap(), **self._geometry())
         return layer
+
+    def raise_working(self) -> None:
+        """Keep the working layers above every other layer (e.g. a new export)."""
+        layers = self.viewer.layers
+        for name in WORKING:
+            if name in layers and layers.index(name) != len(layers) - 1:
+                layers.move(layers.index(name), len(layers))
 
     def show(self, mask: np.ndarray | None, clicks: Sequence[Click], steps: Sequence[int]) -> None:
         """Display ``mask`` and ``clicks`` (``steps[i]`` is the step that added clicks[i])."""
@@ -108,24 +161,30 @@ class SessionLayers:
             if getattr(points, "_ibis_shown", None) != shown or len(points.data) != len(clicks):
                 self._show_clicks(points, clicks, steps)
                 points._ibis_shown = shown
+            self.raise_working()
         finally:
             self.syncing = False
 
     def _show_clicks(self, points, clicks: Sequence[Click], steps: Sequence[int]) -> None:
         coords = np.array([list(self.index) + [c.row, c.col] for c in clicks], dtype=float)
+        texts, sizes, filled = click_spots(clicks, steps)
         points.data = coords.reshape(-1, len(self._shape()))
         points.features = {
             "positive": np.array([c.positive for c in clicks], dtype=bool),
             "source": np.array([c.source for c in clicks], dtype=object),
             "step": np.array(list(steps), dtype=int),
+            "label": np.array(texts, dtype=object),
         }
         if len(clicks):
-            points.face_color = [POSITIVE_COLOR if c.positive else NEGATIVE_COLOR for c in clicks]
-            if any(c.source == "user" for c in clicks):
-                points.symbol = ["diamond" if c.source == "user" else "disc" for c in clicks]
+            colours = [POSITIVE_COLOR if c.positive else NEGATIVE_COLOR for c in clicks]
+            points.size = sizes
+            points.face_color = [colour if fill else "transparent" for colour, fill in zip(colours, filled)]
+            points.border_color = [("white" if fill else colour) for colour, fill in zip(colours, filled)]
+            points.symbol = ["diamond" if c.source == "user" else "disc" for c in clicks]
+            points.refresh_text()
 
     def remove(self) -> None:
-        for name in (CLICKS_NAME, MASK_NAME):
+        for name in WORKING:
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
 
@@ -133,3 +192,41 @@ class SessionLayers:
     def to_pixel(data_point: np.ndarray) -> tuple[int, int]:
         """(row, col) in the slice of a point of the clicks layer (data coordinates)."""
         return int(round(float(data_point[-2]))), int(round(float(data_point[-1])))
+
+    # -- results ---------------------------------------------------------------------
+    def result_layer(self, name: str, dtype=np.uint16):
+        """A new, empty Labels layer over the image, with its scale, translate and geometry."""
+        metadata = {}
+        geometry = geometry_of(self.image_layer)
+        if geometry is not None:
+            metadata[GEOMETRY_KEY] = geometry
+        layer = self.viewer.add_labels(np.zeros(self._shape(), dtype=dtype), name=name, metadata=metadata,
+                                       **self._geometry())
+        self.raise_working()
+        return layer
+
+    def write_result(self, layer, mask: np.ndarray, value: int, record: dict) -> None:
+        """Paint ``mask`` with ``value`` into the current slice of ``layer`` (other labels untouched)."""
+        data = layer.data
+        region = data[self.index] if self.index else data
+        region[mask] = value
+        layer.data = data
+        layer.metadata["ibis_trajectory"] = record
+        if geometry_of(layer) is None:
+            adopt_geometry(self.viewer, layer)
+
+
+def adopt_geometry(viewer, labels_layer) -> bool:
+    """Give a Labels layer without geometry that of the image layer it was made for
+    (same spatial shape, scale and translate), so that it saves in the source's grid."""
+    from napari.layers import Image
+
+    if geometry_of(labels_layer) is not None:
+        return False
+    shape, scale = tuple(labels_layer.data.shape), tuple(labels_layer.scale)
+    for layer in viewer.layers:
+        geometry = geometry_of(layer) if isinstance(layer, Image) else None
+        if geometry is not None and spatial_shape(layer) == shape and np.allclose(tuple(layer.scale)[-len(shape):], scale):
+            labels_layer.metadata[GEOMETRY_KEY] = geometry
+            return True
+    return False

@@ -40,7 +40,6 @@ def write_nifti(path: Path, labels: np.ndarray, geometry: Geometry | None) -> No
     import nibabel as nib
 
     if geometry is None or (geometry.affine is None and not geometry.spacing):
-        _warn_no_geometry(path)
         image = nib.Nifti1Image(np.ascontiguousarray(labels.T), np.eye(4))
     elif geometry.affine is None:  # spacing only (TIFF): axes reversed, no orientation known
         image = nib.Nifti1Image(np.ascontiguousarray(labels.T), np.diag(list(geometry.spacing[::-1]) + [1.0]))
@@ -89,8 +88,6 @@ def write_nrrd(path: Path, labels: np.ndarray, geometry: Geometry | None) -> Non
     import nrrd
 
     if geometry is None or geometry.affine is None:
-        if geometry is None:
-            _warn_no_geometry(path)
         header = {} if geometry is None else {"spacings": list(geometry.spacing[::-1])}
         nrrd.write(str(path), np.ascontiguousarray(labels.T), header=header, index_order="F")
         return
@@ -257,8 +254,6 @@ def write_tiff(path: Path, labels: np.ndarray, geometry: Geometry | None) -> Non
     import tifffile
 
     if geometry is None or not geometry.spacing or labels.dtype not in (np.uint8, np.uint16):
-        if geometry is None and labels.ndim >= 3:
-            _warn_no_geometry(path)
         tifffile.imwrite(path, labels)
         return
     spacing = tuple(geometry.spacing[-labels.ndim:])
@@ -269,8 +264,10 @@ def write_tiff(path: Path, labels: np.ndarray, geometry: Geometry | None) -> Non
     tifffile.imwrite(path, labels, imagej=True, resolution=(1.0 / spacing[-1], 1.0 / spacing[-2]), metadata=metadata)
 
 
-def _warn_no_geometry(path: Path) -> None:
-    warnings.warn(
-        f"{path.name}: the labels carry no geometry (no source affine or spacing); written with an identity affine",
-        GeometryWarning, stacklevel=3,
-    )
+def warn_no_geometry(path: Path, labels: np.ndarray, geometry: Geometry | None) -> None:
+    """Say so when labels go where a geometry belongs (NIfTI, NRRD, a volume) without one."""
+    from .io import suffix_of
+
+    if geometry is None and (suffix_of(path) in (".nii", ".nii.gz", ".nrrd") or labels.ndim >= 3):
+        warnings.warn(f"{path.name}: the labels carry no geometry (no source affine or spacing), "
+                      "so the file gets none (identity affine, unit spacing)", GeometryWarning, stacklevel=3)

@@ -233,6 +233,7 @@ def write_labels(path: str | Path, labels: np.ndarray, like: LoadedImage | None 
             Image.fromarray(flat).save(temporary, format="PNG")
         else:
             labels = labels_volume(labels, like)
+            formats.warn_no_geometry(path, labels, geometry)
             if suffix in (".tif", ".tiff"):
                 formats.write_tiff(temporary, labels, geometry)
             elif suffix == ".npy":

@@ -194,6 +194,19 @@ class Session:
     def can_redo(self) -> bool:
         return self._cursor < len(self._steps)
 
+    @property
+    def timeline(self) -> list[Step]:
+        """Every step, undone ones included (the active ones are the first :attr:`cursor`)."""
+        return list(self._steps)
+
+    def restore_timeline(self, initial: Step, steps: list[Step], cursor: int, accepted: int | None,
+                         operations: list[Operation], last_stop: Stopped | None) -> None:
+        """Take over a saved timeline (crash recovery); the slice and settings must be the session's own."""
+        if not 0 <= cursor <= len(steps):
+            raise ValueError(f"cursor {cursor} outside a timeline of {len(steps)} steps")
+        self._initial, self._steps, self._cursor = initial, list(steps), cursor
+        self.accepted, self.operations, self.last_stop = accepted, list(operations), last_stop
+
     def step_at(self, index: int) -> Step:
         """Step ``index`` (1-based, active or undone; 0 is the initial state)."""
         return self._initial if index == 0 else self._steps[index - 1]

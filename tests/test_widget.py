@@ -2,6 +2,7 @@
 
 import threading
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -10,34 +11,53 @@ from conftest import TERMINATE, ScriptedPolicy, disk_image, point
 pytest.importorskip("napari")
 pytestmark = pytest.mark.gui
 
+INSIDE = (52.5 / 96, 40.5 / 96)
+
 
 @pytest.fixture
-def widget(make_napari_viewer, qtbot, tmp_path):
+def make_widget(make_napari_viewer, qtbot, tmp_path):
     from qtpy.QtCore import QSettings
 
-    from napari_ibis._widget import MODEL_CACHE, IbisWidget
+    from napari_ibis._runtime import ModelCache
+    from napari_ibis._widget import IbisWidget
+    from napari_ibis.autosave import Autosave
 
-    # remembered choices go to a temporary folder, not the person's own settings
-    QSettings.setPath(QSettings.Format.NativeFormat, QSettings.Scope.UserScope, str(tmp_path))
+    # remembered choices and autosaves go to a temporary folder, not the person's own
+    QSettings.setPath(QSettings.Format.NativeFormat, QSettings.Scope.UserScope, str(tmp_path / "settings"))
     QSettings("napari-ibis", "widget").clear()
-    viewer = make_napari_viewer()
-    image, mask = disk_image(96, centre=(40, 52), radius=14)
-    viewer.add_image(image, name="scan")
-    w = IbisWidget(viewer)
-    viewer.window.add_dock_widget(w)
-    w.segmenter_combo.setCurrentText("classical")
-    w.query_edit.setText("segment the disk")
+    made = []
 
-    def use(policy, key="scripted"):
-        MODEL_CACHE._items[("policy", key, "auto")] = policy
-        w.model_edit.setText(key)
-        return policy
+    def make(viewer=None, image=None, name="scan", models=None):
+        viewer = viewer or make_napari_viewer()
+        if image is None:
+            image, _ = disk_image(96, centre=(40, 52), radius=14)
+        if name not in viewer.layers:
+            viewer.add_image(image, name=name)
+        w = IbisWidget(viewer, warm_up=False, autosave=Autosave(tmp_path / "autosave"), models=models or ModelCache())
+        viewer.window.add_dock_widget(w)
+        w.run_panel.segmenter_combo.setCurrentText("classical")
+        w.run_panel.query_edit.setText("segment the disk")
 
-    w.use_policy = use
-    w.truth = mask
-    yield w
-    w.cancel.set()
-    qtbot.waitUntil(lambda: not w.running, timeout=10_000)
+        def use(policy, key="scripted"):
+            w.controller.models.provide(key, policy)
+            w.run_panel.model_edit.setText(key)
+            return policy
+
+        w.use_policy = use
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        w.controller.cancel.set()
+        qtbot.waitUntil(lambda: not w.running, timeout=10_000)
+
+
+@pytest.fixture
+def widget(make_widget):
+    w = make_widget()
+    w.truth = disk_image(96, centre=(40, 52), radius=14)[1]
+    return w
 
 
 def run_and_wait(w, qtbot, action=None):
@@ -45,10 +65,7 @@ def run_and_wait(w, qtbot, action=None):
     qtbot.waitUntil(lambda: not w.running, timeout=20_000)
 
 
-INSIDE = (52.5 / 96, 40.5 / 96)
-
-
-def test_a_run_streams_text_shows_layers_and_records_steps(widget, qtbot):
+def test_a_run_streams_readable_text_shows_layers_and_records_steps(widget, qtbot):
     from napari_ibis._layers import CLICKS_NAME, MASK_NAME
 
     release = threading.Event()
@@ -62,55 +79,77 @@ def test_a_run_streams_text_shows_layers_and_records_steps(widget, qtbot):
 
     widget.use_policy(Held([point(True, *INSIDE, "is the target"), TERMINATE]))
     widget.run()
-    qtbot.waitUntil(lambda: "the bright disk" in widget.transcript.toPlainText(), timeout=10_000)
-    assert widget.session is not None and widget.session.steps == []  # text arrived before the step ended
-    assert not widget.run_button.isEnabled() and widget.stop_button.isEnabled()
+    transcript = widget.steps_panel.transcript
+    qtbot.waitUntil(lambda: "the bright disk" in transcript.toPlainText(), timeout=10_000)
+    assert widget.controller.session is not None and widget.controller.session.steps == []  # text before the step ended
+    assert "<think>" not in transcript.toPlainText()
+    assert not widget.run_panel.run_button.isEnabled() and widget.run_panel.stop_button.isEnabled()
     release.set()
     qtbot.waitUntil(lambda: not widget.running, timeout=20_000)
     viewer = widget.viewer
-    assert widget.status.text().startswith("stopped: answered")
+    assert widget.steps_panel.status.text().startswith("Finished: the agent answered")
+    assert "positive click at row 40, col 52" in transcript.toPlainText()
     points = viewer.layers[CLICKS_NAME]
     assert points.data.shape == (1, 2) and tuple(points.data[0]) == (40, 52)
     assert bool(points.features["positive"][0]) and points.features["step"][0] == 1
     mask = viewer.layers[MASK_NAME].data
     assert mask[40, 52] == 1 and (mask.astype(bool) & widget.truth).sum() / (mask.astype(bool) | widget.truth).sum() > 0.6
-    assert widget.step_list.count() == 3  # start, click, answer
-    assert widget.run_button.isEnabled()
+    assert widget.steps_panel.step_list.count() == 3  # start, click, answer
+    assert widget.run_panel.run_button.isEnabled()
+    widget.steps_panel.raw_box.setChecked(True)  # the raw model text is one click away
+    assert "<think>" in transcript.toPlainText() and "Positive Point (0.5469, 0.4219)" in transcript.toPlainText()
 
 
-def test_undo_redo_reject_accept_update_layers_and_timeline(widget, qtbot):
+def test_undo_redo_reject_accept_update_layers_timeline_and_status(widget, qtbot):
     from napari_ibis._layers import CLICKS_NAME
 
     widget.use_policy(ScriptedPolicy([point(True, *INSIDE), point(False, 0.1, 0.1), TERMINATE]))
     run_and_wait(widget, qtbot)
     points = widget.viewer.layers[CLICKS_NAME]
+    session = widget.controller.session
     assert len(points.data) == 2
     widget.undo()
     widget.undo()
-    assert widget.session.cursor == 1 and len(points.data) == 1
+    assert session.cursor == 1 and len(points.data) == 1
+    assert widget.steps_panel.status.text().startswith("Undo: back to step 1")  # not the old "Finished"
     widget.redo()
-    assert widget.session.cursor == 2 and len(points.data) == 2
+    assert session.cursor == 2 and len(points.data) == 2
     widget.reject()
-    assert widget.session.cursor == 1 and not widget.redo_button.isEnabled() and len(points.data) == 1
+    assert session.cursor == 1 and not widget.steps_panel.redo_button.isEnabled() and len(points.data) == 1
     widget.accept()
-    assert widget.session.accepted == 1
+    assert session.accepted == 1 and widget.steps_panel.status.text().startswith("Accepted step 1")
 
 
 def test_a_user_click_becomes_a_step_and_the_agent_continues(widget, qtbot):
     from napari_ibis._layers import CLICKS_NAME
 
     policy = widget.use_policy(ScriptedPolicy([point(True, *INSIDE), TERMINATE]))
-    widget.max_steps.setValue(1)
+    widget.run_panel.max_steps.setValue(1)
     run_and_wait(widget, qtbot)
     points = widget.viewer.layers[CLICKS_NAME]
     points.add([5, 5])  # the person clicks into the clicks layer
-    qtbot.waitUntil(lambda: not widget.running and len(widget.session.steps) == 2, timeout=10_000)
-    assert widget.session.steps[-1].source == "user"
-    widget.max_steps.setValue(5)
+    session = widget.controller.session
+    qtbot.waitUntil(lambda: not widget.running and len(session.steps) == 2, timeout=10_000)
+    assert session.steps[-1].source == "user"
+    assert "Step 2 (you): positive click at row 5, col 5" in widget.steps_panel.transcript.toPlainText()
+    widget.run_panel.max_steps.setValue(5)
     run_and_wait(widget, qtbot, widget.continue_run)
     assert policy.requests[-1].clicks[-1].source == "user"
-    assert [s.source for s in widget.session.steps] == ["agent", "user", "agent"]
+    assert [s.source for s in session.steps] == ["agent", "user", "agent"]
     assert list(points.features["source"]) == ["agent", "user"]
+
+
+def test_clicks_on_one_spot_stay_visible_with_one_label(widget, qtbot):
+    from napari_ibis._layers import CLICKS_NAME
+
+    widget.use_policy(ScriptedPolicy([point(True, *INSIDE), TERMINATE]))
+    widget.run_panel.max_steps.setValue(1)
+    run_and_wait(widget, qtbot)
+    points = widget.viewer.layers[CLICKS_NAME]
+    points.add([41, 52])  # the person clicks next to the agent's click
+    qtbot.waitUntil(lambda: not widget.running and len(widget.controller.session.steps) == 2, timeout=10_000)
+    assert list(points.features["label"]) == ["1,2", ""]  # one label, not two printed over each other
+    assert points.size[1] > points.size[0]  # the later click is a larger ring around the first
 
 
 def test_refine_an_imported_labels_layer(widget, qtbot):
@@ -118,48 +157,55 @@ def test_refine_an_imported_labels_layer(widget, qtbot):
     labels[widget.truth] = 3
     widget.viewer.add_labels(labels, name="draft")
     policy = widget.use_policy(ScriptedPolicy([TERMINATE]))
-    widget.init_combo.setCurrentText("draft")
-    widget.init_label.setValue(3)
+    widget.run_panel.init_combo.setCurrentText("draft")
+    widget.run_panel.init_label.setValue(3)
     run_and_wait(widget, qtbot)
-    assert np.array_equal(widget.session.mask, widget.truth)
+    assert np.array_equal(widget.controller.session.mask, widget.truth)
     assert "refinement step" in policy.requests[0].messages[-1]["content"][1]["text"]
 
 
-def test_export_to_a_new_and_an_existing_layer_keeps_other_labels(widget, qtbot, tmp_path):
+def test_export_to_new_and_existing_layers_keeps_other_labels_and_the_working_layers_on_top(widget, qtbot, tmp_path):
+    from napari_ibis._layers import CLICKS_NAME, MASK_NAME
+
     widget.use_policy(ScriptedPolicy([point(True, *INSIDE), TERMINATE]))
     run_and_wait(widget, qtbot)
     fresh = widget.export_to_layer()
     assert fresh.data.max() == 1 and fresh.data[40, 52] == 1
+    names = [layer.name for layer in widget.viewer.layers]
+    assert names[-2:] == [MASK_NAME, CLICKS_NAME]  # the export went under the working layers
     existing = np.zeros((96, 96), np.uint16)
     existing[80:90, 80:90] = 7
     widget.viewer.add_labels(existing, name="atlas")
+    assert [layer.name for layer in widget.viewer.layers][-2:] == [MASK_NAME, CLICKS_NAME]
     layer = widget.export_to_layer("atlas", 4)
     assert (layer.data == 7).sum() == 100 and layer.data[40, 52] == 4
     assert "ibis_trajectory" in layer.metadata
-    saved = widget.save_result(tmp_path / "result.tif")
+    saved = widget.save_result(tmp_path / "result.tif", confirmed=True)
     assert saved.exists() and (tmp_path / "result.ibis.json").exists()
-    from napari_ibis._layers import MASK_NAME
-
     assert MASK_NAME in widget.viewer.layers  # kept by default
-    widget.remove_working.setChecked(True)
+    widget.result_panel.remove_working.setChecked(True)
     widget.export_to_layer("atlas", 5)
     assert MASK_NAME not in widget.viewer.layers
 
 
-def test_a_volume_gets_only_the_current_slice(make_napari_viewer, qtbot):
+def test_the_working_mask_is_drawn_in_the_green_the_agent_sees(widget, qtbot):
     from napari_ibis._layers import MASK_NAME
-    from napari_ibis._widget import MODEL_CACHE, IbisWidget
+
+    widget.use_policy(ScriptedPolicy([point(True, *INSIDE), TERMINATE]))
+    run_and_wait(widget, qtbot)
+    colour = widget.viewer.layers[MASK_NAME].colormap.map(np.array([1]))[0]
+    assert np.allclose(colour[:3] * 255, (34, 139, 34), atol=1)
+
+
+def test_a_volume_gets_only_the_current_slice(make_widget, make_napari_viewer, qtbot):
+    from napari_ibis._layers import MASK_NAME
 
     viewer = make_napari_viewer()
     slice_, _ = disk_image(64)
-    volume = np.stack([slice_ // 3, slice_, slice_ // 2])
-    viewer.add_image(volume, name="vol")
+    viewer.add_image(np.stack([slice_ // 3, slice_, slice_ // 2]), name="vol")
     viewer.dims.set_current_step(0, 1)
-    w = IbisWidget(viewer)
-    MODEL_CACHE._items[("policy", "scripted-vol", "auto")] = ScriptedPolicy([point(True, 52.5 / 64, 40.5 / 64), TERMINATE])
-    w.model_edit.setText("scripted-vol")
-    w.segmenter_combo.setCurrentText("classical")
-    w.query_edit.setText("segment the disk")
+    w = make_widget(viewer, name="vol")
+    w.use_policy(ScriptedPolicy([point(True, 52.5 / 64, 40.5 / 64), TERMINATE]))
     run_and_wait(w, qtbot)
     mask = viewer.layers[MASK_NAME].data
     assert mask.shape == (3, 64, 64) and mask[1].any() and not mask[0].any() and not mask[2].any()
@@ -167,32 +213,155 @@ def test_a_volume_gets_only_the_current_slice(make_napari_viewer, qtbot):
     assert result.data[1].any() and not result.data[0].any() and not result.data[2].any()
 
 
-def test_stop_during_generation(widget, qtbot):
-    widget.use_policy(ScriptedPolicy([point(True, *INSIDE, " ".join(["word"] * 2000))], delay=0.005))
+def test_a_nifti_opened_with_the_reader_is_saved_back_on_its_own_voxels(make_widget, make_napari_viewer, qtbot, tmp_path):
+    """Oblique, flipped axes and a non-zero origin: open, segment a slice, save, reload with nibabel."""
+    from test_geometry import oblique_flipped_affine
+
+    from napari_ibis._reader import get_reader
+
+    affine = oblique_flipped_affine()
+    rng = np.random.default_rng(0)
+    volume = rng.normal(50, 5, (40, 36, 9)).astype(np.int16)  # (i: P, j: I, k: L) in the file
+    volume[10:26, 12:24, 2:7] += 150  # a bright block
+    nib.save(nib.Nifti1Image(volume, affine), tmp_path / "scan.nii.gz")
+    viewer = make_napari_viewer()
+    for data, kwargs, kind in get_reader(str(tmp_path / "scan.nii.gz"))(str(tmp_path / "scan.nii.gz")):
+        viewer._add_layer_from_data(data, kwargs, kind)
+    layer = viewer.layers["scan"]
+    z = int(np.argmax([(layer.data[i] > 120).sum() for i in range(layer.data.shape[0])]))
+    viewer.dims.set_current_step(0, z)
+    rows, cols = np.nonzero(layer.data[z] > 120)
+    height, width = layer.data.shape[1:]
+    w = make_widget(viewer)
+    w.use_policy(ScriptedPolicy([point(True, (cols.mean() + 0.5) / width, (rows.mean() + 0.5) / height), TERMINATE]))
+    run_and_wait(w, qtbot)
+    assert w.default_save_name() == "scan_labels.nii.gz"
+    saved = w.save_result(tmp_path / "scan_labels.nii.gz", confirmed=True)
+    written = nib.load(saved)
+    assert written.shape == volume.shape and np.allclose(written.affine, affine)
+    labels = np.asarray(written.dataobj) > 0
+    (j,) = np.nonzero(labels.any(axis=(0, 2)))[0]  # one axial slice = one plane of the file's I-S axis j
+    assert j == volume.shape[1] - 1 - z  # j runs inferior, the display's slices superior
+    block = volume[:, j] > 120
+    assert (labels[:, j] & block).sum() / (labels[:, j] | block).sum() > 0.7  # on the block, in the file's voxels
+
+
+def test_a_run_that_fails_to_start_keeps_the_previous_session(widget, qtbot):
+    widget.use_policy(ScriptedPolicy([point(True, *INSIDE), TERMINATE]))
+    run_and_wait(widget, qtbot)
+    session = widget.controller.session
+    rows = widget.steps_panel.step_list.count()
+    widget.run_panel.model_edit.setText("/nonexistent/model")
+    run_and_wait(widget, qtbot)
+    assert "not found" in widget.steps_panel.status.text()
+    assert widget.controller.session is session and widget.steps_panel.step_list.count() == rows
+    for button in (widget.steps_panel.undo_button, widget.steps_panel.accept_button,
+                   widget.result_panel.export_button, widget.result_panel.save_button):
+        assert button.isEnabled()
+
+
+def test_stop_on_an_empty_session_disables_accept_export_and_save(widget, qtbot):
+    widget.use_policy(ScriptedPolicy([point(False, 0.1, 0.1, " ".join(["word"] * 2000))], delay=0.005))
     widget.run()
-    qtbot.waitUntil(lambda: "word" in widget.transcript.toPlainText(), timeout=10_000)
+    qtbot.waitUntil(lambda: "word" in widget.steps_panel.transcript.toPlainText(), timeout=10_000)
     widget.stop()
     qtbot.waitUntil(lambda: not widget.running, timeout=2_000)  # within a second or two
-    assert widget.status.text().startswith("stopped: cancelled") and widget.session.steps == []
-    assert widget.run_button.isEnabled()
+    assert widget.steps_panel.status.text().startswith("Stopped by you")
+    assert widget.controller.session.steps == [] and widget.run_panel.run_button.isEnabled()
+    for button in (widget.steps_panel.accept_button, widget.result_panel.export_button, widget.result_panel.save_button):
+        assert not button.isEnabled()
 
 
 def test_a_policy_that_raises_leaves_the_gui_usable(widget, qtbot):
     widget.use_policy(ScriptedPolicy([point(True, *INSIDE), TERMINATE], fail_at=2))
     run_and_wait(widget, qtbot)
-    assert "error" in widget.status.text() and len(widget.session.steps) == 1
-    assert widget.run_button.isEnabled() and widget.continue_button.isEnabled()
+    assert "error" in widget.steps_panel.status.text() and len(widget.controller.session.steps) == 1
+    assert widget.run_panel.run_button.isEnabled() and widget.run_panel.continue_button.isEnabled()
     run_and_wait(widget, qtbot, widget.continue_run)
-    assert widget.status.text().startswith("stopped: answered")
+    assert widget.steps_panel.status.text().startswith("Finished: the agent answered")
 
 
 def test_missing_model_and_empty_query_are_reported_not_raised(widget, qtbot):
-    widget.model_edit.setText("/nonexistent/model")
+    widget.run_panel.model_edit.setText("/nonexistent/model")
     run_and_wait(widget, qtbot)
-    assert "not found" in widget.status.text() and widget.run_button.isEnabled()
-    widget.query_edit.setText("")
+    assert "not found" in widget.steps_panel.status.text() and widget.run_panel.run_button.isEnabled()
+    widget.run_panel.query_edit.setText("")
     widget.run()
-    assert "query" in widget.status.text() and not widget.running
+    assert "query" in widget.steps_panel.status.text() and not widget.running
+
+
+def test_the_model_field_remembers_what_was_left_including_empty(make_widget, qtbot):
+    first = make_widget()
+    first.run_panel.model_edit.setText("/wrong/path")
+    run_and_wait(first, qtbot)
+    assert make_widget(first.viewer).run_panel.model_edit.text() == "/wrong/path"
+    first.run_panel.model_edit.setText("")
+    first.run_panel.query_edit.setText("")  # Run refuses at once; the field is remembered anyway
+    first.run()
+    assert make_widget(first.viewer).run_panel.model_edit.text() == ""  # the bundled agent again
+
+
+def test_long_layer_names_do_not_widen_the_dock(make_widget, make_napari_viewer):
+    viewer = make_napari_viewer()
+    long_name = "phantom structures (" + ", ".join(f"{i}=structure number {i}" for i in range(1, 12)) + ")"
+    viewer.add_labels(np.zeros((96, 96), np.uint8), name=long_name)
+    w = make_widget(viewer, name="a scan with an equally long name " * 4)
+    assert w.sizeHint().width() < 420 and w.minimumSizeHint().width() < 420
+
+
+def test_saving_asks_before_overwriting_the_trajectory(widget, qtbot, tmp_path, monkeypatch):
+    from qtpy.QtWidgets import QMessageBox
+
+    widget.use_policy(ScriptedPolicy([point(True, *INSIDE), TERMINATE]))
+    run_and_wait(widget, qtbot)
+    widget.save_result(tmp_path / "x.tif", confirmed=True)
+    record = (tmp_path / "x.ibis.json").read_text()
+    asked = []
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: asked.append(a[2]) or QMessageBox.StandardButton.No)
+    assert widget.save_result(tmp_path / "x.nii.gz", confirmed=True) is None
+    assert asked and "x.ibis.json" in asked[0]
+    assert (tmp_path / "x.ibis.json").read_text() == record and not (tmp_path / "x.nii.gz").exists()
+
+
+def test_an_unfinished_session_is_offered_and_restored_after_a_crash(make_widget, qtbot):
+    first = make_widget()
+    first.use_policy(ScriptedPolicy([point(True, *INSIDE), point(False, 0.1, 0.1), TERMINATE]), key="agent")
+    run_and_wait(first, qtbot)
+    first.undo()
+    first.controller.autosave.flush()
+    masks = [step.mask for step in first.controller.session.timeline]
+    # napari dies; a new widget opens on the same image (same pixels, new viewer)
+    models = first.controller.models
+    second = make_widget(image=first.viewer.layers["scan"].data.copy(), models=models)
+    assert not second.restore_bar.isHidden()
+    assert "segment the disk" in second.restore_bar.message.text()
+    run_and_wait(second, qtbot, second.restore)
+    session = second.controller.session
+    assert session.cursor == 2 and session.can_redo
+    assert all(np.array_equal(a.mask, b) for a, b in zip(session.timeline, masks))
+    assert second.steps_panel.undo_button.isEnabled() and second.steps_panel.step_list.count() == 3
+    assert "positive click at row 40, col 52" in second.steps_panel.transcript.toPlainText()
+
+
+def test_loading_happens_off_the_gui_thread_with_feedback_at_once(widget, qtbot):
+    gate = threading.Event()
+    loading_thread = []
+
+    def slow_build():
+        loading_thread.append(threading.current_thread().name)
+        gate.wait(10)
+        return ScriptedPolicy([point(True, *INSIDE), TERMINATE])
+
+    models = widget.controller.models
+    models.policy = lambda model, device="auto": models.get(("policy", model, device), slow_build)
+    widget.run_panel.model_edit.setText("slow")
+    widget.run()
+    assert widget.steps_panel.status.text()  # feedback before anything has loaded
+    qtbot.waitUntil(lambda: "Loading" in widget.steps_panel.status.text(), timeout=5_000)
+    assert widget.running and threading.current_thread().name not in loading_thread
+    gate.set()
+    qtbot.waitUntil(lambda: not widget.running, timeout=20_000)
+    assert widget.steps_panel.status.text().startswith("Finished")
 
 
 def test_deleting_the_working_layers_mid_run_does_not_crash(widget, qtbot):
@@ -207,5 +376,5 @@ def test_deleting_the_working_layers_mid_run_does_not_crash(widget, qtbot):
     if CLICKS_NAME in widget.viewer.layers:
         widget.viewer.layers.remove(CLICKS_NAME)
     qtbot.waitUntil(lambda: not widget.running, timeout=20_000)
-    assert widget.status.text().startswith("stopped: answered")
+    assert widget.steps_panel.status.text().startswith("Finished: the agent answered")
     assert MASK_NAME in widget.viewer.layers  # recreated by the next update

@@ -1,0 +1,170 @@
+"""The widget's controls, in three panels plus a recovery bar. Layout only: no logic,
+no napari; :mod:`napari_ibis._widget` connects them to the controller and the layers."""
+
+from __future__ import annotations
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QFrame,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QPlainTextEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+SEGMENTERS = ("litemedsam", "classical", "sam2")
+PROFILES = ("ibis-release", "paper")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+COMBO_CHARACTERS = 14  # combos show about this many characters; longer layer names are elided
+
+
+def narrow_combo(items=()) -> QComboBox:
+    """A combo box whose width does not follow its longest item (long layer names are
+    elided), so that the dock stays narrow and the canvas keeps its room."""
+    combo = QComboBox()
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(COMBO_CHARACTERS)
+    combo.view().setTextElideMode(Qt.TextElideMode.ElideMiddle)
+    combo.addItems(list(items))
+    return combo
+
+
+def row(*widgets) -> QHBoxLayout:
+    layout = QHBoxLayout()
+    for widget in widgets:
+        layout.addWidget(widget)
+    return layout
+
+
+class RunPanel(QWidget):
+    """What to segment, with which agent, and Run / Stop / Continue."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.image_combo = narrow_combo()
+        self.query_edit = QLineEdit()
+        self.query_edit.setPlaceholderText("e.g. segment the liver tumour")
+        self.model_edit = QLineEdit()
+        self.model_edit.setPlaceholderText("empty: the bundled agent; or a folder, http://host:port/v1")
+        self.browse_button = QPushButton("…")
+        self.browse_button.setMaximumWidth(30)
+        self.profile_combo = narrow_combo(PROFILES)
+        self.segmenter_combo = narrow_combo(SEGMENTERS)
+        self.checkpoint_edit = QLineEdit()
+        self.checkpoint_edit.setPlaceholderText("SAM 2 checkpoint (.pt), for sam2")
+        self.max_steps = QSpinBox()
+        self.max_steps.setRange(1, 100)
+        self.max_steps.setValue(20)
+        self.history_box = QCheckBox("keep history")
+        self.device_combo = narrow_combo(DEVICES)
+        self.init_combo = narrow_combo()
+        self.init_label = QSpinBox()
+        self.init_label.setRange(1, 65535)
+        self.run_button = QPushButton("Run")
+        self.stop_button = QPushButton("Stop")
+        self.continue_button = QPushButton("Continue")
+
+        form = QFormLayout()
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        form.addRow("image", self.image_combo)
+        form.addRow("query", self.query_edit)
+        form.addRow("model", row(self.model_edit, self.browse_button))
+        form.addRow("profile", self.profile_combo)
+        form.addRow("segmenter", self.segmenter_combo)
+        form.addRow("checkpoint", self.checkpoint_edit)
+        form.addRow("max steps", self.max_steps)
+        form.addRow("device", self.device_combo)
+        form.addRow("", self.history_box)
+        form.addRow("start from", row(self.init_combo, QLabel("label"), self.init_label))
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(form)
+        layout.addLayout(row(self.run_button, self.stop_button, self.continue_button))
+
+    @property
+    def inputs(self) -> tuple:
+        return (self.image_combo, self.query_edit, self.model_edit, self.browse_button, self.profile_combo,
+                self.segmenter_combo, self.checkpoint_edit, self.max_steps, self.device_combo, self.history_box,
+                self.init_combo, self.init_label)
+
+
+class StepsPanel(QWidget):
+    """The status, the transcript, the step list and the timeline edits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.raw_box = QCheckBox("raw model text")
+        self.raw_box.setToolTip("show exactly what the model wrote (tags, 0-1 coordinates)")
+        self.transcript = QPlainTextEdit()
+        self.transcript.setReadOnly(True)
+        self.transcript.setMinimumHeight(140)
+        self.step_list = QListWidget()
+        self.step_list.setMaximumHeight(120)
+        self.undo_button = QPushButton("Undo")
+        self.redo_button = QPushButton("Redo")
+        self.accept_button = QPushButton("Accept")
+        self.reject_button = QPushButton("Reject")
+        self.sign_box = QCheckBox("my clicks are positive (T toggles)")
+        self.sign_box.setChecked(True)
+        self.brush_button = QPushButton("Use my brush edit")
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.status)
+        heading = QHBoxLayout()
+        heading.addWidget(QLabel("transcript"))
+        heading.addStretch()
+        heading.addWidget(self.raw_box)
+        layout.addLayout(heading)
+        layout.addWidget(self.transcript)
+        layout.addWidget(QLabel("steps"))
+        layout.addWidget(self.step_list)
+        layout.addLayout(row(self.undo_button, self.redo_button, self.accept_button, self.reject_button))
+        layout.addWidget(self.sign_box)
+        layout.addWidget(self.brush_button)
+
+
+class ResultPanel(QGroupBox):
+    """Where the result goes: a Labels layer or a file."""
+
+    def __init__(self) -> None:
+        super().__init__("result")
+        self.target_combo = narrow_combo()
+        self.target_label = QSpinBox()
+        self.target_label.setRange(1, 65535)
+        self.remove_working = QCheckBox("remove the working layers after export")
+        self.export_button = QPushButton("Export to layer")
+        self.save_button = QPushButton("Save file…")
+        layout = QVBoxLayout(self)
+        layout.addLayout(row(self.target_combo, QLabel("label"), self.target_label))
+        layout.addWidget(self.remove_working)
+        layout.addLayout(row(self.export_button, self.save_button))
+
+
+class RestoreBar(QFrame):
+    """Offers an autosaved session that was not exported (shown only when there is one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFrameShape(QFrame.Shape.StyledPanel)
+        self.message = QLabel("")
+        self.message.setWordWrap(True)
+        self.restore_button = QPushButton("Restore")
+        self.discard_button = QPushButton("Discard")
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.message)
+        layout.addLayout(row(self.restore_button, self.discard_button))
+        self.entry = None
+        self.layer_name = ""
+        self.hide()

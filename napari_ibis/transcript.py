@@ -1,0 +1,135 @@
+"""What the person reads of a session: each step in words, the raw model text one switch away.
+
+:class:`Transcript` keeps two parallel logs: ``readable`` (the agent's thoughts as
+plain sentences, "positive click at row 40, col 52", mask changes, the person's
+own steps and timeline edits) and ``raw`` (exactly what the model wrote, tags and
+0-1 coordinates included). Every change is appended to both and handed to
+``on_append(readable_piece, raw_piece)`` so that a view can follow either one.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+TAGS = ("think", "action", "answer")
+_TAG = re.compile(r"</?(think|action|answer)>")
+_MAX_TAG = max(len(f"</{t}>") for t in TAGS)
+
+
+class TagFilter:
+    """Turns streamed model text into readable text, piece by piece.
+
+    ``<think>`` text passes through, ``<action>`` blocks are dropped (the click
+    they hold is shown once it is parsed), ``<answer>`` text is prefixed with
+    "answer: ". A tag split across two pieces is held back until it is complete.
+    """
+
+    def __init__(self) -> None:
+        self.inside: str | None = None
+        self.pending = ""
+        self.fresh = True  # nothing shown since the last opening tag: drop leading whitespace
+
+    def feed(self, text: str) -> str:
+        self.pending += text
+        out = []
+        while self.pending:
+            start = self.pending.find("<")
+            if start < 0:
+                out.append(self._emit(self.pending))
+                self.pending = ""
+                break
+            out.append(self._emit(self.pending[:start]))
+            self.pending = self.pending[start:]
+            match = _TAG.match(self.pending)
+            if match:
+                closing, name = match.group(0).startswith("</"), match.group(1)
+                self.inside = None if closing else name
+                self.pending = self.pending[match.end():]
+                self.fresh = True
+                if not closing and name == "answer":
+                    out.append("\n  answer: ")
+                continue
+            if len(self.pending) < _MAX_TAG and any(f"<{t}>".startswith(self.pending) or f"</{t}>".startswith(self.pending) for t in TAGS):
+                break  # maybe the start of a tag: wait for the next piece
+            out.append(self._emit(self.pending[0]))
+            self.pending = self.pending[1:]
+        return "".join(out)
+
+    def flush(self) -> str:
+        text, self.pending = self._emit(self.pending), ""
+        return text
+
+    def _emit(self, text: str) -> str:
+        if not text or self.inside == "action" or (self.inside is None and not text.strip()):
+            return ""
+        if self.fresh:
+            text = text.lstrip()
+            self.fresh = not text
+        return text if self.inside is None else text.replace("\n", " ")
+
+
+def click_words(click) -> str:
+    sign = "positive" if click.positive else "negative"
+    return f"{sign} click at row {click.row}, col {click.col}"
+
+
+def area_words(area: int, previous: int) -> str:
+    return f"mask {area:,} px ({area - previous:+,})"
+
+
+class Transcript:
+    """The readable and raw logs of one session."""
+
+    def __init__(self, on_append: Callable[[str, str], None] | None = None) -> None:
+        self.readable: list[str] = []
+        self.raw: list[str] = []
+        self.on_append = on_append or (lambda readable, raw: None)
+        self._filter = TagFilter()
+
+    def text(self, raw: bool = False) -> str:
+        return "".join(self.raw if raw else self.readable)
+
+    def add(self, readable: str, raw: str | None = None) -> None:
+        raw = readable if raw is None else raw
+        self.readable.append(readable)
+        self.raw.append(raw)
+        self.on_append(readable, raw)
+
+    def restore(self, readable: str, raw: str) -> None:
+        self.readable, self.raw = [readable], [raw]
+
+    # -- the agent's steps --------------------------------------------------------
+    def step_started(self, index: int) -> None:
+        self._filter = TagFilter()
+        self.add(f"\nStep {index} (agent)\n  ", f"\n[step {index}]\n")
+
+    def thought(self, text: str) -> None:
+        self.add(self._filter.feed(text), text)
+
+    def clicks(self, clicks) -> None:
+        tail = self._filter.flush()
+        self.add(tail + "".join(f"\n  → {click_words(c)}" for c in clicks), "")
+
+    def mask(self, area: int, previous: int) -> None:
+        self.add(f"; {area_words(area, previous)}\n", f"\n  [{area_words(area, previous)}]\n")
+
+    def answered(self, answer: str | None, not_present: bool) -> None:
+        tail = self._filter.flush()
+        if not_present:
+            self.add(tail + "\n  → the target is not there\n", "\n")
+        else:
+            self.add(tail + "\n", "\n")
+
+    # -- the person's steps and edits -----------------------------------------------
+    def user_click(self, index: int, click, area: int, previous: int) -> None:
+        line = f"\nStep {index} (you): {click_words(click)}; {area_words(area, previous)}\n"
+        self.add(line, line)
+
+    def user_edit(self, index: int, area: int, previous: int) -> None:
+        line = f"\nStep {index} (you): brush edit; {area_words(area, previous)}\n"
+        self.add(line, line)
+
+    def note(self, text: str) -> None:
+        line = f"\n{text}\n"
+        self.add(line, line)
