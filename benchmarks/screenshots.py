@@ -5,7 +5,7 @@ simulator with stardist's hand-drawn mask) stands in for a strong agent, with th
 bundled LiteMedSAM, on stardist's real fluorescence nuclei, to show the widget's
 controls. widget-brain.png: the Colin27 MRI opened through the napari-ibis reader
 (axial, anterior up, the patient's left on the right), the oracle with the AAL
-left hippocampus. widget-default-agent.png: the bundled default agent itself
+left thalamus. widget-default-agent.png: the bundled default agent itself
 (empty model field) on a held-out synthetic phantom.
 
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py
@@ -83,7 +83,7 @@ def main() -> None:
 
 
 def brain(out: Path, wait) -> None:
-    """Colin27 through the reader, the oracle asked for the left hippocampus (AAL 37)."""
+    """Colin27 through the reader, the oracle asked for the left thalamus (AAL 77)."""
     import napari
     import numpy as np
     from qtpy.QtWidgets import QApplication
@@ -100,17 +100,17 @@ def brain(out: Path, wait) -> None:
             viewer._add_layer_from_data(data, kwargs, kind)
     atlas = viewer.layers["aal"]
     atlas.visible = False
-    z = int(np.argmax((atlas.data == 37).sum(axis=(1, 2))))
+    z = int(np.argmax((atlas.data == 77).sum(axis=(1, 2))))
     viewer.dims.set_current_step(0, z)
     widget = IbisWidget(viewer)
     viewer.window.add_dock_widget(widget, name="IBIS agent", area="right")
-    widget.controller.models.provide("oracle (AAL atlas)", OraclePolicy(atlas.data[z] == 37, stop_iou=0.85))
+    widget.controller.models.provide("oracle (AAL atlas)", OraclePolicy(atlas.data[z] == 77, stop_iou=0.85))
     panel = widget.run_panel
     panel.image_combo.setCurrentText("ch2")
     panel.model_edit.setText("oracle (AAL atlas)")
     panel.segmenter_combo.setCurrentText("litemedsam")
-    panel.query_edit.setText("segment the left hippocampus")
-    panel.max_steps.setValue(8)
+    panel.query_edit.setText("segment the left thalamus")
+    panel.max_steps.setValue(12)
     widget.run()
     wait(lambda: not widget.running, 300)
     QApplication.instance().processEvents()

@@ -71,10 +71,9 @@ def scenario(name: str) -> dict:
     widget.run_panel.segmenter_combo.setCurrentText("litemedsam")
     widget.run_panel.query_edit.setText("segment the nucleus")
     widget.run_panel.max_steps.setValue(3)
-    ready = lambda: widget.warm_worker is None or not widget.warm_worker.is_running  # noqa: E731
     result: dict = {"scenario": name}
     if name == "open":
-        wait(ready)
+        wait(lambda: widget.ready)
         result["ready_after_s"] = time.perf_counter() - opened
         gaps = np.diff(ticks) * 1000
         result["largest_gui_stall_ms"] = float(gaps.max())
@@ -82,7 +81,7 @@ def scenario(name: str) -> dict:
         viewer.close()
         return result
     if name != "first-run-at-once":
-        wait(ready)
+        wait(lambda: widget.ready)
     if name == "steady":
         viewer.dims.set_current_step(0, 1)
         widget.run()

@@ -30,8 +30,13 @@ MASK_NAME = "IBIS mask"
 WORKING = (MASK_NAME, CLICKS_NAME)  # bottom to top
 POSITIVE_COLOR = "#22c55e"
 NEGATIVE_COLOR = "#ef4444"
-CLICK_SIZE = 8
+CLICK_SIZE = 8.0  # pixels, on a 512-pixel slice; scaled with the slice (see click_size)
 SAME_SPOT = 3.0  # clicks closer than this (pixels) share a spot
+
+
+def click_size(shape: tuple[int, ...]) -> float:
+    """The marker size for a slice: 1.5% of its longer side, between 3 and 14 pixels."""
+    return float(np.clip(0.015 * max(shape[-2:]), 3.0, 14.0))
 
 
 def spatial_ndim(layer) -> int:
@@ -65,13 +70,12 @@ def mask_colormap():
     return DirectLabelColormap(color_dict={None: (0.0, 0.0, 0.0, 0.0), 0: (0.0, 0.0, 0.0, 0.0), 1: green})
 
 
-def click_spots(clicks: Sequence[Click], steps: Sequence[int]) -> tuple[list[str], list[float], list[bool]]:
+def click_spots(clicks: Sequence[Click], steps: Sequence[int], size: float = CLICK_SIZE) -> tuple[list[str], list[float], list[bool]]:
     """For each click: its label text, its size, and whether it is drawn filled.
 
     The first click on a spot is a filled disc labelled with every step that
     clicked there ("1,3"); later ones are unlabelled, unfilled rings, each larger
     than the one before, so that all of them stay visible."""
-    texts, sizes, filled = [], [], []
     spots: list[tuple[int, int, list[int]]] = []  # (row, col, indices of the clicks there)
     for i, click in enumerate(clicks):
         for row, col, members in spots:
@@ -80,11 +84,11 @@ def click_spots(clicks: Sequence[Click], steps: Sequence[int]) -> tuple[list[str
                 break
         else:
             spots.append((click.row, click.col, [i]))
-    texts, sizes, filled = [""] * len(clicks), [float(CLICK_SIZE)] * len(clicks), [True] * len(clicks)
+    texts, sizes, filled = [""] * len(clicks), [size] * len(clicks), [True] * len(clicks)
     for _, _, members in spots:
-        texts[members[0]] = ",".join(str(steps[i]) for i in members)
+        texts[members[0]] = ",".join(str(s) for s in sorted({steps[i] for i in members}))
         for rank, i in enumerate(members[1:], start=1):
-            sizes[i] = CLICK_SIZE + 5.0 * rank
+            sizes[i] = size * (1 + 0.6 * rank)
             filled[i] = False
     return texts, sizes, filled
 
@@ -121,7 +125,7 @@ class SessionLayers:
             layer = self.viewer.add_points(
                 np.empty((0, len(self._shape()))),
                 name=CLICKS_NAME,
-                size=CLICK_SIZE,
+                size=click_size(self._shape()),
                 border_width=0.15,
                 features={"positive": np.zeros(0, bool), "source": np.array([], dtype=object),
                           "step": np.zeros(0, int), "label": np.array([], dtype=object)},
@@ -139,6 +143,19 @@ class SessionLayers:
             layer = self.viewer.add_labels(np.zeros(self._shape(), dtype=np.uint8), name=MASK_NAME, opacity=0.5,
                                            colormap=mask_colormap(), **self._geometry())
         return layer
+
+    def prepare(self, image_layer) -> None:
+        """Create the working layers for ``image_layer`` now, empty. The first Labels and
+        Points layers of a napari session, and their first drawing, cost 0.4-2 s on the
+        GUI thread (shader programs, glyphs; most on a software renderer): better when
+        the widget opens than after the person presses Run."""
+        self.bind(image_layer, ())
+        self.syncing = True
+        try:
+            self.mask_layer()
+            self.clicks_layer()
+        finally:
+            self.syncing = False
 
     def raise_working(self) -> None:
         """Keep the working layers above every other layer (e.g. a new export)."""
@@ -167,7 +184,7 @@ class SessionLayers:
 
     def _show_clicks(self, points, clicks: Sequence[Click], steps: Sequence[int]) -> None:
         coords = np.array([list(self.index) + [c.row, c.col] for c in clicks], dtype=float)
-        texts, sizes, filled = click_spots(clicks, steps)
+        texts, sizes, filled = click_spots(clicks, steps, click_size(self._shape()))
         points.data = coords.reshape(-1, len(self._shape()))
         points.features = {
             "positive": np.array([c.positive for c in clicks], dtype=bool),

@@ -65,8 +65,10 @@ def _preload_torch_libraries() -> None:
 
 
 def freeze_long_lived_objects() -> None:
-    """Collect once, then keep every object alive now out of later collections (see 3. above)."""
-    gc.collect()
+    """Keep every object alive now out of later collections (see 3. above). Only the young
+    generations are collected first: a full collection of napari's and torch's objects
+    holds the GIL for up to half a second."""
+    gc.collect(1)
     gc.freeze()
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import QSettings, Qt
+from qtpy.QtCore import QSettings, Qt, QTimer
 from qtpy.QtGui import QKeySequence, QTextCursor
 from qtpy.QtWidgets import QFileDialog, QMessageBox, QShortcut, QVBoxLayout, QWidget
 
@@ -29,7 +29,7 @@ from ._layers import (
     spatial_shape,
 )
 from ._panels import ResultPanel, RestoreBar, RunPanel, StepsPanel
-from ._runtime import MODEL_CACHE, ModelCache, hide_triton, import_model_libraries
+from ._runtime import MODEL_CACHE, ModelCache, freeze_long_lived_objects, hide_triton, import_model_libraries
 from .autosave import Autosave
 from .controller import Controller, RunSpec
 from .errors import IbisError
@@ -69,6 +69,7 @@ class IbisWidget(QWidget):
         self.changed()
         if warm_up:
             self.warm_up()
+            QTimer.singleShot(0, self.prepare_layers)
 
     # -- the view the controller talks to -------------------------------------------------
     def session_started(self, spec: RunSpec) -> None:
@@ -231,6 +232,13 @@ class IbisWidget(QWidget):
         self.worker = None
         self.controller.finish()
 
+    def prepare_layers(self) -> None:
+        """Make the working layers for the chosen image ahead of the first Run (see SessionLayers.prepare)."""
+        name = self.run_panel.image_combo.currentText()
+        if self.controller.session is None and name in self.viewer.layers:
+            self.layers.prepare(self.viewer.layers[name])
+            self._refresh_layer_choices()
+
     def warm_up(self) -> None:
         """Import the model libraries and load the chosen segmenter (and the bundled agent,
         when the model field is empty) in the background, so that the first Run is quick."""
@@ -252,6 +260,7 @@ class IbisWidget(QWidget):
             if bundled:
                 yield "Getting ready: loading the bundled agent…"
                 models.policy(None, device)
+            freeze_long_lived_objects()
             yield "Ready."
 
         def say(text: str) -> None:
@@ -264,8 +273,14 @@ class IbisWidget(QWidget):
         worker = create_worker(job, _progress={"desc": "IBIS agent: getting ready"})
         worker.yielded.connect(say)
         worker.errored.connect(failed)
+        worker.finished.connect(lambda: setattr(self, "warm_worker", None))
         self.warm_worker = worker
         worker.start()
+
+    @property
+    def ready(self) -> bool:
+        """Whether getting ready in the background is over (or was never asked for)."""
+        return self.warm_worker is None
 
     # -- actions ----------------------------------------------------------------------------
     def gather(self) -> RunSpec:
@@ -320,7 +335,7 @@ class IbisWidget(QWidget):
         """Let the agent go on from the current step (after undo, a user click or a stop)."""
         if self.running or self.controller.session is None:
             return
-        self._start(self.controller.continue_job)
+        self._start(self.controller.continue_job, self.run_panel.max_steps.value())
 
     def stop(self) -> None:
         self.controller.stop()

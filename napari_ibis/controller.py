@@ -151,7 +151,10 @@ class Controller:
         yield ("session", (session, spec, None))
         yield from self._events(session)
 
-    def continue_job(self) -> Iterator[tuple]:
+    def continue_job(self, max_steps: int | None = None) -> Iterator[tuple]:
+        """The agent goes on from the current step, for up to ``max_steps`` more steps."""
+        if max_steps is not None:
+            self.session.max_steps = max_steps
         yield from self._events(self.session)
 
     def click_job(self, row: int, col: int, positive: bool) -> Iterator[tuple]:

@@ -378,3 +378,20 @@ def test_deleting_the_working_layers_mid_run_does_not_crash(widget, qtbot):
     qtbot.waitUntil(lambda: not widget.running, timeout=20_000)
     assert widget.steps_panel.status.text().startswith("Finished: the agent answered")
     assert MASK_NAME in widget.viewer.layers  # recreated by the next update
+
+
+def test_the_widget_gets_ready_in_the_background_when_it_opens(make_widget, make_napari_viewer, qtbot, tmp_path):
+    from napari_ibis._layers import CLICKS_NAME, MASK_NAME
+    from napari_ibis._runtime import ModelCache
+    from napari_ibis._widget import IbisWidget
+    from napari_ibis.autosave import Autosave
+
+    viewer = make_napari_viewer()
+    viewer.add_image(disk_image(96)[0], name="scan")
+    models = ModelCache()
+    w = IbisWidget(viewer, warm_up=True, autosave=Autosave(tmp_path / "autosave"), models=models)
+    assert w.warm_worker is not None  # the constructor returned while loading goes on
+    qtbot.waitUntil(lambda: w.ready, timeout=120_000)
+    assert models.loaded(("segmenter", "litemedsam")) and models.loaded(("policy", None, "auto"))
+    qtbot.waitUntil(lambda: MASK_NAME in viewer.layers and CLICKS_NAME in viewer.layers, timeout=5_000)
+    assert w.steps_panel.status.text() in ("", "Ready.")
