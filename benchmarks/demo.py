@@ -6,12 +6,14 @@
 2. `napari-ibis eval --policy default` runs it on held-out phantoms (seeds from
    90000, never trained on) and on real images with real masks (stardist nuclei,
    Colin27/AAL brain slices), next to the click oracle driving the same segmenter
-   (what a perfect clicker gets in as many clicks).
-Manifests and reports go to benchmarks/out/.
+   (what a perfect clicker gets in as many clicks), and prints one table.
+Manifests and reports go to benchmarks/out/. Figures vary a little from run to run
+(LiteMedSAM's decoder runs in bfloat16 where the CPU has it; thread scheduling).
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -46,13 +48,30 @@ def main() -> None:
         "nuclei (real)": list(stardist_nuclei(count=8)),
         "brain (real)": list(colin27_aal(slices_per_label=1))[:6],
     }
+    rows = []
     for name, samples in sets.items():
         manifest = write_manifest(samples, out / name.split()[0])
         for policy in ("default", "oracle"):
             print(f"== {name}: {len(samples)} cases, policy {policy} ==", flush=True)
+            report = out / f"{name.split()[0]}-{policy}.json"
             subprocess.run(CLI + ["eval", str(manifest), "--policy", policy, "--segmenter", "litemedsam",
-                                  "--max-clicks", "8", "--json", str(out / f"{name.split()[0]}-{policy}.json"), "--force"],
-                           check=True)
+                                  "--max-clicks", "8", "--json", str(report), "--force"],
+                           check=True, stdout=subprocess.DEVNULL)
+            rows.append((name, len(samples), policy, json.loads(report.read_text())["summary"]))
+    print()
+    print(table(rows))
+    print(f"\nReports: {out}/*.json (per case: IoU after each click, steps, seconds).")
+
+
+def table(rows) -> str:
+    """The README's table: one line per set and policy."""
+    head = ["set", "cases", "policy", "mean IoU", "Dice", "NoC@85", "steps", "s/case"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, cases, policy, summary in rows:
+        who = "bundled agent" if policy == "default" else "oracle clicks"
+        lines.append(f"| {name} | {cases} | {who} | {summary['iou']:.3f} | {summary['dice']:.3f} | "
+                     f"{summary['noc@85']:.1f} | {summary['mean_steps']:.1f} | {summary['seconds_per_case']:.1f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

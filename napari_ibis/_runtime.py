@@ -92,11 +92,14 @@ def import_model_libraries(extra: tuple[str, ...] = ()) -> None:
         first = "torch" in names
         if first:
             _preload_torch_libraries()
+        from .segmenters.litemedsam import quiet_timm
+
         collecting = gc.isenabled()
         gc.disable()
         try:
-            for name in names:
-                importlib.import_module(name)
+            with quiet_timm():
+                for name in names:
+                    importlib.import_module(name)
         finally:
             if collecting:
                 gc.enable()

@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import IbisError, InputError
 
+DESCRIPTION = "Agentic, text-driven biomedical segmentation (IBISAgent): segment a slice, evaluate, train."
 EXIT_BAD_INPUT = 2
 
 
@@ -33,8 +34,11 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="napari-ibis", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="napari-ibis", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"napari-ibis {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     seg = commands.add_parser("segment", help="run the agent on one image slice")
     seg.add_argument("image", help="PNG/JPEG/TIFF/NIfTI/NRRD/DICOM/NPY file")
@@ -44,9 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--model", help="model folder or http(s)://HOST:PORT/v1 endpoint (default: the bundled agent)")
     seg.add_argument("--remote-model", default="ibis", help="model name on a remote endpoint (key from $IBIS_API_KEY)")
     seg.add_argument("--segmenter", default="litemedsam", help="litemedsam | classical | sam2:CHECKPOINT")
-    seg.add_argument("--profile", default="ibis-release", choices=["ibis-release", "paper"])
+    seg.add_argument("--profile", default="ibis-release", choices=["ibis-release", "paper"],
+                     help="prompts and action grammar: ibis-release (the released 7B weights; default) or paper")
     seg.add_argument("--history", action=argparse.BooleanOptionalAction, default=None, help="keep earlier turns (profile default)")
-    seg.add_argument("--max-steps", type=_positive_int, default=20)
+    seg.add_argument("--max-steps", type=_positive_int, default=20, help="the agent's turns at most (default 20)")
     seg.add_argument("--slice", type=_slice_arg, help="slice index of a volume (axis 0; two values for 4-D)")
     seg.add_argument("--window", help="intensity window: ct:LEVEL,WIDTH | percentile:LOW,HIGH | range:MIN,MAX")
     seg.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
@@ -54,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--trace", help="trajectory JSON; default next to --out")
     seg.add_argument("--force", action="store_true", help="overwrite existing output files")
     seg.add_argument("--quiet", action="store_true", help="print only the summary")
+    seg.add_argument("--raw", action="store_true", help="print the model's text as it wrote it (tags, 0-1 coordinates)")
 
     ev = commands.add_parser("eval", help="evaluate a policy and segmenter on a manifest JSONL")
     ev.add_argument("manifest")
@@ -66,8 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", dest="json_out", help="write the report here")
     ev.add_argument("--force", action="store_true")
     for name, entry in extra_commands().items():
-        extra = commands.add_parser(name, help=f"from {entry.value.split(':')[0]}: see napari-ibis {name} --help", add_help=False)
-        extra.add_argument("rest", nargs=argparse.REMAINDER)
+        commands.add_parser(name, help=f"{command_summary(entry)} (napari-ibis {name} --help)", add_help=False)
     return parser
 
 
@@ -79,6 +84,25 @@ def extra_commands() -> dict:
     return {entry.name: entry for entry in entry_points(group="napari_ibis.commands")}
 
 
+def command_summary(entry) -> str:
+    """The first line of the docstring of a subcommand's ``main``, read without importing it."""
+    import ast
+    import importlib.util
+
+    module, _, function = entry.value.partition(":")
+    try:
+        spec = importlib.util.find_spec(module)
+        tree = ast.parse(Path(spec.origin).read_text())
+    except (ImportError, AttributeError, TypeError, OSError, SyntaxError):
+        return ""
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == (function or "main"):
+            doc = ast.get_docstring(node) or ""
+            first = doc.strip().splitlines()[0].rstrip(".") if doc.strip() else ""
+            return first[:1].lower() + first[1:]
+    return ""
+
+
 # -- segment ---------------------------------------------------------------------------
 def _default_out(image: Path) -> Path:
     name = image.name[: -len(".nii.gz")] if image.name.lower().endswith(".nii.gz") else image.stem
@@ -87,18 +111,23 @@ def _default_out(image: Path) -> Path:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from . import io
-    from .policies import load_policy
-    from .segmenters import build_segmenter
-    from .session import ActionTaken, Answered, MaskUpdated, Session, StepStarted, Stopped, ThoughtDelta
+    from .overlay import parse_window
+    from .policies import check_model, load_policy
+    from .segmenters import build_segmenter, check_spec
+    from .session import Session, Stopped
+    from .transcript import Transcript, stop_words
 
     if not args.query.strip():
         raise InputError("the query is empty: say what to segment, e.g. --query 'segment the liver tumour'")
     image_path = Path(args.image)
     out = Path(args.out) if args.out else _default_out(image_path)
-    trace = Path(args.trace) if args.trace else out.with_name(out.name.split(".")[0] + ".ibis.json")
-    for path in (out, trace):
-        if path.exists() and not args.force:
-            raise InputError(f"{path} exists; pass --force to overwrite it")
+    trace = Path(args.trace) if args.trace else io.trace_path(out)
+    # everything that can be checked is checked before anything heavy is loaded
+    io.check_labels_path(out, args.force)
+    io.check_writable(trace, args.force)
+    parse_window(args.window)
+    check_spec(args.segmenter)
+    check_model(args.model)
     loaded = io.read_image(image_path, args.slice)
     init_mask = io.read_mask(args.init_mask, loaded, args.label) if args.init_mask else None
     segmenter = build_segmenter(args.segmenter, device=args.device)
@@ -107,32 +136,26 @@ def cmd_segment(args: argparse.Namespace) -> int:
         loaded.slice, args.query, policy, segmenter, profile=args.profile, max_steps=args.max_steps,
         use_history=args.history, init_mask=init_mask, window=args.window,
     )
-    say = (lambda *a, **k: None) if args.quiet else (lambda *a, **k: print(*a, **k, flush=True))
+    show = (lambda readable, raw: None) if args.quiet else (
+        lambda readable, raw: print(raw if args.raw else readable, end="", flush=True))
+    transcript = Transcript(show)
     stop = None
     for event in session.run():
-        if isinstance(event, StepStarted):
-            say(f"\n[step {event.index}] ", end="")
-        elif isinstance(event, ThoughtDelta):
-            say(event.text, end="")
-        elif isinstance(event, ActionTaken):
-            clicks = ", ".join(f"{'+' if c.positive else '-'}({c.row}, {c.col})" for c in event.clicks)
-            say(f"\n  -> clicks {clicks}", end="")
-        elif isinstance(event, MaskUpdated):
-            say(f"; mask {event.step.area} px, IoU to previous {event.step.iou_prev:.3f}")
-        elif isinstance(event, Answered):
-            say(f"\n  -> answer: {event.step.answer or ''}")
-        elif isinstance(event, Stopped):
+        transcript.follow(event, session)
+        if isinstance(event, Stopped):
             stop = event
     session.accept()
     record = session.trajectory()
     record["image"] = {"path": str(image_path), "slice": list(loaded.slice_index), "shape": list(loaded.data.shape)}
+    if loaded.meta.get("geometry") is not None:
+        record["image"]["geometry"] = loaded.meta["geometry"].describe()
     record["init_mask"] = str(args.init_mask) if args.init_mask else None
     io.write_labels(out, session.mask, loaded, force=args.force)
     io.write_json(trace, record, force=args.force)
-    print(
-        f"stopped: {stop.reason}{' (' + stop.message + ')' if stop and stop.message else ''}; "
-        f"{len(session.steps)} steps, mask {session.current.area} px -> {out} (trace {trace})"
-    )
+    if not args.quiet:
+        print()
+    print(stop_words(stop, session) if stop else "Stopped.")
+    print(f"{len(session.steps)} steps, mask {session.current.area:,} px -> {out} (trajectory {trace})")
     return 0
 
 
@@ -246,10 +269,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if args.command not in ("segment", "eval"):
-            return int(extra_commands()[args.command].load()(args.rest) or 0)
+        extra = extra_commands().get(argv[0]) if argv else None
+        if extra is not None:  # its own parser, so that `napari-ibis sft --help` is that command's help
+            return int(extra.load()(argv[1:]) or 0)
+        args = build_parser().parse_args(argv)
         return {"segment": cmd_segment, "eval": cmd_eval}[args.command](args)
     except IbisError as exc:
         print(f"napari-ibis: error: {exc}", file=sys.stderr)

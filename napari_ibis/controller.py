@@ -29,8 +29,11 @@ from ._runtime import MODEL_CACHE, ModelCache, freeze_long_lived_objects
 from .autosave import Autosave, Entry, restore_into, slice_key
 from .errors import IbisError, InputError
 from .geometry import Geometry
-from .session import ActionTaken, Answered, MaskUpdated, Session, StepStarted, Stopped, ThoughtDelta
-from .transcript import Transcript
+from .io import trace_path
+from .session import ActionTaken, Answered, MaskUpdated, Session, StepStarted, Stopped
+from .transcript import Transcript, stop_words
+
+__all__ = ["Controller", "RunSpec"]
 
 
 @dataclass
@@ -56,33 +59,6 @@ class RunSpec:
         return {"layer": self.layer, "slice_index": list(self.index), "layer_shape": list(self.layer_shape),
                 "model": self.model, "segmenter": self.segmenter, "profile": self.profile,
                 "max_steps": self.max_steps, "history": self.history, "device": self.device}
-
-
-def stop_words(stop: Stopped, session: Session) -> str:
-    """The status line after a run, in plain words."""
-    current = session.current
-    shown = f"step {session.cursor} ({current.area:,} px) is shown"
-    if stop.reason == "answered":
-        return f"Finished: the agent answered at step {session.cursor} ({current.area:,} px). Accept, correct or export it."
-    if stop.reason == "not_present":
-        return "Finished: the agent says the target is not in this slice."
-    if stop.reason == "finished":
-        return f"Finished: {stop.message}."
-    if stop.reason == "max_steps":
-        return f"Stopped after {session.max_steps} steps without an answer; {shown}. Continue, correct or export it."
-    if stop.reason == "repeated":
-        return f"Stopped: the agent made the same click three times; {shown}."
-    if stop.reason == "unparsable":
-        return f"Stopped: the model's reply could not be read ({stop.message}); {shown}."
-    if stop.reason == "cancelled":
-        return f"Stopped by you; {shown}."
-    return f"Stopped by an error: {stop.message}"
-
-
-def trace_path(labels_path: str | Path) -> Path:
-    """The trajectory file that goes with a labels file: ``NAME.ibis.json`` beside it."""
-    path = Path(labels_path)
-    return path.with_name(path.name.split(".")[0] + ".ibis.json")
 
 
 class Controller:
@@ -229,28 +205,16 @@ class Controller:
         self._autosave()
 
     def _on_event(self, event) -> None:
-        session = self.session
+        self.transcript.follow(event, self.session)
         if isinstance(event, StepStarted):
-            self.transcript.step_started(event.index)
             self.set_status(f"Step {event.index}: the agent is thinking…")
-        elif isinstance(event, ThoughtDelta):
-            self.transcript.thought(event.text)
         elif isinstance(event, ActionTaken):
-            self.transcript.clicks(event.clicks)
             self.set_status(f"Step {event.index}: segmenting…")
-        elif isinstance(event, MaskUpdated):
-            step = event.step
-            self.transcript.mask(step.area, session.step_at(step.index - 1).area)
-            self.view.show_step(step)
-            self._autosave()
-        elif isinstance(event, Answered):
-            self.transcript.answered(event.step.answer, event.step.not_present)
+        elif isinstance(event, (MaskUpdated, Answered)):
             self.view.show_step(event.step)
             self._autosave()
         elif isinstance(event, Stopped):
-            if not event.finished:
-                self.transcript.note(f"Stopped ({event.reason}): {event.message}" if event.message else f"Stopped ({event.reason})")
-            self.set_status(stop_words(event, session))
+            self.set_status(stop_words(event, self.session))
             self._autosave()
 
     # -- timeline edits (GUI thread) -------------------------------------------------------

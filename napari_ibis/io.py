@@ -279,6 +279,12 @@ def _publish(temporary: Path, path: Path) -> None:
     os.replace(temporary, path)
 
 
+def trace_path(labels_path: str | Path) -> Path:
+    """The trajectory file that goes with a labels file: ``NAME.ibis.json`` beside it."""
+    path = Path(labels_path)
+    return path.with_name(path.name.split(".")[0] + ".ibis.json")
+
+
 def write_json(path: str | Path, record: dict, force: bool = False) -> Path:
     """Write a JSON record atomically (never half a file)."""
     path = Path(path)

@@ -133,3 +133,46 @@ class Transcript:
     def note(self, text: str) -> None:
         line = f"\n{text}\n"
         self.add(line, line)
+
+    # -- a run's events ------------------------------------------------------------------
+    def follow(self, event, session) -> None:
+        """Add what one event of :meth:`Session.run` means to both logs."""
+        from .session import ActionTaken, Answered, MaskUpdated, StepStarted, Stopped, ThoughtDelta
+
+        if isinstance(event, StepStarted):
+            self.step_started(event.index)
+        elif isinstance(event, ThoughtDelta):
+            self.thought(event.text)
+        elif isinstance(event, ActionTaken):
+            self.clicks(event.clicks)
+        elif isinstance(event, MaskUpdated):
+            self.mask(event.step.area, session.step_at(event.step.index - 1).area)
+        elif isinstance(event, Answered):
+            self.answered(event.step.answer, event.step.not_present)
+        elif isinstance(event, Stopped) and event.reason == "finished":
+            tail = self._filter.flush()
+            self.add(tail + "\n  → the same click again: it would not change the mask, so the run ends here\n", "\n")
+        elif isinstance(event, Stopped) and not event.finished:
+            self.note(f"Stopped ({event.reason}): {event.message}" if event.message else f"Stopped ({event.reason})")
+
+
+def stop_words(stop, session) -> str:
+    """The status line after a run, in plain words."""
+    current = session.current
+    shown = f"step {session.cursor} ({current.area:,} px) is shown"
+    if stop.reason == "answered":
+        return f"Finished: the agent answered at step {session.cursor} ({current.area:,} px). Accept, correct or export it."
+    if stop.reason == "not_present":
+        return "Finished: the agent says the target is not in this slice."
+    if stop.reason == "finished":
+        return f"Finished: {stop.message}."
+    if stop.reason == "max_steps":
+        steps = f"{session.max_steps} step{'s' if session.max_steps != 1 else ''}"
+        return f"Stopped after {steps} without an answer; {shown}. Continue, correct or export it."
+    if stop.reason == "repeated":
+        return f"Stopped: the agent made the same click three times; {shown}."
+    if stop.reason == "unparsable":
+        return f"Stopped: the model's reply could not be read ({stop.message}); {shown}."
+    if stop.reason == "cancelled":
+        return f"Stopped by you; {shown}."
+    return f"Stopped by an error: {stop.message}"

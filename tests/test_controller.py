@@ -9,7 +9,8 @@ import pytest
 from conftest import TERMINATE, ScriptedPolicy, disk_image, point
 from napari_ibis._runtime import ModelCache
 from napari_ibis.autosave import Autosave
-from napari_ibis.controller import Controller, RunSpec, trace_path
+from napari_ibis.controller import Controller, RunSpec
+from napari_ibis.io import trace_path
 
 
 class RecordingView:

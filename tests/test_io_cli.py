@@ -101,22 +101,82 @@ def run_cli(capsys, *args):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["segment", "{d}/missing.png", "--query", "q", "--model", "{d}"], "image not found"),
-        (["segment", "{d}/corrupt.png", "--query", "q", "--model", "{d}"], "cannot read corrupt.png"),
-        (["segment", "{d}/img.png", "--query", " ", "--model", "{d}"], "query is empty"),
-        (["segment", "{d}/nan.npy", "--query", "q", "--model", "{d}"], "NaN"),
-        (["segment", "{d}/tiny.npy", "--query", "q", "--model", "{d}"], "at least 8x8"),
-        (["segment", "{d}/four_d.npy", "--query", "q", "--model", "{d}"], "pick a slice with --slice"),
-        (["segment", "{d}/img.png", "--query", "q", "--init-mask", "{d}/tiny.npy", "--model", "{d}"], "image slice is"),
+        (["segment", "{d}/missing.png", "--query", "q", "--model", "{m}"], "image not found"),
+        (["segment", "{d}/corrupt.png", "--query", "q", "--model", "{m}"], "cannot read corrupt.png"),
+        (["segment", "{d}/img.png", "--query", " ", "--model", "{m}"], "query is empty"),
+        (["segment", "{d}/nan.npy", "--query", "q", "--model", "{m}"], "NaN"),
+        (["segment", "{d}/tiny.npy", "--query", "q", "--model", "{m}"], "at least 8x8"),
+        (["segment", "{d}/four_d.npy", "--query", "q", "--model", "{m}"], "pick a slice with --slice"),
+        (["segment", "{d}/img.png", "--query", "q", "--init-mask", "{d}/tiny.npy", "--model", "{m}"], "image slice is"),
         (["segment", "{d}/img.png", "--query", "q", "--model", "{d}"], "no config.json"),
-        (["segment", "{d}/img.png", "--query", "q", "--model", "{d}", "--segmenter", "sam2:{d}/img.png"], "as a SAM 2 checkpoint"),
+        (["segment", "{d}/img.png", "--query", "q", "--model", "{m}", "--segmenter", "sam2:{d}/img.png"], "as a SAM 2 checkpoint"),
         (["eval", "{d}/missing.jsonl"], "manifest not found"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_code_2(files, capsys, args, message):
-    code, _, err = run_cli(capsys, *[a.replace("{d}", str(files)) for a in args])
+def test_bad_input_is_one_line_and_exit_code_2(files, capsys, tiny_vlm_folder, args, message):
+    code, _, err = run_cli(capsys, *[a.replace("{d}", str(files)).replace("{m}", str(tiny_vlm_folder)) for a in args])
     assert code == 2 and err.startswith("napari-ibis: error: ") and message in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--out", "{d}/result.xyz"], "cannot write labels as '.xyz'"),
+        (["--out", "{d}/no/such/folder/result.tif"], "does not exist"),
+        (["--model", "/nonexistent/model"], "model folder not found"),
+        (["--window", "ct:abc"], "cannot read the window"),
+        (["--segmenter", "nnunet"], "unknown segmenter"),
+        (["--slice", "3"], "--slice does not apply"),
+        (["--out", "{d}/mask.png"], "exists; pass --force"),
+    ],
+)
+def test_options_are_checked_before_anything_heavy_loads(files, capsys, monkeypatch, args, message):
+    import napari_ibis.policies as policies
+    import napari_ibis.segmenters as segmenters
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("a model was loaded before the options were checked")
+
+    monkeypatch.setattr(policies, "load_policy", never)
+    monkeypatch.setattr(segmenters, "build_segmenter", never)
+    code, _, err = run_cli(capsys, "segment", files / "img.png", "--query", "q",
+                           *[a.replace("{d}", str(files)) for a in args])
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_written_files_get_the_mode_the_umask_gives(files):
+    import os
+
+    mask = np.zeros((48, 48), bool)
+    mask[3:9, 3:9] = True
+    previous = os.umask(0o022)
+    try:
+        labels = io.write_labels(files / "shared.tif", mask)
+        record = io.write_json(files / "shared.ibis.json", {"a": 1})
+    finally:
+        os.umask(previous)
+    assert oct(labels.stat().st_mode & 0o777) == oct(0o644) and oct(record.stat().st_mode & 0o777) == oct(0o644)
+
+
+def test_help_version_and_every_subcommands_help_work(capsys):
+    from napari_ibis.cli import extra_commands
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    top = capsys.readouterr().out
+    assert done.value.code == 0 and "``" not in top and "from training" not in top
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("napari-ibis 0.")
+    with pytest.raises(SystemExit):
+        main(["segment", "--help"])
+    segment = capsys.readouterr().out
+    assert "the agent's turns at most" in segment and "ibis-release (the released" in segment
+    for name in extra_commands():
+        with pytest.raises(SystemExit) as done:
+            main([name, "--help"])
+        assert done.value.code == 0 and f"napari-ibis {name}" in capsys.readouterr().out
 
 
 def test_a_missing_default_agent_is_one_clear_line(files, capsys, monkeypatch):
@@ -131,7 +191,7 @@ def test_segment_writes_labels_and_trace_with_a_model_folder(files, capsys, tiny
     out, trace = files / "out.tif", files / "trace.json"
     code, stdout, _ = run_cli(capsys, "segment", files / "img.png", "--query", "segment the disk", "--model",
                               tiny_vlm_folder, "--segmenter", "classical", "--max-steps", "2", "--out", out, "--trace", trace)
-    assert code == 0 and "stopped:" in stdout
+    assert code == 0 and "steps, mask" in stdout.splitlines()[-1] and "<think>" not in stdout
     assert tifffile.imread(out).shape == (48, 48)
     record = json.loads(trace.read_text())
     assert record["query"] == "segment the disk" and record["policy"]["model_type"] == "qwen3_vl"
@@ -180,8 +240,9 @@ def test_a_normal_install_carries_the_manifest_and_the_resources(tmp_path):
                     ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "benchmarks", "docs", "__pycache__"))
     root = source
     wheels, target = tmp_path / "wheels", tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(root)],
-                   check=True, capture_output=True)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(root)],
+                           check=True, capture_output=True, text=True)
+    assert "BuildBackendWarning" not in built.stdout + built.stderr  # every data folder is declared
     (wheel,) = wheels.glob("*.whl")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
                    check=True, capture_output=True)
@@ -193,6 +254,8 @@ def test_a_normal_install_carries_the_manifest_and_the_resources(tmp_path):
     assert str(target) in result.stdout and "You are a precise" in result.stdout
     assert (target / "napari_ibis" / "napari.yaml").is_file()
     assert (target / "napari_ibis" / "resources" / "prompts" / "ibis-release" / "LICENSE").is_file()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json"):
+        assert (target / "napari_ibis" / "resources" / "models" / "default" / name).is_file()  # the bundled agent
 
 
 def test_eval_runs_a_model_policy_with_the_manifest_query(files, capsys, tiny_vlm_folder):

@@ -145,7 +145,9 @@ def paired_difference(ious: list[float], baseline: list[float]) -> dict:
 
 
 def main(argv=None) -> int:
-    """``napari-ibis evaluate CONFIG``: a model folder on held-out cases -> JSON summary."""
+    """Evaluate a model folder on held-out training-style cases from a config, with a JSON summary.
+
+    ``napari-ibis evaluate CONFIG``."""
     import argparse
 
     from tqdm import tqdm

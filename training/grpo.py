@@ -517,7 +517,9 @@ def _tensorboard(output: Path):
 
 
 def main(argv=None) -> int:
-    """``napari-ibis grpo CONFIG``: GRPO from a model folder -> a model folder."""
+    """Reinforcement learning (GRPO with the paper's rewards) from a model folder to a new one.
+
+    ``napari-ibis grpo CONFIG``."""
     import argparse
 
     from .config_file import load_config

@@ -236,6 +236,9 @@ def card_markdown(card: dict, folder: Path) -> str:
 
 
 def main(argv=None) -> int:
+    """Run a whole training recipe (data, SFT, DAgger, GRPO, evaluation) from one config.
+
+    ``napari-ibis pipeline CONFIG``."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="napari-ibis pipeline")

@@ -422,7 +422,9 @@ def _stream_corpus(config: SFTConfig, count: int = 4000) -> list[RenderedSample]
 
 
 def main(argv=None) -> int:
-    """``napari-ibis sft CONFIG`` (or ``python -m training.sft CONFIG``): SFT -> model folder.
+    """Supervised fine-tuning on chat samples, from a model folder (or a new small one) to a model folder.
+
+    ``napari-ibis sft CONFIG`` (or ``python -m training.sft CONFIG``).
 
     Keys: those of :class:`SFTConfig`. ``data`` names a dataset folder made by
     ``napari-ibis data build`` (or ``data dagger``), or a list of them; without it one is built first in ``OUTPUT/data``

@@ -219,7 +219,9 @@ def build(config: dict, progress=None) -> Path:
 
 
 def main(argv=None) -> int:
-    """``napari-ibis data build CONFIG``, ``napari-ibis data dagger CONFIG`` (:mod:`training.dagger`)
+    """Make training data: chat samples of simulated trajectories (build), of a model's own states (dagger), exports.
+
+    ``napari-ibis data build CONFIG``, ``napari-ibis data dagger CONFIG`` (:mod:`training.dagger`)
     and ``napari-ibis data export FOLDER OUT``."""
     import argparse
 

@@ -9,7 +9,7 @@ from .._resources import resource_path
 from ..errors import ModelError
 from .base import Policy, PolicyRequest
 
-__all__ = ["Policy", "PolicyRequest", "default_model_folder", "load_policy"]
+__all__ = ["Policy", "PolicyRequest", "check_model", "default_model_folder", "load_policy"]
 
 DEFAULT_MODEL = ("models", "default")
 
@@ -26,6 +26,17 @@ def default_model_folder() -> Path:
     return folder
 
 
+def check_model(model: str | Path | None) -> None:
+    """Refuse at once, before anything heavy loads, a model that cannot be loaded: a missing
+    folder, one without config, weights or processor, an unsupported model type."""
+    text = str(model) if model is not None else ""
+    if text.startswith(("http://", "https://")):
+        return
+    from .vlm import inspect_model_folder
+
+    inspect_model_folder(Path(text) if text else default_model_folder())
+
+
 def load_policy(model: str | Path | None, device: str = "auto", remote_model: str = "ibis", max_new_tokens: int = 512) -> Policy:
     """A policy for ``--model``: a local folder, an ``http(s)://`` endpoint, or ``None`` for the default."""
     text = str(model) if model is not None else ""
@@ -35,7 +46,5 @@ def load_policy(model: str | Path | None, device: str = "auto", remote_model: st
         return RemotePolicy(text, model=remote_model)
     from .vlm import VLMPolicy
 
-    folder = Path(text) if text else default_model_folder()
-    if not folder.exists():
-        raise ModelError(f"model folder not found: {folder}")
-    return VLMPolicy(folder, device=device, max_new_tokens=max_new_tokens)
+    check_model(model)
+    return VLMPolicy(Path(text) if text else default_model_folder(), device=device, max_new_tokens=max_new_tokens)

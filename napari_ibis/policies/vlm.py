@@ -98,6 +98,21 @@ def inspect_model_folder(folder: str | Path) -> str:
     return model_type
 
 
+@contextlib.contextmanager
+def quiet_loading():
+    """No "Loading weights" progress bar on stderr while a folder loads (it is not the user's
+    business); transformers' setting is put back afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 class _CancelCriteria:
     """A ``StoppingCriteria`` that ends generation once ``cancel`` is set."""
 
@@ -134,13 +149,14 @@ class VLMPolicy(Policy):
             self.processor = transformers.AutoProcessor.from_pretrained(
                 self.folder, local_files_only=True, trust_remote_code=False
             )
-            self.model = model_class.from_pretrained(
-                self.folder,
-                local_files_only=True,
-                trust_remote_code=False,
-                dtype=pick_dtype(self.device, dtype),
-                attn_implementation=attn_implementation,
-            ).to(self.device)
+            with quiet_loading():
+                self.model = model_class.from_pretrained(
+                    self.folder,
+                    local_files_only=True,
+                    trust_remote_code=False,
+                    dtype=pick_dtype(self.device, dtype),
+                    attn_implementation=attn_implementation,
+                ).to(self.device)
         except (OSError, ValueError, KeyError) as exc:
             raise ModelError(f"cannot load {self.folder.name}: {str(exc).splitlines()[0]}") from None
         self.model.eval()

