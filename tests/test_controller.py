@@ -90,7 +90,7 @@ def test_the_persons_steps_and_edits_are_in_the_transcript_and_the_status_follow
     controller, models, view, spec, drive, _ = setup
     models.provide("scripted", ScriptedPolicy([point(True, *INSIDE), TERMINATE]))
     drive(controller.new_session_job(spec(max_steps=1)))
-    assert controller.status.startswith("Stopped after 1 steps")
+    assert controller.status.startswith("Stopped after 1 step without an answer")
     drive(controller.click_job(5, 5, False))
     assert "Step 2 (you): negative click at row 5, col 5" in controller.transcript.text()
     assert controller.status.startswith("Your click is step 2")
