@@ -4,7 +4,7 @@ Cases: synthetic phantoms of seeds 90000-90059 (never used by any training confi
 about 10% ask for a structure that is absent), the evaluation side of the Colin27/AAL
 slices and of stardist's nuclei (real). Each model folder runs through the real
 Session with greedy decoding, the classical segmenter (the one its data was made
-with) and at most 8 steps; see training/evaluate.py for the metrics.
+with) and at most 8 steps; see training/evaluation/benchmark.py for the metrics.
 
     python benchmarks/agents.py                       # every model below that exists
     python benchmarks/agents.py --only SFT --threads 1  # one entry (two can run side by side)
@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from training.evaluate import CASE_KEYS, EvalConfig, case_ious, cases, evaluate, paired_difference
+from training.evaluation.benchmark import CASE_KEYS, EvalConfig, case_ious, cases, evaluate, paired_difference
 
 MODELS = {
     "untrained (random init)": "runs/default/init",
@@ -128,7 +128,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--limit", type=int, default=None, help="cases per set (default: all)")
     parser.add_argument("--from-eval", metavar="JSON",
-                        help="take the --only model's figures from a `napari-ibis evaluate` output of the same cases")
+                        help="take the --only model's figures from a `napari-ibis benchmark` output of the same cases")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = EvalConfig(model="", output="", real=["aal", "nuclei"], limit=args.limit)

@@ -36,14 +36,14 @@ def placement(folder: str | Path, limit: int | None = None) -> dict:
     from napari_ibis.metrics import iou
     from napari_ibis.policies.vlm import VLMPolicy
     from napari_ibis.segmenters import build_segmenter
-    from training import text
-    from training.evaluate import EvalConfig, cases
-    from training.rollout import rollout
+    from training.data import text
+    from training.evaluation.benchmark import EvalConfig, cases
+    from training.rl.rollout import rollout
 
     samples = [s for s in cases(EvalConfig(model="", output="", real=[]))["phantoms (synthetic)"] if s.mask.any()]
     samples = samples[:limit]
     policy, segmenter = VLMPolicy(folder, max_new_tokens=200), build_segmenter("classical")
-    rng = np.random.default_rng(0)  # the queries of training/evaluate.py's order
+    rng = np.random.default_rng(0)  # the queries of training/evaluation/benchmark.py's order
     counts, stops, finals = Counter(), Counter(), []
     started = time.perf_counter()
     for sample in samples:

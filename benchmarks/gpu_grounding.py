@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from training.config_file import read_config  # noqa: E402
-from training.sft import SFTConfig, train  # noqa: E402
+from training.config import read_config  # noqa: E402
+from training.sft.train import SFTConfig, train  # noqa: E402
 
 
 def main() -> None:

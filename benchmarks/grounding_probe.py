@@ -44,9 +44,9 @@ PROBE_SEEDS = (90000, 90080)  # more cases for the probes, which need no generat
 def click_figures(model, processor, folder: Path) -> dict:
     import torch
 
-    from training.phantoms import phantom_samples
-    from training.sft import first_click_hits
-    from training.target_map import make_head
+    from training.data.sources import phantom_samples
+    from training.sft.train import first_click_hits
+    from training.sft.target_map import make_head
 
     samples = list(phantom_samples(range(*CLICK_SEEDS)))
     probe = None
@@ -66,10 +66,11 @@ def click_figures(model, processor, folder: Path) -> dict:
 def look_and_write_figures(model, processor) -> dict:
     import torch
 
-    from training.phantoms import phantom_samples
-    from training.sft import encode, render
-    from training.target_map import BATCH_KEYS, centre, token_positions
-    from training.trajectories import first_move
+    from training.data.sources import phantom_samples
+    from training.sft.encoding import encode
+    from training.samples import render
+    from training.sft.target_map import BATCH_KEYS, centre, token_positions
+    from training.data.trajectories import first_move
 
     rng = np.random.default_rng(0)
     image_token = model.config.image_token_id

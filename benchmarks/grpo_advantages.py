@@ -9,7 +9,7 @@ error, a click elsewhere, unreadable), how often it was sampled, its mean group
 advantage and its mean reward terms; writes JSON. A kind with a positive mean
 advantage is what the update pushes towards.
 
-    python benchmarks/grpo_advantages.py training/configs/grpo-continued-after-dagger-r2.yaml --questions 16
+    python benchmarks/grpo_advantages.py training/experiments/grpo-continued-after-dagger-r2.yaml --questions 16
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from training.config_file import read_config  # noqa: E402
-from training.grpo import GRPOConfig, Questions, group_advantages, play, score  # noqa: E402
-from training.rewards import RewardConfig, parse_or_none, placement_reward  # noqa: E402
-from training.rollout import SamplingPolicy  # noqa: E402
+from training.config import read_config  # noqa: E402
+from training.rl.grpo import GRPOConfig, Questions, group_advantages, play, score  # noqa: E402
+from training.rl.rewards import RewardConfig, parse_or_none, placement_reward  # noqa: E402
+from training.rl.rollout import SamplingPolicy  # noqa: E402
 
 TERMS = ("total", "format", "answer", "placement", "progress", "length")
 

@@ -13,7 +13,7 @@ scores them with the config's rewards. Then:
   how far each trained reply's log-probability moved, its correlation with the
   reply's advantage, and the per-token KL between the policies before and after.
 
-    python benchmarks/grpo_step.py training/configs/grpo-one-question-clicks-after-dagger-r2.yaml \\
+    python benchmarks/grpo_step.py training/experiments/grpo-one-question-clicks-after-dagger-r2.yaml \\
         --learning-rates 1e-4 1e-5 1e-6 --threads 1
 """
 
@@ -31,12 +31,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from training.config_file import load_config  # noqa: E402
-from training.grpo import (GRPOConfig, Questions, coordinate_labels, coordinate_token_ids, policy_change,  # noqa: E402
-                           policy_loss, score, token_log_probs, trained_rollouts)
-from training.rewards import RewardConfig  # noqa: E402
-from training.rollout import SamplingPolicy, first_turn, rollout, training_samples  # noqa: E402
-from training.sft import _as_pil, collate, encode  # noqa: E402
+from training.config import load_config  # noqa: E402
+from training.rl.grpo import (GRPOConfig, Questions, coordinate_labels, coordinate_token_ids,  # noqa: E402
+                              policy_change, policy_loss, score, token_log_probs, trained_rollouts)
+from training.rl.rewards import RewardConfig  # noqa: E402
+from training.rl.rollout import SamplingPolicy, first_turn, rollout, training_samples  # noqa: E402
+from training.samples import pil_messages  # noqa: E402
+from training.sft.encoding import collate, encode  # noqa: E402
 
 
 class RecordingSampler(SamplingPolicy):
@@ -45,7 +46,7 @@ class RecordingSampler(SamplingPolicy):
     def respond(self, request, on_text=None, cancel=None) -> str:
         import torch
 
-        inputs = self.processor.apply_chat_template(_as_pil(request.messages), add_generation_prompt=True, tokenize=True,
+        inputs = self.processor.apply_chat_template(pil_messages(request.messages), add_generation_prompt=True, tokenize=True,
                                                     return_dict=True, return_tensors="pt").to(self.model.device)
         with torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=True,

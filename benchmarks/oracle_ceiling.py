@@ -29,7 +29,7 @@ from napari_ibis.evaluation import simulate_clicks  # noqa: E402
 from napari_ibis.metrics import miou_at  # noqa: E402
 from napari_ibis.overlay import to_rgb8  # noqa: E402
 from napari_ibis.segmenters import build_segmenter  # noqa: E402
-from training.evaluate import EvalConfig, cases  # noqa: E402
+from training.evaluation.benchmark import EvalConfig, cases  # noqa: E402
 
 MAX_CLICKS = 8
 TRAINING_STOP = 0.8  # data-stop08.yaml: the shipped agent's trajectories end at this IoU

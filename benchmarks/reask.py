@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from napari_ibis.policies.base import Policy, PolicyRequest  # noqa: E402
-from training.evaluate import EvalConfig, cases, evaluate, paired_difference  # noqa: E402
-from training.rewards import parse_or_none  # noqa: E402
+from training.evaluation.benchmark import EvalConfig, cases, evaluate, paired_difference  # noqa: E402
+from training.rl.rewards import parse_or_none  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "reask.json"
 SET = "phantoms (synthetic)"

@@ -124,7 +124,7 @@ def default_agent(out: Path, wait) -> None:
     import napari
 
     from napari_ibis._widget import IbisWidget
-    from training.phantoms import phantom
+    from napari_ibis.phantoms import phantom
 
     example = phantom(90003)
     target = max(example.masks, key=lambda name: example.masks[name].sum())

@@ -27,7 +27,7 @@ from napari_ibis.evaluation import simulate_clicks  # noqa: E402
 from napari_ibis.metrics import click_summary  # noqa: E402
 from napari_ibis.overlay import to_rgb8  # noqa: E402
 from napari_ibis.segmenters import build_segmenter  # noqa: E402
-from training.datasets import colin27_aal, stardist_nuclei  # noqa: E402
+from training.data.sources import colin27_aal, stardist_nuclei  # noqa: E402
 
 
 def main() -> None:

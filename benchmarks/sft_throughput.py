@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from training.storage import build, read_dataset
-from training.tiny import TinyConfig, build_tiny_vlm
+from training.data.storage import build, read_dataset
+from training.sft.tiny import TinyConfig, build_tiny_vlm
 
 
 def _free_port() -> int:

@@ -34,8 +34,8 @@ from napari_ibis.policies.vlm import VLMPolicy  # noqa: E402
 from napari_ibis.protocol import PROFILES  # noqa: E402
 from napari_ibis.segmenters import build_segmenter  # noqa: E402
 from napari_ibis.session import MaskUpdated, Session, StepStarted  # noqa: E402
-from training.datasets import stardist_nuclei  # noqa: E402
-from training.tiny import TinyConfig, build_tiny_vlm  # noqa: E402
+from training.data.sources import stardist_nuclei  # noqa: E402
+from training.sft.tiny import TinyConfig, build_tiny_vlm  # noqa: E402
 
 
 class Replay(Policy):

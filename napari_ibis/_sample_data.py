@@ -47,7 +47,7 @@ def phantom():
     """A synthetic CT-like phantom with named organs and a lesion (exact masks as labels)."""
     import numpy as np
 
-    from training.phantoms import phantom as make_phantom
+    from .phantoms import phantom as make_phantom
 
     ph = make_phantom(0, size=256, modality="CT")
     labels = np.zeros(ph.image.shape, np.uint8)

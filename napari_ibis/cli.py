@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--quiet", action="store_true", help="print only the summary")
     seg.add_argument("--raw", action="store_true", help="print the model's text as it wrote it (tags, 0-1 coordinates)")
 
-    ev = commands.add_parser("eval", help="evaluate a policy and segmenter on a manifest JSONL")
+    ev = commands.add_parser("eval", help="measure a policy and segmenter on the cases of a manifest JSONL (IoU, Dice, NoC)")
     ev.add_argument("manifest")
     ev.add_argument("--policy", default="oracle", help="oracle | model:DIR | default")
     ev.add_argument("--segmenter", default="litemedsam")

@@ -20,6 +20,12 @@ from .geometry import Geometry, GeometryWarning, from_affine
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
+def suffix_of(path: str | Path) -> str:
+    """A file's suffix in lower case, ``.nii.gz`` counted as one."""
+    name = str(path).lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
 # -- NIfTI ---------------------------------------------------------------------------
 def read_nifti(path: Path) -> tuple[np.ndarray, bool, dict]:
     import nibabel as nib
@@ -266,8 +272,6 @@ def write_tiff(path: Path, labels: np.ndarray, geometry: Geometry | None) -> Non
 
 def warn_no_geometry(path: Path, labels: np.ndarray, geometry: Geometry | None) -> None:
     """Say so when labels go where a geometry belongs (NIfTI, NRRD, a volume) without one."""
-    from .io import suffix_of
-
     if geometry is None and (suffix_of(path) in (".nii", ".nii.gz", ".nrrd") or labels.ndim >= 3):
         warnings.warn(f"{path.name}: the labels carry no geometry (no source affine or spacing), "
                       "so the file gets none (identity affine, unit spacing)", GeometryWarning, stacklevel=3)

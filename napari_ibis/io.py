@@ -25,15 +25,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import InputError
+from .formats import suffix_of
 from .geometry import Geometry
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".nrrd", ".dcm", ".npy")
 LABEL_SUFFIXES = (".tif", ".tiff", ".nii", ".nii.gz", ".npy", ".png", ".nrrd")
-
-
-def suffix_of(path: str | Path) -> str:
-    name = str(path).lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
 
 
 @dataclass

@@ -63,7 +63,7 @@ TERMINATE = "<think>\nThe mask fits.\n</think>\n<action>\nTerminate\n</action>\n
 @pytest.fixture(scope="session")
 def tiny_vlm_folder(tmp_path_factory) -> Path:
     from napari_ibis.protocol import PROFILES
-    from training.tiny import build_tiny_vlm
+    from training.sft.tiny import build_tiny_vlm
 
     corpus = [p.system_prompt() for p in PROFILES.values()] + [point(True, 0.5, 0.25), TERMINATE] * 3
     return build_tiny_vlm(tmp_path_factory.mktemp("tiny") / "model", corpus)

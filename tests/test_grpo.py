@@ -7,11 +7,11 @@ import torch
 
 from conftest import TERMINATE, ScriptedPolicy, disk_image, point, run_on_two_processes
 from napari_ibis.segmenters import build_segmenter
-from training.datasets import Sample
-from training.grpo import GRPOConfig, group_advantages, policy_loss, score, token_log_probs, train
-from training.rewards import RewardConfig
-from training.rollout import rollout, training_samples
-from training.sft import collate, encode
+from training.data.sources import Sample
+from training.rl.grpo import GRPOConfig, group_advantages, policy_loss, score, token_log_probs, train
+from training.rl.rewards import RewardConfig
+from training.rl.rollout import rollout, training_samples
+from training.sft.encoding import collate, encode
 
 
 def keep_logit_gradients(model) -> dict:
@@ -52,7 +52,7 @@ def test_a_rollout_goes_through_the_session_and_is_scored_per_turn():
 
 
 def test_decision_questions_can_start_from_the_masks_the_model_reaches_itself():
-    from training.grpo import Questions
+    from training.rl.grpo import Questions
 
     config = GRPOConfig(model="m", output="o", mode="decision", seeds=[0, 1], state_source="policy", max_turns=4)
     questions = Questions(config, build_segmenter("classical"), rank=0)
@@ -68,7 +68,7 @@ def test_decision_questions_can_start_from_the_masks_the_model_reaches_itself():
 
 
 def test_a_question_pool_asks_the_same_questions_in_turn_from_the_starting_models_masks():
-    from training.grpo import Questions
+    from training.rl.grpo import Questions
 
     config = GRPOConfig(model="m", output="o", mode="decision", seeds=[0, 6], state_source="policy", max_turns=4,
                         question_pool=3)
@@ -86,7 +86,7 @@ def test_a_question_pool_asks_the_same_questions_in_turn_from_the_starting_model
 
 
 def test_training_clicks_compares_and_trains_only_the_replies_that_click():
-    from training.grpo import trained_rollouts
+    from training.rl.grpo import trained_rollouts
 
     sample, segmenter = disk_sample(), build_segmenter("classical")
     replies = [point(True, 34.5 / 64, 30.5 / 64), point(True, 5 / 64, 5 / 64), TERMINATE, "no action here"]
@@ -106,7 +106,7 @@ def test_training_clicks_compares_and_trains_only_the_replies_that_click():
 
 
 def test_a_continued_decision_is_paid_the_answer_where_the_greedy_model_ends_and_only_it_is_trained():
-    from training.rollout import FirstTurnThen, first_turn
+    from training.rl.rollout import FirstTurnThen, first_turn
 
     sample, segmenter = disk_sample(), build_segmenter("classical")
     click = point(True, 34.5 / 64, 30.5 / 64)  # inside the disk: the classical segmenter then finds it
@@ -159,7 +159,7 @@ def test_only_the_models_reply_tokens_get_gradients(tiny_vlm_folder):
 def test_the_logged_policy_change_is_zero_without_an_update_and_grows_with_the_step(tiny_vlm_folder):
     from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
 
-    from training.grpo import policy_change
+    from training.rl.grpo import policy_change
 
     processor = AutoProcessor.from_pretrained(tiny_vlm_folder)
     model = Qwen3VLForConditionalGeneration.from_pretrained(tiny_vlm_folder)
@@ -183,7 +183,7 @@ def test_the_logged_policy_change_is_zero_without_an_update_and_grows_with_the_s
 def test_coordinate_training_keeps_only_the_digits_of_the_clicks(tiny_vlm_folder):
     from transformers import AutoProcessor
 
-    from training.grpo import coordinate_labels
+    from training.rl.grpo import coordinate_labels
 
     processor = AutoProcessor.from_pretrained(tiny_vlm_folder)
     policy = ScriptedPolicy([point(True, 0.25, 0.75, thought="the disk is at 0.5"), TERMINATE])
@@ -201,7 +201,7 @@ def test_coordinate_training_keeps_only_the_digits_of_the_clicks(tiny_vlm_folder
 def test_pushing_a_bad_click_down_moves_probability_only_among_the_digits(tiny_vlm_folder):
     from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
 
-    from training.grpo import coordinate_labels, coordinate_token_ids
+    from training.rl.grpo import coordinate_labels, coordinate_token_ids
 
     processor = AutoProcessor.from_pretrained(tiny_vlm_folder)
     model = Qwen3VLForConditionalGeneration.from_pretrained(tiny_vlm_folder)
@@ -260,12 +260,12 @@ def test_the_clipped_ratio_stops_pushing_past_the_trust_region():
 def test_two_cpu_processes_run_grpo(tiny_vlm_folder, tmp_path):
     config = {"model": str(tiny_vlm_folder), "output": str(tmp_path / "ddp"), "steps": 1, "questions_per_step": 1,
               "group_size": 2, "max_turns": 1, "max_new_tokens": 8, "seeds": [0, 4]}
-    card = run_on_two_processes("training.grpo", config, tmp_path)
+    card = run_on_two_processes("training.rl.grpo", config, tmp_path)
     assert card["processes"] == 2 and card["steps"][0]["rollouts"] == 4
 
 
 def test_evaluation_reports_iou_steps_parsing_and_the_oracle_at_equal_clicks():
-    from training.evaluate import evaluate
+    from training.evaluation.benchmark import evaluate
 
     sample = disk_sample()
     absent = Sample(sample.image, np.zeros_like(sample.mask), "spleen", "CT", "test:absent", "absent")
@@ -286,7 +286,7 @@ def test_evaluation_reports_iou_steps_parsing_and_the_oracle_at_equal_clicks():
 
 
 def test_a_paired_comparison_tells_a_real_gain_from_noise_and_skips_absent_cases():
-    from training.evaluate import paired_difference
+    from training.evaluation.benchmark import paired_difference
 
     baseline = [0.1, 0.9, 0.5, float("nan"), 0.3]
     better = [0.2, 1.0, 0.6, float("nan"), 0.4]  # +0.1 on every present case: no spread, no doubt
@@ -299,7 +299,7 @@ def test_a_paired_comparison_tells_a_real_gain_from_noise_and_skips_absent_cases
 
 
 def test_an_evaluation_compares_with_an_earlier_one_only_on_the_same_cases(tmp_path):
-    from training.evaluate import EvalConfig, _read_comparable, compare
+    from training.evaluation.benchmark import EvalConfig, _read_comparable, compare
 
     def written(config, ious):
         cases = [{"iou": value} for value in ious]
@@ -317,17 +317,17 @@ def test_an_evaluation_compares_with_an_earlier_one_only_on_the_same_cases(tmp_p
     with pytest.raises(SystemExit, match="drew other cases \\(phantom_seeds differ\\)"):
         _read_comparable(str(written(EvalConfig(model="m", output="o", phantom_seeds=[0, 3]), [0.1, 0.2, 0.3])), config)
     (tmp_path / "broken.json").write_text("{")
-    with pytest.raises(SystemExit, match="not an evaluation written by napari-ibis evaluate"):
+    with pytest.raises(SystemExit, match="not an evaluation written by napari-ibis benchmark"):
         _read_comparable(str(tmp_path / "broken.json"), config)
 
 
-CONFIGS = Path(__file__).parents[1] / "training" / "configs"
+CONFIG_FOLDERS = [Path(__file__).parents[1] / "training" / name for name in ("configs", "experiments")]
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("grpo-*.yaml")))
-def test_every_grpo_config_in_the_repository_reads_into_its_settings_and_rewards(name):
-    from training.config_file import load_config
+@pytest.mark.parametrize("path", sorted(p for folder in CONFIG_FOLDERS for p in folder.glob("grpo-*.yaml")), ids=lambda p: p.name)
+def test_every_grpo_config_in_the_repository_reads_into_its_settings_and_rewards(path):
+    from training.config import load_config
 
-    config = load_config(GRPOConfig, CONFIGS / name)  # a misspelt key or a value of the wrong kind fails here
+    config = load_config(GRPOConfig, path)  # a misspelt key or a value of the wrong kind fails here
     RewardConfig(**config.rewards)
     assert config.mode in ("trajectory", "decision") and config.steps > 0 and config.output

@@ -52,7 +52,7 @@ def test_one_command_rebuilds_an_agent_from_nothing_and_bundles_it(tmp_path):
     markdown = (bundle / "MODEL_CARD.md").read_text()
     assert "| phantoms (synthetic) | 2 |" in markdown and "SFT on first decisions (grounding): 2 steps" in markdown
     assert "each from a new phantom made while training (GPU): 2 steps of batch 2 on streamed: 4 new" in markdown
-    assert "target-map terms (training/target_map.py): target_map x 1.0" in markdown  # how the model was taught
+    assert "target-map terms (training/sft/target_map.py): target_map x 1.0" in markdown  # how the model was taught
     assert "This folder holds the model of the `sft` stage" in markdown and "Not in this folder" in markdown
     assert f"DAgger round 1: {states} states" in markdown
     # the bundled folder is a model the runtime loads
@@ -66,8 +66,8 @@ def test_one_command_rebuilds_an_agent_from_nothing_and_bundles_it(tmp_path):
 
 
 def test_a_config_reads_numbers_in_exponent_form_as_numbers(tmp_path):
-    from training.config_file import read_config
-    from training.grpo import GRPOConfig
+    from training.config import read_config
+    from training.rl.grpo import GRPOConfig
 
     path = tmp_path / "grpo.yaml"
     path.write_text("model: m\noutput: o\nlearning_rate: 1e-5\nkl_coef: 2E-3\nsteps: 40\nname: 1e5x\nseed: 0\n")

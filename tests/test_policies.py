@@ -28,7 +28,7 @@ def request(profile="ibis-release"):
 # -- local VLM folders ------------------------------------------------------------------
 @pytest.mark.parametrize("model_type", ["qwen3_vl", "qwen2_5_vl"])
 def test_tiny_qwen_vl_folders_load_and_stream(tiny_vlm_folder, model_type, tmp_path):
-    from training.tiny import TinyConfig, build_tiny_vlm
+    from training.sft.tiny import TinyConfig, build_tiny_vlm
 
     folder = tiny_vlm_folder  # the project's own class: Qwen3-VL; the release's: Qwen2.5-VL
     if model_type != "qwen3_vl":
@@ -45,7 +45,7 @@ def test_tiny_qwen_vl_folders_load_and_stream(tiny_vlm_folder, model_type, tmp_p
 
 
 def test_the_small_models_vision_positions_start_as_sin_cos_and_survive_saving(tiny_vlm_folder):
-    from training.tiny import sincos_table
+    from training.sft.tiny import sincos_table
 
     table = VLMPolicy(tiny_vlm_folder, device="cpu").model.model.visual.pos_embed.weight.detach()
     assert torch.allclose(table, sincos_table(int(table.shape[0] ** 0.5), table.shape[1]))

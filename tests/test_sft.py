@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 
 from napari_ibis.segmenters import build_segmenter
-from training.phantoms import phantom_samples
-from training.sft import SFTConfig, encode, render, train
-from training.trajectories import self_correction, simulate
+from training.data.sources import phantom_samples
+from training.sft.train import SFTConfig, train
+from training.sft.encoding import encode
+from training.samples import render
+from training.data.trajectories import self_correction, simulate
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,7 @@ def test_release_rendering_is_one_sample_per_move_and_skips_undo(trajectories):
 def test_a_short_sft_run_lowers_the_loss_and_the_model_loads_as_a_policy(tiny_vlm_folder, trajectories, tmp_path):
     from napari_ibis.policies.vlm import VLMPolicy
     from napari_ibis.session import Session, Stopped
-    from training.sft import render_all
+    from training.sft.train import render_all
 
     normal, _ = trajectories
     samples = render_all(normal, "ibis-release")
@@ -80,7 +82,7 @@ def test_a_short_sft_run_lowers_the_loss_and_the_model_loads_as_a_policy(tiny_vl
 
 @pytest.fixture(scope="module")
 def small_dataset(tmp_path_factory):
-    from training.storage import build
+    from training.data.storage import build
 
     return build({"output": str(tmp_path_factory.mktemp("data") / "data"), "seeds": [0, 2], "max_steps": 2,
                   "stop_iou": 0.8, "min_dice": 0.0})
@@ -91,7 +93,7 @@ def test_lora_trains_only_the_language_model_and_saves_a_merged_folder(tiny_vlm_
     from transformers import Qwen3VLForConditionalGeneration
 
     from napari_ibis.policies.vlm import VLMPolicy
-    from training.storage import read_dataset
+    from training.data.storage import read_dataset
 
     config = SFTConfig(model=str(tiny_vlm_folder), output=str(tmp_path / "lora"), steps=4, learning_rate=5e-3,
                        log_every=0, lora={"r": 4, "lora_alpha": 8, "lora_dropout": 0.0})
@@ -110,7 +112,7 @@ def test_lora_trains_only_the_language_model_and_saves_a_merged_folder(tiny_vlm_
 def test_a_model_goes_on_at_a_larger_image_size_with_four_times_the_image_tokens(tiny_vlm_folder, small_dataset, tmp_path):
     from napari_ibis.errors import InputError
     from napari_ibis.policies.vlm import VLMPolicy
-    from training.storage import read_dataset
+    from training.data.storage import read_dataset
 
     def image_tokens(folder) -> int:
         policy = VLMPolicy(folder, device="cpu")
@@ -130,13 +132,13 @@ def test_two_cpu_processes_train_together(tiny_vlm_folder, small_dataset, tmp_pa
 
     config = {"model": str(tiny_vlm_folder), "output": str(tmp_path / "ddp"), "data": str(small_dataset), "steps": 3,
               "batch_size": 1, "log_every": 1}
-    card = run_on_two_processes("training.sft", config, tmp_path)
+    card = run_on_two_processes("training.sft.train", config, tmp_path)
     assert card["processes"] == 2 and len(card["losses"]) == 3
     assert (tmp_path / "ddp" / "model.safetensors").is_file()
 
 
 def test_the_small_tokenizer_writes_numbers_one_digit_per_token():
-    from training.tiny import build_tokenizer
+    from training.sft.tiny import build_tokenizer
 
     tokenizer = build_tokenizer(["Positive Point (0.6680, 0.1680)"] * 50, vocab_size=300)
     pieces = [tokenizer.decode([i]) for i in tokenizer("(0.6680, 0.1680)")["input_ids"]]
@@ -145,7 +147,7 @@ def test_the_small_tokenizer_writes_numbers_one_digit_per_token():
 
 
 def test_a_resumed_run_keeps_the_losses_evaluations_and_time_of_its_first_part(tiny_vlm_folder, small_dataset, tmp_path):
-    from training.storage import read_dataset
+    from training.data.storage import read_dataset
 
     samples = read_dataset(small_dataset)
     common = dict(model=str(tiny_vlm_folder), output=str(tmp_path / "sft"), batch_size=2, save_every=2,
@@ -192,7 +194,7 @@ def test_a_refinement_decision_looks_at_the_error_its_click_goes_into(trajectori
 def test_a_later_stage_starts_from_the_target_map_heads_of_an_earlier_one(tiny_vlm_folder, small_dataset, tmp_path):
     import torch
 
-    from training.storage import read_dataset
+    from training.data.storage import read_dataset
 
     samples = read_dataset(small_dataset)
     terms = dict(target_map_weight=1.0, target_position_weight=1.0, log_every=0, batch_size=1, learning_rate=1e-3)
@@ -214,7 +216,7 @@ def test_a_later_stage_starts_from_the_target_map_heads_of_an_earlier_one(tiny_v
 def test_the_target_map_losses_train_a_head_and_an_attention_head_and_save_an_ordinary_model(tiny_vlm_folder, small_dataset, tmp_path):
     from transformers import Qwen3VLForConditionalGeneration
 
-    from training.storage import read_dataset
+    from training.data.storage import read_dataset
 
     samples = read_dataset(small_dataset)
     assert all(s.target_mask is not None for s in samples)  # the dataset folder keeps each sample's target mask
@@ -238,20 +240,20 @@ def test_the_target_map_losses_train_a_head_and_an_attention_head_and_save_an_or
     assert {"target_map_head", "target_position_head", "token_position_head"} <= state.keys()  # a resumed run goes on with the same heads
 
 
-CONFIGS = Path(__file__).parents[1] / "training" / "configs"
+CONFIG_FOLDERS = [Path(__file__).parents[1] / "training" / name for name in ("configs", "experiments")]
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("sft-*.yaml")))
-def test_every_sft_config_in_the_repository_reads_into_its_settings(name):
-    from training.config_file import read_config
+@pytest.mark.parametrize("path", sorted(p for folder in CONFIG_FOLDERS for p in folder.glob("sft-*.yaml")), ids=lambda p: p.name)
+def test_every_sft_config_in_the_repository_reads_into_its_settings(path):
+    from training.config import read_config
 
-    config = SFTConfig(**read_config(CONFIGS / name))  # a misspelt key fails here
+    config = SFTConfig(**read_config(path))  # a misspelt key fails here
     assert config.steps > 0 and config.output
 
 
 def test_replay_mixes_a_fixed_draw_of_an_earlier_stages_samples_into_the_data(small_dataset, tmp_path):
-    from training.sft import replayed
-    from training.storage import read_dataset
+    from training.sft.train import replayed
+    from training.data.storage import read_dataset
 
     def key(sample):  # a sample's texts and the bytes of its images
         items = [item for message in sample.messages for item in message["content"]]
@@ -267,7 +269,7 @@ def test_replay_mixes_a_fixed_draw_of_an_earlier_stages_samples_into_the_data(sm
 
 
 def test_streamed_first_decisions_give_every_lane_its_own_phantoms_and_never_a_held_out_one():
-    from training.stream import StreamConfig, rendered_first_moves
+    from training.sft.stream import StreamConfig, rendered_first_moves
 
     config = StreamConfig(start_seed=100_000)
 
@@ -287,8 +289,8 @@ def test_a_streamed_grounding_run_trains_on_new_phantoms_and_hands_its_heads_to_
     import torch
     from transformers import Qwen3VLForConditionalGeneration
 
-    from training.sft import HEADS_FILE
-    from training.storage import read_dataset
+    from training.sft.train import HEADS_FILE
+    from training.data.storage import read_dataset
 
     terms = dict(target_map_weight=1.0, target_position_weight=1.0, log_every=0, batch_size=2)
     config = SFTConfig(model=str(tiny_vlm_folder), output=str(tmp_path / "stream"), steps=3, learning_rate=1e-3,

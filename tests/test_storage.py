@@ -3,7 +3,7 @@ import json
 import numpy as np
 
 from napari_ibis.cli import main
-from training.storage import export_sharegpt, read_dataset
+from training.data.storage import export_sharegpt, read_dataset
 
 
 def test_data_build_writes_resumes_exports_and_feeds_sft(tmp_path, capsys, tiny_vlm_folder):
@@ -40,7 +40,7 @@ def test_data_build_writes_resumes_exports_and_feeds_sft(tmp_path, capsys, tiny_
 
 def test_dataset_folders_load_with_hugging_face_datasets(tmp_path):
     datasets = __import__("pytest").importorskip("datasets")
-    from training.storage import build
+    from training.data.storage import build
 
     folder = build({"output": str(tmp_path / "data"), "seeds": [0, 2], "max_steps": 2, "stop_iou": 0.8, "min_dice": 0.0})
     table = datasets.load_dataset("json", data_files=str(folder / "samples.jsonl"), split="train")
@@ -51,8 +51,8 @@ def test_dataset_folders_load_with_hugging_face_datasets(tmp_path):
 
 
 def test_first_move_data_holds_one_first_decision_per_structure_without_a_segmenter(tmp_path):
-    from training.phantoms import phantom_samples
-    from training.storage import build
+    from training.data.sources import phantom_samples
+    from training.data.storage import build
 
     folder = build({"output": str(tmp_path / "first"), "first_move_only": True, "seeds": [0, 6], "absent_probability": 1.0,
                     "segmenter": "no such backend"})  # never built: the first move needs none

@@ -1,10 +1,9 @@
-"""The target-map losses on hand-made tensors (training/target_map.py)."""
+"""The target-map losses on hand-made tensors (training/sft/target_map.py)."""
 
 import numpy as np
 import torch
 
-from training.target_map import (attention_loss, centre, loss, position_loss, token_coverage, token_position_loss,
-                                 token_positions)
+from training.sft.target_map import attention_loss, centre, loss, position_loss, token_coverage, token_position_loss, token_positions
 
 IMAGE = 9
 

@@ -2,9 +2,9 @@ import numpy as np
 from fake_openai import FakeServer
 
 from napari_ibis.segmenters import build_segmenter
-from training.phantoms import phantom_samples
-from training.teacher import Teacher, oracle_view
-from training.trajectories import simulate
+from training.data.sources import phantom_samples
+from training.data.teacher import Teacher, oracle_view
+from training.data.trajectories import simulate
 
 
 def _liver():

@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 
 from napari_ibis.segmenters import build_segmenter
-from training import text
-from training.datasets import split_by_group, stardist_nuclei
-from training.phantoms import phantom, phantom_samples
-from training.trajectories import keep, self_correction, simulate
+from training.data import text
+from training.data.sources import split_by_group, stardist_nuclei
+from napari_ibis.phantoms import phantom
+from training.data.sources import phantom_samples
+from training.data.trajectories import keep, self_correction, simulate
 
 
 def test_phantoms_are_seeded_and_hold_several_disjoint_named_structures():
@@ -25,7 +26,7 @@ def test_phantoms_are_seeded_and_hold_several_disjoint_named_structures():
 
 def test_phantom_anatomy_is_readable_from_the_image():
     """Paired structures on their own side (radiological convention), lesions in their organ."""
-    from training.phantoms import LESION_HOSTS, LESIONS
+    from napari_ibis.phantoms import LESION_HOSTS, LESIONS
 
     for seed in range(40):
         ph = phantom(seed)
@@ -98,7 +99,7 @@ def test_self_correction_flags_the_wrong_click_and_undoes_it(classical):
 
 
 def test_release_self_correction_repairs_the_worse_mask_and_trains_only_the_repair(classical):
-    from training.sft import render
+    from training.samples import render
 
     rng = np.random.default_rng(3)
     sample = next(s for s in phantom_samples([0]) if s.target == "liver")
@@ -127,7 +128,7 @@ def test_msd_task_folders_slice_each_named_label_and_keep_volumes_whole(tmp_path
 
     import nibabel as nib
 
-    from training.datasets import msd_task
+    from training.data.sources import msd_task
 
     (tmp_path / "imagesTr").mkdir()
     (tmp_path / "labelsTr").mkdir()
@@ -152,7 +153,7 @@ def test_image_mask_folders_pair_files_by_name_and_name_labels(tmp_path):
     import tifffile
     from PIL import Image
 
-    from training.datasets import image_mask_folder
+    from training.data.sources import image_mask_folder
 
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()

@@ -86,7 +86,7 @@ def test_the_verl_agent_loop_registers_when_verl_is_installed():
 
 def test_verl_parquet_rows_point_at_real_files_and_the_agent_loop(tmp_path):
     datasets = pytest.importorskip("datasets")
-    from training.phantoms import phantom_samples
+    from training.data.sources import phantom_samples
     from training.integrations.verl_loop import write_verl_dataset
 
     samples = list(phantom_samples([0, 1]))

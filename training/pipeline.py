@@ -7,11 +7,11 @@ CONFIG names one config file per stage (paths relative to CONFIG's folder):
     grounding: sft-grounding.yaml    # napari-ibis sft on the first decisions (optional)
     grounding_stream: sft-grounding-stream.yaml  # more of it on new phantoms made while training (optional; a GPU job)
     sft: sft-default.yaml            # napari-ibis sft on whole trajectories
-    dagger:                          # rounds of DAgger (optional; training/dagger.py), each:
+    dagger:                          # rounds of DAgger (optional; training/rl/dagger.py), each:
       - data: [data-dagger-v6.yaml]  #   napari-ibis data dagger: the last model's own states, labelled
         sft: sft-after-stream-dagger.yaml  # napari-ibis sft on them and the trajectories
     grpo: grpo-default-low-lr.yaml   # napari-ibis grpo
-    evaluate: eval-default.yaml      # napari-ibis evaluate
+    evaluate: eval-default.yaml      # napari-ibis benchmark
     bundle: resources/models/default  # where the finished model folder is copied (optional)
     bundle_stage: sft                # which stage's model to copy (default: the last one run)
 
@@ -29,7 +29,7 @@ import json
 import shutil
 from pathlib import Path
 
-from .config_file import check_keys, read_config
+from training.config import check_keys, read_config
 
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "preprocessor_config.json",
                "processor_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -46,10 +46,15 @@ def _data_complete(config: dict) -> Path:
 
 def _stages():
     """(name, where the stage's output says it is complete, its command's main); DAgger rounds apart."""
-    from . import evaluate, grpo, sft, storage
+    from training.evaluation import benchmark as evaluate
+    from training.rl import grpo
+    from training.sft import train as sft
+    from training.data import storage
 
     def build(argv: list[str]):
-        return storage.main(["build", *argv])
+        folder = storage.build(read_config(argv[0]))
+        print(f"{folder}: {len((folder / 'samples.jsonl').read_text().splitlines())} chat samples")
+        return 0
 
     before = [
         ("data", _data_complete, build),
@@ -104,10 +109,13 @@ def run(config_path: str | Path, log=print) -> dict:
 
 def _dagger_rounds(folder: Path, rounds: list[dict], log) -> dict:
     """Each round: its DAgger data configs, then its SFT config; produced["dagger"] is the last round's model."""
-    from . import sft, storage
+    from training.rl import dagger as dagger_data
+    from training.sft import train as sft
 
     def dagger(argv: list[str]):
-        return storage.main(["dagger", *argv])
+        folder = dagger_data.build(read_config(argv[0]))
+        print(f"{folder}: {len((folder / 'samples.jsonl').read_text().splitlines())} chat samples")
+        return 0
 
     produced: dict = {"dagger_rounds": []}
     for number, spec in enumerate(rounds, 1):
@@ -118,9 +126,15 @@ def _dagger_rounds(folder: Path, rounds: list[dict], log) -> dict:
     return produced
 
 
+KEPT_MARKER = "<!-- kept across rebuilds"
+
+
 def bundle(model: str | Path, target: str | Path, produced: dict) -> Path:
     """Copy a model folder's files (no checkpoints or logs) and write its model card."""
     model, target = Path(model), Path(target)
+    card_path = target / "MODEL_CARD.md"
+    kept = card_path.read_text() if card_path.is_file() else ""  # its hand-written part survives a rebuild
+    kept = kept[kept.index(KEPT_MARKER):] if KEPT_MARKER in kept else ""
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
@@ -130,7 +144,7 @@ def bundle(model: str | Path, target: str | Path, produced: dict) -> Path:
             (target / name).chmod(0o644)
     card = model_card(produced)
     (target / "model_card.json").write_text(json.dumps(card, indent=1) + "\n")
-    (target / "MODEL_CARD.md").write_text(card_markdown(card, target))
+    card_path.write_text(card_markdown(card, target) + ("\n" + kept if kept else ""))
     return target
 
 
@@ -190,7 +204,7 @@ def _mean(values) -> float:
 
 
 def card_markdown(card: dict, folder: Path) -> str:
-    from .target_map import TERMS as TARGET_TERMS
+    from training.sft.target_map import TERMS as TARGET_TERMS
 
     size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) / 2**20
     where = "on 2 CPU cores and, for the streamed grounding stage, one GPU" if "grounding_stream" in card else "on 2 CPU cores"
@@ -207,7 +221,7 @@ def card_markdown(card: dict, folder: Path) -> str:
         terms = [f"{name} x {sft['config'][f'{name}_weight']}" for name in TARGET_TERMS
                  if sft["config"].get(f"{name}_weight", 0) > 0]
         if terms:
-            lines.append(f"  - target-map terms (training/target_map.py): {', '.join(terms)}")
+            lines.append(f"  - target-map terms (training/sft/target_map.py): {', '.join(terms)}")
         for ev in sft["first_click_evaluations"]:
             lines.append(f"  - first click inside the named structure at step {ev['step']}: {ev['hit_rate']:.2f} "
                          f"({ev['cases']} held-out phantom cases; {ev['per_target']})")
@@ -224,7 +238,7 @@ def card_markdown(card: dict, folder: Path) -> str:
     if shipped:
         lines += [f"- This folder holds the model of the `{shipped}` stage ({card['stages'][shipped]})."]
     if "evaluation" in card:
-        lines += ["", f"Held-out evaluation of {card['evaluated_model']} (`napari-ibis evaluate`):",
+        lines += ["", f"Held-out evaluation of {card['evaluated_model']} (`napari-ibis benchmark`):",
                   "", "| set | cases | mean IoU | Dice | entity F1 | steps | parsable | oracle IoU, same clicks | s/case |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for name, s in card["evaluation"].items():

@@ -52,3 +52,16 @@ class Policy(ABC):
         cancel: threading.Event | None = None,
     ) -> str:
         """The next turn as raw text (``<think>…</think><action>…</action>…``)."""
+
+
+def pil_messages(messages: list[dict]) -> list[dict]:
+    """The same chat messages with every image (a numpy array) as a PIL image, as
+    transformers' processors take them. The one place this conversion is made."""
+    from PIL import Image
+
+    return [
+        {"role": message["role"],
+         "content": [{"type": "image", "image": Image.fromarray(item["image"])} if item["type"] == "image" else item
+                     for item in message["content"]]}
+        for message in messages
+    ]

@@ -18,10 +18,8 @@ import json
 import threading
 from pathlib import Path
 
-from PIL import Image
-
 from ..errors import Cancelled, ModelError
-from .base import Policy, PolicyRequest, TextSink
+from .base import Policy, PolicyRequest, TextSink, pil_messages
 
 MODEL_CLASSES = {
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
@@ -168,17 +166,8 @@ class VLMPolicy(Policy):
 
     def encode(self, messages: list[dict]) -> dict:
         """Processor inputs (token ids, pixel values, grid sizes) for a conversation."""
-        converted = []
-        for message in messages:
-            content = []
-            for item in message["content"]:
-                if item["type"] == "image":
-                    content.append({"type": "image", "image": Image.fromarray(item["image"])})
-                else:
-                    content.append(item)
-            converted.append({"role": message["role"], "content": content})
         return self.processor.apply_chat_template(
-            converted, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+            pil_messages(messages), add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
         )
 
     def respond(self, request: PolicyRequest, on_text: TextSink | None = None, cancel: threading.Event | None = None) -> str:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from training.datasets import colin27_aal, split_by_group
-from training.phantoms import phantom_samples
+from training.data.sources import colin27_aal, split_by_group
+from training.data.sources import phantom_samples
 from training.integrations.verl_loop import write_verl_dataset
 
 

@@ -2,7 +2,7 @@
 
 verl (https://github.com/volcengine/verl) runs GRPO on GPU clusters with vLLM or
 SGLang rollout servers. This module plugs the same environment that
-:mod:`training.rollout` uses in-process into it:
+:mod:`training.rl.rollout` uses in-process into it:
 
 * :class:`IbisEnvironment`: one episode (slice, truth, segmenter, profile); the
   observation after each reply is the release's overlay image;
@@ -13,7 +13,7 @@ SGLang rollout servers. This module plugs the same environment that
 * ``IbisAgentLoop`` (registered as ``ibis_agent`` when verl is installed): wraps
   :func:`run_episode` around verl's ``server_manager.generate``;
 * :func:`compute_score`: a verl ``custom_reward_function`` with the same terms
-  as :mod:`training.rewards` (the release's single-decision samples: the clicks
+  as :mod:`training.rl.rewards` (the release's single-decision samples: the clicks
   so far are in ``extra_info``).
 
 verl itself is optional; nothing here imports it unless it is installed. Imports are
@@ -38,13 +38,7 @@ from napari_ibis.overlay import to_rgb8
 from napari_ibis.protocol import Turn, get_profile
 from napari_ibis.segmenters.base import Click, Segmenter
 
-from training.rewards import (
-    DEFAULT_REWARDS,
-    RewardConfig,
-    parse_or_none,
-    step_reward,
-    trajectory_reward,
-)
+from training.rl.rewards import DEFAULT_REWARDS, RewardConfig, parse_or_none, step_reward, trajectory_reward
 
 
 @dataclass
@@ -255,7 +249,7 @@ def write_verl_dataset(samples, folder, split: str = "train", max_turns: int = 6
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from training import text
+    from training.data import text
 
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)

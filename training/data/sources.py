@@ -1,0 +1,288 @@
+"""Image-mask samples from every source the project can read offline.
+
+All sources yield :class:`Sample` objects. ``group`` names the unit that must not
+be split across train and evaluation (a subject, a volume, a phantom seed); see
+:func:`split_by_group`.
+
+Real sets available here without a download:
+
+* :func:`colin27_aal`: the Colin27 T1 MRI with its 116 named AAL regions (Debian
+  ``mricron-data``, BSD-3), axial slices;
+* :func:`stardist_nuclei`: stardist's fluorescence nuclei image with 125
+  hand-drawn instances (PyPI ``stardist``, BSD-3);
+* :func:`manifest_samples`: the JSONL manifest of the public contract;
+* :func:`phantom_samples`: the seeded synthetic phantoms of :mod:`napari_ibis.phantoms`.
+
+Sets a user brings:
+
+* :func:`image_mask_folder`: ``images/`` and ``masks/`` (or ``labels/``) with
+  matching file names, 2-D or volumes, binary or label-valued masks;
+* :func:`msd_task`: a Medical Segmentation Decathlon task folder (``dataset.json``,
+  ``imagesTr/``, ``labelsTr/``), volumes sliced to 2-D.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from napari_ibis.phantoms import LESIONS, ORGANS, phantom
+
+AAL_DIR = Path("/usr/share/mricron/templates")
+
+
+@dataclass
+class Sample:
+    """One 2-D case: a slice, the binary mask of the named target, and where it came from."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    target: str
+    modality: str
+    source: str
+    group: str
+
+
+def _aal_names(path: Path) -> dict[int, str]:
+    names = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].isdigit():
+            names[int(parts[0])] = parts[1]
+    return names
+
+
+def aal_target_name(raw: str) -> str:
+    """``Hippocampus_L`` -> ``left hippocampus``; ``Cerebelum_6_R`` -> ``right cerebellum 6``."""
+    words = raw.replace("Cerebelum", "Cerebellum").split("_")
+    side = {"L": "left", "R": "right"}.get(words[-1])
+    if side:
+        words = [side] + words[:-1]
+    text = " ".join(words)
+    text = re.sub(r"([a-z])([A-Z])", r"\1 \2", text)
+    return text.lower()
+
+
+def colin27_aal(
+    labels: Sequence[int] = (37, 38, 71, 72, 73, 74, 77, 78, 29, 30),
+    slices_per_label: int = 3,
+    spacing: int = 4,
+    root: Path = AAL_DIR,
+) -> Iterator[Sample]:
+    """Axial slices of the Colin27 brain with one AAL region each.
+
+    For each label, the slice of largest area and its neighbours ``spacing``
+    slices apart (``slices_per_label`` in all) are taken. Slices are arrays of
+    shape (217, 181): rows run along the anterior-posterior axis.
+    """
+    import nibabel as nib
+
+    image_path, label_path = root / "ch2.nii.gz", root / "aal.nii.gz"  # same 1 mm grid
+    if not label_path.exists():
+        raise FileNotFoundError(f"{label_path} is missing: apt-get install mricron-data")
+    volume = np.asarray(nib.load(str(image_path)).dataobj)
+    atlas = np.asarray(nib.load(str(label_path)).dataobj)
+    names = _aal_names(root / "aal.nii.txt")
+    for label in labels:
+        areas = (atlas == label).sum(axis=(0, 1))
+        centre = int(np.argmax(areas))
+        offsets = [spacing * (i - (slices_per_label - 1) // 2) for i in range(slices_per_label)]
+        for z in (centre + o for o in offsets):
+            mask = (atlas[:, :, z] == label).T[::-1]
+            if mask.sum() < 20:
+                continue
+            yield Sample(
+                image=np.ascontiguousarray(volume[:, :, z].T[::-1]),
+                mask=np.ascontiguousarray(mask),
+                target=aal_target_name(names[label]),
+                modality="MRI",
+                source=f"colin27-aal:z={z}:label={label}",
+                group=f"colin27:z={z}",
+            )
+
+
+def stardist_nuclei(count: int | None = None, seed: int = 0, min_area: int = 30) -> Iterator[Sample]:
+    """Single nuclei of stardist's 512x512 fluorescence test image, one per sample.
+
+    ``count`` instances are drawn at random (seeded) from the 125 annotated ones;
+    nuclei that touch the border or cover fewer than ``min_area`` pixels are skipped.
+    """
+    from stardist.data import test_image_nuclei_2d
+
+    image, labels = test_image_nuclei_2d(return_mask=True)
+    ids = [i for i in np.unique(labels) if i != 0]
+    border = set(np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])))
+    ids = [i for i in ids if i not in border and (labels == i).sum() >= min_area]
+    rng = np.random.default_rng(seed)
+    if count is not None and count < len(ids):
+        ids = sorted(rng.choice(ids, size=count, replace=False).tolist())
+    for i in ids:
+        yield Sample(
+            image=image,
+            mask=labels == i,
+            target="nucleus",
+            modality="fluorescence microscopy",
+            source=f"stardist-nuclei:label={i}",
+            group=f"nucleus:{i}",
+        )
+
+
+def manifest_samples(manifest: str | Path) -> Iterator[Sample]:
+    """Samples of a manifest JSONL file (see napari_ibis.io.read_manifest)."""
+    from napari_ibis.io import read_manifest
+
+    for case in read_manifest(manifest):
+        yield Sample(
+            image=case.image,
+            mask=case.mask,
+            target=case.target,
+            modality=case.modality,
+            source=case.source,
+            group=case.source.split(":")[0],
+        )
+
+
+def _volume_samples(image: np.ndarray, labels: np.ndarray, names: dict[int, str], modality: str, source: str,
+                    group: str, slices_per_label: int, min_area: int) -> Iterator[Sample]:
+    """Samples of one labelled image: 2-D as it is; a volume (slice axis first) at
+    ``slices_per_label`` slices per label, evenly spread over the slices where it
+    covers at least ``min_area`` pixels."""
+    if image.shape[:labels.ndim] != labels.shape:
+        raise ValueError(f"{source}: image {image.shape} and mask {labels.shape} differ in shape")
+    for value, name in sorted(names.items()):
+        region = labels == value
+        if labels.ndim == 2:
+            if region.sum() >= min_area:
+                yield Sample(image, region, name, modality, f"{source}:label={value}", group)
+            continue
+        areas = region.reshape(region.shape[0], -1).sum(axis=1)
+        candidates = np.flatnonzero(areas >= min_area)
+        if candidates.size == 0:
+            continue
+        chosen = candidates[np.unique(np.linspace(0, candidates.size - 1, min(slices_per_label, candidates.size)).round().astype(int))]
+        for index in chosen:
+            yield Sample(np.ascontiguousarray(image[index]), np.ascontiguousarray(region[index]), name, modality,
+                         f"{source}:slice={index}:label={value}", group)
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".tiff", ".tif", ".png", ".npy", ".nrrd", ".dcm", ".jpg", ".jpeg"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def image_mask_folder(folder: str | Path, names: dict[int, str] | None = None, target: str = "target",
+                      modality: str = "unknown", slices_per_label: int = 3, min_area: int = 20) -> Iterator[Sample]:
+    """Pairs ``images/NAME.*`` + ``masks/NAME.*`` (or ``labels/``) of any format napari_ibis.io reads.
+
+    Mask values other than 0 are separate targets named by ``names`` (value ->
+    name); without it every non-zero value is called ``target``. Each image is its
+    own group, so a volume never straddles a split.
+    """
+    from napari_ibis.io import read_image
+
+    folder = Path(folder)
+    mask_dir = next((folder / d for d in ("masks", "labels") if (folder / d).is_dir()), None)
+    if not (folder / "images").is_dir() or mask_dir is None:
+        raise FileNotFoundError(f"{folder} needs images/ and masks/ (or labels/) folders")
+    masks = {_stem(p): p for p in sorted(mask_dir.iterdir()) if p.is_file()}
+    for image_path in sorted((folder / "images").iterdir()):
+        mask_path = masks.get(_stem(image_path))
+        if mask_path is None:
+            continue
+        image = read_image(image_path).data
+        labels = np.asarray(read_image(mask_path).data).astype(np.int64)
+        found = {int(v): (names or {}).get(int(v), target) for v in np.unique(labels) if v != 0}
+        if names is not None:
+            found = {v: n for v, n in found.items() if v in names}
+        yield from _volume_samples(image, labels, found, modality, f"{folder.name}:{_stem(image_path)}",
+                                   f"{folder.name}:{_stem(image_path)}", slices_per_label, min_area)
+
+
+def msd_task(folder: str | Path, channel: int = 0, slices_per_label: int = 3, min_area: int = 20,
+             limit: int | None = None) -> Iterator[Sample]:
+    """Training cases of a Medical Segmentation Decathlon task folder, sliced to 2-D.
+
+    Names and modality come from ``dataset.json``; multi-channel volumes (e.g.
+    BrainTumour's four MRI sequences) use ``channel``. One group per volume.
+    """
+    import nibabel as nib
+
+    folder = Path(folder)
+    meta = json.loads((folder / "dataset.json").read_text())
+    names = {int(k): v.lower() for k, v in meta["labels"].items() if int(k) != 0}
+    modalities = meta.get("modality", {"0": "unknown"})
+    modality = modalities.get(str(channel), next(iter(modalities.values())))
+    for case in meta["training"][:limit]:
+        image = np.asarray(nib.load(str(folder / case["image"])).dataobj)
+        labels = np.asarray(nib.load(str(folder / case["label"])).dataobj).astype(np.int64)
+        if image.ndim == 4:
+            image = image[..., channel]
+        name = _stem(Path(case["image"]))
+        # NIfTI (x, y, z) -> axial slices first, rows = y
+        yield from _volume_samples(np.ascontiguousarray(image.T), np.ascontiguousarray(labels.T), names, modality,
+                                   f"msd-{folder.name}:{name}", f"msd-{folder.name}:{name}", slices_per_label, min_area)
+
+
+def split_by_group(samples: Iterable[Sample], eval_fraction: float = 0.2, salt: str = "napari-ibis") -> tuple[list[Sample], list[Sample]]:
+    """(train, eval): a sample's side depends only on a hash of its group."""
+    train, evaluation = [], []
+    for sample in samples:
+        digest = hashlib.sha256(f"{salt}:{sample.group}".encode()).digest()
+        (evaluation if digest[0] / 256 < eval_fraction else train).append(sample)
+    return train, evaluation
+
+
+def write_manifest(samples: Iterable[Sample], folder: str | Path, name: str = "manifest.jsonl") -> Path:
+    """Write samples as TIFF image/mask pairs plus a manifest JSONL; returns its path."""
+    import tifffile
+
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for index, sample in enumerate(samples):
+        stem = f"{index:05d}"
+        tifffile.imwrite(folder / "images" / f"{stem}.tif", sample.image)
+        tifffile.imwrite(folder / "masks" / f"{stem}.tif", sample.mask.astype(np.uint8))
+        lines.append(
+            json.dumps(
+                {
+                    "image": f"images/{stem}.tif",
+                    "mask": f"masks/{stem}.tif",
+                    "target": sample.target,
+                    "modality": sample.modality,
+                    "source": sample.source,
+                }
+            )
+        )
+    path = folder / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def phantom_samples(seeds, size: int = 128, absent_probability: float = 0.0):
+    """Training samples: one per named structure of each phantom (``Sample`` objects).
+
+    With ``absent_probability`` > 0, some samples name a structure of the same
+    modality that the phantom does not hold (the "not present" answer).
+    """
+    for seed in seeds:
+        ph = phantom(seed, size)
+        rng = np.random.default_rng(seed + 10_000_019)
+        for name, mask in ph.masks.items():
+            yield Sample(ph.image, mask, name, ph.modality, f"phantom:seed={seed}:{name}", f"phantom:{seed}")
+        absent = [n for n, _, _ in ORGANS[ph.modality] if n not in ph.masks] + (
+            [LESIONS[ph.modality]] if LESIONS[ph.modality] not in ph.masks else []
+        )
+        if absent and rng.random() < absent_probability:
+            name = absent[rng.integers(len(absent))]
+            yield Sample(ph.image, np.zeros_like(ph.image, dtype=bool), name, ph.modality, f"phantom:seed={seed}:{name}:absent", f"phantom:{seed}")
