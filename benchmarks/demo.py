@@ -24,9 +24,13 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from training.data.sources import colin27_aal, stardist_nuclei, write_manifest  # noqa: E402
 from napari_ibis.phantoms import phantom  # noqa: E402
-from training.data.sources import phantom_samples  # noqa: E402
+from training.data.sources import (  # noqa: E402
+    colin27_aal,
+    phantom_samples,  # noqa: E402
+    stardist_nuclei,
+    write_manifest,
+)
 
 CLI = [sys.executable, "-m", "napari_ibis.cli"]
 

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agents import BASELINE, read_cases  # noqa: E402  (benchmarks/ is this script's folder)
+
 from training.evaluation.benchmark import EvalConfig, cases, evaluate, paired_difference  # noqa: E402
 
 PHANTOMS = "phantoms (synthetic)"

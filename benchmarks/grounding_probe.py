@@ -45,8 +45,8 @@ def click_figures(model, processor, folder: Path) -> dict:
     import torch
 
     from training.data.sources import phantom_samples
-    from training.sft.train import first_click_hits
     from training.sft.target_map import make_head
+    from training.sft.train import first_click_hits
 
     samples = list(phantom_samples(range(*CLICK_SEEDS)))
     probe = None
@@ -67,10 +67,10 @@ def look_and_write_figures(model, processor) -> dict:
     import torch
 
     from training.data.sources import phantom_samples
-    from training.sft.encoding import encode
-    from training.samples import render
-    from training.sft.target_map import BATCH_KEYS, centre, token_positions
     from training.data.trajectories import first_move
+    from training.samples import render
+    from training.sft.encoding import encode
+    from training.sft.target_map import BATCH_KEYS, centre, token_positions
 
     rng = np.random.default_rng(0)
     image_token = model.config.image_token_id

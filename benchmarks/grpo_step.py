@@ -32,8 +32,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from training.config import load_config  # noqa: E402
-from training.rl.grpo import (GRPOConfig, Questions, coordinate_labels, coordinate_token_ids,  # noqa: E402
-                              policy_change, policy_loss, score, token_log_probs, trained_rollouts)
+from training.rl.grpo import (  # noqa: E402
+    GRPOConfig,
+    Questions,
+    coordinate_labels,
+    coordinate_token_ids,
+    policy_change,
+    policy_loss,
+    score,
+    token_log_probs,
+    trained_rollouts,
+)
 from training.rl.rewards import RewardConfig  # noqa: E402
 from training.rl.rollout import SamplingPolicy, first_turn, rollout, training_samples  # noqa: E402
 from training.samples import pil_messages  # noqa: E402

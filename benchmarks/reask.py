@@ -101,8 +101,8 @@ class AskAgain(Policy):
 
 def main() -> None:
     import torch
-
     from agents import BASELINE, MODELS, case_ious, read_cases
+
     from napari_ibis.policies.vlm import VLMPolicy
     from napari_ibis.segmenters import build_segmenter
 

@@ -27,11 +27,13 @@ sys.path.insert(0, str(ROOT))
 
 from napari_ibis.protocol import PROFILES  # noqa: E402
 from napari_ibis.segmenters import build_segmenter  # noqa: E402
-from training.data.sources import stardist_nuclei  # noqa: E402
-from training.data.sources import phantom_samples  # noqa: E402
-from training.sft.train import SFTConfig, render_all, train  # noqa: E402
-from training.sft.tiny import build_tiny_vlm  # noqa: E402
+from training.data.sources import (
+    phantom_samples,  # noqa: E402
+    stardist_nuclei,  # noqa: E402
+)
 from training.data.trajectories import simulate  # noqa: E402
+from training.sft.tiny import build_tiny_vlm  # noqa: E402
+from training.sft.train import SFTConfig, render_all, train  # noqa: E402
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from ._layers import (
     layer_slice,
     spatial_shape,
 )
-from ._panels import ResultPanel, RestoreBar, RunPanel, StepsPanel
+from ._panels import RestoreBar, ResultPanel, RunPanel, StepsPanel
 from ._runtime import MODEL_CACHE, ModelCache, freeze_long_lived_objects, hide_triton, import_model_libraries
 from .autosave import Autosave
 from .controller import Controller, RunSpec

@@ -5,8 +5,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import TERMINATE, ScriptedPolicy, disk_image, point
+
 from napari_ibis._runtime import ModelCache
 from napari_ibis.autosave import Autosave
 from napari_ibis.controller import Controller, RunSpec

@@ -7,10 +7,10 @@ import numpy as np
 from napari_ibis.cli import main
 from napari_ibis.protocol import get_profile
 from tests.conftest import disk_image
-from training.rl.dagger import decision_sample, expert_move, visited_states
 from training.data.sources import Sample
-from training.rl.rollout import Rollout, RolloutTurn
 from training.data.storage import read_dataset
+from training.rl.dagger import decision_sample, expert_move, visited_states
+from training.rl.rollout import Rollout, RolloutTurn
 
 
 def _sample(present: bool = True) -> Sample:

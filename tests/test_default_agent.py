@@ -6,8 +6,8 @@ import numpy as np
 from PIL import Image
 
 from napari_ibis.cli import main
-from napari_ibis.policies import default_model_folder, load_policy
 from napari_ibis.phantoms import phantom
+from napari_ibis.policies import default_model_folder, load_policy
 
 
 def test_the_bundled_agent_is_small_documented_and_loads_offline():

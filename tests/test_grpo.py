@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import TERMINATE, ScriptedPolicy, disk_image, point, run_on_two_processes
+
 from napari_ibis.segmenters import build_segmenter
 from training.data.sources import Sample
 from training.rl.grpo import GRPOConfig, group_advantages, policy_loss, score, token_log_probs, train
@@ -299,7 +299,7 @@ def test_a_paired_comparison_tells_a_real_gain_from_noise_and_skips_absent_cases
 
 
 def test_an_evaluation_compares_with_an_earlier_one_only_on_the_same_cases(tmp_path):
-    from training.evaluation.benchmark import EvalConfig, _read_comparable, compare
+    from training.evaluation.benchmark import EvalConfig, compare, read_comparable
 
     def written(config, ious):
         cases = [{"iou": value} for value in ious]
@@ -310,15 +310,15 @@ def test_an_evaluation_compares_with_an_earlier_one_only_on_the_same_cases(tmp_p
 
     config = EvalConfig(model="m", output="o", segmenter="litemedsam")
     earlier = written(EvalConfig(model="other", output="o", segmenter="classical"), [0.5, float("nan"), 0.5])
-    baseline = _read_comparable(str(earlier), config)  # another model and segmenter: still the same cases
+    baseline = read_comparable(str(earlier), config)  # another model and segmenter: still the same cases
     [line] = compare({"phantoms": {"summary": {"mean_iou": 0.6}, "cases": [{"iou": 0.6}, {"iou": float("nan")}, {"iou": 0.6}]}},
                      baseline)
     assert line.startswith("phantoms: mean IoU 0.600, +0.100 +- 0.000") and "2 cases with a target" in line
     with pytest.raises(SystemExit, match="drew other cases \\(phantom_seeds differ\\)"):
-        _read_comparable(str(written(EvalConfig(model="m", output="o", phantom_seeds=[0, 3]), [0.1, 0.2, 0.3])), config)
+        read_comparable(str(written(EvalConfig(model="m", output="o", phantom_seeds=[0, 3]), [0.1, 0.2, 0.3])), config)
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(SystemExit, match="not an evaluation written by napari-ibis benchmark"):
-        _read_comparable(str(tmp_path / "broken.json"), config)
+        read_comparable(str(tmp_path / "broken.json"), config)
 
 
 CONFIG_FOLDERS = [Path(__file__).parents[1] / "training" / name for name in ("configs", "experiments")]

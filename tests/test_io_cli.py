@@ -6,9 +6,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import tifffile
+from conftest import disk_image
 from PIL import Image
 
-from conftest import disk_image
 from napari_ibis import io
 from napari_ibis.cli import main
 from napari_ibis.errors import InputError
@@ -231,9 +231,8 @@ def test_the_napari_manifest_validates():
 @pytest.mark.slow
 def test_a_normal_install_carries_the_manifest_and_the_resources(tmp_path):
     """`pip install .` (not -e): napari.yaml and resources/ must be inside the wheel."""
-    from pathlib import Path
-
     import shutil
+    from pathlib import Path
 
     source = tmp_path / "source"  # build from a copy: setuptools writes build/ and *.egg-info
     shutil.copytree(Path(__file__).resolve().parent.parent, source, symlinks=True,

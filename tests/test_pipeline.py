@@ -109,3 +109,70 @@ def test_a_misspelt_pipeline_stage_is_refused_rather_than_skipped(tmp_path, caps
     path.write_text("sft: sft.yaml\ngrpoo: grpo.yaml\n")
     assert main(["pipeline", str(path)]) == 2
     assert "unknown key grpoo" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, text, message", [
+    ("grpo", "model: m\noutput: o\nmode: decison\n", "mode must be 'trajectory' | 'decision', not 'decison'"),
+    ("grpo", "model: m\noutput: o\ngroup_size: 1\n", "group_size must be 2 or more"),
+    ("grpo", "model: m\noutput: o\nloss_aggregation: seq-mean\n", "loss_aggregation must be"),
+    ("grpo", "model: m\noutput: o\nrewards:\n  anwser_levels: [[0.8, 3]]\n", "rewards: unknown key anwser_levels"),
+    ("grpo", "model: m\noutput: o\nrewards:\n  placement_hit: lots\n", "rewards: placement_hit must be a number"),
+    ("grpo", "model: m\noutput: o\nlora:\n  rank: 8\n", "lora: unknown key rank"),
+    ("grpo", "model: m\noutput: o\nsegmenter: nnunet\n", "unknown segmenter 'nnunet'"),
+    ("sft", "model: m\noutput: o\nstream:\n  start_sed: 200000\n", "stream: unknown key start_sed"),
+    ("sft", "model: m\noutput: o\ntiny:\n  hidden: 64\n", "tiny: unknown key hidden"),
+    ("sft", "model: m\noutput: o\nprofile: release\n", "profile must be 'ibis-release' | 'paper'"),
+    ("sft", "model: m\noutput: o\nextra:\n  stop_iuo: 0.8\n", "extra: unknown key stop_iuo"),
+    ("benchmark", "model: m\noutput: o\nprofile: papper\n", "profile must be"),
+    ("data build", "output: o\nseeds: [5, 2]\n", "seeds must be [first, stop)"),
+    ("data build", "output: o\nreal: [brain]\n", "real: unknown set brain"),
+    ("data dagger", "output: o\nmodel: /nonexistent/model\n", "model folder not found"),
+])
+def test_every_bad_config_is_one_line_and_exit_2_before_any_model_loads(tmp_path, capsys, monkeypatch, command, text, message):
+    import transformers
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("a model was loaded before the config was checked")
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", never)
+    path = tmp_path / "stage.yaml"
+    path.write_text(text)
+    assert main([*command.split(), str(path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and message in error, error
+    assert not (tmp_path / "o").exists()
+
+
+def test_set_overrides_a_key_and_a_key_inside_a_section(tmp_path):
+    from training.config import load_config
+    from training.rl.grpo import GRPOConfig
+
+    path = tmp_path / "grpo.yaml"
+    path.write_text("model: m\noutput: o\nsteps: 40\nrewards:\n  progress: 1.0\n")
+    config = load_config(GRPOConfig, path, ["steps=3", "learning_rate=1e-6", "rewards.progress_gain=10", "real=[aal]"])
+    assert config.steps == 3 and config.learning_rate == 1e-6 and config.real == ["aal"]
+    assert config.rewards == {"progress": 1.0, "progress_gain": 10}
+
+
+@pytest.mark.parametrize("command, field", [("sft", "target_map_weight"), ("grpo", "trained_tokens"),
+                                             ("benchmark", "phantom_seeds"), ("data build", "self_correction_fraction"),
+                                             ("data dagger", "stop_iou")])
+def test_every_training_commands_help_lists_its_keys_with_their_help(capsys, command, field):
+    with pytest.raises(SystemExit) as done:
+        main([*command.split(), "--help"])
+    shown = capsys.readouterr().out
+    assert done.value.code == 0 and f"  {field}: " in shown and "--set KEY=VALUE" in shown
+
+
+def test_settings_that_mean_the_same_default_to_the_same_value():
+    import inspect
+
+    from training.data.storage import BuildConfig
+    from training.data.trajectories import EXPERT_STOP_IOU, simulate
+    from training.rl.dagger import DaggerConfig, expert_move
+    from training.rl.grpo import GRPOConfig
+
+    assert BuildConfig("o").stop_iou == DaggerConfig.__dataclass_fields__["stop_iou"].default == EXPERT_STOP_IOU
+    assert GRPOConfig("m", "o").stop_iou == EXPERT_STOP_IOU
+    assert inspect.signature(simulate).parameters["stop_iou"].default == EXPERT_STOP_IOU
+    assert inspect.signature(expert_move).parameters["stop_iou"].default == EXPERT_STOP_IOU == 0.8

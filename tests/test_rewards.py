@@ -2,7 +2,16 @@ import numpy as np
 import pytest
 
 from napari_ibis.protocol import Action, Response, format_response
-from training.rl.rewards import RewardConfig, answer_reward, format_reward, length_reward, placement_reward, progress_reward, step_reward, trajectory_reward
+from training.rl.rewards import (
+    RewardConfig,
+    answer_reward,
+    format_reward,
+    length_reward,
+    placement_reward,
+    progress_reward,
+    step_reward,
+    trajectory_reward,
+)
 
 
 def box(top, left, bottom, right, shape=(20, 20)):

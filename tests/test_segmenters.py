@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-
 from conftest import disk_image
+
 from napari_ibis.errors import InputError, ModelError
 from napari_ibis.evaluation import simulate_clicks
 from napari_ibis.overlay import to_rgb8

@@ -3,8 +3,8 @@ import threading
 
 import numpy as np
 import pytest
-
 from conftest import TERMINATE, ScriptedPolicy, disk_image, point
+
 from napari_ibis.errors import InputError
 from napari_ibis.policies.oracle import OraclePolicy
 from napari_ibis.segmenters import build_segmenter

@@ -6,10 +6,10 @@ import pytest
 
 from napari_ibis.segmenters import build_segmenter
 from training.data.sources import phantom_samples
-from training.sft.train import SFTConfig, train
-from training.sft.encoding import encode
-from training.samples import render
 from training.data.trajectories import self_correction, simulate
+from training.samples import render
+from training.sft.encoding import encode
+from training.sft.train import SFTConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -252,8 +252,8 @@ def test_every_sft_config_in_the_repository_reads_into_its_settings(path):
 
 
 def test_replay_mixes_a_fixed_draw_of_an_earlier_stages_samples_into_the_data(small_dataset, tmp_path):
-    from training.sft.train import replayed
     from training.data.storage import read_dataset
+    from training.sft.train import replayed
 
     def key(sample):  # a sample's texts and the bytes of its images
         items = [item for message in sample.messages for item in message["content"]]
@@ -289,8 +289,8 @@ def test_a_streamed_grounding_run_trains_on_new_phantoms_and_hands_its_heads_to_
     import torch
     from transformers import Qwen3VLForConditionalGeneration
 
-    from training.sft.train import HEADS_FILE
     from training.data.storage import read_dataset
+    from training.sft.train import HEADS_FILE
 
     terms = dict(target_map_weight=1.0, target_position_weight=1.0, log_every=0, batch_size=2)
     config = SFTConfig(model=str(tiny_vlm_folder), output=str(tmp_path / "stream"), steps=3, learning_rate=1e-3,

@@ -3,7 +3,15 @@
 import numpy as np
 import torch
 
-from training.sft.target_map import attention_loss, centre, loss, position_loss, token_coverage, token_position_loss, token_positions
+from training.sft.target_map import (
+    attention_loss,
+    centre,
+    loss,
+    position_loss,
+    token_coverage,
+    token_position_loss,
+    token_positions,
+)
 
 IMAGE = 9
 

@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
 
+from napari_ibis.phantoms import phantom
 from napari_ibis.segmenters import build_segmenter
 from training.data import text
-from training.data.sources import split_by_group, stardist_nuclei
-from napari_ibis.phantoms import phantom
-from training.data.sources import phantom_samples
+from training.data.sources import phantom_samples, split_by_group, stardist_nuclei
 from training.data.trajectories import keep, self_correction, simulate
 
 

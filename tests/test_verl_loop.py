@@ -2,9 +2,9 @@ import asyncio
 
 import numpy as np
 import pytest
+from conftest import TERMINATE, disk_image, point
 from PIL import Image
 
-from conftest import TERMINATE, disk_image, point
 from napari_ibis.segmenters import build_segmenter
 from training.integrations.verl_loop import IbisEnvironment, compute_score, run_episode
 

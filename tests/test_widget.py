@@ -5,7 +5,6 @@ import threading
 import nibabel as nib
 import numpy as np
 import pytest
-
 from conftest import TERMINATE, ScriptedPolicy, disk_image, point
 
 pytest.importorskip("napari")

@@ -77,3 +77,15 @@ def save(accelerator, model, processor, folder: Path, config, state: dict | None
         if state is not None:
             torch.save(state, folder / "trainer_state.pt")
     accelerator.wait_for_everyone()
+
+
+def lora_keys() -> tuple[str, ...]:
+    """The keys a ``lora:`` section may hold: the fields of peft's LoraConfig (checked before any model loads)."""
+    try:
+        import dataclasses
+
+        from peft import LoraConfig
+    except ImportError:  # without peft a LoRA run fails at its start anyway, with peft's own message
+        return ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "modules_to_save", "use_rslora",
+                "use_dora", "init_lora_weights", "layers_to_transform", "rank_pattern", "alpha_pattern")
+    return tuple(f.name for f in dataclasses.fields(LoraConfig))

@@ -3,8 +3,10 @@ RL rooms because ``data dagger`` runs a model through :mod:`training.rl.dagger`)
 
 from __future__ import annotations
 
-from .config import read_config
-from .data.storage import build, export_sharegpt
+import argparse
+
+from .config import config_parser, describe_fields, load_values
+from .data.storage import BuildConfig, build, export_sharegpt
 from .rl import dagger
 
 
@@ -13,23 +15,22 @@ def data(argv=None) -> int:
 
     ``napari-ibis data build CONFIG``, ``napari-ibis data dagger CONFIG`` (:mod:`training.rl.dagger`)
     and ``napari-ibis data export FOLDER OUT``."""
-    import argparse
-
     from tqdm import tqdm
 
-    parser = argparse.ArgumentParser(prog="napari-ibis data")
+    parser = argparse.ArgumentParser(prog="napari-ibis data", description=data.__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    build_parser = commands.add_parser("build", help="make a dataset folder from a JSON/YAML config")
-    build_parser.add_argument("config")
-    dagger_parser = commands.add_parser("dagger", help="label the states a model reaches itself with the click simulator's decisions")
-    dagger_parser.add_argument("config")
+    for name, cls, text in (("build", BuildConfig, "make a dataset folder of click-simulated trajectories"),
+                            ("dagger", dagger.DaggerConfig, "label the states a model reaches itself with the click simulator's decisions")):
+        sub = commands.add_parser(name, help=text, description=text, epilog="config keys:\n" + describe_fields(cls),
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        config_parser(f"napari-ibis data {name}", cls, text, parser=sub)
     export_parser = commands.add_parser("export", help="write the ShareGPT / LLaMA-Factory JSON of a dataset folder")
     export_parser.add_argument("folder")
     export_parser.add_argument("out")
     args = parser.parse_args(argv)
     if args.command in ("build", "dagger"):
         make = build if args.command == "build" else dagger.build
-        folder = make(read_config(args.config), progress=lambda items: tqdm(items, desc="samples", unit="sample"))
+        folder = make(load_values(args.config, args.set), progress=lambda items: tqdm(items, desc="samples", unit="sample"))
         count = len((folder / "samples.jsonl").read_text().splitlines())
         print(f"{folder}: {count} chat samples")
     else:

@@ -46,10 +46,10 @@ def _data_complete(config: dict) -> Path:
 
 def _stages():
     """(name, where the stage's output says it is complete, its command's main); DAgger rounds apart."""
+    from training.data import storage
     from training.evaluation import benchmark as evaluate
     from training.rl import grpo
     from training.sft import train as sft
-    from training.data import storage
 
     def build(argv: list[str]):
         folder = storage.build(read_config(argv[0]))

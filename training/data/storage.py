@@ -10,8 +10,9 @@ message: False for moves kept only as context), ``target_mask`` (a PNG under
 ibis-release prompts already start with ``<image>``: that is where the release's
 own training data put the image.
 
-``napari-ibis data build CONFIG`` (``main``) makes such a folder from phantoms and
-the real sets, with a progress bar, and resumes where a previous run stopped.
+``napari-ibis data build CONFIG`` (:func:`build`, settings :class:`BuildConfig`) makes
+such a folder from phantoms and the real sets, with a progress bar, and resumes where a
+previous run stopped.
 """
 
 from __future__ import annotations
@@ -20,11 +21,15 @@ import hashlib
 import json
 import random
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
 
+from training.config import check_choices
+from training.data.trajectories import EXPERT_STOP_IOU
 from training.samples import RenderedSample
 
 IMAGE_TAG = "<image>"
@@ -131,14 +136,13 @@ def append_samples(folder: Path, items: Iterable[tuple[str, RenderedSample, dict
 
 def training_samples(config: dict) -> list:
     """The phantoms of ``seeds`` (with ``absent_probability``) and the training side of the ``real`` sets."""
-    from training.data.sources import colin27_aal, split_by_group, stardist_nuclei
-    from training.data.sources import phantom_samples
+    from training.data.sources import colin27_aal, phantom_samples, split_by_group, stardist_nuclei
 
-    samples = list(phantom_samples(range(*config.get("seeds", [0, 100])), absent_probability=config.get("absent_probability", 0.1)))
+    samples = list(phantom_samples(range(*config["seeds"]), absent_probability=config["absent_probability"]))
     real = []
-    if "nuclei" in config.get("real", []):
+    if "nuclei" in config["real"]:
         real += list(stardist_nuclei())
-    if "aal" in config.get("real", []):
+    if "aal" in config["real"]:
         real += list(colin27_aal())
     return samples + split_by_group(real)[0]
 
@@ -148,44 +152,63 @@ def sample_rng(seed: int, sample) -> np.random.Generator:
     return np.random.default_rng([seed, int.from_bytes(hashlib.sha256(sample.source.encode()).digest()[:8], "little")])
 
 
-BUILD_KEYS = ("output", "profile", "segmenter", "seeds", "real", "stop_iou", "max_steps", "min_dice", "absent_probability",
-              "self_correction_fraction", "first_move_only", "seed", "teacher")
+@dataclass
+class BuildConfig:
+    """A dataset folder of click-simulated trajectories (``napari-ibis data build CONFIG`` reads these keys)."""
+
+    output: str  # the dataset folder to write (a run stopped midway resumes there)
+    profile: Literal["ibis-release", "paper"] = "ibis-release"
+    segmenter: str = "classical"  # litemedsam | classical | sam2:CHECKPOINT
+    seeds: list = field(default_factory=lambda: [0, 100])  # phantom seeds, [first, stop)
+    real: list = field(default_factory=list)  # "nuclei" and/or "aal": their training side is added
+    stop_iou: float = EXPERT_STOP_IOU  # the simulated trajectory answers once the mask reaches this IoU
+    max_steps: int = 8
+    min_dice: float = 0.8  # trajectories that end below this Dice are left out
+    absent_probability: float = 0.1  # share of phantoms that also get a "not present" question
+    self_correction_fraction: float = 0.0  # share of trajectories with a wrong click and its repair
+    first_move_only: bool = False  # only each sample's first decision (no segmenter runs)
+    seed: int = 0
+    teacher: dict = field(default_factory=dict)  # {url, model, api_key_env}: an endpoint that writes the click reasoning
+
+    SECTIONS = {"teacher": ("url", "model", "api_key_env", "temperature", "timeout")}
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        from napari_ibis.segmenters import check_spec
+
+        if self.first_move_only is False:
+            check_spec(self.segmenter)
+        if len(self.seeds) != 2 or self.seeds[0] >= self.seeds[1]:
+            raise ValueError(f"seeds must be [first, stop) with first < stop, not {self.seeds}")
+        unknown = set(self.real) - {"nuclei", "aal"}
+        if unknown:
+            raise ValueError(f"real: unknown set {', '.join(sorted(unknown))} (known: aal, nuclei)")
 
 
 def build(config: dict, progress=None) -> Path:
     """Trajectories from phantoms (and real sets) into a dataset folder; resumable.
 
-    Keys (defaults): output (required), profile ("ibis-release"), segmenter
-    ("classical"), seeds ([0, 100]), real ([] or any of "nuclei", "aal": only
-    their training side of :func:`training.data.sources.split_by_group` is used),
-    stop_iou (0.9), max_steps (8), min_dice (0.8), absent_probability (0.1),
-    self_correction_fraction (0.0; the share of trajectories with a wrong click and
-    its repair, see :func:`training.data.trajectories.self_correction`), first_move_only (False:
-    only each sample's first decision, no segmenter, see
-    :func:`training.data.trajectories.first_move`), seed (0), teacher (none;
-    {url, model, api_key_env}: an OpenAI-compatible endpoint that writes the
-    click reasoning, see :mod:`training.data.teacher`).
+    ``config``: the keys of :class:`BuildConfig` (checked first, one line for a mistake).
     """
     from napari_ibis.segmenters import build_segmenter
-
-    from training.config import check_keys
-    from training.samples import render
+    from training.config import config_values
     from training.data.trajectories import first_move, keep, self_correction, simulate
+    from training.samples import render
 
-    check_keys(config, BUILD_KEYS, ("output",), "data build config")
+    config = config_values(BuildConfig, config, "data build config")
     folder = Path(config["output"])
-    profile = config.get("profile", "ibis-release")
-    first_only = config.get("first_move_only", False)
-    segmenter = None if first_only else build_segmenter(config.get("segmenter", "classical"))
-    seed = config.get("seed", 0)
+    profile = config["profile"]
+    first_only = config["first_move_only"]
+    segmenter = None if first_only else build_segmenter(config["segmenter"])
+    seed = config["seed"]
     samples = training_samples(config)
-    options = {"stop_iou": config.get("stop_iou", 0.9), "max_steps": config.get("max_steps", 8)}
-    if config.get("teacher"):
+    options = {"stop_iou": config["stop_iou"], "max_steps": config["max_steps"]}
+    if config["teacher"]:
         from training.data.teacher import Teacher
 
         options["reasoner"] = Teacher(**{"base_url": config["teacher"]["url"], **{
             k: v for k, v in config["teacher"].items() if k != "url"}})
-    fraction = 0.0 if first_only else config.get("self_correction_fraction", 0.0)
+    fraction = 0.0 if first_only else config["self_correction_fraction"]
 
     done = written_ids(folder)
 
@@ -203,7 +226,7 @@ def build(config: dict, progress=None) -> Path:
                 trajectory = (self_correction(sample, segmenter, rng, undo=profile == "paper", **options)
                               if corrected else None) or simulate(
                     sample, segmenter, rng, **options)
-            if not first_only and not keep(trajectory, options["max_steps"], config.get("min_dice", 0.8)):
+            if not first_only and not keep(trajectory, options["max_steps"], config["min_dice"]):
                 continue
             meta = {"kind": trajectory.kind, "target": sample.target, "modality": sample.modality,
                     "source": sample.source, "group": sample.group, "profile": profile}

@@ -19,7 +19,6 @@ from napari_ibis.errors import ModelError
 from napari_ibis.overlay import compose, to_rgb8
 from napari_ibis.policies.base import PolicyRequest
 from napari_ibis.policies.remote import RemotePolicy
-
 from training.data import text
 
 SYSTEM = (

@@ -23,7 +23,6 @@ from napari_ibis.clicker import next_click
 from napari_ibis.metrics import dice, iou
 from napari_ibis.overlay import to_rgb8
 from napari_ibis.segmenters.base import Click, Segmenter
-
 from training.data import text
 from training.data.sources import Sample
 
@@ -64,6 +63,9 @@ class Trajectory:
         return iou(self.sample.mask, self.final_mask)
 
 
+EXPERT_STOP_IOU = 0.8  # where the click simulator answers: the release's threshold, shared by every builder
+
+
 def _step(segmenter: Segmenter, clicks: list[Click], logits, gt):
     result = segmenter.segment(clicks, logits)
     return result.mask, result.logits, iou(gt, result.mask)
@@ -73,7 +75,7 @@ def simulate(
     sample: Sample,
     segmenter: Segmenter,
     rng: np.random.Generator,
-    stop_iou: float = 0.9,
+    stop_iou: float = EXPERT_STOP_IOU,
     max_steps: int = 20,
     ties: str = "negative",
     padding: bool = True,

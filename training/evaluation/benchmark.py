@@ -19,13 +19,14 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from napari_ibis.evaluation import simulate_clicks
 from napari_ibis.metrics import dice, entity_f1, iou
 from napari_ibis.overlay import to_rgb8
-
+from training.config import check_choices
 from training.data import text
 from training.data.sources import Sample
 from training.rl.rewards import parse_or_none
@@ -38,8 +39,8 @@ class EvalConfig:
 
     model: str  # a model folder (greedy decoding through the vlm policy)
     output: str  # the JSON to write
-    profile: str = "ibis-release"
-    segmenter: str = "classical"
+    profile: Literal["ibis-release", "paper"] = "ibis-release"
+    segmenter: str = "classical"  # litemedsam | classical | sam2:CHECKPOINT
     phantom_seeds: list = field(default_factory=lambda: [90000, 90060])  # held out from every training config
     real: list = field(default_factory=list)  # "aal", "nuclei": their evaluation side
     absent_probability: float = 0.1
@@ -47,14 +48,19 @@ class EvalConfig:
     limit: int | None = None
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        check_choices(self)
+        from napari_ibis.segmenters import check_spec
+
+        check_spec(self.segmenter)
+
 
 CASE_KEYS = ("profile", "phantom_seeds", "real", "absent_probability", "max_steps", "limit", "seed")  # what draws the cases
 
 
 def cases(config: EvalConfig) -> dict[str, list[Sample]]:
     """Held-out cases per set: phantoms by seed, real sets by their evaluation side."""
-    from training.data.sources import colin27_aal, split_by_group, stardist_nuclei
-    from training.data.sources import phantom_samples
+    from training.data.sources import colin27_aal, phantom_samples, split_by_group, stardist_nuclei
 
     sets = {"phantoms (synthetic)": list(phantom_samples(range(*config.phantom_seeds), absent_probability=config.absent_probability))}
     if "aal" in config.real:
@@ -148,22 +154,18 @@ def main(argv=None) -> int:
     """Measure a model folder on the held-out sets a training config names (phantoms, AAL, nuclei), with a JSON summary.
 
     ``napari-ibis benchmark CONFIG``."""
-    import argparse
-
     from tqdm import tqdm
 
     from napari_ibis.policies.vlm import VLMPolicy
     from napari_ibis.segmenters import build_segmenter
+    from training.config import config_parser, load_config
 
-    from training.config import load_config
-
-    parser = argparse.ArgumentParser(prog="napari-ibis benchmark")
-    parser.add_argument("config")
+    parser = config_parser("napari-ibis benchmark", EvalConfig, main.__doc__.splitlines()[0])
     parser.add_argument("--against", metavar="JSON",
                         help="an earlier evaluation of the same cases: print each set's paired IoU difference to it")
     args = parser.parse_args(argv)
-    config = load_config(EvalConfig, args.config)
-    baseline = _read_comparable(args.against, config) if args.against else None
+    config = load_config(EvalConfig, args.config, args.set)
+    baseline = read_comparable(args.against, config) if args.against else None
     policy = VLMPolicy(config.model, max_new_tokens=200)
     segmenter = build_segmenter(config.segmenter)
     results = {}
@@ -179,7 +181,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def _read_comparable(path: str, config: EvalConfig) -> dict:
+def read_comparable(path: str, config: EvalConfig) -> dict:
     """The results of an earlier evaluation, after checking it drew the same cases (the segmenter may differ)."""
     try:
         earlier = json.loads(Path(path).read_text())

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from training.data.sources import colin27_aal, split_by_group
-from training.data.sources import phantom_samples
+from training.data.sources import colin27_aal, phantom_samples, split_by_group
 from training.integrations.verl_loop import write_verl_dataset
 
 

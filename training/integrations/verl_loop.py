@@ -37,7 +37,6 @@ from napari_ibis.metrics import iou
 from napari_ibis.overlay import to_rgb8
 from napari_ibis.protocol import Turn, get_profile
 from napari_ibis.segmenters.base import Click, Segmenter
-
 from training.rl.rewards import DEFAULT_REWARDS, RewardConfig, parse_or_none, step_reward, trajectory_reward
 
 

@@ -23,7 +23,9 @@ SFT mixes with the trajectories (``data:`` may list several folders).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -32,14 +34,14 @@ from napari_ibis.metrics import iou
 from napari_ibis.overlay import to_rgb8
 from napari_ibis.protocol import Turn, get_profile
 from napari_ibis.segmenters.base import Click
-
+from training.config import check_choices
 from training.data import text
 from training.data.sources import Sample
-from training.data.trajectories import Move, Trajectory
+from training.data.trajectories import EXPERT_STOP_IOU, Move, Trajectory
 from training.samples import focus_region
 
 
-def expert_move(sample: Sample, mask: np.ndarray, rng: np.random.Generator, stop_iou: float = 0.8) -> Move | None:
+def expert_move(sample: Sample, mask: np.ndarray, rng: np.random.Generator, stop_iou: float = EXPERT_STOP_IOU) -> Move | None:
     """What the click simulator does on ``mask``; ``None`` where it has no sensible move.
 
     An absent target gets "not present" on an empty mask and nothing on a non-empty
@@ -64,7 +66,9 @@ def decision_sample(sample: Sample, query: str, move: Move, first: bool, answer:
     """One trained decision: the observation of ``move.mask_before``, the prompt the session
     would send (``first``: the session's first turn on an empty mask) and the expert's reply
     (``answer``: the final answer a Terminate or "not present" carries)."""
-    from training.samples import RenderedSample, response as _response, with_replies as _with_replies
+    from training.samples import RenderedSample
+    from training.samples import response as _response
+    from training.samples import with_replies as _with_replies
 
     profile = get_profile(profile_name)
     if profile.use_history:
@@ -88,32 +92,50 @@ def visited_states(episode) -> list[tuple[np.ndarray, bool]]:
     return states
 
 
-DAGGER_KEYS = ("output", "model", "profile", "segmenter", "seeds", "real", "absent_probability", "max_steps", "stop_iou",
-               "seed")
+@dataclass
+class DaggerConfig:
+    """A model's own states labelled by the click simulator (``napari-ibis data dagger CONFIG`` reads these keys)."""
+
+    output: str  # the dataset folder to write (resumable)
+    model: str  # the model folder that is rolled out
+    profile: Literal["ibis-release", "paper"] = "ibis-release"
+    segmenter: str = "classical"  # litemedsam | classical | sam2:CHECKPOINT
+    seeds: list = field(default_factory=lambda: [0, 100])  # phantom seeds, [first, stop)
+    real: list = field(default_factory=list)  # "nuclei" and/or "aal": their training side
+    absent_probability: float = 0.1
+    max_steps: int = 8  # as the evaluation
+    stop_iou: float = EXPERT_STOP_IOU  # where the expert answers
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        from napari_ibis.policies import check_model
+        from napari_ibis.segmenters import check_spec
+
+        check_spec(self.segmenter)
+        check_model(self.model)
+        if len(self.seeds) != 2 or self.seeds[0] >= self.seeds[1]:
+            raise ValueError(f"seeds must be [first, stop) with first < stop, not {self.seeds}")
 
 
 def build(config: dict, progress=None) -> Path:
     """Roll the model out on each training sample and write the expert's decisions; resumable.
 
-    Keys (defaults): output and model (required), profile ("ibis-release"),
-    segmenter ("classical"), seeds ([0, 100]: phantom seeds), real ([]: "aal" and/or
-    "nuclei", training side only), absent_probability (0.1), max_steps (8, as the
-    evaluation), stop_iou (0.8: where the expert answers), seed (0).
+    ``config``: the keys of :class:`DaggerConfig` (checked first, one line for a mistake).
     """
     from napari_ibis.policies.vlm import VLMPolicy
     from napari_ibis.segmenters import build_segmenter
-
-    from training.config import check_keys
-    from training.rl.rollout import rollout
+    from training.config import config_values
     from training.data.storage import append_samples, sample_rng, training_samples, written_ids
+    from training.rl.rollout import rollout
 
-    check_keys(config, DAGGER_KEYS, ("output", "model"), "data dagger config")
+    config = config_values(DaggerConfig, config, "data dagger config")
     folder = Path(config["output"])
-    profile = config.get("profile", "ibis-release")
+    profile = config["profile"]
     policy = VLMPolicy(config["model"], max_new_tokens=200)
-    segmenter = build_segmenter(config.get("segmenter", "classical"))
+    segmenter = build_segmenter(config["segmenter"])
     samples = training_samples(config)
-    seed, stop_iou, max_steps = config.get("seed", 0), config.get("stop_iou", 0.8), config.get("max_steps", 8)
+    seed, stop_iou, max_steps = config["seed"], config["stop_iou"], config["max_steps"]
     done = written_ids(folder)
     sources = {key.rsplit(":", 1)[0] for key in done}
 

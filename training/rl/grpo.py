@@ -45,13 +45,15 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from napari_ibis.policies.base import Policy
-
-from training.checkpoints import load_for_training, save
+from training.checkpoints import load_for_training, lora_keys, save
+from training.config import check_choices
 from training.data.sources import Sample
+from training.data.trajectories import EXPERT_STOP_IOU
 from training.rl.rewards import RewardConfig, final_answer_reward, parse_or_none, step_reward, trajectory_reward
 from training.rl.rollout import FirstTurnThen, Rollout, SamplingPolicy, first_turn, rollout, training_samples
 from training.sft import target_map
@@ -64,17 +66,17 @@ class GRPOConfig:
 
     model: str  # folder to start from (usually the SFT output)
     output: str
-    profile: str = "ibis-release"
-    mode: str = "trajectory"  # "trajectory" (paper, multi-turn) or "decision" (release: one turn from a simulated state)
+    profile: Literal["ibis-release", "paper"] = "ibis-release"
+    mode: Literal["trajectory", "decision"] = "trajectory"  # "trajectory" (paper, multi-turn) or "decision" (release: one turn from a simulated state)
     first_step_share: float = 0.0  # decision mode: share of questions asked from the empty first state
-    state_source: str = "simulated"  # decision mode: states from the click simulator, or "policy": the model's own
+    state_source: Literal["simulated", "policy"] = "simulated"  # decision mode: states from the click simulator, or "policy": the model's own
     # decision mode: the answer term on the mask the decision leaves ("now", the release), or on the mask the
     # current model ends with when it carries on greedily from there ("continued"): a click is then worth what
     # it leads to, not only what it does at once
-    decision_answer: str = "now"
+    decision_answer: Literal["now", "continued"] = "now"
     # every token of the model's reply; "coordinates": only the click's numbers; "clicks": whole replies that
     # click (or are unreadable), compared only among themselves, so answering is left as SFT made it
-    trained_tokens: str = "reply"
+    trained_tokens: Literal["reply", "coordinates", "clicks"] = "reply"
     segmenter: str = "classical"
     seeds: list = field(default_factory=lambda: [0, 400])  # phantom seeds the questions come from
     real: list = field(default_factory=list)  # "aal", "nuclei": their training side is added
@@ -91,7 +93,7 @@ class GRPOConfig:
     clip_low: float = 0.2
     clip_high: float = 0.2
     kl_coef: float = 0.0
-    loss_aggregation: str = "token-mean"  # or "seq-mean-token-mean"
+    loss_aggregation: Literal["token-mean", "seq-mean-token-mean"] = "token-mean"
     mini_batches: int = 1
     epochs: int = 1  # passes over each step's rollouts (the clip bounds every update after the first)
     rewards: dict = field(default_factory=dict)  # RewardConfig keys
@@ -104,18 +106,31 @@ class GRPOConfig:
     # step. A sanity check that the policy gradient can raise the reward where it trains, apart from
     # whether what it learns carries to new questions
     question_pool: int = 0
+    stop_iou: float = EXPERT_STOP_IOU  # where the simulated trajectories that give decision-mode states stop
+
+    SECTIONS = {"rewards": lambda: _reward_config(), "lora": lora_keys}
 
     def __post_init__(self) -> None:
+        check_choices(self)
+        from napari_ibis.segmenters import check_spec
+
+        check_spec(self.segmenter)
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be 2 or more: with {self.group_size} rollout per question every advantage is 0")
+        if self.steps < 1 or self.questions_per_step < 1 or self.max_turns < 1:
+            raise ValueError("steps, questions_per_step and max_turns must be 1 or more")
+        if not 0 < self.top_p <= 1 or self.temperature < 0:
+            raise ValueError(f"top_p must lie in (0, 1] and temperature be 0 or more, not {self.top_p} and {self.temperature}")
         if self.epochs < 1 or self.mini_batches < 1:
             raise ValueError(f"epochs and mini_batches must be 1 or more, not {self.epochs} and {self.mini_batches}")
         if self.question_pool < 0:
             raise ValueError(f"question_pool must be 0 (a new question every time) or more, not {self.question_pool}")
-        if self.decision_answer not in ("now", "continued"):
-            raise ValueError(f"decision_answer must be 'now' or 'continued', not {self.decision_answer!r}")
-        if self.trained_tokens not in ("reply", "coordinates", "clicks"):
-            raise ValueError(f"trained_tokens must be 'reply', 'coordinates' or 'clicks', not {self.trained_tokens!r}")
         if self.trained_tokens == "clicks" and self.mode != "decision":
             raise ValueError("trained_tokens: clicks needs mode: decision (one reply per rollout)")
+
+
+def _reward_config():
+    return RewardConfig
 
 
 def trained_rollouts(group: list[tuple[Rollout, dict]], trained_tokens: str) -> tuple[list[int], np.ndarray]:
@@ -287,22 +302,13 @@ class Questions:
     """An endless, seeded stream of (sample, query, initial mask) for one process."""
 
     def __init__(self, config: GRPOConfig, segmenter, rank: int) -> None:
-        from training.data.sources import colin27_aal, split_by_group, stardist_nuclei
-        from training.data.sources import phantom_samples
+        from training.data.storage import training_samples
 
-        self.samples: list[Sample] = list(phantom_samples(range(*config.seeds), absent_probability=config.absent_probability))
-        real = []
-        if "aal" in config.real:
-            real += list(colin27_aal())
-        if "nuclei" in config.real:
-            real += list(stardist_nuclei())
-        self.samples += split_by_group(real)[0]
+        self.samples: list[Sample] = training_samples(asdict(config))
         self.rng = np.random.default_rng([config.seed, rank])
         self.mode, self.segmenter = config.mode, segmenter
-        self.max_turns = config.max_turns
+        self.max_turns, self.stop_iou = config.max_turns, config.stop_iou
         self.first_step_share = config.first_step_share
-        if config.state_source not in ("simulated", "policy"):
-            raise ValueError(f"state_source must be 'simulated' or 'policy', not {config.state_source!r}")
         self.state_source, self.profile = config.state_source, config.profile
         self.greedy: Policy | None = None  # state_source "policy": the current model, greedy (set every step)
         self.pool_size = config.question_pool
@@ -333,7 +339,7 @@ class Questions:
             turns = int(self.rng.integers(1, max(self.max_turns, 2)))
             state = rollout(self.greedy, sample, query, self.segmenter, self.profile, turns).final_mask
             return sample, query, state if state.any() else None
-        simulated = simulate(sample, self.segmenter, self.rng, stop_iou=0.9, max_steps=self.max_turns)
+        simulated = simulate(sample, self.segmenter, self.rng, stop_iou=self.stop_iou, max_steps=self.max_turns)
         states = [m.mask_before for m in simulated.moves]
         state = states[self.rng.integers(len(states))]
         return sample, simulated.query, state if state.any() else None
@@ -520,14 +526,10 @@ def main(argv=None) -> int:
     """Reinforcement learning (GRPO with the paper's rewards) from a model folder to a new one.
 
     ``napari-ibis grpo CONFIG``."""
-    import argparse
+    from training.config import config_parser, load_config
 
-    from training.config import load_config
-
-    parser = argparse.ArgumentParser(prog="napari-ibis grpo")
-    parser.add_argument("config")
-    args = parser.parse_args(argv)
-    config = load_config(GRPOConfig, args.config)
+    args = config_parser("napari-ibis grpo", GRPOConfig, main.__doc__.splitlines()[0]).parse_args(argv)
+    config = load_config(GRPOConfig, args.config, args.set)
     card = train(config)
     last = card["steps"][-1] if card["steps"] else {}
     print(f"done: {config.output} (last step reward {last.get('reward/total', float('nan')):.3f}, "

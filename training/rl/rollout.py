@@ -34,9 +34,9 @@ from napari_ibis.policies.base import Policy, PolicyRequest, TextSink
 from napari_ibis.protocol import Profile, get_profile
 from napari_ibis.segmenters.base import Segmenter
 from napari_ibis.session import Session
-
 from training.data.sources import Sample
-from training.samples import RenderedSample, pil_messages as _as_pil
+from training.samples import RenderedSample
+from training.samples import pil_messages as _as_pil
 
 
 @dataclass

@@ -52,8 +52,8 @@ def rendered_first_moves(config: StreamConfig, profile: str, lane: int = 0, lane
     see again what it already learnt from).
     """
     from training.data.sources import phantom_samples
-    from training.samples import render
     from training.data.trajectories import first_move
+    from training.samples import render
 
     for phantom_seed in itertools.count(config.start_seed + lane + skip_phantoms * lanes, lanes):
         for sample in phantom_samples([phantom_seed], absent_probability=config.absent_probability):

@@ -13,6 +13,7 @@ of correct moves, with their closing ``<|im_end|>``, are trained.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -21,13 +22,15 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from napari_ibis.overlay import to_rgb8
 from napari_ibis.protocol import Turn, get_profile
 
-from ..checkpoints import load_for_training, save
+from ..checkpoints import load_for_training, lora_keys, save
+from ..config import check_choices
 from ..data.trajectories import Trajectory
 from ..samples import RenderedSample, pil_messages, render
 from . import target_map
@@ -41,7 +44,7 @@ class SFTConfig:
     model: str  # folder of the model to start from
     output: str  # folder to write
     data: str | list = ""  # a dataset folder written by `napari-ibis data build` (or a list of them); empty: build one from `extra`
-    profile: str = "ibis-release"
+    profile: Literal["ibis-release", "paper"] = "ibis-release"
     steps: int = 100
     batch_size: int = 1  # samples per process per micro-step
     learning_rate: float = 5e-4
@@ -67,7 +70,32 @@ class SFTConfig:
     stream: dict = field(default_factory=dict)  # {} read `data`; else first decisions of new phantoms made while training (training.sft.stream.StreamConfig keys)
     tiny: dict = field(default_factory=dict)  # build a new small model at `model` first (TinyConfig keys)
     image_size: int = 0  # > 0: images reach the model at this side (its pixel budget becomes side x side), e.g. finer image tokens
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # without `data`: the keys of a data build config (training.data.storage.BuildConfig)
+
+    SECTIONS = {"lora": lora_keys, "stream": lambda: _section("stream"), "tiny": lambda: _section("tiny"),
+                "extra": lambda: _section("extra")}
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        if self.steps < 1 or self.batch_size < 1 or self.gradient_accumulation < 1:
+            raise ValueError("steps, batch_size and gradient_accumulation must be 1 or more")
+        if self.stream and (self.data or self.replay_data):
+            raise ValueError("`stream` makes its own samples; leave out `data` and `replay_data`")
+
+
+def _section(name: str):
+    """The dataclass of a nested section, imported only when a config names it."""
+    if name == "stream":
+        from .stream import StreamConfig
+
+        return StreamConfig
+    if name == "tiny":
+        from .tiny import TinyConfig
+
+        return TinyConfig
+    from ..data.storage import BuildConfig
+
+    return tuple(f.name for f in dataclasses.fields(BuildConfig) if f.name not in ("output", "profile"))
 
 
 def train(config: SFTConfig, samples: list[RenderedSample], log=functools.partial(print, flush=True)) -> dict:
@@ -220,7 +248,6 @@ def first_click_hits(model, processor, samples, profile_name: str = "ibis-releas
 
     from napari_ibis.errors import ActionParseError
     from napari_ibis.protocol import parse
-
     from training.data import text
 
     profile = get_profile(profile_name)
@@ -313,17 +340,11 @@ def main(argv=None) -> int:
     adds samples of another folder (:func:`replayed`). ``stream`` instead makes first
     decisions of new phantoms while training (:mod:`training.sft.stream`; a GPU's stage).
     """
-    import argparse
-
-    from training.config import load_config
+    from training.config import config_parser, load_config
     from training.data.storage import build, read_dataset
 
-    parser = argparse.ArgumentParser(prog="napari-ibis sft")
-    parser.add_argument("config")
-    args = parser.parse_args(argv)
-    config = load_config(SFTConfig, args.config)
-    if config.stream and (config.data or config.replay_data):
-        raise SystemExit(f"{args.config}: `stream` makes its own samples; leave out `data` and `replay_data`")
+    args = config_parser("napari-ibis sft", SFTConfig, main.__doc__.splitlines()[0]).parse_args(argv)
+    config = load_config(SFTConfig, args.config, args.set)
     if config.stream:
         samples = []
     else:
