@@ -8,7 +8,7 @@ APT_PACKAGES := xvfb xauth libgl1-mesa-dri libegl1 libxkbcommon-x11-0 libxcb-icc
   libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 \
   libxcb-cursor0 libdbus-1-3 libfontconfig1 mricron-data
 
-.PHONY: setup system demo test bench
+.PHONY: setup system demo test test-fast bench
 
 system:
 	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
@@ -31,6 +31,10 @@ demo: setup
 
 test: setup
 	xvfb-run -a -s "-screen 0 1400x900x24" $(PY) -m pytest -q -p no:cacheprovider
+
+# the edit-test loop: everything but the tests marked slow (two-process runs, the whole pipeline)
+test-fast: setup
+	xvfb-run -a -s "-screen 0 1400x900x24" $(PY) -m pytest -q -p no:cacheprovider -m "not slow"
 
 bench: setup
 	$(PY) benchmarks/segmenters.py

@@ -31,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from napari_ibis.policies.vlm import VLMPolicy  # noqa: E402
 from training.config import load_config  # noqa: E402
 from training.rl.grpo import (  # noqa: E402
     GRPOConfig,
@@ -44,26 +45,23 @@ from training.rl.grpo import (  # noqa: E402
     trained_rollouts,
 )
 from training.rl.rewards import RewardConfig  # noqa: E402
-from training.rl.rollout import SamplingPolicy, first_turn, rollout, training_samples  # noqa: E402
-from training.samples import pil_messages  # noqa: E402
+from training.rl.rollout import SamplingPolicy, episode_samples, first_turn, rollout  # noqa: E402
 from training.sft.encoding import collate, encode  # noqa: E402
 
 
-class RecordingSampler(SamplingPolicy):
-    """A :class:`SamplingPolicy` that keeps the log-probability of every token it sampled."""
+class RecordingSampler(VLMPolicy):
+    """The training policy (:meth:`VLMPolicy.from_model`) keeping the log-probability of every token it sampled."""
 
-    def respond(self, request, on_text=None, cancel=None) -> str:
+    def generate(self, inputs, temperature=0.0, seed=None, on_text=None, cancel=None) -> str:
         import torch
 
-        inputs = self.processor.apply_chat_template(pil_messages(request.messages), add_generation_prompt=True, tokenize=True,
-                                                    return_dict=True, return_tensors="pt").to(self.model.device)
+        inputs = inputs.to(self.model.device)
         with torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=True,
-                                      temperature=self.temperature, top_p=self.top_p,
-                                      pad_token_id=self.processor.tokenizer.pad_token_id,
-                                      output_logits=True, return_dict_in_generate=True)
+                                      temperature=temperature, top_p=self.top_p, top_k=0,
+                                      pad_token_id=self.pad_token_id, output_logits=True, return_dict_in_generate=True)
         tokens = out.sequences[0, inputs["input_ids"].shape[1]:]
-        logits = torch.stack(out.logits)[:, 0].float() / self.temperature
+        logits = torch.stack(out.logits)[:, 0].float() / temperature
         self.sampled_log_probs = torch.log_softmax(logits, -1).gather(-1, tokens[:, None])[:, 0]
         return self.processor.tokenizer.decode(tokens, skip_special_tokens=True)
 
@@ -91,7 +89,7 @@ def main() -> None:
     questions.greedy = SamplingPolicy(start_model, processor, 0.0, max_new_tokens=config.max_new_tokens)
     sample, query, init_mask = questions.next()
     torch.manual_seed(config.seed)
-    sampler = RecordingSampler(start_model, processor, config.temperature, config.top_p, config.max_new_tokens)
+    sampler = RecordingSampler.from_model(start_model, processor, config.temperature, config.top_p, config.max_new_tokens)
     group, sampled = [], []
     for _ in range(args.group):
         episode = rollout(sampler, sample, query, segmenter, config.profile, 1, init_mask)
@@ -102,7 +100,7 @@ def main() -> None:
     within = coordinate_token_ids(processor.tokenizer) if config.trained_tokens == "coordinates" else None
     mismatch, items = 0.0, []
     for index, advantage in zip(kept, advantages):
-        encoded = encode(processor, training_samples(first_turn(group[index][0]))[0])
+        encoded = encode(processor, episode_samples(first_turn(group[index][0]))[0])
         with torch.no_grad():  # the reply's tokens, re-encoded, against what the sampler drew them with
             full, mask = token_log_probs(start_model, collate([encoded], pad))
         reply = full[0][mask[0] > 0]

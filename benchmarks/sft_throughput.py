@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from training.data.storage import build, read_dataset
+from training.data.storage import build_dataset, read_dataset
 from training.sft.tiny import TinyConfig, build_tiny_vlm
 
 
@@ -34,7 +34,7 @@ def _free_port() -> int:
 
 def main() -> None:
     work = Path(tempfile.mkdtemp())
-    data = build({"output": str(work / "data"), "seeds": [0, 20], "max_steps": 6, "stop_iou": 0.9})
+    data = build_dataset({"output": str(work / "data"), "seeds": [0, 20], "max_steps": 6, "stop_iou": 0.9})
     samples = read_dataset(data)
     corpus = [item["text"] for s in samples for m in s.messages for item in m["content"] if item["type"] == "text"]
     model = build_tiny_vlm(work / "init", corpus, TinyConfig(vocab_size=2048))

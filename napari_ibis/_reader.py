@@ -38,12 +38,12 @@ def get_reader(path):
 
 def read(path) -> list[tuple]:
     """One layer: ``(data, {name, scale, translate, metadata[, rgb]}, "image" | "labels")``."""
-    from .io import _read_checked
+    from .io import read_checked
 
     if isinstance(path, (list, tuple)):
         path = path[0]
     path = Path(path)
-    array, rgb, meta = _read_checked(path, "image")
+    array, rgb, meta = read_checked(path, "image")
     geometry = meta.get("geometry")
     kwargs = geometry.layer_kwargs() if geometry is not None else {"metadata": {}}
     name = path.name[: -len(suffix_of(path))] if suffix_of(path) else path.name

@@ -82,7 +82,7 @@ def _read_raw(path: Path) -> tuple[np.ndarray, bool, dict]:
     raise InputError(f"{path.name}: unsupported file type '{suffix}'; use one of {', '.join(IMAGE_SUFFIXES)} or a DICOM folder")
 
 
-def _read_checked(path: Path, what: str) -> tuple[np.ndarray, bool, dict]:
+def read_checked(path: Path, what: str) -> tuple[np.ndarray, bool, dict]:
     """:func:`_read_raw`, with a missing or unreadable file as a one-line InputError."""
     if not (path.is_file() or (path.is_dir() and what == "image")):
         raise InputError(f"{what} not found: {path}")
@@ -123,7 +123,7 @@ def read_image(path: str | Path, slice: int | Sequence[int] | None = None) -> Lo
     A 3-D volume without ``slice`` uses its middle slice; 4-D data needs ``slice``.
     """
     path = Path(path)
-    array, rgb, meta = _read_checked(path, "image")
+    array, rgb, meta = read_checked(path, "image")
     if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
         raise InputError(f"{path.name} does not hold numeric pixels ({array.dtype})")
     if rgb and array.shape[-1] == 4:
@@ -170,7 +170,7 @@ def to_binary(mask: np.ndarray, label: int | None = None, name: str = "mask") ->
 def read_mask(path: str | Path, like: LoadedImage, label: int | None = None) -> np.ndarray:
     """A boolean mask for the slice of ``like``, read from a 2-D or a matching volume file."""
     path = Path(path)
-    array, _, _ = _read_checked(path, "mask")
+    array, _, _ = read_checked(path, "mask")
     slice_shape = like.slice.shape[:2]
     if array.shape[: len(like.spatial_shape)] == like.spatial_shape and like.slice_index:
         array = array[like.slice_index]

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from napari_ibis.cli import main
 from napari_ibis.protocol import get_profile
@@ -74,6 +75,7 @@ def test_a_decision_sample_shows_the_mask_asks_to_refine_and_answers_with_the_ex
     assert rendered.target_mask[move.click.row, move.click.col] and not rendered.target_mask[half].any()
 
 
+@pytest.mark.slow
 def test_dagger_build_labels_a_models_own_states_resumes_and_feeds_sft_with_other_folders(tmp_path, tiny_vlm_folder):
     config = {"output": str(tmp_path / "dagger"), "model": str(tiny_vlm_folder), "seeds": [0, 1], "max_steps": 2,
               "absent_probability": 0.0}

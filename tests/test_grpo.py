@@ -10,7 +10,7 @@ from napari_ibis.segmenters import build_segmenter
 from training.data.sources import Sample
 from training.rl.grpo import GRPOConfig, group_advantages, policy_loss, score, token_log_probs, train
 from training.rl.rewards import RewardConfig
-from training.rl.rollout import rollout, training_samples
+from training.rl.rollout import episode_samples, rollout
 from training.sft.encoding import collate, encode
 
 
@@ -117,7 +117,7 @@ def test_a_continued_decision_is_paid_the_answer_where_the_greedy_model_ends_and
     later = score(episode, RewardConfig(), "decision")
     assert later["answer"] == 3.0 and later["placement"] == now["placement"] == 1.0
     assert later["total"] == pytest.approx(now["total"] - (now["answer"] - 3.0) / 5.0)
-    [trained] = training_samples(first_turn(episode))
+    [trained] = episode_samples(first_turn(episode))
     assert trained.messages[-1]["content"][0]["text"] == click
     # a first reply that answers ends the episode: nothing is continued, the answer is on the mask as it was
     stop = rollout(FirstTurnThen(ScriptedPolicy([TERMINATE]), greedy), sample, "segment the disk", segmenter, max_turns=4,
@@ -141,7 +141,7 @@ def test_only_the_models_reply_tokens_get_gradients(tiny_vlm_folder):
     model = Qwen3VLForConditionalGeneration.from_pretrained(tiny_vlm_folder)
     policy = ScriptedPolicy([point(True, 0.5, 0.5), TERMINATE])
     episode = rollout(policy, disk_sample(), "segment the disk", build_segmenter("classical"), profile="paper")
-    (rendered,) = training_samples(episode)  # the paper profile keeps history: one multi-turn sample
+    (rendered,) = episode_samples(episode)  # the paper profile keeps history: one multi-turn sample
     encoded = encode(processor, rendered)
     batch = collate([encoded], processor.tokenizer.pad_token_id)
     captured = keep_logit_gradients(model)
@@ -165,7 +165,7 @@ def test_the_logged_policy_change_is_zero_without_an_update_and_grows_with_the_s
     model = Qwen3VLForConditionalGeneration.from_pretrained(tiny_vlm_folder)
     policy = ScriptedPolicy([point(True, 0.5, 0.5)])
     episode = rollout(policy, disk_sample(), "segment the disk", build_segmenter("classical"), max_turns=1)
-    encoded = encode(processor, training_samples(episode)[0])
+    encoded = encode(processor, episode_samples(episode)[0])
     pad = processor.tokenizer.pad_token_id
     with torch.no_grad():
         encoded["old"] = token_log_probs(model, collate([encoded], pad))[0]
@@ -188,7 +188,7 @@ def test_coordinate_training_keeps_only_the_digits_of_the_clicks(tiny_vlm_folder
     processor = AutoProcessor.from_pretrained(tiny_vlm_folder)
     policy = ScriptedPolicy([point(True, 0.25, 0.75, thought="the disk is at 0.5"), TERMINATE])
     episode = rollout(policy, disk_sample(), "segment the disk", build_segmenter("classical"), max_turns=3)
-    click, answer = (encode(processor, r) for r in training_samples(episode))  # the release profile: one per turn
+    click, answer = (encode(processor, r) for r in episode_samples(episode))  # the release profile: one per turn
     labels = coordinate_labels(processor.tokenizer, click["input_ids"][0], click["labels"])
     kept = click["input_ids"][0].numpy()[labels != -100]
     assert processor.tokenizer.decode(kept) == "0.25000.7500"  # not the 0.5 of the reasoning, not "Positive Point"
@@ -207,7 +207,7 @@ def test_pushing_a_bad_click_down_moves_probability_only_among_the_digits(tiny_v
     model = Qwen3VLForConditionalGeneration.from_pretrained(tiny_vlm_folder)
     episode = rollout(ScriptedPolicy([point(False, 0.25, 0.75)]), disk_sample(), "segment the disk",
                       build_segmenter("classical"), max_turns=1)
-    (encoded,) = (encode(processor, r) for r in training_samples(episode))
+    (encoded,) = (encode(processor, r) for r in episode_samples(episode))
     encoded["labels"] = coordinate_labels(processor.tokenizer, encoded["input_ids"][0], encoded["labels"])
     batch = collate([encoded], processor.tokenizer.pad_token_id)
     captured = keep_logit_gradients(model)
@@ -257,6 +257,7 @@ def test_the_clipped_ratio_stops_pushing_past_the_trust_region():
     assert log_probs.grad[0, 0] != 0 and log_probs.grad[0, 1] == 0 and stats["clip_fraction"] == 0.5
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_run_grpo(tiny_vlm_folder, tmp_path):
     config = {"model": str(tiny_vlm_folder), "output": str(tmp_path / "ddp"), "steps": 1, "questions_per_step": 1,
               "group_size": 2, "max_turns": 1, "max_new_tokens": 8, "seeds": [0, 4]}
@@ -330,4 +331,3 @@ def test_every_grpo_config_in_the_repository_reads_into_its_settings_and_rewards
 
     config = load_config(GRPOConfig, path)  # a misspelt key or a value of the wrong kind fails here
     RewardConfig(**config.rewards)
-    assert config.mode in ("trajectory", "decision") and config.steps > 0 and config.output

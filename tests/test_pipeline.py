@@ -6,6 +6,7 @@ import yaml
 from napari_ibis.cli import main
 
 
+@pytest.mark.slow
 def test_one_command_rebuilds_an_agent_from_nothing_and_bundles_it(tmp_path):
     run = tmp_path / "run"
     stages = {

@@ -68,8 +68,19 @@ def test_the_vlm_session_loop_runs_end_to_end(tiny_vlm_folder):
     session = Session(image, "segment the disk", policy, build_segmenter("classical"), max_steps=2)
     events = list(session.run())
     assert any(isinstance(e, ThoughtDelta) for e in events)
-    # a random model writes nonsense: the run must stop cleanly, saying why
-    assert isinstance(events[-1], Stopped) and events[-1].reason in ("unparsable", "max_steps", "answered", "repeated", "not_present")
+    # a random model writes nonsense: the run stops cleanly at the first reply, saying why
+    assert isinstance(events[-1], Stopped) and events[-1].reason == "unparsable" and "<action>" in events[-1].message
+    assert session.steps == [] and len(session.rejected_outputs) == 1
+
+
+def test_training_rollouts_and_the_widgets_agent_generate_the_same_way(tiny_vlm_folder):
+    from training.rl.rollout import SamplingPolicy
+
+    loaded = VLMPolicy(tiny_vlm_folder, max_new_tokens=12)
+    training = SamplingPolicy(loaded.model, loaded.processor, temperature=0.0, max_new_tokens=12)
+    assert training.respond(request()) == loaded.respond(request())  # one generation path, greedy alike
+    sampled = SamplingPolicy(loaded.model, loaded.processor, temperature=1.0, max_new_tokens=12)
+    assert len({sampled.respond(request()) for _ in range(4)}) > 1  # its own temperature: rollouts differ
 
 
 def test_a_policy_asked_to_sample_varies_and_reproduces_with_its_seed(tiny_vlm_folder):

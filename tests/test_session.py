@@ -186,7 +186,7 @@ def test_oracle_policy_drives_the_loop_in_both_profiles(case, classical):
     for profile in ("ibis-release", "paper"):
         session = Session(image, "disk", OraclePolicy(mask, stop_iou=0.8), classical, profile=profile, max_steps=10)
         events = run_all(session)
-        assert events[-1].reason in ("answered", "max_steps")
+        assert events[-1].reason == "answered"  # the oracle answers once its mask reaches IoU 0.8
         assert (session.mask & mask).sum() / (session.mask | mask).sum() > 0.6
 
 

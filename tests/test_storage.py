@@ -40,9 +40,9 @@ def test_data_build_writes_resumes_exports_and_feeds_sft(tmp_path, capsys, tiny_
 
 def test_dataset_folders_load_with_hugging_face_datasets(tmp_path):
     datasets = __import__("pytest").importorskip("datasets")
-    from training.data.storage import build
+    from training.data.storage import build_dataset
 
-    folder = build({"output": str(tmp_path / "data"), "seeds": [0, 2], "max_steps": 2, "stop_iou": 0.8, "min_dice": 0.0})
+    folder = build_dataset({"output": str(tmp_path / "data"), "seeds": [0, 2], "max_steps": 2, "stop_iou": 0.8, "min_dice": 0.0})
     table = datasets.load_dataset("json", data_files=str(folder / "samples.jsonl"), split="train")
     assert len(table) == len(read_dataset(folder))
     first = table[0]
@@ -52,9 +52,9 @@ def test_dataset_folders_load_with_hugging_face_datasets(tmp_path):
 
 def test_first_move_data_holds_one_first_decision_per_structure_without_a_segmenter(tmp_path):
     from training.data.sources import phantom_samples
-    from training.data.storage import build
+    from training.data.storage import build_dataset
 
-    folder = build({"output": str(tmp_path / "first"), "first_move_only": True, "seeds": [0, 6], "absent_probability": 1.0,
+    folder = build_dataset({"output": str(tmp_path / "first"), "first_move_only": True, "seeds": [0, 6], "absent_probability": 1.0,
                     "segmenter": "no such backend"})  # never built: the first move needs none
     rows = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == len(list(phantom_samples(range(6), absent_probability=1.0)))

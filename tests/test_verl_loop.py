@@ -49,7 +49,7 @@ def test_the_agent_loop_masks_observations_and_returns_every_image(processor):
     assert "<|im_start|>user" in observation and (ids[mask == 1] != image_token).all()
     assert (ids[mask == 0] == image_token).sum() > 0
     # the second call saw exactly the tokens that the processor makes of the whole conversation so far
-    from training.integrations.verl_loop import _ids
+    from training.integrations.verl_loop import token_ids
 
     first, second = (np.asarray(i) for i in out["multi_modal_data"]["images"])
     fresh = IbisEnvironment(image, truth, "segment the disk", build_segmenter("classical"), profile="paper")
@@ -59,7 +59,7 @@ def test_the_agent_loop_masks_observations_and_returns_every_image(processor):
                                      {"type": "text", "text": fresh.observation_turn()["content"][-1]["text"]}]},
     ]
     assert np.array_equal(conversation[1]["content"][0]["image"], first)
-    assert server.calls[1]["prompt_ids"] == _ids(processor, conversation, generation_prompt=True)
+    assert server.calls[1]["prompt_ids"] == token_ids(processor, conversation, generation_prompt=True)
     # rewards and the mask came from the same environment
     assert out["extra_fields"]["final_iou"] > 0.8
     assert out["extra_fields"]["reward_terms"]["placement"] == 0.5 and out["reward_score"] > 0.5

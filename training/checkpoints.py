@@ -1,13 +1,16 @@
-"""Loading a model folder for training, and writing checkpoints and finished folders.
+"""The skeleton SFT and GRPO share: loading a model folder for training, the optimiser and
+its schedule, resuming from a checkpoint, and writing checkpoints and finished folders.
 
-Shared by SFT and GRPO. ``config`` is any stage config with ``model``, ``output``,
+ ``config`` is any stage config with ``model``, ``output``,
 ``resume`` and ``lora`` fields. A LoRA run checkpoints only its adapter and
 writes a merged folder at the end, so the result loads like any model folder.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 # The language model's projections: LoRA leaves the vision tower as it is.
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -38,6 +41,58 @@ def load_for_training(config, accelerator):
             options = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": LORA_TARGETS, **config.lora}
             model = get_peft_model(model, LoraConfig(**options))
     return model, processor, resuming
+
+
+@dataclass
+class Run:
+    """What a training stage works with: processes, model, optimiser, schedule, and where it resumes."""
+
+    accelerator: object
+    model: object
+    processor: object
+    optimiser: object
+    schedule: object
+    trainable: list
+    checkpoint: Path
+    start_step: int = 0
+    state: dict = field(default_factory=dict)  # the resumed checkpoint's trainer state ({} for a fresh run)
+
+    def mean(self, value: float) -> float:
+        """``value`` averaged over the processes."""
+        import torch
+
+        return float(self.accelerator.reduce(torch.tensor([value], device=self.accelerator.device), "mean").item())
+
+    def end(self) -> None:
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+
+
+def start_run(config, learning_rate_factor: Callable[[int], float], seed: int, extra_parameters=(), before_optimiser=None) -> Run:
+    """Processes (accelerate: gloo on CPUs, NCCL on GPUs), the model to train (from its folder, or
+    its checkpoint when ``config.resume`` finds one), AdamW over its trainable parameters and
+    ``extra_parameters``, and a schedule that multiplies the learning rate by
+    ``learning_rate_factor(step)``; a resumed run gets its optimiser and schedule back.
+    ``before_optimiser(model)`` runs on the loaded model first (e.g. to make heads to train with it)
+    and returns more parameters to train."""
+    import torch
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    torch.manual_seed(seed)
+    model, processor, resuming = load_for_training(config, accelerator)
+    extra = list(extra_parameters) + list(before_optimiser(model) if before_optimiser is not None else [])
+    trainable = [p for p in model.parameters() if p.requires_grad] + extra
+    optimiser = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, learning_rate_factor)
+    checkpoint = Path(config.output) / "checkpoint"
+    run = Run(accelerator, model, processor, optimiser, schedule, trainable, checkpoint)
+    if resuming:
+        run.state = torch.load(checkpoint / "trainer_state.pt", weights_only=True, map_location="cpu")
+        optimiser.load_state_dict(run.state["optimiser"])
+        schedule.load_state_dict(run.state["schedule"])
+        run.start_step = int(run.state["step"])
+    return run
 
 
 def set_image_size(processor, side: int) -> None:

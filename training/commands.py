@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from .config import config_parser, describe_fields, load_values
-from .data.storage import BuildConfig, build, export_sharegpt
+from .data.storage import BuildConfig, build_dataset, export_sharegpt
 from .rl import dagger
 
 
@@ -29,7 +29,7 @@ def data(argv=None) -> int:
     export_parser.add_argument("out")
     args = parser.parse_args(argv)
     if args.command in ("build", "dagger"):
-        make = build if args.command == "build" else dagger.build
+        make = build_dataset if args.command == "build" else dagger.build_dagger_dataset
         folder = make(load_values(args.config, args.set), progress=lambda items: tqdm(items, desc="samples", unit="sample"))
         count = len((folder / "samples.jsonl").read_text().splitlines())
         print(f"{folder}: {count} chat samples")

@@ -51,14 +51,14 @@ def _stages():
     from training.rl import grpo
     from training.sft import train as sft
 
-    def build(argv: list[str]):
-        folder = storage.build(read_config(argv[0]))
+    def data(argv: list[str]):
+        folder = storage.build_dataset(read_config(argv[0]))
         print(f"{folder}: {len((folder / 'samples.jsonl').read_text().splitlines())} chat samples")
         return 0
 
     before = [
-        ("data", _data_complete, build),
-        ("grounding_data", _data_complete, build),
+        ("data", _data_complete, data),
+        ("grounding_data", _data_complete, data),
         ("grounding", _card, sft.main),
         ("grounding_stream", _card, sft.main),
         ("sft", _card, sft.main),
@@ -113,7 +113,7 @@ def _dagger_rounds(folder: Path, rounds: list[dict], log) -> dict:
     from training.sft import train as sft
 
     def dagger(argv: list[str]):
-        folder = dagger_data.build(read_config(argv[0]))
+        folder = dagger_data.build_dagger_dataset(read_config(argv[0]))
         print(f"{folder}: {len((folder / 'samples.jsonl').read_text().splitlines())} chat samples")
         return 0
 

@@ -161,7 +161,26 @@ class VLMPolicy(Policy):
         tokenizer = self.processor.tokenizer
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
+    @classmethod
+    def from_model(cls, model, processor, temperature: float = 0.0, top_p: float = 1.0,
+                   max_new_tokens: int = 160) -> VLMPolicy:
+        """A policy around a model already in memory (the one being trained), replying with
+        ``temperature`` unless a request asks for its own: training's rollouts and the
+        widget's agent generate through the same :meth:`generate`."""
+        policy = cls.__new__(cls)
+        policy.folder, policy.model_type = None, getattr(model.config, "model_type", "")
+        policy.model, policy.processor, policy.device = model, processor, str(model.device)
+        policy.max_new_tokens, policy.temperature, policy.top_p = max_new_tokens, temperature, top_p
+        tokenizer = processor.tokenizer
+        policy.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return policy
+
+    temperature = 0.0  # the release decodes greedily
+    top_p = 1.0
+
     def identity(self) -> dict:
+        if self.folder is None:
+            return {"name": "training", "model_type": self.model_type, "temperature": self.temperature}
         return {"name": self.name, "folder": str(self.folder), "model_type": self.model_type, "device": self.device}
 
     def encode(self, messages: list[dict]) -> dict:
@@ -171,41 +190,49 @@ class VLMPolicy(Policy):
         )
 
     def respond(self, request: PolicyRequest, on_text: TextSink | None = None, cancel: threading.Event | None = None) -> str:
+        """The reply to a request; streamed piece by piece to ``on_text`` when one is given."""
+        temperature, seed = (request.temperature, request.seed) if request.temperature > 0 else (self.temperature, None)
+        return self.generate(self.encode(request.messages), temperature, seed, on_text, cancel)
+
+    def generate(self, inputs, temperature: float = 0.0, seed: int | None = None, on_text: TextSink | None = None,
+                 cancel: threading.Event | None = None) -> str:
+        """The one place a reply is generated: greedy at temperature 0, else sampled from the
+        whole distribution (top-k off, ``top_p``; seeded when ``seed`` is given); stops
+        within a token once ``cancel`` is set."""
+        import torch
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
         cancel = cancel or threading.Event()
-        inputs = self.encode(request.messages).to(self.device)
+        inputs = inputs.to(self.device)
+        options = {"max_new_tokens": self.max_new_tokens, "do_sample": temperature > 0, "pad_token_id": self.pad_token_id,
+                   "stopping_criteria": StoppingCriteriaList([_CancelCriteria(cancel)])}
+        if temperature > 0:
+            options.update(temperature=temperature, top_p=self.top_p, top_k=0)
+            if seed is not None:
+                torch.manual_seed(seed)
+        if on_text is None:
+            with torch.inference_mode(), attention_backends(self.device):
+                out = self.model.generate(**inputs, **options)
+            if cancel.is_set():
+                raise Cancelled("stopped during generation")
+            return self.processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
         failure: list[BaseException] = []
 
-        def generate() -> None:
+        def run() -> None:
             try:
-                import torch
-
-                sampling = {}
-                if request.temperature > 0:
-                    torch.manual_seed(request.seed)
-                    sampling = {"temperature": request.temperature, "top_p": 1.0, "top_k": 0}
                 with torch.inference_mode(), attention_backends(self.device):
-                    self.model.generate(
-                        **inputs,
-                        max_new_tokens=self.max_new_tokens,
-                        do_sample=request.temperature > 0,
-                        **sampling,
-                        pad_token_id=self.pad_token_id,
-                        streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([_CancelCriteria(cancel)]),
-                    )
+                    self.model.generate(**inputs, **options, streamer=streamer)
             except BaseException as exc:  # re-raised on the caller's thread
                 failure.append(exc)
                 streamer.end()
 
-        worker = threading.Thread(target=generate, name="ibis-generate", daemon=True)
+        worker = threading.Thread(target=run, name="ibis-generate", daemon=True)
         worker.start()
         pieces = []
         for piece in streamer:
             pieces.append(piece)
-            if on_text is not None and piece:
+            if piece:
                 on_text(piece)
         worker.join()
         if failure:

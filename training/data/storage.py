@@ -10,7 +10,7 @@ message: False for moves kept only as context), ``target_mask`` (a PNG under
 ibis-release prompts already start with ``<image>``: that is where the release's
 own training data put the image.
 
-``napari-ibis data build CONFIG`` (:func:`build`, settings :class:`BuildConfig`) makes
+``napari-ibis data build CONFIG`` (:func:`build_dataset`, settings :class:`BuildConfig`) makes
 such a folder from phantoms and the real sets, with a progress bar, and resumes where a
 previous run stopped.
 """
@@ -134,7 +134,7 @@ def append_samples(folder: Path, items: Iterable[tuple[str, RenderedSample, dict
     return written
 
 
-def training_samples(config: dict) -> list:
+def source_samples(config: dict) -> list:
     """The phantoms of ``seeds`` (with ``absent_probability``) and the training side of the ``real`` sets."""
     from training.data.sources import colin27_aal, phantom_samples, split_by_group, stardist_nuclei
 
@@ -185,7 +185,7 @@ class BuildConfig:
             raise ValueError(f"real: unknown set {', '.join(sorted(unknown))} (known: aal, nuclei)")
 
 
-def build(config: dict, progress=None) -> Path:
+def build_dataset(config: dict, progress=None) -> Path:
     """Trajectories from phantoms (and real sets) into a dataset folder; resumable.
 
     ``config``: the keys of :class:`BuildConfig` (checked first, one line for a mistake).
@@ -201,7 +201,7 @@ def build(config: dict, progress=None) -> Path:
     first_only = config["first_move_only"]
     segmenter = None if first_only else build_segmenter(config["segmenter"])
     seed = config["seed"]
-    samples = training_samples(config)
+    samples = source_samples(config)
     options = {"stop_iou": config["stop_iou"], "max_steps": config["max_steps"]}
     if config["teacher"]:
         from training.data.teacher import Teacher

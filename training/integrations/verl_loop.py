@@ -109,7 +109,7 @@ def _pil(messages: list[dict]) -> tuple[list[dict], list[Image.Image]]:
     return out, images
 
 
-def _ids(processor, messages: list[dict], generation_prompt: bool) -> list[int]:
+def token_ids(processor, messages: list[dict], generation_prompt: bool) -> list[int]:
     pil, _ = _pil(messages)
     encoded = processor.apply_chat_template(pil, add_generation_prompt=generation_prompt, tokenize=True, return_dict=True)
     ids = encoded["input_ids"]
@@ -119,8 +119,8 @@ def _ids(processor, messages: list[dict], generation_prompt: bool) -> list[int]:
 def observation_ids(processor, system: dict, observation: dict) -> list[int]:
     """Tokens that close the model's turn and open the next: ``\\n``, the user turn with its image
     tokens, and the assistant header (the template's tokens after the system turn)."""
-    alone = _ids(processor, [system], generation_prompt=False)
-    both = _ids(processor, [system, observation], generation_prompt=True)
+    alone = token_ids(processor, [system], generation_prompt=False)
+    both = token_ids(processor, [system, observation], generation_prompt=True)
     if both[: len(alone)] != alone:
         raise ValueError("the chat template does not split at turn boundaries")
     newline = processor.tokenizer("\n", add_special_tokens=False)["input_ids"]
@@ -135,7 +135,7 @@ async def run_episode(generate: Generate, processor, env: IbisEnvironment, sampl
     """The multi-turn loop on token ids; returns the fields of verl's AgentLoopOutput."""
     request_id = uuid.uuid4().hex
     messages = env.first_messages()
-    prompt_ids = _ids(processor, messages, generation_prompt=True)
+    prompt_ids = token_ids(processor, messages, generation_prompt=True)
     images = _pil(messages)[1]
     end_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
     response_ids: list[int] = []

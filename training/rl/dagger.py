@@ -66,18 +66,16 @@ def decision_sample(sample: Sample, query: str, move: Move, first: bool, answer:
     """One trained decision: the observation of ``move.mask_before``, the prompt the session
     would send (``first``: the session's first turn on an empty mask) and the expert's reply
     (``answer``: the final answer a Terminate or "not present" carries)."""
-    from training.samples import RenderedSample
-    from training.samples import response as _response
-    from training.samples import with_replies as _with_replies
+    from training.samples import RenderedSample, response, with_replies
 
     profile = get_profile(profile_name)
     if profile.use_history:
         raise ValueError(f"profile {profile_name!r} shows the model its history; DAgger samples are one decision each")
     trajectory = Trajectory(sample, query, "dagger", [move], answer=answer)
     observation = profile.observation(to_rgb8(sample.image), move.mask_before)
-    reply = profile.format(_response(move, trajectory, profile))
+    reply = profile.format(response(move, trajectory, profile))
     turn = Turn(observation, profile.user_text(query, first=first), reply)
-    return RenderedSample(_with_replies(profile, [turn]), [True], focus_region(sample.mask, move))
+    return RenderedSample(with_replies(profile, [turn]), [True], focus_region(sample.mask, move))
 
 
 def visited_states(episode) -> list[tuple[np.ndarray, bool]]:
@@ -118,7 +116,7 @@ class DaggerConfig:
             raise ValueError(f"seeds must be [first, stop) with first < stop, not {self.seeds}")
 
 
-def build(config: dict, progress=None) -> Path:
+def build_dagger_dataset(config: dict, progress=None) -> Path:
     """Roll the model out on each training sample and write the expert's decisions; resumable.
 
     ``config``: the keys of :class:`DaggerConfig` (checked first, one line for a mistake).
@@ -126,7 +124,7 @@ def build(config: dict, progress=None) -> Path:
     from napari_ibis.policies.vlm import VLMPolicy
     from napari_ibis.segmenters import build_segmenter
     from training.config import config_values
-    from training.data.storage import append_samples, sample_rng, training_samples, written_ids
+    from training.data.storage import append_samples, sample_rng, source_samples, written_ids
     from training.rl.rollout import rollout
 
     config = config_values(DaggerConfig, config, "data dagger config")
@@ -134,7 +132,7 @@ def build(config: dict, progress=None) -> Path:
     profile = config["profile"]
     policy = VLMPolicy(config["model"], max_new_tokens=200)
     segmenter = build_segmenter(config["segmenter"])
-    samples = training_samples(config)
+    samples = source_samples(config)
     seed, stop_iou, max_steps = config["seed"], config["stop_iou"], config["max_steps"]
     done = written_ids(folder)
     sources = {key.rsplit(":", 1)[0] for key in done}

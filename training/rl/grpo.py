@@ -50,12 +50,12 @@ from typing import Literal
 import numpy as np
 
 from napari_ibis.policies.base import Policy
-from training.checkpoints import load_for_training, lora_keys, save
+from training.checkpoints import lora_keys, save, start_run
 from training.config import check_choices
 from training.data.sources import Sample
 from training.data.trajectories import EXPERT_STOP_IOU
 from training.rl.rewards import RewardConfig, final_answer_reward, parse_or_none, step_reward, trajectory_reward
-from training.rl.rollout import FirstTurnThen, Rollout, SamplingPolicy, first_turn, rollout, training_samples
+from training.rl.rollout import FirstTurnThen, Rollout, SamplingPolicy, episode_samples, first_turn, rollout
 from training.sft import target_map
 from training.sft.encoding import collate, encode
 
@@ -302,9 +302,9 @@ class Questions:
     """An endless, seeded stream of (sample, query, initial mask) for one process."""
 
     def __init__(self, config: GRPOConfig, segmenter, rank: int) -> None:
-        from training.data.storage import training_samples
+        from training.data.storage import source_samples
 
-        self.samples: list[Sample] = training_samples(asdict(config))
+        self.samples: list[Sample] = source_samples(asdict(config))
         self.rng = np.random.default_rng([config.seed, rank])
         self.mode, self.segmenter = config.mode, segmenter
         self.max_turns, self.stop_iou = config.max_turns, config.stop_iou
@@ -348,31 +348,27 @@ class Questions:
 def train(config: GRPOConfig, log=functools.partial(print, flush=True)) -> dict:
     """Run GRPO; writes the model folder, ``log.jsonl`` and ``training_card.json``."""
     import torch
-    from accelerate import Accelerator
 
     from napari_ibis.segmenters import build_segmenter
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    rank, world = accelerator.process_index, accelerator.num_processes
+    reference = None
+
+    def keep_reference(model):  # the KL term's fixed copy of the start model (LoRA: the adapters switched off)
+        nonlocal reference
+        if config.kl_coef and not config.lora:
+            reference = copy.deepcopy(model).eval().requires_grad_(False)
+        return []
+
+    run = start_run(config, lambda s: min(1.0, (s + 1) / max(config.warmup_steps, 1)), config.seed,
+                    before_optimiser=keep_reference)
+    accelerator, processor, optimiser, schedule = run.accelerator, run.processor, run.optimiser, run.schedule
+    rank, world, trainable, checkpoint, start_step = accelerator.process_index, accelerator.num_processes, run.trainable, run.checkpoint, run.start_step
     torch.manual_seed(config.seed + rank)
     random.seed(config.seed + rank)
-    model, processor, resuming = load_for_training(config, accelerator)
-    reference = None
-    if config.kl_coef and not config.lora:
-        reference = copy.deepcopy(model).eval().requires_grad_(False)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimiser = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, (s + 1) / max(config.warmup_steps, 1)))
-    output, checkpoint = Path(config.output), Path(config.output) / "checkpoint"
+    output = Path(config.output)
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
-    start_step = 0
-    if resuming:
-        state = torch.load(checkpoint / "trainer_state.pt", weights_only=True, map_location="cpu")
-        optimiser.load_state_dict(state["optimiser"])
-        schedule.load_state_dict(state["schedule"])
-        start_step = int(state["step"])
-    model, optimiser = accelerator.prepare(model, optimiser)
+    model, optimiser = accelerator.prepare(run.model, optimiser)
     segmenter = build_segmenter(config.segmenter, str(accelerator.device))
     questions = Questions(config, segmenter, rank)
     for _ in range(0 if config.question_pool else start_step * config.questions_per_step):
@@ -402,7 +398,7 @@ def train(config: GRPOConfig, log=functools.partial(print, flush=True)) -> dict:
         for group in groups:
             kept, advantages = trained_rollouts(group, config.trained_tokens)
             for (episode, _), advantage in zip([group[i] for i in kept], advantages):
-                for rendered in training_samples(first_turn(episode) if config.mode == "decision" else episode):
+                for rendered in episode_samples(first_turn(episode) if config.mode == "decision" else episode):
                     encoded = encode(processor, rendered)
                     if within is not None:  # trained_tokens: coordinates
                         encoded["labels"] = coordinate_labels(processor.tokenizer, encoded["input_ids"][0], encoded["labels"])
@@ -469,8 +465,7 @@ def train(config: GRPOConfig, log=functools.partial(print, flush=True)) -> dict:
         (output / "training_card.json").write_text(json.dumps(card, indent=2) + "\n")
         if writer is not None:
             writer.close()
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    run.end()
     return card
 
 

@@ -14,7 +14,7 @@ afterwards. Two modes:
   episode goes on after that turn with another policy (the current model, greedy),
   and :func:`first_turn` keeps only the decision for training.
 
-:func:`training_samples` turns a rollout into chat samples whose assistant
+:func:`episode_samples` turns a rollout into chat samples whose assistant
 tokens (and only those) carry the loss: with history, one multi-turn sample;
 without, one sample per turn.
 """
@@ -36,7 +36,6 @@ from napari_ibis.segmenters.base import Segmenter
 from napari_ibis.session import Session
 from training.data.sources import Sample
 from training.samples import RenderedSample
-from training.samples import pil_messages as _as_pil
 
 
 @dataclass
@@ -64,29 +63,12 @@ class Rollout:
         return iou(self.sample.mask, self.final_mask)
 
 
-class SamplingPolicy(Policy):
-    """The model being trained as an agent: replies sampled with temperature and top-p."""
+def SamplingPolicy(model, processor, temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 160):
+    """The model being trained as an agent (replies sampled with ``temperature`` and ``top_p``;
+    greedy at 0), generating through the same :meth:`VLMPolicy.generate` as the widget's agent."""
+    from napari_ibis.policies.vlm import VLMPolicy
 
-    name = "training"
-
-    def __init__(self, model, processor, temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 160) -> None:
-        self.model, self.processor = model, processor
-        self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
-
-    def identity(self) -> dict:
-        return {"name": self.name, "temperature": self.temperature}
-
-    def respond(self, request: PolicyRequest, on_text: TextSink | None = None, cancel: threading.Event | None = None) -> str:
-        import torch
-
-        inputs = self.processor.apply_chat_template(_as_pil(request.messages), add_generation_prompt=True, tokenize=True,
-                                                    return_dict=True, return_tensors="pt").to(self.model.device)
-        sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p} if self.temperature > 0 else {
-            "do_sample": False}
-        with torch.inference_mode():
-            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens,
-                                      pad_token_id=self.processor.tokenizer.pad_token_id, **sampling)
-        return self.processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    return VLMPolicy.from_model(model, processor, temperature, top_p, max_new_tokens)
 
 
 class _Recorder(Policy):
@@ -155,7 +137,7 @@ def rollout(policy: Policy, sample: Sample, query: str, segmenter: Segmenter, pr
                    said_absent, time.perf_counter() - started)
 
 
-def training_samples(episode: Rollout) -> list[RenderedSample]:
+def episode_samples(episode: Rollout) -> list[RenderedSample]:
     """Chat samples of a rollout in which exactly the model's own replies are trained."""
     profile = get_profile(episode.profile)
 

@@ -29,10 +29,10 @@ import numpy as np
 from napari_ibis.overlay import to_rgb8
 from napari_ibis.protocol import Turn, get_profile
 
-from ..checkpoints import load_for_training, lora_keys, save
+from ..checkpoints import lora_keys, save, start_run
 from ..config import check_choices
 from ..data.trajectories import Trajectory
-from ..samples import RenderedSample, pil_messages, render
+from ..samples import RenderedSample, render
 from . import target_map
 from .encoding import collate, encode
 
@@ -106,29 +106,23 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=functools.partia
     NCCL on GPUs). Only the main process writes. Returns the training record.
     """
     import torch
-    from accelerate import Accelerator
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    rank, world = accelerator.process_index, accelerator.num_processes
-    torch.manual_seed(config.seed)
-    model, processor, resuming = load_for_training(config, accelerator)
-    terms = target_map.Terms(config, model)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    trainable += [p for head in terms.heads.values() for p in head.parameters()]
-    optimiser = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
     warmup = max(1, int(config.steps * config.warmup_fraction))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps))
-    )
-    checkpoint = Path(config.output) / "checkpoint"
-    start_step, losses, evaluations, seconds_before, tokens = 0, [], [], 0.0, 0
-    if resuming:  # the card of a resumed run covers the whole run: losses, evaluations, time, tokens
-        state = torch.load(checkpoint / "trainer_state.pt", weights_only=True, map_location="cpu")
-        optimiser.load_state_dict(state["optimiser"])
-        schedule.load_state_dict(state["schedule"])
-        start_step, losses = int(state["step"]), list(state.get("losses", []))
-        evaluations, seconds_before = list(state.get("evaluations", [])), float(state.get("seconds", 0.0))
-        tokens = int(state.get("tokens", 0))
+    terms = None
+
+    def heads(model):  # the target-map heads train with the model
+        nonlocal terms
+        terms = target_map.Terms(config, model)
+        return [p for head in terms.heads.values() for p in head.parameters()]
+
+    run = start_run(config, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(step, config.steps) / config.steps)), config.seed, before_optimiser=heads)
+    accelerator, model, processor, optimiser, schedule = run.accelerator, run.model, run.processor, run.optimiser, run.schedule
+    rank, world, trainable, checkpoint, start_step = accelerator.process_index, accelerator.num_processes, run.trainable, run.checkpoint, run.start_step
+    state = run.state  # the card of a resumed run covers the whole run: losses, evaluations, time, tokens
+    losses, evaluations = list(state.get("losses", [])), list(state.get("evaluations", []))
+    seconds_before, tokens = float(state.get("seconds", 0.0)), int(state.get("tokens", 0))
+    if state:
         terms.load(state)
     elif config.target_heads_from:
         state = torch.load(heads_file(config.target_heads_from), weights_only=True, map_location="cpu")  # a GPU run's heads load on a laptop
@@ -150,9 +144,7 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=functools.partia
     for _ in range(0 if streamed is not None else start_step * config.gradient_accumulation):  # a streamed run has no list to draw from
         order.choices(range(len(samples)), k=config.batch_size * world)
 
-    def mean(value: float) -> float:  # over the processes
-        return float(accelerator.reduce(torch.tensor([value], device=accelerator.device), "mean").item())
-
+    mean = run.mean
     started = time.perf_counter()
     for step in range(start_step, config.steps):
         optimiser.zero_grad()
@@ -212,8 +204,7 @@ def train(config: SFTConfig, samples: list[RenderedSample], log=functools.partia
         (Path(config.output) / "training_card.json").write_text(json.dumps(record, indent=2) + "\n")
         if terms.heads:  # a later stage can start from them (target_heads_from: this folder)
             torch.save(terms.state(accelerator.unwrap_model), Path(config.output) / HEADS_FILE)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    run.end()
     return record
 
 
@@ -247,27 +238,25 @@ def first_click_hits(model, processor, samples, profile_name: str = "ibis-releas
     import torch
 
     from napari_ibis.errors import ActionParseError
+    from napari_ibis.policies.vlm import VLMPolicy
     from napari_ibis.protocol import parse
     from training.data import text
 
     profile = get_profile(profile_name)
     model.eval()
+    policy = VLMPolicy.from_model(model, processor, max_new_tokens=max_new_tokens)  # greedy, as the widget's agent
     hits, parsed, per_target, peaks, present, points = 0, 0, {}, 0, 0, set()
     rng = np.random.default_rng(0)
     for sample in samples:
         rgb = to_rgb8(sample.image)
         turn = Turn(profile.observation(rgb, None), profile.user_text(text.query(sample.target, sample.modality, rng), first=True))
-        messages = pil_messages(profile.messages([turn]))
-        inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
-        probed = map_probe is not None and bool(sample.mask.any())
-        with torch.inference_mode():
-            out = model.generate(**inputs.to(model.device), max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=processor.tokenizer.pad_token_id, return_dict_in_generate=True,
-                                 output_hidden_states=probed)
-        if probed:  # the prompt's hidden states come with the first generated token
-            peaks += _map_peak_on_target(out.hidden_states[0], inputs, map_probe, sample.mask, processor, model)
+        inputs = policy.encode(profile.messages([turn])).to(model.device)
+        if map_probe is not None and sample.mask.any():  # where the head looks, from the prompt's hidden states
+            with torch.inference_mode():
+                states = model(**inputs, output_hidden_states=True).hidden_states
+            peaks += _map_peak_on_target(states, inputs, map_probe, sample.mask, processor, model)
             present += 1
-        reply = processor.tokenizer.decode(out.sequences[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        reply = policy.generate(inputs)
         hit = False
         try:
             response = parse(reply, profile)
@@ -341,7 +330,7 @@ def main(argv=None) -> int:
     decisions of new phantoms while training (:mod:`training.sft.stream`; a GPU's stage).
     """
     from training.config import config_parser, load_config
-    from training.data.storage import build, read_dataset
+    from training.data.storage import build_dataset, read_dataset
 
     args = config_parser("napari-ibis sft", SFTConfig, main.__doc__.splitlines()[0]).parse_args(argv)
     config = load_config(SFTConfig, args.config, args.set)
@@ -349,7 +338,7 @@ def main(argv=None) -> int:
         samples = []
     else:
         folders = [config.data] if isinstance(config.data, str) else list(config.data)
-        folders = [f for f in folders if f] or [build(
+        folders = [f for f in folders if f] or [build_dataset(
             {"seed": config.seed, **config.extra, "output": str(Path(config.output) / "data"), "profile": config.profile})]
         samples = [sample for folder in folders for sample in read_dataset(folder)] + replayed(config)
     if config.tiny and not Path(config.model).exists():
