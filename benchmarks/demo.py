@@ -5,7 +5,8 @@
    with the bundled LiteMedSAM segmenter, streaming its reasoning and clicks.
 2. `napari-ibis eval --policy default` runs it on held-out phantoms (seeds from
    90000, never trained on) and on real images with real masks (stardist nuclei,
-   Colin27/AAL brain slices), next to the click oracle driving the same segmenter
+   Colin27/AAL brain slices) with the default segmenter (MobileSAM), next to the click
+   oracle driving the same segmenter
    (what a perfect clicker gets in as many clicks), and prints one table.
 Manifests and reports go to benchmarks/out/. Figures vary a little from run to run
 (LiteMedSAM's decoder runs in bfloat16 where the CPU has it; thread scheduling).
@@ -59,7 +60,7 @@ def main() -> None:
         for policy in ("default", "oracle"):
             print(f"== {name}: {len(samples)} cases, policy {policy} ==", flush=True)
             report = out / f"{name.split()[0]}-{policy}.json"
-            subprocess.run(CLI + ["eval", str(manifest), "--policy", policy, "--segmenter", "litemedsam",
+            subprocess.run(CLI + ["eval", str(manifest), "--policy", policy,
                                   "--max-clicks", "8", "--json", str(report), "--force"],
                            check=True, stdout=subprocess.DEVNULL)
             rows.append((name, len(samples), policy, json.loads(report.read_text())["summary"]))

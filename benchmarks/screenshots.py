@@ -2,7 +2,7 @@
 
 widget-mid-run.png and widget-after-export.png: the oracle policy (the click
 simulator with stardist's hand-drawn mask) stands in for a strong agent, with the
-bundled LiteMedSAM, on stardist's real fluorescence nuclei, to show the widget's
+MobileSAM segmenter, on stardist's real fluorescence nuclei, to show the widget's
 controls. widget-brain.png: the Colin27 MRI opened through the napari-ibis reader
 (axial, anterior up, the patient's left on the right), the oracle with the AAL
 left thalamus. widget-default-agent.png: the bundled default agent itself
@@ -58,7 +58,7 @@ def main() -> None:
     widget.controller.models.provide("oracle (ground truth)", OraclePolicy(target, stop_iou=0.85))
     panel = widget.run_panel
     panel.model_edit.setText("oracle (ground truth)")
-    panel.segmenter_combo.setCurrentText("litemedsam")
+    panel.segmenter_combo.setCurrentText("mobilesam")
     panel.query_edit.setText("segment the nucleus")
     rows, cols = np.nonzero(target)
     viewer.scene.camera.center = (rows.mean(), cols.mean())
@@ -108,7 +108,7 @@ def brain(out: Path, wait) -> None:
     panel = widget.run_panel
     panel.image_combo.setCurrentText("ch2")
     panel.model_edit.setText("oracle (AAL atlas)")
-    panel.segmenter_combo.setCurrentText("litemedsam")
+    panel.segmenter_combo.setCurrentText("mobilesam")
     panel.query_edit.setText("segment the left thalamus")
     panel.max_steps.setValue(12)
     widget.run()
@@ -136,7 +136,7 @@ def default_agent(out: Path, wait) -> None:
     viewer.window.add_dock_widget(widget, name="IBIS agent", area="right")
     panel = widget.run_panel
     panel.model_edit.setText("")
-    panel.segmenter_combo.setCurrentText("litemedsam")
+    panel.segmenter_combo.setCurrentText("mobilesam")
     panel.query_edit.setText(f"segment the {target}")
     panel.max_steps.setValue(6)
     widget.run()

@@ -21,7 +21,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-SEGMENTERS = ("litemedsam", "classical", "sam2")
+SEGMENTERS = ("mobilesam", "litemedsam", "classical", "sam2")
 PROFILES = ("ibis-release", "paper")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 COMBO_CHARACTERS = 14  # combos show about this many characters; longer layer names are elided

@@ -34,6 +34,7 @@ from .autosave import Autosave
 from .controller import Controller, RunSpec
 from .errors import IbisError
 from .geometry import geometry_of
+from .segmenters import default_segmenter
 
 hide_triton()  # before anything imports torch in this process (see _runtime)
 
@@ -121,7 +122,7 @@ class IbisWidget(QWidget):
     def _load_settings(self) -> None:
         value = self.settings.value
         self.run_panel.model_edit.setText(value("model_folder", "", str))
-        self.run_panel.segmenter_combo.setCurrentText(value("segmenter", "litemedsam", str))
+        self.run_panel.segmenter_combo.setCurrentText(value("segmenter", default_segmenter(), str))
         self.run_panel.profile_combo.setCurrentText(value("profile", "ibis-release", str))
         self.run_panel.device_combo.setCurrentText(value("device", "auto", str))
         self.run_panel.max_steps.setValue(int(value("max_steps", 20)))
@@ -415,7 +416,7 @@ class IbisWidget(QWidget):
         index = tuple(meta.get("slice_index", ()))
         spec = RunSpec(
             image=layer_slice(layer, index), query=meta["query"], model=meta.get("model"),
-            segmenter=meta.get("segmenter", "litemedsam"), profile=meta.get("profile", "ibis-release"),
+            segmenter=meta.get("segmenter", default_segmenter()), profile=meta.get("profile", "ibis-release"),
             max_steps=int(meta.get("max_steps", 20)), history=bool(meta.get("history", False)),
             device=meta.get("device", "auto"), layer=layer.name, index=index, layer_shape=spatial_shape(layer),
             geometry=geometry_of(layer),

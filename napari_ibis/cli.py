@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--label", type=int, help="the label value of --init-mask to use (label maps)")
     seg.add_argument("--model", help="model folder or http(s)://HOST:PORT/v1 endpoint (default: the bundled agent)")
     seg.add_argument("--remote-model", default="ibis", help="model name on a remote endpoint (key from $IBIS_API_KEY)")
-    seg.add_argument("--segmenter", default="litemedsam", help="litemedsam | classical | sam2:CHECKPOINT")
+    seg.add_argument("--segmenter", help="mobilesam | litemedsam | classical | sam2:CHECKPOINT "
+                     "(default: mobilesam once fetched at set-up, else litemedsam)")
     seg.add_argument("--profile", default="ibis-release", choices=["ibis-release", "paper"],
                      help="prompts and action grammar: ibis-release (the released 7B weights; default) or paper")
     seg.add_argument("--history", action=argparse.BooleanOptionalAction, default=None, help="keep earlier turns (profile default)")
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = commands.add_parser("eval", help="measure a policy and segmenter on the cases of a manifest JSONL (IoU, Dice, NoC)")
     ev.add_argument("manifest")
     ev.add_argument("--policy", default="oracle", help="oracle | model:DIR | default")
-    ev.add_argument("--segmenter", default="litemedsam")
+    ev.add_argument("--segmenter", help="as for segment (default: mobilesam once fetched, else litemedsam)")
     ev.add_argument("--profile", default="ibis-release", choices=["ibis-release", "paper"])
     ev.add_argument("--max-clicks", type=_positive_int, default=20)
     ev.add_argument("--limit", type=_positive_int, help="evaluate only the first N cases")
@@ -113,9 +114,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from . import io
     from .overlay import parse_window
     from .policies import check_model, load_policy
-    from .segmenters import build_segmenter, check_spec
+    from .segmenters import build_segmenter, check_spec, default_segmenter
     from .session import Session, Stopped
     from .transcript import Transcript, stop_words
+
+    args.segmenter = args.segmenter or default_segmenter()
 
     if not args.query.strip():
         raise InputError("the query is empty: say what to segment, e.g. --query 'segment the liver tumour'")
@@ -235,7 +238,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from . import io
     from .policies import default_model_folder, load_policy
-    from .segmenters import build_segmenter
+    from .segmenters import build_segmenter, default_segmenter
+
+    args.segmenter = args.segmenter or default_segmenter()
 
     out = Path(args.json_out) if args.json_out else None
     if out is not None and out.exists() and not args.force:

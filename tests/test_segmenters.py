@@ -8,12 +8,18 @@ from napari_ibis.overlay import to_rgb8
 from napari_ibis.segmenters import Click, build_segmenter
 
 
+def needs_assets(name):
+    from napari_ibis import assets
+
+    return pytest.mark.skipif(not assets.available(name), reason=f"{name} not fetched: python -m napari_ibis.assets fetch")
+
+
 @pytest.fixture(scope="module")
 def litemedsam():
     return build_segmenter("litemedsam")
 
 
-@pytest.mark.parametrize("spec", ["classical", "litemedsam"])
+@pytest.mark.parametrize("spec", ["classical", "litemedsam", pytest.param("mobilesam", marks=needs_assets("mobile_sam"))])
 def test_clicks_segment_a_bright_disk(spec, litemedsam):
     segmenter = litemedsam if spec == "litemedsam" else build_segmenter(spec)
     image, mask = disk_image(128, centre=(60, 70), radius=18)
@@ -91,7 +97,8 @@ def hand_drawn_nucleus():
     return to_rgb8(image), nucleus
 
 
-ALL_SEGMENTERS = ["classical", "litemedsam", pytest.param("sam2:random", marks=pytest.mark.slow)]
+ALL_SEGMENTERS = ["classical", "litemedsam", pytest.param("mobilesam", marks=needs_assets("mobile_sam")),
+                  pytest.param("sam2:random", marks=pytest.mark.slow)]
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +156,30 @@ def test_no_sequence_of_clicks_on_an_imported_mask_raises(spec, segmenters, hand
             result = segmenter.segment(clicks, logits)
             assert result.mask.shape == nucleus.shape and result.mask.dtype == bool
             logits = result.logits
+
+
+@needs_assets("mobile_sam")
+def test_mobilesam_takes_a_point_natively_and_loads_every_weight_of_the_checkpoint():
+    import torch
+
+    from napari_ibis import assets
+    from napari_ibis.segmenters.mobilesam import build_mobile_sam
+
+    state = torch.load(assets.path("mobile_sam", "ISAT/checkpoints/mobile_sam.pt"), map_location="cpu", weights_only=True)
+    missing, unexpected = build_mobile_sam().load_state_dict(state, strict=False)
+    assert missing == [] and sorted(unexpected) == ["image_encoder.head.bias", "image_encoder.head.weight",
+                                                    "image_encoder.norm_head.bias", "image_encoder.norm_head.weight"]
+    segmenter = build_segmenter("mobilesam")
+    image, mask = disk_image(128, centre=(60, 70), radius=18)
+    segmenter.set_image(to_rgb8(image))
+    one = segmenter.segment([Click(60, 70, True)]).mask  # one point, no box: LiteMedSAM's decoder cannot do this
+    assert (one & mask).sum() / (one | mask).sum() > 0.9
+
+
+def test_a_missing_fetched_file_is_one_line_that_says_how_to_fetch_it(monkeypatch, tmp_path):
+    from napari_ibis import assets
+
+    monkeypatch.setenv("NAPARI_IBIS_ASSETS", str(tmp_path))
+    with pytest.raises(ModelError, match=r"mobile_sam.pt is missing .* run python -m napari_ibis.assets fetch"):
+        build_segmenter("mobilesam")
+    assert not assets.available("mobile_sam")

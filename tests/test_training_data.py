@@ -170,3 +170,23 @@ def test_image_mask_folders_pair_files_by_name_and_name_labels(tmp_path):
     flat_sample = next(s for s in samples if s.source.split(":")[1] == "slice")
     assert flat_sample.mask.sum() == 225 and flat_sample.target == "kidney"
     assert {s.target for s in samples} == {"kidney", "kidney tumour"}
+
+
+def test_totalsegmentator_volumes_give_named_real_slices_split_by_patient():
+    from napari_ibis import assets
+    from training.data.sources import TOTALSEG_HELD_OUT, structure_name, totalseg_reference
+
+    if not assets.available("totalsegmentator"):
+        pytest.skip("totalsegmentator not fetched: python -m napari_ibis.assets fetch")
+    train = list(totalseg_reference(side="train"))
+    held_out = list(totalseg_reference(side="held_out"))
+    assert len(train) > 100 and len(held_out) > 50
+    assert not {s.group for s in train} & {s.group for s in held_out}  # no patient on both sides
+    assert {s.source.split(":")[1] for s in held_out} == set(TOTALSEG_HELD_OUT)
+    kidney = next(s for s in held_out if s.target == "left kidney")
+    assert np.nonzero(kidney.mask)[1].mean() > kidney.mask.shape[1] / 2  # the patient's left on the image's right
+    liver = next(s for s in held_out if s.target == "liver")
+    assert np.nonzero(liver.mask)[1].mean() < liver.mask.shape[1] / 2
+    assert {s.modality for s in held_out} == {"CT", "MRI"}
+    assert structure_name("lung_upper_lobe_right") == "right lung upper lobe"
+    assert structure_name("vertebrae_L1") == "L1 vertebra" and structure_name("rib_left_3") == "left rib 3"

@@ -391,6 +391,8 @@ def test_the_widget_gets_ready_in_the_background_when_it_opens(make_widget, make
     w = IbisWidget(viewer, warm_up=True, autosave=Autosave(tmp_path / "autosave"), models=models)
     assert w.warm_worker is not None  # the constructor returned while loading goes on
     qtbot.waitUntil(lambda: w.ready, timeout=120_000)
-    assert models.loaded(("segmenter", "litemedsam")) and models.loaded(("policy", None, "auto"))
+    from napari_ibis.segmenters import default_segmenter
+
+    assert models.loaded(("segmenter", default_segmenter())) and models.loaded(("policy", None, "auto"))
     qtbot.waitUntil(lambda: MASK_NAME in viewer.layers and CLICKS_NAME in viewer.layers, timeout=5_000)
     assert w.steps_panel.status.text() in ("", "Ready.")

@@ -11,6 +11,9 @@ Real sets available here without a download:
 * :func:`stardist_nuclei`: stardist's fluorescence nuclei image with 125
   hand-drawn instances (PyPI ``stardist``, BSD-3);
 * :func:`manifest_samples`: the JSONL manifest of the public contract;
+* :func:`totalseg_reference`: real CT and MR volumes with TotalSegmentator's organ labels
+  (its test references, fetched at set-up; machine-made labels, not manual ground truth),
+  split by patient;
 * :func:`phantom_samples`: the seeded synthetic phantoms of :mod:`napari_ibis.phantoms`.
 
 Sets a user brings:
@@ -75,36 +78,133 @@ def colin27_aal(
     spacing: int = 4,
     root: Path = AAL_DIR,
 ) -> Iterator[Sample]:
-    """Axial slices of the Colin27 brain with one AAL region each.
+    """Axial slices of the Colin27 brain with one AAL region each, in the display convention
+    (anterior up, the patient's left on the image's right: "left hippocampus" is on the right).
 
     For each label, the slice of largest area and its neighbours ``spacing``
     slices apart (``slices_per_label`` in all) are taken. Slices are arrays of
-    shape (217, 181): rows run along the anterior-posterior axis.
+    shape (217, 181): rows run from anterior to posterior.
     """
-    import nibabel as nib
+    from napari_ibis import io
 
     image_path, label_path = root / "ch2.nii.gz", root / "aal.nii.gz"  # same 1 mm grid
     if not label_path.exists():
         raise FileNotFoundError(f"{label_path} is missing: apt-get install mricron-data")
-    volume = np.asarray(nib.load(str(image_path)).dataobj)
-    atlas = np.asarray(nib.load(str(label_path)).dataobj)
+    volume = io.read_image(image_path).data
+    atlas = io.read_image(label_path).data
     names = _aal_names(root / "aal.nii.txt")
     for label in labels:
-        areas = (atlas == label).sum(axis=(0, 1))
+        areas = (atlas == label).sum(axis=(1, 2))
         centre = int(np.argmax(areas))
         offsets = [spacing * (i - (slices_per_label - 1) // 2) for i in range(slices_per_label)]
         for z in (centre + o for o in offsets):
-            mask = (atlas[:, :, z] == label).T[::-1]
+            mask = atlas[z] == label
             if mask.sum() < 20:
                 continue
             yield Sample(
-                image=np.ascontiguousarray(volume[:, :, z].T[::-1]),
+                image=np.ascontiguousarray(volume[z]),
                 mask=np.ascontiguousarray(mask),
                 target=aal_target_name(names[label]),
                 modality="MRI",
                 source=f"colin27-aal:z={z}:label={label}",
                 group=f"colin27:z={z}",
             )
+
+
+# -- TotalSegmentator's reference volumes -------------------------------------------------
+# Real CT and MR volumes with TotalSegmentator's own labels (its test references, machine-made,
+# not manual ground truth), fetched at set-up (napari_ibis/assets.py). Four patients: an
+# abdomen-pelvis CT, a thorax CT angiography (two crops: aorta and pulmonary artery), an upper
+# abdomen CT as a DICOM series, an abdominal MR. Split by patient: the DICOM CT and the MR are
+# never trained on (TOTALSEG_HELD_OUT).
+_TS = "tests/reference_files/"
+TOTALSEG_VOLUMES = {
+    # name: (image, labels: a label map or {label name: binary mask file}, class map)
+    "abdomen_ct": (_TS + "example_ct.nii.gz", _TS + "example_seg_fast_force_split.nii.gz", "total"),
+    "thorax_ct": (_TS + "aorta_report/test_result/models/ct_cropped.nii.gz", {
+        name: f"{_TS}aorta_report/test_result/models/{name}.nii.gz"
+        for name in ("aorta", "brachiocephalic_trunk", "celiac_trunk", "common_carotid_artery_left",
+                     "subclavian_artery_left", "superior_mesenteric_artery", "vertebrae_T12")}, None),
+    "thorax_ct_pulmonary": (_TS + "pulmonary_report/models/ct_cropped.nii.gz",
+                            {"pulmonary_artery": _TS + "pulmonary_report/models/pulmonary_artery.nii.gz"}, None),
+    "upper_abdomen_ct": (_TS + "example_ct_dicom", _TS + "example_seg_dicom.nii.gz", "total"),
+    "abdomen_mr": (_TS + "example_mr_sm.nii.gz", _TS + "example_seg_mr.nii.gz", "total_mr"),
+}
+TOTALSEG_HELD_OUT = ("upper_abdomen_ct", "abdomen_mr")
+TOTALSEG_PATIENTS = {"abdomen_ct": "ct1", "thorax_ct": "ct2", "thorax_ct_pulmonary": "ct2", "upper_abdomen_ct": "ct3",
+                     "abdomen_mr": "mr1"}
+
+
+def totalseg_class_maps() -> dict[str, dict[int, str]]:
+    """TotalSegmentator's label names (``class_map`` of its map_to_binary.py), read without importing it."""
+    import ast
+
+    from napari_ibis import assets
+
+    tree = ast.parse(assets.path("totalsegmentator", "totalsegmentator/map_to_binary.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "class_map" for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise ValueError("map_to_binary.py holds no class_map")
+
+
+def structure_name(label: str) -> str:
+    """TotalSegmentator's label as words a person types: ``kidney_left`` -> "left kidney",
+    ``lung_upper_lobe_right`` -> "right lung upper lobe", ``vertebrae_L1`` -> "L1 vertebra",
+    ``rib_left_3`` -> "left rib 3"."""
+    words = label.split("_")
+    side = [w for w in words if w in ("left", "right")]
+    words = [w for w in words if w not in ("left", "right")]
+    if words[0] == "vertebrae":
+        words = words[1:] + ["vertebra"] if len(words) > 1 else ["vertebrae"]
+    return " ".join(side + words).replace("and ", "and ")
+
+
+def totalseg_reference(volumes=None, slices_per_label: int = 3, spacing_mm: float = 12.0, min_area: int = 40,
+                       side: str = "all") -> Iterator[Sample]:
+    """Axial slices of TotalSegmentator's reference volumes, one named structure each.
+
+    Slices are in the display convention (anterior up, the patient's left on the image's
+    right: :mod:`napari_ibis.geometry`), so "left kidney" is on the image's right. For each
+    structure: the slice of largest area and its neighbours ``spacing_mm`` apart. ``side``:
+    "train" (the patients never held out), "held_out" (:data:`TOTALSEG_HELD_OUT`) or "all".
+    """
+    from napari_ibis import io
+
+    names = None
+    chosen = volumes or [v for v in TOTALSEG_VOLUMES if side == "all" or (v in TOTALSEG_HELD_OUT) == (side == "held_out")]
+    from napari_ibis import assets
+
+    root = assets.path("totalsegmentator", "tests/reference_files").parent.parent
+    for volume in chosen:
+        image_file, labels_spec, class_map = TOTALSEG_VOLUMES[volume]
+        loaded = io.read_image(root / image_file)
+        modality = "MRI" if volume.endswith("_mr") else "CT"
+        if isinstance(labels_spec, dict):
+            masks = {name: io.read_image(root / path).data > 0 for name, path in labels_spec.items()}
+        else:
+            names = names or totalseg_class_maps()
+            labels = io.read_image(root / labels_spec).data
+            masks = {names[class_map][int(value)]: labels == value for value in np.unique(labels) if value}
+        thickness = float(loaded.meta["geometry"].spacing[0])
+        step = max(1, int(round(spacing_mm / thickness)))
+        for raw_name, volume_mask in masks.items():
+            if volume_mask.shape != loaded.data.shape:
+                raise ValueError(f"{volume}: {raw_name} is {volume_mask.shape}, the image {loaded.data.shape}")
+            areas = volume_mask.sum(axis=(1, 2))
+            centre = int(np.argmax(areas))
+            offsets = [step * (i - (slices_per_label - 1) // 2) for i in range(slices_per_label)]
+            for z in (centre + o for o in offsets):
+                if not 0 <= z < len(areas) or areas[z] < min_area:
+                    continue
+                yield Sample(
+                    image=np.ascontiguousarray(loaded.data[z]),
+                    mask=np.ascontiguousarray(volume_mask[z]),
+                    target=structure_name(raw_name),
+                    modality=modality,
+                    source=f"totalseg:{volume}:z={z}:{raw_name}",
+                    group=f"totalseg:{TOTALSEG_PATIENTS[volume]}",
+                )
 
 
 def stardist_nuclei(count: int | None = None, seed: int = 0, min_area: int = 30) -> Iterator[Sample]:

@@ -35,6 +35,7 @@ from PIL import Image
 
 from napari_ibis.metrics import iou
 from napari_ibis.overlay import to_rgb8
+from napari_ibis.policies.base import pil_messages
 from napari_ibis.protocol import Turn, get_profile
 from napari_ibis.segmenters.base import Click, Segmenter
 from training.rl.rewards import DEFAULT_REWARDS, RewardConfig, parse_or_none, step_reward, trajectory_reward
@@ -96,17 +97,9 @@ class IbisEnvironment:
 
 
 def _pil(messages: list[dict]) -> tuple[list[dict], list[Image.Image]]:
-    out, images = [], []
-    for message in messages:
-        content = []
-        for item in message["content"]:
-            if item["type"] == "image":
-                images.append(Image.fromarray(item["image"]))
-                content.append({"type": "image", "image": images[-1]})
-            else:
-                content.append(item)
-        out.append({"role": message["role"], "content": content})
-    return out, images
+    """The messages with PIL images (:func:`pil_messages`) and those images in order, as verl wants them."""
+    out = pil_messages(messages)
+    return out, [item["image"] for message in out for item in message["content"] if item["type"] == "image"]
 
 
 def token_ids(processor, messages: list[dict], generation_prompt: bool) -> list[int]:
