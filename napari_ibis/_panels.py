@@ -16,6 +16,7 @@ from qtpy.QtWidgets import (
     QListWidget,
     QPlainTextEdit,
     QPushButton,
+    QSizePolicy,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -104,6 +105,9 @@ class StepsPanel(QWidget):
         super().__init__()
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        # two lines always: a squeezed dock must not clip what happened
+        self.status.setMinimumHeight(2 * self.status.fontMetrics().lineSpacing() + 4)
+        self.status.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
         self.raw_box = QCheckBox("raw model text")
         self.raw_box.setToolTip("show exactly what the model wrote (tags, 0-1 coordinates)")
         self.transcript = QPlainTextEdit()
