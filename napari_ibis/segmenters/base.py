@@ -12,13 +12,14 @@ Clicks are in pixel space: ``row`` (y) and ``col`` (x) of the image given to
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, ModelError
 
 
 @dataclass(frozen=True)
@@ -132,3 +133,26 @@ def carve(mask: np.ndarray, negatives: Sequence[Click]) -> np.ndarray:
         reach = depth[click.row, click.col] + 2.0
         out &= (rows - click.row) ** 2 + (cols - click.col) ** 2 > reach**2
     return out
+
+
+def load_weights(net, checkpoint, what: str, skip: tuple[str, ...] = ()) -> None:
+    """Put a checkpoint's weights (a state dict, or one under "model") into ``net``; a missing,
+    unreadable or mismatched file is one line (ModelError). ``skip``: key prefixes to leave out."""
+    import torch
+
+    try:
+        state = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelError(f"{what} checkpoint not found: {checkpoint}") from None
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(f"cannot read the {what} checkpoint {checkpoint}: {reason}") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise ModelError(f"{checkpoint} does not hold {what} weights")
+    state = {k: v for k, v in state.items() if not (skip and k.startswith(skip))}
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError:
+        raise ModelError(f"{Path(str(checkpoint)).name} is not a {what} checkpoint (its weights do not fit the model)") from None

@@ -29,8 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelError
-from .base import Click, Segmenter, SegmentResult
+from .base import Click, Segmenter, SegmentResult, load_weights
 
 MODEL_SIZE = 1024
 LOW_RES = 256
@@ -78,19 +77,7 @@ class MobileSAMSegmenter(Segmenter):
         self.checkpoint = Path(checkpoint) if checkpoint else default_checkpoint()
         self.device = torch.device(device)
         net = build_mobile_sam()
-        try:
-            state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise ModelError(f"MobileSAM checkpoint not found: {self.checkpoint}") from None
-        except Exception as exc:
-            raise ModelError(f"cannot read the MobileSAM checkpoint {self.checkpoint}: {str(exc).splitlines()[0]}") from None
-        if isinstance(state, dict) and isinstance(state.get("model"), dict):
-            state = state["model"]
-        state = {k: v for k, v in state.items() if not k.startswith(("image_encoder.head", "image_encoder.norm_head"))}
-        try:
-            net.load_state_dict(state, strict=True)
-        except RuntimeError:
-            raise ModelError(f"{self.checkpoint.name} is not a MobileSAM checkpoint (its weights do not fit)") from None
+        load_weights(net, self.checkpoint, "MobileSAM", skip=("image_encoder.head", "image_encoder.norm_head"))
         self.net = net.to(self.device).eval()
         self._embedding = None
         self._resized = (MODEL_SIZE, MODEL_SIZE)
