@@ -14,7 +14,7 @@ source's own voxel grid exactly (a permutation and flips, no resampling).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -51,7 +51,6 @@ class Geometry:
     header: Any = None
     source: str = ""
     squeeze: bool = False
-    extra: dict = field(default_factory=dict)
 
     # -- arrays ------------------------------------------------------------------
     def to_display(self, file_array: np.ndarray) -> np.ndarray:

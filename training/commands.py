@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from .config import config_parser, describe_fields, load_values
-from .data.storage import BuildConfig, build_dataset, export_sharegpt
+from .data.storage import BuildConfig, build_dataset, export_sharegpt, sample_count
 from .rl import dagger
 
 
@@ -31,8 +31,7 @@ def data(argv=None) -> int:
     if args.command in ("build", "dagger"):
         make = build_dataset if args.command == "build" else dagger.build_dagger_dataset
         folder = make(load_values(args.config, args.set), progress=lambda items: tqdm(items, desc="samples", unit="sample"))
-        count = len((folder / "samples.jsonl").read_text().splitlines())
-        print(f"{folder}: {count} chat samples")
+        print(f"{folder}: {sample_count(folder)} chat samples")
     else:
         print(export_sharegpt(args.folder, args.out))
     return 0

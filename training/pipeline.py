@@ -53,7 +53,7 @@ def _stages():
 
     def data(argv: list[str]):
         folder = storage.build_dataset(read_config(argv[0]))
-        print(f"{folder}: {len((folder / 'samples.jsonl').read_text().splitlines())} chat samples")
+        print(f"{folder}: {storage.sample_count(folder)} chat samples")
         return 0
 
     before = [
@@ -109,12 +109,13 @@ def run(config_path: str | Path, log=print) -> dict:
 
 def _dagger_rounds(folder: Path, rounds: list[dict], log) -> dict:
     """Each round: its DAgger data configs, then its SFT config; produced["dagger"] is the last round's model."""
+    from training.data import storage
     from training.rl import dagger as dagger_data
     from training.sft import train as sft
 
     def dagger(argv: list[str]):
         folder = dagger_data.build_dagger_dataset(read_config(argv[0]))
-        print(f"{folder}: {len((folder / 'samples.jsonl').read_text().splitlines())} chat samples")
+        print(f"{folder}: {storage.sample_count(folder)} chat samples")
         return 0
 
     produced: dict = {"dagger_rounds": []}

@@ -12,9 +12,9 @@ Clicks are in pixel space: ``row`` (y) and ``col`` (x) of the image given to
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np

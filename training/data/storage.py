@@ -111,6 +111,11 @@ def export_sharegpt(folder: str | Path, out: str | Path, include_context: bool =
     return out
 
 
+def sample_count(folder: Path) -> int:
+    """How many chat samples a dataset folder holds."""
+    return len((Path(folder) / "samples.jsonl").read_text().splitlines())
+
+
 def written_ids(folder: Path) -> set[str]:
     """Ids of the samples already in a dataset folder."""
     index = folder / "samples.jsonl"
