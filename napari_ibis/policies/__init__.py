@@ -1,5 +1,6 @@
-"""Agent policies behind one protocol: ``vlm`` (local folder), ``remote`` (OpenAI-compatible
-endpoint) and ``oracle`` (click simulator with ground truth)."""
+"""Agent policies behind one protocol: ``vlm`` (a local vision-language model folder),
+``pointer`` (a local pointer-agent folder: pretrained encoder + query-conditioned head),
+``remote`` (OpenAI-compatible endpoint) and ``oracle`` (click simulator with ground truth)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,11 @@ def load_policy(model: str | Path | None, device: str = "auto", remote_model: st
         from .remote import RemotePolicy
 
         return RemotePolicy(text, model=remote_model)
-    from .vlm import VLMPolicy
+    from .vlm import POINTER_TYPE, VLMPolicy, inspect_model_folder
 
-    check_model(model)
-    return VLMPolicy(Path(text) if text else default_model_folder(), device=device, max_new_tokens=max_new_tokens)
+    folder = Path(text) if text else default_model_folder()
+    if inspect_model_folder(folder) == POINTER_TYPE:
+        from .pointer import PointerPolicy
+
+        return PointerPolicy(folder, device=device)
+    return VLMPolicy(folder, device=device, max_new_tokens=max_new_tokens)

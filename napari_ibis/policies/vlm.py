@@ -26,6 +26,7 @@ MODEL_CLASSES = {
     "qwen2_vl": "Qwen2VLForConditionalGeneration",
     "qwen3_vl": "Qwen3VLForConditionalGeneration",
 }
+POINTER_TYPE = "ibis_pointer"
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
@@ -85,12 +86,14 @@ def inspect_model_folder(folder: str | Path) -> str:
         model_type = json.loads(config_path.read_text()).get("model_type")
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ModelError(f"{config_path} is not valid JSON") from None
-    if model_type not in MODEL_CLASSES:
+    if model_type not in MODEL_CLASSES and model_type != POINTER_TYPE:
         raise ModelError(
-            f"{folder.name} holds a '{model_type}' model; supported: {', '.join(sorted(MODEL_CLASSES))}"
+            f"{folder.name} holds a '{model_type}' model; supported: {', '.join(sorted([*MODEL_CLASSES, POINTER_TYPE]))}"
         )
     if not any((folder / name).is_file() for name in _WEIGHT_FILES):
         raise ModelError(f"{folder} has a config but no weights (model.safetensors)")
+    if model_type == POINTER_TYPE:
+        return model_type  # the pointer agent needs no processor: policies/pointer.py
     if not any((folder / name).is_file() for name in ("preprocessor_config.json", "processor_config.json")):
         raise ModelError(f"{folder} has no image processor (preprocessor_config.json)")
     return model_type

@@ -1,0 +1,185 @@
+"""The pointer agent (v8): a frozen pretrained image encoder, the query as a sentence
+embedding, and a trained query-conditioned head that maps where the named structure lies.
+
+Each turn it looks at the map and at the current mask, as a reader of both would:
+
+1. no cell reaches the model's presence threshold: it answers that the structure is not
+   in the image;
+2. the target region is the connected part of the map (probability at least half the
+   peak) around the peak; other parts as likely as that are other candidates (several
+   nuclei for "segment the nucleus"): it segments the most likely one and says how many
+   it saw and where the one it took lies;
+3. no mask yet: a positive click at the point of the target region farthest from its edge;
+4. then, the mask is compared with the region: a large part of the mask well outside the
+   region gets a negative click, a large part of the region the mask misses gets a
+   positive one; otherwise it answers that the structure is segmented.
+
+Its words are composed from what it measured (where, how sure, what the mask misses or
+spills over); no language model writes them. The folder is an ordinary transformers
+model folder (``config.json`` with ``model_type: ibis_pointer`` and the head's
+``model.safetensors``, about 1 MB); the encoder and the sentence encoder are read from
+the fetched assets at load time.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import Cancelled
+from ..protocol import Response
+from .base import Policy, PolicyRequest, TextSink
+from .oracle import describe_place
+
+SPILL_SHARE = 0.25  # of the mask, outside the (grown) target region, before a negative click
+MISS_SHARE = 0.3  # of the (shrunk) target region, outside the mask, before a positive click
+
+
+def _interior_point(region: np.ndarray) -> tuple[int, int]:
+    """The pixel of ``region`` farthest from its edge."""
+    from scipy import ndimage as ndi
+
+    distance = ndi.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+    row, col = np.unravel_index(int(np.argmax(distance)), distance.shape)
+    return int(row), int(col)
+
+
+def _largest_part(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage as ndi
+
+    labels, count = ndi.label(mask)
+    if count <= 1:
+        return mask
+    sizes = ndi.sum(mask, labels, range(1, count + 1))
+    return labels == (int(np.argmax(sizes)) + 1)
+
+
+def candidates(probability: np.ndarray, threshold: float) -> list[np.ndarray]:
+    """Regions as likely as the peak (at least half its probability) whose peak reaches
+    ``threshold``, most likely first."""
+    from scipy import ndimage as ndi
+
+    peak = float(probability.max())
+    labels, count = ndi.label(probability >= max(0.5 * peak, 0.5 * threshold))
+    peaks = ndi.maximum(probability, labels, range(1, count + 1)) if count else []
+    order = np.argsort(peaks)[::-1]
+    return [labels == (int(i) + 1) for i in order if peaks[i] >= threshold]
+
+
+def decide(probability: np.ndarray, request: PolicyRequest, threshold: float, cell: float) -> Response:
+    """One turn from the probability map (per pixel of the slice) and the current mask;
+    ``cell``: the map's resolution in pixels (how far its edges may be trusted)."""
+    from scipy import ndimage as ndi
+
+    height, width = probability.shape
+    peak = float(probability.max())
+    found = candidates(probability, threshold)
+    if not found:
+        return Response(
+            thought=(f"I look for what the query asks for: the most likely place reaches only {peak:.0%} "
+                     f"confidence, below the {threshold:.0%} I need to call it present."),
+            terminate=True, not_present=True, answer="The requested structure is not present in this image.")
+    region, others = found[0], len(found) - 1
+    mask = np.zeros((height, width), dtype=bool) if request.mask is None else np.asarray(request.mask, dtype=bool)
+    centre = _interior_point(region)
+    place = describe_place(*centre, height, width)
+    if not mask.any():
+        if request.clicks:
+            return Response(thought="My clicks have not produced a mask of the target; I stop here.",
+                            terminate=True, answer="I could not segment the structure.")
+        seen = (f" I see {others + 1} candidates; I take the most likely one, around {place}." if others
+                else f" It lies around {place} ({peak:.0%} confident).")
+        action = request.profile.action_at(*centre, True, height, width, target=None)
+        return Response(thought=f"There is no mask yet.{seen} I place a positive point inside it.", actions=(action,))
+    reach = max(1, int(round(cell)))
+    grown = ndi.binary_dilation(region, iterations=reach)
+    shrunk = ndi.binary_erosion(region, iterations=max(1, reach // 2))
+    spill = _largest_part(mask & ~grown)
+    if spill.sum() > SPILL_SHARE * mask.sum():
+        row, col = _interior_point(spill)
+        action = request.profile.action_at(row, col, False, height, width, target=None)
+        return Response(thought=(f"The mask spills over tissue that is not the target around "
+                                 f"{describe_place(row, col, height, width)}; I place a negative point there."),
+                        actions=(action,))
+    miss = _largest_part(shrunk & ~mask)
+    if shrunk.any() and miss.sum() > MISS_SHARE * shrunk.sum():
+        row, col = _interior_point(miss)
+        if not any(c.row == row and c.col == col for c in request.clicks):
+            action = request.profile.action_at(row, col, True, height, width, target=None)
+            return Response(thought=(f"The mask misses part of the target around "
+                                     f"{describe_place(row, col, height, width)}; I add a positive point there."),
+                            actions=(action,))
+    which = f" I segmented the one around {place}; {others} other candidate(s) remain." if others else ""
+    return Response(thought="The green mask covers the target and stays within it; no further click is needed." + which,
+                    terminate=True, answer="The segmentation is complete." + which)
+
+
+class PointerPolicy(Policy):
+    name = "pointer"
+
+    def __init__(self, folder: str | Path, device: str = "cpu") -> None:
+        import torch
+
+        from ..grounding.encoders import build_encoder
+        from ..grounding.head import PointerHead
+        from ..grounding.text import QueryEncoder
+        from .vlm import quiet_loading
+
+        self.folder = Path(folder)
+        with quiet_loading():
+            self.head = PointerHead.from_pretrained(str(self.folder), local_files_only=True).eval()
+            self.queries = QueryEncoder()
+        self.encoder = build_encoder(self.head.config.encoder)
+        self.device = torch.device("cpu" if device == "auto" else device)
+        self._image_key = None
+        self._cells = None
+        self._framing = None
+        self._maps: dict[str, np.ndarray] = {}
+
+    def identity(self) -> dict:
+        return {"name": self.name, "model": self.folder.name, "encoder": self.head.config.encoder,
+                "presence_threshold": self.head.config.presence_threshold}
+
+    # -- the map -----------------------------------------------------------------------
+    def probability_map(self, image: np.ndarray, query: str) -> np.ndarray:
+        """Per pixel of ``image``: how likely it belongs to the structure ``query`` names."""
+        import dataclasses
+
+        import torch
+
+        from ..grounding.head import laterality, pool_features, position_channels
+        from ..segmenters.base import image_key
+
+        key = image_key(image)
+        if key != self._image_key:
+            features, framing = self.encoder.encode(image)
+            features = pool_features(features[None], self.head.config.grid)
+            framing = dataclasses.replace(framing, grid=features.shape[-1])
+            positions = torch.from_numpy(position_channels(framing, image)[None])
+            with torch.inference_mode():
+                self._cells = self.head.cells(features, positions)
+            self._image_key, self._framing, self._maps = key, framing, {}
+        if query not in self._maps:
+            vector = np.concatenate([self.queries.encode([query])[0], [laterality(query)]]).astype(np.float32)
+            with torch.inference_mode():
+                logits = self.head(cells=self._cells, query=torch.from_numpy(vector[None]))[0].clone()
+                rows, cols = self._framing.valid_cells
+                logits[rows:, :] = -20.0  # cells over the padding
+                logits[:, cols:] = -20.0
+            self._maps[query] = self._framing.to_image(torch.sigmoid(logits).numpy())
+        return self._maps[query]
+
+    def decide(self, request: PolicyRequest) -> Response:
+        probability = self.probability_map(request.image, request.query)
+        cell = self._framing.size / self._framing.grid / self._framing.scale
+        return decide(probability, request, self.head.config.presence_threshold, cell)
+
+    def respond(self, request: PolicyRequest, on_text: TextSink | None = None, cancel: threading.Event | None = None) -> str:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("stopped")
+        text = request.profile.format(self.decide(request))
+        if on_text is not None:
+            on_text(text)
+        return text

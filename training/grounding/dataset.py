@@ -1,0 +1,177 @@
+"""Slices with every named structure on them, for the query-conditioned head.
+
+A :class:`Slice` holds one rendered slice (RGB, as the agent's session shows it), the
+masks of all named structures on it, and the names that its source labels elsewhere
+but that are absent here (for "not present" questions). Sources, each split so that
+nothing evaluated is trained on:
+
+- TotalSegmentator's reference volumes (real CT/MR, labels made by TotalSegmentator,
+  not by hand): split by patient (``TOTALSEG_HELD_OUT`` never trained on);
+- the Colin27 brain with the AAL atlas (real MRI, atlas labels): split by slice, with the
+  same hash as every other AAL use (:func:`training.data.sources.split_by_group`);
+- stardist's nuclei image (real fluorescence): the left half trains, the right half is
+  held out (one image only, so halves stand in for images);
+- synthetic phantoms: seeds below 90000 train, from 90000 on held out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from napari_ibis.overlay import to_rgb8
+
+HELD_OUT_PHANTOM_SEEDS = (90000, 90200)
+
+
+@dataclass
+class Slice:
+    rgb: np.ndarray  # (H, W, 3) uint8, as a session renders it
+    masks: dict[str, np.ndarray]  # name -> bool (H, W), every named structure present
+    absent: tuple[str, ...]  # names labelled elsewhere in the source, not on this slice
+    modality: str
+    source: str  # e.g. "totalseg:abdomen_ct:z=40"
+    kind: str  # "totalseg", "aal", "nuclei", "phantom": what a report groups by
+    ambiguous: tuple[str, ...] = field(default_factory=tuple)  # names with several instances (any one is right)
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(self.rgb.tobytes() + str(self.rgb.shape).encode()).hexdigest()[:20]
+
+
+def _structures(labels: np.ndarray, names: dict[int, str], min_area: int) -> dict[str, np.ndarray]:
+    present = {}
+    for value in np.unique(labels):
+        if value and int(value) in names:
+            mask = labels == value
+            if mask.sum() >= min_area:
+                present[names[int(value)]] = mask
+    return present
+
+
+def totalseg_slices(side: str, step_mm: float = 6.0, min_area: int = 20) -> list[Slice]:
+    """Axial slices of TotalSegmentator's volumes in the display convention, ``step_mm`` apart."""
+    from napari_ibis import assets, io
+    from training.data.sources import (TOTALSEG_HELD_OUT, TOTALSEG_VOLUMES, structure_name,
+                                       totalseg_class_maps)
+
+    root = assets.path("totalsegmentator", "tests/reference_files").parent.parent
+    class_maps = totalseg_class_maps()
+    out = []
+    for volume, (image_file, labels_spec, class_map) in TOTALSEG_VOLUMES.items():
+        if (volume in TOTALSEG_HELD_OUT) != (side == "held_out"):
+            continue
+        loaded = io.read_image(root / image_file)
+        modality = "MRI" if volume.endswith("_mr") else "CT"
+        if isinstance(labels_spec, dict):
+            labels = np.zeros(loaded.data.shape, dtype=np.int16)
+            names = {}
+            for index, (raw, path) in enumerate(labels_spec.items(), start=1):
+                labels[io.read_image(root / path).data > 0] = index
+                names[index] = structure_name(raw)
+        else:
+            labels = io.read_image(root / labels_spec).data
+            names = {k: structure_name(v) for k, v in class_maps[class_map].items()}
+        labelled = {names[int(v)] for v in np.unique(labels) if v and int(v) in names}
+        thickness = float(loaded.meta["geometry"].spacing[0])
+        step = max(1, int(round(step_mm / thickness)))
+        for z in range(0, labels.shape[0], step):
+            masks = _structures(labels[z], names, min_area)
+            if not masks:
+                continue
+            out.append(Slice(to_rgb8(loaded.data[z]), masks, tuple(sorted(labelled - set(masks))), modality,
+                             f"totalseg:{volume}:z={z}", "totalseg"))
+    return out
+
+
+def aal_slices(side: str, step: int = 2, min_area: int = 20) -> list[Slice]:
+    """Axial Colin27 slices with every AAL region on them; ``side`` by the AAL slice hash."""
+    from napari_ibis import io
+    from training.data.sources import AAL_DIR, Sample, _aal_names, aal_target_name, split_by_group
+
+    volume = io.read_image(AAL_DIR / "ch2.nii.gz").data
+    atlas = io.read_image(AAL_DIR / "aal.nii.gz").data
+    names = {k: aal_target_name(v) for k, v in _aal_names(AAL_DIR / "aal.nii.txt").items()}
+    out = []
+    for z in range(0, atlas.shape[0], step):
+        probe = Sample(None, None, "", "", "", f"colin27:z={z}")
+        train, held = split_by_group([probe])
+        if (side == "held_out") != bool(held):
+            continue
+        masks = _structures(atlas[z], names, min_area)
+        if masks:
+            out.append(Slice(to_rgb8(volume[z]), masks, tuple(sorted(set(names.values()) - set(masks))), "MRI",
+                             f"colin27-aal:z={z}", "aal"))
+    return out
+
+
+def nuclei_slices(side: str) -> list[Slice]:
+    """stardist's nuclei image: the left half (train) or the right half (held out); the
+    query "nucleus" has many right answers."""
+    from stardist.data import test_image_nuclei_2d
+
+    image, labels = test_image_nuclei_2d(return_mask=True)
+    half = image.shape[1] // 2
+    columns = slice(0, half) if side == "train" else slice(half, None)
+    crop, crop_labels = image[:, columns], labels[:, columns]
+    rgb = to_rgb8(crop)
+    return [Slice(rgb, {"nucleus": crop_labels > 0}, ("liver",), "fluorescence microscopy",
+                  f"stardist-nuclei:{side}", "nuclei", ambiguous=("nucleus",))]
+
+
+def phantom_slices(seeds) -> list[Slice]:
+    from napari_ibis.phantoms import LESIONS, ORGANS, phantom
+
+    out = []
+    for seed in seeds:
+        ph = phantom(seed)
+        named = {n for n, _, _ in ORGANS[ph.modality]} | {LESIONS[ph.modality]}
+        masks = {k: v for k, v in ph.masks.items() if v.any()}
+        ambiguous = ("nucleus", "cell") if ph.modality == "fluorescence microscopy" else ()
+        out.append(Slice(to_rgb8(ph.image), masks, tuple(sorted(named - set(masks))), ph.modality,
+                         f"phantom:seed={seed}", "phantom", ambiguous=ambiguous))
+    return out
+
+
+def probe_sets(phantoms_train: int = 60, phantoms_held_out: int = 40) -> tuple[list[Slice], dict[str, list[Slice]]]:
+    """(training slices, held-out sets by name)."""
+    train = (totalseg_slices("train") + aal_slices("train", step=3) + nuclei_slices("train")
+             + phantom_slices(range(phantoms_train)))
+    held = {
+        "totalseg held-out (real CT+MR)": totalseg_slices("held_out", step_mm=2.0),
+        "aal held-out (real MRI)": aal_slices("held_out", step=1),
+        "nuclei right half (real)": nuclei_slices("held_out"),
+        "phantoms held-out (synthetic)": phantom_slices(range(HELD_OUT_PHANTOM_SEEDS[0], HELD_OUT_PHANTOM_SEEDS[0] + phantoms_held_out)),
+    }
+    return train, held
+
+
+# -- features, cached on disk ------------------------------------------------------------
+def cache_folder() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("napari-ibis")) / "features"
+
+
+def features_of(encoder, slices: list[Slice], log=None):
+    """(features (N, C, g, g) float16 tensor, framings) for ``slices``; cached by encoder and slice."""
+    import torch
+
+    folder = cache_folder() / encoder.name
+    folder.mkdir(parents=True, exist_ok=True)
+    stacked, framings = [], []
+    for index, item in enumerate(slices):
+        file = folder / f"{item.key}.pt"
+        if file.is_file():
+            features = torch.load(file, weights_only=True)
+        else:
+            features = encoder.encode(item.rgb)[0].half()
+            torch.save(features, file)
+            if log and index % 25 == 0:
+                log(f"{encoder.name}: {index + 1}/{len(slices)} slices encoded")
+        stacked.append(features)
+        framings.append(encoder.framing(item.rgb))
+    return torch.stack(stacked), framings

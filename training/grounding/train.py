@@ -1,0 +1,241 @@
+"""Fit the query-conditioned head (:class:`napari_ibis.grounding.head.PointerHead`) on frozen features.
+
+Each training case is (slice, query, target): the target is the share of each grid cell
+covered by the named structure, or nothing for an absent one. The loss is a per-cell
+binary cross-entropy (every cell: is it the structure?) plus, for present structures, a
+cross-entropy over the cells (where is it?) that trains the peak, which is where the first
+click goes.
+
+    python -m training.grounding.train --encoder mobilesam --steps 3000 --out runs/pointer
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from training.grounding.dataset import Slice
+
+
+@dataclass
+class Prepared:
+    """One encoder's view of a set of slices, ready for the head."""
+
+    features: "torch.Tensor"  # noqa: F821  (N, C, g, g) float16
+    positions: "torch.Tensor"  # noqa: F821  (N, 4, g, g)
+    valid: "torch.Tensor"  # noqa: F821  (N, g, g) bool: cells over the slice, not the padding
+    framings: list
+    slices: list[Slice]
+
+
+def prepare(encoder, slices: list[Slice], grid: int = 32, log=None) -> Prepared:
+    """Features pooled to about ``grid`` cells a side (64 -> 32 for the SAM encoders), positions, valid cells."""
+    import dataclasses
+
+    import torch
+
+    from napari_ibis.grounding.head import pool_features, position_channels
+    from training.grounding.dataset import features_of
+
+    features, framings = features_of(encoder, slices, log=log)
+    features = pool_features(features, grid)
+    framings = [dataclasses.replace(f, grid=features.shape[-1]) for f in framings]
+    positions = torch.from_numpy(np.stack([position_channels(f, s.rgb) for f, s in zip(framings, slices)]))
+    valid = torch.zeros(len(slices), framings[0].grid, framings[0].grid, dtype=torch.bool)
+    for i, framing in enumerate(framings):
+        rows, cols = framing.valid_cells
+        valid[i, :rows, :cols] = True
+    return Prepared(features, positions, valid, framings, slices)
+
+
+class QueryBank:
+    """Query vectors (sentence embedding + laterality) for templated queries about each name."""
+
+    def __init__(self, encoder=None, per_name: int = 6, seed: int = 0) -> None:
+        from napari_ibis.grounding.text import QueryEncoder
+
+        self.encoder = encoder or QueryEncoder()
+        self.per_name = per_name
+        self.rng = np.random.default_rng(seed)
+        self.vectors: dict[tuple[str, str], np.ndarray] = {}
+
+    def texts(self, name: str, modality: str) -> list[str]:
+        from training.data import text
+
+        rng = np.random.default_rng(abs(hash((name, modality))) % (2**32))
+        return [f"segment the {name}"] + [text.query(name, modality, rng) for _ in range(self.per_name - 1)]
+
+    def vectors_for(self, name: str, modality: str) -> np.ndarray:
+        key = (name, modality)
+        if key not in self.vectors:
+            from napari_ibis.grounding.head import laterality
+
+            texts = self.texts(name, modality)
+            embedded = self.encoder.encode(texts)
+            sides = np.array([[laterality(t)] for t in texts], dtype=np.float32)
+            self.vectors[key] = np.concatenate([embedded, sides], axis=1)
+        return self.vectors[key]
+
+    def sample(self, name: str, modality: str) -> np.ndarray:
+        options = self.vectors_for(name, modality)
+        return options[self.rng.integers(len(options))]
+
+
+def training_cases(data: Prepared, absent_per_slice: int = 2, seed: int = 0) -> list[tuple[int, str, np.ndarray | None]]:
+    """(slice index, name, target grid or None) for every structure on every slice, plus a few absent names."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for index, (item, framing) in enumerate(zip(data.slices, data.framings)):
+        for name, mask in item.masks.items():
+            cases.append((index, name, framing.to_grid(mask)))
+        if item.absent:
+            for name in rng.choice(item.absent, size=min(absent_per_slice, len(item.absent)), replace=False):
+                cases.append((index, str(name), None))
+    return cases
+
+
+def loss_of(logits, targets, present, valid):
+    """Per-cell BCE (positives weighted 4x) + cell cross-entropy for the present cases."""
+    import torch
+    import torch.nn.functional as F
+
+    weight = valid.float()
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none", pos_weight=torch.tensor(4.0))
+    bce = (bce * weight).sum() / weight.sum()
+    masked = logits.masked_fill(~valid, -1e4).flatten(1)
+    share = (targets * weight).flatten(1)
+    share = share / share.sum(1, keepdim=True).clamp(min=1e-6)
+    ce = -(share * F.log_softmax(masked, dim=1)).sum(1)
+    ce = (ce * present).sum() / present.sum().clamp(min=1)
+    return bce + 0.5 * ce
+
+
+def fit(head, data: Prepared, bank: QueryBank, steps: int = 1500, slices_per_step: int = 12, queries_per_slice: int = 4,
+        lr: float = 3e-3, seed: int = 0, log=print) -> dict:
+    """Train ``head`` in place (each step: a few slices, several queries on each); returns
+    timing and the last loss."""
+    import torch
+
+    torch.manual_seed(seed)
+    by_slice: dict[int, list] = {}
+    for case in training_cases(data, seed=seed):
+        by_slice.setdefault(case[0], []).append(case)
+    indices = sorted(by_slice)
+    rng = np.random.default_rng(seed)
+    optimiser = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.1)
+    grid = data.valid.shape[-1]
+    started, losses = time.perf_counter(), []
+    head.train()
+    for step in range(steps):
+        chosen_slices = rng.choice(indices, size=min(slices_per_step, len(indices)), replace=False)
+        chosen = [by_slice[i][j] for i in chosen_slices for j in rng.integers(len(by_slice[i]), size=queries_per_slice)]
+        index = torch.as_tensor(chosen_slices)
+        targets = torch.from_numpy(np.stack([c[2] if c[2] is not None else np.zeros((grid, grid), np.float32)
+                                             for c in chosen]))
+        present = torch.tensor([c[2] is not None for c in chosen], dtype=torch.float32)
+        query = torch.from_numpy(np.stack([bank.sample(c[1], data.slices[c[0]].modality) for c in chosen]))
+        logits = head(features=data.features[index], positions=data.positions[index], query=query,
+                      per_slice=queries_per_slice)
+        loss = loss_of(logits, targets, present, data.valid[index].repeat_interleave(queries_per_slice, dim=0))
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        losses.append(loss.item())
+        if log and (step + 1) % max(1, steps // 10) == 0:
+            log(f"step {step + 1}/{steps}: loss {np.mean(losses[-50:]):.4f} ({time.perf_counter() - started:.0f} s)")
+    head.eval()
+    return {"steps": steps, "seconds": time.perf_counter() - started, "final_loss": float(np.mean(losses[-50:])),
+            "cases": sum(len(v) for v in by_slice.values())}
+
+
+def predict(head, data: Prepared, index: int, query_vector: np.ndarray) -> np.ndarray:
+    """The head's probability per pixel of slice ``index`` (upsampled from the grid)."""
+    import torch
+
+    with torch.inference_mode():
+        logits = head(features=data.features[index:index + 1], positions=data.positions[index:index + 1],
+                      query=torch.from_numpy(query_vector[None]))[0]
+    logits = logits.masked_fill(~data.valid[index], -20.0)
+    return data.framings[index].to_image(torch.sigmoid(logits).numpy())
+
+
+SIZE_BINS = (("< 100 px", 0, 100), ("100-500 px", 100, 500), ("> 500 px", 500, 10**9))
+
+
+def evaluate(head, data: Prepared, bank: QueryBank, absent_per_slice: int = 3, seed: int = 1) -> dict:
+    """First-click hits (the peak inside the named structure) by structure size, IoU of the
+    p > 0.5 region, and "not present" answers on absent names, at the head's threshold."""
+    rng = np.random.default_rng(seed)
+    threshold = head.config.presence_threshold
+    rows = []
+    for index, item in enumerate(data.slices):
+        asked = [(name, mask) for name, mask in item.masks.items()]
+        if item.absent:
+            asked += [(str(n), None) for n in rng.choice(item.absent, size=min(absent_per_slice, len(item.absent)), replace=False)]
+        for name, mask in asked:
+            vectors = bank.vectors_for(name, item.modality)
+            probability = predict(head, data, index, vectors[rng.integers(len(vectors))])
+            peak = np.unravel_index(int(np.argmax(probability)), probability.shape)
+            said_present = float(probability[peak]) >= threshold
+            row = {"slice": item.source, "kind": item.kind, "name": name, "present": mask is not None,
+                   "said_present": said_present, "peak_probability": float(probability[peak])}
+            if mask is not None:
+                region = probability >= 0.5
+                union = (region | mask).sum()
+                row.update(area=int(mask.sum()), hit=bool(mask[peak]),
+                           iou=float((region & mask).sum() / union) if union else 0.0)
+            rows.append(row)
+    return {"summary": summarise(rows), "rows": rows}
+
+
+def summarise(rows: list[dict]) -> dict:
+    present = [r for r in rows if r["present"]]
+    absent = [r for r in rows if not r["present"]]
+    out = {"structures": len(present), "first_click_inside": _mean([r["hit"] for r in present]),
+           "map_iou": _mean([r["iou"] for r in present]), "absent_asked": len(absent),
+           "not_present_correct": _mean([not r["said_present"] for r in absent]),
+           "not_present_false": _mean([not r["said_present"] for r in present])}
+    for label, low, high in SIZE_BINS:
+        chosen = [r for r in present if low <= r["area"] < high]
+        out[f"first_click_inside {label}"] = _mean([r["hit"] for r in chosen])
+        out[f"count {label}"] = len(chosen)
+    return out
+
+
+def _mean(values) -> float:
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
+def main(argv=None) -> int:
+    import torch
+
+    from napari_ibis.grounding.encoders import build_encoder
+    from napari_ibis.grounding.head import PointerHead, PointerHeadConfig
+    from training.grounding.dataset import probe_sets
+
+    parser = argparse.ArgumentParser(prog="python -m training.grounding.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--encoder", default="mobilesam")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", required=True, help="the model folder to write")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    encoder = build_encoder(args.encoder)
+    train, held = probe_sets()
+    data = prepare(encoder, train, log=print)
+    head = PointerHead(PointerHeadConfig(encoder=encoder.name, feature_channels=encoder.channels, grid=encoder.grid))
+    bank = QueryBank()
+    print(fit(head, data, bank, steps=args.steps))
+    head.save_pretrained(args.out)
+    for name, slices in held.items():
+        print(name, evaluate(head, prepare(encoder, slices), bank)["summary"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
