@@ -21,7 +21,8 @@ pooled from 64 to 32 cells a side; DINOv2 keeps its 37.
 
     python benchmarks/vision_probe.py [--encoders mobilesam litemedsam dinov2 v7] [--steps 1500]
 
-Prints a table and writes benchmarks/results/vision_probe.json.
+Prints a table and writes benchmarks/results/vision_probe.json; the heads are kept in
+benchmarks/out/probe-heads/ENCODER.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "benchmarks" / "results" / "vision_probe.json"
+HEADS = ROOT / "benchmarks" / "out" / "probe-heads"  # each encoder's trained head (git-ignored)
 COLUMNS = ("first_click_inside", "first_click_inside < 100 px", "first_click_inside 100-500 px",
            "first_click_inside > 500 px", "map_iou", "not_present_correct", "not_present_false")
 
@@ -61,6 +63,7 @@ def probe(name: str, steps: int, train, held) -> dict:
     torch.manual_seed(0)
     bank = QueryBank()
     training = fit(head, data, bank, steps=steps, log=print)
+    head.save_pretrained(HEADS / name)
     sets = {}
     for set_name, slices in held.items():
         sets[set_name] = evaluate(head, prepare(encoder, slices), bank)["summary"]

@@ -118,3 +118,44 @@ def _texture(image: np.ndarray, modality: str, rng: np.random.Generator) -> np.n
         return ndi.gaussian_filter(image, 1.2) + rng.poisson(3, image.shape) / 60
     blur = 1.0 if modality == "CT" else 0.7
     return ndi.gaussian_filter(image, blur) + rng.normal(0, 0.04 if modality == "CT" else 0.06, image.shape)
+
+
+@dataclass
+class PhantomVolume:
+    image: np.ndarray  # uint8 (Z, H, W)
+    masks: dict[str, np.ndarray]  # name -> bool (Z, H, W)
+    modality: str
+    seed: int
+
+
+def _ellipsoid(shape, centre, radii) -> np.ndarray:
+    z, y, x = np.indices(shape, dtype=np.float32)
+    return ((z - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2 + ((x - centre[2]) / radii[2]) ** 2 <= 1
+
+
+def phantom_volume(seed: int, depth: int = 32, size: int = 96) -> PhantomVolume:
+    """A CT-like volume with exact masks: a liver that grows and shrinks through the slices,
+    two kidneys (the patient's left on the image's right), a spleen of two lobes that join
+    in the middle slices and part towards its ends, and a liver tumour that starts and ends
+    within a few slices."""
+    rng = np.random.default_rng(seed)
+    shape = (depth, size, size)
+    jitter = lambda spread: rng.uniform(-spread, spread)  # noqa: E731
+    body = _ellipsoid(shape, (depth / 2, size / 2, size / 2), (depth * 4, size * 0.45, size * 0.47))
+    liver = _ellipsoid(shape, (depth * (0.45 + jitter(0.05)), size * 0.42, size * (0.3 + jitter(0.03))),
+                       (depth * 0.4, size * 0.2, size * 0.17)) & body
+    kidneys = {
+        "right kidney": _ellipsoid(shape, (depth * 0.6, size * 0.62, size * 0.3), (depth * 0.22, size * 0.09, size * 0.07)),
+        "left kidney": _ellipsoid(shape, (depth * 0.6, size * 0.62, size * 0.7), (depth * 0.22, size * 0.09, size * 0.07)),
+    }
+    lobes = [_ellipsoid(shape, (depth * (0.45 + offset), size * 0.35, size * (0.72 + offset / 2)),
+                        (depth * 0.22, size * 0.08, size * 0.07)) for offset in (-0.12, 0.12)]
+    spleen = (lobes[0] | lobes[1]) & ~liver
+    tumour = _ellipsoid(shape, (depth * 0.45, size * 0.42, size * 0.3), (max(2.5, depth * 0.08), size * 0.05, size * 0.05)) & liver
+    masks = {"liver": liver & ~tumour, "liver tumour": tumour, "spleen": spleen, **kidneys}
+    intensity = {"liver": 0.55, "liver tumour": 0.8, "spleen": 0.45, "right kidney": 0.7, "left kidney": 0.7}
+    volume = np.where(body, 0.3, 0.02).astype(np.float32)
+    for name, mask in masks.items():
+        volume[mask] = intensity[name] + jitter(0.04)
+    image = np.stack([_texture(plane, "CT", rng) for plane in volume])
+    return PhantomVolume(np.clip(image * 255, 0, 255).astype(np.uint8), masks, "CT", seed)

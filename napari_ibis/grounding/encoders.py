@@ -112,13 +112,19 @@ class MobileSAMEncoder(ImageEncoder):
         load_weights(net, checkpoint or default_checkpoint(), "MobileSAM", skip=("image_encoder.head", "image_encoder.norm_head"))
         self.net = net.image_encoder.eval()
 
-    def normalise(self, pixels):
-        from ..segmenters.mobilesam import PIXEL_MEAN, PIXEL_STD
+    def encode(self, rgb: np.ndarray):
+        import torch
 
-        return (pixels - PIXEL_MEAN) / PIXEL_STD
+        from ..segmenters.base import image_key
+        from ..segmenters.mobilesam import frame, shared_embedding
 
-    def _features(self, tensor):
-        return self.net(tensor)
+        rgb = np.asarray(rgb)
+
+        def compute():
+            with torch.inference_mode():
+                return self.net(frame(rgb)[0])
+
+        return shared_embedding(image_key(rgb), compute)[0].float(), self.framing(rgb)
 
 
 class LiteMedSAMEncoder(ImageEncoder):

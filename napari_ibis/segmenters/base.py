@@ -98,6 +98,11 @@ class Segmenter(ABC):
             return SegmentResult(mask, self.prior_from_mask(mask), float("nan"))
         return self._segment(list(clicks), prior)
 
+    def follow(self, previous: np.ndarray) -> SegmentResult:
+        """The structure on the current slice, from the neighbouring slice's mask (propagation
+        through a volume): a positive click inside each part of it, and it as the prior."""
+        return self.segment(prompts_from(previous), self.prior_from_mask(previous))
+
     def prior_from_mask(self, mask: np.ndarray) -> np.ndarray | None:
         """Logits that stand for an imported mask, to start a refinement from it."""
         return None
@@ -116,6 +121,26 @@ class Segmenter(ABC):
 
     @abstractmethod
     def _segment(self, clicks: list[Click], prior: np.ndarray | None) -> SegmentResult: ...
+
+
+def prompts_from(mask: np.ndarray, min_part: int = 30, most: int = 4) -> list[Click]:
+    """Positive clicks that stand for ``mask``: the interior point (farthest from the edge) of
+    each connected part of at least ``min_part`` pixels, the largest part always, ``most`` at most."""
+    from scipy import ndimage as ndi
+
+    labels, count = ndi.label(mask)
+    if count == 0:
+        return []
+    sizes = ndi.sum(mask, labels, range(1, count + 1))
+    clicks = []
+    for rank, index in enumerate(np.argsort(sizes)[::-1][:most]):
+        if rank and sizes[index] < min_part:
+            break
+        part = np.pad(labels == index + 1, 1)
+        distance = ndi.distance_transform_edt(part)[1:-1, 1:-1]
+        row, col = np.unravel_index(int(np.argmax(distance)), distance.shape)
+        clicks.append(Click(int(row), int(col), True, source="propagation"))
+    return clicks
 
 
 def carve(mask: np.ndarray, negatives: Sequence[Click]) -> np.ndarray:

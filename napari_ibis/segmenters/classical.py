@@ -86,6 +86,30 @@ class ClassicalSegmenter(Segmenter):
         mask = full > 0
         return SegmentResult(mask=mask, logits=logits, score=float(probability[logits > 0].mean()) if mask.any() else 0.0)
 
+    def follow(self, previous: np.ndarray) -> SegmentResult:
+        """The neighbouring slice's mask as the prior: its eroded inside seeds the object,
+        everything beyond its grown outline the background, and the walker settles the edge."""
+        import warnings
+
+        from scipy import ndimage as ndi
+        from skimage.segmentation import random_walker
+        from skimage.transform import resize
+
+        small = resize(previous.astype(np.float32), self._grey.shape, order=1) > 0.5
+        margin = max(2, int(round(np.sqrt(small.sum()) / 6)))
+        seeds = np.zeros(small.shape, dtype=np.int32)
+        seeds[~ndi.binary_dilation(small, iterations=margin)] = 2
+        seeds[ndi.binary_erosion(small, iterations=margin)] = 1
+        if not (seeds == 1).any() or not (seeds == 2).any():
+            return super().follow(previous)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            probability = random_walker(self._grey, seeds, beta=self.beta, mode="cg_j", tol=1e-3, return_full_prob=True)[0]
+        probability = np.clip(probability, 1e-4, 1 - 1e-4)
+        logits = np.log(probability / (1 - probability)).astype(np.float32)
+        full = resize(logits, self.image_shape, order=1) if logits.shape != self.image_shape else logits
+        return SegmentResult(mask=full > 0, logits=logits, score=float("nan"))
+
     def prior_from_mask(self, mask: np.ndarray) -> np.ndarray:
         from skimage.transform import resize
 

@@ -37,6 +37,37 @@ PIXEL_MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
 PIXEL_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
 
 
+_RECENT_EMBEDDINGS: dict[str, object] = {}  # image key -> embedding, the last two slices
+
+
+def shared_embedding(key: str, compute):
+    """The MobileSAM embedding of the slice ``key``, computed once for the segmenter and the
+    pointer agent's encoder alike (same weights, same framing): a second encoder pass on
+    the same slice would cost about 1.5 s on 2 cores."""
+    if key not in _RECENT_EMBEDDINGS:
+        while len(_RECENT_EMBEDDINGS) >= 2:
+            _RECENT_EMBEDDINGS.pop(next(iter(_RECENT_EMBEDDINGS)))
+        _RECENT_EMBEDDINGS[key] = compute()
+    return _RECENT_EMBEDDINGS[key]
+
+
+def _resized(shape: tuple[int, int]) -> tuple[int, int]:
+    scale = MODEL_SIZE / max(shape)
+    return int(shape[0] * scale + 0.5), int(shape[1] * scale + 0.5)
+
+
+def frame(image: np.ndarray) -> tuple["torch.Tensor", tuple[int, int]]:  # noqa: F821
+    """SamPredictor's framing: longer side to 1024, SAM's normalisation, padded to a square."""
+    import torch
+    from skimage.transform import resize
+
+    new_h, new_w = _resized(image.shape[:2])
+    resized = resize(image, (new_h, new_w), order=1, preserve_range=True, anti_aliasing=False).astype(np.float32)
+    padded = np.zeros((MODEL_SIZE, MODEL_SIZE, 3), dtype=np.float32)
+    padded[:new_h, :new_w] = (resized - PIXEL_MEAN) / PIXEL_STD
+    return torch.from_numpy(padded).permute(2, 0, 1)[None], (new_h, new_w)
+
+
 def default_checkpoint() -> Path:
     from .. import assets
 
@@ -88,18 +119,16 @@ class MobileSAMSegmenter(Segmenter):
     # -- image -------------------------------------------------------------------------
     def _embed(self, image: np.ndarray) -> None:
         import torch
-        from skimage.transform import resize
 
-        height, width = image.shape[:2]
-        scale = MODEL_SIZE / max(height, width)
-        new_h, new_w = int(height * scale + 0.5), int(width * scale + 0.5)
-        resized = resize(image, (new_h, new_w), order=1, preserve_range=True, anti_aliasing=False).astype(np.float32)
-        padded = np.zeros((MODEL_SIZE, MODEL_SIZE, 3), dtype=np.float32)
-        padded[:new_h, :new_w] = (resized - PIXEL_MEAN) / PIXEL_STD
-        tensor = torch.from_numpy(padded).permute(2, 0, 1)[None].to(self.device)
-        with torch.inference_mode():
-            self._embedding = self.net.image_encoder(tensor)
-        self._resized = (new_h, new_w)
+        from .base import image_key
+
+        self._resized = _resized(image.shape[:2])
+
+        def compute():
+            with torch.inference_mode():
+                return self.net.image_encoder(frame(image)[0].to(self.device)).cpu()
+
+        self._embedding = shared_embedding(image_key(image), compute).to(self.device)
 
     def _to_model(self, click: Click) -> tuple[float, float]:
         """(x, y) in the 1024-pixel frame (SAM's coordinates: column first, pixel centres)."""

@@ -140,8 +140,10 @@ def probe_sets(phantoms_train: int = 60, phantoms_held_out: int = 40) -> tuple[l
     """(training slices, held-out sets by name)."""
     train = (totalseg_slices("train") + aal_slices("train", step=3) + nuclei_slices("train")
              + phantom_slices(range(phantoms_train)))
+    held_totalseg = totalseg_slices("held_out", step_mm=2.0)
     held = {
-        "totalseg held-out (real CT+MR)": totalseg_slices("held_out", step_mm=2.0),
+        "totalseg held-out CT (real)": [s for s in held_totalseg if s.modality == "CT"],
+        "totalseg held-out MR (real)": [s for s in held_totalseg if s.modality == "MRI"],
         "aal held-out (real MRI)": aal_slices("held_out", step=1),
         "nuclei right half (real)": nuclei_slices("held_out"),
         "phantoms held-out (synthetic)": phantom_slices(range(HELD_OUT_PHANTOM_SEEDS[0], HELD_OUT_PHANTOM_SEEDS[0] + phantoms_held_out)),

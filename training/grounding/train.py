@@ -6,16 +6,19 @@ binary cross-entropy (every cell: is it the structure?) plus, for present struct
 cross-entropy over the cells (where is it?) that trains the peak, which is where the first
 click goes.
 
-    python -m training.grounding.train --encoder mobilesam --steps 3000 --out runs/pointer
+    napari-ibis pointer training/configs/pointer-v8.yaml
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
+
+from training.config import check_choices
 
 from training.grounding.dataset import Slice
 
@@ -211,29 +214,69 @@ def _mean(values) -> float:
     return float(np.mean(values)) if len(values) else float("nan")
 
 
+@dataclass
+class PointerConfig:
+    """The pointer agent's training (``napari-ibis pointer CONFIG`` reads these keys)."""
+
+    output: str  # the model folder to write
+    encoder: Literal["mobilesam", "litemedsam"] = "mobilesam"  # the frozen image encoder (benchmarks/vision_probe.py)
+    steps: int = 3000
+    slices_per_step: int = 12
+    queries_per_slice: int = 4  # names asked about each slice in a step (present ones and a few absent ones)
+    learning_rate: float = 3e-3
+    phantoms: int = 200  # phantom images (seeds 0..N-1) next to the real training slices
+    totalseg_step_mm: float = 6.0  # axial spacing of the TotalSegmentator training slices
+    aal_step: int = 2  # every Nth axial slice of the AAL training side
+    max_false_absent: float = 0.03  # the presence threshold is the highest that calls at most this share of training structures absent
+    threads: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+
+
+def presence_threshold(head, data: Prepared, bank: QueryBank, max_false_absent: float, seed: int = 2) -> float:
+    """The highest threshold under which at most ``max_false_absent`` of the present training
+    structures would be called absent (their peak probability falls below it)."""
+    rows = evaluate(head, data, bank, absent_per_slice=0, seed=seed)["rows"]
+    peaks = np.sort([r["peak_probability"] for r in rows if r["present"]])
+    return float(np.clip(np.quantile(peaks, max_false_absent) if len(peaks) else 0.5, 0.05, 0.95))
+
+
 def main(argv=None) -> int:
+    """Train the pointer agent's head on frozen features and write a model folder the widget loads.
+
+    ``napari-ibis pointer CONFIG``."""
+    import json
+
     import torch
 
     from napari_ibis.grounding.encoders import build_encoder
     from napari_ibis.grounding.head import PointerHead, PointerHeadConfig
-    from training.grounding.dataset import probe_sets
+    from training.config import config_parser, load_config
+    from training.grounding.dataset import aal_slices, nuclei_slices, phantom_slices, totalseg_slices
 
-    parser = argparse.ArgumentParser(prog="python -m training.grounding.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--encoder", default="mobilesam")
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", required=True, help="the model folder to write")
+    parser = config_parser("napari-ibis pointer", PointerConfig, main.__doc__.splitlines()[0])
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    encoder = build_encoder(args.encoder)
-    train, held = probe_sets()
-    data = prepare(encoder, train, log=print)
-    head = PointerHead(PointerHeadConfig(encoder=encoder.name, feature_channels=encoder.channels, grid=encoder.grid))
-    bank = QueryBank()
-    print(fit(head, data, bank, steps=args.steps))
-    head.save_pretrained(args.out)
-    for name, slices in held.items():
-        print(name, evaluate(head, prepare(encoder, slices), bank)["summary"])
+    config = load_config(PointerConfig, args.config, args.set)
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    encoder = build_encoder(config.encoder)
+    slices = (totalseg_slices("train", step_mm=config.totalseg_step_mm) + aal_slices("train", step=config.aal_step)
+              + nuclei_slices("train") + phantom_slices(range(config.phantoms)))
+    data = prepare(encoder, slices, log=print)
+    head = PointerHead(PointerHeadConfig(encoder=encoder.name, feature_channels=int(data.features.shape[1]),
+                                         grid=int(data.features.shape[-1])))
+    bank = QueryBank(seed=config.seed)
+    report = fit(head, data, bank, steps=config.steps, slices_per_step=config.slices_per_step,
+                 queries_per_slice=config.queries_per_slice, lr=config.learning_rate, seed=config.seed)
+    head.config.presence_threshold = presence_threshold(head, data, bank, config.max_false_absent)
+    head.save_pretrained(config.output)
+    report |= {"presence_threshold": head.config.presence_threshold, "slices": len(slices),
+               "kinds": {k: sum(s.kind == k for s in slices) for k in sorted({s.kind for s in slices})},
+               "config": config.__dict__}
+    Path(config.output, "training_summary.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps(report))
     return 0
 
 

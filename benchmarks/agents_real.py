@@ -1,0 +1,188 @@
+"""The agents on held-out real scans and phantoms: does the first click land on the named
+structure, how good is the final mask, does it say "not present" when it should?
+
+Sets (nothing here is trained on by any agent of this project):
+
+* TotalSegmentator held-out patients (real; an upper-abdomen CT series and an abdominal
+  MR; labels are TotalSegmentator's own outputs, not manual): ``totalseg_reference(side=
+  "held_out")`` (91 structure slices), plus one absent name per slice for "not present"
+  (a structure labelled in that volume but not on that slice), 30 of them;
+* Colin27 AAL held-out slices (real MRI, atlas labels): the slices of the AAL evaluation
+  side used everywhere in this project, 60 regions of at least 100 pixels drawn from all
+  the regions on them, plus four absent names per slice;
+* stardist nuclei (real fluorescence): the right half of the image (the pointer agent
+  trains on the left half) in four tiles; "segment the nucleus" has many right answers,
+  so IoU is taken with the nucleus the final mask overlaps most;
+* phantoms (synthetic) from seed 90000, 10% of questions about an absent structure.
+
+Per case: first click inside the named structure (any instance for nuclei), final IoU and
+Dice with the default segmenter, steps, seconds (encoders included, 2 cores unless
+--threads says otherwise). Per set: those means, by structure size for the first click,
+and the share of right and of false "not present" answers.
+
+    python benchmarks/agents_real.py --agent v8=resources/models/pointer --agent v7=resources/models/default
+
+Writes benchmarks/results/agents_real-NAME.json per agent and prints the table of all
+agents measured so far (``--table`` prints it alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results"
+SIZES = (("< 100 px", 0, 100), ("100-500 px", 100, 500), ("> 500 px", 500, 10**9))
+
+
+def case_sets(phantoms: int, seed: int = 0) -> dict:
+    from training.data.sources import Sample, colin27_aal, phantom_samples, split_by_group, totalseg_reference
+    from training.grounding.dataset import aal_slices, totalseg_slices
+
+    rng = np.random.default_rng(seed)
+    totalseg = list(totalseg_reference(side="held_out"))
+    absent = []
+    for item in rng.permutation(totalseg_slices("held_out", step_mm=2.0))[:30]:
+        name = item.absent[rng.integers(len(item.absent))]
+        absent.append(Sample(item.rgb, np.zeros(item.rgb.shape[:2], bool), name, item.modality,
+                             f"{item.source}:{name}:absent", item.source))
+    held_groups = {s.group.replace("colin27:", "colin27-aal:") for s in split_by_group(list(colin27_aal()))[1]}
+    aal_held = [item for item in aal_slices("held_out", step=1) if item.source in held_groups]
+    aal = [Sample(item.rgb, mask, name, "MRI", f"{item.source}:{name}", item.source)
+           for item in aal_held for name, mask in item.masks.items() if mask.sum() >= 100]
+    aal = [aal[i] for i in sorted(rng.permutation(len(aal))[:60])]
+    for item in aal_held * 4:
+        name = item.absent[rng.integers(len(item.absent))]
+        aal.append(Sample(item.rgb, np.zeros(item.rgb.shape[:2], bool), name, "MRI", f"{item.source}:{name}:absent",
+                          item.source))
+    return {
+        "totalseg held-out (real CT/MR)": totalseg + absent,
+        "aal held-out (real MRI)": aal,
+        "nuclei right half (real)": nuclei_tiles(),
+        "phantoms held-out (synthetic)": list(phantom_samples(range(90000, 90000 + phantoms), absent_probability=0.1)),
+    }
+
+
+def nuclei_tiles() -> list:
+    from stardist.data import test_image_nuclei_2d
+
+    from training.data.sources import Sample
+
+    image, labels = test_image_nuclei_2d(return_mask=True)
+    half = image.shape[1] // 2
+    tiles = []
+    for index, rows in enumerate((slice(0, 128), slice(128, 256), slice(256, 384), slice(384, 512))):
+        crop, crop_labels = image[rows, half:], labels[rows, half:]
+        tiles.append(Sample(crop, crop_labels, "nucleus", "fluorescence microscopy", f"stardist-right:tile={index}",
+                            f"stardist-right:{index}"))
+    return tiles  # mask = the instance labels: any nucleus is a right answer
+
+
+def score(sample, episode) -> dict:
+    from napari_ibis.metrics import dice, iou
+
+    truth = np.asarray(sample.mask)
+    instances = truth.dtype != bool
+    final = episode.final_mask
+    first = episode.turns[0].clicks[0] if episode.turns and episode.turns[0].clicks else None
+    if instances:  # any instance is right: score against the one the result overlaps most
+        overlap = np.bincount(truth[final].ravel(), minlength=int(truth.max()) + 1)
+        overlap[0] = 0
+        truth = truth == (int(np.argmax(overlap)) if overlap.any() else -1)
+        inside = first is not None and np.asarray(sample.mask)[first[0], first[1]] > 0
+    else:
+        inside = first is not None and first[2] and bool(truth[first[0], first[1]])
+    present = bool(np.asarray(sample.mask).any())
+    return {"source": sample.source, "target": sample.target, "present": present, "area": int(truth.sum()),
+            "said_absent": bool(episode.said_absent), "first_click_inside": bool(inside),
+            "iou": float(iou(truth, final)) if present else float("nan"),
+            "dice": float(dice(truth, final)) if present else float("nan"),
+            "steps": len(episode.turns), "seconds": episode.seconds, "stop": episode.stop_reason}
+
+
+def summarise(rows: list[dict]) -> dict:
+    present = [r for r in rows if r["present"]]
+    absent = [r for r in rows if not r["present"]]
+    mean = lambda values: float(np.mean(values)) if len(values) else float("nan")  # noqa: E731
+    out = {"cases": len(rows), "present": len(present), "absent": len(absent),
+           "first_click_inside": mean([r["first_click_inside"] for r in present]),
+           "mean_iou": mean([r["iou"] for r in present]), "mean_dice": mean([r["dice"] for r in present]),
+           "not_present_right": mean([r["said_absent"] for r in absent]),
+           "not_present_false": mean([r["said_absent"] for r in present]),
+           "mean_steps": mean([r["steps"] for r in rows]), "seconds_per_case": mean([r["seconds"] for r in rows])}
+    for label, low, high in SIZES:
+        chosen = [r for r in present if low <= r["area"] < high]
+        out[f"first_click_inside {label}"] = mean([r["first_click_inside"] for r in chosen])
+        out[f"mean_iou {label}"] = mean([r["iou"] for r in chosen])
+        out[f"count {label}"] = len(chosen)
+    return out
+
+
+def run(name: str, folder: str, segmenter_spec: str, phantoms: int, max_steps: int) -> dict:
+    from napari_ibis.policies import load_policy
+    from napari_ibis.segmenters import build_segmenter
+    from training.data import text
+    from training.rl.rollout import rollout
+
+    policy = load_policy(folder)
+    segmenter = build_segmenter(segmenter_spec)
+    results = {}
+    for set_name, samples in case_sets(phantoms).items():
+        rng = np.random.default_rng(0)
+        rows = []
+        for sample in samples:
+            query = text.query(sample.target, sample.modality, rng)
+            episode = rollout(policy, sample, query, segmenter, max_turns=max_steps)
+            rows.append(score(sample, episode) | {"query": query})
+        results[set_name] = {"summary": summarise(rows), "cases": rows}
+        print(name, set_name, json.dumps(results[set_name]["summary"]), flush=True)
+    return {"agent": folder, "segmenter": segmenter_spec, "max_steps": max_steps, "sets": results,
+            "machine": platform.processor() or platform.machine()}
+
+
+def table() -> str:
+    lines = ["| agent | set | cases (absent) | first click inside | > 500 px | mean IoU | IoU > 500 px | Dice "
+             "| 'not present' right | false 'not present' | steps | s/case |", "|---" * 12 + "|"]
+    for file in sorted(RESULTS.glob("agents_real-*.json")):
+        result = json.loads(file.read_text())
+        for set_name, data in result["sets"].items():
+            s = data["summary"]
+            f = lambda v: "-" if v != v else f"{v:.2f}"  # noqa: E731
+            lines.append(f"| {file.stem.removeprefix('agents_real-')} | {set_name} | {s['cases']} ({s['absent']}) | "
+                         f"{f(s['first_click_inside'])} | {f(s['first_click_inside > 500 px'])} ({s['count > 500 px']}) | "
+                         f"{f(s['mean_iou'])} | {f(s['mean_iou > 500 px'])} | {f(s['mean_dice'])} | "
+                         f"{f(s['not_present_right'])} | {f(s['not_present_false'])} | {s['mean_steps']:.1f} | "
+                         f"{s['seconds_per_case']:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agent", action="append", default=[], metavar="NAME=FOLDER")
+    parser.add_argument("--segmenter", default="mobilesam")
+    parser.add_argument("--phantoms", type=int, default=60, help="phantom images from seed 90000 (about 3.5 questions each)")
+    parser.add_argument("--max-steps", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--table", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    for spec in [] if args.table else args.agent:
+        name, _, folder = spec.partition("=")
+        result = run(name, folder, args.segmenter, args.phantoms, args.max_steps)
+        (RESULTS / f"agents_real-{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(table())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

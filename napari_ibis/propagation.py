@@ -1,0 +1,203 @@
+"""Carry a finished slice's mask through a volume, slice by slice (no Qt).
+
+From a start slice whose mask is done (the agent's, the person's or an imported one), the
+structure is followed to the neighbouring slices, up (increasing index), down or both:
+
+1. the previous slice's mask gives the prompts for the next (``Segmenter.follow``): a
+   positive click at the interior point of each of its parts (so a structure that splits
+   keeps both) with the mask as the prior, as micro-sam's ``segment_mask_in_volume``
+   does; the classical backend seeds its random walker with the mask's eroded inside and
+   the outside of its grown outline;
+2. the structure ends in a direction when the new mask is empty, smaller than
+   ``min_area`` pixels or than ``min_ratio`` of the previous one, when the tissue under it
+   no longer looks like the structure (fewer than half its pixels within 2.5 standard
+   deviations of the start slice's grey level under its mask), or, with an agent checking
+   (``check``), when the agent answers that it is not present;
+3. with ``check`` ("every" slice, every Nth, or "none"), the agent sees the propagated
+   mask as an imported mask on that slice and may click to repair it, accept it, or
+   answer "not present"; every step it takes is kept with the slice's result.
+
+Each slice is embedded once (the segmenter's own cache holds one slice, and the slices
+are visited in order); nothing but masks is kept, so memory does not grow with the
+number of slices beyond the labels volume itself.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from .errors import Cancelled, InputError
+from .overlay import to_rgb8
+from .segmenters.base import Click, Segmenter, prompts_from
+
+DIRECTIONS = ("both", "up", "down")
+
+
+@dataclass
+class SliceResult:
+    """What happened on one slice."""
+
+    index: int
+    mask: np.ndarray
+    clicks: tuple[Click, ...]  # the prompts propagation gave the segmenter
+    agent_steps: int = 0  # steps the checking agent took on this slice
+    agent_changed: bool = False  # the agent's check changed the propagated mask
+    stopped: str = ""  # why the structure ended after this slice ("" if it went on)
+    seconds: float = 0.0
+    trajectory: dict | None = None  # the checking agent's session record
+
+
+@dataclass
+class PropagationDone:
+    """The end of a run: every slice's result, and the 3-D labels."""
+
+    labels: np.ndarray  # bool (Z, H, W)
+    slices: list[SliceResult] = field(default_factory=list)
+    cancelled: bool = False
+
+    @property
+    def flagged(self) -> list[int]:
+        """Slices a person should look at: the agent changed them or the structure ended there."""
+        return sorted(r.index for r in self.slices if r.agent_changed or r.stopped)
+
+
+class Propagation:
+    """Follow a structure through ``volume`` (Z, H, W) or (Z, H, W, 3) from a finished slice.
+
+    ``checker``: a callable ``(slice_rgb, index, propagated_mask) -> (mask, steps,
+    not_present, trajectory)``, usually :func:`agent_checker`; ``check``: "none", "every"
+    or a whole number N (every Nth slice from the start).
+    """
+
+    def __init__(self, volume: np.ndarray, segmenter: Segmenter, window: str | None = None, min_area: int = 10,
+                 min_ratio: float = 0.15, checker=None, check: str | int = "none") -> None:
+        volume = np.asarray(volume)
+        if volume.ndim not in (3, 4) or (volume.ndim == 4 and volume.shape[-1] not in (3, 4)):
+            raise InputError(f"propagation needs a volume (Z, H, W) or (Z, H, W, 3), got shape {volume.shape}")
+        self.volume = volume
+        self.segmenter = segmenter
+        self.window = window
+        self.min_area = min_area
+        self.min_ratio = min_ratio
+        self.checker = checker
+        self.check = parse_check(check)
+        if self.check and checker is None:
+            raise InputError("checking propagated slices needs an agent")
+
+    @property
+    def depth(self) -> int:
+        return self.volume.shape[0]
+
+    def rgb(self, index: int) -> np.ndarray:
+        return to_rgb8(self.volume[index], self.window)
+
+    def run(self, start: int, mask: np.ndarray, direction: str = "both",
+            cancel: threading.Event | None = None) -> Iterator[SliceResult | PropagationDone]:
+        """Yield each slice's result as it is made, then a :class:`PropagationDone`."""
+        if direction not in DIRECTIONS:
+            raise InputError(f"unknown direction '{direction}': use {', '.join(DIRECTIONS)}")
+        if not 0 <= start < self.depth:
+            raise InputError(f"slice {start} is outside the volume's {self.depth} slices")
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != self.volume.shape[1:3]:
+            raise InputError(f"the start mask is {mask.shape} but the slices are {self.volume.shape[1:3]}")
+        if not mask.any():
+            raise InputError("the start slice's mask is empty: segment the structure there first")
+        labels = np.zeros(self.volume.shape[:3], dtype=bool)
+        labels[start] = mask
+        reference = self.rgb(start).mean(axis=2)[mask]
+        self._reference = (float(reference.mean()), 2.5 * float(reference.std()) + 8.0)
+        done = PropagationDone(labels)
+        steps = {"up": (1,), "down": (-1,), "both": (1, -1)}[direction]
+        try:
+            for step in steps:
+                previous, index = mask, start + step
+                while 0 <= index < self.depth:
+                    if cancel is not None and cancel.is_set():
+                        raise Cancelled("stopped")
+                    result = self._one(index, previous, step, abs(index - start))
+                    labels[index] = result.mask
+                    done.slices.append(result)
+                    yield result
+                    if result.stopped:
+                        break
+                    previous, index = result.mask, index + step
+        except Cancelled:
+            done.cancelled = True
+        yield done
+
+    def _one(self, index: int, previous: np.ndarray, step: int, distance: int) -> SliceResult:
+        started = time.perf_counter()
+        rgb = self.rgb(index)
+        self.segmenter.set_image(rgb)
+        clicks = tuple(prompts_from(previous))
+        mask = self.segmenter.follow(previous).mask
+        outcome = SliceResult(index, mask, clicks)
+        if self.check and distance % self.check == 0:
+            checked, steps, not_present, trajectory = self.checker(rgb, index, mask)
+            outcome.agent_steps, outcome.trajectory = steps, trajectory
+            outcome.agent_changed = not_present or not np.array_equal(checked, mask)
+            mask = np.zeros_like(mask) if not_present else np.asarray(checked, dtype=bool)
+            outcome.mask = mask
+            if not_present:
+                outcome.stopped = "the agent found no structure here"
+        area = int(mask.sum())
+        if not outcome.stopped:
+            if area < self.min_area:
+                outcome.stopped = "the mask vanished"
+            elif area < self.min_ratio * previous.sum():
+                outcome.stopped = f"the mask shrank below {self.min_ratio:.0%} of the previous slice's"
+            elif self._looks_different(index, mask):
+                outcome.stopped = "the tissue under the mask no longer looks like the structure"
+        if outcome.stopped and not outcome.agent_changed:
+            outcome.mask = np.zeros_like(mask)  # the structure ended before this slice
+        outcome.seconds = time.perf_counter() - started
+        return outcome
+
+
+    def _looks_different(self, index: int, mask: np.ndarray) -> bool:
+        """Fewer than half the new mask's pixels have the structure's grey level (the start
+        slice's mean under its mask, within 2.5 standard deviations plus 8 levels)."""
+        mean, spread = self._reference
+        grey = self.rgb(index).mean(axis=2)[mask]
+        return float(np.mean(np.abs(grey - mean) <= spread)) < 0.5
+
+
+def parse_check(check: str | int) -> int:
+    """"none" -> 0, "every" -> 1, "N" -> N (check every Nth slice)."""
+    if isinstance(check, int):
+        value = check
+    elif check in ("none", "", None):
+        return 0
+    elif check == "every":
+        return 1
+    else:
+        try:
+            value = int(check)
+        except ValueError:
+            raise InputError(f"--check takes every, none or a whole number, not '{check}'") from None
+    if value < 0:
+        raise InputError("--check N needs N >= 1")
+    return value
+
+
+def agent_checker(policy, query: str, segmenter: Segmenter, profile: str = "ibis-release", max_steps: int = 4,
+                  cancel: threading.Event | None = None):
+    """A checker for :class:`Propagation`: the agent refines the propagated mask as an imported one."""
+    from .session import Session
+
+    def check(rgb: np.ndarray, index: int, mask: np.ndarray):
+        session = Session(rgb, query, policy, segmenter, profile=profile, max_steps=max_steps, init_mask=mask)
+        for _ in session.run(cancel):
+            pass
+        not_present = bool(session.steps) and session.current.not_present
+        record = session.trajectory()
+        record["slice"] = index
+        return session.mask, len(session.steps), not_present, record
+
+    return check

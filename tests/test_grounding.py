@@ -1,0 +1,118 @@
+"""The grounding parts: real data in the display convention, splits that keep held-out data
+out of training, the DINOv2 weights read from ONNX, and the head learning and round-tripping."""
+
+import numpy as np
+import pytest
+
+from napari_ibis import assets
+
+
+def needs(*names):
+    missing = [n for n in names if not assets.available(n)]
+    return pytest.mark.skipif(bool(missing), reason=f"{missing} not fetched: python -m napari_ibis.assets fetch")
+
+
+@needs("totalsegmentator")
+def test_the_left_kidney_is_drawn_on_the_right_of_the_displayed_slice():
+    from training.data.sources import totalseg_reference
+
+    samples = [s for s in totalseg_reference(volumes=["abdomen_ct"], slices_per_label=1)
+               if s.target in ("left kidney", "right kidney")]
+    assert {s.target for s in samples} == {"left kidney", "right kidney"}
+    for sample in samples:
+        column = np.nonzero(sample.mask)[1].mean() / sample.mask.shape[1]
+        assert (column > 0.5) == (sample.target == "left kidney"), (sample.target, column)
+
+
+@needs("totalsegmentator")
+def test_held_out_patients_and_slices_never_reach_training():
+    from training.data.sources import TOTALSEG_HELD_OUT
+    from training.grounding.dataset import aal_slices, nuclei_slices, totalseg_slices
+
+    train = totalseg_slices("train", step_mm=12.0)
+    held = totalseg_slices("held_out", step_mm=12.0)
+    assert train and held
+    assert all(s.source.split(":")[1] in TOTALSEG_HELD_OUT for s in held)
+    assert not any(s.source.split(":")[1] in TOTALSEG_HELD_OUT for s in train)
+    assert {s.source for s in aal_slices("train", step=4)}.isdisjoint({s.source for s in aal_slices("held_out", step=1)})
+    left, right = nuclei_slices("train")[0], nuclei_slices("held_out")[0]
+    assert left.rgb.shape[1] + right.rgb.shape[1] == 512 and "nucleus" in left.ambiguous
+    for item in train[:5]:
+        assert set(item.masks).isdisjoint(item.absent) and all(m.any() for m in item.masks.values())
+
+
+@needs("dinov2_small")
+def test_dinov2_weights_from_the_onnx_file_match_onnxruntime():
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    import torch
+
+    from training.grounding.probe_encoders import DINO_ONNX, dinov2_from_onnx
+
+    file = str(assets.path("dinov2_small", DINO_ONNX))
+    graph = onnx.load(file)
+    graph.graph.output.append(onnx.helper.make_tensor_value_info("/backbone/layernorm/Add_1_output_0",
+                                                                 onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    pixels = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    expected = session.run(["/backbone/layernorm/Add_1_output_0"], {"input_image": pixels})[0]
+    with torch.inference_mode():
+        got = dinov2_from_onnx(file)(pixel_values=torch.from_numpy(pixels)).last_hidden_state.numpy()
+    assert np.abs(expected - got).max() < 1e-3
+
+
+def _toy_data(count=24, grid=8, seed=0):
+    """Random features in which one channel marks where 'square' is, another where 'disk' is."""
+    import torch
+
+    from napari_ibis.grounding.encoders import Framing
+    from training.grounding.dataset import Slice
+    from training.grounding.train import Prepared
+
+    rng = np.random.default_rng(seed)
+    features = rng.standard_normal((count, 16, grid, grid)).astype(np.float32) * 0.3
+    slices = []
+    for i in range(count):
+        masks = {}
+        for channel, name in ((0, "square"), (1, "disk")):
+            row, col = rng.integers(grid, size=2)
+            features[i, channel, row, col] += 3.0
+            mask = np.zeros((grid * 8, grid * 8), bool)
+            mask[row * 8:(row + 1) * 8, col * 8:(col + 1) * 8] = True
+            masks[name] = mask
+        slices.append(Slice(np.zeros((grid * 8, grid * 8, 3), np.uint8), masks, (), "CT", f"toy:{i}", "toy"))
+    framings = [Framing(grid * 8, grid * 8, grid * 8, grid)] * count
+    return Prepared(torch.from_numpy(features).half(), torch.zeros(count, 4, grid, grid),
+                    torch.ones(count, grid, grid, dtype=torch.bool), framings, slices)
+
+
+class _Bank:
+    """Two fixed query vectors instead of the sentence encoder."""
+
+    vectors = {"square": np.eye(385, dtype=np.float32)[0], "disk": np.eye(385, dtype=np.float32)[1]}
+
+    def sample(self, name, modality):
+        return self.vectors[name]
+
+    def vectors_for(self, name, modality):
+        return self.vectors[name][None]
+
+
+def test_the_head_learns_which_structure_the_query_names_and_round_trips(tmp_path):
+    import torch
+
+    from napari_ibis.grounding.head import PointerHead, PointerHeadConfig
+    from training.grounding.train import evaluate, fit
+
+    train, held = _toy_data(seed=0), _toy_data(seed=1)
+    head = PointerHead(PointerHeadConfig(feature_channels=16, grid=8, hidden=32))
+    untrained = evaluate(head, held, _Bank())["summary"]["first_click_inside"]
+    fit(head, train, _Bank(), steps=150, slices_per_step=8, queries_per_slice=2, log=None)
+    trained = evaluate(head, held, _Bank())["summary"]["first_click_inside"]
+    assert trained >= 0.9 and trained > untrained + 0.3, (untrained, trained)
+    head.save_pretrained(tmp_path / "head")
+    again = PointerHead.from_pretrained(tmp_path / "head")
+    query = torch.from_numpy(_Bank.vectors["disk"][None])
+    with torch.inference_mode():
+        assert torch.equal(head(held.features[:1], held.positions[:1], query),
+                           again(held.features[:1], held.positions[:1], query))

@@ -1,0 +1,137 @@
+"""Propagation through a volume: it follows a structure that grows, shrinks and splits,
+ends where the structure ends, lets an agent stop or repair a slice, and can be stopped."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from napari_ibis.errors import InputError
+from napari_ibis.metrics import dice
+from napari_ibis.phantoms import phantom_volume
+from napari_ibis.propagation import Propagation, PropagationDone, agent_checker
+from napari_ibis.segmenters.base import prompts_from
+from napari_ibis.segmenters import build_segmenter
+
+
+def run(propagation, start, mask, direction="both", cancel=None):
+    events = list(propagation.run(start, mask, direction, cancel))
+    assert isinstance(events[-1], PropagationDone)
+    return events[-1]
+
+
+def start_of(mask):
+    return int(np.argmax(mask.sum(axis=(1, 2))))
+
+
+@pytest.mark.parametrize("name", ["liver", "left kidney", "liver tumour"])
+def test_a_structure_is_followed_through_the_slices_and_ends_where_it_ends(name):
+    volume = phantom_volume(0)
+    truth = volume.masks[name]
+    start = start_of(truth)
+    done = run(Propagation(volume.image, build_segmenter("classical")), start, truth[start])
+    assert dice(truth, done.labels) > 0.8, dice(truth, done.labels)
+    occupied = np.nonzero(done.labels.any(axis=(1, 2)))[0]
+    present = np.nonzero(truth.any(axis=(1, 2)))[0]
+    assert occupied.min() >= present.min() - 1 and occupied.max() <= present.max() + 1
+    assert done.slices and all(r.clicks for r in done.slices)
+
+
+def test_a_structure_that_splits_is_followed_into_both_parts():
+    from scipy import ndimage as ndi
+
+    volume = phantom_volume(0)
+    truth = volume.masks["spleen"]
+    split = [z for z in range(truth.shape[0]) if ndi.label(truth[z])[1] == 2]
+    joined = max(range(truth.shape[0]), key=lambda z: truth[z].sum() if ndi.label(truth[z])[1] == 1 else 0)
+    done = run(Propagation(volume.image, build_segmenter("classical")), joined, truth[joined])
+    assert split and any(ndi.label(done.labels[z] & truth[z])[1] == 2 for z in split)
+    assert dice(truth, done.labels) > 0.6
+
+
+def test_a_mask_in_two_parts_gives_a_click_in_each():
+    mask = np.zeros((60, 60), bool)
+    mask[10:25, 10:25] = mask[35:50, 35:55] = True
+    clicks = prompts_from(mask)
+    assert len(clicks) == 2 and all(mask[c.row, c.col] and c.positive for c in clicks)
+
+
+def test_up_goes_to_higher_indices_only():
+    volume = phantom_volume(1)
+    truth = volume.masks["liver"]
+    start = start_of(truth)
+    done = run(Propagation(volume.image, build_segmenter("classical")), start, truth[start], "up")
+    assert {r.index for r in done.slices} and min(r.index for r in done.slices) == start + 1
+    assert not done.labels[:start].any()
+
+
+class _SaysAbsentBelow:
+    """A checker standing for the agent: 'not present' on slices below ``floor``."""
+
+    def __init__(self, floor):
+        self.floor, self.calls = floor, []
+
+    def __call__(self, rgb, index, mask):
+        self.calls.append(index)
+        return mask, 1, index < self.floor, {"slice": index}
+
+
+def test_the_checking_agent_stops_a_direction_by_saying_not_present():
+    volume = phantom_volume(0)
+    truth = volume.masks["liver"]
+    start = start_of(truth)
+    checker = _SaysAbsentBelow(start - 2)
+    done = run(Propagation(volume.image, build_segmenter("classical"), checker=checker, check="every"), start, truth[start])
+    assert not done.labels[: start - 2].any() and done.labels[start - 2].any()
+    assert start - 3 in checker.calls and start - 4 not in checker.calls and start - 3 in done.flagged
+
+
+def test_check_every_n_asks_the_agent_on_every_nth_slice_only():
+    volume = phantom_volume(0)
+    truth = volume.masks["liver"]
+    start = start_of(truth)
+    checker = _SaysAbsentBelow(-1)
+    run(Propagation(volume.image, build_segmenter("classical"), checker=checker, check=3), start, truth[start], "up")
+    assert checker.calls and all((i - start) % 3 == 0 for i in checker.calls)
+
+
+def test_an_agent_checker_runs_a_session_on_the_propagated_mask():
+    from conftest import ScriptedPolicy
+
+    volume = phantom_volume(0)
+    truth = volume.masks["liver"]
+    start = start_of(truth)
+    policy = ScriptedPolicy(["<think>fine</think><action>Terminate</action><answer>Done.</answer>"] * 40)
+    segmenter = build_segmenter("classical")
+    done = run(Propagation(volume.image, segmenter, checker=agent_checker(policy, "segment the liver", segmenter),
+                           check="every"), start, truth[start], "up")
+    assert done.slices and all(r.agent_steps == 1 and r.trajectory["slice"] == r.index for r in done.slices)
+    assert dice(truth[start:], done.labels[start:]) > 0.8
+
+
+def test_stop_ends_the_run_and_keeps_what_was_done():
+    volume = phantom_volume(0)
+    truth = volume.masks["liver"]
+    start = start_of(truth)
+    cancel = threading.Event()
+    propagation = Propagation(volume.image, build_segmenter("classical"))
+    events = []
+    for event in propagation.run(start, truth[start], "both", cancel):
+        events.append(event)
+        if len(events) == 2:
+            cancel.set()
+    done = events[-1]
+    assert done.cancelled and len(done.slices) == 2 and done.labels[start].any()
+
+
+def test_bad_starts_are_one_line_errors():
+    volume = phantom_volume(0)
+    propagation = Propagation(volume.image, build_segmenter("classical"))
+    with pytest.raises(InputError, match="empty"):
+        next(propagation.run(5, np.zeros(volume.image.shape[1:], bool)))
+    with pytest.raises(InputError, match="outside"):
+        next(propagation.run(99, volume.masks["liver"][10]))
+    with pytest.raises(InputError, match="direction"):
+        next(propagation.run(10, volume.masks["liver"][10], "sideways"))
+    with pytest.raises(InputError, match="needs an agent"):
+        Propagation(volume.image, build_segmenter("classical"), check="every")
