@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--max-steps", type=_positive_int, default=20, help="the agent's turns at most (default 20)")
     seg.add_argument("--slice", type=_slice_arg, help="slice index of a volume (axis 0; two values for 4-D)")
     seg.add_argument("--window", help="intensity window: ct:LEVEL,WIDTH | percentile:LOW,HIGH | range:MIN,MAX")
+    seg.add_argument("--propagate", choices=["both", "up", "down"],
+                     help="carry the result through a volume's slices from --slice and write the 3-D labels")
+    seg.add_argument("--check", default="none", help="with --propagate: the agent checks every | none | every Nth slice")
     seg.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     seg.add_argument("--out", help="labels file (.tif .nii.gz .npy .png .nrrd); default IMAGE.ibis.tif")
     seg.add_argument("--trace", help="trajectory JSON; default next to --out")
@@ -70,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-clicks", type=_positive_int, default=20)
     ev.add_argument("--limit", type=_positive_int, help="evaluate only the first N cases")
     ev.add_argument("--device", default="auto")
+    ev.add_argument("--propagate", choices=["both", "up", "down"],
+                    help="volume cases: segment the slice where the mask is largest, then propagate (3-D Dice and IoU)")
+    ev.add_argument("--check", default="none", help="with --propagate and a model policy: the agent checks every | none | N")
     ev.add_argument("--json", dest="json_out", help="write the report here")
     ev.add_argument("--force", action="store_true")
     for name, entry in extra_commands().items():
@@ -114,6 +120,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from . import io
     from .overlay import parse_window
     from .policies import check_model, load_policy
+    from .propagation import parse_check
     from .segmenters import build_segmenter, check_spec, default_segmenter
     from .session import Session, Stopped
     from .transcript import Transcript, stop_words
@@ -131,7 +138,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
     parse_window(args.window)
     check_spec(args.segmenter)
     check_model(args.model)
+    check_every = parse_check(args.check)
+    if check_every and not args.propagate:
+        raise InputError("--check applies to --propagate")
     loaded = io.read_image(image_path, args.slice)
+    if args.propagate and len(loaded.slice_index) != 1:
+        raise InputError(f"--propagate needs a 3-D volume; {image_path.name} has shape {loaded.data.shape}")
     init_mask = io.read_mask(args.init_mask, loaded, args.label) if args.init_mask else None
     segmenter = build_segmenter(args.segmenter, device=args.device)
     policy = load_policy(args.model, device=args.device, remote_model=args.remote_model)
@@ -153,13 +165,46 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if loaded.meta.get("geometry") is not None:
         record["image"]["geometry"] = loaded.meta["geometry"].describe()
     record["init_mask"] = str(args.init_mask) if args.init_mask else None
-    io.write_labels(out, session.mask, loaded, force=args.force)
-    io.write_json(trace, record, force=args.force)
     if not args.quiet:
         print()
     print(stop_words(stop, session) if stop else "Stopped.")
+    labels = session.mask
+    if args.propagate:
+        if not session.mask.any():
+            raise InputError("nothing to propagate: the start slice's mask is empty")
+        labels, record["propagation"] = _propagate(args, loaded, session, segmenter, policy, check_every)
+    io.write_labels(out, labels, loaded, force=args.force)
+    io.write_json(trace, record, force=args.force)
     print(f"{len(session.steps)} steps, mask {session.current.area:,} px -> {out} (trajectory {trace})")
     return 0
+
+
+def _propagate(args, loaded, session, segmenter, policy, check_every: int):
+    """The start slice's mask carried through the volume; (3-D labels, the record for the trajectory)."""
+    from .propagation import Propagation, PropagationDone, agent_checker
+
+    start = loaded.slice_index[0]
+    checker = agent_checker(policy, args.query, segmenter, profile=args.profile) if check_every else None
+    propagation = Propagation(loaded.data, segmenter, window=args.window, checker=checker, check=check_every)
+    started = time.perf_counter()
+    for event in propagation.run(start, session.mask, args.propagate):
+        if isinstance(event, PropagationDone):
+            done = event
+        elif not args.quiet:
+            note = f" ({event.stopped})" if event.stopped else ""
+            agent = f", agent {event.agent_steps} step(s){' changed it' if event.agent_changed else ''}" if check_every else ""
+            print(f"slice {event.index}: {int(event.mask.sum()):,} px{agent}{note}", flush=True)
+    seconds = time.perf_counter() - started
+    slices = [{"slice": r.index, "area": int(r.mask.sum()), "clicks": [[c.row, c.col] for c in r.clicks],
+               "agent_steps": r.agent_steps, "agent_changed": r.agent_changed, "stopped": r.stopped,
+               "seconds": round(r.seconds, 3), "agent": r.trajectory} for r in done.slices]
+    occupied = [int(z) for z in np.nonzero(done.labels.any(axis=(1, 2)))[0]]
+    print(f"propagated {args.propagate} from slice {start}: structure on slices {occupied[0]}-{occupied[-1]} "
+          f"({len(occupied)} slices, {int(done.labels.sum()):,} voxels) in {seconds:.1f} s; "
+          f"to review: {', '.join(map(str, done.flagged)) or 'none'}")
+    record = {"direction": args.propagate, "start": start, "check": args.check, "seconds": seconds,
+              "flagged": done.flagged, "slices": slices}
+    return done.labels, record
 
 
 # -- eval ------------------------------------------------------------------------------
@@ -245,9 +290,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.json_out) if args.json_out else None
     if out is not None and out.exists() and not args.force:
         raise InputError(f"{out} exists; pass --force to overwrite it")
-    cases = io.read_manifest(args.manifest)[: args.limit]
+    cases = io.read_manifest(args.manifest, volumes=bool(args.propagate))[: args.limit]
     segmenter = build_segmenter(args.segmenter)
     progress = lambda items: tqdm(items, desc="cases", unit="case", file=sys.stderr)  # noqa: E731
+    if args.propagate:
+        return _evaluate_volumes(args, cases, segmenter, progress, out)
     if args.policy == "oracle":
         rows = _evaluate_oracle(cases, segmenter, args.max_clicks, progress)
         policy_identity = {"name": "oracle"}
@@ -270,6 +317,46 @@ def cmd_eval(args: argparse.Namespace) -> int:
              "max_clicks": args.max_clicks, "summary": report, "cases": rows},
             force=args.force,
         )
+    return 0
+
+
+def _evaluate_volumes(args, cases, segmenter, progress, out) -> int:
+    """``eval --propagate``: each volume case segmented on its largest slice, then propagated."""
+    from . import io
+    from .evaluation import agent_start, evaluate_volume, oracle_start
+    from .policies import default_model_folder, load_policy
+    from .propagation import agent_checker, parse_check
+
+    check = parse_check(args.check)
+    volumes = [c for c in cases if c.mask.ndim == 3]
+    if not volumes:
+        raise InputError(f"{Path(args.manifest).name} holds no volume case (a line without \"slice\" whose image is 3-D)")
+    policy = None
+    if args.policy != "oracle":
+        if not (args.policy == "default" or args.policy.startswith("model:")):
+            raise InputError(f"unknown policy '{args.policy}': use oracle, model:DIR or default")
+        policy = load_policy(default_model_folder() if args.policy == "default" else args.policy[len("model:"):],
+                             device=args.device)
+    elif check:
+        raise InputError("--check needs a model policy (--policy default or model:DIR)")
+    rows = []
+    for case in progress(volumes):
+        start = (oracle_start(segmenter, args.max_clicks) if policy is None
+                 else agent_start(policy, case.query, segmenter, args.profile))
+        checker = agent_checker(policy, case.query, segmenter, args.profile) if check else None
+        row = evaluate_volume(case.image, case.mask, segmenter, start, args.propagate, checker=checker, check=check)
+        row.pop("_labels")
+        rows.append({"source": case.source, "target": case.target} | row)
+    keys = ("dice_3d", "iou_3d", "start_iou", "clicks", "agent_steps", "slices_propagated", "seconds", "seconds_per_slice")
+    report = {"cases": len(rows)} | {f"mean_{k}": float(np.mean([r[k] for r in rows])) for k in keys}
+    width = max(len(k) for k in report)
+    for key, value in report.items():
+        print(f"{key:<{width}}  {round(value, 4) if isinstance(value, float) else value}")
+    if out is not None:
+        io.write_json(out, {"manifest": str(args.manifest), "propagate": args.propagate, "check": args.check,
+                            "policy": policy.identity() if policy else {"name": "oracle"},
+                            "segmenter": segmenter.identity(), "max_clicks": args.max_clicks, "summary": report,
+                            "cases": rows}, force=args.force)
     return 0
 
 

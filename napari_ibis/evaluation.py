@@ -51,3 +51,56 @@ def simulate_clicks(
         if stop_iou is not None and run.ious[-1] >= stop_iou:
             break
     return run
+
+
+def evaluate_volume(volume: np.ndarray, truth: np.ndarray, segmenter: Segmenter, start_mask_of, direction: str = "both",
+                    window: str | None = None, checker=None, check: str | int = "none") -> dict:
+    """One volume case: the start slice (where ``truth`` is largest) is segmented by
+    ``start_mask_of(rgb, gt_slice) -> (mask, clicks, agent_steps)``, then propagated with no
+    further clicks unless ``check`` asks the agent; 3-D Dice and IoU against ``truth``."""
+    import time
+
+    from .metrics import dice
+    from .propagation import Propagation, PropagationDone
+
+    truth = np.asarray(truth, dtype=bool)
+    start = int(np.argmax(truth.sum(axis=tuple(range(1, truth.ndim)))))
+    started = time.perf_counter()
+    propagation = Propagation(volume, segmenter, window=window, checker=checker, check=check)
+    mask, clicks, agent_steps = start_mask_of(propagation.rgb(start), truth[start])
+    if not np.asarray(mask).any():
+        labels, slices = np.zeros_like(truth), []
+    else:
+        done = [e for e in propagation.run(start, mask, direction) if isinstance(e, PropagationDone)][0]
+        labels, slices = done.labels, done.slices
+    seconds = time.perf_counter() - started
+    return {"start": start, "dice_3d": dice(truth, labels), "iou_3d": iou(truth, labels),
+            "start_iou": iou(truth[start], np.asarray(mask, bool)), "clicks": clicks,
+            "agent_steps": agent_steps + sum(r.agent_steps for r in slices), "slices_propagated": len(slices),
+            "slices_true": int(truth.any(axis=tuple(range(1, truth.ndim))).sum()),
+            "slices_labelled": int(labels.any(axis=tuple(range(1, labels.ndim))).sum()),
+            "seconds": seconds, "seconds_per_slice": seconds / max(1, len(slices) + 1), "_labels": labels}
+
+
+def oracle_start(segmenter: Segmenter, max_clicks: int = 5, stop_iou: float = 0.9):
+    """The start slice segmented by the click simulator (at most ``max_clicks``, stopping at ``stop_iou``)."""
+
+    def start(rgb: np.ndarray, gt: np.ndarray):
+        run = simulate_clicks(segmenter, rgb, gt, max_clicks=max_clicks, stop_iou=stop_iou)
+        return run.mask, len(run.clicks), 0
+
+    return start
+
+
+def agent_start(policy, query: str, segmenter: Segmenter, profile: str = "ibis-release", max_steps: int = 8):
+    """The start slice segmented by the agent, as in the widget."""
+    from .session import Session
+
+    def start(rgb: np.ndarray, gt: np.ndarray):
+        session = Session(rgb, query, policy, segmenter, profile=profile, max_steps=max_steps)
+        for _ in session.run():
+            pass
+        clicks = sum(len(step.clicks) for step in session.steps)
+        return session.mask, clicks, len(session.steps)
+
+    return start

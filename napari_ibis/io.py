@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -187,8 +187,9 @@ def _atomic_target(path: Path, force: bool) -> Path:
 
 
 def labels_volume(labels: np.ndarray, like: LoadedImage | None) -> np.ndarray:
-    """Labels in the input's geometry: the slice, or a volume with only that slice set."""
-    if like is None or not like.slice_index:
+    """Labels in the input's geometry: the slice, or a volume with only that slice set (a
+    whole volume of labels, e.g. a propagation's, stays as it is)."""
+    if like is None or not like.slice_index or labels.shape == tuple(like.spatial_shape):
         return labels
     volume = np.zeros(like.spatial_shape, dtype=labels.dtype)
     volume[like.slice_index] = labels
@@ -320,9 +321,10 @@ class Case:
         self.query = self.query or f"segment the {self.target}"
 
 
-def read_manifest(manifest: str | Path) -> list[Case]:
+def read_manifest(manifest: str | Path, volumes: bool = False) -> list[Case]:
     """Cases of a manifest JSONL: ``{"image", "mask", "target", "modality", "slice"?, "label"?, "query"?}``
-    (the query defaults to "segment the TARGET")."""
+    (the query defaults to "segment the TARGET"). With ``volumes``, a line without ``slice``
+    whose image is a volume is one case holding the whole volume and its 3-D mask."""
     manifest = Path(manifest)
     if not manifest.is_file():
         raise InputError(f"manifest not found: {manifest}")
@@ -339,7 +341,15 @@ def read_manifest(manifest: str | Path) -> list[Case]:
             raise InputError(f"{manifest.name} line {number}: not a manifest entry ({exc})") from None
         try:
             loaded = read_image(image_path, entry.get("slice"))
-            mask = read_mask(mask_path, loaded, entry.get("label"))
+            whole = volumes and "slice" not in entry and len(loaded.slice_index) == 1
+            if whole:
+                loaded = replace(loaded, slice_index=())
+                array = read_checked(mask_path, "mask")[0]
+                if array.shape != tuple(loaded.spatial_shape):
+                    raise InputError(f"the mask {mask_path.name} is {array.shape} but the volume is {loaded.spatial_shape}")
+                mask = to_binary(array, entry.get("label"), name=mask_path.name)
+            else:
+                mask = read_mask(mask_path, loaded, entry.get("label"))
         except InputError as exc:
             raise InputError(f"{manifest.name} line {number}: {exc}") from None
         cases.append(

@@ -81,6 +81,10 @@ class Propagation:
             raise InputError(f"propagation needs a volume (Z, H, W) or (Z, H, W, 3), got shape {volume.shape}")
         self.volume = volume
         self.segmenter = segmenter
+        if window is None and volume.dtype != np.uint8:
+            # one window for the whole volume, so that a structure keeps its grey level from slice to slice
+            low, high = np.percentile(volume[::max(1, volume.shape[0] // 32)], [0.5, 99.5])
+            window = f"range:{low:g},{max(high, low + 1e-6):g}"
         self.window = window
         self.min_area = min_area
         self.min_ratio = min_ratio

@@ -270,3 +270,62 @@ def test_eval_runs_a_model_policy_with_the_manifest_query(files, capsys, tiny_vl
     del entry["query"]
     manifest.write_text(json.dumps(entry) + "\n")
     assert io.read_manifest(manifest)[0].query == "segment the left disk"
+
+
+def test_segment_propagates_through_a_volume_and_writes_3d_labels_in_its_geometry(tmp_path, capsys, tiny_vlm_folder):
+    import nibabel as nib
+
+    from napari_ibis.phantoms import phantom_volume
+
+    volume = phantom_volume(0)
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    # display order (Z, rows, cols) -> the file's (x, y, z) with an identity-like orientation
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(volume.image.transpose(2, 1, 0)[::-1, ::-1]), affine), tmp_path / "ct.nii.gz")
+    start = int(np.argmax(volume.masks["liver"].sum(axis=(1, 2))))
+    loaded = __import__("napari_ibis.io", fromlist=["io"]).read_image(tmp_path / "ct.nii.gz", start)
+    mask = volume.masks["liver"][start]
+    assert loaded.slice.shape == mask.shape
+    np.save(tmp_path / "start.npy", mask)
+    out, trace = tmp_path / "liver.nii.gz", tmp_path / "liver.json"
+    code, stdout, err = run_cli(capsys, "segment", tmp_path / "ct.nii.gz", "--query", "segment the liver", "--slice", start,
+                                "--init-mask", tmp_path / "start.npy", "--model", tiny_vlm_folder, "--segmenter",
+                                "classical", "--max-steps", "1", "--propagate", "both", "--out", out, "--trace", trace)
+    assert code == 0, err
+    written = nib.load(out)
+    assert written.shape == (96, 96, 32) and np.allclose(written.affine, affine)
+    assert int((np.asarray(written.dataobj) > 0).any(axis=(0, 1)).sum()) > 3  # labels on several slices
+    record = json.loads(trace.read_text())["propagation"]
+    assert record["direction"] == "both" and record["start"] == start and len(record["slices"]) > 3
+    assert "propagated both from slice" in stdout
+
+
+def test_check_without_propagate_and_propagate_on_a_2d_image_are_refused(files, capsys, tiny_vlm_folder):
+    code, _, err = run_cli(capsys, "segment", files / "img.png", "--query", "q", "--model", tiny_vlm_folder,
+                           "--check", "every")
+    assert code == 2 and "--check applies to --propagate" in err
+    code, _, err = run_cli(capsys, "segment", files / "img.png", "--query", "q", "--model", tiny_vlm_folder,
+                           "--propagate", "both")
+    assert code == 2 and "needs a 3-D volume" in err
+
+
+def test_eval_propagate_scores_volume_cases_in_3d(tmp_path, capsys):
+    import nibabel as nib
+
+    from napari_ibis.phantoms import phantom_volume
+
+    volume = phantom_volume(2)
+    lines = []
+    for name in ("liver", "left kidney"):
+        stem = name.replace(" ", "_")
+        nib.save(nib.Nifti1Image(volume.image.transpose(2, 1, 0).copy(), np.eye(4)), tmp_path / "ct.nii.gz")
+        nib.save(nib.Nifti1Image(volume.masks[name].transpose(2, 1, 0).astype(np.uint8), np.eye(4)),
+                 tmp_path / f"{stem}.nii.gz")
+        lines.append(json.dumps({"image": "ct.nii.gz", "mask": f"{stem}.nii.gz", "target": name, "modality": "CT"}))
+    (tmp_path / "volumes.jsonl").write_text("\n".join(lines) + "\n")
+    code, stdout, err = run_cli(capsys, "eval", tmp_path / "volumes.jsonl", "--propagate", "both", "--segmenter",
+                                "classical", "--max-clicks", "5", "--json", tmp_path / "report.json")
+    assert code == 0, err
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["summary"]["cases"] == 2 and report["summary"]["mean_dice_3d"] > 0.7, report["summary"]
+    assert all(case["clicks"] <= 5 and case["slices_propagated"] > 5 for case in report["cases"])
+    assert "mean_dice_3d" in stdout
