@@ -233,6 +233,30 @@ class SessionLayers:
             adopt_geometry(self.viewer, layer)
 
 
+def volume_layer(layers: "SessionLayers", name: str):
+    """The 3-D Labels layer a propagation writes into (made over the image layer if missing)."""
+    existing = layers._find(name)
+    if existing is not None and tuple(existing.data.shape) == layers._shape():
+        return existing
+    return layers.result_layer(name)
+
+
+def paint_slice(layer, index: int, mask: np.ndarray | None, value: int) -> None:
+    """Slice ``index`` of ``layer``: ``value`` where ``mask`` is, other labels untouched."""
+    region = layer.data[index]
+    region[region == value] = 0
+    if mask is not None:
+        region[mask] = value
+    layer.refresh()
+
+
+def go_to_slice(viewer, layer, index: int) -> None:
+    """Move the viewer to slice ``index`` of ``layer`` (its first spatial axis)."""
+    world = layer.data_to_world([index] + [0] * (layer.data.ndim - 1))
+    axis = viewer.dims.ndim - layer.data.ndim
+    viewer.dims.set_point(axis, float(world[0]))
+
+
 def adopt_geometry(viewer, labels_layer) -> bool:
     """Give a Labels layer without geometry that of the image layer it was made for
     (same spatial shape, scale and translate), so that it saves in the source's grid."""

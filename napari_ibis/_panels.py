@@ -156,6 +156,34 @@ class ResultPanel(QGroupBox):
         layout.addLayout(row(self.export_button, self.save_button))
 
 
+CHECKS = ("none", "every", "2", "5")
+
+
+class VolumePanel(QGroupBox):
+    """Carry the accepted result through a volume's slices, and review what changed."""
+
+    def __init__(self) -> None:
+        super().__init__("volume")
+        self.direction_combo = narrow_combo(("both", "up", "down"))
+        self.check_combo = narrow_combo(CHECKS)
+        self.check_combo.setToolTip("the agent checks every propagated slice, every Nth, or none")
+        self.propagate_button = QPushButton("Propagate")
+        self.undo_button = QPushButton("Undo propagation")
+        self.clear_button = QPushButton("Clear this slice")
+        self.review_list = QListWidget()
+        self.review_list.setMaximumHeight(90)
+        self.review_list.setToolTip("slices the agent changed or where the structure ended: click to go there")
+        layout = QVBoxLayout(self)
+        form = QFormLayout()
+        form.addRow("direction", self.direction_combo)
+        form.addRow("agent checks", self.check_combo)
+        layout.addLayout(form)
+        layout.addWidget(self.propagate_button)
+        layout.addWidget(QLabel("slices to review"))
+        layout.addWidget(self.review_list)
+        layout.addLayout(row(self.undo_button, self.clear_button))
+
+
 class RestoreBar(QFrame):
     """Offers an autosaved session that was not exported (shown only when there is one)."""
 

@@ -25,10 +25,13 @@ from ._layers import (
     SessionLayers,
     adopt_geometry,
     current_slice_index,
+    go_to_slice,
     layer_slice,
+    paint_slice,
     spatial_shape,
+    volume_layer,
 )
-from ._panels import RestoreBar, ResultPanel, RunPanel, StepsPanel
+from ._panels import RestoreBar, ResultPanel, RunPanel, StepsPanel, VolumePanel
 from ._runtime import MODEL_CACHE, ModelCache, freeze_long_lived_objects, hide_triton, import_model_libraries
 from .autosave import Autosave
 from .controller import Controller, RunSpec
@@ -60,8 +63,11 @@ class IbisWidget(QWidget):
         self.run_panel = RunPanel()
         self.steps_panel = StepsPanel()
         self.result_panel = ResultPanel()
+        self.volume_panel = VolumePanel()
+        self.volume_undo: list[tuple[str, np.ndarray]] = []  # (layer name, its data before) per propagation or clear
+        self.volume_name = ""
         layout = QVBoxLayout(self)
-        for panel in (self.restore_bar, self.run_panel, self.steps_panel, self.result_panel):
+        for panel in (self.restore_bar, self.run_panel, self.steps_panel, self.result_panel, self.volume_panel):
             layout.addWidget(panel)
         self._load_settings()
         self._connect()
@@ -99,8 +105,12 @@ class IbisWidget(QWidget):
         for name, button in (("run", panel.run_button), ("stop", panel.stop_button), ("continue", panel.continue_button),
                              ("undo", steps.undo_button), ("redo", steps.redo_button), ("accept", steps.accept_button),
                              ("reject", steps.reject_button), ("brush", steps.brush_button),
-                             ("export", result.export_button), ("save", result.save_button)):
+                             ("export", result.export_button), ("save", result.save_button),
+                             ("propagate", self.volume_panel.propagate_button)):
             button.setEnabled(enabled[name])
+        idle = not self.controller.running
+        self.volume_panel.undo_button.setEnabled(idle and bool(self.volume_undo))
+        self.volume_panel.clear_button.setEnabled(idle and self.volume_name in self.viewer.layers)
 
     def transcript_reset(self) -> None:
         self.steps_panel.transcript.setPlainText(self.controller.transcript.text(raw=self.steps_panel.raw_box.isChecked()))
@@ -157,6 +167,11 @@ class IbisWidget(QWidget):
         result.export_button.clicked.connect(lambda: self.export_to_layer())
         result.save_button.clicked.connect(self._save_dialog)
         result.remove_working.toggled.connect(lambda on: self.settings.setValue("remove_working", on))
+        volume = self.volume_panel
+        volume.propagate_button.clicked.connect(self.propagate)
+        volume.undo_button.clicked.connect(self.undo_propagation)
+        volume.clear_button.clicked.connect(self.clear_volume_slice)
+        volume.review_list.itemClicked.connect(lambda item: self.go_to(int(item.text().split()[1])))
         self.restore_bar.restore_button.clicked.connect(self.restore)
         self.restore_bar.discard_button.clicked.connect(self.discard_restore)
         for keys, slot in (("Ctrl+Z", self.undo), ("Ctrl+Shift+Z", self.redo)):
@@ -453,6 +468,73 @@ class IbisWidget(QWidget):
             self.layers.remove()
         self._refresh_layer_choices()
         return layer
+
+    # -- volumes ----------------------------------------------------------------------------
+    def propagate(self) -> None:
+        """Carry the accepted result from its slice through the volume into a 3-D Labels layer."""
+        if self.running or not self.controller.enabled()["propagate"] or self.layers.image_layer is None:
+            return
+        spec = self.controller.spec
+        image_layer = self.layers.image_layer
+        data = image_layer.data[0] if getattr(image_layer, "multiscale", False) else image_layer.data
+        mask = self.controller.result_mask()
+        layer = volume_layer(self.layers, f"IBIS volume: {self.controller.session.query}")
+        self.volume_name = layer.name
+        self.volume_undo.append((layer.name, np.array(layer.data, copy=True)))
+        paint_slice(layer, spec.index[0], mask, self.result_panel.target_label.value())
+        self.volume_panel.review_list.clear()
+        self._refresh_layer_choices()
+        panel = self.volume_panel
+        self._start(self.controller.propagate_job, np.asarray(data), mask, panel.direction_combo.currentText(),
+                    panel.check_combo.currentText(), description="IBIS propagation")
+
+    def show_propagated(self, event) -> None:
+        """One propagated slice (painted into the volume layer), or the end of the run."""
+        from .propagation import PropagationDone
+
+        if self.volume_name not in self.viewer.layers:
+            return
+        layer = self.viewer.layers[self.volume_name]
+        if isinstance(event, PropagationDone):
+            layer.metadata["ibis_propagation"] = {"flagged": event.flagged, "cancelled": event.cancelled,
+                                                  "slices": [r.index for r in event.slices]}
+            for index in event.flagged:
+                self.volume_panel.review_list.addItem(f"slice {index}")
+            occupied = np.nonzero(event.labels.any(axis=(1, 2)))[0]
+            where = f"slices {occupied[0]}-{occupied[-1]}" if len(occupied) else "no slice"
+            self.controller.set_status(f"{'Stopped' if event.cancelled else 'Propagated'}: the structure is on {where} "
+                                       f"of '{layer.name}'; {len(event.flagged)} slice(s) to review.")
+            return
+        paint_slice(layer, event.index, event.mask if event.mask.any() else None, self.result_panel.target_label.value())
+        note = f" ({event.stopped})" if event.stopped else ""
+        self.controller.set_status(f"Propagating: slice {event.index}, {int(event.mask.sum()):,} px{note}")
+
+    def undo_propagation(self) -> None:
+        """Put the volume layer back as it was before the last propagation or slice clear."""
+        if self.running or not self.volume_undo:
+            return
+        name, before = self.volume_undo.pop()
+        if name in self.viewer.layers:
+            self.viewer.layers[name].data = before
+            self.controller.set_status(f"'{name}' is back as it was.")
+        self.changed()
+
+    def clear_volume_slice(self) -> None:
+        """Clear the current slice of the volume layer (undoable)."""
+        if self.running or self.volume_name not in self.viewer.layers or self.layers.image_layer is None:
+            return
+        layer = self.viewer.layers[self.volume_name]
+        index = current_slice_index(self.layers.image_layer, self.viewer)
+        if len(index) != 1:
+            return
+        self.volume_undo.append((layer.name, np.array(layer.data, copy=True)))
+        paint_slice(layer, index[0], None, self.result_panel.target_label.value())
+        self.controller.set_status(f"Slice {index[0]} of '{layer.name}' cleared (Undo propagation brings it back).")
+        self.changed()
+
+    def go_to(self, index: int) -> None:
+        if self.layers.image_layer is not None:
+            go_to_slice(self.viewer, self.layers.image_layer, index)
 
     def default_save_name(self) -> str:
         spec = self.controller.spec

@@ -86,6 +86,7 @@ class Controller:
             "undo": has and session.cursor > 0, "redo": has and session.can_redo,
             "reject": has and session.cursor > 0, "brush": has,
             "accept": has_mask, "export": has_mask, "save": has_mask,
+            "propagate": has_mask and len(self.spec.index) == 1,
         }
 
     def owners(self, step) -> list[int]:
@@ -157,6 +158,24 @@ class Controller:
             return
         yield ("session", (session, spec, meta["transcript"]))
 
+    def propagate_job(self, volume: np.ndarray, mask: np.ndarray, direction: str, check: str) -> Iterator[tuple]:
+        """Carry ``mask`` (the result on the session's slice) through ``volume`` (Z, H, W[, 3])."""
+        from .propagation import Propagation, agent_checker
+
+        spec = self.spec
+        yield ("status", f"Propagating {direction} from slice {spec.index[0]}…")
+        try:
+            segmenter = self.models.segmenter(spec.segmenter, spec.device)
+            checker = None
+            if check != "none":
+                policy = self.models.policy(spec.model, spec.device)
+                checker = agent_checker(policy, spec.query, segmenter, spec.profile, cancel=self.cancel)
+            propagation = Propagation(volume, segmenter, checker=checker, check=check)
+            for event in propagation.run(spec.index[0], mask, direction, self.cancel):
+                yield ("propagated", event)
+        except IbisError as exc:
+            yield ("error", str(exc))
+
     def _ready(self, spec: RunSpec) -> bool:
         return self.models.loaded(("policy", spec.model, spec.device)) and self.models.loaded(("segmenter", spec.segmenter))
 
@@ -181,6 +200,8 @@ class Controller:
             self.set_status(f"Your click is step {value.index} ({value.area:,} px). Continue lets the agent go on.")
         elif kind == "event":
             self._on_event(value)
+        elif kind == "propagated":
+            self.view.show_propagated(value)
 
     def finish(self) -> None:
         """The job ended (GUI thread)."""

@@ -9,7 +9,9 @@ structure is followed to the neighbouring slices, up (increasing index), down or
    does; the classical backend seeds its random walker with the mask's eroded inside and
    the outside of its grown outline;
 2. the structure ends in a direction when the new mask is empty, smaller than
-   ``min_area`` pixels or than ``min_ratio`` of the previous one, when the tissue under it
+   ``min_area`` pixels or than ``min_ratio`` of the previous one, grows beyond
+   ``max_growth`` times it (a leak), overlaps it by less than ``min_overlap`` (IoU: it
+   jumped elsewhere), when the tissue under it
    no longer looks like the structure (fewer than half its pixels within 2.5 standard
    deviations of the start slice's grey level under its mask), or, with an agent checking
    (``check``), when the agent answers that it is not present;
@@ -75,7 +77,8 @@ class Propagation:
     """
 
     def __init__(self, volume: np.ndarray, segmenter: Segmenter, window: str | None = None, min_area: int = 10,
-                 min_ratio: float = 0.15, checker=None, check: str | int = "none") -> None:
+                 min_ratio: float = 0.15, max_growth: float = 1.8, min_overlap: float = 0.2, checker=None,
+                 check: str | int = "none") -> None:
         volume = np.asarray(volume)
         if volume.ndim not in (3, 4) or (volume.ndim == 4 and volume.shape[-1] not in (3, 4)):
             raise InputError(f"propagation needs a volume (Z, H, W) or (Z, H, W, 3), got shape {volume.shape}")
@@ -88,6 +91,8 @@ class Propagation:
         self.window = window
         self.min_area = min_area
         self.min_ratio = min_ratio
+        self.max_growth = max_growth
+        self.min_overlap = min_overlap
         self.checker = checker
         self.check = parse_check(check)
         if self.check and checker is None:
@@ -156,6 +161,10 @@ class Propagation:
                 outcome.stopped = "the mask vanished"
             elif area < self.min_ratio * previous.sum():
                 outcome.stopped = f"the mask shrank below {self.min_ratio:.0%} of the previous slice's"
+            elif area > self.max_growth * previous.sum():
+                outcome.stopped = f"the mask grew beyond {self.max_growth:g} times the previous slice's (a leak)"
+            elif (mask & previous).sum() < self.min_overlap * (mask | previous).sum():
+                outcome.stopped = "the mask jumped away from the previous slice's"
             elif self._looks_different(index, mask):
                 outcome.stopped = "the tissue under the mask no longer looks like the structure"
         if outcome.stopped and not outcome.agent_changed:

@@ -396,3 +396,43 @@ def test_the_widget_gets_ready_in_the_background_when_it_opens(make_widget, make
     assert models.loaded(("segmenter", default_segmenter())) and models.loaded(("policy", None, "auto"))
     qtbot.waitUntil(lambda: MASK_NAME in viewer.layers and CLICKS_NAME in viewer.layers, timeout=5_000)
     assert w.steps_panel.status.text() in ("", "Ready.")
+
+
+def test_propagate_fills_a_3d_labels_layer_lists_slices_to_review_and_undoes(make_widget, make_napari_viewer, qtbot):
+    from napari_ibis.metrics import dice
+    from napari_ibis.phantoms import phantom_volume
+
+    volume = phantom_volume(0)
+    truth = volume.masks["left kidney"]
+    start = int(np.argmax(truth.sum(axis=(1, 2))))
+    viewer = make_napari_viewer()
+    viewer.add_image(volume.image, name="ct", scale=(2.5, 0.8, 0.8))
+    viewer.dims.set_point(0, start * 2.5)
+    w = make_widget(viewer, name="ct")
+    rows, cols = np.nonzero(truth[start])
+    w.use_policy(ScriptedPolicy([point(True, (cols.mean() + 0.5) / 96, (rows.mean() + 0.5) / 96), TERMINATE]))
+    run_and_wait(w, qtbot)
+    assert w.volume_panel.propagate_button.isEnabled()
+    run_and_wait(w, qtbot, w.propagate)
+    layer = viewer.layers[w.volume_name]
+    assert layer.data.shape == volume.image.shape and tuple(layer.scale) == (2.5, 0.8, 0.8)
+    assert dice(truth, layer.data > 0) > 0.7, dice(truth, layer.data > 0)
+    assert w.volume_panel.review_list.count() >= 1 and "Propagated" in w.controller.status
+    first = int(w.volume_panel.review_list.item(0).text().split()[1])
+    w.go_to(first)
+    assert viewer.dims.point[0] == pytest.approx(first * 2.5)
+    filled = layer.data.sum(axis=(1, 2)).argmax()
+    w.go_to(int(filled))
+    before = layer.data[filled].copy()
+    w.clear_volume_slice()
+    assert not layer.data[filled].any() and before.any()
+    w.undo_propagation()
+    assert np.array_equal(viewer.layers[w.volume_name].data[filled], before)
+    w.undo_propagation()
+    assert not viewer.layers[w.volume_name].data.any()  # back to before the propagation
+
+
+def test_propagate_is_off_for_a_2d_image(widget, qtbot):
+    widget.use_policy(ScriptedPolicy([point(True, 52.5 / 96, 40.5 / 96), TERMINATE]))
+    run_and_wait(widget, qtbot)
+    assert not widget.volume_panel.propagate_button.isEnabled()

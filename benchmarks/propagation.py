@@ -1,0 +1,117 @@
+"""Propagation through volumes: 3-D Dice from a start slice, per segmenter.
+
+Cases (one structure each):
+
+* TotalSegmentator reference volumes (real CT/MR; labels are TotalSegmentator's own
+  outputs, not manual): per volume, its largest structures above 20 cm^3 (``--organs``
+  per volume);
+* Colin27 with AAL (real MRI, atlas labels): hippocampi, putamina, thalami;
+* 3-D phantoms (synthetic, exact masks): liver, kidneys, a spleen that splits, a
+  liver tumour that starts and ends ("lesions").
+
+The click simulator segments the slice where the structure is largest (at most 5 clicks,
+stopping at IoU 0.9), then propagation runs both ways with no further clicks. Reported per
+case and per group: 3-D Dice and IoU, slices propagated, seconds per propagated slice
+(2 cores unless --threads), and the process's peak memory.
+
+    python benchmarks/propagation.py --segmenters classical litemedsam mobilesam
+
+Writes benchmarks/results/propagation.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+OUT = ROOT / "benchmarks" / "results" / "propagation.json"
+
+
+def cases(organs_per_volume: int, phantoms: int) -> list[dict]:
+    from napari_ibis import assets, io
+    from napari_ibis.phantoms import phantom_volume
+    from training.data.sources import AAL_DIR, TOTALSEG_VOLUMES, structure_name, totalseg_class_maps
+
+    out = []
+    root = assets.path("totalsegmentator", "tests/reference_files").parent.parent
+    names = totalseg_class_maps()
+    for volume, (image_file, labels_spec, class_map) in TOTALSEG_VOLUMES.items():
+        loaded = io.read_image(root / image_file)
+        voxel_cm3 = float(np.prod(loaded.meta["geometry"].spacing)) / 1000
+        if isinstance(labels_spec, dict):
+            masks = {structure_name(n): io.read_image(root / p).data > 0 for n, p in labels_spec.items()}
+        else:
+            labels = io.read_image(root / labels_spec).data
+            masks = {structure_name(names[class_map][int(v)]): labels == v for v in np.unique(labels) if v}
+        large = sorted(((m.sum() * voxel_cm3, n) for n, m in masks.items() if m.sum() * voxel_cm3 >= 20), reverse=True)
+        for size, name in large[:organs_per_volume]:
+            out.append({"group": "real organs (TotalSegmentator, > 20 cm3)", "source": f"totalseg:{volume}",
+                        "target": name, "volume": loaded.data, "mask": masks[name], "cm3": round(size, 1)})
+    brain = io.read_image(AAL_DIR / "ch2.nii.gz").data
+    atlas = io.read_image(AAL_DIR / "aal.nii.gz").data
+    for label, name in ((37, "left hippocampus"), (38, "right hippocampus"), (73, "left putamen"), (77, "left thalamus")):
+        out.append({"group": "real brain structures (AAL)", "source": "colin27-aal", "target": name, "volume": brain,
+                    "mask": atlas == label, "cm3": round(float((atlas == label).sum()) / 1000, 1)})
+    for seed in range(phantoms):
+        ph = phantom_volume(1000 + seed)
+        for name, mask in ph.masks.items():
+            group = "phantom lesions (synthetic)" if name == "liver tumour" else "phantom organs (synthetic)"
+            out.append({"group": group, "source": f"phantom-volume:{1000 + seed}", "target": name, "volume": ph.image,
+                        "mask": mask, "cm3": None})
+    return out
+
+
+def main() -> int:
+    import time
+
+    import torch
+
+    from napari_ibis.evaluation import evaluate_volume, oracle_start
+    from napari_ibis.segmenters import build_segmenter
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--segmenters", nargs="+", default=["classical", "litemedsam", "mobilesam"])
+    parser.add_argument("--organs", type=int, default=3, help="largest structures per TotalSegmentator volume")
+    parser.add_argument("--phantoms", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    results = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    all_cases = cases(args.organs, args.phantoms)
+    for spec in args.segmenters:
+        segmenter = build_segmenter(spec)
+        rows, started = [], time.perf_counter()
+        for case in all_cases:
+            row = evaluate_volume(case["volume"], case["mask"], segmenter, oracle_start(segmenter, 5))
+            row.pop("_labels")
+            rows.append({k: case[k] for k in ("group", "source", "target", "cm3")} | row)
+            print(spec, case["source"], case["target"], f"dice {row['dice_3d']:.3f}",
+                  f"{row['seconds_per_slice']:.2f} s/slice", flush=True)
+        groups = {}
+        for group in dict.fromkeys(r["group"] for r in rows):
+            chosen = [r for r in rows if r["group"] == group]
+            groups[group] = {"cases": len(chosen), "dice_3d": float(np.mean([r["dice_3d"] for r in chosen])),
+                             "iou_3d": float(np.mean([r["iou_3d"] for r in chosen])),
+                             "clicks": float(np.mean([r["clicks"] for r in chosen])),
+                             "seconds_per_slice": float(np.mean([r["seconds_per_slice"] for r in chosen]))}
+        results[spec] = {"groups": groups, "cases": rows, "seconds": time.perf_counter() - started,
+                         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        OUT.write_text(json.dumps(results, indent=1) + "\n")
+    print("| segmenter | group | cases | 3-D Dice | 3-D IoU | clicks (start slice) | s per slice |")
+    print("|---|---|---|---|---|---|---|")
+    for spec, result in results.items():
+        for group, g in result["groups"].items():
+            print(f"| {spec} | {group} | {g['cases']} | {g['dice_3d']:.3f} | {g['iou_3d']:.3f} | {g['clicks']:.1f} | "
+                  f"{g['seconds_per_slice']:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
