@@ -6,10 +6,13 @@ MobileSAM segmenter, on stardist's real fluorescence nuclei, to show the widget'
 controls. widget-brain.png: the Colin27 MRI opened through the napari-ibis reader
 (axial, anterior up, the patient's left on the right), the oracle with the AAL
 left thalamus. widget-default-agent.png: the bundled default agent itself
-(empty model field) on a held-out synthetic phantom.
+(empty model field) on a held-out synthetic phantom. widget-volume.png: TotalSegmentator's
+upper-abdomen CT series (a DICOM folder, 512 x 512 x 20) through the reader, the oracle
+with TotalSegmentator's liver label on the liver's largest slice, then Propagate both
+ways with MobileSAM.
 
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py
-    xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --default-agent-only
+    xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only volume
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ def main() -> None:
     from napari_ibis.policies.oracle import OraclePolicy
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--default-agent-only", action="store_true", help="only widget-default-agent.png")
+    parser.add_argument("--only", choices=["default-agent", "volume"], help="only that screenshot")
     args = parser.parse_args()
     out = ROOT / "docs" / "images"
     out.mkdir(parents=True, exist_ok=True)
@@ -46,8 +49,10 @@ def main() -> None:
             QApplication.instance().processEvents()  # the viewer made the application
             time.sleep(0.02)
 
-    if args.default_agent_only:
+    if args.only == "default-agent":
         return default_agent(out, wait)
+    if args.only == "volume":
+        return volume(out, wait)
     image, labels = test_image_nuclei_2d(return_mask=True)
     target = labels == 119
     viewer = napari.Viewer(show=True)
@@ -80,6 +85,7 @@ def main() -> None:
     viewer.close()
     brain(out, wait)
     default_agent(out, wait)
+    volume(out, wait)
 
 
 def brain(out: Path, wait) -> None:
@@ -143,6 +149,54 @@ def default_agent(out: Path, wait) -> None:
     wait(lambda: not widget.running, 300)
     viewer.window.screenshot(str(out / "widget-default-agent.png"), canvas_only=False)
     print(widget.steps_panel.transcript.toPlainText())
+    viewer.close()
+
+
+def volume(out: Path, wait) -> None:
+    """A real CT series through the reader, the liver on its largest slice, propagated both ways."""
+    import napari
+    import numpy as np
+    from qtpy.QtWidgets import QApplication
+
+    from napari_ibis import assets, io
+    from napari_ibis._reader import get_reader
+    from napari_ibis._widget import IbisWidget
+    from napari_ibis.policies.oracle import OraclePolicy
+    from training.data.sources import totalseg_class_maps
+
+    root = assets.path("totalsegmentator", "tests/reference_files")
+    series = str(root / "example_ct_dicom")
+    labels = io.read_image(root / "example_seg_dicom.nii.gz").data
+    liver_value = next(k for k, v in totalseg_class_maps()["total"].items() if v == "liver")
+    liver = labels == liver_value
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1400, 900)
+    for data, kwargs, kind in get_reader(series)(series):
+        viewer._add_layer_from_data(data, kwargs, kind)
+    image_layer = viewer.layers[-1]
+    image_layer.contrast_limits = (-160, 240)
+    z = int(np.argmax(liver.sum(axis=(1, 2))))
+    viewer.dims.set_current_step(0, z)
+    widget = IbisWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="IBIS agent", area="right")
+    widget.controller.models.provide("oracle (TotalSegmentator label)", OraclePolicy(liver[z], stop_iou=0.9))
+    panel = widget.run_panel
+    panel.model_edit.setText("oracle (TotalSegmentator label)")
+    panel.segmenter_combo.setCurrentText("mobilesam")
+    panel.query_edit.setText("segment the liver")
+    panel.max_steps.setValue(5)
+    widget.run()
+    wait(lambda: not widget.running, 300)
+    widget.propagate()
+    wait(lambda: not widget.running, 600)
+    viewer.layers["IBIS mask"].visible = False
+    viewer.layers["IBIS clicks"].visible = False
+    viewer.dims.set_current_step(0, max(0, z - 4))
+    QApplication.instance().processEvents()
+    viewer.window.screenshot(str(out / "widget-volume.png"), canvas_only=False)
+    result = viewer.layers[widget.volume_name].data > 0
+    inter = (result & liver).sum()
+    print(widget.steps_panel.status.text(), f"3-D Dice with TotalSegmentator's liver: {2 * inter / (result.sum() + liver.sum()):.3f}")
     viewer.close()
 
 

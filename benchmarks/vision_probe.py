@@ -99,7 +99,10 @@ def main() -> int:
         torch.set_num_threads(args.threads)
         train, held = probe_sets()
         for name in args.encoders:
-            results[name] = probe(name, args.steps, train, held)
+            measured = probe(name, args.steps, train, held)
+            # read again before writing: another run may have added an encoder meanwhile
+            results = json.loads(OUT.read_text())["encoders"] if OUT.is_file() else {}
+            results[name] = measured
             OUT.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "steps": args.steps,
                                        "encoders": results}, indent=1) + "\n")
     print(table(results))

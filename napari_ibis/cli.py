@@ -76,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--propagate", choices=["both", "up", "down"],
                     help="volume cases: segment the slice where the mask is largest, then propagate (3-D Dice and IoU)")
     ev.add_argument("--check", default="none", help="with --propagate and a model policy: the agent checks every | none | N")
-    ev.add_argument("--json", dest="json_out", help="write the report here")
+    ev.add_argument("--concurrency", type=_positive_int, default=1,
+                    help="cases in flight at once (a served model batches them; the oracle runs in threads)")
+    ev.add_argument("--json", dest="json_out", help="write the report here (a stopped run resumes from "
+                    "REPORT.partial.jsonl when run again)")
     ev.add_argument("--force", action="store_true")
     for name, entry in extra_commands().items():
         commands.add_parser(name, help=f"{command_summary(entry)} (napari-ibis {name} --help)", add_help=False)
@@ -208,53 +211,92 @@ def _propagate(args, loaded, session, segmenter, policy, check_every: int):
 
 
 # -- eval ------------------------------------------------------------------------------
-def _evaluate_oracle(cases, segmenter, max_clicks: int, progress) -> list[dict]:
+def _oracle_case(case, segmenter, max_clicks: int) -> dict:
     from .evaluation import simulate_clicks
     from .metrics import dice, entity_counts
     from .overlay import to_rgb8
 
-    rows = []
-    for case in progress(cases):
-        started = time.perf_counter()
-        run = simulate_clicks(segmenter, to_rgb8(case.image), case.mask, max_clicks=max_clicks)
-        seconds = time.perf_counter() - started
-        final = run.mask if run.mask is not None else np.zeros_like(case.mask)
-        rows.append(
-            {
-                "source": case.source, "target": case.target, "ious": run.ious, "iou": run.ious[-1],
-                "dice": dice(case.mask, final), "entity": entity_counts(case.mask, final),
-                "steps": len(run.clicks), "parsable": len(run.clicks), "turns": len(run.clicks),
-                "seconds": seconds,
-            }
-        )
-    return rows
+    started = time.perf_counter()
+    run = simulate_clicks(segmenter, to_rgb8(case.image), case.mask, max_clicks=max_clicks)
+    seconds = time.perf_counter() - started
+    final = run.mask if run.mask is not None else np.zeros_like(case.mask)
+    return {
+        "source": case.source, "target": case.target, "ious": run.ious, "iou": run.ious[-1],
+        "dice": dice(case.mask, final), "entity": entity_counts(case.mask, final),
+        "steps": len(run.clicks), "parsable": len(run.clicks), "turns": len(run.clicks),
+        "seconds": seconds,
+    }
 
 
-def _evaluate_model(cases, segmenter, policy, profile: str, max_clicks: int, progress) -> list[dict]:
+def _model_case(case, segmenter, policy, profile: str, max_clicks: int) -> dict:
     from .metrics import dice, entity_counts, iou
     from .session import Session, Stopped
 
-    rows = []
-    for case in progress(cases):
-        started = time.perf_counter()
-        session = Session(case.image, case.query, policy, segmenter, profile=profile, max_steps=max_clicks)
-        stop = None
-        for event in session.run():
-            if isinstance(event, Stopped):
-                stop = event
-        seconds = time.perf_counter() - started
-        ious = [iou(case.mask, s.mask) for s in session.steps if s.kind == "click"]
-        turns = len(session.steps) + (1 if stop is not None and stop.reason == "unparsable" else 0)
-        rows.append(
-            {
-                "source": case.source, "target": case.target, "ious": ious or [0.0],
-                "iou": iou(case.mask, session.mask), "dice": dice(case.mask, session.mask),
-                "entity": entity_counts(case.mask, session.mask), "steps": len(session.steps),
-                "parsable": len(session.steps), "turns": turns, "seconds": seconds,
-                "stop": stop.reason if stop else None,
-            }
-        )
-    return rows
+    started = time.perf_counter()
+    session = Session(case.image, case.query, policy, segmenter, profile=profile, max_steps=max_clicks)
+    stop = None
+    for event in session.run():
+        if isinstance(event, Stopped):
+            stop = event
+    seconds = time.perf_counter() - started
+    ious = [iou(case.mask, s.mask) for s in session.steps if s.kind == "click"]
+    turns = len(session.steps) + (1 if stop is not None and stop.reason == "unparsable" else 0)
+    return {
+        "source": case.source, "target": case.target, "ious": ious or [0.0],
+        "iou": iou(case.mask, session.mask), "dice": dice(case.mask, session.mask),
+        "entity": entity_counts(case.mask, session.mask), "steps": len(session.steps),
+        "parsable": len(session.steps), "turns": turns, "seconds": seconds,
+        "stop": stop.reason if stop else None,
+    }
+
+
+def _run_cases(cases, work, concurrency: int, partial: Path | None, progress, segmenter_spec: str) -> list[dict]:
+    """``work(case, segmenter) -> row`` for every case, ``concurrency`` at a time (each thread
+    with its own segmenter), rows appended to ``partial`` as each case ends; cases already
+    in ``partial`` (a run that was stopped) are not run again."""
+    import json
+    import threading
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from .segmenters import build_segmenter
+
+    done: dict[int, dict] = {}
+    if partial is not None and partial.is_file():
+        for line in partial.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+                done[int(entry["case"])] = entry["row"]
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short when the run was killed
+        print(f"resuming: {len(done)} of {len(cases)} cases were done", file=sys.stderr)
+    todo = [i for i in range(len(cases)) if i not in done]
+    local = threading.local()
+    lock = threading.Lock()
+
+    def one(index: int) -> tuple[int, dict]:
+        if not hasattr(local, "segmenter"):
+            local.segmenter = build_segmenter(segmenter_spec)
+        row = work(cases[index], local.segmenter)
+        if partial is not None:
+            with lock, open(partial, "a") as handle:
+                handle.write(json.dumps({"case": index, "row": row}, default=_plain) + "\n")
+        return index, row
+
+    bar = progress(todo)
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        for future in as_completed([pool.submit(one, i) for i in todo]):
+            index, row = future.result()
+            done[index] = row
+            bar.update(1)
+    bar.close()
+    return [done[i] for i in range(len(cases))]
+
+
+def _plain(value):
+    """JSON for numpy numbers and tuples in result rows."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def summarise(rows: list[dict], max_clicks: int) -> dict:
@@ -290,18 +332,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.json_out) if args.json_out else None
     if out is not None and out.exists() and not args.force:
         raise InputError(f"{out} exists; pass --force to overwrite it")
+    served = args.policy.startswith(("model:http://", "model:https://"))
+    if args.concurrency > 1 and not served and args.policy != "oracle":
+        raise InputError("--concurrency above 1 needs a served model (--policy model:http://HOST:PORT/v1) or the "
+                         "oracle; a local model answers one case at a time")
     cases = io.read_manifest(args.manifest, volumes=bool(args.propagate))[: args.limit]
     segmenter = build_segmenter(args.segmenter)
-    progress = lambda items: tqdm(items, desc="cases", unit="case", file=sys.stderr)  # noqa: E731
+    progress = lambda items: tqdm(total=len(items), desc="cases", unit="case", file=sys.stderr)  # noqa: E731
     if args.propagate:
-        return _evaluate_volumes(args, cases, segmenter, progress, out)
+        return _evaluate_volumes(args, cases, segmenter, tqdm, out)
+    partial = out.with_name(out.name + ".partial.jsonl") if out is not None else None
     if args.policy == "oracle":
-        rows = _evaluate_oracle(cases, segmenter, args.max_clicks, progress)
+        rows = _run_cases(cases, lambda case, seg: _oracle_case(case, seg, args.max_clicks), args.concurrency,
+                          partial, progress, args.segmenter)
         policy_identity = {"name": "oracle"}
     elif args.policy == "default" or args.policy.startswith("model:"):
         folder = default_model_folder() if args.policy == "default" else args.policy[len("model:"):]
         policy = load_policy(folder, device=args.device)
-        rows = _evaluate_model(cases, segmenter, policy, args.profile, args.max_clicks, progress)
+        rows = _run_cases(cases, lambda case, seg: _model_case(case, seg, policy, args.profile, args.max_clicks),
+                          args.concurrency, partial, progress, args.segmenter)
         policy_identity = policy.identity()
     else:
         raise InputError(f"unknown policy '{args.policy}': use oracle, model:DIR or default")
@@ -314,9 +363,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         io.write_json(
             out,
             {"manifest": str(args.manifest), "policy": policy_identity, "segmenter": segmenter.identity(),
-             "max_clicks": args.max_clicks, "summary": report, "cases": rows},
+             "max_clicks": args.max_clicks, "concurrency": args.concurrency, "summary": report, "cases": rows},
             force=args.force,
         )
+        partial.unlink(missing_ok=True)
     return 0
 
 
@@ -340,7 +390,7 @@ def _evaluate_volumes(args, cases, segmenter, progress, out) -> int:
     elif check:
         raise InputError("--check needs a model policy (--policy default or model:DIR)")
     rows = []
-    for case in progress(volumes):
+    for case in progress(volumes, desc="volumes", unit="volume", file=sys.stderr):
         start = (oracle_start(segmenter, args.max_clicks) if policy is None
                  else agent_start(policy, case.query, segmenter, args.profile))
         checker = agent_checker(policy, case.query, segmenter, args.profile) if check else None

@@ -6,9 +6,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FakeServer:
-    def __init__(self, reply: str, failures: int = 0, status: int = 500):
-        self.reply, self.failures, self.status = reply, failures, status
+    def __init__(self, reply: str, failures: int = 0, status: int = 500, delay: float = 0.0):
+        self.reply, self.failures, self.status, self.delay = reply, failures, status, delay
         self.seen: list[dict] = []
+        self.in_flight = self.most_in_flight = 0
+        lock = threading.Lock()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -16,8 +18,21 @@ class FakeServer:
                 pass
 
             def do_POST(self):
+                import time
+
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.seen.append({"headers": dict(self.headers), "body": body})
+                with lock:
+                    outer.seen.append({"headers": dict(self.headers), "body": body})
+                    outer.in_flight += 1
+                    outer.most_in_flight = max(outer.most_in_flight, outer.in_flight)
+                try:
+                    time.sleep(outer.delay)
+                    self._answer()
+                finally:
+                    with lock:
+                        outer.in_flight -= 1
+
+            def _answer(self):
                 if outer.failures > 0:
                     outer.failures -= 1
                     self.send_response(outer.status)

@@ -329,3 +329,70 @@ def test_eval_propagate_scores_volume_cases_in_3d(tmp_path, capsys):
     assert report["summary"]["cases"] == 2 and report["summary"]["mean_dice_3d"] > 0.7, report["summary"]
     assert all(case["clicks"] <= 5 and case["slices_propagated"] > 5 for case in report["cases"])
     assert "mean_dice_3d" in stdout
+
+
+def _disk_manifest(folder, count):
+    from PIL import Image
+
+    from conftest import disk_image
+
+    lines = []
+    for i in range(count):
+        image, mask = disk_image(64, centre=(20 + i, 30), radius=10, seed=i)
+        Image.fromarray(image).save(folder / f"img{i}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"mask{i}.png")
+        lines.append(json.dumps({"image": f"img{i}.png", "mask": f"mask{i}.png", "target": "disk", "source": f"disk{i}"}))
+    (folder / "cases.jsonl").write_text("\n".join(lines) + "\n")
+    return folder / "cases.jsonl"
+
+
+def test_eval_keeps_several_cases_in_flight_against_a_served_model(tmp_path, capsys):
+    from fake_openai import FakeServer
+
+    from conftest import point
+
+    manifest = _disk_manifest(tmp_path, 8)
+    server = FakeServer(point(True, 0.47, 0.33), delay=0.2)
+    try:
+        code, _, err = run_cli(capsys, "eval", manifest, "--policy", f"model:{server.url}", "--segmenter", "classical",
+                               "--max-clicks", "1", "--concurrency", "4", "--json", tmp_path / "report.json")
+    finally:
+        server.close()
+    assert code == 0, err
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [c["source"] for c in report["cases"]] == [f"disk{i}" for i in range(8)]  # every case, in manifest order
+    assert server.most_in_flight > 1 and len(server.seen) == 8
+    assert not (tmp_path / "report.json.partial.jsonl").exists()
+
+
+def test_a_stopped_eval_resumes_and_runs_each_case_once(tmp_path, capsys):
+    from fake_openai import FakeServer
+
+    from conftest import point
+
+    manifest = _disk_manifest(tmp_path, 6)
+    server = FakeServer(point(True, 0.47, 0.33))
+    try:
+        code, _, _ = run_cli(capsys, "eval", manifest, "--policy", f"model:{server.url}", "--segmenter", "classical",
+                             "--max-clicks", "1", "--json", tmp_path / "first.json")
+        assert code == 0
+        rows = json.loads((tmp_path / "first.json").read_text())["cases"]
+        # a run killed after three cases, with its last line cut short
+        partial = tmp_path / "report.json.partial.jsonl"
+        partial.write_text("".join(json.dumps({"case": i, "row": rows[i]}) + "\n" for i in range(3)) + '{"case": 3, "ro')
+        asked = len(server.seen)
+        code, _, err = run_cli(capsys, "eval", manifest, "--policy", f"model:{server.url}", "--segmenter", "classical",
+                               "--max-clicks", "1", "--json", tmp_path / "report.json")
+    finally:
+        server.close()
+    assert code == 0 and "resuming: 3 of 6" in err
+    assert len(server.seen) - asked == 3  # only the three cases that were not done
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [c["source"] for c in report["cases"]] == [f"disk{i}" for i in range(6)]
+
+
+def test_concurrency_with_a_local_model_is_refused_in_one_line(files, capsys, tiny_vlm_folder):
+    code, _, err = run_cli(capsys, "eval", files / "cases.jsonl", "--policy", f"model:{tiny_vlm_folder}",
+                           "--concurrency", "4")
+    assert code == 2 and "needs a served model" in err and err.count("\n") == 1
+
