@@ -11,7 +11,8 @@ structure is followed to the neighbouring slices, up (increasing index), down or
 2. the structure ends in a direction when the new mask is empty, smaller than
    ``min_area`` pixels or than ``min_ratio`` of the previous one, grows beyond
    ``max_growth`` times it (a leak), overlaps it by less than ``min_overlap`` (IoU: it
-   jumped elsewhere), when the tissue under it
+   jumped elsewhere), when the segmenter's own quality estimate (SAM's predicted IoU)
+   falls below ``min_score``, when the tissue under it
    no longer looks like the structure (fewer than half its pixels within 2.5 standard
    deviations of the start slice's grey level under its mask), or, with an agent checking
    (``check``), when the agent answers that it is not present;
@@ -77,8 +78,8 @@ class Propagation:
     """
 
     def __init__(self, volume: np.ndarray, segmenter: Segmenter, window: str | None = None, min_area: int = 10,
-                 min_ratio: float = 0.15, max_growth: float = 1.8, min_overlap: float = 0.2, checker=None,
-                 check: str | int = "none") -> None:
+                 min_ratio: float = 0.15, max_growth: float = 1.8, min_overlap: float = 0.2, min_score: float = 0.4,
+                 checker=None, check: str | int = "none") -> None:
         volume = np.asarray(volume)
         if volume.ndim not in (3, 4) or (volume.ndim == 4 and volume.shape[-1] not in (3, 4)):
             raise InputError(f"propagation needs a volume (Z, H, W) or (Z, H, W, 3), got shape {volume.shape}")
@@ -93,6 +94,7 @@ class Propagation:
         self.min_ratio = min_ratio
         self.max_growth = max_growth
         self.min_overlap = min_overlap
+        self.min_score = min_score
         self.checker = checker
         self.check = parse_check(check)
         if self.check and checker is None:
@@ -145,7 +147,8 @@ class Propagation:
         rgb = self.rgb(index)
         self.segmenter.set_image(rgb)
         clicks = tuple(prompts_from(previous))
-        mask = self.segmenter.follow(previous).mask
+        followed = self.segmenter.follow(previous)
+        mask = followed.mask
         outcome = SliceResult(index, mask, clicks)
         if self.check and distance % self.check == 0:
             checked, steps, not_present, trajectory = self.checker(rgb, index, mask)
@@ -159,6 +162,8 @@ class Propagation:
         if not outcome.stopped:
             if area < self.min_area:
                 outcome.stopped = "the mask vanished"
+            elif np.isfinite(followed.score) and followed.score < self.min_score:
+                outcome.stopped = f"the segmenter's own quality estimate fell to {followed.score:.2f}"
             elif area < self.min_ratio * previous.sum():
                 outcome.stopped = f"the mask shrank below {self.min_ratio:.0%} of the previous slice's"
             elif area > self.max_growth * previous.sum():
