@@ -255,6 +255,10 @@ def test_a_normal_install_carries_the_manifest_and_the_resources(tmp_path):
     assert (target / "napari_ibis" / "resources" / "prompts" / "ibis-release" / "LICENSE").is_file()
     for name in ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json"):
         assert (target / "napari_ibis" / "resources" / "models" / "default" / name).is_file()  # the bundled agent
+    for name in ("config.json", "model.safetensors"):
+        assert (target / "napari_ibis" / "resources" / "models" / "pointer" / name).is_file()  # the pointer agent
+    for package in ("grounding", "propagation.py", "policies/pointer.py"):
+        assert (target / "napari_ibis" / package).exists()
 
 
 def test_eval_runs_a_model_policy_with_the_manifest_query(files, capsys, tiny_vlm_folder):
