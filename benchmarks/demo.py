@@ -1,11 +1,13 @@
 """The main job on bundled defaults (README, `make demo`): nothing is downloaded.
 
-1. The bundled default agent (resources/models/default, trained by this
-   project) segments one held-out synthetic phantom through `napari-ibis segment`,
-   with the bundled LiteMedSAM segmenter, streaming its reasoning and clicks.
+1. The default agent (the pointer agent v8 in resources/models/pointer, trained by
+   this project; v7 in resources/models/default when its encoders were not fetched)
+   segments one held-out synthetic phantom through `napari-ibis segment` with the
+   default segmenter, streaming its reasoning and clicks.
 2. `napari-ibis eval --policy default` runs it on held-out phantoms (seeds from
-   90000, never trained on) and on real images with real masks (stardist nuclei,
-   Colin27/AAL brain slices) with the default segmenter (MobileSAM), next to the click
+   90000, never trained on) and on real images with real masks (stardist nuclei of
+   the image's right half, which the pointer agent never trained on; Colin27/AAL slices
+   of the AAL evaluation side) with the default segmenter (MobileSAM), next to the click
    oracle driving the same segmenter
    (what a perfect clicker gets in as many clicks), and prints one table.
 Manifests and reports go to benchmarks/out/. Figures vary a little from run to run
@@ -29,6 +31,7 @@ from napari_ibis.phantoms import phantom  # noqa: E402
 from training.data.sources import (  # noqa: E402
     colin27_aal,
     phantom_samples,  # noqa: E402
+    split_by_group,
     stardist_nuclei,
     write_manifest,
 )
@@ -51,8 +54,8 @@ def main() -> None:
 
     sets = {
         "phantoms (synthetic, held out)": [s for s in phantom_samples(range(90000, 90004)) if s.mask.any()],
-        "nuclei (real)": list(stardist_nuclei(count=8)),
-        "brain (real)": list(colin27_aal(slices_per_label=1))[:6],
+        "nuclei (real)": [s for s in stardist_nuclei() if np.nonzero(s.mask)[1].mean() > 280][:8],
+        "brain (real)": split_by_group(list(colin27_aal()))[1][:6],
     }
     rows = []
     for name, samples in sets.items():

@@ -1,4 +1,5 @@
-"""The bundled default agent: present, loadable offline, the default of the CLI and the widget."""
+"""The bundled agents: present, loadable offline; the pointer agent (v8) is the default of the CLI
+and the widget once its encoders are fetched, the small VLM (v7) otherwise."""
 
 import json
 
@@ -10,14 +11,27 @@ from napari_ibis.phantoms import phantom
 from napari_ibis.policies import default_model_folder, load_policy
 
 
-def test_the_bundled_agent_is_small_documented_and_loads_offline():
-    folder = default_model_folder()
-    size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
-    assert size < 30 * 2**20  # small enough for the repository
-    card = json.loads((folder / "model_card.json").read_text())
+def test_the_bundled_agents_are_small_documented_and_load_offline():
+    from napari_ibis._resources import resource_path
+
+    v7, v8 = resource_path("models", "default"), resource_path("models", "pointer")
+    for folder in (v7, v8):
+        size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+        assert size < 30 * 2**20  # small enough for the repository
+        assert (folder / "MODEL_CARD.md").is_file()
+    card = json.loads((v7 / "model_card.json").read_text())
     assert {"sft", "grpo", "evaluation"} <= card.keys()
-    assert (folder / "MODEL_CARD.md").is_file()
-    assert load_policy(None).identity()["model_type"] == "qwen3_vl"
+    assert load_policy(v7).identity()["model_type"] == "qwen3_vl"
+    assert load_policy(v8).identity()["model_type"] == "ibis_pointer"
+
+
+def test_the_pointer_agent_is_the_default_once_its_encoders_are_fetched(monkeypatch):
+    from napari_ibis import assets
+
+    fetched = all(assets.available(n) for n in ("mobile_sam", "minilm"))
+    assert default_model_folder().name == ("pointer" if fetched else "default")
+    monkeypatch.setattr(assets, "available", lambda name: False)
+    assert default_model_folder().name == "default"  # a plain pip install without the set-up's fetch
 
 
 def test_segment_uses_the_bundled_agent_when_no_model_is_given(tmp_path, capsys):

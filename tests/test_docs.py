@@ -8,7 +8,8 @@ LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
 def documents():
-    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "resources/models/default/MODEL_CARD.md"]
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "resources/models/default/MODEL_CARD.md",
+            ROOT / "resources/models/pointer/MODEL_CARD.md"]
 
 
 def test_every_relative_link_in_the_readme_and_docs_resolves():

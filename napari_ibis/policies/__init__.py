@@ -12,11 +12,20 @@ from .base import Policy, PolicyRequest
 
 __all__ = ["Policy", "PolicyRequest", "check_model", "default_model_folder", "load_policy"]
 
-DEFAULT_MODEL = ("models", "default")
+POINTER_MODEL = ("models", "pointer")  # v8: the default once its encoders are fetched
+DEFAULT_MODEL = ("models", "default")  # v7: the small VLM trained from scratch, needs nothing fetched
 
 
 def default_model_folder() -> Path:
-    """The project's own small agent shipped in ``resources/models/default``."""
+    """The project's own agent: the pointer agent (v8, ``resources/models/pointer``) when the
+    files it reads at load time were fetched at set-up, else the small VLM (v7,
+    ``resources/models/default``). v8 became the default by beating v7 on every held-out
+    real set without falling below it on the phantoms (docs/BENCHMARKS.md)."""
+    from .. import assets
+
+    pointer = resource_path(*POINTER_MODEL)
+    if (pointer / "config.json").is_file() and all(assets.available(n) for n in ("mobile_sam", "minilm")):
+        return pointer
     folder = resource_path(*DEFAULT_MODEL)
     if not (folder / "config.json").is_file():
         raise ModelError(

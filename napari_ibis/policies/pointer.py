@@ -139,7 +139,8 @@ class PointerPolicy(Policy):
         self._maps: dict[str, np.ndarray] = {}
 
     def identity(self) -> dict:
-        return {"name": self.name, "model": self.folder.name, "encoder": self.head.config.encoder,
+        return {"name": self.name, "folder": str(self.folder), "model_type": "ibis_pointer",
+                "encoder": self.head.config.encoder,
                 "presence_threshold": self.head.config.presence_threshold}
 
     # -- the map -----------------------------------------------------------------------
