@@ -220,7 +220,7 @@ class PointerConfig:
 
     output: str  # the model folder to write
     encoder: Literal["mobilesam", "litemedsam"] = "mobilesam"  # the frozen image encoder (benchmarks/vision_probe.py)
-    steps: int = 3000
+    steps: int = 2000
     slices_per_step: int = 12
     queries_per_slice: int = 4  # names asked about each slice in a step (present ones and a few absent ones)
     learning_rate: float = 3e-3
