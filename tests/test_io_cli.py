@@ -183,6 +183,7 @@ def test_a_missing_default_agent_is_one_clear_line(files, capsys, monkeypatch):
     import napari_ibis.policies as policies
 
     monkeypatch.setattr(policies, "DEFAULT_MODEL", ("models", "not-there"))
+    monkeypatch.setattr(policies, "POINTER_MODEL", ("models", "not-there-either"))
     code, _, err = run_cli(capsys, "segment", files / "img.png", "--query", "q")
     assert code == 2 and "bundled default agent is missing" in err and err.count("\n") == 1
 

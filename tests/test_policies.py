@@ -125,6 +125,7 @@ def test_without_the_bundled_agent_the_default_says_what_to_do(monkeypatch):
     import napari_ibis.policies as policies
 
     monkeypatch.setattr(policies, "DEFAULT_MODEL", ("models", "not-there"))
+    monkeypatch.setattr(policies, "POINTER_MODEL", ("models", "not-there-either"))
     with pytest.raises(ModelError, match="--model"):
         load_policy(None)
 
