@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..protocol import Profile
+from ..protocol import Profile, Response
 from ..segmenters.base import Click
 
 TextSink = Callable[[str], None]
@@ -52,6 +52,25 @@ class Policy(ABC):
         cancel: threading.Event | None = None,
     ) -> str:
         """The next turn as raw text (``<think>…</think><action>…</action>…``)."""
+
+
+class DecidingPolicy(Policy):
+    """A policy that decides each turn itself (the oracle, the pointer agent) and writes the
+    decision in the profile's grammar, so that the session parses it like a model's text."""
+
+    @abstractmethod
+    def decide(self, request: PolicyRequest) -> Response:
+        """The next turn as a parsed response."""
+
+    def respond(self, request: PolicyRequest, on_text: TextSink | None = None, cancel: threading.Event | None = None) -> str:
+        from ..errors import Cancelled
+
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("stopped")
+        text = request.profile.format(self.decide(request))
+        if on_text is not None:
+            on_text(text)
+        return text
 
 
 def pil_messages(messages: list[dict]) -> list[dict]:

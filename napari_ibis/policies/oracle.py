@@ -7,15 +7,13 @@ and says "not present" at once when the ground truth is empty.
 
 from __future__ import annotations
 
-import threading
 
 import numpy as np
 
 from ..clicker import next_click
-from ..errors import Cancelled
 from ..metrics import iou
 from ..protocol import Response
-from .base import Policy, PolicyRequest, TextSink
+from .base import DecidingPolicy, PolicyRequest
 
 
 def describe_place(row: int, col: int, height: int, width: int) -> str:
@@ -29,7 +27,7 @@ def describe_place(row: int, col: int, height: int, width: int) -> str:
     return f"the {vertical} {horizontal}" if horizontal != "centre" else f"the {vertical} centre"
 
 
-class OraclePolicy(Policy):
+class OraclePolicy(DecidingPolicy):
     name = "oracle"
 
     def __init__(self, gt: np.ndarray, stop_iou: float = 0.9, ties: str = "negative", padding: bool = True) -> None:
@@ -69,11 +67,3 @@ class OraclePolicy(Policy):
             thought = f"The mask spills over tissue that is not the target around {place}; I place a negative point there."
         action = request.profile.action_at(row, col, positive, height, width, target=None)
         return Response(thought=thought, actions=(action,))
-
-    def respond(self, request: PolicyRequest, on_text: TextSink | None = None, cancel: threading.Event | None = None) -> str:
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("stopped")
-        text = request.profile.format(self.decide(request))
-        if on_text is not None:
-            on_text(text)
-        return text

@@ -23,14 +23,12 @@ the fetched assets at load time.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import Cancelled
 from ..protocol import Response
-from .base import Policy, PolicyRequest, TextSink
+from .base import DecidingPolicy, PolicyRequest
 from .oracle import describe_place
 
 SPILL_SHARE = 0.25  # of the mask, outside the (grown) target region, before a negative click
@@ -116,7 +114,7 @@ def decide(probability: np.ndarray, request: PolicyRequest, threshold: float, ce
                     terminate=True, answer="The segmentation is complete." + which)
 
 
-class PointerPolicy(Policy):
+class PointerPolicy(DecidingPolicy):
     name = "pointer"
 
     def __init__(self, folder: str | Path, device: str = "cpu") -> None:
@@ -176,11 +174,3 @@ class PointerPolicy(Policy):
         probability = self.probability_map(request.image, request.query)
         cell = self._framing.size / self._framing.grid / self._framing.scale
         return decide(probability, request, self.head.config.presence_threshold, cell)
-
-    def respond(self, request: PolicyRequest, on_text: TextSink | None = None, cancel: threading.Event | None = None) -> str:
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("stopped")
-        text = request.profile.format(self.decide(request))
-        if on_text is not None:
-            on_text(text)
-        return text
