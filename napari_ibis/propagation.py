@@ -170,7 +170,7 @@ class Propagation:
                 outcome.stopped = f"the mask grew beyond {self.max_growth:g} times the previous slice's (a leak)"
             elif (mask & previous).sum() < self.min_overlap * (mask | previous).sum():
                 outcome.stopped = "the mask jumped away from the previous slice's"
-            elif self._looks_different(index, mask):
+            elif self._looks_different(rgb, mask):
                 outcome.stopped = "the tissue under the mask no longer looks like the structure"
         if outcome.stopped and not outcome.agent_changed:
             outcome.mask = np.zeros_like(mask)  # the structure ended before this slice
@@ -178,11 +178,11 @@ class Propagation:
         return outcome
 
 
-    def _looks_different(self, index: int, mask: np.ndarray) -> bool:
+    def _looks_different(self, rgb: np.ndarray, mask: np.ndarray) -> bool:
         """Fewer than half the new mask's pixels have the structure's grey level (the start
         slice's mean under its mask, within 2.5 standard deviations plus 8 levels)."""
         mean, spread = self._reference
-        grey = self.rgb(index).mean(axis=2)[mask]
+        grey = rgb.mean(axis=2)[mask]
         return float(np.mean(np.abs(grey - mean) <= spread)) < 0.5
 
 

@@ -156,13 +156,15 @@ def fit(head, data: Prepared, bank: QueryBank, steps: int = 1500, slices_per_ste
             "cases": sum(len(v) for v in by_slice.values())}
 
 
-def predict(head, data: Prepared, index: int, query_vector: np.ndarray) -> np.ndarray:
-    """The head's probability per pixel of slice ``index`` (upsampled from the grid)."""
+def predict(head, data: Prepared, index: int, query_vector: np.ndarray, cells=None) -> np.ndarray:
+    """The head's probability per pixel of slice ``index`` (upsampled from the grid); ``cells``:
+    that slice's query-independent part (``head.cells``), when several queries ask about it."""
     import torch
 
     with torch.inference_mode():
-        logits = head(features=data.features[index:index + 1], positions=data.positions[index:index + 1],
-                      query=torch.from_numpy(query_vector[None]))[0]
+        if cells is None:
+            cells = head.cells(data.features[index:index + 1], data.positions[index:index + 1])
+        logits = head(cells=cells, query=torch.from_numpy(query_vector[None]))[0]
     logits = logits.masked_fill(~data.valid[index], -20.0)
     return data.framings[index].to_image(torch.sigmoid(logits).numpy())
 
@@ -176,13 +178,17 @@ def evaluate(head, data: Prepared, bank: QueryBank, absent_per_slice: int = 3, s
     rng = np.random.default_rng(seed)
     threshold = head.config.presence_threshold
     rows = []
+    import torch
+
     for index, item in enumerate(data.slices):
+        with torch.inference_mode():
+            cells = head.cells(data.features[index:index + 1], data.positions[index:index + 1])
         asked = [(name, mask) for name, mask in item.masks.items()]
         if item.absent:
             asked += [(str(n), None) for n in rng.choice(item.absent, size=min(absent_per_slice, len(item.absent)), replace=False)]
         for name, mask in asked:
             vectors = bank.vectors_for(name, item.modality)
-            probability = predict(head, data, index, vectors[rng.integers(len(vectors))])
+            probability = predict(head, data, index, vectors[rng.integers(len(vectors))], cells)
             peak = np.unravel_index(int(np.argmax(probability)), probability.shape)
             said_present = float(probability[peak]) >= threshold
             row = {"slice": item.source, "kind": item.kind, "name": name, "present": mask is not None,
