@@ -40,6 +40,13 @@ def laterality(query: str) -> float:
     return float(left) - float(right)
 
 
+def query_vectors(queries, texts: list[str]) -> np.ndarray:
+    """(N, query_dim): each query's sentence embedding (``queries``: a QueryEncoder) and its
+    laterality, the head's query input in training and at run time alike."""
+    sides = np.array([[laterality(t)] for t in texts], dtype=np.float32)
+    return np.concatenate([queries.encode(list(texts)), sides], axis=1).astype(np.float32)
+
+
 def pool_features(features: torch.Tensor, grid: int) -> torch.Tensor:
     """(…, C, G, G) averaged down to (…, C, grid, grid) when G is a multiple of ``grid``; else as is."""
     size = features.shape[-1]

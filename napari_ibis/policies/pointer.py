@@ -148,7 +148,7 @@ class PointerPolicy(DecidingPolicy):
 
         import torch
 
-        from ..grounding.head import laterality, pool_features, position_channels
+        from ..grounding.head import pool_features, position_channels, query_vectors
         from ..segmenters.base import image_key
 
         key = image_key(image)
@@ -161,7 +161,7 @@ class PointerPolicy(DecidingPolicy):
                 self._cells = self.head.cells(features, positions)
             self._image_key, self._framing, self._maps = key, framing, {}
         if query not in self._maps:
-            vector = np.concatenate([self.queries.encode([query])[0], [laterality(query)]]).astype(np.float32)
+            vector = query_vectors(self.queries, [query])[0]
             with torch.inference_mode():
                 logits = self.head(cells=self._cells, query=torch.from_numpy(vector[None]))[0].clone()
                 rows, cols = self._framing.valid_cells

@@ -74,12 +74,9 @@ class QueryBank:
     def vectors_for(self, name: str, modality: str) -> np.ndarray:
         key = (name, modality)
         if key not in self.vectors:
-            from napari_ibis.grounding.head import laterality
+            from napari_ibis.grounding.head import query_vectors
 
-            texts = self.texts(name, modality)
-            embedded = self.encoder.encode(texts)
-            sides = np.array([[laterality(t)] for t in texts], dtype=np.float32)
-            self.vectors[key] = np.concatenate([embedded, sides], axis=1)
+            self.vectors[key] = query_vectors(self.encoder, self.texts(name, modality))
         return self.vectors[key]
 
     def sample(self, name: str, modality: str) -> np.ndarray:
