@@ -148,11 +148,15 @@ class ResultPanel(QGroupBox):
         self.target_label = QSpinBox()
         self.target_label.setRange(1, 65535)
         self.remove_working = QCheckBox("remove the working layers after export")
+        self.keep_box = QCheckBox("keep for training (on this machine)")
+        self.keep_box.setToolTip("on Export or Save, the slice, the accepted mask and the steps go to the training "
+                                 "inbox (no names or patient fields); `napari-ibis data from-sessions` reads it")
         self.export_button = QPushButton("Export to layer")
         self.save_button = QPushButton("Save file…")
         layout = QVBoxLayout(self)
         layout.addLayout(row(self.target_combo, QLabel("label"), self.target_label))
         layout.addWidget(self.remove_working)
+        layout.addWidget(self.keep_box)
         layout.addLayout(row(self.export_button, self.save_button))
 
 

@@ -37,6 +37,8 @@ from .autosave import Autosave
 from .controller import Controller, RunSpec
 from .errors import IbisError
 from .geometry import geometry_of
+from .inbox import SETTINGS_KEY as KEEP_SETTING
+from .inbox import TrainingInbox
 from .segmenters import default_segmenter
 
 hide_triton()  # before anything imports torch in this process (see _runtime)
@@ -50,12 +52,13 @@ class IbisWidget(QWidget):
     """Run the IBIS agent on the current slice, steer it, and export the result."""
 
     def __init__(self, napari_viewer, warm_up: bool = True, autosave: Autosave | None = None,
-                 models: ModelCache = MODEL_CACHE) -> None:
+                 models: ModelCache = MODEL_CACHE, inbox: TrainingInbox | None = None) -> None:
         super().__init__()
         self.viewer = napari_viewer
         self.settings = QSettings("napari-ibis", "widget")
         self.layers = SessionLayers(napari_viewer)
-        self.controller = Controller(self, models, autosave if autosave is not None else Autosave())
+        self.controller = Controller(self, models, autosave if autosave is not None else Autosave(),
+                                     inbox if inbox is not None else TrainingInbox())
         self.worker = None
         self.warm_worker = None
         self.click_positive = True
@@ -137,6 +140,8 @@ class IbisWidget(QWidget):
         self.run_panel.device_combo.setCurrentText(value("device", "auto", str))
         self.run_panel.max_steps.setValue(int(value("max_steps", 20)))
         self.result_panel.remove_working.setChecked(value("remove_working", False, bool))
+        self.result_panel.keep_box.setChecked(value(KEEP_SETTING, False, bool))
+        self.controller.keep_for_training = self.result_panel.keep_box.isChecked()
 
     def _save_settings(self) -> None:
         """Remember what the person left in the fields, empty values included."""
@@ -167,6 +172,7 @@ class IbisWidget(QWidget):
         result.export_button.clicked.connect(lambda: self.export_to_layer())
         result.save_button.clicked.connect(self._save_dialog)
         result.remove_working.toggled.connect(lambda on: self.settings.setValue("remove_working", on))
+        result.keep_box.toggled.connect(self._set_keep_for_training)
         volume = self.volume_panel
         volume.propagate_button.clicked.connect(self.propagate)
         volume.undo_button.clicked.connect(self.undo_propagation)
@@ -217,6 +223,12 @@ class IbisWidget(QWidget):
         if clicks is not None and not getattr(clicks, "_ibis_connected", False):
             clicks.events.data.connect(self._on_points_changed)
             clicks._ibis_connected = True
+
+    def _set_keep_for_training(self, on: bool) -> None:
+        self.controller.keep_for_training = on
+        self.settings.setValue(KEEP_SETTING, on)
+        if on:
+            self.controller.set_status(f"Exported and saved sessions will be kept for training in {self.controller.inbox.folder}.")
 
     def _set_sign(self, positive: bool) -> None:
         self.click_positive = positive

@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     seg.add_argument("--out", help="labels file (.tif .nii.gz .npy .png .nrrd); default IMAGE.ibis.tif")
     seg.add_argument("--trace", help="trajectory JSON; default next to --out")
+    seg.add_argument("--keep-for-training", metavar="DIR", help="also keep the session in this training inbox "
+                     "(pixels, masks, steps; no names or patient fields): see `napari-ibis data from-sessions`")
     seg.add_argument("--force", action="store_true", help="overwrite existing output files")
     seg.add_argument("--quiet", action="store_true", help="print only the summary")
     seg.add_argument("--raw", action="store_true", help="print the model's text as it wrote it (tags, 0-1 coordinates)")
@@ -179,6 +181,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
     io.write_labels(out, labels, loaded, force=args.force)
     io.write_json(trace, record, force=args.force)
     print(f"{len(session.steps)} steps, mask {session.current.area:,} px -> {out} (trajectory {trace})")
+    if args.keep_for_training:
+        from .inbox import TrainingInbox
+
+        geometry = loaded.meta.get("geometry")
+        kept = TrainingInbox(args.keep_for_training).keep(
+            session, raw_slice=loaded.slice, slice_index=loaded.slice_index,
+            spacing=None if geometry is None else geometry.spacing)
+        print(f"kept for training: {kept}")
     return 0
 
 

@@ -29,6 +29,7 @@ from ._runtime import MODEL_CACHE, ModelCache, freeze_long_lived_objects
 from .autosave import Autosave, Entry, restore_into, slice_key
 from .errors import IbisError, InputError
 from .geometry import Geometry
+from .inbox import TrainingInbox
 from .io import trace_path
 from .session import ActionTaken, Answered, MaskUpdated, Session, StepStarted, Stopped
 from .transcript import Transcript, stop_words
@@ -64,10 +65,13 @@ class RunSpec:
 class Controller:
     """The session, the timeline edits, the transcript and the status of one widget."""
 
-    def __init__(self, view, models: ModelCache = MODEL_CACHE, autosave: Autosave | None = None) -> None:
+    def __init__(self, view, models: ModelCache = MODEL_CACHE, autosave: Autosave | None = None,
+                 inbox: TrainingInbox | None = None) -> None:
         self.view = view
         self.models = models
         self.autosave = autosave
+        self.inbox = inbox  # where exported sessions go while keep_for_training is on
+        self.keep_for_training = False
         self.session: Session | None = None
         self.spec: RunSpec | None = None
         self.key: str | None = None  # the autosave key of the session's slice
@@ -302,10 +306,25 @@ class Controller:
         return record
 
     def exported(self, where: str) -> None:
-        """The result is safe in a layer or a file: say so, stop offering the autosave."""
+        """The result is safe in a layer or a file: say so, stop offering the autosave, and
+        keep the session for training if the person asked for that."""
         if self.autosave is not None and self.key is not None:
             self._autosave(exported=True)
-        self.set_status(where)
+        self.set_status(where + self._keep())
+
+    def _keep(self) -> str:
+        """Put the session into the training inbox (when asked); returns words for the status line."""
+        if not self.keep_for_training or self.inbox is None or self.session is None:
+            return ""
+        spec = self.spec
+        try:
+            self.inbox.keep(self.session, raw_slice=spec.image, slice_index=spec.index,
+                            spacing=None if spec.geometry is None else spec.geometry.spacing,
+                            names={"layer": spec.layer})
+        except OSError as exc:  # the result itself is safe; only the training copy failed
+            self.view.error(f"Not kept for training: {exc.strerror or exc} ({self.inbox.folder})")
+            return " Not kept for training (see the message)."
+        return " Kept for training."
 
     def save(self, path: str | Path, value: int, may_overwrite: Callable[[Path], bool]) -> Path | None:
         """Write the result (in the source's geometry) and its trajectory beside it.

@@ -156,6 +156,7 @@ class Session:
         self.accepted: int | None = None
         self.operations: list[Operation] = []
         self.rejected_outputs: list[str] = []
+        self.discarded: list[tuple[Step, np.ndarray]] = []  # steps Reject or a new branch dropped, with the mask each started from
         self.last_stop: Stopped | None = None
 
     def _initial_step(self, init_mask: np.ndarray | None) -> Step:
@@ -216,20 +217,29 @@ class Session:
         if self._cursor:
             self._cursor -= 1
             self.operations.append(Operation("undo", self._cursor))
+            self._keep_acceptance_current()
         return self.current
 
     def redo(self) -> Step:
         if self.can_redo:
             self._cursor += 1
             self.operations.append(Operation("redo", self._cursor))
+            self._keep_acceptance_current()
         return self.current
+
+    def _keep_acceptance_current(self) -> None:
+        """An acceptance holds for the step it was given to: moving off it (undo, redo, reject,
+        a new step) withdraws it, so that what is exported is what the person sees."""
+        if self.accepted is not None and self.accepted != self._cursor:
+            self.accepted = None
 
     def reject(self) -> Step:
         """Drop the current step and everything after it."""
         if self._cursor:
-            del self._steps[self._cursor - 1 :]
+            self._discard_from(self._cursor - 1)
             self._cursor -= 1
             self.operations.append(Operation("reject", self._cursor))
+            self._keep_acceptance_current()
         return self.current
 
     def accept(self) -> np.ndarray:
@@ -238,10 +248,19 @@ class Session:
         self.operations.append(Operation("accept", self._cursor))
         return self.current.mask
 
+    def _discard_from(self, position: int) -> None:
+        """Drop ``_steps[position:]``, keeping each with the mask it started from (training records them)."""
+        before = self._steps[position - 1].mask if position else self._initial.mask
+        for step in self._steps[position:]:
+            self.discarded.append((step, before))
+            before = step.mask
+        del self._steps[position:]
+
     def _push(self, step: Step) -> None:
-        del self._steps[self._cursor :]
+        self._discard_from(self._cursor)
         self._steps.append(step)
         self._cursor = len(self._steps)
+        self._keep_acceptance_current()
 
     def add_click(self, row: int, col: int, positive: bool) -> Step:
         """A person's click, as a step of the timeline."""

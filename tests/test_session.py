@@ -225,3 +225,16 @@ def test_a_brush_edit_is_a_step_that_replay_keeps(case, classical):
     assert not session.mask[0:5, 0:5].any()
     with pytest.raises(InputError, match="edited mask"):
         session.add_mask_edit(np.zeros((3, 3)))
+
+
+def test_moving_off_the_accepted_step_withdraws_the_acceptance(case, classical):
+    image, _ = case
+    session = Session(image, "segment the disk", ScriptedPolicy([point(True, *inside()), TERMINATE]), classical)
+    run_all(session)
+    session.accept()
+    session.reject()  # the accepted answer is dropped: exporting now must take what is shown
+    assert session.accepted is None and session.cursor == 1
+    session.accept()
+    session.undo()
+    assert session.accepted is None
+    assert [int(before.sum()) for _, before in session.discarded] == [session.step_at(1).area]  # kept for training

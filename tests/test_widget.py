@@ -20,6 +20,7 @@ def make_widget(make_napari_viewer, qtbot, tmp_path):
     from napari_ibis._runtime import ModelCache
     from napari_ibis._widget import IbisWidget
     from napari_ibis.autosave import Autosave
+    from napari_ibis.inbox import TrainingInbox
 
     # remembered choices and autosaves go to a temporary folder, not the person's own
     QSettings.setPath(QSettings.Format.NativeFormat, QSettings.Scope.UserScope, str(tmp_path / "settings"))
@@ -32,7 +33,8 @@ def make_widget(make_napari_viewer, qtbot, tmp_path):
             image, _ = disk_image(96, centre=(40, 52), radius=14)
         if name not in viewer.layers:
             viewer.add_image(image, name=name)
-        w = IbisWidget(viewer, warm_up=False, autosave=Autosave(tmp_path / "autosave"), models=models or ModelCache())
+        w = IbisWidget(viewer, warm_up=False, autosave=Autosave(tmp_path / "autosave"), models=models or ModelCache(),
+                       inbox=TrainingInbox(tmp_path / "inbox"))
         viewer.window.add_dock_widget(w)
         w.run_panel.segmenter_combo.setCurrentText("classical")
         w.run_panel.query_edit.setText("segment the disk")
@@ -185,6 +187,27 @@ def test_export_to_new_and_existing_layers_keeps_other_labels_and_the_working_la
     widget.result_panel.remove_working.setChecked(True)
     widget.export_to_layer("atlas", 5)
     assert MASK_NAME not in widget.viewer.layers
+
+
+def test_keep_for_training_is_off_by_default_remembered_and_keeps_exported_sessions(make_widget, qtbot, tmp_path):
+    from napari_ibis.inbox import TrainingInbox
+
+    first = make_widget()
+    inbox = TrainingInbox(tmp_path / "inbox")
+    first.use_policy(ScriptedPolicy([point(True, *INSIDE), point(False, 0.1, 0.1), TERMINATE]))
+    run_and_wait(first, qtbot)
+    first.export_to_layer()
+    assert not first.result_panel.keep_box.isChecked() and inbox.ids() == []  # nothing kept unless asked
+    first.result_panel.keep_box.setChecked(True)
+    first.reject()  # the person drops the agent's answer (the accepted step: no longer accepted)
+    first.export_to_layer()
+    assert "Kept for training" in first.steps_panel.status.text()
+    (kept,) = inbox.sessions()
+    assert kept.query == "segment the disk" and kept.target == "disk"
+    assert np.array_equal(kept.accepted, first.controller.session.mask)
+    assert [s.status for s in kept.steps] == ["active", "active", "rejected"]  # the answer was rejected
+    assert kept.meta["names"] == {}  # the layer's name ("scan") is not written
+    assert make_widget(first.viewer).result_panel.keep_box.isChecked()  # remembered
 
 
 def test_the_working_mask_is_drawn_in_the_green_the_agent_sees(widget, qtbot):

@@ -1,0 +1,68 @@
+"""The training inbox: what a kept session holds, and what it never holds."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import TERMINATE, ScriptedPolicy, disk_image, point
+
+from napari_ibis import cli
+from napari_ibis.inbox import TrainingInbox, target_of
+from napari_ibis.segmenters import build_segmenter
+from napari_ibis.session import Session
+
+INSIDE = (52.5 / 96, 40.5 / 96)
+
+
+@pytest.mark.parametrize("query, target", [
+    ("Segment the liver.", "liver"),
+    ("Please segment the liver tumour in this CT image.", "liver tumour"),
+    ("Delineate the boundary of the aorta.", "aorta"),
+    ("I need the pancreas masked for volume measurement.", "pancreas"),
+    ("Is there a lesion? If so, please segment it.", "lesion"),
+    ("I'm wondering if there's a nucleus here; could you show me where it is?", "nucleus"),
+    ("Visible polyp? Please provide segmentation.", "polyp"),
+    ("left hippocampus", "left hippocampus"),
+])
+def test_the_target_is_read_from_the_query(query, target):
+    assert target_of(query) == target
+
+
+def test_a_kept_session_holds_every_state_and_the_persons_clicks(tmp_path):
+    image, truth = disk_image(96, centre=(40, 52), radius=14)
+    policy = ScriptedPolicy([point(True, *INSIDE), point(False, 0.1, 0.1), TERMINATE])
+    session = Session(image, "segment the disk", policy, build_segmenter("classical"), max_steps=2)
+    list(session.run())
+    session.reject()  # the agent's wrong negative click
+    session.add_click(30, 52, True)  # the person's own click
+    inbox = TrainingInbox(tmp_path)
+    inbox.keep(session, raw_slice=image, slice_index=(7,), spacing=(1.0, 0.8, 0.8), names={"layer": "Doe^John"})
+    (kept,) = inbox.sessions()
+    assert np.array_equal(kept.rgb, session.rgb) and np.array_equal(kept.accepted, session.mask)
+    assert [(s.source, s.status) for s in kept.steps] == [("agent", "active"), ("user", "active"), ("agent", "rejected")]
+    rejected = kept.steps[2]
+    assert np.array_equal(rejected.before, session.step_at(1).mask)  # where the wrong click started from
+    assert kept.steps[1].record["clicks"][0] | {"model_xy": None} == {
+        "row": 30, "col": 52, "positive": True, "source": "user", "model_xy": None}
+    assert kept.meta["slice_index"] == [7] and kept.meta["spacing"] == [1.0, 0.8, 0.8]
+    text = (tmp_path / f"{kept.id}.json").read_text()
+    assert "Doe" not in text and kept.meta["names"] == {}  # names only with keep_names
+    inbox.keep(session)  # the same slice and query again: replaced, not doubled
+    assert len(inbox.ids()) == 1
+
+
+def test_segment_keeps_the_session_without_the_file_name(tmp_path, capsys):
+    image, _ = disk_image(64, centre=(30, 30), radius=10)
+    volume = np.stack([image] * 3).astype(np.float32)
+    path = tmp_path / "Doe_John_2026.nii.gz"
+    nib.save(nib.Nifti1Image(volume.transpose(2, 1, 0), np.diag([0.7, 0.7, 2.0, 1.0])), path)
+    inbox = tmp_path / "inbox"
+    code = cli.main(["segment", str(path), "--query", "segment the disk", "--slice", "1", "--segmenter", "classical",
+                     "--keep-for-training", str(inbox), "--out", str(tmp_path / "out.nii.gz"), "--quiet"])
+    assert code == 0 and "kept for training" in capsys.readouterr().out
+    (kept,) = TrainingInbox(inbox).sessions()
+    assert kept.meta["slice_index"] == [1] and kept.rgb.shape[:2] == (64, 64)
+    written = "".join(p.read_text() for p in inbox.glob("*.json"))
+    assert "Doe" not in written and str(tmp_path) not in written
+    assert json.loads(written)["target"] == "disk"
