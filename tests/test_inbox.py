@@ -66,3 +66,32 @@ def test_segment_keeps_the_session_without_the_file_name(tmp_path, capsys):
     written = "".join(p.read_text() for p in inbox.glob("*.json"))
     assert "Doe" not in written and str(tmp_path) not in written
     assert json.loads(written)["target"] == "disk"
+
+
+def test_from_sessions_makes_person_dagger_self_reflection_and_answer_samples(tmp_path, capsys):
+    from training.data.storage import read_dataset
+
+    image, truth = disk_image(96, centre=(40, 52), radius=14)
+    policy = ScriptedPolicy([point(True, *INSIDE), point(False, 0.5, 0.45), TERMINATE])
+    session = Session(image, "segment the disk", policy, build_segmenter("classical"), max_steps=2)
+    list(session.run())
+    session.reject()  # the agent's negative click inside the disk was wrong
+    session.add_click(30, 52, True)
+    session.add_mask_edit(np.pad(truth, 1)[2:, 1:-1] | truth)  # and the person's brush takes in one more row
+    TrainingInbox(tmp_path / "inbox").keep(session)
+    assert cli.main(["data", "from-sessions", str(tmp_path / "inbox"), str(tmp_path / "data")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "data" / "samples.jsonl").read_text().splitlines()]
+    kinds = {row["meta"]["kind"] if "meta" in row else row["kind"]: row for row in rows}
+    assert {"session_person", "session_agent_state", "session_self_reflection", "session_answer"} <= set(kinds)
+    person = kinds["session_person"]
+    reply = person["messages"][-1]["content"]
+    assert "Positive point" in reply or "positive" in reply.lower()
+    assert all("segment the disk" in row["messages"][1]["content"] for row in rows)  # the person's own words
+    assert len(read_dataset(tmp_path / "data")) == len(rows)
+    assert cli.main(["data", "from-sessions", str(tmp_path / "inbox"), str(tmp_path / "data")]) == 0
+    assert len((tmp_path / "data" / "samples.jsonl").read_text().splitlines()) == len(rows)  # nothing twice
+
+
+def test_from_sessions_on_an_empty_inbox_says_so_in_one_line(tmp_path, capsys):
+    assert cli.main(["data", "from-sessions", str(tmp_path), str(tmp_path / "data")]) == cli.EXIT_BAD_INPUT
+    assert "no kept sessions" in capsys.readouterr().err

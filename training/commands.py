@@ -7,14 +7,16 @@ import argparse
 
 from .config import config_parser, describe_fields, load_values
 from .data.storage import BuildConfig, build_dataset, export_sharegpt, sample_count
+from .data import sessions
 from .rl import dagger
 
 
 def data(argv=None) -> int:
-    """Make training data: chat samples of simulated trajectories (build), of a model's own states (dagger), exports.
+    """Make training data: chat samples of simulated trajectories (build), of a model's own states (dagger), of kept sessions, exports.
 
-    ``napari-ibis data build CONFIG``, ``napari-ibis data dagger CONFIG`` (:mod:`training.rl.dagger`)
-    and ``napari-ibis data export FOLDER OUT``."""
+    ``napari-ibis data build CONFIG``, ``napari-ibis data dagger CONFIG`` (:mod:`training.rl.dagger`),
+    ``napari-ibis data from-sessions INBOX OUT`` (:mod:`training.data.sessions`) and
+    ``napari-ibis data export FOLDER OUT``."""
     from tqdm import tqdm
 
     parser = argparse.ArgumentParser(prog="napari-ibis data", description=data.__doc__.splitlines()[0])
@@ -27,10 +29,21 @@ def data(argv=None) -> int:
     export_parser = commands.add_parser("export", help="write the ShareGPT / LLaMA-Factory JSON of a dataset folder")
     export_parser.add_argument("folder")
     export_parser.add_argument("out")
+    kept = commands.add_parser("from-sessions", help="decision samples from a training inbox of kept sessions",
+                               description=sessions.__doc__.split("\n\n")[1])
+    kept.add_argument("inbox", help="the inbox folder (the widget's 'keep for training', segment --keep-for-training)")
+    kept.add_argument("out", help="the dataset folder to write (a rerun adds only new sessions)")
+    kept.add_argument("--profile", default="ibis-release", choices=["ibis-release"],
+                      help="one decision per sample (the release's protocol)")
+    kept.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.command in ("build", "dagger"):
         make = build_dataset if args.command == "build" else dagger.build_dagger_dataset
         folder = make(load_values(args.config, args.set), progress=lambda items: tqdm(items, desc="samples", unit="sample"))
+        print(f"{folder}: {sample_count(folder)} chat samples")
+    elif args.command == "from-sessions":
+        folder = sessions.from_sessions(args.inbox, args.out, args.profile, args.seed,
+                                        progress=lambda items: tqdm(items, desc="sessions", unit="session"))
         print(f"{folder}: {sample_count(folder)} chat samples")
     else:
         print(export_sharegpt(args.folder, args.out))
