@@ -87,24 +87,48 @@ def totalseg_slices(side: str, step_mm: float = 6.0, min_area: int = 20) -> list
     return out
 
 
-def aal_slices(side: str, step: int = 2, min_area: int = 20) -> list[Slice]:
-    """Axial Colin27 slices with every AAL region on them; ``side`` by the AAL slice hash."""
+def aal_slices(side: str, step: int = 2, min_area: int = 20, view: str = "axial") -> list[Slice]:
+    """Colin27 slices with every AAL region on them; ``side`` by the AAL slice hash.
+
+    ``view``: "axial" (the slices every other AAL use takes) or "coronal" (superior up,
+    the patient's left on the right, as the axial slices); coronal slices have their own
+    hash groups (``colin27-coronal:y=...``)."""
     from napari_ibis import io
     from training.data.sources import AAL_DIR, Sample, _aal_names, aal_target_name, split_by_group
 
     volume = io.read_image(AAL_DIR / "ch2.nii.gz").data
     atlas = io.read_image(AAL_DIR / "aal.nii.gz").data
+    if view == "coronal":  # display axes (S, P, L): a coronal slice is (S, L), flipped so that superior is up
+        volume, atlas = volume[::-1].transpose(1, 0, 2), atlas[::-1].transpose(1, 0, 2)
+    elif view != "axial":
+        raise ValueError(f"view must be axial or coronal, not {view!r}")
+    prefix, axis = ("colin27", "z") if view == "axial" else ("colin27-coronal", "y")
     names = {k: aal_target_name(v) for k, v in _aal_names(AAL_DIR / "aal.nii.txt").items()}
     out = []
-    for z in range(0, atlas.shape[0], step):
-        probe = Sample(None, None, "", "", "", f"colin27:z={z}")
+    for index in range(0, atlas.shape[0], step):
+        probe = Sample(None, None, "", "", "", f"{prefix}:{axis}={index}")
         train, held = split_by_group([probe])
         if (side == "held_out") != bool(held):
             continue
-        masks = _structures(atlas[z], names, min_area)
+        masks = _structures(atlas[index], names, min_area)
         if masks:
-            out.append(Slice(to_rgb8(volume[z]), masks, tuple(sorted(set(names.values()) - set(masks))), "MRI",
-                             f"colin27-aal:z={z}", "aal"))
+            source = f"colin27-aal:z={index}" if view == "axial" else f"colin27-aal-coronal:y={index}"
+            out.append(Slice(to_rgb8(volume[index]), masks, tuple(sorted(set(names.values()) - set(masks))), "MRI",
+                             source, "aal"))
+    return out
+
+
+def session_slices(inbox) -> list[Slice]:
+    """The kept sessions of a training inbox (:mod:`napari_ibis.inbox`): each slice with the
+    accepted mask under the structure its query names, or that name as absent when the
+    person accepted "not present"."""
+    from napari_ibis.inbox import TrainingInbox
+
+    out = []
+    for kept in TrainingInbox(inbox).sessions():
+        masks = {} if kept.not_present or not kept.accepted.any() else {kept.target: kept.accepted}
+        absent = (kept.target,) if not masks else ()
+        out.append(Slice(kept.rgb, masks, absent, kept.modality or "medical", f"session:{kept.id}", "session"))
     return out
 
 

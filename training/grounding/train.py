@@ -12,7 +12,7 @@ click goes.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -114,9 +114,9 @@ def loss_of(logits, targets, present, valid):
 
 
 def fit(head, data: Prepared, bank: QueryBank, steps: int = 1500, slices_per_step: int = 12, queries_per_slice: int = 4,
-        lr: float = 3e-3, seed: int = 0, log=print) -> dict:
+        lr: float = 3e-3, seed: int = 0, log=print, weights: np.ndarray | None = None) -> dict:
     """Train ``head`` in place (each step: a few slices, several queries on each); returns
-    timing and the last loss."""
+    timing and the last loss. ``weights``: how likely each slice is to be drawn (uniform if None)."""
     import torch
 
     torch.manual_seed(seed)
@@ -124,14 +124,18 @@ def fit(head, data: Prepared, bank: QueryBank, steps: int = 1500, slices_per_ste
     for case in training_cases(data, seed=seed):
         by_slice.setdefault(case[0], []).append(case)
     indices = sorted(by_slice)
+    chance = None
+    if weights is not None:
+        chance = np.asarray([weights[i] for i in indices], dtype=float)
+        chance /= chance.sum()
     rng = np.random.default_rng(seed)
     optimiser = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.1)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=max(0.1, 3 / steps))
     grid = data.valid.shape[-1]
     started, losses = time.perf_counter(), []
     head.train()
     for step in range(steps):
-        chosen_slices = rng.choice(indices, size=min(slices_per_step, len(indices)), replace=False)
+        chosen_slices = rng.choice(indices, size=min(slices_per_step, len(indices)), replace=False, p=chance)
         chosen = [by_slice[i][j] for i in chosen_slices for j in rng.integers(len(by_slice[i]), size=queries_per_slice)]
         index = torch.as_tensor(chosen_slices)
         targets = torch.from_numpy(np.stack([c[2] if c[2] is not None else np.zeros((grid, grid), np.float32)
@@ -233,9 +237,14 @@ class PointerConfig:
     max_false_absent: float = 0.03  # the presence threshold is the highest that calls at most this share of training structures absent
     threads: int = 2
     seed: int = 0
+    init: str = ""  # a pointer model folder to fine-tune (its encoder must match); empty: a new head
+    sessions: list = field(default_factory=list)  # training inboxes of kept sessions (napari_ibis.inbox) to learn from
+    session_share: float = 0.5  # with sessions: the share of each step's slices drawn from them
 
     def __post_init__(self) -> None:
         check_choices(self)
+        if not 0.0 < self.session_share < 1.0:
+            raise ValueError(f"session_share must be between 0 and 1, not {self.session_share}")
 
 
 def presence_threshold(head, data: Prepared, bank: QueryBank, max_false_absent: float, seed: int = 2) -> float:
@@ -257,7 +266,7 @@ def main(argv=None) -> int:
     from napari_ibis.grounding.encoders import build_encoder
     from napari_ibis.grounding.head import PointerHead, PointerHeadConfig
     from training.config import config_parser, load_config
-    from training.grounding.dataset import aal_slices, nuclei_slices, phantom_slices, totalseg_slices
+    from training.grounding.dataset import aal_slices, nuclei_slices, phantom_slices, session_slices, totalseg_slices
 
     parser = config_parser("napari-ibis pointer", PointerConfig, main.__doc__.splitlines()[0])
     args = parser.parse_args(argv)
@@ -267,16 +276,31 @@ def main(argv=None) -> int:
     encoder = build_encoder(config.encoder)
     slices = (totalseg_slices("train", step_mm=config.totalseg_step_mm) + aal_slices("train", step=config.aal_step)
               + nuclei_slices("train") + phantom_slices(range(config.phantoms)))
+    kept = [item for inbox in config.sessions for item in session_slices(inbox)]
+    if config.sessions and not kept:
+        raise ValueError(f"sessions: no kept sessions in {', '.join(map(str, config.sessions))}")
+    weights = None
+    if kept:  # the kept sessions get session_share of the draws, the rest keeps what was learnt
+        weights = np.r_[np.full(len(slices), (1 - config.session_share) / len(slices)),
+                        np.full(len(kept), config.session_share / len(kept))]
+    slices += kept
     data = prepare(encoder, slices, log=print)
-    head = PointerHead(PointerHeadConfig(encoder=encoder.name, feature_channels=int(data.features.shape[1]),
-                                         grid=int(data.features.shape[-1])))
+    if config.init:
+        head = PointerHead.from_pretrained(config.init)
+        if head.config.encoder != encoder.name:
+            raise ValueError(f"init: {config.init} was trained on {head.config.encoder} features, not {encoder.name}")
+    else:
+        head = PointerHead(PointerHeadConfig(encoder=encoder.name, feature_channels=int(data.features.shape[1]),
+                                             grid=int(data.features.shape[-1])))
     bank = QueryBank(seed=config.seed)
     report = fit(head, data, bank, steps=config.steps, slices_per_step=config.slices_per_step,
-                 queries_per_slice=config.queries_per_slice, lr=config.learning_rate, seed=config.seed)
+                 queries_per_slice=config.queries_per_slice, lr=config.learning_rate, seed=config.seed,
+                 weights=weights)
     head.config.presence_threshold = presence_threshold(head, data, bank, config.max_false_absent)
     head.save_pretrained(config.output)
     report |= {"presence_threshold": head.config.presence_threshold, "slices": len(slices),
                "kinds": {k: sum(s.kind == k for s in slices) for k in sorted({s.kind for s in slices})},
+               "sessions": len(kept),
                "config": config.__dict__}
     Path(config.output, "training_summary.json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report))
