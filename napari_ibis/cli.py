@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="volume cases: segment the slice where the mask is largest, then propagate (3-D Dice and IoU)")
     ev.add_argument("--check", default="none", help="with --propagate and a model policy: the agent checks every | none | N")
     ev.add_argument("--concurrency", type=_positive_int, default=1,
-                    help="cases in flight at once (a served model batches them; the oracle runs in threads)")
+                    help="cases in flight at once: against served models (model:URL[,URL...] share the load), "
+                    "or in as many processes for a local model folder")
     ev.add_argument("--json", dest="json_out", help="write the report here (a stopped run resumes from "
                     "REPORT.partial.jsonl when run again)")
     ev.add_argument("--force", action="store_true")
@@ -260,46 +261,104 @@ def _model_case(case, segmenter, policy, profile: str, max_clicks: int) -> dict:
     }
 
 
-def _run_cases(cases, work, concurrency: int, partial: Path | None, progress, segmenter_spec: str) -> list[dict]:
-    """``work(case, segmenter) -> row`` for every case, ``concurrency`` at a time (each thread
-    with its own segmenter), rows appended to ``partial`` as each case ends; cases already
-    in ``partial`` (a run that was stopped) are not run again."""
+def _read_partial(partial: Path | None, count: int) -> dict[int, dict]:
+    """Rows of the cases a stopped run finished; the file is rewritten without a line cut short."""
     import json
+
+    done: dict[int, dict] = {}
+    if partial is None or not partial.is_file():
+        return done
+    for line in partial.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+            if 0 <= int(entry["case"]) < count:
+                done[int(entry["case"])] = entry["row"]
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short when the run was killed
+    partial.write_text("".join(json.dumps({"case": i, "row": row}, default=_plain) + "\n" for i, row in done.items()))
+    print(f"resuming: {len(done)} of {count} cases were done", file=sys.stderr)
+    return done
+
+
+def _run_cases(cases, pool, submit, partial: Path | None, progress) -> list[dict]:
+    """Every case not yet in ``partial`` through ``submit(pool, index) -> future`` (threads or
+    processes), each row appended to ``partial`` as its case ends, so that a killed run loses
+    only the cases in flight; the rows in manifest order."""
+    import json
+    from concurrent.futures import as_completed
+
+    done = _read_partial(partial, len(cases))
+    todo = [i for i in range(len(cases)) if i not in done]
+    bar = progress(todo)
+    handle = open(partial, "a") if partial is not None else None
+    try:
+        with pool:
+            futures = {submit(pool, i): i for i in todo}
+            for future in as_completed(futures):
+                index, row = futures[future], future.result()
+                if handle is not None:
+                    handle.write(json.dumps({"case": index, "row": row}, default=_plain) + "\n")
+                    handle.flush()
+                done[index] = row
+                bar.update(1)
+    finally:
+        if handle is not None:
+            handle.close()
+        bar.close()
+    return [done[i] for i in range(len(cases))]
+
+
+def _thread_pool(concurrency: int, segmenter_spec: str, policies: list):
+    """(pool, per-thread getter): each thread builds its own segmenter and takes the next of
+    ``policies`` (several endpoints share the load)."""
+    import itertools
     import threading
-    from concurrent.futures import ThreadPoolExecutor, as_completed
+    from concurrent.futures import ThreadPoolExecutor
 
     from .segmenters import build_segmenter
 
-    done: dict[int, dict] = {}
-    if partial is not None and partial.is_file():
-        for line in partial.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-                done[int(entry["case"])] = entry["row"]
-            except (ValueError, KeyError, TypeError):
-                continue  # a line cut short when the run was killed
-        print(f"resuming: {len(done)} of {len(cases)} cases were done", file=sys.stderr)
-    todo = [i for i in range(len(cases)) if i not in done]
-    local = threading.local()
-    lock = threading.Lock()
+    local, turn, lock = threading.local(), itertools.count(), threading.Lock()
 
-    def one(index: int) -> tuple[int, dict]:
+    def mine() -> tuple:
         if not hasattr(local, "segmenter"):
+            with lock:
+                local.policy = policies[next(turn) % len(policies)] if policies else None
             local.segmenter = build_segmenter(segmenter_spec)
-        row = work(cases[index], local.segmenter)
-        if partial is not None:
-            with lock, open(partial, "a") as handle:
-                handle.write(json.dumps({"case": index, "row": row}, default=_plain) + "\n")
-        return index, row
+        return local.segmenter, local.policy
 
-    bar = progress(todo)
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        for future in as_completed([pool.submit(one, i) for i in todo]):
-            index, row = future.result()
-            done[index] = row
-            bar.update(1)
-    bar.close()
-    return [done[i] for i in range(len(cases))]
+    return ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ibis-eval"), mine
+
+
+# -- local models in worker processes -----------------------------------------------------
+_WORKER: dict = {}
+
+
+def _worker_setup(folder: str, segmenter_spec: str, device: str) -> dict:
+    import torch
+
+    from .policies import load_policy
+    from .segmenters import build_segmenter
+
+    if not _WORKER:
+        torch.set_num_threads(1)  # N processes share the cores
+        _WORKER.update(policy=load_policy(folder, device=device), segmenter=build_segmenter(segmenter_spec))
+    return _WORKER
+
+
+def _worker_identity(folder: str, segmenter_spec: str, device: str) -> dict:
+    return _worker_setup(folder, segmenter_spec, device)["policy"].identity()
+
+
+def _worker_case(case, folder: str, segmenter_spec: str, device: str, profile: str, max_clicks: int) -> dict:
+    worker = _worker_setup(folder, segmenter_spec, device)
+    return _model_case(case, worker["segmenter"], worker["policy"], profile, max_clicks)
+
+
+def _process_pool(concurrency: int):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=concurrency, mp_context=multiprocessing.get_context("spawn"))
 
 
 def _plain(value):
@@ -334,7 +393,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from . import io
-    from .policies import default_model_folder, load_policy
+    from .policies import check_model, default_model_folder, load_policy
     from .segmenters import build_segmenter, default_segmenter
 
     args.segmenter = args.segmenter or default_segmenter()
@@ -342,26 +401,38 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.json_out) if args.json_out else None
     if out is not None and out.exists() and not args.force:
         raise InputError(f"{out} exists; pass --force to overwrite it")
-    served = args.policy.startswith(("model:http://", "model:https://"))
-    if args.concurrency > 1 and not served and args.policy != "oracle":
-        raise InputError("--concurrency above 1 needs a served model (--policy model:http://HOST:PORT/v1) or the "
-                         "oracle; a local model answers one case at a time")
     cases = io.read_manifest(args.manifest, volumes=bool(args.propagate))[: args.limit]
     segmenter = build_segmenter(args.segmenter)
-    progress = lambda items: tqdm(total=len(items), desc="cases", unit="case", file=sys.stderr)  # noqa: E731
+    progress = lambda items: tqdm(total=len(items), desc="cases", unit="case", file=sys.stderr,  # noqa: E731
+                                  smoothing=0.1)
     if args.propagate:
         return _evaluate_volumes(args, cases, segmenter, tqdm, out)
     partial = out.with_name(out.name + ".partial.jsonl") if out is not None else None
     if args.policy == "oracle":
-        rows = _run_cases(cases, lambda case, seg: _oracle_case(case, seg, args.max_clicks), args.concurrency,
-                          partial, progress, args.segmenter)
+        pool, mine = _thread_pool(args.concurrency, args.segmenter, [])
+        rows = _run_cases(cases, pool, lambda p, i: p.submit(
+            lambda: _oracle_case(cases[i], mine()[0], args.max_clicks)), partial, progress)
         policy_identity = {"name": "oracle"}
     elif args.policy == "default" or args.policy.startswith("model:"):
-        folder = default_model_folder() if args.policy == "default" else args.policy[len("model:"):]
-        policy = load_policy(folder, device=args.device)
-        rows = _run_cases(cases, lambda case, seg: _model_case(case, seg, policy, args.profile, args.max_clicks),
-                          args.concurrency, partial, progress, args.segmenter)
-        policy_identity = policy.identity()
+        target = default_model_folder() if args.policy == "default" else args.policy[len("model:"):]
+        endpoints = [url.strip() for url in str(target).split(",") if url.strip()]
+        served = all(url.startswith(("http://", "https://")) for url in endpoints)
+        if len(endpoints) > 1 and not served:
+            raise InputError("several models separated by commas must all be http(s):// endpoints")
+        if served or args.concurrency == 1:
+            policies = [load_policy(url, device=args.device) for url in endpoints]
+            pool, mine = _thread_pool(args.concurrency, args.segmenter, policies)
+            rows = _run_cases(cases, pool, lambda p, i: p.submit(
+                lambda: _model_case(cases[i], mine()[0], mine()[1], args.profile, args.max_clicks)), partial, progress)
+            policy_identity = policies[0].identity() if len(policies) == 1 else {
+                "name": "remote", "endpoints": [policy.identity() for policy in policies]}
+        else:  # a local model: one process per case in flight, each with its own model and segmenter
+            check_model(endpoints[0])
+            work = (endpoints[0], args.segmenter, args.device)
+            pool = _process_pool(args.concurrency)
+            policy_identity = pool.submit(_worker_identity, *work).result()
+            rows = _run_cases(cases, pool, lambda p, i: p.submit(
+                _worker_case, cases[i], *work, args.profile, args.max_clicks), partial, progress)
     else:
         raise InputError(f"unknown policy '{args.policy}': use oracle, model:DIR or default")
     report = summarise(rows, args.max_clicks)

@@ -396,8 +396,43 @@ def test_a_stopped_eval_resumes_and_runs_each_case_once(tmp_path, capsys):
     assert [c["source"] for c in report["cases"]] == [f"disk{i}" for i in range(6)]
 
 
-def test_concurrency_with_a_local_model_is_refused_in_one_line(files, capsys, tiny_vlm_folder):
-    code, _, err = run_cli(capsys, "eval", files / "cases.jsonl", "--policy", f"model:{tiny_vlm_folder}",
-                           "--concurrency", "4")
-    assert code == 2 and "needs a served model" in err and err.count("\n") == 1
+def test_several_endpoints_share_the_cases(tmp_path, capsys):
+    from fake_openai import FakeServer
+
+    from conftest import point
+
+    manifest = _disk_manifest(tmp_path, 8)
+    servers = [FakeServer(point(True, 0.47, 0.33), delay=0.1) for _ in range(2)]
+    try:
+        code, _, err = run_cli(capsys, "eval", manifest, "--policy", "model:" + ",".join(s.url for s in servers),
+                               "--segmenter", "classical", "--max-clicks", "1", "--concurrency", "4",
+                               "--json", tmp_path / "report.json")
+    finally:
+        for server in servers:
+            server.close()
+    assert code == 0, err
+    assert [len(s.seen) for s in servers] == [4, 4]  # two threads on each endpoint, one request per case
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert len(report["policy"]["endpoints"]) == 2 and len(report["cases"]) == 8
+
+
+def test_a_local_model_runs_in_worker_processes_with_the_same_results(tmp_path, capsys, tiny_vlm_folder):
+    manifest = _disk_manifest(tmp_path, 4)
+    reports = []
+    for concurrency in ("1", "2"):
+        code, _, err = run_cli(capsys, "eval", manifest, "--policy", f"model:{tiny_vlm_folder}", "--segmenter",
+                               "classical", "--max-clicks", "2", "--concurrency", concurrency,
+                               "--json", tmp_path / f"report{concurrency}.json")
+        assert code == 0, err
+        reports.append(json.loads((tmp_path / f"report{concurrency}.json").read_text()))
+    assert [(c["source"], c["iou"], c["steps"]) for c in reports[0]["cases"]] == [
+        (c["source"], c["iou"], c["steps"]) for c in reports[1]["cases"]]
+    assert reports[1]["policy"]["folder"] == str(tiny_vlm_folder)
+
+
+def test_a_local_model_that_cannot_load_in_the_workers_is_one_line(tmp_path, capsys):
+    manifest = _disk_manifest(tmp_path, 2)
+    code, _, err = run_cli(capsys, "eval", manifest, "--policy", f"model:{tmp_path / 'nowhere'}", "--concurrency", "2")
+    assert code == 2 and "not found" in err and err.count("\n") == 1
+
 
