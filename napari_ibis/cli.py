@@ -222,45 +222,6 @@ def _propagate(args, loaded, session, segmenter, policy, check_every: int):
 
 
 # -- eval ------------------------------------------------------------------------------
-def _oracle_case(case, segmenter, max_clicks: int) -> dict:
-    from .evaluation import simulate_clicks
-    from .metrics import dice, entity_counts
-    from .overlay import to_rgb8
-
-    started = time.perf_counter()
-    run = simulate_clicks(segmenter, to_rgb8(case.image), case.mask, max_clicks=max_clicks)
-    seconds = time.perf_counter() - started
-    final = run.mask if run.mask is not None else np.zeros_like(case.mask)
-    return {
-        "source": case.source, "target": case.target, "ious": run.ious, "iou": run.ious[-1],
-        "dice": dice(case.mask, final), "entity": entity_counts(case.mask, final),
-        "steps": len(run.clicks), "parsable": len(run.clicks), "turns": len(run.clicks),
-        "seconds": seconds,
-    }
-
-
-def _model_case(case, segmenter, policy, profile: str, max_clicks: int) -> dict:
-    from .metrics import dice, entity_counts, iou
-    from .session import Session, Stopped
-
-    started = time.perf_counter()
-    session = Session(case.image, case.query, policy, segmenter, profile=profile, max_steps=max_clicks)
-    stop = None
-    for event in session.run():
-        if isinstance(event, Stopped):
-            stop = event
-    seconds = time.perf_counter() - started
-    ious = [iou(case.mask, s.mask) for s in session.steps if s.kind == "click"]
-    turns = len(session.steps) + (1 if stop is not None and stop.reason == "unparsable" else 0)
-    return {
-        "source": case.source, "target": case.target, "ious": ious or [0.0],
-        "iou": iou(case.mask, session.mask), "dice": dice(case.mask, session.mask),
-        "entity": entity_counts(case.mask, session.mask), "steps": len(session.steps),
-        "parsable": len(session.steps), "turns": turns, "seconds": seconds,
-        "stop": stop.reason if stop else None,
-    }
-
-
 def _read_partial(partial: Path | None, count: int) -> dict[int, dict]:
     """Rows of the cases a stopped run finished; the file is rewritten without a line cut short."""
     import json
@@ -308,59 +269,6 @@ def _run_cases(cases, pool, submit, partial: Path | None, progress) -> list[dict
     return [done[i] for i in range(len(cases))]
 
 
-def _thread_pool(concurrency: int, segmenter_spec: str, policies: list):
-    """(pool, per-thread getter): each thread builds its own segmenter and takes the next of
-    ``policies`` (several endpoints share the load)."""
-    import itertools
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    from .segmenters import build_segmenter
-
-    local, turn, lock = threading.local(), itertools.count(), threading.Lock()
-
-    def mine() -> tuple:
-        if not hasattr(local, "segmenter"):
-            with lock:
-                local.policy = policies[next(turn) % len(policies)] if policies else None
-            local.segmenter = build_segmenter(segmenter_spec)
-        return local.segmenter, local.policy
-
-    return ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ibis-eval"), mine
-
-
-# -- local models in worker processes -----------------------------------------------------
-_WORKER: dict = {}
-
-
-def _worker_setup(folder: str, segmenter_spec: str, device: str) -> dict:
-    import torch
-
-    from .policies import load_policy
-    from .segmenters import build_segmenter
-
-    if not _WORKER:
-        torch.set_num_threads(1)  # N processes share the cores
-        _WORKER.update(policy=load_policy(folder, device=device), segmenter=build_segmenter(segmenter_spec))
-    return _WORKER
-
-
-def _worker_identity(folder: str, segmenter_spec: str, device: str) -> dict:
-    return _worker_setup(folder, segmenter_spec, device)["policy"].identity()
-
-
-def _worker_case(case, folder: str, segmenter_spec: str, device: str, profile: str, max_clicks: int) -> dict:
-    worker = _worker_setup(folder, segmenter_spec, device)
-    return _model_case(case, worker["segmenter"], worker["policy"], profile, max_clicks)
-
-
-def _process_pool(concurrency: int):
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    return ProcessPoolExecutor(max_workers=concurrency, mp_context=multiprocessing.get_context("spawn"))
-
-
 def _plain(value):
     """JSON for numpy numbers and tuples in result rows."""
     if isinstance(value, np.generic):
@@ -392,7 +300,8 @@ def summarise(rows: list[dict], max_clicks: int) -> dict:
 def cmd_eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from . import io
+    from . import io, workers
+    from .evaluation import model_case, oracle_case
     from .policies import check_model, default_model_folder, load_policy
     from .segmenters import build_segmenter, default_segmenter
 
@@ -409,9 +318,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return _evaluate_volumes(args, cases, segmenter, tqdm, out)
     partial = out.with_name(out.name + ".partial.jsonl") if out is not None else None
     if args.policy == "oracle":
-        pool, mine = _thread_pool(args.concurrency, args.segmenter, [])
+        pool, mine = workers.thread_pool(args.concurrency, args.segmenter, [])
         rows = _run_cases(cases, pool, lambda p, i: p.submit(
-            lambda: _oracle_case(cases[i], mine()[0], args.max_clicks)), partial, progress)
+            lambda: oracle_case(cases[i], mine()[0], args.max_clicks)), partial, progress)
         policy_identity = {"name": "oracle"}
     elif args.policy == "default" or args.policy.startswith("model:"):
         target = default_model_folder() if args.policy == "default" else args.policy[len("model:"):]
@@ -421,18 +330,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise InputError("several models separated by commas must all be http(s):// endpoints")
         if served or args.concurrency == 1:
             policies = [load_policy(url, device=args.device) for url in endpoints]
-            pool, mine = _thread_pool(args.concurrency, args.segmenter, policies)
+            pool, mine = workers.thread_pool(args.concurrency, args.segmenter, policies)
             rows = _run_cases(cases, pool, lambda p, i: p.submit(
-                lambda: _model_case(cases[i], mine()[0], mine()[1], args.profile, args.max_clicks)), partial, progress)
+                lambda: model_case(cases[i], mine()[0], mine()[1], args.profile, args.max_clicks)), partial, progress)
             policy_identity = policies[0].identity() if len(policies) == 1 else {
                 "name": "remote", "endpoints": [policy.identity() for policy in policies]}
         else:  # a local model: one process per case in flight, each with its own model and segmenter
             check_model(endpoints[0])
             work = (endpoints[0], args.segmenter, args.device)
-            pool = _process_pool(args.concurrency)
-            policy_identity = pool.submit(_worker_identity, *work).result()
+            pool = workers.process_pool(args.concurrency)
+            policy_identity = pool.submit(workers.identity, *work).result()
             rows = _run_cases(cases, pool, lambda p, i: p.submit(
-                _worker_case, cases[i], *work, args.profile, args.max_clicks), partial, progress)
+                workers.eval_case, cases[i], *work, args.profile, args.max_clicks), partial, progress)
     else:
         raise InputError(f"unknown policy '{args.policy}': use oracle, model:DIR or default")
     report = summarise(rows, args.max_clicks)

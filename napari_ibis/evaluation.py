@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -104,3 +105,44 @@ def agent_start(policy, query: str, segmenter: Segmenter, profile: str = "ibis-r
         return session.mask, clicks, len(session.steps)
 
     return start
+
+
+# -- rows of `napari-ibis eval` ---------------------------------------------------------
+def oracle_case(case, segmenter, max_clicks: int) -> dict:
+    """One manifest case with the click simulator (``eval --policy oracle``): a row of the report."""
+    from .metrics import dice, entity_counts
+    from .overlay import to_rgb8
+
+    started = time.perf_counter()
+    run = simulate_clicks(segmenter, to_rgb8(case.image), case.mask, max_clicks=max_clicks)
+    seconds = time.perf_counter() - started
+    final = run.mask if run.mask is not None else np.zeros_like(case.mask)
+    return {
+        "source": case.source, "target": case.target, "ious": run.ious, "iou": run.ious[-1],
+        "dice": dice(case.mask, final), "entity": entity_counts(case.mask, final),
+        "steps": len(run.clicks), "parsable": len(run.clicks), "turns": len(run.clicks),
+        "seconds": seconds,
+    }
+
+
+def model_case(case, segmenter, policy, profile: str, max_clicks: int) -> dict:
+    """One manifest case with an agent (``eval --policy model:...``): a row of the report."""
+    from .metrics import dice, entity_counts, iou
+    from .session import Session, Stopped
+
+    started = time.perf_counter()
+    session = Session(case.image, case.query, policy, segmenter, profile=profile, max_steps=max_clicks)
+    stop = None
+    for event in session.run():
+        if isinstance(event, Stopped):
+            stop = event
+    seconds = time.perf_counter() - started
+    ious = [iou(case.mask, s.mask) for s in session.steps if s.kind == "click"]
+    turns = len(session.steps) + (1 if stop is not None and stop.reason == "unparsable" else 0)
+    return {
+        "source": case.source, "target": case.target, "ious": ious or [0.0],
+        "iou": iou(case.mask, session.mask), "dice": dice(case.mask, session.mask),
+        "entity": entity_counts(case.mask, session.mask), "steps": len(session.steps),
+        "parsable": len(session.steps), "turns": turns, "seconds": seconds,
+        "stop": stop.reason if stop else None,
+    }

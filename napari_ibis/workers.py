@@ -1,0 +1,66 @@
+"""Where sessions run when several are in flight: threads or worker processes.
+
+* :func:`thread_pool`: threads, each with its own segmenter and the next of the given
+  policies (served endpoints: one HTTP stream per thread, several endpoints share the load);
+* :func:`process_pool`: spawned worker processes for a local model folder, each loading the
+  model and the segmenter once (:func:`_setup`) and using one core.
+"""
+
+from __future__ import annotations
+
+
+
+def thread_pool(concurrency: int, segmenter_spec: str, policies: list):
+    """(pool, per-thread getter): each thread builds its own segmenter and takes the next of
+    ``policies`` (several endpoints share the load)."""
+    import itertools
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .segmenters import build_segmenter
+
+    local, turn, lock = threading.local(), itertools.count(), threading.Lock()
+
+    def mine() -> tuple:
+        if not hasattr(local, "segmenter"):
+            with lock:
+                local.policy = policies[next(turn) % len(policies)] if policies else None
+            local.segmenter = build_segmenter(segmenter_spec)
+        return local.segmenter, local.policy
+
+    return ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ibis-eval"), mine
+
+
+_LOADED: dict = {}
+
+
+def _setup(folder: str, segmenter_spec: str, device: str) -> dict:
+    import torch
+
+    from .policies import load_policy
+    from .segmenters import build_segmenter
+
+    if not _LOADED:
+        torch.set_num_threads(1)  # N processes share the cores
+        _LOADED.update(policy=load_policy(folder, device=device), segmenter=build_segmenter(segmenter_spec))
+    return _LOADED
+
+
+def identity(folder: str, segmenter_spec: str, device: str) -> dict:
+    return _setup(folder, segmenter_spec, device)["policy"].identity()
+
+
+def eval_case(case, folder: str, segmenter_spec: str, device: str, profile: str, max_clicks: int) -> dict:
+    worker = _setup(folder, segmenter_spec, device)
+    from .evaluation import model_case
+
+    return model_case(case, worker["segmenter"], worker["policy"], profile, max_clicks)
+
+
+def process_pool(concurrency: int):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=concurrency, mp_context=multiprocessing.get_context("spawn"))
+
+
