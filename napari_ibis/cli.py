@@ -84,6 +84,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", dest="json_out", help="write the report here (a stopped run resumes from "
                     "REPORT.partial.jsonl when run again)")
     ev.add_argument("--force", action="store_true")
+
+    bt = commands.add_parser("batch", help="run the agent on every image of a folder, every slice of its volumes, "
+                             "or every line of a manifest; labels and trajectories per file")
+    bt.add_argument("input", help="a folder of images / DICOM series, or a manifest .jsonl "
+                    '({"image", "slice"?, "query"?, "target"?} per line)')
+    bt.add_argument("--out", required=True, help="the folder for the labels, trajectories and batch.jsonl")
+    bt.add_argument("--query", help="what to segment in every input (a manifest line's own query otherwise)")
+    bt.add_argument("--model", help="model folder, or http(s)://HOST:PORT/v1 endpoints separated by commas "
+                    "(default: the bundled agent)")
+    bt.add_argument("--remote-model", default="ibis", help="model name on remote endpoints (key from $IBIS_API_KEY)")
+    bt.add_argument("--segmenter", help="as for segment")
+    bt.add_argument("--profile", default="ibis-release", choices=["ibis-release", "paper"])
+    bt.add_argument("--max-steps", type=_positive_int, default=20)
+    bt.add_argument("--window", help="intensity window, as for segment")
+    bt.add_argument("--device", default="auto")
+    bt.add_argument("--concurrency", type=_positive_int, default=1,
+                    help="sessions in flight: threads against served endpoints, processes for a local model")
+    bt.add_argument("--force", action="store_true", help="redo inputs whose labels are already in --out")
     for name, entry in extra_commands().items():
         commands.add_parser(name, help=f"{command_summary(entry)} (napari-ibis {name} --help)", add_help=False)
     return parser
@@ -324,10 +342,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         policy_identity = {"name": "oracle"}
     elif args.policy == "default" or args.policy.startswith("model:"):
         target = default_model_folder() if args.policy == "default" else args.policy[len("model:"):]
-        endpoints = [url.strip() for url in str(target).split(",") if url.strip()]
-        served = all(url.startswith(("http://", "https://")) for url in endpoints)
-        if len(endpoints) > 1 and not served:
-            raise InputError("several models separated by commas must all be http(s):// endpoints")
+        endpoints, served = _policies_of(target)
         if served or args.concurrency == 1:
             policies = [load_policy(url, device=args.device) for url in endpoints]
             pool, mine = workers.thread_pool(args.concurrency, args.segmenter, policies)
@@ -400,6 +415,75 @@ def _evaluate_volumes(args, cases, segmenter, progress, out) -> int:
     return 0
 
 
+# -- batch -----------------------------------------------------------------------------
+def _policies_of(target: str) -> tuple[list[str], bool]:
+    """(the models named by --model / --policy, whether they are served endpoints)."""
+    endpoints = [part.strip() for part in str(target).split(",") if part.strip()]
+    served = all(part.startswith(("http://", "https://")) for part in endpoints)
+    if len(endpoints) > 1 and not served:
+        raise InputError("several models separated by commas must all be http(s):// endpoints")
+    return endpoints, served
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    import json
+    from collections import Counter, defaultdict
+    from concurrent.futures import as_completed
+
+    from tqdm import tqdm
+
+    from . import batch, workers
+    from .overlay import parse_window
+    from .policies import check_model, default_model_folder, load_policy
+    from .segmenters import check_spec, default_segmenter
+
+    args.segmenter = args.segmenter or default_segmenter()
+    check_spec(args.segmenter)
+    parse_window(args.window)
+    items = batch.items_of(args.input, args.query)
+    endpoints, served = _policies_of(args.model or default_model_folder())
+    if not served:
+        check_model(endpoints[0])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded, units, skipped = batch.plan(items, out, args.force)
+    if skipped:
+        print(f"resuming: {skipped} of {len(items)} inputs were done", file=sys.stderr)
+    settings = (args.profile, args.max_steps, args.window)
+    if served or args.concurrency == 1:
+        policies = [load_policy(part, device=args.device, remote_model=args.remote_model) for part in endpoints]
+        pool, mine = workers.thread_pool(args.concurrency, args.segmenter, policies)
+
+        def submit(unit):
+            return pool.submit(lambda: batch.segment_slice(unit.image, items[unit.item].query, mine()[1], mine()[0],
+                                                           *settings))
+    else:
+        pool = workers.process_pool(args.concurrency)
+
+        def submit(unit):
+            return pool.submit(workers.batch_slice, unit.image, items[unit.item].query, endpoints[0], args.segmenter,
+                               args.device, *settings)
+    remaining = Counter(unit.item for unit in units)
+    results: dict[int, dict] = defaultdict(dict)
+    bar = tqdm(total=len(units), desc="sessions", unit="slice", file=sys.stderr, smoothing=0.1)
+    with pool, open(out / "batch.jsonl", "a") as summary:
+        futures = {submit(unit): unit for unit in units}
+        for future in as_completed(futures):
+            unit = futures[future]
+            results[unit.item][unit.slice] = future.result()
+            bar.update(1)
+            remaining[unit.item] -= 1
+            if remaining[unit.item] == 0:
+                line = batch.write_item(items[unit.item], loaded[unit.item], results.pop(unit.item), out)
+                summary.write(json.dumps(line) + "\n")
+                summary.flush()
+                bar.write(f"{line['input']}: {line['voxels']:,} px on {line['slices_with_result']} of "
+                          f"{line['sessions']} slice(s) -> {line['labels']}")
+    bar.close()
+    print(f"{len(items) - skipped} input(s) segmented, {skipped} already done; labels and trajectories in {out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -407,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if extra is not None:  # its own parser, so that `napari-ibis sft --help` is that command's help
             return int(extra.load()(argv[1:]) or 0)
         args = build_parser().parse_args(argv)
-        return {"segment": cmd_segment, "eval": cmd_eval}[args.command](args)
+        return {"segment": cmd_segment, "eval": cmd_eval, "batch": cmd_batch}[args.command](args)
     except IbisError as exc:
         print(f"napari-ibis: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

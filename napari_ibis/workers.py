@@ -64,3 +64,12 @@ def process_pool(concurrency: int):
     return ProcessPoolExecutor(max_workers=concurrency, mp_context=multiprocessing.get_context("spawn"))
 
 
+
+
+def batch_slice(image, query: str, folder: str, segmenter_spec: str, device: str, profile: str, max_steps: int,
+                window: str | None):
+    """One slice of ``napari-ibis batch`` in a worker process: (mask, trajectory)."""
+    from .batch import segment_slice
+
+    worker = _setup(folder, segmenter_spec, device)
+    return segment_slice(image, query, worker["policy"], worker["segmenter"], profile, max_steps, window)

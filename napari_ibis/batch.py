@@ -1,0 +1,169 @@
+"""Batch annotation: the agent on every image of a folder, every slice of its volumes, or
+every line of a manifest, with labels and trajectories written per input file.
+
+``napari-ibis batch INPUT --query Q --out DIR``. ``INPUT`` is
+
+* a folder: each image file (PNG/JPEG/TIFF/NIfTI/NRRD/NPY/DICOM) and each DICOM series
+  folder inside it; a 2-D image is one session, a volume one session per slice;
+* a manifest JSONL: ``{"image", "slice"?, "query"?, "target"?}`` per line (paths relative
+  to the manifest); a line with ``slice`` is one session on that slice, one without is
+  the whole file as above.
+
+For each input ``DIR/<name>.ibis<suffix>`` holds the labels in the input's geometry
+(NIfTI in, NIfTI out; NRRD in, NRRD out; DICOM in, NIfTI out; else TIFF) and
+``DIR/<name>.ibis.json`` the trajectory of every session (per slice for volumes);
+``DIR/batch.jsonl`` gets one summary line per input as it is finished. A rerun skips the
+inputs whose files are there, so a killed run loses only the inputs in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .formats import suffix_of
+from .io import IMAGE_SUFFIXES
+
+OUT_SUFFIX = {".nii": ".nii.gz", ".nii.gz": ".nii.gz", ".nrrd": ".nrrd", ".dcm": ".nii.gz"}
+
+
+@dataclass
+class Item:
+    """One input: a file (or DICOM series folder), the query, which slice (None: all)."""
+
+    name: str
+    path: Path
+    query: str
+    slice: tuple[int, ...] | None = None
+
+    def labels_path(self, out: Path) -> Path:
+        suffix = ".nii.gz" if self.path.is_dir() else OUT_SUFFIX.get(suffix_of(self.path), ".tif")
+        return out / f"{self.name}.ibis{suffix}"
+
+    def trace_path(self, out: Path) -> Path:
+        return out / f"{self.name}.ibis.json"
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    return name[: -len(suffix_of(path))] if suffix_of(path) and name.lower().endswith(suffix_of(path)) else name
+
+
+def _is_series(folder: Path) -> bool:
+    return folder.is_dir() and any(p.suffix.lower() == ".dcm" for p in folder.iterdir())
+
+
+def items_of(source: str | Path, query: str | None) -> list[Item]:
+    """The inputs of a folder or a manifest (see the module docstring)."""
+    source = Path(source)
+    if source.is_dir():
+        if not query:
+            raise InputError("a folder needs --query (a manifest may give a query per line)")
+        found = [p for p in sorted(source.iterdir())
+                 if (p.is_file() and suffix_of(p) in IMAGE_SUFFIXES and ".ibis" not in p.name) or _is_series(p)]
+        if _is_series(source):
+            found = [source]
+        if not found:
+            raise InputError(f"{source} holds no image file ({', '.join(IMAGE_SUFFIXES)}) or DICOM series")
+        return [Item(_stem(p), p, query) for p in found]
+    if suffix_of(source) != ".jsonl":
+        raise InputError(f"{source}: give a folder of images or a manifest .jsonl")
+    if not source.is_file():
+        raise InputError(f"manifest not found: {source}")
+    items, names = [], set()
+    for number, line in enumerate(source.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            path = source.parent / entry["image"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise InputError(f"{source.name} line {number}: not a manifest entry ({exc})") from None
+        line_query = query or entry.get("query") or (f"segment the {entry['target']}" if entry.get("target") else "")
+        if not line_query:
+            raise InputError(f"{source.name} line {number}: no query (give --query, or \"query\" or \"target\")")
+        slice_ = entry.get("slice")
+        index = None if slice_ is None else ((slice_,) if isinstance(slice_, int) else tuple(slice_))
+        name = _stem(path) + ("" if index is None else "_slice" + "-".join(map(str, index)))
+        while name in names:
+            name += f"_line{number}"
+        names.add(name)
+        items.append(Item(name, path, str(line_query), index))
+    if not items:
+        raise InputError(f"{source.name} lists no image")
+    return items
+
+
+def segment_slice(image: np.ndarray, query: str, policy, segmenter, profile: str, max_steps: int,
+                  window: str | None) -> tuple[np.ndarray, dict]:
+    """One agent session on one slice: (its mask, its trajectory with why it stopped)."""
+    from .session import Session, Stopped
+
+    started = time.perf_counter()
+    session = Session(image, query, policy, segmenter, profile=profile, max_steps=max_steps, window=window)
+    for event in session.run():
+        if isinstance(event, Stopped):
+            break
+    session.accept()
+    record = session.trajectory()
+    record["seconds"] = round(time.perf_counter() - started, 3)
+    return session.mask, record
+
+
+@dataclass
+class Unit:
+    """One session to run: which item, which slice of it, the pixels."""
+
+    item: int
+    slice: tuple[int, ...]
+    image: np.ndarray
+
+
+def plan(items: list[Item], out: Path, force: bool) -> tuple[list, list[Unit], int]:
+    """(loaded inputs, the sessions to run, how many inputs were already done)."""
+    from . import io
+
+    loaded, units, skipped = [], [], 0
+    for number, item in enumerate(items):
+        if not force and item.labels_path(out).is_file() and item.trace_path(out).is_file():
+            loaded.append(None)
+            skipped += 1
+            continue
+        try:
+            image = io.read_image(item.path, item.slice)
+        except InputError as exc:
+            raise InputError(f"{item.path.name}: {exc}") from None
+        loaded.append(image)
+        volume = item.slice is None and len(image.slice_index) == 1
+        indices = [(z,) for z in range(image.data.shape[0])] if volume else [image.slice_index]
+        units += [Unit(number, index, image.data[index] if index else image.data) for index in indices]
+    return loaded, units, skipped
+
+
+def write_item(item: Item, image, results: dict, out: Path) -> dict:
+    """The labels and the trajectory of one finished input; returns its summary line."""
+    from dataclasses import replace
+
+    from . import io
+
+    whole = item.slice is None and len(image.slice_index) == 1
+    if whole:
+        labels = np.stack([results[(z,)][0] for z in range(image.data.shape[0])]).astype(np.uint8)
+        like = replace(image, slice_index=())
+    else:
+        labels, like = results[image.slice_index][0].astype(np.uint8), image
+    io.write_labels(item.labels_path(out), labels, like, force=True)
+    sessions = [dict(record, slice=list(index)) for index, (_, record) in sorted(results.items())]
+    trace = {"image": {"name": item.path.name, "shape": list(image.data.shape), "whole_volume": whole},
+             "query": item.query, "sessions": sessions}
+    io.write_json(item.trace_path(out), trace, force=True)
+    occupied = [s["slice"] for s in sessions if s["final_mask_area"]]
+    return {"input": item.name, "labels": item.labels_path(out).name, "query": item.query, "sessions": len(sessions),
+            "slices_with_result": len(occupied), "voxels": int(np.count_nonzero(labels)),
+            "not_present": sum(1 for s in sessions if s["stop"] and s["stop"]["reason"] == "not_present"),
+            "seconds": round(sum(s["seconds"] for s in sessions), 3)}
