@@ -172,3 +172,29 @@ def test_remote_policy_retries_server_errors_and_reports_client_errors():
         server.close()
     with pytest.raises(ModelError, match="cannot reach"):
         RemotePolicy("http://127.0.0.1:9/v1", retries=0, timeout=2).respond(request())
+
+
+@pytest.mark.parametrize("model_type", ["qwen3_vl", "qwen2_5_vl"])
+def test_the_conversation_cache_is_reused_with_the_same_replies(tiny_vlm_folder, model_type, tmp_path):
+    from training.sft.tiny import TinyConfig, build_tiny_vlm
+
+    folder = tiny_vlm_folder
+    if model_type != "qwen3_vl":
+        folder = build_tiny_vlm(tmp_path / "m", ["segment the disk"] * 3, TinyConfig(model_type=model_type, text_first=False))
+    reusing, fresh = VLMPolicy(folder, max_new_tokens=12), VLMPolicy(folder, max_new_tokens=12)
+    fresh.reuse_cache = False
+    profile = get_profile("paper")  # history on: every earlier image and reply is sent again
+    image, truth = disk_image(112)
+    rgb = np.stack([image] * 3, axis=-1)
+    turns, seen = [], []
+    for step, mask in enumerate([None, truth & (np.arange(112)[:, None] < 40), truth]):
+        turns.append(Turn(profile.observation(rgb, mask), profile.user_text("segment the disk", first=step == 0)))
+        ask = PolicyRequest(profile, "segment the disk", rgb, mask, (), step + 1, profile.messages(turns, True))
+        reply = reusing.respond(ask)
+        assert reply == fresh.respond(ask)  # the cache changes the cost, not the words
+        seen.append(dict(reusing.last_generation))
+        turns[-1] = Turn(turns[-1].image, turns[-1].text, reply)
+    assert seen[0]["reused_tokens"] == 0
+    for earlier, later in zip(seen, seen[1:]):  # each turn prefills only what is new since the last reply
+        assert later["reused_tokens"] > earlier["prompt_tokens"] - 2
+        assert later["prompt_tokens"] - later["reused_tokens"] < earlier["prompt_tokens"]

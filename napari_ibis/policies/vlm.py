@@ -9,6 +9,12 @@ MPS, fp32 on CPU; on CUDA, attention without cuDNN's backend
 for a temperature (then sampled, seeded with the request's seed). Tokens stream
 through ``TextIteratorStreamer``; a stopping criterion checks the cancel event
 after every token.
+
+Each reply keeps the model's key/value cache of the whole conversation so far; the next
+request reuses it for the tokens it shares (the system prompt every turn; with history
+on, every earlier turn and image), so only the new turn is prefilled and only the new
+image goes through the vision tower (:class:`PrefixCache`). A policy around a model being
+trained (:meth:`VLMPolicy.from_model`) does not reuse: its weights change between replies.
 """
 
 from __future__ import annotations
@@ -126,8 +132,84 @@ class _CancelCriteria:
         return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
+class _FirstToken:
+    """A ``StoppingCriteria`` that notes when the first new token exists (the prefill's end)."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import time
+
+        import torch
+
+        if self.at is None:
+            self.at = time.perf_counter()
+        return torch.zeros((input_ids.shape[0],), dtype=torch.bool, device=input_ids.device)
+
+
+class PrefixCache:
+    """The key/value cache of the last conversation (its token ids and the cache), and how
+    much of a new request it covers.
+
+    A request is prefilled only from the first token it does not share with the cached
+    sequence; the cache is cut back to a whole image, and the images already in it are not
+    encoded again (their features live in the cache): the model gets the new images'
+    features only (``mm_encoder_outputs``), and the full token ids and image grids, from
+    which it computes every position as for a fresh prompt."""
+
+    def __init__(self) -> None:
+        self.ids = None  # (L,) token ids the cache holds, prompt and reply
+        self.cache = None
+
+    def clear(self) -> None:
+        self.ids, self.cache = None, None
+
+    def keep(self, sequences, cache) -> None:
+        self.ids, self.cache = sequences[0], cache
+
+    def reuse(self, model, inputs) -> tuple[dict, int]:
+        """(generate() keyword arguments for ``inputs`` with the reusable part of the cache,
+        how many prompt tokens that part covers); no reuse: (``inputs``, 0)."""
+        import torch
+
+        if self.cache is None or inputs["input_ids"].shape[0] != 1:
+            return dict(inputs), 0
+        ids = inputs["input_ids"][0]
+        cached = min(self.cache.get_seq_length(), len(self.ids), len(ids) - 1)
+        same = (self.ids[:cached] == ids[:cached]).to(torch.int8)
+        shared = int(same.cumprod(0).sum()) if cached > 0 else 0
+        grid = inputs.get("image_grid_thw")
+        images_cached = 0
+        if grid is not None:
+            merge = model.config.vision_config.spatial_merge_size
+            starts = torch.nonzero(ids == model.config.vision_start_token_id).flatten().tolist()
+            tokens = (grid.prod(-1) // merge**2).tolist()
+            ends = [start + 1 + count for start, count in zip(starts, tokens)]  # one past each image's last token
+            while images_cached < len(ends) and ends[images_cached] <= shared:
+                images_cached += 1
+            if images_cached < len(starts) and starts[images_cached] < shared:
+                shared = starts[images_cached]  # never keep half an image
+            if images_cached < len(tokens) and not model._supports_mm_encoder_outputs():
+                return dict(inputs), 0
+        if shared < 1:
+            return dict(inputs), 0
+        if shared < self.cache.get_seq_length():
+            self.cache.crop(shared - self.cache.get_seq_length())  # a negative count: the tokens to drop
+        kwargs = {key: value for key, value in inputs.items() if key != "pixel_values"}
+        if grid is not None and images_cached < len(grid):
+            rows = grid.prod(-1).tolist()
+            pixels = inputs["pixel_values"][sum(rows[:images_cached]):]
+            kwargs["mm_encoder_outputs"] = {"image": model.model.get_image_features(
+                pixels, grid[images_cached:], return_dict=True)}
+        kwargs["past_key_values"] = self.cache
+        self.clear()  # the cache object now belongs to this generation; it comes back with the reply
+        return kwargs, shared
+
+
 class VLMPolicy(Policy):
     name = "vlm"
+    reuse_cache = True  # keep the conversation's key/value cache for the next request
 
     def __init__(
         self,
@@ -163,6 +245,8 @@ class VLMPolicy(Policy):
         self.model.eval()
         tokenizer = self.processor.tokenizer
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self._prefix, self._lock = PrefixCache(), threading.Lock()
+        self.last_generation: dict = {}
 
     @classmethod
     def from_model(cls, model, processor, temperature: float = 0.0, top_p: float = 1.0,
@@ -174,6 +258,8 @@ class VLMPolicy(Policy):
         policy.folder, policy.model_type = None, getattr(model.config, "model_type", "")
         policy.model, policy.processor, policy.device = model, processor, str(model.device)
         policy.max_new_tokens, policy.temperature, policy.top_p = max_new_tokens, temperature, top_p
+        policy.reuse_cache = False  # the weights change between replies: a cache would be stale
+        policy._prefix, policy._lock, policy.last_generation = PrefixCache(), threading.Lock(), {}
         tokenizer = processor.tokenizer
         policy.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         return policy
@@ -201,45 +287,67 @@ class VLMPolicy(Policy):
                  cancel: threading.Event | None = None) -> str:
         """The one place a reply is generated: greedy at temperature 0, else sampled from the
         whole distribution (top-k off, ``top_p``; seeded when ``seed`` is given); stops
-        within a token once ``cancel`` is set."""
+        within a token once ``cancel`` is set. ``last_generation`` says afterwards how many
+        prompt tokens there were, how many came from the cache, and the prefill's seconds."""
+        with self._lock:
+            return self._generate(inputs, temperature, seed, on_text, cancel)
+
+    def _generate(self, inputs, temperature, seed, on_text, cancel) -> str:
+        import time
+
         import torch
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
         cancel = cancel or threading.Event()
         inputs = inputs.to(self.device)
+        prompt_tokens = int(inputs["input_ids"].shape[1])
+        first = _FirstToken()
         options = {"max_new_tokens": self.max_new_tokens, "do_sample": temperature > 0, "pad_token_id": self.pad_token_id,
-                   "stopping_criteria": StoppingCriteriaList([_CancelCriteria(cancel)])}
+                   "stopping_criteria": StoppingCriteriaList([_CancelCriteria(cancel), first]),
+                   "return_dict_in_generate": True}
         if temperature > 0:
             options.update(temperature=temperature, top_p=self.top_p, top_k=0)
             if seed is not None:
                 torch.manual_seed(seed)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            kwargs, reused = self._prefix.reuse(self.model, inputs) if self.reuse_cache else (dict(inputs), 0)
+        outputs: list = []
         if on_text is None:
             with torch.inference_mode(), attention_backends(self.device):
-                out = self.model.generate(**inputs, **options)
-            if cancel.is_set():
-                raise Cancelled("stopped during generation")
-            return self.processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        failure: list[BaseException] = []
+                outputs.append(self.model.generate(**kwargs, **options))
+            text = self.processor.tokenizer.decode(outputs[0].sequences[0, prompt_tokens:], skip_special_tokens=True)
+        else:
+            streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+            failure: list[BaseException] = []
 
-        def run() -> None:
-            try:
-                with torch.inference_mode(), attention_backends(self.device):
-                    self.model.generate(**inputs, **options, streamer=streamer)
-            except BaseException as exc:  # re-raised on the caller's thread
-                failure.append(exc)
-                streamer.end()
+            def run() -> None:
+                try:
+                    with torch.inference_mode(), attention_backends(self.device):
+                        outputs.append(self.model.generate(**kwargs, **options, streamer=streamer))
+                except BaseException as exc:  # re-raised on the caller's thread
+                    failure.append(exc)
+                    streamer.end()
 
-        worker = threading.Thread(target=run, name="ibis-generate", daemon=True)
-        worker.start()
-        pieces = []
-        for piece in streamer:
-            pieces.append(piece)
-            if piece:
-                on_text(piece)
-        worker.join()
-        if failure:
-            raise failure[0]
+            worker = threading.Thread(target=run, name="ibis-generate", daemon=True)
+            worker.start()
+            pieces = []
+            for piece in streamer:
+                pieces.append(piece)
+                if piece:
+                    on_text(piece)
+            worker.join()
+            if failure:
+                self._prefix.clear()
+                raise failure[0]
+            text = "".join(pieces)
+        self.last_generation = {"prompt_tokens": prompt_tokens, "reused_tokens": reused,
+                                "seconds_prefill": (first.at or time.perf_counter()) - started,
+                                "seconds": time.perf_counter() - started}
         if cancel.is_set():
+            self._prefix.clear()
             raise Cancelled("stopped during generation")
-        return "".join(pieces)
+        if self.reuse_cache:
+            result = outputs[0]
+            self._prefix.keep(result.sequences, getattr(result, "past_key_values", None))
+        return text
