@@ -202,7 +202,7 @@ class PrefixCache:
             pixels = inputs["pixel_values"][sum(rows[:images_cached]):]
             kwargs["mm_encoder_outputs"] = {"image": model.model.get_image_features(
                 pixels, grid[images_cached:], return_dict=True)}
-        kwargs["past_key_values"] = self.cache
+        kwargs["cache"] = self.cache
         self.clear()  # the cache object now belongs to this generation; it comes back with the reply
         return kwargs, shared
 
@@ -349,5 +349,5 @@ class VLMPolicy(Policy):
             raise Cancelled("stopped during generation")
         if self.reuse_cache:
             result = outputs[0]
-            self._prefix.keep(result.sequences, getattr(result, "past_key_values", None))
+            self._prefix.keep(result.sequences, getattr(result, "cache", None) or getattr(result, "past_key_values", None))
         return text
