@@ -20,9 +20,15 @@ structure is followed to the neighbouring slices, up (increasing index), down or
    mask as an imported mask on that slice and may click to repair it, accept it, or
    answer "not present"; every step it takes is kept with the slice's result.
 
+With a SAM 2 segmenter and ``video=True``, step 1 is SAM 2's own video propagation
+instead (:func:`napari_ibis.segmenters.sam2.track`, as MedSAM2 does it): the start mask
+is the prompt and each slice is segmented from the memory of the slices before it; the
+stop rules and the agent's checks are the same (SAM 2's object score stands for the
+quality estimate), and a slice the agent repairs restarts the tracking from its mask.
+
 Each slice is embedded once (the segmenter's own cache holds one slice, and the slices
 are visited in order); nothing but masks is kept, so memory does not grow with the
-number of slices beyond the labels volume itself.
+number of slices beyond the labels volume itself (SAM 2's memory keeps the last 16).
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import numpy as np
 
 from .errors import Cancelled, InputError
 from .overlay import to_rgb8
-from .segmenters.base import Click, Segmenter, prompts_from
+from .segmenters.base import Click, Segmenter, SegmentResult, prompts_from
 
 DIRECTIONS = ("both", "up", "down")
 
@@ -79,7 +85,7 @@ class Propagation:
 
     def __init__(self, volume: np.ndarray, segmenter: Segmenter, window: str | None = None, min_area: int = 10,
                  min_ratio: float = 0.15, max_growth: float = 1.8, min_overlap: float = 0.2, min_score: float = 0.4,
-                 checker=None, check: str | int = "none") -> None:
+                 checker=None, check: str | int = "none", video: bool = True) -> None:
         volume = np.asarray(volume)
         if volume.ndim not in (3, 4) or (volume.ndim == 4 and volume.shape[-1] not in (3, 4)):
             raise InputError(f"propagation needs a volume (Z, H, W) or (Z, H, W, 3), got shape {volume.shape}")
@@ -97,6 +103,7 @@ class Propagation:
         self.min_score = min_score
         self.checker = checker
         self.check = parse_check(check)
+        self.video = video and getattr(segmenter, "name", "") == "sam2"  # SAM 2's video propagation
         if self.check and checker is None:
             raise InputError("checking propagated slices needs an agent")
 
@@ -128,26 +135,43 @@ class Propagation:
         try:
             for step in steps:
                 previous, index = mask, start + step
+                tracker = self._tracker(start, mask, step)
                 while 0 <= index < self.depth:
                     if cancel is not None and cancel.is_set():
                         raise Cancelled("stopped")
-                    result = self._one(index, previous, step, abs(index - start))
+                    result = self._one(index, previous, step, abs(index - start), tracker)
                     labels[index] = result.mask
                     done.slices.append(result)
                     yield result
                     if result.stopped:
                         break
+                    if tracker is not None and result.agent_changed:
+                        tracker = self._tracker(index, result.mask, step)  # go on from the agent's repair
                     previous, index = result.mask, index + step
         except Cancelled:
             done.cancelled = True
         yield done
 
-    def _one(self, index: int, previous: np.ndarray, step: int, distance: int) -> SliceResult:
+    def _tracker(self, start: int, mask: np.ndarray, step: int):
+        """SAM 2's video propagation from ``start`` in the direction of ``step``, or None."""
+        if not self.video:
+            return None
+        from .segmenters.sam2 import track
+
+        return track(self.segmenter, self.rgb, self.depth, start, mask, reverse=step < 0)
+
+    def _one(self, index: int, previous: np.ndarray, step: int, distance: int, tracker=None) -> SliceResult:
         started = time.perf_counter()
         rgb = self.rgb(index)
-        self.segmenter.set_image(rgb)
-        clicks = tuple(prompts_from(previous))
-        followed = self.segmenter.follow(previous)
+        if tracker is not None:
+            tracked, mask, score = next(tracker)
+            if tracked != index:
+                raise RuntimeError(f"SAM 2 tracked slice {tracked} where slice {index} was expected")
+            followed, clicks = SegmentResult(mask, None, score), ()
+        else:
+            self.segmenter.set_image(rgb)
+            clicks = tuple(prompts_from(previous))
+            followed = self.segmenter.follow(previous)
         mask = followed.mask
         outcome = SliceResult(index, mask, clicks)
         if self.check and distance % self.check == 0:

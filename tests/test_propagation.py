@@ -135,3 +135,34 @@ def test_bad_starts_are_one_line_errors():
         next(propagation.run(10, volume.masks["liver"][10], "sideways"))
     with pytest.raises(InputError, match="needs an agent"):
         Propagation(volume.image, build_segmenter("classical"), check="every")
+
+
+def test_sam2_propagates_through_its_own_video_memory(monkeypatch):
+    """SAM 2 (random weights: the mechanics, not the quality) tracks from the start mask with
+    its video predictor, slice after slice in order, and the stop rules still apply."""
+    pytest.importorskip("sam2")
+    from napari_ibis.segmenters import sam2 as sam2_module
+    from napari_ibis.segmenters.sam2 import SAM2Segmenter
+
+    volume = phantom_volume(0, depth=4, size=64)
+    liver = volume.masks["liver"]
+    tracked = []
+    real_track = sam2_module.track
+
+    def spy(*args, **kwargs):
+        for index, mask, score in real_track(*args, **kwargs):
+            tracked.append(index)
+            assert mask.shape == (64, 64) and 0.0 <= score <= 1.0
+            yield index, mask, score
+
+    monkeypatch.setattr(sam2_module, "track", spy)
+    segmenter = SAM2Segmenter(None)
+    propagation = Propagation(volume.image, segmenter, min_area=0, min_ratio=0, max_growth=1e9, min_overlap=0,
+                              min_score=0)
+    propagation._looks_different = lambda rgb, mask: False
+    events = list(propagation.run(1, liver[1], "up"))
+    assert tracked == [2, 3] and [e.index for e in events[:-1]] == [2, 3]
+    assert all(e.clicks == () for e in events[:-1])  # no prompts: SAM 2's memory carries the structure
+    strict = Propagation(volume.image, segmenter, min_score=1.01)  # no object score reaches it
+    first = next(iter(strict.run(1, liver[1], "up")))
+    assert "quality estimate" in first.stopped

@@ -113,3 +113,75 @@ class SAM2Segmenter(Segmenter):
         size = self.predictor.model.image_size // 4  # SAM 2 resizes to a square, logits are 1/4 of it
         small = resize(mask.astype(np.float32), (size, size), order=1) > 0.5
         return np.where(small, 8.0, -8.0).astype(np.float32)
+
+
+class VolumeFrames:
+    """A volume's slices as SAM 2's video frames, made when the predictor asks for one and
+    not kept (the predictor caches the features of the frame it is on), so that a long
+    volume never sits in memory at 1024x1024 per slice."""
+
+    MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # what sam2's frame loader normalises with
+
+    def __init__(self, rgb_of, count: int, image_size: int, device) -> None:
+        self.rgb_of, self.count, self.image_size, self.device = rgb_of, count, image_size, device
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int):
+        import torch
+        from PIL import Image
+
+        rgb = Image.fromarray(self.rgb_of(int(index))).resize((self.image_size, self.image_size))
+        frame = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        mean, std = torch.tensor(self.MEAN)[:, None, None], torch.tensor(self.STD)[:, None, None]
+        return ((frame - mean) / std).to(self.device)
+
+
+MEMORY_KEPT = 16  # tracked frames whose memory is kept behind the current one (SAM 2 reads the last 6)
+
+
+def _video_predictor(segmenter: SAM2Segmenter):
+    """SAM 2's video predictor with the image predictor's weights (built once, on first use)."""
+    if getattr(segmenter, "_video", None) is None:
+        import sam2.sam2_video_predictor as video_module
+        from sam2.build_sam import build_sam2_video_predictor
+
+        video_module.tqdm = lambda items, **_: items  # its own progress bar would interleave with ours
+
+        model = segmenter.predictor.model
+        video = build_sam2_video_predictor(segmenter.config, ckpt_path=None, device=str(model.device))
+        video.load_state_dict(model.state_dict())
+        segmenter._video = video.eval()
+    return segmenter._video
+
+
+def track(segmenter: SAM2Segmenter, rgb_of, count: int, start: int, mask: np.ndarray, reverse: bool):
+    """SAM 2's own propagation through a volume, as MedSAM2 does it: the start slice's mask as
+    the prompt, then each slice from the memory of the ones before it, in one direction.
+    Yields ``(index, mask, object score)`` for the slices after ``start``; the score is SAM 2's
+    probability that the object is on that slice."""
+    from collections import OrderedDict
+
+    import torch
+
+    predictor = _video_predictor(segmenter)
+    height, width = mask.shape
+    device = predictor.device
+    state = {
+        "images": VolumeFrames(rgb_of, count, predictor.image_size, device), "num_frames": count,
+        "offload_video_to_cpu": False, "offload_state_to_cpu": False, "video_height": height, "video_width": width,
+        "device": device, "storage_device": device, "point_inputs_per_obj": {}, "mask_inputs_per_obj": {},
+        "cached_features": {}, "constants": {}, "obj_id_to_idx": OrderedDict(), "obj_idx_to_id": OrderedDict(),
+        "obj_ids": [], "output_dict_per_obj": {}, "temp_output_dict_per_obj": {}, "frames_tracked_per_obj": {},
+    }
+    with torch.inference_mode():
+        predictor.add_new_mask(state, frame_idx=start, obj_id=1, mask=torch.from_numpy(np.asarray(mask, dtype=bool)))
+        outputs = state["output_dict_per_obj"][0]["non_cond_frame_outputs"]
+        for index, _, logits in predictor.propagate_in_video(state, start_frame_idx=start, reverse=reverse):
+            if index == start:
+                continue
+            score = float(torch.sigmoid(outputs[index]["object_score_logits"]).flatten()[0]) if index in outputs else 1.0
+            for old in [i for i in outputs if abs(i - index) > MEMORY_KEPT]:
+                del outputs[old]  # bounded memory: SAM 2 looks back only a few frames
+            yield index, (logits[0, 0] > 0).cpu().numpy(), score
