@@ -198,3 +198,23 @@ def test_the_conversation_cache_is_reused_with_the_same_replies(tiny_vlm_folder,
     for earlier, later in zip(seen, seen[1:]):  # each turn prefills only what is new since the last reply
         assert later["reused_tokens"] > earlier["prompt_tokens"] - 2
         assert later["prompt_tokens"] - later["reused_tokens"] < earlier["prompt_tokens"]
+
+
+def test_a_served_model_sees_each_history_request_extend_the_last_one(tmp_path):
+    """With history on, request k+1 starts with request k's messages unchanged (same bytes,
+    images included), so a server's prefix cache (vLLM's) applies to all of it."""
+    from napari_ibis.protocol import Response
+
+    paper = get_profile("paper")
+    server = FakeServer(paper.format(Response(thought="the disk", actions=(paper.action_at(40, 52, True, 96, 96),))))
+    try:
+        image, _ = disk_image(96, centre=(40, 52), radius=14)
+        session = Session(image, "segment the disk", RemotePolicy(server.url), build_segmenter("classical"),
+                          profile="paper", max_steps=3)
+        list(session.run())
+    finally:
+        server.close()
+    sent = [seen["body"]["messages"] for seen in server.seen]
+    assert len(sent) >= 2
+    for earlier, later in zip(sent, sent[1:]):
+        assert later[: len(earlier)] == earlier and later[len(earlier)]["role"] == "assistant"
