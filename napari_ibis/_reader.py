@@ -48,6 +48,8 @@ def read(path) -> list[tuple]:
     kwargs = geometry.layer_kwargs() if geometry is not None else {"metadata": {}}
     name = path.name[: -len(suffix_of(path))] if suffix_of(path) else path.name
     kwargs["name"] = name
+    if meta.get("modality"):  # DICOM's Modality (CT, MR, ...): kept with training sessions, words for the queries
+        kwargs["metadata"]["ibis_modality"] = str(meta["modality"])
     if rgb:
         kwargs["rgb"] = True
         return [(array, kwargs, "image")]

@@ -344,6 +344,7 @@ class IbisWidget(QWidget):
             history=panel.history_box.isChecked(), device=panel.device_combo.currentText(), init_mask=init_mask,
             layer=image_layer.name, index=index, layer_shape=spatial_shape(image_layer),
             geometry=geometry_of(image_layer),
+            modality=str(image_layer.metadata.get("ibis_modality", "")),
         )
 
     def run(self) -> None:

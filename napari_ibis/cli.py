@@ -206,7 +206,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         geometry = loaded.meta.get("geometry")
         kept = TrainingInbox(args.keep_for_training).keep(
             session, raw_slice=loaded.slice, slice_index=loaded.slice_index,
-            spacing=None if geometry is None else geometry.spacing)
+            spacing=None if geometry is None else geometry.spacing, modality=str(loaded.meta.get("modality", "")))
         print(f"kept for training: {kept}")
     return 0
 

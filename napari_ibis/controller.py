@@ -54,6 +54,7 @@ class RunSpec:
     index: tuple[int, ...] = ()  # the slice of that layer
     layer_shape: tuple[int, ...] = ()  # its spatial shape
     geometry: Geometry | None = field(default=None, repr=False)
+    modality: str = ""  # as the file says (DICOM's Modality), if it does
 
     def settings(self) -> dict:
         """What the autosave and the trajectory record keep of these settings."""
@@ -320,7 +321,7 @@ class Controller:
         try:
             self.inbox.keep(self.session, raw_slice=spec.image, slice_index=spec.index,
                             spacing=None if spec.geometry is None else spec.geometry.spacing,
-                            names={"layer": spec.layer})
+                            modality=spec.modality, names={"layer": spec.layer})
         except OSError as exc:  # the result itself is safe; only the training copy failed
             self.view.error(f"Not kept for training: {exc.strerror or exc} ({self.inbox.folder})")
             return " Not kept for training (see the message)."
