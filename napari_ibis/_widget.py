@@ -244,11 +244,13 @@ class IbisWidget(QWidget):
     def running(self) -> bool:
         return self.worker is not None
 
-    def _start(self, job, *args, description: str = "IBIS agent") -> None:
+    def _start(self, job, *args, description: str = "IBIS agent", total: int = 0) -> None:
+        """Run ``job`` on a worker thread with napari's progress bar (counting the job's
+        yields up to ``total`` when given, else indeterminate)."""
         from napari.qt.threading import create_worker
 
         self.controller.begin()
-        worker = create_worker(job, *args, _progress={"desc": description})
+        worker = create_worker(job, *args, _progress={"desc": description, "total": total})
         worker.yielded.connect(self.controller.handle)
         worker.errored.connect(lambda exc: self.controller.report_error(f"{type(exc).__name__}: {exc}"))
         worker.finished.connect(self._on_finished)
@@ -498,8 +500,10 @@ class IbisWidget(QWidget):
         self.volume_panel.review_list.clear()
         self._refresh_layer_choices()
         panel = self.volume_panel
-        self._start(self.controller.propagate_job, np.asarray(data), mask, panel.direction_combo.currentText(),
-                    panel.check_combo.currentText(), description="IBIS propagation")
+        direction, start, depth = panel.direction_combo.currentText(), spec.index[0], int(data.shape[0])
+        reachable = {"up": depth - 1 - start, "down": start}.get(direction, depth - 1)  # slices it may visit
+        self._start(self.controller.propagate_job, np.asarray(data), mask, direction,
+                    panel.check_combo.currentText(), description="IBIS propagation: slices", total=reachable + 1)
 
     def show_propagated(self, event) -> None:
         """One propagated slice (painted into the volume layer), or the end of the run."""
