@@ -68,7 +68,7 @@ def test_segment_keeps_the_session_without_the_file_name(tmp_path, capsys):
     assert json.loads(written)["target"] == "disk"
 
 
-def test_from_sessions_makes_person_dagger_self_reflection_and_answer_samples(tmp_path, capsys):
+def test_from_sessions_makes_person_dagger_self_reflection_and_answer_samples(tmp_path, capsys, tiny_vlm_folder):
     from training.data.storage import read_dataset
 
     image, truth = disk_image(96, centre=(40, 52), radius=14)
@@ -90,6 +90,14 @@ def test_from_sessions_makes_person_dagger_self_reflection_and_answer_samples(tm
     assert len(read_dataset(tmp_path / "data")) == len(rows)
     assert cli.main(["data", "from-sessions", str(tmp_path / "inbox"), str(tmp_path / "data")]) == 0
     assert len((tmp_path / "data" / "samples.jsonl").read_text().splitlines()) == len(rows)  # nothing twice
+    # the samples fine-tune a VLM agent like any dataset folder, and the result loads as the widget's model
+    sft = {"model": str(tiny_vlm_folder), "output": str(tmp_path / "model"), "steps": 2, "log_every": 0,
+           "data": [str(tmp_path / "data")]}
+    (tmp_path / "sft.json").write_text(json.dumps(sft))
+    assert cli.main(["sft", str(tmp_path / "sft.json")]) == 0
+    from napari_ibis.policies import load_policy
+
+    assert load_policy(str(tmp_path / "model")).identity()["folder"] == str(tmp_path / "model")
 
 
 def test_from_sessions_on_an_empty_inbox_says_so_in_one_line(tmp_path, capsys):
