@@ -243,6 +243,17 @@ class LiteMedSAMSegmenter(Segmenter):
         low_res[:new_h, :new_w] = edited
         return SegmentResult(mask=self._to_image(low_res), logits=low_res, score=float(predicted_iou[best]))
 
+    def follow(self, previous: np.ndarray) -> SegmentResult:
+        """The structure on this slice from the neighbouring slice's mask, as MedSAM is prompted:
+        the previous mask's box (and a click inside each of its parts) to the decoder, without
+        the random-walker refinement that a person's clicks get (it would double the time per
+        slice; propagation's stop rules watch for leaks instead)."""
+        fuse, self.fuse = self.fuse, False
+        try:
+            return super().follow(previous)
+        finally:
+            self.fuse = fuse
+
     def _walk(self, mask: np.ndarray, logits: np.ndarray, points) -> np.ndarray:
         """Random walker on (intensity, model probability) seeded by the clicks and the
         confident interior/exterior of ``mask``."""
