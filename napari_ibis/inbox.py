@@ -15,7 +15,7 @@ and query replaces it):
 Never written: file names and paths, layer names (unless ``keep_names``), DICOM patient
 and study fields, dates, the image's position in the scanner (affine). Nothing leaves
 the machine; ``napari-ibis data from-sessions INBOX OUT`` turns an inbox into training
-samples (:mod:`training.data.sessions`), and ``napari-ibis pointer`` fine-tunes the
+samples (:mod:`training.rl.sessions`), and ``napari-ibis pointer`` fine-tunes the
 pointer agent on it (``sessions:``).
 """
 

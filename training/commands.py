@@ -7,7 +7,7 @@ import argparse
 
 from .config import config_parser, describe_fields, load_values
 from .data.storage import BuildConfig, build_dataset, export_sharegpt, sample_count
-from .data import sessions
+from .rl import sessions
 from .rl import dagger
 
 
@@ -15,7 +15,7 @@ def data(argv=None) -> int:
     """Make training data: chat samples of simulated trajectories (build), of a model's own states (dagger), of kept sessions, exports.
 
     ``napari-ibis data build CONFIG``, ``napari-ibis data dagger CONFIG`` (:mod:`training.rl.dagger`),
-    ``napari-ibis data from-sessions INBOX OUT`` (:mod:`training.data.sessions`) and
+    ``napari-ibis data from-sessions INBOX OUT`` (:mod:`training.rl.sessions`) and
     ``napari-ibis data export FOLDER OUT``."""
     from tqdm import tqdm
 
