@@ -55,7 +55,10 @@ def _stem(path: Path) -> str:
 
 
 def _is_series(folder: Path) -> bool:
-    return folder.is_dir() and any(p.suffix.lower() == ".dcm" for p in folder.iterdir())
+    """A folder of DICOM files (told by their preamble: series often have no suffix)."""
+    from .formats import is_dicom_folder
+
+    return folder.is_dir() and is_dicom_folder(folder)
 
 
 def items_of(source: str | Path, query: str | None) -> list[Item]:

@@ -89,3 +89,21 @@ def test_bad_batch_input_is_one_line(tmp_path, capsys):
                         ((tmp_path / "notes.txt", "--query", "x"), "a manifest .jsonl")):
         code, _, err = run(capsys, *args, "--out", tmp_path / "out", "--segmenter", "classical")
         assert code == EXIT_BAD_INPUT and words in err and err.count("\n") == 1
+
+
+def test_a_dicom_series_folder_without_suffixes_is_one_input(tmp_path, capsys):
+    from test_geometry import write_dicom_series
+
+    volume = np.stack([disk_image(64, centre=(30, 30), radius=10, seed=z)[0] for z in range(3)]).astype(np.int16) * 4
+    (tmp_path / "in").mkdir()
+    write_dicom_series(tmp_path / "in" / "series", volume)  # files named IM0000..., no suffix
+    server = FakeServer(INSIDE)
+    try:
+        code, _, err = run(capsys, tmp_path / "in", "--query", "segment the disk", "--out", tmp_path / "out",
+                           "--model", server.url, "--segmenter", "classical", "--max-steps", "1")
+    finally:
+        server.close()
+    assert code == 0, err
+    labels = nib.load(tmp_path / "out" / "series.ibis.nii.gz")
+    assert labels.shape == (64, 64, 3) and len(server.seen) == 3
+    assert "Secret" not in (tmp_path / "out" / "series.ibis.json").read_text()
