@@ -127,25 +127,22 @@ class Unit:
     image: np.ndarray
 
 
-def plan(items: list[Item], out: Path, force: bool) -> tuple[list, list[Unit], int]:
-    """(loaded inputs, the sessions to run, how many inputs were already done)."""
+def is_done(item: Item, out: Path) -> bool:
+    """Whether an earlier run wrote this input's labels and trajectory."""
+    return item.labels_path(out).is_file() and item.trace_path(out).is_file()
+
+
+def load(item: Item, number: int) -> tuple:
+    """(the input read, the sessions to run on it): one per slice of a volume asked whole."""
     from . import io
 
-    loaded, units, skipped = [], [], 0
-    for number, item in enumerate(items):
-        if not force and item.labels_path(out).is_file() and item.trace_path(out).is_file():
-            loaded.append(None)
-            skipped += 1
-            continue
-        try:
-            image = io.read_image(item.path, item.slice)
-        except InputError as exc:
-            raise InputError(f"{item.path.name}: {exc}") from None
-        loaded.append(image)
-        volume = item.slice is None and len(image.slice_index) == 1
-        indices = [(z,) for z in range(image.data.shape[0])] if volume else [image.slice_index]
-        units += [Unit(number, index, image.data[index] if index else image.data) for index in indices]
-    return loaded, units, skipped
+    try:
+        image = io.read_image(item.path, item.slice)
+    except InputError as exc:
+        raise InputError(f"{item.path.name}: {exc}") from None
+    volume = item.slice is None and len(image.slice_index) == 1
+    indices = [(z,) for z in range(image.data.shape[0])] if volume else [image.slice_index]
+    return image, [Unit(number, index, image.data[index] if index else image.data) for index in indices]
 
 
 def write_item(item: Item, image, results: dict, out: Path) -> dict:

@@ -427,8 +427,8 @@ def _policies_of(target: str) -> tuple[list[str], bool]:
 
 def cmd_batch(args: argparse.Namespace) -> int:
     import json
-    from collections import Counter, defaultdict
-    from concurrent.futures import as_completed
+    from collections import defaultdict
+    from concurrent.futures import FIRST_COMPLETED, wait
 
     from tqdm import tqdm
 
@@ -446,7 +446,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
         check_model(endpoints[0])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    loaded, units, skipped = batch.plan(items, out, args.force)
+    todo = [number for number, item in enumerate(items) if args.force or not batch.is_done(item, out)]
+    skipped = len(items) - len(todo)
     if skipped:
         print(f"resuming: {skipped} of {len(items)} inputs were done", file=sys.stderr)
     settings = (args.profile, args.max_steps, args.window)
@@ -463,24 +464,53 @@ def cmd_batch(args: argparse.Namespace) -> int:
         def submit(unit):
             return pool.submit(workers.batch_slice, unit.image, items[unit.item].query, endpoints[0], args.segmenter,
                                args.device, *settings)
-    remaining = Counter(unit.item for unit in units)
-    results: dict[int, dict] = defaultdict(dict)
-    bar = tqdm(total=len(units), desc="sessions", unit="slice", file=sys.stderr, smoothing=0.1)
+    waiting = iter(todo)
+    loaded, remaining, results, pending = {}, {}, defaultdict(dict), {}
+    failed = 0
+    bar = tqdm(total=0, desc="sessions", unit="slice", file=sys.stderr, smoothing=0.1)
     with pool, open(out / "batch.jsonl", "a") as summary:
-        futures = {submit(unit): unit for unit in units}
-        for future in as_completed(futures):
-            unit = futures[future]
-            results[unit.item][unit.slice] = future.result()
-            bar.update(1)
-            remaining[unit.item] -= 1
-            if remaining[unit.item] == 0:
-                line = batch.write_item(items[unit.item], loaded[unit.item], results.pop(unit.item), out)
-                summary.write(json.dumps(line) + "\n")
-                summary.flush()
-                bar.write(f"{line['input']}: {line['voxels']:,} px on {line['slices_with_result']} of "
-                          f"{line['sessions']} slice(s) -> {line['labels']}")
+
+        def note(line: dict) -> None:
+            summary.write(json.dumps(line) + "\n")
+            summary.flush()
+
+        def refill() -> None:
+            """Read the next inputs while fewer than two sessions per worker are waiting."""
+            nonlocal failed
+            while len(pending) < 2 * args.concurrency:
+                number = next(waiting, None)
+                if number is None:
+                    return
+                try:
+                    loaded[number], units = batch.load(items[number], number)
+                except InputError as exc:  # one unreadable file does not stop a cohort
+                    failed += 1
+                    bar.write(f"{items[number].name}: skipped: {exc}")
+                    note({"input": items[number].name, "error": str(exc)})
+                    continue
+                remaining[number] = len(units)
+                bar.total += len(units)
+                bar.refresh()
+                for unit in units:
+                    pending[submit(unit)] = unit
+
+        refill()
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                unit = pending.pop(future)
+                results[unit.item][unit.slice] = future.result()
+                bar.update(1)
+                remaining[unit.item] -= 1
+                if remaining[unit.item] == 0:
+                    line = batch.write_item(items[unit.item], loaded.pop(unit.item), results.pop(unit.item), out)
+                    note(line)
+                    bar.write(f"{line['input']}: {line['voxels']:,} px on {line['slices_with_result']} of "
+                              f"{line['sessions']} slice(s) -> {line['labels']}")
+            refill()
     bar.close()
-    print(f"{len(items) - skipped} input(s) segmented, {skipped} already done; labels and trajectories in {out}")
+    print(f"{len(todo) - failed} input(s) segmented, {skipped} already done, {failed} unreadable; "
+          f"labels and trajectories in {out}")
     return 0
 
 

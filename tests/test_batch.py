@@ -107,3 +107,17 @@ def test_a_dicom_series_folder_without_suffixes_is_one_input(tmp_path, capsys):
     labels = nib.load(tmp_path / "out" / "series.ibis.nii.gz")
     assert labels.shape == (64, 64, 3) and len(server.seen) == 3
     assert "Secret" not in (tmp_path / "out" / "series.ibis.json").read_text()
+
+
+def test_an_unreadable_file_is_reported_and_the_others_are_segmented(inputs, tmp_path, capsys):
+    (inputs / "broken.nii.gz").write_bytes(b"not a NIfTI file")
+    server = FakeServer(INSIDE)
+    try:
+        code, printed, err = run(capsys, inputs, "--query", "segment the disk", "--out", tmp_path / "out",
+                                 "--model", server.url, "--segmenter", "classical", "--max-steps", "1")
+    finally:
+        server.close()
+    assert code == 0 and "2 input(s) segmented" in printed and "1 unreadable" in printed
+    lines = [json.loads(line) for line in (tmp_path / "out" / "batch.jsonl").read_text().splitlines()]
+    assert [line["input"] for line in lines if "error" in line] == ["broken"]
+    assert (tmp_path / "out" / "scan.ibis.nii.gz").is_file() and (tmp_path / "out" / "photo.ibis.tif").is_file()
