@@ -48,6 +48,10 @@ class Item:
     def trace_path(self, out: Path) -> Path:
         return out / f"{self.name}.ibis.json"
 
+    def whole_volume(self, image) -> bool:
+        """Whether this input is a volume taken whole (one session per slice)."""
+        return self.slice is None and len(image.slice_index) == 1
+
 
 def _stem(path: Path) -> str:
     name = path.name
@@ -140,8 +144,7 @@ def load(item: Item, number: int) -> tuple:
         image = io.read_image(item.path, item.slice)
     except InputError as exc:
         raise InputError(f"{item.path.name}: {exc}") from None
-    volume = item.slice is None and len(image.slice_index) == 1
-    indices = [(z,) for z in range(image.data.shape[0])] if volume else [image.slice_index]
+    indices = [(z,) for z in range(image.data.shape[0])] if item.whole_volume(image) else [image.slice_index]
     return image, [Unit(number, index, image.data[index] if index else image.data) for index in indices]
 
 
@@ -151,7 +154,7 @@ def write_item(item: Item, image, results: dict, out: Path) -> dict:
 
     from . import io
 
-    whole = item.slice is None and len(image.slice_index) == 1
+    whole = item.whole_volume(image)
     if whole:
         labels = np.stack([results[(z,)][0] for z in range(image.data.shape[0])]).astype(np.uint8)
         like = replace(image, slice_index=())
