@@ -68,6 +68,10 @@ def cases(organs_per_volume: int, phantoms: int) -> list[dict]:
     return out
 
 
+def _set_of(case: dict) -> str:
+    return {"totalseg": "totalseg", "colin27-aal": "aal"}.get(case["source"].split(":")[0], "phantoms")
+
+
 def main() -> int:
     import time
 
@@ -81,15 +85,20 @@ def main() -> int:
     parser.add_argument("--organs", type=int, default=3, help="largest structures per TotalSegmentator volume")
     parser.add_argument("--phantoms", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--window", default=None,
+                        help="intensity window for every volume (default: propagation's own choice, see propagation.default_window)")
+    parser.add_argument("--sets", nargs="+", default=["totalseg", "aal", "phantoms"], choices=["totalseg", "aal", "phantoms"])
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--tag", default="", help="suffix of the result's key (e.g. the window tried)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    results = json.loads(OUT.read_text()) if OUT.is_file() else {}
-    all_cases = cases(args.organs, args.phantoms)
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    all_cases = [c for c in cases(args.organs, args.phantoms) if _set_of(c) in args.sets]
     for spec in args.segmenters:
         segmenter = build_segmenter(spec)
         rows, started = [], time.perf_counter()
         for case in all_cases:
-            row = evaluate_volume(case["volume"], case["mask"], segmenter, oracle_start(segmenter, 5))
+            row = evaluate_volume(case["volume"], case["mask"], segmenter, oracle_start(segmenter, 5), window=args.window)
             row.pop("_labels")
             rows.append({k: case[k] for k in ("group", "source", "target", "cm3")} | row)
             print(spec, case["source"], case["target"], f"dice {row['dice_3d']:.3f}",
@@ -101,9 +110,9 @@ def main() -> int:
                              "iou_3d": float(np.mean([r["iou_3d"] for r in chosen])),
                              "clicks": float(np.mean([r["clicks"] for r in chosen])),
                              "seconds_per_slice": float(np.mean([r["seconds_per_slice"] for r in chosen]))}
-        results[spec] = {"groups": groups, "cases": rows, "seconds": time.perf_counter() - started,
+        results[spec + args.tag] = {"window": args.window or "default", "groups": groups, "cases": rows, "seconds": time.perf_counter() - started,
                          "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-        OUT.write_text(json.dumps(results, indent=1) + "\n")
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
     print("| segmenter | group | cases | 3-D Dice | 3-D IoU | clicks (start slice) | s per slice |")
     print("|---|---|---|---|---|---|---|")
     for spec, result in results.items():

@@ -166,3 +166,38 @@ def test_sam2_propagates_through_its_own_video_memory(monkeypatch):
     strict = Propagation(volume.image, segmenter, min_score=1.01)  # no object score reaches it
     first = next(iter(strict.run(1, liver[1], "up")))
     assert "quality estimate" in first.stopped
+
+
+def _cone(depth=9, size=128):
+    """A bright disk whose radius falls from 30 to 10 pixels over the slices, on a noisy dark background."""
+    rng = np.random.default_rng(0)
+    rows, cols = np.ogrid[:size, :size]
+    radii = np.linspace(30, 10, depth)
+    truth = np.stack([(rows - 64) ** 2 + (cols - 64) ** 2 <= r ** 2 for r in radii])
+    image = (40 + 160 * truth + rng.normal(0, 6, truth.shape)).clip(0, 255).astype(np.uint8)
+    return image, truth
+
+
+def test_litemedsam_lets_a_shrinking_structure_shrink():
+    image, truth = _cone()
+    done = run(Propagation(image, build_segmenter("litemedsam")), 0, truth[0], "up")
+    last = done.labels[-1]
+    assert last.sum() < 0.5 * truth[0].sum(), "the previous slice's mask was carried over whole"
+    assert dice(truth[-1], last) > 0.8 and dice(truth, done.labels) > 0.85
+
+
+def test_mobilesam_follows_with_the_mask_that_continues_the_previous_slice(monkeypatch):
+    segmenter = build_segmenter("mobilesam")
+    image, truth = _cone()  # radius 30 on slice 0, 27.5 on slice 1
+    segmenter.set_image(np.repeat(image[1][..., None], 3, axis=2))
+    wanted = segmenter.prior_from_mask(truth[1])
+    tiny = segmenter.prior_from_mask(np.pad(np.ones((4, 4), bool), 62))
+    whole = np.full_like(wanted, 8.0)
+
+    def three_masks(clicks, prior, multimask):
+        assert multimask and clicks and all(c.positive for c in clicks)
+        return np.stack([tiny, wanted, whole]), np.array([0.99, 0.5, 0.9])
+
+    monkeypatch.setattr(segmenter, "_decode", three_masks)
+    followed = segmenter.follow(truth[0])
+    assert dice(truth[1], followed.mask) > 0.95

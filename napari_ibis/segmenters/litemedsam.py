@@ -248,11 +248,12 @@ class LiteMedSAMSegmenter(Segmenter):
         the previous mask's box (and a click inside each of its parts) to the decoder, without
         the random-walker refinement that a person's clicks get (it would double the time per
         slice; propagation's stop rules watch for leaks instead)."""
-        fuse, self.fuse = self.fuse, False
+        fuse, merge = self.fuse, self.merge
+        self.fuse, self.merge = False, "none"
         try:
             return super().follow(previous)
         finally:
-            self.fuse = fuse
+            self.fuse, self.merge = fuse, merge
 
     def _walk(self, mask: np.ndarray, logits: np.ndarray, points) -> np.ndarray:
         """Random walker on (intensity, model probability) seeded by the clicks and the

@@ -138,19 +138,39 @@ class MobileSAMSegmenter(Segmenter):
 
     # -- decoding ----------------------------------------------------------------------
     def _segment(self, clicks: list[Click], prior: np.ndarray | None) -> SegmentResult:
+        logits, scores = self._decode(clicks, prior, multimask=len(clicks) == 1)
+        low_res = logits[0]  # one click: the finest of the three levels
+        return SegmentResult(mask=self.mask_from_prior(low_res), logits=low_res, score=float(scores[0]))
+
+    def follow(self, previous: np.ndarray) -> SegmentResult:
+        """The structure on this slice from the neighbouring slice's mask: a click inside each
+        of its parts and the mask as the prior; of SAM's three masks, the one that overlaps the
+        previous slice's most (the finest level alone, right for a person's first click,
+        shrinks a vessel to a few pixels in the next slice)."""
+        from .base import prompts_from
+
+        clicks = prompts_from(previous)
+        if not clicks:
+            return SegmentResult(np.zeros(self.image_shape, dtype=bool), None, 0.0)
+        logits, scores = self._decode(clicks, self.prior_from_mask(previous), multimask=True)
+        masks = [self.mask_from_prior(candidate) for candidate in logits]
+        overlaps = [(mask & previous).sum() / max(1, (mask | previous).sum()) for mask in masks]
+        best = int(np.argmax(overlaps))
+        return SegmentResult(mask=masks[best], logits=logits[best], score=float(scores[best]))
+
+    def _decode(self, clicks: list[Click], prior: np.ndarray | None, multimask: bool):
+        """The decoder's low-res logits (K, 256, 256) and predicted IoUs (K,) for these clicks."""
         import torch
 
         points = torch.tensor([[self._to_model(c) for c in clicks]], dtype=torch.float32, device=self.device)
         labels = torch.tensor([[1 if c.positive else 0 for c in clicks]], dtype=torch.int64, device=self.device)
         masks = None if prior is None else torch.as_tensor(prior, dtype=torch.float32, device=self.device)[None, None]
-        multimask = len(clicks) == 1
         with torch.inference_mode():
             sparse, dense = self.net.prompt_encoder(points=(points, labels), boxes=None, masks=masks)
             logits, scores = self.net.mask_decoder(
                 image_embeddings=self._embedding, image_pe=self.net.prompt_encoder.get_dense_pe(),
                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask)
-        low_res = logits[0, 0].float().cpu().numpy()  # one click: the finest of the three levels
-        return SegmentResult(mask=self.mask_from_prior(low_res), logits=low_res, score=float(scores[0, 0]))
+        return logits[0].float().cpu().numpy(), scores[0].float().cpu().numpy()
 
     def mask_from_prior(self, prior: np.ndarray) -> np.ndarray:
         """Low-res logits -> the slice's mask: upscale to 1024, drop the padding, resize to the slice."""
