@@ -583,6 +583,6 @@ class IbisWidget(QWidget):
         if self.controller.session is None:
             return
         path, _ = QFileDialog.getSaveFileName(self, "Save labels", self.default_save_name(),
-                                              "Labels (*.nii.gz *.nii *.nrrd *.tif *.npy *.png)")
+                                              "Labels (*.nii.gz *.nii *.nrrd *.tif *.npy *.png);;DICOM-SEG (*.dcm)")
         if path:
             self.save_result(path, confirmed=True)

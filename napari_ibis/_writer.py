@@ -1,4 +1,4 @@
-"""napari writer contribution: a Labels layer to NIfTI/NRRD/TIFF/NPY/PNG, atomically,
+"""napari writer contribution: a Labels layer to NIfTI/NRRD/TIFF/NPY/PNG/DICOM-SEG, atomically,
 on the source's voxel grid when the layer carries a geometry (``metadata["ibis_geometry"]``,
 set by napari-ibis's readers and samples and copied to the labels the widget makes).
 Without one, NIfTI and NRRD files get an identity affine and a one-line warning."""

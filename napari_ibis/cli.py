@@ -166,6 +166,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if check_every and not args.propagate:
         raise InputError("--check applies to --propagate")
     loaded = io.read_image(image_path, args.slice)
+    if io.suffix_of(out) == ".dcm":
+        from .formats import check_dicom_seg_source
+
+        check_dicom_seg_source(loaded.meta.get("geometry"))
     if args.propagate and len(loaded.slice_index) != 1:
         raise InputError(f"--propagate needs a 3-D volume; {image_path.name} has shape {loaded.data.shape}")
     init_mask = io.read_mask(args.init_mask, loaded, args.label) if args.init_mask else None
@@ -197,7 +201,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
         if not session.mask.any():
             raise InputError("nothing to propagate: the start slice's mask is empty")
         labels, record["propagation"] = _propagate(args, loaded, session, segmenter, policy, check_every)
-    io.write_labels(out, labels, loaded, force=args.force)
+    from .inbox import target_of
+
+    io.write_labels(out, labels, loaded, force=args.force, names={1: target_of(args.query)})
     io.write_json(trace, record, force=args.force)
     print(f"{len(session.steps)} steps, mask {session.current.area:,} px -> {out} (trajectory {trace})")
     if args.keep_for_training:

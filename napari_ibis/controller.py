@@ -332,6 +332,7 @@ class Controller:
 
         ``may_overwrite(path)`` is asked for every file that exists; a refusal writes nothing."""
         from . import io
+        from .inbox import target_of
 
         path, trace = Path(path), trace_path(path)
         io.check_labels_path(path, force=True)
@@ -343,7 +344,8 @@ class Controller:
         labels = np.zeros(self.spec.layer_shape, dtype=np.uint16 if value > 255 else np.uint8)
         region = labels[self.spec.index] if self.spec.index else labels
         region[mask] = value
-        io.write_labels(path, labels, force=True, geometry=self.spec.geometry)
+        io.write_labels(path, labels, force=True, geometry=self.spec.geometry,
+                        names={value: target_of(self.spec.query)})
         io.write_json(trace, self.record(), force=True)
         self.exported(f"Saved {path.name} and {trace.name}.")
         return path

@@ -165,8 +165,9 @@ def read_dicom_file(path: Path) -> tuple[np.ndarray, bool, dict]:
     return array, rgb, _dicom_meta(dataset, geometry)
 
 
-def read_dicom_series(folder: Path) -> tuple[np.ndarray, bool, dict]:
-    """The largest DICOM series in a folder, as a volume sorted along its slice normal."""
+def series_datasets(folder: Path) -> tuple[list, np.ndarray | None]:
+    """The largest series of a folder, its datasets sorted along the slice normal (or by
+    instance number where positions are missing), and the step between slices (mm)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -182,12 +183,10 @@ def read_dicom_series(folder: Path) -> tuple[np.ndarray, bool, dict]:
     if not series:
         raise InputError(f"{folder.name}: no DICOM images in this folder")
     datasets = max(series.values(), key=len)
-    first = datasets[0]
     if len(datasets) == 1:
-        array, rgb = _dicom_pixels(first)
-        return array, rgb, _dicom_meta(first, None)
+        return datasets, None
     try:
-        orientation = np.asarray(first.ImageOrientationPatient, dtype=float)
+        orientation = np.asarray(datasets[0].ImageOrientationPatient, dtype=float)
         normal = np.cross(orientation[:3], orientation[3:])
         datasets.sort(key=lambda d: float(np.dot(normal, np.asarray(d.ImagePositionPatient, dtype=float))))
         positions = np.array([np.asarray(d.ImagePositionPatient, dtype=float) for d in datasets])
@@ -195,6 +194,16 @@ def read_dicom_series(folder: Path) -> tuple[np.ndarray, bool, dict]:
     except (AttributeError, TypeError, ValueError):
         datasets.sort(key=lambda d: int(getattr(d, "InstanceNumber", 0) or 0))
         step = None
+    return datasets, step
+
+
+def read_dicom_series(folder: Path) -> tuple[np.ndarray, bool, dict]:
+    """The largest DICOM series in a folder, as a volume sorted along its slice normal."""
+    datasets, step = series_datasets(folder)
+    first = datasets[0]
+    if len(datasets) == 1:
+        array, rgb = _dicom_pixels(first)
+        return array, rgb, _dicom_meta(first, None)
     slices = [_dicom_pixels(d)[0] for d in datasets]
     if len({s.shape for s in slices}) != 1:
         raise InputError(f"{folder.name}: the slices of the series differ in size")
@@ -206,6 +215,73 @@ def read_dicom_series(folder: Path) -> tuple[np.ndarray, bool, dict]:
     geometry = from_affine("dicom", file_array.shape, affine, source=str(folder),
                            header={"modality": str(getattr(first, "Modality", "")), "slices": len(datasets)})
     return geometry.to_display(file_array), False, _dicom_meta(first, geometry)
+
+
+def check_dicom_seg_source(geometry: Geometry | None) -> None:
+    """One line unless the labels were drawn on a DICOM series folder that is still on disk."""
+    if geometry is None or geometry.format != "dicom" or not Path(geometry.source).is_dir():
+        raise InputError("a DICOM-SEG (.dcm) is written only for a DICOM series folder that is still on disk; "
+                         "write .nii.gz instead")
+
+
+def _fill_identifiers(datasets: list) -> None:
+    """Anonymised series often blank the identifiers a Segmentation must reference (the
+    TotalSegmentator example: SOP class, study UID, patient ID). Fill them, in memory only:
+    the SOP class and instance from the file meta, the rest the same for the whole series,
+    derived from its series UID so that every export of it agrees."""
+    from pydicom.uid import generate_uid
+
+    series = str(getattr(datasets[0], "SeriesInstanceUID", "") or "")
+    for dataset in datasets:
+        meta = getattr(dataset, "file_meta", None)
+        if not getattr(dataset, "SOPClassUID", "") and meta is not None:
+            dataset.SOPClassUID = meta.MediaStorageSOPClassUID
+        if not getattr(dataset, "SOPInstanceUID", "") and meta is not None:
+            dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        for keyword in ("StudyInstanceUID", "FrameOfReferenceUID", "SeriesInstanceUID"):
+            if not getattr(dataset, keyword, ""):
+                setattr(dataset, keyword, generate_uid(entropy_srcs=[keyword, series]))
+
+
+def write_dicom_seg(path: Path, labels: np.ndarray, geometry: Geometry | None, names: dict[int, str] | None = None) -> None:
+    """``labels`` (display order, 0 = background) as a DICOM Segmentation object
+    (highdicom) that references the series it was drawn on, one segment per label value
+    (named by ``names``, else "segment N"); frames with no label are left out."""
+    try:
+        import highdicom as hd
+    except ImportError:
+        raise InputError("writing DICOM-SEG needs highdicom: pip install 'napari-ibis[dicom]'") from None
+    from pydicom.sr.codedict import codes
+
+    from . import __version__
+
+    check_dicom_seg_source(geometry)
+    datasets, _ = series_datasets(Path(geometry.source))
+    _fill_identifiers(datasets)
+    stack = geometry.to_file(labels).transpose(2, 1, 0)  # (slice, row, column), the series' order
+    if stack.shape != (len(datasets), int(datasets[0].Rows), int(datasets[0].Columns)):
+        raise InputError(f"the labels ({stack.shape}) do not fit the series in {geometry.source}")
+    values = [int(v) for v in np.unique(stack) if v]
+    if not values:
+        raise InputError("the labels are empty: DICOM-SEG holds at least one segment")
+    algorithm = hd.AlgorithmIdentificationSequence(name="napari-ibis", family=codes.cid7162.ArtificialIntelligence,
+                                                   version=__version__)
+    segments = [hd.seg.SegmentDescription(
+        segment_number=number, segment_label=(names or {}).get(value, f"segment {value}")[:64],
+        segmented_property_category=codes.SCT.AnatomicalStructure,
+        segmented_property_type=codes.SCT.AnatomicalStructure,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC, algorithm_identification=algorithm)
+        for number, value in enumerate(values, start=1)]
+    numbered = np.zeros(stack.shape, dtype=np.uint8 if len(values) < 256 else np.uint16)
+    for number, value in enumerate(values, start=1):
+        numbered[stack == value] = number
+    seg = hd.seg.Segmentation(
+        source_images=datasets, pixel_array=numbered, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=segments, series_instance_uid=hd.UID(), series_number=900,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="napari-ibis",
+        manufacturer_model_name="napari-ibis", software_versions=__version__, device_serial_number="none",
+        series_description="napari-ibis segmentation")
+    seg.save_as(str(path))
 
 
 def is_dicom_folder(folder: Path) -> bool:

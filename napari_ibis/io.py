@@ -29,7 +29,7 @@ from .formats import suffix_of
 from .geometry import Geometry
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".nrrd", ".dcm", ".npy")
-LABEL_SUFFIXES = (".tif", ".tiff", ".nii", ".nii.gz", ".npy", ".png", ".nrrd")
+LABEL_SUFFIXES = (".tif", ".tiff", ".nii", ".nii.gz", ".npy", ".png", ".nrrd", ".dcm")
 
 
 @dataclass
@@ -197,7 +197,7 @@ def labels_volume(labels: np.ndarray, like: LoadedImage | None) -> np.ndarray:
 
 
 def write_labels(path: str | Path, labels: np.ndarray, like: LoadedImage | None = None, force: bool = False,
-                 value: int = 1, geometry: Geometry | None = None) -> Path:
+                 value: int = 1, geometry: Geometry | None = None, names: dict[int, str] | None = None) -> Path:
     """Write labels in the format of ``path``'s suffix, atomically.
 
     A boolean mask becomes ``value`` inside, 0 outside; an integer array keeps its
@@ -205,7 +205,9 @@ def write_labels(path: str | Path, labels: np.ndarray, like: LoadedImage | None 
     volume); NIfTI and NRRD are written on the source's voxel grid with its affine
     and header (``geometry``, else ``like``'s), TIFF with its spacing. Without a
     geometry a :class:`~napari_ibis.geometry.GeometryWarning` says so. PNG holds one
-    2-D slice (a binary mask as 0/255, so that it can be seen).
+    2-D slice (a binary mask as 0/255, so that it can be seen). ``.dcm`` writes a DICOM
+    Segmentation that references the DICOM series the labels were drawn on, each label
+    value a segment named by ``names`` (e.g. ``{1: "liver"}``).
     """
     from . import formats
 
@@ -240,6 +242,8 @@ def write_labels(path: str | Path, labels: np.ndarray, like: LoadedImage | None 
                 formats.write_nifti(temporary, labels, geometry)
             elif suffix == ".nrrd":
                 formats.write_nrrd(temporary, labels, geometry)
+            elif suffix == ".dcm":
+                formats.write_dicom_seg(temporary, labels, geometry, names)
         _publish(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)

@@ -135,7 +135,7 @@ def write_dicom_series(folder, volume_zyx, spacing=(0.75, 0.75), thickness=2.5, 
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
     folder.mkdir()
-    series = generate_uid()
+    series, study, frame = generate_uid(), generate_uid(), generate_uid()
     order = np.random.default_rng(1).permutation(len(volume_zyx))
     for index, z in enumerate(order):
         meta = FileMetaDataset()
@@ -148,6 +148,9 @@ def write_dicom_series(folder, volume_zyx, spacing=(0.75, 0.75), thickness=2.5, 
         ds.SeriesInstanceUID = series
         ds.Modality = "CT"
         ds.PatientName = "Secret^Person"
+        ds.PatientID, ds.StudyInstanceUID, ds.FrameOfReferenceUID = "P1", study, frame
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20261205", "120000", "1", "A1"
+        ds.PatientBirthDate, ds.PatientSex, ds.ReferringPhysicianName, ds.SeriesNumber = "", "O", "", 1
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.ImagePositionPatient = [origin[0], origin[1], origin[2] + z * thickness]
         ds.PixelSpacing = list(spacing)
@@ -180,6 +183,45 @@ def test_a_dicom_series_folder_opens_as_a_volume_and_saves_as_nifti_in_place(tmp
     corner = written.affine @ np.array([0, 0, 0, 1.0])
     assert np.allclose(corner[:3], [100.0, 120.0, 30.0])  # LPS (-100, -120, 30) in RAS
     assert np.array_equal(np.asarray(written.dataobj).transpose(2, 1, 0), labels)
+
+
+def test_labels_drawn_on_a_dicom_series_save_as_a_dicom_seg_that_references_it(tmp_path):
+    import highdicom as hd
+    import pydicom
+
+    from napari_ibis import io
+
+    volume = np.zeros((6, 20, 24), np.int16)
+    write_dicom_series(tmp_path / "series", volume)
+    loaded = io.read_image(tmp_path / "series")
+    labels = np.zeros(loaded.data.shape, np.uint8)
+    labels[1:4, 3:9, 15:21] = 1  # display order: axial slices, anterior up, the patient's left on the right
+    labels[4, 10:14, 2:6] = 2
+    out = io.write_labels(tmp_path / "seg.dcm", labels, loaded, names={1: "liver", 2: "liver tumour"})
+    seg = hd.seg.segread(out)
+    assert [d.SegmentLabel for d in seg.SegmentSequence] == ["liver", "liver tumour"]
+    # each source slice's frame equals the labels we see on that slice, in the source's own pixel grid
+    sources = {pydicom.dcmread(f).SOPInstanceUID: pydicom.dcmread(f) for f in (tmp_path / "series").iterdir()}
+    file_labels = loaded.meta["geometry"].to_file(labels).transpose(2, 1, 0)  # (slice, row, column), sorted by z
+    for uid, dataset in sources.items():
+        z = int(dataset.InstanceNumber) - 1
+        if not file_labels[z].any():
+            continue
+        frames = seg.get_pixels_by_source_instance(source_sop_instance_uids=[uid], segment_numbers=[1, 2],
+                                                   combine_segments=True)
+        assert np.array_equal(frames[0], file_labels[z])
+    assert seg.PatientID == "P1" and seg.StudyInstanceUID == sources[uid].StudyInstanceUID
+
+
+def test_a_dicom_seg_is_refused_in_one_line_for_labels_not_drawn_on_a_dicom_series(tmp_path):
+    from napari_ibis import io
+    from napari_ibis.errors import InputError
+
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 3), np.int16), np.eye(4)), tmp_path / "scan.nii.gz")
+    loaded = io.read_image(tmp_path / "scan.nii.gz")
+    with pytest.raises(InputError, match="DICOM series"):
+        io.write_labels(tmp_path / "seg.dcm", np.ones(loaded.data.shape, np.uint8), loaded)
+    assert not (tmp_path / "seg.dcm").exists()
 
 
 def test_tiff_stacks_keep_their_spacing(tmp_path):
