@@ -78,6 +78,8 @@ def main() -> int:
     import torch
 
     from napari_ibis.evaluation import evaluate_volume, oracle_start
+    from napari_ibis.policies import load_policy
+    from napari_ibis.propagation import agent_checker, parse_check
     from napari_ibis.segmenters import build_segmenter
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -88,20 +90,28 @@ def main() -> int:
     parser.add_argument("--window", default=None,
                         help="intensity window for every volume (default: propagation's own choice, see propagation.default_window)")
     parser.add_argument("--sets", nargs="+", default=["totalseg", "aal", "phantoms"], choices=["totalseg", "aal", "phantoms"])
+    parser.add_argument("--check", default="none",
+                        help="every|none|N: the default agent checks the propagated slices (query: 'segment the TARGET')")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--sources", nargs="*", default=[], help="only cases whose source is one of these (e.g. totalseg:abdomen_mr)")
     parser.add_argument("--tag", default="", help="suffix of the result's key (e.g. the window tried)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    all_cases = [c for c in cases(args.organs, args.phantoms) if _set_of(c) in args.sets]
+    all_cases = [c for c in cases(args.organs, args.phantoms) if _set_of(c) in args.sets
+                 and (not args.sources or c["source"] in args.sources)]
+    check = parse_check(args.check)
+    policy = load_policy(None) if check else None
     for spec in args.segmenters:
         segmenter = build_segmenter(spec)
         rows, started = [], time.perf_counter()
         for case in all_cases:
-            row = evaluate_volume(case["volume"], case["mask"], segmenter, oracle_start(segmenter, 5), window=args.window)
+            checker = agent_checker(policy, f"segment the {case['target']}", segmenter) if check else None
+            row = evaluate_volume(case["volume"], case["mask"], segmenter, oracle_start(segmenter, 5), window=args.window,
+                                  checker=checker, check=check)
             row.pop("_labels")
             rows.append({k: case[k] for k in ("group", "source", "target", "cm3")} | row)
-            print(spec, case["source"], case["target"], f"dice {row['dice_3d']:.3f}",
+            print(spec, case["source"], case["target"], f"dice {row['dice_3d']:.3f}", f"agent steps {row['agent_steps']}",
                   f"{row['seconds_per_slice']:.2f} s/slice", flush=True)
         groups = {}
         for group in dict.fromkeys(r["group"] for r in rows):
@@ -109,8 +119,9 @@ def main() -> int:
             groups[group] = {"cases": len(chosen), "dice_3d": float(np.mean([r["dice_3d"] for r in chosen])),
                              "iou_3d": float(np.mean([r["iou_3d"] for r in chosen])),
                              "clicks": float(np.mean([r["clicks"] for r in chosen])),
+                             "agent_steps": float(np.mean([r["agent_steps"] for r in chosen])),
                              "seconds_per_slice": float(np.mean([r["seconds_per_slice"] for r in chosen]))}
-        results[spec + args.tag] = {"window": args.window or "default", "groups": groups, "cases": rows, "seconds": time.perf_counter() - started,
+        results[spec + args.tag] = {"window": args.window or "default", "check": args.check, "groups": groups, "cases": rows, "seconds": time.perf_counter() - started,
                          "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         args.out.write_text(json.dumps(results, indent=1) + "\n")
     print("| segmenter | group | cases | 3-D Dice | 3-D IoU | clicks (start slice) | s per slice |")
