@@ -79,7 +79,7 @@ def main() -> int:
 
     from napari_ibis.evaluation import evaluate_volume, oracle_start
     from napari_ibis.policies import load_policy
-    from napari_ibis.propagation import agent_checker, parse_check
+    from napari_ibis.propagation import agent_checker, parse_check, volume_window
     from napari_ibis.segmenters import build_segmenter
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -88,7 +88,8 @@ def main() -> int:
     parser.add_argument("--phantoms", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--window", default=None,
-                        help="intensity window for every volume (default: propagation's own choice, see propagation.default_window)")
+                        help="intensity window for every volume, or 'volume' (each volume's 0.5-99.5 percentile range); "
+                             "default: propagation's own choice (CT: centred on the structure, propagation.structure_window)")
     parser.add_argument("--sets", nargs="+", default=["totalseg", "aal", "phantoms"], choices=["totalseg", "aal", "phantoms"])
     parser.add_argument("--check", default="none",
                         help="every|none|N: the default agent checks the propagated slices (query: 'segment the TARGET')")
@@ -107,7 +108,8 @@ def main() -> int:
         rows, started = [], time.perf_counter()
         for case in all_cases:
             checker = agent_checker(policy, f"segment the {case['target']}", segmenter) if check else None
-            row = evaluate_volume(case["volume"], case["mask"], segmenter, oracle_start(segmenter, 5), window=args.window,
+            window = volume_window(case["volume"]) if args.window == "volume" else args.window
+            row = evaluate_volume(case["volume"], case["mask"], segmenter, oracle_start(segmenter, 5), window=window,
                                   checker=checker, check=check)
             row.pop("_labels")
             rows.append({k: case[k] for k in ("group", "source", "target", "cm3")} | row)

@@ -26,6 +26,11 @@ is the prompt and each slice is segmented from the memory of the slices before i
 stop rules and the agent's checks are the same (SAM 2's object score stands for the
 quality estimate), and a slice the agent repairs restarts the tracking from its mask.
 
+The segmenter sees every slice through one window: on CT (Hounsfield units) a 400 HU
+window centred on the structure's median on the start slice (:func:`structure_window`;
+a contrast-filled aorta stays mid-grey instead of as white as the bone beside it), on
+anything else the volume's 0.5-99.5 percentile range, unless ``window`` names one.
+
 Each slice is embedded once (the segmenter's own cache holds one slice, and the slices
 are visited in order); nothing but masks is kept, so memory does not grow with the
 number of slices beyond the labels volume itself (SAM 2's memory keeps the last 16).
@@ -91,11 +96,8 @@ class Propagation:
             raise InputError(f"propagation needs a volume (Z, H, W) or (Z, H, W, 3), got shape {volume.shape}")
         self.volume = volume
         self.segmenter = segmenter
-        if window is None and volume.dtype != np.uint8:
-            # one window for the whole volume, so that a structure keeps its grey level from slice to slice
-            low, high = np.percentile(volume[::max(1, volume.shape[0] // 32)], [0.5, 99.5])
-            window = f"range:{low:g},{max(high, low + 1e-6):g}"
-        self.window = window
+        self._ct = window is None and looks_like_ct(volume)  # the window is then centred on the structure in run()
+        self.window = volume_window(volume) if window is None else window
         self.min_area = min_area
         self.min_ratio = min_ratio
         self.max_growth = max_growth
@@ -128,6 +130,8 @@ class Propagation:
             raise InputError("the start slice's mask is empty: segment the structure there first")
         labels = np.zeros(self.volume.shape[:3], dtype=bool)
         labels[start] = mask
+        if self._ct:
+            self.window = structure_window(self.volume[start], mask)
         reference = self.rgb(start).mean(axis=2)[mask]
         self._reference = (float(reference.mean()), 2.5 * float(reference.std()) + 8.0)
         done = PropagationDone(labels)
@@ -139,7 +143,8 @@ class Propagation:
                 while 0 <= index < self.depth:
                     if cancel is not None and cancel.is_set():
                         raise Cancelled("stopped")
-                    result = self._one(index, previous, step, abs(index - start), tracker)
+                    with self.segmenter.interruptible(cancel):
+                        result = self._one(index, previous, step, abs(index - start), tracker)
                     labels[index] = result.mask
                     done.slices.append(result)
                     yield result
@@ -208,6 +213,31 @@ class Propagation:
         mean, spread = self._reference
         grey = rgb.mean(axis=2)[mask]
         return float(np.mean(np.abs(grey - mean) <= spread)) < 0.5
+
+
+def looks_like_ct(volume: np.ndarray) -> bool:
+    """A grey volume in Hounsfield units: air near -1000 and tissue or bone above 100."""
+    if volume.ndim != 3 or volume.dtype == np.uint8 or not np.issubdtype(volume.dtype, np.number):
+        return False
+    low, high = np.percentile(volume[::max(1, volume.shape[0] // 32)], [0.5, 99.5])
+    return bool(-1100 <= low <= -900 and high >= 100)
+
+
+def volume_window(volume: np.ndarray) -> str | None:
+    """One window for the whole volume (its 0.5-99.5 percentile range), so that a structure
+    keeps its grey level from slice to slice; None for 8-bit volumes (shown as they are)."""
+    if volume.dtype == np.uint8:
+        return None
+    low, high = np.percentile(volume[::max(1, volume.shape[0] // 32)], [0.5, 99.5])
+    return f"range:{low:g},{max(high, low + 1e-6):g}"
+
+
+def structure_window(slice_hu: np.ndarray, mask: np.ndarray, width: float = 400.0) -> str:
+    """A CT window ``width`` HU wide centred on the structure's median on the start slice: a
+    soft-tissue window for the liver (about 40, 400), one that keeps a contrast-filled aorta
+    (about 450 HU) mid-grey between darker tissue and brighter bone instead of white like both."""
+    level = float(np.median(np.asarray(slice_hu)[np.asarray(mask, bool)]))
+    return f"ct:{level:.0f},{width:g}"
 
 
 def parse_check(check: str | int) -> int:

@@ -163,7 +163,10 @@ def test_sam2_propagates_through_its_own_video_memory(monkeypatch):
     events = list(propagation.run(1, liver[1], "up"))
     assert tracked == [2, 3] and [e.index for e in events[:-1]] == [2, 3]
     assert all(e.clicks == () for e in events[:-1])  # no prompts: SAM 2's memory carries the structure
-    strict = Propagation(volume.image, segmenter, min_score=1.01)  # no object score reaches it
+    # no object score reaches 1.01; the other rules are off, as random weights may draw any mask
+    strict = Propagation(volume.image, segmenter, min_area=0, min_ratio=0, max_growth=1e9, min_overlap=0,
+                         min_score=1.01)
+    strict._looks_different = lambda rgb, mask: False
     first = next(iter(strict.run(1, liver[1], "up")))
     assert "quality estimate" in first.stopped
 
@@ -201,3 +204,59 @@ def test_mobilesam_follows_with_the_mask_that_continues_the_previous_slice(monke
     monkeypatch.setattr(segmenter, "_decode", three_masks)
     followed = segmenter.follow(truth[0])
     assert dice(truth[1], followed.mask) > 0.95
+
+
+def _ct_with_a_vessel_beside_bone(depth=6, size=96):
+    """Hounsfield units: air around a soft-tissue body (40), a contrast-filled vessel (450) and a bone (900)."""
+    rows, cols = np.ogrid[:size, :size]
+    body = (rows - 48) ** 2 + (cols - 48) ** 2 <= 44 ** 2
+    vessel = (rows - 40) ** 2 + (cols - 40) ** 2 <= 8 ** 2
+    bone = (rows - 62) ** 2 + (cols - 58) ** 2 <= 10 ** 2
+    slice_hu = np.where(body, 40, -1000) + 410 * vessel + 860 * bone
+    volume = np.repeat(slice_hu[None].astype(np.int16), depth, axis=0)
+    return volume, np.repeat(vessel[None], depth, axis=0), bone
+
+
+def test_on_ct_the_window_is_centred_on_the_structure_so_a_vessel_is_not_as_white_as_bone():
+    volume, vessel, bone = _ct_with_a_vessel_beside_bone()
+    propagation = Propagation(volume, build_segmenter("classical"))
+    done = run(propagation, 2, vessel[2])
+    assert propagation.window == "ct:450,400"
+    grey = propagation.rgb(2)[..., 0]
+    assert 96 <= grey[vessel[2]].mean() <= 160  # mid-grey
+    assert grey[bone].min() == 255 and grey[~vessel[2] & ~bone & (volume[2] == 40)].max() == 0
+    assert dice(vessel, done.labels) > 0.9
+
+
+def test_a_volume_that_is_not_ct_keeps_one_window_over_its_whole_range():
+    volume, vessel, _ = _ct_with_a_vessel_beside_bone()
+    mr_like = (volume + 1000).astype(np.float32)  # no air at -1000: not Hounsfield units
+    propagation = Propagation(mr_like, build_segmenter("classical"))
+    run(propagation, 2, vessel[2])
+    assert propagation.window.startswith("range:0,")
+    assert Propagation(np.zeros((3, 8, 8), np.uint8), build_segmenter("classical")).window is None
+    assert Propagation(volume, build_segmenter("classical"), window="ct:40,400").window == "ct:40,400"
+
+
+@pytest.mark.parametrize("backend", ["litemedsam", "mobilesam"])
+def test_stop_interrupts_a_slice_in_the_middle_of_its_embedding(backend):
+    image, truth = _cone(depth=4)
+    segmenter = build_segmenter(backend)
+    cancel = threading.Event()
+    layers_run = []
+
+    def count_then_stop(module, inputs):  # the person presses Stop once the encoder is under way
+        layers_run.append(module)
+        if len(layers_run) == 20:
+            cancel.set()
+
+    hooks = [m.register_forward_pre_hook(count_then_stop) for m in segmenter.net.image_encoder.modules()]
+    done = run(Propagation(image, segmenter), 0, truth[0], "up", cancel)
+    for hook in hooks:
+        hook.remove()
+    assert done.cancelled and not done.slices and done.labels[0].any()
+    assert len(layers_run) <= 21  # the encoder stopped at the next layer, not at the end of the slice
+    assert segmenter.encoder_calls == 0  # nothing half-embedded is cached
+    cancel.clear()
+    finished = run(Propagation(image, segmenter), 0, truth[0], "up", cancel)  # and it still works afterwards
+    assert not finished.cancelled and dice(truth, finished.labels) > 0.8

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
+import contextlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from ..errors import InputError, ModelError
+from ..errors import Cancelled, InputError, ModelError
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,29 @@ class Segmenter(ABC):
         if prior.shape != self.image_shape:
             prior = resize(prior, self.image_shape, order=1, preserve_range=True)
         return prior > 0
+
+    def torch_modules(self) -> list:
+        """The networks this backend runs (for :meth:`interruptible`); none for a classical one."""
+        net = getattr(self, "net", None)
+        return [net] if net is not None else []
+
+    @contextlib.contextmanager
+    def interruptible(self, cancel: threading.Event | None):
+        """Inside, a set ``cancel`` stops the networks at their next layer (raising Cancelled),
+        so that Stop does not wait for a whole image embedding (seconds on a laptop's CPU).
+        The embedding cache is left as it was before the interrupted call."""
+        handles = []
+        if cancel is not None:
+            def check(module, inputs):
+                if cancel.is_set():
+                    raise Cancelled("stopped")
+
+            handles = [m.register_forward_pre_hook(check) for net in self.torch_modules() for m in net.modules()]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     @abstractmethod
     def _embed(self, image: np.ndarray) -> None: ...

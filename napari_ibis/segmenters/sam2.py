@@ -86,6 +86,9 @@ class SAM2Segmenter(Segmenter):
             "config": self.config,
         }
 
+    def torch_modules(self) -> list:
+        return [self.predictor.model]
+
     def _embed(self, image: np.ndarray) -> None:
         import torch
 
