@@ -5,8 +5,9 @@ The volume is TotalSegmentator's upper-abdomen DICOM CT series (real, 512 x 512 
 started from TotalSegmentator's liver on its largest slice and propagated both ways with
 no agent check, on a worker thread as in the widget. Stop is pressed at ``--presses``
 moments spread over the time one slice takes, so some land in the middle of a slice's
-image embedding. Reported per segmenter: the latencies (median, largest) and the seconds
-one slice takes, for comparison with waiting for the slice to finish.
+image embedding. Reported per segmenter: the latencies (median, largest), the seconds
+one slice takes (for comparison with waiting for the slice to finish), and one image
+embedding with the eager encoder and with the one propagation freezes (TorchScript).
 
     python benchmarks/propagation_stop.py --segmenters mobilesam litemedsam
 
@@ -58,6 +59,14 @@ def one_stop(propagation, start: int, mask: np.ndarray, delay: float) -> tuple[f
     return ended["time"] - pressed, ended["slices"]
 
 
+def embedding_seconds(segmenter, propagation, slices) -> float:
+    """Mean seconds of one image embedding over ``slices``."""
+    began = time.perf_counter()
+    for index in slices:
+        segmenter.set_image(propagation.rgb(index))
+    return (time.perf_counter() - began) / len(slices)
+
+
 def main() -> int:
     import torch
 
@@ -76,16 +85,23 @@ def main() -> int:
     for spec in args.segmenters:
         segmenter = build_segmenter(spec)
         propagation = Propagation(volume, segmenter)
+        embed = {"eager": embedding_seconds(segmenter, propagation, range(0, 3))}
+        began = time.perf_counter()
+        segmenter.speed_up()  # what every propagation does first
+        embed["freezing"] = time.perf_counter() - began
+        embed["frozen"] = embedding_seconds(segmenter, propagation, range(3, 6))
         list(propagation.run(start, liver[start], "up"))  # warm up; also times the slices
         began = time.perf_counter()
         slices = len([e for e in propagation.run(start, liver[start], "down") if hasattr(e, "index")])
         per_slice = (time.perf_counter() - began) / max(1, slices)
         delays = [0.5 + per_slice * (i + 0.5) / args.presses for i in range(args.presses)]
         latencies = [one_stop(propagation, start, liver[start], d)[0] for d in delays]
-        results[spec] = {"seconds_per_slice": per_slice, "latencies": latencies,
+        results[spec] = {"embedding_seconds": embed, "seconds_per_slice": per_slice, "latencies": latencies,
                          "median": float(np.median(latencies)), "largest": float(np.max(latencies))}
         print(f"{spec}: Stop ended the run in {np.median(latencies) * 1000:.0f} ms (median of {len(latencies)}), "
-              f"{np.max(latencies) * 1000:.0f} ms at most; one slice takes {per_slice:.2f} s", flush=True)
+              f"{np.max(latencies) * 1000:.0f} ms at most; one slice takes {per_slice:.2f} s; one embedding "
+              f"{embed['eager']:.2f} s eager, {embed['frozen']:.2f} s frozen (freezing took {embed['freezing']:.1f} s)",
+              flush=True)
     OUT.write_text(json.dumps({"volume": "totalsegmentator example_ct_dicom (512x512x20)", "threads": args.threads,
                                "segmenters": results}, indent=1) + "\n")
     return 0

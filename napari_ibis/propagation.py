@@ -130,6 +130,7 @@ class Propagation:
             raise InputError("the start slice's mask is empty: segment the structure there first")
         labels = np.zeros(self.volume.shape[:3], dtype=bool)
         labels[start] = mask
+        self.segmenter.speed_up()
         if self._ct:
             self.window = structure_window(self.volume[start], mask)
         reference = self.rgb(start).mean(axis=2)[mask]

@@ -5,13 +5,14 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 from napari_ibis.errors import InputError
 from napari_ibis.metrics import dice
 from napari_ibis.phantoms import phantom_volume
 from napari_ibis.propagation import Propagation, PropagationDone, agent_checker
 from napari_ibis.segmenters.base import prompts_from
-from napari_ibis.segmenters import build_segmenter
+from napari_ibis.segmenters import build_segmenter, mobilesam
 
 
 def run(propagation, start, mask, direction="both", cancel=None):
@@ -239,6 +240,21 @@ def test_a_volume_that_is_not_ct_keeps_one_window_over_its_whole_range():
 
 
 @pytest.mark.parametrize("backend", ["litemedsam", "mobilesam"])
+def test_speeding_up_the_encoder_keeps_its_embedding(backend):
+    image, _ = _cone(depth=1)
+    rgb = np.repeat(image[0][..., None], 3, axis=2)
+    segmenter = build_segmenter(backend)
+    segmenter.set_image(rgb)
+    eager = segmenter._embedding.clone()
+    segmenter.speed_up()
+    segmenter._key = None  # embed the same pixels again, through the frozen encoder
+    mobilesam._RECENT_EMBEDDINGS.clear()
+    segmenter.set_image(rgb)
+    assert type(segmenter.net.image_encoder).__name__ == "Sequential"
+    assert float((segmenter._embedding - eager).norm() / eager.norm()) < 1e-4
+
+
+@pytest.mark.parametrize("backend", ["litemedsam", "mobilesam"])
 def test_stop_interrupts_a_slice_in_the_middle_of_its_embedding(backend):
     image, truth = _cone(depth=4)
     segmenter = build_segmenter(backend)
@@ -247,15 +263,18 @@ def test_stop_interrupts_a_slice_in_the_middle_of_its_embedding(backend):
 
     def count_then_stop(module, inputs):  # the person presses Stop once the encoder is under way
         layers_run.append(module)
-        if len(layers_run) == 20:
+        if len(layers_run) == 2:
             cancel.set()
 
-    hooks = [m.register_forward_pre_hook(count_then_stop) for m in segmenter.net.image_encoder.modules()]
+    segmenter.speed_up()  # as propagation does: the encoder frozen in stages
+    mobilesam._RECENT_EMBEDDINGS.clear()  # no embedding from an earlier test
+    hooks = [m.register_forward_pre_hook(count_then_stop) for m in segmenter.net.image_encoder.modules()
+             if not isinstance(m, torch.jit.ScriptModule)]
     done = run(Propagation(image, segmenter), 0, truth[0], "up", cancel)
     for hook in hooks:
         hook.remove()
     assert done.cancelled and not done.slices and done.labels[0].any()
-    assert len(layers_run) <= 21  # the encoder stopped at the next layer, not at the end of the slice
+    assert len(layers_run) <= 3  # the encoder stopped at its next stage, not at the end of the slice
     assert segmenter.encoder_calls == 0  # nothing half-embedded is cached
     cancel.clear()
     finished = run(Propagation(image, segmenter), 0, truth[0], "up", cancel)  # and it still works afterwards

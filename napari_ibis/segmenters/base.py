@@ -118,6 +118,9 @@ class Segmenter(ABC):
             prior = resize(prior, self.image_shape, order=1, preserve_range=True)
         return prior > 0
 
+    def speed_up(self) -> None:
+        """Prepare for many slices in a row (a propagation, a batch): by default nothing."""
+
     def torch_modules(self) -> list:
         """The networks this backend runs (for :meth:`interruptible`); none for a classical one."""
         net = getattr(self, "net", None)
@@ -134,7 +137,10 @@ class Segmenter(ABC):
                 if cancel.is_set():
                     raise Cancelled("stopped")
 
-            handles = [m.register_forward_pre_hook(check) for net in self.torch_modules() for m in net.modules()]
+            import torch
+
+            handles = [m.register_forward_pre_hook(check) for net in self.torch_modules() for m in net.modules()
+                       if not isinstance(m, torch.jit.ScriptModule)]
         try:
             yield
         finally:

@@ -124,6 +124,14 @@ class LiteMedSAMSegmenter(Segmenter):
         self._embedding = None
         self._resized: tuple[int, int] = (MODEL_SIZE, MODEL_SIZE)
 
+    def speed_up(self) -> None:
+        """Freeze the image encoder into TorchScript on a CPU (once; about 3 s, then a quarter
+        less per slice): worth it before a run over many slices."""
+        from .tinyvit import frozen_encoder
+
+        if self.device.type == "cpu":
+            self.net.image_encoder = frozen_encoder(self.net.image_encoder, MODEL_SIZE)
+
     def identity(self) -> dict:
         return {"name": self.name, "checkpoint": Path(self.checkpoint).name, "adapter": "box-proposals-v3",
                 "reach": self.reach, "merge": self.merge, "fuse": self.fuse, "beta": self.beta,
