@@ -93,6 +93,7 @@ def main() -> int:
     parser.add_argument("--sets", nargs="+", default=["totalseg", "aal", "phantoms"], choices=["totalseg", "aal", "phantoms"])
     parser.add_argument("--check", default="none",
                         help="every|none|N: the default agent checks the propagated slices (query: 'segment the TARGET')")
+    parser.add_argument("--model", default=None, help="the checking agent's model folder (default: the default agent)")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--sources", nargs="*", default=[], help="only cases whose source is one of these (e.g. totalseg:abdomen_mr)")
     parser.add_argument("--tag", default="", help="suffix of the result's key (e.g. the window tried)")
@@ -102,7 +103,7 @@ def main() -> int:
     all_cases = [c for c in cases(args.organs, args.phantoms) if _set_of(c) in args.sets
                  and (not args.sources or c["source"] in args.sources)]
     check = parse_check(args.check)
-    policy = load_policy(None) if check else None
+    policy = load_policy(args.model) if check else None
     for spec in args.segmenters:
         segmenter = build_segmenter(spec)
         rows, started = [], time.perf_counter()

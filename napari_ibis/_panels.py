@@ -170,9 +170,9 @@ class VolumePanel(QGroupBox):
         super().__init__("volume")
         self.direction_combo = narrow_combo(("both", "up", "down"))
         self.check_combo = narrow_combo(CHECKS)
-        self.check_combo.setToolTip("the agent checks every propagated slice, every Nth, or none; its 'not present' "
-                                     "ends that direction (the bundled agent says it wrongly on many real slices: "
-                                     "keep 'none' unless your agent is strong)")
+        self.check_combo.setToolTip("the agent checks every propagated slice, every Nth, or none: it may repair a "
+                                     "slice or answer 'not present' to end that direction (the bundled agent's repairs "
+                                     "cost a little Dice on real scans: keep 'none' unless your agent is strong)")
         self.propagate_button = QPushButton("Propagate")
         self.undo_button = QPushButton("Undo propagation")
         self.clear_button = QPushButton("Clear this slice")

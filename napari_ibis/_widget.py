@@ -515,8 +515,8 @@ class IbisWidget(QWidget):
         if isinstance(event, PropagationDone):
             layer.metadata["ibis_propagation"] = {"flagged": event.flagged, "cancelled": event.cancelled,
                                                   "slices": [r.index for r in event.slices]}
-            for index in event.flagged:
-                self.volume_panel.review_list.addItem(f"slice {index}")
+            for index, why in event.review():
+                self.volume_panel.review_list.addItem(f"slice {index} ({why})")
             occupied = np.nonzero(event.labels.any(axis=(1, 2)))[0]
             where = f"slices {occupied[0]}-{occupied[-1]}" if len(occupied) else "no slice"
             self.controller.set_status(f"{'Stopped' if event.cancelled else 'Propagated'}: the structure is on {where} "

@@ -230,11 +230,13 @@ def _propagate(args, loaded, session, segmenter, policy, check_every: int):
             done = event
         elif not args.quiet:
             note = f" ({event.stopped})" if event.stopped else ""
-            agent = f", agent {event.agent_steps} step(s){' changed it' if event.agent_changed else ''}" if check_every else ""
+            verdict = " changed it" if event.agent_changed else " would have replaced it (kept)" if event.agent_overruled else ""
+            agent = f", agent {event.agent_steps} step(s){verdict}" if check_every else ""
             print(f"slice {event.index}: {int(event.mask.sum()):,} px{agent}{note}", flush=True)
     seconds = time.perf_counter() - started
     slices = [{"slice": r.index, "area": int(r.mask.sum()), "clicks": [[c.row, c.col] for c in r.clicks],
-               "agent_steps": r.agent_steps, "agent_changed": r.agent_changed, "stopped": r.stopped,
+               "agent_steps": r.agent_steps, "agent_changed": r.agent_changed,
+               "agent_overruled": r.agent_overruled, "stopped": r.stopped,
                "seconds": round(r.seconds, 3), "agent": r.trajectory} for r in done.slices]
     occupied = [int(z) for z in np.nonzero(done.labels.any(axis=(1, 2)))[0]]
     print(f"propagated {args.propagate} from slice {start}: structure on slices {occupied[0]}-{occupied[-1]} "

@@ -18,7 +18,9 @@ structure is followed to the neighbouring slices, up (increasing index), down or
    (``check``), when the agent answers that it is not present;
 3. with ``check`` ("every" slice, every Nth, or "none"), the agent sees the propagated
    mask as an imported mask on that slice and may click to repair it, accept it, or
-   answer "not present"; every step it takes is kept with the slice's result.
+   answer "not present"; every step it takes is kept with the slice's result. A "repair"
+   that keeps less than ``min_agreement`` (IoU) of the propagated mask is not applied: the
+   slice keeps the propagated mask and is listed for review (``agent_overruled``).
 
 With a SAM 2 segmenter and ``video=True``, step 1 is SAM 2's own video propagation
 instead (:func:`napari_ibis.segmenters.sam2.track`, as MedSAM2 does it): the start mask
@@ -46,6 +48,7 @@ from typing import Iterator
 import numpy as np
 
 from .errors import Cancelled, InputError
+from .metrics import iou
 from .overlay import to_rgb8
 from .segmenters.base import Click, Segmenter, SegmentResult, prompts_from
 
@@ -61,6 +64,7 @@ class SliceResult:
     clicks: tuple[Click, ...]  # the prompts propagation gave the segmenter
     agent_steps: int = 0  # steps the checking agent took on this slice
     agent_changed: bool = False  # the agent's check changed the propagated mask
+    agent_overruled: bool = False  # the agent wanted to replace the mask, not repair it: kept, for review
     stopped: str = ""  # why the structure ended after this slice ("" if it went on)
     seconds: float = 0.0
     trajectory: dict | None = None  # the checking agent's session record
@@ -77,7 +81,19 @@ class PropagationDone:
     @property
     def flagged(self) -> list[int]:
         """Slices a person should look at: the agent changed them or the structure ended there."""
-        return sorted(r.index for r in self.slices if r.agent_changed or r.stopped)
+        return [index for index, _ in self.review()]
+
+    def review(self) -> list[tuple[int, str]]:
+        """(slice, why a person should look at it), in slice order."""
+        out = []
+        for r in sorted(self.slices, key=lambda r: r.index):
+            if r.stopped:
+                out.append((r.index, f"ended: {r.stopped}"))
+            elif r.agent_overruled:
+                out.append((r.index, "the agent would have replaced the mask; kept"))
+            elif r.agent_changed:
+                out.append((r.index, "the agent changed it"))
+        return out
 
 
 class Propagation:
@@ -90,7 +106,7 @@ class Propagation:
 
     def __init__(self, volume: np.ndarray, segmenter: Segmenter, window: str | None = None, min_area: int = 10,
                  min_ratio: float = 0.15, max_growth: float = 1.8, min_overlap: float = 0.2, min_score: float = 0.4,
-                 checker=None, check: str | int = "none", video: bool = True) -> None:
+                 checker=None, check: str | int = "none", min_agreement: float = 0.5, video: bool = True) -> None:
         volume = np.asarray(volume)
         if volume.ndim not in (3, 4) or (volume.ndim == 4 and volume.shape[-1] not in (3, 4)):
             raise InputError(f"propagation needs a volume (Z, H, W) or (Z, H, W, 3), got shape {volume.shape}")
@@ -105,6 +121,7 @@ class Propagation:
         self.min_score = min_score
         self.checker = checker
         self.check = parse_check(check)
+        self.min_agreement = min_agreement
         self.video = video and getattr(segmenter, "name", "") == "sam2"  # SAM 2's video propagation
         if self.check and checker is None:
             raise InputError("checking propagated slices needs an agent")
@@ -182,10 +199,16 @@ class Propagation:
         outcome = SliceResult(index, mask, clicks)
         if self.check and distance % self.check == 0:
             checked, steps, not_present, trajectory = self.checker(rgb, index, mask)
+            checked = np.asarray(checked, dtype=bool)
             outcome.agent_steps, outcome.trajectory = steps, trajectory
-            outcome.agent_changed = not_present or not np.array_equal(checked, mask)
-            mask = np.zeros_like(mask) if not_present else np.asarray(checked, dtype=bool)
-            outcome.mask = mask
+            if not not_present and iou(mask, checked) < self.min_agreement:
+                # a repair keeps most of the mask; a replacement is the agent disagreeing with
+                # the structure itself (on real scans, usually the agent looking elsewhere)
+                outcome.agent_overruled = True
+            else:
+                outcome.agent_changed = not_present or not np.array_equal(checked, mask)
+                mask = np.zeros_like(mask) if not_present else checked
+                outcome.mask = mask
             if not_present:
                 outcome.stopped = "the agent found no structure here"
         area = int(mask.sum())

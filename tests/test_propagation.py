@@ -87,6 +87,39 @@ def test_the_checking_agent_stops_a_direction_by_saying_not_present():
     assert start - 3 in checker.calls and start - 4 not in checker.calls and start - 3 in done.flagged
 
 
+def test_an_agent_that_would_replace_the_propagated_mask_is_overruled_and_the_slice_listed():
+    volume = phantom_volume(0)
+    truth = volume.masks["liver"]
+    start = start_of(truth)
+
+    def looks_elsewhere(rgb, index, mask):  # carves the mask down to a corner of it, as v8 did on a spleen
+        rows, cols = np.nonzero(mask)
+        corner = mask & (np.arange(mask.shape[0])[:, None] < rows.min() + 4)
+        return (corner if index == start + 1 else mask), 4, False, {"slice": index}
+
+    done = run(Propagation(volume.image, build_segmenter("classical"), checker=looks_elsewhere, check="every"),
+               start, truth[start], "up")
+    first = done.slices[0]
+    assert first.agent_overruled and not first.agent_changed
+    assert (first.index, "the agent would have replaced the mask; kept") in done.review()
+    assert first.mask.sum() > 0.5 * truth[start + 1].sum()  # the propagated mask was kept
+    assert dice(truth[start:], done.labels[start:]) > 0.8  # and propagation went on
+
+
+def test_an_agent_repair_that_keeps_most_of_the_mask_is_applied():
+    volume = phantom_volume(0)
+    truth = volume.masks["liver"]
+    start = start_of(truth)
+
+    def trims_an_edge(rgb, index, mask):
+        rows, _ = np.nonzero(mask)
+        return mask & (np.arange(mask.shape[0])[:, None] < rows.max() - 1), 2, False, {"slice": index}
+
+    done = run(Propagation(volume.image, build_segmenter("classical"), checker=trims_an_edge, check="every"),
+               start, truth[start], "up")
+    assert done.slices[0].agent_changed and not done.slices[0].agent_overruled
+
+
 def test_check_every_n_asks_the_agent_on_every_nth_slice_only():
     volume = phantom_volume(0)
     truth = volume.masks["liver"]
