@@ -79,7 +79,7 @@ def main() -> int:
 
     from napari_ibis.evaluation import evaluate_volume, oracle_start
     from napari_ibis.policies import load_policy
-    from napari_ibis.propagation import agent_checker, parse_check, volume_window
+    from napari_ibis.propagation import agent_checker, default_window, parse_check
     from napari_ibis.segmenters import build_segmenter
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -109,7 +109,7 @@ def main() -> int:
         rows, started = [], time.perf_counter()
         for case in all_cases:
             checker = agent_checker(policy, f"segment the {case['target']}", segmenter) if check else None
-            window = volume_window(case["volume"]) if args.window == "volume" else args.window
+            window = default_window(case["volume"])[0] if args.window == "volume" else args.window
             row = evaluate_volume(case["volume"], case["mask"], segmenter, oracle_start(segmenter, 5), window=window,
                                   checker=checker, check=check)
             row.pop("_labels")

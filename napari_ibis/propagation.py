@@ -112,8 +112,10 @@ class Propagation:
             raise InputError(f"propagation needs a volume (Z, H, W) or (Z, H, W, 3), got shape {volume.shape}")
         self.volume = volume
         self.segmenter = segmenter
-        self._ct = window is None and looks_like_ct(volume)  # the window is then centred on the structure in run()
-        self.window = volume_window(volume) if window is None else window
+        self._ct = False  # CT: the window is centred on the structure in run()
+        if window is None:
+            window, self._ct = default_window(volume)
+        self.window = window
         self.min_area = min_area
         self.min_ratio = min_ratio
         self.max_growth = max_growth
@@ -239,21 +241,14 @@ class Propagation:
         return float(np.mean(np.abs(grey - mean) <= spread)) < 0.5
 
 
-def looks_like_ct(volume: np.ndarray) -> bool:
-    """A grey volume in Hounsfield units: air near -1000 and tissue or bone above 100."""
-    if volume.ndim != 3 or volume.dtype == np.uint8 or not np.issubdtype(volume.dtype, np.number):
-        return False
-    low, high = np.percentile(volume[::max(1, volume.shape[0] // 32)], [0.5, 99.5])
-    return bool(-1100 <= low <= -900 and high >= 100)
-
-
-def volume_window(volume: np.ndarray) -> str | None:
-    """One window for the whole volume (its 0.5-99.5 percentile range), so that a structure
-    keeps its grey level from slice to slice; None for 8-bit volumes (shown as they are)."""
+def default_window(volume: np.ndarray) -> tuple[str | None, bool]:
+    """One window for the whole volume, its 0.5-99.5 percentile range (so that a structure
+    keeps its grey level from slice to slice; None for 8-bit volumes, shown as they are),
+    and whether the volume is CT in Hounsfield units (air near -1000, tissue or bone above 100)."""
     if volume.dtype == np.uint8:
-        return None
+        return None, False
     low, high = np.percentile(volume[::max(1, volume.shape[0] // 32)], [0.5, 99.5])
-    return f"range:{low:g},{max(high, low + 1e-6):g}"
+    return f"range:{low:g},{max(high, low + 1e-6):g}", bool(volume.ndim == 3 and -1100 <= low <= -900 and high >= 100)
 
 
 def structure_window(slice_hu: np.ndarray, mask: np.ndarray, width: float = 400.0) -> str:

@@ -11,10 +11,10 @@ Clicks are in pixel space: ``row`` (y) and ``col`` (x) of the image given to
 
 from __future__ import annotations
 
-import hashlib
-from abc import ABC, abstractmethod
 import contextlib
+import hashlib
 import threading
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -118,8 +118,15 @@ class Segmenter(ABC):
             prior = resize(prior, self.image_shape, order=1, preserve_range=True)
         return prior > 0
 
+    encoder_size: int | None = None  # TinyViT backends: the side of the encoder's input
+
     def speed_up(self) -> None:
-        """Prepare for many slices in a row (a propagation, a batch): by default nothing."""
+        """Prepare for many slices in a row (a propagation): a TinyViT encoder on a CPU is
+        frozen into TorchScript (once, about 4 s; then a quarter less per slice)."""
+        if self.encoder_size and str(getattr(self, "device", "")) == "cpu":
+            from .tinyvit import frozen_encoder
+
+            self.net.image_encoder = frozen_encoder(self.net.image_encoder, self.encoder_size)
 
     def torch_modules(self) -> list:
         """The networks this backend runs (for :meth:`interruptible`); none for a classical one."""

@@ -89,6 +89,7 @@ def _box_of(mask: np.ndarray) -> tuple[float, float, float, float] | None:
 
 class LiteMedSAMSegmenter(Segmenter):
     name = "litemedsam"
+    encoder_size = MODEL_SIZE
 
     def __init__(
         self,
@@ -123,14 +124,6 @@ class LiteMedSAMSegmenter(Segmenter):
         self.bf16 = self.device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
         self._embedding = None
         self._resized: tuple[int, int] = (MODEL_SIZE, MODEL_SIZE)
-
-    def speed_up(self) -> None:
-        """Freeze the image encoder into TorchScript on a CPU (once; about 3 s, then a quarter
-        less per slice): worth it before a run over many slices."""
-        from .tinyvit import frozen_encoder
-
-        if self.device.type == "cpu":
-            self.net.image_encoder = frozen_encoder(self.net.image_encoder, MODEL_SIZE)
 
     def identity(self) -> dict:
         return {"name": self.name, "checkpoint": Path(self.checkpoint).name, "adapter": "box-proposals-v3",

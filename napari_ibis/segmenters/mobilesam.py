@@ -100,6 +100,7 @@ def build_mobile_sam():
 
 class MobileSAMSegmenter(Segmenter):
     name = "mobilesam"
+    encoder_size = MODEL_SIZE
 
     def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu") -> None:
         super().__init__()
@@ -112,14 +113,6 @@ class MobileSAMSegmenter(Segmenter):
         self.net = net.to(self.device).eval()
         self._embedding = None
         self._resized = (MODEL_SIZE, MODEL_SIZE)
-
-    def speed_up(self) -> None:
-        """Freeze the image encoder into TorchScript on a CPU (once; about 3 s, then a quarter
-        less per slice): worth it before a run over many slices."""
-        from .tinyvit import frozen_encoder
-
-        if self.device.type == "cpu":
-            self.net.image_encoder = frozen_encoder(self.net.image_encoder, MODEL_SIZE)
 
     def identity(self) -> dict:
         return {"name": self.name, "checkpoint": self.checkpoint.name, "prompts": "points (SamPredictor protocol)"}

@@ -2,9 +2,10 @@
 
 On a CPU, ``torch.jit.freeze`` + ``optimize_for_inference`` fold each batch norm into its
 convolution and hand the convolutions to oneDNN: the same embedding (relative difference
-about 2e-6) in about a quarter less time (`python benchmarks/propagation_stop.py` prints both). The
-encoder is frozen in stages (the patch embedding, each of the four layers, the neck), each
-wrapped in a plain module, so that :meth:`Segmenter.interruptible` can stop between stages.
+about 2e-6) in about a quarter less time (`python benchmarks/propagation_stop.py` prints
+both). The encoder is frozen in stages (the patch embedding, each of the four layers, the
+neck), each wrapped in a plain module, so that :meth:`Segmenter.interruptible` can stop
+between stages.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def frozen_encoder(encoder: torch.nn.Module, size: int) -> torch.nn.Module:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings about TinyViT's shape asserts
             for stage in stages:
-                frozen.append(Stage(torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(stage.eval(), x, check_trace=False)))))
+                traced = torch.jit.trace(stage.eval(), x, check_trace=False)
+                frozen.append(Stage(torch.jit.optimize_for_inference(torch.jit.freeze(traced))))
                 x = stage(x)
     except Exception as exc:  # an unusual torch build: the eager encoder is as right, only slower
         log.info("the image encoder stays eager: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
