@@ -515,8 +515,10 @@ class IbisWidget(QWidget):
         if isinstance(event, PropagationDone):
             layer.metadata["ibis_propagation"] = {"flagged": event.flagged, "cancelled": event.cancelled,
                                                   "slices": [r.index for r in event.slices]}
+            review_list = self.volume_panel.review_list
             for index, why in event.review():
-                self.volume_panel.review_list.addItem(f"slice {index} ({why})")
+                review_list.addItem(f"slice {index} ({why})")
+                review_list.item(review_list.count() - 1).setToolTip(why)  # the whole reason in a narrow dock
             occupied = np.nonzero(event.labels.any(axis=(1, 2)))[0]
             where = f"slices {occupied[0]}-{occupied[-1]}" if len(occupied) else "no slice"
             self.controller.set_status(f"{'Stopped' if event.cancelled else 'Propagated'}: the structure is on {where} "

@@ -441,6 +441,7 @@ def test_propagate_fills_a_3d_labels_layer_lists_slices_to_review_and_undoes(mak
     assert layer.data.shape == volume.image.shape and tuple(layer.scale) == (2.5, 0.8, 0.8)
     assert dice(truth, layer.data > 0) > 0.7, dice(truth, layer.data > 0)
     assert w.volume_panel.review_list.count() >= 1 and "Propagated" in w.controller.status
+    assert w.volume_panel.review_list.item(0).toolTip().startswith("ended: ")  # why it is listed
     first = int(w.volume_panel.review_list.item(0).text().split()[1])
     w.go_to(first)
     assert viewer.dims.point[0] == pytest.approx(first * 2.5)
