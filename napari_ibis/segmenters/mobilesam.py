@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Click, Segmenter, SegmentResult, load_weights
+from ..metrics import iou
+from .base import Click, Segmenter, SegmentResult, load_weights, prompts_from
 
 MODEL_SIZE = 1024
 LOW_RES = 256
@@ -148,15 +149,12 @@ class MobileSAMSegmenter(Segmenter):
         of its parts and the mask as the prior; of SAM's three masks, the one that overlaps the
         previous slice's most (the finest level alone, right for a person's first click,
         shrinks a vessel to a few pixels in the next slice)."""
-        from .base import prompts_from
-
         clicks = prompts_from(previous)
         if not clicks:
             return SegmentResult(np.zeros(self.image_shape, dtype=bool), None, 0.0)
         logits, scores = self._decode(clicks, self.prior_from_mask(previous), multimask=True)
         masks = [self.mask_from_prior(candidate) for candidate in logits]
-        overlaps = [(mask & previous).sum() / max(1, (mask | previous).sum()) for mask in masks]
-        best = int(np.argmax(overlaps))
+        best = int(np.argmax([iou(previous, mask) for mask in masks]))
         return SegmentResult(mask=masks[best], logits=logits[best], score=float(scores[best]))
 
     def _decode(self, clicks: list[Click], prior: np.ndarray | None, multimask: bool):
