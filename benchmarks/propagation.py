@@ -6,6 +6,8 @@ Cases (one structure each):
   outputs, not manual): per volume, its largest structures above 20 cm^3 (``--organs``
   per volume);
 * Colin27 with AAL (real MRI, atlas labels): hippocampi, putamina, thalami;
+* pyradiomics' five test tumours (real brain MRI, breast MRI, lung CT; drawn masks,
+  ``--sets lesions``);
 * 3-D phantoms (synthetic, exact masks): liver, kidneys, a spleen that splits, a
   liver tumour that starts and ends ("lesions").
 
@@ -37,7 +39,7 @@ OUT = ROOT / "benchmarks" / "results" / "propagation.json"
 def cases(organs_per_volume: int, phantoms: int) -> list[dict]:
     from napari_ibis import assets, io
     from napari_ibis.phantoms import phantom_volume
-    from training.data.sources import AAL_DIR, TOTALSEG_VOLUMES, structure_name, totalseg_class_maps
+    from training.data.sources import AAL_DIR, TOTALSEG_VOLUMES, radiomics_volumes, structure_name, totalseg_class_maps
 
     out = []
     root = assets.path("totalsegmentator", "tests/reference_files").parent.parent
@@ -59,6 +61,11 @@ def cases(organs_per_volume: int, phantoms: int) -> list[dict]:
     for label, name in ((37, "left hippocampus"), (38, "right hippocampus"), (73, "left putamen"), (77, "left thalamus")):
         out.append({"group": "real brain structures (AAL)", "source": "colin27-aal", "target": name, "volume": brain,
                     "mask": atlas == label, "cm3": round(float((atlas == label).sum()) / 1000, 1)})
+    for case in radiomics_volumes():
+        voxel_cm3 = float(np.prod(io.read_image(case.path).meta["geometry"].spacing)) / 1000
+        out.append({"group": "real lesions (pyradiomics, drawn masks)", "source": f"pyradiomics:{case.name}",
+                    "target": case.target, "volume": case.volume, "mask": case.mask,
+                    "cm3": round(float(case.mask.sum()) * voxel_cm3, 2)})
     for seed in range(phantoms):
         ph = phantom_volume(1000 + seed)
         for name, mask in ph.masks.items():
@@ -69,7 +76,7 @@ def cases(organs_per_volume: int, phantoms: int) -> list[dict]:
 
 
 def _set_of(case: dict) -> str:
-    return {"totalseg": "totalseg", "colin27-aal": "aal"}.get(case["source"].split(":")[0], "phantoms")
+    return {"totalseg": "totalseg", "colin27-aal": "aal", "pyradiomics": "lesions"}.get(case["source"].split(":")[0], "phantoms")
 
 
 def main() -> int:
@@ -90,7 +97,8 @@ def main() -> int:
     parser.add_argument("--window", default=None,
                         help="intensity window for every volume, or 'volume' (each volume's 0.5-99.5 percentile range); "
                              "default: propagation's own choice (CT: centred on the structure, propagation.structure_window)")
-    parser.add_argument("--sets", nargs="+", default=["totalseg", "aal", "phantoms"], choices=["totalseg", "aal", "phantoms"])
+    parser.add_argument("--sets", nargs="+", default=["totalseg", "aal", "lesions", "phantoms"],
+                        choices=["totalseg", "aal", "lesions", "phantoms"])
     parser.add_argument("--check", default="none",
                         help="every|none|N: the default agent checks the propagated slices (query: 'segment the TARGET')")
     parser.add_argument("--model", default=None, help="the checking agent's model folder (default: the default agent)")

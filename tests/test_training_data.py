@@ -190,3 +190,21 @@ def test_totalsegmentator_volumes_give_named_real_slices_split_by_patient():
     assert {s.modality for s in held_out} == {"CT", "MRI"}
     assert structure_name("lung_upper_lobe_right") == "right lung upper lobe"
     assert structure_name("vertebrae_L1") == "L1 vertebra" and structure_name("rib_left_3") == "left rib 3"
+
+
+def test_pyradiomics_tumours_are_real_volumes_with_their_drawn_masks_in_the_display_convention():
+    from napari_ibis import assets
+    from training.data.sources import RADIOMICS_CASES, radiomics_lesions, radiomics_volumes
+
+    if not assets.available("pyradiomics"):
+        pytest.skip("pyradiomics not fetched: python -m napari_ibis.assets fetch")
+    volumes = {case.name: case for case in radiomics_volumes()}
+    assert set(volumes) == set(RADIOMICS_CASES)
+    lung = volumes["lung2"]
+    assert lung.volume.shape == lung.mask.shape == (61, 512, 512) and lung.modality == "CT"
+    assert lung.volume.min() <= -1000  # Hounsfield units, as read from the NRRD
+    # this tumour lies in the patient's left lung: on the right of the displayed slice
+    assert np.nonzero(lung.mask)[2].mean() > 256
+    slices = list(radiomics_lesions(["lung2"]))
+    assert len(slices) == 11 and all(s.mask.sum() >= 20 and s.target == "lung tumour" for s in slices)
+    assert len({s.group for s in radiomics_lesions()}) == 5  # one group per patient: never split

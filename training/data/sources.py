@@ -14,6 +14,9 @@ Real sets available here without a download:
 * :func:`totalseg_reference`: real CT and MR volumes with TotalSegmentator's organ labels
   (its test references, fetched at set-up; machine-made labels, not manual ground truth),
   split by patient;
+* :func:`radiomics_lesions`: five real tumours (two brain MRI, a breast MRI crop, two
+  lung CT) with drawn masks, pyradiomics' test cases (fetched at set-up), as volumes
+  (:func:`radiomics_volumes`) or axial slices;
 * :func:`phantom_samples`: the seeded synthetic phantoms of :mod:`napari_ibis.phantoms`.
 
 Sets a user brings:
@@ -205,6 +208,51 @@ def totalseg_reference(volumes=None, slices_per_label: int = 3, spacing_mm: floa
                     source=f"totalseg:{volume}:z={z}:{raw_name}",
                     group=f"totalseg:{TOTALSEG_PATIENTS[volume]}",
                 )
+
+
+# pyradiomics' test cases: case -> (the target as a person names it, modality).
+RADIOMICS_CASES = {
+    "brain1": ("brain tumour", "MRI"),
+    "brain2": ("brain tumour", "MRI"),
+    "breast1": ("breast tumour", "MRI"),
+    "lung1": ("lung tumour", "CT"),
+    "lung2": ("lung tumour", "CT"),
+}
+
+
+@dataclass
+class LabelledVolume:
+    """One real volume (slice axis first, display convention) with the mask of one named target."""
+
+    name: str
+    volume: np.ndarray
+    mask: np.ndarray
+    target: str
+    modality: str
+    path: Path  # the image file, for tools that read it themselves (the CLI)
+
+
+def radiomics_volumes(cases: Sequence[str] | None = None) -> Iterator[LabelledVolume]:
+    """pyradiomics' five test tumours as volumes, read with the project's reader (NRRD header kept)."""
+    from napari_ibis import assets, io
+
+    for case in cases or RADIOMICS_CASES:
+        target, modality = RADIOMICS_CASES[case]
+        image_file = assets.path("pyradiomics", f"data/{case}_image.nrrd")
+        image = io.read_image(image_file)
+        mask = io.read_image(assets.path("pyradiomics", f"data/{case}_label.nrrd")).data > 0
+        if mask.shape != image.data.shape:
+            raise ValueError(f"pyradiomics {case}: mask {mask.shape} and image {image.data.shape} differ in shape")
+        yield LabelledVolume(case, image.data, mask, target, modality, image_file)
+
+
+def radiomics_lesions(cases: Sequence[str] | None = None, min_area: int = 20) -> Iterator[Sample]:
+    """Every axial slice of pyradiomics' tumours where the tumour covers ``min_area`` pixels."""
+    for case in radiomics_volumes(cases):
+        for z in np.flatnonzero(case.mask.sum(axis=(1, 2)) >= min_area):
+            yield Sample(image=np.ascontiguousarray(case.volume[z]), mask=np.ascontiguousarray(case.mask[z]),
+                         target=case.target, modality=case.modality, source=f"pyradiomics:{case.name}:z={z}",
+                         group=f"pyradiomics:{case.name}")
 
 
 def stardist_nuclei(count: int | None = None, seed: int = 0, min_area: int = 30) -> Iterator[Sample]:
