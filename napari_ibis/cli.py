@@ -237,6 +237,7 @@ def _propagate(args, loaded, session, segmenter, policy, check_every: int):
     slices = [{"slice": r.index, "area": int(r.mask.sum()), "clicks": [[c.row, c.col] for c in r.clicks],
                "agent_steps": r.agent_steps, "agent_changed": r.agent_changed,
                "agent_overruled": r.agent_overruled, "stopped": r.stopped,
+               "likeness": None if np.isnan(r.likeness) else round(r.likeness, 3),
                "seconds": round(r.seconds, 3), "agent": r.trajectory} for r in done.slices]
     occupied = [int(z) for z in np.nonzero(done.labels.any(axis=(1, 2)))[0]]
     print(f"propagated {args.propagate} from slice {start}: structure on slices {occupied[0]}-{occupied[-1]} "

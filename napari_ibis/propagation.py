@@ -14,8 +14,12 @@ structure is followed to the neighbouring slices, up (increasing index), down or
    jumped elsewhere), when the segmenter's own quality estimate (SAM's predicted IoU)
    falls below ``min_score``, when the tissue under it
    no longer looks like the structure (fewer than half its pixels within 2.5 standard
-   deviations of the start slice's grey level under its mask), or, with an agent checking
-   (``check``), when the agent answers that it is not present;
+   deviations of the start slice's grey level under its mask), when on two slices in a row
+   (or on the last before another rule ends it) fewer than ``min_likeness`` of its cells
+   look to the segmenter's encoder more like the structure than like its surroundings on
+   the start slice (:mod:`napari_ibis.appearance`: the mask has slid onto a neighbour of
+   the same grey level), or, with an agent checking (``check``), when the agent answers
+   that it is not present;
 3. with ``check`` ("every" slice, every Nth, or "none"), the agent sees the propagated
    mask as an imported mask on that slice and may click to repair it, accept it, or
    answer "not present"; every step it takes is kept with the slice's result. A "repair"
@@ -49,10 +53,12 @@ import numpy as np
 
 from .errors import Cancelled, InputError
 from .metrics import iou
+from .appearance import Appearance
 from .overlay import to_rgb8
 from .segmenters.base import Click, Segmenter, SegmentResult, prompts_from
 
 DIRECTIONS = ("both", "up", "down")
+MIN_LIKENESS = 0.2  # see appearance.py and docs/BENCHMARKS.md (propagation: when a structure ends)
 
 
 @dataclass
@@ -66,6 +72,7 @@ class SliceResult:
     agent_changed: bool = False  # the agent's check changed the propagated mask
     agent_overruled: bool = False  # the agent wanted to replace the mask, not repair it: kept, for review
     stopped: str = ""  # why the structure ended after this slice ("" if it went on)
+    likeness: float = float("nan")  # share of the mask's cells that look like the structure (appearance.py)
     seconds: float = 0.0
     trajectory: dict | None = None  # the checking agent's session record
 
@@ -106,7 +113,8 @@ class Propagation:
 
     def __init__(self, volume: np.ndarray, segmenter: Segmenter, window: str | None = None, min_area: int = 10,
                  min_ratio: float = 0.15, max_growth: float = 1.8, min_overlap: float = 0.2, min_score: float = 0.4,
-                 checker=None, check: str | int = "none", min_agreement: float = 0.5, video: bool = True) -> None:
+                 min_likeness: float = MIN_LIKENESS, checker=None, check: str | int = "none",
+                 min_agreement: float = 0.5, video: bool = True) -> None:
         volume = np.asarray(volume)
         if volume.ndim not in (3, 4) or (volume.ndim == 4 and volume.shape[-1] not in (3, 4)):
             raise InputError(f"propagation needs a volume (Z, H, W) or (Z, H, W, 3), got shape {volume.shape}")
@@ -121,6 +129,8 @@ class Propagation:
         self.max_growth = max_growth
         self.min_overlap = min_overlap
         self.min_score = min_score
+        self.min_likeness = min_likeness
+        self._appearance: Appearance | None = None
         self.checker = checker
         self.check = parse_check(check)
         self.min_agreement = min_agreement
@@ -152,19 +162,43 @@ class Propagation:
         self.segmenter.speed_up()
         if self._ct:
             self.window = structure_window(self.volume[start], mask)
-        reference = self.rgb(start).mean(axis=2)[mask]
+        start_rgb = self.rgb(start)
+        reference = start_rgb.mean(axis=2)[mask]
         self._reference = (float(reference.mean()), 2.5 * float(reference.std()) + 8.0)
+        self._appearance = None
+        if not self.video:  # measured even when min_likeness is 0, for the record (SliceResult.likeness)
+            with self.segmenter.interruptible(cancel):
+                try:
+                    self.segmenter.set_image(start_rgb)
+                except Cancelled:
+                    yield PropagationDone(labels, cancelled=True)
+                    return
+            self._appearance = Appearance.of(self.segmenter, mask)
         done = PropagationDone(labels)
         steps = {"up": (1,), "down": (-1,), "both": (1, -1)}[direction]
         try:
             for step in steps:
                 previous, index = mask, start + step
                 tracker = self._tracker(start, mask, step)
+                ahead = None  # the next slice, computed early to judge one that looks unlike the structure
                 while 0 <= index < self.depth:
                     if cancel is not None and cancel.is_set():
                         raise Cancelled("stopped")
                     with self.segmenter.interruptible(cancel):
-                        result = self._one(index, previous, step, abs(index - start), tracker)
+                        result = ahead or self._one(index, previous, step, abs(index - start), tracker)
+                        ahead = None
+                        if self._unlike(result):
+                            # one such slice is often the encoder's noise; two in a row, or one
+                            # before the structure ends anyway, is the mask on a neighbour
+                            following = index + step
+                            if 0 <= following < self.depth:
+                                ahead = self._one(following, result.mask, step, abs(following - start), tracker)
+                            if ahead is None or ahead.stopped or self._unlike(ahead):
+                                result.stopped = ("the tissue under the mask looks more like the structure's "
+                                                  f"surroundings than like it ({result.likeness:.0%} alike)")
+                                if not result.agent_changed:
+                                    result.mask = np.zeros_like(result.mask)
+                                ahead = None
                     labels[index] = result.mask
                     done.slices.append(result)
                     yield result
@@ -214,6 +248,8 @@ class Propagation:
             if not_present:
                 outcome.stopped = "the agent found no structure here"
         area = int(mask.sum())
+        if self._appearance is not None and area:
+            outcome.likeness = self._appearance.likeness(self.segmenter, mask)
         if not outcome.stopped:
             if area < self.min_area:
                 outcome.stopped = "the mask vanished"
@@ -232,6 +268,10 @@ class Propagation:
         outcome.seconds = time.perf_counter() - started
         return outcome
 
+
+    def _unlike(self, result: SliceResult) -> bool:
+        """Fewer than ``min_likeness`` of the mask's cells look like the structure (NaN: not measured)."""
+        return not result.stopped and result.likeness < self.min_likeness
 
     def _looks_different(self, rgb: np.ndarray, mask: np.ndarray) -> bool:
         """Fewer than half the new mask's pixels have the structure's grey level (the start

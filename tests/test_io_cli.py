@@ -301,6 +301,7 @@ def test_segment_propagates_through_a_volume_and_writes_3d_labels_in_its_geometr
     assert int((np.asarray(written.dataobj) > 0).any(axis=(0, 1)).sum()) > 3  # labels on several slices
     record = json.loads(trace.read_text())["propagation"]
     assert record["direction"] == "both" and record["start"] == start and len(record["slices"]) > 3
+    assert all(r["likeness"] is None for r in record["slices"])  # the classical backend has no embedding to judge by
     assert "propagated both from slice" in stdout
 
 

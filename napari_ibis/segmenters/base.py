@@ -128,6 +128,20 @@ class Segmenter(ABC):
 
             self.net.image_encoder = frozen_encoder(self.net.image_encoder, self.encoder_size)
 
+    def embedding_cells(self) -> tuple[np.ndarray, tuple[int, int]] | None:
+        """The current slice's image embedding as one unit vector per cell (G, G, C) and how
+        many rows and columns of cells the image fills (the rest is padding); None for a
+        backend without a TinyViT embedding (classical, SAM 2)."""
+        embedding = getattr(self, "_embedding", None)
+        if embedding is None or not self.encoder_size:
+            return None
+        import torch
+
+        cells = torch.nn.functional.normalize(embedding[0].float(), dim=0).permute(1, 2, 0).cpu().numpy()
+        grid = cells.shape[0]
+        height, width = self._resized
+        return cells, (max(1, round(grid * height / self.encoder_size)), max(1, round(grid * width / self.encoder_size)))
+
     def torch_modules(self) -> list:
         """The networks this backend runs (for :meth:`interruptible`); none for a classical one."""
         net = getattr(self, "net", None)
