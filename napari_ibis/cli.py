@@ -33,6 +33,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -52,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--profile", default="ibis-release", choices=["ibis-release", "paper"],
                      help="prompts and action grammar: ibis-release (the released 7B weights; default) or paper")
     seg.add_argument("--history", action=argparse.BooleanOptionalAction, default=None, help="keep earlier turns (profile default)")
-    seg.add_argument("--max-steps", type=_positive_int, default=20, help="the agent's turns at most (default 20)")
+    seg.add_argument("--max-steps", type=_non_negative_int, default=20,
+                     help="the agent's turns at most (default 20); 0 with --init-mask: no agent step, the "
+                          "imported mask as it is (to propagate a mask made elsewhere)")
     seg.add_argument("--slice", type=_slice_arg, help="slice index of a volume (axis 0; two values for 4-D)")
     seg.add_argument("--window", help="intensity window: ct:LEVEL,WIDTH | percentile:LOW,HIGH | range:MIN,MAX")
     seg.add_argument("--propagate", choices=["both", "up", "down"],
@@ -165,6 +174,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     check_every = parse_check(args.check)
     if check_every and not args.propagate:
         raise InputError("--check applies to --propagate")
+    if args.max_steps == 0 and not args.init_mask:
+        raise InputError("--max-steps 0 leaves nothing to do without --init-mask (the mask to use as it is)")
     loaded = io.read_image(image_path, args.slice)
     if io.suffix_of(out) == ".dcm":
         from .formats import check_dicom_seg_source
@@ -176,30 +187,36 @@ def cmd_segment(args: argparse.Namespace) -> int:
     segmenter = build_segmenter(args.segmenter, device=args.device)
     policy = load_policy(args.model, device=args.device, remote_model=args.remote_model)
     session = Session(
-        loaded.slice, args.query, policy, segmenter, profile=args.profile, max_steps=args.max_steps,
+        loaded.slice, args.query, policy, segmenter, profile=args.profile, max_steps=max(1, args.max_steps),
         use_history=args.history, init_mask=init_mask, window=args.window,
     )
     show = (lambda readable, raw: None) if args.quiet else (
         lambda readable, raw: print(raw if args.raw else readable, end="", flush=True))
     transcript = Transcript(show)
     stop = None
-    for event in session.run():
+    for event in session.run() if args.max_steps else ():
         transcript.follow(event, session)
         if isinstance(event, Stopped):
             stop = event
     session.accept()
     record = session.trajectory()
+    record["max_steps"] = args.max_steps
     record["image"] = {"path": str(image_path), "slice": list(loaded.slice_index), "shape": list(loaded.data.shape)}
     if loaded.meta.get("geometry") is not None:
         record["image"]["geometry"] = loaded.meta["geometry"].describe()
     record["init_mask"] = str(args.init_mask) if args.init_mask else None
     if not args.quiet:
         print()
-    print(stop_words(stop, session) if stop else "Stopped.")
+    if args.max_steps == 0:
+        print(f"No agent step (--max-steps 0): the imported mask ({session.current.area:,} px) is the result.")
+    else:
+        print(stop_words(stop, session) if stop else "Stopped.")
     labels = session.mask
     if args.propagate:
         if not session.mask.any():
-            raise InputError("nothing to propagate: the start slice's mask is empty")
+            erased = init_mask is not None and np.asarray(init_mask).any()
+            raise InputError("nothing to propagate: the start slice's mask is empty" + (
+                " (the agent removed the imported mask; --max-steps 0 propagates it as it is)" if erased else ""))
         labels, record["propagation"] = _propagate(args, loaded, session, segmenter, policy, check_every)
     from .inbox import target_of
 

@@ -437,3 +437,35 @@ def test_a_local_model_that_cannot_load_in_the_workers_is_one_line(tmp_path, cap
     assert code == 2 and "not found" in err and err.count("\n") == 1
 
 
+
+
+def test_max_steps_0_propagates_the_imported_mask_as_it_is(tmp_path, capsys, tiny_vlm_folder):
+    """A mask made elsewhere (another tool, a colleague) is carried through the volume without
+    the agent touching it: on real scans the agent may erase what the person drew."""
+    import nibabel as nib
+
+    from napari_ibis.phantoms import phantom_volume
+
+    volume = phantom_volume(0)
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(volume.image.transpose(2, 1, 0)[::-1, ::-1]), np.eye(4)),
+             tmp_path / "ct.nii.gz")
+    start = int(np.argmax(volume.masks["liver"].sum(axis=(1, 2))))
+    mask = volume.masks["liver"][start]
+    np.save(tmp_path / "start.npy", mask)
+    out = tmp_path / "liver.nii.gz"
+    code, stdout, err = run_cli(capsys, "segment", tmp_path / "ct.nii.gz", "--query", "segment the liver", "--slice", start,
+                                "--init-mask", tmp_path / "start.npy", "--model", tiny_vlm_folder, "--segmenter",
+                                "classical", "--max-steps", "0", "--propagate", "both", "--out", out)
+    assert code == 0, err
+    assert "No agent step" in stdout
+    written = np.asarray(nib.load(out).dataobj) > 0
+    trace = json.loads(io.trace_path(out).read_text())
+    assert trace["max_steps"] == 0 and not any(step["source"] == "agent" for step in trace["steps"])
+    assert int(written.any(axis=(0, 1)).sum()) > 3
+    assert int(written.sum()) > mask.sum()
+
+
+def test_max_steps_0_without_a_mask_is_refused_in_one_line(files, capsys, tiny_vlm_folder):
+    code, _, err = run_cli(capsys, "segment", files / "img.png", "--query", "q", "--model", tiny_vlm_folder,
+                           "--max-steps", "0")
+    assert code == 2 and "--init-mask" in err and err.strip().count("\n") == 0
