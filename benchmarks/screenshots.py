@@ -9,10 +9,13 @@ left thalamus. widget-default-agent.png: the bundled default agent itself
 (empty model field) on a held-out synthetic phantom. widget-volume.png: TotalSegmentator's
 upper-abdomen CT series (a DICOM folder, 512 x 512 x 20) through the reader, the oracle
 with TotalSegmentator's liver label on the liver's largest slice, then Propagate both
-ways with MobileSAM.
+ways with MobileSAM. widget-tumour.png: pyradiomics' lung2 chest CT (NRRD, a real lung
+tumour with a drawn mask), the oracle with that mask on its largest slice, then Propagate
+both ways: the appearance rule ends it where the mask would slide onto the aorta.
 
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only volume
+    xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only tumour
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ def main() -> None:
     from napari_ibis.policies.oracle import OraclePolicy
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", choices=["default-agent", "volume"], help="only that screenshot")
+    parser.add_argument("--only", choices=["default-agent", "volume", "tumour"], help="only that screenshot")
     args = parser.parse_args()
     out = ROOT / "docs" / "images"
     out.mkdir(parents=True, exist_ok=True)
@@ -53,6 +56,8 @@ def main() -> None:
         return default_agent(out, wait)
     if args.only == "volume":
         return volume(out, wait)
+    if args.only == "tumour":
+        return tumour(out, wait)
     image, labels = test_image_nuclei_2d(return_mask=True)
     target = labels == 119
     viewer = napari.Viewer(show=True)
@@ -197,6 +202,49 @@ def volume(out: Path, wait) -> None:
     result = viewer.layers[widget.volume_name].data > 0
     inter = (result & liver).sum()
     print(widget.steps_panel.status.text(), f"3-D Dice with TotalSegmentator's liver: {2 * inter / (result.sum() + liver.sum()):.3f}")
+    viewer.close()
+
+
+def tumour(out: Path, wait) -> None:
+    import napari
+    import numpy as np
+    from qtpy.QtWidgets import QApplication
+
+    from napari_ibis import assets
+    from napari_ibis._reader import get_reader
+    from napari_ibis._widget import IbisWidget
+    from napari_ibis.policies.oracle import OraclePolicy
+    from training.data.sources import radiomics_volumes
+
+    case = next(radiomics_volumes(["lung2"]))
+    path = str(assets.path("pyradiomics", "data/lung2_image.nrrd"))
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1400, 900)
+    for data, kwargs, kind in get_reader(path)(path):
+        viewer._add_layer_from_data(data, kwargs, kind)
+    viewer.layers[-1].contrast_limits = (-160, 240)
+    z = int(np.argmax(case.mask.sum(axis=(1, 2))))
+    viewer.dims.set_current_step(0, z)
+    widget = IbisWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="IBIS agent", area="right")
+    widget.controller.models.provide("oracle (drawn tumour mask)", OraclePolicy(case.mask[z], stop_iou=0.9))
+    panel = widget.run_panel
+    panel.model_edit.setText("oracle (drawn tumour mask)")
+    panel.segmenter_combo.setCurrentText("mobilesam")
+    panel.query_edit.setText("segment the lung tumour")
+    panel.max_steps.setValue(5)
+    widget.run()
+    wait(lambda: not widget.running, 300)
+    widget.propagate()
+    wait(lambda: not widget.running, 600)
+    viewer.layers["IBIS mask"].visible = False
+    viewer.layers["IBIS clicks"].visible = False
+    result = viewer.layers[widget.volume_name].data > 0
+    viewer.dims.set_current_step(0, int(np.nonzero(result.any(axis=(1, 2)))[0].min()))  # the last slice below
+    QApplication.instance().processEvents()
+    viewer.window.screenshot(str(out / "widget-tumour.png"), canvas_only=False)
+    inter = (result & case.mask).sum()
+    print(widget.steps_panel.status.text(), f"3-D Dice with the drawn mask: {2 * inter / (result.sum() + case.mask.sum()):.3f}")
     viewer.close()
 
 
