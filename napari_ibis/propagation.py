@@ -194,8 +194,8 @@ class Propagation:
                             if 0 <= following < self.depth:
                                 ahead = self._one(following, result.mask, step, abs(following - start), tracker)
                             if ahead is None or ahead.stopped or self._unlike(ahead):
-                                result.stopped = ("the tissue under the mask looks more like the structure's "
-                                                  f"surroundings than like it ({result.likeness:.0%} alike)")
+                                result.stopped = (f"the mask looks like the structure's surroundings "
+                                                  f"({result.likeness:.0%} of it like the structure)")
                                 if not result.agent_changed:
                                     result.mask = np.zeros_like(result.mask)
                                 ahead = None
