@@ -157,81 +157,30 @@ def default_agent(out: Path, wait) -> None:
     viewer.close()
 
 
-def volume(out: Path, wait) -> None:
-    """A real CT series through the reader, the liver on its largest slice, propagated both ways."""
+def _propagated(path: str, truth, query: str, oracle_name: str, wait):
+    """The volume at ``path`` through the reader, the oracle (``truth``'s largest slice, <= 5
+    clicks, MobileSAM) in the widget, then Propagate both ways; (viewer, widget, start slice, 3-D result)."""
     import napari
     import numpy as np
-    from qtpy.QtWidgets import QApplication
 
-    from napari_ibis import assets, io
     from napari_ibis._reader import get_reader
     from napari_ibis._widget import IbisWidget
     from napari_ibis.policies.oracle import OraclePolicy
-    from training.data.sources import totalseg_class_maps
 
-    root = assets.path("totalsegmentator", "tests/reference_files")
-    series = str(root / "example_ct_dicom")
-    labels = io.read_image(root / "example_seg_dicom.nii.gz").data
-    liver_value = next(k for k, v in totalseg_class_maps()["total"].items() if v == "liver")
-    liver = labels == liver_value
-    viewer = napari.Viewer(show=True)
-    viewer.window.resize(1400, 900)
-    for data, kwargs, kind in get_reader(series)(series):
-        viewer._add_layer_from_data(data, kwargs, kind)
-    image_layer = viewer.layers[-1]
-    image_layer.contrast_limits = (-160, 240)
-    z = int(np.argmax(liver.sum(axis=(1, 2))))
-    viewer.dims.set_current_step(0, z)
-    widget = IbisWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="IBIS agent", area="right")
-    widget.controller.models.provide("oracle (TotalSegmentator label)", OraclePolicy(liver[z], stop_iou=0.9))
-    panel = widget.run_panel
-    panel.model_edit.setText("oracle (TotalSegmentator label)")
-    panel.segmenter_combo.setCurrentText("mobilesam")
-    panel.query_edit.setText("segment the liver")
-    panel.max_steps.setValue(5)
-    widget.run()
-    wait(lambda: not widget.running, 300)
-    widget.propagate()
-    wait(lambda: not widget.running, 600)
-    viewer.layers["IBIS mask"].visible = False
-    viewer.layers["IBIS clicks"].visible = False
-    viewer.dims.set_current_step(0, max(0, z - 4))
-    QApplication.instance().processEvents()
-    viewer.window.screenshot(str(out / "widget-volume.png"), canvas_only=False)
-    result = viewer.layers[widget.volume_name].data > 0
-    inter = (result & liver).sum()
-    print(widget.steps_panel.status.text(), f"3-D Dice with TotalSegmentator's liver: {2 * inter / (result.sum() + liver.sum()):.3f}")
-    viewer.close()
-
-
-def tumour(out: Path, wait) -> None:
-    import napari
-    import numpy as np
-    from qtpy.QtWidgets import QApplication
-
-    from napari_ibis import assets
-    from napari_ibis._reader import get_reader
-    from napari_ibis._widget import IbisWidget
-    from napari_ibis.policies.oracle import OraclePolicy
-    from training.data.sources import radiomics_volumes
-
-    case = next(radiomics_volumes(["lung2"]))
-    path = str(assets.path("pyradiomics", "data/lung2_image.nrrd"))
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1400, 900)
     for data, kwargs, kind in get_reader(path)(path):
         viewer._add_layer_from_data(data, kwargs, kind)
     viewer.layers[-1].contrast_limits = (-160, 240)
-    z = int(np.argmax(case.mask.sum(axis=(1, 2))))
+    z = int(np.argmax(truth.sum(axis=(1, 2))))
     viewer.dims.set_current_step(0, z)
     widget = IbisWidget(viewer)
     viewer.window.add_dock_widget(widget, name="IBIS agent", area="right")
-    widget.controller.models.provide("oracle (drawn tumour mask)", OraclePolicy(case.mask[z], stop_iou=0.9))
+    widget.controller.models.provide(oracle_name, OraclePolicy(truth[z], stop_iou=0.9))
     panel = widget.run_panel
-    panel.model_edit.setText("oracle (drawn tumour mask)")
+    panel.model_edit.setText(oracle_name)
     panel.segmenter_combo.setCurrentText("mobilesam")
-    panel.query_edit.setText("segment the lung tumour")
+    panel.query_edit.setText(query)
     panel.max_steps.setValue(5)
     widget.run()
     wait(lambda: not widget.running, 300)
@@ -239,13 +188,45 @@ def tumour(out: Path, wait) -> None:
     wait(lambda: not widget.running, 600)
     viewer.layers["IBIS mask"].visible = False
     viewer.layers["IBIS clicks"].visible = False
-    result = viewer.layers[widget.volume_name].data > 0
-    viewer.dims.set_current_step(0, int(np.nonzero(result.any(axis=(1, 2)))[0].min()))  # the last slice below
+    return viewer, widget, z, viewer.layers[widget.volume_name].data > 0
+
+
+def _shoot(viewer, widget, file: Path, result, truth, against: str) -> None:
+    from qtpy.QtWidgets import QApplication
+
     QApplication.instance().processEvents()
-    viewer.window.screenshot(str(out / "widget-tumour.png"), canvas_only=False)
-    inter = (result & case.mask).sum()
-    print(widget.steps_panel.status.text(), f"3-D Dice with the drawn mask: {2 * inter / (result.sum() + case.mask.sum()):.3f}")
+    viewer.window.screenshot(str(file), canvas_only=False)
+    dice = 2 * (result & truth).sum() / (result.sum() + truth.sum())
+    print(widget.steps_panel.status.text(), f"3-D Dice with {against}: {dice:.3f}")
     viewer.close()
+
+
+def volume(out: Path, wait) -> None:
+    """A real CT series through the reader, the liver on its largest slice, propagated both ways."""
+    from napari_ibis import assets, io
+    from training.data.sources import totalseg_class_maps
+
+    root = assets.path("totalsegmentator", "tests/reference_files")
+    labels = io.read_image(root / "example_seg_dicom.nii.gz").data
+    liver = labels == next(k for k, v in totalseg_class_maps()["total"].items() if v == "liver")
+    viewer, widget, z, result = _propagated(str(root / "example_ct_dicom"), liver, "segment the liver",
+                                            "oracle (TotalSegmentator label)", wait)
+    viewer.dims.set_current_step(0, max(0, z - 4))
+    _shoot(viewer, widget, out / "widget-volume.png", result, liver, "TotalSegmentator's liver")
+
+
+def tumour(out: Path, wait) -> None:
+    """pyradiomics' lung2 (a real lung tumour beside the aorta), propagated both ways."""
+    import numpy as np
+
+    from napari_ibis import assets
+    from training.data.sources import radiomics_volumes
+
+    case = next(radiomics_volumes(["lung2"]))
+    viewer, widget, _, result = _propagated(str(assets.path("pyradiomics", "data/lung2_image.nrrd")), case.mask,
+                                            "segment the lung tumour", "oracle (drawn tumour mask)", wait)
+    viewer.dims.set_current_step(0, int(np.nonzero(result.any(axis=(1, 2)))[0].min()))  # its last slice below
+    _shoot(viewer, widget, out / "widget-tumour.png", result, case.mask, "the drawn mask")
 
 
 if __name__ == "__main__":
