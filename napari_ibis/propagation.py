@@ -52,8 +52,8 @@ from typing import Iterator
 import numpy as np
 
 from .errors import Cancelled, InputError
-from .metrics import iou
 from .appearance import Appearance
+from .metrics import iou
 from .overlay import to_rgb8
 from .segmenters.base import Click, Segmenter, SegmentResult, prompts_from
 
@@ -166,17 +166,13 @@ class Propagation:
         reference = start_rgb.mean(axis=2)[mask]
         self._reference = (float(reference.mean()), 2.5 * float(reference.std()) + 8.0)
         self._appearance = None
-        if not self.video:  # measured even when min_likeness is 0, for the record (SliceResult.likeness)
-            with self.segmenter.interruptible(cancel):
-                try:
-                    self.segmenter.set_image(start_rgb)
-                except Cancelled:
-                    yield PropagationDone(labels, cancelled=True)
-                    return
-            self._appearance = Appearance.of(self.segmenter, mask)
         done = PropagationDone(labels)
         steps = {"up": (1,), "down": (-1,), "both": (1, -1)}[direction]
         try:
+            if not self.video:  # measured even when min_likeness is 0, for the record (SliceResult.likeness)
+                with self.segmenter.interruptible(cancel):
+                    self.segmenter.set_image(start_rgb)
+                self._appearance = Appearance.of(self.segmenter, mask)
             for step in steps:
                 previous, index = mask, start + step
                 tracker = self._tracker(start, mask, step)
@@ -186,19 +182,7 @@ class Propagation:
                         raise Cancelled("stopped")
                     with self.segmenter.interruptible(cancel):
                         result = ahead or self._one(index, previous, step, abs(index - start), tracker)
-                        ahead = None
-                        if self._unlike(result):
-                            # one such slice is often the encoder's noise; two in a row, or one
-                            # before the structure ends anyway, is the mask on a neighbour
-                            following = index + step
-                            if 0 <= following < self.depth:
-                                ahead = self._one(following, result.mask, step, abs(following - start), tracker)
-                            if ahead is None or ahead.stopped or self._unlike(ahead):
-                                result.stopped = (f"the mask looks like the structure's surroundings "
-                                                  f"({result.likeness:.0%} of it like the structure)")
-                                if not result.agent_changed:
-                                    result.mask = np.zeros_like(result.mask)
-                                ahead = None
+                        ahead = self._judge_unlike(result, step, start, tracker) if self._unlike(result) else None
                     labels[index] = result.mask
                     done.slices.append(result)
                     yield result
@@ -268,6 +252,23 @@ class Propagation:
         outcome.seconds = time.perf_counter() - started
         return outcome
 
+
+    def _judge_unlike(self, result: SliceResult, step: int, start: int, tracker) -> SliceResult | None:
+        """A slice that looks unlike the structure: one such slice is often the encoder's noise;
+        two in a row, or one before the structure ends anyway, is the mask on a neighbour, and
+        ``result`` ends the direction. Returns the next slice's result when it was computed and
+        the direction goes on."""
+        following = result.index + step
+        ahead = None
+        if 0 <= following < self.depth:
+            ahead = self._one(following, result.mask, step, abs(following - start), tracker)
+        if ahead is not None and not ahead.stopped and not self._unlike(ahead):
+            return ahead
+        result.stopped = (f"the mask looks like the structure's surroundings "
+                          f"({result.likeness:.0%} of it like the structure)")
+        if not result.agent_changed:
+            result.mask = np.zeros_like(result.mask)
+        return None
 
     def _unlike(self, result: SliceResult) -> bool:
         """Fewer than ``min_likeness`` of the mask's cells look like the structure (NaN: not measured)."""
