@@ -118,3 +118,40 @@ def test_the_head_learns_which_structure_the_query_names_and_round_trips(tmp_pat
     with torch.inference_mode():  # the same weights; kernels may sum in another order (1e-6 on some CPUs)
         torch.testing.assert_close(head(held.features[:1], held.positions[:1], query),
                                    again(held.features[:1], held.positions[:1], query), rtol=1e-5, atol=1e-5)
+
+
+def _ct_with_table_and_arms():
+    """A 256 x 256 'CT slice': a body ellipse, an arm on each side close to it, a table below."""
+    rows, cols = np.ogrid[:256, :256]
+    image = np.zeros((256, 256, 3), np.uint8)
+    body = ((rows - 120) / 70.0) ** 2 + ((cols - 128) / 90.0) ** 2 <= 1
+    arms = ((rows - 110) ** 2 + (cols - 22) ** 2 <= 14**2) | ((rows - 110) ** 2 + (cols - 234) ** 2 <= 14**2)
+    image[body | arms] = 160
+    image[200:204, 10:246] = 200  # the scanner table, a thin strip under the body
+    return image
+
+
+def test_the_largest_part_box_leaves_out_the_table_and_the_arms():
+    from napari_ibis.grounding.head import body_box
+
+    image = _ct_with_table_and_arms()
+    assert body_box(image) == (50, 8, 204, 249)  # every bright pixel: arms and table included
+    top, left, bottom, right = body_box(image, kind="largest_part")
+    assert abs(top - 50) <= 2 and abs(bottom - 191) <= 2 and abs(left - 38) <= 2 and abs(right - 219) <= 2
+    with pytest.raises(ValueError, match="largest_part"):
+        body_box(image, kind="torso")
+
+
+def test_a_head_keeps_how_it_finds_the_body(tmp_path):
+    from napari_ibis.grounding.encoders import Framing
+    from napari_ibis.grounding.head import PointerHead, PointerHeadConfig, position_channels
+
+    PointerHead(PointerHeadConfig(feature_channels=8, grid=8, hidden=16, body_box="largest_part")).save_pretrained(tmp_path / "h")
+    assert PointerHead.from_pretrained(tmp_path / "h").config.body_box == "largest_part"
+    assert PointerHead(PointerHeadConfig(feature_channels=8, grid=8, hidden=16)).config.body_box == "bright"  # v8's
+    framing = Framing(height=256, width=256, size=256, grid=8)
+    image = _ct_with_table_and_arms()
+    bright, largest = position_channels(framing, image), position_channels(framing, image, "largest_part")
+    assert np.array_equal(bright[:2], largest[:2])  # the image coordinates do not change
+    # the cell over the right arm lies outside the body in the new box, inside it in the old
+    assert largest[3, 3, 7] > 1 > bright[3, 3, 7]

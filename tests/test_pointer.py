@@ -87,14 +87,18 @@ def test_a_mask_matching_the_region_ends_the_run():
 
 
 @needs_assets("mobile_sam", "minilm")
-def test_a_pointer_folder_loads_as_a_model_and_runs_a_session(tmp_path):
+def test_a_pointer_folder_loads_as_a_model_and_runs_a_session(tmp_path, monkeypatch):
+    from napari_ibis.grounding import head as head_module
     from napari_ibis.grounding.head import PointerHead, PointerHeadConfig
     from napari_ibis.policies import load_policy
     from napari_ibis.policies.pointer import PointerPolicy
     from napari_ibis.segmenters import build_segmenter
     from napari_ibis.session import Session
 
-    PointerHead(PointerHeadConfig(presence_threshold=0.0)).save_pretrained(tmp_path / "v8")
+    boxes = []  # how the policy found the body: the way its head was trained to
+    real = head_module.position_channels
+    monkeypatch.setattr(head_module, "position_channels", lambda f, image, box="bright": boxes.append(box) or real(f, image, box))
+    PointerHead(PointerHeadConfig(presence_threshold=0.0, body_box="largest_part")).save_pretrained(tmp_path / "v8")
     policy = load_policy(tmp_path / "v8")
     assert isinstance(policy, PointerPolicy)
     image, _ = disk_image(128, centre=(60, 70), radius=18)
@@ -103,3 +107,4 @@ def test_a_pointer_folder_loads_as_a_model_and_runs_a_session(tmp_path):
     assert session.steps, "the agent took no step"
     assert all(step.mask.shape == image.shape for step in session.steps)
     assert type(events[-1]).__name__ == "Stopped"
+    assert boxes and set(boxes) == {"largest_part"}

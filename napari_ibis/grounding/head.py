@@ -57,23 +57,41 @@ def pool_features(features: torch.Tensor, grid: int) -> torch.Tensor:
     return features
 
 
-def body_box(rgb: np.ndarray, level: int = 25) -> tuple[int, int, int, int]:
-    """(top, left, bottom, right) of the pixels brighter than ``level``: the body (or the
-    head, the tissue) rather than the air around it; the whole image if none are."""
+BODY_BOXES = ("bright", "largest_part")  # how the box around the body is found (PointerHeadConfig.body_box)
+
+
+def body_box(rgb: np.ndarray, level: int = 25, kind: str = "bright", opening: float = 0.02) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) of the body (or the head, the tissue) rather than the air
+    around it; the whole image if there is none.
+
+    ``kind``: "bright", every pixel brighter than ``level``; "largest_part", the largest
+    connected part of them after an opening with a disk of ``opening`` x the image side,
+    which leaves out a CT table and arms beside the body (benchmarks/position_prior.py)."""
     grey = np.asarray(rgb).mean(axis=2) if rgb.ndim == 3 else np.asarray(rgb)
-    rows, cols = np.nonzero(grey > level)
+    bright = grey > level
+    if kind == "largest_part":
+        from scipy import ndimage as ndi
+        from skimage.morphology import disk
+
+        bright = ndi.binary_opening(bright, structure=disk(max(1, round(min(grey.shape) * opening))))
+        labels, count = ndi.label(bright)
+        if count:
+            bright = labels == 1 + int(np.argmax(ndi.sum(bright, labels, range(1, count + 1))))
+    elif kind != "bright":
+        raise ValueError(f"body_box: kind must be one of {', '.join(BODY_BOXES)}, not {kind!r}")
+    rows, cols = np.nonzero(bright)
     if len(rows) < 16:
         return 0, 0, grey.shape[0], grey.shape[1]
     return int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1
 
 
-def position_channels(framing, rgb: np.ndarray) -> np.ndarray:
-    """(4, g, g): each cell centre's row and column in the image and in the body box, in [-1, 1]
-    (cells over the padding get values beyond 1)."""
+def position_channels(framing, rgb: np.ndarray, box: str = "bright") -> np.ndarray:
+    """(4, g, g): each cell centre's row and column in the image and in the body box (found the
+    ``box`` way, see :func:`body_box`), in [-1, 1] (cells over the padding get values beyond 1)."""
     g = framing.grid
     centres = (np.arange(g) + 0.5) * framing.size / g / framing.scale  # pixel coordinate of each cell centre
     rows, cols = np.meshgrid(centres, centres, indexing="ij")
-    top, left, bottom, right = body_box(rgb)
+    top, left, bottom, right = body_box(rgb, kind=box)
 
     def span(values, low, high):
         return 2 * (values - low) / max(high - low, 1) - 1
@@ -86,13 +104,15 @@ class PointerHeadConfig(PretrainedConfig):
     model_type = "ibis_pointer"
 
     def __init__(self, encoder: str = "mobilesam", feature_channels: int = 256, grid: int = 32, hidden: int = 64,
-                 query_dim: int = TEXT_DIM + 1, presence_threshold: float = 0.5, **kwargs) -> None:
+                 query_dim: int = TEXT_DIM + 1, presence_threshold: float = 0.5, body_box: str = "bright",
+                 **kwargs) -> None:
         self.encoder = encoder
         self.feature_channels = feature_channels
         self.grid = grid
         self.hidden = hidden
         self.query_dim = query_dim
         self.presence_threshold = presence_threshold
+        self.body_box = body_box  # how the position channels find the body (BODY_BOXES)
         super().__init__(**kwargs)
 
 

@@ -156,7 +156,7 @@ class PointerPolicy(DecidingPolicy):
             features, framing = self.encoder.encode(image)
             features = pool_features(features[None], self.head.config.grid)
             framing = dataclasses.replace(framing, grid=features.shape[-1])
-            positions = torch.from_numpy(position_channels(framing, image)[None])
+            positions = torch.from_numpy(position_channels(framing, image, self.head.config.body_box)[None])
             with torch.inference_mode():
                 self._cells = self.head.cells(features, positions)
             self._image_key, self._framing, self._maps = key, framing, {}

@@ -34,8 +34,9 @@ class Prepared:
     slices: list[Slice]
 
 
-def prepare(encoder, slices: list[Slice], grid: int = 32, log=None) -> Prepared:
-    """Features pooled to about ``grid`` cells a side (64 -> 32 for the SAM encoders), positions, valid cells."""
+def prepare(encoder, slices: list[Slice], grid: int = 32, log=None, body_box: str = "bright") -> Prepared:
+    """Features pooled to about ``grid`` cells a side (64 -> 32 for the SAM encoders), positions
+    (the body found the ``body_box`` way), valid cells."""
     import dataclasses
 
     import torch
@@ -46,7 +47,7 @@ def prepare(encoder, slices: list[Slice], grid: int = 32, log=None) -> Prepared:
     features, framings = features_of(encoder, slices, log=log)
     features = pool_features(features, grid)
     framings = [dataclasses.replace(f, grid=features.shape[-1]) for f in framings]
-    positions = torch.from_numpy(np.stack([position_channels(f, s.rgb) for f, s in zip(framings, slices)]))
+    positions = torch.from_numpy(np.stack([position_channels(f, s.rgb, body_box) for f, s in zip(framings, slices)]))
     valid = torch.zeros(len(slices), framings[0].grid, framings[0].grid, dtype=torch.bool)
     for i, framing in enumerate(framings):
         rows, cols = framing.valid_cells
@@ -234,6 +235,7 @@ class PointerConfig:
     phantoms: int = 200  # phantom images (seeds 0..N-1) next to the real training slices
     totalseg_step_mm: float = 6.0  # axial spacing of the TotalSegmentator training slices
     aal_step: int = 2  # every Nth axial slice of the AAL training side
+    body_box: Literal["bright", "largest_part"] = "bright"  # how the position channels find the body (grounding.head.body_box)
     max_false_absent: float = 0.03  # the presence threshold is the highest that calls at most this share of training structures absent
     threads: int = 2
     seed: int = 0
@@ -284,14 +286,16 @@ def main(argv=None) -> int:
         weights = np.r_[np.full(len(slices), (1 - config.session_share) / len(slices)),
                         np.full(len(kept), config.session_share / len(kept))]
     slices += kept
-    data = prepare(encoder, slices, log=print)
+    data = prepare(encoder, slices, log=print, body_box=config.body_box)
     if config.init:
         head = PointerHead.from_pretrained(config.init)
         if head.config.encoder != encoder.name:
             raise ValueError(f"init: {config.init} was trained on {head.config.encoder} features, not {encoder.name}")
+        if head.config.body_box != config.body_box:
+            raise ValueError(f"init: {config.init} finds the body the {head.config.body_box!r} way, not {config.body_box!r}")
     else:
         head = PointerHead(PointerHeadConfig(encoder=encoder.name, feature_channels=int(data.features.shape[1]),
-                                             grid=int(data.features.shape[-1])))
+                                             grid=int(data.features.shape[-1]), body_box=config.body_box))
     bank = QueryBank(seed=config.seed)
     report = fit(head, data, bank, steps=config.steps, slices_per_step=config.slices_per_step,
                  queries_per_slice=config.queries_per_slice, lr=config.learning_rate, seed=config.seed,
