@@ -20,6 +20,10 @@ bundled v7 agent's own vision tower (trained from scratch on phantoms). SAM feat
 pooled from 64 to 32 cells a side; DINOv2 keeps its 37.
 
     python benchmarks/vision_probe.py [--encoders mobilesam litemedsam dinov2 v7] [--steps 1500]
+    python benchmarks/vision_probe.py --encoders mobilesam --body-box largest_part
+
+``--body-box``: how the head's position channels find the body (``grounding.head.body_box``);
+a run with another box than "bright" is kept as ENCODER@BOX.
 
 Prints a table and writes benchmarks/results/vision_probe.json; the heads are kept in
 benchmarks/out/probe-heads/ENCODER.
@@ -49,7 +53,7 @@ def build(name: str):
     return build_encoder(name) if name in ENCODERS else PROBE_ENCODERS[name]()
 
 
-def probe(name: str, steps: int, train, held) -> dict:
+def probe(name: str, steps: int, train, held, body_box: str = "bright") -> dict:
     import torch
 
     from napari_ibis.grounding.head import PointerHead, PointerHeadConfig
@@ -57,17 +61,18 @@ def probe(name: str, steps: int, train, held) -> dict:
 
     encoder = build(name)
     started = time.perf_counter()
-    data = prepare(encoder, train, log=print)
+    data = prepare(encoder, train, log=print, body_box=body_box)
     head = PointerHead(PointerHeadConfig(encoder=name, feature_channels=int(data.features.shape[1]),
-                                         grid=int(data.features.shape[-1])))
+                                         grid=int(data.features.shape[-1]), body_box=body_box))
     torch.manual_seed(0)
     bank = QueryBank()
     training = fit(head, data, bank, steps=steps, log=print)
-    head.save_pretrained(HEADS / name)
+    key = name if body_box == "bright" else f"{name}@{body_box}"
+    head.save_pretrained(HEADS / key)
     sets = {}
     for set_name, slices in held.items():
-        sets[set_name] = evaluate(head, prepare(encoder, slices), bank)["summary"]
-        print(name, set_name, json.dumps(sets[set_name]), flush=True)
+        sets[set_name] = evaluate(head, prepare(encoder, slices, body_box=body_box), bank)["summary"]
+        print(key, set_name, json.dumps(sets[set_name]), flush=True)
     return {"training": training, "seconds_total": time.perf_counter() - started, "sets": sets}
 
 
@@ -92,6 +97,7 @@ def main() -> int:
     parser.add_argument("--encoders", nargs="+", default=["mobilesam", "litemedsam", "dinov2", "v7"])
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--body-box", default="bright", choices=["bright", "largest_part"])
     parser.add_argument("--table", action="store_true", help="only print the table of what is measured")
     args = parser.parse_args()
     results = json.loads(OUT.read_text())["encoders"] if OUT.is_file() else {}
@@ -99,10 +105,10 @@ def main() -> int:
         torch.set_num_threads(args.threads)
         train, held = probe_sets()
         for name in args.encoders:
-            measured = probe(name, args.steps, train, held)
+            measured = probe(name, args.steps, train, held, args.body_box)
             # read again before writing: another run may have added an encoder meanwhile
             results = json.loads(OUT.read_text())["encoders"] if OUT.is_file() else {}
-            results[name] = measured
+            results[name if args.body_box == "bright" else f"{name}@{args.body_box}"] = measured
             OUT.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "steps": args.steps,
                                        "encoders": results}, indent=1) + "\n")
     print(table(results))

@@ -1,0 +1,184 @@
+"""Which prompts should MobileSAM get from the previous slice's mask when it follows a structure?
+
+The shipped rule (``points``: :meth:`MobileSAMSegmenter.follow`) gives the decoder a
+click inside each part of the previous mask and that mask as the prior, and keeps the one
+of SAM's three masks that overlaps the previous slice's most. Alternatives measured here
+on the same cases as ``benchmarks/propagation.py`` (oracle start, at most 5 clicks, no
+clicks after):
+
+* ``box_points_prior``: per part of the previous mask, its box, its interior click and the
+  part as the prior (one decoder call per part, the masks united);
+* ``box_points``: the same without the prior;
+* ``box_whole``: one box around the whole previous mask, the clicks and the prior;
+* ``points_per_part``: the shipped prompts, one decoder call per part;
+* ``best_score``: the shipped rule and ``box_points_prior`` both, the one SAM scores higher.
+
+    python benchmarks/propagation_prompts.py --sets totalseg --cache /tmp/embeddings
+
+``--cache`` keeps each slice's embedding on disk, so that the variants after the first cost
+only their decoder calls. Writes benchmarks/results/propagation_prompts.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+OUT = ROOT / "benchmarks" / "results" / "propagation_prompts.json"
+VARIANTS = ("points", "box_points_prior", "box_points", "box_whole", "points_per_part", "best_score")
+
+
+def _parts(mask: np.ndarray) -> list[tuple[np.ndarray, tuple[int, int, int, int]]]:
+    """The parts :func:`prompts_from` clicks in (largest first, at most 4), each with its box."""
+    from scipy import ndimage as ndi
+
+    labels, count = ndi.label(mask)
+    sizes = ndi.sum(mask, labels, range(1, count + 1)) if count else []
+    out = []
+    for rank, index in enumerate(np.argsort(sizes)[::-1][:4]):
+        if rank and sizes[index] < 30:
+            break
+        part = labels == index + 1
+        rows, cols = np.nonzero(part)
+        out.append((part, (rows.min(), cols.min(), rows.max(), cols.max())))
+    return out
+
+
+def _decode(segmenter, clicks, box, prior):
+    """SAM's three masks and scores for these prompts (``box``: (top, left, bottom, right) pixels)."""
+    import torch
+
+    points = None
+    if clicks:
+        points = (torch.tensor([[segmenter._to_model(c) for c in clicks]], dtype=torch.float32),
+                  torch.tensor([[1 if c.positive else 0 for c in clicks]]))
+    boxes = None
+    if box is not None:
+        (height, width), (new_h, new_w) = segmenter.image_shape, segmenter._resized
+        top, left, bottom, right = box
+        boxes = torch.tensor([[left * new_w / width, top * new_h / height,
+                               (right + 1) * new_w / width, (bottom + 1) * new_h / height]], dtype=torch.float32)
+    masks = None if prior is None else torch.as_tensor(prior, dtype=torch.float32)[None, None]
+    with torch.inference_mode():
+        sparse, dense = segmenter.net.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        logits, scores = segmenter.net.mask_decoder(
+            image_embeddings=segmenter._embedding, image_pe=segmenter.net.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True)
+    return logits[0].float().numpy(), scores[0].float().numpy()
+
+
+def _closest(segmenter, reference, logits, scores):
+    from napari_ibis.metrics import iou
+
+    masks = [segmenter.mask_from_prior(candidate) for candidate in logits]
+    best = int(np.argmax([iou(reference, mask) for mask in masks]))
+    return masks[best], float(scores[best])
+
+
+def follow_with(variant: str, shipped):
+    """A ``follow(self, previous)`` for ``variant``; ``shipped`` is the segmenter's own."""
+    from napari_ibis.segmenters.base import SegmentResult, prompts_from
+
+    def per_part(segmenter, previous, box: bool, points: bool, prior: bool) -> SegmentResult:
+        out, scores = np.zeros(segmenter.image_shape, dtype=bool), []
+        for part, part_box in _parts(previous):
+            logits, decoded = _decode(segmenter, prompts_from(part) if points else [], part_box if box else None,
+                                      segmenter.prior_from_mask(part) if prior else None)
+            mask, score = _closest(segmenter, part, logits, decoded)
+            out |= mask
+            scores.append(score)
+        return SegmentResult(out, segmenter.prior_from_mask(out), float(min(scores)) if scores else 0.0)
+
+    def follow(self, previous):
+        if variant == "points" or not previous.any():
+            return shipped(self, previous)
+        if variant == "box_whole":
+            rows, cols = np.nonzero(previous)
+            logits, scores = _decode(self, prompts_from(previous), (rows.min(), cols.min(), rows.max(), cols.max()),
+                                     self.prior_from_mask(previous))
+            mask, score = _closest(self, previous, logits, scores)
+            return SegmentResult(mask, self.prior_from_mask(mask), score)
+        if variant == "points_per_part":
+            return per_part(self, previous, box=False, points=True, prior=True)
+        boxed = per_part(self, previous, box=True, points=True, prior=variant != "box_points")
+        if variant == "best_score":
+            own = shipped(self, previous)
+            return boxed if boxed.score > own.score else own
+        return boxed
+
+    return follow
+
+
+def disk_cached(folder: Path):
+    """A stand-in for ``mobilesam.shared_embedding`` that keeps every slice's embedding in ``folder``."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def shared_embedding(key, compute):
+        file = folder / f"{key}.pt"
+        if file.is_file():
+            return torch.load(file, weights_only=True)
+        embedding = compute()
+        torch.save(embedding, file)
+        return embedding
+
+    return shared_embedding
+
+
+def main() -> int:
+    import torch
+
+    import napari_ibis.segmenters.mobilesam as mobilesam
+    from napari_ibis.evaluation import evaluate_volume, oracle_start
+    from napari_ibis.segmenters import build_segmenter
+    from propagation import _set_of, cases
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--sets", nargs="+", default=["totalseg"], choices=["totalseg", "aal", "lesions", "phantoms"])
+    parser.add_argument("--organs", type=int, default=3, help="largest structures per TotalSegmentator volume")
+    parser.add_argument("--cache", type=Path, default=None, help="a folder for the slices' embeddings")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.cache:
+        mobilesam.shared_embedding = disk_cached(args.cache)
+    shipped = mobilesam.MobileSAMSegmenter.follow
+    rows = []
+    for case in (c for c in cases(args.organs, 3) if _set_of(c) in args.sets):
+        for variant in args.variants:
+            mobilesam.MobileSAMSegmenter.follow = follow_with(variant, shipped)
+            segmenter = build_segmenter("mobilesam")
+            started = time.perf_counter()
+            row = evaluate_volume(case["volume"], case["mask"], segmenter, oracle_start(segmenter, 5))
+            row.pop("_labels")
+            rows.append({"variant": variant, "group": case["group"], "source": case["source"], "target": case["target"],
+                         "dice_3d": float(row["dice_3d"]), "start_iou": float(row["start_iou"]),
+                         "slices_propagated": row["slices_propagated"], "slices_true": row["slices_true"],
+                         "seconds": time.perf_counter() - started})
+            print(variant, case["source"], case["target"], f"dice {row['dice_3d']:.3f}", flush=True)
+            means = {v: float(np.mean([r["dice_3d"] for r in rows if r["variant"] == v])) for v in args.variants
+                     if any(r["variant"] == v for r in rows)}
+            args.out.write_text(json.dumps({"sets": args.sets, "means": means, "cases": rows}, indent=1) + "\n")
+    mobilesam.MobileSAMSegmenter.follow = shipped
+    print("| case | " + " | ".join(args.variants) + " |")
+    print("|---|" + "---|" * len(args.variants))
+    for key in dict.fromkeys((r["source"], r["target"]) for r in rows):
+        dice = {r["variant"]: r["dice_3d"] for r in rows if (r["source"], r["target"]) == key}
+        print(f"| {key[0]} {key[1]} | " + " | ".join(f"{dice.get(v, float('nan')):.3f}" for v in args.variants) + " |")
+    print("| mean | " + " | ".join(f"{means[v]:.3f}" for v in args.variants) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
