@@ -37,42 +37,14 @@ VARIANTS = ("points", "box_points_prior", "box_points", "box_whole", "points_per
 
 
 def _parts(mask: np.ndarray) -> list[tuple[np.ndarray, tuple[int, int, int, int]]]:
-    """The parts :func:`prompts_from` clicks in (largest first, at most 4), each with its box."""
-    from scipy import ndimage as ndi
+    """The parts :func:`prompts_from` clicks in, each with its box (top, left, bottom, right)."""
+    from napari_ibis.segmenters.base import mask_parts
 
-    labels, count = ndi.label(mask)
-    sizes = ndi.sum(mask, labels, range(1, count + 1)) if count else []
-    out = []
-    for rank, index in enumerate(np.argsort(sizes)[::-1][:4]):
-        if rank and sizes[index] < 30:
-            break
-        part = labels == index + 1
+    boxed = []
+    for part in mask_parts(mask):
         rows, cols = np.nonzero(part)
-        out.append((part, (rows.min(), cols.min(), rows.max(), cols.max())))
-    return out
-
-
-def _decode(segmenter, clicks, box, prior):
-    """SAM's three masks and scores for these prompts (``box``: (top, left, bottom, right) pixels)."""
-    import torch
-
-    points = None
-    if clicks:
-        points = (torch.tensor([[segmenter._to_model(c) for c in clicks]], dtype=torch.float32),
-                  torch.tensor([[1 if c.positive else 0 for c in clicks]]))
-    boxes = None
-    if box is not None:
-        (height, width), (new_h, new_w) = segmenter.image_shape, segmenter._resized
-        top, left, bottom, right = box
-        boxes = torch.tensor([[left * new_w / width, top * new_h / height,
-                               (right + 1) * new_w / width, (bottom + 1) * new_h / height]], dtype=torch.float32)
-    masks = None if prior is None else torch.as_tensor(prior, dtype=torch.float32)[None, None]
-    with torch.inference_mode():
-        sparse, dense = segmenter.net.prompt_encoder(points=points, boxes=boxes, masks=masks)
-        logits, scores = segmenter.net.mask_decoder(
-            image_embeddings=segmenter._embedding, image_pe=segmenter.net.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True)
-    return logits[0].float().numpy(), scores[0].float().numpy()
+        boxed.append((part, (rows.min(), cols.min(), rows.max(), cols.max())))
+    return boxed
 
 
 def _closest(segmenter, reference, logits, scores):
@@ -90,8 +62,9 @@ def follow_with(variant: str, shipped):
     def per_part(segmenter, previous, box: bool, points: bool, prior: bool) -> SegmentResult:
         out, scores = np.zeros(segmenter.image_shape, dtype=bool), []
         for part, part_box in _parts(previous):
-            logits, decoded = _decode(segmenter, prompts_from(part) if points else [], part_box if box else None,
-                                      segmenter.prior_from_mask(part) if prior else None)
+            logits, decoded = segmenter._decode(prompts_from(part) if points else [],
+                                                segmenter.prior_from_mask(part) if prior else None, True,
+                                                box=part_box if box else None)
             mask, score = _closest(segmenter, part, logits, decoded)
             out |= mask
             scores.append(score)
@@ -102,8 +75,8 @@ def follow_with(variant: str, shipped):
             return shipped(self, previous)
         if variant == "box_whole":
             rows, cols = np.nonzero(previous)
-            logits, scores = _decode(self, prompts_from(previous), (rows.min(), cols.min(), rows.max(), cols.max()),
-                                     self.prior_from_mask(previous))
+            logits, scores = self._decode(prompts_from(previous), self.prior_from_mask(previous), True,
+                                          box=(rows.min(), cols.min(), rows.max(), cols.max()))
             mask, score = _closest(self, previous, logits, scores)
             return SegmentResult(mask, self.prior_from_mask(mask), score)
         if variant == "points_per_part":

@@ -175,21 +175,31 @@ class Segmenter(ABC):
     def _segment(self, clicks: list[Click], prior: np.ndarray | None) -> SegmentResult: ...
 
 
-def prompts_from(mask: np.ndarray, min_part: int = 30, most: int = 4) -> list[Click]:
-    """Positive clicks that stand for ``mask``: the interior point (farthest from the edge) of
-    each connected part of at least ``min_part`` pixels, the largest part always, ``most`` at most."""
+def mask_parts(mask: np.ndarray, min_part: int = 30, most: int = 4) -> list[np.ndarray]:
+    """The connected parts of ``mask`` that stand for it, largest first: the largest always,
+    the others of at least ``min_part`` pixels, ``most`` at most."""
     from scipy import ndimage as ndi
 
     labels, count = ndi.label(mask)
     if count == 0:
         return []
     sizes = ndi.sum(mask, labels, range(1, count + 1))
-    clicks = []
+    parts = []
     for rank, index in enumerate(np.argsort(sizes)[::-1][:most]):
         if rank and sizes[index] < min_part:
             break
-        part = np.pad(labels == index + 1, 1)
-        distance = ndi.distance_transform_edt(part)[1:-1, 1:-1]
+        parts.append(labels == index + 1)
+    return parts
+
+
+def prompts_from(mask: np.ndarray, min_part: int = 30, most: int = 4) -> list[Click]:
+    """Positive clicks that stand for ``mask``: the interior point (farthest from the edge) of
+    each of its :func:`mask_parts`."""
+    from scipy import ndimage as ndi
+
+    clicks = []
+    for part in mask_parts(mask, min_part, most):
+        distance = ndi.distance_transform_edt(np.pad(part, 1))[1:-1, 1:-1]
         row, col = np.unravel_index(int(np.argmax(distance)), distance.shape)
         clicks.append(Click(int(row), int(col), True, source="propagation"))
     return clicks

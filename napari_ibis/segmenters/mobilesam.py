@@ -157,15 +157,22 @@ class MobileSAMSegmenter(Segmenter):
         best = int(np.argmax([iou(previous, mask) for mask in masks]))
         return SegmentResult(mask=masks[best], logits=logits[best], score=float(scores[best]))
 
-    def _decode(self, clicks: list[Click], prior: np.ndarray | None, multimask: bool):
-        """The decoder's low-res logits (K, 256, 256) and predicted IoUs (K,) for these clicks."""
+    def _decode(self, clicks: list[Click], prior: np.ndarray | None, multimask: bool, box=None):
+        """The decoder's low-res logits (K, 256, 256) and predicted IoUs (K,) for these clicks
+        (and ``box``, (top, left, bottom, right) in pixels, when given)."""
         import torch
 
         points = torch.tensor([[self._to_model(c) for c in clicks]], dtype=torch.float32, device=self.device)
         labels = torch.tensor([[1 if c.positive else 0 for c in clicks]], dtype=torch.int64, device=self.device)
         masks = None if prior is None else torch.as_tensor(prior, dtype=torch.float32, device=self.device)[None, None]
+        boxes = None
+        if box is not None:
+            (height, width), (new_h, new_w) = self.image_shape, self._resized
+            top, left, bottom, right = box  # the box's outer pixel edges, in the 1024-pixel frame
+            boxes = torch.tensor([[left * new_w / width, top * new_h / height, (right + 1) * new_w / width,
+                                   (bottom + 1) * new_h / height]], dtype=torch.float32, device=self.device)
         with torch.inference_mode():
-            sparse, dense = self.net.prompt_encoder(points=(points, labels), boxes=None, masks=masks)
+            sparse, dense = self.net.prompt_encoder(points=(points, labels), boxes=boxes, masks=masks)
             logits, scores = self.net.mask_decoder(
                 image_embeddings=self._embedding, image_pe=self.net.prompt_encoder.get_dense_pe(),
                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask)
