@@ -12,10 +12,13 @@ with TotalSegmentator's liver label on the liver's largest slice, then Propagate
 ways with MobileSAM. widget-tumour.png: pyradiomics' lung2 chest CT (NRRD, a real lung
 tumour with a drawn mask), the oracle with that mask on its largest slice, then Propagate
 both ways: the appearance rule ends it where the mask would slide onto the aorta.
+widget-spleen.png: the default agent itself (empty model field: v8 with its atlas) asked
+for the spleen on slice 10 of the same CT series, then Propagate both ways.
 
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only volume
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only tumour
+    xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only spleen
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ def main() -> None:
     from napari_ibis.policies.oracle import OraclePolicy
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", choices=["default-agent", "volume", "tumour"], help="only that screenshot")
+    parser.add_argument("--only", choices=["default-agent", "volume", "tumour", "spleen"], help="only that screenshot")
     args = parser.parse_args()
     out = ROOT / "docs" / "images"
     out.mkdir(parents=True, exist_ok=True)
@@ -58,6 +61,8 @@ def main() -> None:
         return volume(out, wait)
     if args.only == "tumour":
         return tumour(out, wait)
+    if args.only == "spleen":
+        return spleen(out, wait)
     image, labels = test_image_nuclei_2d(return_mask=True)
     target = labels == 119
     viewer = napari.Viewer(show=True)
@@ -157,9 +162,10 @@ def default_agent(out: Path, wait) -> None:
     viewer.close()
 
 
-def _propagated(path: str, truth, query: str, oracle_name: str, wait):
+def _propagated(path: str, truth, query: str, oracle_name: str | None, wait, z: int | None = None):
     """The volume at ``path`` through the reader, the oracle (``truth``'s largest slice, <= 5
-    clicks, MobileSAM) in the widget, then Propagate both ways; (viewer, widget, start slice, 3-D result)."""
+    clicks, MobileSAM) in the widget, then Propagate both ways; (viewer, widget, start slice, 3-D result).
+    ``oracle_name`` None: the default agent (empty model field) on slice ``z`` instead."""
     import napari
     import numpy as np
 
@@ -172,16 +178,17 @@ def _propagated(path: str, truth, query: str, oracle_name: str, wait):
     for data, kwargs, kind in get_reader(path)(path):
         viewer._add_layer_from_data(data, kwargs, kind)
     viewer.layers[-1].contrast_limits = (-160, 240)
-    z = int(np.argmax(truth.sum(axis=(1, 2))))
+    z = int(np.argmax(truth.sum(axis=(1, 2)))) if z is None else z
     viewer.dims.set_current_step(0, z)
     widget = IbisWidget(viewer)
     viewer.window.add_dock_widget(widget, name="IBIS agent", area="right")
-    widget.controller.models.provide(oracle_name, OraclePolicy(truth[z], stop_iou=0.9))
     panel = widget.run_panel
-    panel.model_edit.setText(oracle_name)
+    if oracle_name is not None:
+        widget.controller.models.provide(oracle_name, OraclePolicy(truth[z], stop_iou=0.9))
+        panel.model_edit.setText(oracle_name)
     panel.segmenter_combo.setCurrentText("mobilesam")
     panel.query_edit.setText(query)
-    panel.max_steps.setValue(5)
+    panel.max_steps.setValue(5 if oracle_name is not None else 8)
     widget.run()
     wait(lambda: not widget.running, 300)
     widget.propagate()
@@ -213,6 +220,21 @@ def volume(out: Path, wait) -> None:
                                             "oracle (TotalSegmentator label)", wait)
     viewer.dims.set_current_step(0, max(0, z - 4))
     _shoot(viewer, widget, out / "widget-volume.png", result, liver, "TotalSegmentator's liver")
+
+
+def spleen(out: Path, wait) -> None:
+    """The default agent itself (v8 with its atlas) asked for the spleen on the middle slice
+    of the same real CT series, then Propagate both ways."""
+    from napari_ibis import assets, io
+    from training.data.sources import totalseg_class_maps
+
+    root = assets.path("totalsegmentator", "tests/reference_files")
+    labels = io.read_image(root / "example_seg_dicom.nii.gz").data
+    truth = labels == next(k for k, v in totalseg_class_maps()["total"].items() if v == "spleen")
+    viewer, widget, z, result = _propagated(str(root / "example_ct_dicom"), truth, "segment the spleen", None, wait, z=10)
+    print(widget.steps_panel.transcript.toPlainText())
+    viewer.layers["IBIS clicks"].visible = True
+    _shoot(viewer, widget, out / "widget-spleen.png", result, truth, "TotalSegmentator's spleen")
 
 
 def tumour(out: Path, wait) -> None:

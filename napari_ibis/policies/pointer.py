@@ -18,7 +18,9 @@ Its words are composed from what it measured (where, how sure, what the mask mis
 spills over); no language model writes them. The folder is an ordinary transformers
 model folder (``config.json`` with ``model_type: ibis_pointer`` and the head's
 ``model.safetensors``, about 1 MB); the encoder and the sentence encoder are read from
-the fetched assets at load time.
+the fetched assets at load time. A folder may also hold an ``atlas.npz``
+(:mod:`napari_ibis.grounding.atlas`, ``napari-ibis atlas FOLDER``): labelled slices whose
+structure, moved onto the slice, weights the map where the query names one the atlas holds.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ from .oracle import describe_place
 
 SPILL_SHARE = 0.25  # of the mask, outside the (grown) target region, before a negative click
 MISS_SHARE = 0.3  # of the (shrunk) target region, outside the mask, before a positive click
+ATLAS_FILE = "atlas.npz"
+ATLAS_POWER = 2  # the first click: the map times the atlas prior to this power (benchmarks/atlas_prior.py --fuse)
+ATLAS_EXTENT = 0.5  # later turns: the atlas's extent of the structure, where its prior is above this
+ATLAS_REACH = 0.1  # later turns: the map where the atlas prior is above this
 
 
 def _interior_point(region: np.ndarray) -> tuple[int, int]:
@@ -66,9 +72,12 @@ def candidates(probability: np.ndarray, threshold: float) -> list[np.ndarray]:
     return [labels == (int(i) + 1) for i in order if peaks[i] >= threshold]
 
 
-def decide(probability: np.ndarray, request: PolicyRequest, threshold: float, cell: float) -> Response:
+def decide(probability: np.ndarray, request: PolicyRequest, threshold: float, cell: float,
+           extent: np.ndarray | None = None) -> Response:
     """One turn from the probability map (per pixel of the slice) and the current mask;
-    ``cell``: the map's resolution in pixels (how far its edges may be trusted)."""
+    ``cell``: the map's resolution in pixels (how far its edges may be trusted). ``extent``:
+    where a second source (the atlas) puts the target; then the mask spills only where it
+    leaves both the map's region and the extent, and misses only what both hold."""
     from scipy import ndimage as ndi
 
     height, width = probability.shape
@@ -92,8 +101,8 @@ def decide(probability: np.ndarray, request: PolicyRequest, threshold: float, ce
         action = request.profile.action_at(*centre, True, height, width, target=None)
         return Response(thought=f"There is no mask yet.{seen} I place a positive point inside it.", actions=(action,))
     reach = max(1, int(round(cell)))
-    grown = ndi.binary_dilation(region, iterations=reach)
-    shrunk = ndi.binary_erosion(region, iterations=max(1, reach // 2))
+    grown = ndi.binary_dilation(region if extent is None else region | extent, iterations=reach)
+    shrunk = ndi.binary_erosion(region if extent is None else region & extent, iterations=max(1, reach // 2))
     spill = _largest_part(mask & ~grown)
     if spill.sum() > SPILL_SHARE * mask.sum():
         row, col = _interior_point(spill)
@@ -130,16 +139,24 @@ class PointerPolicy(DecidingPolicy):
             self.head = PointerHead.from_pretrained(str(self.folder), local_files_only=True).eval()
             self.queries = QueryEncoder()
         self.encoder = build_encoder(self.head.config.encoder)
+        self.atlas = None
+        if (self.folder / ATLAS_FILE).is_file():
+            from ..grounding.atlas import SliceAtlas
+
+            self.atlas = SliceAtlas.load(self.folder / ATLAS_FILE)
         self.device = torch.device("cpu" if device == "auto" else device)
         self._image_key = None
         self._cells = None
         self._framing = None
         self._maps: dict[str, np.ndarray] = {}
+        self._priors: dict[str, np.ndarray | None] = {}  # the atlas prior per query (None: not used)
+        self._fits: dict[str, float | None] = {}  # how well the atlas slice fitted, per query
 
     def identity(self) -> dict:
         return {"name": self.name, "folder": str(self.folder), "model_type": "ibis_pointer",
                 "encoder": self.head.config.encoder,
-                "presence_threshold": self.head.config.presence_threshold}
+                "presence_threshold": self.head.config.presence_threshold,
+                "atlas": None if self.atlas is None else f"{len(self.atlas.grey)} slices, {len(self.atlas.names)} structures"}
 
     # -- the map -----------------------------------------------------------------------
     def probability_map(self, image: np.ndarray, query: str) -> np.ndarray:
@@ -159,7 +176,7 @@ class PointerPolicy(DecidingPolicy):
             positions = torch.from_numpy(position_channels(framing, image, self.head.config.body_box)[None])
             with torch.inference_mode():
                 self._cells = self.head.cells(features, positions)
-            self._image_key, self._framing, self._maps = key, framing, {}
+            self._image_key, self._framing, self._maps, self._priors, self._fits = key, framing, {}, {}, {}
         if query not in self._maps:
             vector = query_vectors(self.queries, [query])[0]
             with torch.inference_mode():
@@ -168,9 +185,34 @@ class PointerPolicy(DecidingPolicy):
                 logits[rows:, :] = -20.0  # cells over the padding
                 logits[:, cols:] = -20.0
             self._maps[query] = self._framing.to_image(torch.sigmoid(logits).numpy())
+            self._priors[query] = None if self.atlas is None else self.atlas.prior(image, query)
+            self._fits[query] = None if self._priors[query] is None else self.atlas.last_similarity
         return self._maps[query]
 
+    def guided_map(self, image: np.ndarray, query: str, first_turn: bool) -> np.ndarray:
+        """The map the agent decides on: :meth:`probability_map`, weighted where the folder's
+        atlas holds the named structure. On the first turn the map times the prior squared
+        says where to click; on later turns the map inside the prior's reach (above
+        ``ATLAS_REACH``) keeps the features' extent of the structure for judging the mask.
+        Either way the peak stays the features' own, so "not present" is theirs alone."""
+        probability = self.probability_map(image, query)
+        prior = self._priors.get(query)
+        if prior is None:
+            return probability
+        weighted = probability * (prior**ATLAS_POWER if first_turn else prior > ATLAS_REACH)
+        return weighted * (probability.max() / max(float(weighted.max()), 1e-12))
+
     def decide(self, request: PolicyRequest) -> Response:
-        probability = self.probability_map(request.image, request.query)
+        first_turn = request.mask is None or not np.asarray(request.mask).any()
+        probability = self.guided_map(request.image, request.query, first_turn)
+        prior = self._priors.get(request.query)
+        extent = None if prior is None or first_turn else prior > ATLAS_EXTENT
         cell = self._framing.size / self._framing.grid / self._framing.scale
-        return decide(probability, request, self.head.config.presence_threshold, cell)
+        response = decide(probability, request, self.head.config.presence_threshold, cell, extent)
+        if prior is not None and first_turn and response.actions:
+            import dataclasses
+
+            response = dataclasses.replace(response, thought=response.thought + (
+                f" I weighted my map by where labelled patients have it (their closest slice, fitted to this"
+                f" one, correlates {self._fits[request.query]:.2f})."))
+        return response

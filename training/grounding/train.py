@@ -242,6 +242,7 @@ class PointerConfig:
     init: str = ""  # a pointer model folder to fine-tune (its encoder must match); empty: a new head
     sessions: list = field(default_factory=list)  # training inboxes of kept sessions (napari_ibis.inbox) to learn from
     session_share: float = 0.5  # with sessions: the share of each step's slices drawn from them
+    atlas: bool = False  # also write atlas.npz (the training patients' labelled slices: write_atlas)
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -262,10 +263,12 @@ def main(argv=None) -> int:
 
     ``napari-ibis pointer CONFIG``."""
     import json
+    import shutil
 
     import torch
 
     from napari_ibis.grounding.encoders import build_encoder
+    from napari_ibis.policies.pointer import ATLAS_FILE
     from napari_ibis.grounding.head import PointerHead, PointerHeadConfig
     from training.config import config_parser, load_config
     from training.grounding.dataset import aal_slices, nuclei_slices, phantom_slices, session_slices, totalseg_slices
@@ -306,8 +309,48 @@ def main(argv=None) -> int:
                "kinds": {k: sum(s.kind == k for s in slices) for k in sorted({s.kind for s in slices})},
                "sessions": len(kept),
                "config": config.__dict__}
+    if config.atlas:
+        report["atlas"] = str(write_atlas(config.output))
+    elif config.init and (Path(config.init) / ATLAS_FILE).is_file():  # a fine-tune keeps the atlas it started with
+        shutil.copyfile(Path(config.init) / ATLAS_FILE, Path(config.output) / ATLAS_FILE)
+        report["atlas"] = f"kept from {config.init}"
     Path(config.output, "training_summary.json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report))
+    return 0
+
+
+def write_atlas(folder: str | Path, step_mm: float = 3.0) -> Path:
+    """Write ``folder``/atlas.npz from the training patients' axial slices (TotalSegmentator's
+    reference volumes never held out, ``step_mm`` apart), which the pointer agent then uses
+    as a prior (:mod:`napari_ibis.grounding.atlas`)."""
+    from napari_ibis.grounding.atlas import SliceAtlas
+    from napari_ibis.policies.pointer import ATLAS_FILE
+    from training.grounding.dataset import totalseg_slices
+
+    path = Path(folder) / ATLAS_FILE
+    SliceAtlas.from_slices(totalseg_slices("train", step_mm=step_mm)).save(path)
+    return path
+
+
+def atlas_command(argv=None) -> int:
+    """Add an atlas prior (the training patients' labelled slices) to a pointer model folder.
+
+    ``napari-ibis atlas FOLDER``: writes FOLDER/atlas.npz; the pointer agent loaded from the
+    folder then weights its map by where the atlas puts the structure a query names."""
+    import argparse
+
+    from napari_ibis.grounding.atlas import SliceAtlas
+
+    parser = argparse.ArgumentParser(prog="napari-ibis atlas", description=atlas_command.__doc__.splitlines()[0])
+    parser.add_argument("folder", help="a pointer model folder (config.json with model_type ibis_pointer)")
+    parser.add_argument("--step-mm", type=float, default=3.0, help="axial spacing of the atlas slices")
+    args = parser.parse_args(argv)
+    config = Path(args.folder) / "config.json"
+    if not config.is_file() or '"ibis_pointer"' not in config.read_text():
+        raise SystemExit(f"napari-ibis atlas: {args.folder} is not a pointer model folder (no ibis_pointer config.json)")
+    path = write_atlas(args.folder, args.step_mm)
+    atlas = SliceAtlas.load(path)
+    print(f"{path}: {len(atlas.grey)} slices, {len(atlas.names)} structures, {path.stat().st_size / 1e6:.1f} MB")
     return 0
 
 

@@ -1,0 +1,156 @@
+"""An atlas prior: where labelled patients have a named structure, moved onto a new slice.
+
+With few labelled patients, a learnt head mistakes what it has seen for where things lie
+on a new patient; registering a labelled slice onto the new one is the classical answer
+(benchmarks/atlas_prior.py measures both). :class:`SliceAtlas` keeps labelled slices on a
+common grid in body-box coordinates. For a query it:
+
+1. finds the structure's name in the query (the longest atlas name in its words);
+2. takes, of the atlas slices that hold the structure, the one whose grey levels
+   correlate best with the new slice (both cropped to the body, resized to one grid);
+3. fits a scale and shift per axis that best correlates the two (Powell, on 48 x 48);
+4. unless the moved slice still correlates poorly with the new one (another modality, a
+   synthetic image: ``MIN_SIMILARITY``), moves that slice's mask with it, blurs it (5% of
+   the image side) and scales the peak to 1.
+
+The pointer agent weights its map by the prior where its folder holds an ``atlas.npz``
+(:meth:`napari_ibis.policies.pointer.PointerPolicy.guided_map`); names the atlas does not
+hold, and slices it does not resemble, leave the map as it is.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .head import body_box
+
+GRID = 96  # the common grid of the atlas slices
+MATCH_GRID = 48  # where slices are compared and the affine fitted
+BLUR = 0.05  # of the image side: how far the prior reaches past the moved mask
+MIN_SIMILARITY = 0.65  # correlation of the moved atlas slice with the new one below which the atlas is not trusted
+
+
+def _grey(rgb: np.ndarray) -> np.ndarray:
+    rgb = np.asarray(rgb)
+    return (rgb.mean(axis=2) if rgb.ndim == 3 else rgb).astype(np.float32) / 255.0
+
+
+def _crop(array: np.ndarray, box, size: int, order: int = 1) -> np.ndarray:
+    from skimage.transform import resize
+
+    top, left, bottom, right = box
+    return resize(array[top:bottom, left:right].astype(np.float32), (size, size), order=order, anti_aliasing=False)
+
+
+def _unit(values: np.ndarray) -> np.ndarray:
+    values = values - values.mean()
+    return values / (np.linalg.norm(values) + 1e-6)
+
+
+def _scale_shift(target: np.ndarray, moving: np.ndarray) -> tuple[np.ndarray, float]:
+    """(sy, sx, ty, tx) on the ``MATCH_GRID``: where each target pixel is found in ``moving``
+    (about the centre), the best correlating within bounds; and that correlation."""
+    from scipy.optimize import minimize
+    from skimage.transform import warp
+
+    rows, cols = np.meshgrid(*(np.arange(MATCH_GRID, dtype=np.float32),) * 2, indexing="ij")
+    target = _unit(target)
+
+    def cost(p):
+        moved = warp(moving, _coords(p, rows, cols, (MATCH_GRID - 1) / 2), order=1, mode="constant")
+        return -float((_unit(moved) * target).sum())
+
+    best = minimize(cost, [1.0, 1.0, 0.0, 0.0], method="Powell",
+                    bounds=[(0.6, 1.6), (0.6, 1.6), (-12, 12), (-12, 12)], options={"xtol": 1e-2, "ftol": 1e-4})
+    return np.asarray(best.x, dtype=np.float32), -float(best.fun)
+
+
+def _coords(p, rows, cols, centre):
+    sy, sx, ty, tx = p
+    return np.array([(rows - centre) * sy + centre + ty, (cols - centre) * sx + centre + tx])
+
+
+class SliceAtlas:
+    """Labelled slices on a common grid; :meth:`prior` moves one onto a new slice."""
+
+    def __init__(self, grey: np.ndarray, names: list[str], holders: dict[str, np.ndarray],
+                 masks: dict[str, np.ndarray]) -> None:
+        self.grey = grey  # (n, GRID, GRID) uint8
+        self.last_similarity: float | None = None  # of the latest prior's moved slice with the new one
+        self.names = list(names)
+        self.holders = holders  # name -> indices of the slices that hold it
+        self.masks = masks  # name -> (len(holders[name]), GRID, GRID) bool
+        self._match = np.stack([_unit(_crop(g / 255.0, (0, 0, GRID, GRID), MATCH_GRID)).ravel() for g in grey]) \
+            if len(grey) else np.zeros((0, MATCH_GRID * MATCH_GRID), np.float32)
+        by_length = sorted(self.names, key=len, reverse=True)
+        self._pattern = re.compile(r"\b(" + "|".join(map(re.escape, by_length)) + r")\b", re.IGNORECASE) if by_length else None
+
+    # -- building and keeping ----------------------------------------------------------
+    @classmethod
+    def from_slices(cls, slices) -> SliceAtlas:
+        """From labelled slices (``rgb`` (H, W, 3) uint8 and ``masks``: name -> bool (H, W))."""
+        grey, holders, masks = [], {}, {}
+        for index, item in enumerate(slices):
+            box = body_box(item.rgb, kind="largest_part")
+            grey.append(np.round(_crop(_grey(item.rgb), box, GRID) * 255).astype(np.uint8))
+            for name, mask in item.masks.items():
+                holders.setdefault(name, []).append(index)
+                masks.setdefault(name, []).append(_crop(mask, box, GRID) >= 0.5)
+        names = sorted(holders)
+        return cls(np.stack(grey) if grey else np.zeros((0, GRID, GRID), np.uint8), names,
+                   {n: np.asarray(holders[n]) for n in names}, {n: np.stack(masks[n]) for n in names})
+
+    def save(self, path: str | Path) -> None:
+        arrays = {"grey": self.grey, "names": np.asarray(self.names)}
+        for i, name in enumerate(self.names):
+            arrays[f"holders_{i}"] = self.holders[name]
+            arrays[f"masks_{i}"] = np.packbits(self.masks[name], axis=-1)
+        np.savez_compressed(path, **arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SliceAtlas:
+        with np.load(path, allow_pickle=False) as data:
+            names = [str(n) for n in data["names"]]
+            return cls(data["grey"], names, {n: data[f"holders_{i}"] for i, n in enumerate(names)},
+                       {n: np.unpackbits(data[f"masks_{i}"], axis=-1, count=GRID).astype(bool)
+                        for i, n in enumerate(names)})
+
+    # -- use ---------------------------------------------------------------------------
+
+    def name_in(self, query: str) -> str | None:
+        """The atlas structure the query names (the longest name among its words), if any."""
+        found = self._pattern.findall(query) if self._pattern else []
+        return max(found, key=len).lower() if found else None
+
+    def prior(self, rgb: np.ndarray, query: str) -> np.ndarray | None:
+        """(H, W) in [0, 1], peak 1: where the atlas puts the structure ``query`` names on
+        ``rgb``; None when the atlas does not hold it, or when its closest slice, moved, still
+        correlates less than ``MIN_SIMILARITY`` with ``rgb`` (another modality, a synthetic
+        image, another part of the body: benchmarks/atlas_prior.py)."""
+        from scipy import ndimage as ndi
+        from skimage.transform import resize, warp
+
+        name = self.name_in(query)
+        if name is None:
+            return None
+        name = next(n for n in self.names if n.lower() == name)
+        box = body_box(rgb, kind="largest_part")
+        target = _crop(_grey(rgb), box, MATCH_GRID)
+        scores = self._match[self.holders[name]] @ _unit(target).ravel()
+        best = int(np.argmax(scores))
+        moving = _crop(self.grey[self.holders[name][best]] / 255.0, (0, 0, GRID, GRID), MATCH_GRID)
+        (sy, sx, ty, tx), self.last_similarity = _scale_shift(target, moving)
+        if self.last_similarity < MIN_SIMILARITY:
+            return None
+        rows, cols = np.meshgrid(*(np.arange(GRID, dtype=np.float32),) * 2, indexing="ij")
+        scale = GRID / MATCH_GRID
+        moved = warp(self.masks[name][best].astype(np.float32), _coords((sy, sx, ty * scale, tx * scale), rows, cols,
+                                                                         (GRID - 1) / 2), order=1, mode="constant")
+        top, left, bottom, right = box
+        out = np.zeros(np.asarray(rgb).shape[:2], dtype=np.float32)
+        out[top:bottom, left:right] = resize(moved, (bottom - top, right - left), order=1, anti_aliasing=False)
+        out = ndi.gaussian_filter(out, BLUR * max(out.shape))
+        return out / out.max() if out.max() > 0 else None

@@ -1,0 +1,123 @@
+"""The atlas prior: labelled slices moved onto a new patient's slice, and the pointer agent using it."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from napari_ibis.grounding.atlas import SliceAtlas
+
+
+def ellipse(shape, centre, radii):
+    rows, cols = np.ogrid[: shape[0], : shape[1]]
+    return ((rows - centre[0]) / radii[0]) ** 2 + ((cols - centre[1]) / radii[1]) ** 2 <= 1
+
+
+def patient(shape, body_centre, body_radii):
+    """A grey body with a bright 'liver' in its upper left and a darker 'spleen' on its right,
+    each placed relative to the body, so that a bigger, shifted patient has them elsewhere."""
+    (cy, cx), (ry, rx) = body_centre, body_radii
+    body = ellipse(shape, body_centre, body_radii)
+    liver = ellipse(shape, (cy - 0.25 * ry, cx - 0.45 * rx), (0.35 * ry, 0.3 * rx))
+    spleen = ellipse(shape, (cy - 0.2 * ry, cx + 0.6 * rx), (0.2 * ry, 0.15 * rx))
+    grey = np.where(body, 110, 0) + np.where(liver, 90, 0) + np.where(spleen, 40, 0)
+    rgb = np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2)
+    return SimpleNamespace(rgb=rgb, masks={"liver": liver, "spleen": spleen})
+
+
+@pytest.fixture(scope="module")
+def atlas():
+    return SliceAtlas.from_slices([patient((100, 120), (50, 60), (40, 50))])
+
+
+def peak(prior):
+    return np.unravel_index(int(np.argmax(prior)), prior.shape)
+
+
+def test_the_prior_puts_the_named_structure_where_it_lies_on_a_differently_sized_patient(atlas):
+    new = patient((256, 256), (140, 120), (90, 110))  # bigger, off-centre, another image size
+    for name in ("liver", "spleen"):
+        prior = atlas.prior(new.rgb, f"segment the {name} in this CT")
+        assert prior.shape == (256, 256) and prior.max() == pytest.approx(1.0)
+        assert new.masks[name][peak(prior)], f"the {name} prior peaks outside the {name}"
+
+
+def test_the_query_is_read_for_the_longest_name_the_atlas_holds_and_others_get_no_prior():
+    atlas = SliceAtlas.from_slices([SimpleNamespace(rgb=patient((100, 120), (50, 60), (40, 50)).rgb,
+                                                    masks={"kidney": ellipse((100, 120), (60, 40), (8, 8)),
+                                                           "left kidney": ellipse((100, 120), (60, 80), (8, 8))})])
+    assert atlas.name_in("Please segment the LEFT kidney.") == "left kidney"
+    assert atlas.name_in("where is the kidney") == "kidney"
+    assert atlas.name_in("segment the kidneystone") is None
+    assert atlas.prior(np.zeros((64, 64, 3), np.uint8), "segment the hippocampus") is None
+
+
+def test_a_slice_unlike_every_atlas_slice_gets_no_prior(atlas):
+    unlike = patient((100, 120), (50, 60), (40, 50)).rgb
+    unlike = np.ascontiguousarray(255 - unlike)  # dark organs in a bright body on white: no correlation survives
+    assert atlas.prior(unlike, "segment the liver") is None
+    assert atlas.last_similarity < 0.65
+
+
+def test_an_atlas_file_gives_the_same_prior_after_save_and_load(atlas, tmp_path):
+    atlas.save(tmp_path / "atlas.npz")
+    loaded = SliceAtlas.load(tmp_path / "atlas.npz")
+    new = patient((200, 180), (100, 90), (70, 80))
+    assert loaded.names == atlas.names
+    np.testing.assert_allclose(loaded.prior(new.rgb, "segment the liver"), atlas.prior(new.rgb, "segment the liver"))
+
+
+@pytest.mark.skipif(not all(__import__("napari_ibis.assets", fromlist=["available"]).available(n)
+                            for n in ("mobile_sam", "minilm")), reason="assets not fetched")
+def test_a_pointer_folder_with_an_atlas_weights_its_map_only_for_names_the_atlas_holds(atlas, tmp_path):
+    from napari_ibis.grounding.head import PointerHead, PointerHeadConfig
+    from napari_ibis.policies.pointer import ATLAS_FILE, PointerPolicy
+
+    PointerHead(PointerHeadConfig(presence_threshold=0.0)).save_pretrained(tmp_path / "v8")
+    plain = PointerPolicy(tmp_path / "v8")
+    atlas.save(tmp_path / "v8" / ATLAS_FILE)
+    with_atlas = PointerPolicy(tmp_path / "v8")
+    assert plain.identity()["atlas"] is None and "2 structures" in with_atlas.identity()["atlas"]
+    new = patient((128, 128), (64, 64), (50, 56))
+    head = plain.probability_map(new.rgb, "segment the liver")
+    np.testing.assert_array_equal(with_atlas.probability_map(new.rgb, "segment the liver"), head)
+    prior = atlas.prior(new.rgb, "segment the liver")
+    first = with_atlas.guided_map(new.rgb, "segment the liver", first_turn=True)
+    weighted = head * prior**2  # where to click: the features times the atlas; how sure: the features' peak
+    np.testing.assert_allclose(first, weighted * head.max() / weighted.max(), rtol=1e-5, atol=1e-7)
+    later = with_atlas.guided_map(new.rgb, "segment the liver", first_turn=False)
+    assert np.all(later[prior <= 0.1] == 0) and later.max() == pytest.approx(head.max())
+    np.testing.assert_array_equal(plain.guided_map(new.rgb, "segment the liver", True), head)
+    np.testing.assert_array_equal(with_atlas.guided_map(new.rgb, "segment the nucleus", True),
+                                  plain.probability_map(new.rgb, "segment the nucleus"))
+    from napari_ibis.policies.base import PolicyRequest
+    from napari_ibis.protocol import get_profile
+
+    ask = PolicyRequest(profile=get_profile("ibis-release"), query="segment the liver", image=new.rgb, mask=None,
+                        clicks=(), step=1)
+    said = with_atlas.decide(ask).thought
+    assert "labelled patients" in said and "labelled patients" not in plain.decide(ask).thought  # it says why
+
+
+def test_the_atlas_command_refuses_a_folder_that_is_not_a_pointer_model(tmp_path):
+    from training.grounding.train import atlas_command
+
+    (tmp_path / "config.json").write_text('{"model_type": "qwen2_5_vl"}')
+    with pytest.raises(SystemExit, match="not a pointer model folder"):
+        atlas_command([str(tmp_path)])
+    assert not (tmp_path / "atlas.npz").exists()
+
+
+@pytest.mark.skipif(not __import__("napari_ibis.assets", fromlist=["available"]).available("totalsegmentator"),
+                    reason="totalsegmentator not fetched")
+def test_the_atlas_command_writes_the_training_patients_and_never_the_held_out_ones(tmp_path, capsys):
+    from training.grounding.dataset import totalseg_slices
+    from training.grounding.train import atlas_command
+
+    (tmp_path / "config.json").write_text('{"model_type": "ibis_pointer"}')
+    assert atlas_command([str(tmp_path), "--step-mm", "12"]) == 0
+    atlas = SliceAtlas.load(tmp_path / "atlas.npz")
+    assert {"liver", "spleen", "left kidney", "aorta"} <= set(atlas.names)
+    assert "structures" in capsys.readouterr().out
+    held_out = {SliceAtlas.from_slices([s]).grey[0].tobytes() for s in totalseg_slices("held_out", step_mm=12.0)}
+    assert not held_out & {g.tobytes() for g in atlas.grey}
