@@ -186,12 +186,16 @@ def _propagated(path: str, truth, query: str, oracle_name: str | None, wait, z: 
     if oracle_name is not None:
         widget.controller.models.provide(oracle_name, OraclePolicy(truth[z], stop_iou=0.9))
         panel.model_edit.setText(oracle_name)
+    else:
+        panel.model_edit.setText("")  # the default agent (the field is remembered between runs)
     panel.segmenter_combo.setCurrentText("mobilesam")
     panel.query_edit.setText(query)
     panel.max_steps.setValue(5 if oracle_name is not None else 8)
     widget.run()
     wait(lambda: not widget.running, 300)
     widget.propagate()
+    if not widget.volume_name:
+        raise SystemExit(f"propagation did not start; the widget says: {widget.steps_panel.status.text()}")
     wait(lambda: not widget.running, 600)
     viewer.layers["IBIS mask"].visible = False
     viewer.layers["IBIS clicks"].visible = False
