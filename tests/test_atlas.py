@@ -99,6 +99,19 @@ def test_a_pointer_folder_with_an_atlas_weights_its_map_only_for_names_the_atlas
     assert "labelled patients" in said and "labelled patients" not in plain.decide(ask).thought  # it says why
 
 
+@pytest.mark.skipif(not all(__import__("napari_ibis.assets", fromlist=["available"]).available(n)
+                            for n in ("mobile_sam", "minilm")), reason="assets not fetched")
+def test_a_damaged_atlas_file_is_one_clear_message(tmp_path):
+    from napari_ibis.errors import ModelError
+    from napari_ibis.grounding.head import PointerHead, PointerHeadConfig
+    from napari_ibis.policies.pointer import ATLAS_FILE, PointerPolicy
+
+    PointerHead(PointerHeadConfig()).save_pretrained(tmp_path / "v8")
+    (tmp_path / "v8" / ATLAS_FILE).write_bytes(b"not an npz")
+    with pytest.raises(ModelError, match="not a readable atlas.*napari-ibis atlas"):
+        PointerPolicy(tmp_path / "v8")
+
+
 def test_the_atlas_command_refuses_a_folder_that_is_not_a_pointer_model(tmp_path):
     from training.grounding.train import atlas_command
 

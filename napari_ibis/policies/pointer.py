@@ -141,9 +141,14 @@ class PointerPolicy(DecidingPolicy):
         self.encoder = build_encoder(self.head.config.encoder)
         self.atlas = None
         if (self.folder / ATLAS_FILE).is_file():
+            from ..errors import ModelError
             from ..grounding.atlas import SliceAtlas
 
-            self.atlas = SliceAtlas.load(self.folder / ATLAS_FILE)
+            try:
+                self.atlas = SliceAtlas.load(self.folder / ATLAS_FILE)
+            except (OSError, KeyError, ValueError) as exc:
+                raise ModelError(f"{self.folder / ATLAS_FILE} is not a readable atlas ({exc}): remove it, or "
+                                 f"write it again with napari-ibis atlas {self.folder}") from None
         self.device = torch.device("cpu" if device == "auto" else device)
         self._image_key = None
         self._cells = None
