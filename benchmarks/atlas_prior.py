@@ -38,45 +38,23 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from napari_ibis.grounding.atlas import (GRID, MATCH_GRID, _coords, _crop as _to_grid, _grey, _scale_shift,  # noqa: E402
+                                         _uncrop as _from_grid, _unit)
+from napari_ibis.grounding.head import body_box  # noqa: E402
+
 OUT = ROOT / "benchmarks" / "results" / "atlas_prior.json"
-GRID = 96  # the shipped atlas's grid (napari_ibis.grounding.atlas.GRID)
-MATCH_GRID = 48
+
 SIZES = (("< 100 px", 0, 100), ("100-500 px", 100, 500), ("> 500 px", 500, 10**9))
 
 
-def _grey(rgb):
-    from napari_ibis.grounding.atlas import _grey
-
-    return _grey(rgb)
-
-
 def _box(rgb):
-    from napari_ibis.grounding.head import body_box
-
     return body_box(rgb, kind="largest_part")
-
-
-def _to_grid(array: np.ndarray, box, size: int) -> np.ndarray:
-    from napari_ibis.grounding.atlas import _crop
-
-    return _crop(array, box, size)
 
 
 def _features(grey_grid: np.ndarray, kind: str) -> np.ndarray:
     from skimage.filters import sobel
 
-    from napari_ibis.grounding.atlas import _unit
-
     return _unit(sobel(grey_grid) if kind == "gradient" else grey_grid)
-
-
-def _from_grid(grid_mask: np.ndarray, box, shape) -> np.ndarray:
-    from skimage.transform import resize
-
-    top, left, bottom, right = box
-    out = np.zeros(shape, dtype=np.float32)
-    out[top:bottom, left:right] = resize(grid_mask, (bottom - top, right - left), order=1, anti_aliasing=False)
-    return out
 
 
 class Atlas:
@@ -106,8 +84,6 @@ class Atlas:
 def _affine(target: np.ndarray, moving: np.ndarray) -> np.ndarray:
     """(2, GRID, GRID) coordinates into ``moving`` for each target pixel: the scale and shift
     per axis the shipped atlas fits (napari_ibis.grounding.atlas)."""
-    from napari_ibis.grounding.atlas import MATCH_GRID, _coords, _scale_shift
-
     (sy, sx, ty, tx), _ = _scale_shift(_to_grid(target, (0, 0, GRID, GRID), MATCH_GRID),
                                   _to_grid(moving, (0, 0, GRID, GRID), MATCH_GRID))
     rows, cols = np.meshgrid(*(np.arange(GRID, dtype=np.float32),) * 2, indexing="ij")

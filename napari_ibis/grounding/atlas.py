@@ -38,11 +38,22 @@ def _grey(rgb: np.ndarray) -> np.ndarray:
     return (rgb.mean(axis=2) if rgb.ndim == 3 else rgb).astype(np.float32) / 255.0
 
 
-def _crop(array: np.ndarray, box, size: int, order: int = 1) -> np.ndarray:
+def _crop(array: np.ndarray, box, size: int) -> np.ndarray:
+    """``array`` inside ``box`` resized to (size, size)."""
     from skimage.transform import resize
 
     top, left, bottom, right = box
-    return resize(array[top:bottom, left:right].astype(np.float32), (size, size), order=order, anti_aliasing=False)
+    return resize(array[top:bottom, left:right].astype(np.float32), (size, size), order=1, anti_aliasing=False)
+
+
+def _uncrop(grid: np.ndarray, box, shape) -> np.ndarray:
+    """The inverse of :func:`_crop`: ``grid`` resized back into ``box`` of a zero image of ``shape``."""
+    from skimage.transform import resize
+
+    top, left, bottom, right = box
+    out = np.zeros(shape, dtype=np.float32)
+    out[top:bottom, left:right] = resize(grid, (bottom - top, right - left), order=1, anti_aliasing=False)
+    return out
 
 
 def _unit(values: np.ndarray) -> np.ndarray:
@@ -85,6 +96,7 @@ class SliceAtlas:
         self.masks = masks  # name -> (len(holders[name]), GRID, GRID) bool
         self._match = np.stack([_unit(_crop(g / 255.0, (0, 0, GRID, GRID), MATCH_GRID)).ravel() for g in grey]) \
             if len(grey) else np.zeros((0, MATCH_GRID * MATCH_GRID), np.float32)
+        self._spelling = {n.lower(): n for n in self.names}
         by_length = sorted(self.names, key=len, reverse=True)
         self._pattern = re.compile(r"\b(" + "|".join(map(re.escape, by_length)) + r")\b", re.IGNORECASE) if by_length else None
 
@@ -123,7 +135,7 @@ class SliceAtlas:
     def name_in(self, query: str) -> str | None:
         """The atlas structure the query names (the longest name among its words), if any."""
         found = self._pattern.findall(query) if self._pattern else []
-        return max(found, key=len).lower() if found else None
+        return self._spelling[max(found, key=len).lower()] if found else None
 
     def prior(self, rgb: np.ndarray, query: str) -> np.ndarray | None:
         """(H, W) in [0, 1], peak 1: where the atlas puts the structure ``query`` names on
@@ -131,12 +143,11 @@ class SliceAtlas:
         correlates less than ``MIN_SIMILARITY`` with ``rgb`` (another modality, a synthetic
         image, another part of the body: benchmarks/atlas_prior.py)."""
         from scipy import ndimage as ndi
-        from skimage.transform import resize, warp
+        from skimage.transform import warp
 
         name = self.name_in(query)
         if name is None:
             return None
-        name = next(n for n in self.names if n.lower() == name)
         box = body_box(rgb, kind="largest_part")
         target = _crop(_grey(rgb), box, MATCH_GRID)
         scores = self._match[self.holders[name]] @ _unit(target).ravel()
@@ -149,8 +160,5 @@ class SliceAtlas:
         scale = GRID / MATCH_GRID
         moved = warp(self.masks[name][best].astype(np.float32), _coords((sy, sx, ty * scale, tx * scale), rows, cols,
                                                                          (GRID - 1) / 2), order=1, mode="constant")
-        top, left, bottom, right = box
-        out = np.zeros(np.asarray(rgb).shape[:2], dtype=np.float32)
-        out[top:bottom, left:right] = resize(moved, (bottom - top, right - left), order=1, anti_aliasing=False)
-        out = ndi.gaussian_filter(out, BLUR * max(out.shape))
+        out = ndi.gaussian_filter(_uncrop(moved, box, np.asarray(rgb).shape[:2]), BLUR * max(np.asarray(rgb).shape[:2]))
         return out / out.max() if out.max() > 0 else None
