@@ -47,6 +47,7 @@ SIZES = (("< 100 px", 0, 100), ("100-500 px", 100, 500), ("> 500 px", 500, 10**9
 
 
 SETS = {"totalseg": "totalseg held-out (real CT/MR)", "aal": "aal held-out (real MRI)",
+        "mni": "MNI152 template, AAL labels (a second brain)",
         "nuclei": "nuclei right half (real)", "tumours": "tumours (pyradiomics, real)",
         "phantoms": "phantoms held-out (synthetic)"}
 
@@ -54,12 +55,14 @@ SETS = {"totalseg": "totalseg held-out (real CT/MR)", "aal": "aal held-out (real
 def case_sets(phantoms: int, seed: int = 0, chosen=tuple(SETS)) -> dict:
     from training.data.sources import (Sample, colin27_aal, phantom_samples, radiomics_lesions, split_by_group,
                                        totalseg_reference)
-    from training.grounding.dataset import aal_slices, totalseg_slices
+    from training.grounding.dataset import aal_slices, mni152_aal_slices, totalseg_slices
 
     rng = np.random.default_rng(seed)
     out = {}
     if "tumours" in chosen:
         out[SETS["tumours"]] = list(radiomics_lesions())
+    if "mni" in chosen:
+        out[SETS["mni"]] = brain_cases(mni152_aal_slices(), np.random.default_rng(seed + 1), absent_per_slice=1)
     if not {"totalseg", "aal", "nuclei", "phantoms"} & set(chosen):
         return out
     totalseg = list(totalseg_reference(side="held_out"))
@@ -70,20 +73,28 @@ def case_sets(phantoms: int, seed: int = 0, chosen=tuple(SETS)) -> dict:
                              f"{item.source}:{name}:absent", item.source))
     held_groups = {s.group.replace("colin27:", "colin27-aal:") for s in split_by_group(list(colin27_aal()))[1]}
     aal_held = [item for item in aal_slices("held_out", step=1) if item.source in held_groups]
-    aal = [Sample(item.rgb, mask, name, "MRI", f"{item.source}:{name}", item.source)
-           for item in aal_held for name, mask in item.masks.items() if mask.sum() >= 100]
-    aal = [aal[i] for i in sorted(rng.permutation(len(aal))[:60])]
-    for item in aal_held * 4:
-        name = item.absent[rng.integers(len(item.absent))]
-        aal.append(Sample(item.rgb, np.zeros(item.rgb.shape[:2], bool), name, "MRI", f"{item.source}:{name}:absent",
-                          item.source))
     out |= {
         SETS["totalseg"]: totalseg + absent,
-        SETS["aal"]: aal,
+        SETS["aal"]: brain_cases(aal_held, rng),
         SETS["nuclei"]: nuclei_tiles(),
         SETS["phantoms"]: list(phantom_samples(range(90000, 90000 + phantoms), absent_probability=0.1)),
     }
     return {name: out[name] for key, name in SETS.items() if key in chosen and name in out}
+
+
+def brain_cases(slices, rng, present: int = 60, absent_per_slice: int = 4) -> list:
+    """``present`` regions of at least 100 pixels drawn from the AAL ``slices``, and
+    ``absent_per_slice`` names of regions not on each slice."""
+    from training.data.sources import Sample
+
+    cases = [Sample(item.rgb, mask, name, "MRI", f"{item.source}:{name}", item.source)
+             for item in slices for name, mask in item.masks.items() if mask.sum() >= 100]
+    cases = [cases[i] for i in sorted(rng.permutation(len(cases))[:present])]
+    for item in list(slices) * absent_per_slice:
+        name = item.absent[rng.integers(len(item.absent))]
+        cases.append(Sample(item.rgb, np.zeros(item.rgb.shape[:2], bool), name, "MRI", f"{item.source}:{name}:absent",
+                            item.source))
+    return cases
 
 
 def nuclei_tiles() -> list:

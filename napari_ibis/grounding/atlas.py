@@ -1,4 +1,4 @@
-"""An atlas prior: where labelled patients have a named structure, moved onto a new slice.
+"""An atlas prior: where labelled scans have a named structure, moved onto a new slice.
 
 With few labelled patients, a learnt head mistakes what it has seen for where things lie
 on a new patient; registering a labelled slice onto the new one is the classical answer
@@ -10,8 +10,9 @@ common grid in body-box coordinates. For a query it:
    correlate best with the new slice (both cropped to the body, resized to one grid);
 3. fits a scale and shift per axis that best correlates the two (Powell, on 48 x 48);
 4. unless the moved slice still correlates poorly with the new one (another modality, a
-   synthetic image: ``MIN_SIMILARITY``), moves that slice's mask with it, blurs it (5% of
-   the image side) and scales the peak to 1.
+   synthetic image: ``MIN_SIMILARITY``), or other atlas slices are much more like it than
+   any that holds the structure (a liver asked for on a brain: ``MAX_GAP``), moves that
+   slice's mask with it, blurs it (5% of the image side) and scales the peak to 1.
 
 The pointer agent weights its map by the prior where its folder holds an ``atlas.npz``
 (:meth:`napari_ibis.policies.pointer.PointerPolicy.guided_map`); names the atlas does not
@@ -31,6 +32,7 @@ GRID = 96  # the common grid of the atlas slices
 MATCH_GRID = 48  # where slices are compared and the affine fitted
 BLUR = 0.05  # of the image side: how far the prior reaches past the moved mask
 MIN_SIMILARITY = 0.65  # correlation of the moved atlas slice with the new one below which the atlas is not trusted
+MAX_GAP = 0.25  # how much less like the new slice the structure's slices may be than the atlas's likest slice
 
 
 def _grey(rgb: np.ndarray) -> np.ndarray:
@@ -139,9 +141,10 @@ class SliceAtlas:
 
     def prior(self, rgb: np.ndarray, query: str) -> np.ndarray | None:
         """(H, W) in [0, 1], peak 1: where the atlas puts the structure ``query`` names on
-        ``rgb``; None when the atlas does not hold it, or when its closest slice, moved, still
-        correlates less than ``MIN_SIMILARITY`` with ``rgb`` (another modality, a synthetic
-        image, another part of the body: benchmarks/atlas_prior.py)."""
+        ``rgb``; None when the atlas does not hold it, when its slices that hold it are far less
+        like ``rgb`` than its likest slice (``MAX_GAP``: another part of the body), or when the
+        closest of them, moved, still correlates less than ``MIN_SIMILARITY`` with ``rgb``
+        (another modality, a synthetic image: benchmarks/atlas_prior.py)."""
         from scipy import ndimage as ndi
         from skimage.transform import warp
 
@@ -150,8 +153,12 @@ class SliceAtlas:
             return None
         box = body_box(rgb, kind="largest_part")
         target = _crop(_grey(rgb), box, MATCH_GRID)
-        scores = self._match[self.holders[name]] @ _unit(target).ravel()
+        everywhere = self._match @ _unit(target).ravel()
+        scores = everywhere[self.holders[name]]
         best = int(np.argmax(scores))
+        if float(everywhere.max() - scores[best]) > MAX_GAP:
+            self.last_similarity = None
+            return None
         moving = _crop(self.grey[self.holders[name][best]] / 255.0, (0, 0, GRID, GRID), MATCH_GRID)
         (sy, sx, ty, tx), self.last_similarity = _scale_shift(target, moving)
         if self.last_similarity < MIN_SIMILARITY:

@@ -218,6 +218,6 @@ class PointerPolicy(DecidingPolicy):
             import dataclasses
 
             response = dataclasses.replace(response, thought=response.thought + (
-                f" I weighted my map by where labelled patients have it (their closest slice, fitted to this"
+                f" I weighted my map by where labelled scans have it (their closest slice, fitted to this"
                 f" one, correlates {self._fits[request.query]:.2f})."))
         return response

@@ -11,7 +11,9 @@ nothing evaluated is trained on:
   same hash as every other AAL use (:func:`training.data.sources.split_by_group`);
 - stardist's nuclei image (real fluorescence): the left half trains, the right half is
   held out (one image only, so halves stand in for images);
-- synthetic phantoms: seeds below 90000 train, from 90000 on held out.
+- synthetic phantoms: seeds below 90000 train, from 90000 on held out;
+- the MNI152 template with the AAL labels carried into its grid (evaluation only: a second
+  brain, an average of 152, whose labels are Colin27's and so only approximate).
 """
 
 from __future__ import annotations
@@ -115,6 +117,42 @@ def aal_slices(side: str, step: int = 2, min_area: int = 20, view: str = "axial"
             source = f"colin27-aal:z={index}" if view == "axial" else f"colin27-aal-coronal:y={index}"
             out.append(Slice(to_rgb8(volume[index]), masks, tuple(sorted(set(names.values()) - set(masks))), "MRI",
                              source, "aal"))
+    return out
+
+
+def mni152_aal_slices(step: int = 6, min_area: int = 20) -> list[Slice]:
+    """Axial slices of the MNI152 (ICBM 2009a) T1 template with the AAL regions on them.
+
+    AAL was drawn on Colin27, which lies in the same MNI millimetres; the labels are carried
+    into the template's grid by the two files' affines (nearest voxel), so they are only as
+    right as Colin27 matches the average brain (a few millimetres). Never trained on: the
+    one labelled brain that is not the training brain."""
+    from scipy import ndimage as ndi
+
+    from napari_ibis import assets, io
+    from napari_ibis.geometry import display_ornt
+    from training.data.sources import AAL_DIR, _aal_names, aal_target_name
+
+    template = io.read_image(assets.path("mni152", "nilearn/datasets/data/"
+                                                    "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"))
+    aal_file = io.read_image(AAL_DIR / "aal.nii.gz")
+    import nibabel as nib
+
+    raw_template, raw_aal = nib.load(template.meta["geometry"].source), nib.load(AAL_DIR / "aal.nii.gz")
+    to_aal = np.linalg.inv(raw_aal.affine) @ raw_template.affine
+    labels = ndi.affine_transform(np.asarray(raw_aal.dataobj), to_aal[:3, :3], to_aal[:3, 3],
+                                  output_shape=raw_template.shape, order=0, mode="constant")
+    ornt, _ = display_ornt(raw_template.affine, raw_template.shape)
+    labels = nib.orientations.apply_orientation(labels, ornt)
+    if labels.shape != template.data.shape or aal_file.data.ndim != 3:
+        raise ValueError(f"MNI152 labels {labels.shape} do not match the template {template.data.shape}")
+    names = {k: aal_target_name(v) for k, v in _aal_names(AAL_DIR / "aal.nii.txt").items()}
+    out = []
+    for index in range(0, labels.shape[0], step):
+        masks = _structures(labels[index], names, min_area)
+        if masks:
+            out.append(Slice(to_rgb8(template.data[index]), masks, tuple(sorted(set(names.values()) - set(masks))),
+                             "MRI", f"mni152-aal:z={index}", "mni"))
     return out
 
 

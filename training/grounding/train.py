@@ -242,7 +242,7 @@ class PointerConfig:
     init: str = ""  # a pointer model folder to fine-tune (its encoder must match); empty: a new head
     sessions: list = field(default_factory=list)  # training inboxes of kept sessions (napari_ibis.inbox) to learn from
     session_share: float = 0.5  # with sessions: the share of each step's slices drawn from them
-    atlas: bool = False  # also write atlas.npz (the training patients' labelled slices: write_atlas)
+    atlas: bool = False  # also write atlas.npz (the training scans' labelled slices: write_atlas)
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -319,21 +319,28 @@ def main(argv=None) -> int:
     return 0
 
 
-def write_atlas(folder: str | Path, step_mm: float = 3.0) -> Path:
-    """Write ``folder``/atlas.npz from the training patients' axial slices (TotalSegmentator's
-    reference volumes never held out, ``step_mm`` apart), which the pointer agent then uses
-    as a prior (:mod:`napari_ibis.grounding.atlas`)."""
+def write_atlas(folder: str | Path, step_mm: float = 3.0, aal_step: int = 2) -> Path:
+    """Write ``folder``/atlas.npz from the training scans' axial slices, which the pointer
+    agent then uses as a prior (:mod:`napari_ibis.grounding.atlas`): TotalSegmentator's
+    reference volumes never held out, ``step_mm`` apart, and every ``aal_step``-th slice of
+    the Colin27 brain's AAL training side (0: none)."""
     from napari_ibis.grounding.atlas import SliceAtlas
     from napari_ibis.policies.pointer import ATLAS_FILE
-    from training.grounding.dataset import totalseg_slices
+    from training.grounding.dataset import aal_slices, totalseg_slices
 
+    from training.data.sources import AAL_DIR
+
+    if aal_step and not (AAL_DIR / "aal.nii.gz").is_file():
+        raise FileNotFoundError(f"the Colin27 brain is not in {AAL_DIR} (apt-get install mricron-data), "
+                                f"or write an atlas without it (--aal-step 0)")
     path = Path(folder) / ATLAS_FILE
-    SliceAtlas.from_slices(totalseg_slices("train", step_mm=step_mm)).save(path)
+    slices = totalseg_slices("train", step_mm=step_mm) + (aal_slices("train", step=aal_step) if aal_step else [])
+    SliceAtlas.from_slices(slices).save(path)
     return path
 
 
 def atlas_command(argv=None) -> int:
-    """Add an atlas prior (the training patients' labelled slices) to a pointer model folder.
+    """Add an atlas prior (the training scans' labelled slices) to a pointer model folder.
 
     ``napari-ibis atlas FOLDER``: writes FOLDER/atlas.npz; the pointer agent loaded from the
     folder then weights its map by where the atlas puts the structure a query names."""
@@ -343,12 +350,17 @@ def atlas_command(argv=None) -> int:
 
     parser = argparse.ArgumentParser(prog="napari-ibis atlas", description=atlas_command.__doc__.splitlines()[0])
     parser.add_argument("folder", help="a pointer model folder (config.json with model_type ibis_pointer)")
-    parser.add_argument("--step-mm", type=float, default=3.0, help="axial spacing of the atlas slices")
+    parser.add_argument("--step-mm", type=float, default=3.0, help="axial spacing of the TotalSegmentator slices")
+    parser.add_argument("--aal-step", type=int, default=2,
+                        help="every Nth slice of the Colin27 brain's AAL training side (0: no brain slices)")
     args = parser.parse_args(argv)
     config = Path(args.folder) / "config.json"
     if not config.is_file() or '"ibis_pointer"' not in config.read_text():
         raise SystemExit(f"napari-ibis atlas: {args.folder} is not a pointer model folder (no ibis_pointer config.json)")
-    path = write_atlas(args.folder, args.step_mm)
+    try:
+        path = write_atlas(args.folder, args.step_mm, args.aal_step)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"napari-ibis atlas: {exc}") from None
     atlas = SliceAtlas.load(path)
     print(f"{path}: {len(atlas.grey)} slices, {len(atlas.names)} structures, {path.stat().st_size / 1e6:.1f} MB")
     return 0
