@@ -19,6 +19,7 @@ for the spleen on slice 10 of the same CT series, then Propagate both ways.
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only volume
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only tumour
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only spleen
+    xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only hippocampus
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def main() -> None:
     from napari_ibis.policies.oracle import OraclePolicy
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", choices=["default-agent", "volume", "tumour", "spleen"], help="only that screenshot")
+    parser.add_argument("--only", choices=["default-agent", "volume", "tumour", "spleen", "hippocampus"], help="only that screenshot")
     args = parser.parse_args()
     out = ROOT / "docs" / "images"
     out.mkdir(parents=True, exist_ok=True)
@@ -63,6 +64,8 @@ def main() -> None:
         return tumour(out, wait)
     if args.only == "spleen":
         return spleen(out, wait)
+    if args.only == "hippocampus":
+        return hippocampus(out, wait)
     image, labels = test_image_nuclei_2d(return_mask=True)
     target = labels == 119
     viewer = napari.Viewer(show=True)
@@ -132,6 +135,46 @@ def brain(out: Path, wait) -> None:
     QApplication.instance().processEvents()
     viewer.window.screenshot(str(out / "widget-brain.png"), canvas_only=False)
     print(widget.steps_panel.status.text())
+    viewer.close()
+
+
+def hippocampus(out: Path, wait) -> None:
+    """Colin27 through the reader, the default agent (empty model field) asked for the left
+    hippocampus on slice 61 (held out of its training and its atlas); Dice with AAL's."""
+    import napari
+    import numpy as np
+    from qtpy.QtWidgets import QApplication
+
+    from napari_ibis._reader import get_reader
+    from napari_ibis._widget import IbisWidget
+
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1400, 900)
+    for name in ("ch2.nii.gz", "aal.nii.gz"):
+        path = f"/usr/share/mricron/templates/{name}"
+        for data, kwargs, kind in get_reader(path)(path):
+            viewer._add_layer_from_data(data, kwargs, kind)
+    atlas = viewer.layers["aal"]
+    atlas.visible = False
+    z = 61
+    viewer.dims.set_current_step(0, z)
+    widget = IbisWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="IBIS agent", area="right")
+    panel = widget.run_panel
+    panel.image_combo.setCurrentText("ch2")
+    panel.model_edit.setText("")  # the default agent (the field is remembered between runs)
+    panel.segmenter_combo.setCurrentText("mobilesam")
+    panel.query_edit.setText("segment the left hippocampus")
+    panel.max_steps.setValue(8)
+    widget.run()
+    wait(lambda: not widget.running, 300)
+    QApplication.instance().processEvents()
+    viewer.window.screenshot(str(out / "widget-hippocampus.png"), canvas_only=False)
+    mask, truth = viewer.layers["IBIS mask"].data > 0, atlas.data[z] == 37
+    mask = mask[z] if mask.ndim == 3 else mask
+    print(widget.steps_panel.transcript.toPlainText())
+    print(widget.steps_panel.status.text(), f"Dice with AAL's left hippocampus: "
+          f"{2 * (mask & truth).sum() / (mask.sum() + truth.sum()):.3f}")
     viewer.close()
 
 
