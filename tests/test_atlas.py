@@ -1,5 +1,6 @@
 """The atlas prior: labelled slices moved onto a new patient's slice, and the pointer agent using it."""
 
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -97,6 +98,31 @@ def test_a_pointer_folder_with_an_atlas_weights_its_map_only_for_names_the_atlas
                         clicks=(), step=1)
     said = with_atlas.decide(ask).thought
     assert "labelled scans" in said and "labelled scans" not in plain.decide(ask).thought  # it says why
+
+
+def test_where_the_atlas_fitted_the_structure_a_less_sure_map_still_clicks(atlas, tmp_path):
+    from napari_ibis.grounding.head import PointerHead, PointerHeadConfig
+    from napari_ibis.policies.base import PolicyRequest
+    from napari_ibis.policies.pointer import ATLAS_FILE, ATLAS_PRESENCE, PointerPolicy
+    from napari_ibis.protocol import get_profile
+
+    new = patient((128, 128), (64, 64), (50, 56))
+    PointerHead(PointerHeadConfig(presence_threshold=0.0)).save_pretrained(tmp_path / "probe")
+    peak = float(PointerPolicy(tmp_path / "probe").probability_map(new.rgb, "segment the liver").max())
+    between = peak / ((1 + ATLAS_PRESENCE) / 2)  # the peak is below this threshold, above ATLAS_PRESENCE of it
+    PointerHead(PointerHeadConfig(presence_threshold=between)).save_pretrained(tmp_path / "v8")
+    plain = PointerPolicy(tmp_path / "v8")
+    atlas.save(tmp_path / "v8" / ATLAS_FILE)
+    with_atlas = PointerPolicy(tmp_path / "v8")
+    ask = PolicyRequest(profile=get_profile("ibis-release"), query="segment the liver", image=new.rgb, mask=None,
+                        clicks=(), step=1)
+    assert plain.decide(ask).not_present
+    answer = with_atlas.decide(ask)
+    assert not answer.not_present and answer.actions
+    assert new.masks["liver"][ask.profile.to_pixel(answer.actions[0], *new.rgb.shape[:2])]
+    synthetic = np.zeros_like(new.rgb)
+    synthetic[30:90, 30:90] = 200  # nothing like the atlas: no prior, so the model's own threshold
+    assert with_atlas.decide(dataclasses.replace(ask, image=synthetic)).not_present
 
 
 @pytest.mark.skipif(not all(__import__("napari_ibis.assets", fromlist=["available"]).available(n)

@@ -39,6 +39,7 @@ ATLAS_FILE = "atlas.npz"
 ATLAS_POWER = 2  # the first click: the map times the atlas prior to this power (benchmarks/atlas_prior.py --fuse)
 ATLAS_EXTENT = 0.5  # later turns: the atlas's extent of the structure, where its prior is above this
 ATLAS_REACH = 0.1  # later turns: the map where the atlas prior is above this
+ATLAS_PRESENCE = 0.5  # the presence threshold is this much of the model's where the atlas fitted the named structure
 
 
 def _interior_point(region: np.ndarray) -> tuple[int, int]:
@@ -199,7 +200,10 @@ class PointerPolicy(DecidingPolicy):
         atlas holds the named structure. On the first turn the map times the prior squared
         says where to click; on later turns the map inside the prior's reach (above
         ``ATLAS_REACH``) keeps the features' extent of the structure for judging the mask.
-        Either way the peak stays the features' own, so "not present" is theirs alone."""
+        Either way the peak stays the features' own. Where the atlas fitted (a labelled slice
+        holding the structure resembles this one, which is rarer where the structure is absent:
+        docs/BENCHMARKS.md), :meth:`decide` asks that peak for ``ATLAS_PRESENCE`` of the
+        model's presence threshold."""
         probability = self.probability_map(image, query)
         prior = self._priors.get(query)
         if prior is None:
@@ -213,7 +217,8 @@ class PointerPolicy(DecidingPolicy):
         prior = self._priors.get(request.query)
         extent = None if prior is None or first_turn else prior > ATLAS_EXTENT
         cell = self._framing.size / self._framing.grid / self._framing.scale
-        response = decide(probability, request, self.head.config.presence_threshold, cell, extent)
+        threshold = self.head.config.presence_threshold * (1.0 if prior is None else ATLAS_PRESENCE)
+        response = decide(probability, request, threshold, cell, extent)
         if prior is not None and first_turn and response.actions:
             import dataclasses
 
