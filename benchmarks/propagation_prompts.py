@@ -11,7 +11,10 @@ clicks after):
 * ``box_points``: the same without the prior;
 * ``box_whole``: one box around the whole previous mask, the clicks and the prior;
 * ``points_per_part``: the shipped prompts, one decoder call per part;
-* ``best_score``: the shipped rule and ``box_points_prior`` both, the one SAM scores higher.
+* ``best_score``: the shipped rule and ``box_points_prior`` both, the one SAM scores higher;
+* ``spread``: the shipped rule with up to three clicks per part, spread along its core
+  (:func:`spread_clicks`), so that an elongated part (an aortic arch, a loop of bowel)
+  that parts into two on the next slice is clicked in both.
 
     python benchmarks/propagation_prompts.py --sets totalseg --cache /tmp/embeddings
 
@@ -33,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 OUT = ROOT / "benchmarks" / "results" / "propagation_prompts.json"
-VARIANTS = ("points", "box_points_prior", "box_points", "box_whole", "points_per_part", "best_score")
+VARIANTS = ("points", "box_points_prior", "box_points", "box_whole", "points_per_part", "best_score", "spread")
 
 
 def _parts(mask: np.ndarray) -> list[tuple[np.ndarray, tuple[int, int, int, int]]]:
@@ -45,6 +48,29 @@ def _parts(mask: np.ndarray) -> list[tuple[np.ndarray, tuple[int, int, int, int]
         rows, cols = np.nonzero(part)
         boxed.append((part, (rows.min(), cols.min(), rows.max(), cols.max())))
     return boxed
+
+
+def spread_clicks(mask: np.ndarray, most_per_part: int = 3):
+    """Per part of ``mask``: its interior point, then the points of its core (at least half
+    its greatest depth from the edge) farthest from the clicks so far, while they lie more
+    than twice that depth away."""
+    from scipy import ndimage as ndi
+
+    from napari_ibis.segmenters.base import Click, mask_parts
+
+    clicks = []
+    for part in mask_parts(mask):
+        depth = ndi.distance_transform_edt(np.pad(part, 1))[1:-1, 1:-1]
+        deepest = float(depth.max())
+        core = np.argwhere(depth >= max(1.0, 0.5 * deepest))
+        chosen = [np.unravel_index(int(np.argmax(depth)), depth.shape)]
+        while len(chosen) < most_per_part:
+            far = np.min([np.hypot(*(core - np.asarray(c)).T) for c in chosen], axis=0)
+            if far.max() <= 2 * deepest:
+                break
+            chosen.append(tuple(core[int(np.argmax(far))]))
+        clicks += [Click(int(r), int(c), True, source="propagation") for r, c in chosen]
+    return clicks
 
 
 def _closest(segmenter, reference, logits, scores):
@@ -79,6 +105,13 @@ def follow_with(variant: str, shipped):
                                           box=(rows.min(), cols.min(), rows.max(), cols.max()))
             mask, score = _closest(self, previous, logits, scores)
             return SegmentResult(mask, self.prior_from_mask(mask), score)
+        if variant == "spread":
+            from napari_ibis.metrics import iou
+
+            logits, scores = self._decode(spread_clicks(previous), self.prior_from_mask(previous), True)
+            masks = [self.mask_from_prior(candidate) for candidate in logits]
+            best = int(np.argmax([iou(previous, mask) for mask in masks]))
+            return SegmentResult(masks[best], logits[best], float(scores[best]))
         if variant == "points_per_part":
             return per_part(self, previous, box=False, points=True, prior=True)
         boxed = per_part(self, previous, box=True, points=True, prior=variant != "box_points")
