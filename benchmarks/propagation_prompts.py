@@ -14,7 +14,11 @@ clicks after):
 * ``best_score``: the shipped rule and ``box_points_prior`` both, the one SAM scores higher;
 * ``spread``: the shipped rule with up to three clicks per part, spread along its core
   (:func:`spread_clicks`), so that an elongated part (an aortic arch, a loop of bowel)
-  that parts into two on the next slice is clicked in both.
+  that parts into two on the next slice is clicked in both;
+* ``spread_if_shrunk``: the shipped rule, and ``spread`` only where the shipped mask is
+  smaller than ``--shrink`` times the previous slice's and the spread one lies between the
+  two in size;
+* ``box_if_shrunk``: the same with ``box_points_prior`` in place of ``spread``.
 
     python benchmarks/propagation_prompts.py --sets totalseg --cache /tmp/embeddings
 
@@ -36,7 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 OUT = ROOT / "benchmarks" / "results" / "propagation_prompts.json"
-VARIANTS = ("points", "box_points_prior", "box_points", "box_whole", "points_per_part", "best_score", "spread")
+VARIANTS = ("points", "box_points_prior", "box_points", "box_whole", "points_per_part", "best_score", "spread",
+            "spread_if_shrunk", "box_if_shrunk")
 
 
 def _parts(mask: np.ndarray) -> list[tuple[np.ndarray, tuple[int, int, int, int]]]:
@@ -81,8 +86,9 @@ def _closest(segmenter, reference, logits, scores):
     return masks[best], float(scores[best])
 
 
-def follow_with(variant: str, shipped):
-    """A ``follow(self, previous)`` for ``variant``; ``shipped`` is the segmenter's own."""
+def follow_with(variant: str, shipped, shrink: float = 0.5):
+    """A ``follow(self, previous)`` for ``variant``; ``shipped`` is the segmenter's own;
+    ``shrink``: the area ratio below which the ``*_if_shrunk`` variants try their other prompts."""
     from napari_ibis.segmenters.base import SegmentResult, prompts_from
 
     def per_part(segmenter, previous, box: bool, points: bool, prior: bool) -> SegmentResult:
@@ -105,6 +111,12 @@ def follow_with(variant: str, shipped):
                                           box=(rows.min(), cols.min(), rows.max(), cols.max()))
             mask, score = _closest(self, previous, logits, scores)
             return SegmentResult(mask, self.prior_from_mask(mask), score)
+        if variant in ("spread_if_shrunk", "box_if_shrunk"):
+            own = shipped(self, previous)
+            if own.mask.sum() >= shrink * previous.sum():
+                return own
+            other = follow_with("spread" if variant == "spread_if_shrunk" else "box_points_prior", shipped)(self, previous)
+            return other if own.mask.sum() < other.mask.sum() <= previous.sum() else own
         if variant == "spread":
             from napari_ibis.metrics import iou
 
@@ -154,6 +166,7 @@ def main() -> int:
     parser.add_argument("--organs", type=int, default=3, help="largest structures per TotalSegmentator volume")
     parser.add_argument("--cache", type=Path, default=None, help="a folder for the slices' embeddings")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--shrink", type=float, default=0.5, help="the *_if_shrunk variants' area ratio")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -163,7 +176,7 @@ def main() -> int:
     rows = []
     for case in (c for c in cases(args.organs, 3) if _set_of(c) in args.sets):
         for variant in args.variants:
-            mobilesam.MobileSAMSegmenter.follow = follow_with(variant, shipped)
+            mobilesam.MobileSAMSegmenter.follow = follow_with(variant, shipped, args.shrink)
             segmenter = build_segmenter("mobilesam")
             started = time.perf_counter()
             row = evaluate_volume(case["volume"], case["mask"], segmenter, oracle_start(segmenter, 5))
@@ -175,7 +188,8 @@ def main() -> int:
             print(variant, case["source"], case["target"], f"dice {row['dice_3d']:.3f}", flush=True)
             means = {v: float(np.mean([r["dice_3d"] for r in rows if r["variant"] == v])) for v in args.variants
                      if any(r["variant"] == v for r in rows)}
-            args.out.write_text(json.dumps({"sets": args.sets, "means": means, "cases": rows}, indent=1) + "\n")
+            args.out.write_text(json.dumps({"sets": args.sets, "shrink": args.shrink, "means": means, "cases": rows},
+                                           indent=1) + "\n")
     mobilesam.MobileSAMSegmenter.follow = shipped
     print("| case | " + " | ".join(args.variants) + " |")
     print("|---|" + "---|" * len(args.variants))
