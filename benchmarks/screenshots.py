@@ -101,8 +101,10 @@ def main() -> None:
     volume(out, wait)
 
 
-def brain(out: Path, wait) -> None:
-    """Colin27 through the reader, the oracle asked for the left thalamus (AAL 77)."""
+def _colin27(model: str, query: str, z: int | None, max_steps: int, wait, truth_label: int):
+    """Colin27 and its AAL labels through the reader (labels hidden), slice ``z`` (None: where
+    ``truth_label`` is largest), the widget run with ``model`` ("": the default agent; an
+    oracle of ``truth_label`` when it names one); (viewer, widget, AAL layer, z)."""
     import napari
     import numpy as np
     from qtpy.QtWidgets import QApplication
@@ -119,20 +121,27 @@ def brain(out: Path, wait) -> None:
             viewer._add_layer_from_data(data, kwargs, kind)
     atlas = viewer.layers["aal"]
     atlas.visible = False
-    z = int(np.argmax((atlas.data == 77).sum(axis=(1, 2))))
+    z = int(np.argmax((atlas.data == truth_label).sum(axis=(1, 2)))) if z is None else z
     viewer.dims.set_current_step(0, z)
     widget = IbisWidget(viewer)
     viewer.window.add_dock_widget(widget, name="IBIS agent", area="right")
-    widget.controller.models.provide("oracle (AAL atlas)", OraclePolicy(atlas.data[z] == 77, stop_iou=0.85))
+    if model.startswith("oracle"):
+        widget.controller.models.provide(model, OraclePolicy(atlas.data[z] == truth_label, stop_iou=0.85))
     panel = widget.run_panel
     panel.image_combo.setCurrentText("ch2")
-    panel.model_edit.setText("oracle (AAL atlas)")
+    panel.model_edit.setText(model)  # "": the default agent (the field is remembered between runs)
     panel.segmenter_combo.setCurrentText("mobilesam")
-    panel.query_edit.setText("segment the left thalamus")
-    panel.max_steps.setValue(12)
+    panel.query_edit.setText(query)
+    panel.max_steps.setValue(max_steps)
     widget.run()
     wait(lambda: not widget.running, 300)
     QApplication.instance().processEvents()
+    return viewer, widget, atlas, z
+
+
+def brain(out: Path, wait) -> None:
+    """Colin27 through the reader, the oracle asked for the left thalamus (AAL 77)."""
+    viewer, widget, _, _ = _colin27("oracle (AAL atlas)", "segment the left thalamus", None, 12, wait, 77)
     viewer.window.screenshot(str(out / "widget-brain.png"), canvas_only=False)
     print(widget.steps_panel.status.text())
     viewer.close()
@@ -140,35 +149,8 @@ def brain(out: Path, wait) -> None:
 
 def hippocampus(out: Path, wait) -> None:
     """Colin27 through the reader, the default agent (empty model field) asked for the left
-    hippocampus on slice 61 (held out of its training and its atlas); Dice with AAL's."""
-    import napari
-    import numpy as np
-    from qtpy.QtWidgets import QApplication
-
-    from napari_ibis._reader import get_reader
-    from napari_ibis._widget import IbisWidget
-
-    viewer = napari.Viewer(show=True)
-    viewer.window.resize(1400, 900)
-    for name in ("ch2.nii.gz", "aal.nii.gz"):
-        path = f"/usr/share/mricron/templates/{name}"
-        for data, kwargs, kind in get_reader(path)(path):
-            viewer._add_layer_from_data(data, kwargs, kind)
-    atlas = viewer.layers["aal"]
-    atlas.visible = False
-    z = 61
-    viewer.dims.set_current_step(0, z)
-    widget = IbisWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="IBIS agent", area="right")
-    panel = widget.run_panel
-    panel.image_combo.setCurrentText("ch2")
-    panel.model_edit.setText("")  # the default agent (the field is remembered between runs)
-    panel.segmenter_combo.setCurrentText("mobilesam")
-    panel.query_edit.setText("segment the left hippocampus")
-    panel.max_steps.setValue(8)
-    widget.run()
-    wait(lambda: not widget.running, 300)
-    QApplication.instance().processEvents()
+    hippocampus (AAL 37) on slice 61 (held out of its training and its atlas); Dice with AAL's."""
+    viewer, widget, atlas, z = _colin27("", "segment the left hippocampus", 61, 8, wait, 37)
     viewer.window.screenshot(str(out / "widget-hippocampus.png"), canvas_only=False)
     mask, truth = viewer.layers["IBIS mask"].data > 0, atlas.data[z] == 37
     mask = mask[z] if mask.ndim == 3 else mask
