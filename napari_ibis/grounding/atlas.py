@@ -32,7 +32,7 @@ GRID = 96  # the common grid of the atlas slices
 MATCH_GRID = 48  # where slices are compared and the affine fitted
 BLUR = 0.05  # of the image side: how far the prior reaches past the moved mask
 MIN_SIMILARITY = 0.65  # correlation of the moved atlas slice with the new one below which the atlas is not trusted
-MAX_GAP = 0.25  # how much less like the new slice the structure's slices may be than the atlas's likest slice
+MAX_GAP = 0.25  # how much less like the new slice the structure's slices may be than the likest (atlas_gate.py)
 
 
 def _grey(rgb: np.ndarray) -> np.ndarray:

@@ -3,8 +3,8 @@ embedding, and a trained query-conditioned head that maps where the named struct
 
 Each turn it looks at the map and at the current mask, as a reader of both would:
 
-1. no cell reaches the model's presence threshold: it answers that the structure is not
-   in the image;
+1. no cell reaches the model's presence threshold (half of it where the folder's atlas
+   fitted the structure onto the slice): it answers that the structure is not in the image;
 2. the target region is the connected part of the map (probability at least half the
    peak) around the peak; other parts as likely as that are other candidates (several
    nuclei for "segment the nucleus"): it segments the most likely one and says how many
