@@ -133,18 +133,16 @@ def mni152_aal_slices(step: int = 6, min_area: int = 20) -> list[Slice]:
     from napari_ibis.geometry import display_ornt
     from training.data.sources import AAL_DIR, _aal_names, aal_target_name
 
-    template = io.read_image(assets.path("mni152", "nilearn/datasets/data/"
-                                                    "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"))
-    aal_file = io.read_image(AAL_DIR / "aal.nii.gz")
     import nibabel as nib
 
-    raw_template, raw_aal = nib.load(template.meta["geometry"].source), nib.load(AAL_DIR / "aal.nii.gz")
-    to_aal = np.linalg.inv(raw_aal.affine) @ raw_template.affine
+    template_file = assets.path("mni152", "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
+    template = io.read_image(template_file)  # in the display convention
+    raw_template, raw_aal = nib.load(template_file), nib.load(AAL_DIR / "aal.nii.gz")
+    to_aal = np.linalg.inv(raw_aal.affine) @ raw_template.affine  # template voxel -> AAL voxel, through millimetres
     labels = ndi.affine_transform(np.asarray(raw_aal.dataobj), to_aal[:3, :3], to_aal[:3, 3],
                                   output_shape=raw_template.shape, order=0, mode="constant")
-    ornt, _ = display_ornt(raw_template.affine, raw_template.shape)
-    labels = nib.orientations.apply_orientation(labels, ornt)
-    if labels.shape != template.data.shape or aal_file.data.ndim != 3:
+    labels = nib.orientations.apply_orientation(labels, display_ornt(raw_template.affine, raw_template.shape)[0])
+    if labels.shape != template.data.shape:
         raise ValueError(f"MNI152 labels {labels.shape} do not match the template {template.data.shape}")
     names = {k: aal_target_name(v) for k, v in _aal_names(AAL_DIR / "aal.nii.txt").items()}
     out = []
