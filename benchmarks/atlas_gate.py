@@ -24,8 +24,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from napari_ibis.grounding.atlas import MATCH_GRID, MAX_GAP, SliceAtlas, _crop, _grey, _unit  # noqa: E402
-from napari_ibis.grounding.head import body_box  # noqa: E402
+from napari_ibis.grounding.atlas import MAX_GAP, SliceAtlas  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "atlas_gate.json"
 
@@ -33,8 +32,7 @@ OUT = ROOT / "benchmarks" / "results" / "atlas_gate.json"
 def gaps(atlas: SliceAtlas, slices, names) -> list[float]:
     out = []
     for item in slices:
-        target = _unit(_crop(_grey(item.rgb), body_box(item.rgb, kind="largest_part"), MATCH_GRID)).ravel()
-        everywhere = atlas._match @ target
+        everywhere = atlas.likeness(item.rgb)[0]
         for name in names(item):
             if name in atlas.holders:
                 out.append(float(everywhere.max() - everywhere[atlas.holders[name]].max()))

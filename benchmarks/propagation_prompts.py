@@ -79,11 +79,12 @@ def spread_clicks(mask: np.ndarray, most_per_part: int = 3):
 
 
 def _closest(segmenter, reference, logits, scores):
+    """Of the decoder's masks, the one that overlaps ``reference`` most: (mask, score, index)."""
     from napari_ibis.metrics import iou
 
     masks = [segmenter.mask_from_prior(candidate) for candidate in logits]
     best = int(np.argmax([iou(reference, mask) for mask in masks]))
-    return masks[best], float(scores[best])
+    return masks[best], float(scores[best]), best
 
 
 def follow_with(variant: str, shipped, shrink: float = 0.5):
@@ -97,7 +98,7 @@ def follow_with(variant: str, shipped, shrink: float = 0.5):
             logits, decoded = segmenter._decode(prompts_from(part) if points else [],
                                                 segmenter.prior_from_mask(part) if prior else None, True,
                                                 box=part_box if box else None)
-            mask, score = _closest(segmenter, part, logits, decoded)
+            mask, score, _ = _closest(segmenter, part, logits, decoded)
             out |= mask
             scores.append(score)
         return SegmentResult(out, segmenter.prior_from_mask(out), float(min(scores)) if scores else 0.0)
@@ -109,7 +110,7 @@ def follow_with(variant: str, shipped, shrink: float = 0.5):
             rows, cols = np.nonzero(previous)
             logits, scores = self._decode(prompts_from(previous), self.prior_from_mask(previous), True,
                                           box=(rows.min(), cols.min(), rows.max(), cols.max()))
-            mask, score = _closest(self, previous, logits, scores)
+            mask, score, _ = _closest(self, previous, logits, scores)
             return SegmentResult(mask, self.prior_from_mask(mask), score)
         if variant in ("spread_if_shrunk", "box_if_shrunk"):
             own = shipped(self, previous)
@@ -118,12 +119,9 @@ def follow_with(variant: str, shipped, shrink: float = 0.5):
             other = follow_with("spread" if variant == "spread_if_shrunk" else "box_points_prior", shipped)(self, previous)
             return other if own.mask.sum() < other.mask.sum() <= previous.sum() else own
         if variant == "spread":
-            from napari_ibis.metrics import iou
-
             logits, scores = self._decode(spread_clicks(previous), self.prior_from_mask(previous), True)
-            masks = [self.mask_from_prior(candidate) for candidate in logits]
-            best = int(np.argmax([iou(previous, mask) for mask in masks]))
-            return SegmentResult(masks[best], logits[best], float(scores[best]))
+            mask, score, best = _closest(self, previous, logits, scores)
+            return SegmentResult(mask, logits[best], score)
         if variant == "points_per_part":
             return per_part(self, previous, box=False, points=True, prior=True)
         boxed = per_part(self, previous, box=True, points=True, prior=variant != "box_points")

@@ -139,6 +139,13 @@ class SliceAtlas:
         found = self._pattern.findall(query) if self._pattern else []
         return self._spelling[max(found, key=len).lower()] if found else None
 
+    def likeness(self, rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int], np.ndarray]:
+        """The correlation of ``rgb`` (cropped to the body, on the ``MATCH_GRID``) with every
+        atlas slice; the body box and the cropped grey levels it was measured on."""
+        box = body_box(rgb, kind="largest_part")
+        target = _crop(_grey(rgb), box, MATCH_GRID)
+        return self._match @ _unit(target).ravel(), box, target
+
     def prior(self, rgb: np.ndarray, query: str) -> np.ndarray | None:
         """(H, W) in [0, 1], peak 1: where the atlas puts the structure ``query`` names on
         ``rgb``; None when the atlas does not hold it, when its slices that hold it are far less
@@ -151,9 +158,7 @@ class SliceAtlas:
         name = self.name_in(query)
         if name is None:
             return None
-        box = body_box(rgb, kind="largest_part")
-        target = _crop(_grey(rgb), box, MATCH_GRID)
-        everywhere = self._match @ _unit(target).ravel()
+        everywhere, box, target = self.likeness(rgb)
         scores = everywhere[self.holders[name]]
         best = int(np.argmax(scores))
         if float(everywhere.max() - scores[best]) > MAX_GAP:

@@ -326,9 +326,8 @@ def write_atlas(folder: str | Path, step_mm: float = 3.0, aal_step: int = 2) -> 
     the Colin27 brain's AAL training side (0: none)."""
     from napari_ibis.grounding.atlas import SliceAtlas
     from napari_ibis.policies.pointer import ATLAS_FILE
-    from training.grounding.dataset import aal_slices, totalseg_slices
-
     from training.data.sources import AAL_DIR
+    from training.grounding.dataset import aal_slices, totalseg_slices
 
     if aal_step and not (AAL_DIR / "aal.nii.gz").is_file():
         raise FileNotFoundError(f"the Colin27 brain is not in {AAL_DIR} (apt-get install mricron-data), "
