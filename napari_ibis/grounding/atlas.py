@@ -9,10 +9,7 @@ common grid in body-box coordinates. For a query it:
 2. takes, of the atlas slices that hold the structure, the one whose grey levels
    correlate best with the new slice (both cropped to the body, resized to one grid);
 3. fits a scale and shift per axis that best correlates the two (Powell, on 48 x 48);
-4. shifts that fit so that the brightest tenth of each slice (bone, on CT) lines up
-   (Powell, on 96 x 96): the body's outline places the spine and what lies along it a few
-   pixels off on a patient of another build (benchmarks/atlas_prior.py);
-5. unless the moved slice still correlates poorly with the new one (another modality, a
+4. unless the moved slice still correlates poorly with the new one (another modality, a
    synthetic image: ``MIN_SIMILARITY``), or other atlas slices are much more like it than
    any that holds the structure (a liver asked for on a brain: ``MAX_GAP``), moves that
    slice's mask with it, blurs it (5% of the image side) and scales the peak to 1.
@@ -35,8 +32,6 @@ GRID = 96  # the common grid of the atlas slices
 MATCH_GRID = 48  # where slices are compared and the affine fitted
 BLUR = 0.05  # of the image side: how far the prior reaches past the moved mask
 MIN_SIMILARITY = 0.65  # correlation of the moved atlas slice with the new one below which the atlas is not trusted
-BRIGHT_SHARE = 0.1  # the brightest share of the body that the second, shift-only fit lines up
-BRIGHT_REACH = 12  # cells of the GRID that second fit may shift by
 MAX_GAP = 0.25  # how much less like the new slice the structure's slices may be than the likest (atlas_gate.py)
 
 
@@ -84,33 +79,6 @@ def _scale_shift(target: np.ndarray, moving: np.ndarray) -> tuple[np.ndarray, fl
     best = minimize(cost, [1.0, 1.0, 0.0, 0.0], method="Powell",
                     bounds=[(0.6, 1.6), (0.6, 1.6), (-12, 12), (-12, 12)], options={"xtol": 1e-2, "ftol": 1e-4})
     return np.asarray(best.x, dtype=np.float32), -float(best.fun)
-
-
-def _bright(grid: np.ndarray) -> np.ndarray:
-    """The brightest ``BRIGHT_SHARE`` of the body's pixels (above 0.05), the rest 0."""
-    body = grid[grid > 0.05]
-    if body.size == 0:
-        return np.zeros_like(grid)
-    return np.clip(grid - np.quantile(body, 1 - BRIGHT_SHARE), 0, None)
-
-
-def _bright_shift(target: np.ndarray, moving: np.ndarray, fit) -> np.ndarray:
-    """``fit`` (sy, sx, ty, tx on the ``GRID``) shifted so that the bright parts of ``moving``
-    best correlate with those of ``target`` (both (GRID, GRID))."""
-    from scipy.optimize import minimize
-    from skimage.transform import warp
-
-    rows, cols = np.meshgrid(*(np.arange(GRID, dtype=np.float32),) * 2, indexing="ij")
-    target, moving = _unit(_bright(target)), _bright(moving)
-    sy, sx, ty, tx = fit
-
-    def cost(shift):
-        moved = warp(moving, _coords((sy, sx, *shift), rows, cols, (GRID - 1) / 2), order=1, mode="constant")
-        return -float((_unit(moved) * target).sum())
-
-    best = minimize(cost, [ty, tx], method="Powell", options={"xtol": 1e-2, "ftol": 1e-4},
-                    bounds=[(ty - BRIGHT_REACH, ty + BRIGHT_REACH), (tx - BRIGHT_REACH, tx + BRIGHT_REACH)])
-    return np.asarray([sy, sx, *best.x], dtype=np.float32)
 
 
 def _coords(p, rows, cols, centre):
@@ -200,11 +168,9 @@ class SliceAtlas:
         (sy, sx, ty, tx), self.last_similarity = _scale_shift(target, moving)
         if self.last_similarity < MIN_SIMILARITY:
             return None
-        scale = GRID / MATCH_GRID
-        fit = _bright_shift(_crop(_grey(rgb), box, GRID), self.grey[self.holders[name][best]] / 255.0,
-                            (sy, sx, ty * scale, tx * scale))
         rows, cols = np.meshgrid(*(np.arange(GRID, dtype=np.float32),) * 2, indexing="ij")
-        moved = warp(self.masks[name][best].astype(np.float32), _coords(fit, rows, cols, (GRID - 1) / 2),
-                     order=1, mode="constant")
+        scale = GRID / MATCH_GRID
+        moved = warp(self.masks[name][best].astype(np.float32), _coords((sy, sx, ty * scale, tx * scale), rows, cols,
+                                                                         (GRID - 1) / 2), order=1, mode="constant")
         out = ndi.gaussian_filter(_uncrop(moved, box, np.asarray(rgb).shape[:2]), BLUR * max(np.asarray(rgb).shape[:2]))
         return out / out.max() if out.max() > 0 else None
