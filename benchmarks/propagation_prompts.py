@@ -6,9 +6,6 @@ of SAM's three masks that overlaps the previous slice's most. Alternatives measu
 on the same cases as ``benchmarks/propagation.py`` (oracle start, at most 5 clicks, no
 clicks after):
 
-* ``guided``: the shipped prompts, each part's click placed where the previous mask was
-  and the new slice's embedding cells still look like the structure on the start slice
-  (:meth:`napari_ibis.appearance.Appearance.looks_like`);
 * ``box_points_prior``: per part of the previous mask, its box, its interior click and the
   part as the prior (one decoder call per part, the masks united);
 * ``box_points``: the same without the prior;
@@ -43,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 OUT = ROOT / "benchmarks" / "results" / "propagation_prompts.json"
-VARIANTS = ("points", "guided", "box_points_prior", "box_points", "box_whole", "points_per_part", "best_score", "spread",
+VARIANTS = ("points", "box_points_prior", "box_points", "box_whole", "points_per_part", "best_score", "spread",
             "spread_if_shrunk", "box_if_shrunk")
 
 
@@ -106,9 +103,7 @@ def follow_with(variant: str, shipped, shrink: float = 0.5):
             scores.append(score)
         return SegmentResult(out, segmenter.prior_from_mask(out), float(min(scores)) if scores else 0.0)
 
-    def follow(self, previous, likely=None):
-        if variant == "guided":
-            return shipped(self, previous, likely)
+    def follow(self, previous):
         if variant == "points" or not previous.any():
             return shipped(self, previous)
         if variant == "box_whole":

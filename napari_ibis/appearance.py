@@ -47,22 +47,6 @@ class Appearance:
         found = segmenter.embedding_cells()
         return None if found is None else cls(*found, mask)
 
-    def looks_like(self, segmenter: Segmenter, where: np.ndarray) -> np.ndarray | None:
-        """Per pixel of the segmenter's current slice, within the cells ``where`` touches: does
-        its cell look more like the structure than like its surroundings (bool, the slice's
-        shape); None where the backend has no embedding to read."""
-        from skimage.transform import resize
-
-        found = segmenter.embedding_cells()
-        if found is None or not len(self.surroundings):
-            return None
-        cells, filled = found
-        chosen = _coverage(where, filled, cells.shape[0]) > 0
-        like = np.zeros(chosen.shape, dtype=bool)
-        vectors = cells[chosen]
-        like[chosen] = (vectors @ self.structure.T).max(axis=1) > (vectors @ self.surroundings.T).max(axis=1)
-        return resize(like[: filled[0], : filled[1]], np.asarray(where).shape, order=0, anti_aliasing=False).astype(bool)
-
     def likeness(self, segmenter: Segmenter, mask: np.ndarray) -> float:
         """The share of ``mask``'s cells (those it covers at least half) on the segmenter's
         current slice that look more like the structure than like its surroundings; NaN

@@ -59,7 +59,6 @@ from .segmenters.base import Click, Segmenter, SegmentResult, prompts_from
 
 DIRECTIONS = ("both", "up", "down")
 MIN_LIKENESS = 0.2  # see appearance.py and docs/BENCHMARKS.md (propagation: when a structure ends)
-GUIDED_CLICKS = True  # click where the previous mask was and the slice still looks like the structure
 
 
 @dataclass
@@ -214,10 +213,8 @@ class Propagation:
             followed, clicks = SegmentResult(mask, None, score), ()
         else:
             self.segmenter.set_image(rgb)
-            likely = self._appearance.looks_like(self.segmenter, previous) \
-                if GUIDED_CLICKS and self._appearance is not None else None
-            clicks = tuple(prompts_from(previous, within=likely))
-            followed = self.segmenter.follow(previous, likely)
+            clicks = tuple(prompts_from(previous))
+            followed = self.segmenter.follow(previous)
         mask = followed.mask
         outcome = SliceResult(index, mask, clicks)
         if self.check and distance % self.check == 0:

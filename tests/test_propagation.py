@@ -331,7 +331,7 @@ class _TextureEncoder(Segmenter):
         blocks = self._grey.reshape(8, self.cell, 8, self.cell).std(axis=(1, 3))
         return np.kron(blocks > 20, np.ones((self.cell, self.cell), bool))
 
-    def follow(self, previous, likely=None):
+    def follow(self, previous):
         mask = self._textured()
         if not mask.any():
             mask = np.zeros_like(previous)

@@ -100,11 +100,10 @@ class Segmenter(ABC):
             return SegmentResult(mask, self.prior_from_mask(mask), float("nan"))
         return self._segment(list(clicks), prior)
 
-    def follow(self, previous: np.ndarray, likely: np.ndarray | None = None) -> SegmentResult:
+    def follow(self, previous: np.ndarray) -> SegmentResult:
         """The structure on the current slice, from the neighbouring slice's mask (propagation
-        through a volume): a positive click inside each part of it (inside the part of it that
-        still looks like the structure, ``likely``, where there is one), and it as the prior."""
-        return self.segment(prompts_from(previous, within=likely), self.prior_from_mask(previous))
+        through a volume): a positive click inside each part of it, and it as the prior."""
+        return self.segment(prompts_from(previous), self.prior_from_mask(previous))
 
     def prior_from_mask(self, mask: np.ndarray) -> np.ndarray | None:
         """Logits that stand for an imported mask, to start a refinement from it."""
@@ -193,16 +192,13 @@ def mask_parts(mask: np.ndarray, min_part: int = 30, most: int = 4) -> list[np.n
     return parts
 
 
-def prompts_from(mask: np.ndarray, min_part: int = 30, most: int = 4, within: np.ndarray | None = None) -> list[Click]:
+def prompts_from(mask: np.ndarray, min_part: int = 30, most: int = 4) -> list[Click]:
     """Positive clicks that stand for ``mask``: the interior point (farthest from the edge) of
-    each of its :func:`mask_parts`; with ``within``, of the part's pixels inside it where they
-    are at least ``min_part`` (propagation: where the next slice still looks like the structure)."""
+    each of its :func:`mask_parts`."""
     from scipy import ndimage as ndi
 
     clicks = []
     for part in mask_parts(mask, min_part, most):
-        if within is not None and (part & within).sum() >= min_part:
-            part = part & within
         distance = ndi.distance_transform_edt(np.pad(part, 1))[1:-1, 1:-1]
         row, col = np.unravel_index(int(np.argmax(distance)), distance.shape)
         clicks.append(Click(int(row), int(col), True, source="propagation"))

@@ -86,10 +86,9 @@ class ClassicalSegmenter(Segmenter):
         mask = full > 0
         return SegmentResult(mask=mask, logits=logits, score=float(probability[logits > 0].mean()) if mask.any() else 0.0)
 
-    def follow(self, previous: np.ndarray, likely: np.ndarray | None = None) -> SegmentResult:
+    def follow(self, previous: np.ndarray) -> SegmentResult:
         """The neighbouring slice's mask as the prior: its eroded inside seeds the object,
-        everything beyond its grown outline the background, and the walker settles the edge
-        (``likely`` is not used: this backend has no embedding to say what looks alike)."""
+        everything beyond its grown outline the background, and the walker settles the edge."""
         import warnings
 
         from scipy import ndimage as ndi
@@ -102,7 +101,7 @@ class ClassicalSegmenter(Segmenter):
         seeds[~ndi.binary_dilation(small, iterations=margin)] = 2
         seeds[ndi.binary_erosion(small, iterations=margin)] = 1
         if not (seeds == 1).any() or not (seeds == 2).any():
-            return super().follow(previous, likely)
+            return super().follow(previous)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             probability = random_walker(self._grey, seeds, beta=self.beta, mode="cg_j", tol=1e-3, return_full_prob=True)[0]

@@ -144,13 +144,12 @@ class MobileSAMSegmenter(Segmenter):
         low_res = logits[0]  # one click: the finest of the three levels
         return SegmentResult(mask=self.mask_from_prior(low_res), logits=low_res, score=float(scores[0]))
 
-    def follow(self, previous: np.ndarray, likely: np.ndarray | None = None) -> SegmentResult:
+    def follow(self, previous: np.ndarray) -> SegmentResult:
         """The structure on this slice from the neighbouring slice's mask: a click inside each
-        of its parts (where this slice still looks like the structure, ``likely``, if given)
-        and the mask as the prior; of SAM's three masks, the one that overlaps the previous
-        slice's most (the finest level alone, right for a person's first click, shrinks a
-        vessel to a few pixels in the next slice)."""
-        clicks = prompts_from(previous, within=likely)
+        of its parts and the mask as the prior; of SAM's three masks, the one that overlaps the
+        previous slice's most (the finest level alone, right for a person's first click,
+        shrinks a vessel to a few pixels in the next slice)."""
+        clicks = prompts_from(previous)
         if not clicks:
             return SegmentResult(np.zeros(self.image_shape, dtype=bool), None, 0.0)
         logits, scores = self._decode(clicks, self.prior_from_mask(previous), multimask=True)
