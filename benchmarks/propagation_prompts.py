@@ -6,6 +6,9 @@ of SAM's three masks that overlaps the previous slice's most. Alternatives measu
 on the same cases as ``benchmarks/propagation.py`` (oracle start, at most 5 clicks, no
 clicks after):
 
+* ``grown``: the shipped prompts; of SAM's three masks, the one closest to the previous
+  mask grown by a tenth of its equivalent radius (against a vessel's mask shrinking from
+  slice to slice);
 * ``box_points_prior``: per part of the previous mask, its box, its interior click and the
   part as the prior (one decoder call per part, the masks united);
 * ``box_points``: the same without the prior;
@@ -40,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 OUT = ROOT / "benchmarks" / "results" / "propagation_prompts.json"
-VARIANTS = ("points", "box_points_prior", "box_points", "box_whole", "points_per_part", "best_score", "spread",
+VARIANTS = ("points", "grown", "box_points_prior", "box_points", "box_whole", "points_per_part", "best_score", "spread",
             "spread_if_shrunk", "box_if_shrunk")
 
 
@@ -106,6 +109,13 @@ def follow_with(variant: str, shipped, shrink: float = 0.5):
     def follow(self, previous):
         if variant == "points" or not previous.any():
             return shipped(self, previous)
+        if variant == "grown":
+            from scipy import ndimage as ndi
+
+            logits, scores = self._decode(prompts_from(previous), self.prior_from_mask(previous), True)
+            reach = max(1, int(round(0.1 * np.sqrt(previous.sum() / np.pi))))
+            mask, score, best = _closest(self, ndi.binary_dilation(previous, iterations=reach), logits, scores)
+            return SegmentResult(mask, logits[best], score)
         if variant == "box_whole":
             rows, cols = np.nonzero(previous)
             logits, scores = self._decode(prompts_from(previous), self.prior_from_mask(previous), True,
