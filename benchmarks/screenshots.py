@@ -14,12 +14,15 @@ tumour with a drawn mask), the oracle with that mask on its largest slice, then 
 both ways: the appearance rule ends it where the mask would slide onto the aorta.
 widget-spleen.png: the default agent itself (empty model field: v8 with its atlas) asked
 for the spleen on slice 10 of the same CT series, then Propagate both ways.
+widget-kidney-mr.png: the default agent asked for the right kidney on slice 9 of
+TotalSegmentator's held-out abdominal MR (its CT atlas fitted by the slice's edges).
 
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only volume
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only tumour
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only spleen
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only hippocampus
+    xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only kidney-mr
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ def main() -> None:
     from napari_ibis.policies.oracle import OraclePolicy
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", choices=["default-agent", "volume", "tumour", "spleen", "hippocampus"], help="only that screenshot")
+    parser.add_argument("--only", choices=["default-agent", "volume", "tumour", "spleen", "hippocampus", "kidney-mr"],
+                        help="only that screenshot")
     args = parser.parse_args()
     out = ROOT / "docs" / "images"
     out.mkdir(parents=True, exist_ok=True)
@@ -66,6 +70,8 @@ def main() -> None:
         return spleen(out, wait)
     if args.only == "hippocampus":
         return hippocampus(out, wait)
+    if args.only == "kidney-mr":
+        return kidney_mr(out, wait)
     image, labels = test_image_nuclei_2d(return_mask=True)
     target = labels == 119
     viewer = napari.Viewer(show=True)
@@ -101,10 +107,11 @@ def main() -> None:
     volume(out, wait)
 
 
-def _colin27(model: str, query: str, z: int | None, max_steps: int, wait, truth_label: int):
-    """Colin27 and its AAL labels through the reader (labels hidden), slice ``z`` (None: where
-    ``truth_label`` is largest), the widget run with ``model`` ("": the default agent; an
-    oracle of ``truth_label`` when it names one); (viewer, widget, AAL layer, z)."""
+def _through_reader(image: str, labels: str, model: str, query: str, z: int | None, max_steps: int, wait,
+                    truth_label: int):
+    """``image`` and its ``labels`` through the reader (labels hidden), slice ``z`` (None:
+    where ``truth_label`` is largest), the widget run with ``model`` ("": the default agent;
+    an oracle of ``truth_label`` when it names one); (viewer, widget, labels layer, z)."""
     import napari
     import numpy as np
     from qtpy.QtWidgets import QApplication
@@ -115,11 +122,10 @@ def _colin27(model: str, query: str, z: int | None, max_steps: int, wait, truth_
 
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1400, 900)
-    for name in ("ch2.nii.gz", "aal.nii.gz"):
-        path = f"/usr/share/mricron/templates/{name}"
+    for path in (image, labels):
         for data, kwargs, kind in get_reader(path)(path):
             viewer._add_layer_from_data(data, kwargs, kind)
-    atlas = viewer.layers["aal"]
+    atlas = viewer.layers[-1]
     atlas.visible = False
     z = int(np.argmax((atlas.data == truth_label).sum(axis=(1, 2)))) if z is None else z
     viewer.dims.set_current_step(0, z)
@@ -128,7 +134,7 @@ def _colin27(model: str, query: str, z: int | None, max_steps: int, wait, truth_
     if model.startswith("oracle"):
         widget.controller.models.provide(model, OraclePolicy(atlas.data[z] == truth_label, stop_iou=0.85))
     panel = widget.run_panel
-    panel.image_combo.setCurrentText("ch2")
+    panel.image_combo.setCurrentText(viewer.layers[0].name)
     panel.model_edit.setText(model)  # "": the default agent (the field is remembered between runs)
     panel.segmenter_combo.setCurrentText("mobilesam")
     panel.query_edit.setText(query)
@@ -137,6 +143,20 @@ def _colin27(model: str, query: str, z: int | None, max_steps: int, wait, truth_
     wait(lambda: not widget.running, 300)
     QApplication.instance().processEvents()
     return viewer, widget, atlas, z
+
+
+def _colin27(model: str, query: str, z: int | None, max_steps: int, wait, truth_label: int):
+    """Colin27 and its AAL labels through :func:`_through_reader`."""
+    return _through_reader("/usr/share/mricron/templates/ch2.nii.gz", "/usr/share/mricron/templates/aal.nii.gz",
+                           model, query, z, max_steps, wait, truth_label)
+
+
+def _dice_report(viewer, widget, atlas, z: int, label: int, what: str) -> None:
+    """The transcript, the status and the Dice of the widget's mask with ``label`` on slice ``z``."""
+    mask, truth = viewer.layers["IBIS mask"].data > 0, atlas.data[z] == label
+    mask = mask[z] if mask.ndim == 3 else mask
+    print(widget.steps_panel.transcript.toPlainText())
+    print(widget.steps_panel.status.text(), f"Dice with {what}: {2 * (mask & truth).sum() / (mask.sum() + truth.sum()):.3f}")
 
 
 def brain(out: Path, wait) -> None:
@@ -152,11 +172,22 @@ def hippocampus(out: Path, wait) -> None:
     hippocampus (AAL 37) on slice 61 (held out of its training and its atlas); Dice with AAL's."""
     viewer, widget, atlas, z = _colin27("", "segment the left hippocampus", 61, 8, wait, 37)
     viewer.window.screenshot(str(out / "widget-hippocampus.png"), canvas_only=False)
-    mask, truth = viewer.layers["IBIS mask"].data > 0, atlas.data[z] == 37
-    mask = mask[z] if mask.ndim == 3 else mask
-    print(widget.steps_panel.transcript.toPlainText())
-    print(widget.steps_panel.status.text(), f"Dice with AAL's left hippocampus: "
-          f"{2 * (mask & truth).sum() / (mask.sum() + truth.sum()):.3f}")
+    _dice_report(viewer, widget, atlas, z, 37, "AAL's left hippocampus")
+    viewer.close()
+
+
+def kidney_mr(out: Path, wait) -> None:
+    """TotalSegmentator's held-out abdominal MR through the reader, the default agent asked for
+    the right kidney (label 2) on slice 9; Dice with TotalSegmentator's own label."""
+    from napari_ibis import assets
+
+    folder = assets.path("totalsegmentator", "tests/reference_files")
+    viewer, widget, labels, z = _through_reader(str(folder / "example_mr_sm.nii.gz"),
+                                                str(folder / "example_seg_mr.nii.gz"),
+                                                "", "segment the right kidney", 9, 8, wait, 2)
+    viewer.reset_view()
+    viewer.window.screenshot(str(out / "widget-kidney-mr.png"), canvas_only=False)
+    _dice_report(viewer, widget, labels, z, 2, "TotalSegmentator's right kidney")
     viewer.close()
 
 

@@ -54,10 +54,21 @@ def test_the_query_is_read_for_the_longest_name_the_atlas_holds_and_others_get_n
 
 
 def test_a_slice_unlike_every_atlas_slice_gets_no_prior(atlas):
-    unlike = patient((100, 120), (50, 60), (40, 50)).rgb
-    unlike = np.ascontiguousarray(255 - unlike)  # dark organs in a bright body on white: no correlation survives
-    assert atlas.prior(unlike, "segment the liver") is None
-    assert atlas.last_similarity < 0.65
+    from napari_ibis.grounding.atlas import MIN_EDGE_SIMILARITY
+
+    unlike = np.random.default_rng(0).integers(0, 256, (100, 120, 1), dtype=np.uint8).repeat(3, axis=2)
+    assert atlas.prior(unlike, "segment the liver") is None  # noise: neither its grey levels nor its edges fit
+    assert atlas.last_similarity < MIN_EDGE_SIMILARITY and atlas.last_fit is None
+
+
+def test_another_modality_is_fitted_by_its_edges_where_its_grey_levels_do_not_correlate(atlas):
+    new = patient((256, 256), (140, 120), (90, 110))
+    inverted = np.ascontiguousarray(255 - new.rgb)  # dark organs in a bright body on white, as tissues differ across modalities
+    for name in ("liver", "spleen"):
+        prior = atlas.prior(inverted, f"segment the {name}")
+        assert atlas.last_fit == "edges" and new.masks[name][peak(prior)]
+    atlas.prior(new.rgb, "segment the liver")
+    assert atlas.last_fit == "grey"
 
 
 def test_an_atlas_file_gives_the_same_prior_after_save_and_load(atlas, tmp_path):
@@ -123,6 +134,26 @@ def test_where_the_atlas_fitted_the_structure_a_less_sure_map_still_clicks(atlas
     synthetic = np.zeros_like(new.rgb)
     synthetic[30:90, 30:90] = 200  # nothing like the atlas: no prior, so the model's own threshold
     assert with_atlas.decide(dataclasses.replace(ask, image=synthetic)).not_present
+
+
+@pytest.mark.skipif(not all(__import__("napari_ibis.assets", fromlist=["available"]).available(n)
+                            for n in ("mobile_sam", "minilm")), reason="assets not fetched")
+def test_a_fit_by_edges_places_the_click_but_does_not_lower_the_bar_for_present(atlas, tmp_path):
+    from napari_ibis.grounding.head import PointerHead, PointerHeadConfig
+    from napari_ibis.policies.base import PolicyRequest
+    from napari_ibis.policies.pointer import ATLAS_FILE, ATLAS_PRESENCE, PointerPolicy
+    from napari_ibis.protocol import get_profile
+
+    other_modality = np.ascontiguousarray(255 - patient((128, 128), (64, 64), (50, 56)).rgb)
+    PointerHead(PointerHeadConfig(presence_threshold=0.0)).save_pretrained(tmp_path / "probe")
+    peak = float(PointerPolicy(tmp_path / "probe").probability_map(other_modality, "segment the liver").max())
+    PointerHead(PointerHeadConfig(presence_threshold=peak / ((1 + ATLAS_PRESENCE) / 2))).save_pretrained(tmp_path / "v8")
+    atlas.save(tmp_path / "v8" / ATLAS_FILE)
+    policy = PointerPolicy(tmp_path / "v8")
+    ask = PolicyRequest(profile=get_profile("ibis-release"), query="segment the liver", image=other_modality,
+                        mask=None, clicks=(), step=1)
+    answer = policy.decide(ask)
+    assert policy._fits["segment the liver"][0] == "edges" and answer.not_present
 
 
 @pytest.mark.skipif(not all(__import__("napari_ibis.assets", fromlist=["available"]).available(n)

@@ -9,10 +9,14 @@ common grid in body-box coordinates. For a query it:
 2. takes, of the atlas slices that hold the structure, the one whose grey levels
    correlate best with the new slice (both cropped to the body, resized to one grid);
 3. fits a scale and shift per axis that best correlates the two (Powell, on 48 x 48);
-4. unless the moved slice still correlates poorly with the new one (another modality, a
-   synthetic image: ``MIN_SIMILARITY``), or other atlas slices are much more like it than
-   any that holds the structure (a liver asked for on a brain: ``MAX_GAP``), moves that
-   slice's mask with it, blurs it (5% of the image side) and scales the peak to 1.
+4. unless the moved slice still correlates poorly with the new one (``MIN_SIMILARITY``), or
+   other atlas slices are much more like it than any that holds the structure (a liver
+   asked for on a brain: ``MAX_GAP``), moves that slice's mask with it, blurs it (5% of the
+   image side) and scales the peak to 1;
+5. where the grey levels correlate poorly (another modality: an MR slice against CT
+   atlas slices), steps 2-4 again on the edges (gradient magnitude), which CT and MR share
+   where grey levels do not; a synthetic image's edges stay below
+   ``MIN_EDGE_SIMILARITY``. ``last_fit`` says which fit a prior came from.
 
 The pointer agent weights its map by the prior where its folder holds an ``atlas.npz``
 (:meth:`napari_ibis.policies.pointer.PointerPolicy.guided_map`); names the atlas does not
@@ -32,6 +36,7 @@ GRID = 96  # the common grid of the atlas slices
 MATCH_GRID = 48  # where slices are compared and the affine fitted
 BLUR = 0.05  # of the image side: how far the prior reaches past the moved mask
 MIN_SIMILARITY = 0.65  # correlation of the moved atlas slice with the new one below which the atlas is not trusted
+MIN_EDGE_SIMILARITY = 0.35  # the same for the edges' fit (held-out MR 0.28-0.53, phantoms at most 0.25)
 MAX_GAP = 0.25  # how much less like the new slice the structure's slices may be than the likest (atlas_gate.py)
 
 
@@ -56,6 +61,13 @@ def _uncrop(grid: np.ndarray, box, shape) -> np.ndarray:
     out = np.zeros(shape, dtype=np.float32)
     out[top:bottom, left:right] = resize(grid, (bottom - top, right - left), order=1, anti_aliasing=False)
     return out
+
+
+def _edges(grid: np.ndarray) -> np.ndarray:
+    """Gradient magnitude (Sobel) of a grid of grey levels."""
+    from skimage.filters import sobel
+
+    return sobel(grid)
 
 
 def _unit(values: np.ndarray) -> np.ndarray:
@@ -92,12 +104,15 @@ class SliceAtlas:
     def __init__(self, grey: np.ndarray, names: list[str], holders: dict[str, np.ndarray],
                  masks: dict[str, np.ndarray]) -> None:
         self.grey = grey  # (n, GRID, GRID) uint8
-        self.last_similarity: float | None = None  # of the latest prior's moved slice with the new one
+        self.last_similarity: float | None = None  # of the latest fit's moved slice with the new one
+        self.last_fit: str | None = None  # "grey" or "edges": which fit the latest prior came from (None: no prior)
         self.names = list(names)
         self.holders = holders  # name -> indices of the slices that hold it
         self.masks = masks  # name -> (len(holders[name]), GRID, GRID) bool
         self._match = np.stack([_unit(_crop(g / 255.0, (0, 0, GRID, GRID), MATCH_GRID)).ravel() for g in grey]) \
             if len(grey) else np.zeros((0, MATCH_GRID * MATCH_GRID), np.float32)
+        self._edge_match = np.stack([_unit(_edges(_crop(g / 255.0, (0, 0, GRID, GRID), MATCH_GRID))).ravel()
+                                     for g in grey]) if len(grey) else np.zeros((0, MATCH_GRID * MATCH_GRID), np.float32)
         self._spelling = {n.lower(): n for n in self.names}
         by_length = sorted(self.names, key=len, reverse=True)
         self._pattern = re.compile(r"\b(" + "|".join(map(re.escape, by_length)) + r")\b", re.IGNORECASE) if by_length else None
@@ -150,24 +165,34 @@ class SliceAtlas:
         """(H, W) in [0, 1], peak 1: where the atlas puts the structure ``query`` names on
         ``rgb``; None when the atlas does not hold it, when its slices that hold it are far less
         like ``rgb`` than its likest slice (``MAX_GAP``: another part of the body), or when the
-        closest of them, moved, still correlates less than ``MIN_SIMILARITY`` with ``rgb``
-        (another modality, a synthetic image: benchmarks/atlas_prior.py)."""
+        closest of them, moved, still correlates less than ``MIN_SIMILARITY`` with ``rgb`` in
+        grey levels and less than ``MIN_EDGE_SIMILARITY`` in edges (a synthetic image:
+        benchmarks/atlas_prior.py)."""
         from scipy import ndimage as ndi
         from skimage.transform import warp
 
+        self.last_similarity = self.last_fit = None
         name = self.name_in(query)
         if name is None:
             return None
         everywhere, box, target = self.likeness(rgb)
-        scores = everywhere[self.holders[name]]
-        best = int(np.argmax(scores))
-        if float(everywhere.max() - scores[best]) > MAX_GAP:
-            self.last_similarity = None
+        holders = self.holders[name]
+        best = int(np.argmax(everywhere[holders]))
+        if float(everywhere.max() - everywhere[holders][best]) > MAX_GAP:
             return None
-        moving = _crop(self.grey[self.holders[name][best]] / 255.0, (0, 0, GRID, GRID), MATCH_GRID)
-        (sy, sx, ty, tx), self.last_similarity = _scale_shift(target, moving)
-        if self.last_similarity < MIN_SIMILARITY:
+        moving = _crop(self.grey[holders[best]] / 255.0, (0, 0, GRID, GRID), MATCH_GRID)
+        fit, similarity = _scale_shift(target, moving)
+        kind = "grey"
+        if similarity < MIN_SIMILARITY:
+            best = int(np.argmax(self._edge_match[holders] @ _unit(_edges(target)).ravel()))
+            moving = _crop(self.grey[holders[best]] / 255.0, (0, 0, GRID, GRID), MATCH_GRID)
+            fit, similarity = _scale_shift(_edges(target), _edges(moving))
+            kind = "edges"
+        self.last_similarity = similarity
+        if similarity < (MIN_SIMILARITY if kind == "grey" else MIN_EDGE_SIMILARITY):
             return None
+        self.last_fit = kind
+        sy, sx, ty, tx = fit
         rows, cols = np.meshgrid(*(np.arange(GRID, dtype=np.float32),) * 2, indexing="ij")
         scale = GRID / MATCH_GRID
         moved = warp(self.masks[name][best].astype(np.float32), _coords((sy, sx, ty * scale, tx * scale), rows, cols,

@@ -4,7 +4,8 @@ embedding, and a trained query-conditioned head that maps where the named struct
 Each turn it looks at the map and at the current mask, as a reader of both would:
 
 1. no cell reaches the model's presence threshold (half of it where the folder's atlas
-   fitted the structure onto the slice): it answers that the structure is not in the image;
+   fitted the structure onto the slice by its grey levels): it answers that the structure
+   is not in the image;
 2. the target region is the connected part of the map (probability at least half the
    peak) around the peak; other parts as likely as that are other candidates (several
    nuclei for "segment the nucleus"): it segments the most likely one and says how many
@@ -156,7 +157,7 @@ class PointerPolicy(DecidingPolicy):
         self._framing = None
         self._maps: dict[str, np.ndarray] = {}
         self._priors: dict[str, np.ndarray | None] = {}  # the atlas prior per query (None: not used)
-        self._fits: dict[str, float | None] = {}  # how well the atlas slice fitted, per query
+        self._fits: dict[str, tuple[str, float] | None] = {}  # per query: the atlas's fit ("grey"/"edges"), how well
 
     def identity(self) -> dict:
         return {"name": self.name, "folder": str(self.folder), "model_type": "ibis_pointer",
@@ -192,7 +193,8 @@ class PointerPolicy(DecidingPolicy):
                 logits[:, cols:] = -20.0
             self._maps[query] = self._framing.to_image(torch.sigmoid(logits).numpy())
             self._priors[query] = None if self.atlas is None else self.atlas.prior(image, query)
-            self._fits[query] = None if self._priors[query] is None else self.atlas.last_similarity
+            self._fits[query] = None if self._priors[query] is None else (self.atlas.last_fit,
+                                                                           self.atlas.last_similarity)
         return self._maps[query]
 
     def guided_map(self, image: np.ndarray, query: str, first_turn: bool) -> np.ndarray:
@@ -200,10 +202,11 @@ class PointerPolicy(DecidingPolicy):
         atlas holds the named structure. On the first turn the map times the prior squared
         says where to click; on later turns the map inside the prior's reach (above
         ``ATLAS_REACH``) keeps the features' extent of the structure for judging the mask.
-        Either way the peak stays the features' own. Where the atlas fitted (a labelled slice
-        holding the structure resembles this one, which is rarer where the structure is absent:
-        docs/BENCHMARKS.md), :meth:`decide` asks that peak for ``ATLAS_PRESENCE`` of the
-        model's presence threshold."""
+        Either way the peak stays the features' own. Where the atlas fitted by grey levels (a
+        labelled slice holding the structure resembles this one, which is rarer where the
+        structure is absent: docs/BENCHMARKS.md), :meth:`decide` asks that peak for
+        ``ATLAS_PRESENCE`` of the model's presence threshold; a fit by edges (an MR slice, a CT
+        atlas) places the structure but comes as readily where it is absent."""
         probability = self.probability_map(image, query)
         prior = self._priors.get(query)
         if prior is None:
@@ -217,12 +220,15 @@ class PointerPolicy(DecidingPolicy):
         prior = self._priors.get(request.query)
         extent = None if prior is None or first_turn else prior > ATLAS_EXTENT
         cell = self._framing.size / self._framing.grid / self._framing.scale
-        threshold = self.head.config.presence_threshold * (1.0 if prior is None else ATLAS_PRESENCE)
+        fit = self._fits.get(request.query)
+        sure = fit is not None and fit[0] == "grey"  # an edges fit comes as readily where the structure is absent
+        threshold = self.head.config.presence_threshold * (ATLAS_PRESENCE if sure else 1.0)
         response = decide(probability, request, threshold, cell, extent)
         if prior is not None and first_turn and response.actions:
             import dataclasses
 
+            what = "correlates" if fit[0] == "grey" else "matches in its edges at"
             response = dataclasses.replace(response, thought=response.thought + (
                 f" I weighted my map by where labelled scans have it (their closest slice, fitted to this"
-                f" one, correlates {self._fits[request.query]:.2f})."))
+                f" one, {what} {fit[1]:.2f})."))
         return response
