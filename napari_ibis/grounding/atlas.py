@@ -36,7 +36,7 @@ GRID = 96  # the common grid of the atlas slices
 MATCH_GRID = 48  # where slices are compared and the affine fitted
 BLUR = 0.05  # of the image side: how far the prior reaches past the moved mask
 MIN_SIMILARITY = 0.65  # correlation of the moved atlas slice with the new one below which the atlas is not trusted
-MIN_EDGE_SIMILARITY = 0.35  # the same for the edges' fit (held-out MR 0.28-0.53, phantoms at most 0.25)
+MIN_EDGE_SIMILARITY = 0.35  # the same for the edges' fit (held-out MR 0.28-0.53, phantoms at most 0.29: atlas_edges.py)
 MAX_GAP = 0.25  # how much less like the new slice the structure's slices may be than the likest (atlas_gate.py)
 
 
@@ -109,10 +109,12 @@ class SliceAtlas:
         self.names = list(names)
         self.holders = holders  # name -> indices of the slices that hold it
         self.masks = masks  # name -> (len(holders[name]), GRID, GRID) bool
-        self._match = np.stack([_unit(_crop(g / 255.0, (0, 0, GRID, GRID), MATCH_GRID)).ravel() for g in grey]) \
+        self._small = np.stack([_crop(g / 255.0, (0, 0, GRID, GRID), MATCH_GRID) for g in grey]) \
+            if len(grey) else np.zeros((0, MATCH_GRID, MATCH_GRID), np.float32)  # the slices on the MATCH_GRID
+        self._match = np.stack([_unit(small).ravel() for small in self._small]) \
             if len(grey) else np.zeros((0, MATCH_GRID * MATCH_GRID), np.float32)
-        self._edge_match = np.stack([_unit(_edges(_crop(g / 255.0, (0, 0, GRID, GRID), MATCH_GRID))).ravel()
-                                     for g in grey]) if len(grey) else np.zeros((0, MATCH_GRID * MATCH_GRID), np.float32)
+        self._edge_match = np.stack([_unit(_edges(small)).ravel() for small in self._small]) \
+            if len(grey) else np.zeros((0, MATCH_GRID * MATCH_GRID), np.float32)
         self._spelling = {n.lower(): n for n in self.names}
         by_length = sorted(self.names, key=len, reverse=True)
         self._pattern = re.compile(r"\b(" + "|".join(map(re.escape, by_length)) + r")\b", re.IGNORECASE) if by_length else None
@@ -167,7 +169,7 @@ class SliceAtlas:
         like ``rgb`` than its likest slice (``MAX_GAP``: another part of the body), or when the
         closest of them, moved, still correlates less than ``MIN_SIMILARITY`` with ``rgb`` in
         grey levels and less than ``MIN_EDGE_SIMILARITY`` in edges (a synthetic image:
-        benchmarks/atlas_prior.py)."""
+        benchmarks/atlas_prior.py, benchmarks/atlas_edges.py)."""
         from scipy import ndimage as ndi
         from skimage.transform import warp
 
@@ -180,13 +182,11 @@ class SliceAtlas:
         best = int(np.argmax(everywhere[holders]))
         if float(everywhere.max() - everywhere[holders][best]) > MAX_GAP:
             return None
-        moving = _crop(self.grey[holders[best]] / 255.0, (0, 0, GRID, GRID), MATCH_GRID)
-        fit, similarity = _scale_shift(target, moving)
+        fit, similarity = _scale_shift(target, self._small[holders[best]])
         kind = "grey"
         if similarity < MIN_SIMILARITY:
             best = int(np.argmax(self._edge_match[holders] @ _unit(_edges(target)).ravel()))
-            moving = _crop(self.grey[holders[best]] / 255.0, (0, 0, GRID, GRID), MATCH_GRID)
-            fit, similarity = _scale_shift(_edges(target), _edges(moving))
+            fit, similarity = _scale_shift(_edges(target), _edges(self._small[holders[best]]))
             kind = "edges"
         self.last_similarity = similarity
         if similarity < (MIN_SIMILARITY if kind == "grey" else MIN_EDGE_SIMILARITY):
