@@ -7,7 +7,8 @@ For every structure the atlas holds on the held-out TotalSegmentator slices (rea
 every 2 mm; labels made by TotalSegmentator) and on held-out phantoms (synthetic, seeds
 90000-90059): which fit was made (grey, edges, none), the edges' similarity where the grey
 fit failed, and whether the point of the prior farthest inside its half-peak region lies in
-the structure.
+the structure. Also scikit-image's bundled photographs (not scans), each asked for five
+structures: how often the atlas fits where nothing it holds can be.
 
     python benchmarks/atlas_edges.py [ATLAS]     # default: resources/models/pointer/atlas.npz
 
@@ -33,15 +34,33 @@ def outcomes(atlas: SliceAtlas, rgb: np.ndarray, masks: dict) -> list[dict]:
     from napari_ibis.policies.pointer import _interior_point
 
     rows = []
-    for name, truth in masks.items():
+    for name, truth in masks.items():  # truth None: a photograph, nothing to be inside
         if name not in atlas.holders:
             continue
         prior = atlas.prior(rgb, f"segment the {name}")
-        row = {"name": name, "area": int(truth.sum()), "fit": atlas.last_fit, "similarity": atlas.last_similarity}
-        if prior is not None:
+        row = {"name": name, "area": 0 if truth is None else int(truth.sum()), "fit": atlas.last_fit,
+               "similarity": atlas.last_similarity}
+        if prior is not None and truth is not None:
             row["inside"] = bool(truth[_interior_point(prior >= 0.5)])
         rows.append(row)
     return rows
+
+
+ASKED = ("liver", "spleen", "left kidney", "aorta", "left hippocampus")
+PHOTOGRAPHS = ("camera", "astronaut", "coins", "immunohistochemistry", "retina", "moon", "page", "hubble_deep_field",
+               "chelsea", "rocket", "horse", "text", "clock", "cell", "grass", "gravel", "brick")  # in the wheel
+
+
+def photographs() -> list[np.ndarray]:
+    from skimage import data
+
+    from napari_ibis.overlay import to_rgb8
+
+    out = []
+    for name in PHOTOGRAPHS:
+        rgb = to_rgb8(np.asarray(getattr(data, name)()))
+        out.append(np.repeat(rgb[..., None], 3, axis=2) if rgb.ndim == 2 else rgb[..., :3])
+    return out
 
 
 def main() -> int:
@@ -54,14 +73,16 @@ def main() -> int:
     sets = {"held-out CT (real)": [r for s in held if s.modality == "CT" for r in outcomes(atlas, s.rgb, s.masks)],
             "held-out MR (real)": [r for s in held if s.modality != "CT" for r in outcomes(atlas, s.rgb, s.masks)],
             "phantoms (synthetic)": [r for s in phantom_samples(range(90000, 90060), absent_probability=0.0)
-                                     for r in outcomes(atlas, to_rgb8(s.image), {s.target: np.asarray(s.mask, bool)})]}
+                                     for r in outcomes(atlas, to_rgb8(s.image), {s.target: np.asarray(s.mask, bool)})],
+            "photographs (scikit-image, not scans)": [r for rgb in photographs()
+                                                      for r in outcomes(atlas, rgb, dict.fromkeys(ASKED))]}
     report = {"min_edge_similarity": MIN_EDGE_SIMILARITY, "sets": {}}
     print("| slices | structures | fitted by grey | by edges | refused | edges' similarity where grey failed: "
           "min / median / max | first click inside (edges fits) | > 500 px | 100-500 px |\n|---|---|---|---|---|---|---|---|---|")
     for label, rows in sets.items():
         edges = [r for r in rows if r["fit"] != "grey" and r["similarity"] is not None]
         similarity = np.asarray([r["similarity"] for r in edges])
-        fitted = [r for r in rows if r["fit"] == "edges"]
+        fitted = [r for r in rows if r["fit"] == "edges" and "inside" in r]
 
         def inside(low, high):
             chosen = [r["inside"] for r in fitted if low <= r["area"] < high]
