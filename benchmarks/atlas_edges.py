@@ -26,6 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from napari_ibis.grounding.atlas import MIN_EDGE_SIMILARITY, SliceAtlas  # noqa: E402
+from napari_ibis.overlay import to_rgb8  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "atlas_edges.json"
 
@@ -54,8 +55,6 @@ PHOTOGRAPHS = ("camera", "astronaut", "coins", "immunohistochemistry", "retina",
 def photographs() -> list[np.ndarray]:
     from skimage import data
 
-    from napari_ibis.overlay import to_rgb8
-
     out = []
     for name in PHOTOGRAPHS:
         rgb = to_rgb8(np.asarray(getattr(data, name)()))
@@ -64,7 +63,6 @@ def photographs() -> list[np.ndarray]:
 
 
 def main() -> int:
-    from napari_ibis.overlay import to_rgb8
     from training.data.sources import phantom_samples
     from training.grounding.dataset import totalseg_slices
 

@@ -106,16 +106,20 @@ def follow_with(variant: str, shipped, shrink: float = 0.5):
             scores.append(score)
         return SegmentResult(out, segmenter.prior_from_mask(out), float(min(scores)) if scores else 0.0)
 
+    def closest_to(segmenter, clicks, previous, reference) -> SegmentResult:
+        """``clicks`` and ``previous`` as the prior to the decoder; of its masks, the one closest to ``reference``."""
+        logits, scores = segmenter._decode(clicks, segmenter.prior_from_mask(previous), True)
+        mask, score, best = _closest(segmenter, reference, logits, scores)
+        return SegmentResult(mask, logits[best], score)
+
     def follow(self, previous):
         if variant == "points" or not previous.any():
             return shipped(self, previous)
         if variant == "grown":
             from scipy import ndimage as ndi
 
-            logits, scores = self._decode(prompts_from(previous), self.prior_from_mask(previous), True)
             reach = max(1, int(round(0.1 * np.sqrt(previous.sum() / np.pi))))
-            mask, score, best = _closest(self, ndi.binary_dilation(previous, iterations=reach), logits, scores)
-            return SegmentResult(mask, logits[best], score)
+            return closest_to(self, prompts_from(previous), previous, ndi.binary_dilation(previous, iterations=reach))
         if variant == "box_whole":
             rows, cols = np.nonzero(previous)
             logits, scores = self._decode(prompts_from(previous), self.prior_from_mask(previous), True,
@@ -129,9 +133,7 @@ def follow_with(variant: str, shipped, shrink: float = 0.5):
             other = follow_with("spread" if variant == "spread_if_shrunk" else "box_points_prior", shipped)(self, previous)
             return other if own.mask.sum() < other.mask.sum() <= previous.sum() else own
         if variant == "spread":
-            logits, scores = self._decode(spread_clicks(previous), self.prior_from_mask(previous), True)
-            mask, score, best = _closest(self, previous, logits, scores)
-            return SegmentResult(mask, logits[best], score)
+            return closest_to(self, spread_clicks(previous), previous, previous)
         if variant == "points_per_part":
             return per_part(self, previous, box=False, points=True, prior=True)
         boxed = per_part(self, previous, box=True, points=True, prior=variant != "box_points")
