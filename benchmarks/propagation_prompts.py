@@ -1,11 +1,17 @@
 """Which prompts should MobileSAM get from the previous slice's mask when it follows a structure?
 
-The shipped rule (``points``: :meth:`MobileSAMSegmenter.follow`) gives the decoder a
-click inside each part of the previous mask and that mask as the prior, and keeps the one
-of SAM's three masks that overlaps the previous slice's most. Alternatives measured here
-on the same cases as ``benchmarks/propagation.py`` (oracle start, at most 5 clicks, no
-clicks after):
+The shipped rule (``shipped``) gives the decoder a click inside each part of the previous
+mask and that mask as the prior, and keeps the one of SAM's three masks that overlaps the
+previous slice's most (:meth:`MobileSAMSegmenter.follow`); it also reads the slice with
+each part's box (:meth:`MobileSAMSegmenter.follow_boxed`) and keeps that reading where at
+least ``--min-added`` of the cells it adds look like the structure to the encoder
+(``Propagation(min_added_likeness=...)``). Alternatives measured here on the same cases as
+``benchmarks/propagation.py`` (oracle start, at most 5 clicks, no clicks after); every one
+but ``spread_if_alike`` without the box reading:
 
+* ``points``: the clicks' reading alone (the rule before the box reading);
+* ``spread_if_alike``: the shipped rule with :func:`spread_clicks` in place of the box
+  reading;
 * ``grown``: the shipped prompts; of SAM's three masks, the one closest to the previous
   mask grown by a tenth of its equivalent radius (against a vessel's mask shrinking from
   slice to slice);
@@ -43,7 +49,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 OUT = ROOT / "benchmarks" / "results" / "propagation_prompts.json"
-VARIANTS = ("points", "grown", "box_points_prior", "box_points", "box_whole", "points_per_part", "best_score", "spread",
+from napari_ibis.propagation import MIN_ADDED_LIKENESS  # noqa: E402
+VARIANTS = ("shipped", "points", "spread_if_alike", "grown", "box_points_prior", "box_points", "box_whole", "points_per_part", "best_score", "spread",
             "spread_if_shrunk", "box_if_shrunk")
 
 
@@ -113,7 +120,7 @@ def follow_with(variant: str, shipped, shrink: float = 0.5):
         return SegmentResult(mask, logits[best], score)
 
     def follow(self, previous):
-        if variant == "points" or not previous.any():
+        if variant in ("shipped", "points", "spread_if_alike") or not previous.any():
             return shipped(self, previous)
         if variant == "grown":
             from scipy import ndimage as ndi
@@ -145,6 +152,30 @@ def follow_with(variant: str, shipped, shrink: float = 0.5):
     return follow
 
 
+def boxed_with(variant: str, shipped):
+    """A ``follow_boxed(self, previous)`` for ``variant``; ``shipped`` is the segmenter's own."""
+    from napari_ibis.segmenters.base import SegmentResult
+
+    if variant == "spread_if_alike":
+        def spread(self, previous):
+            logits, scores = self._decode(spread_clicks(previous), self.prior_from_mask(previous), True)
+            mask, score, best = _closest(self, previous, logits, scores)
+            return SegmentResult(mask, logits[best], score)
+
+        return spread
+    return shipped
+
+
+def with_threshold(propagation_class, min_added: float):
+    """``propagation_class`` with ``min_added_likeness`` set (above 1: the box reading never kept)."""
+
+    class Tuned(propagation_class):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, min_added_likeness=min_added, **kwargs)
+
+    return Tuned
+
+
 def disk_cached(folder: Path):
     """A stand-in for ``mobilesam.shared_embedding`` that keeps every slice's embedding in ``folder``."""
     import torch
@@ -168,7 +199,7 @@ def main() -> int:
     import napari_ibis.segmenters.mobilesam as mobilesam
     from napari_ibis.evaluation import evaluate_volume, oracle_start
     from napari_ibis.segmenters import build_segmenter
-    from propagation import _set_of, cases
+    from propagation import _set_of, cases  # benchmarks/propagation.py
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
@@ -177,16 +208,24 @@ def main() -> int:
     parser.add_argument("--cache", type=Path, default=None, help="a folder for the slices' embeddings")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shrink", type=float, default=0.5, help="the *_if_shrunk variants' area ratio")
+    parser.add_argument("--min-added", type=float, default=MIN_ADDED_LIKENESS,
+                        help="shipped, spread_if_alike: the share of the added cells that must look like the structure")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.cache:
         mobilesam.shared_embedding = disk_cached(args.cache)
-    shipped = mobilesam.MobileSAMSegmenter.follow
+    import napari_ibis.propagation as engine_module
+
+    shipped, shipped_boxed, engine = (mobilesam.MobileSAMSegmenter.follow, mobilesam.MobileSAMSegmenter.follow_boxed,
+                                      engine_module.Propagation)
     rows = []
     for case in (c for c in cases(args.organs, 3) if _set_of(c) in args.sets):
         for variant in args.variants:
             mobilesam.MobileSAMSegmenter.follow = follow_with(variant, shipped, args.shrink)
+            mobilesam.MobileSAMSegmenter.follow_boxed = boxed_with(variant, shipped_boxed)
+            engine_module.Propagation = with_threshold(
+                engine, args.min_added if variant in ("shipped", "spread_if_alike") else 2.0)
             segmenter = build_segmenter("mobilesam")
             started = time.perf_counter()
             row = evaluate_volume(case["volume"], case["mask"], segmenter, oracle_start(segmenter, 5))
@@ -200,7 +239,8 @@ def main() -> int:
                      if any(r["variant"] == v for r in rows)}
             args.out.write_text(json.dumps({"sets": args.sets, "shrink": args.shrink, "means": means, "cases": rows},
                                            indent=1) + "\n")
-    mobilesam.MobileSAMSegmenter.follow = shipped
+    mobilesam.MobileSAMSegmenter.follow, mobilesam.MobileSAMSegmenter.follow_boxed = shipped, shipped_boxed
+    engine_module.Propagation = engine
     print("| case | " + " | ".join(args.variants) + " |")
     print("|---|" + "---|" * len(args.variants))
     for key in dict.fromkeys((r["source"], r["target"]) for r in rows):

@@ -252,6 +252,7 @@ def _propagate(args, loaded, session, segmenter, policy, check_every: int):
             print(f"slice {event.index}: {int(event.mask.sum()):,} px{agent}{note}", flush=True)
     seconds = time.perf_counter() - started
     slices = [{"slice": r.index, "area": int(r.mask.sum()), "clicks": [[c.row, c.col] for c in r.clicks],
+               "boxed": r.boxed,
                "agent_steps": r.agent_steps, "agent_changed": r.agent_changed,
                "agent_overruled": r.agent_overruled, "stopped": r.stopped,
                "likeness": None if np.isnan(r.likeness) else round(r.likeness, 3),

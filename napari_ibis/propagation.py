@@ -7,7 +7,11 @@ structure is followed to the neighbouring slices, up (increasing index), down or
    positive click at the interior point of each of its parts (so a structure that splits
    keeps both) with the mask as the prior, as micro-sam's ``segment_mask_in_volume``
    does; the classical backend seeds its random walker with the mask's eroded inside and
-   the outside of its grown outline;
+   the outside of its grown outline. Where the segmenter also reads the slice with each
+   part's box (``Segmenter.follow_boxed``: MobileSAM), that reading is kept when at least
+   ``min_added_likeness`` of the cells it adds look like the structure to the encoder
+   (below): the clicks alone lose part of a vessel's arch or of a loop of bowel, the box
+   alone holds on where a structure ends;
 2. the structure ends in a direction when the new mask is empty, smaller than
    ``min_area`` pixels or than ``min_ratio`` of the previous one, grows beyond
    ``max_growth`` times it (a leak), overlaps it by less than ``min_overlap`` (IoU: it
@@ -59,6 +63,7 @@ from .segmenters.base import Click, Segmenter, SegmentResult, prompts_from
 
 DIRECTIONS = ("both", "up", "down")
 MIN_LIKENESS = 0.2  # see appearance.py and docs/BENCHMARKS.md (propagation: when a structure ends)
+MIN_ADDED_LIKENESS = 0.7  # the box's reading is kept where this share of what it adds looks like the structure
 
 
 @dataclass
@@ -73,6 +78,7 @@ class SliceResult:
     agent_overruled: bool = False  # the agent wanted to replace the mask, not repair it: kept, for review
     stopped: str = ""  # why the structure ended after this slice ("" if it went on)
     likeness: float = float("nan")  # share of the mask's cells that look like the structure (appearance.py)
+    boxed: bool = False  # the segmenter's box reading was kept: what it adds looks like the structure
     seconds: float = 0.0
     trajectory: dict | None = None  # the checking agent's session record
 
@@ -113,7 +119,8 @@ class Propagation:
 
     def __init__(self, volume: np.ndarray, segmenter: Segmenter, window: str | None = None, min_area: int = 10,
                  min_ratio: float = 0.15, max_growth: float = 1.8, min_overlap: float = 0.2, min_score: float = 0.4,
-                 min_likeness: float = MIN_LIKENESS, checker=None, check: str | int = "none",
+                 min_likeness: float = MIN_LIKENESS, min_added_likeness: float = MIN_ADDED_LIKENESS,
+                 checker=None, check: str | int = "none",
                  min_agreement: float = 0.5, video: bool = True) -> None:
         volume = np.asarray(volume)
         if volume.ndim not in (3, 4) or (volume.ndim == 4 and volume.shape[-1] not in (3, 4)):
@@ -130,6 +137,7 @@ class Propagation:
         self.min_overlap = min_overlap
         self.min_score = min_score
         self.min_likeness = min_likeness
+        self.min_added_likeness = min_added_likeness
         self._appearance: Appearance | None = None
         self.checker = checker
         self.check = parse_check(check)
@@ -215,8 +223,10 @@ class Propagation:
             self.segmenter.set_image(rgb)
             clicks = tuple(prompts_from(previous))
             followed = self.segmenter.follow(previous)
+        boxed = None if tracker is not None else self._boxed_if_alike(previous, followed)
+        followed = boxed or followed
         mask = followed.mask
-        outcome = SliceResult(index, mask, clicks)
+        outcome = SliceResult(index, mask, clicks, boxed=bool(boxed))
         if self.check and distance % self.check == 0:
             checked, steps, not_present, trajectory = self.checker(rgb, index, mask)
             checked = np.asarray(checked, dtype=bool)
@@ -252,6 +262,18 @@ class Propagation:
         outcome.seconds = time.perf_counter() - started
         return outcome
 
+
+    def _boxed_if_alike(self, previous: np.ndarray, followed: SegmentResult) -> SegmentResult | None:
+        """The segmenter's box reading of the slice, where at least ``min_added_likeness`` of
+        the cells it adds to ``followed`` look like the structure; else None."""
+        if self._appearance is None or self.min_added_likeness > 1:
+            return None
+        boxed = self.segmenter.follow_boxed(previous)
+        if boxed is None:
+            return None
+        added = boxed.mask & ~followed.mask
+        alike = self._appearance.likeness(self.segmenter, added) if added.any() else float("nan")
+        return boxed if alike >= self.min_added_likeness else None
 
     def _judge_unlike(self, result: SliceResult, step: int, start: int, tracker) -> SliceResult | None:
         """A slice that looks unlike the structure: one such slice is often the encoder's noise;

@@ -240,6 +240,26 @@ def test_mobilesam_follows_with_the_mask_that_continues_the_previous_slice(monke
     assert dice(truth[1], followed.mask) > 0.95
 
 
+def test_mobilesam_reads_each_part_of_the_previous_mask_within_its_own_box(monkeypatch):
+    segmenter = build_segmenter("mobilesam")
+    previous = np.zeros((128, 128), bool)
+    previous[10:40, 10:40] = previous[70:120, 60:90] = True  # two parts: an arch that parted in two
+    segmenter.set_image(np.zeros((128, 128, 3), np.uint8))
+    boxes = []
+
+    def per_box(clicks, prior, multimask, box=None):
+        boxes.append(box)
+        top, left, bottom, right = box
+        inside = np.zeros((128, 128), bool)
+        inside[top:bottom + 1, left:right + 1] = True
+        return np.stack([segmenter.prior_from_mask(inside)] * 3), np.array([0.9, 0.8, 0.7])
+
+    monkeypatch.setattr(segmenter, "_decode", per_box)
+    read = segmenter.follow_boxed(previous)
+    assert sorted(boxes) == [(10, 10, 39, 39), (70, 60, 119, 89)]
+    assert dice(previous, read.mask) > 0.95
+
+
 def _ct_with_a_vessel_beside_bone(depth=6, size=96):
     """Hounsfield units: air around a soft-tissue body (40), a contrast-filled vessel (450) and a bone (900)."""
     rows, cols = np.ogrid[:size, :size]
@@ -373,6 +393,51 @@ def test_one_slice_that_looks_unlike_the_structure_between_two_that_do_is_kept()
     done = run(Propagation(volume, _TextureEncoder()), 0, start, "up")
     assert [r.index for r in done.slices] == [1, 2, 3, 4, 5] and not any(r.stopped for r in done.slices)
     assert done.slices[2].likeness == 0.0 and done.labels[3].any() and done.labels[5].any()
+
+
+class _ClicksLoseHalf(_TextureEncoder):
+    """Its clicks' reading keeps only the left half of the textured structure (as a click in
+    a vessel's arch keeps one limb); its box reading adds the right half, or, with
+    ``box_adds_flat``, the flat tissue beside the structure (as a box holds on past an end)."""
+
+    def __init__(self, box_adds_flat=False):
+        super().__init__()
+        self.box_adds_flat = box_adds_flat
+
+    def follow(self, previous):
+        mask = self._textured()
+        mask[:, 32:] = False
+        return SegmentResult(mask, None, float("nan"))
+
+    def follow_boxed(self, previous):
+        mask = self._textured()
+        if self.box_adds_flat:
+            mask[:, 32:] = False
+            mask[16:40, 32:48] = True
+        return SegmentResult(mask, None, float("nan"))
+
+
+def _wide_structure():
+    volume = np.full((4, 64, 64), 100.0)
+    checker = np.where((np.indices((24, 48)).sum(axis=0) % 2) == 0, 60.0, 140.0)
+    volume[:, 16:40, 8:56] = checker
+    return volume, volume[0] != 100.0
+
+
+def test_the_box_reading_is_kept_where_what_it_adds_looks_like_the_structure():
+    volume, truth = _wide_structure()
+    done = run(Propagation(volume, _ClicksLoseHalf()), 0, truth, "up")
+    assert all(r.boxed for r in done.slices) and all(np.array_equal(done.labels[z], truth) for z in range(4))
+    clicks_only = run(Propagation(volume, _ClicksLoseHalf(), min_added_likeness=2), 0, truth, "up")
+    assert not clicks_only.labels[1:, :, 32:].any()  # without it the right half is lost
+
+
+def test_the_box_reading_is_not_kept_where_what_it_adds_looks_like_the_surroundings():
+    volume = _tumour_beside_a_vessel(tumour_slices=(0, 1, 2, 3))  # textured in columns 8-31, flat beside it
+    truth = volume[0] != 100.0
+    done = run(Propagation(volume, _ClicksLoseHalf(box_adds_flat=True)), 0, truth, "up")
+    assert not any(r.boxed for r in done.slices)
+    assert not done.labels[1:, :, 32:].any()  # the flat neighbour the box held on to is not taken
 
 
 def test_likeness_counts_the_cells_nearer_the_structure_than_its_surroundings():

@@ -105,6 +105,14 @@ class Segmenter(ABC):
         through a volume): a positive click inside each part of it, and it as the prior."""
         return self.segment(prompts_from(previous), self.prior_from_mask(previous))
 
+    def follow_boxed(self, previous: np.ndarray) -> SegmentResult | None:
+        """A second reading of the structure on the current slice, each part of ``previous``
+        prompted by its box as well as its click and its prior (what clicks alone can lose: a
+        vessel's arch, a loop of bowel); propagation keeps it where what it adds looks like
+        the structure (:mod:`napari_ibis.propagation`). None where the backend has no such
+        reading beside :meth:`follow`."""
+        return None
+
     def prior_from_mask(self, mask: np.ndarray) -> np.ndarray | None:
         """Logits that stand for an imported mask, to start a refinement from it."""
         return None

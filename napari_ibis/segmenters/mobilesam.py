@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..metrics import iou
-from .base import Click, Segmenter, SegmentResult, load_weights, prompts_from
+from .base import Click, Segmenter, SegmentResult, load_weights, mask_parts, prompts_from
 
 MODEL_SIZE = 1024
 LOW_RES = 256
@@ -156,6 +156,20 @@ class MobileSAMSegmenter(Segmenter):
         masks = [self.mask_from_prior(candidate) for candidate in logits]
         best = int(np.argmax([iou(previous, mask) for mask in masks]))
         return SegmentResult(mask=masks[best], logits=logits[best], score=float(scores[best]))
+
+    def follow_boxed(self, previous: np.ndarray) -> SegmentResult | None:
+        """Per part of the previous mask: its box, its click and the part as the prior; of
+        SAM's three masks the one that overlaps the part most; the parts' masks united."""
+        out, scores = np.zeros(self.image_shape, dtype=bool), []
+        for part in mask_parts(previous):
+            rows, cols = np.nonzero(part)
+            logits, decoded = self._decode(prompts_from(part), self.prior_from_mask(part), multimask=True,
+                                           box=(rows.min(), cols.min(), rows.max(), cols.max()))
+            masks = [self.mask_from_prior(candidate) for candidate in logits]
+            best = int(np.argmax([iou(part, mask) for mask in masks]))
+            out |= masks[best]
+            scores.append(float(decoded[best]))
+        return SegmentResult(out, self.prior_from_mask(out), min(scores)) if scores else None
 
     def _decode(self, clicks: list[Click], prior: np.ndarray | None, multimask: bool, box=None):
         """The decoder's low-res logits (K, 256, 256) and predicted IoUs (K,) for these clicks
