@@ -7,11 +7,13 @@ each part's box (:meth:`MobileSAMSegmenter.follow_boxed`) and keeps that reading
 least ``--min-added`` of the cells it adds look like the structure to the encoder
 (``Propagation(min_added_likeness=...)``). Alternatives measured here on the same cases as
 ``benchmarks/propagation.py`` (oracle start, at most 5 clicks, no clicks after); every one
-but ``spread_if_alike`` without the box reading:
+but ``spread_if_alike`` and ``largest_if_alike`` without the box reading:
 
 * ``points``: the clicks' reading alone (the rule before the box reading);
 * ``spread_if_alike``: the shipped rule with :func:`spread_clicks` in place of the box
   reading;
+* ``largest_if_alike``: the shipped rule with the largest of SAM's three masks for the
+  clicks in place of the box reading;
 * ``grown``: the shipped prompts; of SAM's three masks, the one closest to the previous
   mask grown by a tenth of its equivalent radius (against a vessel's mask shrinking from
   slice to slice);
@@ -50,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 OUT = ROOT / "benchmarks" / "results" / "propagation_prompts.json"
 from napari_ibis.propagation import MIN_ADDED_LIKENESS  # noqa: E402
-VARIANTS = ("shipped", "points", "spread_if_alike", "grown", "box_points_prior", "box_points", "box_whole", "points_per_part", "best_score", "spread",
+VARIANTS = ("shipped", "points", "spread_if_alike", "largest_if_alike", "grown", "box_points_prior", "box_points", "box_whole", "points_per_part", "best_score", "spread",
             "spread_if_shrunk", "box_if_shrunk")
 
 
@@ -154,7 +156,7 @@ def follow_with(variant: str, shipped, shrink: float = 0.5):
 
 def boxed_with(variant: str, shipped):
     """A ``follow_boxed(self, previous)`` for ``variant``; ``shipped`` is the segmenter's own."""
-    from napari_ibis.segmenters.base import SegmentResult
+    from napari_ibis.segmenters.base import SegmentResult, prompts_from
 
     if variant == "spread_if_alike":
         def spread(self, previous):
@@ -163,6 +165,14 @@ def boxed_with(variant: str, shipped):
             return SegmentResult(mask, logits[best], score)
 
         return spread
+    if variant == "largest_if_alike":
+        def largest(self, previous):
+            logits, scores = self._decode(prompts_from(previous), self.prior_from_mask(previous), True)
+            masks = [self.mask_from_prior(candidate) for candidate in logits]
+            best = int(np.argmax([mask.sum() for mask in masks]))
+            return SegmentResult(masks[best], logits[best], float(scores[best]))
+
+        return largest
     return shipped
 
 
@@ -225,7 +235,7 @@ def main() -> int:
             mobilesam.MobileSAMSegmenter.follow = follow_with(variant, shipped, args.shrink)
             mobilesam.MobileSAMSegmenter.follow_boxed = boxed_with(variant, shipped_boxed)
             engine_module.Propagation = with_threshold(
-                engine, args.min_added if variant in ("shipped", "spread_if_alike") else 2.0)
+                engine, args.min_added if variant in ("shipped", "spread_if_alike", "largest_if_alike") else 2.0)
             segmenter = build_segmenter("mobilesam")
             started = time.perf_counter()
             row = evaluate_volume(case["volume"], case["mask"], segmenter, oracle_start(segmenter, 5))
