@@ -262,7 +262,6 @@ class Propagation:
         outcome.seconds = time.perf_counter() - started
         return outcome
 
-
     def _boxed_if_alike(self, previous: np.ndarray, followed: SegmentResult) -> SegmentResult | None:
         """The segmenter's box reading of the slice, where at least ``min_added_likeness`` of
         the cells it adds to ``followed`` look like the structure; else None."""
