@@ -99,6 +99,15 @@ def _closest(segmenter, reference, logits, scores):
     return masks[best], float(scores[best]), best
 
 
+def closest_to(segmenter, clicks, previous, reference):
+    """``clicks`` and ``previous`` as the prior to the decoder; of its masks, the one closest to ``reference``."""
+    from napari_ibis.segmenters.base import SegmentResult
+
+    logits, scores = segmenter._decode(clicks, segmenter.prior_from_mask(previous), True)
+    mask, score, best = _closest(segmenter, reference, logits, scores)
+    return SegmentResult(mask, logits[best], score)
+
+
 def follow_with(variant: str, shipped, shrink: float = 0.5):
     """A ``follow(self, previous)`` for ``variant``; ``shipped`` is the segmenter's own;
     ``shrink``: the area ratio below which the ``*_if_shrunk`` variants try their other prompts."""
@@ -114,12 +123,6 @@ def follow_with(variant: str, shipped, shrink: float = 0.5):
             out |= mask
             scores.append(score)
         return SegmentResult(out, segmenter.prior_from_mask(out), float(min(scores)) if scores else 0.0)
-
-    def closest_to(segmenter, clicks, previous, reference) -> SegmentResult:
-        """``clicks`` and ``previous`` as the prior to the decoder; of its masks, the one closest to ``reference``."""
-        logits, scores = segmenter._decode(clicks, segmenter.prior_from_mask(previous), True)
-        mask, score, best = _closest(segmenter, reference, logits, scores)
-        return SegmentResult(mask, logits[best], score)
 
     def follow(self, previous):
         if variant in ("shipped", "points", "spread_if_alike") or not previous.any():
@@ -159,12 +162,7 @@ def boxed_with(variant: str, shipped):
     from napari_ibis.segmenters.base import SegmentResult, prompts_from
 
     if variant == "spread_if_alike":
-        def spread(self, previous):
-            logits, scores = self._decode(spread_clicks(previous), self.prior_from_mask(previous), True)
-            mask, score, best = _closest(self, previous, logits, scores)
-            return SegmentResult(mask, logits[best], score)
-
-        return spread
+        return lambda self, previous: closest_to(self, spread_clicks(previous), previous, previous)
     if variant == "largest_if_alike":
         def largest(self, previous):
             logits, scores = self._decode(prompts_from(previous), self.prior_from_mask(previous), True)
