@@ -118,10 +118,11 @@ def test_where_the_atlas_fitted_the_structure_a_less_sure_map_still_clicks(atlas
     from napari_ibis.protocol import get_profile
 
     new = patient((128, 128), (64, 64), (50, 56))
-    PointerHead(PointerHeadConfig(presence_threshold=0.0)).save_pretrained(tmp_path / "probe")
+    head = PointerHead(PointerHeadConfig(presence_threshold=0.0))  # one set of random weights for both folders
+    head.save_pretrained(tmp_path / "probe")
     peak = float(PointerPolicy(tmp_path / "probe").probability_map(new.rgb, "segment the liver").max())
-    between = peak / ((1 + ATLAS_PRESENCE) / 2)  # the peak is below this threshold, above ATLAS_PRESENCE of it
-    PointerHead(PointerHeadConfig(presence_threshold=between)).save_pretrained(tmp_path / "v8")
+    head.config.presence_threshold = peak / ((1 + ATLAS_PRESENCE) / 2)  # the peak is below it, above ATLAS_PRESENCE of it
+    head.save_pretrained(tmp_path / "v8")
     plain = PointerPolicy(tmp_path / "v8")
     atlas.save(tmp_path / "v8" / ATLAS_FILE)
     with_atlas = PointerPolicy(tmp_path / "v8")
@@ -145,9 +146,11 @@ def test_a_fit_by_edges_places_the_click_but_does_not_lower_the_bar_for_present(
     from napari_ibis.protocol import get_profile
 
     other_modality = np.ascontiguousarray(255 - patient((128, 128), (64, 64), (50, 56)).rgb)
-    PointerHead(PointerHeadConfig(presence_threshold=0.0)).save_pretrained(tmp_path / "probe")
+    head = PointerHead(PointerHeadConfig(presence_threshold=0.0))  # one set of random weights for both folders
+    head.save_pretrained(tmp_path / "probe")
     peak = float(PointerPolicy(tmp_path / "probe").probability_map(other_modality, "segment the liver").max())
-    PointerHead(PointerHeadConfig(presence_threshold=peak / ((1 + ATLAS_PRESENCE) / 2))).save_pretrained(tmp_path / "v8")
+    head.config.presence_threshold = peak / ((1 + ATLAS_PRESENCE) / 2)
+    head.save_pretrained(tmp_path / "v8")
     atlas.save(tmp_path / "v8" / ATLAS_FILE)
     policy = PointerPolicy(tmp_path / "v8")
     ask = PolicyRequest(profile=get_profile("ibis-release"), query="segment the liver", image=other_modality,
