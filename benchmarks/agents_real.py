@@ -18,8 +18,9 @@ Sets (nothing here is trained on by any agent of this project):
   no agent of this project trains on them;
 * phantoms (synthetic) from seed 90000, 10% of questions about an absent structure.
 
-Per case: first click inside the named structure (any instance for nuclei), final IoU and
-Dice with the default segmenter, steps, seconds (encoders included, 2 cores unless
+Per case: first click inside the named structure (any instance for nuclei; where the agent
+placed a mask before clicking, an atlas region, that mask's innermost point), final IoU and
+Dice with the default segmenter, steps (turns; a placement is not one), seconds (encoders included, 2 cores unless
 --threads says otherwise). Per set: those means, by structure size for the first click,
 and the share of right and of false "not present" answers.
 
@@ -119,6 +120,10 @@ def score(sample, episode) -> dict:
     instances = truth.dtype != bool
     final = episode.final_mask
     first = episode.turns[0].clicks[0] if episode.turns and episode.turns[0].clicks else None
+    if episode.placed is not None:  # a placed mask is where the agent first puts the target: its most inner point
+        from napari_ibis.policies.pointer import interior_point
+
+        first = (*interior_point(episode.placed), True)
     if instances:  # any instance is right: score against the one the result overlaps most
         overlap = np.bincount(truth[final].ravel(), minlength=int(truth.max()) + 1)
         overlap[0] = 0
@@ -129,6 +134,7 @@ def score(sample, episode) -> dict:
     present = bool(np.asarray(sample.mask).any())
     return {"source": sample.source, "target": sample.target, "present": present, "area": int(truth.sum()),
             "said_absent": bool(episode.said_absent), "first_click_inside": bool(inside),
+            "placed": episode.placed is not None,
             "iou": float(iou(truth, final)) if present else float("nan"),
             "dice": float(dice(truth, final)) if present else float("nan"),
             "steps": len(episode.turns), "seconds": episode.seconds, "stop": episode.stop_reason}
@@ -143,7 +149,8 @@ def summarise(rows: list[dict]) -> dict:
            "mean_iou": mean([r["iou"] for r in present]), "mean_dice": mean([r["dice"] for r in present]),
            "not_present_right": mean([r["said_absent"] for r in absent]),
            "not_present_false": mean([r["said_absent"] for r in present]),
-           "mean_steps": mean([r["steps"] for r in rows]), "seconds_per_case": mean([r["seconds"] for r in rows])}
+           "mean_steps": mean([r["steps"] for r in rows]), "seconds_per_case": mean([r["seconds"] for r in rows]),
+           "placed": sum(r.get("placed", False) for r in rows)}
     for label, low, high in SIZES:
         chosen = [r for r in present if low <= r["area"] < high]
         out[f"first_click_inside {label}"] = mean([r["first_click_inside"] for r in chosen])

@@ -32,7 +32,7 @@ OUT = ROOT / "benchmarks" / "results" / "atlas_edges.json"
 
 
 def outcomes(atlas: SliceAtlas, rgb: np.ndarray, masks: dict) -> list[dict]:
-    from napari_ibis.policies.pointer import _interior_point
+    from napari_ibis.policies.pointer import interior_point
 
     rows = []
     for name, truth in masks.items():  # truth None: a photograph, nothing to be inside
@@ -42,7 +42,7 @@ def outcomes(atlas: SliceAtlas, rgb: np.ndarray, masks: dict) -> list[dict]:
         row = {"name": name, "area": 0 if truth is None else int(truth.sum()), "fit": atlas.last_fit,
                "similarity": atlas.last_similarity}
         if prior is not None and truth is not None:
-            row["inside"] = bool(truth[_interior_point(prior >= 0.5)])
+            row["inside"] = bool(truth[interior_point(prior >= 0.5)])
         rows.append(row)
     return rows
 

@@ -118,7 +118,7 @@ def moved_masks(atlas: Atlas, rgb: np.ndarray, top: int, deform: bool, affine: b
 
 
 def evaluate(atlas: Atlas, held_out, top: int, deform: bool, affine: bool, conditioned: bool) -> list[dict]:
-    from napari_ibis.policies.pointer import _interior_point
+    from napari_ibis.policies.pointer import interior_point
 
     rows = []
     for item in held_out:
@@ -131,7 +131,7 @@ def evaluate(atlas: Atlas, held_out, top: int, deform: bool, affine: bool, condi
             predicted = moved.get(name, np.zeros(truth.shape)) >= 0.5
             hit = False
             if predicted.any():
-                hit = bool(truth[_interior_point(predicted)])
+                hit = bool(truth[interior_point(predicted)])
             union = np.logical_or(predicted, truth).sum()
             rows.append({"modality": item.modality, "name": name, "area": int(truth.sum()), "hit": hit,
                          "said_absent": not predicted.any(), "iou": float(np.logical_and(predicted, truth).sum() / union)})
@@ -143,7 +143,7 @@ def fused_clicks(train, held_out, folder: str) -> list[dict]:
     (napari_ibis.grounding.atlas.SliceAtlas) and of the map times the prior squared, as the
     agent weights it when its folder holds an atlas."""
     from napari_ibis.grounding.atlas import SliceAtlas
-    from napari_ibis.policies.pointer import ATLAS_POWER, PointerPolicy, _interior_point, candidates
+    from napari_ibis.policies.pointer import ATLAS_POWER, PointerPolicy, interior_point, candidates
 
     atlas = SliceAtlas.from_slices(train)
     policy = PointerPolicy(folder)
@@ -165,7 +165,7 @@ def fused_clicks(train, held_out, folder: str) -> list[dict]:
             if row["atlas used"]:
                 maps["atlas"] = prior
             for label, probability in maps.items():
-                row[label] = bool(truth[_interior_point(candidates(probability, 0.0)[0])])
+                row[label] = bool(truth[interior_point(candidates(probability, 0.0)[0])])
             rows.append(row)
     return rows
 

@@ -409,7 +409,7 @@ class IbisWidget(QWidget):
         if session is not None:
             step_list.addItem(f"0  start ({session.initial.area:,} px)")
             for step in session.steps:
-                what = {"click": "click", "edit": "brush edit", "answer": "answer"}.get(step.kind, step.kind)
+                what = {"click": "click", "edit": "brush edit", "placed": "placed mask", "answer": "answer"}.get(step.kind, step.kind)
                 step_list.addItem(f"{step.index}  {'you' if step.source == 'user' else step.source} {what}  {step.area:,} px")
             step_list.setCurrentRow(session.cursor)
         step_list.blockSignals(False)

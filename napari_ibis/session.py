@@ -11,6 +11,10 @@ why it stopped). Between runs, a person edits the timeline:
   :meth:`add_mask_edit` a person's own edit of the mask;
 * an initial mask (``init_mask``) starts a refinement instead of a fresh run.
 
+On a fresh run the policy may first place a mask itself (:meth:`Policy.place`: the
+pointer agent places an atlas region); it is a step of kind ``"placed"``, undoable like
+any other, and the agent's turns go on from it.
+
 Each step's mask comes from the segmenter with every click in effect plus the
 previous step's low-res logits, so :meth:`replay` rebuilds the same mask.
 """
@@ -43,7 +47,7 @@ class Step:
 
     index: int
     source: str  # "agent", "user" or "initial"
-    kind: str  # "click", "edit" (a person's brush edit), "answer" or "initial"
+    kind: str  # "click", "edit" (a person's brush edit), "placed" (the policy's own start mask), "answer" or "initial"
     mask: np.ndarray
     logits: np.ndarray | None
     clicks: tuple[Click, ...] = ()
@@ -158,6 +162,7 @@ class Session:
         self.rejected_outputs: list[str] = []
         self.discarded: list[tuple[Step, np.ndarray]] = []  # steps Reject or a new branch dropped, with the mask each started from
         self.last_stop: Stopped | None = None
+        self._placement_asked = False  # the policy is offered to place a start mask once per session
 
     def _initial_step(self, init_mask: np.ndarray | None) -> Step:
         shape = self.rgb.shape[:2]
@@ -319,7 +324,7 @@ class Session:
             if step.kind == "click":
                 result = self.segmenter.segment(step.clicks, logits)
                 mask, logits = result.mask, result.logits
-            elif step.kind == "edit":
+            elif step.kind in ("edit", "placed"):
                 mask, logits = step.mask, step.logits
             elif step.not_present:
                 mask = np.zeros_like(mask)
@@ -330,7 +335,7 @@ class Session:
         """Earlier agent turns of the active timeline, for profiles that keep history."""
         turns, previous = [], self._initial
         for step in self.steps:
-            if step.source == "agent":
+            if step.source == "agent" and step.kind != "placed":
                 turns.append(Turn(self.profile.observation(self.rgb, previous.mask), step.prompt, step.raw))
             previous = step
         return turns
@@ -361,7 +366,7 @@ class Session:
                 return
 
     def _repeats(self, actions: tuple[Action, ...]) -> bool:
-        recent = [s.actions for s in self.steps[-(REPEAT_LIMIT - 1) :] if s.source == "agent"]
+        recent = [s.actions for s in self.steps[-(REPEAT_LIMIT - 1) :] if s.source == "agent" and s.kind != "placed"]
         return len(recent) == REPEAT_LIMIT - 1 and all(a == actions for a in recent)
 
     def run(self, cancel: threading.Event | None = None) -> Iterator[Event]:
@@ -377,9 +382,38 @@ class Session:
         self.last_stop = Stopped("max_steps", f"reached {self.max_steps} steps without an answer")
         yield self.last_stop
 
+    def _placement(self, cancel: threading.Event) -> Iterator[Event]:
+        """Offer the policy, once and only on a fresh run, to place a start mask; a step if it does."""
+        self._placement_asked = True
+        index = self._cursor + 1
+        started = time.perf_counter()
+        try:
+            placement = self.policy.place(self.rgb, self.query)
+        except Exception as exc:  # as a failed turn: the timeline stays as it was
+            return Stopped("error", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        if placement is None:
+            return None
+        mask = np.asarray(placement.mask) > 0
+        if mask.shape != self.rgb.shape[:2] or not mask.any():
+            return None  # nothing usable placed: the agent starts from nothing, as without a placement
+        if cancel.is_set():
+            return Stopped("cancelled", "stopped before the next step")
+        yield StepStarted(index)
+        yield ThoughtDelta(index, placement.thought)
+        step = Step(index=index, source="agent", kind="placed", mask=mask,
+                    logits=self.segmenter.prior_from_mask(mask), thought=placement.thought,
+                    iou_prev=iou(self.current.mask, mask), seconds_policy=time.perf_counter() - started)
+        self._push(step)
+        yield MaskUpdated(step)
+        return None
+
     def _agent_turn(self, cancel: threading.Event) -> Iterator[Event]:
         if cancel.is_set():
             return Stopped("cancelled", "stopped before the next step")
+        if not self._placement_asked and not self._steps and not self._initial.mask.any():
+            stop = yield from self._placement(cancel)
+            if stop is not None or self._steps:
+                return stop  # a placed mask is one step; the agent's turns go on from it
         index = self._cursor + 1
         before = self.current
         prompt = self.profile.user_text(self.query, first=self._is_fresh())

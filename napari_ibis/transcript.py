@@ -111,6 +111,11 @@ class Transcript:
         tail = self._filter.flush()
         self.add(tail + "".join(f"\n  → {click_words(c)}" for c in clicks), "")
 
+    def placed(self, area: int, previous: int) -> None:
+        """The agent placed a mask without clicking (an atlas region)."""
+        tail = self._filter.flush()
+        self.add(tail + f"\n  → places a mask; {area_words(area, previous)}\n", f"\n  [placed: {area_words(area, previous)}]\n")
+
     def mask(self, area: int, previous: int) -> None:
         self.add(f"; {area_words(area, previous)}\n", f"\n  [{area_words(area, previous)}]\n")
 
@@ -145,6 +150,8 @@ class Transcript:
             self.thought(event.text)
         elif isinstance(event, ActionTaken):
             self.clicks(event.clicks)
+        elif isinstance(event, MaskUpdated) and event.step.kind == "placed":
+            self.placed(event.step.area, session.step_at(event.step.index - 1).area)
         elif isinstance(event, MaskUpdated):
             self.mask(event.step.area, session.step_at(event.step.index - 1).area)
         elif isinstance(event, Answered):

@@ -172,6 +172,52 @@ def test_a_damaged_atlas_file_is_one_clear_message(tmp_path):
         PointerPolicy(tmp_path / "v8")
 
 
+def test_regions_survive_save_and_load_and_an_older_file_has_none(atlas, tmp_path):
+    slices = [patient((100, 120), (50, 60), (40, 50))]
+    SliceAtlas.from_slices(slices, regions={"liver", "not held"}).save(tmp_path / "atlas.npz")
+    assert SliceAtlas.load(tmp_path / "atlas.npz").regions == {"liver"}  # only names it holds
+    with np.load(tmp_path / "atlas.npz") as data:
+        np.savez(tmp_path / "older.npz", **{k: data[k] for k in data.files if k != "regions"})
+    assert SliceAtlas.load(tmp_path / "older.npz").regions == frozenset()
+
+
+@pytest.mark.skipif(not all(__import__("napari_ibis.assets", fromlist=["available"]).available(n)
+                            for n in ("mobile_sam", "minilm")), reason="assets not fetched")
+def test_the_pointer_places_an_atlas_region_only_where_it_is_a_region_and_the_map_finds_it(tmp_path):
+    from napari_ibis.grounding.head import PointerHead, PointerHeadConfig
+    from napari_ibis.policies.pointer import ATLAS_EXTENT, ATLAS_FILE, PointerPolicy
+    from napari_ibis.segmenters import build_segmenter
+    from napari_ibis.session import Session
+
+    slices = [patient((100, 120), (50, 60), (40, 50))]
+    new = patient((128, 128), (64, 64), (50, 56))
+    head = PointerHead(PointerHeadConfig(presence_threshold=0.0))  # one set of random weights for every folder
+    head.save_pretrained(tmp_path / "v8")
+    SliceAtlas.from_slices(slices, regions={"liver"}).save(tmp_path / "v8" / ATLAS_FILE)
+    policy = PointerPolicy(tmp_path / "v8")
+    placed = policy.place(new.rgb, "segment the liver")
+    prior = SliceAtlas.from_slices(slices).prior(new.rgb, "segment the liver")
+    assert np.array_equal(placed.mask, prior > ATLAS_EXTENT) and "labelled scans" in placed.thought
+    overlap = (placed.mask & new.masks["liver"]).sum()
+    assert overlap > 0.8 * new.masks["liver"].sum() and overlap > 0.5 * placed.mask.sum()  # it lies on the liver
+    assert policy.place(new.rgb, "segment the spleen") is None  # held, but not a region: the agent clicks
+    assert policy.place(new.rgb, "segment the nucleus") is None  # not held
+    session = Session(new.rgb, "segment the liver", policy, build_segmenter("classical"), max_steps=3)
+    list(session.run())
+    assert session.steps[0].kind == "placed" and np.array_equal(session.steps[0].mask, placed.mask)
+
+    head.config.presence_threshold = 1.5  # no map reaches it
+    head.save_pretrained(tmp_path / "unsure")
+    SliceAtlas.from_slices(slices, regions={"liver"}).save(tmp_path / "unsure" / ATLAS_FILE)
+    unsure = PointerPolicy(tmp_path / "unsure")
+    assert unsure.place(new.rgb, "segment the liver") is not None  # fitted by grey levels: the atlas's call
+    other_modality = np.ascontiguousarray(255 - new.rgb)  # fitted by its edges: the map's call, and it finds nothing
+    assert unsure.place(other_modality, "segment the liver") is None and unsure._fits["segment the liver"][0] == "edges"
+    session = Session(other_modality, "segment the liver", unsure, build_segmenter("classical"))
+    list(session.run())
+    assert [s.kind for s in session.steps] == ["answer"] and session.current.not_present
+
+
 def test_the_atlas_command_refuses_a_folder_that_is_not_a_pointer_model(tmp_path):
     from training.grounding.train import atlas_command
 
@@ -193,7 +239,8 @@ def test_the_atlas_command_writes_the_training_patients_and_never_the_held_out_o
     assert atlas_command([str(tmp_path), "--step-mm", "12", "--aal-step", "8"]) == 0
     atlas = SliceAtlas.load(tmp_path / "atlas.npz")
     assert {"liver", "spleen", "left kidney", "aorta", "left hippocampus"} <= set(atlas.names)
-    assert "structures" in capsys.readouterr().out
+    assert atlas.regions == {n for s in aal_slices("train", step=8) for n in s.masks}  # the AAL names, no organ
+    assert "placed as regions" in capsys.readouterr().out
     held_out = {SliceAtlas.from_slices([s]).grey[0].tobytes()
                 for s in totalseg_slices("held_out", step_mm=12.0) + aal_slices("held_out", step=1)}
     assert not held_out & {g.tobytes() for g in atlas.grey}
@@ -231,6 +278,7 @@ def test_the_shipped_atlas_finds_a_brain_region_on_a_held_out_slice_and_fits_no_
     prior = atlas.prior(held_out.rgb, "segment the left hippocampus")
     assert prior is not None and held_out.masks["left hippocampus"][peak(prior)]
     assert atlas.prior(held_out.rgb, "segment the liver") is None  # a CT organ is not fitted onto a brain
+    assert "left hippocampus" in atlas.regions and "liver" not in atlas.regions  # brain regions are placed, organs clicked
 
 
 def test_the_atlas_command_without_the_brain_says_what_to_install_and_writes_nothing(tmp_path, monkeypatch):

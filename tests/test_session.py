@@ -238,3 +238,60 @@ def test_moving_off_the_accepted_step_withdraws_the_acceptance(case, classical):
     session.undo()
     assert session.accepted is None
     assert [int(before.sum()) for _, before in session.discarded] == [session.step_at(1).area]  # kept for training
+
+
+class PlacingPolicy(ScriptedPolicy):
+    """A scripted policy that places ``placed`` (a mask) before its first turn, as the pointer
+    agent places an atlas region."""
+
+    def __init__(self, replies, placed):
+        super().__init__(replies)
+        self.placed, self.asked = placed, 0
+
+    def place(self, image, query):
+        from napari_ibis.policies.base import Placement
+
+        self.asked += 1
+        return None if self.placed is None else Placement(self.placed, "an atlas puts it here")
+
+
+def test_a_placed_mask_is_the_first_step_and_the_agent_judges_it(case, classical):
+    image, mask = case
+    placed = np.zeros_like(mask)
+    placed[30:50, 40:64] = True
+    policy = PlacingPolicy([TERMINATE], placed)
+    session = Session(image, "segment the disk", policy, classical)
+    events = run_all(session)
+    first, answer = session.steps
+    assert first.kind == "placed" and first.source == "agent" and np.array_equal(first.mask, placed)
+    assert "an atlas puts it here" in "".join(e.text for e in events if isinstance(e, ThoughtDelta))
+    from napari_ibis.transcript import Transcript
+
+    transcript = Transcript()
+    for event in events:
+        transcript.follow(event, session)
+    assert "Step 1 (agent)\n  an atlas puts it here\n  → places a mask; mask 480 px (+480)" in transcript.text()
+    assert np.array_equal(policy.requests[0].mask, placed)  # the agent's first turn sees the placed mask
+    assert answer.kind == "answer" and np.array_equal(session.mask, placed) and events[-1].reason == "answered"
+    assert np.array_equal(session.replay(), placed)
+    assert [s["kind"] for s in session.trajectory()["steps"]] == ["placed", "answer"]
+    assert all("an atlas" not in str(m) for m in policy.requests[0].messages)  # a placement is not a model turn
+    session.undo()
+    session.undo()
+    assert not session.mask.any()
+    run_all(session)  # asked once per session: after undoing it the agent clicks from nothing
+    assert policy.asked == 1 and session.steps[0].kind == "answer"
+
+
+@pytest.mark.parametrize("init, placed", [("mask", "box"), (None, "wrong shape"), (None, "empty")])
+def test_no_placement_over_an_imported_mask_nor_from_an_unusable_one(case, classical, init, placed):
+    image, mask = case
+    box = np.zeros_like(mask)
+    box[30:50, 40:64] = True
+    offered = {"box": box, "wrong shape": np.ones((5, 5), bool), "empty": np.zeros_like(mask)}[placed]
+    policy = PlacingPolicy([TERMINATE], offered)
+    session = Session(image, "segment the disk", policy, classical, init_mask=mask if init else None)
+    run_all(session)
+    assert [s.kind for s in session.steps] == ["answer"]
+    assert np.array_equal(session.mask, mask if init else np.zeros_like(mask))
+    assert policy.asked == (0 if init else 1)

@@ -20,7 +20,10 @@ common grid in body-box coordinates. For a query it:
 
 The pointer agent weights its map by the prior where its folder holds an ``atlas.npz``
 (:meth:`napari_ibis.policies.pointer.PointerPolicy.guided_map`); names the atlas does not
-hold, and slices it does not resemble, leave the map as it is.
+hold, and slices it does not resemble, leave the map as it is. Structures the atlas lists
+as ``regions`` (a parcellation's, such as AAL's brain regions, whose borders are drawn by
+the atlas rather than seen as edges) it also places as a start mask
+(:meth:`~napari_ibis.policies.pointer.PointerPolicy.place`).
 """
 
 from __future__ import annotations
@@ -102,8 +105,9 @@ class SliceAtlas:
     """Labelled slices on a common grid; :meth:`prior` moves one onto a new slice."""
 
     def __init__(self, grey: np.ndarray, names: list[str], holders: dict[str, np.ndarray],
-                 masks: dict[str, np.ndarray]) -> None:
+                 masks: dict[str, np.ndarray], regions=()) -> None:
         self.grey = grey  # (n, GRID, GRID) uint8
+        self.regions = frozenset(regions) & set(names)  # names whose borders are the atlas's own, not edges
         self.last_similarity: float | None = None  # of the latest fit's moved slice with the new one
         self.last_fit: str | None = None  # "grey" or "edges": which fit the latest prior came from (None: no prior)
         self.names = list(names)
@@ -121,8 +125,9 @@ class SliceAtlas:
 
     # -- building and keeping ----------------------------------------------------------
     @classmethod
-    def from_slices(cls, slices) -> SliceAtlas:
-        """From labelled slices (``rgb`` (H, W, 3) uint8 and ``masks``: name -> bool (H, W))."""
+    def from_slices(cls, slices, regions=()) -> SliceAtlas:
+        """From labelled slices (``rgb`` (H, W, 3) uint8 and ``masks``: name -> bool (H, W));
+        ``regions``: the names a parcellation draws (see the module docstring)."""
         grey, holders, masks = [], {}, {}
         for index, item in enumerate(slices):
             box = body_box(item.rgb, kind="largest_part")
@@ -132,10 +137,10 @@ class SliceAtlas:
                 masks.setdefault(name, []).append(_crop(mask, box, GRID) >= 0.5)
         names = sorted(holders)
         return cls(np.stack(grey) if grey else np.zeros((0, GRID, GRID), np.uint8), names,
-                   {n: np.asarray(holders[n]) for n in names}, {n: np.stack(masks[n]) for n in names})
+                   {n: np.asarray(holders[n]) for n in names}, {n: np.stack(masks[n]) for n in names}, regions)
 
     def save(self, path: str | Path) -> None:
-        arrays = {"grey": self.grey, "names": np.asarray(self.names)}
+        arrays = {"grey": self.grey, "names": np.asarray(self.names), "regions": np.asarray(sorted(self.regions), dtype=str)}
         for i, name in enumerate(self.names):
             arrays[f"holders_{i}"] = self.holders[name]
             arrays[f"masks_{i}"] = np.packbits(self.masks[name], axis=-1)
@@ -147,7 +152,8 @@ class SliceAtlas:
             names = [str(n) for n in data["names"]]
             return cls(data["grey"], names, {n: data[f"holders_{i}"] for i, n in enumerate(names)},
                        {n: np.unpackbits(data[f"masks_{i}"], axis=-1, count=GRID).astype(bool)
-                        for i, n in enumerate(names)})
+                        for i, n in enumerate(names)},
+                       [str(n) for n in data["regions"]] if "regions" in data.files else ())  # older files: none
 
     # -- use ---------------------------------------------------------------------------
 

@@ -37,12 +37,26 @@ class PolicyRequest:
     seed: int = 0  # the sampling seed, so that a sampled reply can be reproduced
 
 
+@dataclass
+class Placement:
+    """A mask a policy places before its first click, and why (the pointer agent places an
+    atlas region, whose borders are not edges to click along, where its atlas holds it)."""
+
+    mask: np.ndarray
+    thought: str
+
+
 class Policy(ABC):
     name: str = "policy"
 
     def identity(self) -> dict:
         """What a trajectory file records about this policy (never secrets)."""
         return {"name": self.name}
+
+    def place(self, image: np.ndarray, query: str) -> Placement | None:
+        """A mask to start a fresh run from, before the first turn; None (the default): the
+        run starts from nothing. The session asks once, on a run with no steps and no mask."""
+        return None
 
     @abstractmethod
     def respond(

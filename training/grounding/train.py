@@ -323,7 +323,8 @@ def write_atlas(folder: str | Path, step_mm: float = 3.0, aal_step: int = 2) -> 
     """Write ``folder``/atlas.npz from the training scans' axial slices, which the pointer
     agent then uses as a prior (:mod:`napari_ibis.grounding.atlas`): TotalSegmentator's
     reference volumes never held out, ``step_mm`` apart, and every ``aal_step``-th slice of
-    the Colin27 brain's AAL training side (0: none)."""
+    the Colin27 brain's AAL training side (0: none). The AAL names are the atlas's
+    ``regions``: the agent places them as a start mask (their borders are the atlas's)."""
     from napari_ibis.grounding.atlas import SliceAtlas
     from napari_ibis.policies.pointer import ATLAS_FILE
     from training.data.sources import AAL_DIR
@@ -333,8 +334,9 @@ def write_atlas(folder: str | Path, step_mm: float = 3.0, aal_step: int = 2) -> 
         raise FileNotFoundError(f"the Colin27 brain is not in {AAL_DIR} (apt-get install mricron-data), "
                                 f"or write an atlas without it (--aal-step 0)")
     path = Path(folder) / ATLAS_FILE
-    slices = totalseg_slices("train", step_mm=step_mm) + (aal_slices("train", step=aal_step) if aal_step else [])
-    SliceAtlas.from_slices(slices).save(path)
+    brain = aal_slices("train", step=aal_step) if aal_step else []
+    regions = {name for item in brain for name in item.masks}
+    SliceAtlas.from_slices(totalseg_slices("train", step_mm=step_mm) + brain, regions).save(path)
     return path
 
 
@@ -361,7 +363,8 @@ def atlas_command(argv=None) -> int:
     except FileNotFoundError as exc:
         raise SystemExit(f"napari-ibis atlas: {exc}") from None
     atlas = SliceAtlas.load(path)
-    print(f"{path}: {len(atlas.grey)} slices, {len(atlas.names)} structures, {path.stat().st_size / 1e6:.1f} MB")
+    print(f"{path}: {len(atlas.grey)} slices, {len(atlas.names)} structures ({len(atlas.regions)} placed as regions), "
+          f"{path.stat().st_size / 1e6:.1f} MB")
     return 0
 
 

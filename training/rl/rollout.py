@@ -57,6 +57,7 @@ class Rollout:
     final_mask: np.ndarray
     said_absent: bool
     seconds: float
+    placed: np.ndarray | None = None  # the mask the policy placed before its first turn, if it did
 
     @property
     def final_iou(self) -> float:
@@ -81,6 +82,9 @@ class _Recorder(Policy):
 
     def identity(self) -> dict:
         return self.policy.identity()
+
+    def place(self, image: np.ndarray, query: str):
+        return self.policy.place(image, query)
 
     def respond(self, request: PolicyRequest, on_text: TextSink | None = None, cancel: threading.Event | None = None) -> str:
         reply = self.policy.respond(request, on_text, cancel)
@@ -133,8 +137,9 @@ def rollout(policy: Policy, sample: Sample, query: str, segmenter: Segmenter, pr
         turn.mask_after = turns[index + 1].mask_before if index + 1 < len(turns) else session.mask.copy()
         turn.clicks = _clicks(turn.reply, profile_obj, sample.mask.shape)
     said_absent = bool(session.steps) and session.current.not_present
+    placed = next((s.mask.copy() for s in session.steps if s.kind == "placed"), None)
     return Rollout(sample, query, profile_obj.name, turns, stop.reason if stop else "none", session.mask.copy(),
-                   said_absent, time.perf_counter() - started)
+                   said_absent, time.perf_counter() - started, placed)
 
 
 def episode_samples(episode: Rollout) -> list[RenderedSample]:
