@@ -290,3 +290,41 @@ def test_the_atlas_command_without_the_brain_says_what_to_install_and_writes_not
     with pytest.raises(SystemExit, match="mricron-data.*--aal-step 0"):
         atlas_command([str(tmp_path)])
     assert not (tmp_path / "atlas.npz").exists()
+
+
+def _levels():
+    """Two levels of one body: the upper holds the 'liver' (a region here), the lower a
+    bright ring (its 'kidney') and no liver."""
+    upper = patient((100, 120), (50, 60), (40, 50))
+    body = ellipse((100, 120), (50, 60), (40, 50))
+    ring = ellipse((100, 120), (55, 60), (28, 38)) & ~ellipse((100, 120), (55, 60), (16, 24))
+    grey = np.where(body, 60, 0) + np.where(ring, 170, 0)
+    lower = SimpleNamespace(rgb=np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2), masks={"kidney": ring})
+    return upper, lower
+
+
+def test_a_region_refused_on_a_slice_the_atlas_knows_well_is_not_present_at_that_level(tmp_path):
+    from napari_ibis.grounding.head import PointerHead, PointerHeadConfig
+    from napari_ibis.policies.base import PolicyRequest
+    from napari_ibis.policies.pointer import ATLAS_FILE, ATLAS_KNOWN, PointerPolicy
+    from napari_ibis.protocol import get_profile
+
+    upper, lower = _levels()
+    atlas = SliceAtlas.from_slices([upper, lower], regions={"liver"})
+    assert atlas.prior(lower.rgb, "segment the liver") is None and atlas.last_elsewhere
+    assert atlas.last_likest >= ATLAS_KNOWN  # the lower level is one of its own slices
+    PointerHead(PointerHeadConfig(presence_threshold=0.0)).save_pretrained(tmp_path / "v8")  # its map finds anything
+    atlas.save(tmp_path / "v8" / ATLAS_FILE)
+    policy = PointerPolicy(tmp_path / "v8")
+
+    def ask(rgb, query="segment the liver"):
+        return policy.decide(PolicyRequest(profile=get_profile("ibis-release"), query=query, image=rgb, mask=None,
+                                           clicks=(), step=1))
+
+    answer = ask(lower.rgb)
+    assert answer.not_present and "do not hold the liver" in answer.thought
+    assert policy.place(upper.rgb, "segment the liver") is not None  # at its own level it is placed
+    assert not ask(lower.rgb, "segment the spleen").not_present  # not a region: the map decides, as before
+    inverted = np.ascontiguousarray(255 - lower.rgb)  # another contrast: not a slice the atlas knows well
+    assert atlas.prior(inverted, "segment the liver") is None or not atlas.last_elsewhere or atlas.last_likest < ATLAS_KNOWN
+    assert not ask(inverted).not_present

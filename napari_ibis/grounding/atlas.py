@@ -110,6 +110,8 @@ class SliceAtlas:
         self.regions = frozenset(regions) & set(names)  # names whose borders are the atlas's own, not edges
         self.last_similarity: float | None = None  # of the latest fit's moved slice with the new one
         self.last_fit: str | None = None  # "grey" or "edges": which fit the latest prior came from (None: no prior)
+        self.last_likest: float | None = None  # the latest slice's correlation with its likest atlas slice (before a fit)
+        self.last_elsewhere = False  # the latest prior was refused because the structure's slices are far less alike
         self.names = list(names)
         self.holders = holders  # name -> indices of the slices that hold it
         self.masks = masks  # name -> (len(holders[name]), GRID, GRID) bool
@@ -179,14 +181,17 @@ class SliceAtlas:
         from scipy import ndimage as ndi
         from skimage.transform import warp
 
-        self.last_similarity = self.last_fit = None
+        self.last_similarity = self.last_fit = self.last_likest = None
+        self.last_elsewhere = False
         name = self.name_in(query)
         if name is None:
             return None
         everywhere, box, target = self.likeness(rgb)
         holders = self.holders[name]
         best = int(np.argmax(everywhere[holders]))
-        if float(everywhere.max() - everywhere[holders][best]) > MAX_GAP:
+        self.last_likest = float(everywhere.max())
+        if self.last_likest - float(everywhere[holders][best]) > MAX_GAP:
+            self.last_elsewhere = True
             return None
         fit, similarity = _scale_shift(target, self._small[holders[best]])
         kind = "grey"

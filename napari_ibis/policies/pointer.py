@@ -4,8 +4,9 @@ embedding, and a trained query-conditioned head that maps where the named struct
 Each turn it looks at the map and at the current mask, as a reader of both would:
 
 1. no cell reaches the model's presence threshold (half of it where the folder's atlas
-   fitted the structure onto the slice by its grey levels): it answers that the structure
-   is not in the image;
+   fitted the structure onto the slice by its grey levels), or the query names an atlas
+   region and the slice is very like atlas slices (``ATLAS_KNOWN``) whose level lacks it:
+   it answers that the structure is not in the image;
 2. the target region is the connected part of the map (probability at least half the
    peak) around the peak; other parts as likely as that are other candidates (several
    nuclei for "segment the nucleus"): it segments the most likely one and says how many
@@ -45,6 +46,7 @@ ATLAS_POWER = 2  # the first click: the map times the atlas prior to this power 
 ATLAS_EXTENT = 0.5  # later turns: the atlas's extent of the structure, where its prior is above this
 ATLAS_REACH = 0.1  # later turns: the map where the atlas prior is above this
 ATLAS_PRESENCE = 0.5  # the presence threshold is this much of the model's where the atlas fitted the named structure
+ATLAS_KNOWN = 0.9  # a slice this like an atlas slice (before any fit) whose level lacks a region: "not present"
 
 
 def interior_point(region: np.ndarray) -> tuple[int, int]:
@@ -162,6 +164,7 @@ class PointerPolicy(DecidingPolicy):
         self._maps: dict[str, np.ndarray] = {}
         self._priors: dict[str, np.ndarray | None] = {}  # the atlas prior per query (None: not used)
         self._fits: dict[str, tuple[str, float] | None] = {}  # per query: the atlas's fit ("grey"/"edges"), how well
+        self._elsewhere: dict[str, float | None] = {}  # per region query: how like an atlas slice whose level lacks it
 
     def identity(self) -> dict:
         return {"name": self.name, "folder": str(self.folder), "model_type": "ibis_pointer",
@@ -187,7 +190,8 @@ class PointerPolicy(DecidingPolicy):
             positions = torch.from_numpy(position_channels(framing, image, self.head.config.body_box)[None])
             with torch.inference_mode():
                 self._cells = self.head.cells(features, positions)
-            self._image_key, self._framing, self._maps, self._priors, self._fits = key, framing, {}, {}, {}
+            self._image_key, self._framing, self._maps, self._priors, self._fits, self._elsewhere = (key, framing, {}, {},
+                                                                                                     {}, {})
         if query not in self._maps:
             vector = query_vectors(self.queries, [query])[0]
             with torch.inference_mode():
@@ -199,6 +203,8 @@ class PointerPolicy(DecidingPolicy):
             self._priors[query] = None if self.atlas is None else self.atlas.prior(image, query)
             self._fits[query] = None if self._priors[query] is None else (self.atlas.last_fit,
                                                                            self.atlas.last_similarity)
+            region = self.atlas is not None and self.atlas.name_in(query) in self.atlas.regions
+            self._elsewhere[query] = self.atlas.last_likest if region and self.atlas.last_elsewhere else None
         return self._maps[query]
 
     def guided_map(self, image: np.ndarray, query: str, first_turn: bool) -> np.ndarray:
@@ -252,6 +258,13 @@ class PointerPolicy(DecidingPolicy):
     def decide(self, request: PolicyRequest) -> Response:
         first_turn = request.mask is None or not np.asarray(request.mask).any()
         probability = self.guided_map(request.image, request.query, first_turn)
+        likest = self._elsewhere.get(request.query)
+        if first_turn and not request.clicks and likest is not None and likest >= ATLAS_KNOWN:
+            name = self.atlas.name_in(request.query)
+            return Response(
+                thought=(f"The {name} is a region an atlas draws. This slice is very like labelled slices of mine "
+                         f"(correlation {likest:.2f}), and those at its level do not hold the {name}."),
+                terminate=True, not_present=True, answer="The requested structure is not present in this image.")
         prior = self._priors.get(request.query)
         extent = None if prior is None or first_turn else prior > ATLAS_EXTENT
         cell = self._framing.size / self._framing.grid / self._framing.scale
