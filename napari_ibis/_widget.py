@@ -46,6 +46,7 @@ hide_triton()  # before anything imports torch in this process (see _runtime)
 NEW_LAYER = "(new layer)"
 NO_LAYER = "(none)"
 SUFFIX_OF_FORMAT = {"nifti": ".nii.gz", "dicom": ".nii.gz", "nrrd": ".nrrd", "tiff": ".tif"}
+STEP_WORDS = {"click": "click", "edit": "brush edit", "placed": "placed mask", "answer": "answer"}  # the steps list
 
 
 class IbisWidget(QWidget):
@@ -409,7 +410,7 @@ class IbisWidget(QWidget):
         if session is not None:
             step_list.addItem(f"0  start ({session.initial.area:,} px)")
             for step in session.steps:
-                what = {"click": "click", "edit": "brush edit", "placed": "placed mask", "answer": "answer"}.get(step.kind, step.kind)
+                what = STEP_WORDS.get(step.kind, step.kind)
                 step_list.addItem(f"{step.index}  {'you' if step.source == 'user' else step.source} {what}  {step.area:,} px")
             step_list.setCurrentRow(session.cursor)
         step_list.blockSignals(False)

@@ -114,7 +114,8 @@ class Transcript:
     def placed(self, area: int, previous: int) -> None:
         """The agent placed a mask without clicking (an atlas region)."""
         tail = self._filter.flush()
-        self.add(tail + f"\n  → places a mask; {area_words(area, previous)}\n", f"\n  [placed: {area_words(area, previous)}]\n")
+        words = area_words(area, previous)
+        self.add(tail + f"\n  → places a mask; {words}\n", f"\n  [placed: {words}]\n")
 
     def mask(self, area: int, previous: int) -> None:
         self.add(f"; {area_words(area, previous)}\n", f"\n  [{area_words(area, previous)}]\n")

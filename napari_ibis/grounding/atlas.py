@@ -110,7 +110,7 @@ class SliceAtlas:
         self.regions = frozenset(regions) & set(names)  # names whose borders are the atlas's own, not edges
         self.last_similarity: float | None = None  # of the latest fit's moved slice with the new one
         self.last_fit: str | None = None  # "grey" or "edges": which fit the latest prior came from (None: no prior)
-        self.last_likest: float | None = None  # the latest slice's correlation with its likest atlas slice (before a fit)
+        self.last_likest: float | None = None  # the latest slice's correlation with its likest atlas slice, before a fit
         self.last_elsewhere = False  # the latest prior was refused because the structure's slices are far less alike
         self.names = list(names)
         self.holders = holders  # name -> indices of the slices that hold it
@@ -142,7 +142,8 @@ class SliceAtlas:
                    {n: np.asarray(holders[n]) for n in names}, {n: np.stack(masks[n]) for n in names}, regions)
 
     def save(self, path: str | Path) -> None:
-        arrays = {"grey": self.grey, "names": np.asarray(self.names), "regions": np.asarray(sorted(self.regions), dtype=str)}
+        arrays = {"grey": self.grey, "names": np.asarray(self.names),
+                  "regions": np.asarray(sorted(self.regions), dtype=str)}
         for i, name in enumerate(self.names):
             arrays[f"holders_{i}"] = self.holders[name]
             arrays[f"masks_{i}"] = np.packbits(self.masks[name], axis=-1)

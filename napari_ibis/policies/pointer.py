@@ -190,8 +190,8 @@ class PointerPolicy(DecidingPolicy):
             positions = torch.from_numpy(position_channels(framing, image, self.head.config.body_box)[None])
             with torch.inference_mode():
                 self._cells = self.head.cells(features, positions)
-            self._image_key, self._framing, self._maps, self._priors, self._fits, self._elsewhere = (key, framing, {}, {},
-                                                                                                     {}, {})
+            self._image_key, self._framing = key, framing
+            self._maps, self._priors, self._fits, self._elsewhere = {}, {}, {}, {}
         if query not in self._maps:
             vector = query_vectors(self.queries, [query])[0]
             with torch.inference_mode():
