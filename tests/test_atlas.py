@@ -185,7 +185,7 @@ def test_regions_survive_save_and_load_and_an_older_file_has_none(atlas, tmp_pat
                             for n in ("mobile_sam", "minilm")), reason="assets not fetched")
 def test_the_pointer_places_an_atlas_region_only_where_it_is_a_region_and_the_map_finds_it(tmp_path):
     from napari_ibis.grounding.head import PointerHead, PointerHeadConfig
-    from napari_ibis.policies.pointer import ATLAS_EXTENT, ATLAS_FILE, PointerPolicy
+    from napari_ibis.policies.pointer import ATLAS_EXTENT, ATLAS_FILE, ATLAS_KNOWN, PointerPolicy
     from napari_ibis.segmenters import build_segmenter
     from napari_ibis.session import Session
 
@@ -195,11 +195,22 @@ def test_the_pointer_places_an_atlas_region_only_where_it_is_a_region_and_the_ma
     head.save_pretrained(tmp_path / "v8")
     SliceAtlas.from_slices(slices, regions={"liver"}).save(tmp_path / "v8" / ATLAS_FILE)
     policy = PointerPolicy(tmp_path / "v8")
-    placed = policy.place(new.rgb, "segment the liver")
-    prior = SliceAtlas.from_slices(slices).prior(new.rgb, "segment the liver")
+    reference = SliceAtlas.from_slices(slices)
+    # a noisy slice, less like the atlas's own than ATLAS_KNOWN: the blurred extent, which allows for the fit's error
+    noisy = np.clip(new.rgb + np.random.default_rng(0).normal(0, 40, new.rgb.shape[:2])[..., None], 0, 255)
+    noisy = noisy.astype(np.uint8)
+    placed = policy.place(noisy, "segment the liver")
+    prior = reference.prior(noisy, "segment the liver")
+    assert reference.last_fit == "grey" and reference.last_likest < ATLAS_KNOWN
     assert np.array_equal(placed.mask, prior > ATLAS_EXTENT) and "labelled scans" in placed.thought
     overlap = (placed.mask & new.masks["liver"]).sum()
     assert overlap > 0.8 * new.masks["liver"].sum() and overlap > 0.5 * placed.mask.sum()  # it lies on the liver
+    # the clean slice is as like the atlas's own as ATLAS_KNOWN: the region itself, moved without the blur
+    placed = policy.place(new.rgb, "segment the liver")
+    reference.prior(new.rgb, "segment the liver")
+    assert reference.last_likest >= ATLAS_KNOWN and np.array_equal(placed.mask, reference.last_region)
+    overlap = (placed.mask & new.masks["liver"]).sum()
+    assert overlap > 0.8 * new.masks["liver"].sum() and overlap > 0.8 * placed.mask.sum()  # the liver's own shape
     assert policy.place(new.rgb, "segment the spleen") is None  # held, but not a region: the agent clicks
     assert policy.place(new.rgb, "segment the nucleus") is None  # not held
     session = Session(new.rgb, "segment the liver", policy, build_segmenter("classical"), max_steps=3)

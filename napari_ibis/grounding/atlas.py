@@ -112,6 +112,7 @@ class SliceAtlas:
         self.last_fit: str | None = None  # "grey" or "edges": which fit the latest prior came from (None: no prior)
         self.last_likest: float | None = None  # the latest slice's correlation with its likest atlas slice, before a fit
         self.last_elsewhere = False  # the latest prior was refused because the structure's slices are far less alike
+        self.last_region: np.ndarray | None = None  # the latest prior's structure moved onto the slice, not blurred
         self.names = list(names)
         self.holders = holders  # name -> indices of the slices that hold it
         self.masks = masks  # name -> (len(holders[name]), GRID, GRID) bool
@@ -182,7 +183,7 @@ class SliceAtlas:
         from scipy import ndimage as ndi
         from skimage.transform import warp
 
-        self.last_similarity = self.last_fit = self.last_likest = None
+        self.last_similarity = self.last_fit = self.last_likest = self.last_region = None
         self.last_elsewhere = False
         name = self.name_in(query)
         if name is None:
@@ -209,5 +210,7 @@ class SliceAtlas:
         scale = GRID / MATCH_GRID
         moved = warp(self.masks[name][best].astype(np.float32), _coords((sy, sx, ty * scale, tx * scale), rows, cols,
                                                                          (GRID - 1) / 2), order=1, mode="constant")
-        out = ndi.gaussian_filter(_uncrop(moved, box, np.asarray(rgb).shape[:2]), BLUR * max(np.asarray(rgb).shape[:2]))
+        moved = _uncrop(moved, box, np.asarray(rgb).shape[:2])
+        self.last_region = moved >= 0.5
+        out = ndi.gaussian_filter(moved, BLUR * max(np.asarray(rgb).shape[:2]))
         return out / out.max() if out.max() > 0 else None

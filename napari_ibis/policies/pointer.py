@@ -165,6 +165,7 @@ class PointerPolicy(DecidingPolicy):
         self._priors: dict[str, np.ndarray | None] = {}  # the atlas prior per query (None: not used)
         self._fits: dict[str, tuple[str, float] | None] = {}  # per query: the atlas's fit ("grey"/"edges"), how well
         self._elsewhere: dict[str, float | None] = {}  # per region query: how like an atlas slice whose level lacks it
+        self._known: dict[str, np.ndarray | None] = {}  # per region query on a slice like the atlas's own: the region
 
     def identity(self) -> dict:
         return {"name": self.name, "folder": str(self.folder), "model_type": "ibis_pointer",
@@ -191,7 +192,7 @@ class PointerPolicy(DecidingPolicy):
             with torch.inference_mode():
                 self._cells = self.head.cells(features, positions)
             self._image_key, self._framing = key, framing
-            self._maps, self._priors, self._fits, self._elsewhere = {}, {}, {}, {}
+            self._maps, self._priors, self._fits, self._elsewhere, self._known = {}, {}, {}, {}, {}
         if query not in self._maps:
             vector = query_vectors(self.queries, [query])[0]
             with torch.inference_mode():
@@ -205,6 +206,8 @@ class PointerPolicy(DecidingPolicy):
                                                                            self.atlas.last_similarity)
             region = self.atlas is not None and self.atlas.name_in(query) in self.atlas.regions
             self._elsewhere[query] = self.atlas.last_likest if region and self.atlas.last_elsewhere else None
+            known = region and self._priors[query] is not None and self.atlas.last_likest >= ATLAS_KNOWN
+            self._known[query] = self.atlas.last_region if known else None
         return self._maps[query]
 
     def guided_map(self, image: np.ndarray, query: str, first_turn: bool) -> np.ndarray:
@@ -234,7 +237,9 @@ class PointerPolicy(DecidingPolicy):
     def place(self, image: np.ndarray, query: str) -> Placement | None:
         """The atlas's extent of the structure ``query`` names on ``image`` (its prior above
         ``ATLAS_EXTENT``, the extent the agent judges masks by) where the atlas lists it as a
-        region and fitted it onto ``image``; otherwise None (the agent clicks from nothing).
+        region and fitted it onto ``image``; otherwise None (the agent clicks from nothing). On a
+        slice very like one of the atlas's own (``ATLAS_KNOWN``) the fit is close enough for the
+        region itself, moved without the blur, which is then also the extent it judges by.
         Whether a region is on the slice is then the atlas's call where it fitted by grey
         levels (a brain region is there or not by the slice's level, which the fit matches; on
         a second brain this cuts v8's false "not present" from 0.25 to 0.08), and still the
@@ -250,7 +255,8 @@ class PointerPolicy(DecidingPolicy):
         if fit != "grey" and not candidates(probability, self._presence_threshold(query)):
             return None
         what = "correlates" if fit == "grey" else "matches in its edges at"
-        return Placement(prior > ATLAS_EXTENT, thought=(
+        known = self._known.get(query)
+        return Placement(prior > ATLAS_EXTENT if known is None else known, thought=(
             f"The {name} is a region whose borders an atlas draws, not edges I could click along. I place "
             f"it where labelled scans have it (their closest slice, fitted to this one, {what} "
             f"{similarity:.2f}), then check that mask against what I see."))
@@ -266,7 +272,8 @@ class PointerPolicy(DecidingPolicy):
                          f"(correlation {likest:.2f}), and those at its level do not hold the {name}."),
                 terminate=True, not_present=True, answer="The requested structure is not present in this image.")
         prior = self._priors.get(request.query)
-        extent = None if prior is None or first_turn else prior > ATLAS_EXTENT
+        known = self._known.get(request.query)
+        extent = None if prior is None or first_turn else prior > ATLAS_EXTENT if known is None else known
         cell = self._framing.size / self._framing.grid / self._framing.scale
         fit = self._fits.get(request.query)
         response = decide(probability, request, self._presence_threshold(request.query), cell, extent)
