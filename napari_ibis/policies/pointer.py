@@ -234,6 +234,12 @@ class PointerPolicy(DecidingPolicy):
         sure = fit is not None and fit[0] == "grey"  # an edges fit comes as readily where the structure is absent
         return self.head.config.presence_threshold * (ATLAS_PRESENCE if sure else 1.0)
 
+    def _extent(self, query: str) -> np.ndarray:
+        """Where the atlas puts the structure: the region itself on a slice it knows
+        (``ATLAS_KNOWN``), else its prior above ``ATLAS_EXTENT``."""
+        known = self._known.get(query)
+        return self._priors[query] > ATLAS_EXTENT if known is None else known
+
     def place(self, image: np.ndarray, query: str) -> Placement | None:
         """The atlas's extent of the structure ``query`` names on ``image`` (its prior above
         ``ATLAS_EXTENT``, the extent the agent judges masks by) where the atlas lists it as a
@@ -255,8 +261,7 @@ class PointerPolicy(DecidingPolicy):
         if fit != "grey" and not candidates(probability, self._presence_threshold(query)):
             return None
         what = "correlates" if fit == "grey" else "matches in its edges at"
-        known = self._known.get(query)
-        return Placement(prior > ATLAS_EXTENT if known is None else known, thought=(
+        return Placement(self._extent(query), thought=(
             f"The {name} is a region whose borders an atlas draws, not edges I could click along. I place "
             f"it where labelled scans have it (their closest slice, fitted to this one, {what} "
             f"{similarity:.2f}), then check that mask against what I see."))
@@ -272,8 +277,7 @@ class PointerPolicy(DecidingPolicy):
                          f"(correlation {likest:.2f}), and those at its level do not hold the {name}."),
                 terminate=True, not_present=True, answer="The requested structure is not present in this image.")
         prior = self._priors.get(request.query)
-        known = self._known.get(request.query)
-        extent = None if prior is None or first_turn else prior > ATLAS_EXTENT if known is None else known
+        extent = None if prior is None or first_turn else self._extent(request.query)
         cell = self._framing.size / self._framing.grid / self._framing.scale
         fit = self._fits.get(request.query)
         response = decide(probability, request, self._presence_threshold(request.query), cell, extent)
