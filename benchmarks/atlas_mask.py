@@ -12,9 +12,13 @@ an imported mask (the session's ``init_mask``, MobileSAM, at most 8 steps): does
 repair or spoil it? Absent names are asked too, to see how often a start mask makes it
 miss "not present".
 
-    python benchmarks/atlas_mask.py [--agent resources/models/pointer]
+With ``--deform A`` the atlas bends its regions' grey fits with TV-L1 attachment ``A``
+(``SliceAtlas.deform``; 0: the scale-and-shift fit alone), and the region moved without
+the blur (``SliceAtlas.last_region``) is reported beside the blurred extent.
 
-Writes benchmarks/results/atlas_mask.json.
+    python benchmarks/atlas_mask.py [--agent resources/models/pointer] [--deform 0]
+
+Writes benchmarks/results/atlas_mask.json (``--deform``: atlas_mask-deform-A.json).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agent", default=None, help="a model folder to run from the atlas's mask")
     parser.add_argument("--sets", nargs="+", default=["totalseg", "aal", "mni"])
+    parser.add_argument("--deform", type=float, default=None, help="TV-L1 attachment of the regions' bending (0: none)")
     args = parser.parse_args()
     policy = segmenter = None
     if args.agent:
@@ -54,6 +59,8 @@ def main() -> int:
     from training.data import text
 
     atlas = SliceAtlas.load(ROOT / "resources" / "models" / "pointer" / "atlas.npz")
+    if args.deform is not None:
+        atlas.deform = args.deform
     results = {}
     for name, cases in case_sets(0, chosen=tuple(args.sets)).items():
         rows, absent, rng = [], [], np.random.default_rng(0)
@@ -69,6 +76,7 @@ def main() -> int:
                 continue
             rows.append({"source": case.source, "area": int(case.mask.sum()), "fit": atlas.last_fit,
                          "iou": None if start is None else float(iou(case.mask, start)),
+                         "region_iou": None if start is None else float(iou(case.mask, atlas.last_region)),
                          "agent_iou": None if agent is None else agent["iou"],
                          "agent_said_absent": None if agent is None else agent["said_absent"]})
         fitted = [r for r in rows if r["iou"] is not None]
@@ -78,6 +86,7 @@ def main() -> int:
             "fitted_by": {kind: sum(r["fit"] == kind for r in rows) for kind in ("grey", "edges")},
             "mean_iou_where_fitted": float(np.mean([r["iou"] for r in fitted])) if fitted else None,
             "mean_iou_all": float(np.sum([r["iou"] for r in fitted]) / len(rows)) if rows else None,
+            "mean_region_iou_all": float(np.sum([r["region_iou"] for r in fitted]) / len(rows)) if rows else None,
             "large": len(large),
             "mean_iou_all_large": float(np.sum([r["iou"] or 0.0 for r in large]) / len(large)) if large else None,
             "agent_from_it": None if policy is None or not fitted else {
@@ -89,6 +98,8 @@ def main() -> int:
         summary = {k: v for k, v in results[name].items() if k != "cases"}
         print(name, json.dumps(summary), flush=True)
     out = OUT.with_name("atlas_mask-agent.json") if args.agent else OUT
+    if args.deform is not None:
+        out = out.with_name(f"{out.stem}-deform-{args.deform:g}.json")
     out.write_text(json.dumps({"agent": args.agent, "sets": results} if args.agent else results, indent=1) + "\n")
     return 0
 

@@ -16,7 +16,10 @@ common grid in body-box coordinates. For a query it:
 5. where the grey levels correlate poorly (another modality: an MR slice against CT
    atlas slices), steps 2-4 again on the edges (gradient magnitude), which CT and MR share
    where grey levels do not; a synthetic image's edges stay below
-   ``MIN_EDGE_SIMILARITY``. ``last_fit`` says which fit a prior came from.
+   ``MIN_EDGE_SIMILARITY``. ``last_fit`` says which fit a prior came from;
+6. for a region (below) fitted by its grey levels, the moved slice is then bent onto the
+   new one (TV-L1 optical flow, scikit-image) and the mask with it: one brain is much like
+   another once the scale is right, unlike an abdomen (benchmarks/atlas_mask.py --deform).
 
 The pointer agent weights its map by the prior where its folder holds an ``atlas.npz``
 (:meth:`napari_ibis.policies.pointer.PointerPolicy.guided_map`); names the atlas does not
@@ -41,6 +44,7 @@ BLUR = 0.05  # of the image side: how far the prior reaches past the moved mask
 MIN_SIMILARITY = 0.65  # correlation of the moved atlas slice with the new one below which the atlas is not trusted
 MIN_EDGE_SIMILARITY = 0.35  # the same for the edges' fit (held-out MR 0.28-0.53, phantoms at most 0.29: atlas_edges.py)
 MAX_GAP = 0.25  # how much less like the new slice the structure's slices may be than the likest (atlas_gate.py)
+DEFORM = 10.0  # TV-L1 attachment of the bending of a region's grey fit (0: none; 20 follows noise: atlas_mask.py)
 
 
 def _grey(rgb: np.ndarray) -> np.ndarray:
@@ -113,6 +117,7 @@ class SliceAtlas:
         self.last_likest: float | None = None  # the latest slice's correlation with its likest atlas slice, before a fit
         self.last_elsewhere = False  # the latest prior was refused because the structure's slices are far less alike
         self.last_region: np.ndarray | None = None  # the latest prior's structure moved onto the slice, not blurred
+        self.deform = DEFORM  # see step 6 of the module docstring
         self.names = list(names)
         self.holders = holders  # name -> indices of the slices that hold it
         self.masks = masks  # name -> (len(holders[name]), GRID, GRID) bool
@@ -208,9 +213,22 @@ class SliceAtlas:
         sy, sx, ty, tx = fit
         rows, cols = np.meshgrid(*(np.arange(GRID, dtype=np.float32),) * 2, indexing="ij")
         scale = GRID / MATCH_GRID
-        moved = warp(self.masks[name][best].astype(np.float32), _coords((sy, sx, ty * scale, tx * scale), rows, cols,
-                                                                         (GRID - 1) / 2), order=1, mode="constant")
+        coords = _coords((sy, sx, ty * scale, tx * scale), rows, cols, (GRID - 1) / 2)
+        moved = warp(self.masks[name][best].astype(np.float32), coords, order=1, mode="constant")
+        if kind == "grey" and name in self.regions and self.deform:
+            moved = self._bent(moved, warp(self.grey[holders[best]] / 255.0, coords, order=1, mode="constant"),
+                               _crop(_grey(rgb), box, GRID))
         moved = _uncrop(moved, box, np.asarray(rgb).shape[:2])
         self.last_region = moved >= 0.5
         out = ndi.gaussian_filter(moved, BLUR * max(np.asarray(rgb).shape[:2]))
         return out / out.max() if out.max() > 0 else None
+
+    def _bent(self, mask: np.ndarray, moved: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """``mask`` (on the ``GRID``) carried by the optical flow that bends ``moved`` (the
+        fitted atlas slice's grey levels) onto ``target`` (the new slice's)."""
+        from skimage.registration import optical_flow_tvl1
+        from skimage.transform import warp
+
+        rows, cols = np.meshgrid(*(np.arange(GRID, dtype=np.float32),) * 2, indexing="ij")
+        flow_rows, flow_cols = optical_flow_tvl1(target, moved.astype(np.float32), attachment=self.deform)
+        return warp(mask, np.array([rows + flow_rows, cols + flow_cols]), order=1, mode="constant")
