@@ -1,6 +1,8 @@
 """The grounding parts: real data in the display convention, splits that keep held-out data
 out of training, the DINOv2 weights read from ONNX, and the head learning and round-tripping."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -155,3 +157,35 @@ def test_a_head_keeps_how_it_finds_the_body(tmp_path):
     assert np.array_equal(bright[:2], largest[:2])  # the image coordinates do not change
     # the cell over the right arm lies outside the body in the new box, inside it in the old
     assert largest[3, 3, 7] > 1 > bright[3, 3, 7]
+
+
+def test_augmented_copies_move_image_and_masks_together_and_never_swap_sides():
+    from training.grounding.dataset import Slice, augmented
+
+    rgb = np.zeros((96, 128, 3), np.uint8)
+    rgb[20:80, 10:118] = 90  # the body
+    left, right, edge = (np.zeros((96, 128), bool) for _ in range(3))
+    right[40:60, 20:40] = True  # the patient's right lies on the image's left
+    left[40:60, 88:108] = True
+    edge[20:80, 118:128] = True  # at the image's border: most of it leaves the image in some copies
+    rgb[right] = 200
+    rgb[left] = 160
+    item = Slice(rgb, {"right kidney": right, "left kidney": left, "edge": edge}, ("spleen",), "CT", "s:z=0", "totalseg")
+    copies = augmented([item], 6, seed=3)
+    assert len(copies) == 6 and augmented([item], 6, seed=3)[2].rgb.tobytes() == copies[2].rgb.tobytes()
+    for copy in copies:
+        assert copy.absent == ("spleen",) and copy.kind == "totalseg" and copy.source.startswith("s:z=0:augmented=")
+        grey = copy.rgb.mean(axis=2)
+        for name in ("right kidney", "left kidney"):
+            assert grey[copy.masks[name]].mean() > 120, name  # the mask still lies on its bright square
+        assert np.nonzero(copy.masks["right kidney"])[1].mean() < np.nonzero(copy.masks["left kidney"])[1].mean()
+    assert any("edge" not in copy.masks for copy in copies)  # a structure pushed out is dropped, not kept as a sliver
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "training").glob("*/pointer-*.yaml")), ids=lambda p: p.name)
+def test_every_pointer_config_in_the_repository_reads_into_its_settings(path):
+    from training.config import read_config
+    from training.grounding.train import PointerConfig
+
+    config = PointerConfig(**read_config(path))  # a misspelt key fails here
+    assert config.steps > 0 and config.output and config.augment >= 0

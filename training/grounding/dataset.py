@@ -89,6 +89,35 @@ def totalseg_slices(side: str, step_mm: float = 6.0, min_area: int = 20) -> list
     return out
 
 
+def augmented(slices: list[Slice], copies: int, seed: int = 0, min_kept: float = 0.5) -> list[Slice]:
+    """``copies`` altered versions of each slice, as another patient or scanner might show it:
+    a random affine (scale 0.8-1.25 per axis, rotation within 10 degrees, shift within 10% of
+    the side; never a flip, which would swap left and right) and a random gamma (0.7-1.4) of
+    the grey levels. A structure keeps its name where at least ``min_kept`` of its area stays
+    in the image; one pushed out of it is dropped (neither present nor asked as absent)."""
+    from skimage.transform import AffineTransform, warp
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for item in slices:
+        height, width = item.rgb.shape[:2]
+        for copy in range(copies):
+            centre = np.array([width, height]) / 2
+            move = (AffineTransform(translation=-centre)
+                    + AffineTransform(scale=rng.uniform(0.8, 1.25, 2), rotation=np.deg2rad(rng.uniform(-10, 10)))
+                    + AffineTransform(translation=centre + rng.uniform(-0.1, 0.1, 2) * [width, height]))
+            grey = warp(item.rgb / 255.0, move.inverse, order=1, mode="constant") ** rng.uniform(0.7, 1.4)
+            masks = {}
+            for name, mask in item.masks.items():
+                moved = warp(mask.astype(np.float32), move.inverse, order=0, mode="constant") > 0.5
+                if moved.sum() >= min_kept * mask.sum():
+                    masks[name] = moved
+            if masks:
+                out.append(Slice(np.round(grey * 255).astype(np.uint8), masks, item.absent, item.modality,
+                                 f"{item.source}:augmented={copy}", item.kind, item.ambiguous))
+    return out
+
+
 def aal_slices(side: str, step: int = 2, min_area: int = 20, view: str = "axial") -> list[Slice]:
     """Colin27 slices with every AAL region on them; ``side`` by the AAL slice hash.
 

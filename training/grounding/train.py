@@ -243,6 +243,7 @@ class PointerConfig:
     sessions: list = field(default_factory=list)  # training inboxes of kept sessions (napari_ibis.inbox) to learn from
     session_share: float = 0.5  # with sessions: the share of each step's slices drawn from them
     atlas: bool = False  # also write atlas.npz (the training scans' labelled slices: write_atlas)
+    augment: int = 0  # altered copies of each real CT/MR training slice (dataset.augmented); 0: none
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -271,7 +272,8 @@ def main(argv=None) -> int:
     from napari_ibis.policies.pointer import ATLAS_FILE
     from napari_ibis.grounding.head import PointerHead, PointerHeadConfig
     from training.config import config_parser, load_config
-    from training.grounding.dataset import aal_slices, nuclei_slices, phantom_slices, session_slices, totalseg_slices
+    from training.grounding.dataset import (aal_slices, augmented, nuclei_slices, phantom_slices, session_slices,
+                                            totalseg_slices)
 
     parser = config_parser("napari-ibis pointer", PointerConfig, main.__doc__.splitlines()[0])
     args = parser.parse_args(argv)
@@ -279,8 +281,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     encoder = build_encoder(config.encoder)
-    slices = (totalseg_slices("train", step_mm=config.totalseg_step_mm) + aal_slices("train", step=config.aal_step)
-              + nuclei_slices("train") + phantom_slices(range(config.phantoms)))
+    patients = totalseg_slices("train", step_mm=config.totalseg_step_mm)
+    slices = (patients + augmented(patients, config.augment, seed=config.seed)
+              + aal_slices("train", step=config.aal_step) + nuclei_slices("train") + phantom_slices(range(config.phantoms)))
     kept = [item for inbox in config.sessions for item in session_slices(inbox)]
     if config.sessions and not kept:
         raise ValueError(f"sessions: no kept sessions in {', '.join(map(str, config.sessions))}")
