@@ -82,13 +82,18 @@ def _unit(values: np.ndarray) -> np.ndarray:
     return values / (np.linalg.norm(values) + 1e-6)
 
 
+def _pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols): each pixel's coordinates on a ``size`` x ``size`` grid."""
+    return np.meshgrid(*(np.arange(size, dtype=np.float32),) * 2, indexing="ij")
+
+
 def _scale_shift(target: np.ndarray, moving: np.ndarray) -> tuple[np.ndarray, float]:
     """(sy, sx, ty, tx) on the ``MATCH_GRID``: where each target pixel is found in ``moving``
     (about the centre), the best correlating within bounds; and that correlation."""
     from scipy.optimize import minimize
     from skimage.transform import warp
 
-    rows, cols = np.meshgrid(*(np.arange(MATCH_GRID, dtype=np.float32),) * 2, indexing="ij")
+    rows, cols = _pixel_grid(MATCH_GRID)
     target = _unit(target)
 
     def cost(p):
@@ -211,7 +216,7 @@ class SliceAtlas:
             return None
         self.last_fit = kind
         sy, sx, ty, tx = fit
-        rows, cols = np.meshgrid(*(np.arange(GRID, dtype=np.float32),) * 2, indexing="ij")
+        rows, cols = _pixel_grid(GRID)
         scale = GRID / MATCH_GRID
         coords = _coords((sy, sx, ty * scale, tx * scale), rows, cols, (GRID - 1) / 2)
         moved = warp(self.masks[name][best].astype(np.float32), coords, order=1, mode="constant")
@@ -229,6 +234,6 @@ class SliceAtlas:
         from skimage.registration import optical_flow_tvl1
         from skimage.transform import warp
 
-        rows, cols = np.meshgrid(*(np.arange(GRID, dtype=np.float32),) * 2, indexing="ij")
+        rows, cols = _pixel_grid(GRID)
         flow_rows, flow_cols = optical_flow_tvl1(target, moved.astype(np.float32), attachment=self.deform)
         return warp(mask, np.array([rows + flow_rows, cols + flow_cols]), order=1, mode="constant")
