@@ -16,7 +16,10 @@ Sets (nothing here is trained on by any agent of this project):
 * real tumours (pyradiomics' five test cases: two brain MRI, a breast MRI crop, two lung
   CT; drawn masks): every axial slice where the tumour covers at least 20 pixels (27);
   no agent of this project trains on them;
-* phantoms (synthetic) from seed 90000, 10% of questions about an absent structure.
+* phantoms (synthetic) from seed 90000, 10% of questions about an absent structure;
+* a structure asked for on another kind of scan (``--sets elsewhere``, every case absent):
+  an abdominal organ on the MNI152 template's slices and on the held-out Colin27 slices, a
+  brain region on the held-out TotalSegmentator slices (CT and MR), one question per slice.
 
 Per case: first click inside the named structure (any instance for nuclei; where the agent
 placed a mask before clicking, an atlas region, that mask's innermost point), final IoU and
@@ -50,7 +53,9 @@ SIZES = (("< 100 px", 0, 100), ("100-500 px", 100, 500), ("> 500 px", 500, 10**9
 SETS = {"totalseg": "totalseg held-out (real CT/MR)", "aal": "aal held-out (real MRI)",
         "mni": "MNI152 template, AAL labels (a second brain)",
         "nuclei": "nuclei right half (real)", "tumours": "tumours (pyradiomics, real)",
-        "phantoms": "phantoms held-out (synthetic)"}
+        "phantoms": "phantoms held-out (synthetic)",
+        "elsewhere": "asked on another kind of scan (real; all absent)"}
+TRUNK_NAMES = ("liver", "spleen", "left kidney", "right kidney", "stomach", "aorta", "pancreas", "urinary bladder")
 
 
 def case_sets(phantoms: int, seed: int = 0, chosen=tuple(SETS)) -> dict:
@@ -64,6 +69,8 @@ def case_sets(phantoms: int, seed: int = 0, chosen=tuple(SETS)) -> dict:
         out[SETS["tumours"]] = list(radiomics_lesions())
     if "mni" in chosen:
         out[SETS["mni"]] = brain_cases(mni152_aal_slices(), np.random.default_rng(seed + 1), absent_per_slice=1)
+    if "elsewhere" in chosen:
+        out[SETS["elsewhere"]] = elsewhere_cases(np.random.default_rng(seed + 2))
     if not {"totalseg", "aal", "nuclei", "phantoms"} & set(chosen):
         return out
     totalseg = list(totalseg_reference(side="held_out"))
@@ -95,6 +102,29 @@ def brain_cases(slices, rng, present: int = 60, absent_per_slice: int = 4) -> li
         name = item.absent[rng.integers(len(item.absent))]
         cases.append(Sample(item.rgb, np.zeros(item.rgb.shape[:2], bool), name, "MRI", f"{item.source}:{name}:absent",
                             item.source))
+    return cases
+
+
+def elsewhere_cases(rng) -> list:
+    """A structure asked for on a slice of another kind of scan (all absent): an abdominal
+    organ on the MNI152 template and on the held-out Colin27 slices, an AAL brain region on
+    the held-out TotalSegmentator slices (CT and MR); one question per slice."""
+    from training.data.sources import Sample, colin27_aal, split_by_group
+    from training.grounding.dataset import aal_slices, mni152_aal_slices, totalseg_slices
+
+    held_groups = {s.group.replace("colin27:", "colin27-aal:") for s in split_by_group(list(colin27_aal()))[1]}
+    brains = list(mni152_aal_slices()) + [s for s in aal_slices("held_out", step=1) if s.source in held_groups]
+    trunks = totalseg_slices("held_out", step_mm=4.0)
+    regions = sorted({name for item in aal_slices("train", step=4) for name in item.masks})
+    cases = []
+    for item in brains:
+        name = str(rng.choice(TRUNK_NAMES))
+        cases.append(Sample(item.rgb, np.zeros(item.rgb.shape[:2], bool), name, "MRI", f"{item.source}:{name}:elsewhere",
+                            item.source))
+    for item in trunks:
+        name = str(rng.choice(regions))
+        cases.append(Sample(item.rgb, np.zeros(item.rgb.shape[:2], bool), name, item.modality,
+                            f"{item.source}:{name}:elsewhere", item.source))
     return cases
 
 

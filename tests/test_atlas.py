@@ -240,18 +240,32 @@ def test_the_atlas_command_refuses_a_folder_that_is_not_a_pointer_model(tmp_path
 
 @pytest.mark.skipif(not __import__("napari_ibis.assets", fromlist=["available"]).available("totalsegmentator"),
                     reason="totalsegmentator not fetched")
-def test_the_atlas_command_writes_the_training_patients_and_never_the_held_out_ones(tmp_path, capsys):
+def test_the_atlas_command_writes_the_training_patients_and_never_the_held_out_ones(tmp_path, capsys, monkeypatch):
     from training.grounding.dataset import totalseg_slices
     from training.grounding.train import atlas_command
 
     (tmp_path / "config.json").write_text('{"model_type": "ibis_pointer"}')
     from training.grounding.dataset import aal_slices
 
+    import training.grounding.dataset as dataset
+
+    encoded = []
+
+    def features_of(encoder, slices, log=None):  # the encoder's pass, without its cost
+        import torch
+
+        encoded.append(encoder.name)
+        return torch.rand(len(slices), 8, encoder.grid, encoder.grid), [encoder.framing(s.rgb) for s in slices]
+
+    monkeypatch.setattr(dataset, "features_of", features_of)
     assert atlas_command([str(tmp_path), "--step-mm", "12", "--aal-step", "8"]) == 0
     atlas = SliceAtlas.load(tmp_path / "atlas.npz")
     assert {"liver", "spleen", "left kidney", "aorta", "left hippocampus"} <= set(atlas.names)
     assert atlas.regions == {n for s in aal_slices("train", step=8) for n in s.masks}  # the AAL names, no organ
     assert "placed as regions" in capsys.readouterr().out
+    brain = len(aal_slices("train", step=8))
+    assert encoded == ["mobilesam"] and atlas.encoder == "mobilesam" and atlas.descriptors.shape == (len(atlas.grey), 8)
+    assert list(atlas.kinds) == ["trunk"] * (len(atlas.grey) - brain) + ["head"] * brain
     held_out = {SliceAtlas.from_slices([s]).grey[0].tobytes()
                 for s in totalseg_slices("held_out", step_mm=12.0) + aal_slices("held_out", step=1)}
     assert not held_out & {g.tobytes() for g in atlas.grey}
@@ -290,6 +304,53 @@ def test_the_shipped_atlas_finds_a_brain_region_on_a_held_out_slice_and_fits_no_
     assert prior is not None and held_out.masks["left hippocampus"][peak(prior)]
     assert atlas.prior(held_out.rgb, "segment the liver") is None  # a CT organ is not fitted onto a brain
     assert "left hippocampus" in atlas.regions and "liver" not in atlas.regions  # regions are placed, organs clicked
+
+
+@pytest.mark.skipif(not _brains_available() or not __import__("napari_ibis.assets", fromlist=["available"]).available(
+    "mobile_sam") or not __import__("napari_ibis.assets", fromlist=["available"]).available("totalsegmentator"),
+                    reason="mricron-data, mni152, mobile_sam or totalsegmentator missing")
+def test_the_shipped_atlas_tells_a_head_from_a_trunk_for_a_structure_asked_on_the_wrong_one():
+    from pathlib import Path
+
+    from napari_ibis.grounding.atlas import scan_descriptor
+    from napari_ibis.grounding.encoders import build_encoder
+    from training.grounding.dataset import mni152_aal_slices, totalseg_slices
+
+    atlas = SliceAtlas.load(Path(__file__).resolve().parent.parent / "resources/models/pointer/atlas.npz")
+    encoder = build_encoder(atlas.encoder)
+
+    def kind(rgb, name):
+        return atlas.kind_elsewhere(scan_descriptor(*encoder.encode(rgb), rgb), name)
+
+    brain = mni152_aal_slices(step=30)[2]  # a second brain, not in the atlas
+    trunk = next(s for s in totalseg_slices("held_out", step_mm=20.0) if s.source == "totalseg:abdomen_mr:z=14")  # a new MR
+    assert kind(brain.rgb, "liver") == "head" and kind(brain.rgb, "left putamen") is None
+    assert kind(trunk.rgb, "left putamen") == "trunk" and kind(trunk.rgb, "liver") is None
+
+
+def test_a_slice_whose_nearest_atlas_slices_are_all_of_another_kind_of_scan_is_told_apart(tmp_path):
+    body, head = patient((100, 120), (50, 60), (40, 50)), _head((50, 48))
+    # descriptors: two clusters, three trunk slices around +x and three head slices around -x
+    rng = np.random.default_rng(0)
+    trunk_d = np.array([1.0, 0.0, 0.0]) + 0.05 * rng.normal(size=(3, 3))
+    head_d = np.array([-1.0, 0.0, 0.0]) + 0.05 * rng.normal(size=(3, 3))
+    atlas = SliceAtlas.from_slices([body] * 3 + [head] * 3, regions={"left blob"}, kinds=["trunk"] * 3 + ["head"] * 3,
+                                   descriptors=np.concatenate([trunk_d, head_d]), encoder="test")
+    atlas.kind_nearest = 3
+    like_a_head, like_a_trunk = np.array([-0.9, 0.1, 0.0]), np.array([0.9, -0.1, 0.0])
+    assert atlas.kind_elsewhere(like_a_head, "liver") == "head"  # a liver asked for on a brain
+    assert atlas.kind_elsewhere(like_a_trunk, "left blob") == "trunk"  # a brain region asked for on an abdomen
+    assert atlas.kind_elsewhere(like_a_trunk, "liver") is None and atlas.kind_elsewhere(like_a_head, "left blob") is None
+    assert atlas.kind_elsewhere(like_a_head, "nucleus") is None  # a name the atlas does not hold: not its call
+    atlas.kind_nearest = 4  # the four nearest reach a trunk slice from a head-like one: not sure enough
+    assert atlas.kind_elsewhere(like_a_head, "liver") is None
+    atlas.save(tmp_path / "kinds.npz")
+    again = SliceAtlas.load(tmp_path / "kinds.npz")
+    assert again.encoder == "test" and list(again.kinds) == ["trunk"] * 3 + ["head"] * 3
+    again.kind_nearest = 3
+    assert again.kind_elsewhere(like_a_head, "liver") == "head"
+    SliceAtlas.from_slices([body]).save(tmp_path / "plain.npz")  # an atlas without kinds never says
+    assert SliceAtlas.load(tmp_path / "plain.npz").kind_elsewhere(like_a_head, "liver") is None
 
 
 def test_the_atlas_command_without_the_brain_says_what_to_install_and_writes_nothing(tmp_path, monkeypatch):
@@ -362,3 +423,25 @@ def test_a_region_is_bent_onto_a_head_whose_inside_differs_where_a_scale_and_shi
         assert atlas.prior(new.rgb, "segment the left blob") is not None and atlas.last_fit == "grey"
         ious[deform] = iou(new.masks["left blob"], atlas.last_region)
     assert ious[10.0] > ious[0.0] + 0.1, ious  # measured 0.27 -> 0.44
+
+
+@pytest.mark.skipif(not _brains_available() or not all(
+    __import__("napari_ibis.assets", fromlist=["available"]).available(n) for n in ("mobile_sam", "minilm")),
+                    reason="mricron-data, mni152, mobile_sam or minilm missing")
+def test_the_shipped_agent_says_a_liver_asked_for_on_a_brain_is_not_there_and_why():
+    from napari_ibis._resources import resource_path
+    from napari_ibis.policies import load_policy
+    from napari_ibis.segmenters import build_segmenter
+    from napari_ibis.session import Session
+    from training.grounding.dataset import mni152_aal_slices
+
+    policy = load_policy(resource_path("models", "pointer"))
+    brain = mni152_aal_slices(step=30)[2]
+    session = Session(brain.rgb, "segment the liver", policy, build_segmenter("classical"), max_steps=3)
+    list(session.run())
+    assert [s.kind for s in session.steps] == ["answer"] and session.current.not_present
+    assert "looks like a scan of the head" in session.steps[0].thought
+    region = max(brain.masks, key=lambda name: brain.masks[name].sum())  # on this slice: not refused for its kind
+    session = Session(brain.rgb, f"segment the {region}", policy, build_segmenter("classical"), max_steps=1)
+    list(session.run())
+    assert "scan of the head" not in session.steps[0].thought

@@ -21,6 +21,13 @@ common grid in body-box coordinates. For a query it:
    new one (TV-L1 optical flow, scikit-image) and the mask with it: one brain is much like
    another once the scale is right, unlike an abdomen (benchmarks/atlas_mask.py --deform).
 
+An atlas may also know what kind of scan each of its slices is ("head", "trunk") and keep
+each slice's :func:`scan_descriptor` (the pointer agent's image encoder, averaged over the
+tissue). :meth:`SliceAtlas.kind_elsewhere` then says when a new slice's nearest atlas slices
+are all of a kind that never holds the named structure (a liver asked for on a brain): grey
+levels cannot tell this (a head in its box correlates with a trunk in its box as well as
+with another head), the encoder's features can (benchmarks/scan_kind.py).
+
 The pointer agent weights its map by the prior where its folder holds an ``atlas.npz``
 (:meth:`napari_ibis.policies.pointer.PointerPolicy.guided_map`); names the atlas does not
 hold, and slices it does not resemble, leave the map as it is. Structures the atlas lists
@@ -32,6 +39,7 @@ the atlas rather than seen as edges) it also places as a start mask
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +53,21 @@ MIN_SIMILARITY = 0.65  # correlation of the moved atlas slice with the new one b
 MIN_EDGE_SIMILARITY = 0.35  # the same for the edges' fit (held-out MR 0.28-0.53, phantoms at most 0.29: atlas_edges.py)
 MAX_GAP = 0.25  # how much less like the new slice the structure's slices may be than the likest (atlas_gate.py)
 DEFORM = 10.0  # TV-L1 attachment of the bending of a region's grey fit (0: none; 20 follows noise: atlas_mask.py)
+KIND_NEAREST = 5  # the nearest atlas slices that must all be of a kind of scan lacking the structure (scan_kind.py)
+
+
+def scan_descriptor(features, framing, rgb: np.ndarray) -> np.ndarray:
+    """What kind of scan a slice is, as its encoder sees it: the features (C, g, g) averaged
+    over the cells that cover tissue (grey level above 25; every cell of the slice if fewer
+    than four do), float32 (C,)."""
+    from skimage.transform import resize
+
+    rows, cols = framing.valid_cells
+    cells = np.asarray(features, dtype=np.float32)[:, :rows, :cols]
+    tissue = resize(_grey(rgb) > 25 / 255, (rows, cols), order=0, anti_aliasing=False)
+    if tissue.sum() < 4:
+        tissue = np.ones((rows, cols), dtype=bool)
+    return cells[:, tissue].mean(axis=1)
 
 
 def _grey(rgb: np.ndarray) -> np.ndarray:
@@ -114,8 +137,13 @@ class SliceAtlas:
     """Labelled slices on a common grid; :meth:`prior` moves one onto a new slice."""
 
     def __init__(self, grey: np.ndarray, names: list[str], holders: dict[str, np.ndarray],
-                 masks: dict[str, np.ndarray], regions=()) -> None:
+                 masks: dict[str, np.ndarray], regions=(), kinds=None, descriptors=None, encoder: str = "") -> None:
         self.grey = grey  # (n, GRID, GRID) uint8
+        self.kinds = None if kinds is None else np.asarray(kinds, dtype=str)  # (n,) the kind of scan of each slice
+        self.descriptors = None if descriptors is None else np.asarray(descriptors, dtype=np.float32)  # (n, C)
+        self.encoder = encoder  # the image encoder the descriptors came from
+        self.kind_nearest = KIND_NEAREST
+        self.last_kind_similarity: float | None = None  # the latest kind_elsewhere's nearest slice's likeness
         self.regions = frozenset(regions) & set(names)  # names whose borders are the atlas's own, not edges
         self.last_similarity: float | None = None  # of the latest fit's moved slice with the new one
         self.last_fit: str | None = None  # "grey" or "edges": which fit the latest prior came from (None: no prior)
@@ -138,9 +166,11 @@ class SliceAtlas:
 
     # -- building and keeping ----------------------------------------------------------
     @classmethod
-    def from_slices(cls, slices, regions=()) -> SliceAtlas:
+    def from_slices(cls, slices, regions=(), kinds=None, descriptors=None, encoder: str = "") -> SliceAtlas:
         """From labelled slices (``rgb`` (H, W, 3) uint8 and ``masks``: name -> bool (H, W));
-        ``regions``: the names a parcellation draws (see the module docstring)."""
+        ``regions``: the names a parcellation draws (see the module docstring); ``kinds``
+        and ``descriptors``: per slice, the kind of scan and its :func:`scan_descriptor` by
+        the image encoder named ``encoder`` (both or neither)."""
         grey, holders, masks = [], {}, {}
         for index, item in enumerate(slices):
             box = body_box(item.rgb, kind="largest_part")
@@ -150,11 +180,15 @@ class SliceAtlas:
                 masks.setdefault(name, []).append(_crop(mask, box, GRID) >= 0.5)
         names = sorted(holders)
         return cls(np.stack(grey) if grey else np.zeros((0, GRID, GRID), np.uint8), names,
-                   {n: np.asarray(holders[n]) for n in names}, {n: np.stack(masks[n]) for n in names}, regions)
+                   {n: np.asarray(holders[n]) for n in names}, {n: np.stack(masks[n]) for n in names}, regions,
+                   kinds, descriptors, encoder)
 
     def save(self, path: str | Path) -> None:
         arrays = {"grey": self.grey, "names": np.asarray(self.names),
                   "regions": np.asarray(sorted(self.regions), dtype=str)}
+        if self.descriptors is not None:
+            arrays |= {"kinds": self.kinds, "descriptors": self.descriptors.astype(np.float16),
+                       "encoder": np.asarray(self.encoder)}
         for i, name in enumerate(self.names):
             arrays[f"holders_{i}"] = self.holders[name]
             arrays[f"masks_{i}"] = np.packbits(self.masks[name], axis=-1)
@@ -164,10 +198,13 @@ class SliceAtlas:
     def load(cls, path: str | Path) -> SliceAtlas:
         with np.load(path, allow_pickle=False) as data:
             names = [str(n) for n in data["names"]]
+            kinds = "descriptors" in data.files  # older files: no kinds of scan
             return cls(data["grey"], names, {n: data[f"holders_{i}"] for i, n in enumerate(names)},
                        {n: np.unpackbits(data[f"masks_{i}"], axis=-1, count=GRID).astype(bool)
                         for i, n in enumerate(names)},
-                       [str(n) for n in data["regions"]] if "regions" in data.files else ())  # older files: none
+                       [str(n) for n in data["regions"]] if "regions" in data.files else (),  # older files: none
+                       data["kinds"] if kinds else None, data["descriptors"] if kinds else None,
+                       str(data["encoder"]) if kinds else "")
 
     # -- use ---------------------------------------------------------------------------
 
@@ -175,6 +212,25 @@ class SliceAtlas:
         """The atlas structure the query names (the longest name among its words), if any."""
         found = self._pattern.findall(query) if self._pattern else []
         return self._spelling[max(found, key=len).lower()] if found else None
+
+    def kind_elsewhere(self, descriptor: np.ndarray, name: str | None) -> str | None:
+        """The kind of scan ``descriptor`` (a new slice's :func:`scan_descriptor`) looks like,
+        where its ``kind_nearest`` nearest atlas slices (cosine, about the atlas's mean) are all
+        of kinds that never hold ``name``; None where one of them is of a kind that does, where
+        the atlas does not hold ``name`` or keeps no descriptors."""
+        self.last_kind_similarity = None
+        if self.descriptors is None or name not in self.holders or len(self.descriptors) == 0:
+            return None
+        centre = self.descriptors.mean(axis=0)
+        atlas = self.descriptors - centre
+        atlas = atlas / (np.linalg.norm(atlas, axis=1, keepdims=True) + 1e-6)
+        new = np.asarray(descriptor, dtype=np.float32) - centre
+        similarity = atlas @ (new / (np.linalg.norm(new) + 1e-6))
+        nearest = np.argsort(-similarity)[: self.kind_nearest]
+        self.last_kind_similarity = float(similarity[nearest[0]])
+        holding = set(self.kinds[self.holders[name]])
+        near = [str(k) for k in self.kinds[nearest]]
+        return None if holding & set(near) else Counter(near).most_common(1)[0][0]
 
     def likeness(self, rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int], np.ndarray]:
         """The correlation of ``rgb`` (cropped to the body, on the ``MATCH_GRID``) with every

@@ -5,8 +5,11 @@ Each turn it looks at the map and at the current mask, as a reader of both would
 
 1. no cell reaches the model's presence threshold (half of it where the folder's atlas
    fitted the structure onto the slice by its grey levels), or the query names an atlas
-   region and the slice is very like atlas slices (``ATLAS_KNOWN``) whose level lacks it:
-   it answers that the structure is not in the image;
+   region and the slice is very like atlas slices (``ATLAS_KNOWN``) whose level lacks it,
+   or the slice's nearest atlas slices by the encoder's features are all of a kind of scan
+   that never holds the structure (a liver asked for on a brain:
+   :meth:`~napari_ibis.grounding.atlas.SliceAtlas.kind_elsewhere`): it answers that the
+   structure is not in the image;
 2. the target region is the connected part of the map (probability at least half the
    peak) around the peak; other parts as likely as that are other candidates (several
    nuclei for "segment the nucleus"): it segments the most likely one and says how many
@@ -166,6 +169,8 @@ class PointerPolicy(DecidingPolicy):
         self._fits: dict[str, tuple[str, float] | None] = {}  # per query: the atlas's fit ("grey"/"edges"), how well
         self._elsewhere: dict[str, float | None] = {}  # per region query: how like an atlas slice whose level lacks it
         self._known: dict[str, np.ndarray | None] = {}  # per region query on a slice like the atlas's own: the region
+        self._descriptor = None  # the slice's scan_descriptor, where the atlas keeps descriptors by this encoder
+        self._kinds: dict[str, str | None] = {}  # per query: the kind of scan the slice is, where it never holds the structure
 
     def identity(self) -> dict:
         return {"name": self.name, "folder": str(self.folder), "model_type": "ibis_pointer",
@@ -186,13 +191,14 @@ class PointerPolicy(DecidingPolicy):
         key = image_key(image)
         if key != self._image_key:
             features, framing = self.encoder.encode(image)
+            self._descriptor = self._scan_descriptor(features, framing, image)
             features = pool_features(features[None], self.head.config.grid)
             framing = dataclasses.replace(framing, grid=features.shape[-1])
             positions = torch.from_numpy(position_channels(framing, image, self.head.config.body_box)[None])
             with torch.inference_mode():
                 self._cells = self.head.cells(features, positions)
             self._image_key, self._framing = key, framing
-            self._maps, self._priors, self._fits, self._elsewhere, self._known = {}, {}, {}, {}, {}
+            self._maps, self._priors, self._fits, self._elsewhere, self._known, self._kinds = {}, {}, {}, {}, {}, {}
         if query not in self._maps:
             vector = query_vectors(self.queries, [query])[0]
             with torch.inference_mode():
@@ -208,7 +214,18 @@ class PointerPolicy(DecidingPolicy):
             self._elsewhere[query] = self.atlas.last_likest if region and self.atlas.last_elsewhere else None
             known = region and self._priors[query] is not None and self.atlas.last_likest >= ATLAS_KNOWN
             self._known[query] = self.atlas.last_region if known else None
+            self._kinds[query] = None if self._descriptor is None else self.atlas.kind_elsewhere(
+                self._descriptor, self.atlas.name_in(query))
         return self._maps[query]
+
+    def _scan_descriptor(self, features, framing, image: np.ndarray) -> np.ndarray | None:
+        """The slice's :func:`~napari_ibis.grounding.atlas.scan_descriptor` where the atlas keeps
+        descriptors by this model's encoder (an atlas written before them keeps none)."""
+        if self.atlas is None or self.atlas.descriptors is None or self.atlas.encoder != self.head.config.encoder:
+            return None
+        from ..grounding.atlas import scan_descriptor
+
+        return scan_descriptor(features, framing, image)
 
     def guided_map(self, image: np.ndarray, query: str, first_turn: bool) -> np.ndarray:
         """The map the agent decides on: :meth:`probability_map`, weighted where the folder's
@@ -255,7 +272,7 @@ class PointerPolicy(DecidingPolicy):
             return None
         probability = self.guided_map(image, query, first_turn=True)
         prior = self._priors.get(query)
-        if prior is None:
+        if prior is None or self._kinds.get(query):
             return None
         name, (fit, similarity) = self.atlas.name_in(query), self._fits[query]
         if fit != "grey" and not candidates(probability, self._presence_threshold(query)):
@@ -269,6 +286,15 @@ class PointerPolicy(DecidingPolicy):
     def decide(self, request: PolicyRequest) -> Response:
         first_turn = request.mask is None or not np.asarray(request.mask).any()
         probability = self.guided_map(request.image, request.query, first_turn)
+        kind = self._kinds.get(request.query)
+        if first_turn and not request.clicks and kind:
+            name = self.atlas.name_in(request.query)
+            held = sorted(set(self.atlas.kinds[self.atlas.holders[name]]))
+            return Response(
+                thought=(f"This slice looks like a scan of the {kind}: the {self.atlas.kind_nearest} labelled slices "
+                         f"most like it, as my image encoder sees them, are all {kind} slices, and I have seen the "
+                         f"{name} only on scans of the {' and '.join(held)}."),
+                terminate=True, not_present=True, answer="The requested structure is not present in this image.")
         likest = self._elsewhere.get(request.query)
         if first_turn and not request.clicks and likest is not None and likest >= ATLAS_KNOWN:
             name = self.atlas.name_in(request.query)

@@ -322,16 +322,24 @@ def main(argv=None) -> int:
     return 0
 
 
-def write_atlas(folder: str | Path, step_mm: float = 3.0, aal_step: int = 2) -> Path:
+def write_atlas(folder: str | Path, step_mm: float = 3.0, aal_step: int = 2, kinds: bool = True) -> Path:
     """Write ``folder``/atlas.npz from the training scans' axial slices, which the pointer
     agent then uses as a prior (:mod:`napari_ibis.grounding.atlas`): TotalSegmentator's
     reference volumes never held out, ``step_mm`` apart, and every ``aal_step``-th slice of
     the Colin27 brain's AAL training side (0: none). The AAL names are the atlas's
-    ``regions``: the agent places them as a start mask (their borders are the atlas's)."""
-    from napari_ibis.grounding.atlas import SliceAtlas
+    ``regions``: the agent places them as a start mask (their borders are the atlas's).
+    With ``kinds``, each slice's kind of scan (TotalSegmentator's "trunk", Colin27's "head")
+    and its scan descriptor by the folder's image encoder go in too (one encoder pass per
+    slice, cached like the training features), so the agent can tell a structure asked for on
+    another kind of scan (:meth:`~napari_ibis.grounding.atlas.SliceAtlas.kind_elsewhere`)."""
+    import json
+
+    from napari_ibis.grounding.atlas import SliceAtlas, scan_descriptor
+    from napari_ibis.grounding.encoders import build_encoder
+    from napari_ibis.grounding.head import PointerHeadConfig
     from napari_ibis.policies.pointer import ATLAS_FILE
     from training.data.sources import AAL_DIR
-    from training.grounding.dataset import aal_slices, totalseg_slices
+    from training.grounding.dataset import aal_slices, features_of, totalseg_slices
 
     if aal_step and not (AAL_DIR / "aal.nii.gz").is_file():
         raise FileNotFoundError(f"the Colin27 brain is not in {AAL_DIR} (apt-get install mricron-data), "
@@ -339,7 +347,16 @@ def write_atlas(folder: str | Path, step_mm: float = 3.0, aal_step: int = 2) -> 
     path = Path(folder) / ATLAS_FILE
     brain = aal_slices("train", step=aal_step) if aal_step else []
     regions = {name for item in brain for name in item.masks}
-    SliceAtlas.from_slices(totalseg_slices("train", step_mm=step_mm) + brain, regions).save(path)
+    trunk = totalseg_slices("train", step_mm=step_mm)
+    slices, extra = trunk + brain, {}
+    if kinds:
+        config = json.loads((Path(folder) / "config.json").read_text())
+        encoder = build_encoder(config.get("encoder", PointerHeadConfig().encoder))
+        features, framings = features_of(encoder, slices)
+        extra = {"kinds": ["trunk"] * len(trunk) + ["head"] * len(brain), "encoder": encoder.name,
+                 "descriptors": [scan_descriptor(f.float(), framing, item.rgb)
+                                 for f, framing, item in zip(features, framings, slices)]}
+    SliceAtlas.from_slices(slices, regions, **extra).save(path)
     return path
 
 
@@ -357,17 +374,21 @@ def atlas_command(argv=None) -> int:
     parser.add_argument("--step-mm", type=float, default=3.0, help="axial spacing of the TotalSegmentator slices")
     parser.add_argument("--aal-step", type=int, default=2,
                         help="every Nth slice of the Colin27 brain's AAL training side (0: no brain slices)")
+    parser.add_argument("--no-kinds", action="store_true",
+                        help="leave out the kinds of scan and their descriptors (no image encoder pass)")
     args = parser.parse_args(argv)
     config = Path(args.folder) / "config.json"
     if not config.is_file() or '"ibis_pointer"' not in config.read_text():
         raise SystemExit(f"napari-ibis atlas: {args.folder} is not a pointer model folder (no ibis_pointer config.json)")
     try:
-        path = write_atlas(args.folder, args.step_mm, args.aal_step)
+        path = write_atlas(args.folder, args.step_mm, args.aal_step, kinds=not args.no_kinds)
     except FileNotFoundError as exc:
         raise SystemExit(f"napari-ibis atlas: {exc}") from None
     atlas = SliceAtlas.load(path)
-    print(f"{path}: {len(atlas.grey)} slices, {len(atlas.names)} structures ({len(atlas.regions)} placed as regions), "
-          f"{path.stat().st_size / 1e6:.1f} MB")
+    kinds = "" if atlas.kinds is None else ", kinds of scan: " + ", ".join(
+        f"{kind} {int((atlas.kinds == kind).sum())}" for kind in sorted(set(atlas.kinds)))
+    print(f"{path}: {len(atlas.grey)} slices, {len(atlas.names)} structures ({len(atlas.regions)} placed as regions)"
+          f"{kinds}, {path.stat().st_size / 1e6:.1f} MB")
     return 0
 
 
