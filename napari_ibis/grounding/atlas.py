@@ -143,7 +143,6 @@ class SliceAtlas:
         self.descriptors = None if descriptors is None else np.asarray(descriptors, dtype=np.float32)  # (n, C)
         self.encoder = encoder  # the image encoder the descriptors came from
         self.kind_nearest = KIND_NEAREST
-        self.last_kind_similarity: float | None = None  # the latest kind_elsewhere's nearest slice's likeness
         self.regions = frozenset(regions) & set(names)  # names whose borders are the atlas's own, not edges
         self.last_similarity: float | None = None  # of the latest fit's moved slice with the new one
         self.last_fit: str | None = None  # "grey" or "edges": which fit the latest prior came from (None: no prior)
@@ -218,8 +217,7 @@ class SliceAtlas:
         where its ``kind_nearest`` nearest atlas slices (cosine, about the atlas's mean) are all
         of kinds that never hold ``name``; None where one of them is of a kind that does, where
         the atlas does not hold ``name`` or keeps no descriptors."""
-        self.last_kind_similarity = None
-        if self.descriptors is None or name not in self.holders or len(self.descriptors) == 0:
+        if self.descriptors is None or self.kinds is None or name not in self.holders or not len(self.descriptors):
             return None
         centre = self.descriptors.mean(axis=0)
         atlas = self.descriptors - centre
@@ -227,7 +225,6 @@ class SliceAtlas:
         new = np.asarray(descriptor, dtype=np.float32) - centre
         similarity = atlas @ (new / (np.linalg.norm(new) + 1e-6))
         nearest = np.argsort(-similarity)[: self.kind_nearest]
-        self.last_kind_similarity = float(similarity[nearest[0]])
         holding = set(self.kinds[self.holders[name]])
         near = [str(k) for k in self.kinds[nearest]]
         return None if holding & set(near) else Counter(near).most_common(1)[0][0]
