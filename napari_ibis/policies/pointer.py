@@ -291,9 +291,9 @@ class PointerPolicy(DecidingPolicy):
             name = self.atlas.name_in(request.query)
             held = sorted(set(self.atlas.kinds[self.atlas.holders[name]]))
             return Response(
-                thought=(f"This slice looks like a scan of the {kind}: the {self.atlas.kind_nearest} labelled slices "
-                         f"most like it, as my image encoder sees them, are all {kind} slices, and I have seen the "
-                         f"{name} only on scans of the {' and '.join(held)}."),
+                thought=(f"The {self.atlas.kind_nearest} labelled slices most like this image, as my image encoder "
+                         f"sees them, are all from scans of the {kind}, and I have seen the {name} only on scans of "
+                         f"the {' and '.join(held)}."),
                 terminate=True, not_present=True, answer="The requested structure is not present in this image.")
         likest = self._elsewhere.get(request.query)
         if first_turn and not request.clicks and likest is not None and likest >= ATLAS_KNOWN:
