@@ -57,6 +57,14 @@ def current_slice_index(layer, viewer) -> tuple[int, ...]:
     return tuple(int(np.clip(round(float(v)), 0, shape[i] - 1)) for i, v in enumerate(data_point[:extra]))
 
 
+def slice_pixel_aspect(layer) -> float:
+    """The displayed slice's row spacing over its column spacing, as napari draws it (the
+    layer's scale on its last two axes; the reader sets it from the file's spacing)."""
+    from .square_pixels import pixel_aspect
+
+    return pixel_aspect(tuple(float(v) for v in layer.scale))
+
+
 def layer_slice(layer, index: tuple[int, ...]) -> np.ndarray:
     """The 2-D slice (grey or RGB) of an Image layer at ``index``."""
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data

@@ -28,6 +28,7 @@ from ._layers import (
     go_to_slice,
     layer_slice,
     paint_slice,
+    slice_pixel_aspect,
     spatial_shape,
     volume_layer,
 )
@@ -346,7 +347,7 @@ class IbisWidget(QWidget):
             profile=panel.profile_combo.currentText(), max_steps=panel.max_steps.value(),
             history=panel.history_box.isChecked(), device=panel.device_combo.currentText(), init_mask=init_mask,
             layer=image_layer.name, index=index, layer_shape=spatial_shape(image_layer),
-            geometry=geometry_of(image_layer),
+            geometry=geometry_of(image_layer), pixel_aspect=slice_pixel_aspect(image_layer),
             modality=str(image_layer.metadata.get("ibis_modality", "")),
         )
 
@@ -450,7 +451,7 @@ class IbisWidget(QWidget):
             segmenter=meta.get("segmenter", default_segmenter()), profile=meta.get("profile", "ibis-release"),
             max_steps=int(meta.get("max_steps", 20)), history=bool(meta.get("history", False)),
             device=meta.get("device", "auto"), layer=layer.name, index=index, layer_shape=spatial_shape(layer),
-            geometry=geometry_of(layer),
+            geometry=geometry_of(layer), pixel_aspect=slice_pixel_aspect(layer),
         )
         if index:
             self.viewer.dims.set_current_step(list(range(len(index))), list(index))

@@ -107,12 +107,13 @@ def items_of(source: str | Path, query: str | None) -> list[Item]:
 
 
 def segment_slice(image: np.ndarray, query: str, policy, segmenter, profile: str, max_steps: int,
-                  window: str | None) -> tuple[np.ndarray, dict]:
+                  window: str | None, pixel_aspect: float = 1.0) -> tuple[np.ndarray, dict]:
     """One agent session on one slice: (its mask, its trajectory with why it stopped)."""
     from .session import Session, Stopped
 
     started = time.perf_counter()
-    session = Session(image, query, policy, segmenter, profile=profile, max_steps=max_steps, window=window)
+    session = Session(image, query, policy, segmenter, profile=profile, max_steps=max_steps, window=window,
+                      pixel_aspect=pixel_aspect)
     for event in session.run():
         if isinstance(event, Stopped):
             break

@@ -188,7 +188,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     policy = load_policy(args.model, device=args.device, remote_model=args.remote_model)
     session = Session(
         loaded.slice, args.query, policy, segmenter, profile=args.profile, max_steps=max(1, args.max_steps),
-        use_history=args.history, init_mask=init_mask, window=args.window,
+        use_history=args.history, init_mask=init_mask, window=args.window, pixel_aspect=loaded.pixel_aspect,
     )
     show = (lambda readable, raw: None) if args.quiet else (
         lambda readable, raw: print(raw if args.raw else readable, end="", flush=True))
@@ -239,8 +239,11 @@ def _propagate(args, loaded, session, segmenter, policy, check_every: int):
     from .propagation import Propagation, PropagationDone, agent_checker
 
     start = loaded.slice_index[0]
-    checker = agent_checker(policy, args.query, segmenter, profile=args.profile) if check_every else None
-    propagation = Propagation(loaded.data, segmenter, window=args.window, checker=checker, check=check_every)
+    aspect = loaded.pixel_aspect
+    checker = (agent_checker(policy, args.query, segmenter, profile=args.profile, pixel_aspect=aspect)
+               if check_every else None)
+    propagation = Propagation(loaded.data, segmenter, window=args.window, checker=checker, check=check_every,
+                              pixel_aspect=aspect)
     started = time.perf_counter()
     for event in propagation.run(start, session.mask, args.propagate):
         if isinstance(event, PropagationDone):
@@ -483,14 +486,15 @@ def cmd_batch(args: argparse.Namespace) -> int:
         pool, mine = workers.thread_pool(args.concurrency, args.segmenter, policies)
 
         def submit(unit):
+            aspect = loaded[unit.item].pixel_aspect
             return pool.submit(lambda: batch.segment_slice(unit.image, items[unit.item].query, mine()[1], mine()[0],
-                                                           *settings))
+                                                           *settings, aspect))
     else:
         pool = workers.process_pool(args.concurrency)
 
         def submit(unit):
             return pool.submit(workers.batch_slice, unit.image, items[unit.item].query, endpoints[0], args.segmenter,
-                               args.device, *settings)
+                               args.device, *settings, loaded[unit.item].pixel_aspect)
     waiting = iter(todo)
     loaded, remaining, results, pending = {}, {}, defaultdict(dict), {}
     failed = 0

@@ -55,6 +55,7 @@ class RunSpec:
     layer_shape: tuple[int, ...] = ()  # its spatial shape
     geometry: Geometry | None = field(default=None, repr=False)
     modality: str = ""  # as the file says (DICOM's Modality), if it does
+    pixel_aspect: float = 1.0  # the slice's row spacing over its column spacing (napari_ibis.square_pixels)
 
     def settings(self) -> dict:
         """What the autosave and the trajectory record keep of these settings."""
@@ -126,7 +127,8 @@ class Controller:
             segmenter = self.models.segmenter(spec.segmenter, spec.device)
             yield ("status", "Embedding the slice…")
             session = Session(spec.image, spec.query, policy, segmenter, profile=spec.profile,
-                              max_steps=spec.max_steps, use_history=spec.history, init_mask=spec.init_mask)
+                              max_steps=spec.max_steps, use_history=spec.history, init_mask=spec.init_mask,
+                              pixel_aspect=spec.pixel_aspect)
         except IbisError as exc:
             yield ("error", str(exc))
             return
@@ -156,7 +158,7 @@ class Controller:
             segmenter = self.models.segmenter(spec.segmenter, spec.device)
             yield ("status", "Restoring the session: embedding the slice…")
             session = Session(spec.image, spec.query, policy, segmenter, profile=spec.profile,
-                              max_steps=spec.max_steps, use_history=spec.history)
+                              max_steps=spec.max_steps, use_history=spec.history, pixel_aspect=spec.pixel_aspect)
             restore_into(session, meta, arrays)
         except (IbisError, ValueError, KeyError, OSError) as exc:
             yield ("error", f"cannot restore the session: {exc}")
@@ -174,8 +176,9 @@ class Controller:
             checker = None
             if check != "none":
                 policy = self.models.policy(spec.model, spec.device)
-                checker = agent_checker(policy, spec.query, segmenter, spec.profile, cancel=self.cancel)
-            propagation = Propagation(volume, segmenter, checker=checker, check=check)
+                checker = agent_checker(policy, spec.query, segmenter, spec.profile, cancel=self.cancel,
+                                        pixel_aspect=spec.pixel_aspect)
+            propagation = Propagation(volume, segmenter, checker=checker, check=check, pixel_aspect=spec.pixel_aspect)
             for event in propagation.run(spec.index[0], mask, direction, self.cancel):
                 yield ("propagated", event)
         except IbisError as exc:

@@ -50,6 +50,14 @@ class LoadedImage:
     def slice(self) -> np.ndarray:
         return self.data[self.slice_index] if self.slice_index else self.data
 
+    @property
+    def pixel_aspect(self) -> float:
+        """The slice's row spacing over its column spacing (1.0 where the file gives none)."""
+        from .square_pixels import pixel_aspect
+
+        geometry = self.meta.get("geometry")
+        return pixel_aspect(None if geometry is None else geometry.spacing)
+
 
 def _read_raw(path: Path) -> tuple[np.ndarray, bool, dict]:
     """(array, is_rgb, meta) in display order, slice axis first for volumes."""

@@ -60,6 +60,7 @@ from .appearance import Appearance
 from .metrics import iou
 from .overlay import to_rgb8
 from .segmenters.base import Click, Segmenter, SegmentResult, prompts_from
+from .square_pixels import square_pixels
 
 DIRECTIONS = ("both", "up", "down")
 MIN_LIKENESS = 0.2  # see appearance.py and docs/BENCHMARKS.md (propagation: when a structure ends)
@@ -121,12 +122,15 @@ class Propagation:
                  min_ratio: float = 0.15, max_growth: float = 1.8, min_overlap: float = 0.2, min_score: float = 0.4,
                  min_likeness: float = MIN_LIKENESS, min_added_likeness: float = MIN_ADDED_LIKENESS,
                  checker=None, check: str | int = "none",
-                 min_agreement: float = 0.5, video: bool = True) -> None:
+                 min_agreement: float = 0.5, video: bool = True, pixel_aspect: float = 1.0) -> None:
         volume = np.asarray(volume)
         if volume.ndim not in (3, 4) or (volume.ndim == 4 and volume.shape[-1] not in (3, 4)):
             raise InputError(f"propagation needs a volume (Z, H, W) or (Z, H, W, 3), got shape {volume.shape}")
         self.volume = volume
-        self.segmenter = segmenter
+        self.video = video and getattr(segmenter, "name", "") == "sam2"  # SAM 2's video propagation
+        # slices with unequal row and column spacing are followed at square pixels (SAM 2's video
+        # predictor resizes every frame to a square of its own)
+        self.segmenter = segmenter if self.video else square_pixels(segmenter, pixel_aspect)
         self._ct = False  # CT: the window is centred on the structure in run()
         if window is None:
             window, self._ct = default_window(volume)
@@ -142,7 +146,6 @@ class Propagation:
         self.checker = checker
         self.check = parse_check(check)
         self.min_agreement = min_agreement
-        self.video = video and getattr(segmenter, "name", "") == "sam2"  # SAM 2's video propagation
         if self.check and checker is None:
             raise InputError("checking propagated slices needs an agent")
 
@@ -340,12 +343,13 @@ def parse_check(check: str | int) -> int:
 
 
 def agent_checker(policy, query: str, segmenter: Segmenter, profile: str = "ibis-release", max_steps: int = 4,
-                  cancel: threading.Event | None = None):
+                  cancel: threading.Event | None = None, pixel_aspect: float = 1.0):
     """A checker for :class:`Propagation`: the agent refines the propagated mask as an imported one."""
     from .session import Session
 
     def check(rgb: np.ndarray, index: int, mask: np.ndarray):
-        session = Session(rgb, query, policy, segmenter, profile=profile, max_steps=max_steps, init_mask=mask)
+        session = Session(rgb, query, policy, segmenter, profile=profile, max_steps=max_steps, init_mask=mask,
+                          pixel_aspect=pixel_aspect)
         for _ in session.run(cancel):
             pass
         not_present = bool(session.steps) and session.current.not_present

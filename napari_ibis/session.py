@@ -35,6 +35,7 @@ from .overlay import to_rgb8
 from .policies.base import Policy, PolicyRequest
 from .protocol import Action, Profile, Turn, get_profile
 from .segmenters.base import Click, Segmenter
+from .square_pixels import SquareGrid, square_pixels
 
 MIN_SIDE = 8
 REPEAT_LIMIT = 3  # the release stops when the same action comes three times in a row
@@ -137,7 +138,11 @@ class Session:
         use_history: bool | None = None,
         init_mask: np.ndarray | None = None,
         window: str | None = None,
+        pixel_aspect: float = 1.0,
     ) -> None:
+        """``pixel_aspect``: the slice's row spacing over its column spacing; where it is not
+        about 1, the agent and the segmenter see the slice at square pixels
+        (:mod:`napari_ibis.square_pixels`) while clicks and masks stay on its own grid."""
         if not isinstance(query, str) or not query.strip():
             raise InputError("the query is empty: say what to segment, e.g. 'segment the liver tumour'")
         self.rgb = to_rgb8(image, window)
@@ -148,7 +153,10 @@ class Session:
             raise InputError("max steps must be at least 1")
         self.query = query.strip()
         self.policy = policy
-        self.segmenter = segmenter
+        self.pixel_aspect = float(pixel_aspect)
+        self._grid = SquareGrid((height, width), pixel_aspect)
+        self.segmenter = square_pixels(segmenter, pixel_aspect, self._grid)
+        self._seen = self._grid.image(self.rgb)  # the slice as the agent sees it
         self.profile = get_profile(profile)
         self.max_steps = max_steps
         self.use_history = self.profile.use_history if use_history is None else use_history
@@ -336,7 +344,8 @@ class Session:
         turns, previous = [], self._initial
         for step in self.steps:
             if step.source == "agent" and step.kind != "placed":
-                turns.append(Turn(self.profile.observation(self.rgb, previous.mask), step.prompt, step.raw))
+                turns.append(Turn(self.profile.observation(self._seen, self._grid.mask_in(previous.mask)),
+                                  step.prompt, step.raw))
             previous = step
         return turns
 
@@ -388,14 +397,15 @@ class Session:
         index = self._cursor + 1
         started = time.perf_counter()
         try:
-            placement = self.policy.place(self.rgb, self.query)
+            placement = self.policy.place(self._seen, self.query)
         except Exception as exc:  # as a failed turn: the timeline stays as it was
             return Stopped("error", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         if placement is None:
             return None
         mask = np.asarray(placement.mask) > 0
-        if mask.shape != self.rgb.shape[:2] or not mask.any():
+        if mask.shape != self._seen.shape[:2] or not mask.any():
             return None  # nothing usable placed: the agent starts from nothing, as without a placement
+        mask = self._grid.mask_out(mask)
         if cancel.is_set():
             return Stopped("cancelled", "stopped before the next step")
         yield StepStarted(index)
@@ -417,13 +427,14 @@ class Session:
         index = self._cursor + 1
         before = self.current
         prompt = self.profile.user_text(self.query, first=self._is_fresh())
-        observation = self.profile.observation(self.rgb, before.mask)
+        seen_mask = self._grid.mask_in(before.mask)
+        observation = self.profile.observation(self._seen, seen_mask)
         request = PolicyRequest(
             profile=self.profile,
             query=self.query,
-            image=self.rgb,
-            mask=before.mask,
-            clicks=before.clicks,
+            image=self._seen,
+            mask=seen_mask,
+            clicks=tuple(self._grid.click_in(c) for c in before.clicks),
             step=index,
             messages=self.profile.messages(self._turns() + [Turn(observation, prompt)], self.use_history),
         )
@@ -532,6 +543,7 @@ class Session:
             "use_history": self.use_history,
             "max_steps": self.max_steps,
             "image_shape": [height, width],
+            "pixel_aspect": self.pixel_aspect,
             "window": self.window,
             "policy": self.policy.identity(),
             "segmenter": self.segmenter.identity(),

@@ -67,9 +67,9 @@ def process_pool(concurrency: int):
 
 
 def batch_slice(image, query: str, folder: str, segmenter_spec: str, device: str, profile: str, max_steps: int,
-                window: str | None):
+                window: str | None, pixel_aspect: float = 1.0):
     """One slice of ``napari-ibis batch`` in a worker process: (mask, trajectory)."""
     from .batch import segment_slice
 
     worker = _setup(folder, segmenter_spec, device)
-    return segment_slice(image, query, worker["policy"], worker["segmenter"], profile, max_steps, window)
+    return segment_slice(image, query, worker["policy"], worker["segmenter"], profile, max_steps, window, pixel_aspect)
