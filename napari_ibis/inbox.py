@@ -110,6 +110,38 @@ class KeptSession:
         """The person accepted "the target is not there"."""
         return bool(self.meta.get("not_present"))
 
+    @property
+    def pixel_aspect(self) -> float:
+        """The slice's row spacing over its column spacing (from its voxel spacing, else as kept)."""
+        from .square_pixels import pixel_aspect
+
+        spacing = self.meta.get("spacing")
+        return pixel_aspect(spacing) if spacing else float(self.meta.get("pixel_aspect") or 1.0)
+
+    def at_square_pixels(self) -> "KeptSession":
+        """The session as the agent sees its slice (:mod:`napari_ibis.square_pixels`): the
+        pixels, every mask and the person's clicks on the square grid; itself where the slice's
+        rows and columns are spaced alike. Training reads kept sessions this way."""
+        from dataclasses import replace
+
+        from .segmenters.base import Click
+        from .square_pixels import SquareGrid
+
+        grid = SquareGrid(self.accepted.shape, self.pixel_aspect)
+        if grid.identity:
+            return self
+
+        def record(step: KeptStep) -> dict:
+            clicks = []
+            for click in step.record["clicks"]:
+                moved = grid.click_in(Click(click["row"], click["col"], click["positive"]))
+                clicks.append({**click, "row": moved.row, "col": moved.col})
+            return {**step.record, "clicks": clicks}
+
+        steps = [KeptStep(record(step), grid.mask_in(step.before), grid.mask_in(step.after)) for step in self.steps]
+        meta = {**self.meta, "shape": list(grid.square)}
+        return replace(self, meta=meta, rgb=grid.image(self.rgb), accepted=grid.mask_in(self.accepted), steps=steps)
+
 
 def _step_record(step, status: str, shape: tuple[int, int], profile) -> dict:
     height, width = shape
@@ -172,6 +204,7 @@ class TrainingInbox:
             "query": session.query, "target": target_of(session.query), "modality": modality,
             "shape": list(shape), "slice_index": [int(i) for i in slice_index],
             "spacing": None if spacing is None else [float(s) for s in spacing],
+            "pixel_aspect": getattr(session, "pixel_aspect", 1.0),
             "profile": session.profile.name, "policy": session.policy.identity(),
             "segmenter": session.segmenter.identity(), "window": session.window,
             "initial_area": session.initial.area, "accepted_step": session.accepted,

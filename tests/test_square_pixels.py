@@ -141,3 +141,25 @@ def test_the_widget_takes_the_pixel_aspect_from_the_layer_as_napari_draws_it(tmp
         controller.handle(item)
     controller.finish()
     assert controller.session.pixel_aspect == 4.0 and controller.session.mask.shape == (24, 96)
+
+
+def test_a_kept_session_of_a_squashed_slice_trains_at_square_pixels(tmp_path):
+    from napari_ibis.inbox import TrainingInbox
+    from training.grounding.dataset import session_slices
+
+    rgb, truth = squashed_disk()
+    policy = ScriptedPolicy([point(True, 0.5, 0.5), TERMINATE])
+    session = Session(rgb, "segment the disk", policy, build_segmenter("classical"), max_steps=1, pixel_aspect=4.0)
+    list(session.run())
+    session.add_click(12, 30, True)  # the person's click, on the slice's own grid
+    inbox = TrainingInbox(tmp_path)
+    inbox.keep(session, spacing=(2.0, 3.2, 0.8))
+    (kept,) = inbox.sessions()
+    assert kept.rgb.shape[:2] == (24, 96) and kept.pixel_aspect == 4.0  # kept as the person made it
+    square = kept.at_square_pixels()
+    assert square.rgb.shape[:2] == square.accepted.shape == (96, 96)
+    assert np.array_equal(SquareGrid((24, 96), 4.0).mask_out(square.accepted), kept.accepted)
+    person = square.steps[-1].record["clicks"][0]
+    assert (person["row"], person["col"]) == (50, 30)
+    (slice_,) = session_slices(tmp_path)  # what the pointer agent's fine-tuning reads
+    assert slice_.rgb.shape[:2] == (96, 96) and slice_.masks["disk"].shape == (96, 96)

@@ -186,11 +186,11 @@ def mni152_aal_slices(step: int = 6, min_area: int = 20) -> list[Slice]:
 def session_slices(inbox) -> list[Slice]:
     """The kept sessions of a training inbox (:mod:`napari_ibis.inbox`): each slice with the
     accepted mask under the structure its query names, or that name as absent when the
-    person accepted "not present"."""
+    person accepted "not present"; at square pixels, as the agent sees them."""
     from napari_ibis.inbox import TrainingInbox
 
     out = []
-    for kept in TrainingInbox(inbox).sessions():
+    for kept in (k.at_square_pixels() for k in TrainingInbox(inbox).sessions()):
         masks = {} if kept.not_present or not kept.accepted.any() else {kept.target: kept.accepted}
         absent = (kept.target,) if not masks else ()
         out.append(Slice(kept.rgb, masks, absent, kept.modality or "medical", f"session:{kept.id}", "session"))

@@ -76,7 +76,7 @@ def from_sessions(inbox: str | Path, out: str | Path, profile: str = "ibis-relea
     from training.rl.dagger import decision_sample
 
     folder = Path(out)
-    sessions = TrainingInbox(inbox).sessions()
+    sessions = [kept.at_square_pixels() for kept in TrainingInbox(inbox).sessions()]
     if not sessions:
         raise InputError(f"{inbox}: no kept sessions (turn on 'keep for training' or use --keep-for-training)")
     done = written_ids(folder)
