@@ -411,6 +411,7 @@ def _evaluate_volumes(args, cases, segmenter, progress, out) -> int:
     from .evaluation import agent_start, evaluate_volume, oracle_start
     from .policies import default_model_folder, load_policy
     from .propagation import agent_checker, parse_check
+    from .square_pixels import square_pixels
 
     check = parse_check(args.check)
     volumes = [c for c in cases if c.mask.ndim == 3]
@@ -426,10 +427,12 @@ def _evaluate_volumes(args, cases, segmenter, progress, out) -> int:
         raise InputError("--check needs a model policy (--policy default or model:DIR)")
     rows = []
     for case in progress(volumes, desc="volumes", unit="volume", file=sys.stderr):
-        start = (oracle_start(segmenter, args.max_clicks) if policy is None
-                 else agent_start(policy, case.query, segmenter, args.profile))
-        checker = agent_checker(policy, case.query, segmenter, args.profile) if check else None
-        row = evaluate_volume(case.image, case.mask, segmenter, start, args.propagate, checker=checker, check=check)
+        aspect = case.pixel_aspect
+        start = (oracle_start(square_pixels(segmenter, aspect), args.max_clicks) if policy is None
+                 else agent_start(policy, case.query, segmenter, args.profile, pixel_aspect=aspect))
+        checker = agent_checker(policy, case.query, segmenter, args.profile, pixel_aspect=aspect) if check else None
+        row = evaluate_volume(case.image, case.mask, segmenter, start, args.propagate, checker=checker, check=check,
+                              pixel_aspect=aspect)
         row.pop("_labels")
         rows.append({"source": case.source, "target": case.target} | row)
     keys = ("dice_3d", "iou_3d", "start_iou", "clicks", "agent_steps", "slices_propagated", "seconds", "seconds_per_slice")

@@ -55,7 +55,7 @@ def simulate_clicks(
 
 
 def evaluate_volume(volume: np.ndarray, truth: np.ndarray, segmenter: Segmenter, start_mask_of, direction: str = "both",
-                    window: str | None = None, checker=None, check: str | int = "none") -> dict:
+                    window: str | None = None, checker=None, check: str | int = "none", pixel_aspect: float = 1.0) -> dict:
     """One volume case: the start slice (where ``truth`` is largest) is segmented by
     ``start_mask_of(rgb, gt_slice) -> (mask, clicks, agent_steps)``, then propagated with no
     further clicks unless ``check`` asks the agent; 3-D Dice and IoU against ``truth``."""
@@ -67,7 +67,7 @@ def evaluate_volume(volume: np.ndarray, truth: np.ndarray, segmenter: Segmenter,
     truth = np.asarray(truth, dtype=bool)
     start = int(np.argmax(truth.sum(axis=tuple(range(1, truth.ndim)))))
     started = time.perf_counter()
-    propagation = Propagation(volume, segmenter, window=window, checker=checker, check=check)
+    propagation = Propagation(volume, segmenter, window=window, checker=checker, check=check, pixel_aspect=pixel_aspect)
     mask, clicks, agent_steps = start_mask_of(propagation.rgb(start), truth[start])
     if not np.asarray(mask).any():
         labels, slices = np.zeros_like(truth), []
@@ -93,12 +93,13 @@ def oracle_start(segmenter: Segmenter, max_clicks: int = 5, stop_iou: float = 0.
     return start
 
 
-def agent_start(policy, query: str, segmenter: Segmenter, profile: str = "ibis-release", max_steps: int = 8):
+def agent_start(policy, query: str, segmenter: Segmenter, profile: str = "ibis-release", max_steps: int = 8,
+                pixel_aspect: float = 1.0):
     """The start slice segmented by the agent, as in the widget."""
     from .session import Session
 
     def start(rgb: np.ndarray, gt: np.ndarray):
-        session = Session(rgb, query, policy, segmenter, profile=profile, max_steps=max_steps)
+        session = Session(rgb, query, policy, segmenter, profile=profile, max_steps=max_steps, pixel_aspect=pixel_aspect)
         for _ in session.run():
             pass
         clicks = sum(len(step.clicks) for step in session.steps)
@@ -113,8 +114,11 @@ def oracle_case(case, segmenter, max_clicks: int) -> dict:
     from .metrics import dice, entity_counts
     from .overlay import to_rgb8
 
+    from .square_pixels import square_pixels
+
     started = time.perf_counter()
-    run = simulate_clicks(segmenter, to_rgb8(case.image), case.mask, max_clicks=max_clicks)
+    run = simulate_clicks(square_pixels(segmenter, case.pixel_aspect), to_rgb8(case.image), case.mask,
+                          max_clicks=max_clicks)
     seconds = time.perf_counter() - started
     final = run.mask if run.mask is not None else np.zeros_like(case.mask)
     return {
@@ -131,7 +135,8 @@ def model_case(case, segmenter, policy, profile: str, max_clicks: int) -> dict:
     from .session import Session, Stopped
 
     started = time.perf_counter()
-    session = Session(case.image, case.query, policy, segmenter, profile=profile, max_steps=max_clicks)
+    session = Session(case.image, case.query, policy, segmenter, profile=profile, max_steps=max_clicks,
+                      pixel_aspect=case.pixel_aspect)
     stop = None
     for event in session.run():
         if isinstance(event, Stopped):

@@ -328,6 +328,7 @@ class Case:
     modality: str
     source: str
     query: str = ""
+    pixel_aspect: float = 1.0  # its rows' spacing over its columns' (napari_ibis.square_pixels)
 
     def __post_init__(self) -> None:
         self.query = self.query or f"segment the {self.target}"
@@ -372,6 +373,7 @@ def read_manifest(manifest: str | Path, volumes: bool = False) -> list[Case]:
                 modality=str(entry.get("modality", "")),
                 source=str(entry.get("source", f"{manifest.name}:{number}")),
                 query=str(entry.get("query", "")),
+                pixel_aspect=loaded.pixel_aspect,
             )
         )
     if not cases:

@@ -163,3 +163,23 @@ def test_a_kept_session_of_a_squashed_slice_trains_at_square_pixels(tmp_path):
     assert (person["row"], person["col"]) == (50, 30)
     (slice_,) = session_slices(tmp_path)  # what the pointer agent's fine-tuning reads
     assert slice_.rgb.shape[:2] == (96, 96) and slice_.masks["disk"].shape == (96, 96)
+
+
+def test_eval_reads_each_cases_pixel_aspect_and_scores_on_its_own_grid(tmp_path):
+    import json
+
+    from napari_ibis.evaluation import oracle_case
+    from napari_ibis.io import read_manifest
+
+    rgb, truth = squashed_disk()
+    affine = np.diag([-1.0, -4.0, 2.0, 1.0])  # file axes (L, P, S): display rows run P, 4 mm apart
+    nib.save(nib.Nifti1Image(rgb[..., 0].T[:, :, None].astype(np.int16), affine), tmp_path / "disk.nii.gz")
+    nib.save(nib.Nifti1Image(truth.T[:, :, None].astype(np.uint8), affine), tmp_path / "disk_mask.nii.gz")
+    (tmp_path / "cases.jsonl").write_text(json.dumps(
+        {"image": "disk.nii.gz", "mask": "disk_mask.nii.gz", "target": "disk", "modality": "MRI"}) + "\n")
+    (case,) = read_manifest(tmp_path / "cases.jsonl")
+    assert case.pixel_aspect == 4.0 and case.image.shape == (24, 96)
+    segmenter = build_segmenter("classical")
+    row = oracle_case(case, segmenter, max_clicks=5)
+    assert segmenter.image_shape == (96, 96)  # the segmenter saw square pixels
+    assert row["iou"] > 0.8  # scored on the case's own 24 x 96 grid
