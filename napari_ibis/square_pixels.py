@@ -118,6 +118,8 @@ class SquarePixelSegmenter:
         self.grid = grid
 
     def __getattr__(self, attribute: str):
+        if attribute == "inner":  # not set yet (a copy being built): no endless lookup
+            raise AttributeError(attribute)
         return getattr(self.inner, attribute)
 
     def identity(self) -> dict:
