@@ -5,8 +5,8 @@ convention has axial slices whose rows lie the acquisition's slice thickness apa
 4 mm) and whose columns lie the in-plane spacing apart (say 1 mm). napari draws such a
 slice to scale, but the array itself is squashed: the organs are four times wider than
 tall. The agent's encoders and the segmenters, trained on square pixels, then fail (a
-liver 'not present', a spleen of 49 px: docs/BENCHMARKS.md, "Slices with unequal
-spacing"). So the agent and the segmenter see the slice resampled to square pixels (the
+liver 'not present', a spleen of 49 px: docs/BENCHMARKS.md, "Slices with unequal row
+and column spacing"). So the agent and the segmenter see the slice resampled to square pixels (the
 coarse axis stretched to the fine one's spacing), and everything the person sees and
 keeps (clicks, masks, the written labels) stays on the slice's own pixel grid.
 """
