@@ -132,6 +132,13 @@ def test_where_the_atlas_fitted_the_structure_a_less_sure_map_still_clicks(atlas
     answer = with_atlas.decide(ask)
     assert not answer.not_present and answer.actions
     assert new.masks["liver"][ask.profile.to_pixel(answer.actions[0], *new.rgb.shape[:2])]
+    assert "where labelled scans have the liver" in answer.thought
+    # asked for a tumour in the liver, the fitted liver says where to look but not that a tumour is there
+    threshold = head.config.presence_threshold
+    with_atlas.probability_map(new.rgb, "segment the liver tumour")
+    assert with_atlas._fits["segment the liver tumour"][0] == "grey"
+    assert with_atlas._presence_threshold("segment the liver tumour") == pytest.approx(threshold)
+    assert with_atlas._presence_threshold("segment the liver") == pytest.approx(ATLAS_PRESENCE * threshold)
     synthetic = np.zeros_like(new.rgb)
     synthetic[30:90, 30:90] = 200  # nothing like the atlas: no prior, so the model's own threshold
     assert with_atlas.decide(dataclasses.replace(ask, image=synthetic)).not_present

@@ -50,6 +50,14 @@ ATLAS_EXTENT = 0.5  # later turns: the atlas's extent of the structure, where it
 ATLAS_REACH = 0.1  # later turns: the map where the atlas prior is above this
 ATLAS_PRESENCE = 0.5  # the presence threshold is this much of the model's where the atlas fitted the named structure
 ATLAS_KNOWN = 0.9  # a slice this like an atlas slice (before any fit) whose level lacks a region: "not present"
+LESION_WORDS = ("tumour", "tumor", "lesion", "cyst", "nodule", "mass", "metasta", "cancer", "carcinoma", "polyp")
+
+
+def names_a_lesion(query: str) -> bool:
+    """Whether ``query`` asks for a lesion ("the liver tumour"), not the organ it names: the
+    atlas still says where the organ lies, but that the organ is there says nothing of a lesion."""
+    lowered = query.lower()
+    return any(word in lowered for word in LESION_WORDS)
 
 
 def interior_point(region: np.ndarray) -> tuple[int, int]:
@@ -249,6 +257,8 @@ class PointerPolicy(DecidingPolicy):
         structure by grey levels (see :meth:`guided_map`)."""
         fit = self._fits.get(query)
         sure = fit is not None and fit[0] == "grey"  # an edges fit comes as readily where the structure is absent
+        if names_a_lesion(query):
+            sure = False  # the organ fitted; of a lesion in it the atlas knows nothing
         return self.head.config.presence_threshold * (ATLAS_PRESENCE if sure else 1.0)
 
     def _extent(self, query: str) -> np.ndarray:
@@ -268,7 +278,7 @@ class PointerPolicy(DecidingPolicy):
         a second brain this cuts v8's false "not present" from 0.25 to 0.08), and still the
         map's where it fitted by edges, which come as readily where the structure is absent.
         Measured against other choices in docs/BENCHMARKS.md ("Atlas regions placed")."""
-        if self.atlas is None or self.atlas.name_in(query) not in self.atlas.regions:
+        if self.atlas is None or self.atlas.name_in(query) not in self.atlas.regions or names_a_lesion(query):
             return None
         probability = self.guided_map(image, query, first_turn=True)
         prior = self._priors.get(query)
@@ -311,7 +321,8 @@ class PointerPolicy(DecidingPolicy):
             import dataclasses
 
             what = "correlates" if fit[0] == "grey" else "matches in its edges at"
+            name = self.atlas.name_in(request.query)
             response = dataclasses.replace(response, thought=response.thought + (
-                f" I weighted my map by where labelled scans have it (their closest slice, fitted to this"
+                f" I weighted my map by where labelled scans have the {name} (their closest slice, fitted to this"
                 f" one, {what} {fit[1]:.2f})."))
         return response
