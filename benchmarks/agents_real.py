@@ -17,6 +17,10 @@ Sets (nothing here is trained on by any agent of this project):
   CT; drawn masks): every axial slice where the tumour covers at least 20 pixels (27);
   no agent of this project trains on them;
 * phantoms (synthetic) from seed 90000, 10% of questions about an absent structure;
+* a structure asked for by its kind, without the side, lobe or level the labels name (``--sets
+  kinds``: "segment the kidney" where the left or the right kidney is on the slice; any member
+  is right, scored as the nuclei are): on the held-out TotalSegmentator slices 4 mm apart and
+  the held-out Colin27 slices, one kind per slice drawn among those with a member of 100 px;
 * a structure asked for on another kind of scan (``--sets elsewhere``, every case absent):
   an abdominal organ on the MNI152 template's slices and on the held-out Colin27 slices, a
   brain region on the held-out TotalSegmentator slices (CT and MR), one question per slice.
@@ -54,7 +58,8 @@ SETS = {"totalseg": "totalseg held-out (real CT/MR)", "aal": "aal held-out (real
         "mni": "MNI152 template, AAL labels (a second brain)",
         "nuclei": "nuclei right half (real)", "tumours": "tumours (pyradiomics, real)",
         "phantoms": "phantoms held-out (synthetic)",
-        "elsewhere": "asked on another kind of scan (real; all absent)"}
+        "elsewhere": "asked on another kind of scan (real; all absent)",
+        "kinds": "asked by kind, no side, lobe or level (real)"}
 TRUNK_NAMES = ("liver", "spleen", "left kidney", "right kidney", "stomach", "aorta", "pancreas", "urinary bladder")
 
 
@@ -71,6 +76,8 @@ def case_sets(phantoms: int, seed: int = 0, chosen=tuple(SETS)) -> dict:
         out[SETS["mni"]] = brain_cases(mni152_aal_slices(), np.random.default_rng(seed + 1), absent_per_slice=1)
     if "elsewhere" in chosen:
         out[SETS["elsewhere"]] = elsewhere_cases(np.random.default_rng(seed + 2))
+    if "kinds" in chosen:
+        out[SETS["kinds"]] = kind_cases(np.random.default_rng(seed + 3))
     if not {"totalseg", "aal", "nuclei", "phantoms"} & set(chosen):
         return out
     totalseg = list(totalseg_reference(side="held_out"))
@@ -128,6 +135,33 @@ def elsewhere_cases(rng) -> list:
     return cases
 
 
+def kind_cases(rng) -> list:
+    """A structure asked for by its kind (``structure_kinds`` of the shipped atlas's names:
+    "kidney" for the left and the right one), one kind per held-out slice among those with a
+    member of at least 100 px there; the mask labels each member present (any is right)."""
+    from napari_ibis.grounding.atlas import SliceAtlas, structure_kinds
+    from training.data.sources import Sample, colin27_aal, split_by_group
+    from training.grounding.dataset import aal_slices, totalseg_slices
+
+    kinds = structure_kinds(SliceAtlas.load(ROOT / "resources/models/pointer/atlas.npz").names)
+    held_groups = {s.group.replace("colin27:", "colin27-aal:") for s in split_by_group(list(colin27_aal()))[1]}
+    slices = totalseg_slices("held_out", step_mm=4.0) + [s for s in aal_slices("held_out", step=1)
+                                                          if s.source in held_groups]
+    cases = []
+    for item in slices:
+        present = {kind: [m for m in members if m in item.masks and item.masks[m].sum() >= 100]
+                   for kind, members in sorted(kinds.items())}
+        present = {kind: members for kind, members in present.items() if members}
+        if not present:
+            continue
+        kind = sorted(present)[rng.integers(len(present))]
+        labels = np.zeros(item.rgb.shape[:2], np.int32)
+        for number, member in enumerate(present[kind], start=1):
+            labels[item.masks[member]] = number
+        cases.append(Sample(item.rgb, labels, kind, item.modality, f"{item.source}:{kind}:kind", item.source))
+    return cases
+
+
 def nuclei_tiles() -> list:
     from stardist.data import test_image_nuclei_2d
 
@@ -157,7 +191,10 @@ def score(sample, episode) -> dict:
     if instances:  # any instance is right: score against the one the result overlaps most
         overlap = np.bincount(truth[final].ravel(), minlength=int(truth.max()) + 1)
         overlap[0] = 0
-        truth = truth == (int(np.argmax(overlap)) if overlap.any() else -1)
+        sizes = np.bincount(truth.ravel())
+        sizes[0] = 0
+        # the instance the result overlaps most; none overlapped (or no result): the largest, at IoU 0
+        truth = truth == int(np.argmax(overlap) if overlap.any() else np.argmax(sizes))
         inside = first is not None and np.asarray(sample.mask)[first[0], first[1]] > 0
     else:
         inside = first is not None and first[2] and bool(truth[first[0], first[1]])

@@ -70,6 +70,21 @@ def scan_descriptor(features, framing, rgb: np.ndarray) -> np.ndarray:
     return cells[:, tissue].mean(axis=1)
 
 
+def structure_kinds(names) -> dict[str, list[str]]:
+    """Kinds of structure among ``names`` that a person may ask for without the side, the lobe
+    or the level: "kidney" for the left and the right kidney, "lung" and "left lung" for the
+    lobes, "vertebra" for L1 to T12; only kinds with two or more members and no name of their own."""
+    kinds: dict[str, list[str]] = {}
+    for name in names:
+        lobe = re.sub(r" (upper|middle|lower) lobe$", "", name)
+        keys = {re.sub(r"^(left|right) ", "", name), lobe, re.sub(r"^(left|right) ", "", lobe),
+                re.sub(r"^[CTLS]\d+ ", "", name)}
+        for key in keys - {name}:
+            kinds.setdefault(key.lower(), []).append(name)
+    known = {n.lower() for n in names}
+    return {key: members for key, members in kinds.items() if len(members) > 1 and key not in known}
+
+
 def _grey(rgb: np.ndarray) -> np.ndarray:
     rgb = np.asarray(rgb)
     return (rgb.mean(axis=2) if rgb.ndim == 3 else rgb).astype(np.float32) / 255.0
@@ -162,6 +177,10 @@ class SliceAtlas:
         self._spelling = {n.lower(): n for n in self.names}
         by_length = sorted(self.names, key=len, reverse=True)
         self._pattern = re.compile(r"\b(" + "|".join(map(re.escape, by_length)) + r")\b", re.IGNORECASE) if by_length else None
+        self._kinds_of = structure_kinds(self.names)
+        keys = sorted(self._kinds_of, key=len, reverse=True)
+        self._kind_pattern = re.compile(r"\b(" + "|".join(map(re.escape, keys)) + r")(?:s|e)?\b", re.IGNORECASE) \
+            if keys else None
 
     # -- building and keeping ----------------------------------------------------------
     @classmethod
@@ -211,6 +230,22 @@ class SliceAtlas:
         """The atlas structure the query names (the longest name among its words), if any."""
         found = self._pattern.findall(query) if self._pattern else []
         return self._spelling[max(found, key=len).lower()] if found else None
+
+    def members_in(self, query: str) -> tuple[str, list[str]] | None:
+        """Where the query names no atlas structure but a kind of them without its side, lobe or
+        level ("the kidney", "the lungs", "a vertebra"): (that kind, the atlas structures of it)."""
+        if self.name_in(query) is not None or self._kind_pattern is None:
+            return None
+        found = self._kind_pattern.findall(query)
+        if not found:
+            return None
+        kind = max(found, key=len).lower()
+        members = self._kinds_of[kind]
+        sides = {side for side in ("left", "right") if re.search(rf"\b{side}\b", query, re.IGNORECASE)}
+        if len(sides) == 1:  # "the right lung": its lobes only
+            side = sides.pop()
+            members = [m for m in members if m.lower().startswith(side)] or members
+        return kind, members
 
     def kind_elsewhere(self, descriptor: np.ndarray, name: str | None) -> str | None:
         """The kind of scan ``descriptor`` (a new slice's :func:`scan_descriptor`) looks like,

@@ -207,6 +207,7 @@ class PointerPolicy(DecidingPolicy):
                 self._cells = self.head.cells(features, positions)
             self._image_key, self._framing = key, framing
             self._maps, self._priors, self._fits, self._elsewhere, self._known, self._kinds = {}, {}, {}, {}, {}, {}
+            self._members = {}
         if query not in self._maps:
             vector = query_vectors(self.queries, [query])[0]
             with torch.inference_mode():
@@ -234,6 +235,39 @@ class PointerPolicy(DecidingPolicy):
         from ..grounding.atlas import scan_descriptor
 
         return scan_descriptor(features, framing, image)
+
+    def member_asked(self, image: np.ndarray, query: str) -> tuple[str, str | None]:
+        """The query the agent works on, and why where it is not ``query``: where ``query`` names a
+        kind of the atlas's structures without its side, lobe or level ("segment the kidney":
+        the head learnt only a left and a right kidney and answers "not present"), the member
+        that the map and the atlas together find likeliest on ``image``. Only where the atlas fits
+        a member onto the slice (a synthetic phantom's "kidney" is left as asked); where every
+        member belongs to another kind of scan, the first, so that the agent says so."""
+        found = None if self.atlas is None or names_a_lesion(query) else self.atlas.members_in(query)
+        if found is None:  # a lesion ("the lung tumour") is looked for as asked, not as its organ
+            return query, None
+        self.probability_map(image, query)  # the image's caches
+        if query not in self._members:
+            kind, members = found
+            scored, elsewhere = [], []
+            for member in members:
+                asked = f"segment the {member}"
+                probability = self.probability_map(image, asked)
+                prior = self._priors.get(asked)
+                if self._kinds.get(asked):
+                    elsewhere.append(member)
+                elif prior is not None:
+                    scored.append((float((probability * prior**ATLAS_POWER).max()), member))
+            chosen, why = query, None
+            if scored:
+                score, member = max(scored)
+                chosen = f"segment the {member}"
+                why = (f"You asked for the {kind}; the labelled scans I know have the {' and the '.join(members)}. "
+                       f"I look for the {member}, where my map and their fitted slices agree best ({score:.0%}).")
+            elif elsewhere:
+                chosen = f"segment the {elsewhere[0]}"
+            self._members[query] = (chosen, why)
+        return self._members[query]
 
     def guided_map(self, image: np.ndarray, query: str, first_turn: bool) -> np.ndarray:
         """The map the agent decides on: :meth:`probability_map`, weighted where the folder's
@@ -278,6 +312,7 @@ class PointerPolicy(DecidingPolicy):
         a second brain this cuts v8's false "not present" from 0.25 to 0.08), and still the
         map's where it fitted by edges, which come as readily where the structure is absent.
         Measured against other choices in docs/BENCHMARKS.md ("Atlas regions placed")."""
+        query, why = self.member_asked(image, query)
         if self.atlas is None or self.atlas.name_in(query) not in self.atlas.regions or names_a_lesion(query):
             return None
         probability = self.guided_map(image, query, first_turn=True)
@@ -288,12 +323,21 @@ class PointerPolicy(DecidingPolicy):
         if fit != "grey" and not candidates(probability, self._presence_threshold(query)):
             return None
         what = "correlates" if fit == "grey" else "matches in its edges at"
-        return Placement(self._extent(query), thought=(
+        return Placement(self._extent(query), thought=(f"{why} " if why else "") + (
             f"The {name} is a region whose borders an atlas draws, not edges I could click along. I place "
             f"it where labelled scans have it (their closest slice, fitted to this one, {what} "
             f"{similarity:.2f}), then check that mask against what I see."))
 
     def decide(self, request: PolicyRequest) -> Response:
+        import dataclasses
+
+        asked, why = self.member_asked(request.image, request.query)
+        response = self._decide(dataclasses.replace(request, query=asked))
+        if why and (request.mask is None or not np.asarray(request.mask).any()) and not request.clicks:
+            response = dataclasses.replace(response, thought=f"{why} {response.thought}")
+        return response
+
+    def _decide(self, request: PolicyRequest) -> Response:
         first_turn = request.mask is None or not np.asarray(request.mask).any()
         probability = self.guided_map(request.image, request.query, first_turn)
         kind = self._kinds.get(request.query)
