@@ -116,6 +116,7 @@ class SquarePixelSegmenter:
         self.inner = inner
         self.aspect = float(aspect)
         self.grid = grid
+        self._last: tuple[str, np.ndarray] | None = None  # the latest slice's key and its square pixels
 
     def __getattr__(self, attribute: str):
         if attribute == "inner":  # not set yet (a copy being built): no endless lookup
@@ -128,8 +129,11 @@ class SquarePixelSegmenter:
     def set_image(self, image: np.ndarray) -> None:
         image = np.asarray(image)
         if self.grid is None or self.grid.shape != image.shape[:2]:
-            self.grid = SquareGrid(image.shape[:2], self.aspect)
-        self.inner.set_image(self.grid.image(image))
+            self.grid, self._last = SquareGrid(image.shape[:2], self.aspect), None
+        key = image_key(image)
+        if self._last is None or self._last[0] != key:  # a session sets the same slice again and again
+            self._last = (key, self.grid.image(image))
+        self.inner.set_image(self._last[1])
 
     @property
     def image_shape(self) -> tuple[int, int]:
