@@ -32,6 +32,7 @@ from .geometry import Geometry
 from .inbox import TrainingInbox
 from .io import trace_path
 from .session import ActionTaken, Answered, MaskUpdated, Session, StepStarted, Stopped
+from .square_pixels import stretch_note
 from .transcript import Transcript, stop_words
 
 __all__ = ["Controller", "RunSpec"]
@@ -229,6 +230,9 @@ class Controller:
             self.transcript.restore("", "")
             self.transcript.note(f"Query: {session.query}" + (
                 f" (refining an imported mask of {session.initial.area:,} px)" if session.initial.area else ""))
+            stretched = stretch_note(session.pixel_aspect)
+            if stretched:
+                self.transcript.note(stretched)
             self.set_status("The agent is thinking…")
         self.view.show_step(session.current)
         self._autosave()

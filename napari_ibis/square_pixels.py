@@ -42,6 +42,15 @@ def is_square(aspect: float) -> bool:
     return 1 / SQUARE_ENOUGH <= aspect <= SQUARE_ENOUGH
 
 
+def stretch_note(aspect: float) -> str | None:
+    """What a person reads where a slice is seen at square pixels; None where it is square."""
+    if is_square(aspect):
+        return None
+    coarse, fine, ratio = ("rows", "columns", aspect) if aspect > 1 else ("columns", "rows", 1 / aspect)
+    return (f"This slice's {coarse} lie {ratio:.1f} times farther apart than its {fine}: the agent and the "
+            f"segmenter see it stretched to square pixels; clicks and masks stay on its own grid.")
+
+
 class SquareGrid:
     """The mapping between an (H, W) slice with pixel ``aspect`` (row over column spacing)
     and the same slice resampled to square pixels (the coarse axis upsampled). A mask that

@@ -92,7 +92,7 @@ def test_loaded_volumes_report_their_pixel_aspect(tmp_path):
 
 @pytest.mark.skipif(not all(__import__("napari_ibis.assets", fromlist=["available"]).available(n)
                             for n in ("mobile_sam", "minilm", "totalsegmentator")), reason="assets not fetched")
-def test_the_default_agent_finds_the_liver_on_a_ct_slice_acquired_with_thick_coronal_slices(tmp_path):
+def test_the_default_agent_finds_the_liver_on_a_ct_slice_acquired_with_thick_coronal_slices(tmp_path, capsys):
     """A held-out CT slice with every 4 rows averaged (4 mm between rows, 0.98 mm between
     columns), written as NIfTI: without square pixels the agent answered 'not present'."""
     from napari_ibis import io
@@ -109,7 +109,8 @@ def test_the_default_agent_finds_the_liver_on_a_ct_slice_acquired_with_thick_cor
     affine = np.diag([-0.9765625, -3.90625, 2.0, 1.0])
     nib.save(nib.Nifti1Image(squashed.T[:, :, None].astype(np.int16), affine), tmp_path / "ct.nii.gz")
     assert main(["segment", str(tmp_path / "ct.nii.gz"), "--query", "segment the liver",
-                 "--out", str(tmp_path / "liver.nii.gz"), "--quiet"]) == 0
+                 "--out", str(tmp_path / "liver.nii.gz")]) == 0
+    assert "stretched to square pixels" in capsys.readouterr().out
     written = np.asarray(nib.load(tmp_path / "liver.nii.gz").dataobj)[:, :, 0].T > 0
     assert written.shape == truth.shape
     assert iou(written, truth) > 0.3
@@ -141,6 +142,7 @@ def test_the_widget_takes_the_pixel_aspect_from_the_layer_as_napari_draws_it(tmp
         controller.handle(item)
     controller.finish()
     assert controller.session.pixel_aspect == 4.0 and controller.session.mask.shape == (24, 96)
+    assert "rows lie 4.0 times farther apart than its columns" in controller.transcript.text()
 
 
 def test_a_kept_session_of_a_squashed_slice_trains_at_square_pixels(tmp_path):
