@@ -21,6 +21,9 @@ Sets (nothing here is trained on by any agent of this project):
   kinds``: "segment the kidney" where the left or the right kidney is on the slice; any member
   is right, scored as the nuclei are): on the held-out TotalSegmentator slices 4 mm apart and
   the held-out Colin27 slices, one kind per slice drawn among those with a member of 100 px;
+* a structure asked for by another name a radiologist uses (``--sets aliases``: "the IVC", "the
+  portal vein", "the psoas"; ``napari_ibis.grounding.atlas.ALIASES``), one per held-out
+  TotalSegmentator slice among those whose structure (or a member of its kind) covers 100 px;
 * a structure asked for on another kind of scan (``--sets elsewhere``, every case absent):
   an abdominal organ on the MNI152 template's slices and on the held-out Colin27 slices, a
   brain region on the held-out TotalSegmentator slices (CT and MR), one question per slice.
@@ -59,7 +62,8 @@ SETS = {"totalseg": "totalseg held-out (real CT/MR)", "aal": "aal held-out (real
         "nuclei": "nuclei right half (real)", "tumours": "tumours (pyradiomics, real)",
         "phantoms": "phantoms held-out (synthetic)",
         "elsewhere": "asked on another kind of scan (real; all absent)",
-        "kinds": "asked by kind, no side, lobe or level (real)"}
+        "kinds": "asked by kind, no side, lobe or level (real)",
+        "aliases": "asked by another name (IVC, bladder, psoas; real)"}
 TRUNK_NAMES = ("liver", "spleen", "left kidney", "right kidney", "stomach", "aorta", "pancreas", "urinary bladder")
 
 
@@ -78,6 +82,8 @@ def case_sets(phantoms: int, seed: int = 0, chosen=tuple(SETS)) -> dict:
         out[SETS["elsewhere"]] = elsewhere_cases(np.random.default_rng(seed + 2))
     if "kinds" in chosen:
         out[SETS["kinds"]] = kind_cases(np.random.default_rng(seed + 3))
+    if "aliases" in chosen:
+        out[SETS["aliases"]] = alias_cases(np.random.default_rng(seed + 4))
     if not {"totalseg", "aal", "nuclei", "phantoms"} & set(chosen):
         return out
     totalseg = list(totalseg_reference(side="held_out"))
@@ -159,6 +165,34 @@ def kind_cases(rng) -> list:
         for number, member in enumerate(present[kind], start=1):
             labels[item.masks[member]] = number
         cases.append(Sample(item.rgb, labels, kind, item.modality, f"{item.source}:{kind}:kind", item.source))
+    return cases
+
+
+def alias_cases(rng) -> list:
+    """A structure asked for by one of ``ALIASES`` on the held-out TotalSegmentator slices 4 mm
+    apart: per slice one structure drawn among those (any member, for a kind) covering 100 px
+    there, then one of its other names; the mask labels each member present (any is right)."""
+    from napari_ibis.grounding.atlas import ALIASES, SliceAtlas, structure_kinds
+    from training.data.sources import Sample
+    from training.grounding.dataset import totalseg_slices
+
+    kinds = structure_kinds(SliceAtlas.load(ROOT / "resources/models/pointer/atlas.npz").names)
+    cases = []
+    for item in totalseg_slices("held_out", step_mm=4.0):
+        present = {}  # the atlas's name (or kind) -> its members on the slice
+        for name in sorted(set(ALIASES.values())):
+            members = [m for m in kinds.get(name, [name]) if m in item.masks and item.masks[m].sum() >= 100]
+            if members:
+                present[name] = members
+        if not present:
+            continue
+        name = sorted(present)[rng.integers(len(present))]  # a structure first, then one of its other names
+        aliases = sorted(alias for alias, canonical in ALIASES.items() if canonical == name)
+        alias = aliases[rng.integers(len(aliases))]
+        labels = np.zeros(item.rgb.shape[:2], np.int32)
+        for number, member in enumerate(present[name], start=1):
+            labels[item.masks[member]] = number
+        cases.append(Sample(item.rgb, labels, alias, item.modality, f"{item.source}:{alias}:alias", item.source))
     return cases
 
 

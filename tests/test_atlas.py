@@ -470,6 +470,13 @@ def test_the_atlas_knows_the_kinds_a_person_asks_for_without_side_lobe_or_level(
     assert atlas.members_in("Please segment the kidneys") == ("kidney", ["left kidney", "right kidney"])
     assert atlas.members_in("segment the right lung") == ("lung", ["right lung lower lobe"])  # the side is kept
     assert atlas.members_in("segment the liver") is None  # the atlas names it
+    body_names = {name: body.masks["liver"] for name in ("urinary bladder", "inferior vena cava", "left iliopsoas",
+                                                        "right iliopsoas", "liver")}
+    trunk = SliceAtlas.from_slices([SimpleNamespace(rgb=body.rgb, masks=body_names)])
+    assert trunk.name_in("Segment the IVC") == "inferior vena cava"  # what a radiologist calls it
+    assert trunk.name_in("outline the bladder") == "urinary bladder"
+    assert trunk.members_in("segment the psoas muscles") == ("iliopsoas", ["left iliopsoas", "right iliopsoas"])
+    assert trunk.name_in("segment the smallest thing") is None  # "sma" only as a word
 
 
 @pytest.mark.skipif(not all(__import__("napari_ibis.assets", fromlist=["available"]).available(n)

@@ -70,6 +70,25 @@ def scan_descriptor(features, framing, rgb: np.ndarray) -> np.ndarray:
     return cells[:, tissue].mean(axis=1)
 
 
+# what a radiologist may call a structure -> the atlas's name for it (or for its kind)
+ALIASES = {
+    "bladder": "urinary bladder", "gall bladder": "gallbladder", "ivc": "inferior vena cava",
+    "vena cava": "inferior vena cava", "portal vein": "portal vein and splenic vein",
+    "splenic vein": "portal vein and splenic vein", "small intestine": "small bowel",
+    "large intestine": "colon", "large bowel": "colon", "sma": "superior mesenteric artery",
+    "pulmonary trunk": "pulmonary artery", "psoas": "iliopsoas", "psoas muscle": "iliopsoas",
+    "erector spinae": "autochthon", "paraspinal muscle": "autochthon", "back muscle": "autochthon",
+    "adrenal": "adrenal gland", "suprarenal gland": "adrenal gland", "spine": "vertebra",
+}
+_ALIAS_PATTERN = re.compile(r"\b(" + "|".join(map(re.escape, sorted(ALIASES, key=len, reverse=True))) + r")s?\b",
+                            re.IGNORECASE)
+
+
+def in_atlas_words(query: str) -> str:
+    """``query`` with the names a radiologist may use ("the IVC", "the bladder") in the atlas's words."""
+    return _ALIAS_PATTERN.sub(lambda found: ALIASES[found.group(1).lower()], query)
+
+
 def structure_kinds(names) -> dict[str, list[str]]:
     """Kinds of structure among ``names`` that a person may ask for without the side, the lobe
     or the level: "kidney" for the left and the right kidney, "lung" and "left lung" for the
@@ -227,8 +246,11 @@ class SliceAtlas:
     # -- use ---------------------------------------------------------------------------
 
     def name_in(self, query: str) -> str | None:
-        """The atlas structure the query names (the longest name among its words), if any."""
+        """The atlas structure the query names (the longest name among its words, or among those
+        of :data:`ALIASES`: "the bladder" is the urinary bladder), if any."""
         found = self._pattern.findall(query) if self._pattern else []
+        if not found and self._pattern:
+            found = self._pattern.findall(in_atlas_words(query))
         return self._spelling[max(found, key=len).lower()] if found else None
 
     def members_in(self, query: str) -> tuple[str, list[str]] | None:
@@ -236,6 +258,7 @@ class SliceAtlas:
         level ("the kidney", "the lungs", "a vertebra"): (that kind, the atlas structures of it)."""
         if self.name_in(query) is not None or self._kind_pattern is None:
             return None
+        query = in_atlas_words(query)
         found = self._kind_pattern.findall(query)
         if not found:
             return None
