@@ -10,7 +10,9 @@
 
 Both are created once, updated in place, take the image layer's scale and
 translate, and are kept above every other layer. For a volume they have the
-volume's shape, and only the slice being worked on is written. Result layers
+volume's shape, and only the slice being worked on is written: the slice on screen,
+in whichever orientation the viewer shows the volume (axial, coronal, sagittal: the
+session's ``axes``, see :func:`view_axes`). Result layers
 (exports) carry the image layer's geometry, so that they save in the source's
 voxel grid.
 """
@@ -21,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .geometry import GEOMETRY_KEY, geometry_of
+from .geometry import GEOMETRY_KEY, geometry_of, oriented
 from .overlay import RELEASE_COLOR
 from .segmenters.base import Click
 
@@ -47,27 +49,43 @@ def spatial_shape(layer) -> tuple[int, ...]:
     return tuple(layer.data.shape[: spatial_ndim(layer)])
 
 
-def current_slice_index(layer, viewer) -> tuple[int, ...]:
-    """Indices of the leading axes of ``layer`` at the viewer's current position."""
+def view_axes(layer, viewer) -> tuple[int, ...]:
+    """The layer's spatial axes in the order the viewer shows them: the axes it slices
+    through, then the displayed rows and columns. () where that is the layer's own order
+    (and for a 2-D layer), so that arrays are used as they are."""
+    n = spatial_ndim(layer)
+    if n <= 2:
+        return ()
+    offset = viewer.dims.ndim - n  # a layer's axes are the viewer's last n
+    axes = tuple(axis - offset for axis in viewer.dims.order if axis >= offset)
+    return () if axes == tuple(range(n)) else axes
+
+
+def current_slice_index(layer, viewer, axes: tuple[int, ...] = ()) -> tuple[int, ...]:
+    """Indices, along the axes the viewer slices through (``axes[:-2]``; the leading axes
+    where ``axes`` is ()), of ``layer``'s slice at the viewer's current position."""
     extra = spatial_ndim(layer) - 2
     if extra <= 0:
         return ()
     data_point = layer.world_to_data(viewer.dims.point[-spatial_ndim(layer):])
+    sliced = axes[:extra] if axes else tuple(range(extra))
     shape = layer.data.shape
-    return tuple(int(np.clip(round(float(v)), 0, shape[i] - 1)) for i, v in enumerate(data_point[:extra]))
+    return tuple(int(np.clip(round(float(data_point[a])), 0, shape[a] - 1)) for a in sliced)
 
 
-def slice_pixel_aspect(layer) -> float:
+def slice_pixel_aspect(layer, axes: tuple[int, ...] = ()) -> float:
     """The displayed slice's row spacing over its column spacing, as napari draws it (the
-    layer's scale on its last two axes; the reader sets it from the file's spacing)."""
+    layer's scale on the displayed axes; the reader sets it from the file's spacing)."""
     from .square_pixels import pixel_aspect
 
-    return pixel_aspect(tuple(float(v) for v in layer.scale))
+    scale = tuple(float(v) for v in layer.scale)[-spatial_ndim(layer):]
+    return pixel_aspect(tuple(scale[a] for a in axes) if axes else scale)
 
 
-def layer_slice(layer, index: tuple[int, ...]) -> np.ndarray:
-    """The 2-D slice (grey or RGB) of an Image layer at ``index``."""
+def layer_slice(layer, index: tuple[int, ...], axes: tuple[int, ...] = ()) -> np.ndarray:
+    """The 2-D slice (grey or RGB) of an Image layer at ``index`` (along ``axes[:-2]``)."""
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    data = oriented(data, axes)
     return np.asarray(data[index] if index else data)
 
 
@@ -108,11 +126,19 @@ class SessionLayers:
         self.viewer = viewer
         self.image_layer = None
         self.index: tuple[int, ...] = ()
+        self.axes: tuple[int, ...] = ()  # the layer's axes in view order (view_axes)
         self.syncing = False  # True while we write, so that layer events are not read as a person's edits
 
-    def bind(self, image_layer, index: tuple[int, ...]) -> None:
+    def bind(self, image_layer, index: tuple[int, ...], axes: tuple[int, ...] = ()) -> None:
         self.image_layer = image_layer
         self.index = index
+        self.axes = tuple(axes)
+
+    def slice_of(self, array) -> np.ndarray:
+        """The session's slice of ``array`` (a layer's data, of the image's spatial shape),
+        writable in place."""
+        array = oriented(array, self.axes)
+        return array[self.index] if self.index else array
 
     # -- geometry --------------------------------------------------------------------
     def _geometry(self) -> dict:
@@ -179,10 +205,10 @@ class SessionLayers:
         self.syncing = True
         try:
             labels = self.mask_layer()
-            labels.data[self.index] = 0 if mask is None else mask.astype(labels.data.dtype)
+            self.slice_of(labels.data)[...] = 0 if mask is None else mask.astype(labels.data.dtype)
             labels.refresh()  # in place: no new array, no data event
             points = self.clicks_layer()
-            shown = (tuple(clicks), tuple(steps), self.index)
+            shown = (tuple(clicks), tuple(steps), self.index, self.axes)
             if getattr(points, "_ibis_shown", None) != shown or len(points.data) != len(clicks):
                 self._show_clicks(points, clicks, steps)
                 points._ibis_shown = shown
@@ -192,8 +218,11 @@ class SessionLayers:
 
     def _show_clicks(self, points, clicks: Sequence[Click], steps: Sequence[int]) -> None:
         coords = np.array([list(self.index) + [c.row, c.col] for c in clicks], dtype=float)
+        coords = coords.reshape(-1, len(self._shape()))
+        if self.axes:  # view order -> the layer's own
+            coords = coords[:, np.argsort(self.axes)]
         texts, sizes, filled = click_spots(clicks, steps, click_size(self._shape()))
-        points.data = coords.reshape(-1, len(self._shape()))
+        points.data = coords
         points.features = {
             "positive": np.array([c.positive for c in clicks], dtype=bool),
             "source": np.array([c.source for c in clicks], dtype=object),
@@ -213,10 +242,11 @@ class SessionLayers:
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
 
-    @staticmethod
-    def to_pixel(data_point: np.ndarray) -> tuple[int, int]:
-        """(row, col) in the slice of a point of the clicks layer (data coordinates)."""
-        return int(round(float(data_point[-2]))), int(round(float(data_point[-1])))
+    def to_pixel(self, data_point: np.ndarray) -> tuple[int, int]:
+        """(row, col) in the session's slice of a point of the clicks layer (data coordinates)."""
+        point = np.asarray(data_point, dtype=float)[-len(self._shape()):]
+        row, col = (point[self.axes[-2]], point[self.axes[-1]]) if self.axes else (point[-2], point[-1])
+        return int(round(float(row))), int(round(float(col)))
 
     # -- results ---------------------------------------------------------------------
     def result_layer(self, name: str, dtype=np.uint16):
@@ -233,8 +263,7 @@ class SessionLayers:
     def write_result(self, layer, mask: np.ndarray, value: int, record: dict) -> None:
         """Paint ``mask`` with ``value`` into the current slice of ``layer`` (other labels untouched)."""
         data = layer.data
-        region = data[self.index] if self.index else data
-        region[mask] = value
+        self.slice_of(data)[mask] = value
         layer.data = data
         layer.metadata["ibis_trajectory"] = record
         if geometry_of(layer) is None:
@@ -249,20 +278,22 @@ def volume_layer(layers: "SessionLayers", name: str):
     return layers.result_layer(name)
 
 
-def paint_slice(layer, index: int, mask: np.ndarray | None, value: int) -> None:
-    """Slice ``index`` of ``layer``: ``value`` where ``mask`` is, other labels untouched."""
-    region = layer.data[index]
+def paint_slice(layer, index: int, mask: np.ndarray | None, value: int, axes: tuple[int, ...] = ()) -> None:
+    """Slice ``index`` (along ``axes[0]``) of ``layer``: ``value`` where ``mask`` is, other
+    labels untouched."""
+    region = oriented(layer.data, axes)[index]
     region[region == value] = 0
     if mask is not None:
         region[mask] = value
     layer.refresh()
 
 
-def go_to_slice(viewer, layer, index: int) -> None:
-    """Move the viewer to slice ``index`` of ``layer`` (its first spatial axis)."""
-    world = layer.data_to_world([index] + [0] * (layer.data.ndim - 1))
-    axis = viewer.dims.ndim - layer.data.ndim
-    viewer.dims.set_point(axis, float(world[0]))
+def go_to_slice(viewer, layer, index: int, axis: int = 0) -> None:
+    """Move the viewer to slice ``index`` of ``layer`` along its spatial ``axis``."""
+    position = [0] * layer.ndim  # napari's ndim: without an RGB channel
+    position[axis] = index
+    world = layer.data_to_world(position)
+    viewer.dims.set_point(viewer.dims.ndim - layer.ndim + axis, float(world[axis]))
 
 
 def adopt_geometry(viewer, labels_layer) -> bool:

@@ -30,14 +30,15 @@ from ._layers import (
     paint_slice,
     slice_pixel_aspect,
     spatial_shape,
+    view_axes,
     volume_layer,
 )
+from .geometry import geometry_of, oriented
 from ._panels import RestoreBar, ResultPanel, RunPanel, StepsPanel, VolumePanel
 from ._runtime import MODEL_CACHE, ModelCache, freeze_long_lived_objects, hide_triton, import_model_libraries
 from .autosave import Autosave
 from .controller import Controller, RunSpec
 from .errors import IbisError
-from .geometry import geometry_of
 from .inbox import SETTINGS_KEY as KEEP_SETTING
 from .inbox import TrainingInbox
 from .segmenters import default_segmenter
@@ -86,7 +87,7 @@ class IbisWidget(QWidget):
     # -- the view the controller talks to -------------------------------------------------
     def session_started(self, spec: RunSpec) -> None:
         if spec.layer in self.viewer.layers:
-            self.layers.bind(self.viewer.layers[spec.layer], spec.index)
+            self.layers.bind(self.viewer.layers[spec.layer], spec.index, spec.axes)
         self.restore_bar.hide()
 
     def show_step(self, step) -> None:
@@ -325,12 +326,19 @@ class IbisWidget(QWidget):
         query = panel.query_edit.text().strip()
         if not query:
             raise IbisError("type a query first, e.g. 'segment the liver tumour'")
-        index = current_slice_index(image_layer, self.viewer)
-        image = layer_slice(image_layer, index)
+        if self.viewer.dims.ndisplay == 3 and spatial_shape(image_layer) != spatial_shape(image_layer)[-2:]:
+            raise IbisError("the viewer shows the volume in 3-D: switch to the 2-D view (the square button at the "
+                            "bottom left) and go to the slice to segment")
+        axes = view_axes(image_layer, self.viewer)
+        index = current_slice_index(image_layer, self.viewer, axes)
+        image = layer_slice(image_layer, index, axes)
         init_mask = None
         if panel.init_combo.currentText() not in ("", NO_LAYER):
             labels = self.viewer.layers[panel.init_combo.currentText()]
-            data = np.asarray(labels.data[index] if index and labels.data.ndim > 2 else labels.data)
+            data = labels.data
+            if index and data.ndim > 2:  # a volume of labels: the same slice, seen the same way
+                data = (oriented(data, axes) if data.ndim == len(axes) else data)[index]
+            data = np.asarray(data)
             if data.shape != image.shape[:2]:
                 raise IbisError(f"the labels layer '{labels.name}' is {data.shape}; the image slice is {image.shape[:2]}")
             init_mask = data == panel.init_label.value()
@@ -346,8 +354,8 @@ class IbisWidget(QWidget):
             image=image, query=query, model=panel.model_edit.text().strip() or None, segmenter=segmenter,
             profile=panel.profile_combo.currentText(), max_steps=panel.max_steps.value(),
             history=panel.history_box.isChecked(), device=panel.device_combo.currentText(), init_mask=init_mask,
-            layer=image_layer.name, index=index, layer_shape=spatial_shape(image_layer),
-            geometry=geometry_of(image_layer), pixel_aspect=slice_pixel_aspect(image_layer),
+            layer=image_layer.name, index=index, axes=axes, layer_shape=spatial_shape(image_layer),
+            geometry=geometry_of(image_layer), pixel_aspect=slice_pixel_aspect(image_layer, axes),
             modality=str(image_layer.metadata.get("ibis_modality", "")),
         )
 
@@ -401,7 +409,7 @@ class IbisWidget(QWidget):
         if self.running or self.controller.session is None or MASK_NAME not in self.viewer.layers:
             return
         data = self.viewer.layers[MASK_NAME].data
-        self.controller.brush_edit(np.asarray(data[self.layers.index] if self.layers.index else data) > 0)
+        self.controller.brush_edit(np.asarray(self.layers.slice_of(data)) > 0)
 
     def _sync_step_list(self) -> None:
         session = self.controller.session
@@ -429,7 +437,7 @@ class IbisWidget(QWidget):
 
     def _offer_restore(self) -> None:
         found = self.controller.recoverable(
-            [(layer.name, spatial_shape(layer), lambda index, layer=layer: layer_slice(layer, index))
+            [(layer.name, spatial_shape(layer), lambda index, axes, layer=layer: layer_slice(layer, index, axes))
              for layer in self._image_layers()]
         )
         if not found:
@@ -445,16 +453,21 @@ class IbisWidget(QWidget):
         if bar.entry is None or self.running or bar.layer_name not in self.viewer.layers:
             return
         meta, layer = bar.entry.meta, self.viewer.layers[bar.layer_name]
-        index = tuple(meta.get("slice_index", ()))
+        index, axes = bar.entry.slice_index, bar.entry.slice_axes
         spec = RunSpec(
-            image=layer_slice(layer, index), query=meta["query"], model=meta.get("model"),
+            image=layer_slice(layer, index, axes), query=meta["query"], model=meta.get("model"),
             segmenter=meta.get("segmenter", default_segmenter()), profile=meta.get("profile", "ibis-release"),
             max_steps=int(meta.get("max_steps", 20)), history=bool(meta.get("history", False)),
-            device=meta.get("device", "auto"), layer=layer.name, index=index, layer_shape=spatial_shape(layer),
-            geometry=geometry_of(layer), pixel_aspect=slice_pixel_aspect(layer),
+            device=meta.get("device", "auto"), layer=layer.name, index=index, axes=axes,
+            layer_shape=spatial_shape(layer), geometry=geometry_of(layer), pixel_aspect=slice_pixel_aspect(layer, axes),
         )
-        if index:
-            self.viewer.dims.set_current_step(list(range(len(index))), list(index))
+        if index:  # show the slice as it was seen: the same axes on screen, the same position
+            offset = self.viewer.dims.ndim - len(spatial_shape(layer))
+            sliced = axes[:len(index)] if axes else tuple(range(len(index)))
+            if axes:
+                self.viewer.dims.order = tuple(range(offset)) + tuple(offset + a for a in axes)
+            for axis, position in zip(sliced, index):
+                go_to_slice(self.viewer, layer, position, axis)
         self._start(self.controller.restore_job, bar.entry, spec, description="IBIS agent: restoring")
 
     def discard_restore(self) -> None:
@@ -494,11 +507,12 @@ class IbisWidget(QWidget):
         spec = self.controller.spec
         image_layer = self.layers.image_layer
         data = image_layer.data[0] if getattr(image_layer, "multiscale", False) else image_layer.data
+        data = oriented(data, spec.axes)  # slices along the axis the session's slice was taken across
         mask = self.controller.result_mask()
         layer = volume_layer(self.layers, f"IBIS volume: {self.controller.session.query}")
         self.volume_name = layer.name
         self.volume_undo.append((layer.name, np.array(layer.data, copy=True)))
-        paint_slice(layer, spec.index[0], mask, self.result_panel.target_label.value())
+        paint_slice(layer, spec.index[0], mask, self.result_panel.target_label.value(), spec.axes)
         self.volume_panel.review_list.clear()
         self._refresh_layer_choices()
         panel = self.volume_panel
@@ -526,7 +540,8 @@ class IbisWidget(QWidget):
             self.controller.set_status(f"{'Stopped' if event.cancelled else 'Propagated'}: the structure is on {where} "
                                        f"of '{layer.name}'; {len(event.flagged)} slice(s) to review.")
             return
-        paint_slice(layer, event.index, event.mask if event.mask.any() else None, self.result_panel.target_label.value())
+        paint_slice(layer, event.index, event.mask if event.mask.any() else None, self.result_panel.target_label.value(),
+                    self.controller.spec.axes)
         note = f" ({event.stopped})" if event.stopped else ""
         self.controller.set_status(f"Propagating: slice {event.index}, {int(event.mask.sum()):,} px{note}")
 
@@ -545,17 +560,20 @@ class IbisWidget(QWidget):
         if self.running or self.volume_name not in self.viewer.layers or self.layers.image_layer is None:
             return
         layer = self.viewer.layers[self.volume_name]
-        index = current_slice_index(self.layers.image_layer, self.viewer)
+        axes = view_axes(self.layers.image_layer, self.viewer)
+        index = current_slice_index(self.layers.image_layer, self.viewer, axes)
         if len(index) != 1:
             return
         self.volume_undo.append((layer.name, np.array(layer.data, copy=True)))
-        paint_slice(layer, index[0], None, self.result_panel.target_label.value())
+        paint_slice(layer, index[0], None, self.result_panel.target_label.value(), axes)
         self.controller.set_status(f"Slice {index[0]} of '{layer.name}' cleared (Undo propagation brings it back).")
         self.changed()
 
     def go_to(self, index: int) -> None:
+        """Show slice ``index`` along the axis the last propagation ran along."""
         if self.layers.image_layer is not None:
-            go_to_slice(self.viewer, self.layers.image_layer, index)
+            axes = self.controller.spec.axes if self.controller.spec is not None else ()
+            go_to_slice(self.viewer, self.layers.image_layer, index, axes[0] if axes else 0)
 
     def default_save_name(self) -> str:
         spec = self.controller.spec

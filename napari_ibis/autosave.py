@@ -54,6 +54,11 @@ class Entry:
     def slice_index(self) -> tuple[int, ...]:
         return tuple(self.meta.get("slice_index", ()))
 
+    @property
+    def slice_axes(self) -> tuple[int, ...]:
+        """The layer's axes in the order the slice was viewed (() for its own order)."""
+        return tuple(self.meta.get("slice_axes", ()))
+
     def describe(self) -> str:
         saved = time.strftime("%d %b %H:%M", time.localtime(self.meta.get("saved_at", 0)))
         where = f" slice {','.join(map(str, self.slice_index))}" if self.slice_index else ""

@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import IbisError, InputError
+from .geometry import VIEWS
 
 DESCRIPTION = "Agentic, text-driven biomedical segmentation (IBISAgent): segment a slice, evaluate, train."
 EXIT_BAD_INPUT = 2
@@ -62,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--max-steps", type=_non_negative_int, default=20,
                      help="the agent's turns at most (default 20); 0 with --init-mask: no agent step, the "
                           "imported mask as it is (to propagate a mask made elsewhere)")
-    seg.add_argument("--slice", type=_slice_arg, help="slice index of a volume (axis 0; two values for 4-D)")
+    seg.add_argument("--slice", type=_slice_arg, help="slice index of a volume (along the --view's axis; two values for 4-D)")
+    seg.add_argument("--view", default="axial", choices=list(VIEWS),
+                     help="the plane to slice a 3-D volume in (default axial; --propagate runs across it)")
     seg.add_argument("--window", help="intensity window: ct:LEVEL,WIDTH | percentile:LOW,HIGH | range:MIN,MAX")
     seg.add_argument("--propagate", choices=["both", "up", "down"],
                      help="carry the result through a volume's slices from --slice and write the 3-D labels")
@@ -177,7 +180,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise InputError("--check applies to --propagate")
     if args.max_steps == 0 and not args.init_mask:
         raise InputError("--max-steps 0 leaves nothing to do without --init-mask (the mask to use as it is)")
-    loaded = io.read_image(image_path, args.slice)
+    loaded = io.read_image(image_path, args.slice, view=args.view)
     if io.suffix_of(out) == ".dcm":
         from .formats import check_dicom_seg_source
 
@@ -206,6 +209,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     record = session.trajectory()
     record["max_steps"] = args.max_steps
     record["image"] = {"path": str(image_path), "slice": list(loaded.slice_index), "shape": list(loaded.data.shape)}
+    if loaded.axes:
+        record["image"]["view"] = {"plane": args.view, "axes": list(loaded.axes)}
     if loaded.meta.get("geometry") is not None:
         record["image"]["geometry"] = loaded.meta["geometry"].describe()
     record["init_mask"] = str(args.init_mask) if args.init_mask else None
@@ -231,9 +236,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
         from .inbox import TrainingInbox
 
         geometry = loaded.meta.get("geometry")
+        spacing = None if geometry is None else tuple(geometry.spacing)
+        if spacing is not None and len(spacing) == len(loaded.axes):
+            spacing = tuple(spacing[a] for a in loaded.axes)  # in the order of the slice's axes
         kept = TrainingInbox(args.keep_for_training).keep(
-            session, raw_slice=loaded.slice, slice_index=loaded.slice_index,
-            spacing=None if geometry is None else geometry.spacing, modality=str(loaded.meta.get("modality", "")))
+            session, raw_slice=loaded.slice, slice_index=loaded.slice_index, spacing=spacing,
+            modality=str(loaded.meta.get("modality", "")))
         print(f"kept for training: {kept}")
     return 0
 
@@ -246,7 +254,7 @@ def _propagate(args, loaded, session, segmenter, policy, check_every: int):
     aspect = loaded.pixel_aspect
     checker = (agent_checker(policy, args.query, segmenter, profile=args.profile, pixel_aspect=aspect)
                if check_every else None)
-    propagation = Propagation(loaded.data, segmenter, window=args.window, checker=checker, check=check_every,
+    propagation = Propagation(loaded.volume, segmenter, window=args.window, checker=checker, check=check_every,
                               pixel_aspect=aspect)
     started = time.perf_counter()
     for event in propagation.run(start, session.mask, args.propagate):
@@ -270,7 +278,7 @@ def _propagate(args, loaded, session, segmenter, policy, check_every: int):
           f"to review: {', '.join(map(str, done.flagged)) or 'none'}")
     record = {"direction": args.propagate, "start": start, "check": args.check, "seconds": seconds,
               "flagged": done.flagged, "slices": slices}
-    return done.labels, record
+    return loaded.in_file_order(done.labels), record
 
 
 # -- eval ------------------------------------------------------------------------------

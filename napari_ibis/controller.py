@@ -28,7 +28,7 @@ import numpy as np
 from ._runtime import MODEL_CACHE, ModelCache, freeze_long_lived_objects
 from .autosave import Autosave, Entry, restore_into, slice_key
 from .errors import IbisError, InputError
-from .geometry import Geometry
+from .geometry import Geometry, oriented
 from .inbox import TrainingInbox
 from .io import trace_path
 from .session import ActionTaken, Answered, MaskUpdated, Session, StepStarted, Stopped
@@ -52,7 +52,8 @@ class RunSpec:
     device: str = "auto"
     init_mask: np.ndarray | None = None
     layer: str = ""  # the image layer's name
-    index: tuple[int, ...] = ()  # the slice of that layer
+    index: tuple[int, ...] = ()  # the slice of that layer, along axes[:-2]
+    axes: tuple[int, ...] = ()  # the layer's axes in view order (a coronal view: (1, 0, 2)); (): its own order
     layer_shape: tuple[int, ...] = ()  # its spatial shape
     geometry: Geometry | None = field(default=None, repr=False)
     modality: str = ""  # as the file says (DICOM's Modality), if it does
@@ -60,7 +61,8 @@ class RunSpec:
 
     def settings(self) -> dict:
         """What the autosave and the trajectory record keep of these settings."""
-        return {"layer": self.layer, "slice_index": list(self.index), "layer_shape": list(self.layer_shape),
+        return {"layer": self.layer, "slice_index": list(self.index), "slice_axes": list(self.axes),
+                "layer_shape": list(self.layer_shape),
                 "model": self.model, "segmenter": self.segmenter, "profile": self.profile,
                 "max_steps": self.max_steps, "history": self.history, "device": self.device}
 
@@ -309,6 +311,8 @@ class Controller:
         record = self.session.trajectory()
         spec = self.spec
         record["image"] = {"layer": spec.layer, "slice": list(spec.index), "shape": list(spec.layer_shape)}
+        if spec.axes:
+            record["image"]["axes"] = list(spec.axes)  # the slice's index runs along axes[0]; rows axes[-2], columns axes[-1]
         if spec.geometry is not None:
             record["image"]["geometry"] = spec.geometry.describe()
         return record
@@ -326,8 +330,10 @@ class Controller:
             return ""
         spec = self.spec
         try:
-            self.inbox.keep(self.session, raw_slice=spec.image, slice_index=spec.index,
-                            spacing=None if spec.geometry is None else spec.geometry.spacing,
+            spacing = None if spec.geometry is None else spec.geometry.spacing
+            if spacing is not None and spec.axes and len(spacing) == len(spec.axes):
+                spacing = tuple(spacing[a] for a in spec.axes)  # in the order of the slice's axes
+            self.inbox.keep(self.session, raw_slice=spec.image, slice_index=spec.index, spacing=spacing,
                             modality=spec.modality, names={"layer": spec.layer})
         except OSError as exc:  # the result itself is safe; only the training copy failed
             self.view.error(f"Not kept for training: {exc.strerror or exc} ({self.inbox.folder})")
@@ -349,7 +355,8 @@ class Controller:
                 return None
         mask = self.result_mask()
         labels = np.zeros(self.spec.layer_shape, dtype=np.uint16 if value > 255 else np.uint8)
-        region = labels[self.spec.index] if self.spec.index else labels
+        region = oriented(labels, self.spec.axes)
+        region = region[self.spec.index] if self.spec.index else region
         region[mask] = value
         io.write_labels(path, labels, force=True, geometry=self.spec.geometry,
                         names={value: target_of(self.spec.query)})
@@ -364,10 +371,11 @@ class Controller:
         settings = {**self.spec.settings(), "query": self.session.query}
         self.autosave.save(self.key, self.session, settings, self.transcript, exported=exported)
 
-    def recoverable(self, layers: list[tuple[str, tuple[int, ...], Callable[[tuple[int, ...]], np.ndarray]]]) -> list[tuple[Entry, str]]:
+    def recoverable(self, layers: list[tuple[str, tuple[int, ...], Callable[..., np.ndarray]]]) -> list[tuple[Entry, str]]:
         """Autosaved, not exported sessions whose slice is open: ``(entry, layer name)`` pairs.
 
-        ``layers``: (name, spatial shape, slice getter) of each image layer."""
+        ``layers``: (name, spatial shape, slice getter) of each image layer; the getter takes
+        the slice's index and its axes in view order (see RunSpec)."""
         if self.autosave is None:
             return []
         found = []
@@ -376,7 +384,7 @@ class Controller:
                 if tuple(shape) != tuple(entry.meta.get("layer_shape", ())):
                     continue
                 try:
-                    image = get_slice(entry.slice_index)
+                    image = get_slice(entry.slice_index, entry.slice_axes)
                 except (IndexError, ValueError):
                     continue
                 if slice_key(image) == entry.key:

@@ -20,6 +20,9 @@ from typing import Any
 import numpy as np
 
 DISPLAY_AXCODES = ("S", "P", "L")
+# The plane a volume is sliced in: its display axes (S, P, L) in view order, the axis
+# sliced across first (a coronal slice: rows from S, columns from L).
+VIEWS = {"axial": (), "coronal": (1, 0, 2), "sagittal": (2, 0, 1)}
 GEOMETRY_KEY = "ibis_geometry"  # the key of a napari layer's metadata that holds a Geometry
 
 # world axes of napari, as seen from RAS: (S, P, L) = M @ (R, A, S)
@@ -178,3 +181,11 @@ def geometry_of(layer_or_metadata) -> Geometry | None:
     metadata = getattr(layer_or_metadata, "metadata", layer_or_metadata) or {}
     value = metadata.get(GEOMETRY_KEY) if isinstance(metadata, dict) else None
     return value if isinstance(value, Geometry) else None
+
+
+def oriented(array, axes: tuple[int, ...]):
+    """``array`` with its spatial axes in view order (``axes``; trailing axes such as RGB
+    stay last). A numpy view: what is written into it reaches ``array``."""
+    if not axes:
+        return array
+    return array.transpose(tuple(axes) + tuple(range(len(axes), array.ndim)))

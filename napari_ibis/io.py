@@ -26,7 +26,7 @@ import numpy as np
 
 from .errors import InputError
 from .formats import suffix_of
-from .geometry import Geometry
+from .geometry import VIEWS, Geometry, oriented
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".nrrd", ".dcm", ".npy")
 LABEL_SUFFIXES = (".tif", ".tiff", ".nii", ".nii.gz", ".npy", ".png", ".nrrd", ".dcm")
@@ -39,16 +39,22 @@ class LoadedImage:
     path: Path
     data: np.ndarray
     rgb: bool
-    slice_index: tuple[int, ...] = ()
+    slice_index: tuple[int, ...] = ()  # along axes[0] (axis 0 where axes is ())
     meta: dict[str, Any] = field(default_factory=dict)
+    axes: tuple[int, ...] = ()  # a volume's axes in view order (VIEWS); (): as read
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
         return self.data.shape[:-1] if self.rgb else self.data.shape
 
     @property
+    def volume(self) -> np.ndarray:
+        """The pixels in view order: sliced along axis 0, each slice's rows and columns after."""
+        return oriented(self.data, self.axes)
+
+    @property
     def slice(self) -> np.ndarray:
-        return self.data[self.slice_index] if self.slice_index else self.data
+        return self.volume[self.slice_index] if self.slice_index else self.data
 
     @property
     def pixel_aspect(self) -> float:
@@ -56,7 +62,14 @@ class LoadedImage:
         from .square_pixels import pixel_aspect
 
         geometry = self.meta.get("geometry")
-        return pixel_aspect(None if geometry is None else geometry.spacing)
+        spacing = None if geometry is None else tuple(geometry.spacing)
+        if spacing is not None and self.axes and len(spacing) == len(self.axes):
+            spacing = tuple(spacing[a] for a in self.axes)
+        return pixel_aspect(spacing)
+
+    def in_file_order(self, labels: np.ndarray) -> np.ndarray:
+        """Labels of the whole volume in view order, back in the order the file was read in."""
+        return np.transpose(labels, np.argsort(self.axes)) if self.axes else labels
 
 
 def _read_raw(path: Path) -> tuple[np.ndarray, bool, dict]:
@@ -103,7 +116,7 @@ def read_checked(path: Path, what: str) -> tuple[np.ndarray, bool, dict]:
         raise InputError(f"cannot read {path.name}: {reason}") from None
 
 
-def _slice_index(path: Path, spatial: Sequence[int], slice_: int | Sequence[int] | None) -> tuple[int, ...]:
+def _slice_index(path: Path, spatial: Sequence[int], slice_: int | Sequence[int] | None, view: str = "axial") -> tuple[int, ...]:
     extra = len(spatial) - 2
     if extra <= 0:
         if slice_ is not None and slice_ != ():
@@ -121,15 +134,20 @@ def _slice_index(path: Path, spatial: Sequence[int], slice_: int | Sequence[int]
         raise InputError(f"{path.name} needs {extra} slice indices, got {len(index)}")
     for i, (value, size) in enumerate(zip(index, spatial)):
         if not 0 <= value < size:
-            raise InputError(f"slice {value} is outside axis {i} of {path.name} (0..{size - 1})")
+            where = f"the {view} slices" if view != "axial" else f"axis {i}"
+            raise InputError(f"slice {value} is outside {where} of {path.name} (0..{size - 1})")
     return tuple(int(v) for v in index)
 
 
-def read_image(path: str | Path, slice: int | Sequence[int] | None = None) -> LoadedImage:
+def read_image(path: str | Path, slice: int | Sequence[int] | None = None, view: str = "axial") -> LoadedImage:
     """Read a 2-D image or a volume and choose the slice to work on.
 
     A 3-D volume without ``slice`` uses its middle slice; 4-D data needs ``slice``.
+    ``view`` (:data:`VIEWS`): the plane a 3-D volume is sliced in, ``slice`` counting along
+    the axis across it (medical volumes open axial slices first: geometry's display order).
     """
+    if view not in VIEWS:
+        raise InputError(f"unknown view '{view}' (choose from {', '.join(VIEWS)})")
     path = Path(path)
     array, rgb, meta = read_checked(path, "image")
     if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
@@ -139,7 +157,11 @@ def read_image(path: str | Path, slice: int | Sequence[int] | None = None) -> Lo
     spatial = array.shape[:-1] if rgb else array.shape
     if len(spatial) < 2:
         raise InputError(f"{path.name} holds a {array.ndim}-D array {array.shape}, not an image")
-    loaded = LoadedImage(path, array, rgb, _slice_index(path, spatial, slice), meta)
+    axes = VIEWS[view]
+    if axes and len(spatial) != 3:
+        raise InputError(f"{path.name} has {len(spatial)} dimensions {tuple(spatial)}: --view {view} needs a 3-D volume")
+    viewed = tuple(spatial[a] for a in axes) if axes else spatial
+    loaded = LoadedImage(path, array, rgb, _slice_index(path, viewed, slice, view), meta, axes)
     image = loaded.slice
     if np.issubdtype(image.dtype, np.floating) and not np.all(np.isfinite(image)):
         raise InputError(f"{path.name} contains NaN or infinite values in the chosen slice")
@@ -181,7 +203,7 @@ def read_mask(path: str | Path, like: LoadedImage, label: int | None = None) -> 
     array, _, _ = read_checked(path, "mask")
     slice_shape = like.slice.shape[:2]
     if array.shape[: len(like.spatial_shape)] == like.spatial_shape and like.slice_index:
-        array = array[like.slice_index]
+        array = oriented(array, like.axes)[like.slice_index]
     if array.shape[:2] != slice_shape or array.ndim > 3:
         raise InputError(f"the mask {path.name} is {array.shape} but the image slice is {slice_shape}")
     return to_binary(array, label, name=path.name)
@@ -200,7 +222,7 @@ def labels_volume(labels: np.ndarray, like: LoadedImage | None) -> np.ndarray:
     if like is None or not like.slice_index or labels.shape == tuple(like.spatial_shape):
         return labels
     volume = np.zeros(like.spatial_shape, dtype=labels.dtype)
-    volume[like.slice_index] = labels
+    oriented(volume, like.axes)[like.slice_index] = labels
     return volume
 
 

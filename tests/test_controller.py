@@ -130,7 +130,7 @@ def test_every_step_is_autosaved_and_restores_with_undone_steps_and_transcript(s
     assert len(entries) == 1 and entries[0].meta["cursor"] == before.cursor == 2
     # a new controller (napari restarted) finds it for the same slice and rebuilds the timeline
     fresh = Controller(RecordingView(), models, Autosave(tmp_path / "autosave"))
-    found = fresh.recoverable([("scan", before.rgb.shape[:2], lambda index: spec().image)])
+    found = fresh.recoverable([("scan", before.rgb.shape[:2], lambda index, axes: spec().image)])
     assert [name for _, name in found] == ["scan"]
     fresh.begin()
     for item in fresh.restore_job(found[0][0], spec()):
@@ -143,7 +143,7 @@ def test_every_step_is_autosaved_and_restores_with_undone_steps_and_transcript(s
     assert fresh.transcript.text() == controller.transcript.text()
     assert fresh.status.startswith("Restored")
     # other slices are not offered
-    assert not fresh.recoverable([("other", before.rgb.shape[:2], lambda index: spec().image[::-1].copy())])
+    assert not fresh.recoverable([("other", before.rgb.shape[:2], lambda index, axes: spec().image[::-1].copy())])
 
 
 def test_an_exported_session_is_no_longer_offered(setup, tmp_path):

@@ -465,6 +465,37 @@ def test_max_steps_0_propagates_the_imported_mask_as_it_is(tmp_path, capsys, tin
     assert int(written.sum()) > mask.sum()
 
 
+def test_a_coronal_view_segments_and_propagates_across_coronal_slices(tmp_path, capsys, tiny_vlm_folder):
+    """--view coronal: --slice counts front to back, the mask volume is read in the same plane and
+    the propagated labels are written back on the file's own voxels."""
+    import nibabel as nib
+
+    from napari_ibis.metrics import dice
+    from napari_ibis.phantoms import phantom_volume
+
+    volume = phantom_volume(0)
+    to_file = lambda display: np.ascontiguousarray(display.transpose(2, 1, 0)[::-1, ::-1])  # noqa: E731
+    nib.save(nib.Nifti1Image(to_file(volume.image), np.diag([0.8, 0.8, 2.5, 1.0])), tmp_path / "ct.nii.gz")
+    liver = volume.masks["liver"]
+    nib.save(nib.Nifti1Image(to_file(liver.astype(np.uint8) * 3), np.diag([0.8, 0.8, 2.5, 1.0])), tmp_path / "seg.nii.gz")
+    y = int(np.argmax(liver.sum(axis=(0, 2))))
+    loaded = io.read_image(tmp_path / "ct.nii.gz", y, view="coronal")
+    assert loaded.slice.shape == liver[:, y, :].shape and loaded.pixel_aspect == pytest.approx(2.5 / 0.8)
+    out = tmp_path / "liver.nii.gz"
+    code, stdout, err = run_cli(capsys, "segment", tmp_path / "ct.nii.gz", "--view", "coronal", "--slice", y,
+                                "--query", "segment the liver", "--init-mask", tmp_path / "seg.nii.gz", "--label", "3",
+                                "--model", tiny_vlm_folder, "--segmenter", "classical", "--max-steps", "0",
+                                "--propagate", "both", "--out", out)
+    assert code == 0, err
+    assert f"imported mask ({int(liver[:, y, :].sum()):,} px)" in stdout and f"propagated both from slice {y}" in stdout
+    written = np.asarray(nib.load(out).dataobj) > 0
+    assert written.shape == to_file(liver).shape and dice(to_file(liver), written) > 0.7
+    assert json.loads(io.trace_path(out).read_text())["image"]["view"] == {"plane": "coronal", "axes": [1, 0, 2]}
+    code, _, err = run_cli(capsys, "segment", tmp_path / "ct.nii.gz", "--view", "sagittal", "--slice", 500,
+                           "--query", "q", "--model", tiny_vlm_folder)
+    assert code == 2 and "slice 500 is outside the sagittal slices of ct.nii.gz (0..95)" in err
+
+
 def test_max_steps_0_without_a_mask_is_refused_in_one_line(files, capsys, tiny_vlm_folder):
     code, _, err = run_cli(capsys, "segment", files / "img.png", "--query", "q", "--model", tiny_vlm_folder,
                            "--max-steps", "0")

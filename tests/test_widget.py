@@ -235,6 +235,50 @@ def test_a_volume_gets_only_the_current_slice(make_widget, make_napari_viewer, q
     assert result.data[1].any() and not result.data[0].any() and not result.data[2].any()
 
 
+def test_a_coronal_view_segments_propagates_and_exports_the_slice_on_screen(make_widget, make_napari_viewer, qtbot,
+                                                                            tmp_path):
+    """A person who turns the volume to a coronal view (rows: the axial slices) works on what they see."""
+    from napari_ibis._layers import CLICKS_NAME, MASK_NAME
+    from napari_ibis.metrics import dice
+
+    coronal, disk = disk_image(64, centre=(40, 52), radius=10)  # rows: slice 0-63, columns: x
+    volume = np.full((64, 48, 64), 40, np.uint8)
+    truth = np.zeros(volume.shape, bool)
+    for y in range(20, 29):  # a rod along y, through 9 coronal slices
+        volume[:, y, :] = coronal
+        truth[:, y, :] = disk
+    viewer = make_napari_viewer()
+    viewer.add_image(volume, name="vol", scale=(3.0, 1.0, 1.0))
+    viewer.dims.order = (1, 0, 2)  # napari's "transpose": z down the screen, x across, y sliced
+    viewer.dims.set_point(1, 24.0)
+    w = make_widget(viewer, name="vol")
+    w.use_policy(ScriptedPolicy([point(True, 52.5 / 64, 40.5 / 64), TERMINATE]))
+    run_and_wait(w, qtbot)
+    spec = w.controller.spec
+    assert spec.axes == (1, 0, 2) and spec.index == (24,) and spec.pixel_aspect == 3.0  # z rows are 3 times apart
+    mask = viewer.layers[MASK_NAME].data
+    assert mask[:, 24, :].astype(bool).sum() > 0.6 * disk.sum() and not np.delete(mask, 24, axis=1).any()
+    assert tuple(viewer.layers[CLICKS_NAME].data[0]) == (40, 24, 52)  # (z, y, x): where the person sees it
+    assert w.layers.to_pixel(np.array([30.0, 24.0, 50.0])) == (30, 50)  # a person's click read back as (row, col)
+    w.controller.autosave.flush()  # napari dies: the session comes back on the same coronal slice, seen the same way
+    other = make_napari_viewer()
+    other.add_image(volume, name="vol", scale=(3.0, 1.0, 1.0))
+    again = make_widget(other, name="vol", models=w.controller.models)
+    run_and_wait(again, qtbot, again.restore)
+    assert again.controller.spec.axes == (1, 0, 2) and tuple(other.dims.order) == (1, 0, 2)
+    assert other.dims.point[1] == pytest.approx(24.0) and np.array_equal(again.controller.session.current.mask,
+                                                                         w.controller.session.current.mask)
+    run_and_wait(w, qtbot, w.propagate)  # along y, the axis the view slices through
+    volume_labels = viewer.layers[w.volume_name].data > 0
+    assert dice(truth, volume_labels) > 0.7 and not volume_labels[:, :15, :].any()
+    path = w.save_result(tmp_path / "coronal.npy")
+    saved = np.load(path)
+    assert saved.shape == volume.shape and saved[:, 24, :].any() and not saved[:, 23, :].any()
+    viewer.dims.ndisplay = 3  # a volume rendering has no slice on screen: one line says what to do
+    w.run()
+    assert "switch to the 2-D view" in w.controller.status and not w.running
+
+
 def test_a_nifti_opened_with_the_reader_is_saved_back_on_its_own_voxels(make_widget, make_napari_viewer, qtbot, tmp_path):
     """Oblique, flipped axes and a non-zero origin: open, segment a slice, save, reload with nibabel."""
     from test_geometry import oblique_flipped_affine
