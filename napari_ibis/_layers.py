@@ -50,14 +50,17 @@ def spatial_shape(layer) -> tuple[int, ...]:
 
 
 def view_axes(layer, viewer) -> tuple[int, ...]:
-    """The layer's spatial axes in the order the viewer shows them: the axes it slices
-    through, then the displayed rows and columns. () where that is the layer's own order
-    (and for a 2-D layer), so that arrays are used as they are."""
+    """The layer's spatial axes as the viewer slices them: the axes it slices through (in
+    the viewer's order), then the two on screen in the layer's own order, whichever way
+    napari turns them (a transposed axial view is still the axial slice, so the agent sees
+    it in the display convention). () where that is the layer's own order (and for a 2-D
+    layer), so that arrays are used as they are."""
     n = spatial_ndim(layer)
     if n <= 2:
         return ()
     offset = viewer.dims.ndim - n  # a layer's axes are the viewer's last n
-    axes = tuple(axis - offset for axis in viewer.dims.order if axis >= offset)
+    order = [axis - offset for axis in viewer.dims.order if axis >= offset]
+    axes = tuple(order[:-2]) + tuple(sorted(order[-2:]))
     return () if axes == tuple(range(n)) else axes
 
 

@@ -160,7 +160,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from .segmenters import build_segmenter, check_spec, default_segmenter
     from .session import Session, Stopped
     from .square_pixels import stretch_note
-    from .transcript import Transcript, stop_words
+    from .transcript import Transcript, plane_note, stop_words
 
     args.segmenter = args.segmenter or default_segmenter()
 
@@ -196,9 +196,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     )
     show = (lambda readable, raw: None) if args.quiet else (
         lambda readable, raw: print(raw if args.raw else readable, end="", flush=True))
-    stretched = stretch_note(session.pixel_aspect)
-    if stretched and not args.quiet:
-        print(stretched)
+    for note in (plane_note(args.view, args.model is None, command_line=True), stretch_note(session.pixel_aspect)):
+        if note and not args.quiet:
+            print(note)
     transcript = Transcript(show)
     stop = None
     for event in session.run() if args.max_steps else ():

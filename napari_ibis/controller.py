@@ -28,12 +28,12 @@ import numpy as np
 from ._runtime import MODEL_CACHE, ModelCache, freeze_long_lived_objects
 from .autosave import Autosave, Entry, restore_into, slice_key
 from .errors import IbisError, InputError
-from .geometry import Geometry, oriented
+from .geometry import Geometry, oriented, plane_of
 from .inbox import TrainingInbox
 from .io import trace_path
 from .session import ActionTaken, Answered, MaskUpdated, Session, StepStarted, Stopped
 from .square_pixels import stretch_note
-from .transcript import Transcript, stop_words
+from .transcript import Transcript, plane_note, stop_words
 
 __all__ = ["Controller", "RunSpec"]
 
@@ -232,9 +232,10 @@ class Controller:
             self.transcript.restore("", "")
             self.transcript.note(f"Query: {session.query}" + (
                 f" (refining an imported mask of {session.initial.area:,} px)" if session.initial.area else ""))
-            stretched = stretch_note(session.pixel_aspect)
-            if stretched:
-                self.transcript.note(stretched)
+            for note in (plane_note(plane_of(self.spec.axes, self.spec.geometry), self.spec.model is None),
+                         stretch_note(session.pixel_aspect)):
+                if note:
+                    self.transcript.note(note)
             self.set_status("The agent is thinking…")
         self.view.show_step(session.current)
         self._autosave()

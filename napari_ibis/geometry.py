@@ -189,3 +189,11 @@ def oriented(array, axes: tuple[int, ...]):
     if not axes:
         return array
     return array.transpose(tuple(axes) + tuple(range(len(axes), array.ndim)))
+
+
+def plane_of(axes: tuple[int, ...], geometry: Geometry | None) -> str:
+    """The plane of a volume's slice taken across ``axes[0]``: "axial", "coronal" or "sagittal"
+    for a volume in the display convention (one with a ``geometry``), "axial" otherwise."""
+    if geometry is None or len(axes) != 3:
+        return "axial"
+    return {0: "axial", 1: "coronal", 2: "sagittal"}[axes[0]]

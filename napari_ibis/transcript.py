@@ -184,3 +184,14 @@ def stop_words(stop, session) -> str:
     if stop.reason == "cancelled":
         return f"Stopped by you; {shown}."
     return f"Stopped by an error: {stop.message}"
+
+
+def plane_note(plane: str, bundled_agent: bool, command_line: bool = False) -> str | None:
+    """What a person reads where the slice is not axial and the bundled agent works on it
+    (it learnt from axial slices only: docs/BENCHMARKS.md, "the flywheel"); None otherwise."""
+    if plane == "axial" or not bundled_agent:
+        return None
+    advice = ("give it a mask to refine (--init-mask) or use --view axial" if command_line else
+              "click the structure yourself and press Continue, or turn the volume back to axial")
+    return (f"This is a {plane} slice. The bundled agent learnt from axial slices and seldom finds a structure on "
+            f"others (its first click lands inside 12% of held-out coronal brain regions): {advice}.")

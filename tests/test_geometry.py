@@ -258,3 +258,27 @@ def test_the_brain_sample_carries_its_geometry_and_is_radiological():
     assert GEOMETRY_KEY in meta["metadata"] and GEOMETRY_KEY in atlas_meta["metadata"]
     z = int(np.argmax((atlas == 37).sum(axis=(1, 2))))  # AAL 37 = Hippocampus_L
     assert np.nonzero(atlas[z] == 37)[1].mean() > atlas.shape[2] / 2  # the left hippocampus on the image's right
+
+
+def test_the_slice_on_screen_is_taken_in_the_display_convention_however_napari_turns_it():
+    """napari's roll and transpose buttons: the session's axes name the plane sliced across, its
+    rows and columns in the volume's own order (so the agent sees an axial slice upright)."""
+    from types import SimpleNamespace
+
+    from napari_ibis._layers import view_axes
+    from napari_ibis.geometry import Geometry, plane_of
+    from napari_ibis.transcript import plane_note
+
+    volume = SimpleNamespace(data=np.zeros((4, 5, 6)), rgb=False)
+    seen = lambda order: view_axes(volume, SimpleNamespace(dims=SimpleNamespace(ndim=len(order), order=order)))  # noqa: E731
+    assert seen((0, 1, 2)) == () and seen((0, 2, 1)) == ()  # axial, transposed on screen: the same slice
+    assert seen((1, 0, 2)) == (1, 0, 2) and seen((1, 2, 0)) == (1, 0, 2)  # coronal
+    assert seen((2, 0, 1)) == (2, 0, 1)  # sagittal
+    assert seen((0, 2, 1, 3)) == (1, 0, 2)  # a 3-D layer in a viewer with a 4th axis from another layer
+    assert view_axes(SimpleNamespace(data=np.zeros((5, 6, 3)), rgb=True), SimpleNamespace(dims=SimpleNamespace(
+        ndim=2, order=(1, 0)))) == ()
+    geometry = Geometry(format="nifti", file_shape=(6, 5, 4))
+    assert [plane_of(a, geometry) for a in ((), (1, 0, 2), (2, 0, 1))] == ["axial", "coronal", "sagittal"]
+    assert plane_of((1, 0, 2), None) == "axial"  # a TIFF stack has no anatomy to name
+    assert "learnt from axial slices" in plane_note("coronal", bundled_agent=True)
+    assert plane_note("coronal", bundled_agent=False) is None and plane_note("axial", bundled_agent=True) is None
