@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .geometry import GEOMETRY_KEY, geometry_of, oriented
+from .geometry import GEOMETRY_KEY, data_to_view, geometry_of, oriented, view_to_data
 from .overlay import RELEASE_COLOR
 from .segmenters.base import Click
 
@@ -62,6 +62,20 @@ def view_axes(layer, viewer) -> tuple[int, ...]:
     order = [axis - offset for axis in viewer.dims.order if axis >= offset]
     axes = tuple(order[:-2]) + tuple(sorted(order[-2:]))
     return () if axes == tuple(range(n)) else axes
+
+
+def turn_camera(viewer, layer) -> None:
+    """Show ``layer``'s first axis running up the screen where it runs down it (a coronal or
+    sagittal view of a scan in the display convention: the head up), as the agent sees such
+    a slice (:func:`~napari_ibis.geometry.rows_run_up`); back down otherwise."""
+    n = spatial_ndim(layer)
+    if n < 3 or viewer.dims.ndisplay != 2:
+        return
+    vertical = viewer.dims.order[-2] - (viewer.dims.ndim - n)  # the layer's axis down the screen
+    wanted = "up" if vertical == 0 else "down"
+    horizontal = viewer.camera.orientation2d[1]
+    if viewer.camera.orientation2d[0] != wanted:
+        viewer.camera.orientation2d = (wanted, horizontal)
 
 
 def current_slice_index(layer, viewer, axes: tuple[int, ...] = ()) -> tuple[int, ...]:
@@ -221,9 +235,7 @@ class SessionLayers:
 
     def _show_clicks(self, points, clicks: Sequence[Click], steps: Sequence[int]) -> None:
         coords = np.array([list(self.index) + [c.row, c.col] for c in clicks], dtype=float)
-        coords = coords.reshape(-1, len(self._shape()))
-        if self.axes:  # view order -> the layer's own
-            coords = coords[:, np.argsort(self.axes)]
+        coords = view_to_data(coords, self.axes, self._shape())
         texts, sizes, filled = click_spots(clicks, steps, click_size(self._shape()))
         points.data = coords
         points.features = {
@@ -247,8 +259,7 @@ class SessionLayers:
 
     def to_pixel(self, data_point: np.ndarray) -> tuple[int, int]:
         """(row, col) in the session's slice of a point of the clicks layer (data coordinates)."""
-        point = np.asarray(data_point, dtype=float)[-len(self._shape()):]
-        row, col = (point[self.axes[-2]], point[self.axes[-1]]) if self.axes else (point[-2], point[-1])
+        row, col = data_to_view(data_point, self.axes, self._shape())[-2:]
         return int(round(float(row))), int(round(float(col)))
 
     # -- results ---------------------------------------------------------------------

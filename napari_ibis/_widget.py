@@ -30,6 +30,7 @@ from ._layers import (
     paint_slice,
     slice_pixel_aspect,
     spatial_shape,
+    turn_camera,
     view_axes,
     volume_layer,
 )
@@ -78,6 +79,7 @@ class IbisWidget(QWidget):
         self._load_settings()
         self._connect()
         self._refresh_layer_choices()
+        self._turn_camera()
         self._offer_restore()
         self.changed()
         if warm_up:
@@ -187,9 +189,15 @@ class IbisWidget(QWidget):
             shortcut = QShortcut(QKeySequence(keys), self)
             shortcut.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)  # only while the widget has focus
             shortcut.activated.connect(slot)
+        self.viewer.dims.events.order.connect(self._turn_camera)
         self.viewer.layers.events.inserted.connect(self._on_layer_inserted)
         self.viewer.layers.events.removed.connect(self._refresh_layer_choices)
         self.viewer.bind_key("t", lambda _viewer: self.steps_panel.sign_box.toggle(), overwrite=True)
+
+    def _turn_camera(self, event=None) -> None:
+        name = self.run_panel.image_combo.currentText()
+        if name in self.viewer.layers:
+            turn_camera(self.viewer, self.viewer.layers[name])
 
     def _on_layer_inserted(self, event=None) -> None:
         from napari.layers import Labels
@@ -364,6 +372,7 @@ class IbisWidget(QWidget):
         if self.running:
             return
         self._save_settings()
+        self._turn_camera()
         try:
             spec = self.gather()
         except IbisError as exc:

@@ -183,12 +183,47 @@ def geometry_of(layer_or_metadata) -> Geometry | None:
     return value if isinstance(value, Geometry) else None
 
 
+def rows_run_up(axes: tuple[int, ...]) -> bool:
+    """Whether a slice taken along ``axes`` has the volume's first axis down its rows, which
+    then run upwards: in the display convention that axis points superior, so a coronal or
+    sagittal slice has the head up (the viewer's camera is turned to match, see the widget)."""
+    return len(axes) >= 3 and axes[-2] == 0
+
+
 def oriented(array, axes: tuple[int, ...]):
     """``array`` with its spatial axes in view order (``axes``; trailing axes such as RGB
-    stay last). A numpy view: what is written into it reaches ``array``."""
+    stay last), the rows reversed where :func:`rows_run_up`. A numpy view: what is written
+    into it reaches ``array``."""
     if not axes:
         return array
-    return array.transpose(tuple(axes) + tuple(range(len(axes), array.ndim)))
+    viewed = array.transpose(tuple(axes) + tuple(range(len(axes), array.ndim)))
+    if rows_run_up(axes):
+        flip = [slice(None)] * viewed.ndim
+        flip[len(axes) - 2] = slice(None, None, -1)
+        viewed = viewed[tuple(flip)]
+    return viewed
+
+
+def view_to_data(points: np.ndarray, axes: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """Points (N, ndim) in view coordinates (the slice index first, then row and column) as
+    coordinates of the array of spatial ``shape`` that ``oriented`` views."""
+    points = np.array(points, dtype=float).reshape(-1, len(shape))
+    if not axes:
+        return points
+    if rows_run_up(axes):
+        points[:, -2] = shape[axes[-2]] - 1 - points[:, -2]
+    return points[:, np.argsort(axes)]
+
+
+def data_to_view(point: np.ndarray, axes: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """The inverse of :func:`view_to_data` for one point."""
+    point = np.asarray(point, dtype=float)[-len(shape):]
+    if not axes:
+        return point
+    viewed = point[list(axes)]
+    if rows_run_up(axes):
+        viewed[-2] = shape[axes[-2]] - 1 - viewed[-2]
+    return viewed
 
 
 def plane_of(axes: tuple[int, ...], geometry: Geometry | None) -> str:

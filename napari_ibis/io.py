@@ -69,7 +69,11 @@ class LoadedImage:
 
     def in_file_order(self, labels: np.ndarray) -> np.ndarray:
         """Labels of the whole volume in view order, back in the order the file was read in."""
-        return np.transpose(labels, np.argsort(self.axes)) if self.axes else labels
+        if not self.axes:
+            return labels
+        volume = np.zeros(self.spatial_shape, dtype=labels.dtype)
+        oriented(volume, self.axes)[...] = labels
+        return volume
 
 
 def _read_raw(path: Path) -> tuple[np.ndarray, bool, dict]:

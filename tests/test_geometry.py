@@ -282,3 +282,17 @@ def test_the_slice_on_screen_is_taken_in_the_display_convention_however_napari_t
     assert plane_of((1, 0, 2), None) == "axial"  # a TIFF stack has no anatomy to name
     assert "learnt from axial slices" in plane_note("coronal", bundled_agent=True)
     assert plane_note("coronal", bundled_agent=False) is None and plane_note("axial", bundled_agent=True) is None
+
+
+def test_a_coronal_view_has_the_head_up_and_maps_points_and_writes_back():
+    from napari_ibis.geometry import VIEWS, data_to_view, oriented, view_to_data
+
+    volume = np.arange(4 * 5 * 6).reshape(4, 5, 6)  # display order (S, P, L)
+    coronal, sagittal = oriented(volume, VIEWS["coronal"]), oriented(volume, VIEWS["sagittal"])
+    assert np.array_equal(coronal[2], volume[::-1, 2, :]) and np.array_equal(sagittal[1], volume[::-1, :, 1])
+    coronal[2, 0, 0] = -1  # a view: the top row of a coronal slice is the top of the volume
+    assert volume[3, 2, 0] == -1
+    for axes in (VIEWS["coronal"], VIEWS["sagittal"], (0, 1, 2)):
+        point = view_to_data(np.array([[1.0, 0.0, 3.0]]), axes, volume.shape)[0]
+        assert oriented(volume, axes)[1, 0, 3] == volume[tuple(point.astype(int))]
+        assert np.allclose(data_to_view(point, axes, volume.shape), [1.0, 0.0, 3.0])

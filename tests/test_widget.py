@@ -252,14 +252,15 @@ def test_a_coronal_view_segments_propagates_and_exports_the_slice_on_screen(make
     viewer.dims.order = (1, 0, 2)  # napari's "transpose": z down the screen, x across, y sliced
     viewer.dims.set_point(1, 24.0)
     w = make_widget(viewer, name="vol")
-    w.use_policy(ScriptedPolicy([point(True, 52.5 / 64, 40.5 / 64), TERMINATE]))
+    w.use_policy(ScriptedPolicy([point(True, 52.5 / 64, 23.5 / 64), TERMINATE]))  # z 40: row 23 from the top, head up
     run_and_wait(w, qtbot)
+    assert viewer.camera.orientation2d[0] == "up"  # the person sees the slice as the agent does, z up
     spec = w.controller.spec
     assert spec.axes == (1, 0, 2) and spec.index == (24,) and spec.pixel_aspect == 3.0  # z rows are 3 times apart
     mask = viewer.layers[MASK_NAME].data
     assert mask[:, 24, :].astype(bool).sum() > 0.6 * disk.sum() and not np.delete(mask, 24, axis=1).any()
     assert tuple(viewer.layers[CLICKS_NAME].data[0]) == (40, 24, 52)  # (z, y, x): where the person sees it
-    assert w.layers.to_pixel(np.array([30.0, 24.0, 50.0])) == (30, 50)  # a person's click read back as (row, col)
+    assert w.layers.to_pixel(np.array([30.0, 24.0, 50.0])) == (33, 50)  # a person's click read back as (row, col)
     w.controller.autosave.flush()  # napari dies: the session comes back on the same coronal slice, seen the same way
     other = make_napari_viewer()
     other.add_image(volume, name="vol", scale=(3.0, 1.0, 1.0))
