@@ -241,7 +241,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             spacing = tuple(spacing[a] for a in loaded.axes)  # in the order of the slice's axes
         kept = TrainingInbox(args.keep_for_training).keep(
             session, raw_slice=loaded.slice, slice_index=loaded.slice_index, spacing=spacing,
-            modality=str(loaded.meta.get("modality", "")))
+            modality=str(loaded.meta.get("modality", "")), slice_axes=loaded.axes)
         print(f"kept for training: {kept}")
     return 0
 

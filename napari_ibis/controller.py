@@ -335,7 +335,7 @@ class Controller:
             if spacing is not None and spec.axes and len(spacing) == len(spec.axes):
                 spacing = tuple(spacing[a] for a in spec.axes)  # in the order of the slice's axes
             self.inbox.keep(self.session, raw_slice=spec.image, slice_index=spec.index, spacing=spacing,
-                            modality=spec.modality, names={"layer": spec.layer})
+                            modality=spec.modality, names={"layer": spec.layer}, slice_axes=spec.axes)
         except OSError as exc:  # the result itself is safe; only the training copy failed
             self.view.error(f"Not kept for training: {exc.strerror or exc} ({self.inbox.folder})")
             return " Not kept for training (see the message)."

@@ -176,7 +176,7 @@ class TrainingInbox:
         self.keep_names = keep_names
 
     def keep(self, session, raw_slice: np.ndarray | None = None, slice_index=(), spacing=None, modality: str = "",
-             names: dict | None = None) -> Path:
+             names: dict | None = None, slice_axes=()) -> Path:
         """Write ``session`` (accepted; the current step is accepted if nothing was) to the inbox;
         returns the JSON file. ``names``: layer/file names, written only with ``keep_names``."""
         if session.accepted is None:
@@ -203,6 +203,7 @@ class TrainingInbox:
             "format": FORMAT, "id": session_id, "kept_at": time.strftime("%Y-%m-%d %H:%M:%S"),
             "query": session.query, "target": target_of(session.query), "modality": modality,
             "shape": list(shape), "slice_index": [int(i) for i in slice_index],
+            "slice_axes": [int(a) for a in slice_axes],  # (): axial; else the volume's axes as the slice was cut
             "spacing": None if spacing is None else [float(s) for s in spacing],
             "pixel_aspect": getattr(session, "pixel_aspect", 1.0),
             "profile": session.profile.name, "policy": session.policy.identity(),

@@ -470,6 +470,7 @@ def test_a_coronal_view_segments_and_propagates_across_coronal_slices(tmp_path, 
     the propagated labels are written back on the file's own voxels."""
     import nibabel as nib
 
+    from napari_ibis.inbox import TrainingInbox
     from napari_ibis.metrics import dice
     from napari_ibis.phantoms import phantom_volume
 
@@ -485,8 +486,10 @@ def test_a_coronal_view_segments_and_propagates_across_coronal_slices(tmp_path, 
     code, stdout, err = run_cli(capsys, "segment", tmp_path / "ct.nii.gz", "--view", "coronal", "--slice", y,
                                 "--query", "segment the liver", "--init-mask", tmp_path / "seg.nii.gz", "--label", "3",
                                 "--model", tiny_vlm_folder, "--segmenter", "classical", "--max-steps", "0",
-                                "--propagate", "both", "--out", out)
+                                "--propagate", "both", "--out", out, "--keep-for-training", tmp_path / "inbox")
     assert code == 0, err
+    kept = TrainingInbox(tmp_path / "inbox").sessions()[0]  # kept for training as the slice was cut and spaced
+    assert kept.meta["slice_axes"] == [1, 0, 2] and kept.pixel_aspect == pytest.approx(2.5 / 0.8)
     assert f"imported mask ({int(liver[:, y, :].sum()):,} px)" in stdout and f"propagated both from slice {y}" in stdout
     written = np.asarray(nib.load(out).dataobj) > 0
     assert written.shape == to_file(liver).shape and dice(to_file(liver), written) > 0.7
