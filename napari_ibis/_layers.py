@@ -259,8 +259,38 @@ class SessionLayers:
 
     def to_pixel(self, data_point: np.ndarray) -> tuple[int, int]:
         """(row, col) in the session's slice of a point of the clicks layer (data coordinates)."""
-        row, col = data_to_view(data_point, self.axes, self._shape())[-2:]
-        return int(round(float(row))), int(round(float(col)))
+        return self.locate(data_point)[1:]
+
+    def locate(self, data_point: np.ndarray) -> tuple[tuple[int, ...], int, int]:
+        """(slice index, row, col) of a point of the clicks layer, in the session's view: the
+        slice index says whether a person clicked on the session's slice or on another one."""
+        viewed = [int(round(float(v))) for v in data_to_view(data_point, self.axes, self._shape())]
+        return tuple(viewed[:-2]), viewed[-2], viewed[-1]
+
+    def painted_elsewhere(self) -> tuple[int, ...] | None:
+        """The first slice, other than the session's, where the working mask layer has paint
+        (a person's brush strokes on a slice the session does not work on), else None."""
+        labels = self._find(MASK_NAME)
+        if labels is None or not self.index or labels.data.shape != self._shape():
+            return None
+        viewed = oriented(labels.data, self.axes)
+        extra = len(self.index)
+        occupied = np.argwhere(np.asarray(viewed).any(axis=(-2, -1)))
+        for found in map(tuple, occupied[:, :extra]):
+            if tuple(int(v) for v in found) != tuple(self.index):
+                return tuple(int(v) for v in found)
+        return None
+
+    def clear_mask(self) -> None:
+        """Empty the working mask layer (a new session shows only its own slice's mask)."""
+        labels = self._find(MASK_NAME)
+        if labels is not None and np.asarray(labels.data).any():
+            self.syncing = True
+            try:
+                labels.data[...] = 0
+                labels.refresh()
+            finally:
+                self.syncing = False
 
     # -- results ---------------------------------------------------------------------
     def result_layer(self, name: str, dtype=np.uint16):

@@ -52,6 +52,11 @@ SUFFIX_OF_FORMAT = {"nifti": ".nii.gz", "dicom": ".nii.gz", "nrrd": ".nrrd", "ti
 STEP_WORDS = {"click": "click", "edit": "brush edit", "placed": "placed mask", "answer": "answer"}  # the steps list
 
 
+def slice_words(index: tuple[int, ...]) -> str:
+    """A slice index as a person reads it: "12", or "3,12" for a 4-D layer."""
+    return ",".join(str(int(i)) for i in index)
+
+
 class IbisWidget(QWidget):
     """Run the IBIS agent on the current slice, steer it, and export the result."""
 
@@ -90,6 +95,7 @@ class IbisWidget(QWidget):
     def session_started(self, spec: RunSpec) -> None:
         if spec.layer in self.viewer.layers:
             self.layers.bind(self.viewer.layers[spec.layer], spec.index, spec.axes)
+            self.layers.clear_mask()  # an earlier session's mask on another slice is not this one's
         self.restore_bar.hide()
 
     def show_step(self, step) -> None:
@@ -410,12 +416,24 @@ class IbisWidget(QWidget):
         points = self.viewer.layers[CLICKS_NAME]
         if len(points.data) <= len(session.current.clicks):
             return
-        row, col = self.layers.to_pixel(points.data[-1])
+        index, row, col = self.layers.locate(points.data[-1])
+        if index != tuple(self.layers.index):
+            self.show_step(session.current)  # the click is taken back off the layer
+            self.controller.report_error(
+                f"that click is on slice {slice_words(index)}, but this session works on slice "
+                f"{slice_words(self.layers.index)}: go back to that slice to click, or press Run to start on this one")
+            return
         self._start(self.controller.click_job, row, col, self.click_positive)
 
     def use_brush_edit(self) -> None:
         """Take the working mask layer, as painted by a person, as a new step."""
         if self.running or self.controller.session is None or MASK_NAME not in self.viewer.layers:
+            return
+        elsewhere = self.layers.painted_elsewhere()
+        if elsewhere is not None:
+            self.controller.report_error(
+                f"you painted on slice {slice_words(elsewhere)}, but this session works on slice "
+                f"{slice_words(self.layers.index)}: paint there (the paint on slice {slice_words(elsewhere)} is left as it is)")
             return
         data = self.viewer.layers[MASK_NAME].data
         self.controller.brush_edit(np.asarray(self.layers.slice_of(data)) > 0)

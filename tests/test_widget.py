@@ -233,6 +233,21 @@ def test_a_volume_gets_only_the_current_slice(make_widget, make_napari_viewer, q
     assert mask.shape == (3, 64, 64) and mask[1].any() and not mask[0].any() and not mask[2].any()
     result = w.export_to_layer()
     assert result.data[1].any() and not result.data[0].any() and not result.data[2].any()
+    # a person scrolls to slice 2 and clicks there: not a click on the session's slice 1
+    from napari_ibis._layers import CLICKS_NAME
+
+    steps = len(w.controller.session.steps)
+    viewer.layers[CLICKS_NAME].add([[2, 10, 10]])
+    assert len(w.controller.session.steps) == steps and len(viewer.layers[CLICKS_NAME].data) == 1
+    assert "that click is on slice 2, but this session works on slice 1" in w.controller.status
+    viewer.layers[MASK_NAME].data[0, 5:9, 5:9] = 1  # and paints on slice 0
+    w.use_brush_edit()
+    assert len(w.controller.session.steps) == steps and "you painted on slice 0" in w.controller.status
+    viewer.dims.set_current_step(0, 2)  # a new session on slice 2 shows only its own mask
+    w.use_policy(ScriptedPolicy([point(True, 52.5 / 64, 40.5 / 64), TERMINATE]))
+    run_and_wait(w, qtbot)
+    mask = viewer.layers[MASK_NAME].data
+    assert mask[2].any() and not mask[0].any() and not mask[1].any()
 
 
 def test_a_coronal_view_segments_propagates_and_exports_the_slice_on_screen(make_widget, make_napari_viewer, qtbot,
