@@ -4,7 +4,8 @@ Models see 8-bit RGB. :func:`to_rgb8` maps any slice (grey or RGB; uint8, 16-bit
 float) to it with a documented window:
 
 * ``None`` (default): uint8 input is used as it is; other types are windowed
-  between their 0.5th and 99.5th percentiles;
+  between their 0.5th and 99.5th percentiles (a CT's padding below -1024 outside its
+  field of view left out: :func:`percentiles`);
 * ``"percentile:LOW,HIGH"``: window between those percentiles;
 * ``"ct:LEVEL,WIDTH"``: a CT window in the image's own units (e.g. ``ct:40,400``
   for soft tissue in Hounsfield units);
@@ -56,6 +57,22 @@ def parse_window(window: str | None) -> tuple[str, float, float] | None:
     return kind, low, high
 
 
+PADDING_BELOW = -1024.0  # Hounsfield units: nothing in a body is less dense than air (-1000)
+PADDING_SHARE = 0.01
+
+
+def percentiles(values: np.ndarray, q) -> np.ndarray:
+    """``np.percentile(values, q)`` leaving out a CT's padding: values below -1024, where they
+    cover more than 1% of ``values``, which scanners write outside the round field of view
+    (-2048, -3024). Counted in, they would turn air mid-grey and squash every tissue together."""
+    values = np.asarray(values)
+    if values.dtype != np.uint8:
+        below = values < PADDING_BELOW
+        if PADDING_SHARE < float(below.mean()) < 1.0:
+            values = values[~below]
+    return np.percentile(values, q)
+
+
 def window_bounds(image: np.ndarray, window: str | None) -> tuple[float, float]:
     """The (min, max) intensities that map to 0 and 255."""
     spec = parse_window(window)
@@ -68,7 +85,7 @@ def window_bounds(image: np.ndarray, window: str | None) -> tuple[float, float]:
         return a - b / 2, a + b / 2
     if kind == "range":
         return a, b
-    low, high = np.percentile(image, [a, b])
+    low, high = percentiles(image, [a, b])
     if high <= low:  # a constant image, or one dominated by a single value
         low, high = float(image.min()), float(image.max())
     return float(low), float(max(high, low + 1e-6))

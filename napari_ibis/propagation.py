@@ -58,7 +58,7 @@ import numpy as np
 from .errors import Cancelled, InputError
 from .appearance import Appearance
 from .metrics import iou
-from .overlay import to_rgb8
+from .overlay import percentiles, to_rgb8
 from .segmenters.base import Click, Segmenter, SegmentResult, prompts_from
 from .square_pixels import square_pixels
 
@@ -312,7 +312,7 @@ def default_window(volume: np.ndarray) -> tuple[str | None, bool]:
     and whether the volume is CT in Hounsfield units (air near -1000, tissue or bone above 100)."""
     if volume.dtype == np.uint8:
         return None, False
-    low, high = np.percentile(volume[::max(1, volume.shape[0] // 32)], [0.5, 99.5])
+    low, high = percentiles(volume[::max(1, volume.shape[0] // 32)], [0.5, 99.5])
     return f"range:{low:g},{max(high, low + 1e-6):g}", bool(volume.ndim == 3 and -1100 <= low <= -900 and high >= 100)
 
 

@@ -88,3 +88,29 @@ def test_iou_dice_f1_noc_and_miou():
     assert miou_at([curve, [0.5]], 3) == pytest.approx((0.86 + 0.5) / 2)
     summary = click_summary([curve], max_clicks=4, ks=(1, 4))
     assert summary["noc@85"] == 3 and summary["never@90"] == 0 and summary["miou@4"] == 0.91
+
+
+def round_ct(outside: float, size: int = 64) -> np.ndarray:
+    """A CT-like slice in Hounsfield units: air in a round field of view, a soft-tissue block,
+    a bone rod, and ``outside`` beyond the field of view."""
+    rows, cols = np.ogrid[:size, :size]
+    inside = (rows - size / 2) ** 2 + (cols - size / 2) ** 2 <= (size / 2 - 2) ** 2
+    image = np.full((size, size), outside, dtype=np.float32)
+    image[inside] = -1000.0
+    image[20:44, 16:48] = 40.0
+    image[28:36, 28:36] = 700.0
+    return image
+
+
+def test_ct_padding_outside_the_field_of_view_is_left_out_of_the_window():
+    """Scanners write -2048 or -3024 outside the round field of view; counted in the window it
+    turned air mid-grey and squashed the tissue (the agent then lost a spleen: IoU 0.91 -> 0)."""
+    as_air = to_rgb8(round_ct(-1000.0))
+    for padding in (-2048.0, -3024.0):
+        shown = to_rgb8(round_ct(padding))
+        assert np.abs(shown.astype(int) - as_air.astype(int)).max() <= 1
+        assert shown[32, 32, 0] == 255 and shown[30, 20, 0] > 100 and shown[32, 5, 0] == 0  # bone, tissue, air
+    mr = np.zeros((64, 64), dtype=np.float32)  # an MR's zero background is data, not padding
+    mr[10:50, 10:50] = np.linspace(100, 900, 40)[None, :]
+    low, high = np.percentile(mr, [0.5, 99.5])
+    assert np.array_equal(to_rgb8(mr)[..., 0], np.clip(np.round((mr - low) * 255 / (high - low)), 0, 255).astype(np.uint8))
