@@ -196,6 +196,8 @@ def oriented(array, axes: tuple[int, ...]):
     into it reaches ``array``."""
     if not axes:
         return array
+    if not hasattr(array, "transpose"):  # e.g. a zarr array: read it (numpy and dask arrays stay lazy views)
+        array = np.asarray(array)
     viewed = array.transpose(tuple(axes) + tuple(range(len(axes), array.ndim)))
     if rows_run_up(axes):
         flip = [slice(None)] * viewed.ndim
