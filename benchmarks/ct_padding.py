@@ -3,14 +3,14 @@
 Many CT scanners write a value far below air (-2048, -3024 HU) outside the round field of
 view, and converters keep it in the NIfTI. The default window (0.5th to 99.5th percentile)
 then starts at the padding: air turns mid-grey and every tissue is squashed into a few grey
-levels. ``napari_ibis.overlay.percentiles`` leaves such padding out. This benchmark pads the
+levels. ``napari_ibis.overlay.percentiles`` counts such padding as air (-1024). This benchmark pads the
 held-out CT series of TotalSegmentator (real, 512 x 512 x 20; labels are TotalSegmentator's
 own outputs) outside its field of view (the pixels at the slice's minimum that touch its
 border, 21% of each slice) and asks the default agent for every structure over 500 px:
 
 * ``original``: the series as it is (its outside is -1024, air);
 * ``padded P, counted``: padded with P, the padding counted in the window (before);
-* ``padded P``: padded with P, the padding left out (shipped).
+* ``padded P``: padded with P, the padding counted as air (shipped).
 
 ``--parts volumes``: the liver, spleen and stomach propagated both ways from their exact mask
 on their largest slice (MobileSAM, no clicks), the same three ways; 3-D Dice.

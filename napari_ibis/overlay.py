@@ -5,7 +5,7 @@ float) to it with a documented window:
 
 * ``None`` (default): uint8 input is used as it is; other types are windowed
   between their 0.5th and 99.5th percentiles (a CT's padding below -1024 outside its
-  field of view left out: :func:`percentiles`);
+  field of view counted as air: :func:`percentiles`);
 * ``"percentile:LOW,HIGH"``: window between those percentiles;
 * ``"ct:LEVEL,WIDTH"``: a CT window in the image's own units (e.g. ``ct:40,400``
   for soft tissue in Hounsfield units);
@@ -62,14 +62,13 @@ PADDING_SHARE = 0.01
 
 
 def percentiles(values: np.ndarray, q) -> np.ndarray:
-    """``np.percentile(values, q)`` leaving out a CT's padding: values below -1024, where they
-    cover more than 1% of ``values``, which scanners write outside the round field of view
-    (-2048, -3024). Counted in, they would turn air mid-grey and squash every tissue together."""
+    """``np.percentile(values, q)`` with a CT's padding counted as air: values below -1024,
+    where they cover more than 1% of ``values``, which scanners write outside the round field
+    of view (-2048, -3024). Counted as they are, they would turn air mid-grey and squash every
+    tissue together; as air, the slice is windowed as one whose outside was written -1024."""
     values = np.asarray(values)
-    if values.dtype != np.uint8:
-        below = values < PADDING_BELOW
-        if PADDING_SHARE < float(below.mean()) < 1.0:
-            values = values[~below]
+    if values.dtype != np.uint8 and PADDING_SHARE < float(np.mean(values < PADDING_BELOW)) < 1.0:
+        values = np.maximum(values, PADDING_BELOW)
     return np.percentile(values, q)
 
 
