@@ -497,6 +497,10 @@ def test_a_coronal_view_segments_and_propagates_across_coronal_slices(tmp_path, 
     code, _, err = run_cli(capsys, "segment", tmp_path / "ct.nii.gz", "--view", "sagittal", "--slice", 500,
                            "--query", "q", "--model", tiny_vlm_folder)
     assert code == 2 and "slice 500 is outside the sagittal slices of ct.nii.gz (0..95)" in err
+    Image.fromarray(volume.image[10]).save(tmp_path / "one.png")
+    code, _, err = run_cli(capsys, "segment", tmp_path / "one.png", "--view", "coronal", "--query", "q",
+                           "--model", tiny_vlm_folder)
+    assert code == 2 and "--view coronal needs a 3-D volume" in err
 
 
 def test_max_steps_0_without_a_mask_is_refused_in_one_line(files, capsys, tiny_vlm_folder):
