@@ -287,6 +287,9 @@ def test_a_coronal_view_segments_propagates_and_exports_the_slice_on_screen(make
     run_and_wait(w, qtbot, w.propagate)  # along y, the axis the view slices through
     volume_labels = viewer.layers[w.volume_name].data > 0
     assert dice(truth, volume_labels) > 0.7 and not volume_labels[:, :15, :].any()
+    listed = int(w.volume_panel.review_list.item(0).text().split()[1])  # a coronal slice to review
+    w.go_to(listed)
+    assert viewer.dims.point[1] == pytest.approx(listed) and tuple(viewer.dims.order) == (1, 0, 2)
     path = w.save_result(tmp_path / "coronal.npy")
     saved = np.load(path)
     assert saved.shape == volume.shape and saved[:, 24, :].any() and not saved[:, 23, :].any()
