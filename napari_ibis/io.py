@@ -167,8 +167,8 @@ def read_image(path: str | Path, slice: int | Sequence[int] | None = None, view:
     viewed = tuple(spatial[a] for a in axes) if axes else spatial
     loaded = LoadedImage(path, array, rgb, _slice_index(path, viewed, slice, view), meta, axes)
     image = loaded.slice
-    if np.issubdtype(image.dtype, np.floating) and not np.all(np.isfinite(image)):
-        raise InputError(f"{path.name} contains NaN or infinite values in the chosen slice")
+    if np.issubdtype(image.dtype, np.floating) and not np.any(np.isfinite(image)):
+        raise InputError(f"{path.name} holds only NaN or infinite values in the chosen slice")
     if min(image.shape[:2]) < 8:
         raise InputError(f"{path.name}: the slice is {image.shape[0]}x{image.shape[1]}; at least 8x8 is needed")
     return loaded

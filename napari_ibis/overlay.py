@@ -67,6 +67,8 @@ def percentiles(values: np.ndarray, q) -> np.ndarray:
     of view (-2048, -3024). Counted as they are, they would turn air mid-grey and squash every
     tissue together; as air, the slice is windowed as one whose outside was written -1024."""
     values = np.asarray(values)
+    if np.issubdtype(values.dtype, np.floating) and not np.all(np.isfinite(values)):
+        values = values[np.isfinite(values)]  # no data
     if values.dtype != np.uint8 and PADDING_SHARE < float(np.mean(values < PADDING_BELOW)) < 1.0:
         values = np.maximum(values, PADDING_BELOW)
     return np.percentile(values, q)
@@ -102,7 +104,10 @@ def to_rgb8(image: np.ndarray, window: str | None = None) -> np.ndarray:
     if not np.issubdtype(image.dtype, np.number):
         raise InputError(f"cannot display pixels of type {image.dtype}")
     if np.issubdtype(image.dtype, np.floating) and not np.all(np.isfinite(image)):
-        raise InputError("the image contains NaN or infinite values")
+        finite = np.isfinite(image)
+        if not finite.any():
+            raise InputError("the image holds only NaN or infinite values")
+        image = np.where(finite, image, image[finite].min())  # "no data" (NaN outside a masked scan): background
     if image.dtype == np.uint8 and window is None:
         out = image
     else:

@@ -320,7 +320,7 @@ def structure_window(slice_hu: np.ndarray, mask: np.ndarray, width: float = 400.
     """A CT window ``width`` HU wide centred on the structure's median on the start slice: a
     soft-tissue window for the liver (about 40, 400), one that keeps a contrast-filled aorta
     (about 450 HU) mid-grey between darker tissue and brighter bone instead of white like both."""
-    level = float(np.median(np.asarray(slice_hu)[np.asarray(mask, bool)]))
+    level = float(np.nanmedian(np.asarray(slice_hu, dtype=np.float64)[np.asarray(mask, bool)]))
     return f"ct:{level:.0f},{width:g}"
 
 

@@ -87,6 +87,9 @@ def files(tmp_path):
     Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "mask.png")
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG not really")
     np.save(tmp_path / "nan.npy", np.full((16, 16), np.nan))
+    partly = image.astype(np.float32)
+    partly[:, :6] = np.nan  # no data beside the image, as masked scans are written
+    np.save(tmp_path / "partly_nan.npy", partly)
     np.save(tmp_path / "tiny.npy", np.zeros((4, 16)))
     np.save(tmp_path / "four_d.npy", np.zeros((2, 3, 16, 16)))
     return tmp_path
@@ -199,6 +202,9 @@ def test_segment_writes_labels_and_trace_with_a_model_folder(files, capsys, tiny
     code, _, err = run_cli(capsys, "segment", files / "img.png", "--query", "q", "--model", tiny_vlm_folder,
                            "--out", out, "--trace", trace)
     assert code == 2 and "--force" in err
+    code, stdout, err = run_cli(capsys, "segment", files / "partly_nan.npy", "--query", "segment the disk", "--model",
+                                tiny_vlm_folder, "--segmenter", "classical", "--max-steps", "2", "--out", files / "p.tif")
+    assert code == 0, err  # NaN where a masked scan has no data is background, not a reason to refuse it
 
 
 def test_eval_with_the_oracle_reports_click_metrics(files, capsys):

@@ -114,3 +114,14 @@ def test_ct_padding_outside_the_field_of_view_is_windowed_as_air():
     mr[10:50, 10:50] = np.linspace(100, 900, 40)[None, :]
     low, high = np.percentile(mr, [0.5, 99.5])
     assert np.array_equal(to_rgb8(mr)[..., 0], np.clip(np.round((mr - low) * 255 / (high - low)), 0, 255).astype(np.uint8))
+
+
+def test_nan_outside_a_masked_scan_is_background_and_an_all_nan_slice_is_refused():
+    """SPM and other tools write NaN where a masked image has no data: it is shown as the
+    darkest grey, not refused; a slice with no finite value at all is still one line."""
+    image = np.full((32, 32), np.nan, dtype=np.float32)
+    image[8:24, 8:24] = np.linspace(200.0, 800.0, 16)[None, :]
+    shown = to_rgb8(image)[..., 0]
+    assert shown[0, 0] == 0 and shown[8:24, 8:24].max() == 255 and shown[8:24, 8:24].min() <= 1
+    with pytest.raises(InputError, match="only NaN"):
+        to_rgb8(np.full((9, 9), np.inf))
