@@ -273,7 +273,8 @@ def _propagate(args, loaded, session, segmenter, policy, check_every: int):
                "likeness": None if np.isnan(r.likeness) else round(r.likeness, 3),
                "seconds": round(r.seconds, 3), "agent": r.trajectory} for r in done.slices]
     occupied = [int(z) for z in np.nonzero(done.labels.any(axis=(1, 2)))[0]]
-    print(f"propagated {args.propagate} from slice {start}: structure on slices {occupied[0]}-{occupied[-1]} "
+    plane = "" if args.view == "axial" else f"{args.view} "  # which slices the numbers count
+    print(f"propagated {args.propagate} from {plane}slice {start}: structure on {plane}slices {occupied[0]}-{occupied[-1]} "
           f"({len(occupied)} slices, {int(done.labels.sum()):,} voxels) in {seconds:.1f} s; "
           f"to review: {', '.join(map(str, done.flagged)) or 'none'}")
     record = {"direction": args.propagate, "start": start, "check": args.check, "seconds": seconds,

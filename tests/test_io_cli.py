@@ -496,7 +496,7 @@ def test_a_coronal_view_segments_and_propagates_across_coronal_slices(tmp_path, 
     assert code == 0, err
     kept = TrainingInbox(tmp_path / "inbox").sessions()[0]  # kept for training as the slice was cut and spaced
     assert kept.meta["slice_axes"] == [1, 0, 2] and kept.pixel_aspect == pytest.approx(2.5 / 0.8)
-    assert f"imported mask ({int(liver[:, y, :].sum()):,} px)" in stdout and f"propagated both from slice {y}" in stdout
+    assert f"imported mask ({int(liver[:, y, :].sum()):,} px)" in stdout and f"propagated both from coronal slice {y}: structure on coronal slices" in stdout
     written = np.asarray(nib.load(out).dataobj) > 0
     assert written.shape == to_file(liver).shape and dice(to_file(liver), written) > 0.7
     assert json.loads(io.trace_path(out).read_text())["image"]["view"] == {"plane": "coronal", "axes": [1, 0, 2]}
