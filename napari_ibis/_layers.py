@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .geometry import GEOMETRY_KEY, data_to_view, geometry_of, oriented, view_to_data
+from .geometry import GEOMETRY_KEY, data_to_view, geometry_of, in_view_order, oriented, view_to_data
 from .overlay import RELEASE_COLOR
 from .segmenters.base import Click
 
@@ -95,8 +95,7 @@ def slice_pixel_aspect(layer, axes: tuple[int, ...] = ()) -> float:
     layer's scale on the displayed axes; the reader sets it from the file's spacing)."""
     from .square_pixels import pixel_aspect
 
-    scale = tuple(float(v) for v in layer.scale)[-spatial_ndim(layer):]
-    return pixel_aspect(tuple(scale[a] for a in axes) if axes else scale)
+    return pixel_aspect(in_view_order((float(v) for v in layer.scale[-spatial_ndim(layer):]), axes))
 
 
 def layer_slice(layer, index: tuple[int, ...], axes: tuple[int, ...] = ()) -> np.ndarray:

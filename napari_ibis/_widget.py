@@ -34,12 +34,12 @@ from ._layers import (
     view_axes,
     volume_layer,
 )
-from .geometry import geometry_of, oriented
 from ._panels import RestoreBar, ResultPanel, RunPanel, StepsPanel, VolumePanel
 from ._runtime import MODEL_CACHE, ModelCache, freeze_long_lived_objects, hide_triton, import_model_libraries
 from .autosave import Autosave
 from .controller import Controller, RunSpec
 from .errors import IbisError
+from .geometry import geometry_of, oriented
 from .inbox import SETTINGS_KEY as KEEP_SETTING
 from .inbox import TrainingInbox
 from .segmenters import default_segmenter

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import IbisError, InputError
-from .geometry import VIEWS
+from .geometry import VIEWS, in_view_order
 
 DESCRIPTION = "Agentic, text-driven biomedical segmentation (IBISAgent): segment a slice, evaluate, train."
 EXIT_BAD_INPUT = 2
@@ -236,9 +236,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         from .inbox import TrainingInbox
 
         geometry = loaded.meta.get("geometry")
-        spacing = None if geometry is None else tuple(geometry.spacing)
-        if spacing is not None and len(spacing) == len(loaded.axes):
-            spacing = tuple(spacing[a] for a in loaded.axes)  # in the order of the slice's axes
+        spacing = None if geometry is None else in_view_order(geometry.spacing, loaded.axes)
         kept = TrainingInbox(args.keep_for_training).keep(
             session, raw_slice=loaded.slice, slice_index=loaded.slice_index, spacing=spacing,
             modality=str(loaded.meta.get("modality", "")), slice_axes=loaded.axes)

@@ -28,7 +28,7 @@ import numpy as np
 from ._runtime import MODEL_CACHE, ModelCache, freeze_long_lived_objects
 from .autosave import Autosave, Entry, restore_into, slice_key
 from .errors import IbisError, InputError
-from .geometry import Geometry, oriented, plane_of
+from .geometry import Geometry, in_view_order, oriented, plane_of
 from .inbox import TrainingInbox
 from .io import trace_path
 from .session import ActionTaken, Answered, MaskUpdated, Session, StepStarted, Stopped
@@ -313,7 +313,7 @@ class Controller:
         spec = self.spec
         record["image"] = {"layer": spec.layer, "slice": list(spec.index), "shape": list(spec.layer_shape)}
         if spec.axes:
-            record["image"]["axes"] = list(spec.axes)  # the slice's index runs along axes[0]; rows axes[-2], columns axes[-1]
+            record["image"]["axes"] = list(spec.axes)  # the slice runs along axes[0]: geometry.oriented
         if spec.geometry is not None:
             record["image"]["geometry"] = spec.geometry.describe()
         return record
@@ -331,9 +331,7 @@ class Controller:
             return ""
         spec = self.spec
         try:
-            spacing = None if spec.geometry is None else spec.geometry.spacing
-            if spacing is not None and spec.axes and len(spacing) == len(spec.axes):
-                spacing = tuple(spacing[a] for a in spec.axes)  # in the order of the slice's axes
+            spacing = None if spec.geometry is None else in_view_order(spec.geometry.spacing, spec.axes)
             self.inbox.keep(self.session, raw_slice=spec.image, slice_index=spec.index, spacing=spacing,
                             modality=spec.modality, names={"layer": spec.layer}, slice_axes=spec.axes)
         except OSError as exc:  # the result itself is safe; only the training copy failed

@@ -206,6 +206,12 @@ def oriented(array, axes: tuple[int, ...]):
     return viewed
 
 
+def in_view_order(values, axes: tuple[int, ...]) -> tuple:
+    """Per-axis ``values`` (spacing, scale) of a volume in the order of a slice's ``axes``."""
+    values = tuple(values)
+    return tuple(values[a] for a in axes) if axes and len(values) == len(axes) else values
+
+
 def view_to_data(points: np.ndarray, axes: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
     """Points (N, ndim) in view coordinates (the slice index first, then row and column) as
     coordinates of the array of spatial ``shape`` that ``oriented`` views."""

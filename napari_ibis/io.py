@@ -26,7 +26,7 @@ import numpy as np
 
 from .errors import InputError
 from .formats import suffix_of
-from .geometry import VIEWS, Geometry, oriented
+from .geometry import VIEWS, Geometry, in_view_order, oriented
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".nrrd", ".dcm", ".npy")
 LABEL_SUFFIXES = (".tif", ".tiff", ".nii", ".nii.gz", ".npy", ".png", ".nrrd", ".dcm")
@@ -62,10 +62,7 @@ class LoadedImage:
         from .square_pixels import pixel_aspect
 
         geometry = self.meta.get("geometry")
-        spacing = None if geometry is None else tuple(geometry.spacing)
-        if spacing is not None and self.axes and len(spacing) == len(self.axes):
-            spacing = tuple(spacing[a] for a in self.axes)
-        return pixel_aspect(spacing)
+        return pixel_aspect(None if geometry is None else in_view_order(geometry.spacing, self.axes))
 
     def in_file_order(self, labels: np.ndarray) -> np.ndarray:
         """Labels of the whole volume in view order, back in the order the file was read in."""
