@@ -194,4 +194,4 @@ def plane_note(plane: str, bundled_agent: bool, command_line: bool = False) -> s
     advice = ("give it a mask to refine (--init-mask) or use --view axial" if command_line else
               "click the structure yourself (each further click corrects the mask), or turn the volume back to axial")
     return (f"This is a {plane} slice. The bundled agent learnt from axial slices and seldom finds a structure on "
-            f"others (its first click lands inside 12% of held-out coronal brain regions): {advice}.")
+            f"others (its first click lands inside 10% of held-out coronal brain regions): {advice}.")
