@@ -287,6 +287,11 @@ def test_a_coronal_view_segments_propagates_and_exports_the_slice_on_screen(make
     run_and_wait(w, qtbot, w.propagate)  # along y, the axis the view slices through
     volume_labels = viewer.layers[w.volume_name].data > 0
     assert dice(truth, volume_labels) > 0.7 and not volume_labels[:, :15, :].any()
+    viewer.dims.set_point(1, 22.0)  # the propagated labels as the start of a run on coronal slice 22
+    w.run_panel.init_combo.setCurrentText(w.volume_name)
+    start = w.gather().init_mask
+    assert np.array_equal(start, volume_labels[::-1, 22, :]) and start.any()  # head up, as the agent sees it
+    w.run_panel.init_combo.setCurrentIndex(0)
     listed = int(w.volume_panel.review_list.item(0).text().split()[1])  # a coronal slice to review
     w.go_to(listed)
     assert viewer.dims.point[1] == pytest.approx(listed) and tuple(viewer.dims.order) == (1, 0, 2)
