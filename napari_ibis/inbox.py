@@ -10,7 +10,7 @@ and query replaces it):
   rejected steps, each with the mask it started from);
 * ``<id>.json``: the query, each step (agent or person; clicks, the model's text, brush
   edits), the undo / redo / reject / accept operations, the models used, and the
-  slice's shape, index and voxel spacing.
+  slice's shape, index, plane (``slice_axes``) and voxel spacing (in the slice's order).
 
 Never written: file names and paths, layer names (unless ``keep_names``), DICOM patient
 and study fields, dates, the image's position in the scanner (affine). Nothing leaves
