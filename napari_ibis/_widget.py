@@ -39,7 +39,7 @@ from ._runtime import MODEL_CACHE, ModelCache, freeze_long_lived_objects, hide_t
 from .autosave import Autosave
 from .controller import Controller, RunSpec
 from .errors import IbisError
-from .geometry import geometry_of, oriented
+from .geometry import geometry_of, oriented, plane_of
 from .inbox import SETTINGS_KEY as KEEP_SETTING
 from .inbox import TrainingInbox
 from .segmenters import default_segmenter
@@ -419,8 +419,9 @@ class IbisWidget(QWidget):
         index, row, col = self.layers.locate(points.data[-1])
         if index != tuple(self.layers.index):
             self.show_step(session.current)  # the click is taken back off the layer
+            plane = self._plane_words()
             self.controller.report_error(
-                f"that click is on slice {slice_words(index)}, but this session works on slice "
+                f"that click is on {plane}slice {slice_words(index)}, but this session works on {plane}slice "
                 f"{slice_words(self.layers.index)}: go back to that slice to click, or press Run to start on this one")
             return
         self._start(self.controller.click_job, row, col, self.click_positive)
@@ -432,11 +433,17 @@ class IbisWidget(QWidget):
         elsewhere = self.layers.painted_elsewhere()
         if elsewhere is not None:
             self.controller.report_error(
-                f"you painted on slice {slice_words(elsewhere)}, but this session works on slice "
-                f"{slice_words(self.layers.index)}: paint there (the paint on slice {slice_words(elsewhere)} is left as it is)")
+                f"you painted on {self._plane_words()}slice {slice_words(elsewhere)}, but this session works on "
+                f"{self._plane_words()}slice {slice_words(self.layers.index)}: paint there (that paint is left as it is)")
             return
         data = self.viewer.layers[MASK_NAME].data
         self.controller.brush_edit(np.asarray(self.layers.slice_of(data)) > 0)
+
+    def _plane_words(self) -> str:
+        """The session's plane for a message ("axial ", "coronal "; "" where the volume is no scan):
+        which plane a slice number counts in matters to someone looking at another one."""
+        spec = self.controller.spec
+        return f"{plane_of(spec.axes, spec.geometry)} " if spec is not None and spec.geometry is not None else ""
 
     def _sync_step_list(self) -> None:
         session = self.controller.session
