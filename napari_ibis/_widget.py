@@ -340,7 +340,7 @@ class IbisWidget(QWidget):
         query = panel.query_edit.text().strip()
         if not query:
             raise IbisError("type a query first, e.g. 'segment the liver tumour'")
-        if self.viewer.dims.ndisplay == 3 and spatial_shape(image_layer) != spatial_shape(image_layer)[-2:]:
+        if self.viewer.dims.ndisplay == 3 and len(spatial_shape(image_layer)) > 2:
             raise IbisError("the viewer shows the volume in 3-D: switch to the 2-D view (the square button at the "
                             "bottom left) and go to the slice to segment")
         axes = view_axes(image_layer, self.viewer)

@@ -161,7 +161,7 @@ def read_image(path: str | Path, slice: int | Sequence[int] | None = None, view:
     axes = VIEWS[view]
     if axes and len(spatial) != 3:
         raise InputError(f"{path.name} has {len(spatial)} dimensions {tuple(spatial)}: --view {view} needs a 3-D volume")
-    viewed = tuple(spatial[a] for a in axes) if axes else spatial
+    viewed = in_view_order(spatial, axes)
     loaded = LoadedImage(path, array, rgb, _slice_index(path, viewed, slice, view), meta, axes)
     image = loaded.slice
     if np.issubdtype(image.dtype, np.floating) and not np.any(np.isfinite(image)):
