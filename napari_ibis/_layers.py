@@ -72,7 +72,7 @@ def turn_camera(viewer, layer) -> None:
     if n < 3 or viewer.dims.ndisplay != 2:
         return
     vertical = viewer.dims.order[-2] - (viewer.dims.ndim - n)  # the layer's axis down the screen
-    wanted = "up" if vertical == 0 else "down"
+    wanted = "up" if vertical == n - 3 else "down"  # the first spatial axis (after any frames)
     horizontal = viewer.camera.orientation2d[1]
     if viewer.camera.orientation2d[0] != wanted:
         viewer.camera.orientation2d = (wanted, horizontal)
@@ -321,9 +321,9 @@ def volume_layer(layers: "SessionLayers", name: str):
     return layers.result_layer(name)
 
 
-def paint_slice(layer, index: int, mask: np.ndarray | None, value: int, axes: tuple[int, ...] = ()) -> None:
-    """Slice ``index`` (along ``axes[0]``) of ``layer``: ``value`` where ``mask`` is, other
-    labels untouched."""
+def paint_slice(layer, index: tuple[int, ...], mask: np.ndarray | None, value: int, axes: tuple[int, ...] = ()) -> None:
+    """The slice of ``layer`` at ``index`` (along ``axes[:-2]``, e.g. (slice,) or (frame,
+    slice)): ``value`` where ``mask`` is, other labels untouched."""
     region = oriented(layer.data, axes)[index]
     region[region == value] = 0
     if mask is not None:

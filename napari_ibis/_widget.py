@@ -546,11 +546,12 @@ class IbisWidget(QWidget):
         layer = volume_layer(self.layers, f"IBIS volume: {self.controller.session.query}")
         self.volume_name = layer.name
         self.volume_undo.append((layer.name, np.array(layer.data, copy=True)))
-        paint_slice(layer, spec.index[0], mask, self.result_panel.target_label.value(), spec.axes)
+        paint_slice(layer, spec.index, mask, self.result_panel.target_label.value(), spec.axes)
         self.volume_panel.review_list.clear()
         self._refresh_layer_choices()
         panel = self.volume_panel
-        direction, start, depth = panel.direction_combo.currentText(), spec.index[0], int(data.shape[0])
+        data = data[spec.index[:-1]]  # a file of several volumes: the frame's (propagation runs along the last index)
+        direction, start, depth = panel.direction_combo.currentText(), spec.index[-1], int(data.shape[0])
         reachable = {"up": depth - 1 - start, "down": start}.get(direction, depth - 1)  # slices it may visit
         self._start(self.controller.propagate_job, np.asarray(data), mask, direction,
                     panel.check_combo.currentText(), description="IBIS propagation: slices", total=reachable + 1)
@@ -574,8 +575,9 @@ class IbisWidget(QWidget):
             self.controller.set_status(f"{'Stopped' if event.cancelled else 'Propagated'}: the structure is on {where} "
                                        f"of '{layer.name}'; {len(event.flagged)} slice(s) to review.")
             return
-        paint_slice(layer, event.index, event.mask if event.mask.any() else None, self.result_panel.target_label.value(),
-                    self.controller.spec.axes)
+        spec = self.controller.spec
+        paint_slice(layer, spec.index[:-1] + (event.index,), event.mask if event.mask.any() else None,
+                    self.result_panel.target_label.value(), spec.axes)
         note = f" ({event.stopped})" if event.stopped else ""
         self.controller.set_status(f"Propagating: slice {event.index}, {int(event.mask.sum()):,} px{note}")
 
@@ -596,18 +598,19 @@ class IbisWidget(QWidget):
         layer = self.viewer.layers[self.volume_name]
         axes = view_axes(self.layers.image_layer, self.viewer)
         index = current_slice_index(self.layers.image_layer, self.viewer, axes)
-        if len(index) != 1:
+        if not index:
             return
         self.volume_undo.append((layer.name, np.array(layer.data, copy=True)))
-        paint_slice(layer, index[0], None, self.result_panel.target_label.value(), axes)
-        self.controller.set_status(f"Slice {index[0]} of '{layer.name}' cleared (Undo propagation brings it back).")
+        paint_slice(layer, index, None, self.result_panel.target_label.value(), axes)
+        self.controller.set_status(f"Slice {index[-1]} of '{layer.name}' cleared (Undo propagation brings it back).")
         self.changed()
 
     def go_to(self, index: int) -> None:
         """Show slice ``index`` along the axis the last propagation ran along."""
-        if self.layers.image_layer is not None:
-            axes = self.controller.spec.axes if self.controller.spec is not None else ()
-            go_to_slice(self.viewer, self.layers.image_layer, index, axes[0] if axes else 0)
+        spec = self.controller.spec
+        if self.layers.image_layer is not None and spec is not None and spec.index:
+            along = len(spec.index) - 1  # propagation runs along the last sliced axis
+            go_to_slice(self.viewer, self.layers.image_layer, index, spec.axes[along] if spec.axes else along)
 
     def default_save_name(self) -> str:
         spec = self.controller.spec

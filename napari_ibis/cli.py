@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -185,7 +186,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         from .formats import check_dicom_seg_source
 
         check_dicom_seg_source(loaded.meta.get("geometry"))
-    if args.propagate and len(loaded.slice_index) != 1:
+    if args.propagate and len(loaded.slice_index) != 1 + bool(loaded.frames):
         raise InputError(f"--propagate needs a 3-D volume; {image_path.name} has shape {loaded.data.shape}")
     init_mask = io.read_mask(args.init_mask, loaded, args.label) if args.init_mask else None
     segmenter = build_segmenter(args.segmenter, device=args.device)
@@ -196,7 +197,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     )
     show = (lambda readable, raw: None) if args.quiet else (
         lambda readable, raw: print(raw if args.raw else readable, end="", flush=True))
-    for note in (plane_note(args.view, args.model is None, command_line=True), stretch_note(session.pixel_aspect)):
+    for note in (plane_note(args.view, args.model is None, command_line=True), stretch_note(session.pixel_aspect),
+                 frames_note(loaded, args.slice)):
         if note and not args.quiet:
             print(note)
     transcript = Transcript(show)
@@ -236,7 +238,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         from .inbox import TrainingInbox
 
         geometry = loaded.meta.get("geometry")
-        spacing = None if geometry is None else in_view_order(geometry.spacing, loaded.axes)
+        spacing = None if geometry is None else in_view_order(geometry.display_spacing, loaded.axes)
         kept = TrainingInbox(args.keep_for_training).keep(
             session, raw_slice=loaded.slice, slice_index=loaded.slice_index, spacing=spacing,
             modality=str(loaded.meta.get("modality", "")), slice_axes=loaded.axes)
@@ -244,15 +246,25 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def frames_note(loaded, chosen) -> str | None:
+    """Where a file holds several volumes and no slice was asked for: which one is used."""
+    if not loaded.frames or chosen is not None:
+        return None
+    frame, index = loaded.slice_index
+    return (f"{loaded.path.name} holds {loaded.frames} volumes on one grid (channels or time points): working on "
+            f"frame {frame}, slice {index}; pick others with --slice FRAME,SLICE. The labels are written on the "
+            "grid they share.")
+
+
 def _propagate(args, loaded, session, segmenter, policy, check_every: int):
     """The start slice's mask carried through the volume; (3-D labels, the record for the trajectory)."""
     from .propagation import Propagation, PropagationDone, agent_checker
 
-    start = loaded.slice_index[0]
+    start = loaded.slice_index[-1]
     aspect = loaded.pixel_aspect
     checker = (agent_checker(policy, args.query, segmenter, profile=args.profile, pixel_aspect=aspect)
                if check_every else None)
-    propagation = Propagation(loaded.volume, segmenter, window=args.window, checker=checker, check=check_every,
+    propagation = Propagation(loaded.stack, segmenter, window=args.window, checker=checker, check=check_every,
                               pixel_aspect=aspect)
     started = time.perf_counter()
     for event in propagation.run(start, session.mask, args.propagate):
@@ -559,8 +571,28 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _note_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """The package's own warnings (labels written without a geometry) as one line a person
+    reads, not Python's file, line number and source; others as Python shows them."""
+    from .geometry import GeometryWarning
+
+    if issubclass(category, GeometryWarning):
+        print(f"napari-ibis: note: {message}", file=sys.stderr if file is None else file)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
+_show_warning = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _note_line
+        return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     try:
         extra = extra_commands().get(argv[0]) if argv else None
         if extra is not None:  # its own parser, so that `napari-ibis sft --help` is that command's help

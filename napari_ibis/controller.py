@@ -95,7 +95,7 @@ class Controller:
             "undo": has and session.cursor > 0, "redo": has and session.can_redo,
             "reject": has and session.cursor > 0, "brush": has,
             "accept": has_mask, "export": has_mask, "save": has_mask,
-            "propagate": has_mask and len(self.spec.index) == 1,
+            "propagate": has_mask and len(self.spec.index) >= 1,  # along the last sliced axis
         }
 
     def owners(self, step) -> list[int]:
@@ -173,7 +173,7 @@ class Controller:
         from .propagation import Propagation, agent_checker
 
         spec = self.spec
-        yield ("status", f"Propagating {direction} from slice {spec.index[0]}…")
+        yield ("status", f"Propagating {direction} from slice {spec.index[-1]}…")
         try:
             segmenter = self.models.segmenter(spec.segmenter, spec.device)
             checker = None
@@ -182,7 +182,7 @@ class Controller:
                 checker = agent_checker(policy, spec.query, segmenter, spec.profile, cancel=self.cancel,
                                         pixel_aspect=spec.pixel_aspect)
             propagation = Propagation(volume, segmenter, checker=checker, check=check, pixel_aspect=spec.pixel_aspect)
-            for event in propagation.run(spec.index[0], mask, direction, self.cancel):
+            for event in propagation.run(spec.index[-1], mask, direction, self.cancel):
                 yield ("propagated", event)
         except IbisError as exc:
             yield ("error", str(exc))
@@ -331,7 +331,7 @@ class Controller:
             return ""
         spec = self.spec
         try:
-            spacing = None if spec.geometry is None else in_view_order(spec.geometry.spacing, spec.axes)
+            spacing = None if spec.geometry is None else in_view_order(spec.geometry.display_spacing, spec.axes)
             self.inbox.keep(self.session, raw_slice=spec.image, slice_index=spec.index, spacing=spacing,
                             modality=spec.modality, names={"layer": spec.layer}, slice_axes=spec.axes)
         except OSError as exc:  # the result itself is safe; only the training copy failed

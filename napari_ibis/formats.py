@@ -33,11 +33,15 @@ def read_nifti(path: Path) -> tuple[np.ndarray, bool, dict]:
     image = nib.load(str(path))
     array = np.asarray(image.dataobj)
     meta = {"format": "nifti"}
+    if array.ndim > 3:  # one-long axes past the third (a (X, Y, Z, 1) volume, a (X, Y, Z, 1, C) vector image)
+        array = array.reshape(array.shape[:3] + tuple(n for n in array.shape[3:] if n != 1))
     if array.ndim == 2:
         array = array[:, :, None]
-    if array.ndim != 3:  # 4-D and more: axes reversed, no reorientation
+    if array.ndim > 4:  # more than one non-spatial axis: axes reversed, no reorientation
         return np.ascontiguousarray(array.T), False, meta
-    geometry = from_affine("nifti", array.shape, image.affine, header=image.header.copy(), source=str(path))
+    frames = array.shape[3] if array.ndim == 4 else 0  # channels or time points of one grid
+    geometry = from_affine("nifti", array.shape[:3], image.affine, header=image.header.copy(), source=str(path),
+                           frames=frames)
     meta["geometry"] = geometry
     return geometry.to_display(array), False, meta
 

@@ -42,7 +42,10 @@ class Geometry:
     file holds no orientation (TIFF). ``ornt``: nibabel's orientation transform
     from the file's axes to the display axes (None: the file is already in
     display order). ``squeeze``: the display drops a leading one-voxel axis (a
-    single-slice file shown as a 2-D image).
+    single-slice file shown as a 2-D image). ``frames``: the file holds that many volumes
+    on one grid along a last, non-spatial axis (the channels of a multi-sequence MRI, the
+    time points of a dynamic series); the display puts them first, and labels go back to the
+    spatial grid alone (drawn on any frame, they mark the same voxels).
     """
 
     format: str
@@ -54,17 +57,20 @@ class Geometry:
     header: Any = None
     source: str = ""
     squeeze: bool = False
+    frames: int = 0
 
     # -- arrays ------------------------------------------------------------------
     def to_display(self, file_array: np.ndarray) -> np.ndarray:
-        """The file's (spatial) array in display order."""
+        """The file's array in display order (its frames, if any, first)."""
         from nibabel.orientations import apply_orientation
 
         array = np.asarray(file_array)
         if self.ornt is not None:
-            array = apply_orientation(array, self.ornt)
+            array = apply_orientation(array, self.ornt)  # the spatial axes; a frame axis stays last
         if self.squeeze:
             array = array[0]
+        if self.frames and array.ndim == len(self.spatial_display_shape) + 1:
+            array = np.moveaxis(array, -1, 0)
         return np.ascontiguousarray(array)
 
     def to_file(self, display_array: np.ndarray) -> np.ndarray:
@@ -72,6 +78,8 @@ class Geometry:
         from nibabel.orientations import apply_orientation, ornt_transform
 
         array = np.asarray(display_array)
+        if self.frames and array.ndim == len(self.spatial_display_shape) + 1:
+            array = array.max(axis=0)  # labels drawn on any frame mark the same voxels
         if self.squeeze:
             array = array[None]
         if self.ornt is not None:
@@ -82,11 +90,21 @@ class Geometry:
         return array
 
     @property
-    def display_shape(self) -> tuple[int, ...]:
+    def display_spacing(self) -> tuple[float, ...]:
+        """The spacing along each axis of the display array (1 along the frames)."""
+        return (1.0,) * bool(self.frames) + tuple(self.spacing)
+
+    @property
+    def spatial_display_shape(self) -> tuple[int, ...]:
         shape = tuple(self.file_shape)
         if self.ornt is not None:
             shape = tuple(shape[int(axis)] for axis in np.argsort(self.ornt[:, 0]))
         return shape[1:] if self.squeeze else shape
+
+    @property
+    def display_shape(self) -> tuple[int, ...]:
+        """The shape of the display array: the frames (if any), then the spatial axes."""
+        return ((self.frames,) if self.frames else ()) + self.spatial_display_shape
 
     # -- where it lies -------------------------------------------------------------
     @property
@@ -102,7 +120,7 @@ class Geometry:
 
     def layer_kwargs(self) -> dict:
         """``scale``, ``translate`` and ``metadata`` for a napari layer of the display array."""
-        ndim = len(self.display_shape)
+        ndim = len(self.spatial_display_shape)
         scale, translate = list(self.spacing[-ndim:]), [0.0] * ndim
         affine = self.display_affine
         if affine is not None:
@@ -113,8 +131,9 @@ class Geometry:
             translate = [float(v) for v in origin[start:]]
         kwargs: dict = {"metadata": {GEOMETRY_KEY: self}}
         if scale and len(scale) == ndim:
-            kwargs["scale"] = tuple(scale)
-            kwargs["translate"] = tuple(translate)
+            lead = [1.0] if self.frames else []  # the frame axis has no physical size
+            kwargs["scale"] = tuple(lead + scale)
+            kwargs["translate"] = tuple([0.0] * len(lead) + translate)
         return kwargs
 
     def describe(self) -> dict:
@@ -127,6 +146,7 @@ class Geometry:
             "display_axcodes": list(display_axcodes_of(self)) if self.affine is not None else None,
             "affine": None if self.affine is None else np.asarray(self.affine).round(6).tolist(),
             "spacing": list(self.spacing),
+            "frames": self.frames,
         }
 
 
@@ -165,11 +185,12 @@ def display_axcodes_of(geometry: Geometry) -> tuple[str, ...]:
 
 
 def from_affine(file_format: str, file_shape: tuple[int, ...], affine: np.ndarray, header: Any = None,
-                source: str = "", unit: str = "mm") -> Geometry:
-    """A Geometry for a 3-D (or single-slice) file with an orientation."""
+                source: str = "", unit: str = "mm", frames: int = 0) -> Geometry:
+    """A Geometry for a 3-D (or single-slice) file with an orientation; ``frames``: the
+    number of volumes along a fourth axis (``file_shape`` is the spatial shape alone)."""
     ornt, squeeze = display_ornt(affine, file_shape)
     geometry = Geometry(file_format, tuple(int(s) for s in file_shape), np.asarray(affine, float), ornt, (),
-                        unit, header, source, squeeze)
+                        unit, header, source, squeeze, int(frames))
     geometry.spacing = tuple(float(v) for v in np.linalg.norm(geometry.display_affine[:3, :3], axis=0))
     if squeeze:
         geometry.spacing = geometry.spacing[1:]
@@ -187,7 +208,7 @@ def rows_run_up(axes: tuple[int, ...]) -> bool:
     """Whether a slice taken along ``axes`` has the volume's first axis down its rows, which
     then run upwards: in the display convention that axis points superior, so a coronal or
     sagittal slice has the head up (the viewer's camera is turned to match, see the widget)."""
-    return len(axes) >= 3 and axes[-2] == 0
+    return len(axes) >= 3 and axes[-2] == len(axes) - 3  # the first of the spatial axes (after any frames)
 
 
 def oriented(array, axes: tuple[int, ...]):
@@ -237,6 +258,6 @@ def data_to_view(point: np.ndarray, axes: tuple[int, ...], shape: tuple[int, ...
 def plane_of(axes: tuple[int, ...], geometry: Geometry | None) -> str:
     """The plane of a volume's slice taken across ``axes[0]``: "axial", "coronal" or "sagittal"
     for a volume in the display convention (one with a ``geometry``), "axial" otherwise."""
-    if geometry is None or len(axes) != 3:
+    if geometry is None or len(axes) < 3:
         return "axial"
-    return {0: "axial", 1: "coronal", 2: "sagittal"}[axes[0]]
+    return {0: "axial", 1: "coronal", 2: "sagittal"}.get(axes[-3] - (len(axes) - 3), "axial")

@@ -57,19 +57,31 @@ class LoadedImage:
         return self.volume[self.slice_index] if self.slice_index else self.data
 
     @property
+    def frames(self) -> int:
+        """How many volumes the file holds on one grid (channels, time points); 0: one."""
+        geometry = self.meta.get("geometry")
+        return 0 if geometry is None else geometry.frames
+
+    @property
+    def stack(self) -> np.ndarray:
+        """The 3-D volume (in view order) that holds the slice: a frame's, for a file of several."""
+        return self.volume[self.slice_index[:-1]]
+
+    @property
     def pixel_aspect(self) -> float:
         """The slice's row spacing over its column spacing (1.0 where the file gives none)."""
         from .square_pixels import pixel_aspect
 
         geometry = self.meta.get("geometry")
-        return pixel_aspect(None if geometry is None else in_view_order(geometry.spacing, self.axes))
+        return pixel_aspect(None if geometry is None else in_view_order(geometry.display_spacing, self.axes))
 
     def in_file_order(self, labels: np.ndarray) -> np.ndarray:
         """Labels of the whole volume in view order, back in the order the file was read in."""
         if not self.axes:
             return labels
         volume = np.zeros(self.spatial_shape, dtype=labels.dtype)
-        oriented(volume, self.axes)[...] = labels
+        fixed = len(self.spatial_shape) - labels.ndim  # a frame's volume: that frame
+        oriented(volume, self.axes)[self.slice_index[:fixed]] = labels
         return volume
 
 
@@ -117,7 +129,8 @@ def read_checked(path: Path, what: str) -> tuple[np.ndarray, bool, dict]:
         raise InputError(f"cannot read {path.name}: {reason}") from None
 
 
-def _slice_index(path: Path, spatial: Sequence[int], slice_: int | Sequence[int] | None, view: str = "axial") -> tuple[int, ...]:
+def _slice_index(path: Path, spatial: Sequence[int], slice_: int | Sequence[int] | None, view: str = "axial",
+                 frames: int = 0) -> tuple[int, ...]:
     extra = len(spatial) - 2
     if extra <= 0:
         if slice_ is not None and slice_ != ():
@@ -126,16 +139,23 @@ def _slice_index(path: Path, spatial: Sequence[int], slice_: int | Sequence[int]
     if slice_ is None:
         if extra == 1:
             return (spatial[0] // 2,)
+        if frames and extra == 2:  # the first frame's middle slice (the CLI says so)
+            return (0, spatial[1] // 2)
         raise InputError(
             f"{path.name} has {len(spatial)} dimensions {tuple(spatial)}: pick a slice with --slice "
             + ",".join("I" for _ in range(extra))
         )
     index = (slice_,) if isinstance(slice_, (int, np.integer)) else tuple(slice_)
     if len(index) != extra:
+        if frames:
+            raise InputError(f"{path.name} holds {frames} volumes (channels or time points): "
+                             f"pick one and its slice with --slice FRAME,SLICE (e.g. --slice 0,{spatial[1] // 2})")
         raise InputError(f"{path.name} needs {extra} slice indices, got {len(index)}")
     for i, (value, size) in enumerate(zip(index, spatial)):
         if not 0 <= value < size:
             where = f"the {view} slices" if view != "axial" else f"axis {i}"
+            if frames:
+                where = "the frames" if i == 0 else f"the {view} slices"
             raise InputError(f"slice {value} is outside {where} of {path.name} (0..{size - 1})")
     return tuple(int(v) for v in index)
 
@@ -159,10 +179,13 @@ def read_image(path: str | Path, slice: int | Sequence[int] | None = None, view:
     if len(spatial) < 2:
         raise InputError(f"{path.name} holds a {array.ndim}-D array {array.shape}, not an image")
     axes = VIEWS[view]
-    if axes and len(spatial) != 3:
+    frames = 0 if meta.get("geometry") is None else meta["geometry"].frames
+    if axes and frames and len(spatial) == 4:  # each frame's volume in that plane, the frames first
+        axes = (0,) + tuple(a + 1 for a in axes)
+    elif axes and len(spatial) != 3:
         raise InputError(f"{path.name} has {len(spatial)} dimensions {tuple(spatial)}: --view {view} needs a 3-D volume")
     viewed = in_view_order(spatial, axes)
-    loaded = LoadedImage(path, array, rgb, _slice_index(path, viewed, slice, view), meta, axes)
+    loaded = LoadedImage(path, array, rgb, _slice_index(path, viewed, slice, view, frames), meta, axes)
     image = loaded.slice
     if np.issubdtype(image.dtype, np.floating) and not np.any(np.isfinite(image)):
         raise InputError(f"{path.name} holds only NaN or infinite values in the chosen slice")
@@ -205,6 +228,8 @@ def read_mask(path: str | Path, like: LoadedImage, label: int | None = None) -> 
     slice_shape = like.slice.shape[:2]
     if array.shape[: len(like.spatial_shape)] == like.spatial_shape and like.slice_index:
         array = oriented(array, like.axes)[like.slice_index]
+    elif like.frames and array.shape[:3] == like.spatial_shape[1:]:  # one mask for every frame of the file
+        array = oriented(array, tuple(a - 1 for a in like.axes[1:]))[like.slice_index[1:]]
     if array.shape[:2] != slice_shape or array.ndim > 3:
         raise InputError(f"the mask {path.name} is {array.shape} but the image slice is {slice_shape}")
     return to_binary(array, label, name=path.name)
@@ -223,7 +248,8 @@ def labels_volume(labels: np.ndarray, like: LoadedImage | None) -> np.ndarray:
     if like is None or not like.slice_index or labels.shape == tuple(like.spatial_shape):
         return labels
     volume = np.zeros(like.spatial_shape, dtype=labels.dtype)
-    oriented(volume, like.axes)[like.slice_index] = labels
+    fixed = len(like.spatial_shape) - labels.ndim  # the leading indices the labels lie at (a frame's volume: 1)
+    oriented(volume, like.axes)[like.slice_index[:fixed]] = labels
     return volume
 
 

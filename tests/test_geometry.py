@@ -296,3 +296,29 @@ def test_a_coronal_view_has_the_head_up_and_maps_points_and_writes_back():
         point = view_to_data(np.array([[1.0, 0.0, 3.0]]), axes, volume.shape)[0]
         assert oriented(volume, axes)[1, 0, 3] == volume[tuple(point.astype(int))]
         assert np.allclose(data_to_view(point, axes, volume.shape), [1.0, 0.0, 3.0])
+
+
+def test_a_nifti_of_several_volumes_shows_each_in_the_display_convention_and_saves_on_their_grid(tmp_path):
+    """A multi-sequence MRI or a dynamic series: (i, j, k, t) in the file. Each frame is oriented
+    like a 3-D volume, the frames come first, and labels drawn on a frame go back to the 3-D grid."""
+    affine = oblique_flipped_affine()
+    image, labels = labelled_volume()
+    frames = np.stack([image, image * 2, image // 2], axis=-1)
+    nib.save(nib.Nifti1Image(frames, affine), tmp_path / "dce.nii.gz")
+    nib.save(nib.Nifti1Image(image, affine), tmp_path / "one.nii.gz")
+    nib.save(nib.Nifti1Image(image[..., None], affine), tmp_path / "single.nii.gz")  # (i, j, k, 1)
+
+    (data, kwargs, _), = get_reader(str(tmp_path / "dce.nii.gz"))(str(tmp_path / "dce.nii.gz"))
+    (one, one_kwargs, _), = get_reader(str(tmp_path / "one.nii.gz"))(str(tmp_path / "one.nii.gz"))
+    assert data.shape == (3,) + one.shape
+    assert np.array_equal(data[1], 2 * one)  # the second frame, oriented as the 3-D file is
+    assert tuple(kwargs["scale"]) == (1.0,) + tuple(one_kwargs["scale"])
+    (single, single_kwargs, _), = get_reader(str(tmp_path / "single.nii.gz"))(str(tmp_path / "single.nii.gz"))
+    assert np.array_equal(single, one) and np.allclose(single_kwargs["scale"], one_kwargs["scale"])
+
+    drawn = np.zeros(data.shape, np.uint8)
+    drawn[2] = kwargs["metadata"][GEOMETRY_KEY].to_display(labels)  # the labels drawn on the third frame
+    out = napari_write_labels(str(tmp_path / "out.nii.gz"), drawn, kwargs)[0]
+    written = nib.load(out)
+    assert written.shape == image.shape and np.allclose(written.affine, affine)
+    assert np.array_equal(np.asarray(written.dataobj), labels)

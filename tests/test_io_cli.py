@@ -513,3 +513,58 @@ def test_max_steps_0_without_a_mask_is_refused_in_one_line(files, capsys, tiny_v
     code, _, err = run_cli(capsys, "segment", files / "img.png", "--query", "q", "--model", tiny_vlm_folder,
                            "--max-steps", "0")
     assert code == 2 and "--init-mask" in err and err.strip().count("\n") == 0
+
+
+def test_a_nifti_of_several_volumes_segments_a_frame_and_writes_labels_on_their_grid(tmp_path, capsys, tiny_vlm_folder):
+    """A multi-sequence MRI (x, y, z, sequence), as the Medical Segmentation Decathlon ships its
+    brain and prostate scans: the first frame's middle slice by default, said so; --slice FRAME,SLICE
+    picks another; a 3-D mask imports; propagation runs through that frame's volume; the labels go
+    on the 3-D grid with the file's affine, as the same run on that frame alone writes them."""
+    import nibabel as nib
+
+    from napari_ibis.metrics import dice
+    from napari_ibis.phantoms import phantom_volume
+
+    volume = phantom_volume(0)
+    to_file = lambda display: np.ascontiguousarray(display.transpose(2, 1, 0)[::-1, ::-1])  # noqa: E731
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    frames = np.stack([to_file(volume.image) // 2, to_file(volume.image)], axis=-1)
+    nib.save(nib.Nifti1Image(frames, affine), tmp_path / "mri.nii.gz")
+    nib.save(nib.Nifti1Image(to_file(volume.image), affine), tmp_path / "second.nii.gz")
+    liver = volume.masks["liver"]
+    nib.save(nib.Nifti1Image(to_file(liver.astype(np.uint8)), affine), tmp_path / "seg.nii.gz")
+    z = int(np.argmax(liver.sum(axis=(1, 2))))
+
+    loaded = io.read_image(tmp_path / "mri.nii.gz")
+    assert loaded.frames == 2 and loaded.slice_index == (0, volume.image.shape[0] // 2)
+    code, stdout, err = run_cli(capsys, "segment", tmp_path / "mri.nii.gz", "--query", "segment the liver",
+                                "--model", tiny_vlm_folder, "--segmenter", "classical", "--max-steps", "1",
+                                "--out", tmp_path / "default.nii.gz")
+    assert code == 0, err
+    assert f"holds 2 volumes on one grid (channels or time points): working on frame 0, slice {loaded.slice_index[1]}" in stdout
+    outs = {}
+    for name, args in (("frames", [tmp_path / "mri.nii.gz", "--slice", f"1,{z}"]),
+                       ("alone", [tmp_path / "second.nii.gz", "--slice", z])):
+        outs[name] = tmp_path / f"{name}.nii.gz"
+        code, stdout, err = run_cli(capsys, "segment", *args, "--query", "segment the liver", "--init-mask",
+                                    tmp_path / "seg.nii.gz", "--model", tiny_vlm_folder, "--segmenter", "classical",
+                                    "--max-steps", "0", "--propagate", "both", "--out", outs[name])
+        assert code == 0, err
+        assert f"imported mask ({int(liver[z].sum()):,} px)" in stdout
+    written = nib.load(outs["frames"])
+    assert written.shape == to_file(liver).shape and np.allclose(written.affine, affine)
+    labels = np.asarray(written.dataobj)
+    assert np.array_equal(labels, np.asarray(nib.load(outs["alone"]).dataobj)) and dice(to_file(liver), labels > 0) > 0.7
+    code, _, err = run_cli(capsys, "segment", tmp_path / "mri.nii.gz", "--slice", z, "--query", "q",
+                           "--model", tiny_vlm_folder)
+    assert code == 2 and "holds 2 volumes (channels or time points): pick one and its slice with --slice FRAME,SLICE" in err
+
+
+def test_labels_written_without_a_geometry_are_noted_in_one_line(files, capsys, tiny_vlm_folder):
+    """A PNG segmented into a NIfTI has no affine to give it: the CLI says so in a line a person
+    reads, not as a Python warning with the package's file and source line."""
+    code, _, err = run_cli(capsys, "segment", files / "img.png", "--query", "q", "--model", tiny_vlm_folder,
+                           "--segmenter", "classical", "--max-steps", "1", "--out", files / "img_labels.nii.gz")
+    assert code == 0, err
+    assert "napari-ibis: note: img_labels.nii.gz: the labels carry no geometry" in err
+    assert "cli.py" not in err and "GeometryWarning" not in err

@@ -524,6 +524,45 @@ def test_propagate_fills_a_3d_labels_layer_lists_slices_to_review_and_undoes(mak
     assert not viewer.layers[w.volume_name].data.any()  # back to before the propagation
 
 
+def test_a_scan_of_several_volumes_propagates_within_its_frame_and_saves_on_their_grid(make_widget, make_napari_viewer,
+                                                                                        qtbot, tmp_path):
+    """A two-sequence MRI (x, y, z, 2) through the reader: the session's frame and slice, the
+    propagation through that frame only, the review jumps along the slices, the labels saved on
+    the 3-D grid the sequences share."""
+    from napari_ibis._reader import get_reader
+    from napari_ibis.metrics import dice
+    from napari_ibis.phantoms import phantom_volume
+
+    volume = phantom_volume(0)
+    truth = volume.masks["left kidney"]
+    to_file = lambda display: np.ascontiguousarray(display.transpose(2, 1, 0)[::-1, ::-1])  # noqa: E731
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    nib.save(nib.Nifti1Image(np.stack([to_file(volume.image) // 3, to_file(volume.image)], axis=-1), affine),
+             tmp_path / "mri.nii.gz")
+    viewer = make_napari_viewer()
+    for data, kwargs, kind in get_reader(str(tmp_path / "mri.nii.gz"))(str(tmp_path / "mri.nii.gz")):
+        viewer._add_layer_from_data(data, kwargs, kind)
+    start = int(np.argmax(truth.sum(axis=(1, 2))))
+    viewer.dims.set_current_step(0, 1)
+    viewer.dims.set_current_step(1, start)
+    w = make_widget(viewer, name="mri")
+    rows, cols = np.nonzero(truth[start])
+    w.use_policy(ScriptedPolicy([point(True, (cols.mean() + 0.5) / 96, (rows.mean() + 0.5) / 96), TERMINATE]))
+    run_and_wait(w, qtbot)
+    assert w.controller.spec.index == (1, start) and w.volume_panel.propagate_button.isEnabled()
+    run_and_wait(w, qtbot, w.propagate)
+    layer = viewer.layers[w.volume_name]
+    assert layer.data.shape == (2,) + truth.shape and not layer.data[0].any()
+    assert dice(truth, layer.data[1] > 0) > 0.7, dice(truth, layer.data[1] > 0)
+    first = int(w.volume_panel.review_list.item(0).text().split()[1])
+    w.go_to(first)
+    assert viewer.dims.current_step[:2] == (1, first)  # the same frame, the listed slice
+    layer.save(str(tmp_path / "kidney.nii.gz"), plugin="napari-ibis")
+    written = nib.load(tmp_path / "kidney.nii.gz")
+    assert written.shape == to_file(truth).shape and np.allclose(written.affine, affine)
+    assert dice(to_file(truth), np.asarray(written.dataobj) > 0) > 0.7
+
+
 def test_propagate_is_off_for_a_2d_image(widget, qtbot):
     widget.use_policy(ScriptedPolicy([point(True, 52.5 / 96, 40.5 / 96), TERMINATE]))
     run_and_wait(widget, qtbot)
