@@ -160,10 +160,13 @@ def _slice_index(path: Path, spatial: Sequence[int], slice_: int | Sequence[int]
     return tuple(int(v) for v in index)
 
 
-def read_image(path: str | Path, slice: int | Sequence[int] | None = None, view: str = "axial") -> LoadedImage:
+def read_image(path: str | Path, slice: int | Sequence[int] | None = None, view: str = "axial",
+               frame: int | None = None) -> LoadedImage:
     """Read a 2-D image or a volume and choose the slice to work on.
 
-    A 3-D volume without ``slice`` uses its middle slice; 4-D data needs ``slice``.
+    A 3-D volume without ``slice`` uses its middle slice; 4-D data needs ``slice``, except a
+    NIfTI of several volumes on one grid (``LoadedImage.frames``): ``slice`` is (frame, slice),
+    or the slice alone with ``frame``; without either, the first frame's middle slice.
     ``view`` (:data:`VIEWS`): the plane a 3-D volume is sliced in, ``slice`` counting along
     the axis across it (medical volumes open axial slices first: geometry's display order).
     """
@@ -185,6 +188,8 @@ def read_image(path: str | Path, slice: int | Sequence[int] | None = None, view:
     elif axes and len(spatial) != 3:
         raise InputError(f"{path.name} has {len(spatial)} dimensions {tuple(spatial)}: --view {view} needs a 3-D volume")
     viewed = in_view_order(spatial, axes)
+    if frames and frame is not None:
+        slice = (frame, viewed[1] // 2 if slice is None else slice)
     loaded = LoadedImage(path, array, rgb, _slice_index(path, viewed, slice, view, frames), meta, axes)
     image = loaded.slice
     if np.issubdtype(image.dtype, np.floating) and not np.any(np.isfinite(image)):
@@ -402,13 +407,14 @@ def read_manifest(manifest: str | Path, volumes: bool = False) -> list[Case]:
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise InputError(f"{manifest.name} line {number}: not a manifest entry ({exc})") from None
         try:
-            loaded = read_image(image_path, entry.get("slice"))
-            whole = volumes and "slice" not in entry and len(loaded.slice_index) == 1
+            loaded = read_image(image_path, entry.get("slice"), frame=entry.get("frame"))
+            whole = volumes and "slice" not in entry and len(loaded.slice_index) == 1 + bool(loaded.frames)
             if whole:
-                loaded = replace(loaded, slice_index=())
+                loaded = replace(loaded, slice_index=loaded.slice_index[:-1])  # a frame's volume, or the volume
                 array = read_checked(mask_path, "mask")[0]
-                if array.shape != tuple(loaded.spatial_shape):
-                    raise InputError(f"the mask {mask_path.name} is {array.shape} but the volume is {loaded.spatial_shape}")
+                shape = tuple(loaded.spatial_shape[len(loaded.slice_index):])
+                if array.shape != shape:
+                    raise InputError(f"the mask {mask_path.name} is {array.shape} but the volume is {shape}")
                 mask = to_binary(array, entry.get("label"), name=mask_path.name)
             else:
                 mask = read_mask(mask_path, loaded, entry.get("label"))

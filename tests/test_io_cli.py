@@ -558,6 +558,15 @@ def test_a_nifti_of_several_volumes_segments_a_frame_and_writes_labels_on_their_
     code, _, err = run_cli(capsys, "segment", tmp_path / "mri.nii.gz", "--slice", z, "--query", "q",
                            "--model", tiny_vlm_folder)
     assert code == 2 and "holds 2 volumes (channels or time points): pick one and its slice with --slice FRAME,SLICE" in err
+    # eval: a manifest line names the frame; without "slice" it is that frame's volume case
+    (tmp_path / "cases.jsonl").write_text("\n".join(json.dumps(
+        {"image": "mri.nii.gz", "mask": "seg.nii.gz", "target": "liver", "frame": frame}) for frame in (0, 1)) + "\n")
+    slices = io.read_manifest(tmp_path / "cases.jsonl")
+    assert np.array_equal(slices[1].image, volume.image[volume.image.shape[0] // 2])
+    assert np.array_equal(slices[1].mask, liver[volume.image.shape[0] // 2])
+    cases = io.read_manifest(tmp_path / "cases.jsonl", volumes=True)
+    assert np.array_equal(cases[0].image, volume.image // 2) and np.array_equal(cases[1].image, volume.image)
+    assert np.array_equal(cases[1].mask, liver)
 
 
 def test_labels_written_without_a_geometry_are_noted_in_one_line(files, capsys, tiny_vlm_folder):
