@@ -49,8 +49,9 @@ class Item:
         return out / f"{self.name}.ibis.json"
 
     def whole_volume(self, image) -> bool:
-        """Whether this input is a volume taken whole (one session per slice)."""
-        return self.slice is None and len(image.slice_index) == 1
+        """Whether this input is a volume taken whole (one session per slice; of the first
+        frame, in a file of several volumes)."""
+        return self.slice is None and len(image.slice_index) == 1 + bool(image.frames)
 
 
 def _stem(path: Path) -> str:
@@ -145,7 +146,9 @@ def load(item: Item, number: int) -> tuple:
         image = io.read_image(item.path, item.slice)
     except InputError as exc:
         raise InputError(f"{item.path.name}: {exc}") from None
-    indices = [(z,) for z in range(image.data.shape[0])] if item.whole_volume(image) else [image.slice_index]
+    frame = image.slice_index[:-1]  # (frame,) in a file of several volumes, else ()
+    indices = ([frame + (z,) for z in range(image.stack.shape[0])] if item.whole_volume(image)
+               else [image.slice_index])
     return image, [Unit(number, index, image.data[index] if index else image.data) for index in indices]
 
 
@@ -157,8 +160,9 @@ def write_item(item: Item, image, results: dict, out: Path) -> dict:
 
     whole = item.whole_volume(image)
     if whole:
-        labels = np.stack([results[(z,)][0] for z in range(image.data.shape[0])]).astype(np.uint8)
-        like = replace(image, slice_index=())
+        frame = image.slice_index[:-1]
+        labels = np.stack([results[frame + (z,)][0] for z in range(image.stack.shape[0])]).astype(np.uint8)
+        like = replace(image, slice_index=frame)
     else:
         labels, like = results[image.slice_index][0].astype(np.uint8), image
     io.write_labels(item.labels_path(out), labels, like, force=True)

@@ -121,3 +121,26 @@ def test_an_unreadable_file_is_reported_and_the_others_are_segmented(inputs, tmp
     lines = [json.loads(line) for line in (tmp_path / "out" / "batch.jsonl").read_text().splitlines()]
     assert [line["input"] for line in lines if "error" in line] == ["broken"]
     assert (tmp_path / "out" / "scan.ibis.nii.gz").is_file() and (tmp_path / "out" / "photo.ibis.tif").is_file()
+
+
+def test_a_nifti_of_several_volumes_is_taken_whole_in_its_first_frame(tmp_path, capsys):
+    """A two-sequence MRI in the folder: every slice of its first frame, the labels on the 3-D grid."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    volume = np.stack([disk_image(64, centre=(30, 30), radius=r, seed=r)[0] for r in (5, 9, 12)]).astype(np.float32)
+    affine = np.diag([0.7, 0.7, 2.5, 1.0])
+    nib.save(nib.Nifti1Image(np.stack([volume.transpose(2, 1, 0), -volume.transpose(2, 1, 0)], axis=-1), affine),
+             folder / "mri.nii.gz")
+    server = FakeServer(INSIDE)
+    try:
+        code, _, err = run(capsys, folder, "--query", "segment the disk", "--out", tmp_path / "out", "--model",
+                           server.url, "--segmenter", "classical", "--max-steps", "1")
+    finally:
+        server.close()
+    assert code == 0, err
+    assert len(server.seen) == 3  # the first frame's three slices
+    labels = nib.load(tmp_path / "out" / "mri.ibis.nii.gz")
+    assert labels.shape == volume.transpose(2, 1, 0).shape and np.allclose(labels.affine, affine)
+    assert all(labels.get_fdata()[30, 30, z] == 1 for z in range(3))
+    trace = json.loads((tmp_path / "out" / "mri.ibis.json").read_text())
+    assert [s["slice"] for s in trace["sessions"]] == [[0, 0], [0, 1], [0, 2]]
