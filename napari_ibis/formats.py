@@ -136,7 +136,15 @@ def _dicom_affine(dataset, slice_step: np.ndarray | None) -> np.ndarray | None:
 def _dicom_pixels(dataset) -> tuple[np.ndarray, bool]:
     from pydicom.pixels import apply_rescale
 
-    array = dataset.pixel_array
+    try:
+        array = dataset.pixel_array
+    except (RuntimeError, NotImplementedError) as exc:  # compressed in a way no installed decoder reads
+        syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        why = "; ".join(lines[1:]) or (lines[0] if lines else type(exc).__name__)
+        name = Path(str(getattr(dataset, "filename", "") or "the DICOM file")).name
+        raise InputError(f"{name}: its pixels are stored as '{getattr(syntax, 'name', syntax)}', which no installed "
+                         f"decoder reads ({why})") from None
     rgb = getattr(dataset, "SamplesPerPixel", 1) == 3
     if not rgb and ("RescaleSlope" in dataset or "RescaleIntercept" in dataset):
         array = apply_rescale(array, dataset).astype(np.float32)

@@ -577,3 +577,37 @@ def test_labels_written_without_a_geometry_are_noted_in_one_line(files, capsys, 
     assert code == 0, err
     assert "napari-ibis: note: img_labels.nii.gz: the labels carry no geometry" in err
     assert "cli.py" not in err and "GeometryWarning" not in err
+
+
+def test_a_jpeg_lossless_dicom_reads_and_an_undecodable_one_is_one_line(tmp_path, capsys, tiny_vlm_folder):
+    """JPEG Lossless (process 14) is how most PACS exports compress CT and MR; Pillow cannot read
+    it, python-gdcm (a dependency) can. A compression nothing installed reads is named in one line."""
+    import gdcm
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    source = get_testdata_file("CT_small.dcm")
+    reader = gdcm.ImageReader()
+    reader.SetFileName(source)
+    assert reader.Read()
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+    change.SetInput(reader.GetImage())
+    assert change.Change()
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(tmp_path / "ct_lossless.dcm"))
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    assert writer.Write()
+    assert "Lossless" in pydicom.dcmread(tmp_path / "ct_lossless.dcm").file_meta.TransferSyntaxUID.name
+    assert np.array_equal(io.read_image(tmp_path / "ct_lossless.dcm").slice, io.read_image(source).slice)
+
+    extended = get_testdata_file("JPGExtended.dcm")  # 12-bit JPEG Extended: neither Pillow nor GDCM reads it
+    try:
+        pydicom.dcmread(extended).pixel_array
+        pytest.skip("a decoder for 12-bit JPEG Extended is installed here")
+    except RuntimeError:
+        pass
+    code, _, err = run_cli(capsys, "segment", extended, "--query", "q", "--model", tiny_vlm_folder)
+    assert code == 2 and err.strip().count("\n") == 0
+    assert "JPGExtended.dcm: its pixels are stored as 'JPEG Extended (Process 2 and 4)', which no installed decoder reads" in err
