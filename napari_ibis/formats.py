@@ -158,10 +158,35 @@ def _dicom_meta(dataset, geometry: Geometry | None) -> dict:
     return meta
 
 
+def _enhanced_volume(path: Path, dataset) -> tuple[np.ndarray, dict] | None:
+    """A multi-frame (enhanced) CT or MR file as a volume in display order with its geometry,
+    where its frames are parallel planes on a regular grid (highdicom reads their positions);
+    None otherwise (a cine loop, a multi-frame secondary capture)."""
+    if int(getattr(dataset, "NumberOfFrames", 1) or 1) < 2 or "PerFrameFunctionalGroupsSequence" not in dataset:
+        return None
+    import highdicom
+
+    try:
+        volume = highdicom.imread(str(path)).get_volume()
+    except Exception:  # noqa: BLE001 - frames that do not form a volume open as a plain stack
+        return None
+    array = np.asarray(volume.array)
+    if array.ndim != 3:
+        return None
+    affine = LPS_TO_RAS @ np.asarray(volume.affine, dtype=float)[:, [2, 1, 0, 3]]  # (column, row, slice) -> RAS
+    file_array = array.transpose(2, 1, 0).astype(np.float32)
+    geometry = from_affine("dicom", file_array.shape, affine, source=str(path),
+                           header={"modality": str(getattr(dataset, "Modality", "")), "slices": array.shape[0]})
+    return geometry.to_display(file_array), _dicom_meta(dataset, geometry)
+
+
 def read_dicom_file(path: Path) -> tuple[np.ndarray, bool, dict]:
     import pydicom
 
     dataset = pydicom.dcmread(str(path))
+    enhanced = _enhanced_volume(path, dataset)
+    if enhanced is not None:
+        return enhanced[0], False, enhanced[1]
     array, rgb = _dicom_pixels(dataset)
     geometry = None
     if array.ndim == 2:

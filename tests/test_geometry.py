@@ -185,6 +185,32 @@ def test_a_dicom_series_folder_opens_as_a_volume_and_saves_as_nifti_in_place(tmp
     assert np.array_equal(np.asarray(written.dataobj).transpose(2, 1, 0), labels)
 
 
+def test_an_enhanced_multiframe_ct_opens_as_the_same_volume_as_its_series(tmp_path):
+    """One file holding every slice (Enhanced / Legacy Converted Enhanced CT, as newer scanners
+    export): the same display volume, spacing and world positions as the series it was made from."""
+    import highdicom as hd
+    import pydicom
+
+    volume = np.zeros((6, 20, 24), np.int16)
+    volume[:, 2:6, 18:22] = 1500
+    volume[4, 10:14, 3:7] = 900  # a mark on one slice only: the order of the slices is checked
+    write_dicom_series(tmp_path / "series", volume)
+    datasets = [pydicom.dcmread(p) for p in sorted((tmp_path / "series").iterdir())]
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(legacy_datasets=datasets, series_instance_uid=hd.UID(),
+                                                        series_number=2, sop_instance_uid=hd.UID(), instance_number=1)
+    enhanced.save_as(tmp_path / "enhanced.dcm")
+    (series, series_kwargs, _), = get_reader(str(tmp_path / "series"))(str(tmp_path / "series"))
+    (data, kwargs, _), = get_reader(str(tmp_path / "enhanced.dcm"))(str(tmp_path / "enhanced.dcm"))
+    assert data.shape == series.shape and np.allclose(data, series)
+    assert np.allclose(kwargs["scale"], series_kwargs["scale"]) and np.allclose(kwargs["translate"], series_kwargs["translate"])
+    labels = (data > 0).astype(np.uint8)
+    written = nib.load(napari_write_labels(str(tmp_path / "seg.nii.gz"), labels, kwargs)[0])
+    from_series = nib.load(napari_write_labels(str(tmp_path / "seg_series.nii.gz"), labels, series_kwargs)[0])
+    world = lambda image: {tuple(np.round(image.affine @ np.r_[v, 1.0], 3)[:3])  # noqa: E731
+                           for v in np.argwhere(np.asarray(image.dataobj) > 0)}
+    assert world(written) == world(from_series)  # the same voxels in the patient
+
+
 def test_labels_drawn_on_a_dicom_series_save_as_a_dicom_seg_that_references_it(tmp_path):
     import highdicom as hd
     import pydicom
