@@ -1,4 +1,4 @@
-"""napari reader contribution: NIfTI, NRRD, DICOM (a file or a series folder) and TIFF
+"""napari reader contribution: NIfTI, NRRD, MetaImage (.mha/.mhd), DICOM (a file or a series folder) and TIFF
 stacks, shown in the display convention of :mod:`napari_ibis.geometry` with the
 layer's ``scale``/``translate`` from the voxel spacing and origin, and the source's
 geometry in ``layer.metadata["ibis_geometry"]`` so that labels saved from it land
@@ -17,7 +17,7 @@ import numpy as np
 
 from .io import suffix_of
 
-SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".dcm", ".tif", ".tiff")
+SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".dcm", ".tif", ".tiff")
 LABEL_NAME = re.compile(r"(seg|label|mask|atlas|aal)", re.IGNORECASE)
 MAX_LABEL_VALUES = 32
 

@@ -48,7 +48,7 @@ hide_triton()  # before anything imports torch in this process (see _runtime)
 
 NEW_LAYER = "(new layer)"
 NO_LAYER = "(none)"
-SUFFIX_OF_FORMAT = {"nifti": ".nii.gz", "dicom": ".nii.gz", "nrrd": ".nrrd", "tiff": ".tif"}
+SUFFIX_OF_FORMAT = {"nifti": ".nii.gz", "dicom": ".nii.gz", "nrrd": ".nrrd", "metaimage": ".mha", "tiff": ".tif"}
 STEP_WORDS = {"click": "click", "edit": "brush edit", "placed": "placed mask", "answer": "answer"}  # the steps list
 
 

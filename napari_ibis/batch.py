@@ -29,7 +29,7 @@ from .errors import InputError
 from .formats import suffix_of
 from .io import IMAGE_SUFFIXES
 
-OUT_SUFFIX = {".nii": ".nii.gz", ".nii.gz": ".nii.gz", ".nrrd": ".nrrd", ".dcm": ".nii.gz"}
+OUT_SUFFIX = {".nii": ".nii.gz", ".nii.gz": ".nii.gz", ".nrrd": ".nrrd", ".mha": ".mha", ".mhd": ".mha", ".dcm": ".nii.gz"}
 
 
 @dataclass

@@ -28,8 +28,9 @@ from .errors import InputError
 from .formats import suffix_of
 from .geometry import VIEWS, Geometry, in_view_order, oriented
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".nrrd", ".dcm", ".npy")
-LABEL_SUFFIXES = (".tif", ".tiff", ".nii", ".nii.gz", ".npy", ".png", ".nrrd", ".dcm")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".dcm",
+                  ".npy")
+LABEL_SUFFIXES = (".tif", ".tiff", ".nii", ".nii.gz", ".npy", ".png", ".nrrd", ".mha", ".dcm")
 
 
 @dataclass
@@ -107,6 +108,8 @@ def _read_raw(path: Path) -> tuple[np.ndarray, bool, dict]:
         return formats.read_nifti(path)
     if suffix == ".nrrd":
         return formats.read_nrrd(path)
+    if suffix in (".mha", ".mhd"):
+        return formats.read_metaimage(path)
     if suffix == ".dcm":
         return formats.read_dicom_file(path)
     if suffix == ".npy":
@@ -304,6 +307,8 @@ def write_labels(path: str | Path, labels: np.ndarray, like: LoadedImage | None 
                 formats.write_nifti(temporary, labels, geometry)
             elif suffix == ".nrrd":
                 formats.write_nrrd(temporary, labels, geometry)
+            elif suffix == ".mha":
+                formats.write_metaimage(temporary, labels, geometry)
             elif suffix == ".dcm":
                 formats.write_dicom_seg(temporary, labels, geometry, names)
         _publish(temporary, path)

@@ -348,3 +348,34 @@ def test_a_nifti_of_several_volumes_shows_each_in_the_display_convention_and_sav
     written = nib.load(out)
     assert written.shape == image.shape and np.allclose(written.affine, affine)
     assert np.array_equal(np.asarray(written.dataobj), labels)
+
+
+def test_a_metaimage_opens_like_the_same_nifti_and_its_labels_land_on_its_voxels(tmp_path):
+    """.mha and .mhd (ITK's format, grand-challenge.org's standard): the same display array,
+    spacing and position as the NIfTI of the same voxels and affine; labels saved as .mha keep
+    the source's size, spacing, origin and direction and mark the same voxels."""
+    import SimpleITK as sitk
+
+    affine = oblique_flipped_affine()
+    image, labels = labelled_volume()
+    nib.save(nib.Nifti1Image(image, affine), tmp_path / "scan.nii.gz")
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    itk = sitk.GetImageFromArray(image.transpose(2, 1, 0))  # SimpleITK's arrays are (z, y, x)
+    itk.SetSpacing(tuple(spacing))
+    itk.SetOrigin(tuple(lps[:3, 3]))
+    itk.SetDirection(tuple((lps[:3, :3] / spacing).ravel()))
+    sitk.WriteImage(itk, str(tmp_path / "scan.mha"), useCompression=True)
+    sitk.WriteImage(itk, str(tmp_path / "scan.mhd"))
+
+    (nifti, nifti_kwargs, _), = get_reader(str(tmp_path / "scan.nii.gz"))(str(tmp_path / "scan.nii.gz"))
+    for name in ("scan.mha", "scan.mhd"):
+        (data, kwargs, kind), = get_reader(str(tmp_path / name))(str(tmp_path / name))
+        assert kind == "image" and np.array_equal(data, nifti)
+        assert np.allclose(kwargs["scale"], nifti_kwargs["scale"]) and np.allclose(kwargs["translate"], nifti_kwargs["translate"])
+    drawn = kwargs["metadata"][GEOMETRY_KEY].to_display(labels)
+    out = napari_write_labels(str(tmp_path / "seg.mha"), drawn, kwargs)[0]
+    written = sitk.ReadImage(out)
+    assert written.GetSize() == itk.GetSize() and np.allclose(written.GetSpacing(), itk.GetSpacing())
+    assert np.allclose(written.GetOrigin(), itk.GetOrigin()) and np.allclose(written.GetDirection(), itk.GetDirection())
+    assert np.array_equal(sitk.GetArrayFromImage(written).transpose(2, 1, 0), labels)
