@@ -197,6 +197,31 @@ def from_affine(file_format: str, file_shape: tuple[int, ...], affine: np.ndarra
     return geometry
 
 
+def grid_mismatch(a: Geometry | None, b: Geometry | None) -> str:
+    """How far apart two grids of the same display shape lie in the patient ("" where they
+    agree within a tenth of a voxel, or where either has no affine)."""
+    if a is None or b is None or a.display_affine is None or b.display_affine is None:
+        return ""
+    if a.spatial_display_shape != b.spatial_display_shape or a.squeeze != b.squeeze:
+        return ""  # not the same kind of grid (a slice's mask for a volume): nothing to compare
+    first, second = a.display_affine, b.display_affine
+    voxel = float(np.min(np.linalg.norm(first[:3, :3], axis=0)))
+    shape = np.array(a.spatial_display_shape if not a.squeeze else (1,) + a.spatial_display_shape) - 1
+    corners = np.array([[i, j, k, 1.0] for i in (0, shape[0]) for j in (0, shape[1]) for k in (0, shape[2])])
+    apart = float(np.max(np.linalg.norm((corners @ first.T - corners @ second.T)[:, :3], axis=1)))
+    return f"{apart:.1f} mm" if apart > 0.1 * voxel else ""
+
+
+def resample_nearest(labels: np.ndarray, source: Geometry, target: Geometry) -> np.ndarray:
+    """Labels on ``source``'s display grid carried onto ``target``'s by position in the patient,
+    the nearest voxel each (0 outside ``source``): a mask drawn on another grid of the same scan."""
+    from scipy.ndimage import affine_transform
+
+    to_source = np.linalg.inv(source.display_affine) @ target.display_affine  # target voxel -> source voxel
+    return affine_transform(np.asarray(labels), to_source[:3, :3], offset=to_source[:3, 3],
+                            output_shape=target.spatial_display_shape, order=0, mode="constant", cval=0)
+
+
 def geometry_of(layer_or_metadata) -> Geometry | None:
     """The Geometry a napari layer (or its metadata dict) carries, if any."""
     metadata = getattr(layer_or_metadata, "metadata", layer_or_metadata) or {}

@@ -16,6 +16,7 @@ a temporary file and get the mode the user's umask gives.
 from __future__ import annotations
 
 import json
+import warnings
 import os
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -26,7 +27,7 @@ import numpy as np
 
 from .errors import InputError
 from .formats import suffix_of
-from .geometry import VIEWS, Geometry, in_view_order, oriented
+from .geometry import VIEWS, Geometry, GeometryWarning, grid_mismatch, in_view_order, oriented, resample_nearest
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".dcm",
                   ".npy")
@@ -229,18 +230,40 @@ def to_binary(mask: np.ndarray, label: int | None = None, name: str = "mask") ->
     return mask != 0
 
 
+def _mask_on_image_grid(path: Path, like: LoadedImage) -> np.ndarray:
+    """A mask file's array in display order; a volume on another grid of the same scan (cropped,
+    coarser, shifted: both with an affine) carried onto the image's voxels by position."""
+    array, _, meta = read_checked(path, "mask")
+    source, target = meta.get("geometry"), like.meta.get("geometry")
+    if (source is None or target is None or source.affine is None or target.affine is None or array.ndim != 3
+            or source.squeeze or target.squeeze or source.frames):
+        return array
+    if source.spatial_display_shape == target.spatial_display_shape and not grid_mismatch(target, source):
+        return array
+    resampled = resample_nearest(array, source, target)
+    if array.any() and not resampled.any():
+        raise InputError(f"the mask {path.name} lies outside {like.path.name} in the patient (their grids do not overlap)")
+    warnings.warn(f"the mask {path.name} {tuple(array.shape)} is on another grid than {like.path.name} "
+                  f"{tuple(target.spatial_display_shape)}: taken onto the image's voxels by position in the patient "
+                  "(nearest voxel)", GeometryWarning, stacklevel=3)
+    return resampled
+
+
 def read_mask(path: str | Path, like: LoadedImage, label: int | None = None) -> np.ndarray:
     """A boolean mask for the slice of ``like``, read from a 2-D or a matching volume file."""
     path = Path(path)
-    array, _, _ = read_checked(path, "mask")
+    array = _mask_on_image_grid(path, like)
     slice_shape = like.slice.shape[:2]
+    name = path.name
     if array.shape[: len(like.spatial_shape)] == like.spatial_shape and like.slice_index:
         array = oriented(array, like.axes)[like.slice_index]
+        name = f"{path.name} on slice {like.slice_index[-1]}"
     elif like.frames and array.shape[:3] == like.spatial_shape[1:]:  # one mask for every frame of the file
         array = oriented(array, tuple(a - 1 for a in like.axes[1:]))[like.slice_index[1:]]
+        name = f"{path.name} on slice {like.slice_index[-1]}"
     if array.shape[:2] != slice_shape or array.ndim > 3:
         raise InputError(f"the mask {path.name} is {array.shape} but the image slice is {slice_shape}")
-    return to_binary(array, label, name=path.name)
+    return to_binary(array, label, name=name)
 
 
 def _atomic_target(path: Path, force: bool) -> Path:
@@ -416,7 +439,7 @@ def read_manifest(manifest: str | Path, volumes: bool = False) -> list[Case]:
             whole = volumes and "slice" not in entry and len(loaded.slice_index) == 1 + bool(loaded.frames)
             if whole:
                 loaded = replace(loaded, slice_index=loaded.slice_index[:-1])  # a frame's volume, or the volume
-                array = read_checked(mask_path, "mask")[0]
+                array = _mask_on_image_grid(mask_path, loaded)
                 shape = tuple(loaded.spatial_shape[len(loaded.slice_index):])
                 if array.shape != shape:
                     raise InputError(f"the mask {mask_path.name} is {array.shape} but the volume is {shape}")

@@ -379,3 +379,41 @@ def test_a_metaimage_opens_like_the_same_nifti_and_its_labels_land_on_its_voxels
     assert written.GetSize() == itk.GetSize() and np.allclose(written.GetSpacing(), itk.GetSpacing())
     assert np.allclose(written.GetOrigin(), itk.GetOrigin()) and np.allclose(written.GetDirection(), itk.GetDirection())
     assert np.array_equal(sitk.GetArrayFromImage(written).transpose(2, 1, 0), labels)
+
+
+def test_a_mask_on_another_grid_of_the_scan_is_taken_by_position_in_the_patient(tmp_path):
+    """A label volume cropped to the organ, or drawn on a coarser copy of the scan, lands on the
+    image's voxels where it lies in the patient (nearest voxel), with a one-line note; one that
+    lies outside the scan is refused in one line."""
+    from napari_ibis.errors import InputError
+    from napari_ibis.metrics import dice
+
+    shape, spacing = (48, 40, 24), np.array([0.8, 0.8, 2.0])
+    affine = np.diag(list(spacing) + [1.0])
+    affine[:3, 3] = [-20.0, 15.0, 40.0]
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1)
+    world = grid * spacing + affine[:3, 3]
+    centre = affine[:3, 3] + np.array([20.0, 16.0, 22.0])
+    truth = (np.linalg.norm((world - centre) / [9.0, 7.0, 12.0], axis=-1) < 1).astype(np.uint8)
+    image = (truth * 200 + 20).astype(np.int16)
+    nib.save(nib.Nifti1Image(image, affine), tmp_path / "scan.nii.gz")
+    crop = (slice(10, 40), slice(8, 34), slice(3, 20))  # the organ's box, as some tools save it
+    crop_affine = affine.copy()
+    crop_affine[:3, 3] += np.array([10, 8, 3]) * spacing
+    nib.save(nib.Nifti1Image(truth[crop], crop_affine), tmp_path / "cropped_seg.nii.gz")
+    coarse_affine = affine @ np.diag([2.0, 2.0, 1.0, 1.0])  # every second row and column
+    nib.save(nib.Nifti1Image(truth[::2, ::2], coarse_affine), tmp_path / "coarse_seg.nii.gz")
+    far_affine = affine.copy()
+    far_affine[:3, 3] += 500.0
+    nib.save(nib.Nifti1Image(truth, far_affine), tmp_path / "elsewhere_seg.nii.gz")
+
+    (display_truth,) = [data for data, _, _ in get_reader(str(tmp_path / "scan.nii.gz"))(str(tmp_path / "scan.nii.gz"))]
+    loaded = io.read_image(tmp_path / "scan.nii.gz")
+    z = loaded.slice_index[0]
+    expected = display_truth[z] > 100
+    with pytest.warns(GeometryWarning, match="on another grid than scan.nii.gz"):
+        assert np.array_equal(io.read_mask(tmp_path / "cropped_seg.nii.gz", loaded), expected)
+    with pytest.warns(GeometryWarning):
+        assert dice(io.read_mask(tmp_path / "coarse_seg.nii.gz", loaded), expected) > 0.85
+    with pytest.raises(InputError, match="lies outside scan.nii.gz in the patient"):
+        io.read_mask(tmp_path / "elsewhere_seg.nii.gz", loaded)
