@@ -26,6 +26,7 @@ from ._layers import (
     adopt_geometry,
     current_slice_index,
     go_to_slice,
+    labels_on_image_grid,
     layer_slice,
     paint_slice,
     slice_pixel_aspect,
@@ -349,9 +350,11 @@ class IbisWidget(QWidget):
         init_mask = None
         if panel.init_combo.currentText() not in ("", NO_LAYER):
             labels = self.viewer.layers[panel.init_combo.currentText()]
-            data = labels.data
+            data = labels_on_image_grid(labels, image_layer)
             if index and data.ndim > 2:  # a volume of labels: the same slice, seen the same way
-                data = (oriented(data, axes) if data.ndim == len(axes) else data)[index]
+                extra = min(data.ndim - 2, len(index))  # one volume of labels for a scan of several frames: its slice
+                shift = len(axes) - data.ndim
+                data = oriented(data, tuple(a - shift for a in axes[shift:]) if axes else ())[index[-extra:]]
             data = np.asarray(data)
             if data.shape != image.shape[:2]:
                 raise IbisError(f"the labels layer '{labels.name}' is {data.shape}; the image slice is {image.shape[:2]}")

@@ -165,6 +165,41 @@ def test_refine_an_imported_labels_layer(widget, qtbot):
     assert "refinement step" in policy.requests[0].messages[-1]["content"][1]["text"]
 
 
+def test_start_from_labels_on_another_grid_or_for_a_scan_of_several_volumes(make_widget, make_napari_viewer, qtbot,
+                                                                            tmp_path):
+    """Labels opened from a file cropped to the organ (another grid of the scan) start the session
+    where they lie in the patient; one labels volume serves every frame of a two-sequence scan."""
+    from napari_ibis._reader import get_reader
+    from napari_ibis.phantoms import phantom_volume
+
+    volume = phantom_volume(0)
+    liver = volume.masks["liver"]
+    to_file = lambda display: np.ascontiguousarray(display.transpose(2, 1, 0)[::-1, ::-1])  # noqa: E731
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    nib.save(nib.Nifti1Image(np.stack([to_file(volume.image)] * 2, axis=-1), affine), tmp_path / "mri.nii.gz")
+    filed = to_file(liver.astype(np.uint8))
+    low = np.argwhere(filed).min(axis=0) - 1  # the liver's box, as some tools save a mask
+    high = np.argwhere(filed).max(axis=0) + 2
+    crop_affine = affine.copy()
+    crop_affine[:3, 3] = low * [0.8, 0.8, 2.5]
+    nib.save(nib.Nifti1Image(filed[low[0]:high[0], low[1]:high[1], low[2]:high[2]], crop_affine),
+             tmp_path / "liver_seg.nii.gz")
+    viewer = make_napari_viewer()
+    for path in (tmp_path / "mri.nii.gz", tmp_path / "liver_seg.nii.gz"):
+        for data, kwargs, kind in get_reader(str(path))(str(path)):
+            viewer._add_layer_from_data(data, kwargs, kind)
+    assert viewer.layers["liver_seg"].data.shape != liver.shape
+    z = int(np.argmax(liver.sum(axis=(1, 2))))
+    viewer.dims.set_current_step(0, 1)
+    viewer.dims.set_current_step(1, z)
+    w = make_widget(viewer, name="mri")
+    w.use_policy(ScriptedPolicy([TERMINATE]))
+    w.run_panel.init_combo.setCurrentText("liver_seg")
+    run_and_wait(w, qtbot)
+    assert w.controller.spec.index == (1, z)
+    assert np.array_equal(w.controller.session.mask, liver[z])
+
+
 def test_export_to_new_and_existing_layers_keeps_other_labels_and_the_working_layers_on_top(widget, qtbot, tmp_path):
     from napari_ibis._layers import CLICKS_NAME, MASK_NAME
 
