@@ -63,7 +63,7 @@ def _is_series(folder: Path) -> bool:
     """A folder of DICOM files (told by their preamble: series often have no suffix)."""
     from .formats import is_dicom_folder
 
-    return folder.is_dir() and is_dicom_folder(folder)
+    return folder.is_dir() and is_dicom_folder(folder, nested=False)
 
 
 def items_of(source: str | Path, query: str | None) -> list[Item]:

@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--slice", type=_slice_arg, help="slice index of a volume (along the --view's axis; two values for 4-D)")
     seg.add_argument("--view", default="axial", choices=list(VIEWS),
                      help="the plane to slice a 3-D volume in (default axial; --propagate runs across it)")
+    seg.add_argument("--series", help="which series of a DICOM folder: its number, UID or a word of its description "
+                                      "(default: the one with the most images)")
     seg.add_argument("--window", help="intensity window: ct:LEVEL,WIDTH | percentile:LOW,HIGH | range:MIN,MAX")
     seg.add_argument("--propagate", choices=["both", "up", "down"],
                      help="carry the result through a volume's slices from --slice and write the 3-D labels")
@@ -181,7 +183,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise InputError("--check applies to --propagate")
     if args.max_steps == 0 and not args.init_mask:
         raise InputError("--max-steps 0 leaves nothing to do without --init-mask (the mask to use as it is)")
-    loaded = io.read_image(image_path, args.slice, view=args.view)
+    loaded = io.read_image(image_path, args.slice, view=args.view, series=args.series)
     if io.suffix_of(out) == ".dcm":
         from .formats import check_dicom_seg_source
 
@@ -198,7 +200,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     show = (lambda readable, raw: None) if args.quiet else (
         lambda readable, raw: print(raw if args.raw else readable, end="", flush=True))
     for note in (plane_note(args.view, args.model is None, command_line=True), stretch_note(session.pixel_aspect),
-                 frames_note(loaded, args.slice)):
+                 frames_note(loaded, args.slice), series_note(loaded, args.series)):
         if note and not args.quiet:
             print(note)
     transcript = Transcript(show)
@@ -213,6 +215,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     record["image"] = {"path": str(image_path), "slice": list(loaded.slice_index), "shape": list(loaded.data.shape)}
     if loaded.axes:
         record["image"]["view"] = {"plane": args.view, "axes": list(loaded.axes)}
+    if loaded.meta.get("series"):
+        record["image"]["series"] = loaded.meta["series"]
     if loaded.meta.get("geometry") is not None:
         record["image"]["geometry"] = loaded.meta["geometry"].describe()
     record["init_mask"] = str(args.init_mask) if args.init_mask else None
@@ -254,6 +258,15 @@ def frames_note(loaded, chosen) -> str | None:
     return (f"{loaded.path.name} holds {loaded.frames} volumes on one grid (channels or time points): working on "
             f"frame {frame}, slice {index}; pick others with --slice FRAME,SLICE. The labels are written on the "
             "grid they share.")
+
+
+def series_note(loaded, chosen) -> str | None:
+    """Where a DICOM folder holds other series and none was asked for: which one is used."""
+    others = loaded.meta.get("other_series") or []
+    if not others or chosen is not None:
+        return None
+    return (f"{loaded.path.name} holds {len(others) + 1} image series: working on {loaded.meta['series']}; "
+            f"the others: {', '.join(others)}. Pick one with --series NUMBER.")
 
 
 def _propagate(args, loaded, session, segmenter, policy, check_every: int):

@@ -10,6 +10,7 @@ and put them back on the source's voxel grid with its affine and header.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -250,24 +251,72 @@ def read_dicom_file(path: Path) -> tuple[np.ndarray, bool, dict]:
     return array, rgb, _dicom_meta(dataset, geometry)
 
 
-def series_datasets(folder: Path) -> tuple[list, np.ndarray | None]:
-    """The largest series of a folder, its datasets sorted along the slice normal (or by
-    instance number where positions are missing), and the step between slices (mm)."""
+NOT_IMAGES = {"SEG", "RTSTRUCT", "SR", "PR", "KO", "RTPLAN", "REG"}  # DICOM objects a folder may hold beside images
+MAX_FOLDER_FILES = 50_000
+
+
+@dataclass
+class DicomSeries:
+    """One image series found in a folder: its identity and its files."""
+
+    uid: str
+    number: str
+    description: str
+    files: list[Path]
+
+    def label(self) -> str:
+        return f"{self.number or '?'} '{self.description}' ({len(self.files)} images)"
+
+
+def dicom_series(folder: Path) -> list[DicomSeries]:
+    """Every image series in a folder and its subfolders (a study as PACS exports it), the one
+    with the most images first; headers only, so a large study is listed quickly."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    series: dict[str, list] = {}
-    for file in sorted(p for p in folder.iterdir() if p.is_file()):
+    found: dict[str, DicomSeries] = {}
+    files = (p for p in sorted(folder.rglob("*")) if p.is_file())
+    for count, file in enumerate(files):
+        if count >= MAX_FOLDER_FILES:
+            raise InputError(f"{folder.name}: more than {MAX_FOLDER_FILES:,} files under it; open the series' own folder")
         try:
-            dataset = pydicom.dcmread(str(file))
-        except (InvalidDicomError, OSError, EOFError):
+            header = pydicom.dcmread(str(file), stop_before_pixels=True)
+        except (InvalidDicomError, OSError, EOFError, ValueError, TypeError):
             continue
-        if "PixelData" not in dataset:
+        if "Rows" not in header or str(getattr(header, "Modality", "")) in NOT_IMAGES:
             continue
-        series.setdefault(str(getattr(dataset, "SeriesInstanceUID", "")), []).append(dataset)
-    if not series:
+        uid = str(getattr(header, "SeriesInstanceUID", ""))
+        if uid not in found:
+            found[uid] = DicomSeries(uid, str(getattr(header, "SeriesNumber", "") or ""),
+                                     str(getattr(header, "SeriesDescription", "") or getattr(header, "Modality", "")), [])
+        found[uid].files.append(file)
+    if not found:
         raise InputError(f"{folder.name}: no DICOM images in this folder")
-    datasets = max(series.values(), key=len)
+    return sorted(found.values(), key=lambda series: -len(series.files))
+
+
+def choose_series(folder: Path, wanted: str | None = None) -> tuple[DicomSeries, list[DicomSeries]]:
+    """(the series ``wanted``, by number, UID or a word of its description; else the one with the
+    most images, all series in the folder)."""
+    every = dicom_series(folder)
+    if wanted is None:
+        return every[0], every
+    text = str(wanted).strip().lower()
+    matches = [s for s in every if text in (s.uid.lower(), s.number.lower())] or \
+              [s for s in every if text and text in s.description.lower()]
+    if len(matches) != 1:
+        listed = ", ".join(s.label() for s in every)
+        problem = "several series match" if matches else "no series matches"
+        raise InputError(f"{folder.name}: {problem} '{wanted}'; it holds {listed}")
+    return matches[0], every
+
+
+def series_datasets(series: DicomSeries) -> tuple[list, np.ndarray | None]:
+    """A series' datasets sorted along the slice normal (or by instance number where positions
+    are missing), and the step between slices (mm)."""
+    import pydicom
+
+    datasets = [pydicom.dcmread(str(file)) for file in series.files]
     if len(datasets) == 1:
         return datasets, None
     try:
@@ -282,24 +331,32 @@ def series_datasets(folder: Path) -> tuple[list, np.ndarray | None]:
     return datasets, step
 
 
-def read_dicom_series(folder: Path) -> tuple[np.ndarray, bool, dict]:
-    """The largest DICOM series in a folder, as a volume sorted along its slice normal."""
-    datasets, step = series_datasets(folder)
+def read_dicom_series(folder: Path, series: str | DicomSeries | None = None) -> tuple[np.ndarray, bool, dict]:
+    """A DICOM series of a folder (``series``: which one, see :func:`choose_series`; else the one
+    with the most images) as a volume sorted along its slice normal; ``meta["series"]`` says which,
+    ``meta["other_series"]`` what else the folder holds."""
+    if isinstance(series, DicomSeries):
+        chosen, every = series, [series]
+    else:
+        chosen, every = choose_series(folder, series)
+    datasets, step = series_datasets(chosen)
     first = datasets[0]
+    others = {"series": chosen.label(), "other_series": [s.label() for s in every if s is not chosen]}
     if len(datasets) == 1:
         array, rgb = _dicom_pixels(first)
-        return array, rgb, _dicom_meta(first, None)
+        return array, rgb, _dicom_meta(first, None) | others
     slices = [_dicom_pixels(d)[0] for d in datasets]
     if len({s.shape for s in slices}) != 1:
-        raise InputError(f"{folder.name}: the slices of the series differ in size")
+        raise InputError(f"{folder.name}: the slices of series {chosen.label()} differ in size")
     stack = np.stack(slices)  # (slice, row, column)
     affine = _dicom_affine(datasets[0], step) if step is not None else None
     if affine is None:
-        return stack, False, _dicom_meta(first, None)
+        return stack, False, _dicom_meta(first, None) | others
     file_array = stack.transpose(2, 1, 0)  # (column, row, slice), as NIfTI converters store it
     geometry = from_affine("dicom", file_array.shape, affine, source=str(folder),
-                           header={"modality": str(getattr(first, "Modality", "")), "slices": len(datasets)})
-    return geometry.to_display(file_array), False, _dicom_meta(first, geometry)
+                           header={"modality": str(getattr(first, "Modality", "")), "slices": len(datasets),
+                                   "series_uid": chosen.uid})
+    return geometry.to_display(file_array), False, _dicom_meta(first, geometry) | others
 
 
 def check_dicom_seg_source(geometry: Geometry | None) -> None:
@@ -341,7 +398,7 @@ def write_dicom_seg(path: Path, labels: np.ndarray, geometry: Geometry | None, n
     from . import __version__
 
     check_dicom_seg_source(geometry)
-    datasets, _ = series_datasets(Path(geometry.source))
+    datasets, _ = series_datasets(choose_series(Path(geometry.source), (geometry.header or {}).get("series_uid") or None)[0])
     _fill_identifiers(datasets)
     stack = geometry.to_file(labels).transpose(2, 1, 0)  # (slice, row, column), the series' order
     if stack.shape != (len(datasets), int(datasets[0].Rows), int(datasets[0].Columns)):
@@ -369,17 +426,19 @@ def write_dicom_seg(path: Path, labels: np.ndarray, geometry: Geometry | None, n
     seg.save_as(str(path))
 
 
-def is_dicom_folder(folder: Path) -> bool:
-    """Whether a folder holds at least one DICOM file (read by its preamble only)."""
-    for file in list(folder.iterdir())[:50]:
-        if file.is_file():
-            try:
-                with open(file, "rb") as handle:
-                    handle.seek(128)
-                    if handle.read(4) == b"DICM":
-                        return True
-            except OSError:
-                continue
+def is_dicom_folder(folder: Path, nested: bool = True) -> bool:
+    """Whether a folder (with ``nested``, or a subfolder of it: a study as PACS exports it) holds
+    a DICOM file among its first files (read by its preamble only)."""
+    from itertools import islice
+
+    for file in islice((p for p in (folder.rglob("*") if nested else folder.iterdir()) if p.is_file()), 50):
+        try:
+            with open(file, "rb") as handle:
+                handle.seek(128)
+                if handle.read(4) == b"DICM":
+                    return True
+        except OSError:
+            continue
     return False
 
 

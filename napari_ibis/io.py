@@ -87,12 +87,13 @@ class LoadedImage:
         return volume
 
 
-def _read_raw(path: Path) -> tuple[np.ndarray, bool, dict]:
-    """(array, is_rgb, meta) in display order, slice axis first for volumes."""
+def _read_raw(path: Path, series: str | None = None) -> tuple[np.ndarray, bool, dict]:
+    """(array, is_rgb, meta) in display order, slice axis first for volumes; ``series``: which
+    DICOM series of a folder (formats.choose_series)."""
     from . import formats
 
     if path.is_dir():
-        return formats.read_dicom_series(path)
+        return formats.read_dicom_series(path, series)
     suffix = suffix_of(path)
     if suffix in (".png", ".jpg", ".jpeg", ".bmp"):
         from PIL import Image
@@ -120,12 +121,12 @@ def _read_raw(path: Path) -> tuple[np.ndarray, bool, dict]:
     raise InputError(f"{path.name}: unsupported file type '{suffix}'; use one of {', '.join(IMAGE_SUFFIXES)} or a DICOM folder")
 
 
-def read_checked(path: Path, what: str) -> tuple[np.ndarray, bool, dict]:
+def read_checked(path: Path, what: str, series: str | None = None) -> tuple[np.ndarray, bool, dict]:
     """:func:`_read_raw`, with a missing or unreadable file as a one-line InputError."""
     if not (path.is_file() or (path.is_dir() and what == "image")):
         raise InputError(f"{what} not found: {path}")
     try:
-        return _read_raw(path)
+        return _read_raw(path, series)
     except InputError:
         raise
     except Exception as exc:
@@ -165,7 +166,7 @@ def _slice_index(path: Path, spatial: Sequence[int], slice_: int | Sequence[int]
 
 
 def read_image(path: str | Path, slice: int | Sequence[int] | None = None, view: str = "axial",
-               frame: int | None = None) -> LoadedImage:
+               frame: int | None = None, series: str | None = None) -> LoadedImage:
     """Read a 2-D image or a volume and choose the slice to work on.
 
     A 3-D volume without ``slice`` uses its middle slice; 4-D data needs ``slice``, except a
@@ -173,11 +174,14 @@ def read_image(path: str | Path, slice: int | Sequence[int] | None = None, view:
     or the slice alone with ``frame``; without either, the first frame's middle slice.
     ``view`` (:data:`VIEWS`): the plane a 3-D volume is sliced in, ``slice`` counting along
     the axis across it (medical volumes open axial slices first: geometry's display order).
+    ``series``: which series of a DICOM folder (its number, UID or a word of its description).
     """
     if view not in VIEWS:
         raise InputError(f"unknown view '{view}' (choose from {', '.join(VIEWS)})")
     path = Path(path)
-    array, rgb, meta = read_checked(path, "image")
+    if series is not None and not path.is_dir():
+        raise InputError(f"--series picks a series of a DICOM folder; {path.name} is a file")
+    array, rgb, meta = read_checked(path, "image", series)
     if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
         raise InputError(f"{path.name} does not hold numeric pixels ({array.dtype})")
     if rgb and array.shape[-1] == 4:

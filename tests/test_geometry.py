@@ -417,3 +417,64 @@ def test_a_mask_on_another_grid_of_the_scan_is_taken_by_position_in_the_patient(
         assert dice(io.read_mask(tmp_path / "coarse_seg.nii.gz", loaded), expected) > 0.85
     with pytest.raises(InputError, match="lies outside scan.nii.gz in the patient"):
         io.read_mask(tmp_path / "elsewhere_seg.nii.gz", loaded)
+
+
+def _relabel_series(folder, number, description):
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    uid = generate_uid()
+    for file in folder.iterdir():
+        ds = pydicom.dcmread(file)
+        ds.SeriesNumber, ds.SeriesDescription, ds.SeriesInstanceUID = number, description, uid
+        ds.save_as(file)
+
+
+def test_a_study_folder_of_several_series_opens_each_and_the_cli_says_which_it_uses(tmp_path, capsys, tiny_vlm_folder):
+    """A study as PACS exports it: series in subfolders beside a localizer and a non-image object.
+    The reader opens every series (largest first); the CLI works on the largest, says so and lists
+    the others; --series picks one by number or description; DICOM-SEG references the one used."""
+    import pydicom
+
+    from napari_ibis.cli import main
+    from napari_ibis.errors import InputError
+
+    study = tmp_path / "study"
+    study.mkdir()
+    axial = np.zeros((6, 20, 24), np.int16)
+    axial[:, 2:6, 18:22] = 1500
+    write_dicom_series(study / "s2", axial)
+    _relabel_series(study / "s2", 2, "AX T1 post")
+    other = np.full((3, 20, 24), 200, np.int16)
+    other[:, 8:12, 4:8] = 1800
+    write_dicom_series(study / "s5", other, thickness=5.0)
+    _relabel_series(study / "s5", 5, "AX FLAIR")
+    write_dicom_series(study / "loc", axial[:1])
+    _relabel_series(study / "loc", 1, "Localizer")
+    (study / "notes.txt").write_text("not DICOM")
+
+    layers = get_reader(str(study))(str(study))
+    assert [kwargs["name"] for _, kwargs, _ in layers] == ["study 2 AX T1 post", "study 5 AX FLAIR", "study 1 Localizer"]
+    assert [data.shape for data, _, _ in layers] == [(6, 20, 24), (3, 20, 24), (20, 24)]
+
+    code = main(["segment", str(study), "--query", "segment the bright block", "--model", str(tiny_vlm_folder),
+                 "--segmenter", "classical", "--max-steps", "1", "--out", str(tmp_path / "seg.nii.gz")])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert ("study holds 3 image series: working on 2 'AX T1 post' (6 images); the others: 5 'AX FLAIR' (3 images), "
+            "1 'Localizer' (1 images). Pick one with --series NUMBER.") in printed.out
+    code = main(["segment", str(study), "--series", "T2", "--query", "q", "--model", str(tiny_vlm_folder)])
+    assert code == 2 and "no series matches 'T2'" in capsys.readouterr().err
+    loaded = io.read_image(study)
+    assert loaded.data.shape == (6, 20, 24) and loaded.meta["series"] == "2 'AX T1 post' (6 images)"
+    flair = io.read_image(study, series="flair")
+    assert flair.data.shape == (3, 20, 24) and np.array_equal(flair.data, io.read_image(study, series="5").data)
+    with pytest.raises(InputError, match="no series matches 'T2'; it holds 2 'AX T1 post' \\(6 images\\), 5 'AX FLAIR'"):
+        io.read_image(study, series="T2")
+    with pytest.raises(InputError, match="several series match 'ax'"):
+        io.read_image(study, series="ax")
+
+    labels = (flair.data > 500).astype(np.uint8)  # the bright block (HU: 1800 - 1024)
+    out = io.write_labels(tmp_path / "flair_seg.dcm", labels, flair)
+    referenced = {item.ReferencedSOPInstanceUID for item in pydicom.dcmread(out).ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == {pydicom.dcmread(f).SOPInstanceUID for f in (study / "s5").iterdir()}
