@@ -325,6 +325,11 @@ def series_datasets(series: DicomSeries) -> tuple[list, np.ndarray | None]:
         datasets.sort(key=lambda d: float(np.dot(normal, np.asarray(d.ImagePositionPatient, dtype=float))))
         positions = np.array([np.asarray(d.ImagePositionPatient, dtype=float) for d in datasets])
         step = (positions[-1] - positions[0]) / (len(datasets) - 1)
+        gaps = np.diff(positions @ normal)
+        if gaps.max() - gaps.min() > 0.1 * abs(float(np.median(gaps))):
+            warnings.warn(f"the slices of series {series.label()} are not evenly spaced ({gaps.min():.2f} to "
+                          f"{gaps.max():.2f} mm apart): a NIfTI or NRRD written from it places them approximately "
+                          "(a DICOM-SEG keeps each slice's own position)", GeometryWarning, stacklevel=2)
     except (AttributeError, TypeError, ValueError):
         datasets.sort(key=lambda d: int(getattr(d, "InstanceNumber", 0) or 0))
         step = None

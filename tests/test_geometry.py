@@ -478,3 +478,14 @@ def test_a_study_folder_of_several_series_opens_each_and_the_cli_says_which_it_u
     out = io.write_labels(tmp_path / "flair_seg.dcm", labels, flair)
     referenced = {item.ReferencedSOPInstanceUID for item in pydicom.dcmread(out).ReferencedSeriesSequence[0].ReferencedInstanceSequence}
     assert referenced == {pydicom.dcmread(f).SOPInstanceUID for f in (study / "s5").iterdir()}
+
+
+def test_a_series_with_a_missing_slice_is_noted(tmp_path):
+    """Unevenly spaced slices (one lost in transfer, two acquisitions in one series) cannot be
+    placed exactly in a NIfTI: said in one line, the volume still opens."""
+    volume = np.zeros((6, 20, 24), np.int16)
+    write_dicom_series(tmp_path / "series", volume)
+    (tmp_path / "series" / sorted(p.name for p in (tmp_path / "series").iterdir())[2]).unlink()
+    with pytest.warns(GeometryWarning, match="are not evenly spaced \\(2.50 to 5.00 mm apart\\)"):
+        loaded = io.read_image(tmp_path / "series")
+    assert loaded.data.shape == (5, 20, 24)
