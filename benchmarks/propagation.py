@@ -12,7 +12,9 @@ Cases (one structure each):
   liver tumour that starts and ends ("lesions").
 
 The click simulator segments the slice where the structure is largest (at most 5 clicks,
-stopping at IoU 0.9), then propagation runs both ways with no further clicks. Reported per
+stopping at IoU 0.9), then propagation runs both ways with no further clicks; with
+``--click-budget N`` the clicks the start slice leaves of N go to corrections (each on the
+slice propagation got most wrong, propagating on from it, as a person would in the widget). Reported per
 case and per group: 3-D Dice and IoU, slices propagated, seconds per propagated slice
 (2 cores unless --threads), and the process's peak memory.
 
@@ -105,6 +107,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--sources", nargs="*", default=[], help="only cases whose source is one of these (e.g. totalseg:abdomen_mr)")
     parser.add_argument("--tag", default="", help="suffix of the result's key (e.g. the window tried)")
+    parser.add_argument("--click-budget", type=int, default=None,
+                        help="clicks per volume in all: what the start slice leaves goes to corrections, each on the "
+                             "slice propagation got most wrong, propagating on from it (evaluation.evaluate_volume)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
@@ -119,7 +124,7 @@ def main() -> int:
             checker = agent_checker(policy, f"segment the {case['target']}", segmenter) if check else None
             window = default_window(case["volume"])[0] if args.window == "volume" else args.window
             row = evaluate_volume(case["volume"], case["mask"], segmenter, oracle_start(segmenter, 5), window=window,
-                                  checker=checker, check=check)
+                                  checker=checker, check=check, click_budget=args.click_budget)
             row.pop("_labels")
             rows.append({k: case[k] for k in ("group", "source", "target", "cm3")} | row)
             print(spec, case["source"], case["target"], f"dice {row['dice_3d']:.3f}", f"agent steps {row['agent_steps']}",
@@ -132,7 +137,9 @@ def main() -> int:
                              "clicks": float(np.mean([r["clicks"] for r in chosen])),
                              "agent_steps": float(np.mean([r["agent_steps"] for r in chosen])),
                              "seconds_per_slice": float(np.mean([r["seconds_per_slice"] for r in chosen]))}
-        results[spec + args.tag] = {"window": args.window or "default", "check": args.check, "groups": groups, "cases": rows, "seconds": time.perf_counter() - started,
+        results[spec + args.tag] = {"window": args.window or "default", "check": args.check,
+                                    "click_budget": args.click_budget, "groups": groups, "cases": rows,
+                                    "seconds": time.perf_counter() - started,
                          "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         args.out.write_text(json.dumps(results, indent=1) + "\n")
     print("| segmenter | group | cases | 3-D Dice | 3-D IoU | clicks (start slice) | s per slice |")

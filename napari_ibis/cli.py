@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--propagate", choices=["both", "up", "down"],
                     help="volume cases: segment the slice where the mask is largest, then propagate (3-D Dice and IoU)")
     ev.add_argument("--check", default="none", help="with --propagate and a model policy: the agent checks every | none | N")
+    ev.add_argument("--corrections", default="0",
+                    help="with --propagate: clicks a simulated person then spends on the propagated volume, each on "
+                         "the slice with the most wrong pixels, propagating on from it: N, or 'rest' (what --max-clicks "
+                         "leaves after the start slice)")
     ev.add_argument("--concurrency", type=_positive_int, default=1,
                     help="cases in flight at once: against served models (model:URL[,URL...] share the load), "
                     "or in as many processes for a local model folder")
@@ -390,6 +394,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .segmenters import build_segmenter, default_segmenter
 
     args.segmenter = args.segmenter or default_segmenter()
+    if args.corrections != "0" and not args.propagate:
+        raise InputError("--corrections applies to --propagate")
 
     out = Path(args.json_out) if args.json_out else None
     if out is not None and out.exists() and not args.force:
@@ -450,6 +456,13 @@ def _evaluate_volumes(args, cases, segmenter, progress, out) -> int:
     from .square_pixels import square_pixels
 
     check = parse_check(args.check)
+    rest = args.corrections == "rest"
+    try:
+        corrections = 0 if rest else int(args.corrections)
+    except ValueError:
+        corrections = -1
+    if corrections < 0:
+        raise InputError(f"--corrections takes a number of clicks or 'rest', not '{args.corrections}'")
     volumes = [c for c in cases if c.mask.ndim == 3]
     if not volumes:
         raise InputError(f"{Path(args.manifest).name} holds no volume case (a line without \"slice\" whose image is 3-D)")
@@ -468,10 +481,15 @@ def _evaluate_volumes(args, cases, segmenter, progress, out) -> int:
                  else agent_start(policy, case.query, segmenter, args.profile, pixel_aspect=aspect))
         checker = agent_checker(policy, case.query, segmenter, args.profile, pixel_aspect=aspect) if check else None
         row = evaluate_volume(case.image, case.mask, segmenter, start, args.propagate, checker=checker, check=check,
-                              pixel_aspect=aspect)
+                              pixel_aspect=aspect, corrections=0 if rest else corrections,
+                              click_budget=args.max_clicks if rest else None)
         row.pop("_labels")
         rows.append({"source": case.source, "target": case.target} | row)
     keys = ("dice_3d", "iou_3d", "start_iou", "clicks", "agent_steps", "slices_propagated", "seconds", "seconds_per_slice")
+    if corrections or rest:
+        keys += ("corrections",)
+        for row in rows:
+            row["corrections"] = len(row["corrected_slices"])
     report = {"cases": len(rows)} | {f"mean_{k}": float(np.mean([r[k] for r in rows])) for k in keys}
     width = max(len(k) for k in report)
     for key, value in report.items():

@@ -55,10 +55,17 @@ def simulate_clicks(
 
 
 def evaluate_volume(volume: np.ndarray, truth: np.ndarray, segmenter: Segmenter, start_mask_of, direction: str = "both",
-                    window: str | None = None, checker=None, check: str | int = "none", pixel_aspect: float = 1.0) -> dict:
+                    window: str | None = None, checker=None, check: str | int = "none", pixel_aspect: float = 1.0,
+                    corrections: int = 0, click_budget: int | None = None) -> dict:
     """One volume case: the start slice (where ``truth`` is largest) is segmented by
     ``start_mask_of(rgb, gt_slice) -> (mask, clicks, agent_steps)``, then propagated with no
-    further clicks unless ``check`` asks the agent; 3-D Dice and IoU against ``truth``."""
+    further clicks unless ``check`` asks the agent; 3-D Dice and IoU against ``truth``.
+
+    ``corrections``: clicks a simulated person then spends on the propagated result, as in the
+    widget: each on the slice with the most wrong pixels (the click simulator's click there, the
+    propagated mask as the prior), the structure propagated on from that slice away from the start
+    slice (an erased slice ends it there). ``click_budget``: instead, the clicks the start slice
+    left of that many for the whole volume."""
     import time
 
     from .metrics import dice
@@ -74,13 +81,45 @@ def evaluate_volume(volume: np.ndarray, truth: np.ndarray, segmenter: Segmenter,
     else:
         done = [e for e in propagation.run(start, mask, direction) if isinstance(e, PropagationDone)][0]
         labels, slices = done.labels, done.slices
+    if click_budget is not None:
+        corrections = max(0, click_budget - clicks)
+    corrected = _correct(propagation, segmenter, truth, labels, start, corrections) if corrections else []
     seconds = time.perf_counter() - started
     return {"start": start, "dice_3d": dice(truth, labels), "iou_3d": iou(truth, labels),
-            "start_iou": iou(truth[start], np.asarray(mask, bool)), "clicks": clicks,
+            "start_iou": iou(truth[start], np.asarray(mask, bool)), "clicks": clicks + len(corrected),
+            "corrected_slices": corrected,
             "agent_steps": agent_steps + sum(r.agent_steps for r in slices), "slices_propagated": len(slices),
             "slices_true": int(truth.any(axis=tuple(range(1, truth.ndim))).sum()),
             "slices_labelled": int(labels.any(axis=tuple(range(1, labels.ndim))).sum()),
             "seconds": seconds, "seconds_per_slice": seconds / max(1, len(slices) + 1), "_labels": labels}
+
+
+def _correct(propagation, segmenter: Segmenter, truth: np.ndarray, labels: np.ndarray, start: int,
+             clicks: int) -> list[int]:
+    """Up to ``clicks`` corrections of ``labels`` (changed in place): the slices clicked, in order."""
+    from .propagation import PropagationDone
+
+    corrected = []
+    for _ in range(clicks):
+        wrong = (labels ^ truth).sum(axis=(1, 2))
+        where = int(np.argmax(wrong))
+        if not wrong[where]:
+            break
+        click = next_click(truth[where], labels[where])
+        segmenter.set_image(propagation.rgb(where))
+        before = labels[where]
+        result = segmenter.segment([Click(*click, source="simulator")],
+                                   segmenter.prior_from_mask(before) if before.any() else None)
+        corrected.append(where)
+        direction = "up" if where > start else "down" if where < start else "both"
+        beyond = np.arange(len(labels)) > where if direction == "up" else \
+            np.arange(len(labels)) < where if direction == "down" else np.ones(len(labels), bool)
+        labels[beyond] = False
+        labels[where] = result.mask
+        if result.mask.any():
+            done = [e for e in propagation.run(where, result.mask, direction) if isinstance(e, PropagationDone)][0]
+            labels[beyond] = done.labels[beyond]
+    return corrected
 
 
 def oracle_start(segmenter: Segmenter, max_clicks: int = 5, stop_iou: float = 0.9):

@@ -341,6 +341,16 @@ def test_eval_propagate_scores_volume_cases_in_3d(tmp_path, capsys):
     assert report["summary"]["cases"] == 2 and report["summary"]["mean_dice_3d"] > 0.7, report["summary"]
     assert all(case["clicks"] <= 5 and case["slices_propagated"] > 5 for case in report["cases"])
     assert "mean_dice_3d" in stdout
+    # what the start slice leaves of 3 clicks goes to the slices propagation got most wrong
+    code, stdout, err = run_cli(capsys, "eval", tmp_path / "volumes.jsonl", "--propagate", "both", "--segmenter",
+                                "classical", "--max-clicks", "3", "--corrections", "rest", "--json",
+                                tmp_path / "corrected.json")
+    assert code == 0, err
+    corrected = json.loads((tmp_path / "corrected.json").read_text())
+    assert all(case["clicks"] <= 3 and case["corrections"] == len(case["corrected_slices"]) for case in corrected["cases"])
+    assert "mean_corrections" in corrected["summary"]
+    code, _, err = run_cli(capsys, "eval", tmp_path / "volumes.jsonl", "--corrections", "2")
+    assert code == 2 and "--corrections applies to --propagate" in err
 
 
 def _disk_manifest(folder, count):

@@ -499,3 +499,27 @@ def test_a_real_aorta_is_followed_with_the_box_where_the_clicks_alone_lose_part_
     assert any(r.boxed for r in shipped.slices) and not any(r.boxed for r in clicks_alone.slices)
     assert dice(aorta, shipped.labels) > 0.9
     assert dice(aorta, shipped.labels) > dice(aorta, clicks_alone.labels) + 0.05
+
+
+def test_corrections_click_the_worst_slice_and_propagate_on_from_it():
+    """A loop of bowel that leaves the slices and comes back elsewhere: propagation ends where the
+    first part ends; a simulated person's click on the slice missing the most (the second part)
+    is propagated on from there, and the whole structure is found with two clicks in all."""
+    from napari_ibis.evaluation import evaluate_volume, oracle_start
+
+    rng = np.random.default_rng(0)
+    volume = rng.normal(60, 6, (24, 64, 64)).astype(np.float32)
+    truth = np.zeros(volume.shape, bool)
+    rows, cols = np.mgrid[:64, :64]
+    for z in range(2, 11):
+        truth[z] = (rows - 20) ** 2 + (cols - 20) ** 2 < 12 ** 2
+    for z in range(13, 24):
+        truth[z] = (rows - 44) ** 2 + (cols - 44) ** 2 < 11 ** 2
+    volume[truth] += 120
+    segmenter = build_segmenter("classical")
+    plain = evaluate_volume(volume, truth, segmenter, oracle_start(segmenter, 1))
+    corrected = evaluate_volume(volume, truth, segmenter, oracle_start(segmenter, 1), click_budget=2)
+    assert plain["dice_3d"] < 0.7 and plain["clicks"] == 1
+    assert corrected["clicks"] == 2 and 13 <= corrected["corrected_slices"][0] <= 23
+    assert corrected["dice_3d"] > 0.9, corrected["dice_3d"]
+    assert evaluate_volume(volume, truth, segmenter, oracle_start(segmenter, 1), corrections=1)["dice_3d"] > 0.9
