@@ -63,8 +63,11 @@ class RunPanel(QWidget):
         self.checkpoint_edit = QLineEdit()
         self.checkpoint_edit.setPlaceholderText("SAM 2 checkpoint (.pt), for sam2")
         self.max_steps = QSpinBox()
-        self.max_steps.setRange(1, 100)
+        self.max_steps.setRange(0, 100)
         self.max_steps.setValue(20)
+        self.max_steps.setSpecialValueText("0: you click")
+        self.max_steps.setToolTip("The agent's steps per Run or Continue. 0: Run only sets up the slice (and the mask "
+                                  "you start from) for your own clicks and brush; Continue then lets the agent go on.")
         self.history_box = QCheckBox("keep history")
         self.device_combo = narrow_combo(DEVICES)
         self.init_combo = narrow_combo()

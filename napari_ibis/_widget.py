@@ -38,7 +38,7 @@ from ._layers import (
 from ._panels import RestoreBar, ResultPanel, RunPanel, StepsPanel, VolumePanel
 from ._runtime import MODEL_CACHE, ModelCache, freeze_long_lived_objects, hide_triton, import_model_libraries
 from .autosave import Autosave
-from .controller import Controller, RunSpec
+from .controller import CONTINUE_STEPS, Controller, RunSpec
 from .errors import IbisError
 from .geometry import geometry_of, oriented, plane_of
 from .inbox import SETTINGS_KEY as KEEP_SETTING
@@ -394,7 +394,7 @@ class IbisWidget(QWidget):
         """Let the agent go on from the current step (after undo, a user click or a stop)."""
         if self.running or self.controller.session is None:
             return
-        self._start(self.controller.continue_job, self.run_panel.max_steps.value())
+        self._start(self.controller.continue_job, self.run_panel.max_steps.value() or CONTINUE_STEPS)
 
     def stop(self) -> None:
         self.controller.stop()

@@ -38,6 +38,9 @@ from .transcript import Transcript, plane_note, stop_words
 __all__ = ["Controller", "RunSpec"]
 
 
+CONTINUE_STEPS = 20  # the agent's steps on Continue in a session the person started alone (max steps 0)
+
+
 @dataclass
 class RunSpec:
     """Everything a run needs, read from the controls on the GUI thread."""
@@ -130,13 +133,14 @@ class Controller:
             segmenter = self.models.segmenter(spec.segmenter, spec.device)
             yield ("status", "Embedding the slice…")
             session = Session(spec.image, spec.query, policy, segmenter, profile=spec.profile,
-                              max_steps=spec.max_steps, use_history=spec.history, init_mask=spec.init_mask,
-                              pixel_aspect=spec.pixel_aspect)
+                              max_steps=spec.max_steps or CONTINUE_STEPS, use_history=spec.history,
+                              init_mask=spec.init_mask, pixel_aspect=spec.pixel_aspect)
         except IbisError as exc:
             yield ("error", str(exc))
             return
         yield ("session", (session, spec, None))
-        yield from self._events(session)
+        if spec.max_steps:
+            yield from self._events(session)
 
     def continue_job(self, max_steps: int | None = None) -> Iterator[tuple]:
         """The agent goes on from the current step, for up to ``max_steps`` more steps."""
@@ -161,7 +165,8 @@ class Controller:
             segmenter = self.models.segmenter(spec.segmenter, spec.device)
             yield ("status", "Restoring the session: embedding the slice…")
             session = Session(spec.image, spec.query, policy, segmenter, profile=spec.profile,
-                              max_steps=spec.max_steps, use_history=spec.history, pixel_aspect=spec.pixel_aspect)
+                              max_steps=spec.max_steps or CONTINUE_STEPS, use_history=spec.history,
+                              pixel_aspect=spec.pixel_aspect)
             restore_into(session, meta, arrays)
         except (IbisError, ValueError, KeyError, OSError) as exc:
             yield ("error", f"cannot restore the session: {exc}")
@@ -236,7 +241,9 @@ class Controller:
                          stretch_note(session.pixel_aspect)):
                 if note:
                     self.transcript.note(note)
-            self.set_status("The agent is thinking…")
+            self.set_status("The agent is thinking…" if spec.max_steps else
+                            "Your turn (max steps 0): click the structure (T toggles positive/negative) or paint the "
+                            "mask and press Use my brush edit; Continue lets the agent go on; Accept when done.")
         self.view.show_step(session.current)
         self._autosave()
 

@@ -140,6 +140,32 @@ def test_a_user_click_becomes_a_step_and_the_agent_continues(widget, qtbot):
     assert list(points.features["source"]) == ["agent", "user"]
 
 
+def test_max_steps_0_lets_the_person_click_first_on_an_imported_mask(widget, qtbot):
+    """Correcting a mask (a propagated slice, a colleague's draft) without the agent touching it:
+    Run with max steps 0 sets up the session on the imported mask and waits for the person's
+    clicks; Continue then lets the agent go on."""
+    from napari_ibis._layers import CLICKS_NAME
+
+    labels = np.zeros((96, 96), np.uint8)
+    labels[widget.truth] = 1
+    labels[:10, :10] = 1  # a stray part to take away
+    widget.viewer.add_labels(labels, name="draft")
+    policy = widget.use_policy(ScriptedPolicy([TERMINATE]))
+    widget.run_panel.init_combo.setCurrentText("draft")
+    widget.run_panel.max_steps.setValue(0)
+    assert widget.run_panel.max_steps.text() == "0: you click"
+    run_and_wait(widget, qtbot)
+    session = widget.controller.session
+    assert not policy.requests and session.cursor == 0 and session.current.area == labels.sum()
+    assert "Your turn (max steps 0)" in widget.controller.status
+    widget.steps_panel.sign_box.setChecked(False)
+    widget.viewer.layers[CLICKS_NAME].add([4, 4])  # a negative click on the stray part
+    qtbot.waitUntil(lambda: not widget.running and session.cursor == 1, timeout=10_000)
+    assert not session.mask[:10, :10].any() and session.mask[widget.truth].all()
+    run_and_wait(widget, qtbot, widget.continue_run)
+    assert len(policy.requests) == 1 and [s.source for s in session.steps] == ["user", "agent"]
+
+
 def test_clicks_on_one_spot_stay_visible_with_one_label(widget, qtbot):
     from napari_ibis._layers import CLICKS_NAME
 
