@@ -346,6 +346,17 @@ def paint_slice(layer, index: tuple[int, ...], mask: np.ndarray | None, value: i
     layer.refresh()
 
 
+def clear_beyond(layer, prefix: tuple[int, ...], value: int, below: int | None = None, above: int | None = None,
+                 axes: tuple[int, ...] = ()) -> None:
+    """Take ``value`` off the slices of ``layer`` (along the axis after ``prefix``, e.g. a frame)
+    before slice ``below`` and after slice ``above`` (None: that side is kept)."""
+    volume = oriented(layer.data, axes)[prefix]
+    for part in (volume[:below] if below is not None else None, volume[above + 1:] if above is not None else None):
+        if part is not None:
+            part[part == value] = 0
+    layer.refresh()
+
+
 def go_to_slice(viewer, layer, index: int, axis: int = 0) -> None:
     """Move the viewer to slice ``index`` of ``layer`` along its spatial ``axis``."""
     position = [0] * layer.ndim  # napari's ndim: without an RGB channel

@@ -24,6 +24,7 @@ from ._layers import (
     MASK_NAME,
     SessionLayers,
     adopt_geometry,
+    clear_beyond,
     current_slice_index,
     go_to_slice,
     labels_on_image_grid,
@@ -79,6 +80,7 @@ class IbisWidget(QWidget):
         self.volume_panel = VolumePanel()
         self.volume_undo: list[tuple[str, np.ndarray]] = []  # (layer name, its data before) per propagation or clear
         self.volume_name = ""
+        self.propagation_run: tuple[str, int] = ("both", 0)  # (direction, start slice) of the last Propagate
         layout = QVBoxLayout(self)
         for panel in (self.restore_bar, self.run_panel, self.steps_panel, self.result_panel, self.volume_panel):
             layout.addWidget(panel)
@@ -555,6 +557,7 @@ class IbisWidget(QWidget):
         panel = self.volume_panel
         data = data[spec.index[:-1]]  # a file of several volumes: the frame's (propagation runs along the last index)
         direction, start, depth = panel.direction_combo.currentText(), spec.index[-1], int(data.shape[0])
+        self.propagation_run = (direction, start)
         reachable = {"up": depth - 1 - start, "down": start}.get(direction, depth - 1)  # slices it may visit
         self._start(self.controller.propagate_job, np.asarray(data), mask, direction,
                     panel.check_combo.currentText(), description="IBIS propagation: slices", total=reachable + 1)
@@ -573,6 +576,12 @@ class IbisWidget(QWidget):
             for index, why in event.review():
                 review_list.addItem(f"slice {index} ({why})")
                 review_list.item(review_list.count() - 1).setToolTip(why)  # the whole reason in a narrow dock
+            if not event.cancelled:  # the structure ends where this run ended it: an earlier run's labels beyond go
+                direction, start = self.propagation_run
+                visited = [start] + [r.index for r in event.slices]
+                clear_beyond(layer, self.controller.spec.index[:-1], self.result_panel.target_label.value(),
+                             below=min(visited) if direction != "up" else None,
+                             above=max(visited) if direction != "down" else None, axes=self.controller.spec.axes)
             occupied = np.nonzero(event.labels.any(axis=(1, 2)))[0]
             where = f"slices {occupied[0]}-{occupied[-1]}" if len(occupied) else "no slice"
             self.controller.set_status(f"{'Stopped' if event.cancelled else 'Propagated'}: the structure is on {where} "

@@ -583,6 +583,14 @@ def test_propagate_fills_a_3d_labels_layer_lists_slices_to_review_and_undoes(mak
     assert np.array_equal(viewer.layers[w.volume_name].data[filled], before)
     w.undo_propagation()
     assert not viewer.layers[w.volume_name].data.any()  # back to before the propagation
+    # an earlier run that leaked far beyond the kidney: a new run ends the structure where it ends
+    layer = viewer.layers[w.volume_name]
+    layer.data[[0, 1, 30, 31]] = 1
+    other = layer.data.copy()
+    run_and_wait(w, qtbot, w.propagate)
+    assert not layer.data[[0, 1, 30, 31]].any() and dice(truth, layer.data > 0) > 0.7
+    w.undo_propagation()
+    assert np.array_equal(viewer.layers[w.volume_name].data, other)
 
 
 def test_a_scan_of_several_volumes_propagates_within_its_frame_and_saves_on_their_grid(make_widget, make_napari_viewer,
