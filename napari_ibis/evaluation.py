@@ -64,7 +64,8 @@ def evaluate_volume(volume: np.ndarray, truth: np.ndarray, segmenter: Segmenter,
     ``corrections``: clicks a simulated person then spends on the propagated result, as in the
     widget: each on the slice with the most wrong pixels (the click simulator's click there, the
     propagated mask as the prior), the structure propagated on from that slice away from the start
-    slice (an erased slice ends it there). ``click_budget``: instead, the clicks the start slice
+    slice (an erased slice ends it there); one that makes the volume worse is undone, as a person
+    looking at the result would. ``click_budget``: instead, the clicks the start slice
     left of that many for the whole volume."""
     import time
 
@@ -96,15 +97,20 @@ def evaluate_volume(volume: np.ndarray, truth: np.ndarray, segmenter: Segmenter,
 
 def _correct(propagation, segmenter: Segmenter, truth: np.ndarray, labels: np.ndarray, start: int,
              clicks: int) -> list[int]:
-    """Up to ``clicks`` corrections of ``labels`` (changed in place): the slices clicked, in order."""
+    """Up to ``clicks`` corrections of ``labels`` (changed in place): the slices clicked, in order.
+    A correction that leaves the volume further from ``truth`` is undone (a person looking at the
+    result presses Undo propagation) and that slice is not clicked again."""
+    from .metrics import dice
     from .propagation import PropagationDone
 
-    corrected = []
+    corrected, undone = [], set()
     for _ in range(clicks):
         wrong = (labels ^ truth).sum(axis=(1, 2))
+        wrong[list(undone)] = 0
         where = int(np.argmax(wrong))
         if not wrong[where]:
             break
+        before_all = labels.copy()
         click = next_click(truth[where], labels[where])
         segmenter.set_image(propagation.rgb(where))
         before = labels[where]
@@ -119,6 +125,9 @@ def _correct(propagation, segmenter: Segmenter, truth: np.ndarray, labels: np.nd
         if result.mask.any():
             done = [e for e in propagation.run(where, result.mask, direction) if isinstance(e, PropagationDone)][0]
             labels[beyond] = done.labels[beyond]
+        if dice(truth, labels) < dice(truth, before_all):
+            labels[...] = before_all
+            undone.add(where)
     return corrected
 
 
