@@ -16,9 +16,9 @@ a temporary file and get the mode the user's umask gives.
 from __future__ import annotations
 
 import json
-import warnings
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
