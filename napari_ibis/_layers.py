@@ -325,15 +325,10 @@ def labels_on_image_grid(labels_layer, image_layer):
     """A Labels layer's data on the image layer's grid: as it is, or, where both came from
     files on different grids of the same scan (each with its geometry), carried onto the
     image's voxels by position in the patient (nearest voxel)."""
-    from .geometry import resample_nearest
+    from .geometry import onto_grid
 
-    source, target = geometry_of(labels_layer), geometry_of(image_layer)
-    data = labels_layer.data
-    if (source is None or target is None or source.affine is None or target.affine is None or source.frames
-            or source.squeeze or target.squeeze or np.ndim(data) != 3
-            or tuple(np.shape(data)) == tuple(target.spatial_display_shape)):
-        return data
-    return resample_nearest(np.asarray(data), source, target)
+    moved = onto_grid(labels_layer.data, geometry_of(labels_layer), geometry_of(image_layer))
+    return labels_layer.data if moved is None else moved
 
 
 def paint_slice(layer, index: tuple[int, ...], mask: np.ndarray | None, value: int, axes: tuple[int, ...] = ()) -> None:

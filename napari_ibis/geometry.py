@@ -222,6 +222,18 @@ def resample_nearest(labels: np.ndarray, source: Geometry, target: Geometry) -> 
                             output_shape=target.spatial_display_shape, order=0, mode="constant", cval=0)
 
 
+def onto_grid(labels, source: Geometry | None, target: Geometry | None) -> np.ndarray | None:
+    """``labels`` (a volume on ``source``'s display grid) on ``target``'s grid by position in the
+    patient (:func:`resample_nearest`); None where there is nothing to carry over: the same grid,
+    a grid without an affine, or not one 3-D volume on each side."""
+    if (source is None or target is None or source.affine is None or target.affine is None or np.ndim(labels) != 3
+            or source.squeeze or target.squeeze or source.frames):
+        return None
+    if source.spatial_display_shape == target.spatial_display_shape and not grid_mismatch(target, source):
+        return None
+    return resample_nearest(np.asarray(labels), source, target)
+
+
 def geometry_of(layer_or_metadata) -> Geometry | None:
     """The Geometry a napari layer (or its metadata dict) carries, if any."""
     metadata = getattr(layer_or_metadata, "metadata", layer_or_metadata) or {}

@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import InputError
 from .formats import suffix_of
-from .geometry import VIEWS, Geometry, GeometryWarning, grid_mismatch, in_view_order, oriented, resample_nearest
+from .geometry import VIEWS, Geometry, GeometryWarning, in_view_order, onto_grid, oriented
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".dcm",
                   ".npy")
@@ -238,13 +238,10 @@ def _mask_on_image_grid(path: Path, like: LoadedImage) -> np.ndarray:
     """A mask file's array in display order; a volume on another grid of the same scan (cropped,
     coarser, shifted: both with an affine) carried onto the image's voxels by position."""
     array, _, meta = read_checked(path, "mask")
-    source, target = meta.get("geometry"), like.meta.get("geometry")
-    if (source is None or target is None or source.affine is None or target.affine is None or array.ndim != 3
-            or source.squeeze or target.squeeze or source.frames):
+    target = like.meta.get("geometry")
+    resampled = onto_grid(array, meta.get("geometry"), target)
+    if resampled is None:
         return array
-    if source.spatial_display_shape == target.spatial_display_shape and not grid_mismatch(target, source):
-        return array
-    resampled = resample_nearest(array, source, target)
     if array.any() and not resampled.any():
         raise InputError(f"the mask {path.name} lies outside {like.path.name} in the patient (their grids do not overlap)")
     warnings.warn(f"the mask {path.name} {tuple(array.shape)} is on another grid than {like.path.name} "
