@@ -83,13 +83,22 @@ def read_nrrd(path: Path) -> tuple[np.ndarray, bool, dict]:
     meta = {"format": "nrrd"}
     directions = header.get("space directions")
     space = header.get("space")
-    if array.ndim == 3 and directions is not None and space in _NRRD_SPACES:
+    frames = 0
+    if array.ndim == 4 and directions is not None and space in _NRRD_SPACES:  # a DWI or a time series
+        rows = np.asarray(directions, dtype=float)
+        free = [axis for axis in range(len(rows)) if not np.all(np.isfinite(rows[axis]))]  # the axis with no direction
+        if rows.shape == (4, 3) and len(free) == 1:
+            array = np.moveaxis(array, free[0], -1)
+            directions = np.delete(rows, free[0], axis=0)
+            frames = array.shape[-1]
+    if array.ndim - bool(frames) == 3 and directions is not None and space in _NRRD_SPACES:
         directions = np.asarray(directions, dtype=float)
         if directions.shape == (3, 3) and np.all(np.isfinite(directions)):
             affine = np.eye(4)
             affine[:3, :3] = directions.T
             affine[:3, 3] = np.asarray(header.get("space origin", np.zeros(3)), dtype=float)
-            geometry = from_affine("nrrd", array.shape, _NRRD_SPACES[space] @ affine, header=dict(header), source=str(path))
+            geometry = from_affine("nrrd", array.shape[:3], _NRRD_SPACES[space] @ affine, header=dict(header),
+                                   source=str(path), frames=frames)
             meta["geometry"] = geometry
             return geometry.to_display(array), False, meta
     return np.ascontiguousarray(array.T), False, meta  # no orientation: slice axis first, as stored
@@ -103,7 +112,7 @@ def write_nrrd(path: Path, labels: np.ndarray, geometry: Geometry | None) -> Non
         nrrd.write(str(path), np.ascontiguousarray(labels.T), header=header, index_order="F")
         return
     data = geometry.to_file(labels)
-    if geometry.format == "nrrd" and geometry.header is not None:
+    if geometry.format == "nrrd" and geometry.header is not None and not geometry.frames:
         keep = ("space", "space directions", "space origin", "space units", "measurement frame", "kinds")
         header = {k: v for k, v in geometry.header.items() if k in keep}
     else:

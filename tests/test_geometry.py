@@ -489,3 +489,32 @@ def test_a_series_with_a_missing_slice_is_noted(tmp_path):
     with pytest.warns(GeometryWarning, match="are not evenly spaced \\(2.50 to 5.00 mm apart\\)"):
         loaded = io.read_image(tmp_path / "series")
     assert loaded.data.shape == (5, 20, 24)
+
+
+def test_a_nrrd_with_a_list_axis_opens_each_volume_like_the_3d_file(tmp_path):
+    """A diffusion or dynamic NRRD (one axis without a space direction, as 3D Slicer writes a DWI):
+    its volumes oriented like the 3-D file of the same grid, labels written back on the 3-D grid."""
+    import nrrd
+
+    image, labels = labelled_volume()
+    directions = np.array([[0.0, 1.2, 0.0], [0.8, 0.0, 0.0], [0.0, 0.0, -2.0]])  # permuted, one axis flipped
+    origin = np.array([10.0, -5.0, 30.0])
+    three = {"space": "left-posterior-superior", "space directions": directions, "space origin": origin}
+    nrrd.write(str(tmp_path / "t1.nrrd"), image, three, index_order="F")
+    gradients = np.stack([image, image * 2, image * 3])  # the list axis first, as in a DWI
+    four = dict(three, **{"space directions": np.vstack([np.full(3, np.nan), directions]),
+                          "kinds": ["list", "domain", "domain", "domain"]})
+    nrrd.write(str(tmp_path / "dwi.nrrd"), gradients, four, index_order="F")
+
+    (one, one_kwargs, _), = get_reader(str(tmp_path / "t1.nrrd"))(str(tmp_path / "t1.nrrd"))
+    (data, kwargs, _), = get_reader(str(tmp_path / "dwi.nrrd"))(str(tmp_path / "dwi.nrrd"))
+    assert data.shape == (3,) + one.shape and np.array_equal(data[2], 3 * one)
+    assert np.allclose(kwargs["scale"], (1.0,) + tuple(one_kwargs["scale"]))
+    drawn = np.zeros(data.shape, np.uint8)
+    drawn[1] = kwargs["metadata"][GEOMETRY_KEY].to_display(labels)
+    written, header = nrrd.read(napari_write_labels(str(tmp_path / "seg.nrrd"), drawn, kwargs)[0], index_order="F")
+    assert np.array_equal(written, labels)
+    lps = np.diag([-1.0, -1.0, 1.0])
+    ras_directions = np.asarray(header["space directions"], float)
+    assert header["space"] == "right-anterior-superior" and np.allclose(ras_directions, directions @ lps)
+    assert np.allclose(header["space origin"], lps @ origin)
