@@ -235,6 +235,7 @@ class Controller:
             self.set_status(f"Restored: step {session.cursor} ({session.current.area:,} px) of '{session.query}'.")
         else:
             self.transcript.restore("", "")
+            self.view.transcript_reset()  # a new session's transcript starts empty, on screen too
             self.transcript.note(f"Query: {session.query}" + (
                 f" (refining an imported mask of {session.initial.area:,} px)" if session.initial.area else ""))
             for note in (plane_note(plane_of(self.spec.axes, self.spec.geometry), self.spec.model is None),

@@ -166,6 +166,22 @@ def test_max_steps_0_lets_the_person_click_first_on_an_imported_mask(widget, qtb
     assert len(policy.requests) == 1 and [s.source for s in session.steps] == ["user", "agent"]
 
 
+def test_a_new_session_starts_its_transcript_afresh(widget, qtbot):
+    """The transcript shows the session on screen, as the raw view and the autosave hold it, not
+    the previous session's steps above it."""
+    widget.use_policy(ScriptedPolicy([point(True, *INSIDE), TERMINATE]))
+    widget.run_panel.query_edit.setText("segment the first thing")
+    run_and_wait(widget, qtbot)
+    widget.use_policy(ScriptedPolicy([point(True, *INSIDE), TERMINATE]), key="second")
+    widget.run_panel.query_edit.setText("segment the second thing")
+    run_and_wait(widget, qtbot)
+    text = widget.steps_panel.transcript.toPlainText()
+    assert "Query: segment the second thing" in text and "first thing" not in text
+    widget.steps_panel.raw_box.setChecked(True)
+    widget.steps_panel.raw_box.setChecked(False)
+    assert widget.steps_panel.transcript.toPlainText() == text
+
+
 def test_clicks_on_one_spot_stay_visible_with_one_label(widget, qtbot):
     from napari_ibis._layers import CLICKS_NAME
 
