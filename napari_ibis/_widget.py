@@ -41,7 +41,7 @@ from ._runtime import MODEL_CACHE, ModelCache, freeze_long_lived_objects, hide_t
 from .autosave import Autosave
 from .controller import CONTINUE_STEPS, Controller, RunSpec
 from .errors import IbisError
-from .geometry import geometry_of, oriented, plane_of
+from .geometry import geometry_of, oriented, plane_of, slice_at
 from .inbox import SETTINGS_KEY as KEEP_SETTING
 from .inbox import TrainingInbox
 from .segmenters import default_segmenter
@@ -353,10 +353,8 @@ class IbisWidget(QWidget):
         if panel.init_combo.currentText() not in ("", NO_LAYER):
             labels = self.viewer.layers[panel.init_combo.currentText()]
             data = labels_on_image_grid(labels, image_layer)
-            if index and data.ndim > 2:  # a volume of labels: the same slice, seen the same way
-                extra = min(data.ndim - 2, len(index))  # one volume of labels for a scan of several frames: its slice
-                shift = len(axes) - data.ndim
-                data = oriented(data, tuple(a - shift for a in axes[shift:]) if axes else ())[index[-extra:]]
+            if index and data.ndim > 2:  # a volume of labels (one for every frame of a scan): the same slice
+                data = slice_at(data, axes, index)
             data = np.asarray(data)
             if data.shape != image.shape[:2]:
                 raise IbisError(f"the labels layer '{labels.name}' is {data.shape}; the image slice is {image.shape[:2]}")

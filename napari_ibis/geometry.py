@@ -264,6 +264,13 @@ def oriented(array, axes: tuple[int, ...]):
     return viewed
 
 
+def slice_at(array, axes: tuple[int, ...], index: tuple[int, ...]):
+    """The 2-D slice at ``index`` (along ``axes[:-2]``, as :func:`oriented` views a scan) of
+    ``array``, which may lack the scan's leading axes (one labels volume for every frame)."""
+    missing = len(index) + 2 - np.ndim(array)
+    return oriented(array, tuple(a - missing for a in axes[missing:]) if axes else ())[index[missing:]]
+
+
 def in_view_order(values, axes: tuple[int, ...]) -> tuple:
     """Per-axis ``values`` (spacing, scale) of a volume in the order of a slice's ``axes``."""
     values = tuple(values)

@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import InputError
 from .formats import suffix_of
-from .geometry import VIEWS, Geometry, GeometryWarning, in_view_order, onto_grid, oriented
+from .geometry import VIEWS, Geometry, GeometryWarning, in_view_order, onto_grid, oriented, slice_at
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".dcm",
                   ".npy")
@@ -256,11 +256,10 @@ def read_mask(path: str | Path, like: LoadedImage, label: int | None = None) -> 
     array = _mask_on_image_grid(path, like)
     slice_shape = like.slice.shape[:2]
     name = path.name
-    if array.shape[: len(like.spatial_shape)] == like.spatial_shape and like.slice_index:
-        array = oriented(array, like.axes)[like.slice_index]
-        name = f"{path.name} on slice {like.slice_index[-1]}"
-    elif like.frames and array.shape[:3] == like.spatial_shape[1:]:  # one mask for every frame of the file
-        array = oriented(array, tuple(a - 1 for a in like.axes[1:]))[like.slice_index[1:]]
+    volume = like.spatial_shape[bool(like.frames):]  # a frame's volume: one mask serves every frame
+    if like.slice_index and (array.shape[: len(like.spatial_shape)] == like.spatial_shape
+                             or array.shape[: len(volume)] == volume):
+        array = slice_at(array, like.axes, like.slice_index)
         name = f"{path.name} on slice {like.slice_index[-1]}"
     if array.shape[:2] != slice_shape or array.ndim > 3:
         raise InputError(f"the mask {path.name} is {array.shape} but the image slice is {slice_shape}")
