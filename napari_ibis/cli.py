@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "leaves after the start slice)")
     ev.add_argument("--concurrency", type=_positive_int, default=1,
                     help="cases in flight at once: against served models (model:URL[,URL...] share the load), "
-                    "or in as many processes for a local model folder")
+                    "or in as many processes for a local model folder and for --propagate's volumes (each "
+                    "process reads its own)")
     ev.add_argument("--json", dest="json_out", help="write the report here (a stopped run resumes from "
                     "REPORT.partial.jsonl when run again)")
     ev.add_argument("--force", action="store_true")
@@ -400,12 +401,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.json_out) if args.json_out else None
     if out is not None and out.exists() and not args.force:
         raise InputError(f"{out} exists; pass --force to overwrite it")
-    cases = io.read_manifest(args.manifest, volumes=bool(args.propagate))[: args.limit]
+    entries = io.manifest_entries(args.manifest)[: args.limit]
+    if args.propagate:
+        return _evaluate_volumes(args, entries, out)
+    cases = [io.load_case(entry) for entry in entries]
     segmenter = build_segmenter(args.segmenter)
     progress = lambda items: tqdm(total=len(items), desc="cases", unit="case", file=sys.stderr,  # noqa: E731
                                   smoothing=0.1)
-    if args.propagate:
-        return _evaluate_volumes(args, cases, segmenter, tqdm, out)
     partial = out.with_name(out.name + ".partial.jsonl") if out is not None else None
     if args.policy == "oracle":
         pool, mine = workers.thread_pool(args.concurrency, args.segmenter, [])
@@ -447,13 +449,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_volumes(args, cases, segmenter, progress, out) -> int:
-    """``eval --propagate``: each volume case segmented on its largest slice, then propagated."""
-    from . import io
-    from .evaluation import agent_start, evaluate_volume, oracle_start
-    from .policies import default_model_folder, load_policy
-    from .propagation import agent_checker, parse_check
-    from .square_pixels import square_pixels
+def _evaluate_volumes(args, entries, out) -> int:
+    """``eval --propagate``: each volume case segmented on its largest slice, then propagated.
+
+    Cases are read one at a time where they run (in this process, or in ``--concurrency`` worker
+    processes), so a cohort never sits in memory at once; each row is appended to
+    ``REPORT.partial.jsonl`` as its case ends and a run started again resumes after it."""
+    from tqdm import tqdm
+
+    from . import io, workers
+    from .evaluation import VolumeProtocol
+    from .policies import check_model, default_model_folder, load_policy
+    from .propagation import parse_check
+    from .segmenters import build_segmenter
 
     check = parse_check(args.check)
     rest = args.corrections == "rest"
@@ -463,42 +471,60 @@ def _evaluate_volumes(args, cases, segmenter, progress, out) -> int:
         corrections = -1
     if corrections < 0:
         raise InputError(f"--corrections takes a number of clicks or 'rest', not '{args.corrections}'")
-    volumes = [c for c in cases if c.mask.ndim == 3]
-    if not volumes:
-        raise InputError(f"{Path(args.manifest).name} holds no volume case (a line without \"slice\" whose image is 3-D)")
-    policy = None
+    folder, served = None, False
     if args.policy != "oracle":
         if not (args.policy == "default" or args.policy.startswith("model:")):
             raise InputError(f"unknown policy '{args.policy}': use oracle, model:DIR or default")
-        policy = load_policy(default_model_folder() if args.policy == "default" else args.policy[len("model:"):],
-                             device=args.device)
+        endpoints, served = _policies_of(default_model_folder() if args.policy == "default"
+                                         else args.policy[len("model:"):])
+        folder = endpoints[0]
     elif check:
         raise InputError("--check needs a model policy (--policy default or model:DIR)")
-    rows = []
-    for case in progress(volumes, desc="volumes", unit="volume", file=sys.stderr):
-        aspect = case.pixel_aspect
-        start = (oracle_start(square_pixels(segmenter, aspect), args.max_clicks) if policy is None
-                 else agent_start(policy, case.query, segmenter, args.profile, pixel_aspect=aspect))
-        checker = agent_checker(policy, case.query, segmenter, args.profile, pixel_aspect=aspect) if check else None
-        row = evaluate_volume(case.image, case.mask, segmenter, start, args.propagate, checker=checker, check=check,
-                              pixel_aspect=aspect, corrections=0 if rest else corrections,
-                              click_budget=args.max_clicks if rest else None)
-        row.pop("_labels")
-        rows.append({"source": case.source, "target": case.target} | row)
+    protocol = VolumeProtocol(args.propagate, args.max_clicks, str(args.check), corrections, rest, args.profile)
+    progress = lambda items: tqdm(total=len(items), desc="volumes", unit="volume", file=sys.stderr)  # noqa: E731
+    partial = out.with_name(out.name + ".partial.jsonl") if out is not None else None
+    if served or args.concurrency == 1:  # in this process (threads, one per served endpoint's stream)
+        policies = [load_policy(url, device=args.device) for url in endpoints] if folder else []
+        pool, mine = workers.thread_pool(args.concurrency, args.segmenter, policies)
+        used: dict = {}
+
+        def row(index: int) -> dict:
+            segmenter, policy = mine()
+            used.setdefault("segmenter", segmenter.identity())
+            return workers.volume_row(entries[index], segmenter, policy, protocol)
+
+        rows = _run_cases(entries, pool, lambda p, i: p.submit(row, i), partial, progress)
+        policy_identity = {"name": "oracle"} if not policies else policies[0].identity() if len(policies) == 1 \
+            else {"name": "remote", "endpoints": [policy.identity() for policy in policies]}
+        segmenter_identity = used.get("segmenter") or build_segmenter(args.segmenter).identity()
+    else:  # worker processes, each with its own model and segmenter, each reading its own volume
+        if folder is not None:
+            check_model(folder)
+        work = (folder, args.segmenter, args.device)
+        pool = workers.process_pool(args.concurrency)
+        policy_identity, segmenter_identity = pool.submit(workers.identities, *work).result()
+        rows = _run_cases(entries, pool, lambda p, i: p.submit(workers.eval_volume, entries[i], *work, protocol),
+                          partial, progress)
+    skipped = sum("skipped" in row for row in rows)
+    rows = [row for row in rows if "skipped" not in row]
+    if not rows:
+        raise InputError(f"{Path(args.manifest).name} holds no volume case (a line without \"slice\" whose image is 3-D)")
+    if skipped:
+        print(f"napari-ibis: note: {skipped} line(s) of {Path(args.manifest).name} are single slices, "
+              "left out of the volume evaluation", file=sys.stderr)
     keys = ("dice_3d", "iou_3d", "start_iou", "clicks", "agent_steps", "slices_propagated", "seconds", "seconds_per_slice")
     if corrections or rest:
         keys += ("corrections",)
-        for row in rows:
-            row["corrections"] = len(row["corrected_slices"])
     report = {"cases": len(rows)} | {f"mean_{k}": float(np.mean([r[k] for r in rows])) for k in keys}
     width = max(len(k) for k in report)
     for key, value in report.items():
         print(f"{key:<{width}}  {round(value, 4) if isinstance(value, float) else value}")
     if out is not None:
         io.write_json(out, {"manifest": str(args.manifest), "propagate": args.propagate, "check": args.check,
-                            "policy": policy.identity() if policy else {"name": "oracle"},
-                            "segmenter": segmenter.identity(), "max_clicks": args.max_clicks, "summary": report,
+                            "policy": policy_identity, "segmenter": segmenter_identity,
+                            "max_clicks": args.max_clicks, "concurrency": args.concurrency, "summary": report,
                             "cases": rows}, force=args.force)
+        partial.unlink(missing_ok=True)
     return 0
 
 

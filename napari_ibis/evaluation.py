@@ -199,3 +199,37 @@ def model_case(case, segmenter, policy, profile: str, max_clicks: int) -> dict:
         "parsable": len(session.steps), "turns": turns, "seconds": seconds,
         "stop": stop.reason if stop else None,
     }
+
+
+@dataclass(frozen=True)
+class VolumeProtocol:
+    """How ``eval --propagate`` runs a volume case: the start slice by the oracle (``max_clicks``)
+    or the agent, propagation ``direction``, the agent's ``check``, then ``corrections`` clicks
+    (``rest``: what the start slice left of ``max_clicks``)."""
+
+    direction: str = "both"
+    max_clicks: int = 5
+    check: str = "none"
+    corrections: int = 0
+    rest: bool = False
+    profile: str = "ibis-release"
+
+
+def volume_case(case, segmenter, policy, protocol: VolumeProtocol) -> dict:
+    """One volume case of a manifest (``eval --propagate``): a row of the report."""
+    from .propagation import agent_checker, parse_check
+    from .square_pixels import square_pixels
+
+    aspect = case.pixel_aspect
+    check = parse_check(protocol.check)
+    start = (oracle_start(square_pixels(segmenter, aspect), protocol.max_clicks) if policy is None
+             else agent_start(policy, case.query, segmenter, protocol.profile, pixel_aspect=aspect))
+    checker = agent_checker(policy, case.query, segmenter, protocol.profile, pixel_aspect=aspect) if check else None
+    row = evaluate_volume(case.image, case.mask, segmenter, start, protocol.direction, checker=checker, check=check,
+                          pixel_aspect=aspect, corrections=0 if protocol.rest else protocol.corrections,
+                          click_budget=protocol.max_clicks if protocol.rest else None)
+    row.pop("_labels")
+    if protocol.corrections or protocol.rest:
+        row["corrections"] = len(row["corrected_slices"])
+    size = {} if case.voxel_ml is None else {"cm3": round(float(case.mask.sum()) * case.voxel_ml, 2)}
+    return {"source": case.source, "target": case.target} | size | row

@@ -411,54 +411,84 @@ class Case:
     source: str
     query: str = ""
     pixel_aspect: float = 1.0  # its rows' spacing over its columns' (napari_ibis.square_pixels)
+    voxel_ml: float | None = None  # a volume case's voxel in millilitres, where the file gives a spacing
 
     def __post_init__(self) -> None:
         self.query = self.query or f"segment the {self.target}"
 
 
-def read_manifest(manifest: str | Path, volumes: bool = False) -> list[Case]:
-    """Cases of a manifest JSONL: ``{"image", "mask", "target", "modality", "slice"?, "label"?, "query"?}``
-    (the query defaults to "segment the TARGET"). With ``volumes``, a line without ``slice``
-    whose image is a volume is one case holding the whole volume and its 3-D mask."""
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One line of a manifest, checked but not yet read (the files it names exist)."""
+
+    manifest: str  # the manifest's file name, for messages
+    number: int  # the line's number in it
+    image: Path
+    mask: Path
+    fields: dict  # the line as written: "target", "modality", "slice", "frame", "label", "query", "source"
+
+
+def manifest_entries(manifest: str | Path) -> list[ManifestEntry]:
+    """The lines of a manifest JSONL, each checked (JSON, ``image``, ``mask`` and ``target`` given,
+    both files there) without reading any image: one line naming the first that is not."""
     manifest = Path(manifest)
     if not manifest.is_file():
         raise InputError(f"manifest not found: {manifest}")
-    cases = []
+    entries = []
     for number, line in enumerate(manifest.read_text().splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            entry = json.loads(line)
-            image_path = manifest.parent / entry["image"]
-            mask_path = manifest.parent / entry["mask"]
-            target = str(entry["target"])
+            fields = json.loads(line)
+            image, mask = manifest.parent / fields["image"], manifest.parent / fields["mask"]
+            str(fields["target"])
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise InputError(f"{manifest.name} line {number}: not a manifest entry ({exc})") from None
-        try:
-            loaded = read_image(image_path, entry.get("slice"), frame=entry.get("frame"))
-            whole = volumes and "slice" not in entry and len(loaded.slice_index) == 1 + bool(loaded.frames)
-            if whole:
-                loaded = replace(loaded, slice_index=loaded.slice_index[:-1])  # a frame's volume, or the volume
-                array = _mask_on_image_grid(mask_path, loaded)
-                shape = tuple(loaded.spatial_shape[len(loaded.slice_index):])
-                if array.shape != shape:
-                    raise InputError(f"the mask {mask_path.name} is {array.shape} but the volume is {shape}")
-                mask = to_binary(array, entry.get("label"), name=mask_path.name)
-            else:
-                mask = read_mask(mask_path, loaded, entry.get("label"))
-        except InputError as exc:
-            raise InputError(f"{manifest.name} line {number}: {exc}") from None
-        cases.append(
-            Case(
-                image=loaded.slice,
-                mask=mask,
-                target=target,
-                modality=str(entry.get("modality", "")),
-                source=str(entry.get("source", f"{manifest.name}:{number}")),
-                query=str(entry.get("query", "")),
-                pixel_aspect=loaded.pixel_aspect,
-            )
-        )
-    if not cases:
+        for path in (image, mask):
+            if not path.exists():
+                raise InputError(f"{manifest.name} line {number}: {path} not found")
+        entries.append(ManifestEntry(manifest.name, number, image, mask, fields))
+    if not entries:
         raise InputError(f"{manifest.name} lists no cases")
-    return cases
+    return entries
+
+
+def load_case(entry: ManifestEntry, volumes: bool = False) -> Case:
+    """Read one manifest line's image and mask. With ``volumes``, a line without ``slice`` whose
+    image is a volume is one case holding the whole volume and its 3-D mask."""
+    fields = entry.fields
+    voxel_ml = None
+    try:
+        loaded = read_image(entry.image, fields.get("slice"), frame=fields.get("frame"))
+        whole = volumes and "slice" not in fields and len(loaded.slice_index) == 1 + bool(loaded.frames)
+        if whole:
+            loaded = replace(loaded, slice_index=loaded.slice_index[:-1])  # a frame's volume, or the volume
+            array = _mask_on_image_grid(entry.mask, loaded)
+            shape = tuple(loaded.spatial_shape[len(loaded.slice_index):])
+            if array.shape != shape:
+                raise InputError(f"the mask {entry.mask.name} is {array.shape} but the volume is {shape}")
+            mask = to_binary(array, fields.get("label"), name=entry.mask.name)
+            geometry = loaded.meta.get("geometry")
+            if geometry is not None:
+                voxel_ml = float(np.prod(geometry.display_spacing[-3:])) / 1000.0
+        else:
+            mask = read_mask(entry.mask, loaded, fields.get("label"))
+    except InputError as exc:
+        raise InputError(f"{entry.manifest} line {entry.number}: {exc}") from None
+    return Case(
+        image=loaded.slice,
+        mask=mask,
+        target=str(fields["target"]),
+        modality=str(fields.get("modality", "")),
+        source=str(fields.get("source", f"{entry.manifest}:{entry.number}")),
+        query=str(fields.get("query", "")),
+        pixel_aspect=loaded.pixel_aspect,
+        voxel_ml=voxel_ml,
+    )
+
+
+def read_manifest(manifest: str | Path, volumes: bool = False) -> list[Case]:
+    """Cases of a manifest JSONL: ``{"image", "mask", "target", "modality", "slice"?, "label"?, "query"?}``
+    (the query defaults to "segment the TARGET"), every one read into memory; see
+    :func:`manifest_entries` and :func:`load_case` to read them one at a time."""
+    return [load_case(entry, volumes) for entry in manifest_entries(manifest)]

@@ -34,7 +34,8 @@ def thread_pool(concurrency: int, segmenter_spec: str, policies: list):
 _LOADED: dict = {}
 
 
-def _setup(folder: str, segmenter_spec: str, device: str) -> dict:
+def _setup(folder: str | None, segmenter_spec: str, device: str) -> dict:
+    """The worker's model (none for the oracle: ``folder`` None) and segmenter, loaded once."""
     import torch
 
     from .policies import load_policy
@@ -42,7 +43,8 @@ def _setup(folder: str, segmenter_spec: str, device: str) -> dict:
 
     if not _LOADED:
         torch.set_num_threads(1)  # N processes share the cores
-        _LOADED.update(policy=load_policy(folder, device=device), segmenter=build_segmenter(segmenter_spec))
+        _LOADED.update(policy=None if folder is None else load_policy(folder, device=device),
+                       segmenter=build_segmenter(segmenter_spec))
     return _LOADED
 
 
@@ -50,11 +52,37 @@ def identity(folder: str, segmenter_spec: str, device: str) -> dict:
     return _setup(folder, segmenter_spec, device)["policy"].identity()
 
 
+def identities(folder: str | None, segmenter_spec: str, device: str) -> tuple[dict, dict]:
+    """(the policy's identity, the oracle's for ``folder`` None; the segmenter's)."""
+    worker = _setup(folder, segmenter_spec, device)
+    policy = worker["policy"]
+    return ({"name": "oracle"} if policy is None else policy.identity()), worker["segmenter"].identity()
+
+
 def eval_case(case, folder: str, segmenter_spec: str, device: str, profile: str, max_clicks: int) -> dict:
     worker = _setup(folder, segmenter_spec, device)
     from .evaluation import model_case
 
     return model_case(case, worker["segmenter"], worker["policy"], profile, max_clicks)
+
+
+def eval_volume(entry, folder: str | None, segmenter_spec: str, device: str, protocol) -> dict:
+    """One volume line of ``eval --propagate`` in a worker process: it reads its own case, so
+    only the volumes in flight are in memory."""
+    worker = _setup(folder, segmenter_spec, device)
+    return volume_row(entry, worker["segmenter"], worker["policy"], protocol)
+
+
+def volume_row(entry, segmenter, policy, protocol) -> dict:
+    """The row of one manifest line under ``eval --propagate``, or ``{"skipped": why}`` for a
+    line that is not a volume case."""
+    from .evaluation import volume_case
+    from .io import load_case
+
+    case = load_case(entry, volumes=True)
+    if case.mask.ndim != 3:
+        return {"skipped": "a single slice"}
+    return volume_case(case, segmenter, policy, protocol)
 
 
 def process_pool(concurrency: int):

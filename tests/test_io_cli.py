@@ -353,6 +353,64 @@ def test_eval_propagate_scores_volume_cases_in_3d(tmp_path, capsys):
     assert code == 2 and "--corrections applies to --propagate" in err
 
 
+def _volume_manifest(folder, count=2):
+    from napari_ibis.phantoms import phantom_volume
+
+    lines = []
+    for seed in range(count):
+        volume = phantom_volume(seed)
+        nib.save(nib.Nifti1Image(volume.image.transpose(2, 1, 0).copy(), np.diag([0.8, 0.8, 2.5, 1])),
+                 folder / f"ct{seed}.nii.gz")
+        nib.save(nib.Nifti1Image(volume.masks["liver"].transpose(2, 1, 0).astype(np.uint8), np.diag([0.8, 0.8, 2.5, 1])),
+                 folder / f"liver{seed}.nii.gz")
+        lines.append({"image": f"ct{seed}.nii.gz", "mask": f"liver{seed}.nii.gz", "target": "liver", "modality": "CT"})
+    return lines
+
+
+def test_eval_propagate_keeps_each_volume_as_it_ends_and_resumes(tmp_path, capsys):
+    lines = _volume_manifest(tmp_path)
+    lines.append(lines[0] | {"slice": 12})  # a single slice: not a volume case
+    lines.append({"image": "ct0.nii.gz", "mask": "broken.nii.gz", "target": "liver"})
+    (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti")
+    manifest = tmp_path / "volumes.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    report = tmp_path / "report.json"
+    args = ["eval", manifest, "--propagate", "both", "--segmenter", "classical", "--json", report]
+    # the broken file on line 4 ends the run with one line; the volumes before it are kept
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2 and "volumes.jsonl line 4" in err and "broken.nii.gz" in err and "Traceback" not in err
+    kept = [json.loads(line) for line in (tmp_path / "report.json.partial.jsonl").read_text().splitlines()]
+    assert sorted(entry["case"] for entry in kept) == [0, 1, 2]
+    assert kept[0]["row"]["cm3"] == pytest.approx(
+        nib.load(tmp_path / "liver0.nii.gz").get_fdata().sum() * 0.8 * 0.8 * 2.5 / 1000, abs=0.01)
+    # fixed, the run resumes: only the repaired line is computed
+    (tmp_path / "broken.nii.gz").unlink()
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines[:3] + [lines[1]]))
+    code, stdout, err = run_cli(capsys, *args)
+    assert code == 0, err
+    assert "resuming: 3 of 4 cases were done" in err and "1 line(s) of volumes.jsonl are single slices" in err
+    result = json.loads(report.read_text())
+    assert result["summary"]["cases"] == 3 and result["cases"][0]["dice_3d"] == kept[0]["row"]["dice_3d"]
+    assert result["cases"][2]["source"] == "volumes.jsonl:4"
+    assert result["cases"][2]["dice_3d"] == result["cases"][1]["dice_3d"]
+    assert not (tmp_path / "report.json.partial.jsonl").exists()
+
+
+def test_eval_propagate_in_worker_processes_matches_one_process(tmp_path, capsys):
+    manifest = tmp_path / "volumes.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in _volume_manifest(tmp_path)))
+    reports = []
+    for concurrency in (1, 2):
+        out = tmp_path / f"report{concurrency}.json"
+        code, _, err = run_cli(capsys, "eval", manifest, "--propagate", "both", "--segmenter", "classical",
+                               "--concurrency", concurrency, "--json", out)
+        assert code == 0, err
+        reports.append(json.loads(out.read_text()))
+    one, two = reports
+    assert two["segmenter"] == one["segmenter"] and two["policy"] == {"name": "oracle"}
+    assert [c["dice_3d"] for c in two["cases"]] == [c["dice_3d"] for c in one["cases"]]
+
+
 def _disk_manifest(folder, count):
     from PIL import Image
 
