@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("image", help="PNG/JPEG/TIFF/NIfTI/NRRD/DICOM/NPY file")
     seg.add_argument("--query", required=True, help='what to segment, e.g. "segment the liver tumour"')
     seg.add_argument("--init-mask", help="a mask to refine instead of starting empty")
-    seg.add_argument("--label", type=int, help="the label value of --init-mask to use (label maps)")
+    seg.add_argument("--label", help="the label value(s) of --init-mask to use in a label map: 3, or 1,2 for "
+                     "a structure made of several (a liver with its tumour)")
     seg.add_argument("--model", help="model folder or http(s)://HOST:PORT/v1 endpoint (default: the bundled agent)")
     seg.add_argument("--remote-model", default="ibis", help="model name on a remote endpoint (key from $IBIS_API_KEY)")
     seg.add_argument("--segmenter", help="mobilesam | litemedsam | classical | sam2:CHECKPOINT "
@@ -186,6 +187,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     check_every = parse_check(args.check)
     if check_every and not args.propagate:
         raise InputError("--check applies to --propagate")
+    if args.label is not None:
+        if not args.init_mask:
+            raise InputError("--label applies to --init-mask")
+        io.label_values(args.label)
     if args.max_steps == 0 and not args.init_mask:
         raise InputError("--max-steps 0 leaves nothing to do without --init-mask (the mask to use as it is)")
     loaded = io.read_image(image_path, args.slice, view=args.view, series=args.series)

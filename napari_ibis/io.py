@@ -207,8 +207,9 @@ def read_image(path: str | Path, slice: int | Sequence[int] | None = None, view:
     return loaded
 
 
-def to_binary(mask: np.ndarray, label: int | None = None, name: str = "mask") -> np.ndarray:
-    """A boolean mask from a binary or label-valued array (``label`` picks one value)."""
+def to_binary(mask: np.ndarray, label: int | Sequence[int] | None = None, name: str = "mask") -> np.ndarray:
+    """A boolean mask from a binary or label-valued array (``label`` picks one value, or several
+    that together make the structure: a liver with its tumour, a brain tumour's sub-regions)."""
     mask = np.asarray(mask)
     if mask.ndim == 3 and mask.shape[-1] in (3, 4):
         if not (np.all(mask[..., 0] == mask[..., 1]) and np.all(mask[..., 0] == mask[..., 2])):
@@ -225,13 +226,28 @@ def to_binary(mask: np.ndarray, label: int | None = None, name: str = "mask") ->
     else:
         raise InputError(f"{name} does not hold numbers ({mask.dtype})")
     if label is not None:
-        if label not in values:
-            raise InputError(f"{name} has no pixel with label {label}")
-        return mask == label
+        wanted = label_values(label)
+        if not np.isin(wanted, values).any():
+            raise InputError(f"{name} has no pixel with label {', '.join(map(str, wanted))}")
+        return np.isin(mask, wanted)
     nonzero = values[values != 0]
     if len(nonzero) > 1:
-        raise InputError(f"{name} holds {len(nonzero)} labels; choose one with --label")
+        shown = ", ".join(str(int(v)) for v in nonzero[:8]) + (", ..." if len(nonzero) > 8 else "")
+        raise InputError(f"{name} holds {len(nonzero)} labels ({shown}); choose one or several with --label "
+                         "(\"label\" in a manifest line)")
     return mask != 0
+
+
+def label_values(label: int | str | Sequence[int]) -> list[int]:
+    """The label values a ``--label`` or a manifest's ``"label"`` names: ``3``, ``"1,2"`` or ``[1, 2]``."""
+    parts = label.split(",") if isinstance(label, str) else [label] if np.isscalar(label) else list(label)
+    try:
+        values = [int(part) for part in parts if not isinstance(part, bool) and float(part) == int(part)]
+    except (TypeError, ValueError):
+        values = []
+    if not values or len(values) != len(parts) or min(values) < 0:
+        raise InputError(f"a label is a whole number or several separated by commas (\"1,2\" or [1, 2]), not {label!r}")
+    return values
 
 
 def _mask_on_image_grid(path: Path, like: LoadedImage) -> np.ndarray:
@@ -250,7 +266,7 @@ def _mask_on_image_grid(path: Path, like: LoadedImage) -> np.ndarray:
     return resampled
 
 
-def read_mask(path: str | Path, like: LoadedImage, label: int | None = None) -> np.ndarray:
+def read_mask(path: str | Path, like: LoadedImage, label: int | Sequence[int] | None = None) -> np.ndarray:
     """A boolean mask for the slice of ``like``, read from a 2-D or a matching volume file."""
     path = Path(path)
     array = _mask_on_image_grid(path, like)
@@ -447,6 +463,11 @@ def manifest_entries(manifest: str | Path) -> list[ManifestEntry]:
         for path in (image, mask):
             if not path.exists():
                 raise InputError(f"{manifest.name} line {number}: {path} not found")
+        if fields.get("label") is not None:
+            try:
+                label_values(fields["label"])
+            except InputError as exc:
+                raise InputError(f"{manifest.name} line {number}: {exc}") from None
         entries.append(ManifestEntry(manifest.name, number, image, mask, fields))
     if not entries:
         raise InputError(f"{manifest.name} lists no cases")

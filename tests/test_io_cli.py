@@ -74,6 +74,14 @@ def test_masks_must_be_binary_or_label_valued(tmp_path):
     with pytest.raises(InputError, match="--label"):
         io.read_mask(tmp_path / "labels.npy", loaded)
     assert io.read_mask(tmp_path / "labels.npy", loaded, label=2).sum() == 50
+    # a structure made of several labels (a liver with its tumour): as --label 1,2 or "label": [1, 2]
+    assert io.read_mask(tmp_path / "labels.npy", loaded, label="1,2").sum() == 80
+    assert io.read_mask(tmp_path / "labels.npy", loaded, label=[1, 2, 7]).sum() == 80
+    with pytest.raises(InputError, match="no pixel with label 3, 7"):
+        io.read_mask(tmp_path / "labels.npy", loaded, label=[3, 7])
+    for bad in ("liver", "1.5", [1, True], []):
+        with pytest.raises(InputError, match="a label is a whole number"):
+            io.read_mask(tmp_path / "labels.npy", loaded, label=bad)
     np.save(tmp_path / "small.npy", np.zeros((9, 10), np.uint8))
     with pytest.raises(InputError, match="image slice is"):
         io.read_mask(tmp_path / "small.npy", loaded)
@@ -92,6 +100,8 @@ def files(tmp_path):
     np.save(tmp_path / "partly_nan.npy", partly)
     np.save(tmp_path / "tiny.npy", np.zeros((4, 16)))
     np.save(tmp_path / "four_d.npy", np.zeros((2, 3, 16, 16)))
+    line = {"image": "img.png", "mask": "mask.png", "target": "disk"}
+    (tmp_path / "labels.jsonl").write_text(json.dumps(line | {"label": 255}) + "\n" + json.dumps(line | {"label": "a"}))
     return tmp_path
 
 
@@ -114,6 +124,10 @@ def run_cli(capsys, *args):
         (["segment", "{d}/img.png", "--query", "q", "--model", "{d}"], "no config.json"),
         (["segment", "{d}/img.png", "--query", "q", "--model", "{m}", "--segmenter", "sam2:{d}/img.png"], "as a SAM 2 checkpoint"),
         (["eval", "{d}/missing.jsonl"], "manifest not found"),
+        (["segment", "{d}/img.png", "--query", "q", "--model", "{m}", "--label", "2"], "--label applies to --init-mask"),
+        (["segment", "{d}/img.png", "--query", "q", "--model", "{m}", "--init-mask", "{d}/mask.png", "--label", "x"],
+         "a label is a whole number"),
+        (["eval", "{d}/labels.jsonl"], "labels.jsonl line 2: a label is a whole number"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(files, capsys, tiny_vlm_folder, args, message):
