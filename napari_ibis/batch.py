@@ -27,10 +27,7 @@ import numpy as np
 
 from .errors import InputError
 from .formats import suffix_of
-from .io import IMAGE_SUFFIXES
-
-OUT_SUFFIX = {".nii": ".nii.gz", ".nii.gz": ".nii.gz", ".nrrd": ".nrrd", ".mha": ".mha", ".mhd": ".mha", ".dcm": ".nii.gz"}
-
+from .io import IMAGE_SUFFIXES, labels_suffix_for
 
 @dataclass
 class Item:
@@ -42,8 +39,7 @@ class Item:
     slice: tuple[int, ...] | None = None
 
     def labels_path(self, out: Path) -> Path:
-        suffix = ".nii.gz" if self.path.is_dir() else OUT_SUFFIX.get(suffix_of(self.path), ".tif")
-        return out / f"{self.name}.ibis{suffix}"
+        return out / f"{self.name}.ibis{labels_suffix_for(self.path)}"
 
     def trace_path(self, out: Path) -> Path:
         return out / f"{self.name}.ibis.json"

@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="carry the result through a volume's slices from --slice and write the 3-D labels")
     seg.add_argument("--check", default="none", help="with --propagate: the agent checks every | none | every Nth slice")
     seg.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
-    seg.add_argument("--out", help="labels file (.tif .nii.gz .npy .png .nrrd); default IMAGE.ibis.tif")
+    seg.add_argument("--out", help="labels file (.nii.gz .nrrd .mha .dcm (DICOM-SEG) .tif .png .npy); default "
+                     "IMAGE.ibis.nii.gz beside a NIfTI or a DICOM series, .nrrd / .mha beside those, else .tif")
     seg.add_argument("--trace", help="trajectory JSON; default next to --out")
     seg.add_argument("--keep-for-training", metavar="DIR", help="also keep the session in this training inbox "
                      "(pixels, masks, steps; no names or patient fields): see `napari-ibis data from-sessions`")
@@ -157,8 +158,10 @@ def command_summary(entry) -> str:
 
 # -- segment ---------------------------------------------------------------------------
 def _default_out(image: Path) -> Path:
+    from .io import labels_suffix_for
+
     name = image.name[: -len(".nii.gz")] if image.name.lower().endswith(".nii.gz") else image.stem
-    return image.with_name(f"{name}.ibis.tif")
+    return image.with_name(f"{name}.ibis{labels_suffix_for(image)}")
 
 
 def cmd_segment(args: argparse.Namespace) -> int:

@@ -32,6 +32,16 @@ from .geometry import VIEWS, Geometry, GeometryWarning, in_view_order, onto_grid
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".nrrd", ".mha", ".mhd", ".dcm",
                   ".npy")
 LABEL_SUFFIXES = (".tif", ".tiff", ".nii", ".nii.gz", ".npy", ".png", ".nrrd", ".mha", ".dcm")
+# the labels of a scan are written in a format that keeps its geometry (a DICOM series: NIfTI)
+LABELS_SUFFIX_OF = {".nii": ".nii.gz", ".nii.gz": ".nii.gz", ".nrrd": ".nrrd", ".mha": ".mha", ".mhd": ".mha",
+                    ".dcm": ".nii.gz"}
+
+
+def labels_suffix_for(image: str | Path) -> str:
+    """The default suffix of labels drawn on ``image``: its own format where that keeps the
+    voxels' place in the patient, NIfTI for DICOM, else TIFF."""
+    image = Path(image)
+    return ".nii.gz" if image.is_dir() else LABELS_SUFFIX_OF.get(suffix_of(image), ".tif")
 
 
 @dataclass

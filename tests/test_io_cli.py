@@ -553,6 +553,27 @@ def test_max_steps_0_propagates_the_imported_mask_as_it_is(tmp_path, capsys, tin
     assert int(written.sum()) > mask.sum()
 
 
+def test_labels_of_a_scan_are_written_by_default_in_a_format_that_keeps_its_geometry(tmp_path, capsys,
+                                                                                     tiny_vlm_folder):
+    """Without --out the labels go beside the scan in its own format (a TIFF would lose where the
+    voxels lie, and a viewer could not lay the labels over the scan)."""
+    import nibabel as nib
+
+    from napari_ibis.phantoms import phantom_volume
+
+    volume = phantom_volume(0)
+    affine = np.array([[-0.8, 0, 0, 120], [0, -0.8, 0, 90], [0, 0, 2.5, -300], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(volume.image.transpose(2, 1, 0)), affine), tmp_path / "ct.nii.gz")
+    np.save(tmp_path / "start.npy", volume.masks["liver"][12])
+    code, stdout, err = run_cli(capsys, "segment", tmp_path / "ct.nii.gz", "--query", "segment the liver", "--slice", 12,
+                                "--init-mask", tmp_path / "start.npy", "--model", tiny_vlm_folder, "--segmenter",
+                                "classical", "--max-steps", "0")
+    assert code == 0, err
+    written = nib.load(tmp_path / "ct.ibis.nii.gz")
+    assert np.allclose(written.affine, affine) and (tmp_path / "ct.ibis.json").is_file()
+    assert "ct.ibis.nii.gz" in stdout
+
+
 def test_a_coronal_view_segments_and_propagates_across_coronal_slices(tmp_path, capsys, tiny_vlm_folder):
     """--view coronal: --slice counts front to back, the mask volume is read in the same plane and
     the propagated labels are written back on the file's own voxels."""
