@@ -213,7 +213,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     show = (lambda readable, raw: None) if args.quiet else (
         lambda readable, raw: print(raw if args.raw else readable, end="", flush=True))
     for note in (plane_note(args.view, args.model is None, command_line=True), stretch_note(session.pixel_aspect),
-                 frames_note(loaded, args.slice), series_note(loaded, args.series)):
+                 slice_note(loaded, args.slice, args.view), frames_note(loaded, args.slice),
+                 series_note(loaded, args.series)):
         if note and not args.quiet:
             print(note)
     transcript = Transcript(show)
@@ -238,7 +239,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if args.max_steps == 0:
         print(f"No agent step (--max-steps 0): the imported mask ({session.current.area:,} px) is the result.")
     else:
-        print(stop_words(stop, session) if stop else "Stopped.")
+        print(stop_words(stop, session, command_line=True) if stop else "Stopped.")
     labels = session.mask
     if args.propagate:
         if not session.mask.any():
@@ -250,7 +251,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     io.write_labels(out, labels, loaded, force=args.force, names={1: target_of(args.query)})
     io.write_json(trace, record, force=args.force)
-    print(f"{len(session.steps)} steps, mask {session.current.area:,} px -> {out} (trajectory {trace})")
+    steps = len(session.steps)
+    print(f"{steps} step{'' if steps == 1 else 's'}, mask {session.current.area:,} px -> {out} (trajectory {trace})")
     if args.keep_for_training:
         from .inbox import TrainingInbox
 
@@ -261,6 +263,20 @@ def cmd_segment(args: argparse.Namespace) -> int:
             modality=str(loaded.meta.get("modality", "")), slice_axes=loaded.axes)
         print(f"kept for training: {kept}")
     return 0
+
+
+SLICE_ORDER = {"axial": "inferior to superior", "coronal": "front to back", "sagittal": "right to left"}
+
+
+def slice_note(loaded, chosen, view: str) -> str | None:
+    """Where a volume was given without --slice: which slice the agent works on."""
+    if chosen is not None or loaded.frames or len(loaded.slice_index) != 1:
+        return None
+    count = loaded.volume.shape[0]
+    placed = loaded.meta.get("geometry") is not None
+    kind, order = (f"{view} ", SLICE_ORDER[view]) if placed else ("", "in the file's order")
+    return (f"{loaded.path.name} holds {count} {kind}slices (counted {order}): working on the middle one, slice "
+            f"{loaded.slice_index[0]}; pick another with --slice N.")
 
 
 def frames_note(loaded, chosen) -> str | None:

@@ -164,19 +164,21 @@ class Transcript:
             self.note(f"Stopped ({event.reason}): {event.message}" if event.message else f"Stopped ({event.reason})")
 
 
-def stop_words(stop, session) -> str:
-    """The status line after a run, in plain words."""
+def stop_words(stop, session, command_line: bool = False) -> str:
+    """The status line after a run, in plain words (``command_line``: without the widget's advice)."""
     current = session.current
-    shown = f"step {session.cursor} ({current.area:,} px) is shown"
+    shown = f"step {session.cursor} ({current.area:,} px) is {'the result' if command_line else 'shown'}"
     if stop.reason == "answered":
-        return f"Finished: the agent answered at step {session.cursor} ({current.area:,} px). Accept, correct or export it."
+        advice = "" if command_line else " Accept, correct or export it."
+        return f"Finished: the agent answered at step {session.cursor} ({current.area:,} px).{advice}"
     if stop.reason == "not_present":
         return "Finished: the agent says the target is not in this slice."
     if stop.reason == "finished":
         return f"Finished: {stop.message}."
     if stop.reason == "max_steps":
         steps = f"{session.max_steps} step{'s' if session.max_steps != 1 else ''}"
-        return f"Stopped after {steps} without an answer; {shown}. Continue, correct or export it."
+        return f"Stopped after {steps} without an answer; {shown}." + ("" if command_line else
+                                                                             " Continue, correct or export it.")
     if stop.reason == "repeated":
         return f"Stopped: the agent made the same click three times; {shown}."
     if stop.reason == "unparsable":

@@ -565,10 +565,13 @@ def test_labels_of_a_scan_are_written_by_default_in_a_format_that_keeps_its_geom
     affine = np.array([[-0.8, 0, 0, 120], [0, -0.8, 0, 90], [0, 0, 2.5, -300], [0, 0, 0, 1]])
     nib.save(nib.Nifti1Image(np.ascontiguousarray(volume.image.transpose(2, 1, 0)), affine), tmp_path / "ct.nii.gz")
     np.save(tmp_path / "start.npy", volume.masks["liver"][12])
-    code, stdout, err = run_cli(capsys, "segment", tmp_path / "ct.nii.gz", "--query", "segment the liver", "--slice", 12,
+    code, stdout, err = run_cli(capsys, "segment", tmp_path / "ct.nii.gz", "--query", "segment the liver",
                                 "--init-mask", tmp_path / "start.npy", "--model", tiny_vlm_folder, "--segmenter",
                                 "classical", "--max-steps", "0")
     assert code == 0, err
+    middle = volume.image.shape[0] // 2  # no --slice: the person is told which slice was used
+    assert (f"ct.nii.gz holds {volume.image.shape[0]} axial slices (counted inferior to superior): working on the "
+            f"middle one, slice {middle}") in stdout
     written = nib.load(tmp_path / "ct.ibis.nii.gz")
     assert np.allclose(written.affine, affine) and (tmp_path / "ct.ibis.json").is_file()
     assert "ct.ibis.nii.gz" in stdout
