@@ -193,14 +193,20 @@ class MobileSAMSegmenter(Segmenter):
         return logits[0].float().cpu().numpy(), scores[0].float().cpu().numpy()
 
     def mask_from_prior(self, prior: np.ndarray) -> np.ndarray:
-        """Low-res logits -> the slice's mask: upscale to 1024, drop the padding, resize to the slice."""
+        """Low-res logits -> the slice's mask: upscale to 1024, drop the padding, resize to the slice.
+
+        The last resize averages the logits under each pixel (antialias): sampled at points, the
+        decoder's fine grid texture where it is unsure came out as specks and pinholes on a small
+        slice (55 parts against 13 on a 3 mm CT's liver; docs/BENCHMARKS.md, "Segmenters")."""
         import torch
         import torch.nn.functional as F
 
         new_h, new_w = self._resized
         tensor = torch.as_tensor(np.asarray(prior, dtype=np.float32))[None, None]
         full = F.interpolate(tensor, (MODEL_SIZE, MODEL_SIZE), mode="bilinear", align_corners=False)[..., :new_h, :new_w]
-        return F.interpolate(full, self.image_shape, mode="bilinear", align_corners=False)[0, 0].numpy() > 0
+        shrink = self.image_shape[0] < new_h or self.image_shape[1] < new_w
+        return F.interpolate(full, self.image_shape, mode="bilinear", align_corners=False,
+                             antialias=shrink)[0, 0].numpy() > 0
 
     def prior_from_mask(self, mask: np.ndarray) -> np.ndarray:
         """A mask as low-res logits, laid out as the decoder's own (padded 1024 frame, 256 x 256)."""
