@@ -358,9 +358,11 @@ class IbisWidget(QWidget):
             data = np.asarray(data)
             if data.shape != image.shape[:2]:
                 raise IbisError(f"the labels layer '{labels.name}' is {data.shape}; the image slice is {image.shape[:2]}")
-            init_mask = data == panel.init_label.value()
+            label = panel.init_label.value()
+            init_mask = data != 0 if label == 0 else data == label
             if not init_mask.any():
-                raise IbisError(f"'{labels.name}' has no pixel with label {panel.init_label.value()} in this slice")
+                raise IbisError(f"'{labels.name}' has no labelled pixel in this slice" if label == 0 else
+                                f"'{labels.name}' has no pixel with label {label} in this slice")
         segmenter = panel.segmenter_combo.currentText()
         if segmenter == "sam2":
             checkpoint = panel.checkpoint_edit.text().strip()

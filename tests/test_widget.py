@@ -198,6 +198,7 @@ def test_clicks_on_one_spot_stay_visible_with_one_label(widget, qtbot):
 def test_refine_an_imported_labels_layer(widget, qtbot):
     labels = np.zeros((96, 96), np.uint8)
     labels[widget.truth] = 3
+    labels[:4, :4] = 5  # another structure of the same label map
     widget.viewer.add_labels(labels, name="draft")
     policy = widget.use_policy(ScriptedPolicy([TERMINATE]))
     widget.run_panel.init_combo.setCurrentText("draft")
@@ -205,6 +206,12 @@ def test_refine_an_imported_labels_layer(widget, qtbot):
     run_and_wait(widget, qtbot)
     assert np.array_equal(widget.controller.session.mask, widget.truth)
     assert "refinement step" in policy.requests[0].messages[-1]["content"][1]["text"]
+    # 'any' (the default): every labelled pixel, as a liver labelled with its tumour is one structure
+    widget.use_policy(ScriptedPolicy([TERMINATE]))
+    widget.run_panel.init_label.setValue(0)
+    assert widget.run_panel.init_label.text() == "any"
+    run_and_wait(widget, qtbot)
+    assert np.array_equal(widget.controller.session.mask, labels != 0)
 
 
 def test_start_from_labels_on_another_grid_or_for_a_scan_of_several_volumes(make_widget, make_napari_viewer, qtbot,
