@@ -5,7 +5,7 @@ every line of a manifest, with labels and trajectories written per input file.
 
 * a folder: each image file (PNG/JPEG/TIFF/NIfTI/NRRD/NPY/DICOM) and each DICOM series
   folder inside it; a 2-D image is one session, a volume one session per slice;
-* a manifest JSONL: ``{"image", "slice"?, "query"?, "target"?}`` per line (paths relative
+* a manifest JSONL: ``{"image", "slice"?, "series"?, "query"?, "target"?}`` per line (paths relative
   to the manifest); a line with ``slice`` is one session on that slice, one without is
   the whole file as above.
 
@@ -37,6 +37,7 @@ class Item:
     path: Path
     query: str
     slice: tuple[int, ...] | None = None
+    series: str | None = None  # which series of a DICOM study folder (formats.choose_series)
 
     def labels_path(self, out: Path) -> Path:
         return out / f"{self.name}.ibis{labels_suffix_for(self.path)}"
@@ -93,11 +94,13 @@ def items_of(source: str | Path, query: str | None) -> list[Item]:
             raise InputError(f"{source.name} line {number}: no query (give --query, or \"query\" or \"target\")")
         slice_ = entry.get("slice")
         index = None if slice_ is None else ((slice_,) if isinstance(slice_, int) else tuple(slice_))
-        name = _stem(path) + ("" if index is None else "_slice" + "-".join(map(str, index)))
+        series = entry.get("series")
+        name = (_stem(path) + ("" if series is None else f"_series{series}")
+                + ("" if index is None else "_slice" + "-".join(map(str, index))))
         while name in names:
             name += f"_line{number}"
         names.add(name)
-        items.append(Item(name, path, str(line_query), index))
+        items.append(Item(name, path, str(line_query), index, None if series is None else str(series)))
     if not items:
         raise InputError(f"{source.name} lists no image")
     return items
@@ -139,7 +142,7 @@ def load(item: Item, number: int) -> tuple:
     from . import io
 
     try:
-        image = io.read_image(item.path, item.slice)
+        image = io.read_image(item.path, item.slice, series=item.series)
     except InputError as exc:
         raise InputError(f"{item.path.name}: {exc}") from None
     frame = image.slice_index[:-1]  # (frame,) in a file of several volumes, else ()

@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt = commands.add_parser("batch", help="run the agent on every image of a folder, every slice of its volumes, "
                              "or every line of a manifest; labels and trajectories per file")
     bt.add_argument("input", help="a folder of images / DICOM series, or a manifest .jsonl "
-                    '({"image", "slice"?, "query"?, "target"?} per line)')
+                    '({"image", "slice"?, "series"?, "query"?, "target"?} per line)')
     bt.add_argument("--out", required=True, help="the folder for the labels, trajectories and batch.jsonl")
     bt.add_argument("--query", help="what to segment in every input (a manifest line's own query otherwise)")
     bt.add_argument("--model", help="model folder, or http(s)://HOST:PORT/v1 endpoints separated by commas "

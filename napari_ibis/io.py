@@ -451,7 +451,7 @@ class ManifestEntry:
     number: int  # the line's number in it
     image: Path
     mask: Path
-    fields: dict  # the line as written: "target", "modality", "slice", "frame", "label", "query", "source"
+    fields: dict  # the line as written: "target", "modality", "slice", "frame", "series", "label", "query", "source"
 
 
 def manifest_entries(manifest: str | Path) -> list[ManifestEntry]:
@@ -490,7 +490,9 @@ def load_case(entry: ManifestEntry, volumes: bool = False) -> Case:
     fields = entry.fields
     voxel_ml = None
     try:
-        loaded = read_image(entry.image, fields.get("slice"), frame=fields.get("frame"))
+        series = fields.get("series")
+        loaded = read_image(entry.image, fields.get("slice"), frame=fields.get("frame"),
+                            series=None if series is None else str(series))
         whole = volumes and "slice" not in fields and len(loaded.slice_index) == 1 + bool(loaded.frames)
         if whole:
             loaded = replace(loaded, slice_index=loaded.slice_index[:-1])  # a frame's volume, or the volume

@@ -474,6 +474,19 @@ def test_a_study_folder_of_several_series_opens_each_and_the_cli_says_which_it_u
     with pytest.raises(InputError, match="several series match 'ax'"):
         io.read_image(study, series="ax")
 
+    # a manifest line names the series too, for eval and batch
+    import json
+
+    from napari_ibis import batch
+
+    np.save(tmp_path / "block.npy", io.read_image(study, 1, series="5").slice > 500)
+    line = {"image": "study", "series": 5, "slice": 1, "mask": "block.npy", "target": "bright block"}
+    (tmp_path / "cases.jsonl").write_text(json.dumps(line) + "\n")
+    (case,) = io.read_manifest(tmp_path / "cases.jsonl")
+    assert case.image.shape == (20, 24) and case.mask[8:12, 4:8].all() and case.mask.sum() == 16
+    (item,) = batch.items_of(tmp_path / "cases.jsonl", None)
+    assert item.name == "study_series5_slice1" and batch.load(item, 0)[0].data.shape == (3, 20, 24)
+
     labels = (flair.data > 500).astype(np.uint8)  # the bright block (HU: 1800 - 1024)
     out = io.write_labels(tmp_path / "flair_seg.dcm", labels, flair)
     referenced = {item.ReferencedSOPInstanceUID for item in pydicom.dcmread(out).ReferencedSeriesSequence[0].ReferencedInstanceSequence}
