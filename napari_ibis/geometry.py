@@ -27,6 +27,8 @@ GEOMETRY_KEY = "ibis_geometry"  # the key of a napari layer's metadata that hold
 
 # world axes of napari, as seen from RAS: (S, P, L) = M @ (R, A, S)
 _RAS_TO_DISPLAY_WORLD = np.array([[0.0, 0.0, 1.0], [0.0, -1.0, 0.0], [-1.0, 0.0, 0.0]])
+# the plane a position along an axis of this direction picks
+PLANE_ACROSS = {"S": "axial", "I": "axial", "A": "coronal", "P": "coronal", "L": "sagittal", "R": "sagittal"}
 
 
 class GeometryWarning(UserWarning):
@@ -134,6 +136,10 @@ class Geometry:
             lead = [1.0] if self.frames else []  # the frame axis has no physical size
             kwargs["scale"] = tuple(lead + scale)
             kwargs["translate"] = tuple([0.0] * len(lead) + translate)
+        if affine is not None and not self.squeeze:
+            # a slider over an axis picks the planes across it: "axial 61", not napari's "-3 61"
+            planes = tuple(PLANE_ACROSS[code] for code in display_axcodes_of(self))
+            kwargs["axis_labels"] = (("frame",) if self.frames else ()) + planes
         return kwargs
 
     def describe(self) -> dict:

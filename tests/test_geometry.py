@@ -55,6 +55,8 @@ def test_a_nifti_round_trip_keeps_affine_shape_and_every_voxel(tmp_path):
     (seg, seg_kwargs, seg_kind), = get_reader(str(tmp_path / "scan_seg.nii.gz"))(str(tmp_path / "scan_seg.nii.gz"))
     assert seg_kind == "labels" and seg.shape == data.shape
     assert np.allclose(kwargs["scale"], seg_kwargs["scale"]) and all(s > 0 for s in kwargs["scale"])
+    # napari's sliders name the planes they pick, whatever the file's axis order
+    assert kwargs["axis_labels"] == seg_kwargs["axis_labels"] == ("axial", "coronal", "sagittal")
 
     out = napari_write_labels(str(tmp_path / "out.nii.gz"), seg, seg_kwargs)[0]
     written = nib.load(out)
@@ -339,6 +341,7 @@ def test_a_nifti_of_several_volumes_shows_each_in_the_display_convention_and_sav
     assert data.shape == (3,) + one.shape
     assert np.array_equal(data[1], 2 * one)  # the second frame, oriented as the 3-D file is
     assert tuple(kwargs["scale"]) == (1.0,) + tuple(one_kwargs["scale"])
+    assert kwargs["axis_labels"] == ("frame",) + one_kwargs["axis_labels"]
     (single, single_kwargs, _), = get_reader(str(tmp_path / "single.nii.gz"))(str(tmp_path / "single.nii.gz"))
     assert np.array_equal(single, one) and np.allclose(single_kwargs["scale"], one_kwargs["scale"])
 
