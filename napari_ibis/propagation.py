@@ -98,8 +98,10 @@ class PropagationDone:
         return [index for index, _ in self.review()]
 
     def review(self) -> list[tuple[int, str]]:
-        """(slice, why a person should look at it), in slice order."""
-        out = []
+        """(slice, why a person should look at it), in slice order. A structure still there on the
+        scan's first or last slice is listed too: it goes on beyond the scan, or propagation
+        followed something else to the edge (no rule ended it)."""
+        out, edges = [], (0, len(self.labels) - 1)
         for r in sorted(self.slices, key=lambda r: r.index):
             if r.stopped:
                 out.append((r.index, f"ended: {r.stopped}"))
@@ -107,6 +109,8 @@ class PropagationDone:
                 out.append((r.index, "the agent would have replaced the mask; kept"))
             elif r.agent_changed:
                 out.append((r.index, "the agent changed it"))
+            elif r.index in edges and r.mask.any() and not self.cancelled:
+                out.append((r.index, "the scan's edge: it goes on beyond the scan, or it followed something else"))
         return out
 
 

@@ -50,6 +50,19 @@ def test_a_structure_that_splits_is_followed_into_both_parts():
     assert dice(truth, done.labels) > 0.6
 
 
+def test_a_structure_cut_by_the_scans_edge_lists_the_edge_slice_for_review():
+    """The liver cut off by the field of view (the volume starts inside it): nothing ends it, so the
+    person is pointed at the scan's first slice; its last slice, where the liver has ended, is not."""
+    volume = phantom_volume(0)
+    truth = volume.masks["liver"]
+    start = start_of(truth)
+    bottom = int(np.nonzero(truth.any(axis=(1, 2)))[0].min()) + 3  # the scan begins 3 slices into the liver
+    done = run(Propagation(volume.image[bottom:], build_segmenter("classical")), start - bottom, truth[start])
+    reasons = dict(done.review())
+    assert done.labels[0].any() and reasons[0].startswith("the scan's edge")
+    assert len(done.labels) - 1 not in reasons or not reasons[len(done.labels) - 1].startswith("the scan's edge")
+
+
 def test_a_mask_in_two_parts_gives_a_click_in_each():
     mask = np.zeros((60, 60), bool)
     mask[10:25, 10:25] = mask[35:50, 35:55] = True
