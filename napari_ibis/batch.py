@@ -29,6 +29,7 @@ from .errors import InputError
 from .formats import suffix_of
 from .io import IMAGE_SUFFIXES, labels_suffix_for
 
+
 @dataclass
 class Item:
     """One input: a file (or DICOM series folder), the query, which slice (None: all)."""

@@ -452,7 +452,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             check_model(endpoints[0])
             work = (endpoints[0], args.segmenter, args.device)
             pool = workers.process_pool(args.concurrency)
-            policy_identity = pool.submit(workers.identity, *work).result()
+            policy_identity = pool.submit(workers.identities, *work).result()[0]
             rows = _run_cases(cases, pool, lambda p, i: p.submit(
                 workers.eval_case, cases[i], *work, args.profile, args.max_clicks), partial, progress)
     else:

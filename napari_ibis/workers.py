@@ -48,10 +48,6 @@ def _setup(folder: str | None, segmenter_spec: str, device: str) -> dict:
     return _LOADED
 
 
-def identity(folder: str, segmenter_spec: str, device: str) -> dict:
-    return _setup(folder, segmenter_spec, device)["policy"].identity()
-
-
 def identities(folder: str | None, segmenter_spec: str, device: str) -> tuple[dict, dict]:
     """(the policy's identity, the oracle's for ``folder`` None; the segmenter's)."""
     worker = _setup(folder, segmenter_spec, device)
