@@ -6,6 +6,7 @@ Every error a person can fix is one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 import warnings
@@ -21,11 +22,16 @@ DESCRIPTION = "Agentic, text-driven biomedical segmentation (IBISAgent): segment
 EXIT_BAD_INPUT = 2
 
 
-def _slice_arg(text: str) -> tuple[int, ...]:
+AUTO = "auto"
+
+
+def _slice_arg(text: str) -> tuple[int, ...] | str:
+    if text.strip().lower() == AUTO:
+        return AUTO
     try:
         return tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--slice takes integers such as 40 or 0,40, not '{text}'") from None
+        raise argparse.ArgumentTypeError(f"--slice takes integers such as 40 or 0,40, or 'auto', not '{text}'") from None
 
 
 def _positive_int(text: str) -> int:
@@ -65,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--max-steps", type=_non_negative_int, default=20,
                      help="the agent's turns at most (default 20); 0 with --init-mask: no agent step, the "
                           "imported mask as it is (to propagate a mask made elsewhere)")
-    seg.add_argument("--slice", type=_slice_arg, help="slice index of a volume (along the --view's axis; two values for 4-D)")
+    seg.add_argument("--slice", type=_slice_arg,
+                     help="slice index of a volume (along the --view's axis; two values for 4-D), or 'auto': the agent "
+                          "looks through the volume and starts where it sees the structure best (default: the middle slice)")
     seg.add_argument("--view", default="axial", choices=list(VIEWS),
                      help="the plane to slice a 3-D volume in (default axial; --propagate runs across it)")
     seg.add_argument("--series", help="which series of a DICOM folder: its number, UID or a word of its description "
@@ -94,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ev.add_argument("--propagate", choices=["both", "up", "down"],
                     help="volume cases: segment the slice where the mask is largest, then propagate (3-D Dice and IoU)")
+    ev.add_argument("--start", choices=["largest", "auto"], default="largest",
+                    help="with --propagate: the slice to start on: where the mask is largest (default), or 'auto': "
+                         "where the agent finds the structure looking through the volume (a model policy; the "
+                         "one-query protocol of segment --slice auto)")
     ev.add_argument("--check", default="none", help="with --propagate and a model policy: the agent checks every | none | N")
     ev.add_argument("--corrections", default="0",
                     help="with --propagate: clicks a simulated person then spends on the propagated volume, each on "
@@ -196,7 +208,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
         io.label_values(args.label)
     if args.max_steps == 0 and not args.init_mask:
         raise InputError("--max-steps 0 leaves nothing to do without --init-mask (the mask to use as it is)")
-    loaded = io.read_image(image_path, args.slice, view=args.view, series=args.series)
+    auto = args.slice == AUTO
+    if auto and args.init_mask:
+        raise InputError("--slice auto lets the agent find the slice; with --init-mask, give the mask's slice (--slice N)")
+    loaded = io.read_image(image_path, None if auto else args.slice, view=args.view, series=args.series)
+    if auto and (loaded.frames or len(loaded.slice_index) != 1):
+        raise InputError(f"--slice auto looks through a 3-D volume; {image_path.name} has shape {loaded.data.shape}"
+                         + (" (several volumes: give --slice FRAME,SLICE)" if loaded.frames else ""))
     if io.suffix_of(out) == ".dcm":
         from .formats import check_dicom_seg_source
 
@@ -206,6 +224,16 @@ def cmd_segment(args: argparse.Namespace) -> int:
     init_mask = io.read_mask(args.init_mask, loaded, args.label) if args.init_mask else None
     segmenter = build_segmenter(args.segmenter, device=args.device)
     policy = load_policy(args.model, device=args.device, remote_model=args.remote_model)
+    key = None
+    if auto:
+        key = _find_start(args, loaded, policy)
+        if not key.found:
+            io.write_json(trace, {"query": args.query, "policy": policy.identity(), "key_slice": key.record(),
+                                  "image": {"path": str(image_path), "shape": list(loaded.data.shape)}}, force=args.force)
+            print(f"Nothing written but the record {trace}: the agent did not find it in this volume. To let it "
+                  "look on one slice, give --slice N.")
+            return 0
+        loaded = dataclasses.replace(loaded, slice_index=(key.index,))
     session = Session(
         loaded.slice, args.query, policy, segmenter, profile=args.profile, max_steps=max(1, args.max_steps),
         use_history=args.history, init_mask=init_mask, window=args.window, pixel_aspect=loaded.pixel_aspect,
@@ -213,7 +241,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     show = (lambda readable, raw: None) if args.quiet else (
         lambda readable, raw: print(raw if args.raw else readable, end="", flush=True))
     for note in (plane_note(args.view, args.model is None, command_line=True), stretch_note(session.pixel_aspect),
-                 slice_note(loaded, args.slice, args.view), frames_note(loaded, args.slice),
+                 None if auto else slice_note(loaded, args.slice, args.view), frames_note(loaded, args.slice),
                  series_note(loaded, args.series)):
         if note and not args.quiet:
             print(note)
@@ -234,6 +262,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if loaded.meta.get("geometry") is not None:
         record["image"]["geometry"] = loaded.meta["geometry"].describe()
     record["init_mask"] = str(args.init_mask) if args.init_mask else None
+    if key is not None:
+        record["key_slice"] = key.record()
     if not args.quiet:
         print()
     if args.max_steps == 0:
@@ -276,7 +306,22 @@ def slice_note(loaded, chosen, view: str) -> str | None:
     placed = loaded.meta.get("geometry") is not None
     kind, order = (f"{view} ", SLICE_ORDER[view]) if placed else ("", "in the file's order")
     return (f"{loaded.path.name} holds {count} {kind}slices (counted {order}): working on the middle one, slice "
-            f"{loaded.slice_index[0]}; pick another with --slice N.")
+            f"{loaded.slice_index[0]}; pick another with --slice N, or let the agent find one with --slice auto.")
+
+
+def _find_start(args, loaded, policy):
+    """``--slice auto``: the slice where the agent sees the structure best (:mod:`napari_ibis.key_slice`)."""
+    from .inbox import target_of
+    from .key_slice import find_slice
+
+    plane = "" if args.view == "axial" else f"{args.view} "
+    count = len(loaded.stack)
+    if not args.quiet:
+        print(f"Looking for the {target_of(args.query)} through {count} {plane}slices...", flush=True)
+    key = find_slice(loaded.stack, args.query, policy, window=args.window, pixel_aspect=loaded.pixel_aspect)
+    print(key.describe(f"the {target_of(args.query)}", plane) + (
+        f" ({key.looked[key.index].peak:.0%} sure); working there." if key.found else "."), flush=True)
+    return key
 
 
 def frames_note(loaded, chosen) -> str | None:
@@ -421,6 +466,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     args.segmenter = args.segmenter or default_segmenter()
     if args.corrections != "0" and not args.propagate:
         raise InputError("--corrections applies to --propagate")
+    if args.start != "largest" and not args.propagate:
+        raise InputError("--start applies to --propagate")
 
     out = Path(args.json_out) if args.json_out else None
     if out is not None and out.exists() and not args.force:
@@ -504,7 +551,11 @@ def _evaluate_volumes(args, entries, out) -> int:
         folder = endpoints[0]
     elif check:
         raise InputError("--check needs a model policy (--policy default or model:DIR)")
-    protocol = VolumeProtocol(args.propagate, args.max_clicks, str(args.check), corrections, rest, args.profile)
+    elif args.start == "auto":
+        raise InputError("--start auto lets the agent find the slice: it needs a model policy (--policy default or "
+                         "model:DIR)")
+    protocol = VolumeProtocol(args.propagate, args.max_clicks, str(args.check), corrections, rest, args.profile,
+                              args.start)
     progress = lambda items: tqdm(total=len(items), desc="volumes", unit="volume", file=sys.stderr)  # noqa: E731
     partial = out.with_name(out.name + ".partial.jsonl") if out is not None else None
     if served or args.concurrency == 1:  # in this process (threads, one per served endpoint's stream)
@@ -539,6 +590,8 @@ def _evaluate_volumes(args, entries, out) -> int:
     keys = ("dice_3d", "iou_3d", "start_iou", "clicks", "agent_steps", "slices_propagated", "seconds", "seconds_per_slice")
     if corrections or rest:
         keys += ("corrections",)
+    if args.start == "auto":
+        keys += ("start_found", "start_on_structure")
     report = {"cases": len(rows)} | {f"mean_{k}": float(np.mean([r[k] for r in rows])) for k in keys}
     width = max(len(k) for k in report)
     for key, value in report.items():

@@ -56,8 +56,8 @@ def simulate_clicks(
 
 def evaluate_volume(volume: np.ndarray, truth: np.ndarray, segmenter: Segmenter, start_mask_of, direction: str = "both",
                     window: str | None = None, checker=None, check: str | int = "none", pixel_aspect: float = 1.0,
-                    corrections: int = 0, click_budget: int | None = None) -> dict:
-    """One volume case: the start slice (where ``truth`` is largest) is segmented by
+                    corrections: int = 0, click_budget: int | None = None, start: int | None = None) -> dict:
+    """One volume case: the start slice (``start``; None: where ``truth`` is largest) is segmented by
     ``start_mask_of(rgb, gt_slice) -> (mask, clicks, agent_steps)``, then propagated with no
     further clicks unless ``check`` asks the agent; 3-D Dice and IoU against ``truth``.
 
@@ -73,7 +73,8 @@ def evaluate_volume(volume: np.ndarray, truth: np.ndarray, segmenter: Segmenter,
     from .propagation import Propagation, PropagationDone
 
     truth = np.asarray(truth, dtype=bool)
-    start = int(np.argmax(truth.sum(axis=tuple(range(1, truth.ndim)))))
+    largest = int(np.argmax(truth.sum(axis=tuple(range(1, truth.ndim)))))
+    start = largest if start is None else int(start)
     started = time.perf_counter()
     propagation = Propagation(volume, segmenter, window=window, checker=checker, check=check, pixel_aspect=pixel_aspect)
     mask, clicks, agent_steps = start_mask_of(propagation.rgb(start), truth[start])
@@ -86,7 +87,8 @@ def evaluate_volume(volume: np.ndarray, truth: np.ndarray, segmenter: Segmenter,
         corrections = max(0, click_budget - clicks)
     corrected = _correct(propagation, segmenter, truth, labels, start, corrections) if corrections else []
     seconds = time.perf_counter() - started
-    return {"start": start, "dice_3d": dice(truth, labels), "iou_3d": iou(truth, labels),
+    return {"start": start, "start_on_structure": bool(truth[start].any()), "largest": largest,
+            "dice_3d": dice(truth, labels), "iou_3d": iou(truth, labels),
             "start_iou": iou(truth[start], np.asarray(mask, bool)), "clicks": clicks + len(corrected),
             "corrected_slices": corrected,
             "agent_steps": agent_steps + sum(r.agent_steps for r in slices), "slices_propagated": len(slices),
@@ -203,8 +205,8 @@ def model_case(case, segmenter, policy, profile: str, max_clicks: int) -> dict:
 
 @dataclass(frozen=True)
 class VolumeProtocol:
-    """How ``eval --propagate`` runs a volume case: the start slice by the oracle (``max_clicks``)
-    or the agent, propagation ``direction``, the agent's ``check``, then ``corrections`` clicks
+    """How ``eval --propagate`` runs a volume case: the start slice (where the mask is largest, or
+    where the agent finds the structure: ``start``) by the oracle (``max_clicks``) or the agent, propagation ``direction``, the agent's ``check``, then ``corrections`` clicks
     (``rest``: what the start slice left of ``max_clicks``)."""
 
     direction: str = "both"
@@ -213,6 +215,7 @@ class VolumeProtocol:
     corrections: int = 0
     rest: bool = False
     profile: str = "ibis-release"
+    start: str = "largest"  # or "auto": the agent looks through the volume for the slice (napari_ibis.key_slice)
 
 
 def volume_case(case, segmenter, policy, protocol: VolumeProtocol) -> dict:
@@ -222,14 +225,35 @@ def volume_case(case, segmenter, policy, protocol: VolumeProtocol) -> dict:
 
     aspect = case.pixel_aspect
     check = parse_check(protocol.check)
+    size = {} if case.voxel_ml is None else {"cm3": round(float(case.mask.sum()) * case.voxel_ml, 2)}
+    key = None
+    if protocol.start == "auto":
+        from .key_slice import find_slice
+
+        key = find_slice(case.image, case.query, policy, pixel_aspect=aspect)
+        if not key.found:
+            return {"source": case.source, "target": case.target} | size | not_found_row(case.mask, key)
     start = (oracle_start(square_pixels(segmenter, aspect), protocol.max_clicks) if policy is None
              else agent_start(policy, case.query, segmenter, protocol.profile, pixel_aspect=aspect))
     checker = agent_checker(policy, case.query, segmenter, protocol.profile, pixel_aspect=aspect) if check else None
     row = evaluate_volume(case.image, case.mask, segmenter, start, protocol.direction, checker=checker, check=check,
                           pixel_aspect=aspect, corrections=0 if protocol.rest else protocol.corrections,
-                          click_budget=protocol.max_clicks if protocol.rest else None)
+                          click_budget=protocol.max_clicks if protocol.rest else None,
+                          start=None if key is None else key.index)
     row.pop("_labels")
     if protocol.corrections or protocol.rest:
         row["corrections"] = len(row["corrected_slices"])
-    size = {} if case.voxel_ml is None else {"cm3": round(float(case.mask.sum()) * case.voxel_ml, 2)}
+    if key is not None:
+        row |= {"start_found": True, "looks": len(key.looked)}
     return {"source": case.source, "target": case.target} | size | row
+
+
+def not_found_row(truth: np.ndarray, key) -> dict:
+    """A volume case where the agent's search found the structure on no slice: nothing labelled."""
+    along = tuple(range(1, truth.ndim))
+    present = bool(truth.any())
+    return {"start": None, "start_on_structure": False, "largest": int(np.argmax(truth.sum(axis=along))),
+            "dice_3d": 0.0 if present else 1.0, "iou_3d": 0.0 if present else 1.0, "start_iou": 0.0, "clicks": 0,
+            "corrected_slices": [], "agent_steps": 0, "slices_propagated": 0,
+            "slices_true": int(truth.any(axis=along).sum()), "slices_labelled": 0, "seconds": 0.0,
+            "seconds_per_slice": 0.0, "start_found": False, "looks": len(key.looked)}

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_ibis.policies.base import Policy, PolicyRequest
+from napari_ibis.policies.base import Located, Policy, PolicyRequest
 
 
 def disk_image(size: int = 96, centre=(40, 52), radius: int = 14, seed: int = 0):
@@ -50,6 +50,39 @@ class ScriptedPolicy(Policy):
             if on_text is not None:
                 on_text(piece + (" " if i < len(pieces) - 1 else ""))
         return text
+
+
+LARGEST = 37  # where ball_volume's disk is largest: not among find_slice's first 16 looks at 60 slices
+
+
+def ball_volume(count: int = 60, largest: int | None = LARGEST, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """A dark volume with a bright disk whose radius peaks at slice ``largest`` (None: no disk)."""
+    rows, cols = np.ogrid[:size, :size]
+    volume = np.full((count, size, size), 30, np.uint8)
+    masks = np.zeros((count, size, size), bool)
+    if largest is not None:
+        for z in range(count):
+            radius = 20 - 0.8 * abs(z - largest)
+            if radius > 2:
+                masks[z] = (rows - 32) ** 2 + (cols - 32) ** 2 <= radius**2
+    volume[masks] = 220
+    noise = np.random.default_rng(0).integers(-4, 5, volume.shape)
+    return (volume + noise).astype(np.uint8), masks
+
+
+class Locating(ScriptedPolicy):
+    """Scripted turns, and a map that sees the bright disk: its area is the score."""
+
+    name = "locating"
+
+    def __init__(self, replies=None):
+        super().__init__(list(replies or [TERMINATE]))
+        self.looked_at = 0
+
+    def locate(self, image, query):
+        self.looked_at += 1
+        bright = image[..., 0] > 200
+        return Located(score=float(bright.sum()), peak=0.9 if bright.any() else 0.05, present=bool(bright.any()))
 
 
 def point(positive: bool, x: float, y: float, thought: str = "looking") -> str:

@@ -108,3 +108,19 @@ def test_a_pointer_folder_loads_as_a_model_and_runs_a_session(tmp_path, monkeypa
     assert all(step.mask.shape == image.shape for step in session.steps)
     assert type(events[-1]).__name__ == "Stopped"
     assert boxes and set(boxes) == {"largest_part"}
+
+
+def test_the_pointer_agent_locates_a_structure_on_a_slice_for_the_volume_search(tmp_path):
+    """``locate`` reads the first turn's map: present where its peak reaches the presence
+    threshold (then scored by the probability over the likeliest region), else absent."""
+    from napari_ibis.grounding.head import PointerHead, PointerHeadConfig
+    from napari_ibis.policies import load_policy
+
+    image, _ = disk_image(128, centre=(60, 70), radius=18)
+    rgb = np.repeat(image[..., None], 3, axis=2)
+    for threshold, present in ((0.0, True), (1.01, False)):
+        folder = tmp_path / f"v8-{threshold}"
+        PointerHead(PointerHeadConfig(presence_threshold=threshold)).save_pretrained(folder)
+        seen = load_policy(folder).locate(rgb, "segment the bright disk")
+        assert seen.present is present and 0.0 <= seen.peak <= 1.0
+        assert (seen.score > 0) is present

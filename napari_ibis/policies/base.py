@@ -46,6 +46,18 @@ class Placement:
     thought: str
 
 
+@dataclass
+class Located:
+    """How clearly a policy sees the named structure on one slice, before any click: ``score``
+    ranks slices (the pointer agent: its map's probability summed over the most likely
+    region, so a larger and clearer cross-section scores higher), ``peak`` is its confidence at
+    the likeliest pixel and ``present`` whether that reaches the policy's presence threshold."""
+
+    score: float
+    peak: float
+    present: bool
+
+
 class Policy(ABC):
     name: str = "policy"
 
@@ -56,6 +68,12 @@ class Policy(ABC):
     def place(self, image: np.ndarray, query: str) -> Placement | None:
         """A mask to start a fresh run from, before the first turn; None (the default): the
         run starts from nothing. The session asks once, on a run with no steps and no mask."""
+        return None
+
+    def locate(self, image: np.ndarray, query: str) -> Located | None:
+        """How clearly the structure ``query`` names shows on ``image`` (the slice as the agent
+        sees it), to choose the slice of a volume to start on; None (the default): this policy
+        cannot say without running a session (a language model answers in words)."""
         return None
 
     @abstractmethod

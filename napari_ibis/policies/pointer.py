@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from ..protocol import Response
-from .base import DecidingPolicy, Placement, PolicyRequest
+from .base import DecidingPolicy, Located, Placement, PolicyRequest
 from .oracle import describe_place
 
 SPILL_SHARE = 0.25  # of the mask, outside the (grown) target region, before a negative click
@@ -327,6 +327,21 @@ class PointerPolicy(DecidingPolicy):
             f"The {name} is a region whose borders an atlas draws, not edges I could click along. I place "
             f"it where labelled scans have it (their closest slice, fitted to this one, {what} "
             f"{similarity:.2f}), then check that mask against what I see."))
+
+    def locate(self, image: np.ndarray, query: str) -> Located:
+        """The map the first click is chosen on (:meth:`guided_map`), read as a whole: its
+        probability summed over the most likely region (an expected area in pixels), its peak,
+        and whether that region reaches the presence threshold the first turn asks for. Where
+        the atlas places the structure elsewhere (another kind of scan, a brain level without
+        the region), it is not present whatever the map says, as :meth:`decide` would answer."""
+        asked, _ = self.member_asked(image, query)
+        probability = self.guided_map(image, asked, first_turn=True)
+        found = candidates(probability, self._presence_threshold(asked))
+        likest = self._elsewhere.get(asked)
+        ruled_out = bool(self._kinds.get(asked)) or (likest is not None and likest >= ATLAS_KNOWN)
+        present = bool(found) and not ruled_out
+        score = float(probability[found[0]].sum()) if present else 0.0
+        return Located(score=score, peak=float(probability.max()), present=present)
 
     def decide(self, request: PolicyRequest) -> Response:
         import dataclasses

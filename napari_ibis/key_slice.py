@@ -1,0 +1,112 @@
+"""Find the slice of a volume to start on: where the agent sees the named structure best (no Qt).
+
+A person who asks for "the liver" on a CT should not have to find a slice with the liver
+first. :func:`find_slice` lets the policy look at slices spread evenly through the stack
+(``looks`` of them), then closes in on the best one by halving the step around it, and
+returns the slice with the highest :meth:`~napari_ibis.policies.base.Policy.locate` score
+among those where the policy finds the structure present: for the pointer agent, where its
+map's most likely region is largest and clearest, the slice a person would start on.
+Where no slice looked at holds it, the answer is that the structure is not in the volume,
+as a session on one slice would answer for that slice.
+
+Each slice is shown to the policy as a session would show it (its own window, square
+pixels); a 112-slice CT costs about 22 looks, each one encoder pass and one map.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from .errors import Cancelled, InputError
+from .overlay import to_rgb8
+from .policies.base import Located, Policy
+from .square_pixels import SquareGrid
+
+LOOKS = 16  # slices of the first, even pass (then about 2 log2(count / LOOKS) more close to the best)
+
+
+@dataclass
+class KeySlice:
+    """Where the search ended: ``index`` is the slice to start on, None where no slice looked at
+    holds the structure; ``looked`` maps each slice looked at to what the policy saw."""
+
+    index: int | None
+    count: int  # slices in the stack
+    looked: dict[int, Located] = field(default_factory=dict)
+
+    @property
+    def found(self) -> bool:
+        return self.index is not None
+
+    def describe(self, target: str, plane: str = "") -> str:
+        """One line for a person: where the search looked and what it chose."""
+        where = f"{len(self.looked)} of the {self.count} {plane}slices"
+        if self.index is None:
+            return f"looked for {target} on {where}: not found on any"
+        return f"looked for {target} on {where}: clearest on slice {self.index}"
+
+    def record(self) -> dict:
+        """For a trajectory file: the choice and every slice looked at."""
+        return {"slice": self.index, "count": self.count,
+                "looked": [{"slice": z, "score": round(seen.score, 1), "peak": round(seen.peak, 3),
+                            "present": seen.present} for z, seen in sorted(self.looked.items())]}
+
+
+def first_pass(count: int, looks: int = LOOKS) -> list[int]:
+    """``looks`` slice indices spread evenly over ``count`` (each the middle of its share), or all."""
+    if count <= looks:
+        return list(range(count))
+    return sorted({int((i + 0.5) * count / looks) for i in range(looks)})
+
+
+def find_slice(stack: np.ndarray, query: str, policy: Policy, *, window: str | None = None, pixel_aspect: float = 1.0,
+               looks: int = LOOKS, cancel: threading.Event | None = None) -> KeySlice:
+    """The slice of ``stack`` (Z, H, W) or (Z, H, W, 3) where ``policy`` sees ``query``'s structure best
+    (:func:`search`, run to its end)."""
+    for item in search(stack, query, policy, window=window, pixel_aspect=pixel_aspect, looks=looks, cancel=cancel):
+        if isinstance(item, KeySlice):
+            return item
+    raise AssertionError("search ends with its KeySlice")
+
+
+def search(stack: np.ndarray, query: str, policy: Policy, *, window: str | None = None, pixel_aspect: float = 1.0,
+           looks: int = LOOKS, cancel: threading.Event | None = None) -> Iterator[tuple[int, Located] | KeySlice]:
+    """Look for ``query``'s structure through ``stack``: yields (slice, what the policy saw) for
+    each slice looked at, then the :class:`KeySlice`. ``cancel`` stops it
+    (:class:`~napari_ibis.errors.Cancelled`); a policy that cannot locate (a language model)
+    is refused with one line."""
+    stack = np.asarray(stack)
+    if stack.ndim not in (3, 4) or len(stack) == 0:
+        raise InputError(f"finding a slice needs a 3-D volume, not an array of shape {stack.shape}")
+    found = KeySlice(index=None, count=len(stack))
+
+    def look(z: int) -> Located:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("stopped while looking for the slice")
+        rgb = to_rgb8(stack[z], window)
+        seen = policy.locate(SquareGrid(rgb.shape[:2], pixel_aspect).image(rgb), query)
+        if seen is None:
+            raise InputError(f"the model {policy.name} cannot look for a structure through a volume; "
+                             "choose the slice to start on (--slice N, or the slider)")
+        found.looked[z] = seen
+        return seen
+
+    def best() -> int | None:
+        present = [(seen.score, z) for z, seen in found.looked.items() if seen.present]
+        return max(present)[1] if present else None
+
+    for z in first_pass(len(stack), looks):
+        yield z, look(z)
+    step = len(stack) / max(1, min(looks, len(stack)))
+    while best() is not None and step > 1:
+        step /= 2
+        centre = best()
+        for z in (int(round(centre - step)), int(round(centre + step))):
+            if 0 <= z < len(stack) and z not in found.looked:
+                yield z, look(z)
+    found.index = best()
+    yield found

@@ -1,0 +1,114 @@
+"""Finding the slice to start on: the agent looks through a volume (``--slice auto``)."""
+
+import json
+import threading
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import LARGEST, TERMINATE, Locating, ScriptedPolicy, ball_volume, point
+
+from napari_ibis.cli import main
+from napari_ibis.errors import Cancelled, InputError
+from napari_ibis.key_slice import first_pass, find_slice
+
+def test_the_search_closes_in_on_the_slice_where_the_structure_is_largest():
+    volume, masks = ball_volume()
+    assert LARGEST not in first_pass(len(volume))
+    policy = Locating()
+    key = find_slice(volume, "segment the disk", policy)
+    assert key.index == LARGEST == int(np.argmax(masks.sum(axis=(1, 2))))
+    assert policy.looked_at == len(key.looked) < len(volume) // 2  # far fewer looks than slices
+    assert "clearest on slice 37" in key.describe("the disk")
+    assert key.record()["slice"] == LARGEST and len(key.record()["looked"]) == len(key.looked)
+
+
+def test_a_structure_on_no_slice_is_not_found():
+    volume, _ = ball_volume(largest=None)
+    key = find_slice(volume, "segment the disk", Locating())
+    assert key.index is None and not key.found
+    assert "not found on any" in key.describe("the disk")
+
+
+def test_a_policy_that_cannot_locate_is_refused_in_one_line_and_a_search_can_be_stopped():
+    volume, _ = ball_volume()
+    with pytest.raises(InputError, match="cannot look for a structure through a volume"):
+        find_slice(volume, "segment the disk", ScriptedPolicy([TERMINATE]))
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Cancelled):
+        find_slice(volume, "segment the disk", Locating(), cancel=stop)
+
+
+def _write(tmp_path, volume) -> str:
+    # display order (Z, rows, cols) -> the file's (x, y, z), as io reads it back
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(volume.transpose(2, 1, 0)[::-1, ::-1]), np.diag([1.0, 1.0, 2.0, 1.0])),
+             tmp_path / "ball.nii.gz")
+    return str(tmp_path / "ball.nii.gz")
+
+
+def test_segment_slice_auto_works_on_the_slice_it_found_and_records_the_search(tmp_path, capsys, monkeypatch):
+    volume, masks = ball_volume()
+    path = _write(tmp_path, volume)
+    policy = Locating([point(True, 32.5 / 64, 32.5 / 64), TERMINATE])
+    monkeypatch.setattr("napari_ibis.policies.load_policy", lambda *a, **k: policy)
+    out = tmp_path / "disk.nii.gz"
+    code = main(["segment", path, "--query", "segment the disk", "--slice", "auto", "--segmenter", "classical",
+                 "--out", str(out)])
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    assert "clearest on slice 37" in stdout and "working on the middle one" not in stdout
+    written = np.asarray(nib.load(out).dataobj).transpose(2, 1, 0)[:, ::-1, ::-1]  # back to display order
+    assert written.any(axis=(1, 2)).nonzero()[0].tolist() == [LARGEST]
+    dice = 2 * (written[LARGEST] > 0)[masks[LARGEST]].sum() / ((written[LARGEST] > 0).sum() + masks[LARGEST].sum())
+    assert dice > 0.9
+    record = json.loads(out.with_name("disk.ibis.json").read_text())
+    assert record["key_slice"]["slice"] == LARGEST and record["image"]["slice"] == [LARGEST]
+
+
+def test_segment_slice_auto_that_finds_nothing_says_so_and_writes_no_labels(tmp_path, capsys, monkeypatch):
+    volume, _ = ball_volume(largest=None)
+    path = _write(tmp_path, volume)
+    monkeypatch.setattr("napari_ibis.policies.load_policy", lambda *a, **k: Locating())
+    out = tmp_path / "disk.nii.gz"
+    code = main(["segment", path, "--query", "segment the disk", "--slice", "auto", "--segmenter", "classical",
+                 "--out", str(out)])
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    assert "not found on any" in stdout and not out.exists()
+    assert json.loads(out.with_name("disk.ibis.json").read_text())["key_slice"]["slice"] is None
+
+
+def test_slice_auto_is_refused_with_an_imported_mask_and_on_a_2d_image(tmp_path, capsys, monkeypatch):
+    volume, masks = ball_volume()
+    path = _write(tmp_path, volume)
+    np.save(tmp_path / "m.npy", masks[LARGEST])
+    assert main(["segment", path, "--query", "q", "--slice", "auto", "--init-mask", str(tmp_path / "m.npy")]) == 2
+    assert "give the mask's slice" in capsys.readouterr().err
+    np.save(tmp_path / "flat.npy", volume[0])
+    monkeypatch.setattr("napari_ibis.policies.load_policy", lambda *a, **k: Locating())
+    assert main(["segment", str(tmp_path / "flat.npy"), "--query", "q", "--slice", "auto"]) == 2
+    assert "looks through a 3-D volume" in capsys.readouterr().err
+
+
+def test_eval_start_auto_scores_the_one_query_protocol(tmp_path, capsys, monkeypatch):
+    """``eval --propagate --start auto``: the agent finds the start slice itself; the row says
+    where it started and whether the structure is there, then the 3-D Dice as usual."""
+    volume, masks = ball_volume()
+    nib.save(nib.Nifti1Image(volume.transpose(2, 1, 0).copy(), np.eye(4)), tmp_path / "ball.nii.gz")
+    nib.save(nib.Nifti1Image(masks.transpose(2, 1, 0).astype(np.uint8), np.eye(4)), tmp_path / "disk.nii.gz")
+    (tmp_path / "m.jsonl").write_text(json.dumps({"image": "ball.nii.gz", "mask": "disk.nii.gz", "target": "disk"}) + "\n")
+    monkeypatch.setattr("napari_ibis.policies.load_policy",
+                        lambda *a, **k: Locating([point(True, 32.5 / 64, 32.5 / 64), TERMINATE]))
+    code = main(["eval", str(tmp_path / "m.jsonl"), "--propagate", "both", "--start", "auto", "--policy", "model:any",
+                 "--segmenter", "classical", "--json", str(tmp_path / "r.json")])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "r.json").read_text())
+    row = report["cases"][0]
+    assert row["start_found"] and row["start_on_structure"] and row["start"] == row["largest"]
+    assert row["looks"] < 30 and row["dice_3d"] > 0.8
+    assert report["summary"]["mean_start_on_structure"] == 1.0
+    assert main(["eval", str(tmp_path / "m.jsonl"), "--propagate", "both", "--start", "auto"]) == 2
+    assert "needs a model policy" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "m.jsonl"), "--start", "auto"]) == 2
+    assert "--start applies to --propagate" in capsys.readouterr().err
