@@ -75,6 +75,9 @@ class RunPanel(QWidget):
         self.init_label.setRange(0, 65535)
         self.init_label.setSpecialValueText("any")  # 0: every labelled pixel (a liver with its tumour, a 255 mask)
         self.init_label.setToolTip("which label of the layer to start from; 'any': every labelled pixel")
+        self.find_button = QPushButton("Find slice")
+        self.find_button.setToolTip("the agent looks through the volume for what the query names and goes to the "
+                                    "slice where it sees it best; then press Run")
         self.run_button = QPushButton("Run")
         self.stop_button = QPushButton("Stop")
         self.continue_button = QPushButton("Continue")
@@ -94,7 +97,7 @@ class RunPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(form)
-        layout.addLayout(row(self.run_button, self.stop_button, self.continue_button))
+        layout.addLayout(row(self.find_button, self.run_button, self.stop_button, self.continue_button))
 
     @property
     def inputs(self) -> tuple:

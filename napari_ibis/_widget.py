@@ -43,7 +43,7 @@ from .controller import CONTINUE_STEPS, Controller, RunSpec
 from .errors import IbisError
 from .geometry import geometry_of, oriented, plane_of, slice_at
 from .inbox import SETTINGS_KEY as KEEP_SETTING
-from .inbox import TrainingInbox
+from .inbox import TrainingInbox, target_of
 from .segmenters import default_segmenter
 
 hide_triton()  # before anything imports torch in this process (see _runtime)
@@ -81,6 +81,7 @@ class IbisWidget(QWidget):
         self.volume_undo: list[tuple[str, np.ndarray]] = []  # (layer name, its data before) per propagation or clear
         self.volume_name = ""
         self.propagation_run: tuple[str, int] = ("both", 0)  # (direction, start slice) of the last Propagate
+        self.find_run: tuple[str, tuple[int, ...], tuple[int, ...]] = ("", (), ())  # (layer, slice index, axes) of Find slice
         layout = QVBoxLayout(self)
         for panel in (self.restore_bar, self.run_panel, self.steps_panel, self.result_panel, self.volume_panel):
             layout.addWidget(panel)
@@ -119,7 +120,7 @@ class IbisWidget(QWidget):
         for widget in self.run_panel.inputs:
             widget.setEnabled(enabled["inputs"])
         panel, steps, result = self.run_panel, self.steps_panel, self.result_panel
-        for name, button in (("run", panel.run_button), ("stop", panel.stop_button), ("continue", panel.continue_button),
+        for name, button in (("run", panel.run_button), ("find", panel.find_button), ("stop", panel.stop_button), ("continue", panel.continue_button),
                              ("undo", steps.undo_button), ("redo", steps.redo_button), ("accept", steps.accept_button),
                              ("reject", steps.reject_button), ("brush", steps.brush_button),
                              ("export", result.export_button), ("save", result.save_button),
@@ -170,6 +171,7 @@ class IbisWidget(QWidget):
     def _connect(self) -> None:
         run, steps, result = self.run_panel, self.steps_panel, self.result_panel
         run.run_button.clicked.connect(self.run)
+        run.find_button.clicked.connect(self.find_slice)
         run.query_edit.returnPressed.connect(self.run)
         run.stop_button.clicked.connect(self.stop)
         run.continue_button.clicked.connect(self.continue_run)
@@ -391,6 +393,49 @@ class IbisWidget(QWidget):
             return
         self.controller.set_status("Starting…")
         self._start(self.controller.new_session_job, spec)
+
+    def find_slice(self) -> None:
+        """Let the agent look through the chosen volume for the query's structure (in the plane on
+        screen), then go to the slice where it sees it best (:mod:`napari_ibis.key_slice`)."""
+        if self.running:
+            return
+        self._save_settings()
+        panel = self.run_panel
+        name, query = panel.image_combo.currentText(), panel.query_edit.text().strip()
+        if not name or name not in self.viewer.layers:
+            self.controller.report_error("open an image first and choose it as the image layer")
+            return
+        if not query:
+            self.controller.report_error("type a query first, e.g. 'segment the liver', then Find slice")
+            return
+        layer = self.viewer.layers[name]
+        axes = view_axes(layer, self.viewer)
+        index = current_slice_index(layer, self.viewer, axes)
+        if not index:
+            self.controller.report_error(f"'{name}' is one slice: Find slice looks through a volume")
+            return
+        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+        volume = oriented(data, axes)[index[:-1]]  # a file of several volumes: the frame on screen
+        self.find_run = (name, index, axes)
+        self._start(self.controller.find_slice_job, volume, query, panel.model_edit.text().strip() or None,
+                    panel.device_combo.currentText(), slice_pixel_aspect(layer, axes),
+                    description="IBIS: looking for the slice")
+
+    def show_found(self, key) -> None:
+        """Go to the slice the search chose, and say what it found."""
+        name, index, axes = self.find_run
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        geometry = None if layer is None else geometry_of(layer)
+        plane = "" if geometry is None else f"{plane_of(axes, geometry)} "
+        said = key.describe(f"the {target_of(self.run_panel.query_edit.text())}", plane)
+        if not key.found:
+            self.controller.set_status(said[0].upper() + said[1:] + ". Go to a slice yourself and press Run to let "
+                                       "the agent look there.")
+            return
+        if layer is not None:
+            along = len(index) - 1
+            go_to_slice(self.viewer, layer, key.index, axes[along] if axes else along)
+        self.controller.set_status(said[0].upper() + said[1:] + ": shown now. Press Run to segment it there.")
 
     def continue_run(self) -> None:
         """Let the agent go on from the current step (after undo, a user click or a stop)."""

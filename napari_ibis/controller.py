@@ -27,7 +27,7 @@ import numpy as np
 
 from ._runtime import MODEL_CACHE, ModelCache, freeze_long_lived_objects
 from .autosave import Autosave, Entry, restore_into, slice_key
-from .errors import IbisError, InputError
+from .errors import Cancelled, IbisError, InputError
 from .geometry import Geometry, in_view_order, oriented, plane_of
 from .inbox import TrainingInbox
 from .io import trace_path
@@ -94,7 +94,7 @@ class Controller:
         has = idle and session is not None
         has_mask = has and session.current.area > 0
         return {
-            "run": idle, "inputs": idle, "stop": self.running, "continue": has,
+            "run": idle, "find": idle, "inputs": idle, "stop": self.running, "continue": has,
             "undo": has and session.cursor > 0, "redo": has and session.can_redo,
             "reject": has and session.cursor > 0, "brush": has,
             "accept": has_mask, "export": has_mask, "save": has_mask,
@@ -192,6 +192,26 @@ class Controller:
         except IbisError as exc:
             yield ("error", str(exc))
 
+    def find_slice_job(self, volume: np.ndarray, query: str, model: str | None, device: str,
+                       pixel_aspect: float) -> Iterator[tuple]:
+        """Look for ``query``'s structure through ``volume`` (Z, H, W[, 3]): where to start."""
+        from .key_slice import KeySlice, search
+
+        yield ("status", "Loading the agent…" if not self.models.loaded(("policy", model, device)) else
+               f"Looking through {len(volume)} slices…")
+        try:
+            policy = self.models.policy(model, device)
+            for item in search(volume, query, policy, pixel_aspect=pixel_aspect, cancel=self.cancel):
+                if isinstance(item, KeySlice):
+                    yield ("found", item)
+                else:
+                    yield ("status", f"Looking through {len(volume)} slices: slice {item[0]} "
+                                     f"({'seen' if item[1].present else 'not seen'} there)")
+        except Cancelled:
+            yield ("status", "Stopped looking for the slice.")
+        except IbisError as exc:
+            yield ("error", str(exc))
+
     def _ready(self, spec: RunSpec) -> bool:
         return self.models.loaded(("policy", spec.model, spec.device)) and self.models.loaded(("segmenter", spec.segmenter))
 
@@ -218,6 +238,8 @@ class Controller:
             self._on_event(value)
         elif kind == "propagated":
             self.view.show_propagated(value)
+        elif kind == "found":
+            self.view.show_found(value)
 
     def finish(self) -> None:
         """The job ended (GUI thread)."""

@@ -5,7 +5,7 @@ import threading
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import TERMINATE, ScriptedPolicy, disk_image, point
+from conftest import LARGEST, TERMINATE, Locating, ScriptedPolicy, ball_volume, disk_image, point
 
 pytest.importorskip("napari")
 pytestmark = pytest.mark.gui
@@ -659,3 +659,32 @@ def test_propagate_is_off_for_a_2d_image(widget, qtbot):
     widget.use_policy(ScriptedPolicy([point(True, 52.5 / 96, 40.5 / 96), TERMINATE]))
     run_and_wait(widget, qtbot)
     assert not widget.volume_panel.propagate_button.isEnabled()
+
+
+def test_find_slice_goes_to_where_the_agent_sees_the_structure_best(make_widget, make_napari_viewer, qtbot):
+    """A person types the query on any slice; Find slice moves the viewer to the slice where the
+    agent sees the structure best, and Run works there. A structure on no slice is said so
+    and the viewer stays where it was; a policy that cannot look says so in one line."""
+    volume, masks = ball_volume()
+    viewer = make_napari_viewer()
+    viewer.add_image(volume, name="ct", scale=(2.0, 1.0, 1.0))
+    viewer.dims.set_point(0, 5 * 2.0)
+    w = make_widget(viewer, name="ct")
+    w.use_policy(Locating([point(True, 32.5 / 64, 32.5 / 64), TERMINATE]))
+    run_and_wait(w, qtbot, w.find_slice)
+    assert viewer.dims.point[0] == pytest.approx(LARGEST * 2.0)
+    assert "clearest on slice 37" in w.controller.status and "Press Run" in w.controller.status
+    run_and_wait(w, qtbot)
+    assert w.controller.spec.index == (LARGEST,)
+    assert (w.controller.session.mask & masks[LARGEST]).sum() > 0.9 * masks[LARGEST].sum()
+
+    empty = make_napari_viewer()
+    empty.add_image(ball_volume(largest=None)[0], name="ct")
+    empty.dims.set_point(0, 12)
+    w2 = make_widget(empty, name="ct")
+    w2.use_policy(Locating(), key="locating")
+    run_and_wait(w2, qtbot, w2.find_slice)
+    assert "not found on any" in w2.controller.status and empty.dims.point[0] == pytest.approx(12)
+    w2.use_policy(ScriptedPolicy([TERMINATE]), key="words")
+    run_and_wait(w2, qtbot, w2.find_slice)
+    assert "cannot look for a structure through a volume" in w2.controller.status and w2.run_panel.run_button.isEnabled()
