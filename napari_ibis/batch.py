@@ -126,11 +126,14 @@ def segment_slice(image: np.ndarray, query: str, policy, segmenter, profile: str
 
 @dataclass
 class Unit:
-    """One session to run: which item, which slice of it, the pixels."""
+    """One session to run: which item, which slice of it, the pixels (with ``volume``: the
+    volume's slices, one structure through them from ``start``, None: where the agent finds it)."""
 
     item: int
     slice: tuple[int, ...]
     image: np.ndarray
+    start: int | None = None
+    volume: bool = False
 
 
 def is_done(item: Item, out: Path) -> bool:
@@ -138,8 +141,38 @@ def is_done(item: Item, out: Path) -> bool:
     return item.labels_path(out).is_file() and item.trace_path(out).is_file()
 
 
-def load(item: Item, number: int) -> tuple:
-    """(the input read, the sessions to run on it): one per slice of a volume asked whole."""
+def segment_volume(stack: np.ndarray, query: str, policy, segmenter, profile: str, max_steps: int,
+                   window: str | None, pixel_aspect: float, direction: str,
+                   start: int | None = None) -> tuple[np.ndarray, dict]:
+    """One structure through a volume (``--propagate``): the slice the agent finds (``start``
+    where the manifest gives it), its session there, then propagation. (The 3-D mask, the record:
+    the search, the session's trajectory, every propagated slice.)"""
+    from .key_slice import find_slice
+    from .propagation import Propagation, PropagationDone
+
+    started = time.perf_counter()
+    labels = np.zeros(stack.shape[:3], dtype=bool)
+    record: dict = {"start": start, "direction": direction}
+    if start is None:
+        key = find_slice(stack, query, policy, window=window, pixel_aspect=pixel_aspect)
+        record["key_slice"], start = key.record(), key.index
+        record["start"] = start
+    if start is not None:
+        mask, record["session"] = segment_slice(stack[start], query, policy, segmenter, profile, max_steps, window,
+                                                pixel_aspect)
+        if mask.any():
+            propagation = Propagation(stack, segmenter, window=window, pixel_aspect=pixel_aspect)
+            done = [e for e in propagation.run(start, mask, direction) if isinstance(e, PropagationDone)][0]
+            labels = done.labels
+            record["propagation"] = {"flagged": done.flagged, "slices": [
+                {"slice": r.index, "area": int(r.mask.sum()), "stopped": r.stopped} for r in done.slices]}
+    record["seconds"] = round(time.perf_counter() - started, 3)
+    return labels, record
+
+
+def load(item: Item, number: int, propagate: str | None = None) -> tuple:
+    """(the input read, the sessions to run on it): one per slice of a volume asked whole, or
+    with ``propagate`` one for the whole volume (its slice: the line's, or None: the agent's)."""
     from . import io
 
     try:
@@ -147,6 +180,9 @@ def load(item: Item, number: int) -> tuple:
     except InputError as exc:
         raise InputError(f"{item.path.name}: {exc}") from None
     frame = image.slice_index[:-1]  # (frame,) in a file of several volumes, else ()
+    if propagate and len(image.slice_index) == 1 + bool(image.frames):  # a volume: one structure through it
+        start = None if item.slice is None else image.slice_index[-1]
+        return image, [Unit(number, frame, image.stack, start=start, volume=True)]
     indices = ([frame + (z,) for z in range(image.stack.shape[0])] if item.whole_volume(image)
                else [image.slice_index])
     return image, [Unit(number, index, image.data[index] if index else image.data) for index in indices]
@@ -157,6 +193,20 @@ def write_item(item: Item, image, results: dict, out: Path) -> dict:
     from dataclasses import replace
 
     from . import io
+
+    frame = image.slice_index[:-1]
+    if frame in results and results[frame][0].ndim == 3:  # --propagate: one structure through the volume
+        labels, record = results[frame]
+        labels = labels.astype(np.uint8)
+        io.write_labels(item.labels_path(out), labels, replace(image, slice_index=frame), force=True)
+        io.write_json(item.trace_path(out), {"image": {"name": item.path.name, "shape": list(image.data.shape),
+                                                       "propagated": True}, "query": item.query, "volume": record},
+                      force=True)
+        stop = (record.get("session") or {}).get("stop") or {}
+        not_found = record["start"] is None or stop.get("reason") == "not_present"
+        return {"input": item.name, "labels": item.labels_path(out).name, "query": item.query, "sessions": 1,
+                "start": record["start"], "slices_with_result": int(labels.any(axis=(1, 2)).sum()),
+                "voxels": int(np.count_nonzero(labels)), "not_present": int(not_found), "seconds": record["seconds"]}
 
     whole = item.whole_volume(image)
     if whole:

@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--max-steps", type=_positive_int, default=20)
     bt.add_argument("--window", help="intensity window, as for segment")
     bt.add_argument("--device", default="auto")
+    bt.add_argument("--propagate", choices=["both", "up", "down"],
+                    help="a volume is one structure: the agent finds the slice to start on (a manifest line's "
+                         "\"slice\" gives it), segments it, and propagation carries it through (3-D labels per volume)")
     bt.add_argument("--concurrency", type=_positive_int, default=1,
                     help="sessions in flight: threads against served endpoints, processes for a local model")
     bt.add_argument("--force", action="store_true", help="redo inputs whose labels are already in --out")
@@ -647,14 +650,21 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
         def submit(unit):
             aspect = loaded[unit.item].pixel_aspect
+            if unit.volume:
+                return pool.submit(lambda: batch.segment_volume(unit.image, items[unit.item].query, mine()[1],
+                                                                mine()[0], *settings, aspect, args.propagate, unit.start))
             return pool.submit(lambda: batch.segment_slice(unit.image, items[unit.item].query, mine()[1], mine()[0],
                                                            *settings, aspect))
     else:
         pool = workers.process_pool(args.concurrency)
 
         def submit(unit):
+            aspect = loaded[unit.item].pixel_aspect
+            if unit.volume:
+                return pool.submit(workers.batch_volume, unit.image, items[unit.item].query, endpoints[0],
+                                   args.segmenter, args.device, *settings, aspect, args.propagate, unit.start)
             return pool.submit(workers.batch_slice, unit.image, items[unit.item].query, endpoints[0], args.segmenter,
-                               args.device, *settings, loaded[unit.item].pixel_aspect)
+                               args.device, *settings, aspect)
     waiting = iter(todo)
     loaded, remaining, results, pending = {}, {}, defaultdict(dict), {}
     failed = 0
@@ -673,7 +683,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 if number is None:
                     return
                 try:
-                    loaded[number], units = batch.load(items[number], number)
+                    loaded[number], units = batch.load(items[number], number, args.propagate)
                 except InputError as exc:  # one unreadable file does not stop a cohort
                     failed += 1
                     bar.write(f"{items[number].name}: skipped: {exc}")
@@ -690,14 +700,24 @@ def cmd_batch(args: argparse.Namespace) -> int:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
                 unit = pending.pop(future)
-                results[unit.item][unit.slice] = future.result()
+                try:
+                    results[unit.item][unit.slice] = future.result()
+                except IbisError as exc:  # a model that cannot look through a volume: one line, not a traceback
+                    for waiting_future in pending:
+                        waiting_future.cancel()
+                    raise InputError(f"{items[unit.item].name}: {exc}") from None
                 bar.update(1)
                 remaining[unit.item] -= 1
                 if remaining[unit.item] == 0:
                     line = batch.write_item(items[unit.item], loaded.pop(unit.item), results.pop(unit.item), out)
                     note(line)
-                    bar.write(f"{line['input']}: {line['voxels']:,} px on {line['slices_with_result']} of "
-                              f"{line['sessions']} slice(s) -> {line['labels']}")
+                    if unit.volume:
+                        where = "not found" if line["start"] is None else f"from slice {line['start']}"
+                        bar.write(f"{line['input']}: {where}: {line['voxels']:,} voxels on {line['slices_with_result']} "
+                                  f"slice(s) -> {line['labels']}")
+                    else:
+                        bar.write(f"{line['input']}: {line['voxels']:,} px on {line['slices_with_result']} of "
+                                  f"{line['sessions']} slice(s) -> {line['labels']}")
             refill()
     bar.close()
     print(f"{len(todo) - failed} input(s) segmented, {skipped} already done, {failed} unreadable; "

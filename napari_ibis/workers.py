@@ -90,6 +90,16 @@ def process_pool(concurrency: int):
 
 
 
+def batch_volume(stack, query: str, folder: str, segmenter_spec: str, device: str, profile: str, max_steps: int,
+                 window: str | None, pixel_aspect: float, direction: str, start: int | None):
+    """One volume of ``napari-ibis batch --propagate`` in a worker process: (3-D mask, record)."""
+    from .batch import segment_volume
+
+    worker = _setup(folder, segmenter_spec, device)
+    return segment_volume(stack, query, worker["policy"], worker["segmenter"], profile, max_steps, window,
+                          pixel_aspect, direction, start)
+
+
 def batch_slice(image, query: str, folder: str, segmenter_spec: str, device: str, profile: str, max_steps: int,
                 window: str | None, pixel_aspect: float = 1.0):
     """One slice of ``napari-ibis batch`` in a worker process: (mask, trajectory)."""

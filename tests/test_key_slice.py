@@ -112,3 +112,33 @@ def test_eval_start_auto_scores_the_one_query_protocol(tmp_path, capsys, monkeyp
     assert "needs a model policy" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "m.jsonl"), "--start", "auto"]) == 2
     assert "--start applies to --propagate" in capsys.readouterr().err
+
+
+def test_batch_propagate_makes_one_structure_per_volume_from_the_slice_the_agent_finds(tmp_path, capsys, monkeypatch):
+    """``batch --propagate``: each volume of a folder is one structure through its slices, started
+    where the agent finds it; a volume where it finds nothing gets empty labels and says so."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    volume, masks = ball_volume()
+    _write(folder, volume)
+    (folder / "ball.nii.gz").rename(folder / "with.nii.gz")
+    _write(folder, ball_volume(largest=None)[0])
+    (folder / "ball.nii.gz").rename(folder / "without.nii.gz")
+    monkeypatch.setattr("napari_ibis.policies.load_policy",
+                        lambda *a, **k: Locating([point(True, 32.5 / 64, 32.5 / 64), TERMINATE]))
+    monkeypatch.setattr("napari_ibis.policies.check_model", lambda *a, **k: None)
+    out = tmp_path / "out"
+    code = main(["batch", str(folder), "--query", "segment the disk", "--out", str(out), "--model", "any",
+                 "--segmenter", "classical", "--propagate", "both"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    lines = {line["input"]: line for line in map(json.loads, (out / "batch.jsonl").read_text().splitlines())}
+    assert lines["with"]["start"] == LARGEST and lines["without"]["start"] is None and lines["without"]["not_present"]
+    labels = np.asarray(nib.load(out / "with.ibis.nii.gz").dataobj).transpose(2, 1, 0)[:, ::-1, ::-1] > 0
+    occupied = np.nonzero(labels.any(axis=(1, 2)))[0]
+    assert LARGEST in occupied and len(occupied) > 20  # carried through the slices, not the start slice alone
+    assert 2 * (labels & masks).sum() / (labels.sum() + masks.sum()) > 0.8
+    assert not np.asarray(nib.load(out / "without.ibis.nii.gz").dataobj).any()
+    trace = json.loads((out / "with.ibis.json").read_text())["volume"]
+    assert trace["key_slice"]["slice"] == LARGEST and trace["propagation"]["slices"]
+    assert "with: from slice 37" in captured.out and "without: not found" in captured.out
