@@ -182,7 +182,7 @@ def _default_out(image: Path) -> Path:
 def cmd_segment(args: argparse.Namespace) -> int:
     from . import io
     from .overlay import parse_window
-    from .policies import check_model, load_policy
+    from .policies import can_locate, check_model, default_model_folder, load_policy
     from .propagation import parse_check
     from .segmenters import build_segmenter, check_spec, default_segmenter
     from .session import Session, Stopped
@@ -214,6 +214,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     auto = args.slice == AUTO
     if auto and args.init_mask:
         raise InputError("--slice auto lets the agent find the slice; with --init-mask, give the mask's slice (--slice N)")
+    if auto and not can_locate(args.model):
+        raise InputError(f"the model {args.model or default_model_folder().name} cannot look for a structure through a "
+                         "volume (only the pointer agent can): give the slice to start on, --slice N")
     loaded = io.read_image(image_path, None if auto else args.slice, view=args.view, series=args.series)
     if auto and (loaded.frames or len(loaded.slice_index) != 1):
         raise InputError(f"--slice auto looks through a 3-D volume; {image_path.name} has shape {loaded.data.shape}"
@@ -627,7 +630,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     from . import batch, workers
     from .overlay import parse_window
-    from .policies import check_model, default_model_folder, load_policy
+    from .policies import can_locate, check_model, default_model_folder, load_policy
     from .segmenters import check_spec, default_segmenter
 
     args.segmenter = args.segmenter or default_segmenter()
@@ -637,6 +640,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
     endpoints, served = _policies_of(args.model or default_model_folder())
     if not served:
         check_model(endpoints[0])
+    if args.propagate and any(item.slice is None for item in items) and not can_locate(endpoints[0]):
+        raise InputError(f"the model {Path(endpoints[0]).name} cannot look for a structure through a volume (only the "
+                         "pointer agent can): give each volume's start slice in a manifest (\"slice\")")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     todo = [number for number, item in enumerate(items) if args.force or not batch.is_done(item, out)]

@@ -52,6 +52,7 @@ def test_segment_slice_auto_works_on_the_slice_it_found_and_records_the_search(t
     path = _write(tmp_path, volume)
     policy = Locating([point(True, 32.5 / 64, 32.5 / 64), TERMINATE])
     monkeypatch.setattr("napari_ibis.policies.load_policy", lambda *a, **k: policy)
+    monkeypatch.setattr("napari_ibis.policies.can_locate", lambda model: True)
     out = tmp_path / "disk.nii.gz"
     code = main(["segment", path, "--query", "segment the disk", "--slice", "auto", "--segmenter", "classical",
                  "--out", str(out)])
@@ -70,6 +71,7 @@ def test_segment_slice_auto_that_finds_nothing_says_so_and_writes_no_labels(tmp_
     volume, _ = ball_volume(largest=None)
     path = _write(tmp_path, volume)
     monkeypatch.setattr("napari_ibis.policies.load_policy", lambda *a, **k: Locating())
+    monkeypatch.setattr("napari_ibis.policies.can_locate", lambda model: True)
     out = tmp_path / "disk.nii.gz"
     code = main(["segment", path, "--query", "segment the disk", "--slice", "auto", "--segmenter", "classical",
                  "--out", str(out)])
@@ -87,6 +89,7 @@ def test_slice_auto_is_refused_with_an_imported_mask_and_on_a_2d_image(tmp_path,
     assert "give the mask's slice" in capsys.readouterr().err
     np.save(tmp_path / "flat.npy", volume[0])
     monkeypatch.setattr("napari_ibis.policies.load_policy", lambda *a, **k: Locating())
+    monkeypatch.setattr("napari_ibis.policies.can_locate", lambda model: True)
     assert main(["segment", str(tmp_path / "flat.npy"), "--query", "q", "--slice", "auto"]) == 2
     assert "looks through a 3-D volume" in capsys.readouterr().err
 
@@ -127,6 +130,7 @@ def test_batch_propagate_makes_one_structure_per_volume_from_the_slice_the_agent
     monkeypatch.setattr("napari_ibis.policies.load_policy",
                         lambda *a, **k: Locating([point(True, 32.5 / 64, 32.5 / 64), TERMINATE]))
     monkeypatch.setattr("napari_ibis.policies.check_model", lambda *a, **k: None)
+    monkeypatch.setattr("napari_ibis.policies.can_locate", lambda model: True)
     out = tmp_path / "out"
     code = main(["batch", str(folder), "--query", "segment the disk", "--out", str(out), "--model", "any",
                  "--segmenter", "classical", "--propagate", "both"])
@@ -142,3 +146,15 @@ def test_batch_propagate_makes_one_structure_per_volume_from_the_slice_the_agent
     trace = json.loads((out / "with.ibis.json").read_text())["volume"]
     assert trace["key_slice"]["slice"] == LARGEST and trace["propagation"]["slices"]
     assert "with: from slice 37" in captured.out and "without: not found" in captured.out
+
+
+def test_a_model_that_cannot_look_through_a_volume_is_refused_before_it_loads(tmp_path, capsys, tiny_vlm_folder,
+                                                                             monkeypatch):
+    volume, _ = ball_volume()
+    path = _write(tmp_path, volume)
+    monkeypatch.setattr("napari_ibis.policies.load_policy", lambda *a, **k: pytest.fail("loaded the model"))
+    assert main(["segment", path, "--query", "q", "--slice", "auto", "--model", str(tiny_vlm_folder)]) == 2
+    assert "cannot look for a structure through a volume" in capsys.readouterr().err
+    assert main(["batch", str(tmp_path), "--query", "q", "--out", str(tmp_path / "o"), "--model", str(tiny_vlm_folder),
+                 "--propagate", "both"]) == 2
+    assert "give each volume's start slice in a manifest" in capsys.readouterr().err

@@ -10,7 +10,7 @@ from .._resources import resource_path
 from ..errors import ModelError
 from .base import Policy, PolicyRequest
 
-__all__ = ["Policy", "PolicyRequest", "check_model", "default_model_folder", "load_policy"]
+__all__ = ["Policy", "PolicyRequest", "can_locate", "check_model", "default_model_folder", "load_policy"]
 
 POINTER_MODEL = ("models", "pointer")  # v8: the default once its encoders are fetched
 DEFAULT_MODEL = ("models", "default")  # v7: the small VLM trained from scratch, needs nothing fetched
@@ -45,6 +45,18 @@ def check_model(model: str | Path | None) -> None:
     from .vlm import inspect_model_folder
 
     inspect_model_folder(Path(text) if text else default_model_folder())
+
+
+def can_locate(model: str | Path | None) -> bool:
+    """Whether the model ``--model`` names can look for a structure through a volume
+    (:meth:`Policy.locate`): the pointer agent can; a language model (local or served) answers
+    in words only. Read from the folder's config, before anything heavy loads."""
+    text = str(model) if model is not None else ""
+    if text.startswith(("http://", "https://")):
+        return False
+    from .vlm import POINTER_TYPE, inspect_model_folder
+
+    return inspect_model_folder(Path(text) if text else default_model_folder()) == POINTER_TYPE
 
 
 def load_policy(model: str | Path | None, device: str = "auto", remote_model: str = "ibis", max_new_tokens: int = 512) -> Policy:
