@@ -226,13 +226,17 @@ def volume_case(case, segmenter, policy, protocol: VolumeProtocol) -> dict:
     aspect = case.pixel_aspect
     check = parse_check(protocol.check)
     size = {} if case.voxel_ml is None else {"cm3": round(float(case.mask.sum()) * case.voxel_ml, 2)}
-    key = None
+    key, searched = None, 0.0
     if protocol.start == "auto":
+        import time
+
         from .key_slice import find_slice
 
+        started = time.perf_counter()
         key = find_slice(case.image, case.query, policy, pixel_aspect=aspect)
+        searched = time.perf_counter() - started
         if not key.found:
-            return {"source": case.source, "target": case.target} | size | not_found_row(case.mask, key)
+            return {"source": case.source, "target": case.target} | size | not_found_row(case.mask, key, searched)
     start = (oracle_start(square_pixels(segmenter, aspect), protocol.max_clicks) if policy is None
              else agent_start(policy, case.query, segmenter, protocol.profile, pixel_aspect=aspect))
     checker = agent_checker(policy, case.query, segmenter, protocol.profile, pixel_aspect=aspect) if check else None
@@ -243,17 +247,18 @@ def volume_case(case, segmenter, policy, protocol: VolumeProtocol) -> dict:
     row.pop("_labels")
     if protocol.corrections or protocol.rest:
         row["corrections"] = len(row["corrected_slices"])
-    if key is not None:
-        row |= {"start_found": True, "looks": len(key.looked)}
+    if key is not None:  # the search is part of the time a person waits for the volume
+        row |= {"start_found": True, "looks": len(key.looked), "search_seconds": searched,
+                "seconds": row["seconds"] + searched}
     return {"source": case.source, "target": case.target} | size | row
 
 
-def not_found_row(truth: np.ndarray, key) -> dict:
+def not_found_row(truth: np.ndarray, key, searched: float) -> dict:
     """A volume case where the agent's search found the structure on no slice: nothing labelled."""
     along = tuple(range(1, truth.ndim))
     present = bool(truth.any())
     return {"start": None, "start_on_structure": False, "largest": int(np.argmax(truth.sum(axis=along))),
             "dice_3d": 0.0 if present else 1.0, "iou_3d": 0.0 if present else 1.0, "start_iou": 0.0, "clicks": 0,
             "corrected_slices": [], "agent_steps": 0, "slices_propagated": 0,
-            "slices_true": int(truth.any(axis=along).sum()), "slices_labelled": 0, "seconds": 0.0,
-            "seconds_per_slice": 0.0, "start_found": False, "looks": len(key.looked)}
+            "slices_true": int(truth.any(axis=along).sum()), "slices_labelled": 0, "seconds": searched,
+            "seconds_per_slice": 0.0, "start_found": False, "looks": len(key.looked), "search_seconds": searched}
