@@ -85,7 +85,10 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-absent", action="store_true", help="leave out the questions about absent structures")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--keep-as", help="keep the earlier results under this name (OUT-NAME.json) before writing")
     args = parser.parse_args()
+    if args.keep_as and args.out.is_file():
+        args.out.rename(args.out.with_name(f"{args.out.stem}-{args.keep_as}.json"))
     torch.set_num_threads(args.threads)
     policy = load_policy(args.model)
     all_cases = cases(args.organs, args.phantoms)
@@ -105,7 +108,7 @@ def main() -> int:
         seconds = time.perf_counter() - started
         row = {"group": group_of(case) if present else case["group"], "source": case["source"], "target": case["target"],
                "present": present, "slice": key.index, "looks": len(key.looked), "slices": key.count,
-               "seconds": round(seconds, 1)}
+               "seconds": round(seconds, 1), "looked": key.record()["looked"]}
         if present:
             areas = case["mask"].sum(axis=(1, 2))
             on = key.index is not None and areas[key.index] > 0

@@ -10,7 +10,8 @@ from conftest import LARGEST, TERMINATE, Locating, ScriptedPolicy, ball_volume, 
 
 from napari_ibis.cli import main
 from napari_ibis.errors import Cancelled, InputError
-from napari_ibis.key_slice import first_pass, find_slice
+from napari_ibis.key_slice import find_slice, first_pass
+from napari_ibis.policies.base import Located
 
 def test_the_search_closes_in_on_the_slice_where_the_structure_is_largest():
     volume, masks = ball_volume()
@@ -158,3 +159,15 @@ def test_a_model_that_cannot_look_through_a_volume_is_refused_before_it_loads(tm
     assert main(["batch", str(tmp_path), "--query", "q", "--out", str(tmp_path / "o"), "--model", str(tiny_vlm_folder),
                  "--propagate", "both"]) == 2
     assert "give each volume's start slice in a manifest" in capsys.readouterr().err
+
+
+def test_one_noisy_slice_at_the_end_does_not_win_over_where_the_structure_looks_clear():
+    """On a scan the agent never saw one slice's score can spike (its map takes in a neighbour);
+    the search starts from the middle of the slices where the structure looks clear."""
+    from napari_ibis.key_slice import middle_of_clear
+
+    scores = {0: 100, 1: 20, 2: 60, 3: 70, 4: 65, 5: 55, 6: 10}
+    looked = {z: Located(score=float(s), peak=0.8, present=True) for z, s in scores.items()}
+    looked[7] = Located(score=500.0, peak=0.3, present=False)  # not called present: not counted
+    assert middle_of_clear(looked) == 3
+    assert middle_of_clear({z: Located(1.0, 0.1, False) for z in range(5)}) is None
