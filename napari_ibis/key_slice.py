@@ -48,7 +48,7 @@ class KeySlice:
         where = f"{len(self.looked)} of the {self.count} {plane}slices"
         if self.index is None:
             return f"looked for {target} on {where}: not found on any"
-        return f"looked for {target} on {where}: clearest on slice {self.index}"
+        return f"looked for {target} on {where}: seen clearly around slice {self.index}"
 
     def record(self) -> dict:
         """For a trajectory file: the choice and every slice looked at."""

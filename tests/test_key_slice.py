@@ -20,7 +20,7 @@ def test_the_search_closes_in_on_the_slice_where_the_structure_is_largest():
     key = find_slice(volume, "segment the disk", policy)
     assert key.index == LARGEST == int(np.argmax(masks.sum(axis=(1, 2))))
     assert policy.looked_at == len(key.looked) < len(volume) // 2  # far fewer looks than slices
-    assert "clearest on slice 37" in key.describe("the disk")
+    assert "seen clearly around slice 37" in key.describe("the disk")
     assert key.record()["slice"] == LARGEST and len(key.record()["looked"]) == len(key.looked)
 
 
@@ -59,7 +59,7 @@ def test_segment_slice_auto_works_on_the_slice_it_found_and_records_the_search(t
                  "--out", str(out)])
     stdout, err = capsys.readouterr()
     assert code == 0, err
-    assert "clearest on slice 37" in stdout and "working on the middle one" not in stdout
+    assert "seen clearly around slice 37" in stdout and "working on the middle one" not in stdout
     written = np.asarray(nib.load(out).dataobj).transpose(2, 1, 0)[:, ::-1, ::-1]  # back to display order
     assert written.any(axis=(1, 2)).nonzero()[0].tolist() == [LARGEST]
     dice = 2 * (written[LARGEST] > 0)[masks[LARGEST]].sum() / ((written[LARGEST] > 0).sum() + masks[LARGEST].sum())

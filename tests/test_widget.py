@@ -673,7 +673,7 @@ def test_find_slice_goes_to_where_the_agent_sees_the_structure_best(make_widget,
     w.use_policy(Locating([point(True, 32.5 / 64, 32.5 / 64), TERMINATE]))
     run_and_wait(w, qtbot, w.find_slice)
     assert viewer.dims.point[0] == pytest.approx(LARGEST * 2.0)
-    assert "clearest on slice 37" in w.controller.status and "Press Run" in w.controller.status
+    assert "seen clearly around slice 37" in w.controller.status and "Press Run" in w.controller.status
     run_and_wait(w, qtbot)
     assert w.controller.spec.index == (LARGEST,)
     assert (w.controller.session.mask & masks[LARGEST]).sum() > 0.9 * masks[LARGEST].sum()
