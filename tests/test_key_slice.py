@@ -48,10 +48,9 @@ def _write(tmp_path, volume) -> str:
     return str(tmp_path / "ball.nii.gz")
 
 
-def test_segment_slice_auto_works_on_the_slice_it_found_and_records_the_search(tmp_path, capsys, monkeypatch):
-    volume, masks = ball_volume()
+def _segment_auto(tmp_path, capsys, monkeypatch, volume, policy):
+    """``napari-ibis segment VOLUME --slice auto`` with ``policy``: (stdout, the labels file)."""
     path = _write(tmp_path, volume)
-    policy = Locating([point(True, 32.5 / 64, 32.5 / 64), TERMINATE])
     monkeypatch.setattr("napari_ibis.policies.load_policy", lambda *a, **k: policy)
     monkeypatch.setattr("napari_ibis.policies.can_locate", lambda model: True)
     out = tmp_path / "disk.nii.gz"
@@ -59,6 +58,13 @@ def test_segment_slice_auto_works_on_the_slice_it_found_and_records_the_search(t
                  "--out", str(out)])
     stdout, err = capsys.readouterr()
     assert code == 0, err
+    return stdout, out
+
+
+def test_segment_slice_auto_works_on_the_slice_it_found_and_records_the_search(tmp_path, capsys, monkeypatch):
+    volume, masks = ball_volume()
+    stdout, out = _segment_auto(tmp_path, capsys, monkeypatch, volume,
+                                Locating([point(True, 32.5 / 64, 32.5 / 64), TERMINATE]))
     assert "seen clearly around slice 37" in stdout and "working on the middle one" not in stdout
     written = np.asarray(nib.load(out).dataobj).transpose(2, 1, 0)[:, ::-1, ::-1]  # back to display order
     assert written.any(axis=(1, 2)).nonzero()[0].tolist() == [LARGEST]
@@ -69,15 +75,7 @@ def test_segment_slice_auto_works_on_the_slice_it_found_and_records_the_search(t
 
 
 def test_segment_slice_auto_that_finds_nothing_says_so_and_writes_no_labels(tmp_path, capsys, monkeypatch):
-    volume, _ = ball_volume(largest=None)
-    path = _write(tmp_path, volume)
-    monkeypatch.setattr("napari_ibis.policies.load_policy", lambda *a, **k: Locating())
-    monkeypatch.setattr("napari_ibis.policies.can_locate", lambda model: True)
-    out = tmp_path / "disk.nii.gz"
-    code = main(["segment", path, "--query", "segment the disk", "--slice", "auto", "--segmenter", "classical",
-                 "--out", str(out)])
-    stdout, err = capsys.readouterr()
-    assert code == 0, err
+    stdout, out = _segment_auto(tmp_path, capsys, monkeypatch, ball_volume(largest=None)[0], Locating())
     assert "not found on any" in stdout and not out.exists()
     assert json.loads(out.with_name("disk.ibis.json").read_text())["key_slice"]["slice"] is None
 
