@@ -280,7 +280,7 @@ class Controller:
             self.view.show_step(event.step)
             self._autosave()
         elif isinstance(event, Stopped):
-            self.set_status(stop_words(event, self.session))
+            self.set_status(stop_words(event, self.session, volume=bool(self.spec and self.spec.index)))
             self._autosave()
 
     # -- timeline edits (GUI thread) -------------------------------------------------------

@@ -164,15 +164,18 @@ class Transcript:
             self.note(f"Stopped ({event.reason}): {event.message}" if event.message else f"Stopped ({event.reason})")
 
 
-def stop_words(stop, session, command_line: bool = False) -> str:
-    """The status line after a run, in plain words (``command_line``: without the widget's advice)."""
+def stop_words(stop, session, command_line: bool = False, volume: bool = False) -> str:
+    """The status line after a run, in plain words (``command_line``: without the widget's advice;
+    ``volume``: the slice is one of a volume's, whose other slices the agent can look through)."""
     current = session.current
     shown = f"step {session.cursor} ({current.area:,} px) is {'the result' if command_line else 'shown'}"
     if stop.reason == "answered":
         advice = "" if command_line else " Accept, correct or export it."
         return f"Finished: the agent answered at step {session.cursor} ({current.area:,} px).{advice}"
     if stop.reason == "not_present":
-        return "Finished: the agent says the target is not in this slice."
+        elsewhere = "" if not volume else (" --slice auto lets it look through the volume." if command_line else
+                                           " Find slice lets it look through the volume.")
+        return "Finished: the agent says the target is not in this slice." + elsewhere
     if stop.reason == "finished":
         return f"Finished: {stop.message}."
     if stop.reason == "max_steps":

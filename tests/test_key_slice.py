@@ -169,3 +169,20 @@ def test_one_noisy_slice_at_the_end_does_not_win_over_where_the_structure_looks_
     looked[7] = Located(score=500.0, peak=0.3, present=False)  # not called present: not counted
     assert middle_of_clear(looked) == 3
     assert middle_of_clear({z: Located(1.0, 0.1, False) for z in range(5)}) is None
+
+
+def test_not_present_on_one_slice_of_a_volume_points_to_the_search(tmp_path, capsys, monkeypatch):
+    from napari_ibis.transcript import stop_words
+
+    volume, _ = ball_volume()
+    monkeypatch.setattr("napari_ibis.policies.load_policy", lambda *a, **k: Locating())
+    code = main(["segment", _write(tmp_path, volume), "--query", "segment the disk", "--slice", "5", "--segmenter",
+                 "classical", "--out", str(tmp_path / "d.nii.gz")])
+    stdout = capsys.readouterr().out
+    assert code == 0 and "not in this slice. --slice auto lets it look through the volume." in stdout
+
+    from types import SimpleNamespace
+
+    stop, session = SimpleNamespace(reason="not_present"), SimpleNamespace(current=SimpleNamespace(area=0), cursor=1)
+    assert stop_words(stop, session, volume=True).endswith("Find slice lets it look through the volume.")
+    assert stop_words(stop, session).endswith("not in this slice.")
