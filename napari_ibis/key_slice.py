@@ -99,14 +99,15 @@ def search(stack: np.ndarray, query: str, policy: Policy, *, window: str | None 
     for z in first_pass(len(stack), looks):
         yield z, look(z)
     centre = middle_of_clear(found.looked)
-    if centre is not None:  # closes in on the best slice within one step of the centre
-        step, chosen = len(stack) / max(1, min(looks, len(stack))), centre
+    if centre is not None:  # closes in on the best slice within one first-pass step of the centre
+        reach = step = len(stack) / min(looks, len(stack))
+        chosen = centre
         while step > 1:
             step /= 2
-            for z in (int(round(chosen - step)), int(round(chosen + step))):
-                if 0 <= z < len(stack) and abs(z - centre) < len(stack) / looks and z not in found.looked:
+            for z in (round(chosen - step), round(chosen + step)):
+                if 0 <= z < len(stack) and abs(z - centre) < reach and z not in found.looked:
                     yield z, look(z)
-            near = [z for z in found.looked if abs(z - centre) <= len(stack) / looks and found.looked[z].present]
+            near = [z for z, seen in found.looked.items() if abs(z - centre) <= reach and seen.present]
             chosen = max(near, key=lambda z: found.looked[z].score)
         found.index = chosen
     yield found
