@@ -275,7 +275,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if args.max_steps == 0:
         print(f"No agent step (--max-steps 0): the imported mask ({session.current.area:,} px) is the result.")
     else:
-        volume = len(loaded.slice_index) == 1 + bool(loaded.frames) and not auto  # auto: it looked already
+        volume = len(loaded.slice_index) == 1 and not loaded.frames and not auto  # what --slice auto can look through
         print(stop_words(stop, session, command_line=True, volume=volume) if stop else "Stopped.")
     labels = session.mask
     if args.propagate:
