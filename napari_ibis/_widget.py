@@ -338,13 +338,7 @@ class IbisWidget(QWidget):
     def gather(self) -> RunSpec:
         """Everything a run needs, read on the GUI thread; IbisError for anything missing."""
         panel = self.run_panel
-        name = panel.image_combo.currentText()
-        if not name or name not in self.viewer.layers:
-            raise IbisError("open an image first and choose it as the image layer")
-        image_layer = self.viewer.layers[name]
-        query = panel.query_edit.text().strip()
-        if not query:
-            raise IbisError("type a query first, e.g. 'segment the liver tumour'")
+        image_layer, query = self._layer_and_query()
         if self.viewer.dims.ndisplay == 3 and len(spatial_shape(image_layer)) > 2:
             raise IbisError("the viewer shows the volume in 3-D: switch to the 2-D view (the square button at the "
                             "bottom left) and go to the slice to segment")
@@ -380,6 +374,16 @@ class IbisWidget(QWidget):
             modality=str(image_layer.metadata.get("ibis_modality", "")),
         )
 
+    def _layer_and_query(self):
+        """The chosen image layer and the query; IbisError where either is missing."""
+        name = self.run_panel.image_combo.currentText()
+        if not name or name not in self.viewer.layers:
+            raise IbisError("open an image first and choose it as the image layer")
+        query = self.run_panel.query_edit.text().strip()
+        if not query:
+            raise IbisError("type a query first, e.g. 'segment the liver tumour'")
+        return self.viewer.layers[name], query
+
     def run(self) -> None:
         """Start a new session on the current slice (the previous one stays until it exists)."""
         if self.running:
@@ -401,14 +405,12 @@ class IbisWidget(QWidget):
             return
         self._save_settings()
         panel = self.run_panel
-        name, query = panel.image_combo.currentText(), panel.query_edit.text().strip()
-        if not name or name not in self.viewer.layers:
-            self.controller.report_error("open an image first and choose it as the image layer")
+        try:
+            layer, query = self._layer_and_query()
+        except IbisError as exc:
+            self.controller.report_error(str(exc))
             return
-        if not query:
-            self.controller.report_error("type a query first, e.g. 'segment the liver', then Find slice")
-            return
-        layer = self.viewer.layers[name]
+        name = layer.name
         axes = view_axes(layer, self.viewer)
         index = current_slice_index(layer, self.viewer, axes)
         if not index:

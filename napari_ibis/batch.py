@@ -148,7 +148,7 @@ def segment_volume(stack: np.ndarray, query: str, policy, segmenter, profile: st
     where the manifest gives it), its session there, then propagation. (The 3-D mask, the record:
     the search, the session's trajectory, every propagated slice.)"""
     from .key_slice import find_slice
-    from .propagation import Propagation, PropagationDone
+    from .propagation import Propagation
 
     started = time.perf_counter()
     labels = np.zeros(stack.shape[:3], dtype=bool)
@@ -162,7 +162,7 @@ def segment_volume(stack: np.ndarray, query: str, policy, segmenter, profile: st
                                                 pixel_aspect)
         if mask.any():
             propagation = Propagation(stack, segmenter, window=window, pixel_aspect=pixel_aspect)
-            done = [e for e in propagation.run(start, mask, direction) if isinstance(e, PropagationDone)][0]
+            done = propagation.run_to_end(start, mask, direction)
             labels = done.labels
             record["propagation"] = {"flagged": done.flagged, "slices": [
                 {"slice": r.index, "area": int(r.mask.sum()), "stopped": r.stopped} for r in done.slices]}

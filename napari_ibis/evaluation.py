@@ -70,7 +70,7 @@ def evaluate_volume(volume: np.ndarray, truth: np.ndarray, segmenter: Segmenter,
     import time
 
     from .metrics import dice
-    from .propagation import Propagation, PropagationDone
+    from .propagation import Propagation
 
     truth = np.asarray(truth, dtype=bool)
     largest = int(np.argmax(truth.sum(axis=tuple(range(1, truth.ndim)))))
@@ -81,7 +81,7 @@ def evaluate_volume(volume: np.ndarray, truth: np.ndarray, segmenter: Segmenter,
     if not np.asarray(mask).any():
         labels, slices = np.zeros_like(truth), []
     else:
-        done = [e for e in propagation.run(start, mask, direction) if isinstance(e, PropagationDone)][0]
+        done = propagation.run_to_end(start, mask, direction)
         labels, slices = done.labels, done.slices
     if click_budget is not None:
         corrections = max(0, click_budget - clicks)
@@ -103,7 +103,6 @@ def _correct(propagation, segmenter: Segmenter, truth: np.ndarray, labels: np.nd
     A correction that leaves the volume further from ``truth`` is undone (a person looking at the
     result presses Undo propagation) and that slice is not clicked again."""
     from .metrics import dice
-    from .propagation import PropagationDone
 
     corrected, undone = [], set()
     for _ in range(clicks):
@@ -125,7 +124,7 @@ def _correct(propagation, segmenter: Segmenter, truth: np.ndarray, labels: np.nd
         labels[beyond] = False
         labels[where] = result.mask
         if result.mask.any():
-            done = [e for e in propagation.run(where, result.mask, direction) if isinstance(e, PropagationDone)][0]
+            done = propagation.run_to_end(where, result.mask, direction)
             labels[beyond] = done.labels[beyond]
         if dice(truth, labels) < dice(truth, before_all):
             labels[...] = before_all

@@ -160,6 +160,13 @@ class Propagation:
     def rgb(self, index: int) -> np.ndarray:
         return to_rgb8(self.volume[index], self.window)
 
+    def run_to_end(self, start: int, mask: np.ndarray, direction: str = "both") -> PropagationDone:
+        """:meth:`run` without its per-slice events (batch runs, evaluations): its end."""
+        for event in self.run(start, mask, direction):
+            if isinstance(event, PropagationDone):
+                return event
+        raise AssertionError("a propagation ends with PropagationDone")
+
     def run(self, start: int, mask: np.ndarray, direction: str = "both",
             cancel: threading.Event | None = None) -> Iterator[SliceResult | PropagationDone]:
         """Yield each slice's result as it is made, then a :class:`PropagationDone`."""
