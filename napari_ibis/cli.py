@@ -373,7 +373,7 @@ def _propagate(args, loaded, session, segmenter, policy, check_every: int):
     slices = [{"slice": r.index, "area": int(r.mask.sum()), "clicks": [[c.row, c.col] for c in r.clicks],
                "boxed": r.boxed,
                "agent_steps": r.agent_steps, "agent_changed": r.agent_changed,
-               "agent_overruled": r.agent_overruled, "stopped": r.stopped,
+               "agent_overruled": r.agent_overruled, "stopped": r.stopped, "drifting": r.drifting,
                "likeness": None if np.isnan(r.likeness) else round(r.likeness, 3),
                "seconds": round(r.seconds, 3), "agent": r.trajectory} for r in done.slices]
     occupied = [int(z) for z in np.nonzero(done.labels.any(axis=(1, 2)))[0]]
@@ -381,6 +381,10 @@ def _propagate(args, loaded, session, segmenter, policy, check_every: int):
     print(f"propagated {args.propagate} from {plane}slice {start}: structure on {plane}slices {occupied[0]}-{occupied[-1]} "
           f"({len(occupied)} slices, {int(done.labels.sum()):,} voxels) in {seconds:.1f} s; "
           f"to review: {', '.join(map(str, done.flagged)) or 'none'}")
+    drifts = [str(i) for i in sorted(r.index for r in done.slices if r.drifting)]
+    if drifts and not args.quiet:
+        print(f"  (on {plane}slice(s) {', '.join(drifts)} the mask starts to look partly unlike the structure: "
+              "check its edge there)")
     record = {"direction": args.propagate, "start": start, "check": args.check, "seconds": seconds,
               "flagged": done.flagged, "slices": slices}
     return loaded.in_file_order(done.labels), record

@@ -24,7 +24,11 @@ structure is followed to the neighbouring slices, up (increasing index), down or
    the start slice (:mod:`napari_ibis.appearance`: the mask has slid onto a neighbour of
    the same grey level), or, with an agent checking (``check``), when the agent answers
    that it is not present;
-3. with ``check`` ("every" slice, every Nth, or "none"), the agent sees the propagated
+3. where the mask looks partly unlike the structure on two or more slices in a row
+   (likeness below ``DRIFT_LIKENESS``) propagation goes on, and the first of them is
+   listed for review (:meth:`PropagationDone.review`): there the mask may be taking in a
+   neighbour;
+4. with ``check`` ("every" slice, every Nth, or "none"), the agent sees the propagated
    mask as an imported mask on that slice and may click to repair it, accept it, or
    answer "not present"; every step it takes is kept with the slice's result. A "repair"
    that keeps less than ``min_agreement`` (IoU) of the propagated mask is not applied: the
@@ -65,6 +69,7 @@ from .square_pixels import square_pixels
 DIRECTIONS = ("both", "up", "down")
 MIN_LIKENESS = 0.2  # see appearance.py and docs/BENCHMARKS.md (propagation: when a structure ends)
 MIN_ADDED_LIKENESS = 0.7  # the box's reading is kept where this share of what it adds looks like the structure
+DRIFT_LIKENESS = 0.7  # the first of two or more slices in a row below this is listed for review (docs/BENCHMARKS.md)
 
 
 @dataclass
@@ -80,8 +85,14 @@ class SliceResult:
     stopped: str = ""  # why the structure ended after this slice ("" if it went on)
     likeness: float = float("nan")  # share of the mask's cells that look like the structure (appearance.py)
     boxed: bool = False  # the segmenter's box reading was kept: what it adds looks like the structure
+    drifting: bool = False  # the first of two or more slices in a row whose mask looks partly unlike the structure
     seconds: float = 0.0
     trajectory: dict | None = None  # the checking agent's session record
+
+    @property
+    def drift_note(self) -> str:
+        """Why a drifting slice is listed for review; "" for the others."""
+        return f"only {self.likeness:.0%} of the mask looks like the structure: check its edge" if self.drifting else ""
 
 
 @dataclass
@@ -98,7 +109,10 @@ class PropagationDone:
         return [index for index, _ in self.review()]
 
     def review(self) -> list[tuple[int, str]]:
-        """(slice, why a person should look at it), in slice order. A structure still there on the
+        """(slice, why a person should look at it), in slice order: where the structure ended, where
+        the agent changed or would have replaced a mask, where the mask starts to look partly
+        unlike the structure (the first of two or more slices in a row whose likeness is below
+        ``DRIFT_LIKENESS``: it may be taking in a neighbour). A structure still there on the
         scan's first or last slice is listed too: it goes on beyond the scan, or propagation
         followed something else to the edge (no rule ended it)."""
         out, edges = [], (0, len(self.labels) - 1)
@@ -109,6 +123,8 @@ class PropagationDone:
                 out.append((r.index, "the agent would have replaced the mask; kept"))
             elif r.agent_changed:
                 out.append((r.index, "the agent changed it"))
+            elif r.drifting:
+                out.append((r.index, r.drift_note))
             elif r.index in edges and r.mask.any() and not self.cancelled:
                 out.append((r.index, "the scan's edge: it goes on beyond the scan, or it followed something else"))
         return out
@@ -199,6 +215,7 @@ class Propagation:
                 previous, index = mask, start + step
                 tracker = self._tracker(start, mask, step)
                 ahead = None  # the next slice, computed early to judge one that looks unlike the structure
+                low_run: list[SliceResult] = []  # the slices in a row whose mask looks partly unlike the structure
                 while 0 <= index < self.depth:
                     if cancel is not None and cancel.is_set():
                         raise Cancelled("stopped")
@@ -206,6 +223,9 @@ class Propagation:
                         result = ahead or self._one(index, previous, step, abs(index - start), tracker)
                         ahead = self._judge_unlike(result, step, start, tracker) if self._unlike(result) else None
                     labels[index] = result.mask
+                    low_run = low_run + [result] if not result.stopped and result.likeness < DRIFT_LIKENESS else []
+                    if len(low_run) == 2:  # two in a row (one alone is often the encoder's noise)
+                        low_run[0].drifting = True
                     done.slices.append(result)
                     yield result
                     if result.stopped:

@@ -408,6 +408,30 @@ def test_one_slice_that_looks_unlike_the_structure_between_two_that_do_is_kept()
     assert done.slices[2].likeness == 0.0 and done.labels[3].any() and done.labels[5].any()
 
 
+class _TakesInANeighbour(_TextureEncoder):
+    """Follows the textured structure and, where the slice has it, the brighter flat neighbour
+    beside it (the encoder sees it as the surroundings), as a mask drifts onto a neighbour
+    without leaving the structure."""
+
+    def follow(self, previous):
+        neighbour = ~self._textured() & (self._grey > self._grey[0, 0] + 20)
+        return SegmentResult(self._textured() | neighbour, None, float("nan"))
+
+
+def test_a_mask_that_takes_in_a_neighbour_on_two_slices_in_a_row_is_listed_for_review_once():
+    volume = _tumour_beside_a_vessel(tumour_slices=range(6))
+    volume[3:5, 16:40, 32:56] = 120.0  # slices 3 and 4: half the mask is the neighbour
+    volume[1, 16:40, 32:56] = 120.0  # slice 1 alone: as often, one slice's reading is noise
+    start = np.zeros((64, 64), bool)
+    start[16:40, 8:32] = True
+    done = run(Propagation(volume, _TakesInANeighbour(), max_growth=3), 0, start, "up")
+    assert done.labels[1:].any(axis=(1, 2)).all()  # it goes on: a drift is a person's call, not an end
+    assert [r.likeness for r in done.slices] == [0.5, 1.0, 0.5, 0.5, 1.0]
+    drifts = [(index, why) for index, why in done.review() if "check its edge" in why]
+    assert drifts == [(3, "only 50% of the mask looks like the structure: check its edge")]
+    assert 1 not in done.flagged and 4 not in done.flagged  # one look where a drift starts, none for a lone slice
+
+
 class _ClicksLoseHalf(_TextureEncoder):
     """Its clicks' reading keeps only the left half of the textured structure (as a click in
     a vessel's arch keeps one limb); its box reading adds the right half, or, with
