@@ -186,7 +186,8 @@ class VolumePanel(QGroupBox):
         self.clear_button = QPushButton("Clear this slice")
         self.review_list = QListWidget()
         self.review_list.setMaximumHeight(90)
-        self.review_list.setToolTip("slices the agent changed or where the structure ended: click to go there")
+        self.review_list.setToolTip("slices the agent changed, where the structure ended, or where the mask starts "
+                                    "to look unlike the structure (a drift onto a neighbour): click to go there")
         layout = QVBoxLayout(self)
         form = QFormLayout()
         form.addRow("direction", self.direction_combo)
