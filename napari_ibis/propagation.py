@@ -89,11 +89,6 @@ class SliceResult:
     seconds: float = 0.0
     trajectory: dict | None = None  # the checking agent's session record
 
-    @property
-    def drift_note(self) -> str:
-        """Why a drifting slice is listed for review; "" for the others."""
-        return f"only {self.likeness:.0%} of the mask looks like the structure: check its edge" if self.drifting else ""
-
 
 @dataclass
 class PropagationDone:
@@ -124,7 +119,7 @@ class PropagationDone:
             elif r.agent_changed:
                 out.append((r.index, "the agent changed it"))
             elif r.drifting:
-                out.append((r.index, r.drift_note))
+                out.append((r.index, f"only {r.likeness:.0%} of the mask looks like the structure: check its edge"))
             elif r.index in edges and r.mask.any() and not self.cancelled:
                 out.append((r.index, "the scan's edge: it goes on beyond the scan, or it followed something else"))
         return out
