@@ -29,7 +29,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import ActionParseError, Cancelled, InputError
+from .errors import ActionParseError, Cancelled, IbisError, InputError
 from .metrics import iou
 from .overlay import to_rgb8
 from .policies.base import Policy, PolicyRequest
@@ -40,6 +40,13 @@ from .square_pixels import SquareGrid, square_pixels
 MIN_SIDE = 8
 REPEAT_LIMIT = 3  # the release stops when the same action comes three times in a row
 NO_CHANGE_IOU = 0.99  # a repeated click whose mask overlaps the current one this much changes nothing
+
+
+def failure_line(exc: Exception) -> str:
+    """One line for a policy call that failed: an :class:`IbisError`'s own words (they are written
+    for a person), else the exception's type and first line."""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return first if isinstance(exc, IbisError) and first else f"{type(exc).__name__}: {first}"
 
 
 @dataclass
@@ -399,7 +406,7 @@ class Session:
         try:
             placement = self.policy.place(self._seen, self.query)
         except Exception as exc:  # as a failed turn: the timeline stays as it was
-            return Stopped("error", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            return Stopped("error", failure_line(exc))
         if placement is None:
             return None
         mask = np.asarray(placement.mask) > 0
@@ -450,7 +457,7 @@ class Session:
         except Cancelled as exc:
             return Stopped("cancelled", str(exc))
         except Exception as exc:  # a policy failure must leave the timeline as it was
-            return Stopped("error", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            return Stopped("error", failure_line(exc))
         seconds_policy = time.perf_counter() - started
         try:
             response = self.profile.parse(raw)

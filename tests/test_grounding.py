@@ -189,3 +189,16 @@ def test_every_pointer_config_in_the_repository_reads_into_its_settings(path):
 
     config = PointerConfig(**read_config(path))  # a misspelt key fails here
     assert config.steps > 0 and config.output and config.augment >= 0
+
+
+def test_a_trained_folder_lists_every_name_it_was_asked_for_and_a_fine_tune_keeps_the_earlier_ones():
+    """What the agent holds queries to (napari_ibis.grounding.vocabulary): the names on the
+    training slices, present or asked for as absent, plus those of the folder it started from."""
+    from training.grounding.dataset import Slice
+    from training.grounding.train import taught_structures
+
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    slices = [Slice(rgb, {"liver": np.ones((8, 8), bool)}, ("spleen",), "CT", "a", "totalseg"),
+              Slice(rgb, {"left kidney": np.ones((8, 8), bool)}, (), "CT", "b", "session")]
+    assert taught_structures(slices) == ["left kidney", "liver", "spleen"]
+    assert taught_structures(slices[1:], earlier=["liver", "aorta"]) == ["aorta", "left kidney", "liver"]

@@ -124,3 +124,80 @@ def test_the_pointer_agent_locates_a_structure_on_a_slice_for_the_volume_search(
         seen = load_policy(folder).locate(rgb, "segment the bright disk")
         assert seen.present is present and 0.0 <= seen.peak <= 1.0
         assert (seen.score > 0) is present
+
+
+# -- what the agent was taught ------------------------------------------------------------
+TAUGHT = ["left kidney", "right kidney", "liver", "liver tumour", "inferior vena cava", "L1 vertebra",
+          "L2 vertebra", "gallbladder", "pancreas", "nucleus"]
+
+
+@pytest.mark.parametrize("query", [
+    "segment the left kidney", "Please segment the kidney in this CT image.", "segment the kidneys",
+    "outline the IVC", "segment the vertebrae", "segment the nuclei", "segment the liver tumor",
+    "where is the gall bladder?"])
+def test_a_query_naming_a_taught_structure_its_kind_alias_or_plural_is_taken(query):
+    from napari_ibis.grounding.vocabulary import Vocabulary
+
+    assert Vocabulary(TAUGHT).untaught(query) is None
+
+
+@pytest.mark.parametrize("query, refused, said", [
+    ("segment the banana", False, "lists the 10 it knows"),
+    ("segment the gallblader", False, "did you mean the gallbladder?"),
+    ("segment the pancreatic head", False, "did you mean the pancreas?"),
+    ("segment the right kidny", False, "did you mean the right kidney?"),
+    ("segment the lung tumour", True, "the lesions it was taught are the liver tumour"),  # the lung is known, not a tumour
+    ("segment the brain tumour", True, "the lesions it was taught are the liver tumour")])
+def test_a_query_naming_nothing_taught_gets_one_line_with_what_it_knows_and_a_lesion_is_refused(query, refused, said):
+    from napari_ibis.grounding.vocabulary import Vocabulary
+
+    untaught = Vocabulary(TAUGHT).untaught(query)
+    assert untaught is not None and untaught.refused is refused
+    assert "\n" not in untaught.line and untaught.line.startswith("this agent was not taught the ") and said in untaught.line
+    assert ("is a guess" in untaught.line) is not refused
+
+
+def test_a_folder_that_lists_no_structures_takes_any_query():
+    from napari_ibis.grounding.vocabulary import Vocabulary
+
+    assert Vocabulary([]).untaught("segment the banana") is None
+
+
+@needs_assets("mobile_sam", "minilm")
+def test_an_untaught_structure_is_a_guess_it_says_so_and_an_untaught_lesion_is_refused(tmp_path):
+    """Every route into the agent: a run on an untaught structure goes on, its first thought and
+    its answer saying it guesses; an untaught lesion stops the run with the line (the mask stays
+    empty) and the search through a volume alike."""
+    from napari_ibis.errors import InputError
+    from napari_ibis.grounding.head import PointerHead, PointerHeadConfig
+    from napari_ibis.policies import check_query, load_policy
+    from napari_ibis.segmenters import build_segmenter
+    from napari_ibis.protocol import Response
+    from napari_ibis.session import Session
+
+    PointerHead(PointerHeadConfig(presence_threshold=0.0, structures=TAUGHT)).save_pretrained(tmp_path / "v8")
+    # read from the config, before anything loads
+    assert check_query(tmp_path / "v8", "segment the liver") is None
+    assert "not taught the appendix: its answer is a guess" in check_query(tmp_path / "v8", "segment the appendix")
+    with pytest.raises(InputError, match="not taught the lung tumour"):
+        check_query(tmp_path / "v8", "segment the lung tumour")
+    policy = load_policy(tmp_path / "v8")
+    image, _ = disk_image(128, centre=(60, 70), radius=18)
+    session = Session(image, "segment the appendix", policy, build_segmenter("classical"), max_steps=2)
+    events = list(session.run())
+    assert session.steps[0].thought.startswith("I was not taught the appendix; I look where its words lead me")
+    assert events and session.steps  # it looked
+    policy._decide = lambda request: Response(thought="It is covered.", terminate=True,
+                                             answer="The segmentation is complete.")  # whatever it answers
+    answer = policy.decide(PolicyRequest(profile=PROFILE, query="segment the appendix", image=image, mask=None,
+                                         clicks=(), step=1)).answer
+    assert answer == "The segmentation is complete. This is a guess: I was not taught the appendix."
+    tumour = Session(image, "segment the lung tumour", policy, build_segmenter("classical"), max_steps=3)
+    stop = list(tumour.run())[-1]
+    assert stop.reason == "error" and stop.message.startswith("this agent was not taught the lung tumour")
+    assert not tumour.steps and not tumour.mask.any()
+    with pytest.raises(InputError, match="not taught"):
+        policy.locate(np.repeat(image[..., None], 3, axis=2), "segment the lung tumour")
+    liver = Session(image, "segment the liver", policy, build_segmenter("classical"), max_steps=2)
+    list(liver.run())
+    assert "not taught" not in liver.steps[0].thought

@@ -105,7 +105,7 @@ class PointerHeadConfig(PretrainedConfig):
 
     def __init__(self, encoder: str = "mobilesam", feature_channels: int = 256, grid: int = 32, hidden: int = 64,
                  query_dim: int = TEXT_DIM + 1, presence_threshold: float = 0.5, body_box: str = "bright",
-                 **kwargs) -> None:
+                 structures: list[str] | None = None, **kwargs) -> None:
         self.encoder = encoder
         self.feature_channels = feature_channels
         self.grid = grid
@@ -113,6 +113,7 @@ class PointerHeadConfig(PretrainedConfig):
         self.query_dim = query_dim
         self.presence_threshold = presence_threshold
         self.body_box = body_box  # how the position channels find the body (BODY_BOXES)
+        self.structures = list(structures or [])  # the names it was taught (grounding.vocabulary); [] not listed
         super().__init__(**kwargs)
 
 

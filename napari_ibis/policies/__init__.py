@@ -10,7 +10,8 @@ from .._resources import resource_path
 from ..errors import ModelError
 from .base import Policy, PolicyRequest
 
-__all__ = ["Policy", "PolicyRequest", "can_locate", "check_model", "default_model_folder", "load_policy"]
+__all__ = ["Policy", "PolicyRequest", "can_locate", "check_model", "check_query", "default_model_folder", "load_policy",
+           "vocabulary_of"]
 
 POINTER_MODEL = ("models", "pointer")  # v8: the default once its encoders are fetched
 DEFAULT_MODEL = ("models", "default")  # v7: the small VLM trained from scratch, needs nothing fetched
@@ -57,6 +58,36 @@ def can_locate(model: str | Path | None) -> bool:
     from .vlm import POINTER_TYPE, inspect_model_folder
 
     return inspect_model_folder(Path(text) if text else default_model_folder()) == POINTER_TYPE
+
+
+def vocabulary_of(model: str | Path | None):
+    """The structures the model ``--model`` names was taught (a
+    :class:`~napari_ibis.grounding.vocabulary.Vocabulary`, read from the pointer agent's config
+    before anything heavy loads); None for a language model, local or served, which is not
+    limited to a list, or a folder without a config."""
+    text = str(model) if model is not None else ""
+    if not can_locate(model):
+        return None
+    import json
+
+    from ..grounding.vocabulary import Vocabulary
+
+    config = (Path(text) if text else default_model_folder()) / "config.json"
+    return Vocabulary(json.loads(config.read_text()).get("structures") or []) if config.is_file() else None
+
+
+def check_query(model: str | Path | None, query: str) -> str | None:
+    """What a person must be told before the model ``--model`` names works on ``query``, read
+    before anything heavy loads: a lesion it was never taught, refused
+    (:class:`~napari_ibis.errors.InputError`); a structure it was never taught, the line saying
+    that its answer will be a guess (returned); None where it knows what the query names."""
+    from ..errors import InputError
+
+    vocabulary = vocabulary_of(model)
+    untaught = None if vocabulary is None else vocabulary.untaught(query)
+    if untaught is not None and untaught.refused:
+        raise InputError(untaught.line)
+    return None if untaught is None else untaught.line
 
 
 def load_policy(model: str | Path | None, device: str = "auto", remote_model: str = "ibis", max_new_tokens: int = 512) -> Policy:

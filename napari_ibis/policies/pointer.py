@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..grounding.vocabulary import Vocabulary, names_a_lesion
 from ..protocol import Response
 from .base import DecidingPolicy, Located, Placement, PolicyRequest
 from .oracle import describe_place
@@ -50,14 +51,6 @@ ATLAS_EXTENT = 0.5  # later turns: the atlas's extent of the structure, where it
 ATLAS_REACH = 0.1  # later turns: the map where the atlas prior is above this
 ATLAS_PRESENCE = 0.5  # the presence threshold is this much of the model's where the atlas fitted the named structure
 ATLAS_KNOWN = 0.9  # a slice this like an atlas slice (before any fit) whose level lacks a region: "not present"
-LESION_WORDS = ("tumour", "tumor", "lesion", "cyst", "nodule", "mass", "metasta", "cancer", "carcinoma", "polyp")
-
-
-def names_a_lesion(query: str) -> bool:
-    """Whether ``query`` asks for a lesion ("the liver tumour"), not the organ it names: the
-    atlas still says where the organ lies, but that the organ is there says nothing of a lesion."""
-    lowered = query.lower()
-    return any(word in lowered for word in LESION_WORDS)
 
 
 def interior_point(region: np.ndarray) -> tuple[int, int]:
@@ -158,6 +151,7 @@ class PointerPolicy(DecidingPolicy):
             self.head = PointerHead.from_pretrained(str(self.folder), local_files_only=True).eval()
             self.queries = QueryEncoder()
         self.encoder = build_encoder(self.head.config.encoder)
+        self.vocabulary = Vocabulary(self.head.config.structures)
         self.atlas = None
         if (self.folder / ATLAS_FILE).is_file():
             from ..errors import ModelError
@@ -242,7 +236,15 @@ class PointerPolicy(DecidingPolicy):
         the head learnt only a left and a right kidney and answers "not present"), the member
         that the map and the atlas together find likeliest on ``image``. Only where the atlas fits
         a member onto the slice (a synthetic phantom's "kidney" is left as asked); where every
-        member belongs to another kind of scan, the first, so that the agent says so."""
+        member belongs to another kind of scan, the first, so that the agent says so. A query
+        naming a lesion the folder was not taught (:class:`~napari_ibis.grounding.vocabulary.Untaught`):
+        :class:`~napari_ibis.errors.InputError`, so that no route (a run, a placement, a search
+        through the volume) guesses at it."""
+        untaught = self.vocabulary.untaught(query)
+        if untaught is not None and untaught.refused:
+            from ..errors import InputError
+
+            raise InputError(untaught.line)
         found = None if self.atlas is None or names_a_lesion(query) else self.atlas.members_in(query)
         if found is None:  # a lesion ("the lung tumour") is looked for as asked, not as its organ
             return query, None
@@ -348,8 +350,18 @@ class PointerPolicy(DecidingPolicy):
 
         asked, why = self.member_asked(request.image, request.query)
         response = self._decide(dataclasses.replace(request, query=asked))
-        if why and (request.mask is None or not np.asarray(request.mask).any()) and not request.clicks:
+        fresh = (request.mask is None or not np.asarray(request.mask).any()) and not request.clicks
+        if why and fresh:
             response = dataclasses.replace(response, thought=f"{why} {response.thought}")
+        untaught = self.vocabulary.untaught(request.query)
+        if untaught is not None:  # it looks all the same, and says that it guesses
+            if fresh:
+                response = dataclasses.replace(response, thought=(
+                    f"I was not taught the {untaught.target}; I look where its words lead me, so this is a guess. "
+                    f"{response.thought}"))
+            if response.terminate and response.answer:
+                response = dataclasses.replace(response, answer=(
+                    f"{response.answer} This is a guess: I was not taught the {untaught.target}."))
         return response
 
     def _decide(self, request: PolicyRequest) -> Response:

@@ -307,6 +307,7 @@ def main(argv=None) -> int:
                  queries_per_slice=config.queries_per_slice, lr=config.learning_rate, seed=config.seed,
                  weights=weights)
     head.config.presence_threshold = presence_threshold(head, data, bank, config.max_false_absent)
+    head.config.structures = taught_structures(slices, head.config.structures)
     head.save_pretrained(config.output)
     report |= {"presence_threshold": head.config.presence_threshold, "slices": len(slices),
                "kinds": {k: sum(s.kind == k for s in slices) for k in sorted({s.kind for s in slices})},
@@ -320,6 +321,13 @@ def main(argv=None) -> int:
     Path(config.output, "training_summary.json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report))
     return 0
+
+
+def taught_structures(slices, earlier=()) -> list[str]:
+    """Every name the head was asked for on ``slices`` (present or absent), with those a
+    fine-tuned folder was taught before (``earlier``): the vocabulary the agent then holds
+    queries to (:mod:`napari_ibis.grounding.vocabulary`)."""
+    return sorted({*earlier, *(name for item in slices for name in (*item.masks, *item.absent))})
 
 
 def write_atlas(folder: str | Path, step_mm: float = 3.0, aal_step: int = 2, kinds: bool = True) -> Path:

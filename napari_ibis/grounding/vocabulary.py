@@ -1,0 +1,153 @@
+"""The structures a pointer agent was taught, and whether a query names one of them.
+
+The pointer agent's head maps any sentence to a place on the slice, so asked for
+"the banana" or "the appendix" (never in its training data) it used to click with 60-85%
+confidence and answer "segmentation complete". A model folder therefore lists the names
+it was trained on (``structures`` in its ``config.json``, written by ``napari-ibis
+pointer``), and a query is checked against them: it may name one by its name ("the left
+kidney"), by a name a radiologist uses for it (:data:`~napari_ibis.grounding.atlas.ALIASES`:
+"the IVC"), or by its kind without side, lobe or level ("the kidney", "the vertebrae"). A
+query naming a lesion ("the lung tumour") must name a lesion the agent was taught: the organ
+alone is not enough. What happens otherwise: :class:`Untaught`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+
+LESION_WORDS = ("tumour", "tumor", "lesion", "cyst", "nodule", "mass", "metasta", "cancer", "carcinoma", "polyp",
+                "infarct", "mitotic")
+IRREGULAR_PLURALS = {"vertebra": "vertebrae", "nucleus": "nuclei"}
+SUGGESTIONS = 3  # closest known names offered
+STEM = 5  # letters of a word compared when no known name is spelled alike
+CLOSE_SPELLING = 0.75  # difflib's ratio from which a known name counts as a likely misspelling
+
+
+def names_a_lesion(query: str) -> bool:
+    """Whether ``query`` asks for a lesion ("the liver tumour"), not the organ it names."""
+    lowered = query.lower()
+    return any(word in lowered for word in LESION_WORDS)
+
+
+def _spelled(query: str) -> str:
+    """``query`` lower-cased, in the atlas's words, with US spellings made British ("tumor")."""
+    from .atlas import in_atlas_words
+
+    return re.sub(r"\btumor", "tumour", in_atlas_words(query).lower())
+
+
+def _term_pattern(term: str) -> str:
+    """A regular expression for ``term`` and its plural ("kidneys", "vertebrae", "nuclei")."""
+    *head, last = term.split()
+    forms = [re.escape(last) + "(?:s|es)?"] + ([re.escape(IRREGULAR_PLURALS[last])] if last in IRREGULAR_PLURALS else [])
+    return r"\s+".join([*map(re.escape, head), "(?:" + "|".join(forms) + ")"])
+
+
+def _stems(text: str) -> set[str]:
+    """The first five letters of each word of five or more, but the sides ("pancreatic" -> "pancr")."""
+    return {word[:STEM] for word in re.findall(r"[a-z]+", text.lower()) if len(word) >= STEM} - {"right"}
+
+
+class Vocabulary:
+    """The structure names a model folder was taught (``structures``), and their kinds."""
+
+    def __init__(self, names) -> None:
+        from .atlas import structure_kinds
+
+        self.names = sorted({str(n) for n in names})
+        self.kinds = structure_kinds(self.names)
+        terms = {n.lower() for n in self.names} | set(self.kinds)
+        alternatives = "|".join(_term_pattern(t) for t in sorted(terms, key=len, reverse=True))
+        self._pattern = re.compile(rf"\b({alternatives})\b") if terms else None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def paired(self) -> list[str]:
+        """The names for a person to read: a left and a right one as one entry ("left/right
+        kidney"), case-insensitive order."""
+        sides: dict[str, set[str]] = {}
+        for name in self.names:
+            side, _, rest = name.partition(" ")
+            if side in ("left", "right"):
+                sides.setdefault(rest, set()).add(side)
+        pairs = {rest for rest, found in sides.items() if len(found) == 2}
+        out = {f"left/right {rest}" for rest in pairs}
+        out |= {n for n in self.names if not (n.partition(" ")[0] in ("left", "right") and n.partition(" ")[2] in pairs)}
+        return sorted(out, key=lambda n: n.removeprefix("left/right ").lower())
+
+    def _closest(self, target: str) -> list[str]:
+        """Known names or kinds a person may have meant by ``target``: spelled alike apart from the
+        side ("the gallblader"), else sharing a word stem ("the pancreatic head": the pancreas);
+        kinds first ("the vertebral column": the vertebra), a side kept where ``target`` has one."""
+        side = re.match(r"(left|right)\s+", target)
+        core = target[side.end():] if side else target
+        kinds, names = sorted(self.kinds), [n for n in self.names if n.lower() not in self.kinds]
+        choices = [*names, *kinds] if side else [*kinds, *names]
+
+        def unsided(name: str) -> str:
+            return re.sub(r"^(left|right)\s+", "", name.lower())
+
+        def kind_of(name: str) -> str:  # "left kidney", "L1 vertebra", "left lung upper lobe": one entry each kind
+            return re.sub(r" (upper|middle|lower) lobe$", "", re.sub(r"^[clts]\d+ ", "", unsided(name)))
+
+        def fits(name: str) -> bool:  # no "left kidney" for "the right kidny"
+            return side is None or not re.match(r"(left|right)\s", name) or name.startswith(side.group(1))
+
+        close = set(difflib.get_close_matches(core, {unsided(c) for c in choices}, n=SUGGESTIONS, cutoff=CLOSE_SPELLING))
+        found = [c for c in choices if unsided(c) in close and fits(c)]
+        if not found:
+            stems = _stems(core)
+            found = [c for c in choices if stems & _stems(c) and fits(c)]
+        seen = []
+        for name in found:  # "kidney" and "left kidney" alike: the first of them
+            if kind_of(name) not in {kind_of(s) for s in seen}:
+                seen.append(name)
+        return seen[:SUGGESTIONS]
+
+    def named_in(self, query: str) -> list[str]:
+        """The known names and kinds ``query`` names, as they are spelled in the query."""
+        return [] if self._pattern is None else self._pattern.findall(_spelled(query))
+
+    def untaught(self, query: str) -> Untaught | None:
+        """What to tell a person whose ``query`` names no structure of this vocabulary (see
+        :class:`Untaught`); None where it names one, or where the vocabulary is empty (an older
+        folder that does not list what it was taught)."""
+        if not self.names:
+            return None
+        found = self.named_in(query)
+        lesion = names_a_lesion(query)
+        if lesion:  # "the lung tumour": the lung is known, a tumour in it is not
+            found = [term for term in found if names_a_lesion(term)]
+        if found:
+            return None
+        from ..inbox import target_of
+
+        target = target_of(query)
+        if lesion:  # no "did you mean": the liver tumour is not what a lung tumour was misspelt for
+            lesions = [n for n in self.names if names_a_lesion(n)]
+            known = f"the lesions it was taught are the {', the '.join(lesions)}" if lesions else "it was taught no lesion"
+            return Untaught(target, refused=True, line=(
+                f"this agent was not taught the {target} and has never found a lesion it was not taught ({known}): "
+                "mark it yourself (propagation then carries your mask through a volume)"))
+        closest = self._closest(target)
+        hint = (f"did you mean the {' or the '.join(closest)}?" if closest
+                else f"`napari-ibis structures` lists the {len(self.names)} it knows")
+        return Untaught(target, refused=False,
+                        line=f"this agent was not taught the {target}: its answer is a guess from the words ({hint})")
+
+
+@dataclass(frozen=True)
+class Untaught:
+    """A query naming nothing the agent was taught. ``refused``: a lesion, which it does not
+    look for (asked for the real tumours of benchmarks/agents_real.py, none of them taught, its
+    first click landed inside none of 27; the map lands on the organ or the spine). Otherwise it
+    looks, and says that its answer is a guess: the words alone sometimes carry it (the humerus,
+    never taught, IoU 0.83-0.86 on 4 held-out slices; the sixth ribs 0 of 3). ``line``: one
+    line for a person."""
+
+    target: str
+    refused: bool
+    line: str
