@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--concurrency", type=_positive_int, default=1,
                     help="sessions in flight: threads against served endpoints, processes for a local model")
     bt.add_argument("--force", action="store_true", help="redo inputs whose labels are already in --out")
+    st = commands.add_parser("structures", help="list the structures the agent was taught (what it can be asked for)")
+    st.add_argument("--model", help="agent folder (default: the bundled pointer agent)")
     for name, entry in extra_commands().items():
         commands.add_parser(name, help=f"{command_summary(entry)} (napari-ibis {name} --help)", add_help=False)
     return parser
@@ -182,7 +184,7 @@ def _default_out(image: Path) -> Path:
 def cmd_segment(args: argparse.Namespace) -> int:
     from . import io
     from .overlay import parse_window
-    from .policies import can_locate, check_model, default_model_folder, load_policy
+    from .policies import can_locate, check_model, check_query, default_model_folder, load_policy
     from .propagation import parse_check
     from .segmenters import build_segmenter, check_spec, default_segmenter
     from .session import Session, Stopped
@@ -228,6 +230,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if args.propagate and len(loaded.slice_index) != 1 + bool(loaded.frames):
         raise InputError(f"--propagate needs a 3-D volume; {image_path.name} has shape {loaded.data.shape}")
     init_mask = io.read_mask(args.init_mask, loaded, args.label) if args.init_mask else None
+    untaught = check_query(args.model, args.query) if args.max_steps else None  # --max-steps 0: no agent asked
+    if untaught and not args.quiet:
+        print(f"Note: {untaught[0].upper()}{untaught[1:]}.")
     segmenter = build_segmenter(args.segmenter, device=args.device)
     policy = load_policy(args.model, device=args.device, remote_model=args.remote_model)
     key = None
@@ -268,6 +273,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if loaded.meta.get("geometry") is not None:
         record["image"]["geometry"] = loaded.meta["geometry"].describe()
     record["init_mask"] = str(args.init_mask) if args.init_mask else None
+    if untaught:
+        record["untaught"] = untaught
     if key is not None:
         record["key_slice"] = key.record()
     if not args.quiet:
@@ -635,7 +642,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     from . import batch, workers
     from .overlay import parse_window
-    from .policies import can_locate, check_model, default_model_folder, load_policy
+    from .policies import can_locate, check_model, check_query, default_model_folder, load_policy
     from .segmenters import check_spec, default_segmenter
 
     args.segmenter = args.segmenter or default_segmenter()
@@ -645,6 +652,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
     endpoints, served = _policies_of(args.model or default_model_folder())
     if not served:
         check_model(endpoints[0])
+        for query in dict.fromkeys(item.query for item in items):
+            untaught = check_query(endpoints[0], query)
+            if untaught:
+                print(f"note: {untaught}", file=sys.stderr)
     if args.propagate and any(item.slice is None for item in items) and not can_locate(endpoints[0]):
         raise InputError(f"the model {Path(endpoints[0]).name} cannot look for a structure through a volume (only the "
                          "pointer agent can): give each volume's start slice in a manifest (\"slice\")")
@@ -750,6 +761,31 @@ def _note_line(message, category, filename, lineno, file=None, line=None) -> Non
 _show_warning = warnings.showwarning
 
 
+# -- structures ------------------------------------------------------------------------
+def cmd_structures(args: argparse.Namespace) -> int:
+    import textwrap
+
+    from .policies import check_model, default_model_folder, vocabulary_of
+
+    check_model(args.model)
+    name = Path(args.model).name if args.model else default_model_folder().name
+    vocabulary = vocabulary_of(args.model)
+    if vocabulary is None:
+        print(f"{name} is a language model: it is asked in words and keeps no list of structures.")
+        return 0
+    if not len(vocabulary):
+        print(f"{name} does not list the structures it was taught (a folder trained before the list was kept).")
+        return 0
+    print(f"{name} was taught {len(vocabulary)} structures. Ask for one by name (\"segment the left kidney\"), a "
+          "left/right pair also without the side (\"the kidney\": it says which one it took):")
+    paired = vocabulary.paired()
+    print(textwrap.fill(", ".join(paired), width=100, initial_indent="  ", subsequent_indent="  "))
+    kinds = sorted(kind for kind in vocabulary.kinds if f"left/right {kind}" not in paired)
+    if kinds:
+        print(f"and by kind, without the level or lobe: {', '.join(kinds)}.")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     with warnings.catch_warnings():
@@ -763,13 +799,19 @@ def _main(argv: list[str]) -> int:
         if extra is not None:  # its own parser, so that `napari-ibis sft --help` is that command's help
             return int(extra.load()(argv[1:]) or 0)
         args = build_parser().parse_args(argv)
-        return {"segment": cmd_segment, "eval": cmd_eval, "batch": cmd_batch}[args.command](args)
+        return {"segment": cmd_segment, "eval": cmd_eval, "batch": cmd_batch,
+                "structures": cmd_structures}[args.command](args)
     except IbisError as exc:
         print(f"napari-ibis: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("napari-ibis: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `napari-ibis structures | head`: the reader took what it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error as Python exits
+        return 0
 
 
 if __name__ == "__main__":

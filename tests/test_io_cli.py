@@ -162,6 +162,58 @@ def test_options_are_checked_before_anything_heavy_loads(files, capsys, monkeypa
     assert code == 2 and message in err and err.count("\n") == 1
 
 
+def test_a_lesion_the_default_agent_was_not_taught_is_refused_in_one_line_before_it_loads(files, capsys, monkeypatch):
+    """The pointer agent never finds a lesion it was not taught (0 of 27 real tumour slices):
+    refused in one line naming those it knows, nothing written; with --max-steps 0 (the
+    person's own mask, no agent) the query is only a name and is taken."""
+    from napari_ibis import assets
+    import napari_ibis.policies as policies
+    import napari_ibis.segmenters as segmenters
+
+    if not all(assets.available(n) for n in ("mobile_sam", "minilm")):
+        pytest.skip("the pointer agent's files were not fetched")
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("a model was loaded before the query was checked")
+
+    monkeypatch.setattr(policies, "load_policy", never)
+    monkeypatch.setattr(segmenters, "build_segmenter", never)
+    code, _, err = run_cli(capsys, "segment", files / "img.png", "--query", "segment the lung tumour",
+                           "--out", files / "tumour.tif")
+    assert code == 2 and err.count("\n") == 1
+    assert "was not taught the lung tumour" in err and "the lesions it was taught are" in err
+    assert not (files / "tumour.tif").exists()
+    with pytest.raises(AssertionError, match="loaded"):  # past the check: the run would start
+        run_cli(capsys, "segment", files / "img.png", "--query", "segment the lung tumour", "--init-mask",
+                files / "mask.png", "--max-steps", "0", "--out", files / "t.tif")
+
+
+def test_a_structure_the_default_agent_was_not_taught_is_a_guess_said_before_and_recorded(files, capsys):
+    from napari_ibis import assets
+
+    if not all(assets.available(n) for n in ("mobile_sam", "minilm")):
+        pytest.skip("the pointer agent's files were not fetched")
+    code, out, _ = run_cli(capsys, "segment", files / "img.png", "--query", "segment the gallblader", "--max-steps", "2",
+                           "--segmenter", "classical", "--out", files / "g.tif")
+    assert code == 0
+    assert out.startswith("Note: This agent was not taught the gallblader: its answer is a guess")
+    assert "did you mean the gallbladder?" in out.splitlines()[0]
+    record = json.loads((files / "g.ibis.json").read_text())
+    assert "not taught the gallblader" in record["untaught"]
+
+
+def test_structures_lists_what_the_agent_can_be_asked_for(capsys, tiny_vlm_folder, tmp_path):
+    from napari_ibis.grounding.head import PointerHead, PointerHeadConfig
+
+    PointerHead(PointerHeadConfig(structures=["left kidney", "right kidney", "liver", "L1 vertebra",
+                                              "L2 vertebra"])).save_pretrained(tmp_path / "v8")
+    code, out, _ = run_cli(capsys, "structures", "--model", tmp_path / "v8")
+    assert code == 0 and "taught 5 structures" in out
+    assert "left/right kidney" in out and "liver" in out and "by kind, without the level or lobe: vertebra" in out
+    code, out, _ = run_cli(capsys, "structures", "--model", tiny_vlm_folder)
+    assert code == 0 and "language model" in out
+
+
 def test_written_files_get_the_mode_the_umask_gives(files):
     import os
 
