@@ -7,6 +7,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QCompleter,
     QFormLayout,
     QFrame,
     QGroupBox,
@@ -98,6 +99,16 @@ class RunPanel(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(form)
         layout.addLayout(row(self.find_button, self.run_button, self.stop_button, self.continue_button))
+
+    def suggest(self, names) -> None:
+        """Offer "segment the NAME" for each of ``names`` as the query is typed (any part of it
+        matches: "kid" offers the left and the right kidney); none for an empty list."""
+        completer = None
+        if names:
+            completer = QCompleter([f"segment the {name}" for name in names], self.query_edit)
+            completer.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+            completer.setFilterMode(Qt.MatchFlag.MatchContains)
+        self.query_edit.setCompleter(completer)
 
     @property
     def inputs(self) -> tuple:

@@ -86,6 +86,7 @@ class IbisWidget(QWidget):
         for panel in (self.restore_bar, self.run_panel, self.steps_panel, self.result_panel, self.volume_panel):
             layout.addWidget(panel)
         self._load_settings()
+        self._suggest_structures()
         self._connect()
         self._refresh_layer_choices()
         self._turn_camera()
@@ -146,6 +147,11 @@ class IbisWidget(QWidget):
 
         show_error(message)
 
+    def warn(self, message: str) -> None:
+        from napari.utils.notifications import show_warning
+
+        show_warning(message)
+
     # -- wiring ---------------------------------------------------------------------------
     def _load_settings(self) -> None:
         value = self.settings.value
@@ -177,6 +183,7 @@ class IbisWidget(QWidget):
         run.continue_button.clicked.connect(self.continue_run)
         run.browse_button.clicked.connect(self._browse_model)
         run.model_edit.editingFinished.connect(self._save_settings)
+        run.model_edit.editingFinished.connect(self._suggest_structures)
         steps.undo_button.clicked.connect(self.undo)
         steps.redo_button.clicked.connect(self.redo)
         steps.accept_button.clicked.connect(self.accept)
@@ -260,6 +267,18 @@ class IbisWidget(QWidget):
         if folder:
             self.run_panel.model_edit.setText(folder)
             self._save_settings()
+            self._suggest_structures()
+
+    def _suggest_structures(self) -> None:
+        """Let the query box suggest the structures the chosen agent was taught (none for a
+        language model, which is asked in words, or a folder that cannot be read)."""
+        from .policies import vocabulary_of
+
+        try:
+            vocabulary = vocabulary_of(self.run_panel.model_edit.text().strip() or None)
+        except IbisError:
+            vocabulary = None
+        self.run_panel.suggest(vocabulary.names if vocabulary is not None else [])
 
     # -- background work --------------------------------------------------------------------
     @property
@@ -375,13 +394,24 @@ class IbisWidget(QWidget):
         )
 
     def _layer_and_query(self):
-        """The chosen image layer and the query; IbisError where either is missing."""
+        """The chosen image layer and the query; IbisError where either is missing or the query
+        names a lesion the chosen agent was never taught (a structure it was not taught: a
+        warning that its answer will be a guess)."""
         name = self.run_panel.image_combo.currentText()
         if not name or name not in self.viewer.layers:
             raise IbisError("open an image first and choose it as the image layer")
         query = self.run_panel.query_edit.text().strip()
         if not query:
             raise IbisError("type a query first, e.g. 'segment the liver tumour'")
+        from .errors import ModelError
+        from .policies import check_query
+
+        try:
+            untaught = check_query(self.run_panel.model_edit.text().strip() or None, query)
+        except ModelError:
+            untaught = None  # a model that cannot be read: the run says so as it loads it
+        if untaught:
+            self.warn(untaught[0].upper() + untaught[1:])
         return self.viewer.layers[name], query
 
     def run(self) -> None:

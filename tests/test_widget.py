@@ -688,3 +688,34 @@ def test_find_slice_goes_to_where_the_agent_sees_the_structure_best(make_widget,
     w2.use_policy(ScriptedPolicy([TERMINATE]), key="words")
     run_and_wait(w2, qtbot, w2.find_slice)
     assert "cannot look for a structure through a volume" in w2.controller.status and w2.run_panel.run_button.isEnabled()
+
+
+def test_the_query_box_suggests_what_the_agent_knows_and_an_untaught_lesion_is_refused(make_widget, qtbot, monkeypatch):
+    """With the bundled pointer agent: typing part of a name offers "segment the NAME"; Run
+    with a lesion it was never taught says so in one line and starts nothing; with a structure
+    it was never taught, a warning says its answer will be a guess."""
+    from napari_ibis import assets
+
+    if not all(assets.available(n) for n in ("mobile_sam", "minilm")):
+        pytest.skip("the pointer agent's files were not fetched")
+    w = make_widget()
+    w.run_panel.model_edit.setText("")  # the bundled agent
+    w._suggest_structures()
+    completer = w.run_panel.query_edit.completer()
+    completer.setCompletionPrefix("kidn")
+    offered = {completer.completionModel().index(i, 0).data() for i in range(completer.completionCount())}
+    assert offered == {"segment the left kidney", "segment the right kidney"}
+    w.run_panel.query_edit.setText("segment the lung tumour")
+    w.run()
+    assert not w.running and w.controller.session is None
+    assert "was not taught the lung tumour" in w.controller.status
+    warned = []
+    monkeypatch.setattr(w, "warn", warned.append)
+    w.run_panel.query_edit.setText("segment the gallblader")
+    w.gather()
+    assert len(warned) == 1 and "not taught the gallblader: its answer is a guess" in warned[0]
+    w.use_policy(ScriptedPolicy([TERMINATE]))  # a model the list does not apply to: no suggestions, any query
+    w._suggest_structures()
+    assert w.run_panel.query_edit.completer() is None
+    w.gather()
+    assert len(warned) == 1
