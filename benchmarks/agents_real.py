@@ -32,7 +32,9 @@ Per case: first click inside the named structure (any instance for nuclei; where
 placed a mask before clicking, an atlas region, that mask's innermost point), final IoU and
 Dice with the default segmenter, steps (turns; a placement is not one), seconds (encoders included, 2 cores unless
 --threads says otherwise). Per set: those means, by structure size for the first click,
-and the share of right and of false "not present" answers.
+and the share of right and of false "not present" answers, of queries naming something the agent
+was not taught (``untaught``: it guesses and says so) and of those it refuses (``refused``: an
+untaught lesion; napari_ibis.grounding.vocabulary).
 
     python benchmarks/agents_real.py --agent v8=resources/models/pointer --agent v7=resources/models/default
 
@@ -251,7 +253,9 @@ def summarise(rows: list[dict]) -> dict:
            "not_present_right": mean([r["said_absent"] for r in absent]),
            "not_present_false": mean([r["said_absent"] for r in present]),
            "mean_steps": mean([r["steps"] for r in rows]), "seconds_per_case": mean([r["seconds"] for r in rows]),
-           "placed": sum(r.get("placed", False) for r in rows)}
+           "placed": sum(r.get("placed", False) for r in rows),
+           "untaught": mean([r.get("untaught", False) for r in rows]),
+           "refused": mean([r.get("refused", False) for r in rows])}
     for label, low, high in SIZES:
         chosen = [r for r in present if low <= r["area"] < high]
         out[f"first_click_inside {label}"] = mean([r["first_click_inside"] for r in chosen])
@@ -275,7 +279,10 @@ def run(name: str, folder: str, segmenter_spec: str, phantoms: int, max_steps: i
         for sample in samples:
             query = text.query(sample.target, sample.modality, rng)
             episode = rollout(policy, sample, query, segmenter, max_turns=max_steps)
-            rows.append(score(sample, episode) | {"query": query})
+            vocabulary = getattr(policy, "vocabulary", None)  # the pointer agent's list of what it was taught
+            untaught = None if vocabulary is None else vocabulary.untaught(query)
+            rows.append(score(sample, episode) | {"query": query, "untaught": untaught is not None,
+                                                  "refused": untaught is not None and untaught.refused})
         results[set_name] = {"summary": summarise(rows), "cases": rows}
         print(name, set_name, json.dumps(results[set_name]["summary"]), flush=True)
     return {"agent": folder, "segmenter": segmenter_spec, "max_steps": max_steps, "sets": results,
