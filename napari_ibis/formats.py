@@ -234,7 +234,8 @@ def _enhanced_volume(path: Path, dataset) -> tuple[np.ndarray, dict] | None:
     affine = LPS_TO_RAS @ np.asarray(volume.affine, dtype=float)[:, [2, 1, 0, 3]]  # (column, row, slice) -> RAS
     file_array = array.transpose(2, 1, 0).astype(np.float32)
     geometry = from_affine("dicom", file_array.shape, affine, source=str(path),
-                           header={"modality": str(getattr(dataset, "Modality", "")), "slices": array.shape[0]})
+                           header={"modality": str(getattr(dataset, "Modality", "")), "slices": array.shape[0],
+                                   "enhanced": True})
     return geometry.to_display(file_array), _dicom_meta(dataset, geometry)
 
 
@@ -374,10 +375,13 @@ def read_dicom_series(folder: Path, series: str | DicomSeries | None = None) -> 
 
 
 def check_dicom_seg_source(geometry: Geometry | None) -> None:
-    """One line unless the labels were drawn on a DICOM series folder that is still on disk."""
-    if geometry is None or geometry.format != "dicom" or not Path(geometry.source).is_dir():
-        raise InputError("a DICOM-SEG (.dcm) is written only for a DICOM series folder that is still on disk; "
-                         "write .nii.gz instead")
+    """One line unless the labels were drawn on a DICOM series folder, or an enhanced
+    multi-frame CT/MR file, that is still on disk."""
+    source = Path(geometry.source) if geometry is not None and geometry.format == "dicom" else None
+    enhanced = source is not None and (geometry.header or {}).get("enhanced") and source.is_file()
+    if source is None or not (source.is_dir() or enhanced):
+        raise InputError("a DICOM-SEG (.dcm) is written only for a DICOM series folder or an enhanced multi-frame "
+                         "DICOM file that is still on disk; write .nii.gz instead")
 
 
 def _fill_identifiers(datasets: list) -> None:
@@ -401,7 +405,7 @@ def _fill_identifiers(datasets: list) -> None:
 
 def write_dicom_seg(path: Path, labels: np.ndarray, geometry: Geometry | None, names: dict[int, str] | None = None) -> None:
     """``labels`` (display order, 0 = background) as a DICOM Segmentation object
-    (highdicom) that references the series it was drawn on, one segment per label value
+    (highdicom) that references the series (or the enhanced multi-frame file) it was drawn on, one segment per label value
     (named by ``names``, else "segment N"); frames with no label are left out."""
     try:
         import highdicom as hd
@@ -412,11 +416,18 @@ def write_dicom_seg(path: Path, labels: np.ndarray, geometry: Geometry | None, n
     from . import __version__
 
     check_dicom_seg_source(geometry)
-    datasets, _ = series_datasets(choose_series(Path(geometry.source), (geometry.header or {}).get("series_uid") or None)[0])
+    stack = geometry.to_file(labels).transpose(2, 1, 0)  # (slice, row, column), the series' (the volume's) order
+    source = Path(geometry.source)
+    if source.is_dir():
+        datasets, _ = series_datasets(choose_series(source, (geometry.header or {}).get("series_uid") or None)[0])
+        shape, volume = (len(datasets), int(datasets[0].Rows), int(datasets[0].Columns)), None
+    else:  # an enhanced multi-frame file: its frames are placed by the volume highdicom read it as
+        datasets = [hd.imread(str(source))]
+        volume = datasets[0].get_volume()
+        shape = tuple(volume.spatial_shape)
     _fill_identifiers(datasets)
-    stack = geometry.to_file(labels).transpose(2, 1, 0)  # (slice, row, column), the series' order
-    if stack.shape != (len(datasets), int(datasets[0].Rows), int(datasets[0].Columns)):
-        raise InputError(f"the labels ({stack.shape}) do not fit the series in {geometry.source}")
+    if stack.shape != shape:
+        raise InputError(f"the labels ({stack.shape}) do not fit the scan in {geometry.source} ({shape})")
     values = [int(v) for v in np.unique(stack) if v]
     if not values:
         raise InputError("the labels are empty: DICOM-SEG holds at least one segment")
@@ -432,7 +443,7 @@ def write_dicom_seg(path: Path, labels: np.ndarray, geometry: Geometry | None, n
     for number, value in enumerate(values, start=1):
         numbered[stack == value] = number
     seg = hd.seg.Segmentation(
-        source_images=datasets, pixel_array=numbered, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        source_images=datasets, pixel_array=numbered if volume is None else volume.with_array(numbered), segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=segments, series_instance_uid=hd.UID(), series_number=900,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="napari-ibis",
         manufacturer_model_name="napari-ibis", software_versions=__version__, device_serial_number="none",

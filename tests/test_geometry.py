@@ -241,6 +241,41 @@ def test_labels_drawn_on_a_dicom_series_save_as_a_dicom_seg_that_references_it(t
     assert seg.PatientID == "P1" and seg.StudyInstanceUID == sources[uid].StudyInstanceUID
 
 
+def test_labels_drawn_on_an_enhanced_multiframe_ct_save_as_a_dicom_seg_placing_them_as_on_its_series(tmp_path):
+    """One file holding every slice, its frames stored top-down: the DICOM-SEG references that
+    file and puts every labelled voxel where the SEG written from the original series puts it."""
+    import highdicom as hd
+    import pydicom
+
+    from napari_ibis import io
+
+    volume = np.zeros((6, 20, 24), np.int16)
+    volume[:, 2:6, 18:22] = 1500
+    write_dicom_series(tmp_path / "series", volume)
+    datasets = [pydicom.dcmread(p) for p in sorted((tmp_path / "series").iterdir())][::-1]
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(legacy_datasets=datasets, series_instance_uid=hd.UID(),
+                                                        series_number=2, sop_instance_uid=hd.UID(), instance_number=1)
+    enhanced.save_as(tmp_path / "enhanced.dcm")
+    loaded = io.read_image(tmp_path / "enhanced.dcm")
+    labels = np.zeros(loaded.data.shape, np.uint8)
+    labels[1:4, 3:9, 15:21] = 1
+    labels[4, 10:14, 2:6] = 2
+    names = {1: "liver", 2: "liver tumour"}
+    seg = hd.seg.segread(io.write_labels(tmp_path / "seg.dcm", labels, loaded, names=names))
+    from_series = hd.seg.segread(io.write_labels(tmp_path / "series_seg.dcm", labels, io.read_image(tmp_path / "series"),
+                                                 names=names))
+
+    def placed(segmentation):  # (x, y, z in the patient, label) of every labelled voxel
+        vol = segmentation.get_volume(combine_segments=True)
+        return {(*np.round(vol.affine @ np.r_[index, 1.0], 3)[:3], int(vol.array[tuple(index)]))
+                for index in np.argwhere(vol.array > 0)}
+
+    assert placed(seg) == placed(from_series) and len(placed(seg)) == int((labels > 0).sum())
+    referenced = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
+    assert referenced == enhanced.SOPInstanceUID
+    assert [d.SegmentLabel for d in seg.SegmentSequence] == ["liver", "liver tumour"]
+
+
 def test_a_dicom_seg_is_refused_in_one_line_for_labels_not_drawn_on_a_dicom_series(tmp_path):
     from napari_ibis import io
     from napari_ibis.errors import InputError
