@@ -91,6 +91,17 @@ def test_bad_batch_input_is_one_line(tmp_path, capsys):
         assert code == EXIT_BAD_INPUT and words in err and err.count("\n") == 1
 
 
+def test_a_batch_asking_the_default_agent_for_an_untaught_lesion_is_refused_before_any_input(inputs, tmp_path, capsys):
+    from napari_ibis import assets
+
+    if not all(assets.available(n) for n in ("mobile_sam", "minilm")):
+        pytest.skip("the pointer agent's files were not fetched")
+    code, _, err = run(capsys, inputs, "--query", "segment the lung tumour", "--out", tmp_path / "out",
+                       "--segmenter", "classical")
+    assert code == EXIT_BAD_INPUT and "was not taught the lung tumour" in err and err.count("\n") == 1
+    assert not list((tmp_path / "out").glob("*.ibis*"))
+
+
 def test_a_dicom_series_folder_without_suffixes_is_one_input(tmp_path, capsys):
     from test_geometry import write_dicom_series
 
