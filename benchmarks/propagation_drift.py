@@ -15,7 +15,10 @@ structure (:mod:`napari_ibis.appearance`):
   kept on the same condition;
 * ``leak-negative-click``: only on a slice the growth rule would end (a leak), the negative
   click above; kept where the new mask is within the growth and shrink limits;
-* ``leak-clip``: only on a leak, the mask cut to the previous one grown by 5% of its width.
+* ``leak-clip``: only on a leak, the mask cut to the previous one grown by 5% of its width;
+* ``eroded-prior``: the previous slice's mask given to the segmenter as its prior shrunk by a
+  tenth of its equivalent radius (at least a pixel; the clicks and the box unchanged), so
+  that a structure that narrows is not held at its previous extent by the prior.
 
 The same cases and oracle start as ``benchmarks/propagation.py --sets totalseg`` (MobileSAM,
 at most 5 clicks on the slice where the structure is largest, no clicks after):
@@ -39,7 +42,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 OUT = ROOT / "benchmarks" / "results" / "propagation_drift.json"
-VARIANTS = ("none", "negative-click", "trim", "leak-negative-click", "leak-clip")
+VARIANTS = ("none", "negative-click", "trim", "leak-negative-click", "leak-clip", "eroded-prior")
+ERODED_SHARE = 0.1  # eroded-prior: of the mask's equivalent radius
 
 
 def unlike_pixels(appearance, segmenter, mask: np.ndarray) -> np.ndarray | None:
@@ -67,10 +71,27 @@ def corrected_propagation(variant: str, Propagation):
     from napari_ibis.segmenters.base import Click, SegmentResult, prompts_from
 
     class Corrected(Propagation):
+        def _one(self, index, previous, step, distance, tracker=None):
+            if variant != "eroded-prior":
+                return super()._one(index, previous, step, distance, tracker)
+            segmenter, original = self.segmenter, self.segmenter.prior_from_mask
+
+            def eroded(mask):
+                mask = np.asarray(mask, dtype=bool)
+                reach = max(1, int(round(ERODED_SHARE * np.sqrt(mask.sum() / np.pi))))
+                shrunk = ndi.binary_erosion(mask, iterations=reach)
+                return original(shrunk if shrunk.any() else mask)
+
+            segmenter.prior_from_mask = eroded  # follow and follow_boxed read the previous mask through it
+            try:
+                return super()._one(index, previous, step, distance, tracker)
+            finally:
+                del segmenter.prior_from_mask
+
         def _boxed_if_alike(self, previous, followed):
             boxed = super()._boxed_if_alike(previous, followed)
             read = boxed or followed
-            if variant == "none" or self._appearance is None or not read.mask.any():
+            if variant in ("none", "eroded-prior") or self._appearance is None or not read.mask.any():
                 return boxed
             leak = read.mask.sum() > self.max_growth * previous.sum()
             if variant.startswith("leak") and not leak:
