@@ -53,6 +53,33 @@ def test_the_query_is_read_for_the_longest_name_the_atlas_holds_and_others_get_n
     assert atlas.prior(np.zeros((64, 64, 3), np.uint8), "segment the hippocampus") is None
 
 
+@pytest.mark.parametrize("said, meant", [
+    ("segment the left inferior frontal gyrus, opercular part", "left frontal inf oper"),
+    ("Segment the right Inferior Frontal Gyrus pars triangularis.", "right frontal inf tri"),
+    ("where is the left superior temporal pole?", "left temporal pole sup"),
+    ("segment the right anterior cingulate cortex", "right cingulum ant"),
+    ("outline the left Heschl's gyrus", "left heschl"),
+    ("segment the left globus pallidus", "left pallidum"),
+    ("segment the IVC", "inferior vena cava"),
+    ("segment the inferior vena cava", "inferior vena cava"),  # named already: not "inferior inferior ..."
+])
+def test_a_full_brain_region_name_or_a_radiologists_name_reads_in_the_atlas_words(said, meant):
+    from napari_ibis.grounding.atlas import in_atlas_words
+
+    assert meant in in_atlas_words(said).lower() and "inferior inferior" not in in_atlas_words(said).lower()
+
+
+def test_every_aal_full_name_on_either_side_reads_as_its_region():
+    from napari_ibis.grounding.atlas import AAL_FULL_NAMES
+
+    regions = [f"{side} {name}" for name in AAL_FULL_NAMES for side in ("left", "right")]
+    masks = {name: ellipse((100, 120), (50, 60), (8, 8)) for name in regions}
+    atlas = SliceAtlas.from_slices([SimpleNamespace(rgb=patient((100, 120), (50, 60), (40, 50)).rgb, masks=masks)])
+    for side in ("left", "right"):
+        for name, full in AAL_FULL_NAMES.items():
+            assert atlas.name_in(f"segment the {side} {full}") == f"{side} {name}", full
+
+
 def test_a_slice_unlike_every_atlas_slice_gets_no_prior(atlas):
     from napari_ibis.grounding.atlas import MIN_EDGE_SIMILARITY
 

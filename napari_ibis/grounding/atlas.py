@@ -80,13 +80,71 @@ ALIASES = {
     "erector spinae": "autochthon", "paraspinal muscle": "autochthon", "back muscle": "autochthon",
     "adrenal": "adrenal gland", "suprarenal gland": "adrenal gland", "spine": "vertebra",
 }
+# the AAL regions' full names (Tzourio-Mazoyer et al. 2002, as a neurologist says them) for the
+# atlas's abbreviations; the cerebellum's and the vermis's lobules keep their numbered names
+AAL_FULL_NAMES = {
+    "precentral": "precentral gyrus", "frontal sup": "superior frontal gyrus, dorsolateral",
+    "frontal sup orb": "superior frontal gyrus, orbital part", "frontal mid": "middle frontal gyrus",
+    "frontal mid orb": "middle frontal gyrus, orbital part", "frontal inf oper": "inferior frontal gyrus, opercular part",
+    "frontal inf tri": "inferior frontal gyrus, triangular part",
+    "frontal inf orb": "inferior frontal gyrus, orbital part", "rolandic oper": "rolandic operculum",
+    "supp motor area": "supplementary motor area", "olfactory": "olfactory cortex",
+    "frontal sup medial": "superior frontal gyrus, medial", "frontal med orb": "superior frontal gyrus, medial orbital",
+    "rectus": "gyrus rectus", "cingulum ant": "anterior cingulate and paracingulate gyri",
+    "cingulum mid": "median cingulate and paracingulate gyri", "cingulum post": "posterior cingulate gyrus",
+    "para hippocampal": "parahippocampal gyrus", "calcarine": "calcarine fissure and surrounding cortex",
+    "lingual": "lingual gyrus", "occipital sup": "superior occipital gyrus", "occipital mid": "middle occipital gyrus",
+    "occipital inf": "inferior occipital gyrus", "fusiform": "fusiform gyrus", "postcentral": "postcentral gyrus",
+    "parietal sup": "superior parietal gyrus", "parietal inf": "inferior parietal lobule",
+    "supra marginal": "supramarginal gyrus", "angular": "angular gyrus", "caudate": "caudate nucleus",
+    "pallidum": "globus pallidus", "heschl": "Heschl's gyrus", "temporal sup": "superior temporal gyrus",
+    "temporal pole sup": "temporal pole: superior temporal gyrus", "temporal mid": "middle temporal gyrus",
+    "temporal pole mid": "temporal pole: middle temporal gyrus", "temporal inf": "inferior temporal gyrus",
+}
 _ALIAS_PATTERN = re.compile(r"\b(" + "|".join(map(re.escape, sorted(ALIASES, key=len, reverse=True))) + r")s?\b",
                             re.IGNORECASE)
 
 
+_POSITIONS = {"superior": "sup", "middle": "mid", "median": "mid", "inferior": "inf", "anterior": "ant",
+              "posterior": "post", "opercular": "oper", "opercularis": "oper", "triangular": "tri",
+              "triangularis": "tri", "orbital": "orb", "orbitalis": "orb"}
+_FILLER = r"(?: (?:gyrus|gyri|lobule|cortex|sulcus|fissure))?"
+# a full AAL name in the atlas's words, in this order (each rule sees what the ones before left)
+_AAL_WORDING = tuple((re.compile(pattern, re.IGNORECASE), replace) for pattern, replace in (
+    (rf"\b(superior|middle|inferior) (frontal|occipital|temporal|parietal){_FILLER}\b",
+     lambda m: f"{m[2].lower()} {_POSITIONS[m[1].lower()]}"),
+    (r"\btemporal pole:? temporal (sup|mid)\b|\btemporal (sup|mid) pole\b", lambda m: f"temporal pole {m[1] or m[2]}"),
+    (r"\bfrontal sup,? medial orbit(?:al|ofrontal)(?: part)?\b|\bmedial orbitofrontal" + _FILLER + r"\b", "frontal med orb"),
+    (r"\bfrontal sup,? medial\b", "frontal sup medial"),
+    (r"\b(frontal (?:sup|mid|inf)),? (?:(opercular|triangular|orbital) part|pars (opercularis|triangularis|orbitalis))\b",
+     lambda m: f"{m[1].lower()} {_POSITIONS[(m[2] or m[3]).lower()]}"),
+    (r"\b(anterior|middle|median|posterior) cingulate(?: and paracingulate)?" + _FILLER + r"\b",
+     lambda m: f"cingulum {_POSITIONS[m[1].lower()]}"),
+    (r"\bsupplementary motor (?:area|cortex)\b", "supp motor area"),
+    (r"\bparahippocampal" + _FILLER + r"\b", "para hippocampal"),
+    (r"\bsupramarginal" + _FILLER + r"\b", "supra marginal"),
+    (r"\brolandic operculum\b", "rolandic oper"),
+    (r"\b(?:gyrus rectus|straight gyrus|rectal gyrus)\b", "rectus"),
+    (r"\b(?:transverse temporal|heschl'?s?)" + _FILLER + r"\b", "heschl"),
+    (r"\bcaudate nucleus\b", "caudate"), (r"\bglobus pallidus\b", "pallidum"), (r"\binsular cortex\b", "insula"),
+    (r"\b(precentral|postcentral|angular|lingual|fusiform|calcarine|olfactory)" + _FILLER + r"\b",
+     lambda m: m[1].lower()),
+))
+
+
 def in_atlas_words(query: str) -> str:
-    """``query`` with the names a radiologist may use ("the IVC", "the bladder") in the atlas's words."""
-    return _ALIAS_PATTERN.sub(lambda found: ALIASES[found.group(1).lower()], query)
+    """``query`` with the names a radiologist may use ("the IVC", "the bladder") and the full names
+    of the AAL regions ("the left inferior frontal gyrus, opercular part": :data:`AAL_FULL_NAMES`)
+    in the atlas's words ("the left frontal inf oper")."""
+    for pattern, replace in _AAL_WORDING:
+        query = pattern.sub(replace, query)
+
+    def canonical(found: re.Match) -> str:  # "inferior vena cava" stays, "vena cava" becomes it
+        name, said = ALIASES[found.group(1).lower()], found.group(0)
+        named_already = name.endswith(said.lower()) and query[: found.start()].lower().endswith(name[: -len(said)])
+        return said if named_already else name
+
+    return _ALIAS_PATTERN.sub(canonical, query)
 
 
 def structure_kinds(names) -> dict[str, list[str]]:
