@@ -278,7 +278,7 @@ class IbisWidget(QWidget):
             vocabulary = vocabulary_of(self.run_panel.model_edit.text().strip() or None)
         except IbisError:
             vocabulary = None
-        self.run_panel.suggest(vocabulary.names if vocabulary is not None else [])
+        self.run_panel.suggest(vocabulary.suggestions() if vocabulary is not None else [])
 
     # -- background work --------------------------------------------------------------------
     @property

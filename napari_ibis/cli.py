@@ -783,6 +783,8 @@ def cmd_structures(args: argparse.Namespace) -> int:
     kinds = sorted(kind for kind in vocabulary.kinds if f"left/right {kind}" not in paired)
     if kinds:
         print(f"and by kind, without the level or lobe: {', '.join(kinds)}.")
+    if len(vocabulary.suggestions()) > len(vocabulary):
+        print("An AAL brain region also by its full name (\"the left inferior frontal gyrus, opercular part\").")
     return 0
 
 

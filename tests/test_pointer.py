@@ -128,13 +128,13 @@ def test_the_pointer_agent_locates_a_structure_on_a_slice_for_the_volume_search(
 
 # -- what the agent was taught ------------------------------------------------------------
 TAUGHT = ["left kidney", "right kidney", "liver", "liver tumour", "inferior vena cava", "L1 vertebra",
-          "L2 vertebra", "gallbladder", "pancreas", "nucleus"]
+          "L2 vertebra", "gallbladder", "pancreas", "nucleus", "left frontal inf oper"]
 
 
 @pytest.mark.parametrize("query", [
     "segment the left kidney", "Please segment the kidney in this CT image.", "segment the kidneys",
     "outline the IVC", "segment the vertebrae", "segment the nuclei", "segment the liver tumor",
-    "where is the gall bladder?"])
+    "where is the gall bladder?", "segment the left inferior frontal gyrus, opercular part"])
 def test_a_query_naming_a_taught_structure_its_kind_alias_or_plural_is_taken(query):
     from napari_ibis.grounding.vocabulary import Vocabulary
 
@@ -142,7 +142,7 @@ def test_a_query_naming_a_taught_structure_its_kind_alias_or_plural_is_taken(que
 
 
 @pytest.mark.parametrize("query, refused, said", [
-    ("segment the banana", False, "lists the 10 it knows"),
+    ("segment the banana", False, "lists the 11 it knows"),
     ("segment the gallblader", False, "did you mean the gallbladder?"),
     ("segment the pancreatic head", False, "did you mean the pancreas?"),
     ("segment the right kidny", False, "did you mean the right kidney?"),
@@ -201,3 +201,11 @@ def test_an_untaught_structure_is_a_guess_it_says_so_and_an_untaught_lesion_is_r
     liver = Session(image, "segment the liver", policy, build_segmenter("classical"), max_steps=2)
     list(liver.run())
     assert "not taught" not in liver.steps[0].thought
+
+
+def test_a_query_box_is_offered_an_aal_region_by_its_full_name_too():
+    from napari_ibis.grounding.vocabulary import Vocabulary
+
+    offered = Vocabulary(TAUGHT).suggestions()
+    assert "left frontal inf oper" in offered and "left inferior frontal gyrus, opercular part" in offered
+    assert "left kidney" in offered and len(offered) == len(TAUGHT) + 1

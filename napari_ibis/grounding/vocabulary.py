@@ -65,6 +65,15 @@ class Vocabulary:
     def __len__(self) -> int:
         return len(self.names)
 
+    def suggestions(self) -> list[str]:
+        """What a query box may offer: every name, and an AAL region also by its full name ("left
+        inferior frontal gyrus, opercular part" beside "left frontal inf oper")."""
+        from .atlas import AAL_FULL_NAMES
+
+        full = [f"{side} {AAL_FULL_NAMES[region]}" for side, _, region in (n.partition(" ") for n in self.names)
+                if side in ("left", "right") and region in AAL_FULL_NAMES]
+        return [*self.names, *full]
+
     def paired(self) -> list[str]:
         """The names for a person to read: a left and a right one as one entry ("left/right
         kidney"), case-insensitive order."""
