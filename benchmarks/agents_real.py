@@ -24,6 +24,8 @@ Sets (nothing here is trained on by any agent of this project):
 * a structure asked for by another name a radiologist uses (``--sets aliases``: "the IVC", "the
   portal vein", "the psoas"; ``napari_ibis.grounding.atlas.ALIASES``), one per held-out
   TotalSegmentator slice among those whose structure (or a member of its kind) covers 100 px;
+* an AAL region asked for by its full name (``--sets aal-full``: "the left inferior frontal gyrus,
+  opercular part"), 60 on the held-out Colin27 slices;
 * a structure asked for on another kind of scan (``--sets elsewhere``, every case absent):
   an abdominal organ on the MNI152 template's slices and on the held-out Colin27 slices, a
   brain region on the held-out TotalSegmentator slices (CT and MR), one question per slice.
@@ -65,7 +67,8 @@ SETS = {"totalseg": "totalseg held-out (real CT/MR)", "aal": "aal held-out (real
         "phantoms": "phantoms held-out (synthetic)",
         "elsewhere": "asked on another kind of scan (real; all absent)",
         "kinds": "asked by kind, no side, lobe or level (real)",
-        "aliases": "asked by another name (IVC, bladder, psoas; real)"}
+        "aliases": "asked by another name (IVC, bladder, psoas; real)",
+        "aal-full": "AAL regions asked by their full names (real MRI)"}
 TRUNK_NAMES = ("liver", "spleen", "left kidney", "right kidney", "stomach", "aorta", "pancreas", "urinary bladder")
 
 
@@ -86,6 +89,8 @@ def case_sets(phantoms: int, seed: int = 0, chosen=tuple(SETS)) -> dict:
         out[SETS["kinds"]] = kind_cases(np.random.default_rng(seed + 3))
     if "aliases" in chosen:
         out[SETS["aliases"]] = alias_cases(np.random.default_rng(seed + 4))
+    if "aal-full" in chosen:
+        out[SETS["aal-full"]] = full_name_cases(np.random.default_rng(seed + 5))
     if not {"totalseg", "aal", "nuclei", "phantoms"} & set(chosen):
         return out
     totalseg = list(totalseg_reference(side="held_out"))
@@ -196,6 +201,28 @@ def alias_cases(rng) -> list:
             labels[item.masks[member]] = number
         cases.append(Sample(item.rgb, labels, alias, item.modality, f"{item.source}:{alias}:alias", item.source))
     return cases
+
+
+def full_name_cases(rng, present: int = 60) -> list:
+    """A held-out Colin27 AAL region of at least 100 px asked for by its full name ("the left
+    inferior frontal gyrus, opercular part" for "left frontal inf oper";
+    ``napari_ibis.grounding.atlas.AAL_FULL_NAMES``), among the regions whose full name is
+    another; ``present`` of them."""
+    from napari_ibis.grounding.atlas import AAL_FULL_NAMES
+    from training.data.sources import Sample, colin27_aal, split_by_group
+    from training.grounding.dataset import aal_slices
+
+    held_groups = {s.group.replace("colin27:", "colin27-aal:") for s in split_by_group(list(colin27_aal()))[1]}
+    cases = []
+    for item in aal_slices("held_out", step=1):
+        if item.source not in held_groups:
+            continue
+        for name, mask in item.masks.items():
+            side, _, region = name.partition(" ")
+            if region in AAL_FULL_NAMES and mask.sum() >= 100:
+                cases.append(Sample(item.rgb, mask, f"{side} {AAL_FULL_NAMES[region]}", "MRI",
+                                    f"{item.source}:{name}", item.source))
+    return [cases[i] for i in sorted(rng.permutation(len(cases))[:present])]
 
 
 def nuclei_tiles() -> list:
