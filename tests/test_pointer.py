@@ -209,3 +209,23 @@ def test_a_query_box_is_offered_an_aal_region_by_its_full_name_too():
     offered = Vocabulary(TAUGHT).suggestions()
     assert "left frontal inf oper" in offered and "left inferior frontal gyrus, opercular part" in offered
     assert "left kidney" in offered and len(offered) == len(TAUGHT) + 1
+
+
+@needs_assets("mobile_sam", "minilm")
+def test_the_head_reads_a_radiologists_name_as_the_name_it_learnt(tmp_path, monkeypatch):
+    """"The IVC" and "the left inferior frontal gyrus, opercular part" reach the map as "the inferior
+    vena cava" and "the left frontal inf oper", the names it was trained on."""
+    from napari_ibis.grounding.head import PointerHead, PointerHeadConfig
+    from napari_ibis.policies import load_policy
+    from napari_ibis.policies.pointer import PointerPolicy
+
+    PointerHead(PointerHeadConfig(presence_threshold=0.0, structures=TAUGHT)).save_pretrained(tmp_path / "v8")
+    policy = load_policy(tmp_path / "v8")
+    asked = []
+    real = PointerPolicy.probability_map
+    monkeypatch.setattr(PointerPolicy, "probability_map", lambda self, image, query: asked.append(query) or real(self, image, query))
+    image = np.repeat(disk_image(128, centre=(60, 70), radius=18)[0][..., None], 3, axis=2)
+    for query in ("segment the IVC", "segment the left inferior frontal gyrus, opercular part"):
+        policy.decide(PolicyRequest(profile=PROFILE, query=query, image=image, mask=None, clicks=(), step=1))
+    assert "segment the inferior vena cava" in asked and "segment the left frontal inf oper" in asked
+    assert "segment the IVC" not in asked

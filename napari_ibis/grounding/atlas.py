@@ -140,9 +140,10 @@ def in_atlas_words(query: str) -> str:
         query = pattern.sub(replace, query)
 
     def canonical(found: re.Match) -> str:  # "inferior vena cava" stays, "vena cava" becomes it
-        name, said = ALIASES[found.group(1).lower()], found.group(0)
-        named_already = name.endswith(said.lower()) and query[: found.start()].lower().endswith(name[: -len(said)])
-        return said if named_already else name
+        name = ALIASES[found.group(1).lower()]
+        spans = [(m.start(), m.end()) for m in re.finditer(re.escape(name), query.lower())]
+        named_already = any(start <= found.start() and found.end() <= end for start, end in spans)
+        return found.group(0) if named_already else name
 
     return _ALIAS_PATTERN.sub(canonical, query)
 

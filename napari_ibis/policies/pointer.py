@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..grounding.atlas import in_atlas_words
 from ..grounding.vocabulary import Vocabulary, names_a_lesion
 from ..protocol import Response
 from .base import DecidingPolicy, Located, Placement, PolicyRequest
@@ -245,6 +246,7 @@ class PointerPolicy(DecidingPolicy):
             from ..errors import InputError
 
             raise InputError(untaught.line)
+        query = in_atlas_words(query)  # the names it learnt: "the IVC" is the inferior vena cava to the head too
         found = None if self.atlas is None or names_a_lesion(query) else self.atlas.members_in(query)
         if found is None:  # a lesion ("the lung tumour") is looked for as asked, not as its organ
             return query, None
