@@ -105,7 +105,8 @@ class Vocabulary:
         def fits(name: str) -> bool:  # no "left kidney" for "the right kidny"
             return side is None or not re.match(r"(left|right)\s", name) or name.startswith(side.group(1))
 
-        close = set(difflib.get_close_matches(core, {unsided(c) for c in choices}, n=SUGGESTIONS, cutoff=CLOSE_SPELLING))
+        close = set(difflib.get_close_matches(core, sorted({unsided(c) for c in choices}), n=SUGGESTIONS,
+                                              cutoff=CLOSE_SPELLING))
         found = [c for c in choices if unsided(c) in close and fits(c)]
         if not found:
             stems = _stems(core)
