@@ -80,6 +80,14 @@ def test_every_aal_full_name_on_either_side_reads_as_its_region():
             assert atlas.name_in(f"segment the {side} {full}") == f"{side} {name}", full
 
 
+def test_the_agent_says_an_aal_region_by_its_full_name():
+    from napari_ibis.grounding.atlas import spoken
+
+    assert spoken("left temporal sup") == "left superior temporal gyrus"
+    assert spoken("frontal inf oper") == "inferior frontal gyrus, opercular part"  # a kind, no side
+    assert spoken("left kidney") == "left kidney" and spoken("left hippocampus") == "left hippocampus"
+
+
 def test_a_slice_unlike_every_atlas_slice_gets_no_prior(atlas):
     from napari_ibis.grounding.atlas import MIN_EDGE_SIMILARITY
 

@@ -101,6 +101,15 @@ AAL_FULL_NAMES = {
     "temporal pole sup": "temporal pole: superior temporal gyrus", "temporal mid": "middle temporal gyrus",
     "temporal pole mid": "temporal pole: middle temporal gyrus", "temporal inf": "inferior temporal gyrus",
 }
+def spoken(name: str) -> str:
+    """An atlas name as a person says it: an AAL region by its full name ("left temporal sup" ->
+    "left superior temporal gyrus"), any other name as it is."""
+    side, _, region = name.partition(" ")
+    if side in ("left", "right") and region in AAL_FULL_NAMES:
+        return f"{side} {AAL_FULL_NAMES[region]}"
+    return AAL_FULL_NAMES.get(name, name)
+
+
 _ALIAS_PATTERN = re.compile(r"\b(" + "|".join(map(re.escape, sorted(ALIASES, key=len, reverse=True))) + r")s?\b",
                             re.IGNORECASE)
 

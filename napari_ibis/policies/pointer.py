@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..grounding.atlas import in_atlas_words
+from ..grounding.atlas import in_atlas_words, spoken
 from ..grounding.vocabulary import Vocabulary, names_a_lesion
 from ..protocol import Response
 from .base import DecidingPolicy, Located, Placement, PolicyRequest
@@ -266,8 +266,9 @@ class PointerPolicy(DecidingPolicy):
             if scored:
                 score, member = max(scored)
                 chosen = f"segment the {member}"
-                why = (f"You asked for the {kind}; the labelled scans I know have the {' and the '.join(members)}. "
-                       f"I look for the {member}, where my map and their fitted slices agree best ({score:.0%}).")
+                why = (f"You asked for the {spoken(kind)}; the labelled scans I know have the "
+                       f"{' and the '.join(map(spoken, members))}. I look for the {spoken(member)}, where my map "
+                       f"and their fitted slices agree best ({score:.0%}).")
             elif elsewhere:
                 chosen = f"segment the {elsewhere[0]}"
             self._members[query] = (chosen, why)
@@ -328,7 +329,7 @@ class PointerPolicy(DecidingPolicy):
             return None
         what = "correlates" if fit == "grey" else "matches in its edges at"
         return Placement(self._extent(query), thought=(f"{why} " if why else "") + (
-            f"The {name} is a region whose borders an atlas draws, not edges I could click along. I place "
+            f"The {spoken(name)} is a region whose borders an atlas draws, not edges I could click along. I place "
             f"it where labelled scans have it (their closest slice, fitted to this one, {what} "
             f"{similarity:.2f}), then check that mask against what I see."))
 
@@ -375,15 +376,15 @@ class PointerPolicy(DecidingPolicy):
             held = sorted(set(self.atlas.kinds[self.atlas.holders[name]]))
             return Response(
                 thought=(f"The {self.atlas.kind_nearest} labelled slices most like this image, as my image encoder "
-                         f"sees them, are all from scans of the {kind}, and I have seen the {name} only on scans of "
+                         f"sees them, are all from scans of the {kind}, and I have seen the {spoken(name)} only on scans of "
                          f"the {' and '.join(held)}."),
                 terminate=True, not_present=True, answer="The requested structure is not present in this image.")
         likest = self._elsewhere.get(request.query)
         if first_turn and not request.clicks and likest is not None and likest >= ATLAS_KNOWN:
             name = self.atlas.name_in(request.query)
             return Response(
-                thought=(f"The {name} is a region an atlas draws. This slice is very like labelled slices of mine "
-                         f"(correlation {likest:.2f}), and those at its level do not hold the {name}."),
+                thought=(f"The {spoken(name)} is a region an atlas draws. This slice is very like labelled slices of "
+                         f"mine (correlation {likest:.2f}), and those at its level do not hold the {spoken(name)}."),
                 terminate=True, not_present=True, answer="The requested structure is not present in this image.")
         prior = self._priors.get(request.query)
         extent = None if prior is None or first_turn else self._extent(request.query)
@@ -396,6 +397,6 @@ class PointerPolicy(DecidingPolicy):
             what = "correlates" if fit[0] == "grey" else "matches in its edges at"
             name = self.atlas.name_in(request.query)
             response = dataclasses.replace(response, thought=response.thought + (
-                f" I weighted my map by where labelled scans have the {name} (their closest slice, fitted to this"
+                f" I weighted my map by where labelled scans have the {spoken(name)} (their closest slice, fitted to this"
                 f" one, {what} {fit[1]:.2f})."))
         return response
