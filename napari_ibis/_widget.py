@@ -82,6 +82,7 @@ class IbisWidget(QWidget):
         self.volume_name = ""
         self.propagation_run: tuple[str, int] = ("both", 0)  # (direction, start slice) of the last Propagate
         self.find_run: tuple[str, tuple[int, ...], tuple[int, ...]] = ("", (), ())  # (layer, slice index, axes) of Find slice
+        self.untaught = ""  # the note for the last query checked, where it names something the agent was not taught
         layout = QVBoxLayout(self)
         for panel in (self.restore_bar, self.run_panel, self.steps_panel, self.result_panel, self.volume_panel):
             layout.addWidget(panel)
@@ -390,13 +391,13 @@ class IbisWidget(QWidget):
             history=panel.history_box.isChecked(), device=panel.device_combo.currentText(), init_mask=init_mask,
             layer=image_layer.name, index=index, axes=axes, layer_shape=spatial_shape(image_layer),
             geometry=geometry_of(image_layer), pixel_aspect=slice_pixel_aspect(image_layer, axes),
-            modality=str(image_layer.metadata.get("ibis_modality", "")),
+            modality=str(image_layer.metadata.get("ibis_modality", "")), untaught=self.untaught,
         )
 
     def _layer_and_query(self):
         """The chosen image layer and the query; IbisError where either is missing or the query
         names a lesion the chosen agent was never taught (a structure it was not taught: a
-        warning that its answer will be a guess)."""
+        warning that its answer will be a guess, the note kept in ``self.untaught``)."""
         name = self.run_panel.image_combo.currentText()
         if not name or name not in self.viewer.layers:
             raise IbisError("open an image first and choose it as the image layer")
@@ -410,6 +411,7 @@ class IbisWidget(QWidget):
             untaught = check_query(self.run_panel.model_edit.text().strip() or None, query)
         except ModelError:
             untaught = None  # a model that cannot be read: the run says so as it loads it
+        self.untaught = untaught or ""
         if untaught:
             self.warn(untaught[0].upper() + untaught[1:])
         return self.viewer.layers[name], query

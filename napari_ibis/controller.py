@@ -61,6 +61,7 @@ class RunSpec:
     geometry: Geometry | None = field(default=None, repr=False)
     modality: str = ""  # as the file says (DICOM's Modality), if it does
     pixel_aspect: float = 1.0  # the slice's row spacing over its column spacing (napari_ibis.square_pixels)
+    untaught: str = ""  # where the query names something the agent was not taught: the note that it guesses
 
     def settings(self) -> dict:
         """What the autosave and the trajectory record keep of these settings."""
@@ -280,7 +281,9 @@ class Controller:
             self.view.show_step(event.step)
             self._autosave()
         elif isinstance(event, Stopped):
-            self.set_status(stop_words(event, self.session, volume=bool(self.spec and self.spec.index)))
+            words = stop_words(event, self.session, volume=bool(self.spec and self.spec.index))
+            guessed = self.spec is not None and self.spec.untaught and event.reason != "error"
+            self.set_status(words + (" A guess: the agent was not taught what the query names." if guessed else ""))
             self._autosave()
 
     # -- timeline edits (GUI thread) -------------------------------------------------------
@@ -346,6 +349,8 @@ class Controller:
             record["image"]["axes"] = list(spec.axes)  # the slice runs along axes[0]: geometry.oriented
         if spec.geometry is not None:
             record["image"]["geometry"] = spec.geometry.describe()
+        if spec.untaught:
+            record["untaught"] = spec.untaught  # as the CLI records it
         return record
 
     def exported(self, where: str) -> None:
