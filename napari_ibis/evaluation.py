@@ -199,6 +199,7 @@ def model_case(case, segmenter, policy, profile: str, max_clicks: int) -> dict:
         "entity": entity_counts(case.mask, session.mask), "steps": len(session.steps),
         "parsable": len(session.steps), "turns": turns, "seconds": seconds,
         "stop": stop.reason if stop else None,
+        "stop_message": stop.message if stop and stop.reason in ("error", "unparsable") else None,  # why it failed
     }
 
 

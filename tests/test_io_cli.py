@@ -349,6 +349,20 @@ def test_eval_runs_a_model_policy_with_the_manifest_query(files, capsys, tiny_vl
     assert io.read_manifest(manifest)[0].query == "segment the left disk"
 
 
+def test_eval_says_per_case_why_the_agent_refused_it(files, capsys):
+    from napari_ibis import assets
+
+    if not all(assets.available(n) for n in ("mobile_sam", "minilm")):
+        pytest.skip("the pointer agent's files were not fetched")
+    manifest = files / "lesion.jsonl"
+    manifest.write_text(json.dumps({"image": "img.png", "mask": "mask.png", "target": "lung tumour"}) + "\n")
+    code, _, _ = run_cli(capsys, "eval", manifest, "--policy", "default", "--segmenter", "classical",
+                         "--max-clicks", "2", "--json", files / "lesion-report.json")
+    case = json.loads((files / "lesion-report.json").read_text())["cases"][0]
+    assert code == 0 and case["stop"] == "error" and case["iou"] == 0.0
+    assert case["stop_message"].startswith("this agent was not taught the lung tumour")
+
+
 def test_segment_propagates_through_a_volume_and_writes_3d_labels_in_its_geometry(tmp_path, capsys, tiny_vlm_folder):
     import nibabel as nib
 
