@@ -22,7 +22,7 @@ Sets (nothing here is trained on by any agent of this project):
   is right, scored as the nuclei are): on the held-out TotalSegmentator slices 4 mm apart and
   the held-out Colin27 slices, one kind per slice drawn among those with a member of 100 px;
 * a structure asked for by another name a radiologist uses (``--sets aliases``: "the IVC", "the
-  portal vein", "the psoas"; ``napari_ibis.grounding.atlas.ALIASES``), one per held-out
+  portal vein", "the psoas"; ``napari_ibis.grounding.names.ALIASES``), one per held-out
   TotalSegmentator slice among those whose structure (or a member of its kind) covers 100 px;
 * an AAL region asked for by its full name (``--sets aal-full``: "the left inferior frontal gyrus,
   opercular part"), 60 on the held-out Colin27 slices;
@@ -152,7 +152,8 @@ def kind_cases(rng) -> list:
     """A structure asked for by its kind (``structure_kinds`` of the shipped atlas's names:
     "kidney" for the left and the right one), one kind per held-out slice among those with a
     member of at least 100 px there; the mask labels each member present (any is right)."""
-    from napari_ibis.grounding.atlas import SliceAtlas, structure_kinds
+    from napari_ibis.grounding.atlas import SliceAtlas
+    from napari_ibis.grounding.names import structure_kinds
     from training.data.sources import Sample, colin27_aal, split_by_group
     from training.grounding.dataset import aal_slices, totalseg_slices
 
@@ -179,7 +180,8 @@ def alias_cases(rng) -> list:
     """A structure asked for by one of ``ALIASES`` on the held-out TotalSegmentator slices 4 mm
     apart: per slice one structure drawn among those (any member, for a kind) covering 100 px
     there, then one of its other names; the mask labels each member present (any is right)."""
-    from napari_ibis.grounding.atlas import ALIASES, SliceAtlas, structure_kinds
+    from napari_ibis.grounding.atlas import SliceAtlas
+    from napari_ibis.grounding.names import ALIASES, structure_kinds
     from training.data.sources import Sample
     from training.grounding.dataset import totalseg_slices
 
@@ -206,9 +208,9 @@ def alias_cases(rng) -> list:
 def full_name_cases(rng, present: int = 60) -> list:
     """A held-out Colin27 AAL region of at least 100 px asked for by its full name ("the left
     inferior frontal gyrus, opercular part" for "left frontal inf oper";
-    ``napari_ibis.grounding.atlas.AAL_FULL_NAMES``), among the regions whose full name is
+    ``napari_ibis.grounding.names.AAL_FULL_NAMES``), among the regions whose full name is
     another; ``present`` of them."""
-    from napari_ibis.grounding.atlas import AAL_FULL_NAMES
+    from napari_ibis.grounding.names import AAL_FULL_NAMES
     from training.data.sources import Sample, colin27_aal, split_by_group
     from training.grounding.dataset import aal_slices
 

@@ -64,13 +64,13 @@ def test_the_query_is_read_for_the_longest_name_the_atlas_holds_and_others_get_n
     ("segment the inferior vena cava", "inferior vena cava"),  # named already: not "inferior inferior ..."
 ])
 def test_a_full_brain_region_name_or_a_radiologists_name_reads_in_the_atlas_words(said, meant):
-    from napari_ibis.grounding.atlas import in_atlas_words
+    from napari_ibis.grounding.names import in_atlas_words
 
     assert meant in in_atlas_words(said).lower() and "inferior inferior" not in in_atlas_words(said).lower()
 
 
 def test_every_aal_full_name_on_either_side_reads_as_its_region():
-    from napari_ibis.grounding.atlas import AAL_FULL_NAMES
+    from napari_ibis.grounding.names import AAL_FULL_NAMES
 
     regions = [f"{side} {name}" for name in AAL_FULL_NAMES for side in ("left", "right")]
     masks = {name: ellipse((100, 120), (50, 60), (8, 8)) for name in regions}
@@ -81,7 +81,7 @@ def test_every_aal_full_name_on_either_side_reads_as_its_region():
 
 
 def test_the_agent_says_an_aal_region_by_its_full_name():
-    from napari_ibis.grounding.atlas import spoken
+    from napari_ibis.grounding.names import spoken
 
     assert spoken("left temporal sup") == "left superior temporal gyrus"
     assert spoken("frontal inf oper") == "inferior frontal gyrus, opercular part"  # a kind, no side
@@ -490,7 +490,7 @@ def test_the_shipped_agent_says_a_liver_asked_for_on_a_brain_is_not_there_and_wh
 
 
 def test_the_atlas_knows_the_kinds_a_person_asks_for_without_side_lobe_or_level():
-    from napari_ibis.grounding.atlas import structure_kinds
+    from napari_ibis.grounding.names import structure_kinds
 
     kinds = structure_kinds(["left kidney", "right kidney", "liver", "left lung lower lobe", "left lung upper lobe",
                              "right lung lower lobe", "L1 vertebra", "T12 vertebra", "left putamen"])

@@ -229,3 +229,15 @@ def test_the_head_reads_a_radiologists_name_as_the_name_it_learnt(tmp_path, monk
         policy.decide(PolicyRequest(profile=PROFILE, query=query, image=image, mask=None, clicks=(), step=1))
     assert "segment the inferior vena cava" in asked and "segment the left frontal inf oper" in asked
     assert "segment the IVC" not in asked
+
+
+def test_a_query_is_checked_without_loading_torch():
+    """The CLI checks a query, and the widget fills its query box, before any model loads."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from napari_ibis.policies import check_query, vocabulary_of; "
+            "check_query(None, 'segment the liver'); vocabulary_of(None); "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'a model library was imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

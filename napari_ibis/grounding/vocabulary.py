@@ -5,7 +5,7 @@ The pointer agent's head maps any sentence to a place on the slice, so asked for
 confidence and answer "segmentation complete". A model folder therefore lists the names
 it was trained on (``structures`` in its ``config.json``, written by ``napari-ibis
 pointer``), and a query is checked against them: it may name one by its name ("the left
-kidney"), by a name a radiologist uses for it (:data:`~napari_ibis.grounding.atlas.ALIASES`:
+kidney"), by a name a radiologist uses for it (:data:`~napari_ibis.grounding.names.ALIASES`:
 "the IVC"), or by its kind without side, lobe or level ("the kidney", "the vertebrae"). A
 query naming a lesion ("the lung tumour") must name a lesion the agent was taught: the organ
 alone is not enough. What happens otherwise: :class:`Untaught`.
@@ -33,7 +33,7 @@ def names_a_lesion(query: str) -> bool:
 
 def _spelled(query: str) -> str:
     """``query`` lower-cased, in the atlas's words, with US spellings made British ("tumor")."""
-    from .atlas import in_atlas_words
+    from .names import in_atlas_words
 
     return re.sub(r"\btumor", "tumour", in_atlas_words(query).lower())
 
@@ -54,7 +54,7 @@ class Vocabulary:
     """The structure names a model folder was taught (``structures``), and their kinds."""
 
     def __init__(self, names) -> None:
-        from .atlas import structure_kinds
+        from .names import structure_kinds
 
         self.names = sorted({str(n) for n in names})
         self.kinds = structure_kinds(self.names)
@@ -68,7 +68,7 @@ class Vocabulary:
     def suggestions(self) -> list[str]:
         """What a query box may offer: every name, and an AAL region also by its full name ("left
         inferior frontal gyrus, opercular part" beside "left frontal inf oper")."""
-        from .atlas import AAL_FULL_NAMES
+        from .names import AAL_FULL_NAMES
 
         full = [f"{side} {AAL_FULL_NAMES[region]}" for side, _, region in (n.partition(" ") for n in self.names)
                 if side in ("left", "right") and region in AAL_FULL_NAMES]

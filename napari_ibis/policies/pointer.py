@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..grounding.atlas import in_atlas_words, spoken
+from ..grounding.names import in_atlas_words, spoken
 from ..grounding.vocabulary import Vocabulary, names_a_lesion
 from ..protocol import Response
 from .base import DecidingPolicy, Located, Placement, PolicyRequest
