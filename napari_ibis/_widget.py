@@ -82,7 +82,6 @@ class IbisWidget(QWidget):
         self.volume_name = ""
         self.propagation_run: tuple[str, int] = ("both", 0)  # (direction, start slice) of the last Propagate
         self.find_run: tuple[str, tuple[int, ...], tuple[int, ...]] = ("", (), ())  # (layer, slice index, axes) of Find slice
-        self.untaught = ""  # the note for the last query checked, where it names something the agent was not taught
         layout = QVBoxLayout(self)
         for panel in (self.restore_bar, self.run_panel, self.steps_panel, self.result_panel, self.volume_panel):
             layout.addWidget(panel)
@@ -358,7 +357,7 @@ class IbisWidget(QWidget):
     def gather(self) -> RunSpec:
         """Everything a run needs, read on the GUI thread; IbisError for anything missing."""
         panel = self.run_panel
-        image_layer, query = self._layer_and_query()
+        image_layer, query, untaught = self._layer_and_query()
         if self.viewer.dims.ndisplay == 3 and len(spatial_shape(image_layer)) > 2:
             raise IbisError("the viewer shows the volume in 3-D: switch to the 2-D view (the square button at the "
                             "bottom left) and go to the slice to segment")
@@ -391,13 +390,14 @@ class IbisWidget(QWidget):
             history=panel.history_box.isChecked(), device=panel.device_combo.currentText(), init_mask=init_mask,
             layer=image_layer.name, index=index, axes=axes, layer_shape=spatial_shape(image_layer),
             geometry=geometry_of(image_layer), pixel_aspect=slice_pixel_aspect(image_layer, axes),
-            modality=str(image_layer.metadata.get("ibis_modality", "")), untaught=self.untaught,
+            modality=str(image_layer.metadata.get("ibis_modality", "")), untaught=untaught,
         )
 
     def _layer_and_query(self):
-        """The chosen image layer and the query; IbisError where either is missing or the query
-        names a lesion the chosen agent was never taught (a structure it was not taught: a
-        warning that its answer will be a guess, the note kept in ``self.untaught``)."""
+        """The chosen image layer, the query, and the note where the query names a structure the
+        chosen agent was not taught (its answer will be a guess: also shown as a warning), else "";
+        IbisError where the layer or the query is missing or the query names a lesion the agent
+        was never taught."""
         name = self.run_panel.image_combo.currentText()
         if not name or name not in self.viewer.layers:
             raise IbisError("open an image first and choose it as the image layer")
@@ -411,10 +411,9 @@ class IbisWidget(QWidget):
             untaught = check_query(self.run_panel.model_edit.text().strip() or None, query)
         except ModelError:
             untaught = None  # a model that cannot be read: the run says so as it loads it
-        self.untaught = untaught or ""
         if untaught:
             self.warn(untaught[0].upper() + untaught[1:])
-        return self.viewer.layers[name], query
+        return self.viewer.layers[name], query, untaught or ""
 
     def run(self) -> None:
         """Start a new session on the current slice (the previous one stays until it exists)."""
@@ -438,7 +437,7 @@ class IbisWidget(QWidget):
         self._save_settings()
         panel = self.run_panel
         try:
-            layer, query = self._layer_and_query()
+            layer, query, _ = self._layer_and_query()
         except IbisError as exc:
             self.controller.report_error(str(exc))
             return
