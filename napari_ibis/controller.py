@@ -283,7 +283,8 @@ class Controller:
         elif isinstance(event, Stopped):
             words = stop_words(event, self.session, volume=bool(self.spec and self.spec.index))
             guessed = self.spec is not None and self.spec.untaught and event.reason != "error"
-            self.set_status(words + (" A guess: the agent was not taught what the query names." if guessed else ""))
+            # first, where a two-line status cannot cut it off
+            self.set_status(("A guess (the agent was not taught what the query names). " if guessed else "") + words)
             self._autosave()
 
     # -- timeline edits (GUI thread) -------------------------------------------------------

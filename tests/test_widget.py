@@ -715,7 +715,7 @@ def test_the_query_box_suggests_what_the_agent_knows_and_an_untaught_lesion_is_r
     w.run_panel.max_steps.setValue(2)
     run_and_wait(w, qtbot)  # the bundled agent looks all the same; the status and the record say it guessed
     assert len(warned) == 1 and "not taught the gallblader: its answer is a guess" in warned[0]
-    assert w.controller.status.endswith("A guess: the agent was not taught what the query names.")
+    assert w.controller.status.startswith("A guess (the agent was not taught what the query names). Finished")
     assert "not taught the gallblader" in w.controller.record()["untaught"]
     w.use_policy(ScriptedPolicy([TERMINATE]))  # a model the list does not apply to: no suggestions, any query
     w._suggest_structures()
