@@ -26,6 +26,9 @@ Sets (nothing here is trained on by any agent of this project):
   TotalSegmentator slice among those whose structure (or a member of its kind) covers 100 px;
 * an AAL region asked for by its full name (``--sets aal-full``: "the left inferior frontal gyrus,
   opercular part"), 60 on the held-out Colin27 slices;
+* the right and the left lung on every third slice of pyradiomics' two chest CTs (``--sets
+  lungs``; real scans, lungs labelled by a -400 HU threshold, ``threshold_lungs``: no agent
+  here was taught a chest CT's lungs, and the atlas keeps lung1's slices only as a kind of scan);
 * a structure asked for on another kind of scan (``--sets elsewhere``, every case absent):
   an abdominal organ on the MNI152 template's slices and on the held-out Colin27 slices, a
   brain region on the held-out TotalSegmentator slices (CT and MR), one question per slice.
@@ -68,13 +71,14 @@ SETS = {"totalseg": "totalseg held-out (real CT/MR)", "aal": "aal held-out (real
         "elsewhere": "asked on another kind of scan (real; all absent)",
         "kinds": "asked by kind, no side, lobe or level (real)",
         "aliases": "asked by another name (IVC, bladder, psoas; real)",
-        "aal-full": "AAL regions asked by their full names (real MRI)"}
+        "aal-full": "AAL regions asked by their full names (real MRI)",
+        "lungs": "lungs on two chest CTs (pyradiomics, real; threshold labels)"}
 TRUNK_NAMES = ("liver", "spleen", "left kidney", "right kidney", "stomach", "aorta", "pancreas", "urinary bladder")
 
 
 def case_sets(phantoms: int, seed: int = 0, chosen=tuple(SETS)) -> dict:
-    from training.data.sources import (Sample, colin27_aal, phantom_samples, radiomics_lesions, split_by_group,
-                                       totalseg_reference)
+    from training.data.sources import (Sample, colin27_aal, phantom_samples, radiomics_lesions, radiomics_lungs,
+                                       split_by_group, totalseg_reference)
     from training.grounding.dataset import aal_slices, mni152_aal_slices, totalseg_slices
 
     rng = np.random.default_rng(seed)
@@ -91,6 +95,8 @@ def case_sets(phantoms: int, seed: int = 0, chosen=tuple(SETS)) -> dict:
         out[SETS["aliases"]] = alias_cases(np.random.default_rng(seed + 4))
     if "aal-full" in chosen:
         out[SETS["aal-full"]] = full_name_cases(np.random.default_rng(seed + 5))
+    if "lungs" in chosen:
+        out[SETS["lungs"]] = list(radiomics_lungs())
     if not {"totalseg", "aal", "nuclei", "phantoms"} & set(chosen):
         return out
     totalseg = list(totalseg_reference(side="held_out"))

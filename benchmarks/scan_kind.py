@@ -9,6 +9,12 @@ structures every answer is a false one; on ``elsewhere`` (an abdominal organ ask
 brain, a brain region asked on an abdomen) every answer is right. Questions whose name the
 atlas does not hold (nuclei, tumours) are left out: the rule never speaks for them.
 
+Set ``kinds-held-out``: every slice of pyradiomics' scans the atlas does not keep as kind
+references (a chest CT and a brain MRI, real, nothing labelled but their body part), asked
+for a structure of their own kind (any answer is a false one) and of the other kind (every
+answer is right). The rule reads only which kinds hold the name, so one name per kind
+stands for all: the aorta (trunk) and the left thalamus (head).
+
     python benchmarks/scan_kind.py --folder resources/models/pointer
 
 Writes benchmarks/results/scan_kind.json and prints a table.
@@ -42,7 +48,8 @@ def main() -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", default=str(ROOT / "resources/models/pointer"))
-    parser.add_argument("--sets", nargs="+", default=["totalseg", "aal", "mni", "phantoms", "elsewhere"])
+    parser.add_argument("--sets", nargs="+", default=["totalseg", "aal", "mni", "phantoms", "elsewhere",
+                                                      "kinds-held-out"])
     parser.add_argument("--nearest", type=int, nargs="+", default=[1, 3, 5, 10])
     parser.add_argument("--phantoms", type=int, default=60)
     parser.add_argument("--threads", type=int, default=2)
@@ -54,7 +61,10 @@ def main() -> int:
         raise SystemExit(f"{args.folder}/atlas.npz keeps no kinds of scan: write it again with napari-ibis atlas")
     encoder = build_encoder(atlas.encoder)
     started, result, descriptors = time.perf_counter(), {}, {}
-    for set_name, samples in case_sets(args.phantoms, chosen=args.sets).items():
+    sets = case_sets(args.phantoms, chosen=[name for name in args.sets if name != "kinds-held-out"])
+    if "kinds-held-out" in args.sets:
+        sets.update(kinds_held_out())
+    for set_name, samples in sets.items():
         rng = np.random.default_rng(0)
         rows = []
         for sample in samples:
@@ -87,6 +97,26 @@ def main() -> int:
         print(f"| {key} | {data['questions']} | " + " | ".join(f"{data[f'not present, {k} nearest']:.2f}"
                                                           for k in args.nearest) + " |")
     return 0
+
+
+def kinds_held_out() -> dict[str, list]:
+    """Two sets of questions on pyradiomics' scans left out of the atlas's kind references:
+    a structure of the scan's own kind (present, for this rule) and of the other kind."""
+    from training.data.sources import KIND_REFERENCES, RADIOMICS_CASES, Sample
+    from training.grounding.dataset import kind_slices
+
+    asked = {"trunk": "aorta", "head": "left thalamus"}
+    own, other = [], []
+    for kind, item in kind_slices([c for c in RADIOMICS_CASES if c not in KIND_REFERENCES]):
+        image = item.rgb[..., 0]
+        full, empty = np.ones(image.shape, bool), np.zeros(image.shape, bool)
+        own.append(Sample(image=image, mask=full, target=asked[kind], modality=item.modality, source=item.source,
+                          group=item.source))
+        elsewhere = asked["head" if kind == "trunk" else "trunk"]
+        other.append(Sample(image=image, mask=empty, target=elsewhere, modality=item.modality,
+                            source=f"{item.source}:{elsewhere}:elsewhere", group=item.source))
+    return {"chest CT and brain MRI left out of the kinds (real), own kind": own,
+            "chest CT and brain MRI left out of the kinds (real), other kind": other}
 
 
 if __name__ == "__main__":

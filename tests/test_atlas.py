@@ -370,6 +370,28 @@ def test_the_shipped_atlas_tells_a_head_from_a_trunk_for_a_structure_asked_on_th
     assert kind(trunk.rgb, "left putamen") == "trunk" and kind(trunk.rgb, "liver") is None
 
 
+@pytest.mark.skipif(not all(__import__("napari_ibis.assets", fromlist=["available"]).available(n)
+                            for n in ("mobile_sam", "pyradiomics")), reason="mobile_sam or pyradiomics missing")
+def test_the_shipped_atlas_reads_a_chest_ct_it_was_not_given_as_a_trunk_and_a_brain_mri_as_a_head():
+    from pathlib import Path
+
+    from napari_ibis.grounding.atlas import scan_descriptor
+    from napari_ibis.grounding.encoders import build_encoder
+    from training.data.sources import KIND_REFERENCES
+    from training.grounding.dataset import kind_slices
+
+    atlas = SliceAtlas.load(Path(__file__).resolve().parent.parent / "resources/models/pointer/atlas.npz")
+    assert len(atlas.kinds) > len(atlas.grey)  # the kind references are in
+    assert not {"lung2", "brain2"} & set(KIND_REFERENCES)
+    encoder = build_encoder(atlas.encoder)
+    slices = {item.source: (kind, item) for kind, item in kind_slices(["lung2", "brain2"])}
+    chest, brain = slices["pyradiomics:lung2:z=30"][1], slices["pyradiomics:brain2:z=5"][1]
+    for item, own, other in ((chest, "aorta", "left thalamus"), (brain, "left thalamus", "aorta")):
+        descriptor = scan_descriptor(*encoder.encode(item.rgb), item.rgb)
+        assert atlas.kind_elsewhere(descriptor, own) is None, item.source  # before the references: "head" for the chest
+        assert atlas.kind_elsewhere(descriptor, other) is not None, item.source
+
+
 def test_a_slice_whose_nearest_atlas_slices_are_all_of_another_kind_of_scan_is_told_apart(tmp_path):
     body, head = patient((100, 120), (50, 60), (40, 50)), _head((50, 48))
     # descriptors: two clusters, three trunk slices around +x and three head slices around -x
@@ -393,6 +415,30 @@ def test_a_slice_whose_nearest_atlas_slices_are_all_of_another_kind_of_scan_is_t
     assert again.kind_elsewhere(like_a_head, "liver") == "head"
     SliceAtlas.from_slices([body]).save(tmp_path / "plain.npz")  # an atlas without kinds never says
     assert SliceAtlas.load(tmp_path / "plain.npz").kind_elsewhere(like_a_head, "liver") is None
+
+
+def test_unlabelled_reference_slices_of_a_known_kind_keep_a_new_kind_of_slice_from_reading_as_another(tmp_path):
+    body, head = patient((100, 120), (50, 60), (40, 50)), _head((50, 48))
+    rng = np.random.default_rng(0)
+    labelled = np.concatenate([np.array([1.0, 0.0, 0.0]) + 0.05 * rng.normal(size=(3, 3)),  # trunk slices
+                               np.array([-1.0, 0.0, 0.0]) + 0.05 * rng.normal(size=(3, 3))])  # head slices
+    chest = np.array([-0.6, 1.0, 0.0]) + 0.05 * rng.normal(size=(3, 3))  # a trunk at another level: no labels
+    like_a_chest = np.array([-0.6, 1.1, 0.05])
+    plain = SliceAtlas.from_slices([body] * 3 + [head] * 3, kinds=["trunk"] * 3 + ["head"] * 3,
+                                   descriptors=labelled, encoder="test")
+    plain.kind_nearest = 3
+    assert plain.kind_elsewhere(like_a_chest, "liver") == "head"  # nearer the heads than the labelled trunks
+    taught = SliceAtlas.from_slices([body] * 3 + [head] * 3, kinds=["trunk"] * 3 + ["head"] * 3 + ["trunk"] * 3,
+                                    descriptors=np.concatenate([labelled, chest]), encoder="test")
+    taught.save(tmp_path / "references.npz")
+    again = SliceAtlas.load(tmp_path / "references.npz")
+    assert len(again.grey) == 6 and len(again.kinds) == 9
+    again.kind_nearest = 3
+    assert again.kind_elsewhere(like_a_chest, "liver") is None  # the references are trunk: the liver may be there
+    assert again.kind_elsewhere(like_a_chest, "left blob") == "trunk"  # a head's region asked for on it
+    assert again.kind_elsewhere(np.array([-0.9, 0.1, 0.0]), "liver") == "head"  # a brain still reads as one
+    with pytest.raises(ValueError, match="a kind and a descriptor for each"):
+        SliceAtlas.from_slices([body] * 3 + [head] * 3, kinds=["trunk"] * 3, descriptors=labelled[:3], encoder="test")
 
 
 def test_the_atlas_command_without_the_brain_says_what_to_install_and_writes_nothing(tmp_path, monkeypatch):

@@ -23,8 +23,9 @@ common grid in body-box coordinates. For a query it:
 
 An atlas may also know what kind of scan each of its slices is ("head", "trunk") and keep
 each slice's :func:`scan_descriptor` (the pointer agent's image encoder, averaged over the
-tissue). :meth:`SliceAtlas.kind_elsewhere` then says when a new slice's nearest atlas slices
-are all of a kind that never holds the named structure (a liver asked for on a brain): grey
+tissue), and the same of reference slices that hold no labels (scans whose body part is
+known). :meth:`SliceAtlas.kind_elsewhere` then says when a new slice's nearest slices of
+these are all of a kind that never holds the named structure (a liver asked for on a brain): grey
 levels cannot tell this (a head in its box correlates with a trunk in its box as well as
 with another head), the encoder's features can (benchmarks/scan_kind.py).
 
@@ -140,8 +141,13 @@ class SliceAtlas:
     def __init__(self, grey: np.ndarray, names: list[str], holders: dict[str, np.ndarray],
                  masks: dict[str, np.ndarray], regions=(), kinds=None, descriptors=None, encoder: str = "") -> None:
         self.grey = grey  # (n, GRID, GRID) uint8
-        self.kinds = None if kinds is None else np.asarray(kinds, dtype=str)  # (n,) the kind of scan of each slice
-        self.descriptors = None if descriptors is None else np.asarray(descriptors, dtype=np.float32)  # (n, C)
+        # (n + r,) the kind of scan of each slice, then of r unlabelled reference slices; (n + r, C) their descriptors
+        self.kinds = None if kinds is None else np.asarray(kinds, dtype=str)
+        self.descriptors = None if descriptors is None else np.asarray(descriptors, dtype=np.float32)
+        if (self.kinds is None) != (self.descriptors is None) or self.kinds is not None and not (
+                len(self.kinds) == len(self.descriptors) >= len(grey)):
+            raise ValueError(f"an atlas of {len(grey)} slices needs a kind and a descriptor for each (and for any "
+                             f"reference slice after them), or neither")
         self.encoder = encoder  # the image encoder the descriptors came from
         self.kind_nearest = KIND_NEAREST
         self.regions = frozenset(regions) & set(names)  # names whose borders are the atlas's own, not edges
@@ -174,7 +180,8 @@ class SliceAtlas:
         """From labelled slices (``rgb`` (H, W, 3) uint8 and ``masks``: name -> bool (H, W));
         ``regions``: the names a parcellation draws (see the module docstring); ``kinds``
         and ``descriptors``: per slice, the kind of scan and its :func:`scan_descriptor` by
-        the image encoder named ``encoder`` (both or neither)."""
+        the image encoder named ``encoder`` (both or neither), followed by those of any
+        unlabelled reference slices."""
         grey, holders, masks = [], {}, {}
         for index, item in enumerate(slices):
             box = body_box(item.rgb, kind="largest_part")
@@ -239,9 +246,9 @@ class SliceAtlas:
 
     def kind_elsewhere(self, descriptor: np.ndarray, name: str | None) -> str | None:
         """The kind of scan ``descriptor`` (a new slice's :func:`scan_descriptor`) looks like,
-        where its ``kind_nearest`` nearest atlas slices (cosine, about the atlas's mean) are all
-        of kinds that never hold ``name``; None where one of them is of a kind that does, where
-        the atlas does not hold ``name`` or keeps no descriptors."""
+        where its ``kind_nearest`` nearest slices (labelled or reference; cosine, about their
+        mean) are all of kinds in which the atlas never labels ``name``; None where one of them
+        is of a kind that does, where the atlas does not hold ``name`` or keeps no descriptors."""
         if self.descriptors is None or self.kinds is None or name not in self.holders or not len(self.descriptors):
             return None
         centre = self.descriptors.mean(axis=0)

@@ -375,7 +375,7 @@ class PointerPolicy(DecidingPolicy):
             name = self.atlas.name_in(request.query)
             held = sorted(set(self.atlas.kinds[self.atlas.holders[name]]))
             return Response(
-                thought=(f"The {self.atlas.kind_nearest} labelled slices most like this image, as my image encoder "
+                thought=(f"The {self.atlas.kind_nearest} scans I know most like this image, as my image encoder "
                          f"sees them, are all from scans of the {kind}, and I have seen the {spoken(name)} only on scans of "
                          f"the {' and '.join(held)}."),
                 terminate=True, not_present=True, answer="The requested structure is not present in this image.")

@@ -218,6 +218,13 @@ RADIOMICS_CASES = {
     "lung1": ("lung tumour", "CT"),
     "lung2": ("lung tumour", "CT"),
 }
+# the kind of scan each case is (what the pointer agent's atlas calls "head" or "trunk")
+RADIOMICS_KINDS = {"brain1": "head", "brain2": "head", "breast1": "trunk", "lung1": "trunk", "lung2": "trunk"}
+# the cases whose every slice the atlas keeps as a reference of its kind of scan (not its labels: those
+# are tumours); the two brains and lung2 are left out to measure on. With brain1 in as well, abdominal MR
+# slices found brain MRI among their nearest and brain regions asked on them were no longer told
+# (benchmarks/scan_kind.py, BENCHMARKS.md "A structure asked for on another kind of scan")
+KIND_REFERENCES = ("breast1", "lung1")
 
 
 @dataclass
@@ -253,6 +260,46 @@ def radiomics_lesions(cases: Sequence[str] | None = None, min_area: int = 20) ->
             yield Sample(image=np.ascontiguousarray(case.volume[z]), mask=np.ascontiguousarray(case.mask[z]),
                          target=case.target, modality=case.modality, source=f"pyradiomics:{case.name}:z={z}",
                          group=f"pyradiomics:{case.name}")
+
+
+def threshold_lungs(hu: np.ndarray, min_part: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """(right, left) lung of an axial CT slice in Hounsfield units, display convention (the
+    patient's right on the image's left): the air inside the body (below -400 HU) in parts
+    of at least ``min_part`` pixels (the trachea and bronchi are smaller), holes up to that
+    size filled (vessels), split at the body's middle column. A classical labelling, not a
+    drawn one: it follows the lungs' edge closely but keeps a tumour or a collapsed part out."""
+    from scipy import ndimage as ndi
+    from skimage.morphology import remove_small_holes
+
+    air = np.asarray(hu) < -400
+    outside, count = ndi.label(~air)
+    right, left = np.zeros_like(air), np.zeros_like(air)
+    if not count:
+        return right, left
+    body = ndi.binary_fill_holes(outside == 1 + int(np.argmax(ndi.sum(np.ones_like(outside), outside,
+                                                                          range(1, count + 1)))))
+    parts, count = ndi.label(air & body)
+    columns = np.flatnonzero(body.any(axis=0))
+    on_the_right = (np.arange(air.shape[1]) < (columns[0] + columns[-1]) / 2)[None, :]
+    for index in range(1, count + 1):
+        part = parts == index
+        if part.sum() >= min_part:
+            part = remove_small_holes(part, max_size=min_part)
+            right |= part & on_the_right
+            left |= part & ~on_the_right
+    return right, left
+
+
+def radiomics_lungs(cases=("lung1", "lung2"), every: int = 3, min_area: int = 500) -> Iterator[Sample]:
+    """The right and the left lung on every ``every``-th axial slice of pyradiomics' two chest
+    CTs (real; lungs labelled by :func:`threshold_lungs`), where the lung covers ``min_area`` pixels."""
+    for case in radiomics_volumes(cases):
+        for z in range(0, case.volume.shape[0], every):
+            for side, mask in zip(("right", "left"), threshold_lungs(case.volume[z])):
+                if mask.sum() >= min_area:
+                    yield Sample(image=np.ascontiguousarray(case.volume[z]), mask=mask, target=f"{side} lung",
+                                 modality="CT", source=f"pyradiomics:{case.name}:z={z}:{side} lung",
+                                 group=f"pyradiomics:{case.name}")
 
 
 def stardist_nuclei(count: int | None = None, seed: int = 0, min_area: int = 30) -> Iterator[Sample]:

@@ -197,6 +197,18 @@ def session_slices(inbox) -> list[Slice]:
     return out
 
 
+def kind_slices(cases) -> list[tuple[str, Slice]]:
+    """Every axial slice of pyradiomics' ``cases`` (``KIND_REFERENCES``, or the ones kept out of
+    it), each with the kind of scan it is ("head", "trunk"): scans whose body part is known
+    but whose structures are not labelled, so the atlas learns kinds of scan from them, not
+    where anything lies. Their tumour masks are not kept."""
+    from training.data.sources import RADIOMICS_KINDS, radiomics_volumes
+
+    return [(RADIOMICS_KINDS[case.name], Slice(to_rgb8(case.volume[z]), {}, (), case.modality,
+                                               f"pyradiomics:{case.name}:z={z}", "kind"))
+            for case in radiomics_volumes(cases) for z in range(case.volume.shape[0])]
+
+
 def nuclei_slices(side: str) -> list[Slice]:
     """stardist's nuclei image: the left half (train) or the right half (held out); the
     query "nucleus" has many right answers."""

@@ -339,15 +339,18 @@ def write_atlas(folder: str | Path, step_mm: float = 3.0, aal_step: int = 2, kin
     With ``kinds``, each slice's kind of scan (TotalSegmentator's "trunk", Colin27's "head")
     and its scan descriptor by the folder's image encoder go in too (one encoder pass per
     slice, cached like the training features), so the agent can tell a structure asked for on
-    another kind of scan (:meth:`~napari_ibis.grounding.atlas.SliceAtlas.kind_elsewhere`)."""
+    another kind of scan (:meth:`~napari_ibis.grounding.atlas.SliceAtlas.kind_elsewhere`),
+    and so do the descriptors of every slice of pyradiomics' ``KIND_REFERENCES`` (a breast
+    MRI and a chest CT: their kind known, nothing labelled; without them a chest CT at the
+    lungs' level looked like a head to the agent)."""
     import json
 
     from napari_ibis.grounding.atlas import SliceAtlas, scan_descriptor
     from napari_ibis.grounding.encoders import build_encoder
     from napari_ibis.grounding.head import PointerHeadConfig
     from napari_ibis.policies.pointer import ATLAS_FILE
-    from training.data.sources import AAL_DIR
-    from training.grounding.dataset import aal_slices, features_of, totalseg_slices
+    from training.data.sources import AAL_DIR, KIND_REFERENCES
+    from training.grounding.dataset import aal_slices, features_of, kind_slices, totalseg_slices
 
     if aal_step and not (AAL_DIR / "aal.nii.gz").is_file():
         raise FileNotFoundError(f"the Colin27 brain is not in {AAL_DIR} (apt-get install mricron-data), "
@@ -360,10 +363,13 @@ def write_atlas(folder: str | Path, step_mm: float = 3.0, aal_step: int = 2, kin
     if kinds:
         config = json.loads((Path(folder) / "config.json").read_text())
         encoder = build_encoder(config.get("encoder", PointerHeadConfig().encoder))
-        features, framings = features_of(encoder, slices)
-        extra = {"kinds": ["trunk"] * len(trunk) + ["head"] * len(brain), "encoder": encoder.name,
+        references = kind_slices(KIND_REFERENCES)
+        described = slices + [item for _, item in references]
+        features, framings = features_of(encoder, described)
+        extra = {"kinds": ["trunk"] * len(trunk) + ["head"] * len(brain) + [kind for kind, _ in references],
+                 "encoder": encoder.name,
                  "descriptors": [scan_descriptor(f.float(), framing, item.rgb)
-                                 for f, framing, item in zip(features, framings, slices)]}
+                                 for f, framing, item in zip(features, framings, described)]}
     SliceAtlas.from_slices(slices, regions, **extra).save(path)
     return path
 
@@ -375,6 +381,7 @@ def atlas_command(argv=None) -> int:
     folder then weights its map by where the atlas puts the structure a query names."""
     import argparse
 
+    from napari_ibis.errors import ModelError
     from napari_ibis.grounding.atlas import SliceAtlas
 
     parser = argparse.ArgumentParser(prog="napari-ibis atlas", description=atlas_command.__doc__.splitlines()[0])
@@ -390,11 +397,12 @@ def atlas_command(argv=None) -> int:
         raise SystemExit(f"napari-ibis atlas: {args.folder} is not a pointer model folder (no ibis_pointer config.json)")
     try:
         path = write_atlas(args.folder, args.step_mm, args.aal_step, kinds=not args.no_kinds)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ModelError) as exc:  # the Colin27 brain, or a registry file not fetched
         raise SystemExit(f"napari-ibis atlas: {exc}") from None
     atlas = SliceAtlas.load(path)
     kinds = "" if atlas.kinds is None else ", kinds of scan: " + ", ".join(
-        f"{kind} {int((atlas.kinds == kind).sum())}" for kind in sorted(set(atlas.kinds)))
+        f"{kind} {int((atlas.kinds == kind).sum())}" for kind in sorted(set(atlas.kinds))) + (
+        f" slices, {len(atlas.kinds) - len(atlas.grey)} of them unlabelled references")
     print(f"{path}: {len(atlas.grey)} slices, {len(atlas.names)} structures ({len(atlas.regions)} placed as regions)"
           f"{kinds}, {path.stat().st_size / 1e6:.1f} MB")
     return 0
