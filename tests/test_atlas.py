@@ -280,8 +280,8 @@ def test_the_atlas_command_refuses_a_folder_that_is_not_a_pointer_model(tmp_path
     assert not (tmp_path / "atlas.npz").exists()
 
 
-@pytest.mark.skipif(not __import__("napari_ibis.assets", fromlist=["available"]).available("totalsegmentator"),
-                    reason="totalsegmentator not fetched")
+@pytest.mark.skipif(not all(__import__("napari_ibis.assets", fromlist=["available"]).available(n)
+                            for n in ("totalsegmentator", "pyradiomics")), reason="totalsegmentator or pyradiomics not fetched")
 def test_the_atlas_command_writes_the_training_patients_and_never_the_held_out_ones(tmp_path, capsys, monkeypatch):
     from training.grounding.dataset import totalseg_slices
     from training.grounding.train import atlas_command
@@ -306,8 +306,13 @@ def test_the_atlas_command_writes_the_training_patients_and_never_the_held_out_o
     assert atlas.regions == {n for s in aal_slices("train", step=8) for n in s.masks}  # the AAL names, no organ
     assert "placed as regions" in capsys.readouterr().out
     brain = len(aal_slices("train", step=8))
-    assert encoded == ["mobilesam"] and atlas.encoder == "mobilesam" and atlas.descriptors.shape == (len(atlas.grey), 8)
-    assert list(atlas.kinds) == ["trunk"] * (len(atlas.grey) - brain) + ["head"] * brain
+    from training.data.sources import KIND_REFERENCES
+    from training.grounding.dataset import kind_slices
+
+    references = [kind for kind, _ in kind_slices(KIND_REFERENCES)]  # unlabelled scans of a known kind, after
+    assert encoded == ["mobilesam"] and atlas.encoder == "mobilesam"
+    assert atlas.descriptors.shape == (len(atlas.grey) + len(references), 8) and references
+    assert list(atlas.kinds) == ["trunk"] * (len(atlas.grey) - brain) + ["head"] * brain + references
     held_out = {SliceAtlas.from_slices([s]).grey[0].tobytes()
                 for s in totalseg_slices("held_out", step_mm=12.0) + aal_slices("held_out", step=1)}
     assert not held_out & {g.tobytes() for g in atlas.grey}
