@@ -28,7 +28,8 @@ Sets (nothing here is trained on by any agent of this project):
   opercular part"), 60 on the held-out Colin27 slices;
 * the right and the left lung on every third slice of pyradiomics' two chest CTs (``--sets
   lungs``; real scans, lungs labelled by a -400 HU threshold, ``threshold_lungs``: no agent
-  here was taught a chest CT's lungs, and the atlas keeps lung1's slices only as a kind of scan);
+  here was taught a chest CT's lungs, and the atlas keeps lung1's slices only as a kind of scan),
+  and where both lungs are large a bladder or a kidney asked for (absent);
 * a structure asked for on another kind of scan (``--sets elsewhere``, every case absent):
   an abdominal organ on the MNI152 template's slices and on the held-out Colin27 slices, a
   brain region on the held-out TotalSegmentator slices (CT and MR), one question per slice.

@@ -208,3 +208,21 @@ def test_pyradiomics_tumours_are_real_volumes_with_their_drawn_masks_in_the_disp
     slices = list(radiomics_lesions(["lung2"]))
     assert len(slices) == 11 and all(s.mask.sum() >= 20 and s.target == "lung tumour" for s in slices)
     assert len({s.group for s in radiomics_lesions()}) == 5  # one group per patient: never split
+
+
+def test_threshold_lungs_puts_the_patients_right_lung_on_the_images_left_and_leaves_the_airway_out():
+    from training.data.sources import threshold_lungs
+
+    rows, cols = np.mgrid[:200, :240]
+    hu = np.full((200, 240), -1000.0)  # the air around the patient
+    hu[((rows - 100) / 80) ** 2 + ((cols - 120) / 110) ** 2 <= 1] = 40.0  # the body
+    right = ((rows - 100) / 50) ** 2 + ((cols - 70) / 35) ** 2 <= 1  # on the image's left
+    left = ((rows - 100) / 45) ** 2 + ((cols - 172) / 30) ** 2 <= 1
+    hu[right | left] = -850.0
+    hu[(rows - 100) ** 2 + (cols - 170) ** 2 <= 6 ** 2] = 60.0  # a vessel inside the left lung: kept in it
+    airway = (rows - 60) ** 2 + (cols - 120) ** 2 <= 7 ** 2
+    hu[airway] = -1000.0
+    found_right, found_left = threshold_lungs(hu)
+    assert (found_right == right).mean() > 0.999 and (found_left == left).mean() > 0.999
+    assert not (found_right | found_left)[airway].any()
+    assert threshold_lungs(np.full((50, 50), -1000.0))[0].sum() == 0  # nothing but air: no lung, no error

@@ -290,16 +290,26 @@ def threshold_lungs(hu: np.ndarray, min_part: int = 2000) -> tuple[np.ndarray, n
     return right, left
 
 
-def radiomics_lungs(cases=("lung1", "lung2"), every: int = 3, min_area: int = 500) -> Iterator[Sample]:
+# organs that never reach a slice on which both lungs are large (each over 10,000 px at these scans' 0.6 mm)
+BELOW_THE_LUNGS = ("urinary bladder", "left kidney", "right kidney")
+
+
+def radiomics_lungs(cases=("lung1", "lung2"), every: int = 3, min_area: int = 500, seed: int = 0) -> Iterator[Sample]:
     """The right and the left lung on every ``every``-th axial slice of pyradiomics' two chest
-    CTs (real; lungs labelled by :func:`threshold_lungs`), where the lung covers ``min_area`` pixels."""
+    CTs (real; lungs labelled by :func:`threshold_lungs`), where the lung covers ``min_area``
+    pixels; and where both lungs are large, one organ of ``BELOW_THE_LUNGS`` asked for (absent)."""
+    rng = np.random.default_rng(seed)
     for case in radiomics_volumes(cases):
         for z in range(0, case.volume.shape[0], every):
-            for side, mask in zip(("right", "left"), threshold_lungs(case.volume[z])):
+            image, lungs = np.ascontiguousarray(case.volume[z]), threshold_lungs(case.volume[z])
+            for side, mask in zip(("right", "left"), lungs):
                 if mask.sum() >= min_area:
-                    yield Sample(image=np.ascontiguousarray(case.volume[z]), mask=mask, target=f"{side} lung",
-                                 modality="CT", source=f"pyradiomics:{case.name}:z={z}:{side} lung",
-                                 group=f"pyradiomics:{case.name}")
+                    yield Sample(image=image, mask=mask, target=f"{side} lung", modality="CT",
+                                 source=f"pyradiomics:{case.name}:z={z}:{side} lung", group=f"pyradiomics:{case.name}")
+            if min(mask.sum() for mask in lungs) >= 10_000:
+                organ = BELOW_THE_LUNGS[rng.integers(len(BELOW_THE_LUNGS))]
+                yield Sample(image=image, mask=np.zeros(image.shape, bool), target=organ, modality="CT",
+                             source=f"pyradiomics:{case.name}:z={z}:{organ}:absent", group=f"pyradiomics:{case.name}")
 
 
 def stardist_nuclei(count: int | None = None, seed: int = 0, min_area: int = 30) -> Iterator[Sample]:
