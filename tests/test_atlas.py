@@ -317,6 +317,14 @@ def test_the_atlas_command_writes_the_training_patients_and_never_the_held_out_o
                 for s in totalseg_slices("held_out", step_mm=12.0) + aal_slices("held_out", step=1)}
     assert not held_out & {g.tobytes() for g in atlas.grey}
 
+    import napari_ibis.assets as assets
+
+    real_available = assets.available
+    monkeypatch.setattr(assets, "available", lambda name: name != "pyradiomics" and real_available(name))
+    assert atlas_command([str(tmp_path), "--step-mm", "12", "--aal-step", "8"]) == 0  # still written, and says so
+    assert "keeps no unlabelled kind references" in capsys.readouterr().err
+    assert len(SliceAtlas.load(tmp_path / "atlas.npz").kinds) == len(atlas.grey)
+
 
 def _brains_available() -> bool:
     from napari_ibis import assets

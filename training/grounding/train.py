@@ -345,6 +345,9 @@ def write_atlas(folder: str | Path, step_mm: float = 3.0, aal_step: int = 2, kin
     lungs' level looked like a head to the agent)."""
     import json
 
+    import sys
+
+    from napari_ibis import assets
     from napari_ibis.grounding.atlas import SliceAtlas, scan_descriptor
     from napari_ibis.grounding.encoders import build_encoder
     from napari_ibis.grounding.head import PointerHeadConfig
@@ -363,7 +366,10 @@ def write_atlas(folder: str | Path, step_mm: float = 3.0, aal_step: int = 2, kin
     if kinds:
         config = json.loads((Path(folder) / "config.json").read_text())
         encoder = build_encoder(config.get("encoder", PointerHeadConfig().encoder))
-        references = kind_slices(KIND_REFERENCES)
+        references = kind_slices(KIND_REFERENCES) if assets.available("pyradiomics") else []
+        if not references:  # the atlas still works; only its kinds of scan know fewer scans
+            print(f"napari-ibis atlas: pyradiomics' scans are not fetched ({assets.FETCH_COMMAND}), so the atlas "
+                  f"keeps no unlabelled kind references: a chest CT may read as a head", file=sys.stderr)
         described = slices + [item for _, item in references]
         features, framings = features_of(encoder, described)
         extra = {"kinds": ["trunk"] * len(trunk) + ["head"] * len(brain) + [kind for kind, _ in references],
