@@ -8,6 +8,8 @@ Cases (one structure each):
 * Colin27 with AAL (real MRI, atlas labels): hippocampi, putamina, thalami;
 * pyradiomics' five test tumours (real brain MRI, breast MRI, lung CT; drawn masks,
   ``--sets lesions``);
+* the right and the left lung of pyradiomics' two chest CTs (real; lungs labelled slice by
+  slice by a -400 HU threshold, ``threshold_lungs``, not drawn; ``--sets lungs``, not run by default);
 * 3-D phantoms (synthetic, exact masks): liver, kidneys, a spleen that splits, a
   liver tumour that starts and ends ("lesions").
 
@@ -41,7 +43,8 @@ OUT = ROOT / "benchmarks" / "results" / "propagation.json"
 def cases(organs_per_volume: int, phantoms: int) -> list[dict]:
     from napari_ibis import assets, io
     from napari_ibis.phantoms import phantom_volume
-    from training.data.sources import AAL_DIR, TOTALSEG_VOLUMES, radiomics_volumes, structure_name, totalseg_class_maps
+    from training.data.sources import (AAL_DIR, TOTALSEG_VOLUMES, radiomics_volumes, structure_name,
+                                       threshold_lungs, totalseg_class_maps)
 
     out = []
     root = assets.path("totalsegmentator", "tests/reference_files").parent.parent
@@ -68,6 +71,14 @@ def cases(organs_per_volume: int, phantoms: int) -> list[dict]:
         out.append({"group": "real lesions (pyradiomics, drawn masks)", "source": f"pyradiomics:{case.name}",
                     "target": case.target, "volume": case.volume, "mask": case.mask,
                     "cm3": round(float(case.mask.sum()) * voxel_cm3, 2)})
+    for case in radiomics_volumes(["lung1", "lung2"]):
+        voxel_cm3 = float(np.prod(io.read_image(case.path).meta["geometry"].spacing)) / 1000
+        lungs = [threshold_lungs(hu) for hu in case.volume]
+        for index, side in enumerate(("right", "left")):
+            mask = np.stack([pair[index] for pair in lungs])
+            out.append({"group": "real lungs (chest CT, threshold labels)", "source": f"lungs:{case.name}",
+                        "target": f"{side} lung", "volume": case.volume, "mask": mask,
+                        "cm3": round(float(mask.sum()) * voxel_cm3, 1)})
     for seed in range(phantoms):
         ph = phantom_volume(1000 + seed)
         for name, mask in ph.masks.items():
@@ -78,7 +89,8 @@ def cases(organs_per_volume: int, phantoms: int) -> list[dict]:
 
 
 def _set_of(case: dict) -> str:
-    return {"totalseg": "totalseg", "colin27-aal": "aal", "pyradiomics": "lesions"}.get(case["source"].split(":")[0], "phantoms")
+    return {"totalseg": "totalseg", "colin27-aal": "aal", "pyradiomics": "lesions",
+            "lungs": "lungs"}.get(case["source"].split(":")[0], "phantoms")
 
 
 def main() -> int:
@@ -100,7 +112,7 @@ def main() -> int:
                         help="intensity window for every volume, or 'volume' (each volume's 0.5-99.5 percentile range); "
                              "default: propagation's own choice (CT: centred on the structure, propagation.structure_window)")
     parser.add_argument("--sets", nargs="+", default=["totalseg", "aal", "lesions", "phantoms"],
-                        choices=["totalseg", "aal", "lesions", "phantoms"])
+                        choices=["totalseg", "aal", "lesions", "phantoms", "lungs"])
     parser.add_argument("--check", default="none",
                         help="every|none|N: the default agent checks the propagated slices (query: 'segment the TARGET')")
     parser.add_argument("--model", default=None, help="the checking agent's model folder (default: the default agent)")
