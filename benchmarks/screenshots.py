@@ -155,9 +155,9 @@ def _colin27(model: str, query: str, z: int | None, max_steps: int, wait, truth_
                            model, query, z, max_steps, wait, truth_label)
 
 
-def _dice_report(viewer, widget, atlas, z: int, label: int, what: str) -> None:
-    """The transcript, the status and the Dice of the widget's mask with ``label`` on slice ``z``."""
-    mask, truth = viewer.layers["IBIS mask"].data > 0, atlas.data[z] == label
+def _dice_report(viewer, widget, truth, z: int, what: str) -> None:
+    """The transcript, the status and the Dice of the widget's mask with ``truth`` (2-D) on slice ``z``."""
+    mask = viewer.layers["IBIS mask"].data > 0
     mask = mask[z] if mask.ndim == 3 else mask
     print(widget.steps_panel.transcript.toPlainText())
     print(widget.steps_panel.status.text(), f"Dice with {what}: {2 * (mask & truth).sum() / (mask.sum() + truth.sum()):.3f}")
@@ -176,7 +176,7 @@ def hippocampus(out: Path, wait) -> None:
     hippocampus (AAL 37) on slice 61 (held out of its training and its atlas); Dice with AAL's."""
     viewer, widget, atlas, z = _colin27("", "segment the left hippocampus", 61, 8, wait, 37)
     viewer.window.screenshot(str(out / "widget-hippocampus.png"), canvas_only=False)
-    _dice_report(viewer, widget, atlas, z, 37, "AAL's left hippocampus")
+    _dice_report(viewer, widget, atlas.data[z] == 37, z, "AAL's left hippocampus")
     viewer.close()
 
 
@@ -192,11 +192,7 @@ def chest(out: Path, wait) -> None:
                                            "", "segment the right lung", 30, 8, wait, 1)
     viewer.reset_view()
     viewer.window.screenshot(str(out / "widget-chest.png"), canvas_only=False)
-    mask, truth = viewer.layers["IBIS mask"].data > 0, threshold_lungs(viewer.layers[0].data[z])[0]
-    mask = mask[z] if mask.ndim == 3 else mask
-    print(widget.steps_panel.transcript.toPlainText())
-    print(widget.steps_panel.status.text(), f"Dice with the thresholded right lung: "
-          f"{2 * (mask & truth).sum() / (mask.sum() + truth.sum()):.3f}")
+    _dice_report(viewer, widget, threshold_lungs(viewer.layers[0].data[z])[0], z, "the thresholded right lung")
     viewer.close()
 
 
@@ -211,7 +207,7 @@ def kidney_mr(out: Path, wait) -> None:
                                                 "", "segment the right kidney", 9, 8, wait, 2)
     viewer.reset_view()
     viewer.window.screenshot(str(out / "widget-kidney-mr.png"), canvas_only=False)
-    _dice_report(viewer, widget, labels, z, 2, "TotalSegmentator's right kidney")
+    _dice_report(viewer, widget, labels.data[z] == 2, z, "TotalSegmentator's right kidney")
     viewer.close()
 
 

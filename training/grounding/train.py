@@ -344,7 +344,6 @@ def write_atlas(folder: str | Path, step_mm: float = 3.0, aal_step: int = 2, kin
     MRI and a chest CT: their kind known, nothing labelled; without them a chest CT at the
     lungs' level looked like a head to the agent)."""
     import json
-
     import sys
 
     from napari_ibis import assets
