@@ -16,6 +16,9 @@ widget-spleen.png: the default agent itself (empty model field: v8 with its atla
 for the spleen on slice 10 of the same CT series, then Propagate both ways.
 widget-kidney-mr.png: the default agent asked for the right kidney on slice 9 of
 TotalSegmentator's held-out abdominal MR (its CT atlas fitted by the slice's edges).
+widget-brain-mri.png: the default agent asked for the left thalamus on slice 12 of pyradiomics'
+brain1, a clinical contrast T1 MRI with its skull (NRRD, 6.5 mm slices): it registers its
+brain atlas onto the whole volume and places the region (no truth: AAL is not drawn on it).
 
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only volume
@@ -24,6 +27,7 @@ TotalSegmentator's held-out abdominal MR (its CT atlas fitted by the slice's edg
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only hippocampus
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only kidney-mr
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only chest
+    xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only brain-mri
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", choices=["default-agent", "volume", "tumour", "spleen", "hippocampus", "kidney-mr",
-                                           "chest"],
+                                           "chest", "brain-mri"],
                         help="only that screenshot")
     args = parser.parse_args()
     out = ROOT / "docs" / "images"
@@ -76,6 +80,8 @@ def main() -> None:
         return kidney_mr(out, wait)
     if args.only == "chest":
         return chest(out, wait)
+    if args.only == "brain-mri":
+        return brain_mri(out, wait)
     image, labels = test_image_nuclei_2d(return_mask=True)
     target = labels == 119
     viewer = napari.Viewer(show=True)
@@ -193,6 +199,21 @@ def chest(out: Path, wait) -> None:
     viewer.reset_view()
     viewer.window.screenshot(str(out / "widget-chest.png"), canvas_only=False)
     _dice_report(viewer, widget, threshold_lungs(viewer.layers[0].data[z])[0], z, "the thresholded right lung")
+    viewer.close()
+
+
+def brain_mri(out: Path, wait) -> None:
+    """pyradiomics' brain1 (a clinical contrast T1 with its skull) through the reader, the default
+    agent asked for the left thalamus on slice 12; no truth (its label is the tumour, hidden)."""
+    from napari_ibis import assets
+
+    viewer, widget, _, z = _through_reader(str(assets.path("pyradiomics", "data/brain1_image.nrrd")),
+                                           str(assets.path("pyradiomics", "data/brain1_label.nrrd")),
+                                           "", "segment the left thalamus", 12, 8, wait, 1)
+    viewer.reset_view()
+    viewer.window.screenshot(str(out / "widget-brain-mri.png"), canvas_only=False)
+    print(widget.steps_panel.transcript.toPlainText())
+    print(widget.steps_panel.status.text(), f"mask {int((viewer.layers['IBIS mask'].data[z] > 0).sum())} px")
     viewer.close()
 
 

@@ -105,6 +105,23 @@ def layer_slice(layer, index: tuple[int, ...], axes: tuple[int, ...] = ()) -> np
     return np.asarray(data[index] if index else data)
 
 
+def layer_volume_slice(layer, axes: tuple[int, ...], index: tuple[int, ...]):
+    """The grey 3-D volume the slice at ``index`` of ``layer`` is from (a frame's, for a file of
+    several), for a policy that looks through a volume
+    (:class:`~napari_ibis.policies.base.VolumeSlice`); None for a 2-D or RGB layer, or one not
+    read with its geometry (its orientation in the patient unknown)."""
+    from .geometry import geometry_of
+    from .policies.base import volume_slice
+
+    n = spatial_ndim(layer)
+    if getattr(layer, "rgb", False) or geometry_of(layer) is None or n not in (3, 4) or len(index) != n - 2:
+        return None
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    if n == 4:  # frames first: the frame on screen, its axes counted without the frames
+        data, axes = data[index[0]], tuple(a - 1 for a in axes[1:]) if axes else ()
+    return volume_slice(data, tuple(float(v) for v in layer.scale[-3:]), axes, index[-1])
+
+
 def mask_colormap():
     from napari.utils.colormaps import DirectLabelColormap
 

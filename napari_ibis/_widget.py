@@ -29,6 +29,7 @@ from ._layers import (
     go_to_slice,
     labels_on_image_grid,
     layer_slice,
+    layer_volume_slice,
     paint_slice,
     slice_pixel_aspect,
     spatial_shape,
@@ -391,6 +392,7 @@ class IbisWidget(QWidget):
             layer=image_layer.name, index=index, axes=axes, layer_shape=spatial_shape(image_layer),
             geometry=geometry_of(image_layer), pixel_aspect=slice_pixel_aspect(image_layer, axes),
             modality=str(image_layer.metadata.get("ibis_modality", "")), untaught=untaught,
+            volume=layer_volume_slice(image_layer, axes, index),
         )
 
     def _layer_and_query(self):
@@ -452,7 +454,7 @@ class IbisWidget(QWidget):
         self.find_run = (name, index, axes)
         self._start(self.controller.find_slice_job, volume, query, panel.model_edit.text().strip() or None,
                     panel.device_combo.currentText(), slice_pixel_aspect(layer, axes),
-                    description="IBIS: looking for the slice")
+                    layer_volume_slice(layer, axes, index), description="IBIS: looking for the slice")
 
     def show_found(self, key) -> None:
         """Go to the slice the search chose, and say what it found."""
@@ -577,6 +579,7 @@ class IbisWidget(QWidget):
             max_steps=int(meta.get("max_steps", 20)), history=bool(meta.get("history", False)),
             device=meta.get("device", "auto"), layer=layer.name, index=index, axes=axes,
             layer_shape=spatial_shape(layer), geometry=geometry_of(layer), pixel_aspect=slice_pixel_aspect(layer, axes),
+            volume=layer_volume_slice(layer, axes, index),
         )
         if index:  # show the slice as it was seen: the same axes on screen, the same position
             offset = self.viewer.dims.ndim - len(spatial_shape(layer))

@@ -248,6 +248,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     session = Session(
         loaded.slice, args.query, policy, segmenter, profile=args.profile, max_steps=max(1, args.max_steps),
         use_history=args.history, init_mask=init_mask, window=args.window, pixel_aspect=loaded.pixel_aspect,
+        volume=loaded.volume_slice(),
     )
     show = (lambda readable, raw: None) if args.quiet else (
         lambda readable, raw: print(raw if args.raw else readable, end="", flush=True))
@@ -332,7 +333,8 @@ def _find_start(args, loaded, policy):
     count = len(loaded.stack)
     if not args.quiet:
         print(f"Looking for the {target_of(args.query)} through {count} {plane}slices...", flush=True)
-    key = find_slice(loaded.stack, args.query, policy, window=args.window, pixel_aspect=loaded.pixel_aspect)
+    key = find_slice(loaded.stack, args.query, policy, window=args.window, pixel_aspect=loaded.pixel_aspect,
+                     volume=loaded.volume_slice())
     print(key.describe(f"the {target_of(args.query)}", plane) + (
         f" ({key.looked[key.index].peak:.0%} sure); working there." if key.found else "."), flush=True)
     return key
@@ -363,10 +365,15 @@ def _propagate(args, loaded, session, segmenter, policy, check_every: int):
 
     start = loaded.slice_index[-1]
     aspect = loaded.pixel_aspect
-    checker = (agent_checker(policy, args.query, segmenter, profile=args.profile, pixel_aspect=aspect)
+    checker = (agent_checker(policy, args.query, segmenter, profile=args.profile, pixel_aspect=aspect,
+                             volume=loaded.volume_slice())
                if check_every else None)
+    through = getattr(policy, "region_through", None)  # the pointer agent: a brain region through the volume
+    through = through(session.seen, args.query, session.volume) if through is not None else None
+    if through is not None and not args.quiet:
+        print(f"Following {through.describe()}, slice by slice (no segmenter).", flush=True)
     propagation = Propagation(loaded.stack, segmenter, window=args.window, checker=checker, check=check_every,
-                              pixel_aspect=aspect)
+                              pixel_aspect=aspect, region_of=through)
     started = time.perf_counter()
     for event in propagation.run(start, session.mask, args.propagate):
         if isinstance(event, PropagationDone):
@@ -393,7 +400,8 @@ def _propagate(args, loaded, session, segmenter, policy, check_every: int):
         print(f"  (on {plane}slice(s) {', '.join(drifts)} the mask starts to look partly unlike the structure: "
               "check its edge there)")
     record = {"direction": args.propagate, "start": start, "check": args.check, "seconds": seconds,
-              "flagged": done.flagged, "slices": slices}
+              "flagged": done.flagged, "slices": slices,
+              "followed": "segmenter" if through is None else through.describe()}
     return loaded.in_file_order(done.labels), record
 
 

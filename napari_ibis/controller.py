@@ -31,6 +31,7 @@ from .errors import Cancelled, IbisError, InputError
 from .geometry import Geometry, in_view_order, oriented, plane_of
 from .inbox import TrainingInbox
 from .io import trace_path
+from .policies.base import VolumeSlice
 from .session import ActionTaken, Answered, MaskUpdated, Session, StepStarted, Stopped
 from .square_pixels import stretch_note
 from .transcript import Transcript, plane_note, stop_words
@@ -62,6 +63,7 @@ class RunSpec:
     modality: str = ""  # as the file says (DICOM's Modality), if it does
     pixel_aspect: float = 1.0  # the slice's row spacing over its column spacing (napari_ibis.square_pixels)
     untaught: str = ""  # where the query names something the agent was not taught: the note that it guesses
+    volume: VolumeSlice | None = field(default=None, repr=False)  # the volume the slice is from, for the agent
 
     def settings(self) -> dict:
         """What the autosave and the trajectory record keep of these settings."""
@@ -135,7 +137,7 @@ class Controller:
             yield ("status", "Embedding the slice…")
             session = Session(spec.image, spec.query, policy, segmenter, profile=spec.profile,
                               max_steps=spec.max_steps or CONTINUE_STEPS, use_history=spec.history,
-                              init_mask=spec.init_mask, pixel_aspect=spec.pixel_aspect)
+                              init_mask=spec.init_mask, pixel_aspect=spec.pixel_aspect, volume=spec.volume)
         except IbisError as exc:
             yield ("error", str(exc))
             return
@@ -167,7 +169,7 @@ class Controller:
             yield ("status", "Restoring the session: embedding the slice…")
             session = Session(spec.image, spec.query, policy, segmenter, profile=spec.profile,
                               max_steps=spec.max_steps or CONTINUE_STEPS, use_history=spec.history,
-                              pixel_aspect=spec.pixel_aspect)
+                              pixel_aspect=spec.pixel_aspect, volume=spec.volume)
             restore_into(session, meta, arrays)
         except (IbisError, ValueError, KeyError, OSError) as exc:
             yield ("error", f"cannot restore the session: {exc}")
@@ -182,27 +184,35 @@ class Controller:
         yield ("status", f"Propagating {direction} from slice {spec.index[-1]}…")
         try:
             segmenter = self.models.segmenter(spec.segmenter, spec.device)
+            policy = self.models.policy(spec.model, spec.device)
             checker = None
             if check != "none":
-                policy = self.models.policy(spec.model, spec.device)
                 checker = agent_checker(policy, spec.query, segmenter, spec.profile, cancel=self.cancel,
-                                        pixel_aspect=spec.pixel_aspect)
-            propagation = Propagation(volume, segmenter, checker=checker, check=check, pixel_aspect=spec.pixel_aspect)
+                                        pixel_aspect=spec.pixel_aspect, volume=spec.volume)
+            through = None  # the pointer agent on a brain volume: the registered atlas region, slice by slice
+            if hasattr(policy, "region_through") and self.session is not None:
+                through = policy.region_through(self.session.seen, spec.query, self.session.volume)
+            if through is not None:
+                yield ("status", f"Propagating {direction} from slice {spec.index[-1]}: following {through.describe()}…")
+            propagation = Propagation(volume, segmenter, checker=checker, check=check, pixel_aspect=spec.pixel_aspect,
+                                      region_of=through)
             for event in propagation.run(spec.index[-1], mask, direction, self.cancel):
                 yield ("propagated", event)
         except IbisError as exc:
             yield ("error", str(exc))
 
     def find_slice_job(self, volume: np.ndarray, query: str, model: str | None, device: str,
-                       pixel_aspect: float) -> Iterator[tuple]:
-        """Look for ``query``'s structure through ``volume`` (Z, H, W[, 3]): where to start."""
+                       pixel_aspect: float, looked_through: VolumeSlice | None = None) -> Iterator[tuple]:
+        """Look for ``query``'s structure through ``volume`` (Z, H, W[, 3]): where to start;
+        ``looked_through``: the same volume as a policy that looks through one takes it."""
         from .key_slice import KeySlice, search
 
         yield ("status", "Loading the agent…" if not self.models.loaded(("policy", model, device)) else
                f"Looking through {len(volume)} slices…")
         try:
             policy = self.models.policy(model, device)
-            for item in search(volume, query, policy, pixel_aspect=pixel_aspect, cancel=self.cancel):
+            for item in search(volume, query, policy, pixel_aspect=pixel_aspect, cancel=self.cancel,
+                               volume=looked_through):
                 if isinstance(item, KeySlice):
                     yield ("found", item)
                 else:

@@ -79,6 +79,19 @@ class LoadedImage:
         """The 3-D volume (in view order) that holds the slice: a frame's, for a file of several."""
         return self.volume[self.slice_index[:-1]]
 
+    def volume_slice(self):
+        """The 3-D grey volume the slice is from, as a policy that looks through it takes it
+        (:class:`~napari_ibis.policies.base.VolumeSlice`); None for a 2-D or RGB image, or a
+        volume whose file gives no spacing."""
+        from .policies.base import volume_slice
+
+        geometry = self.meta.get("geometry")
+        if self.rgb or geometry is None or len(self.slice_index) != 1 + bool(self.frames):
+            return None
+        volume = self.data[self.slice_index[0]] if self.frames else self.data
+        axes = tuple(a - 1 for a in self.axes[1:]) if self.frames and self.axes else self.axes
+        return volume_slice(volume, geometry.spacing, axes, self.slice_index[-1])
+
     @property
     def pixel_aspect(self) -> float:
         """The slice's row spacing over its column spacing (1.0 where the file gives none)."""

@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import Cancelled, InputError
 from .overlay import to_rgb8
-from .policies.base import Located, Policy
+from .policies.base import Located, Policy, VolumeSlice
 from .square_pixels import SquareGrid
 
 LOOKS = 16  # slices of the first, even pass (then about 2 log2(count / LOOKS) more close to the best)
@@ -65,21 +65,24 @@ def first_pass(count: int, looks: int = LOOKS) -> list[int]:
 
 
 def find_slice(stack: np.ndarray, query: str, policy: Policy, *, window: str | None = None, pixel_aspect: float = 1.0,
-               looks: int = LOOKS, cancel: threading.Event | None = None) -> KeySlice:
+               looks: int = LOOKS, cancel: threading.Event | None = None, volume: VolumeSlice | None = None) -> KeySlice:
     """The slice of ``stack`` (Z, H, W) or (Z, H, W, 3) where ``policy`` sees ``query``'s structure best
     (:func:`search`, run to its end)."""
-    for item in search(stack, query, policy, window=window, pixel_aspect=pixel_aspect, looks=looks, cancel=cancel):
+    for item in search(stack, query, policy, window=window, pixel_aspect=pixel_aspect, looks=looks, cancel=cancel,
+                       volume=volume):
         if isinstance(item, KeySlice):
             return item
     raise AssertionError("search ends with its KeySlice")
 
 
 def search(stack: np.ndarray, query: str, policy: Policy, *, window: str | None = None, pixel_aspect: float = 1.0,
-           looks: int = LOOKS, cancel: threading.Event | None = None) -> Iterator[tuple[int, Located] | KeySlice]:
+           looks: int = LOOKS, cancel: threading.Event | None = None,
+           volume: VolumeSlice | None = None) -> Iterator[tuple[int, Located] | KeySlice]:
     """Look for ``query``'s structure through ``stack``: yields (slice, what the policy saw) for
     each slice looked at, then the :class:`KeySlice`. ``cancel`` stops it
     (:class:`~napari_ibis.errors.Cancelled`); a policy that cannot locate (a language model)
-    is refused with one line."""
+    is refused with one line. ``volume``: ``stack`` as a policy that looks through a volume
+    takes it (each slice's index set as it is looked at)."""
     stack = np.asarray(stack)
     if stack.ndim not in (3, 4) or len(stack) == 0:
         raise InputError(f"finding a slice needs a 3-D volume, not an array of shape {stack.shape}")
@@ -89,7 +92,8 @@ def search(stack: np.ndarray, query: str, policy: Policy, *, window: str | None 
         if cancel is not None and cancel.is_set():
             raise Cancelled("stopped while looking for the slice")
         rgb = to_rgb8(stack[z], window)
-        seen = policy.locate(SquareGrid(rgb.shape[:2], pixel_aspect).image(rgb), query)
+        seen = policy.locate(SquareGrid(rgb.shape[:2], pixel_aspect).image(rgb), query,
+                             None if volume is None else volume.at(z))
         if seen is None:
             raise InputError(f"the model {policy.name} cannot look for a structure through a volume; "
                              "choose the slice to start on (--slice N, or the slider)")

@@ -130,19 +130,24 @@ class Propagation:
 
     ``checker``: a callable ``(slice_rgb, index, propagated_mask) -> (mask, steps,
     not_present, trajectory)``, usually :func:`agent_checker`; ``check``: "none", "every"
-    or a whole number N (every Nth slice from the start).
+    or a whole number N (every Nth slice from the start). ``region_of``: a callable giving
+    the structure on any slice index (bool, the slice's grid), where something already knows
+    it through the volume (a brain region of an atlas registered onto it:
+    :meth:`~napari_ibis.policies.pointer.PointerPolicy.region_through`): each slice takes it
+    instead of the segmenter's reading, and the structure ends where it does.
     """
 
     def __init__(self, volume: np.ndarray, segmenter: Segmenter, window: str | None = None, min_area: int = 10,
                  min_ratio: float = 0.15, max_growth: float = 1.8, min_overlap: float = 0.2, min_score: float = 0.4,
                  min_likeness: float = MIN_LIKENESS, min_added_likeness: float = MIN_ADDED_LIKENESS,
                  checker=None, check: str | int = "none",
-                 min_agreement: float = 0.5, video: bool = True, pixel_aspect: float = 1.0) -> None:
+                 min_agreement: float = 0.5, video: bool = True, pixel_aspect: float = 1.0, region_of=None) -> None:
         volume = np.asarray(volume)
         if volume.ndim not in (3, 4) or (volume.ndim == 4 and volume.shape[-1] not in (3, 4)):
             raise InputError(f"propagation needs a volume (Z, H, W) or (Z, H, W, 3), got shape {volume.shape}")
         self.volume = volume
-        self.video = video and getattr(segmenter, "name", "") == "sam2"  # SAM 2's video propagation
+        self.region_of = region_of
+        self.video = video and region_of is None and getattr(segmenter, "name", "") == "sam2"  # SAM 2's video propagation
         # slices with unequal row and column spacing are followed at square pixels (SAM 2's video
         # predictor resizes every frame to a square of its own)
         self.segmenter = segmenter if self.video else square_pixels(segmenter, pixel_aspect)
@@ -202,7 +207,7 @@ class Propagation:
         done = PropagationDone(labels)
         steps = {"up": (1,), "down": (-1,), "both": (1, -1)}[direction]
         try:
-            if not self.video:  # measured even when min_likeness is 0, for the record (SliceResult.likeness)
+            if not self.video and self.region_of is None:  # measured even when min_likeness is 0 (SliceResult.likeness)
                 with self.segmenter.interruptible(cancel):
                     self.segmenter.set_image(start_rgb)
                 self._appearance = Appearance.of(self.segmenter, mask)
@@ -243,7 +248,9 @@ class Propagation:
     def _one(self, index: int, previous: np.ndarray, step: int, distance: int, tracker=None) -> SliceResult:
         started = time.perf_counter()
         rgb = self.rgb(index)
-        if tracker is not None:
+        if self.region_of is not None:
+            followed, clicks = SegmentResult(self._region(index), None, float("nan")), ()
+        elif tracker is not None:
             tracked, mask, score = next(tracker)
             if tracked != index:
                 raise RuntimeError(f"SAM 2 tracked slice {tracked} where slice {index} was expected")
@@ -252,7 +259,7 @@ class Propagation:
             self.segmenter.set_image(rgb)
             clicks = tuple(prompts_from(previous))
             followed = self.segmenter.follow(previous)
-        boxed = None if tracker is not None else self._boxed_if_alike(previous, followed)
+        boxed = None if tracker is not None or self.region_of is not None else self._boxed_if_alike(previous, followed)
         followed = boxed or followed
         mask = followed.mask
         outcome = SliceResult(index, mask, clicks, boxed=bool(boxed))
@@ -275,7 +282,9 @@ class Propagation:
             outcome.likeness = self._appearance.likeness(self.segmenter, mask)
         if not outcome.stopped:
             if area < self.min_area:
-                outcome.stopped = "the mask vanished"
+                outcome.stopped = "the mask vanished" if self.region_of is None else "the region ends here"
+            elif self.region_of is not None:
+                pass  # the region's own extent, not the segmenter's rules, says where it ends
             elif np.isfinite(followed.score) and followed.score < self.min_score:
                 outcome.stopped = f"the segmenter's own quality estimate fell to {followed.score:.2f}"
             elif area < self.min_ratio * previous.sum():
@@ -290,6 +299,12 @@ class Propagation:
             outcome.mask = np.zeros_like(mask)  # the structure ended before this slice
         outcome.seconds = time.perf_counter() - started
         return outcome
+
+    def _region(self, index: int) -> np.ndarray:
+        region = np.asarray(self.region_of(index), dtype=bool)
+        if region.shape != self.volume.shape[1:3]:
+            raise InputError(f"the region on slice {index} is {region.shape} but the slices are {self.volume.shape[1:3]}")
+        return region
 
     def _boxed_if_alike(self, previous: np.ndarray, followed: SegmentResult) -> SegmentResult | None:
         """The segmenter's box reading of the slice, where at least ``min_added_likeness`` of
@@ -369,13 +384,15 @@ def parse_check(check: str | int) -> int:
 
 
 def agent_checker(policy, query: str, segmenter: Segmenter, profile: str = "ibis-release", max_steps: int = 4,
-                  cancel: threading.Event | None = None, pixel_aspect: float = 1.0):
-    """A checker for :class:`Propagation`: the agent refines the propagated mask as an imported one."""
+                  cancel: threading.Event | None = None, pixel_aspect: float = 1.0, volume=None):
+    """A checker for :class:`Propagation`: the agent refines the propagated mask as an imported one.
+    ``volume``: the :class:`~napari_ibis.policies.base.VolumeSlice` propagated through (each
+    checked slice's index set), for a policy that looks through a volume."""
     from .session import Session
 
     def check(rgb: np.ndarray, index: int, mask: np.ndarray):
         session = Session(rgb, query, policy, segmenter, profile=profile, max_steps=max_steps, init_mask=mask,
-                          pixel_aspect=pixel_aspect)
+                          pixel_aspect=pixel_aspect, volume=None if volume is None else volume.at(index))
         for _ in session.run(cancel):
             pass
         not_present = bool(session.steps) and session.current.not_present

@@ -32,7 +32,7 @@ import numpy as np
 from .errors import ActionParseError, Cancelled, IbisError, InputError
 from .metrics import iou
 from .overlay import to_rgb8
-from .policies.base import Policy, PolicyRequest
+from .policies.base import Policy, PolicyRequest, VolumeSlice
 from .protocol import Action, Profile, Turn, get_profile
 from .segmenters.base import Click, Segmenter
 from .square_pixels import SquareGrid, square_pixels
@@ -146,10 +146,12 @@ class Session:
         init_mask: np.ndarray | None = None,
         window: str | None = None,
         pixel_aspect: float = 1.0,
+        volume: VolumeSlice | None = None,
     ) -> None:
         """``pixel_aspect``: the slice's row spacing over its column spacing; where it is not
         about 1, the agent and the segmenter see the slice at square pixels
-        (:mod:`napari_ibis.square_pixels`) while clicks and masks stay on its own grid."""
+        (:mod:`napari_ibis.square_pixels`) while clicks and masks stay on its own grid.
+        ``volume``: the volume the slice was cut from, for a policy that looks through it."""
         if not isinstance(query, str) or not query.strip():
             raise InputError("the query is empty: say what to segment, e.g. 'segment the liver tumour'")
         self.rgb = to_rgb8(image, window)
@@ -161,6 +163,7 @@ class Session:
         self.query = query.strip()
         self.policy = policy
         self.pixel_aspect = float(pixel_aspect)
+        self.volume = volume
         self._grid = SquareGrid((height, width), pixel_aspect)
         self.segmenter = square_pixels(segmenter, pixel_aspect, self._grid)
         self._seen = self._grid.image(self.rgb)  # the slice as the agent sees it
@@ -190,6 +193,11 @@ class Session:
         return Step(0, "initial", "initial", mask, self.segmenter.prior_from_mask(mask) if mask.any() else None)
 
     # -- state ---------------------------------------------------------------------
+    @property
+    def seen(self) -> np.ndarray:
+        """The slice as the agent sees it (RGB, at square pixels)."""
+        return self._seen
+
     @property
     def steps(self) -> list[Step]:
         """The active steps, oldest first (undone steps are not included)."""
@@ -404,7 +412,7 @@ class Session:
         index = self._cursor + 1
         started = time.perf_counter()
         try:
-            placement = self.policy.place(self._seen, self.query)
+            placement = self.policy.place(self._seen, self.query, self.volume)
         except Exception as exc:  # as a failed turn: the timeline stays as it was
             return Stopped("error", failure_line(exc))
         if placement is None:
@@ -444,6 +452,7 @@ class Session:
             clicks=tuple(self._grid.click_in(c) for c in before.clicks),
             step=index,
             messages=self.profile.messages(self._turns() + [Turn(observation, prompt)], self.use_history),
+            volume=self.volume,
         )
         yield StepStarted(index)
         started = time.perf_counter()

@@ -38,6 +38,29 @@ def test_a_structure_is_followed_through_the_slices_and_ends_where_it_ends(name)
     assert done.slices and all(r.clicks for r in done.slices)
 
 
+def test_a_region_known_through_the_volume_is_taken_slice_by_slice_and_ends_where_it_ends():
+    """A brain region of an atlas registered onto the volume: each slice takes the region (no
+    segmenter reading, no shape rule: it may triple between slices) until it is empty."""
+    volume = phantom_volume(0)
+    regions = np.zeros(volume.image.shape, bool)
+    for z, radius in ((12, 3), (13, 9), (14, 10), (15, 4)):  # grows threefold, then shrinks
+        rows, cols = np.ogrid[:96, :96]
+        regions[z] = (rows - 40) ** 2 + (cols - 50) ** 2 <= radius**2
+
+    class Refusing(Segmenter):
+        name = "refusing"
+
+        def _embed(self, image):
+            raise AssertionError("a region known through the volume needs no segmenter")
+
+        def _segment(self, clicks, prior):
+            raise AssertionError("a region known through the volume needs no segmenter")
+
+    done = run(Propagation(volume.image, Refusing(), region_of=lambda z: regions[z]), 14, regions[14])
+    assert np.array_equal(done.labels, regions)
+    assert {r.index: r.stopped for r in done.slices if r.stopped} == {11: "the region ends here", 16: "the region ends here"}
+
+
 def test_a_structure_that_splits_is_followed_into_both_parts():
     from scipy import ndimage as ndi
 

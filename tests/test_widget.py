@@ -408,6 +408,9 @@ def test_a_nifti_opened_with_the_reader_is_saved_back_on_its_own_voxels(make_wid
     height, width = layer.data.shape[1:]
     w = make_widget(viewer)
     w.use_policy(ScriptedPolicy([point(True, (cols.mean() + 0.5) / width, (rows.mean() + 0.5) / height), TERMINATE]))
+    looked_through = w.gather().volume  # the agent is handed the volume the slice is from, in the display convention
+    assert looked_through.volume.shape == layer.data.shape and (looked_through.view, looked_through.index) == ("axial", z)
+    assert looked_through.spacing == pytest.approx(tuple(layer.scale))
     run_and_wait(w, qtbot)
     assert w.default_save_name() == "scan_labels.nii.gz"
     saved = w.save_result(tmp_path / "scan_labels.nii.gz", confirmed=True)

@@ -22,6 +22,35 @@ from ..segmenters.base import Click
 TextSink = Callable[[str], None]
 
 
+@dataclass(frozen=True, eq=False)
+class VolumeSlice:
+    """The volume a slice was cut from, for a policy that looks through it (the pointer agent
+    registers a brain atlas onto a brain volume): the 3-D array in the display convention
+    (:mod:`napari_ibis.geometry`), its spacing in mm along those axes, the plane the slice is
+    seen in (:data:`~napari_ibis.geometry.VIEWS`) and its index across that plane."""
+
+    volume: np.ndarray
+    spacing: tuple[float, float, float]
+    view: str = "axial"
+    index: int = 0
+
+    def at(self, index: int) -> VolumeSlice:
+        """The same volume, slice ``index``."""
+        return VolumeSlice(self.volume, self.spacing, self.view, int(index))
+
+
+def volume_slice(volume, spacing, axes: tuple[int, ...] = (), index: int = 0) -> VolumeSlice | None:
+    """A :class:`VolumeSlice` of a grey 3-D ``volume`` (display order) whose ``spacing`` is known,
+    seen along ``axes`` (view order, () for axial); None where there is no such volume (a 2-D
+    image, RGB, no spacing)."""
+    from ..geometry import VIEWS
+
+    views = {value: name for name, value in VIEWS.items()}
+    if volume is None or np.ndim(volume) != 3 or spacing is None or len(tuple(spacing)) != 3 or tuple(axes) not in views:
+        return None
+    return VolumeSlice(volume, tuple(float(s) for s in spacing), views[tuple(axes)], int(index))
+
+
 @dataclass
 class PolicyRequest:
     """What a policy may look at to decide a turn."""
@@ -35,6 +64,7 @@ class PolicyRequest:
     messages: list[dict[str, Any]] = field(default_factory=list)
     temperature: float = 0.0  # 0: greedy (the release's decoding); above 0: sample, to ask for another reply
     seed: int = 0  # the sampling seed, so that a sampled reply can be reproduced
+    volume: VolumeSlice | None = None  # the volume the slice is from, where the caller has one
 
 
 @dataclass
@@ -65,12 +95,13 @@ class Policy(ABC):
         """What a trajectory file records about this policy (never secrets)."""
         return {"name": self.name}
 
-    def place(self, image: np.ndarray, query: str) -> Placement | None:
+    def place(self, image: np.ndarray, query: str, volume: VolumeSlice | None = None) -> Placement | None:
         """A mask to start a fresh run from, before the first turn; None (the default): the
-        run starts from nothing. The session asks once, on a run with no steps and no mask."""
+        run starts from nothing. The session asks once, on a run with no steps and no mask.
+        ``volume``: the volume ``image`` was cut from, where there is one."""
         return None
 
-    def locate(self, image: np.ndarray, query: str) -> Located | None:
+    def locate(self, image: np.ndarray, query: str, volume: VolumeSlice | None = None) -> Located | None:
         """How clearly the structure ``query`` names shows on ``image`` (the slice as the agent
         sees it), to choose the slice of a volume to start on; None (the default): this policy
         cannot say without running a session (a language model answers in words)."""

@@ -29,11 +29,16 @@ structure, moved onto the slice, weights the map where the query names one the a
 Where the atlas lists the structure as a region (AAL's brain regions: borders drawn by the
 atlas, not seen as edges) and fits it onto the slice, the agent first places the atlas's
 mask (:meth:`PointerPolicy.place`) and then judges it as it judges any mask
-(benchmarks/atlas_mask.py measured it against clicking).
+(benchmarks/atlas_mask.py measured it against clicking). Given the whole volume a slice was
+cut from, and a ``brain_atlas.npz`` in the folder, it registers that brain atlas onto the
+volume in 3-D instead (:mod:`napari_ibis.grounding.brain_atlas`): on a real brain MRI the
+region's place and whether it reaches the slice come from that fit
+(:meth:`PointerPolicy.brain_region`), which a slice alone could not give.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,12 +46,13 @@ import numpy as np
 from ..grounding.names import in_atlas_words, spoken
 from ..grounding.vocabulary import Vocabulary, names_a_lesion
 from ..protocol import Response
-from .base import DecidingPolicy, Located, Placement, PolicyRequest
+from .base import DecidingPolicy, Located, Placement, PolicyRequest, VolumeSlice
 from .oracle import describe_place
 
 SPILL_SHARE = 0.25  # of the mask, outside the (grown) target region, before a negative click
 MISS_SHARE = 0.3  # of the (shrunk) target region, outside the mask, before a positive click
 ATLAS_FILE = "atlas.npz"
+BRAIN_ATLAS_FILE = "brain_atlas.npz"
 ATLAS_POWER = 2  # the first click: the map times the atlas prior to this power (benchmarks/atlas_prior.py --fuse)
 ATLAS_EXTENT = 0.5  # later turns: the atlas's extent of the structure, where its prior is above this
 ATLAS_REACH = 0.1  # later turns: the map where the atlas prior is above this
@@ -163,6 +169,17 @@ class PointerPolicy(DecidingPolicy):
             except (OSError, KeyError, ValueError) as exc:
                 raise ModelError(f"{self.folder / ATLAS_FILE} is not a readable atlas ({exc}): remove it, or "
                                  f"write it again with napari-ibis atlas {self.folder}") from None
+        self.brain = None  # the brain atlas registered onto brain volumes (napari_ibis.grounding.brain_atlas)
+        if (self.folder / BRAIN_ATLAS_FILE).is_file():
+            from ..errors import ModelError
+            from ..grounding.brain_atlas import VolumeAtlas
+
+            try:
+                self.brain = VolumeAtlas.load(self.folder / BRAIN_ATLAS_FILE)
+            except (OSError, KeyError, ValueError) as exc:
+                raise ModelError(f"{self.folder / BRAIN_ATLAS_FILE} is not a readable brain atlas ({exc}): remove it, "
+                                 f"or write it again with napari-ibis atlas {self.folder} --what brain") from None
+        self._brain_fit: tuple | None = None  # (the volume's key, its fit, the volume held so that its id stays its own)
         self.device = torch.device("cpu" if device == "auto" else device)
         self._image_key = None
         self._cells = None
@@ -231,7 +248,7 @@ class PointerPolicy(DecidingPolicy):
 
         return scan_descriptor(features, framing, image)
 
-    def member_asked(self, image: np.ndarray, query: str) -> tuple[str, str | None]:
+    def member_asked(self, image: np.ndarray, query: str, volume: VolumeSlice | None = None) -> tuple[str, str | None]:
         """The query the agent works on, and why where it is not ``query``: where ``query`` names a
         kind of the atlas's structures without its side, lobe or level ("segment the kidney":
         the head learnt only a left and a right kidney and answers "not present"), the member
@@ -240,7 +257,9 @@ class PointerPolicy(DecidingPolicy):
         member belongs to another kind of scan, the first, so that the agent says so. A query
         naming a lesion the folder was not taught (:class:`~napari_ibis.grounding.vocabulary.Untaught`):
         :class:`~napari_ibis.errors.InputError`, so that no route (a run, a placement, a search
-        through the volume) guesses at it."""
+        through the volume) guesses at it. Given the ``volume`` the slice is from, where the
+        brain atlas registered onto it places the members (:meth:`brain_region`), the member
+        whose region is largest on the slice."""
         untaught = self.vocabulary.untaught(query)
         if untaught is not None and untaught.refused:
             from ..errors import InputError
@@ -251,19 +270,29 @@ class PointerPolicy(DecidingPolicy):
         if found is None:  # a lesion ("the lung tumour") is looked for as asked, not as its organ
             return query, None
         self.probability_map(image, query)  # the image's caches
-        if query not in self._members:
+        key = (query, volume is not None)
+        if key not in self._members:
             kind, members = found
-            scored, elsewhere = [], []
+            scored, elsewhere, registered = [], [], []
             for member in members:
                 asked = f"segment the {member}"
                 probability = self.probability_map(image, asked)
                 prior = self._priors.get(asked)
+                placed = self.brain_region(image, asked, volume)
                 if self._kinds.get(asked):
                     elsewhere.append(member)
+                elif placed is not None:
+                    registered.append((int(placed[0].sum()), member))
                 elif prior is not None:
                     scored.append((float((probability * prior**ATLAS_POWER).max()), member))
             chosen, why = query, None
-            if scored:
+            if registered:
+                area, member = max(registered)
+                chosen = f"segment the {member}"
+                why = (f"You asked for the {spoken(kind)}; the atlas brain has the "
+                       f"{' and the '.join(map(spoken, members))}. I look for the {spoken(member)}, the larger on this "
+                       f"slice where the atlas registered onto this volume puts them ({area} px).")
+            elif scored:
                 score, member = max(scored)
                 chosen = f"segment the {member}"
                 why = (f"You asked for the {spoken(kind)}; the labelled scans I know have the "
@@ -271,8 +300,8 @@ class PointerPolicy(DecidingPolicy):
                        f"and their fitted slices agree best ({score:.0%}).")
             elif elsewhere:
                 chosen = f"segment the {elsewhere[0]}"
-            self._members[query] = (chosen, why)
-        return self._members[query]
+            self._members[key] = (chosen, why)
+        return self._members[key]
 
     def guided_map(self, image: np.ndarray, query: str, first_turn: bool) -> np.ndarray:
         """The map the agent decides on: :meth:`probability_map`, weighted where the folder's
@@ -306,7 +335,7 @@ class PointerPolicy(DecidingPolicy):
         known = self._known.get(query)
         return self._priors[query] > ATLAS_EXTENT if known is None else known
 
-    def place(self, image: np.ndarray, query: str) -> Placement | None:
+    def place(self, image: np.ndarray, query: str, volume: VolumeSlice | None = None) -> Placement | None:
         """The atlas's extent of the structure ``query`` names on ``image`` (its prior above
         ``ATLAS_EXTENT``, the extent the agent judges masks by) where the atlas lists it as a
         region and fitted it onto ``image``; otherwise None (the agent clicks from nothing). On a
@@ -316,8 +345,19 @@ class PointerPolicy(DecidingPolicy):
         levels (a brain region is there or not by the slice's level, which the fit matches; on
         a second brain this cuts v8's false "not present" from 0.25 to 0.08), and still the
         map's where it fitted by edges, which come as readily where the structure is absent.
-        Measured against other choices in docs/BENCHMARKS.md ("Atlas regions placed")."""
-        query, why = self.member_asked(image, query)
+        Measured against other choices in docs/BENCHMARKS.md ("Atlas regions placed"). Given
+        the ``volume`` the slice is from, the region the brain atlas registered onto it puts on
+        the slice (:meth:`brain_region`) where that applies."""
+        query, why = self.member_asked(image, query, volume)
+        registered = self.brain_region(image, query, volume)
+        if registered is not None:
+            region, fit = registered
+            if not region.any():
+                return None  # the first turn says where it lies instead
+            return Placement(region, thought=(f"{why} " if why else "") + (
+                f"The {spoken(self.atlas.name_in(query))} is a region whose borders an atlas draws, not edges I could "
+                f"click along. {_registered_words(fit)}; I place the region where it lands on this slice, then check "
+                f"that mask against what I see."))
         if self.atlas is None or self.atlas.name_in(query) not in self.atlas.regions or names_a_lesion(query):
             return None
         probability = self.guided_map(image, query, first_turn=True)
@@ -333,13 +373,19 @@ class PointerPolicy(DecidingPolicy):
             f"it where labelled scans have it (their closest slice, fitted to this one, {what} "
             f"{similarity:.2f}), then check that mask against what I see."))
 
-    def locate(self, image: np.ndarray, query: str) -> Located:
+    def locate(self, image: np.ndarray, query: str, volume: VolumeSlice | None = None) -> Located:
         """The map the first click is chosen on (:meth:`guided_map`), read as a whole: its
         probability summed over the most likely region (an expected area in pixels), its peak,
         and whether that region reaches the presence threshold the first turn asks for. Where
         the atlas places the structure elsewhere (another kind of scan, a brain level without
-        the region), it is not present whatever the map says, as :meth:`decide` would answer."""
-        asked, _ = self.member_asked(image, query)
+        the region), it is not present whatever the map says, as :meth:`decide` would answer.
+        Where the brain atlas registered onto ``volume`` applies (:meth:`brain_region`), the
+        region's area on the slice is the score."""
+        asked, _ = self.member_asked(image, query, volume)
+        registered = self.brain_region(image, asked, volume)
+        if registered is not None:  # the region's cross-section where the registered brain atlas puts it
+            area = float(registered[0].sum())
+            return Located(score=area, peak=1.0 if area else 0.0, present=area > 0)
         probability = self.guided_map(image, asked, first_turn=True)
         found = candidates(probability, self._presence_threshold(asked))
         likest = self._elsewhere.get(asked)
@@ -351,7 +397,7 @@ class PointerPolicy(DecidingPolicy):
     def decide(self, request: PolicyRequest) -> Response:
         import dataclasses
 
-        asked, why = self.member_asked(request.image, request.query)
+        asked, why = self.member_asked(request.image, request.query, request.volume)
         response = self._decide(dataclasses.replace(request, query=asked))
         fresh = (request.mask is None or not np.asarray(request.mask).any()) and not request.clicks
         if why and fresh:
@@ -369,6 +415,9 @@ class PointerPolicy(DecidingPolicy):
 
     def _decide(self, request: PolicyRequest) -> Response:
         first_turn = request.mask is None or not np.asarray(request.mask).any()
+        registered = self.brain_region(request.image, request.query, request.volume)
+        if registered is not None:
+            return self._decide_registered(request, first_turn, *registered)
         probability = self.guided_map(request.image, request.query, first_turn)
         kind = self._kinds.get(request.query)
         if first_turn and not request.clicks and kind:
@@ -400,3 +449,95 @@ class PointerPolicy(DecidingPolicy):
                 f" I weighted my map by where labelled scans have the {spoken(name)} (their closest slice, fitted to this"
                 f" one, {what} {fit[1]:.2f})."))
         return response
+
+    # -- a brain volume ----------------------------------------------------------------
+    def brain_region(self, image: np.ndarray, query: str, volume: VolumeSlice | None):
+        """(the region ``query`` names on ``image`` by the folder's brain atlas registered onto
+        ``volume`` in 3-D, bool on ``image``'s grid and empty where the region misses the slice;
+        the fit), or None where that does not apply: no volume, no brain atlas, a query that
+        names none of its regions (or a lesion), a slice whose kind of scan never holds the
+        region (:meth:`~napari_ibis.grounding.atlas.SliceAtlas.kind_elsewhere`), or a fit that
+        matched poorly (a volume that is no head). The fit is made once per volume."""
+        if volume is None or self.brain is None or self.atlas is None or names_a_lesion(query):
+            return None
+        name = self.atlas.name_in(query)
+        if not self.brain.holds(name):
+            return None
+        self.probability_map(image, query)
+        if self._kinds.get(query):
+            return None
+        fit = self._registered(volume)
+        if not fit.trusted:
+            return None
+        cut = fit.region(name, volume.view, volume.index)
+        if cut.shape != image.shape[:2]:  # the slice as the agent sees it: at square pixels
+            from skimage.transform import resize
+
+            cut = resize(cut.astype(np.float32), image.shape[:2], order=1, anti_aliasing=False) >= 0.5
+        return cut, fit
+
+    def region_through(self, image: np.ndarray, query: str, volume: VolumeSlice | None) -> RegionThrough | None:
+        """Where the brain atlas registered onto ``volume`` applies to ``query`` on its slice
+        ``image`` (:meth:`brain_region`; a region named without its side: the member it takes),
+        the region through every slice of the volume, to carry a finished slice's result
+        through the volume without a segmenter; else None."""
+        if volume is None:
+            return None
+        asked, _ = self.member_asked(image, query, volume)
+        registered = self.brain_region(image, asked, volume)
+        if registered is None:
+            return None
+        return RegionThrough(self.atlas.name_in(asked), registered[1], volume.view)
+
+    def _registered(self, volume: VolumeSlice):
+        key = (id(volume.volume), np.shape(volume.volume), volume.spacing)
+        if self._brain_fit is None or self._brain_fit[0] != key:
+            self._brain_fit = (key, self.brain.register(np.asarray(volume.volume), volume.spacing), volume.volume)
+        return self._brain_fit[1]
+
+    def _decide_registered(self, request: PolicyRequest, first_turn: bool, region: np.ndarray, fit) -> Response:
+        """A turn on a slice of a brain volume the brain atlas fitted: the region it puts there
+        is where the structure lies; the map still judges the mask, lifted to certainty inside
+        the region (where the map alone sees no region on a real MRI, the fit does)."""
+        name = self.atlas.name_in(request.query)
+        if first_turn and not request.clicks and not region.any():
+            span = _span(fit.region_volume(name), request.volume.view)
+            where = (f"it lies on slices {span[0]}-{span[1]} of this view, not on slice {request.volume.index}"
+                     if span else "it does not reach this volume's slices")
+            return Response(
+                thought=f"{_registered_words(fit)}: the {spoken(name)} is a region it draws, and {where}.",
+                terminate=True, not_present=True, answer="The requested structure is not present in this image.")
+        probability = np.maximum(self.probability_map(request.image, request.query), region.astype(np.float32))
+        cell = self._framing.size / self._framing.grid / self._framing.scale
+        return decide(probability, request, self.head.config.presence_threshold, cell, None if first_turn else region)
+
+
+@dataclass
+class RegionThrough:
+    """A region of the brain atlas registered onto a volume, slice by slice in one view."""
+
+    name: str
+    fit: object  # a napari_ibis.grounding.brain_atlas.RegisteredBrain
+    view: str
+
+    def __call__(self, index: int) -> np.ndarray:
+        """The region on slice ``index`` (bool, the slice's own grid; empty where it is not)."""
+        return self.fit.region(self.name, self.view, index)
+
+    def describe(self) -> str:
+        return (f"the {spoken(self.name)} where an atlas brain (Colin27, AAL) registered onto this volume in 3-D puts it "
+                f"(mutual information {self.fit.match:.2f})")
+
+
+def _registered_words(fit) -> str:
+    variant = "its whole head" if fit.variant == "head" else "its brain alone"
+    return (f"I registered an atlas brain (Colin27 with the AAL regions, {variant}) onto this whole volume in 3-D "
+            f"(mutual information {fit.match:.2f})")
+
+
+def _span(region_volume: np.ndarray, view: str) -> tuple[int, int] | None:
+    """The first and last slice, in ``view``, that hold any of a 3-D region."""
+    from ..geometry import VIEWS, oriented
+
+    held = np.nonzero(np.asarray(oriented(region_volume, VIEWS[view])).any(axis=(1, 2)))[0]
+    return (int(held[0]), int(held[-1])) if held.size else None

@@ -149,8 +149,9 @@ def aal_slices(side: str, step: int = 2, min_area: int = 20, view: str = "axial"
     return out
 
 
-def mni152_aal_slices(step: int = 6, min_area: int = 20) -> list[Slice]:
-    """Axial slices of the MNI152 (ICBM 2009a) T1 template with the AAL regions on them.
+def mni152_aal_volume() -> tuple[np.ndarray, np.ndarray, dict[int, str], tuple[float, ...]]:
+    """The MNI152 (ICBM 2009a) T1 template and the AAL regions on its grid, both in the
+    display convention: (template, labels, code -> region name, spacing mm).
 
     AAL was drawn on Colin27, which lies in the same MNI millimetres; the labels are carried
     into the template's grid by the two files' affines (nearest voxel), so they are only as
@@ -174,11 +175,18 @@ def mni152_aal_slices(step: int = 6, min_area: int = 20) -> list[Slice]:
     if labels.shape != template.data.shape:
         raise ValueError(f"MNI152 labels {labels.shape} do not match the template {template.data.shape}")
     names = {k: aal_target_name(v) for k, v in _aal_names(AAL_DIR / "aal.nii.txt").items()}
+    return template.data, labels, names, tuple(template.meta["geometry"].spacing)
+
+
+def mni152_aal_slices(step: int = 6, min_area: int = 20) -> list[Slice]:
+    """Axial slices of the MNI152 template with the AAL regions on them (:func:`mni152_aal_volume`),
+    every ``step``-th."""
+    template, labels, names, _ = mni152_aal_volume()
     out = []
     for index in range(0, labels.shape[0], step):
         masks = _structures(labels[index], names, min_area)
         if masks:
-            out.append(Slice(to_rgb8(template.data[index]), masks, tuple(sorted(set(names.values()) - set(masks))),
+            out.append(Slice(to_rgb8(template[index]), masks, tuple(sorted(set(names.values()) - set(masks))),
                              "MRI", f"mni152-aal:z={index}", "mni"))
     return out
 

@@ -379,15 +379,33 @@ def write_atlas(folder: str | Path, step_mm: float = 3.0, aal_step: int = 2, kin
     return path
 
 
+def write_brain_atlas(folder: str | Path) -> Path:
+    """Write ``folder``/brain_atlas.npz: the Colin27 brain (the whole head and the brain alone)
+    with its AAL regions at 2 mm, which the pointer agent registers onto a brain volume
+    (:mod:`napari_ibis.grounding.brain_atlas`). The whole Colin27 volume: on a volume, no
+    Colin27 slice is held out (the agents' AAL held-out figures are slices without a volume)."""
+    from napari_ibis.grounding.brain_atlas import ATLAS_FILE, VolumeAtlas
+    from training.data.sources import AAL_DIR, _aal_names, aal_target_name
+
+    files = {"head": AAL_DIR / "ch2.nii.gz", "brain": AAL_DIR / "ch2bet.nii.gz"}
+    missing = [str(f) for f in (*files.values(), AAL_DIR / "aal.nii.gz") if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{', '.join(missing)} not found (apt-get install mricron-data)")
+    names = {code: aal_target_name(raw) for code, raw in _aal_names(AAL_DIR / "aal.nii.txt").items()}
+    path = Path(folder) / ATLAS_FILE
+    VolumeAtlas.from_files(files, AAL_DIR / "aal.nii.gz", names).save(path)
+    return path
+
+
 def atlas_command(argv=None) -> int:
     """Add an atlas prior (the training scans' labelled slices) to a pointer model folder.
 
     ``napari-ibis atlas FOLDER``: writes FOLDER/atlas.npz; the pointer agent loaded from the
-    folder then weights its map by where the atlas puts the structure a query names."""
+    folder then weights its map by where the atlas puts the structure a query names. And
+    FOLDER/brain_atlas.npz, which it registers onto a brain volume for AAL's regions."""
     import argparse
 
     from napari_ibis.errors import ModelError
-    from napari_ibis.grounding.atlas import SliceAtlas
 
     parser = argparse.ArgumentParser(prog="napari-ibis atlas", description=atlas_command.__doc__.splitlines()[0])
     parser.add_argument("folder", help="a pointer model folder (config.json with model_type ibis_pointer)")
@@ -396,22 +414,39 @@ def atlas_command(argv=None) -> int:
                         help="every Nth slice of the Colin27 brain's AAL training side (0: no brain slices)")
     parser.add_argument("--no-kinds", action="store_true",
                         help="leave out the kinds of scan and their descriptors (no image encoder pass)")
+    parser.add_argument("--what", choices=("both", "slices", "brain"), default="both",
+                        help="slices: atlas.npz only; brain: brain_atlas.npz only (the Colin27 volume, seconds)")
     args = parser.parse_args(argv)
     config = Path(args.folder) / "config.json"
     if not config.is_file() or '"ibis_pointer"' not in config.read_text():
         raise SystemExit(f"napari-ibis atlas: {args.folder} is not a pointer model folder (no ibis_pointer config.json)")
     try:
-        path = write_atlas(args.folder, args.step_mm, args.aal_step, kinds=not args.no_kinds)
+        if args.what != "brain":
+            _report_slice_atlas(write_atlas(args.folder, args.step_mm, args.aal_step, kinds=not args.no_kinds))
+        if args.what != "slices":
+            _report_brain_atlas(write_brain_atlas(args.folder))
     except (FileNotFoundError, ModelError) as exc:  # the Colin27 brain, or a registry file not fetched
         raise SystemExit(f"napari-ibis atlas: {exc}") from None
+    return 0
+
+
+def _report_slice_atlas(path: Path) -> None:
+    from napari_ibis.grounding.atlas import SliceAtlas
+
     atlas = SliceAtlas.load(path)
     kinds = "" if atlas.kinds is None else ", kinds of scan: " + ", ".join(
         f"{kind} {int((atlas.kinds == kind).sum())}" for kind in sorted(set(atlas.kinds))) + (
         f" slices, {len(atlas.kinds) - len(atlas.grey)} of them unlabelled references")
     print(f"{path}: {len(atlas.grey)} slices, {len(atlas.names)} structures ({len(atlas.regions)} placed as regions)"
           f"{kinds}, {path.stat().st_size / 1e6:.1f} MB")
-    return 0
 
+
+def _report_brain_atlas(path: Path) -> None:
+    from napari_ibis.grounding.brain_atlas import VolumeAtlas
+
+    atlas = VolumeAtlas.load(path)
+    print(f"{path}: a brain volume {'x'.join(map(str, atlas.labels.shape))} at {atlas.spacing:g} mm "
+          f"({', '.join(sorted(atlas.greys))}), {len(atlas.names)} regions, {path.stat().st_size / 1e6:.1f} MB")
 
 if __name__ == "__main__":
     raise SystemExit(main())

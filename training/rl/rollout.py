@@ -83,8 +83,8 @@ class _Recorder(Policy):
     def identity(self) -> dict:
         return self.policy.identity()
 
-    def place(self, image: np.ndarray, query: str):
-        return self.policy.place(image, query)
+    def place(self, image: np.ndarray, query: str, volume=None):
+        return self.policy.place(image, query, volume)
 
     def respond(self, request: PolicyRequest, on_text: TextSink | None = None, cancel: threading.Event | None = None) -> str:
         reply = self.policy.respond(request, on_text, cancel)
@@ -123,12 +123,14 @@ def _clicks(reply: str, profile: Profile, shape: tuple[int, int]) -> list[tuple[
 
 
 def rollout(policy: Policy, sample: Sample, query: str, segmenter: Segmenter, profile: str = "ibis-release",
-            max_turns: int = 6, init_mask: np.ndarray | None = None) -> Rollout:
-    """One episode of ``policy`` on ``sample`` through a real Session (see module docstring)."""
+            max_turns: int = 6, init_mask: np.ndarray | None = None, volume=None) -> Rollout:
+    """One episode of ``policy`` on ``sample`` through a real Session (see module docstring);
+    ``volume``: the :class:`~napari_ibis.policies.base.VolumeSlice` the sample's slice is from."""
     profile_obj = get_profile(profile)
     started = time.perf_counter()
     recorder = _Recorder(policy)
-    session = Session(sample.image, query, recorder, segmenter, profile=profile_obj, max_steps=max_turns, init_mask=init_mask)
+    session = Session(sample.image, query, recorder, segmenter, profile=profile_obj, max_steps=max_turns, init_mask=init_mask,
+                      volume=volume)
     stop = None
     for event in session.run():
         stop = event
