@@ -27,11 +27,11 @@ def moved(atlas: VolumeAtlas, variant: str = "head", degrees: float = 6.0, shift
     source = _image(atlas.greys[variant].astype(np.float32), (atlas.spacing,) * 3)
     centre = np.array(source.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in source.GetSize()]))
     transform = sitk.Euler3DTransform(tuple(centre), 0.0, 0.0, np.deg2rad(degrees), tuple(shift_mm))
-    depth, rows, cols = atlas.labels.shape
+    depth, rows, cols = atlas.greys[variant].shape
     spacing = (slice_mm, atlas.spacing, atlas.spacing)
     grid = _image(np.zeros((int(depth * atlas.spacing / slice_mm), rows, cols), np.float32), spacing)
     grey = sitk.GetArrayFromImage(sitk.Resample(source, grid, transform, sitk.sitkLinear, 0.0))
-    labels = sitk.GetArrayFromImage(sitk.Resample(_image(atlas.labels.astype(np.float32), (atlas.spacing,) * 3), grid,
+    labels = sitk.GetArrayFromImage(sitk.Resample(_image(atlas.labels.astype(np.float32), (atlas.label_spacing,) * 3), grid,
                                                   transform, sitk.sitkNearestNeighbor, 0.0)).astype(int)
     return grey, labels, spacing
 
@@ -70,7 +70,9 @@ def test_a_brain_atlas_keeps_its_variants_and_names_and_refuses_grids_that_diffe
     again = VolumeAtlas.load(tmp_path / "brain_atlas.npz")
     assert again.names == {3: "left blob", 4: "nowhere"} and again.spacing == 2.0 and set(again.greys) == {"head"}
     with pytest.raises(ValueError, match="one 3-D grid"):
-        VolumeAtlas({"head": np.zeros((6, 8, 9), np.uint8)}, labels, {3: "left blob"}, 2.0)
+        VolumeAtlas({"head": np.zeros((6, 8, 12), np.uint8)}, labels, {3: "left blob"}, 2.0)
+    finer = VolumeAtlas({"head": np.zeros((3, 4, 4), np.uint8)}, labels, {3: "left blob"}, 4.0, label_spacing=2.0)
+    assert finer.label_spacing == 2.0 and finer.spacing == 4.0
 
 
 def test_a_volume_slice_is_made_only_of_a_grey_volume_with_its_spacing():

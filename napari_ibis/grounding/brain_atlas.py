@@ -6,8 +6,8 @@ contrast, the skull and scalp, 6.5 mm slices) the two grey levels correlate too 
 that fit, the map alone finds no region and the agent answered "not present". A brain
 volume holds far more than a slice: the whole head fixes the atlas's position, rotation and
 size in 3-D. :class:`VolumeAtlas` keeps the Colin27 T1 twice, the whole head and the brain
-alone (skull and scalp removed), with its AAL regions (display order, :mod:`napari_ibis.geometry`,
-at ``SPACING_MM``). :meth:`VolumeAtlas.register` fits each onto the volume by a 3-D affine
+alone (skull and scalp removed), at ``SPACING_MM``, with its AAL regions on Colin27's own 1 mm
+grid (display order, :mod:`napari_ibis.geometry`). :meth:`VolumeAtlas.register` fits each onto the volume by a 3-D affine
 transform (SimpleITK: Mattes mutual information, which holds across contrasts, three
 resolutions, the centres of mass aligned first) and keeps the better match: a clinical MRI
 keeps its skull, a research one has often lost it, and an atlas with a skull fitted onto a
@@ -60,7 +60,7 @@ class RegisteredBrain:
 
         if name not in self._cut:
             code = self.atlas.code(name)
-            region = _image((self.atlas.labels == code).astype(np.float32), (self.atlas.spacing,) * 3)
+            region = _image((self.atlas.labels == code).astype(np.float32), (self.atlas.label_spacing,) * 3)
             grid = _image(np.zeros(self.shape, np.float32), self.spacing)
             moved = sitk.Resample(region, grid, self.transform, sitk.sitkLinear, 0.0)
             self._cut[name] = sitk.GetArrayFromImage(moved) >= 0.5
@@ -78,13 +78,21 @@ class RegisteredBrain:
 
 class VolumeAtlas:
     """A labelled brain volume: its grey levels in one or more variants (``greys``: "head",
-    "brain"), its region codes (display order, isotropic ``spacing`` mm) and each code's name."""
+    "brain"; display order, isotropic ``spacing`` mm: what is fitted), its region codes over the
+    same field at ``label_spacing`` mm (finer: a thin region such as the hippocampus loses a
+    third of a slice's cross-section at 2 mm), and each code's name."""
 
-    def __init__(self, greys: dict[str, np.ndarray], labels: np.ndarray, names: dict[int, str], spacing: float) -> None:
-        if labels.ndim != 3 or not greys or any(g.shape != labels.shape for g in greys.values()):
+    def __init__(self, greys: dict[str, np.ndarray], labels: np.ndarray, names: dict[int, str], spacing: float,
+                 label_spacing: float | None = None) -> None:
+        self.spacing = float(spacing)
+        self.label_spacing = self.spacing if label_spacing is None else float(label_spacing)
+        shapes = {g.shape for g in greys.values()}
+        field_mm = np.asarray(labels.shape) * self.label_spacing
+        if labels.ndim != 3 or len(shapes) != 1 or len(next(iter(shapes))) != 3 or not np.allclose(
+                np.asarray(next(iter(shapes))) * self.spacing, field_mm, atol=self.spacing):
             raise ValueError(f"a brain atlas needs its grey levels {[g.shape for g in greys.values()]} and labels "
-                             f"{labels.shape} on one 3-D grid")
-        self.greys, self.labels, self.spacing = dict(greys), labels, float(spacing)
+                             f"{labels.shape} on one 3-D grid over the same field")
+        self.greys, self.labels = dict(greys), labels
         self.names = dict(names)
         self._codes = {name: code for code, name in self.names.items()}
 
@@ -98,15 +106,17 @@ class VolumeAtlas:
     @classmethod
     def from_files(cls, grey_files: dict[str, str | Path], labels_file: str | Path, names: dict[int, str],
                    spacing: float = SPACING_MM) -> VolumeAtlas:
-        """From T1 volumes (variant -> file) and a label volume on one grid (any format
-        :func:`napari_ibis.io.read_image` reads), resampled to ``spacing`` mm (labels by nearest
-        neighbour); ``names``: code -> name."""
+        """From T1 volumes (variant -> file) and a label volume on one grid of isotropic voxels
+        (any format :func:`napari_ibis.io.read_image` reads): the T1s resampled to ``spacing``
+        mm, the labels kept on their own grid; ``names``: code -> name."""
         from ..io import read_image
 
         loaded = read_image(labels_file)
         source = tuple(loaded.meta["geometry"].spacing)
+        if not np.allclose(source, source[0], rtol=1e-3):
+            raise ValueError(f"{Path(labels_file).name}: the atlas's voxels must be cubes, not {source} mm")
         grid = [int(round(n * s / spacing)) for n, s in zip(loaded.data.shape, source)]
-        labels = _resampled(loaded.data, source, grid, spacing, nearest=True)
+        labels = np.asarray(loaded.data)
         greys = {}
         for variant, path in grey_files.items():
             grey = read_image(path)
@@ -116,11 +126,12 @@ class VolumeAtlas:
             greys[variant] = np.round(_robust_unit(resampled) * 255).astype(np.uint8)
         held = set(np.unique(labels).astype(int)) - {0}
         return cls(greys, labels.astype(np.uint8 if max(held, default=0) < 256 else np.uint16),
-                   {code: name for code, name in names.items() if code in held}, spacing)
+                   {code: name for code, name in names.items() if code in held}, spacing, source[0])
 
     def save(self, path: str | Path) -> None:
         codes = sorted(self.names)
         np.savez_compressed(path, labels=self.labels, spacing=np.float32(self.spacing),
+                            label_spacing=np.float32(self.label_spacing),
                             codes=np.asarray(codes, dtype=np.int32), names=np.asarray([self.names[c] for c in codes]),
                             **{f"grey_{variant}": grey for variant, grey in self.greys.items()})
 
@@ -129,7 +140,7 @@ class VolumeAtlas:
         with np.load(path) as data:
             greys = {key[len("grey_"):]: data[key] for key in data.files if key.startswith("grey_")}
             return cls(greys, data["labels"], dict(zip(data["codes"].tolist(), data["names"].tolist())),
-                       float(data["spacing"]))
+                       float(data["spacing"]), float(data["label_spacing"]) if "label_spacing" in data.files else None)
 
     # -- fitting ---------------------------------------------------------------------
     def register(self, volume: np.ndarray, spacing) -> RegisteredBrain:

@@ -381,7 +381,7 @@ def write_atlas(folder: str | Path, step_mm: float = 3.0, aal_step: int = 2, kin
 
 def write_brain_atlas(folder: str | Path) -> Path:
     """Write ``folder``/brain_atlas.npz: the Colin27 brain (the whole head and the brain alone)
-    with its AAL regions at 2 mm, which the pointer agent registers onto a brain volume
+    at 2 mm with its AAL regions at 1 mm, which the pointer agent registers onto a brain volume
     (:mod:`napari_ibis.grounding.brain_atlas`). The whole Colin27 volume: on a volume, no
     Colin27 slice is held out (the agents' AAL held-out figures are slices without a volume)."""
     from napari_ibis.grounding.brain_atlas import ATLAS_FILE, VolumeAtlas
@@ -445,8 +445,9 @@ def _report_brain_atlas(path: Path) -> None:
     from napari_ibis.grounding.brain_atlas import VolumeAtlas
 
     atlas = VolumeAtlas.load(path)
-    print(f"{path}: a brain volume {'x'.join(map(str, atlas.labels.shape))} at {atlas.spacing:g} mm "
-          f"({', '.join(sorted(atlas.greys))}), {len(atlas.names)} regions, {path.stat().st_size / 1e6:.1f} MB")
+    grid = "x".join(map(str, next(iter(atlas.greys.values())).shape))
+    print(f"{path}: a brain volume {grid} at {atlas.spacing:g} mm ({', '.join(sorted(atlas.greys))}), "
+          f"{len(atlas.names)} regions at {atlas.label_spacing:g} mm, {path.stat().st_size / 1e6:.1f} MB")
 
 if __name__ == "__main__":
     raise SystemExit(main())
