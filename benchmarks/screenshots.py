@@ -5,7 +5,9 @@ simulator with stardist's hand-drawn mask) stands in for a strong agent, with th
 MobileSAM segmenter, on stardist's real fluorescence nuclei, to show the widget's
 controls. widget-brain.png: the Colin27 MRI opened through the napari-ibis reader
 (axial, anterior up, the patient's left on the right), the oracle with the AAL
-left thalamus. widget-default-agent.png: the bundled default agent itself
+left thalamus. widget-hippocampus.png: the default agent asked for the left hippocampus on
+the MNI152 template (a brain it never saw) through the reader: it registers its atlas brain
+onto the volume. widget-default-agent.png: the bundled default agent itself
 (empty model field) on a held-out synthetic phantom. widget-volume.png: TotalSegmentator's
 upper-abdomen CT series (a DICOM folder, 512 x 512 x 20) through the reader, the oracle
 with TotalSegmentator's liver label on the liver's largest slice, then Propagate both
@@ -178,11 +180,19 @@ def brain(out: Path, wait) -> None:
 
 
 def hippocampus(out: Path, wait) -> None:
-    """Colin27 through the reader, the default agent (empty model field) asked for the left
-    hippocampus (AAL 37) on slice 61 (held out of its training and its atlas); Dice with AAL's."""
-    viewer, widget, atlas, z = _colin27("", "segment the left hippocampus", 61, 8, wait, 37)
+    """The MNI152 template (a brain the agent never saw; Colin27 is its brain atlas's own) through
+    the reader, with AAL's labels carried onto it (hidden), the default agent (empty model field)
+    asked for the left hippocampus (AAL 37) on slice 61; Dice with the carried label."""
+    import tempfile
+
+    from training.grounding.dataset import write_mni152_aal
+
+    labels = Path(tempfile.mkdtemp()) / "mni152_aal.nii.gz"
+    template = write_mni152_aal(labels)
+    viewer, widget, atlas, z = _through_reader(str(template), str(labels), "", "segment the left hippocampus", 61, 8,
+                                               wait, 37)
     viewer.window.screenshot(str(out / "widget-hippocampus.png"), canvas_only=False)
-    _dice_report(viewer, widget, atlas.data[z] == 37, z, "AAL's left hippocampus")
+    _dice_report(viewer, widget, atlas.data[z] == 37, z, "AAL's left hippocampus carried onto MNI152")
     viewer.close()
 
 

@@ -157,25 +157,46 @@ def mni152_aal_volume() -> tuple[np.ndarray, np.ndarray, dict[int, str], tuple[f
     into the template's grid by the two files' affines (nearest voxel), so they are only as
     right as Colin27 matches the average brain (a few millimetres). Never trained on: the
     one labelled brain that is not the training brain."""
-    from scipy import ndimage as ndi
-
-    from napari_ibis import assets, io
+    from napari_ibis import io
     from napari_ibis.geometry import display_ornt
     from training.data.sources import AAL_DIR, _aal_names, aal_target_name
 
     import nibabel as nib
 
-    template_file = assets.path("mni152", "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
+    template_file, raw_template, labels = _mni152_aal_in_file_order()
     template = io.read_image(template_file)  # in the display convention
-    raw_template, raw_aal = nib.load(template_file), nib.load(AAL_DIR / "aal.nii.gz")
-    to_aal = np.linalg.inv(raw_aal.affine) @ raw_template.affine  # template voxel -> AAL voxel, through millimetres
-    labels = ndi.affine_transform(np.asarray(raw_aal.dataobj), to_aal[:3, :3], to_aal[:3, 3],
-                                  output_shape=raw_template.shape, order=0, mode="constant")
     labels = nib.orientations.apply_orientation(labels, display_ornt(raw_template.affine, raw_template.shape)[0])
     if labels.shape != template.data.shape:
         raise ValueError(f"MNI152 labels {labels.shape} do not match the template {template.data.shape}")
     names = {k: aal_target_name(v) for k, v in _aal_names(AAL_DIR / "aal.nii.txt").items()}
     return template.data, labels, names, tuple(template.meta["geometry"].spacing)
+
+
+def _mni152_aal_in_file_order():
+    """(the template's file, its nibabel image, the AAL labels on its voxels in the file's order)."""
+    from scipy import ndimage as ndi
+
+    from napari_ibis import assets
+    from training.data.sources import AAL_DIR
+
+    import nibabel as nib
+
+    template_file = assets.path("mni152", "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
+    raw_template, raw_aal = nib.load(template_file), nib.load(AAL_DIR / "aal.nii.gz")
+    to_aal = np.linalg.inv(raw_aal.affine) @ raw_template.affine  # template voxel -> AAL voxel, through millimetres
+    labels = ndi.affine_transform(np.asarray(raw_aal.dataobj), to_aal[:3, :3], to_aal[:3, 3],
+                                  output_shape=raw_template.shape, order=0, mode="constant")
+    return template_file, raw_template, labels
+
+
+def write_mni152_aal(path) -> Path:
+    """The AAL labels carried onto the MNI152 template (:func:`mni152_aal_volume`) as a NIfTI on
+    the template's own grid, to open beside it; returns the template's file."""
+    import nibabel as nib
+
+    template_file, raw_template, labels = _mni152_aal_in_file_order()
+    nib.save(nib.Nifti1Image(labels.astype(np.int16), raw_template.affine), str(path))
+    return Path(template_file)
 
 
 def mni152_aal_slices(step: int = 6, min_area: int = 20) -> list[Slice]:
