@@ -93,7 +93,7 @@ def search(stack: np.ndarray, query: str, policy: Policy, *, window: str | None 
             raise Cancelled("stopped while looking for the slice")
         rgb = to_rgb8(stack[z], window)
         seen = policy.locate(SquareGrid(rgb.shape[:2], pixel_aspect).image(rgb), query,
-                             None if volume is None else volume.at(z))
+                             None if volume is None else volume.at(z), cancel)
         if seen is None:
             raise InputError(f"the model {policy.name} cannot look for a structure through a volume; "
                              "choose the slice to start on (--slice N, or the slider)")

@@ -412,7 +412,9 @@ class Session:
         index = self._cursor + 1
         started = time.perf_counter()
         try:
-            placement = self.policy.place(self._seen, self.query, self.volume)
+            placement = self.policy.place(self._seen, self.query, self.volume, cancel)
+        except Cancelled as exc:
+            return Stopped("cancelled", str(exc))
         except Exception as exc:  # as a failed turn: the timeline stays as it was
             return Stopped("error", failure_line(exc))
         if placement is None:

@@ -79,7 +79,7 @@ class Locating(ScriptedPolicy):
         super().__init__(list(replies or [TERMINATE]))
         self.looked_at = 0
 
-    def locate(self, image, query, volume=None):
+    def locate(self, image, query, volume=None, cancel=None):
         self.looked_at += 1
         bright = image[..., 0] > 200
         return Located(score=float(bright.sum()), peak=0.9 if bright.any() else 0.05, present=bool(bright.any()))

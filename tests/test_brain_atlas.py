@@ -160,3 +160,16 @@ def test_a_brain_region_propagated_through_a_real_mri_follows_the_registered_reg
     image = sitk.ReadImage(str(path))
     assert written.shape == sitk.GetArrayFromImage(image).shape
     assert 3 <= written.any(axis=(1, 2)).sum() <= 8  # the caudate over a few of the 6.5 mm slices, not the head
+
+
+def test_stop_ends_a_fit_of_the_brain_atlas_in_the_middle():
+    import threading
+
+    from napari_ibis.errors import Cancelled
+
+    atlas = VolumeAtlas.load(SHIPPED)
+    grey, _, spacing = moved(atlas)
+    cancel = threading.Event()
+    threading.Timer(0.1, cancel.set).start()  # a person presses Stop while it fits
+    with pytest.raises(Cancelled, match="stopped while fitting"):
+        atlas.register(grey, spacing, cancel)

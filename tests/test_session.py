@@ -248,7 +248,7 @@ class PlacingPolicy(ScriptedPolicy):
         super().__init__(replies)
         self.placed, self.asked = placed, 0
 
-    def place(self, image, query, volume=None):
+    def place(self, image, query, volume=None, cancel=None):
         from napari_ibis.policies.base import Placement
 
         self.asked += 1

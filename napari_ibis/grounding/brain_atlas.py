@@ -143,9 +143,10 @@ class VolumeAtlas:
                        float(data["spacing"]), float(data["label_spacing"]) if "label_spacing" in data.files else None)
 
     # -- fitting ---------------------------------------------------------------------
-    def register(self, volume: np.ndarray, spacing) -> RegisteredBrain:
+    def register(self, volume: np.ndarray, spacing, cancel=None) -> RegisteredBrain:
         """The 3-D affine fit of this atlas onto ``volume`` (display order, ``spacing`` mm per
-        axis): each grey variant fitted, the best matching kept."""
+        axis): each grey variant fitted, the best matching kept. ``cancel`` (a
+        ``threading.Event``) stops it within an iteration: :class:`~napari_ibis.errors.Cancelled`."""
         import SimpleITK as sitk
 
         started = time.perf_counter()
@@ -153,14 +154,16 @@ class VolumeAtlas:
         fixed = _image(_robust_unit(volume), spacing)
         # the atlas is no finer than SPACING_MM: a finer volume is averaged down to it first (same field)
         fixed = sitk.BinShrink(fixed, [max(1, int(self.spacing // s)) for s in reversed(spacing)])
-        fits = [(*self._fit(fixed, grey), variant) for variant, grey in sorted(self.greys.items())]
+        fits = [(*self._fit(fixed, grey, cancel), variant) for variant, grey in sorted(self.greys.items())]
         match, transform, variant = max(fits, key=lambda fit: fit[0])
         return RegisteredBrain(self, transform, variant, tuple(volume.shape), spacing, match,
                                time.perf_counter() - started)
 
-    def _fit(self, fixed, grey: np.ndarray):
+    def _fit(self, fixed, grey: np.ndarray, cancel=None):
         """(mutual information, transform) of ``grey`` fitted onto the image ``fixed``."""
         import SimpleITK as sitk
+
+        from ..errors import Cancelled
 
         moving = _image(grey.astype(np.float32) / 255.0, (self.spacing,) * 3)
         start = sitk.CenteredTransformInitializer(fixed, moving, sitk.AffineTransform(3),
@@ -177,7 +180,13 @@ class VolumeAtlas:
         method.SetSmoothingSigmasPerLevel([2, 1, 0])
         method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
         method.SetInitialTransform(start, inPlace=False)
+        if cancel is not None:
+            method.AddCommand(sitk.sitkIterationEvent, lambda: method.StopRegistration() if cancel.is_set() else None)
+            if cancel.is_set():
+                raise Cancelled("stopped while fitting the atlas brain onto the volume")
         transform = method.Execute(fixed, moving)
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("stopped while fitting the atlas brain onto the volume")
         return -float(method.GetMetricValue()), transform
 
 

@@ -95,13 +95,16 @@ class Policy(ABC):
         """What a trajectory file records about this policy (never secrets)."""
         return {"name": self.name}
 
-    def place(self, image: np.ndarray, query: str, volume: VolumeSlice | None = None) -> Placement | None:
+    def place(self, image: np.ndarray, query: str, volume: VolumeSlice | None = None,
+              cancel: threading.Event | None = None) -> Placement | None:
         """A mask to start a fresh run from, before the first turn; None (the default): the
         run starts from nothing. The session asks once, on a run with no steps and no mask.
-        ``volume``: the volume ``image`` was cut from, where there is one."""
+        ``volume``: the volume ``image`` was cut from, where there is one; ``cancel``: Stop
+        (:class:`~napari_ibis.errors.Cancelled` where the work is long)."""
         return None
 
-    def locate(self, image: np.ndarray, query: str, volume: VolumeSlice | None = None) -> Located | None:
+    def locate(self, image: np.ndarray, query: str, volume: VolumeSlice | None = None,
+               cancel: threading.Event | None = None) -> Located | None:
         """How clearly the structure ``query`` names shows on ``image`` (the slice as the agent
         sees it), to choose the slice of a volume to start on; None (the default): this policy
         cannot say without running a session (a language model answers in words)."""

@@ -38,6 +38,7 @@ region's place and whether it reaches the slice come from that fit
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,6 +181,7 @@ class PointerPolicy(DecidingPolicy):
                 raise ModelError(f"{self.folder / BRAIN_ATLAS_FILE} is not a readable brain atlas ({exc}): remove it, "
                                  f"or write it again with napari-ibis atlas {self.folder} --what brain") from None
         self._brain_fit: tuple | None = None  # (the volume's key, its fit, the volume held so that its id stays its own)
+        self._turn = threading.local()  # the Stop event of the turn running on this thread
         self.device = torch.device("cpu" if device == "auto" else device)
         self._image_key = None
         self._cells = None
@@ -248,7 +250,8 @@ class PointerPolicy(DecidingPolicy):
 
         return scan_descriptor(features, framing, image)
 
-    def member_asked(self, image: np.ndarray, query: str, volume: VolumeSlice | None = None) -> tuple[str, str | None]:
+    def member_asked(self, image: np.ndarray, query: str, volume: VolumeSlice | None = None,
+                     cancel=None) -> tuple[str, str | None]:
         """The query the agent works on, and why where it is not ``query``: where ``query`` names a
         kind of the atlas's structures without its side, lobe or level ("segment the kidney":
         the head learnt only a left and a right kidney and answers "not present"), the member
@@ -278,7 +281,7 @@ class PointerPolicy(DecidingPolicy):
                 asked = f"segment the {member}"
                 probability = self.probability_map(image, asked)
                 prior = self._priors.get(asked)
-                placed = self.brain_region(image, asked, volume)
+                placed = self.brain_region(image, asked, volume, cancel)
                 if self._kinds.get(asked):
                     elsewhere.append(member)
                 elif placed is not None:
@@ -335,7 +338,8 @@ class PointerPolicy(DecidingPolicy):
         known = self._known.get(query)
         return self._priors[query] > ATLAS_EXTENT if known is None else known
 
-    def place(self, image: np.ndarray, query: str, volume: VolumeSlice | None = None) -> Placement | None:
+    def place(self, image: np.ndarray, query: str, volume: VolumeSlice | None = None,
+              cancel=None) -> Placement | None:
         """The atlas's extent of the structure ``query`` names on ``image`` (its prior above
         ``ATLAS_EXTENT``, the extent the agent judges masks by) where the atlas lists it as a
         region and fitted it onto ``image``; otherwise None (the agent clicks from nothing). On a
@@ -348,8 +352,8 @@ class PointerPolicy(DecidingPolicy):
         Measured against other choices in docs/BENCHMARKS.md ("Atlas regions placed"). Given
         the ``volume`` the slice is from, the region the brain atlas registered onto it puts on
         the slice (:meth:`brain_region`) where that applies."""
-        query, why = self.member_asked(image, query, volume)
-        registered = self.brain_region(image, query, volume)
+        query, why = self.member_asked(image, query, volume, cancel)
+        registered = self.brain_region(image, query, volume, cancel)
         if registered is not None:
             region, fit = registered
             if not region.any():
@@ -373,7 +377,7 @@ class PointerPolicy(DecidingPolicy):
             f"it where labelled scans have it (their closest slice, fitted to this one, {what} "
             f"{similarity:.2f}), then check that mask against what I see."))
 
-    def locate(self, image: np.ndarray, query: str, volume: VolumeSlice | None = None) -> Located:
+    def locate(self, image: np.ndarray, query: str, volume: VolumeSlice | None = None, cancel=None) -> Located:
         """The map the first click is chosen on (:meth:`guided_map`), read as a whole: its
         probability summed over the most likely region (an expected area in pixels), its peak,
         and whether that region reaches the presence threshold the first turn asks for. Where
@@ -381,8 +385,8 @@ class PointerPolicy(DecidingPolicy):
         the region), it is not present whatever the map says, as :meth:`decide` would answer.
         Where the brain atlas registered onto ``volume`` applies (:meth:`brain_region`), the
         region's area on the slice is the score."""
-        asked, _ = self.member_asked(image, query, volume)
-        registered = self.brain_region(image, asked, volume)
+        asked, _ = self.member_asked(image, query, volume, cancel)
+        registered = self.brain_region(image, asked, volume, cancel)
         if registered is not None:  # the region's cross-section where the registered brain atlas puts it
             area = float(registered[0].sum())
             return Located(score=area, peak=1.0 if area else 0.0, present=area > 0)
@@ -393,6 +397,13 @@ class PointerPolicy(DecidingPolicy):
         present = bool(found) and not ruled_out
         score = float(probability[found[0]].sum()) if present else 0.0
         return Located(score=score, peak=float(probability.max()), present=present)
+
+    def respond(self, request: PolicyRequest, on_text=None, cancel=None) -> str:
+        self._turn.cancel = cancel  # a fit of the brain atlas within the turn obeys Stop too
+        try:
+            return super().respond(request, on_text, cancel)
+        finally:
+            self._turn.cancel = None
 
     def decide(self, request: PolicyRequest) -> Response:
         import dataclasses
@@ -451,13 +462,14 @@ class PointerPolicy(DecidingPolicy):
         return response
 
     # -- a brain volume ----------------------------------------------------------------
-    def brain_region(self, image: np.ndarray, query: str, volume: VolumeSlice | None):
+    def brain_region(self, image: np.ndarray, query: str, volume: VolumeSlice | None, cancel=None):
         """(the region ``query`` names on ``image`` by the folder's brain atlas registered onto
         ``volume`` in 3-D, bool on ``image``'s grid and empty where the region misses the slice;
         the fit), or None where that does not apply: no volume, no brain atlas, a query that
         names none of its regions (or a lesion), a slice whose kind of scan never holds the
         region (:meth:`~napari_ibis.grounding.atlas.SliceAtlas.kind_elsewhere`), or a fit that
-        matched poorly (a volume that is no head). The fit is made once per volume."""
+        matched poorly (a volume that is no head). The fit is made once per volume (a few
+        seconds; ``cancel``, or the turn's own, stops it)."""
         if volume is None or self.brain is None or self.atlas is None or names_a_lesion(query):
             return None
         name = self.atlas.name_in(query)
@@ -466,7 +478,7 @@ class PointerPolicy(DecidingPolicy):
         self.probability_map(image, query)
         if self._kinds.get(query):
             return None
-        fit = self._registered(volume)
+        fit = self._registered(volume, cancel or getattr(self._turn, "cancel", None))
         if not fit.trusted:
             return None
         cut = fit.region(name, volume.view, volume.index)
@@ -489,10 +501,10 @@ class PointerPolicy(DecidingPolicy):
             return None
         return RegionThrough(self.atlas.name_in(asked), registered[1], volume.view)
 
-    def _registered(self, volume: VolumeSlice):
+    def _registered(self, volume: VolumeSlice, cancel=None):
         key = (id(volume.volume), np.shape(volume.volume), volume.spacing)
         if self._brain_fit is None or self._brain_fit[0] != key:
-            self._brain_fit = (key, self.brain.register(np.asarray(volume.volume), volume.spacing), volume.volume)
+            self._brain_fit = (key, self.brain.register(np.asarray(volume.volume), volume.spacing, cancel), volume.volume)
         return self._brain_fit[1]
 
     def _decide_registered(self, request: PolicyRequest, first_turn: bool, region: np.ndarray, fit) -> Response:

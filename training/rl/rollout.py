@@ -83,8 +83,8 @@ class _Recorder(Policy):
     def identity(self) -> dict:
         return self.policy.identity()
 
-    def place(self, image: np.ndarray, query: str, volume=None):
-        return self.policy.place(image, query, volume)
+    def place(self, image: np.ndarray, query: str, volume=None, cancel=None):
+        return self.policy.place(image, query, volume, cancel)
 
     def respond(self, request: PolicyRequest, on_text: TextSink | None = None, cancel: threading.Event | None = None) -> str:
         reply = self.policy.respond(request, on_text, cancel)
