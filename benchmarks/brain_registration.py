@@ -16,6 +16,7 @@ region per slice, each asked on the slice alone (the slice atlas, as before) and
 volume (the registered region).
 
     python benchmarks/brain_registration.py [--volumes 3] [--negatives] [--agents 40]
+    python benchmarks/brain_registration.py --agents 40 --slice-mm 1 --pixel-mm 1 --view coronal --out ...
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/agents_real.py's scoring
 
 OUT = Path(__file__).parent / "results" / "brain_registration.json"
-SLICE_MM, PIXEL_MM, SIDE, SLICES = 6.5, 0.78125, 256, 25
+SLICE_MM, PIXEL_MM, FIELD_MM, FIELD_S_MM = 6.5, 0.78125, 200.0, 162.5  # 256 x 256 x 25 at 6.5 mm
 
 
-def moved_brain(seed: int, degrees: float = 10.0):
-    """(grey, labels, spacing): the MNI152 template and its AAL labels, moved by the random
-    affine of ``seed`` and cut into thick axial slices (display order)."""
+def moved_brain(seed: int, degrees: float = 10.0, slice_mm: float = SLICE_MM, pixel_mm: float = PIXEL_MM):
+    """(grey, labels, names, spacing): the MNI152 template and its AAL labels, moved by the
+    random affine of ``seed`` and cut into axial slices ``slice_mm`` thick of ``pixel_mm``
+    pixels (display order)."""
     import SimpleITK as sitk
 
     from napari_ibis.grounding.brain_atlas import _image
@@ -48,7 +50,7 @@ def moved_brain(seed: int, degrees: float = 10.0):
     # the slab: the template blurred along S as a 6.5 mm slice averages it
     from scipy import ndimage as ndi
 
-    slab = ndi.uniform_filter1d(template.astype(np.float32), size=int(round(SLICE_MM / spacing[0])), axis=0)
+    slab = ndi.uniform_filter1d(template.astype(np.float32), size=max(1, int(round(slice_mm / spacing[0]))), axis=0)
     source = _image(slab, spacing)
     centre = np.array(source.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in source.GetSize()]))
     transform = sitk.AffineTransform(3)
@@ -58,9 +60,10 @@ def moved_brain(seed: int, degrees: float = 10.0):
     matrix = np.asarray(rotation).reshape(3, 3) @ np.diag(rng.uniform(0.9, 1.1, 3))
     transform.SetMatrix(tuple(matrix.ravel()))
     transform.SetTranslation(tuple(rng.uniform(-10, 10, 3)))
-    out_spacing = (SLICE_MM, PIXEL_MM, PIXEL_MM)
-    grid = _image(np.zeros((SLICES, SIDE, SIDE), np.float32), out_spacing)
-    field_mm = np.array([SIDE * PIXEL_MM, SIDE * PIXEL_MM, SLICES * SLICE_MM])  # x, y, z
+    out_spacing = (slice_mm, pixel_mm, pixel_mm)
+    slices, side = int(round(FIELD_S_MM / slice_mm)), int(round(FIELD_MM / pixel_mm))
+    grid = _image(np.zeros((slices, side, side), np.float32), out_spacing)
+    field_mm = np.array([side * pixel_mm, side * pixel_mm, slices * slice_mm])  # x, y, z
     grid.SetOrigin(tuple(centre - field_mm / 2))
     grey = sitk.GetArrayFromImage(sitk.Resample(source, grid, transform, sitk.sitkLinear, 0.0))
     moved_labels = sitk.GetArrayFromImage(sitk.Resample(_image(labels.astype(np.float32), spacing), grid, transform,
@@ -104,7 +107,7 @@ def negatives(atlas) -> dict:
 
 
 def agent_figures(grey, labels, names, spacing, seed: int, present: int, segmenter_spec: str, max_steps: int,
-                  policy) -> dict:
+                  policy, view: str = "axial") -> dict:
     """The pointer agent on ``present`` region questions (at least 100 px on the slice) and one
     absent region per slice (a region of the volume that misses the slice), each asked on
     the slice alone and with the volume; scored as benchmarks/agents_real.py scores."""
@@ -116,7 +119,11 @@ def agent_figures(grey, labels, names, spacing, seed: int, present: int, segment
     from training.data.sources import Sample
     from training.rl.rollout import rollout
 
+    from napari_ibis.geometry import VIEWS, oriented
+
     rng = np.random.default_rng(seed)
+    volume = volume_slice(grey, spacing, VIEWS[view])
+    grey, labels = np.asarray(oriented(grey, VIEWS[view])), np.asarray(oriented(labels, VIEWS[view]))
     held = {code: name for code, name in names.items() if policy.brain is not None and policy.brain.holds(name)}
     in_volume = [code for code in held if (labels == code).any()]
     cases = [(z, code) for z in range(labels.shape[0]) for code in in_volume if (labels[z] == code).sum() >= 100]
@@ -127,10 +134,10 @@ def agent_figures(grey, labels, names, spacing, seed: int, present: int, segment
         if len(on_slice) > 1 and missing:
             cases.append((z, missing[rng.integers(len(missing))]))
     segmenter = build_segmenter(segmenter_spec)
-    volume = volume_slice(grey, spacing)
     rows = {"slice": [], "volume": []}
     for z, code in cases:
-        sample = Sample(grey[z], labels[z] == code, held[code], "MRI", f"moved-mni{seed}:z={z}:{held[code]}", "mni")
+        sample = Sample(np.ascontiguousarray(grey[z]), labels[z] == code, held[code], "MRI",
+                        f"moved-mni{seed}:{view}={z}:{held[code]}", "mni")
         query = text.query(sample.target, sample.modality, rng)
         for mode in rows:
             episode = rollout(policy, sample, query, segmenter, max_turns=max_steps,
@@ -149,6 +156,10 @@ def main(argv=None) -> int:
     parser.add_argument("--agents", type=int, default=0, metavar="N",
                         help="also run the pointer agent on N region questions per volume (and one absent per slice)")
     parser.add_argument("--segmenter", default="mobilesam")
+    parser.add_argument("--view", choices=("axial", "coronal", "sagittal"), default="axial",
+                        help="the plane the agent's slices are cut in")
+    parser.add_argument("--slice-mm", type=float, default=SLICE_MM)
+    parser.add_argument("--pixel-mm", type=float, default=PIXEL_MM)
     parser.add_argument("--max-steps", type=int, default=8)
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
@@ -159,7 +170,8 @@ def main(argv=None) -> int:
 
     atlas = VolumeAtlas.load(args.atlas or resource_path(*POINTER_MODEL) / ATLAS_FILE)
     report = {"data": (f"MNI152 (real average T1, no skull) moved by random affines (+-{args.degrees} deg, scale "
-                       f"0.9-1.1, +-10 mm), {SIDE}x{SIDE}x{SLICES} at {PIXEL_MM} x {PIXEL_MM} x {SLICE_MM} mm"),
+                       f"0.9-1.1, +-10 mm), {args.pixel_mm} x {args.pixel_mm} mm pixels, {args.slice_mm} mm slices; "
+                       f"the agent's slices {args.view}"),
               "atlas_spacing_mm": atlas.spacing, "volumes": []}
     policy = None
     if args.agents:
@@ -169,12 +181,12 @@ def main(argv=None) -> int:
         report["agents"] = {"segmenter": args.segmenter, "max_steps": args.max_steps, "volumes": []}
     for seed in range(args.volumes):
         started = time.perf_counter()
-        moved = moved_brain(seed, args.degrees)
+        moved = moved_brain(seed, args.degrees, args.slice_mm, args.pixel_mm)
         figures = fit_figures(atlas, *moved, args.min_pixels)
         report["volumes"].append({"seed": seed, **figures})
         print(f"volume {seed}: {figures} ({time.perf_counter() - started:.0f} s)", flush=True)
         if policy is not None:
-            found = agent_figures(*moved, seed, args.agents, args.segmenter, args.max_steps, policy)
+            found = agent_figures(*moved, seed, args.agents, args.segmenter, args.max_steps, policy, args.view)
             report["agents"]["volumes"].append({"seed": seed, **found})
             for mode, result in found.items():
                 print(f"  agent, {mode}: " + json.dumps({k: round(v, 3) if isinstance(v, float) else v

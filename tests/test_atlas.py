@@ -206,11 +206,15 @@ def test_a_fit_by_edges_places_the_click_but_does_not_lower_the_bar_for_present(
 def test_a_damaged_atlas_file_is_one_clear_message(tmp_path):
     from napari_ibis.errors import ModelError
     from napari_ibis.grounding.head import PointerHead, PointerHeadConfig
-    from napari_ibis.policies.pointer import ATLAS_FILE, PointerPolicy
+    from napari_ibis.policies.pointer import ATLAS_FILE, BRAIN_ATLAS_FILE, PointerPolicy
 
     PointerHead(PointerHeadConfig()).save_pretrained(tmp_path / "v8")
     (tmp_path / "v8" / ATLAS_FILE).write_bytes(b"not an npz")
-    with pytest.raises(ModelError, match="not a readable atlas.*napari-ibis atlas"):
+    with pytest.raises(ModelError, match="not readable as an atlas.*napari-ibis atlas"):
+        PointerPolicy(tmp_path / "v8")
+    (tmp_path / "v8" / ATLAS_FILE).unlink()
+    (tmp_path / "v8" / BRAIN_ATLAS_FILE).write_bytes(b"not an npz either")
+    with pytest.raises(ModelError, match="not readable as a brain atlas.*napari-ibis atlas .* --what brain"):
         PointerPolicy(tmp_path / "v8")
 
 

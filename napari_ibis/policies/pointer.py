@@ -160,26 +160,12 @@ class PointerPolicy(DecidingPolicy):
             self.queries = QueryEncoder()
         self.encoder = build_encoder(self.head.config.encoder)
         self.vocabulary = Vocabulary(self.head.config.structures)
-        self.atlas = None
-        if (self.folder / ATLAS_FILE).is_file():
-            from ..errors import ModelError
-            from ..grounding.atlas import SliceAtlas
+        from ..grounding.atlas import SliceAtlas
+        from ..grounding.brain_atlas import VolumeAtlas
 
-            try:
-                self.atlas = SliceAtlas.load(self.folder / ATLAS_FILE)
-            except (OSError, KeyError, ValueError) as exc:
-                raise ModelError(f"{self.folder / ATLAS_FILE} is not a readable atlas ({exc}): remove it, or "
-                                 f"write it again with napari-ibis atlas {self.folder}") from None
-        self.brain = None  # the brain atlas registered onto brain volumes (napari_ibis.grounding.brain_atlas)
-        if (self.folder / BRAIN_ATLAS_FILE).is_file():
-            from ..errors import ModelError
-            from ..grounding.brain_atlas import VolumeAtlas
-
-            try:
-                self.brain = VolumeAtlas.load(self.folder / BRAIN_ATLAS_FILE)
-            except (OSError, KeyError, ValueError) as exc:
-                raise ModelError(f"{self.folder / BRAIN_ATLAS_FILE} is not a readable brain atlas ({exc}): remove it, "
-                                 f"or write it again with napari-ibis atlas {self.folder} --what brain") from None
+        self.atlas = self._optional(SliceAtlas, ATLAS_FILE, "an atlas", "")
+        # the brain atlas registered onto brain volumes (napari_ibis.grounding.brain_atlas)
+        self.brain = self._optional(VolumeAtlas, BRAIN_ATLAS_FILE, "a brain atlas", " --what brain")
         self._brain_fit: tuple | None = None  # (the volume's key, its fit, the volume held so that its id stays its own)
         self._turn = threading.local()  # the Stop event of the turn running on this thread
         self.device = torch.device("cpu" if device == "auto" else device)
@@ -193,6 +179,19 @@ class PointerPolicy(DecidingPolicy):
         self._known: dict[str, np.ndarray | None] = {}  # per region query on a slice like the atlas's own: the region
         self._descriptor = None  # the slice's scan_descriptor, where the atlas keeps descriptors by this encoder
         self._kinds: dict[str, str | None] = {}  # per query: the kind of scan the slice is, where it never holds the structure
+
+    def _optional(self, kind, file_name: str, what: str, option: str):
+        """``kind.load`` of the folder's ``file_name``, None where there is none; a file that
+        does not read is one line (ModelError) saying how to write it again."""
+        if not (self.folder / file_name).is_file():
+            return None
+        from ..errors import ModelError
+
+        try:
+            return kind.load(self.folder / file_name)
+        except (OSError, KeyError, ValueError) as exc:
+            raise ModelError(f"{self.folder / file_name} is not readable as {what} ({exc}): remove it, or write it "
+                             f"again with napari-ibis atlas {self.folder}{option}") from None
 
     def identity(self) -> dict:
         return {"name": self.name, "folder": str(self.folder), "model_type": "ibis_pointer",
@@ -289,18 +288,15 @@ class PointerPolicy(DecidingPolicy):
                 elif prior is not None:
                     scored.append((float((probability * prior**ATLAS_POWER).max()), member))
             chosen, why = query, None
-            if registered:
-                area, member = max(registered)
+            if registered or scored:
+                value, member = max(registered or scored)
                 chosen = f"segment the {member}"
-                why = (f"You asked for the {spoken(kind)}; the atlas brain has the "
-                       f"{' and the '.join(map(spoken, members))}. I look for the {spoken(member)}, the larger on this "
-                       f"slice where the atlas registered onto this volume puts them ({area} px).")
-            elif scored:
-                score, member = max(scored)
-                chosen = f"segment the {member}"
-                why = (f"You asked for the {spoken(kind)}; the labelled scans I know have the "
-                       f"{' and the '.join(map(spoken, members))}. I look for the {spoken(member)}, where my map "
-                       f"and their fitted slices agree best ({score:.0%}).")
+                why = (f"You asked for the {spoken(kind)}; " + (
+                    f"the atlas brain has the {' and the '.join(map(spoken, members))}. I look for the "
+                    f"{spoken(member)}, the larger on this slice where the atlas registered onto this volume puts "
+                    f"them ({value} px)." if registered else
+                    f"the labelled scans I know have the {' and the '.join(map(spoken, members))}. I look for the "
+                    f"{spoken(member)}, where my map and their fitted slices agree best ({value:.0%})."))
             elif elsewhere:
                 chosen = f"segment the {elsewhere[0]}"
             self._members[key] = (chosen, why)
