@@ -16,7 +16,7 @@ region per slice, each asked on the slice alone (the slice atlas, as before) and
 volume (the registered region).
 
     python benchmarks/brain_registration.py [--volumes 3] [--negatives] [--agents 40]
-    python benchmarks/brain_registration.py --agents 40 --slice-mm 1 --pixel-mm 1 --view coronal --out ...
+    python benchmarks/brain_registration.py --agents 40 --absent 20 --slice-mm 1 --pixel-mm 1 --view coronal --out ...
 """
 
 from __future__ import annotations
@@ -107,10 +107,11 @@ def negatives(atlas) -> dict:
 
 
 def agent_figures(grey, labels, names, spacing, seed: int, present: int, segmenter_spec: str, max_steps: int,
-                  policy, view: str = "axial") -> dict:
+                  policy, view: str = "axial", absent: int | None = None) -> dict:
     """The pointer agent on ``present`` region questions (at least 100 px on the slice) and one
-    absent region per slice (a region of the volume that misses the slice), each asked on
-    the slice alone and with the volume; scored as benchmarks/agents_real.py scores."""
+    absent region per slice (on ``absent`` slices drawn at random, where given: a region of the
+    volume that misses the slice), each asked on the slice alone and with the volume; scored
+    as benchmarks/agents_real.py scores."""
     from agents_real import score, summarise
 
     from napari_ibis.policies.base import volume_slice
@@ -128,7 +129,8 @@ def agent_figures(grey, labels, names, spacing, seed: int, present: int, segment
     in_volume = [code for code in held if (labels == code).any()]
     cases = [(z, code) for z in range(labels.shape[0]) for code in in_volume if (labels[z] == code).sum() >= 100]
     cases = [cases[i] for i in sorted(rng.permutation(len(cases))[:present])]
-    for z in range(labels.shape[0]):
+    slices = range(labels.shape[0]) if absent is None else sorted(rng.permutation(labels.shape[0])[:absent])
+    for z in slices:
         on_slice = set(np.unique(labels[z]).tolist())
         missing = [code for code in in_volume if code not in on_slice]
         if len(on_slice) > 1 and missing:
@@ -158,6 +160,7 @@ def main(argv=None) -> int:
     parser.add_argument("--segmenter", default="mobilesam")
     parser.add_argument("--view", choices=("axial", "coronal", "sagittal"), default="axial",
                         help="the plane the agent's slices are cut in")
+    parser.add_argument("--absent", type=int, default=None, help="absent questions per volume (default: one a slice)")
     parser.add_argument("--slice-mm", type=float, default=SLICE_MM)
     parser.add_argument("--pixel-mm", type=float, default=PIXEL_MM)
     parser.add_argument("--max-steps", type=int, default=8)
@@ -186,7 +189,8 @@ def main(argv=None) -> int:
         report["volumes"].append({"seed": seed, **figures})
         print(f"volume {seed}: {figures} ({time.perf_counter() - started:.0f} s)", flush=True)
         if policy is not None:
-            found = agent_figures(*moved, seed, args.agents, args.segmenter, args.max_steps, policy, args.view)
+            found = agent_figures(*moved, seed, args.agents, args.segmenter, args.max_steps, policy, args.view,
+                                  args.absent)
             report["agents"]["volumes"].append({"seed": seed, **found})
             for mode, result in found.items():
                 print(f"  agent, {mode}: " + json.dumps({k: round(v, 3) if isinstance(v, float) else v

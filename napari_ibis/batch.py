@@ -110,18 +110,24 @@ def items_of(source: str | Path, query: str | None) -> list[Item]:
 def segment_slice(image: np.ndarray, query: str, policy, segmenter, profile: str, max_steps: int,
                   window: str | None, pixel_aspect: float = 1.0) -> tuple[np.ndarray, dict]:
     """One agent session on one slice: (its mask, its trajectory with why it stopped)."""
+    session, record = _session(image, query, policy, segmenter, profile, max_steps, window, pixel_aspect)
+    return session.mask, record
+
+
+def _session(image, query, policy, segmenter, profile, max_steps, window, pixel_aspect, volume=None):
+    """(the finished session, its trajectory); ``volume``: the VolumeSlice the slice is from."""
     from .session import Session, Stopped
 
     started = time.perf_counter()
     session = Session(image, query, policy, segmenter, profile=profile, max_steps=max_steps, window=window,
-                      pixel_aspect=pixel_aspect)
+                      pixel_aspect=pixel_aspect, volume=volume)
     for event in session.run():
         if isinstance(event, Stopped):
             break
     session.accept()
     record = session.trajectory()
     record["seconds"] = round(time.perf_counter() - started, 3)
-    return session.mask, record
+    return session, record
 
 
 @dataclass
@@ -143,29 +149,36 @@ def is_done(item: Item, out: Path) -> bool:
 
 def segment_volume(stack: np.ndarray, query: str, policy, segmenter, profile: str, max_steps: int,
                    window: str | None, pixel_aspect: float, direction: str,
-                   start: int | None = None) -> tuple[np.ndarray, dict]:
+                   start: int | None = None, spacing=None) -> tuple[np.ndarray, dict]:
     """One structure through a volume (``--propagate``): the slice the agent finds (``start``
     where the manifest gives it), its session there, then propagation. (The 3-D mask, the record:
-    the search, the session's trajectory, every propagated slice.)"""
+    the search, the session's trajectory, every propagated slice.) ``spacing``: the volume's
+    (mm per axis, axial slices first), where the file gives it: the agent is handed the volume
+    (a brain region: the atlas brain registered onto it, followed slice by slice)."""
     from .key_slice import find_slice
+    from .policies.base import volume_slice
     from .propagation import Propagation
 
     started = time.perf_counter()
     labels = np.zeros(stack.shape[:3], dtype=bool)
     record: dict = {"start": start, "direction": direction}
+    volume = None if np.ndim(stack) != 3 else volume_slice(stack, spacing)
     if start is None:
-        key = find_slice(stack, query, policy, window=window, pixel_aspect=pixel_aspect)
+        key = find_slice(stack, query, policy, window=window, pixel_aspect=pixel_aspect, volume=volume)
         record["key_slice"], start = key.record(), key.index
         record["start"] = start
     if start is not None:
-        mask, record["session"] = segment_slice(stack[start], query, policy, segmenter, profile, max_steps, window,
-                                                pixel_aspect)
-        if mask.any():
-            propagation = Propagation(stack, segmenter, window=window, pixel_aspect=pixel_aspect)
-            done = propagation.run_to_end(start, mask, direction)
+        session, record["session"] = _session(stack[start], query, policy, segmenter, profile, max_steps, window,
+                                              pixel_aspect, None if volume is None else volume.at(start))
+        if session.mask.any():
+            through = getattr(policy, "region_through", None)
+            through = through(session.seen, query, session.volume) if through is not None else None
+            propagation = Propagation(stack, segmenter, window=window, pixel_aspect=pixel_aspect, region_of=through)
+            done = propagation.run_to_end(start, session.mask, direction)
             labels = done.labels
             record["propagation"] = {"flagged": done.flagged, "slices": [
-                {"slice": r.index, "area": int(r.mask.sum()), "stopped": r.stopped} for r in done.slices]}
+                {"slice": r.index, "area": int(r.mask.sum()), "stopped": r.stopped} for r in done.slices],
+                "followed": "segmenter" if through is None else through.describe()}
     record["seconds"] = round(time.perf_counter() - started, 3)
     return labels, record
 

@@ -359,6 +359,12 @@ def series_note(loaded, chosen) -> str | None:
             f"the others: {', '.join(others)}. Pick one with --series NUMBER.")
 
 
+def _spacing(loaded) -> tuple[float, ...] | None:
+    """A volume's spacing in mm (axial slices first), where its file gives one."""
+    looked_through = loaded.volume_slice()
+    return None if looked_through is None else looked_through.spacing
+
+
 def _propagate(args, loaded, session, segmenter, policy, check_every: int):
     """The start slice's mask carried through the volume; (3-D labels, the record for the trajectory)."""
     from .propagation import Propagation, PropagationDone, agent_checker
@@ -682,7 +688,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
             aspect = loaded[unit.item].pixel_aspect
             if unit.volume:
                 return pool.submit(lambda: batch.segment_volume(unit.image, items[unit.item].query, mine()[1],
-                                                                mine()[0], *settings, aspect, args.propagate, unit.start))
+                                                                mine()[0], *settings, aspect, args.propagate, unit.start,
+                                                                _spacing(loaded[unit.item])))
             return pool.submit(lambda: batch.segment_slice(unit.image, items[unit.item].query, mine()[1], mine()[0],
                                                            *settings, aspect))
     else:
@@ -692,7 +699,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
             aspect = loaded[unit.item].pixel_aspect
             if unit.volume:
                 return pool.submit(workers.batch_volume, unit.image, items[unit.item].query, endpoints[0],
-                                   args.segmenter, args.device, *settings, aspect, args.propagate, unit.start)
+                                   args.segmenter, args.device, *settings, aspect, args.propagate, unit.start,
+                                   _spacing(loaded[unit.item]))
             return pool.submit(workers.batch_slice, unit.image, items[unit.item].query, endpoints[0], args.segmenter,
                                args.device, *settings, aspect)
     waiting = iter(todo)

@@ -91,13 +91,13 @@ def process_pool(concurrency: int):
 
 
 def batch_volume(stack, query: str, folder: str, segmenter_spec: str, device: str, profile: str, max_steps: int,
-                 window: str | None, pixel_aspect: float, direction: str, start: int | None):
+                 window: str | None, pixel_aspect: float, direction: str, start: int | None, spacing=None):
     """One volume of ``napari-ibis batch --propagate`` in a worker process: (3-D mask, record)."""
     from .batch import segment_volume
 
     worker = _setup(folder, segmenter_spec, device)
     return segment_volume(stack, query, worker["policy"], worker["segmenter"], profile, max_steps, window,
-                          pixel_aspect, direction, start)
+                          pixel_aspect, direction, start, spacing)
 
 
 def batch_slice(image, query: str, folder: str, segmenter_spec: str, device: str, profile: str, max_steps: int,

@@ -173,3 +173,23 @@ def test_stop_ends_a_fit_of_the_brain_atlas_in_the_middle():
     threading.Timer(0.1, cancel.set).start()  # a person presses Stop while it fits
     with pytest.raises(Cancelled, match="stopped while fitting"):
         atlas.register(grey, spacing, cancel)
+
+
+@pytest.mark.skipif(not _available("mobile_sam", "minilm", "pyradiomics"),
+                    reason="mobile_sam, minilm or pyradiomics not fetched")
+def test_batch_hands_each_volume_to_the_agent_so_a_brain_region_goes_through_the_registered_atlas(tmp_path, capsys):
+    import json
+    import shutil
+
+    from napari_ibis import assets
+    from napari_ibis.cli import main
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    shutil.copy(assets.path("pyradiomics", "data/brain2_image.nrrd"), scans / "patient.nrrd")
+    code = main(["batch", str(scans), "--query", "segment the left caudate", "--propagate", "both",
+                 "--segmenter", "mobilesam", "--max-steps", "4", "--out", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().err
+    record = json.loads((tmp_path / "out" / "patient.ibis.json").read_text())
+    text = json.dumps(record)
+    assert "registered an atlas brain" in text and "where an atlas brain (Colin27, AAL) registered" in text
