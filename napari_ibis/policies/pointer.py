@@ -278,13 +278,14 @@ class PointerPolicy(DecidingPolicy):
             scored, elsewhere, registered = [], [], []
             for member in members:
                 asked = f"segment the {member}"
+                placed = self.brain_region(image, asked, volume, cancel)
+                if placed is not None:
+                    registered.append((int(placed[0].sum()), member))
+                    continue
                 probability = self.probability_map(image, asked)
                 prior = self._priors.get(asked)
-                placed = self.brain_region(image, asked, volume, cancel)
                 if self._kinds.get(asked):
                     elsewhere.append(member)
-                elif placed is not None:
-                    registered.append((int(placed[0].sum()), member))
                 elif prior is not None:
                     scored.append((float((probability * prior**ATLAS_POWER).max()), member))
             chosen, why = query, None
@@ -462,18 +463,20 @@ class PointerPolicy(DecidingPolicy):
         """(the region ``query`` names on ``image`` by the folder's brain atlas registered onto
         ``volume`` in 3-D, bool on ``image``'s grid and empty where the region misses the slice;
         the fit), or None where that does not apply: no volume, no brain atlas, a query that
-        names none of its regions (or a lesion), a slice whose kind of scan never holds the
-        region (:meth:`~napari_ibis.grounding.atlas.SliceAtlas.kind_elsewhere`), or a fit that
-        matched poorly (a volume that is no head). The fit is made once per volume (a few
-        seconds; ``cancel``, or the turn's own, stops it)."""
+        names none of its regions (or a lesion), a volume whose first slice asked is of a kind of
+        scan that never holds the region (:meth:`~napari_ibis.grounding.atlas.SliceAtlas.kind_elsewhere`),
+        or a fit that matched poorly (a volume that is no head). The fit is made once per volume
+        (a few seconds; ``cancel``, or the turn's own, stops it); the slices after it need no
+        encoder pass here."""
         if volume is None or self.brain is None or self.atlas is None or names_a_lesion(query):
             return None
         name = self.atlas.name_in(query)
         if not self.brain.holds(name):
             return None
-        self.probability_map(image, query)
-        if self._kinds.get(query):
-            return None
+        if not self._fitted(volume):  # the kind of scan, read once a volume: a fit on a trunk is not worth its seconds
+            self.probability_map(image, query)
+            if self._kinds.get(query):
+                return None
         fit = self._registered(volume, cancel or getattr(self._turn, "cancel", None))
         if not fit.trusted:
             return None
@@ -497,9 +500,16 @@ class PointerPolicy(DecidingPolicy):
             return None
         return RegionThrough(self.atlas.name_in(asked), registered[1], volume.view)
 
+    @staticmethod
+    def _volume_key(volume: VolumeSlice) -> tuple:
+        return id(volume.volume), np.shape(volume.volume), volume.spacing
+
+    def _fitted(self, volume: VolumeSlice) -> bool:
+        return self._brain_fit is not None and self._brain_fit[0] == self._volume_key(volume)
+
     def _registered(self, volume: VolumeSlice, cancel=None):
-        key = (id(volume.volume), np.shape(volume.volume), volume.spacing)
-        if self._brain_fit is None or self._brain_fit[0] != key:
+        key = self._volume_key(volume)
+        if not self._fitted(volume):
             self._brain_fit = (key, self.brain.register(np.asarray(volume.volume), volume.spacing, cancel), volume.volume)
         return self._brain_fit[1]
 
