@@ -193,3 +193,27 @@ def test_batch_hands_each_volume_to_the_agent_so_a_brain_region_goes_through_the
     record = json.loads((tmp_path / "out" / "patient.ibis.json").read_text())
     text = json.dumps(record)
     assert "registered an atlas brain" in text and "where an atlas brain (Colin27, AAL) registered" in text
+
+
+@pytest.mark.skipif(not _available("mobile_sam", "minilm", "pyradiomics"),
+                    reason="mobile_sam, minilm or pyradiomics not fetched")
+def test_a_coronal_slice_of_a_real_brain_mri_gets_the_region_from_the_volume_too():
+    """The kind-of-scan rule was learnt on axial slices; on a coronal slice the fit's own match
+    decides, and the region is cut in that plane (head up, the patient's left on the right)."""
+    from napari_ibis import assets, io
+    from napari_ibis.policies import load_policy
+    from napari_ibis.segmenters import build_segmenter
+    from napari_ibis.session import Session
+
+    path = assets.path("pyradiomics", "data/brain2_image.nrrd")
+    policy = load_policy(None)
+    axial = io.read_image(path, 11).volume_slice()
+    fit = policy.brain.register(axial.volume, axial.spacing)
+    thalamus = np.asarray(fit.region_volume("left thalamus"))
+    row = int(np.argwhere(thalamus)[:, 1].mean())  # a coronal slice through it
+    loaded = io.read_image(path, row, view="coronal")
+    session = Session(loaded.slice, "segment the left thalamus", policy, build_segmenter("mobilesam"), max_steps=3,
+                      pixel_aspect=loaded.pixel_aspect, volume=loaded.volume_slice())
+    list(session.run())
+    assert session.steps[0].kind == "placed" and not session.current.not_present
+    assert np.argwhere(session.mask)[:, 1].mean() > session.mask.shape[1] / 2

@@ -463,9 +463,10 @@ class PointerPolicy(DecidingPolicy):
         """(the region ``query`` names on ``image`` by the folder's brain atlas registered onto
         ``volume`` in 3-D, bool on ``image``'s grid and empty where the region misses the slice;
         the fit), or None where that does not apply: no volume, no brain atlas, a query that
-        names none of its regions (or a lesion), a volume whose first slice asked is of a kind of
-        scan that never holds the region (:meth:`~napari_ibis.grounding.atlas.SliceAtlas.kind_elsewhere`),
-        or a fit that matched poorly (a volume that is no head). The fit is made once per volume
+        names none of its regions (or a lesion), an axial slice asked before the fit whose kind of
+        scan never holds the region (:meth:`~napari_ibis.grounding.atlas.SliceAtlas.kind_elsewhere`,
+        learnt on axial slices: in another view a coronal brain slice could read as a trunk, and
+        the fit's own match tells a head), or a fit that matched poorly (a volume that is no head). The fit is made once per volume
         (a few seconds; ``cancel``, or the turn's own, stops it); the slices after it need no
         encoder pass here."""
         if volume is None or self.brain is None or self.atlas is None or names_a_lesion(query):
@@ -473,7 +474,8 @@ class PointerPolicy(DecidingPolicy):
         name = self.atlas.name_in(query)
         if not self.brain.holds(name):
             return None
-        if not self._fitted(volume):  # the kind of scan, read once a volume: a fit on a trunk is not worth its seconds
+        if volume.view == "axial" and not self._fitted(volume):
+            # the kind of scan (learnt on axial slices), read before the first fit: a trunk is not worth its seconds
             self.probability_map(image, query)
             if self._kinds.get(query):
                 return None
