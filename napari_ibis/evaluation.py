@@ -58,8 +58,10 @@ def evaluate_volume(volume: np.ndarray, truth: np.ndarray, segmenter: Segmenter,
                     window: str | None = None, checker=None, check: str | int = "none", pixel_aspect: float = 1.0,
                     corrections: int = 0, click_budget: int | None = None, start: int | None = None) -> dict:
     """One volume case: the start slice (``start``; None: where ``truth`` is largest) is segmented by
-    ``start_mask_of(rgb, gt_slice) -> (mask, clicks, agent_steps)``, then propagated with no
-    further clicks unless ``check`` asks the agent; 3-D Dice and IoU against ``truth``.
+    ``start_mask_of(rgb, gt_slice) -> (mask, clicks, agent_steps[, region_of])``, then propagated
+    with no further clicks unless ``check`` asks the agent (``region_of``: what the agent knows of
+    the structure on every slice, :class:`~napari_ibis.propagation.Propagation`); 3-D Dice and IoU
+    against ``truth``.
 
     ``corrections``: clicks a simulated person then spends on the propagated result, as in the
     widget: each on the slice with the most wrong pixels (the click simulator's click there, the
@@ -77,7 +79,8 @@ def evaluate_volume(volume: np.ndarray, truth: np.ndarray, segmenter: Segmenter,
     start = largest if start is None else int(start)
     started = time.perf_counter()
     propagation = Propagation(volume, segmenter, window=window, checker=checker, check=check, pixel_aspect=pixel_aspect)
-    mask, clicks, agent_steps = start_mask_of(propagation.rgb(start), truth[start])
+    mask, clicks, agent_steps, *known = start_mask_of(propagation.rgb(start), truth[start])
+    propagation.region_of = known[0] if known else None
     if not np.asarray(mask).any():
         labels, slices = np.zeros_like(truth), []
     else:
@@ -94,6 +97,7 @@ def evaluate_volume(volume: np.ndarray, truth: np.ndarray, segmenter: Segmenter,
             "agent_steps": agent_steps + sum(r.agent_steps for r in slices), "slices_propagated": len(slices),
             "slices_true": int(truth.any(axis=tuple(range(1, truth.ndim))).sum()),
             "slices_labelled": int(labels.any(axis=tuple(range(1, labels.ndim))).sum()),
+            "followed": "segmenter" if propagation.region_of is None else propagation.region_of.describe(),
             "seconds": seconds, "seconds_per_slice": seconds / max(1, len(slices) + 1), "_labels": labels}
 
 
@@ -143,16 +147,21 @@ def oracle_start(segmenter: Segmenter, max_clicks: int = 5, stop_iou: float = 0.
 
 
 def agent_start(policy, query: str, segmenter: Segmenter, profile: str = "ibis-release", max_steps: int = 8,
-                pixel_aspect: float = 1.0):
-    """The start slice segmented by the agent, as in the widget."""
+                pixel_aspect: float = 1.0, volume=None):
+    """The start slice segmented by the agent, as in the widget; ``volume``: the
+    :class:`~napari_ibis.policies.base.VolumeSlice` of the start slice, for an agent that looks
+    through it (then also what it knows of the structure on every slice, for propagation)."""
     from .session import Session
 
     def start(rgb: np.ndarray, gt: np.ndarray):
-        session = Session(rgb, query, policy, segmenter, profile=profile, max_steps=max_steps, pixel_aspect=pixel_aspect)
+        session = Session(rgb, query, policy, segmenter, profile=profile, max_steps=max_steps, pixel_aspect=pixel_aspect,
+                          volume=volume)
         for _ in session.run():
             pass
         clicks = sum(len(step.clicks) for step in session.steps)
-        return session.mask, clicks, len(session.steps)
+        through = getattr(policy, "region_through", None)
+        through = through(session.seen, query, session.volume) if through is not None and session.mask.any() else None
+        return session.mask, clicks, len(session.steps), through
 
     return start
 
@@ -220,6 +229,7 @@ class VolumeProtocol:
 
 def volume_case(case, segmenter, policy, protocol: VolumeProtocol) -> dict:
     """One volume case of a manifest (``eval --propagate``): a row of the report."""
+    from .policies.base import volume_slice
     from .propagation import agent_checker, parse_check
     from .square_pixels import square_pixels
 
@@ -227,19 +237,23 @@ def volume_case(case, segmenter, policy, protocol: VolumeProtocol) -> dict:
     check = parse_check(protocol.check)
     size = {} if case.voxel_ml is None else {"cm3": round(float(case.mask.sum()) * case.voxel_ml, 2)}
     key, searched = None, 0.0
+    looked_through = None if policy is None or case.spacing is None else volume_slice(case.image, case.spacing)
     if protocol.start == "auto":
         import time
 
         from .key_slice import find_slice
 
         started = time.perf_counter()
-        key = find_slice(case.image, case.query, policy, pixel_aspect=aspect)
+        key = find_slice(case.image, case.query, policy, pixel_aspect=aspect, volume=looked_through)
         searched = time.perf_counter() - started
         if not key.found:
             return {"source": case.source, "target": case.target} | size | not_found_row(case.mask, key, searched)
+    index = key.index if key is not None else int(np.argmax(case.mask.sum(axis=tuple(range(1, case.mask.ndim)))))
     start = (oracle_start(square_pixels(segmenter, aspect), protocol.max_clicks) if policy is None
-             else agent_start(policy, case.query, segmenter, protocol.profile, pixel_aspect=aspect))
-    checker = agent_checker(policy, case.query, segmenter, protocol.profile, pixel_aspect=aspect) if check else None
+             else agent_start(policy, case.query, segmenter, protocol.profile, pixel_aspect=aspect,
+                              volume=None if looked_through is None else looked_through.at(index)))
+    checker = agent_checker(policy, case.query, segmenter, protocol.profile, pixel_aspect=aspect,
+                            volume=looked_through) if check else None
     row = evaluate_volume(case.image, case.mask, segmenter, start, protocol.direction, checker=checker, check=check,
                           pixel_aspect=aspect, corrections=0 if protocol.rest else protocol.corrections,
                           click_budget=protocol.max_clicks if protocol.rest else None,

@@ -451,6 +451,7 @@ class Case:
     query: str = ""
     pixel_aspect: float = 1.0  # its rows' spacing over its columns' (napari_ibis.square_pixels)
     voxel_ml: float | None = None  # a volume case's voxel in millilitres, where the file gives a spacing
+    spacing: tuple[float, ...] | None = None  # a grey volume case's spacing in mm (display order), where given
 
     def __post_init__(self) -> None:
         self.query = self.query or f"segment the {self.target}"
@@ -501,7 +502,7 @@ def load_case(entry: ManifestEntry, volumes: bool = False) -> Case:
     """Read one manifest line's image and mask. With ``volumes``, a line without ``slice`` whose
     image is a volume is one case holding the whole volume and its 3-D mask."""
     fields = entry.fields
-    voxel_ml = None
+    voxel_ml, spacing = None, None
     try:
         series = fields.get("series")
         loaded = read_image(entry.image, fields.get("slice"), frame=fields.get("frame"),
@@ -517,6 +518,7 @@ def load_case(entry: ManifestEntry, volumes: bool = False) -> Case:
             geometry = loaded.meta.get("geometry")
             if geometry is not None:
                 voxel_ml = float(np.prod(geometry.display_spacing[-3:])) / 1000.0
+                spacing = None if loaded.rgb else tuple(float(s) for s in geometry.display_spacing[-3:])
         else:
             mask = read_mask(entry.mask, loaded, fields.get("label"))
     except InputError as exc:
@@ -530,6 +532,7 @@ def load_case(entry: ManifestEntry, volumes: bool = False) -> Case:
         query=str(fields.get("query", "")),
         pixel_aspect=loaded.pixel_aspect,
         voxel_ml=voxel_ml,
+        spacing=spacing,
     )
 
 

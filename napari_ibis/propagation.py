@@ -147,7 +147,7 @@ class Propagation:
             raise InputError(f"propagation needs a volume (Z, H, W) or (Z, H, W, 3), got shape {volume.shape}")
         self.volume = volume
         self.region_of = region_of
-        self.video = video and region_of is None and getattr(segmenter, "name", "") == "sam2"  # SAM 2's video propagation
+        self.video = video and getattr(segmenter, "name", "") == "sam2"  # SAM 2's video propagation (not for a region_of)
         # slices with unequal row and column spacing are followed at square pixels (SAM 2's video
         # predictor resizes every frame to a square of its own)
         self.segmenter = segmenter if self.video else square_pixels(segmenter, pixel_aspect)
@@ -239,7 +239,7 @@ class Propagation:
 
     def _tracker(self, start: int, mask: np.ndarray, step: int):
         """SAM 2's video propagation from ``start`` in the direction of ``step``, or None."""
-        if not self.video:
+        if not self.video or self.region_of is not None:
             return None
         from .segmenters.sam2 import track
 

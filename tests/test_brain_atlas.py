@@ -217,3 +217,31 @@ def test_a_coronal_slice_of_a_real_brain_mri_gets_the_region_from_the_volume_too
     list(session.run())
     assert session.steps[0].kind == "placed" and not session.current.not_present
     assert np.argwhere(session.mask)[:, 1].mean() > session.mask.shape[1] / 2
+
+
+@pytest.mark.skipif(not _available("mobile_sam", "minilm", "pyradiomics"),
+                    reason="mobile_sam, minilm or pyradiomics not fetched")
+def test_eval_propagate_hands_a_volume_case_to_the_agent_too(tmp_path, capsys):
+    """A manifest volume case (the truth here: the left caudate where the atlas registered onto
+    the volume puts it) is segmented and propagated as `segment` does: through the registered atlas."""
+    import json
+
+    import SimpleITK as sitk
+
+    from napari_ibis import assets, io
+    from napari_ibis.cli import main
+    from napari_ibis.policies import load_policy
+
+    path = assets.path("pyradiomics", "data/brain2_image.nrrd")
+    axial = io.read_image(path, 11).volume_slice()
+    caudate = load_policy(None).brain.register(axial.volume, axial.spacing).region_volume("left caudate")
+    truth = io.read_image(path)
+    written = io.write_labels(tmp_path / "caudate.nrrd", caudate.astype(np.uint8), like=truth)
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(written))).any()
+    (tmp_path / "cases.jsonl").write_text(json.dumps({"image": str(path), "mask": str(written), "target": "left caudate",
+                                                      "modality": "MRI"}) + "\n")
+    code = main(["eval", str(tmp_path / "cases.jsonl"), "--propagate", "both", "--policy", "default", "--segmenter",
+                 "mobilesam", "--json", str(tmp_path / "report.json")])
+    assert code == 0, capsys.readouterr().err
+    row = json.loads((tmp_path / "report.json").read_text())["cases"][0]
+    assert "atlas brain" in row["followed"] and row["dice_3d"] > 0.9  # the registered region, taken slice by slice
