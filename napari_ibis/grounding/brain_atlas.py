@@ -7,12 +7,12 @@ that fit, the map alone finds no region and the agent answered "not present". A 
 volume holds far more than a slice: the whole head fixes the atlas's position, rotation and
 size in 3-D. :class:`VolumeAtlas` keeps the Colin27 T1 twice, the whole head and the brain
 alone (skull and scalp removed), at ``SPACING_MM``, with its AAL regions on Colin27's own 1 mm
-grid (display order, :mod:`napari_ibis.geometry`). :meth:`VolumeAtlas.register` fits each onto the volume by a 3-D affine
-transform (SimpleITK: Mattes mutual information, which holds across contrasts, three
-resolutions, the centres of mass aligned first) and keeps the better match: a clinical MRI
-keeps its skull, a research one has often lost it, and an atlas with a skull fitted onto a
-brain without one shrinks onto it (3-D Dice 0.36 against 0.73 on the moved MNI152 brains).
-Both fits take 4-10 s on 2 cores, once per volume.
+grid (display order, :mod:`napari_ibis.geometry`). :meth:`VolumeAtlas.register` fits each onto
+the volume by a 3-D affine transform (SimpleITK: Mattes mutual information, which holds across
+contrasts, three resolutions, the centres of mass aligned first) and keeps the better match: a
+clinical MRI keeps its skull, a research one has often lost it, and an atlas with a skull fitted
+onto a brain without one shrinks onto it (3-D Dice 0.36 against 0.73 on the moved MNI152
+brains). Both fits take about 4 s on 2 cores, once per volume.
 :class:`RegisteredBrain` then cuts a region out of any slice of the volume, in any view.
 
 ``MIN_BRAIN_MATCH`` refuses a fit that matched poorly (a volume that is no head, a

@@ -466,9 +466,9 @@ class PointerPolicy(DecidingPolicy):
         names none of its regions (or a lesion), an axial slice asked before the fit whose kind of
         scan never holds the region (:meth:`~napari_ibis.grounding.atlas.SliceAtlas.kind_elsewhere`,
         learnt on axial slices: in another view a coronal brain slice could read as a trunk, and
-        the fit's own match tells a head), or a fit that matched poorly (a volume that is no head). The fit is made once per volume
-        (a few seconds; ``cancel``, or the turn's own, stops it); the slices after it need no
-        encoder pass here."""
+        the fit's own match tells a head), or a fit that matched poorly (a volume that is no
+        head). The fit is made once per volume (a few seconds; ``cancel``, or the turn's own,
+        stops it); the slices after it need no encoder pass here."""
         if volume is None or self.brain is None or self.atlas is None or names_a_lesion(query):
             return None
         name = self.atlas.name_in(query)
