@@ -184,7 +184,9 @@ class Controller:
         yield ("status", f"Propagating {direction} from slice {spec.index[-1]}…")
         try:
             segmenter = self.models.segmenter(spec.segmenter, spec.device)
-            policy = self.models.policy(spec.model, spec.device)
+            # the agent where checks ask for it or it is loaded already (propagation alone needs none)
+            loaded = check != "none" or self.models.loaded(("policy", spec.model, spec.device))
+            policy = self.models.policy(spec.model, spec.device) if loaded else None
             checker = None
             if check != "none":
                 checker = agent_checker(policy, spec.query, segmenter, spec.profile, cancel=self.cancel,
