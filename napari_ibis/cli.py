@@ -336,8 +336,12 @@ def _find_start(args, loaded, policy):
     key = find_slice(loaded.stack, args.query, policy, window=args.window, pixel_aspect=loaded.pixel_aspect,
                      volume=loaded.volume_slice())
     print(key.describe(f"the {target_of(args.query)}", plane) + (
-        f" ({key.looked[key.index].peak:.0%} sure); working there." if key.found else "."), flush=True)
+        f" ({_how_sure(key.looked[key.index])}); working there." if key.found else "."), flush=True)
     return key
+
+
+def _how_sure(seen) -> str:
+    return seen.basis or f"{seen.peak:.0%} sure"
 
 
 def frames_note(loaded, chosen) -> str | None:

@@ -129,6 +129,8 @@ def test_on_a_real_brain_mri_the_agent_places_a_region_through_the_volume_and_sa
     assert placed.kind == "placed" and "registered an atlas brain" in placed.thought and found.mask.sum() > 300
     cols = np.argwhere(found.mask)[:, 1]
     assert cols.mean() > found.mask.shape[1] / 2  # the patient's left, on the image's right
+    seen = policy.locate(found.seen, "segment the left thalamus", found.volume)
+    assert seen.present and "registered onto the volume" in seen.basis  # not a confidence it measured
     absent = run(5, volume=True)
     assert absent.current.not_present and "lies on slices" in absent.current.thought
     alone = run(12, volume=False)

@@ -81,11 +81,14 @@ class Located:
     """How clearly a policy sees the named structure on one slice, before any click: ``score``
     ranks slices (the pointer agent: its map's probability summed over the most likely
     region, so a larger and clearer cross-section scores higher), ``peak`` is its confidence at
-    the likeliest pixel and ``present`` whether that reaches the policy's presence threshold."""
+    the likeliest pixel and ``present`` whether that reaches the policy's presence threshold.
+    ``basis``: what the answer rests on where it is not a confidence the policy measured (the
+    pointer agent's brain atlas registered onto the volume), "" otherwise."""
 
     score: float
     peak: float
     present: bool
+    basis: str = ""
 
 
 class Policy(ABC):

@@ -386,7 +386,8 @@ class PointerPolicy(DecidingPolicy):
         registered = self.brain_region(image, asked, volume, cancel)
         if registered is not None:  # the region's cross-section where the registered brain atlas puts it
             area = float(registered[0].sum())
-            return Located(score=area, peak=1.0 if area else 0.0, present=area > 0)
+            return Located(score=area, peak=1.0 if area else 0.0, present=area > 0,
+                           basis="where the atlas brain registered onto the volume puts it")
         probability = self.guided_map(image, asked, first_turn=True)
         found = candidates(probability, self._presence_threshold(asked))
         likest = self._elsewhere.get(asked)
