@@ -247,3 +247,14 @@ def test_eval_propagate_hands_a_volume_case_to_the_agent_too(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     row = json.loads((tmp_path / "report.json").read_text())["cases"][0]
     assert "atlas brain" in row["followed"] and row["dice_3d"] > 0.9  # the registered region, taken slice by slice
+
+
+@pytest.mark.skipif(not _available("mobile_sam", "minilm"), reason="mobile_sam or minilm not fetched")
+def test_the_agent_says_beforehand_when_a_run_will_fit_the_brain_atlas():
+    """The widget's status names the few seconds of a fit before the first step (once a volume)."""
+    from napari_ibis.policies import load_policy
+
+    policy = load_policy(None)
+    volume = volume_slice(np.zeros((6, 32, 32), np.float32), (5.0, 1.0, 1.0), (), 3)
+    assert policy.will_fit("segment the left thalamus", volume) and policy.will_fit("segment the thalamus", volume)
+    assert not policy.will_fit("segment the liver", volume) and not policy.will_fit("segment the left thalamus", None)

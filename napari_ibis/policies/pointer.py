@@ -503,6 +503,17 @@ class PointerPolicy(DecidingPolicy):
             return None
         return RegionThrough(self.atlas.name_in(asked), registered[1], volume.view)
 
+    def will_fit(self, query: str, volume: VolumeSlice | None) -> bool:
+        """Whether the first turn on ``volume`` for ``query`` will fit the brain atlas onto it (a
+        few seconds the widget says it is spending): the query names one of its regions, or a
+        kind of them ("the thalamus"), and this volume has no fit yet."""
+        if volume is None or self.brain is None or self.atlas is None or self._fitted(volume):
+            return False
+        query = in_atlas_words(query)
+        found = self.atlas.members_in(query)
+        names = found[1] if found else [self.atlas.name_in(query)]
+        return any(self.brain.holds(name) for name in names)
+
     @staticmethod
     def _volume_key(volume: VolumeSlice) -> tuple:
         return id(volume.volume), np.shape(volume.volume), volume.spacing
