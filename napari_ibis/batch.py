@@ -162,7 +162,7 @@ def segment_volume(stack: np.ndarray, query: str, policy, segmenter, profile: st
     started = time.perf_counter()
     labels = np.zeros(stack.shape[:3], dtype=bool)
     record: dict = {"start": start, "direction": direction}
-    volume = None if np.ndim(stack) != 3 else volume_slice(stack, spacing)
+    volume = volume_slice(stack, spacing)  # None for an RGB stack or without a spacing
     if start is None:
         key = find_slice(stack, query, policy, window=window, pixel_aspect=pixel_aspect, volume=volume)
         record["key_slice"], start = key.record(), key.index
@@ -171,8 +171,7 @@ def segment_volume(stack: np.ndarray, query: str, policy, segmenter, profile: st
         session, record["session"] = _session(stack[start], query, policy, segmenter, profile, max_steps, window,
                                               pixel_aspect, None if volume is None else volume.at(start))
         if session.mask.any():
-            through = getattr(policy, "region_through", None)
-            through = through(session.seen, query, session.volume) if through is not None else None
+            through = session.region_through()
             propagation = Propagation(stack, segmenter, window=window, pixel_aspect=pixel_aspect, region_of=through)
             done = propagation.run_to_end(start, session.mask, direction)
             labels = done.labels

@@ -378,8 +378,7 @@ def _propagate(args, loaded, session, segmenter, policy, check_every: int):
     checker = (agent_checker(policy, args.query, segmenter, profile=args.profile, pixel_aspect=aspect,
                              volume=loaded.volume_slice())
                if check_every else None)
-    through = getattr(policy, "region_through", None)  # the pointer agent: a brain region through the volume
-    through = through(session.seen, args.query, session.volume) if through is not None else None
+    through = session.region_through()  # the pointer agent: a brain region through the volume
     if through is not None and not args.quiet:
         print(f"Following {through.describe()}, slice by slice (no segmenter).", flush=True)
     propagation = Propagation(loaded.stack, segmenter, window=args.window, checker=checker, check=check_every,

@@ -184,16 +184,13 @@ class Controller:
         yield ("status", f"Propagating {direction} from slice {spec.index[-1]}…")
         try:
             segmenter = self.models.segmenter(spec.segmenter, spec.device)
-            # the agent where checks ask for it or it is loaded already (propagation alone needs none)
-            loaded = check != "none" or self.models.loaded(("policy", spec.model, spec.device))
-            policy = self.models.policy(spec.model, spec.device) if loaded else None
             checker = None
             if check != "none":
+                policy = self.models.policy(spec.model, spec.device)
                 checker = agent_checker(policy, spec.query, segmenter, spec.profile, cancel=self.cancel,
                                         pixel_aspect=spec.pixel_aspect, volume=spec.volume)
-            through = None  # the pointer agent on a brain volume: the registered atlas region, slice by slice
-            if hasattr(policy, "region_through") and self.session is not None:
-                through = policy.region_through(self.session.seen, spec.query, self.session.volume)
+            # the pointer agent on a brain volume: the registered atlas region, slice by slice
+            through = None if self.session is None else self.session.region_through()
             if through is not None:
                 yield ("status", f"Propagating {direction} from slice {spec.index[-1]}: following {through.describe()}…")
             propagation = Propagation(volume, segmenter, checker=checker, check=check, pixel_aspect=spec.pixel_aspect,

@@ -159,9 +159,7 @@ def agent_start(policy, query: str, segmenter: Segmenter, profile: str = "ibis-r
         for _ in session.run():
             pass
         clicks = sum(len(step.clicks) for step in session.steps)
-        through = getattr(policy, "region_through", None)
-        through = through(session.seen, query, session.volume) if through is not None and session.mask.any() else None
-        return session.mask, clicks, len(session.steps), through
+        return session.mask, clicks, len(session.steps), session.region_through()
 
     return start
 

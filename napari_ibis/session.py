@@ -198,6 +198,14 @@ class Session:
         """The slice as the agent sees it (RGB, at square pixels)."""
         return self._seen
 
+    def region_through(self):
+        """What the policy knows of the structure on every slice of the session's volume, for
+        propagation (:meth:`~napari_ibis.policies.base.Policy.region_through`); None without a
+        volume or a result on this slice."""
+        if self.volume is None or not self.mask.any():
+            return None
+        return self.policy.region_through(self._seen, self.query, self.volume)
+
     @property
     def steps(self) -> list[Step]:
         """The active steps, oldest first (undone steps are not included)."""

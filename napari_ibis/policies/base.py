@@ -113,6 +113,12 @@ class Policy(ABC):
         cannot say without running a session (a language model answers in words)."""
         return None
 
+    def region_through(self, image: np.ndarray, query: str, volume: VolumeSlice | None):
+        """What the policy knows of ``query``'s structure on every slice of ``volume`` (``image``:
+        its slice as the agent sees it), as a callable index -> bool mask that propagation takes
+        instead of the segmenter's reading; None (the default): nothing, the segmenter follows."""
+        return None
+
     @abstractmethod
     def respond(
         self,
