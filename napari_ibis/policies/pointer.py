@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..grounding.ct_anatomy import below_the_diaphragm, lung_asked
 from ..grounding.names import in_atlas_words, spoken
 from ..grounding.vocabulary import Vocabulary, names_a_lesion
 from ..protocol import Response
@@ -93,16 +94,19 @@ def candidates(probability: np.ndarray, threshold: float) -> list[np.ndarray]:
 
 
 def decide(probability: np.ndarray, request: PolicyRequest, threshold: float, cell: float,
-           extent: np.ndarray | None = None) -> Response:
+           extent: np.ndarray | None = None, one_target: bool = False) -> Response:
     """One turn from the probability map (per pixel of the slice) and the current mask;
     ``cell``: the map's resolution in pixels (how far its edges may be trusted). ``extent``:
     where a second source (the atlas) puts the target; then the mask spills only where it
-    leaves both the map's region and the extent, and misses only what both hold."""
+    leaves both the map's region and the extent, and misses only what both hold. ``one_target``:
+    all the likely parts are one structure (both lungs), not candidates to choose among."""
     from scipy import ndimage as ndi
 
     height, width = probability.shape
     peak = float(probability.max())
     found = candidates(probability, threshold)
+    if one_target and found:
+        found = [np.logical_or.reduce(found)]
     if not found:
         return Response(
             thought=(f"I look for what the query asks for: the most likely place reaches only {peak:.0%} "
@@ -167,6 +171,7 @@ class PointerPolicy(DecidingPolicy):
         # the brain atlas registered onto brain volumes (napari_ibis.grounding.brain_atlas)
         self.brain = self._optional(VolumeAtlas, BRAIN_ATLAS_FILE, "a brain atlas", " --what brain")
         self._brain_fit: tuple | None = None  # (the volume's key, its fit, the volume held so that its id stays its own)
+        self._ct_read: tuple | None = None  # (the volume's key, its CtAnatomy or None where it is no CT, the volume)
         self._turn = threading.local()  # the Stop event of the turn running on this thread
         self.device = torch.device("cpu" if device == "auto" else device)
         self._image_key = None
@@ -268,6 +273,9 @@ class PointerPolicy(DecidingPolicy):
 
             raise InputError(untaught.line)
         query = in_atlas_words(query)  # the names it learnt: "the IVC" is the inferior vena cava to the head too
+        lungs = lung_asked(query)
+        if lungs is not None and not lungs.lobe and self.ct_anatomy(volume) is not None and not names_a_lesion(query):
+            return query, None  # the lungs themselves, read from the Hounsfield units (ct_reading), not a lobe of them
         found = None if self.atlas is None or names_a_lesion(query) else self.atlas.members_in(query)
         if found is None:  # a lesion ("the lung tumour") is looked for as asked, not as its organ
             return query, None
@@ -388,6 +396,10 @@ class PointerPolicy(DecidingPolicy):
             area = float(registered[0].sum())
             return Located(score=area, peak=1.0 if area else 0.0, present=area > 0,
                            basis="where the atlas brain registered onto the volume puts it")
+        read = self.ct_reading(image, asked, volume)
+        if read is not None:
+            area = float(read.region.sum())
+            return Located(score=area, peak=1.0 if area else 0.0, present=area > 0, basis=read.basis)
         probability = self.guided_map(image, asked, first_turn=True)
         found = candidates(probability, self._presence_threshold(asked))
         likest = self._elsewhere.get(asked)
@@ -427,6 +439,9 @@ class PointerPolicy(DecidingPolicy):
         registered = self.brain_region(request.image, request.query, request.volume)
         if registered is not None:
             return self._decide_registered(request, first_turn, *registered)
+        read = self.ct_reading(request.image, request.query, request.volume)
+        if read is not None and (read.region.any() or (first_turn and not request.clicks)):
+            return self._decide_ct(request, first_turn, read)
         probability = self.guided_map(request.image, request.query, first_turn)
         kind = self._kinds.get(request.query)
         if first_turn and not request.clicks and kind:
@@ -459,6 +474,69 @@ class PointerPolicy(DecidingPolicy):
                 f" one, {what} {fit[1]:.2f})."))
         return response
 
+    # -- a CT volume's Hounsfield units -------------------------------------------------
+    def ct_anatomy(self, volume: VolumeSlice | None):
+        """The :class:`~napari_ibis.grounding.ct_anatomy.CtAnatomy` of ``volume`` (read once per
+        volume, about 1 s for 512 x 512 x 60 on 2 cores), or None: no volume, or not in
+        Hounsfield units (an MRI)."""
+        if volume is None:
+            return None
+        from ..grounding.ct_anatomy import CtAnatomy
+
+        key = self._volume_key(volume)
+        if self._ct_read is None or self._ct_read[0] != key:
+            self._ct_read = (key, CtAnatomy.read(np.asarray(volume.volume), volume.spacing), volume.volume)
+        return self._ct_read[1]
+
+    def ct_reading(self, image: np.ndarray, query: str, volume: VolumeSlice | None) -> CtRead | None:
+        """What the Hounsfield units of the CT ``volume`` decide about ``query`` on its slice
+        ``image``, or None where they decide nothing: the lungs asked for (their region on the
+        slice, empty where that side has no lung there; for a lobe only its absence), or a
+        structure wholly below the diaphragm asked on an axial slice at the chest's level (an
+        empty region). A lesion ("the lung tumour") is left to the map."""
+        if volume is None or names_a_lesion(query):
+            return None
+        lungs = lung_asked(query)
+        name = None if lungs is not None or self.atlas is None else self.atlas.name_in(query)
+        if lungs is None and not (volume.view == "axial" and below_the_diaphragm(name or query)):
+            return None
+        anatomy = self.ct_anatomy(volume)
+        if anatomy is None:
+            return None
+        if lungs is None:
+            share = anatomy.lung_share(volume.index)
+            if not anatomy.at_chest_level(volume.index):
+                return None
+            return CtRead(np.zeros(image.shape[:2], bool), basis="the lungs' share of this CT slice", why=(
+                f"On this CT the lungs (air below -400 HU inside the body, with the texture of lung, not gas) fill "
+                f"{share:.0%} of the body's cross-section: this slice lies at the level of the chest, and the "
+                f"{spoken(name or 'structure asked for')} lies below the diaphragm."))
+        region = _on_grid(anatomy.lung(lungs.side, volume.view, volume.index), image.shape[:2])
+        if lungs.lobe and region.any():
+            return None  # which lobe, the units cannot tell: the map decides
+        where = f"on the patient's {lungs.side} of this slice" if lungs.side else "on this slice"
+        why = (f"On this CT the lungs are the air inside the body below -400 HU (gas in the gut, purer air, left "
+               f"out): " + (f"they cover {int(region.sum()):,} px {where}." if region.any() else
+                           f"there is none {where}."))
+        return CtRead(region, basis="the air-filled lung in this CT's Hounsfield units", why=why,
+                      lungs=None if lungs.lobe else lungs.side or "both")
+
+    def _decide_ct(self, request: PolicyRequest, first_turn: bool, read: CtRead) -> Response:
+        """A turn where the CT's Hounsfield units decide (:meth:`ct_reading`): "not present" where
+        the region is empty, else the region is where the structure lies and what the mask is
+        judged by."""
+        import dataclasses
+
+        if not read.region.any():
+            return Response(thought=read.why, terminate=True, not_present=True,
+                            answer="The requested structure is not present in this image.")
+        cell = max(2.0, min(read.region.shape) / 100)  # the region is exact to a pixel; the mask's edge may differ a little
+        response = decide(read.region.astype(np.float32), request, 0.5, cell, None if first_turn else read.region,
+                          one_target=True)
+        if first_turn and not request.clicks:
+            response = dataclasses.replace(response, thought=f"{read.why} {response.thought}")
+        return response
+
     # -- a brain volume ----------------------------------------------------------------
     def brain_region(self, image: np.ndarray, query: str, volume: VolumeSlice | None, cancel=None):
         """(the region ``query`` names on ``image`` by the folder's brain atlas registered onto
@@ -483,12 +561,7 @@ class PointerPolicy(DecidingPolicy):
         fit = self._registered(volume, cancel or getattr(self._turn, "cancel", None))
         if not fit.trusted:
             return None
-        cut = fit.region(name, volume.view, volume.index)
-        if cut.shape != image.shape[:2]:  # the slice as the agent sees it: at square pixels
-            from skimage.transform import resize
-
-            cut = resize(cut.astype(np.float32), image.shape[:2], order=1, anti_aliasing=False) >= 0.5
-        return cut, fit
+        return _on_grid(fit.region(name, volume.view, volume.index), image.shape[:2]), fit
 
     def region_through(self, image: np.ndarray, query: str, volume: VolumeSlice | None) -> RegionThrough | None:
         """Where the brain atlas registered onto ``volume`` applies to ``query`` on its slice
@@ -500,7 +573,10 @@ class PointerPolicy(DecidingPolicy):
         asked, _ = self.member_asked(image, query, volume)
         registered = self.brain_region(image, asked, volume)
         if registered is None:
-            return None
+            read = self.ct_reading(image, asked, volume)
+            if read is None or read.lungs is None:
+                return None
+            return LungsThrough(self.ct_anatomy(volume), read.lungs, volume.view)
         return RegionThrough(self.atlas.name_in(asked), registered[1], volume.view)
 
     def will_fit(self, query: str, volume: VolumeSlice | None) -> bool:
@@ -559,6 +635,45 @@ class RegionThrough:
     def describe(self) -> str:
         return (f"the {spoken(self.name)} where an atlas brain (Colin27, AAL) registered onto this volume in 3-D puts it "
                 f"(mutual information {self.fit.match:.2f})")
+
+
+@dataclass
+class CtRead:
+    """What a CT's Hounsfield units decide for a query on one slice (:meth:`PointerPolicy.ct_reading`):
+    the structure's region on the slice as the agent sees it (empty: not there), what it rests on,
+    the agent's words, and which lungs (a side, "both"), where it is the lungs, to follow them
+    through the volume."""
+
+    region: np.ndarray
+    basis: str
+    why: str
+    lungs: str | None = None
+
+
+@dataclass
+class LungsThrough:
+    """The lungs read from a CT's Hounsfield units, slice by slice in one view."""
+
+    anatomy: object  # a napari_ibis.grounding.ct_anatomy.CtAnatomy
+    side: str  # "left", "right" or "both"
+    view: str
+
+    def __call__(self, index: int) -> np.ndarray:
+        """The lung(s) on slice ``index`` (bool, the slice's own grid; empty where there is none)."""
+        return self.anatomy.lung(None if self.side == "both" else self.side, self.view, index)
+
+    def describe(self) -> str:
+        which = "lungs" if self.side == "both" else f"{self.side} lung"
+        return f"the {which} as the air inside the body below -400 HU on each slice of this CT (gas in the gut left out)"
+
+
+def _on_grid(cut: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``cut`` (bool, a slice's own grid) on ``shape``, the slice as the agent sees it (square pixels)."""
+    if cut.shape == tuple(shape):
+        return cut
+    from skimage.transform import resize
+
+    return resize(cut.astype(np.float32), shape, order=1, anti_aliasing=False) >= 0.5
 
 
 def _registered_words(fit) -> str:

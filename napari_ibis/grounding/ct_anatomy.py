@@ -1,0 +1,157 @@
+"""What a CT's Hounsfield units say without any training: where the lungs are, and whether a
+slice lies at the level of the chest.
+
+On CT a voxel's value is physics: air is -1000 HU, lung (air with its vessels and walls) about
+-850, fat about -100, soft tissue 20-60, bone above 200. So the lungs of any patient, on any
+scanner, are the air inside the body; what else holds air there is gas in the gut, which is
+purer air (its inner voxels' median below ``LUNG_MEDIAN_HU``; the lungs' median on five real CTs
+lay between -871 and -793 HU, the stomach's and colon's gas between -1000 and -929:
+docs/BENCHMARKS.md "A CT's lungs by their Hounsfield units"). The pointer agent, which learnt
+organs from two CT patients none of them a chest, asked for a lung on a chest CT clicked into
+the heart; asked for a kidney on a slice through the heart it segmented something. Given the
+volume in Hounsfield units, :class:`CtAnatomy` gives it the lungs left and right (the patient's
+left on the image's right, :mod:`napari_ibis.geometry`) and each axial slice's share of lung,
+and :func:`below_the_diaphragm` names the structures that never reach a slice where the lungs
+fill a quarter of the body's cross-section (a kidney's top lies where the lungs end: their share
+was at most 0.03 on the kidney slices of the labelled abdominal CT).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+AIR_HU = -400  # below: air or lung (threshold_lungs in training/data/sources.py uses the same)
+GAS_HU = -500  # below: not the body (the body is the largest part above it on a slice)
+LUNG_MEDIAN_HU = -930  # an air part whose inner voxels' median lies above this is lung, below: gas
+MIN_LUNG_CM3 = 5.0  # an air part smaller than this is not counted as lung
+MIN_LUNG_MM2 = 250.0  # a lung on a slice (one side) covers at least this much, else it is not on it (a recess)
+CHEST_LEVEL_SHARE = 0.25  # lungs fill at least this share of the body's cross-section: the chest's level
+MAX_HOLE_MM2 = 700.0  # holes in a lung up to this size on a slice (its vessels) belong to it
+
+# structures that lie wholly below the diaphragm's dome (the liver, the spleen and the stomach
+# reach up into it, beside the lungs, so they are not here)
+_BELOW = re.compile(r"\b(kidneys?|urinary bladder|bladder|gallbladder|pancreas|prostate|small bowel|duodenum|hips?|"
+                    r"femurs?|sacrum|gluteus|iliopsoas|iliac|adrenal glands?|L[1-5] vertebra)\b", re.IGNORECASE)
+_LUNG = re.compile(r"\blungs?\b", re.IGNORECASE)
+_LOBE = re.compile(r"\b(upper|middle|lower) lobe\b|\blobes?\b", re.IGNORECASE)
+_SIDE = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+
+
+def below_the_diaphragm(name: str) -> bool:
+    """Whether the structure ``name`` lies wholly below the diaphragm (a kidney, the bladder)."""
+    return bool(_BELOW.search(name or ""))
+
+
+@dataclass(frozen=True)
+class LungAsked:
+    """A query naming the lungs: which side (None: both) and whether it names a lobe (which the
+    Hounsfield units cannot tell from its neighbour: only the lung's absence is decided then)."""
+
+    side: str | None
+    lobe: bool
+
+    @property
+    def words(self) -> str:
+        return f"{self.side} lung" if self.side else "lungs"
+
+
+def lung_asked(query: str) -> LungAsked | None:
+    """The lungs ``query`` asks for, or None where it names no lung ("the lung tumour" is a
+    lesion, not a lung: the caller leaves lesions out)."""
+    if not _LUNG.search(query or ""):
+        return None
+    sides = {side.lower() for side in _SIDE.findall(query)}
+    return LungAsked(side=sides.pop() if len(sides) == 1 else None, lobe=bool(_LOBE.search(query)))
+
+
+def looks_like_ct(volume: np.ndarray) -> bool:
+    """Whether ``volume`` holds Hounsfield units: air at about -1000 (at least 1% of the voxels
+    below -900, as the air around a body or in its lungs is) and tissue above -200. An MRI's
+    values are not below zero; a CT stored without its rescale is not either, and is not read."""
+    values = np.asarray(volume)
+    sample = values.ravel()[:: max(1, values.size // 200_000)].astype(np.float32)
+    return sample.size > 0 and float(np.mean(sample < -900)) >= 0.01 and float(np.mean(sample > -200)) >= 0.05 \
+        and float(sample.min()) >= -3100
+
+
+def _body(hu_slice: np.ndarray) -> np.ndarray:
+    from scipy import ndimage as ndi
+
+    parts, count = ndi.label(hu_slice > GAS_HU)
+    if not count:
+        return np.zeros(hu_slice.shape, bool)
+    sizes = ndi.sum(np.ones(hu_slice.shape), parts, range(1, count + 1))
+    return ndi.binary_fill_holes(parts == 1 + int(np.argmax(sizes)))
+
+
+class CtAnatomy:
+    """The lungs of one CT volume (display order, axial slices along axis 0), read from its
+    Hounsfield units once: ``lungs`` (bool, the volume's grid), ``right`` (the voxels on the
+    patient's right of the body's middle on each axial slice: the image's left), the body's
+    area per axial slice."""
+
+    def __init__(self, volume: np.ndarray, spacing: tuple[float, float, float]) -> None:
+        from scipy import ndimage as ndi
+        from skimage.morphology import remove_small_holes
+
+        hu = np.asarray(volume)
+        self.shape = hu.shape
+        self.spacing = tuple(float(s) for s in spacing)
+        pixel_mm2 = self.spacing[1] * self.spacing[2]
+        body = np.stack([_body(hu[z]) for z in range(hu.shape[0])])
+        air = body & (hu < AIR_HU)
+        parts, count = ndi.label(air)
+        self.lungs = np.zeros(hu.shape, bool)
+        if count:
+            voxel_cm3 = float(np.prod(self.spacing)) / 1000.0
+            sizes = ndi.sum(air, parts, range(1, count + 1)) * voxel_cm3
+            inner = np.where(ndi.binary_erosion(air), parts, 0)  # partial volume at the edges raises gas's values
+            big = [i + 1 for i in np.flatnonzero(sizes >= MIN_LUNG_CM3)]
+            for label in big:
+                values = hu[inner == label] if np.any(inner == label) else hu[parts == label]
+                if float(np.median(values)) > LUNG_MEDIAN_HU:
+                    self.lungs |= parts == label
+        hole = max(1, int(MAX_HOLE_MM2 / pixel_mm2))
+        for z in np.flatnonzero(self.lungs.any(axis=(1, 2))):  # vessels inside the lung belong to it
+            self.lungs[z] = remove_small_holes(self.lungs[z], max_size=hole)
+        columns = np.arange(hu.shape[2])
+        middle = np.array([np.flatnonzero(b.any(axis=0)).mean() if b.any() else hu.shape[2] / 2 for b in body])
+        self.right = np.broadcast_to((columns[None, :] < middle[:, None])[:, None, :], hu.shape)
+        self.body_area = body.sum(axis=(1, 2))
+        self._sides: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def read(cls, volume: np.ndarray, spacing) -> CtAnatomy | None:
+        """The anatomy of ``volume`` where it holds Hounsfield units (:func:`looks_like_ct`), else None."""
+        return cls(volume, spacing) if looks_like_ct(volume) else None
+
+    def lung_volume(self, side: str | None = None) -> np.ndarray:
+        """The lungs (``side`` "left", "right" or None for both), bool on the volume's grid."""
+        if side is None:
+            return self.lungs
+        if side not in self._sides:
+            self._sides[side] = self.lungs & (self.right if side == "right" else ~self.right)
+        return self._sides[side]
+
+    def lung(self, side: str | None, view: str, index: int) -> np.ndarray:
+        """The lung(s) on slice ``index`` of ``view``, bool on that slice's grid; empty where they
+        cover less than ``MIN_LUNG_MM2`` there."""
+        from ..geometry import VIEWS, oriented
+
+        cut = np.array(oriented(self.lung_volume(side), VIEWS[view])[index])
+        return cut if cut.sum() * self.pixel_mm2(view) >= MIN_LUNG_MM2 else np.zeros_like(cut)
+
+    def pixel_mm2(self, view: str) -> float:
+        s, r, c = self.spacing
+        return {"axial": r * c, "coronal": s * c, "sagittal": s * r}[view]
+
+    def lung_share(self, index: int) -> float:
+        """The share of the body's cross-section that is lung on axial slice ``index``."""
+        return float(self.lungs[index].sum()) / max(1, int(self.body_area[index]))
+
+    def at_chest_level(self, index: int) -> bool:
+        """Whether axial slice ``index`` lies where the lungs fill ``CHEST_LEVEL_SHARE`` of the body."""
+        return self.lung_share(index) >= CHEST_LEVEL_SHARE

@@ -1,0 +1,142 @@
+"""A CT's Hounsfield units read without training (napari_ibis.grounding.ct_anatomy): the lungs
+left and right, gas in the gut left out, the chest's level; and the pointer agent, the CLI and
+Find slice using them on a real chest CT."""
+
+import numpy as np
+import pytest
+
+from napari_ibis.grounding.ct_anatomy import CtAnatomy, below_the_diaphragm, lung_asked, looks_like_ct
+from napari_ibis.policies.base import volume_slice
+
+
+def _available(*names) -> bool:
+    from napari_ibis import assets
+
+    return all(assets.available(n) for n in names)
+
+
+def chest_phantom(seed: int = 0):
+    """(volume in HU, spacing, right lung, left lung, gas): a body of soft tissue in air, two
+    lungs (-850 HU with noise, its vessels) on the upper 20 of 30 slices, and a pocket of gut gas
+    (-1000 HU) of 7.5 cm3 on the lower slices; display order (the patient's left on the image's right)."""
+    rng = np.random.default_rng(seed)
+    depth, side = 30, 128
+    rows, cols = np.mgrid[:side, :side]
+    hu = np.full((depth, side, side), -1000.0)
+    body = ((rows - 64) / 50) ** 2 + ((cols - 64) / 60) ** 2 <= 1
+    hu[:, body] = 40
+    right_lung = ((rows - 64) / 30) ** 2 + ((cols - 38) / 18) ** 2 <= 1  # the image's left
+    left_lung = ((rows - 64) / 30) ** 2 + ((cols - 90) / 18) ** 2 <= 1
+    lungs = np.zeros(hu.shape, bool)
+    lungs[10:, right_lung | left_lung] = True
+    hu[lungs] = -850 + rng.normal(0, 40, lungs.sum())
+    gas = np.zeros(hu.shape, bool)
+    gas[:10, 80:92, 58:70] = True
+    hu[gas] = -1000 + rng.normal(0, 10, gas.sum())
+    spacing = (5.0, 0.8, 0.8)
+    right = lungs & (np.arange(side) < 64)[None, None, :]
+    return hu.astype(np.int16), spacing, right, lungs & ~right, gas
+
+
+def test_the_lungs_are_the_air_inside_the_body_by_side_and_gut_gas_is_not_lung():
+    hu, spacing, right, left, gas = chest_phantom()
+    anatomy = CtAnatomy.read(hu, spacing)
+    assert anatomy is not None
+    found = anatomy.lung_volume()
+    assert not (found & gas).any()  # purer air: gas, not lung
+    for side, truth in (("right", right), ("left", left)):
+        got = anatomy.lung_volume(side)
+        assert 2 * (got & truth).sum() / (got.sum() + truth.sum()) > 0.95, side
+    cut = anatomy.lung("left", "axial", 20)
+    assert np.argwhere(cut)[:, 1].mean() > hu.shape[2] / 2  # the patient's left on the image's right
+    assert not anatomy.lung("left", "axial", 5).any()  # below the lungs
+    assert anatomy.at_chest_level(20) and not anatomy.at_chest_level(5)
+    coronal = anatomy.lung(None, "coronal", 64)
+    assert coronal.shape == (hu.shape[0], hu.shape[2])  # the head's end at the top row: the lungs above, gas below
+    assert coronal[:20].any() and not coronal[-10:].any()
+
+
+def test_only_hounsfield_units_are_read_as_ct():
+    hu, spacing, *_ = chest_phantom()
+    assert looks_like_ct(hu)
+    mri = np.clip(hu.astype(np.float32) + 1000, 0, None)  # an MRI's values do not go below zero
+    assert not looks_like_ct(mri) and CtAnatomy.read(mri, spacing) is None
+
+
+def test_queries_naming_the_lungs_and_structures_below_the_diaphragm():
+    assert lung_asked("segment the left lung") == lung_asked("Outline the LEFT lung").__class__("left", False)
+    assert lung_asked("segment the lungs").side is None
+    assert lung_asked("segment the right lung upper lobe").lobe
+    assert lung_asked("segment the liver") is None
+    assert below_the_diaphragm("left kidney") and below_the_diaphragm("urinary bladder")
+    assert below_the_diaphragm("L3 vertebra") and not below_the_diaphragm("T12 vertebra")
+    assert not below_the_diaphragm("liver") and not below_the_diaphragm("spleen")  # they reach up beside the lungs
+
+
+@pytest.fixture(scope="module")
+def chest():
+    """pyradiomics' lung2 (a real chest CT, 512 x 512 x 61, 5 mm slices), the default agent, MobileSAM."""
+    if not _available("mobile_sam", "minilm", "pyradiomics"):
+        pytest.skip("mobile_sam, minilm or pyradiomics not fetched")
+    from napari_ibis import assets, io
+    from napari_ibis.policies import load_policy
+    from napari_ibis.segmenters import build_segmenter
+
+    loaded = io.read_image(assets.path("pyradiomics", "data/lung2_image.nrrd"))
+    return loaded, load_policy(None), build_segmenter("mobilesam")
+
+
+def _run(chest, z: int, query: str, volume: bool = True):
+    from napari_ibis.session import Session
+
+    loaded, policy, segmenter = chest
+    session = Session(loaded.data[z], query, policy, segmenter, max_steps=5,
+                      volume=volume_slice(loaded.data, loaded.meta["geometry"].spacing, (), z) if volume else None)
+    list(session.run())
+    return session
+
+
+def test_on_a_real_chest_ct_the_agent_segments_the_lung_asked_for_from_the_hounsfield_units(chest):
+    """Before, the left lung asked on slice 30 came back as the heart (51,066 px)."""
+    from training.data.sources import threshold_lungs
+
+    loaded = chest[0]
+    right, left = threshold_lungs(loaded.data[30])
+    for query, truth in (("segment the left lung", left), ("segment the lungs", right | left)):
+        session = _run(chest, 30, query)
+        first = session.steps[0].clicks[0]
+        assert truth[first.row, first.col], query
+        mask = session.mask
+        assert (mask & truth).sum() / (mask | truth).sum() > 0.85, query
+        assert "-400 HU" in session.steps[0].thought
+    assert np.argwhere(_run(chest, 30, "segment the left lung").mask)[:, 1].mean() > 256  # the image's right
+
+
+def test_a_kidney_asked_at_the_level_of_the_chest_is_not_there_and_the_agent_says_why(chest):
+    session = _run(chest, 30, "segment the left kidney")
+    assert session.current.not_present and "level of the chest" in session.current.thought
+    low = _run(chest, 8, "segment the left kidney")  # the upper abdomen: the rule does not speak
+    assert "level of the chest" not in " ".join(step.thought for step in low.steps)
+    policy = chest[1]
+    assert policy.ct_reading(low.seen, "segment the left kidney", None) is None  # a slice alone: no units to read
+
+
+def test_find_slice_and_propagation_take_the_lungs_from_the_units(chest, tmp_path, capsys):
+    import SimpleITK as sitk
+
+    from napari_ibis import assets
+    from napari_ibis.cli import main
+    from training.data.sources import threshold_lungs
+
+    loaded, policy, _ = chest
+    volume = volume_slice(loaded.data, loaded.meta["geometry"].spacing, (), 30)
+    seen = policy.locate(loaded.data[30], "segment the right lung", volume)
+    assert seen.present and "Hounsfield" in seen.basis
+    assert not policy.locate(loaded.data[30], "segment the bladder", volume).present
+    out = tmp_path / "rl.nii.gz"
+    code = main(["segment", str(assets.path("pyradiomics", "data/lung2_image.nrrd")), "--query", "segment the right lung",
+                 "--slice", "30", "--segmenter", "mobilesam", "--max-steps", "4", "--propagate", "both", "--out", str(out)])
+    assert code == 0 and "below -400 HU" in capsys.readouterr().out
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(out))) > 0
+    truth = np.stack([threshold_lungs(s)[0] for s in loaded.data])
+    assert 2 * (written & truth).sum() / (written.sum() + truth.sum()) > 0.9
