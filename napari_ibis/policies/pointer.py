@@ -149,6 +149,7 @@ def decide(probability: np.ndarray, request: PolicyRequest, threshold: float, ce
 
 class PointerPolicy(DecidingPolicy):
     name = "pointer"
+    read_ct_units = True  # read a CT volume's Hounsfield units (ct_reading); benchmarks/ct_anatomy.py turns it off to compare
 
     def __init__(self, folder: str | Path, device: str = "cpu") -> None:
         import torch
@@ -274,7 +275,8 @@ class PointerPolicy(DecidingPolicy):
             raise InputError(untaught.line)
         query = in_atlas_words(query)  # the names it learnt: "the IVC" is the inferior vena cava to the head too
         lungs = lung_asked(query)
-        if lungs is not None and not lungs.lobe and self.ct_anatomy(volume) is not None and not names_a_lesion(query):
+        if lungs is not None and not lungs.lobe and self.read_ct_units and self.ct_anatomy(volume) is not None \
+                and not names_a_lesion(query):
             return query, None  # the lungs themselves, read from the Hounsfield units (ct_reading), not a lobe of them
         found = None if self.atlas is None or names_a_lesion(query) else self.atlas.members_in(query)
         if found is None:  # a lesion ("the lung tumour") is looked for as asked, not as its organ
@@ -494,7 +496,7 @@ class PointerPolicy(DecidingPolicy):
         slice, empty where that side has no lung there; for a lobe only its absence), or a
         structure wholly below the diaphragm asked on an axial slice at the chest's level (an
         empty region). A lesion ("the lung tumour") is left to the map."""
-        if volume is None or names_a_lesion(query):
+        if volume is None or not self.read_ct_units or names_a_lesion(query):
             return None
         lungs = lung_asked(query)
         name = None if lungs is not None or self.atlas is None else self.atlas.name_in(query)
