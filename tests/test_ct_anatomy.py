@@ -140,3 +140,11 @@ def test_find_slice_and_propagation_take_the_lungs_from_the_units(chest, tmp_pat
     written = sitk.GetArrayFromImage(sitk.ReadImage(str(out))) > 0
     truth = np.stack([threshold_lungs(s)[0] for s in loaded.data])
     assert 2 * (written & truth).sum() / (written.sum() + truth.sum()) > 0.9
+
+
+def test_above_the_chest_level_the_lungs_fill_less_again_and_it_is_still_the_chest():
+    hu, spacing, *_ = chest_phantom()
+    hu[27:, 40:90, 20:108] = 40  # the lungs' tops: less lung on the highest slices
+    anatomy = CtAnatomy.read(hu, spacing)
+    assert anatomy.lung_share(28) < 0.25 and anatomy.chest_from == 10
+    assert anatomy.at_chest_level(28) and not anatomy.at_chest_level(9)

@@ -11,9 +11,10 @@ organs from two CT patients none of them a chest, asked for a lung on a chest CT
 the heart; asked for a kidney on a slice through the heart it segmented something. Given the
 volume in Hounsfield units, :class:`CtAnatomy` gives it the lungs left and right (the patient's
 left on the image's right, :mod:`napari_ibis.geometry`) and each axial slice's share of lung,
-and :func:`below_the_diaphragm` names the structures that never reach a slice where the lungs
-fill a quarter of the body's cross-section (a kidney's top lies where the lungs end: their share
-was at most 0.03 on the kidney slices of the labelled abdominal CT).
+and :func:`below_the_diaphragm` names the structures that never reach the chest's level: the
+slices at and above (towards the head) the lowest one where the lungs fill a quarter of the
+body's cross-section (a kidney's top lies where the lungs end: their share was at most 0.03 on
+the kidney slices of the labelled abdominal CT).
 """
 
 from __future__ import annotations
@@ -122,6 +123,8 @@ class CtAnatomy:
         self.right = np.broadcast_to((columns[None, :] < middle[:, None])[:, None, :], hu.shape)
         self.body_area = body.sum(axis=(1, 2))
         self._sides: dict[str, np.ndarray] = {}
+        chest = [z for z in range(hu.shape[0]) if self.lung_share(z) >= CHEST_LEVEL_SHARE]
+        self.chest_from = chest[0] if chest else None  # the lowest slice of the chest's level (axis 0 runs to the head)
 
     @classmethod
     def read(cls, volume: np.ndarray, spacing) -> CtAnatomy | None:
@@ -153,5 +156,7 @@ class CtAnatomy:
         return float(self.lungs[index].sum()) / max(1, int(self.body_area[index]))
 
     def at_chest_level(self, index: int) -> bool:
-        """Whether axial slice ``index`` lies where the lungs fill ``CHEST_LEVEL_SHARE`` of the body."""
-        return self.lung_share(index) >= CHEST_LEVEL_SHARE
+        """Whether axial slice ``index`` lies at or above (towards the head) the lowest slice where
+        the lungs fill ``CHEST_LEVEL_SHARE`` of the body: the chest, and above it the lungs' tops
+        and the neck, where they fill less again."""
+        return self.chest_from is not None and index >= self.chest_from

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..grounding.ct_anatomy import below_the_diaphragm, lung_asked
+from ..grounding.ct_anatomy import CHEST_LEVEL_SHARE, below_the_diaphragm, lung_asked
 from ..grounding.names import in_atlas_words, spoken
 from ..grounding.vocabulary import Vocabulary, names_a_lesion
 from ..protocol import Response
@@ -94,12 +94,14 @@ def candidates(probability: np.ndarray, threshold: float) -> list[np.ndarray]:
 
 
 def decide(probability: np.ndarray, request: PolicyRequest, threshold: float, cell: float,
-           extent: np.ndarray | None = None, one_target: bool = False) -> Response:
+           extent: np.ndarray | None = None, one_target: bool = False, measured: bool = True) -> Response:
     """One turn from the probability map (per pixel of the slice) and the current mask;
     ``cell``: the map's resolution in pixels (how far its edges may be trusted). ``extent``:
     where a second source (the atlas) puts the target; then the mask spills only where it
     leaves both the map's region and the extent, and misses only what both hold. ``one_target``:
-    all the likely parts are one structure (both lungs), not candidates to choose among."""
+    all the likely parts are one structure (both lungs), not candidates to choose among.
+    ``measured``: ``probability`` is the model's (its peak is a confidence it states), not a
+    region read by other means (which it does not)."""
     from scipy import ndimage as ndi
 
     height, width = probability.shape
@@ -121,7 +123,7 @@ def decide(probability: np.ndarray, request: PolicyRequest, threshold: float, ce
             return Response(thought="My clicks have not produced a mask of the target; I stop here.",
                             terminate=True, answer="I could not segment the structure.")
         seen = (f" I see {others + 1} candidates; I take the most likely one, around {place}." if others
-                else f" It lies around {place} ({peak:.0%} confident).")
+                else f" It lies around {place}" + (f" ({peak:.0%} confident)." if measured else "."))
         action = request.profile.action_at(*centre, True, height, width, target=None)
         return Response(thought=f"There is no mask yet.{seen} I place a positive point inside it.", actions=(action,))
     reach = max(1, int(round(cell)))
@@ -509,10 +511,12 @@ class PointerPolicy(DecidingPolicy):
             share = anatomy.lung_share(volume.index)
             if not anatomy.at_chest_level(volume.index):
                 return None
-            return CtRead(np.zeros(image.shape[:2], bool), basis="the lungs' share of this CT slice", why=(
-                f"On this CT the lungs (air below -400 HU inside the body, with the texture of lung, not gas) fill "
-                f"{share:.0%} of the body's cross-section: this slice lies at the level of the chest, and the "
-                f"{spoken(name or 'structure asked for')} lies below the diaphragm."))
+            where = (f"fill {share:.0%} of the body's cross-section on this slice" if share >= CHEST_LEVEL_SHARE else f"fill {CHEST_LEVEL_SHARE:.0%} of the body's cross-section or more "
+                     f"from slice {anatomy.chest_from} up, and this slice ({volume.index}) lies above it")
+            return CtRead(np.zeros(image.shape[:2], bool), basis="the lungs' share of this CT's slices", why=(
+                f"On this CT the lungs (air below -400 HU inside the body, with the texture of lung, not gas) {where}: "
+                f"it lies at the level of the chest, and the {spoken(name or 'structure asked for')} lies below the "
+                f"diaphragm."))
         region = _on_grid(anatomy.lung(lungs.side, volume.view, volume.index), image.shape[:2])
         if lungs.lobe and region.any():
             return None  # which lobe, the units cannot tell: the map decides
@@ -534,7 +538,7 @@ class PointerPolicy(DecidingPolicy):
                             answer="The requested structure is not present in this image.")
         cell = max(2.0, min(read.region.shape) / 100)  # the region is exact to a pixel; the mask's edge may differ a little
         response = decide(read.region.astype(np.float32), request, 0.5, cell, None if first_turn else read.region,
-                          one_target=True)
+                          one_target=True, measured=False)
         if first_turn and not request.clicks:
             response = dataclasses.replace(response, thought=f"{read.why} {response.thought}")
         return response
@@ -619,7 +623,8 @@ class PointerPolicy(DecidingPolicy):
                 terminate=True, not_present=True, answer="The requested structure is not present in this image.")
         probability = np.maximum(self.probability_map(request.image, request.query), region.astype(np.float32))
         cell = self._framing.size / self._framing.grid / self._framing.scale
-        return decide(probability, request, self.head.config.presence_threshold, cell, None if first_turn else region)
+        return decide(probability, request, self.head.config.presence_threshold, cell, None if first_turn else region,
+                      measured=False)
 
 
 @dataclass
