@@ -34,6 +34,7 @@ CHEST_LEVEL_SHARE = 0.25  # lungs fill at least this share of the body's cross-s
 MAX_HOLE_MM2 = 700.0  # holes in a lung up to this size on a slice (its vessels) belong to it
 MIN_LUNG_DEPTH_MM = 10.0  # a lung lies deeper inside the body than this (its voxels' median distance from the skin);
 # air shut in between the back and the table, counted as inside the body, lies at its edge
+DEPTH_SLICES = 16  # the depth is measured on about this many slices of an air part, spread over it
 
 # structures that lie wholly below the diaphragm's dome (the liver, the spleen and the stomach
 # reach up into it, beside the lungs, so they are not here)
@@ -106,20 +107,30 @@ class CtAnatomy:
         self.spacing = tuple(float(s) for s in spacing)
         pixel_mm2 = self.spacing[1] * self.spacing[2]
         body = np.stack([_body(hu[z]) for z in range(hu.shape[0])])
-        depth = np.stack([ndi.distance_transform_edt(b, sampling=self.spacing[1:]) for b in body])  # mm from the skin
         air = body & (hu < AIR_HU)
-        parts, count = ndi.label(air)
+        parts, _ = ndi.label(air)
+        eroded = ndi.binary_erosion(air)  # partial volume at a part's edges raises gas's values
+        voxel_cm3 = float(np.prod(self.spacing)) / 1000.0
+        depth: dict[int, np.ndarray] = {}  # per slice: mm from the skin, as needed
         self.lungs = np.zeros(hu.shape, bool)
-        if count:
-            voxel_cm3 = float(np.prod(self.spacing)) / 1000.0
-            sizes = ndi.sum(air, parts, range(1, count + 1)) * voxel_cm3
-            inner = np.where(ndi.binary_erosion(air), parts, 0)  # partial volume at the edges raises gas's values
-            big = [i + 1 for i in np.flatnonzero(sizes >= MIN_LUNG_CM3)]
-            for label in big:
-                part = parts == label
-                values = hu[inner == label] if np.any(inner == label) else hu[part]
-                if float(np.median(values)) > LUNG_MEDIAN_HU and float(np.median(depth[part])) >= MIN_LUNG_DEPTH_MM:
-                    self.lungs |= part
+        for label, box in enumerate(ndi.find_objects(parts), start=1):
+            if box is None:
+                continue
+            part = parts[box] == label
+            if part.sum() * voxel_cm3 < MIN_LUNG_CM3:
+                continue
+            inner = part & eroded[box]
+            if float(np.median(hu[box][inner if inner.any() else part])) <= LUNG_MEDIAN_HU:
+                continue  # gas
+            depths = []
+            span = range(box[0].start, box[0].stop)
+            for offset, z in list(enumerate(span))[:: max(1, len(span) // DEPTH_SLICES)]:
+                if z not in depth:
+                    depth[z] = ndi.distance_transform_edt(body[z], sampling=self.spacing[1:]).astype(np.float32)
+                depths.append(depth[z][box[1:]][part[offset]])
+            if float(np.median(np.concatenate(depths))) >= MIN_LUNG_DEPTH_MM:
+                self.lungs[box] |= part
+        del parts, eroded, air
         hole = max(1, int(MAX_HOLE_MM2 / pixel_mm2))
         for z in np.flatnonzero(self.lungs.any(axis=(1, 2))):  # vessels inside the lung belong to it
             self.lungs[z] = remove_small_holes(self.lungs[z], max_size=hole)
