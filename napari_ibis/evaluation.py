@@ -192,7 +192,7 @@ def model_case(case, segmenter, policy, profile: str, max_clicks: int) -> dict:
 
     started = time.perf_counter()
     session = Session(case.image, case.query, policy, segmenter, profile=profile, max_steps=max_clicks,
-                      pixel_aspect=case.pixel_aspect)
+                      pixel_aspect=case.pixel_aspect, volume=case.volume)
     stop = None
     for event in session.run():
         if isinstance(event, Stopped):

@@ -452,6 +452,7 @@ class Case:
     pixel_aspect: float = 1.0  # its rows' spacing over its columns' (napari_ibis.square_pixels)
     voxel_ml: float | None = None  # a volume case's voxel in millilitres, where the file gives a spacing
     spacing: tuple[float, ...] | None = None  # a grey volume case's spacing in mm (display order), where given
+    volume: object = None  # a slice case's VolumeSlice: the grey volume it was cut from, for an agent that looks through it
 
     def __post_init__(self) -> None:
         self.query = self.query or f"segment the {self.target}"
@@ -502,7 +503,7 @@ def load_case(entry: ManifestEntry, volumes: bool = False) -> Case:
     """Read one manifest line's image and mask. With ``volumes``, a line without ``slice`` whose
     image is a volume is one case holding the whole volume and its 3-D mask."""
     fields = entry.fields
-    voxel_ml, spacing = None, None
+    voxel_ml, spacing, looked_through = None, None, None
     try:
         series = fields.get("series")
         loaded = read_image(entry.image, fields.get("slice"), frame=fields.get("frame"),
@@ -521,6 +522,7 @@ def load_case(entry: ManifestEntry, volumes: bool = False) -> Case:
                 spacing = None if loaded.rgb else tuple(float(s) for s in geometry.display_spacing[-3:])
         else:
             mask = read_mask(entry.mask, loaded, fields.get("label"))
+            looked_through = loaded.volume_slice()  # as `segment` hands it to the agent
     except InputError as exc:
         raise InputError(f"{entry.manifest} line {entry.number}: {exc}") from None
     return Case(
@@ -533,6 +535,7 @@ def load_case(entry: ManifestEntry, volumes: bool = False) -> Case:
         pixel_aspect=loaded.pixel_aspect,
         voxel_ml=voxel_ml,
         spacing=spacing,
+        volume=looked_through,
     )
 
 

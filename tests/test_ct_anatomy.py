@@ -148,3 +148,30 @@ def test_above_the_chest_level_the_lungs_fill_less_again_and_it_is_still_the_che
     anatomy = CtAnatomy.read(hu, spacing)
     assert anatomy.lung_share(28) < 0.25 and anatomy.chest_from == 10
     assert anatomy.at_chest_level(28) and not anatomy.at_chest_level(9)
+
+
+def test_eval_hands_a_slice_case_the_volume_it_was_cut_from_as_segment_does(chest, tmp_path, capsys):
+    """`eval` on slices of a scan answers as `segment` on them: the lungs read from the units, a
+    kidney at the chest's level not there (before, a slice case had only its pixels)."""
+    import json
+
+    from napari_ibis import assets, io
+    from napari_ibis.cli import main
+    from training.data.sources import threshold_lungs
+
+    path = assets.path("pyradiomics", "data/lung2_image.nrrd")
+    loaded = chest[0]
+    truth = tmp_path / "left_lung_30.npy"
+    np.save(truth, threshold_lungs(loaded.data[30])[1].astype(np.uint8))
+    empty = tmp_path / "empty.npy"
+    np.save(empty, np.zeros(loaded.data[30].shape, np.uint8))
+    lines = [{"image": str(path), "mask": str(truth), "slice": 30, "target": "left lung", "modality": "CT"},
+             {"image": str(path), "mask": str(empty), "slice": 30, "target": "left kidney", "modality": "CT"}]
+    (tmp_path / "cases.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert io.read_manifest(tmp_path / "cases.jsonl")[0].volume.index == 30
+    code = main(["eval", str(tmp_path / "cases.jsonl"), "--policy", "default", "--segmenter", "mobilesam",
+                 "--max-clicks", "5", "--json", str(tmp_path / "report.json")])
+    assert code == 0, capsys.readouterr().err
+    lung, kidney = json.loads((tmp_path / "report.json").read_text())["cases"]
+    assert lung["iou"] > 0.85
+    assert kidney["stop"] == "not_present"
