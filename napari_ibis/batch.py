@@ -108,10 +108,19 @@ def items_of(source: str | Path, query: str | None) -> list[Item]:
 
 
 def segment_slice(image: np.ndarray, query: str, policy, segmenter, profile: str, max_steps: int,
-                  window: str | None, pixel_aspect: float = 1.0) -> tuple[np.ndarray, dict]:
-    """One agent session on one slice: (its mask, its trajectory with why it stopped)."""
-    session, record = _session(image, query, policy, segmenter, profile, max_steps, window, pixel_aspect)
+                  window: str | None, pixel_aspect: float = 1.0, volume=None) -> tuple[np.ndarray, dict]:
+    """One agent session on one slice: (its mask, its trajectory with why it stopped); ``volume``:
+    the VolumeSlice the slice is from, handed to the agent as `segment` hands it."""
+    session, record = _session(image, query, policy, segmenter, profile, max_steps, window, pixel_aspect, volume)
     return session.mask, record
+
+
+def slice_volume(image, index: tuple[int, ...]):
+    """The VolumeSlice of slice ``index`` (the file's slice index) of a grey volume read whole whose
+    file gives its spacing, else None (a 2-D image, RGB, no spacing)."""
+    from dataclasses import replace
+
+    return replace(image, slice_index=tuple(index)).volume_slice() if index else None
 
 
 def _session(image, query, policy, segmenter, profile, max_steps, window, pixel_aspect, volume=None):

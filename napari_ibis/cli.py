@@ -693,8 +693,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 return pool.submit(lambda: batch.segment_volume(unit.image, items[unit.item].query, mine()[1],
                                                                 mine()[0], *settings, aspect, args.propagate, unit.start,
                                                                 _spacing(loaded[unit.item])))
+            volume = batch.slice_volume(loaded[unit.item], unit.slice)
             return pool.submit(lambda: batch.segment_slice(unit.image, items[unit.item].query, mine()[1], mine()[0],
-                                                           *settings, aspect))
+                                                           *settings, aspect, volume))
     else:
         pool = workers.process_pool(args.concurrency)
 
@@ -704,8 +705,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 return pool.submit(workers.batch_volume, unit.image, items[unit.item].query, endpoints[0],
                                    args.segmenter, args.device, *settings, aspect, args.propagate, unit.start,
                                    _spacing(loaded[unit.item]))
-            return pool.submit(workers.batch_slice, unit.image, items[unit.item].query, endpoints[0], args.segmenter,
-                               args.device, *settings, aspect)
+            item = items[unit.item]  # the worker reads the volume itself (once per file), not sent with every slice
+            source = (str(item.path), item.series, unit.slice) if batch.slice_volume(loaded[unit.item], unit.slice) else None
+            return pool.submit(workers.batch_slice, unit.image, item.query, endpoints[0], args.segmenter,
+                               args.device, *settings, aspect, source)
     waiting = iter(todo)
     loaded, remaining, results, pending = {}, {}, defaultdict(dict), {}
     failed = 0

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 
 
 def thread_pool(concurrency: int, segmenter_spec: str, policies: list):
@@ -101,9 +102,27 @@ def batch_volume(stack, query: str, folder: str, segmenter_spec: str, device: st
 
 
 def batch_slice(image, query: str, folder: str, segmenter_spec: str, device: str, profile: str, max_steps: int,
-                window: str | None, pixel_aspect: float = 1.0):
-    """One slice of ``napari-ibis batch`` in a worker process: (mask, trajectory)."""
+                window: str | None, pixel_aspect: float = 1.0, source: tuple | None = None):
+    """One slice of ``napari-ibis batch`` in a worker process: (mask, trajectory). ``source``: (the
+    file, its series, the slice's index) where the slice is cut from a grey volume, which the
+    worker reads once per file to hand the agent (:func:`_volume_of`)."""
     from .batch import segment_slice
 
     worker = _setup(folder, segmenter_spec, device)
-    return segment_slice(image, query, worker["policy"], worker["segmenter"], profile, max_steps, window, pixel_aspect)
+    volume = None if source is None else _volume_of(*source)
+    return segment_slice(image, query, worker["policy"], worker["segmenter"], profile, max_steps, window, pixel_aspect,
+                         volume)
+
+
+def _volume_of(path: str, series, index: tuple[int, ...]):
+    """The VolumeSlice of slice ``index`` of the volume in ``path``, the file read once per worker."""
+    from .batch import slice_volume
+
+    return slice_volume(_read_whole(path, series), index)
+
+
+@functools.lru_cache(maxsize=1)
+def _read_whole(path: str, series):
+    from . import io
+
+    return io.read_image(path, series=series)

@@ -175,3 +175,20 @@ def test_eval_hands_a_slice_case_the_volume_it_was_cut_from_as_segment_does(ches
     lung, kidney = json.loads((tmp_path / "report.json").read_text())["cases"]
     assert lung["iou"] > 0.85
     assert kidney["stop"] == "not_present"
+
+
+def test_batch_hands_each_slice_its_volume_in_threads_and_in_worker_processes(chest, tmp_path, capsys):
+    import json
+
+    from napari_ibis import assets, workers
+    from napari_ibis.cli import main
+
+    path = assets.path("pyradiomics", "data/lung2_image.nrrd")
+    manifest = tmp_path / "in.jsonl"
+    manifest.write_text(json.dumps({"image": str(path), "slice": 30, "query": "segment the left kidney"}) + "\n")
+    code = main(["batch", str(manifest), "--out", str(tmp_path / "out"), "--segmenter", "mobilesam", "--max-steps", "3"])
+    assert code == 0, capsys.readouterr().err
+    line = json.loads((tmp_path / "out" / "batch.jsonl").read_text().splitlines()[0])
+    assert line["not_present"] == 1  # at the chest's level, read from the volume's units
+    volume = workers._volume_of(str(path), None, (30,))  # what a worker process hands its agent
+    assert volume.index == 30 and volume.volume.shape == chest[0].data.shape
