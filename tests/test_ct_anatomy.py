@@ -192,3 +192,12 @@ def test_batch_hands_each_slice_its_volume_in_threads_and_in_worker_processes(ch
     assert line["not_present"] == 1  # at the chest's level, read from the volume's units
     volume = workers._volume_of(str(path), None, (30,))  # what a worker process hands its agent
     assert volume.index == 30 and volume.volume.shape == chest[0].data.shape
+
+
+def test_the_liver_is_not_asked_in_vain_high_in_the_chest_but_still_at_its_dome(chest):
+    """Before, the liver asked on lung2's slice 30 came back as the heart (38,589 px)."""
+    high = _run(chest, 30, "segment the liver")
+    assert high.current.not_present and "dome" in high.current.thought
+    policy, loaded = chest[1], chest[0]
+    dome = volume_slice(loaded.data, loaded.meta["geometry"].spacing, (), 14)  # the liver under the lung's base
+    assert policy.ct_reading(loaded.data[14], "segment the liver", dome) is None  # left to the map and the atlas

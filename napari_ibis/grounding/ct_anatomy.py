@@ -15,7 +15,8 @@ left on the image's right, :mod:`napari_ibis.geometry`) and each axial slice's s
 and :func:`below_the_diaphragm` names the structures that never reach the chest's level: the
 slices at and above (towards the head) the lowest one where the lungs fill a quarter of the
 body's cross-section (a kidney's top lies where the lungs end: their share was at most 0.03 on
-the kidney slices of the labelled abdominal CT).
+the kidney slices of the labelled abdominal CT); the liver and the spleen, whose domes reach up
+beside the lungs, are ruled out only ``DOME_MM`` above that slice (:meth:`CtAnatomy.level_rules_out`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ LUNG_MEDIAN_HU = -930  # an air part whose inner voxels' median lies above this 
 MIN_LUNG_CM3 = 5.0  # an air part smaller than this is not counted as lung
 MIN_LUNG_MM2 = 250.0  # a lung on a slice (one side) covers at least this much, else it is not on it (a recess)
 CHEST_LEVEL_SHARE = 0.25  # lungs fill at least this share of the body's cross-section: the chest's level
+DOME_MM = 30.0  # the liver and the spleen end within this above the chest's lowest slice (lung1, lung2: 10-15 mm)
 MAX_HOLE_MM2 = 700.0  # holes in a lung up to this size on a slice (its vessels) belong to it
 MIN_LUNG_DEPTH_MM = 10.0  # a lung lies deeper inside the body than this (its voxels' median distance from the skin);
 # air shut in between the back and the table, counted as inside the body, lies at its edge
@@ -40,6 +42,7 @@ DEPTH_SLICES = 16  # the depth is measured on about this many slices of an air p
 # reach up into it, beside the lungs, so they are not here)
 _BELOW = re.compile(r"\b(kidneys?|urinary bladder|bladder|gallbladder|pancreas|prostate|small bowel|duodenum|hips?|"
                     r"femurs?|sacrum|gluteus|iliopsoas|iliac|adrenal glands?|L[1-5] vertebra)\b", re.IGNORECASE)
+_UNDER_THE_DOME = re.compile(r"\b(liver|spleen)\b", re.IGNORECASE)  # not the stomach: a hiatal hernia is in the chest
 _LUNG = re.compile(r"\blungs?\b", re.IGNORECASE)
 _LOBE = re.compile(r"\b(upper|middle|lower) lobe\b|\blobes?\b", re.IGNORECASE)
 _SIDE = re.compile(r"\b(left|right)\b", re.IGNORECASE)
@@ -48,6 +51,11 @@ _SIDE = re.compile(r"\b(left|right)\b", re.IGNORECASE)
 def below_the_diaphragm(name: str) -> bool:
     """Whether the structure ``name`` lies wholly below the diaphragm (a kidney, the bladder)."""
     return bool(_BELOW.search(name or ""))
+
+
+def by_the_lungs_level(name: str) -> bool:
+    """Whether the lungs' level can rule the structure ``name`` out (:meth:`CtAnatomy.level_rules_out`)."""
+    return below_the_diaphragm(name) or bool(_UNDER_THE_DOME.search(name or ""))
 
 
 @dataclass(frozen=True)
@@ -176,3 +184,24 @@ class CtAnatomy:
         the lungs fill ``CHEST_LEVEL_SHARE`` of the body: the chest, and above it the lungs' tops
         and the neck, where they fill less again."""
         return self.chest_from is not None and index >= self.chest_from
+
+    def level_rules_out(self, name: str, index: int) -> str | None:
+        """Why the structure ``name`` is not on axial slice ``index`` by the lungs' level, or None
+        where the level does not rule it out: a structure wholly below the diaphragm at the
+        chest's level (:meth:`at_chest_level`); the liver or the spleen ``DOME_MM`` or more above
+        the chest's lowest slice (their domes, under the diaphragm's, end below that)."""
+        if not self.at_chest_level(index):
+            return None
+        share = self.lung_share(index)
+        lungs = "On this CT the lungs (air below -400 HU inside the body, with the texture of lung, not gas)"
+        if below_the_diaphragm(name):
+            where = (f"fill {share:.0%} of the body's cross-section on this slice" if share >= CHEST_LEVEL_SHARE else
+                     f"fill {CHEST_LEVEL_SHARE:.0%} of the body's cross-section or more from slice {self.chest_from} "
+                     f"up, and this slice ({index}) lies above it")
+            return f"{lungs} {where}: it lies at the level of the chest, and the {name} lies below the diaphragm."
+        above = (index - self.chest_from) * self.spacing[0]
+        if _UNDER_THE_DOME.search(name) and above >= DOME_MM:
+            return (f"{lungs} fill {CHEST_LEVEL_SHARE:.0%} of the body's cross-section or more from slice "
+                    f"{self.chest_from} up; this slice lies {above:.0f} mm above it, and the {name} ends under the "
+                    f"diaphragm's dome, within {DOME_MM:.0f} mm of it.")
+        return None

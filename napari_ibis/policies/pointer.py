@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..grounding.ct_anatomy import CHEST_LEVEL_SHARE, below_the_diaphragm, lung_asked
+from ..grounding.ct_anatomy import by_the_lungs_level, lung_asked
 from ..grounding.names import in_atlas_words, spoken
 from ..grounding.vocabulary import Vocabulary, names_a_lesion
 from ..protocol import Response
@@ -496,27 +496,23 @@ class PointerPolicy(DecidingPolicy):
         """What the Hounsfield units of the CT ``volume`` decide about ``query`` on its slice
         ``image``, or None where they decide nothing: the lungs asked for (their region on the
         slice, empty where that side has no lung there; for a lobe only its absence), or a
-        structure wholly below the diaphragm asked on an axial slice at the chest's level (an
-        empty region). A lesion ("the lung tumour") is left to the map."""
+        structure the lungs' level rules out on an axial slice (an empty region:
+        :meth:`~napari_ibis.grounding.ct_anatomy.CtAnatomy.level_rules_out`). A lesion ("the lung
+        tumour") is left to the map."""
         if volume is None or not self.read_ct_units or names_a_lesion(query):
             return None
         lungs = lung_asked(query)
         name = None if lungs is not None or self.atlas is None else self.atlas.name_in(query)
-        if lungs is None and not (volume.view == "axial" and below_the_diaphragm(name or query)):
+        if lungs is None and not (volume.view == "axial" and by_the_lungs_level(name or query)):
             return None
         anatomy = self.ct_anatomy(volume)
         if anatomy is None:
             return None
         if lungs is None:
-            share = anatomy.lung_share(volume.index)
-            if not anatomy.at_chest_level(volume.index):
+            why = anatomy.level_rules_out(spoken(name or "structure asked for"), volume.index)
+            if why is None:
                 return None
-            where = (f"fill {share:.0%} of the body's cross-section on this slice" if share >= CHEST_LEVEL_SHARE else f"fill {CHEST_LEVEL_SHARE:.0%} of the body's cross-section or more "
-                     f"from slice {anatomy.chest_from} up, and this slice ({volume.index}) lies above it")
-            return CtRead(np.zeros(image.shape[:2], bool), basis="the lungs' share of this CT's slices", why=(
-                f"On this CT the lungs (air below -400 HU inside the body, with the texture of lung, not gas) {where}: "
-                f"it lies at the level of the chest, and the {spoken(name or 'structure asked for')} lies below the "
-                f"diaphragm."))
+            return CtRead(np.zeros(image.shape[:2], bool), basis="the lungs' share of this CT's slices", why=why)
         region = _on_grid(anatomy.lung(lungs.side, volume.view, volume.index), image.shape[:2])
         if lungs.lobe and region.any():
             return None  # which lobe, the units cannot tell: the map decides
