@@ -33,7 +33,10 @@ mask (:meth:`PointerPolicy.place`) and then judges it as it judges any mask
 cut from, and a ``brain_atlas.npz`` in the folder, it registers that brain atlas onto the
 volume in 3-D instead (:mod:`napari_ibis.grounding.brain_atlas`): on a real brain MRI the
 region's place and whether it reaches the slice come from that fit
-(:meth:`PointerPolicy.brain_region`), which a slice alone could not give.
+(:meth:`PointerPolicy.brain_region`), which a slice alone could not give. Given a CT volume in
+Hounsfield units, it reads the lungs and the chest's level from them
+(:mod:`napari_ibis.grounding.ct_anatomy`, :meth:`PointerPolicy.ct_reading`): a lung is segmented
+from the air inside the body, a kidney or the bladder asked at the chest's level is not there.
 """
 
 from __future__ import annotations
@@ -173,8 +176,8 @@ class PointerPolicy(DecidingPolicy):
         self.atlas = self._optional(SliceAtlas, ATLAS_FILE, "an atlas", "")
         # the brain atlas registered onto brain volumes (napari_ibis.grounding.brain_atlas)
         self.brain = self._optional(VolumeAtlas, BRAIN_ATLAS_FILE, "a brain atlas", " --what brain")
-        self._brain_fit: tuple | None = None  # (the volume's key, its fit, the volume held so that its id stays its own)
-        self._ct_read: tuple | None = None  # (the volume's key, its CtAnatomy or None where it is no CT, the volume)
+        self._brain_fit: tuple | None = None  # (the volume's key: _volume_key, its fit)
+        self._ct_read: tuple | None = None  # (the volume's key, its CtAnatomy or None where it is no CT)
         self._turn = threading.local()  # the Stop event of the turn running on this thread
         self.device = torch.device("cpu" if device == "auto" else device)
         self._image_key = None
@@ -489,7 +492,7 @@ class PointerPolicy(DecidingPolicy):
 
         key = self._volume_key(volume)
         if self._ct_read is None or self._ct_read[0] != key:
-            self._ct_read = (key, CtAnatomy.read(np.asarray(volume.volume), volume.spacing), volume.volume)
+            self._ct_read = (key, CtAnatomy.read(np.asarray(volume.volume), volume.spacing))
         return self._ct_read[1]
 
     def ct_reading(self, image: np.ndarray, query: str, volume: VolumeSlice | None) -> CtRead | None:
@@ -610,7 +613,7 @@ class PointerPolicy(DecidingPolicy):
     def _registered(self, volume: VolumeSlice, cancel=None):
         key = self._volume_key(volume)
         if not self._fitted(volume):
-            self._brain_fit = (key, self.brain.register(np.asarray(volume.volume), volume.spacing, cancel), volume.volume)
+            self._brain_fit = (key, self.brain.register(np.asarray(volume.volume), volume.spacing, cancel))
         return self._brain_fit[1]
 
     def _decide_registered(self, request: PolicyRequest, first_turn: bool, region: np.ndarray, fit) -> Response:
