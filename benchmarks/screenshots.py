@@ -21,6 +21,8 @@ TotalSegmentator's held-out abdominal MR (its CT atlas fitted by the slice's edg
 widget-brain-mri.png: the default agent asked for the left thalamus on slice 12 of pyradiomics'
 brain1, a clinical contrast T1 MRI with its skull (NRRD, 6.5 mm slices): it registers its
 brain atlas onto the whole volume and places the region (no truth: AAL is not drawn on it).
+widget-chest.png: the default agent asked for the left lung on slice 30 of lung2 (it reads the
+CT's Hounsfield units); widget-lungs.png: the same, then Propagate both ways, seen on slice 45.
 
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only volume
@@ -29,6 +31,7 @@ brain atlas onto the whole volume and places the region (no truth: AAL is not dr
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only hippocampus
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only kidney-mr
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only chest
+    xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only lungs
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only brain-mri
 """
 
@@ -54,7 +57,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", choices=["default-agent", "volume", "tumour", "spleen", "hippocampus", "kidney-mr",
-                                           "chest", "brain-mri"],
+                                           "chest", "lungs", "brain-mri"],
                         help="only that screenshot")
     args = parser.parse_args()
     out = ROOT / "docs" / "images"
@@ -82,6 +85,8 @@ def main() -> None:
         return kidney_mr(out, wait)
     if args.only == "chest":
         return chest(out, wait)
+    if args.only == "lungs":
+        return lungs(out, wait)
     if args.only == "brain-mri":
         return brain_mri(out, wait)
     image, labels = test_image_nuclei_2d(return_mask=True)
@@ -212,6 +217,25 @@ def chest(out: Path, wait) -> None:
     print(widget.steps_panel.transcript.toPlainText())
     _dice_report(viewer, widget, threshold_lungs(viewer.layers[0].data[z])[1], z, "the thresholded left lung")
     viewer.close()
+
+
+def lungs(out: Path, wait) -> None:
+    """lung2 again: the default agent asked for the left lung on slice 30, then Propagate both ways
+    (the lungs followed from the CT's units, no segmenter); 3-D Dice with the thresholded left lung
+    above slice 11 (below it the threshold's "left lung" is the stomach's gas)."""
+    import numpy as np
+
+    from napari_ibis import assets, io
+    from training.data.sources import threshold_lungs
+
+    path = str(assets.path("pyradiomics", "data/lung2_image.nrrd"))
+    truth = np.stack([threshold_lungs(s)[1] for s in io.read_image(path).data])
+    truth[:12] = False
+    viewer, widget, z, result = _propagated(path, truth, "segment the left lung", None, wait, z=30)
+    viewer.layers[0].contrast_limits = (-1000, 400)  # a lung window
+    viewer.dims.set_current_step(0, 45)  # 15 slices from where the agent worked
+    viewer.reset_view()
+    _shoot(viewer, widget, out / "widget-lungs.png", result, truth, "the thresholded left lung (slices 12-60)")
 
 
 def brain_mri(out: Path, wait) -> None:

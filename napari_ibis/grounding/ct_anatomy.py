@@ -33,6 +33,7 @@ MIN_LUNG_CM3 = 5.0  # an air part smaller than this is not counted as lung
 MIN_LUNG_MM2 = 250.0  # a lung on a slice (one side) covers at least this much, else it is not on it (a recess)
 CHEST_LEVEL_SHARE = 0.25  # lungs fill at least this share of the body's cross-section: the chest's level
 DOME_MM = 30.0  # the liver and the spleen end within this above the chest's lowest slice (lung1, lung2: 10-15 mm)
+SPLIT_MM = 15.0  # a part holding both lungs is eroded up to this far to part them
 MAX_HOLE_MM2 = 700.0  # holes in a lung up to this size on a slice (its vessels) belong to it
 MIN_LUNG_DEPTH_MM = 10.0  # a lung lies deeper inside the body than this (its voxels' median distance from the skin);
 # air shut in between the back and the table, counted as inside the body, lies at its edge
@@ -90,6 +91,52 @@ def looks_like_ct(volume: np.ndarray) -> bool:
         and float(sample.min()) >= -3100
 
 
+def _right_lung(lungs: np.ndarray, middle: float, pixel_mm: float) -> np.ndarray:
+    """The patient's right lung on an axial slice (display convention: the image's left). Each part
+    of the lungs goes to the side of the body's middle column most of it lies on; a part lying
+    across it (both lungs joined by the airways, or touching in front of the heart) is split where
+    eroding it parts the two (each pixel to the nearer), else at the middle."""
+    from scipy import ndimage as ndi
+
+    parts, count = ndi.label(lungs)
+    image_left = np.arange(lungs.shape[1])[None, :] < middle
+    right = np.zeros(lungs.shape, bool)
+    for label in range(1, count + 1):
+        part = parts == label
+        share = float((part & image_left).sum()) / float(part.sum())
+        if share >= 0.75:
+            right |= part
+        elif share > 0.25:
+            right |= _split(part, image_left, pixel_mm)
+    return right
+
+
+def _split(part: np.ndarray, image_left: np.ndarray, pixel_mm: float) -> np.ndarray:
+    """The image-left lung of a part holding both: eroded until two large pieces part (up to
+    ``SPLIT_MM``), each pixel then to the nearer piece; the middle column where they never part."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import expand_labels
+
+    core = part
+    for _ in range(max(1, int(SPLIT_MM / pixel_mm))):
+        core = ndi.binary_erosion(core)
+        pieces, count = ndi.label(core)
+        if count < 2:
+            if not core.any():
+                break
+            continue
+        sizes = ndi.sum(core, pieces, range(1, count + 1))
+        first, second = (np.argsort(sizes)[::-1][:2] + 1).tolist()
+        if sizes[second - 1] < 0.1 * sizes[first - 1]:
+            continue
+        seeds = np.where(np.isin(pieces, (first, second)), pieces, 0)
+        grown = np.where(part, expand_labels(seeds, distance=int(2 * SPLIT_MM / pixel_mm) + 2), 0)
+        columns = np.arange(part.shape[1])
+        left_of = min((first, second), key=lambda piece: columns[np.nonzero(seeds == piece)[1]].mean())
+        return grown == left_of
+    return part & image_left
+
+
 def _body(hu_slice: np.ndarray) -> np.ndarray:
     from scipy import ndimage as ndi
 
@@ -102,9 +149,9 @@ def _body(hu_slice: np.ndarray) -> np.ndarray:
 
 class CtAnatomy:
     """The lungs of one CT volume (display order, axial slices along axis 0), read from its
-    Hounsfield units once: ``lungs`` (bool, the volume's grid), ``right`` (the voxels on the
-    patient's right of the body's middle on each axial slice: the image's left), the body's
-    area per axial slice."""
+    Hounsfield units once: ``lungs`` (bool, the volume's grid), ``right_lung`` (the patient's
+    right lung, the image's left: :func:`_right_lung` on each axial slice), the body's area per
+    axial slice."""
 
     def __init__(self, volume: np.ndarray, spacing: tuple[float, float, float]) -> None:
         from scipy import ndimage as ndi
@@ -142,9 +189,10 @@ class CtAnatomy:
         hole = max(1, int(MAX_HOLE_MM2 / pixel_mm2))
         for z in np.flatnonzero(self.lungs.any(axis=(1, 2))):  # vessels inside the lung belong to it
             self.lungs[z] = remove_small_holes(self.lungs[z], max_size=hole)
-        columns = np.arange(hu.shape[2])
-        middle = np.array([np.flatnonzero(b.any(axis=0)).mean() if b.any() else hu.shape[2] / 2 for b in body])
-        self.right = np.broadcast_to((columns[None, :] < middle[:, None])[:, None, :], hu.shape)
+        self.right_lung = np.zeros(hu.shape, bool)  # the patient's right lung: the image's left
+        for z in np.flatnonzero(self.lungs.any(axis=(1, 2))):
+            middle = np.flatnonzero(body[z].any(axis=0)).mean()
+            self.right_lung[z] = _right_lung(self.lungs[z], middle, float(np.sqrt(pixel_mm2)))
         self.body_area = body.sum(axis=(1, 2))
         self._sides: dict[str, np.ndarray] = {}
         chest = [z for z in range(hu.shape[0]) if self.lung_share(z) >= CHEST_LEVEL_SHARE]
@@ -160,7 +208,7 @@ class CtAnatomy:
         if side is None:
             return self.lungs
         if side not in self._sides:
-            self._sides[side] = self.lungs & (self.right if side == "right" else ~self.right)
+            self._sides[side] = self.right_lung if side == "right" else self.lungs & ~self.right_lung
         return self._sides[side]
 
     def lung(self, side: str | None, view: str, index: int) -> np.ndarray:
