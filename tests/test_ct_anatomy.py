@@ -17,8 +17,9 @@ def _available(*names) -> bool:
 
 def chest_phantom(seed: int = 0):
     """(volume in HU, spacing, right lung, left lung, gas): a body of soft tissue in air, two
-    lungs (-850 HU with noise, its vessels) on the upper 20 of 30 slices, and a pocket of gut gas
-    (-1000 HU) of 7.5 cm3 on the lower slices; display order (the patient's left on the image's right)."""
+    lungs (-850 HU with noise, its vessels) on the upper 20 of 30 slices joined by a trachea of
+    pure air, and a pocket of gut gas (-1000 HU) of 7.5 cm3 on the lower slices; display order
+    (the patient's left on the image's right)."""
     rng = np.random.default_rng(seed)
     depth, side = 30, 128
     rows, cols = np.mgrid[:side, :side]
@@ -33,6 +34,8 @@ def chest_phantom(seed: int = 0):
     gas = np.zeros(hu.shape, bool)
     gas[:10, 80:92, 58:70] = True
     hu[gas] = -1000 + rng.normal(0, 10, gas.sum())
+    hu[20:, 34:42, 60:68] = -1000  # the trachea, joined to both lungs on slice 20 by the main bronchi
+    hu[20, 36:40, 50:80] = -1000
     spacing = (5.0, 0.8, 0.8)
     right = lungs & (np.arange(side) < 64)[None, None, :]
     return hu.astype(np.int16), spacing, right, lungs & ~right, gas
@@ -44,6 +47,7 @@ def test_the_lungs_are_the_air_inside_the_body_by_side_and_gut_gas_is_not_lung()
     assert anatomy is not None
     found = anatomy.lung_volume()
     assert not (found & gas).any()  # purer air: gas, not lung
+    assert not found[25, 34:42, 60:68].any()  # the trachea joins the lungs in 3-D but is no lung
     for side, truth in (("right", right), ("left", left)):
         got = anatomy.lung_volume(side)
         assert 2 * (got & truth).sum() / (got.sum() + truth.sum()) > 0.95, side

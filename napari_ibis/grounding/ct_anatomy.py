@@ -91,6 +91,20 @@ def looks_like_ct(volume: np.ndarray) -> bool:
         and float(sample.min()) >= -3100
 
 
+def _without_airways(lungs: np.ndarray, hu_slice: np.ndarray) -> np.ndarray:
+    """The lungs on an axial slice without the airways that join them in 3-D: a part of the slice's
+    lung whose median is pure air (the trachea, a main bronchus: ``LUNG_MEDIAN_HU`` or below) is
+    not lung."""
+    from scipy import ndimage as ndi
+
+    parts, count = ndi.label(lungs)
+    if not count:
+        return lungs
+    medians = ndi.median(hu_slice, parts, range(1, count + 1))
+    airways = [label for label, median in zip(range(1, count + 1), np.atleast_1d(medians)) if median <= LUNG_MEDIAN_HU]
+    return lungs & ~np.isin(parts, airways) if airways else lungs
+
+
 def _right_lung(lungs: np.ndarray, middle: float, pixel_mm: float) -> np.ndarray:
     """The patient's right lung on an axial slice (display convention: the image's left). Each part
     of the lungs goes to the side of the body's middle column most of it lies on; a part lying
@@ -187,8 +201,9 @@ class CtAnatomy:
                 self.lungs[box] |= part
         del parts, eroded, air
         hole = max(1, int(MAX_HOLE_MM2 / pixel_mm2))
-        for z in np.flatnonzero(self.lungs.any(axis=(1, 2))):  # vessels inside the lung belong to it
-            self.lungs[z] = remove_small_holes(self.lungs[z], max_size=hole)
+        for z in np.flatnonzero(self.lungs.any(axis=(1, 2))):
+            self.lungs[z] = _without_airways(self.lungs[z], hu[z])
+            self.lungs[z] = remove_small_holes(self.lungs[z], max_size=hole)  # vessels inside the lung belong to it
         self.right_lung = np.zeros(hu.shape, bool)  # the patient's right lung: the image's left
         for z in np.flatnonzero(self.lungs.any(axis=(1, 2))):
             middle = np.flatnonzero(body[z].any(axis=0)).mean()
