@@ -205,3 +205,11 @@ def test_the_liver_is_not_asked_in_vain_high_in_the_chest_but_still_at_its_dome(
     policy, loaded = chest[1], chest[0]
     dome = volume_slice(loaded.data, loaded.meta["geometry"].spacing, (), 14)  # the liver under the lung's base
     assert policy.ct_reading(loaded.data[14], "segment the liver", dome) is None  # left to the map and the atlas
+
+
+def test_an_emphysematous_lung_of_purer_air_is_still_lung():
+    hu, spacing, right, left, gas = chest_phantom()
+    lungs = right | left
+    hu[lungs] = -960  # purer air than the -930 that tells gas, but litres of it
+    found = CtAnatomy(hu, (10.0, 2.0, 2.0)).lung_volume()  # 1.3 L each at this spacing
+    assert 2 * (found & lungs).sum() / (found.sum() + lungs.sum()) > 0.9

@@ -30,6 +30,8 @@ AIR_HU = -400  # below: air or lung (threshold_lungs in training/data/sources.py
 GAS_HU = -500  # below: not the body (the body is the largest part above it on a slice)
 LUNG_MEDIAN_HU = -930  # an air part whose inner voxels' median lies above this is lung, below: gas
 MIN_LUNG_CM3 = 5.0  # an air part smaller than this is not counted as lung
+SURELY_LUNG_CM3 = 1000.0  # an air part this large is lung whatever its median (an emphysematous lung is purer air)
+MAX_AIRWAY_MM2 = 600.0  # a pure-air part of a slice's lungs up to this size is an airway (the trachea: about 2 cm across)
 MIN_LUNG_MM2 = 250.0  # a lung on a slice (one side) covers at least this much, else it is not on it (a recess)
 CHEST_LEVEL_SHARE = 0.25  # lungs fill at least this share of the body's cross-section: the chest's level
 DOME_MM = 30.0  # the liver and the spleen end within this above the chest's lowest slice (lung1, lung2: 10-15 mm)
@@ -91,17 +93,19 @@ def looks_like_ct(volume: np.ndarray) -> bool:
         and float(sample.min()) >= -3100
 
 
-def _without_airways(lungs: np.ndarray, hu_slice: np.ndarray) -> np.ndarray:
+def _without_airways(lungs: np.ndarray, hu_slice: np.ndarray, max_pixels: int) -> np.ndarray:
     """The lungs on an axial slice without the airways that join them in 3-D: a part of the slice's
-    lung whose median is pure air (the trachea, a main bronchus: ``LUNG_MEDIAN_HU`` or below) is
-    not lung."""
+    lung of at most ``max_pixels`` whose median is pure air (the trachea, a main bronchus:
+    ``LUNG_MEDIAN_HU`` or below) is not lung."""
     from scipy import ndimage as ndi
 
     parts, count = ndi.label(lungs)
     if not count:
         return lungs
-    medians = ndi.median(hu_slice, parts, range(1, count + 1))
-    airways = [label for label, median in zip(range(1, count + 1), np.atleast_1d(medians)) if median <= LUNG_MEDIAN_HU]
+    labels = range(1, count + 1)
+    medians, sizes = np.atleast_1d(ndi.median(hu_slice, parts, labels)), np.atleast_1d(ndi.sum(lungs, parts, labels))
+    airways = [label for label, median, size in zip(labels, medians, sizes)
+               if median <= LUNG_MEDIAN_HU and size <= max_pixels]
     return lungs & ~np.isin(parts, airways) if airways else lungs
 
 
@@ -189,7 +193,8 @@ class CtAnatomy:
             if part.sum() * voxel_cm3 < MIN_LUNG_CM3:
                 continue
             inner = part & eroded[box]
-            if float(np.median(hu[box][inner if inner.any() else part])) <= LUNG_MEDIAN_HU:
+            surely = part.sum() * voxel_cm3 >= SURELY_LUNG_CM3
+            if not surely and float(np.median(hu[box][inner if inner.any() else part])) <= LUNG_MEDIAN_HU:
                 continue  # gas
             depths = []
             span = range(box[0].start, box[0].stop)
@@ -202,7 +207,7 @@ class CtAnatomy:
         del parts, eroded, air
         hole = max(1, int(MAX_HOLE_MM2 / pixel_mm2))
         for z in np.flatnonzero(self.lungs.any(axis=(1, 2))):
-            self.lungs[z] = _without_airways(self.lungs[z], hu[z])
+            self.lungs[z] = _without_airways(self.lungs[z], hu[z], int(MAX_AIRWAY_MM2 / pixel_mm2))
             self.lungs[z] = remove_small_holes(self.lungs[z], max_size=hole)  # vessels inside the lung belong to it
         self.right_lung = np.zeros(hu.shape, bool)  # the patient's right lung: the image's left
         for z in np.flatnonzero(self.lungs.any(axis=(1, 2))):
