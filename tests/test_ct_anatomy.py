@@ -71,7 +71,7 @@ def test_queries_naming_the_lungs_and_structures_below_the_diaphragm():
     assert lung_asked("segment the left lung") == lung_asked("Outline the LEFT lung").__class__("left", False)
     assert lung_asked("segment the lungs").side is None
     assert lung_asked("segment the right lung upper lobe").lobe
-    assert lung_asked("segment the liver") is None
+    assert lung_asked("segment the liver") is None and lung_asked("segment the lung vessels") is None
     assert below_the_diaphragm("left kidney") and below_the_diaphragm("urinary bladder")
     assert below_the_diaphragm("L3 vertebra") and not below_the_diaphragm("T12 vertebra")
     assert not below_the_diaphragm("liver") and not below_the_diaphragm("spleen")  # they reach up beside the lungs

@@ -47,6 +47,7 @@ _BELOW = re.compile(r"\b(kidneys?|urinary bladder|bladder|gallbladder|pancreas|p
                     r"femurs?|sacrum|gluteus|iliopsoas|iliac|adrenal glands?|L[1-5] vertebra)\b", re.IGNORECASE)
 _UNDER_THE_DOME = re.compile(r"\b(liver|spleen)\b", re.IGNORECASE)  # not the stomach: a hiatal hernia is in the chest
 _LUNG = re.compile(r"\blungs?\b", re.IGNORECASE)
+_PART_OF_THE_LUNG = re.compile(r"\blungs?\s+(vessels?|arter\w*|veins?|airways?|bronch\w*|fissures?)\b", re.IGNORECASE)
 _LOBE = re.compile(r"\b(upper|middle|lower) lobe\b|\blobes?\b", re.IGNORECASE)
 _SIDE = re.compile(r"\b(left|right)\b", re.IGNORECASE)
 
@@ -69,15 +70,11 @@ class LungAsked:
     side: str | None
     lobe: bool
 
-    @property
-    def words(self) -> str:
-        return f"{self.side} lung" if self.side else "lungs"
-
 
 def lung_asked(query: str) -> LungAsked | None:
     """The lungs ``query`` asks for, or None where it names no lung ("the lung tumour" is a
     lesion, not a lung: the caller leaves lesions out)."""
-    if not _LUNG.search(query or ""):
+    if not _LUNG.search(query or "") or _PART_OF_THE_LUNG.search(query):  # "the lung vessels" are not the lung
         return None
     sides = {side.lower() for side in _SIDE.findall(query)}
     return LungAsked(side=sides.pop() if len(sides) == 1 else None, lobe=bool(_LOBE.search(query)))
