@@ -536,7 +536,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             pool = workers.process_pool(args.concurrency)
             policy_identity = pool.submit(workers.identities, *work).result()[0]
             rows = _run_cases(cases, pool, lambda p, i: p.submit(
-                workers.eval_case, cases[i], *work, args.profile, args.max_clicks), partial, progress)
+                workers.eval_case, entries[i], *work, args.profile, args.max_clicks), partial, progress)
     else:
         raise InputError(f"unknown policy '{args.policy}': use oracle, model:DIR or default")
     report = summarise(rows, args.max_clicks)

@@ -56,11 +56,14 @@ def identities(folder: str | None, segmenter_spec: str, device: str) -> tuple[di
     return ({"name": "oracle"} if policy is None else policy.identity()), worker["segmenter"].identity()
 
 
-def eval_case(case, folder: str, segmenter_spec: str, device: str, profile: str, max_clicks: int) -> dict:
-    worker = _setup(folder, segmenter_spec, device)
+def eval_case(entry, folder: str, segmenter_spec: str, device: str, profile: str, max_clicks: int) -> dict:
+    """One slice line of ``eval`` in a worker process: it reads its own case (with the volume the
+    slice is from, for the agent), so no volume is sent between processes."""
     from .evaluation import model_case
+    from .io import load_case
 
-    return model_case(case, worker["segmenter"], worker["policy"], profile, max_clicks)
+    worker = _setup(folder, segmenter_spec, device)
+    return model_case(load_case(entry), worker["segmenter"], worker["policy"], profile, max_clicks)
 
 
 def eval_volume(entry, folder: str | None, segmenter_spec: str, device: str, protocol) -> dict:

@@ -179,6 +179,11 @@ def test_eval_hands_a_slice_case_the_volume_it_was_cut_from_as_segment_does(ches
     lung, kidney = json.loads((tmp_path / "report.json").read_text())["cases"]
     assert lung["iou"] > 0.85
     assert kidney["stop"] == "not_present"
+    code = main(["eval", str(tmp_path / "cases.jsonl"), "--policy", "default", "--segmenter", "mobilesam",
+                 "--max-clicks", "5", "--concurrency", "2", "--json", str(tmp_path / "processes.json")])
+    assert code == 0, capsys.readouterr().err  # worker processes read each case, its volume with it
+    rows = json.loads((tmp_path / "processes.json").read_text())["cases"]
+    assert [row["stop"] for row in rows] == [lung["stop"], kidney["stop"]] and abs(rows[0]["iou"] - lung["iou"]) < 1e-6
 
 
 def test_batch_hands_each_slice_its_volume_in_threads_and_in_worker_processes(chest, tmp_path, capsys):
