@@ -201,21 +201,29 @@ def hippocampus(out: Path, wait) -> None:
     viewer.close()
 
 
+def _pyradiomics_agent(out: Path, wait, case: str, query: str, z: int, file: str):
+    """pyradiomics' ``case`` through the reader (its label loaded, hidden), the default agent asked
+    ``query`` on slice ``z``, the window shot into ``file`` and its transcript printed; (viewer, widget)."""
+    from napari_ibis import assets
+
+    viewer, widget, _, _ = _through_reader(str(assets.path("pyradiomics", f"data/{case}_image.nrrd")),
+                                           str(assets.path("pyradiomics", f"data/{case}_label.nrrd")),
+                                           "", query, z, 8, wait, 1)
+    viewer.reset_view()
+    viewer.window.screenshot(str(out / file), canvas_only=False)
+    print(widget.steps_panel.transcript.toPlainText())
+    return viewer, widget
+
+
 def chest(out: Path, wait) -> None:
     """pyradiomics' chest CT lung2 (held out of the atlas's kinds of scan) through the reader,
     the default agent asked for the left lung on slice 30 (before the CT's units were read, its mask
     took in the heart); Dice with the lung by a -400 HU threshold
     (``training.data.sources.threshold_lungs``; the tumour label is loaded, hidden)."""
-    from napari_ibis import assets
     from training.data.sources import threshold_lungs
 
-    viewer, widget, _, z = _through_reader(str(assets.path("pyradiomics", "data/lung2_image.nrrd")),
-                                           str(assets.path("pyradiomics", "data/lung2_label.nrrd")),
-                                           "", "segment the left lung", 30, 8, wait, 1)
-    viewer.reset_view()
-    viewer.window.screenshot(str(out / "widget-chest.png"), canvas_only=False)
-    print(widget.steps_panel.transcript.toPlainText())
-    _dice_report(viewer, widget, threshold_lungs(viewer.layers[0].data[z])[1], z, "the thresholded left lung")
+    viewer, widget = _pyradiomics_agent(out, wait, "lung2", "segment the left lung", 30, "widget-chest.png")
+    _dice_report(viewer, widget, threshold_lungs(viewer.layers[0].data[30])[1], 30, "the thresholded left lung")
     viewer.close()
 
 
@@ -241,15 +249,8 @@ def lungs(out: Path, wait) -> None:
 def brain_mri(out: Path, wait) -> None:
     """pyradiomics' brain1 (a clinical contrast T1 with its skull) through the reader, the default
     agent asked for the left thalamus on slice 12; no truth (its label is the tumour, hidden)."""
-    from napari_ibis import assets
-
-    viewer, widget, _, z = _through_reader(str(assets.path("pyradiomics", "data/brain1_image.nrrd")),
-                                           str(assets.path("pyradiomics", "data/brain1_label.nrrd")),
-                                           "", "segment the left thalamus", 12, 8, wait, 1)
-    viewer.reset_view()
-    viewer.window.screenshot(str(out / "widget-brain-mri.png"), canvas_only=False)
-    print(widget.steps_panel.transcript.toPlainText())
-    print(widget.steps_panel.status.text(), f"mask {int((viewer.layers['IBIS mask'].data[z] > 0).sum())} px")
+    viewer, widget = _pyradiomics_agent(out, wait, "brain1", "segment the left thalamus", 12, "widget-brain-mri.png")
+    print(widget.steps_panel.status.text(), f"mask {int((viewer.layers['IBIS mask'].data[12] > 0).sum())} px")
     viewer.close()
 
 
