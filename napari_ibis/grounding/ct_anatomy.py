@@ -96,13 +96,11 @@ def _without_airways(lungs: np.ndarray, hu_slice: np.ndarray, max_pixels: int) -
     ``LUNG_MEDIAN_HU`` or below) is not lung."""
     from scipy import ndimage as ndi
 
-    parts, count = ndi.label(lungs)
-    if not count:
-        return lungs
-    labels = range(1, count + 1)
-    medians, sizes = np.atleast_1d(ndi.median(hu_slice, parts, labels)), np.atleast_1d(ndi.sum(lungs, parts, labels))
-    airways = [label for label, median, size in zip(labels, medians, sizes)
-               if median <= LUNG_MEDIAN_HU and size <= max_pixels]
+    parts, _ = ndi.label(lungs)
+    sizes = np.bincount(parts.ravel())
+    airways = [label for label, box in enumerate(ndi.find_objects(parts), start=1)
+               if box is not None and sizes[label] <= max_pixels  # only a small part's median is read
+               and float(np.median(hu_slice[box][parts[box] == label])) <= LUNG_MEDIAN_HU]
     return lungs & ~np.isin(parts, airways) if airways else lungs
 
 
@@ -113,16 +111,16 @@ def _right_lung(lungs: np.ndarray, middle: float, pixel_mm: float) -> np.ndarray
     eroding it parts the two (each pixel to the nearer), else at the middle."""
     from scipy import ndimage as ndi
 
-    parts, count = ndi.label(lungs)
-    image_left = np.arange(lungs.shape[1])[None, :] < middle
+    parts, _ = ndi.label(lungs)
+    image_left = np.broadcast_to(np.arange(lungs.shape[1])[None, :] < middle, lungs.shape)
     right = np.zeros(lungs.shape, bool)
-    for label in range(1, count + 1):
-        part = parts == label
-        share = float((part & image_left).sum()) / float(part.sum())
+    for label, box in enumerate(ndi.find_objects(parts), start=1):  # each part within its own box
+        part = parts[box] == label
+        share = float((part & image_left[box]).sum()) / float(part.sum())
         if share >= 0.75:
-            right |= part
+            right[box] |= part
         elif share > 0.25:
-            right |= _split(part, image_left, pixel_mm)
+            right[box] |= _split(part, image_left[box], pixel_mm)
     return right
 
 
@@ -188,10 +186,11 @@ class CtAnatomy:
             if box is None:
                 continue
             part = parts[box] == label
-            if part.sum() * voxel_cm3 < MIN_LUNG_CM3:
+            size_cm3 = part.sum() * voxel_cm3
+            if size_cm3 < MIN_LUNG_CM3:
                 continue
             inner = part & eroded[box]
-            surely = part.sum() * voxel_cm3 >= SURELY_LUNG_CM3
+            surely = size_cm3 >= SURELY_LUNG_CM3
             if not surely and float(np.median(hu[box][inner if inner.any() else part])) <= LUNG_MEDIAN_HU:
                 continue  # gas
             depths = []
@@ -204,11 +203,10 @@ class CtAnatomy:
                 self.lungs[box] |= part
         del parts, eroded, air
         hole = max(1, int(MAX_HOLE_MM2 / pixel_mm2))
-        for z in np.flatnonzero(self.lungs.any(axis=(1, 2))):
-            self.lungs[z] = _without_airways(self.lungs[z], hu[z], int(MAX_AIRWAY_MM2 / pixel_mm2))
-            self.lungs[z] = remove_small_holes(self.lungs[z], max_size=hole)  # vessels inside the lung belong to it
         self.right_lung = np.zeros(hu.shape, bool)  # the patient's right lung: the image's left
         for z in np.flatnonzero(self.lungs.any(axis=(1, 2))):
+            lung = _without_airways(self.lungs[z], hu[z], int(MAX_AIRWAY_MM2 / pixel_mm2))
+            self.lungs[z] = remove_small_holes(lung, max_size=hole)  # vessels inside the lung belong to it
             middle = np.flatnonzero(body[z].any(axis=0)).mean()
             self.right_lung[z] = _right_lung(self.lungs[z], middle, float(np.sqrt(pixel_mm2)))
         self.body_area = body.sum(axis=(1, 2))

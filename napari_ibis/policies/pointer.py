@@ -484,7 +484,7 @@ class PointerPolicy(DecidingPolicy):
     # -- a CT volume's Hounsfield units -------------------------------------------------
     def ct_anatomy(self, volume: VolumeSlice | None):
         """The :class:`~napari_ibis.grounding.ct_anatomy.CtAnatomy` of ``volume`` (read once per
-        volume: 0.7 s for 512 x 512 x 61, 8 s for 500 slices on 2 cores), or None: no volume, or
+        volume: 0.9 s for 512 x 512 x 61, 9.5 s for 500 slices on 2 cores), or None: no volume, or
         not in Hounsfield units (an MRI)."""
         if volume is None:
             return None
