@@ -17,8 +17,14 @@ air parts listed in docs/BENCHMARKS.md "A CT's lungs by their Hounsfield units")
   the level rule misfiring);
 * ``upper-abdomen``: TotalSegmentator's held-out CT series (512 x 512 x 20, 2 mm, below the
   lungs): a lung on every slice (absent) and the pancreas and right adrenal gland where labelled.
+* ``heart-trachea``: the heart and the trachea asked on every slice of ``lung1`` and ``lung2``.
+  No package labels them: where each lies was read by eye (``HEART_BY_EYE``, ``TRACHEA_BY_EYE``;
+  the larynx above the trachea is asked of neither). The trachea's pixels: the air part nearest
+  the slice's middle column (``trachea_by_eye``, an independent rule); the heart's: the rule's own
+  region (looked at slice by slice, docs/images/ct-heart.png), that of the nearest slice where the
+  rule read none, so its IoU says how well the agent follows the region, not how right it is.
 
-    python benchmarks/ct_anatomy.py [--sets chest abdomen upper-abdomen] [--max-steps 8]
+    python benchmarks/ct_anatomy.py [--sets chest abdomen upper-abdomen heart-trachea] [--max-steps 8]
 
 Writes benchmarks/results/ct_anatomy.json and prints a table (agents_real.py's columns).
 """
@@ -39,7 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # agents_real.py's sco
 OUT = Path(__file__).parent / "results" / "ct_anatomy.json"
 SETS = {"chest": "chest CTs, lungs by the -400 HU threshold (pyradiomics lung1/lung2, real)",
         "abdomen": "abdominal CT, TotalSegmentator's lung lobes and organs (real)",
-        "upper-abdomen": "upper-abdomen CT series, held-out patient (TotalSegmentator, real)"}
+        "upper-abdomen": "upper-abdomen CT series, held-out patient (TotalSegmentator, real)",
+        "heart-trachea": "chest CTs, the heart and the trachea where they lie by eye (pyradiomics lung1/lung2, real)"}
 MIN_LUNG_PX_MM2 = 250.0  # a lung question is asked where the truth covers this much (ct_anatomy.MIN_LUNG_MM2)
 
 
@@ -70,6 +77,53 @@ def chest_cases() -> list:
             organ = ("liver", "spleen")[number % 2]
             out.append((Sample(image=np.ascontiguousarray(data[z]), mask=np.zeros(data[z].shape, bool), target=organ,
                                modality="CT", source=f"pyradiomics:{case}:z={z}:{organ}:absent",
+                               group=f"pyradiomics:{case}"), volume.at(z)))
+    return out
+
+
+# where the heart and the trachea lie on the chest CTs, axial slices looked at one by one (2026-12-07): the heart
+# from its lowest slice to the last with an atrium (above: the aortic root and the pulmonary trunk); the trachea
+# from the carina to its top (above it, left out of both: the larynx)
+HEART_BY_EYE = {"lung1": (0, 11), "lung2": (17, 34)}
+TRACHEA_BY_EYE = {"lung1": (24, 43), "lung2": (40, 58)}
+LARYNX_BY_EYE = {"lung1": (44, 47), "lung2": (59, 60)}
+
+
+def trachea_by_eye(hu_slice: np.ndarray) -> np.ndarray:
+    """The trachea as one looks for it on a slice where it lies: the air part (below -500 HU, not
+    touching the image's edge) whose centre lies nearest the image's middle column."""
+    from scipy import ndimage as ndi
+
+    air = hu_slice < -500
+    parts, count = ndi.label(air)
+    edge = set(np.unique(np.concatenate([parts[0], parts[-1], parts[:, 0], parts[:, -1]])).tolist())
+    centres = ndi.center_of_mass(air, parts, range(1, count + 1))
+    inner = [(abs(c[1] - hu_slice.shape[1] / 2), label) for label, c in enumerate(centres, start=1) if label not in edge]
+    return parts == min(inner)[1]
+
+
+def mediastinum_cases() -> list:
+    from napari_ibis import assets
+    from napari_ibis.grounding.ct_anatomy import CtAnatomy
+    from training.data.sources import Sample
+
+    out = []
+    for case in ("lung1", "lung2"):
+        data, volume = _volume(assets.path("pyradiomics", f"data/{case}_image.nrrd"))
+        heart = CtAnatomy(data, volume.spacing).heart_volume(data)
+        read = np.flatnonzero(heart.any(axis=(1, 2)))
+        for z in range(len(data)):
+            low, high = HEART_BY_EYE[case]
+            truth = heart[read[np.argmin(np.abs(read - z))]] if low <= z <= high else np.zeros(data[z].shape, bool)
+            out.append((Sample(image=np.ascontiguousarray(data[z]), mask=truth, target="heart", modality="CT",
+                               source=f"pyradiomics:{case}:z={z}:heart" + ("" if truth.any() else ":absent"),
+                               group=f"pyradiomics:{case}"), volume.at(z)))
+            low, high = TRACHEA_BY_EYE[case]
+            if LARYNX_BY_EYE[case][0] <= z <= LARYNX_BY_EYE[case][1]:
+                continue
+            truth = trachea_by_eye(data[z]) if low <= z <= high else np.zeros(data[z].shape, bool)
+            out.append((Sample(image=np.ascontiguousarray(data[z]), mask=truth, target="trachea", modality="CT",
+                               source=f"pyradiomics:{case}:z={z}:trachea" + ("" if truth.any() else ":absent"),
                                group=f"pyradiomics:{case}"), volume.at(z)))
     return out
 
@@ -120,6 +174,8 @@ def case_sets(chosen) -> dict:
         out[SETS["abdomen"]] = totalseg_cases("abdomen_ct", lung_every=3, absent_every=6, organ_every=6)
     if "upper-abdomen" in chosen:
         out[SETS["upper-abdomen"]] = totalseg_cases("upper_abdomen_ct", lung_every=1, absent_every=1, organ_every=2)
+    if "heart-trachea" in chosen:
+        out[SETS["heart-trachea"]] = mediastinum_cases()
     return out
 
 

@@ -1,11 +1,12 @@
 """A CT's Hounsfield units read without training (napari_ibis.grounding.ct_anatomy): the lungs
-left and right, gas in the gut left out, the chest's level; and the pointer agent, the CLI and
-Find slice using them on a real chest CT."""
+left and right, gas in the gut left out, the chest's level, the trachea and the heart; and the
+pointer agent, the CLI and Find slice using them on a real chest CT."""
 
 import numpy as np
 import pytest
 
-from napari_ibis.grounding.ct_anatomy import CtAnatomy, below_the_diaphragm, lung_asked, looks_like_ct
+from napari_ibis.grounding.ct_anatomy import (CtAnatomy, CtAsked, below_the_diaphragm, ct_structure_asked, looks_like_ct,
+                                              lung_asked)
 from napari_ibis.policies.base import volume_slice
 
 
@@ -35,7 +36,7 @@ def chest_phantom(seed: int = 0):
     gas[:10, 80:92, 58:70] = True
     hu[gas] = -1000 + rng.normal(0, 10, gas.sum())
     hu[20:, 34:42, 60:68] = -1000  # the trachea, joined to both lungs on slice 20 by the main bronchi
-    hu[20, 36:40, 50:80] = -1000
+    hu[20, 36:40, 40:88] = -1000
     spacing = (5.0, 0.8, 0.8)
     right = lungs & (np.arange(side) < 64)[None, None, :]
     return hu.astype(np.int16), spacing, right, lungs & ~right, gas
@@ -60,6 +61,54 @@ def test_the_lungs_are_the_air_inside_the_body_by_side_and_gut_gas_is_not_lung()
     assert coronal[:20].any() and not coronal[-10:].any()
 
 
+def test_the_trachea_is_the_airway_followed_down_from_the_neck_until_it_divides():
+    hu, spacing, *_ = chest_phantom()
+    anatomy = CtAnatomy.read(hu, spacing)
+    assert sorted(anatomy.trachea) == list(range(21, 30))  # on slice 20 it joins both lungs: it has divided
+    trachea = anatomy.trachea_volume()
+    tube = np.zeros(hu.shape, bool)
+    tube[21:30, 34:42, 60:68] = True
+    assert (trachea == tube).all()
+    assert anatomy.region(CtAsked("trachea"), "axial", 25, hu).sum() == 64
+    assert not anatomy.region(CtAsked("trachea"), "axial", 15, hu).any()
+
+
+def heart_phantom():
+    """(volume in HU, spacing, heart): a body in air, two lungs wide apart on slices 5-19 with a
+    heart (a disc of soft tissue, 4,500 mm2) between them in fat, and closer together above with
+    a vessel (900 mm2) between them; a vertebra (bone) behind; 2 mm pixels."""
+    depth, side = 30, 160
+    rows, cols = np.mgrid[:side, :side]
+    hu = np.full((depth, side, side), -1000.0)
+    body = ((rows - 80) / 60) ** 2 + ((cols - 80) / 70) ** 2 <= 1
+    hu[:, body] = 40
+    heart = np.zeros(hu.shape, bool)
+    for z in range(5, 30):
+        wide = z < 20
+        for centre in ((40, 120) if wide else (48, 112)):
+            lung = ((rows - 75) / 33) ** 2 + ((cols - centre) / (20 if wide else 24)) ** 2 <= 1
+            hu[z][lung] = -850
+        between = (cols > (60 if wide else 72)) & (cols < (100 if wide else 88)) & (rows > 45) & (rows < 108)
+        hu[z][between] = -100  # fat
+        disc = ((rows - 75) ** 2 + (cols - 80) ** 2) <= (19 if wide else 8.5) ** 2
+        hu[z][disc] = 40
+        heart[z] = disc if wide else False
+    hu[:, 115:132, 70:90] = 400  # the vertebra
+    return hu.astype(np.int16), (5.0, 2.0, 2.0), heart
+
+
+def test_the_heart_is_the_soft_tissue_between_the_lungs_on_the_slices_where_it_is_heart_sized():
+    hu, spacing, heart = heart_phantom()
+    anatomy = CtAnatomy.read(hu, spacing)
+    found = anatomy.heart_volume(hu)
+    assert np.flatnonzero(found.any(axis=(1, 2))).tolist() == list(range(5, 20))  # not the vessel above
+    assert 2 * (found & heart).sum() / (found.sum() + heart.sum()) > 0.95  # fat and vertebra left out
+    assert anatomy.span(CtAsked("heart"), hu) == (5, 19)
+    assert anatomy.region(CtAsked("heart"), "axial", 25, hu).sum() == 0
+    body_only = np.where(hu == -850, 40, hu).astype(np.int16)  # no lungs: no chest, the units cannot say
+    assert CtAnatomy(body_only, spacing).region(CtAsked("heart"), "axial", 10, body_only) is None
+
+
 def test_only_hounsfield_units_are_read_as_ct():
     hu, spacing, *_ = chest_phantom()
     assert looks_like_ct(hu)
@@ -72,6 +121,11 @@ def test_queries_naming_the_lungs_and_structures_below_the_diaphragm():
     assert lung_asked("segment the lungs").side is None
     assert lung_asked("segment the right lung upper lobe").lobe
     assert lung_asked("segment the liver") is None and lung_asked("segment the lung vessels") is None
+    assert ct_structure_asked("segment the left lung") == CtAsked("lung", "left", False)
+    assert ct_structure_asked("Segment the heart") == CtAsked("heart")
+    assert ct_structure_asked("segment the left ventricle of the heart") is None  # a part of it: the map's
+    assert ct_structure_asked("outline the windpipe") == CtAsked("trachea")
+    assert ct_structure_asked("segment the aorta") is None
     assert below_the_diaphragm("left kidney") and below_the_diaphragm("urinary bladder")
     assert below_the_diaphragm("L3 vertebra") and not below_the_diaphragm("T12 vertebra")
     assert not below_the_diaphragm("liver") and not below_the_diaphragm("spleen")  # they reach up beside the lungs
@@ -218,3 +272,33 @@ def test_an_emphysematous_lung_of_purer_air_is_still_lung():
     hu[lungs] = -960  # purer air than the -930 that tells gas, but litres of it
     found = CtAnatomy(hu, (10.0, 2.0, 2.0)).lung_volume()  # 1.3 L each at this spacing
     assert 2 * (found & lungs).sum() / (found.sum() + lungs.sum()) > 0.9
+
+
+def _trachea_by_eye(hu_slice: np.ndarray) -> np.ndarray:
+    """The trachea on a neck or upper-chest slice as one looks for it: the air part (below -500 HU,
+    not touching the image's edge) nearest the image's middle column."""
+    from scipy import ndimage as ndi
+
+    parts, count = ndi.label(hu_slice < -500)
+    edge = set(np.unique(np.concatenate([parts[0], parts[-1], parts[:, 0], parts[:, -1]])))
+    centres = ndi.center_of_mass(hu_slice < -500, parts, range(1, count + 1))
+    inner = [(abs(c[1] - hu_slice.shape[1] / 2), label) for label, c in enumerate(centres, start=1) if label not in edge]
+    return parts == min(inner)[1]
+
+
+def test_on_a_real_chest_ct_the_heart_and_the_trachea_are_read_and_absent_beyond_their_slices(chest):
+    """Before, "the heart" was answered "not present" on slice 30 of lung2, and the trachea was a
+    guess of the words."""
+    loaded, policy, _ = chest
+    heart = _run(chest, 24, "segment the heart")
+    first = heart.steps[0].clicks[0]
+    assert not heart.current.not_present and "between the two lungs" in heart.steps[0].thought
+    assert 6_000 < int(heart.mask.sum()) < 40_000  # the heart's section here: about 25,000 px (10,000 mm2)
+    assert 150 < first.row < 330 and 180 < first.col < 400  # in the middle of the chest, in front of the spine
+    above = _run(chest, 45, "segment the heart")
+    assert above.current.not_present and "slices 18-34" in above.current.thought
+    trachea = _run(chest, 50, "segment the trachea")
+    truth = _trachea_by_eye(loaded.data[50])
+    assert (trachea.mask & truth).sum() / (trachea.mask | truth).sum() > 0.8
+    assert "guess" not in " ".join(step.thought for step in trachea.steps)
+    assert _run(chest, 20, "segment the trachea").current.not_present  # below where it divides

@@ -1,5 +1,5 @@
-"""What a CT's Hounsfield units say without any training: where the lungs are, and whether a
-slice lies at the level of the chest.
+"""What a CT's Hounsfield units say without any training: where the lungs, the heart and the
+trachea are, and whether a slice lies at the level of the chest.
 
 On CT a voxel's value is physics: air is -1000 HU, lung (air with its vessels and walls) about
 -850, fat about -100, soft tissue 20-60, bone above 200. So the lungs of any patient, on any
@@ -17,6 +17,12 @@ slices at and above (towards the head) the lowest one where the lungs fill a qua
 body's cross-section (a kidney's top lies where the lungs end: their share was at most 0.03 on
 the kidney slices of the labelled abdominal CT); the liver and the spleen, whose domes reach up
 beside the lungs, are ruled out only ``DOME_MM`` above that slice (:meth:`CtAnatomy.level_rules_out`).
+
+Two more structures follow from the lungs. The trachea is the airway that joins them in 3-D: the
+pure-air part in the middle of the neck and upper chest, followed down from the top until it
+divides (:meth:`CtAnatomy.trachea_volume`). The heart is the soft tissue between the two lungs in
+front of the spine, on the chest's slices where it is heart-sized (``HEART_MIN_MM2``; the great
+vessels above it are smaller): :meth:`CtAnatomy.heart_volume`.
 """
 
 from __future__ import annotations
@@ -40,6 +46,22 @@ MAX_HOLE_MM2 = 700.0  # holes in a lung up to this size on a slice (its vessels)
 MIN_LUNG_DEPTH_MM = 10.0  # a lung lies deeper inside the body than this (its voxels' median distance from the skin);
 # air shut in between the back and the table, counted as inside the body, lies at its edge
 DEPTH_SLICES = 16  # the depth is measured on about this many slices of an air part, spread over it
+TRACHEA_MIDLINE_MM = 20.0  # the trachea's top lies within this of the body's middle column
+TRACHEA_STEP_MM = 15.0  # an airway within this of the trachea on the slice above continues it; two there: it divided
+TRACHEA_JUMP_MM = 6.0  # the trachea's centre moves less than this from one slice to the next (lung1, lung2: at most
+# 3.8 mm on 5 mm slices); a main bronchus leaving the carina moved 9 mm and halved its area (lung2)
+TRACHEA_SHRINK = 0.6  # nor does its cross-section fall below this share of the slice above's
+BONE_HU = 200  # above: bone (or contrast)
+MIN_VERTEBRA_MM2 = 150.0  # the vertebra on an axial slice: the largest bone part this size or more near the middle,
+SPINE_MIDLINE_MM = 25.0  # its centre within this of the body's middle column, in the body's back half
+SOFT_TISSUE_HU = (-60, 700)  # the heart's wall and blood, with contrast too; fat (below) is left out
+HEART_OPEN_MM = 5.0  # an opening this wide parts the heart from vessels touching it
+HEART_BEFORE_SPINE_MM = 10.0  # the heart ends this far in front of the vertebra (the oesophagus and the descending
+# aorta lie between)
+HEART_SHARE = 0.5  # and on the slices of its level its section covers at least this share of its widest one
+MIN_LUNG_BESIDE_MM2 = 500.0  # the heart is read only on slices where each lung covers this much
+HEART_MIN_MM2 = 4000.0  # the heart's cross-section on the slices of its level (lung1, lung2: 4,000-12,000 mm2 by
+# eye); the great vessels above it, read the same way, cover 2,000-3,800
 
 # structures that lie wholly below the diaphragm's dome (the liver, the spleen and the stomach
 # reach up into it, beside the lungs, so they are not here)
@@ -50,6 +72,10 @@ _LUNG = re.compile(r"\blungs?\b", re.IGNORECASE)
 _PART_OF_THE_LUNG = re.compile(r"\blungs?\s+(vessels?|arter\w*|veins?|airways?|bronch\w*|fissures?)\b", re.IGNORECASE)
 _LOBE = re.compile(r"\b(upper|middle|lower) lobe\b|\blobes?\b", re.IGNORECASE)
 _SIDE = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+_HEART = re.compile(r"\bheart\b", re.IGNORECASE)
+_PART_OF_THE_HEART = re.compile(r"\b(ventricles?|atri(a|um)|valves?|myocardium|pericardium|coronar\w*|chambers?)\b",
+                                re.IGNORECASE)
+_TRACHEA = re.compile(r"\b(trachea|windpipe)\b", re.IGNORECASE)
 
 
 def below_the_diaphragm(name: str) -> bool:
@@ -80,6 +106,30 @@ def lung_asked(query: str) -> LungAsked | None:
     return LungAsked(side=sides.pop() if len(sides) == 1 else None, lobe=bool(_LOBE.search(query)))
 
 
+@dataclass(frozen=True)
+class CtAsked:
+    """A structure a query names that a CT's units give: ``structure`` "lung", "heart" or
+    "trachea"; for a lung its side (None: both) and whether it names a lobe."""
+
+    structure: str
+    side: str | None = None
+    lobe: bool = False
+
+
+def ct_structure_asked(query: str) -> CtAsked | None:
+    """The structure ``query`` asks for that :class:`CtAnatomy` reads, or None: a lung
+    (:func:`lung_asked`), the heart (not a part of it: "the left ventricle"), the trachea. A
+    lesion ("the lung tumour") is the caller's to leave out."""
+    lungs = lung_asked(query)
+    if lungs is not None:
+        return CtAsked("lung", lungs.side, lungs.lobe)
+    if _HEART.search(query or "") and not _PART_OF_THE_HEART.search(query):
+        return CtAsked("heart")
+    if _TRACHEA.search(query or ""):
+        return CtAsked("trachea")
+    return None
+
+
 def looks_like_ct(volume: np.ndarray) -> bool:
     """Whether ``volume`` holds Hounsfield units: air at about -1000 (at least 1% of the voxels
     below -900, as the air around a body or in its lungs is) and tissue above -200. An MRI's
@@ -90,10 +140,10 @@ def looks_like_ct(volume: np.ndarray) -> bool:
         and float(sample.min()) >= -3100
 
 
-def _without_airways(lungs: np.ndarray, hu_slice: np.ndarray, max_pixels: int) -> np.ndarray:
-    """The lungs on an axial slice without the airways that join them in 3-D: a part of the slice's
-    lung of at most ``max_pixels`` whose median is pure air (the trachea, a main bronchus:
-    ``LUNG_MEDIAN_HU`` or below) is not lung."""
+def _airways(lungs: np.ndarray, hu_slice: np.ndarray, max_pixels: int) -> np.ndarray:
+    """The airways among the lungs on an axial slice, which join them in 3-D: each part of the
+    slice's lung of at most ``max_pixels`` whose median is pure air (the trachea, a main
+    bronchus: ``LUNG_MEDIAN_HU`` or below)."""
     from scipy import ndimage as ndi
 
     parts, _ = ndi.label(lungs)
@@ -101,7 +151,87 @@ def _without_airways(lungs: np.ndarray, hu_slice: np.ndarray, max_pixels: int) -
     airways = [label for label, box in enumerate(ndi.find_objects(parts), start=1)
                if box is not None and sizes[label] <= max_pixels  # only a small part's median is read
                and float(np.median(hu_slice[box][parts[box] == label])) <= LUNG_MEDIAN_HU]
-    return lungs & ~np.isin(parts, airways) if airways else lungs
+    return np.isin(parts, airways) if airways else np.zeros(lungs.shape, bool)
+
+
+def _trachea(airways: dict[int, np.ndarray], middle: np.ndarray, pixel_mm: float) -> dict[int, np.ndarray]:
+    """The trachea on each axial slice it lies on, from the slices' ``airways``: from the highest
+    slice (axis 0 runs to the head) with an airway within ``TRACHEA_MIDLINE_MM`` of the body's
+    ``middle`` column, followed down while exactly one airway lies within ``TRACHEA_STEP_MM`` of
+    where it was; two there (the main bronchi), none, or one that moved sideways
+    (``TRACHEA_JUMP_MM``) or shrank (``TRACHEA_SHRINK``), a main bronchus, end it."""
+    from scipy import ndimage as ndi
+
+    found: dict[int, np.ndarray] = {}
+    where = None
+    for z in sorted(airways, reverse=True):
+        parts, count = ndi.label(airways[z])
+        centres = np.array(ndi.center_of_mass(airways[z], parts, range(1, count + 1))).reshape(-1, 2)
+        if where is None:  # its top: the airway nearest the middle, if near enough
+            near = np.abs(centres[:, 1] - middle[z]) * pixel_mm
+            if count == 0 or near.min() > TRACHEA_MIDLINE_MM:
+                continue
+            chosen = int(np.argmin(near))
+        else:
+            close = np.flatnonzero(np.hypot(*(centres - where).T) * pixel_mm <= TRACHEA_STEP_MM)
+            if close.size != 1 or z + 1 not in found:  # divided, ended, or a slice without it in between
+                break
+            chosen = int(close[0])
+            if np.hypot(*(centres[chosen] - where)) * pixel_mm > TRACHEA_JUMP_MM \
+                    or (parts == chosen + 1).sum() < TRACHEA_SHRINK * found[z + 1].sum():
+                break
+        found[z] = parts == chosen + 1
+        where = centres[chosen]
+    return found
+
+
+def _vertebral_front(hu_slice: np.ndarray, body: np.ndarray, pixel_mm: float) -> int | None:
+    """The row of the front of the vertebra on an axial slice (anterior up): the top row of the
+    foremost bone part of ``MIN_VERTEBRA_MM2`` or more whose centre lies within
+    ``SPINE_MIDLINE_MM`` of the body's middle column in its back half (an old vertebral body's
+    cancellous bone may lie below ``BONE_HU``, leaving its cortex in pieces smaller than the
+    spinous process); None where there is none."""
+    from scipy import ndimage as ndi
+
+    rows, cols = np.nonzero(body)
+    if not rows.size:
+        return None
+    middle, back = cols.mean(), rows.min() + 0.5 * (rows.max() - rows.min())
+    parts, _ = ndi.label((hu_slice > BONE_HU) & body)
+    best = None
+    for label, box in enumerate(ndi.find_objects(parts), start=1):
+        part_rows, part_cols = np.nonzero(parts[box] == label)
+        if part_rows.size * pixel_mm**2 < MIN_VERTEBRA_MM2 or part_rows.mean() + box[0].start < back \
+                or abs(part_cols.mean() + box[1].start - middle) * pixel_mm > SPINE_MIDLINE_MM:
+            continue
+        front = int(part_rows.min() + box[0].start)
+        best = front if best is None else min(best, front)
+    return best
+
+
+def _heart_section(hu_slice: np.ndarray, lungs: np.ndarray, pixel_mm: float) -> np.ndarray:
+    """The heart's candidate on an axial slice where both lungs lie: the soft tissue (blood and
+    wall, ``SOFT_TISSUE_HU``; fat left out) inside the lungs' convex hull and ``HEART_BEFORE_SPINE_MM``
+    in front of the vertebra, opened by ``HEART_OPEN_MM`` to part the vessels that touch it, its largest part with
+    its holes filled."""
+    from scipy import ndimage as ndi
+    from skimage.morphology import convex_hull_image, disk
+
+    rows, cols = np.nonzero(lungs)
+    box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+    hull = convex_hull_image(lungs[box])
+    low, high = SOFT_TISSUE_HU
+    tissue = hull & ~lungs[box] & (hu_slice[box] > low) & (hu_slice[box] < high)
+    front = _vertebral_front(hu_slice, _body(hu_slice), pixel_mm)
+    if front is not None:
+        tissue[max(0, front - int(round(HEART_BEFORE_SPINE_MM / pixel_mm)) - box[0].start):] = False
+    tissue = ndi.binary_opening(tissue, structure=disk(max(1, int(round(HEART_OPEN_MM / pixel_mm)))))
+    parts, count = ndi.label(tissue)
+    section = np.zeros(lungs.shape, bool)
+    if count:
+        sizes = np.bincount(parts.ravel())[1:]
+        section[box] = ndi.binary_fill_holes(parts == 1 + int(np.argmax(sizes)))
+    return section
 
 
 def _right_lung(lungs: np.ndarray, middle: float, pixel_mm: float) -> np.ndarray:
@@ -204,13 +334,19 @@ class CtAnatomy:
         del parts, eroded, air
         hole = max(1, int(MAX_HOLE_MM2 / pixel_mm2))
         self.right_lung = np.zeros(hu.shape, bool)  # the patient's right lung: the image's left
+        self.middle = np.array([np.flatnonzero(b.any(axis=0)).mean() if b.any() else np.nan for b in body])
+        airways: dict[int, np.ndarray] = {}  # per slice where there are any
         for z in np.flatnonzero(self.lungs.any(axis=(1, 2))):
-            lung = _without_airways(self.lungs[z], hu[z], int(MAX_AIRWAY_MM2 / pixel_mm2))
-            self.lungs[z] = remove_small_holes(lung, max_size=hole)  # vessels inside the lung belong to it
-            middle = np.flatnonzero(body[z].any(axis=0)).mean()
-            self.right_lung[z] = _right_lung(self.lungs[z], middle, float(np.sqrt(pixel_mm2)))
+            airway = _airways(self.lungs[z], hu[z], int(MAX_AIRWAY_MM2 / pixel_mm2))
+            if airway.any():
+                airways[int(z)] = airway
+            self.lungs[z] = remove_small_holes(self.lungs[z] & ~airway, max_size=hole)  # its vessels belong to it
+            self.right_lung[z] = _right_lung(self.lungs[z], self.middle[z], float(np.sqrt(pixel_mm2)))
+        self.trachea = _trachea(airways, self.middle, float(np.sqrt(pixel_mm2)))  # per axial slice it lies on
+        del airways
         self.body_area = body.sum(axis=(1, 2))
         self._sides: dict[str, np.ndarray] = {}
+        self._heart: np.ndarray | None = None
         chest = [z for z in range(hu.shape[0]) if self.lung_share(z) >= CHEST_LEVEL_SHARE]
         self.chest_from = chest[0] if chest else None  # the lowest slice of the chest's level (axis 0 runs to the head)
 
@@ -234,6 +370,62 @@ class CtAnatomy:
 
         cut = np.array(oriented(self.lung_volume(side), VIEWS[view])[index])
         return cut if cut.sum() * self.pixel_mm2(view) >= MIN_LUNG_MM2 else np.zeros_like(cut)
+
+    def trachea_volume(self) -> np.ndarray:
+        """The trachea (:func:`_trachea`), bool on the volume's grid."""
+        out = np.zeros(self.shape, bool)
+        for z, cut in self.trachea.items():
+            out[z] = cut
+        return out
+
+    def heart_volume(self, volume: np.ndarray) -> np.ndarray:
+        """The heart, bool on the volume's grid (read from ``volume``, the Hounsfield units this
+        anatomy was read from, once): :func:`_heart_section` on the chest's slices
+        (:meth:`at_chest_level`) where each lung covers ``MIN_LUNG_BESIDE_MM2``; of those, the run
+        of slices around the largest section whose sections cover ``HEART_MIN_MM2`` and
+        ``HEART_SHARE`` of the largest or more.
+        Empty where the volume holds no chest."""
+        if self._heart is not None:
+            return self._heart
+        pixel_mm = float(np.sqrt(self.pixel_mm2("axial")))
+        beside = MIN_LUNG_BESIDE_MM2 / pixel_mm**2
+        sections: dict[int, np.ndarray] = {}
+        for z in range(self.chest_from or self.shape[0], self.shape[0]):
+            right = int(self.right_lung[z].sum())
+            if right >= beside and int(self.lungs[z].sum()) - right >= beside:
+                sections[z] = _heart_section(np.asarray(volume[z]), self.lungs[z], pixel_mm)
+        self._heart = np.zeros(self.shape, bool)
+        areas = {z: float(cut.sum()) * pixel_mm**2 for z, cut in sections.items()}
+        if areas and max(areas.values()) >= HEART_MIN_MM2:
+            widest = max(areas, key=areas.get)
+            least = max(HEART_MIN_MM2, HEART_SHARE * areas[widest])
+            for step in (-1, 1):
+                z = widest if step < 0 else widest + 1
+                while areas.get(z, 0.0) >= least:
+                    self._heart[z] = sections[z]
+                    z += step
+        return self._heart
+
+    def region(self, asked: CtAsked, view: str, index: int, volume: np.ndarray) -> np.ndarray | None:
+        """The structure ``asked`` on slice ``index`` of ``view``, bool on that slice's grid, empty
+        where it is not on it; None where this CT cannot say (the heart of a volume without a
+        chest). ``volume``: the Hounsfield units this anatomy was read from (the heart is read
+        from them when first asked)."""
+        if asked.structure == "lung":
+            return self.lung(asked.side, view, index)
+        whole = self.trachea_volume() if asked.structure == "trachea" else self.heart_volume(volume)
+        if not whole.any():
+            return None
+        from ..geometry import VIEWS, oriented
+
+        return np.array(oriented(whole, VIEWS[view])[index])
+
+    def span(self, asked: CtAsked, volume: np.ndarray) -> tuple[int, int] | None:
+        """The first and last axial slice the structure ``asked`` lies on, or None."""
+        whole = (self.trachea_volume() if asked.structure == "trachea" else self.heart_volume(volume)
+                 if asked.structure == "heart" else self.lung_volume(asked.side))
+        held = np.flatnonzero(whole.any(axis=(1, 2)))
+        return (int(held[0]), int(held[-1])) if held.size else None
 
     def pixel_mm2(self, view: str) -> float:
         s, r, c = self.spacing

@@ -145,8 +145,11 @@ class Vocabulary:
         closest = self._closest(target)
         hint = (f"did you mean the {' or the '.join(closest)}?" if closest
                 else f"`napari-ibis structures` lists the {len(self.names)} it knows")
+        from .ct_anatomy import ct_structure_asked
+
+        on_ct = "on a CT volume it reads it from the Hounsfield units; elsewhere " if ct_structure_asked(query) else ""
         return Untaught(target, refused=False,
-                        line=f"this agent was not taught the {target}: its answer is a guess from the words ({hint})")
+                        line=f"this agent was not taught the {target}: {on_ct}its answer is a guess from the words ({hint})")
 
 
 @dataclass(frozen=True)

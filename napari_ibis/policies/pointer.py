@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..grounding.ct_anatomy import by_the_lungs_level, lung_asked
+from ..grounding.ct_anatomy import CtAsked, by_the_lungs_level, ct_structure_asked
 from ..grounding.names import in_atlas_words, spoken
 from ..grounding.vocabulary import Vocabulary, names_a_lesion
 from ..protocol import Response
@@ -279,10 +279,10 @@ class PointerPolicy(DecidingPolicy):
 
             raise InputError(untaught.line)
         query = in_atlas_words(query)  # the names it learnt: "the IVC" is the inferior vena cava to the head too
-        lungs = lung_asked(query)
-        if lungs is not None and not lungs.lobe and self.read_ct_units and self.ct_anatomy(volume) is not None \
+        read = ct_structure_asked(query)
+        if read is not None and not read.lobe and self.read_ct_units and self.ct_anatomy(volume) is not None \
                 and not names_a_lesion(query):
-            return query, None  # the lungs themselves, read from the Hounsfield units (ct_reading), not a lobe of them
+            return query, None  # the lungs, heart or trachea, read from the Hounsfield units (ct_reading), not a lobe
         found = None if self.atlas is None or names_a_lesion(query) else self.atlas.members_in(query)
         if found is None:  # a lesion ("the lung tumour") is looked for as asked, not as its organ
             return query, None
@@ -431,6 +431,8 @@ class PointerPolicy(DecidingPolicy):
         if why and fresh:
             response = dataclasses.replace(response, thought=f"{why} {response.thought}")
         untaught = self.vocabulary.untaught(request.query)
+        if untaught is not None and self.ct_reading(request.image, asked, request.volume) is not None:
+            untaught = None  # read from a CT's units (the trachea), not guessed
         if untaught is not None:  # it looks all the same, and says that it guesses
             if fresh:
                 response = dataclasses.replace(response, thought=(
@@ -497,34 +499,33 @@ class PointerPolicy(DecidingPolicy):
 
     def ct_reading(self, image: np.ndarray, query: str, volume: VolumeSlice | None) -> CtRead | None:
         """What the Hounsfield units of the CT ``volume`` decide about ``query`` on its slice
-        ``image``, or None where they decide nothing: the lungs asked for (their region on the
-        slice, empty where that side has no lung there; for a lobe only its absence), or a
-        structure the lungs' level rules out on an axial slice (an empty region:
+        ``image``, or None where they decide nothing: the lungs, the heart or the trachea asked
+        for (their region on the slice, empty where they are not on it; for a lobe only its
+        absence), or a structure the lungs' level rules out on an axial slice (an empty region:
         :meth:`~napari_ibis.grounding.ct_anatomy.CtAnatomy.level_rules_out`). A lesion ("the lung
         tumour") is left to the map."""
         if volume is None or not self.read_ct_units or names_a_lesion(query):
             return None
-        lungs = lung_asked(query)
-        name = None if lungs is not None or self.atlas is None else self.atlas.name_in(query)
-        if lungs is None and not (volume.view == "axial" and by_the_lungs_level(name or query)):
+        asked = ct_structure_asked(query)
+        name = None if asked is not None or self.atlas is None else self.atlas.name_in(query)
+        if asked is None and not (volume.view == "axial" and by_the_lungs_level(name or query)):
             return None
         anatomy = self.ct_anatomy(volume)
         if anatomy is None:
             return None
-        if lungs is None:
+        if asked is None:
             why = anatomy.level_rules_out(spoken(name or "structure asked for"), volume.index)
             if why is None:
                 return None
             return CtRead(np.zeros(image.shape[:2], bool), basis="the lungs' share of this CT's slices", why=why)
-        region = _on_grid(anatomy.lung(lungs.side, volume.view, volume.index), image.shape[:2])
-        if lungs.lobe and region.any():
+        cut = anatomy.region(asked, volume.view, volume.index, volume.volume)
+        if cut is None:
+            return None  # no chest in this volume: the heart is the map's
+        region = _on_grid(cut, image.shape[:2])
+        if asked.lobe and region.any():
             return None  # which lobe, the units cannot tell: the map decides
-        where = f"on the patient's {lungs.side} of this slice" if lungs.side else "on this slice"
-        why = (f"On this CT the lungs are the air inside the body below -400 HU (gas in the gut, purer air, left "
-               f"out): " + (f"they cover {int(region.sum()):,} px {where}." if region.any() else
-                           f"there is none {where}."))
-        return CtRead(region, basis="the air-filled lung in this CT's Hounsfield units", why=why,
-                      lungs=None if lungs.lobe else lungs.side or "both")
+        return CtRead(region, basis=_CT_BASIS[asked.structure], why=_ct_words(anatomy, asked, volume, region),
+                      through=None if asked.lobe else asked)
 
     def _decide_ct(self, request: PolicyRequest, first_turn: bool, read: CtRead) -> Response:
         """A turn where the CT's Hounsfield units decide (:meth:`ct_reading`): "not present" where
@@ -579,9 +580,9 @@ class PointerPolicy(DecidingPolicy):
         registered = self.brain_region(image, asked, volume)
         if registered is None:
             read = self.ct_reading(image, asked, volume)
-            if read is None or read.lungs is None:
+            if read is None or read.through is None:
                 return None
-            return LungsThrough(self.ct_anatomy(volume), read.lungs, volume.view)
+            return CtThrough(self.ct_anatomy(volume), read.through, volume.view, volume.volume)
         return RegionThrough(self.atlas.name_in(asked), registered[1], volume.view)
 
     def will_fit(self, query: str, volume: VolumeSlice | None) -> bool:
@@ -655,30 +656,58 @@ class RegionThrough:
 class CtRead:
     """What a CT's Hounsfield units decide for a query on one slice (:meth:`PointerPolicy.ct_reading`):
     the structure's region on the slice as the agent sees it (empty: not there), what it rests on,
-    the agent's words, and which lungs (a side, "both"), where it is the lungs, to follow them
+    the agent's words, and the structure read (lungs, heart, trachea) where it can be followed
     through the volume."""
 
     region: np.ndarray
     basis: str
     why: str
-    lungs: str | None = None
+    through: CtAsked | None = None
+
+
+_CT_BASIS = {"lung": "the air-filled lung in this CT's Hounsfield units",
+             "heart": "the soft tissue between the lungs in this CT's Hounsfield units",
+             "trachea": "the airway joining the lungs in this CT's Hounsfield units"}
+_CT_WHAT = {"lung": "the air inside the body below -400 HU (gas in the gut, purer air, left out)",
+            "heart": "the soft tissue between the two lungs in front of the spine (fat left out), on the slices where "
+                     "it is heart-sized",
+            "trachea": "the pure-air tube in the middle of the neck and chest that joins the lungs, down to where it "
+                       "divides"}
+
+
+def _ct_words(anatomy, asked: CtAsked, volume: VolumeSlice, region: np.ndarray) -> str:
+    """What the agent says it read from the units for ``asked`` on this slice."""
+    structure = {"lung": "lungs", "heart": "heart", "trachea": "trachea"}[asked.structure]
+    where = f"on the patient's {asked.side} of this slice" if asked.side else "on this slice"
+    said = f"On this CT the {structure} {'are' if structure == 'lungs' else 'is'} {_CT_WHAT[asked.structure]}: "
+    if region.any():
+        return said + f"{'they cover' if structure == 'lungs' else 'it covers'} {int(region.sum()):,} px {where}."
+    if asked.structure == "lung" or volume.view != "axial":
+        return said + f"there is none {where}."
+    span = anatomy.span(asked, volume.volume)
+    return said + (f"it lies on axial slices {span[0]}-{span[1]}, not on slice {volume.index}." if span
+                   else "it is on none of this volume's slices.")
 
 
 @dataclass
-class LungsThrough:
-    """The lungs read from a CT's Hounsfield units, slice by slice in one view."""
+class CtThrough:
+    """A structure read from a CT's Hounsfield units (lungs, heart, trachea), slice by slice in one view."""
 
     anatomy: object  # a napari_ibis.grounding.ct_anatomy.CtAnatomy
-    side: str  # "left", "right" or "both"
+    asked: CtAsked
     view: str
+    volume: object  # the Hounsfield units it was read from (the heart is read from them)
 
     def __call__(self, index: int) -> np.ndarray:
-        """The lung(s) on slice ``index`` (bool, the slice's own grid; empty where there is none)."""
-        return self.anatomy.lung(None if self.side == "both" else self.side, self.view, index)
+        """The structure on slice ``index`` (bool, the slice's own grid; empty where there is none)."""
+        cut = self.anatomy.region(self.asked, self.view, index, self.volume)
+        return np.zeros_like(self.anatomy.lung(None, self.view, index)) if cut is None else cut
 
     def describe(self) -> str:
-        which = "lungs" if self.side == "both" else f"{self.side} lung"
-        return f"the {which} as the air inside the body below -400 HU on each slice of this CT (gas in the gut left out)"
+        if self.asked.structure == "lung":
+            which = "lungs" if self.asked.side is None else f"{self.asked.side} lung"
+            return f"the {which} as the air inside the body below -400 HU on each slice of this CT (gas in the gut left out)"
+        return f"the {self.asked.structure} as {_CT_WHAT[self.asked.structure]}, on each slice of this CT"
 
 
 def _on_grid(cut: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
