@@ -275,8 +275,12 @@ class Controller:
                 if note:
                     self.transcript.note(note)
             fits = spec.max_steps and getattr(session.policy, "will_fit", lambda *_: False)(session.query, session.volume)
+            reads = spec.max_steps and getattr(session.policy, "will_read_ct", lambda *_: False)(session.query,
+                                                                                                session.volume)
             self.set_status("Fitting the atlas brain onto this volume (once, a few seconds), then the agent places the "
-                            "region…" if fits else "The agent is thinking…" if spec.max_steps else
+                            "region…" if fits else
+                            "Reading this CT's Hounsfield units (once per volume, about 1 s per 50 slices), then the "
+                            "agent…" if reads else "The agent is thinking…" if spec.max_steps else
                             "Your turn (max steps 0): click the structure (T toggles positive/negative) or paint the "
                             "mask and press Use my brush edit; Continue lets the agent go on; Accept when done.")
         self.view.show_step(session.current)

@@ -302,3 +302,22 @@ def test_on_a_real_chest_ct_the_heart_and_the_trachea_are_read_and_absent_beyond
     assert (trachea.mask & truth).sum() / (trachea.mask | truth).sum() > 0.8
     assert "guess" not in " ".join(step.thought for step in trachea.steps)
     assert _run(chest, 20, "segment the trachea").current.not_present  # below where it divides
+
+
+def test_the_widget_is_told_beforehand_when_a_run_will_read_the_ct_units(chest):
+    """The status names the CT reading (about 1 s per 50 slices, once a volume) before the first
+    step; not for an MRI, a lesion or a structure the units say nothing of."""
+    from napari_ibis.policies import load_policy
+
+    policy = load_policy(None)  # its own, unread
+    loaded = chest[0]
+    volume = volume_slice(loaded.data, loaded.meta["geometry"].spacing, (), 24)
+    assert policy.will_read_ct("segment the heart", volume) and policy.will_read_ct("segment the left kidney", volume)
+    assert not policy.will_read_ct("segment the lung tumour", volume)
+    assert not policy.will_read_ct("segment the left thalamus", volume)
+    mri = volume_slice(np.clip(loaded.data.astype(np.float32) + 1000, 0, None), loaded.meta["geometry"].spacing, (), 24)
+    assert not policy.will_read_ct("segment the heart", mri)
+    policy.ct_reading(loaded.data[24], "segment the left lung", volume)  # the lungs read
+    assert not policy.will_read_ct("segment the lungs", volume) and policy.will_read_ct("segment the heart", volume)
+    policy.ct_reading(loaded.data[24], "segment the heart", volume)
+    assert not policy.will_read_ct("segment the heart", volume)

@@ -378,6 +378,11 @@ class CtAnatomy:
             out[z] = cut
         return out
 
+    @property
+    def heart_read(self) -> bool:
+        """Whether the heart was read already (:meth:`heart_volume`)."""
+        return self._heart is not None
+
     def heart_volume(self, volume: np.ndarray) -> np.ndarray:
         """The heart, bool on the volume's grid (read from ``volume``, the Hounsfield units this
         anatomy was read from, once): :func:`_heart_section` on the chest's slices

@@ -486,7 +486,7 @@ class PointerPolicy(DecidingPolicy):
     # -- a CT volume's Hounsfield units -------------------------------------------------
     def ct_anatomy(self, volume: VolumeSlice | None):
         """The :class:`~napari_ibis.grounding.ct_anatomy.CtAnatomy` of ``volume`` (read once per
-        volume: 0.9 s for 512 x 512 x 61, 9.5 s for 500 slices on 2 cores), or None: no volume, or
+        volume: 0.9 s for 512 x 512 x 61, 10 s for 500 slices on 2 cores), or None: no volume, or
         not in Hounsfield units (an MRI)."""
         if volume is None:
             return None
@@ -595,6 +595,25 @@ class PointerPolicy(DecidingPolicy):
         found = self.atlas.members_in(query)
         names = found[1] if found else [self.atlas.name_in(query)]
         return any(self.brain.holds(name) for name in names)
+
+    def will_read_ct(self, query: str, volume: VolumeSlice | None) -> bool:
+        """Whether the first turn on ``volume`` for ``query`` will read the CT's Hounsfield units
+        (:meth:`ct_anatomy`; about 1 s per 50 slices, the heart as much again when first asked),
+        which the widget says it is spending: the query names a structure they give or rule out,
+        the volume holds Hounsfield units and they were not read for it (or, for the heart, not
+        the heart)."""
+        if volume is None or not self.read_ct_units or names_a_lesion(query):
+            return False
+        from ..grounding.ct_anatomy import looks_like_ct
+
+        asked = ct_structure_asked(query)
+        name = None if asked is not None or self.atlas is None else self.atlas.name_in(query)
+        if asked is None and not (volume.view == "axial" and by_the_lungs_level(name or query)):
+            return False
+        if self._ct_read is None or self._ct_read[0] != self._volume_key(volume):
+            return looks_like_ct(volume.volume)
+        anatomy = self._ct_read[1]
+        return anatomy is not None and asked is not None and asked.structure == "heart" and not anatomy.heart_read
 
     @staticmethod
     def _volume_key(volume: VolumeSlice) -> tuple:
