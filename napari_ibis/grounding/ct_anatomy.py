@@ -52,7 +52,7 @@ TRACHEA_JUMP_MM = 6.0  # the trachea's centre moves less than this from one slic
 # 3.8 mm on 5 mm slices); a main bronchus leaving the carina moved 9 mm and halved its area (lung2)
 TRACHEA_SHRINK = 0.6  # nor does its cross-section fall below this share of the slice above's
 BONE_HU = 200  # above: bone (or contrast)
-MIN_VERTEBRA_MM2 = 150.0  # the vertebra on an axial slice: the largest bone part this size or more near the middle,
+MIN_VERTEBRA_MM2 = 150.0  # the vertebra's front on an axial slice: the foremost bone part this size or more,
 SPINE_MIDLINE_MM = 25.0  # its centre within this of the body's middle column, in the body's back half
 SOFT_TISSUE_HU = (-60, 700)  # the heart's wall and blood, with contrast too; fat (below) is left out
 HEART_OPEN_MM = 5.0  # an opening this wide parts the heart from vessels touching it

@@ -504,12 +504,10 @@ class PointerPolicy(DecidingPolicy):
         absence), or a structure the lungs' level rules out on an axial slice (an empty region:
         :meth:`~napari_ibis.grounding.ct_anatomy.CtAnatomy.level_rules_out`). A lesion ("the lung
         tumour") is left to the map."""
-        if volume is None or not self.read_ct_units or names_a_lesion(query):
+        question = self._ct_question(query, volume)
+        if question is None:
             return None
-        asked = ct_structure_asked(query)
-        name = None if asked is not None or self.atlas is None else self.atlas.name_in(query)
-        if asked is None and not (volume.view == "axial" and by_the_lungs_level(name or query)):
-            return None
+        asked, name = question
         anatomy = self.ct_anatomy(volume)
         if anatomy is None:
             return None
@@ -526,6 +524,18 @@ class PointerPolicy(DecidingPolicy):
             return None  # which lobe, the units cannot tell: the map decides
         return CtRead(region, basis=_CT_BASIS[asked.structure], why=_ct_words(anatomy, asked, volume, region),
                       through=None if asked.lobe else asked)
+
+    def _ct_question(self, query: str, volume: VolumeSlice | None) -> tuple[CtAsked | None, str | None] | None:
+        """Where a CT's units may decide ``query`` on ``volume``'s slice: (the structure they give,
+        or None; the atlas's name for what the lungs' level may rule out); else None (no volume,
+        the units not read, a lesion, nothing they speak of)."""
+        if volume is None or not self.read_ct_units or names_a_lesion(query):
+            return None
+        asked = ct_structure_asked(query)
+        name = None if asked is not None or self.atlas is None else self.atlas.name_in(query)
+        if asked is None and not (volume.view == "axial" and by_the_lungs_level(name or query)):
+            return None
+        return asked, name
 
     def _decide_ct(self, request: PolicyRequest, first_turn: bool, read: CtRead) -> Response:
         """A turn where the CT's Hounsfield units decide (:meth:`ct_reading`): "not present" where
@@ -602,14 +612,12 @@ class PointerPolicy(DecidingPolicy):
         which the widget says it is spending: the query names a structure they give or rule out,
         the volume holds Hounsfield units and they were not read for it (or, for the heart, not
         the heart)."""
-        if volume is None or not self.read_ct_units or names_a_lesion(query):
-            return False
         from ..grounding.ct_anatomy import looks_like_ct
 
-        asked = ct_structure_asked(query)
-        name = None if asked is not None or self.atlas is None else self.atlas.name_in(query)
-        if asked is None and not (volume.view == "axial" and by_the_lungs_level(name or query)):
+        question = self._ct_question(query, volume)
+        if question is None:
             return False
+        asked = question[0]
         if self._ct_read is None or self._ct_read[0] != self._volume_key(volume):
             return looks_like_ct(volume.volume)
         anatomy = self._ct_read[1]
