@@ -347,6 +347,8 @@ class CtAnatomy:
         self.body_area = body.sum(axis=(1, 2))
         self._sides: dict[str, np.ndarray] = {}
         self._heart: np.ndarray | None = None
+        self._trachea: np.ndarray | None = None
+        self._heart_slices: list[int] = []
         chest = [z for z in range(hu.shape[0]) if self.lung_share(z) >= CHEST_LEVEL_SHARE]
         self.chest_from = chest[0] if chest else None  # the lowest slice of the chest's level (axis 0 runs to the head)
 
@@ -372,11 +374,12 @@ class CtAnatomy:
         return cut if cut.sum() * self.pixel_mm2(view) >= MIN_LUNG_MM2 else np.zeros_like(cut)
 
     def trachea_volume(self) -> np.ndarray:
-        """The trachea (:func:`_trachea`), bool on the volume's grid."""
-        out = np.zeros(self.shape, bool)
-        for z, cut in self.trachea.items():
-            out[z] = cut
-        return out
+        """The trachea (:func:`_trachea`), bool on the volume's grid (made once)."""
+        if self._trachea is None:
+            self._trachea = np.zeros(self.shape, bool)
+            for z, cut in self.trachea.items():
+                self._trachea[z] = cut
+        return self._trachea
 
     @property
     def heart_read(self) -> bool:
@@ -409,6 +412,7 @@ class CtAnatomy:
                 while areas.get(z, 0.0) >= least:
                     self._heart[z] = sections[z]
                     z += step
+        self._heart_slices = np.flatnonzero(self._heart.any(axis=(1, 2))).tolist()
         return self._heart
 
     def region(self, asked: CtAsked, view: str, index: int, volume: np.ndarray) -> np.ndarray | None:
@@ -418,19 +422,23 @@ class CtAnatomy:
         from them when first asked)."""
         if asked.structure == "lung":
             return self.lung(asked.side, view, index)
-        whole = self.trachea_volume() if asked.structure == "trachea" else self.heart_volume(volume)
-        if not whole.any():
+        if self.span(asked, volume) is None:
             return None
         from ..geometry import VIEWS, oriented
 
+        whole = self.trachea_volume() if asked.structure == "trachea" else self.heart_volume(volume)
         return np.array(oriented(whole, VIEWS[view])[index])
 
     def span(self, asked: CtAsked, volume: np.ndarray) -> tuple[int, int] | None:
         """The first and last axial slice the structure ``asked`` lies on, or None."""
-        whole = (self.trachea_volume() if asked.structure == "trachea" else self.heart_volume(volume)
-                 if asked.structure == "heart" else self.lung_volume(asked.side))
-        held = np.flatnonzero(whole.any(axis=(1, 2)))
-        return (int(held[0]), int(held[-1])) if held.size else None
+        if asked.structure == "trachea":
+            held = sorted(self.trachea)
+        elif asked.structure == "heart":
+            self.heart_volume(volume)
+            held = self._heart_slices
+        else:
+            held = np.flatnonzero(self.lung_volume(asked.side).any(axis=(1, 2))).tolist()
+        return (int(held[0]), int(held[-1])) if len(held) else None
 
     def pixel_mm2(self, view: str) -> float:
         s, r, c = self.spacing
