@@ -44,6 +44,10 @@ untaught lesion; napari_ibis.grounding.vocabulary).
 
     python benchmarks/agents_real.py --agent v8=resources/models/pointer --agent v7=resources/models/default
 
+``--volumes`` hands each TotalSegmentator slice the volume it was cut from, as the CLI and the
+widget do (the CT's Hounsfield units are then read; on these held-out patients only the first click
+onto a bone or a muscle changes it).
+
 Writes benchmarks/results/agents_real-NAME.json per agent (``--sets`` runs some sets and
 keeps the others' earlier results) and prints the table of all agents measured so far
 (``--table`` prints it alone).
@@ -300,7 +304,25 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
-def run(name: str, folder: str, segmenter_spec: str, phantoms: int, max_steps: int, sets=tuple(SETS)) -> dict:
+def _totalseg_volume(source: str, cache: dict):
+    """The VolumeSlice a TotalSegmentator case ("totalseg:VOLUME:z=Z:...") was cut from, as the CLI
+    and the widget hand it to the agent; None for other cases."""
+    if not source.startswith("totalseg:"):
+        return None
+    from napari_ibis import assets, io
+    from napari_ibis.policies.base import volume_slice
+    from training.data.sources import TOTALSEG_VOLUMES
+
+    _, name, z, *_ = source.split(":")
+    if name not in cache:
+        root = assets.path("totalsegmentator", "tests/reference_files").parent.parent
+        loaded = io.read_image(root / TOTALSEG_VOLUMES[name][0])
+        cache[name] = volume_slice(loaded.data, loaded.meta["geometry"].spacing)
+    return cache[name].at(int(z.removeprefix("z=")))
+
+
+def run(name: str, folder: str, segmenter_spec: str, phantoms: int, max_steps: int, sets=tuple(SETS),
+        volumes: bool = False) -> dict:
     from napari_ibis.policies import load_policy
     from napari_ibis.segmenters import build_segmenter
     from training.data import text
@@ -308,13 +330,14 @@ def run(name: str, folder: str, segmenter_spec: str, phantoms: int, max_steps: i
 
     policy = load_policy(folder)
     segmenter = build_segmenter(segmenter_spec)
-    results = {}
+    results, cache = {}, {}
     for set_name, samples in case_sets(phantoms, chosen=sets).items():
         rng = np.random.default_rng(0)
         rows = []
         for sample in samples:
             query = text.query(sample.target, sample.modality, rng)
-            episode = rollout(policy, sample, query, segmenter, max_turns=max_steps)
+            volume = _totalseg_volume(sample.source, cache) if volumes else None
+            episode = rollout(policy, sample, query, segmenter, max_turns=max_steps, volume=volume)
             vocabulary = getattr(policy, "vocabulary", None)  # the pointer agent's list of what it was taught
             untaught = None if vocabulary is None else vocabulary.untaught(query)
             rows.append(score(sample, episode) | {"query": query, "untaught": untaught is not None,
@@ -352,11 +375,13 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sets", nargs="+", choices=list(SETS), default=list(SETS))
     parser.add_argument("--table", action="store_true")
+    parser.add_argument("--volumes", action="store_true",
+                        help="hand each TotalSegmentator slice the volume it was cut from, as the CLI and the widget do")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for spec in [] if args.table else args.agent:
         name, _, folder = spec.partition("=")
-        result = run(name, folder, args.segmenter, args.phantoms, args.max_steps, args.sets)
+        result = run(name, folder, args.segmenter, args.phantoms, args.max_steps, args.sets, args.volumes)
         file = RESULTS / f"agents_real-{name}.json"
         if file.is_file() and set(args.sets) != set(SETS):  # keep the other sets' earlier results
             earlier = json.loads(file.read_text())

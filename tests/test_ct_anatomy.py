@@ -321,3 +321,27 @@ def test_the_widget_is_told_beforehand_when_a_run_will_read_the_ct_units(chest):
     assert not policy.will_read_ct("segment the lungs", volume) and policy.will_read_ct("segment the heart", volume)
     policy.ct_reading(loaded.data[24], "segment the heart", volume)
     assert not policy.will_read_ct("segment the heart", volume)
+
+
+def test_a_first_click_off_a_bone_or_a_muscle_moves_onto_it_on_the_side_the_map_favours():
+    from napari_ibis.grounding.ct_anatomy import onto_tissue, tissue_of
+
+    assert tissue_of("T12 vertebra") == "bone" and tissue_of("left autochthon") == "muscle"
+    assert tissue_of("liver") is None and tissue_of("aorta") is None  # blood: its units depend on the contrast
+    assert tissue_of("left femur") is None  # its fatty marrow is no bone by its units
+    rows, cols = np.mgrid[:120, :120]
+    hu = np.full((120, 120), -100.0)  # fat
+    ring = np.hypot(rows - 60, cols - 60)
+    hu[(ring <= 20) & (ring >= 8)] = 400  # a vertebra's bone around its canal
+    hu[ring < 8] = 10  # the canal
+    moved = onto_tissue(hu, np.zeros(hu.shape), 60, 60, "bone", 1.0)
+    row, col, words = moved
+    assert hu[row, col] == 400 and "bone" in words
+    assert onto_tissue(hu, np.zeros(hu.shape), 60, 74, "bone", 1.0) is None  # already deep in the bone: it stays
+    muscle = np.full((120, 120), -100.0)
+    muscle[40:80, 30:55] = 45  # the right muscle (the image's left)
+    muscle[40:80, 65:90] = 45  # the left one
+    favours_left = np.where(cols >= 60, 0.8, 0.1)
+    row, col, _ = onto_tissue(muscle, favours_left, 60, 60, "muscle", 1.0)
+    assert col > 60 and muscle[row, col] == 45
+    assert onto_tissue(np.full((120, 120), -100.0), favours_left, 60, 60, "muscle", 1.0) is None  # none near

@@ -130,6 +130,58 @@ def ct_structure_asked(query: str) -> CtAsked | None:
     return None
 
 
+# structures of one kind of tissue beside the spine, whose Hounsfield units are the same on every scanner and with
+# contrast, where the map's point falls on a neighbour (the spinal canal, a lamina): the vertebrae and the muscles
+# along the spine. Not the long and flat bones, whose fatty marrow lies below bone's units (moving a click inside one
+# onto its cortex lowered the hip's and the femur's IoU: docs/BENCHMARKS.md)
+_BONE = re.compile(r"\b(vertebrae?|spine)\b", re.IGNORECASE)
+_MUSCLE = re.compile(r"\b(autochthon|erector spinae|iliopsoas|psoas)\b", re.IGNORECASE)
+TISSUE_HU = {"bone": (150.0, 3000.0), "muscle": (10.0, 100.0)}  # a median over TISSUE_MM in this range is that tissue
+TISSUE_MM = 3.0  # the median's width (noise smoothed; a thin bone at 3 mm pixels kept)
+SNAP_MM = 20.0  # the first click moves at most this far onto the tissue
+SNAP_DEPTH_MM = 3.0  # a click this deep inside the tissue already stays
+
+
+def tissue_of(name: str) -> str | None:
+    """"bone" for a vertebra, "muscle" for a muscle along the spine (the autochthon, the
+    iliopsoas), else None."""
+    if _BONE.search(name or ""):
+        return "bone"
+    if _MUSCLE.search(name or ""):
+        return "muscle"
+    return None
+
+
+def onto_tissue(hu_slice: np.ndarray, probability: np.ndarray, row: int, col: int, tissue: str,
+                pixel_mm: float) -> tuple[int, int, str] | None:
+    """Where a first click at (``row``, ``col``) goes so that it lies on ``tissue`` (``TISSUE_HU``,
+    a median of ``hu_slice`` over ``TISSUE_MM``): where it is already ``SNAP_DEPTH_MM`` inside it, nowhere
+    (None); else, within ``SNAP_MM``, the pixel deepest inside that tissue weighted by the map's
+    ``probability`` there (so that the left muscle is not taken for the right one). Returns
+    (row, col, the agent's words) or None where no such tissue lies near."""
+    from scipy import ndimage as ndi
+
+    low, high = TISSUE_HU[tissue]
+    reach = int(round(SNAP_MM / pixel_mm))
+    top, left = max(0, row - reach), max(0, col - reach)
+    window = (slice(top, row + reach + 1), slice(left, col + reach + 1))
+    smooth = ndi.median_filter(np.asarray(hu_slice[window], dtype=np.float32),
+                               size=max(1, int(round(TISSUE_MM / pixel_mm))) | 1)
+    inside = (smooth >= low) & (smooth <= high)
+    rows, cols = np.ogrid[window[0], window[1]]
+    inside &= (rows - row) ** 2 + (cols - col) ** 2 <= reach**2
+    if not inside.any():
+        return None
+    depth = ndi.distance_transform_edt(inside) * pixel_mm
+    if depth[row - top, col - left] >= SNAP_DEPTH_MM:
+        return None
+    score = np.minimum(depth, 10.0) * (np.asarray(probability[window], dtype=np.float32) + 0.05)
+    best = np.unravel_index(int(np.argmax(score)), score.shape)
+    moved = (int(best[0] + top), int(best[1] + left))
+    return (*moved, f"The map's point lies off {tissue} in this CT's Hounsfield units; I move it "
+                    f"{np.hypot(moved[0] - row, moved[1] - col) * pixel_mm:.0f} mm onto the {tissue} there.")
+
+
 def looks_like_ct(volume: np.ndarray) -> bool:
     """Whether ``volume`` holds Hounsfield units: air at about -1000 (at least 1% of the voxels
     below -900, as the air around a body or in its lungs is) and tissue above -200. An MRI's

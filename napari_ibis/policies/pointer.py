@@ -97,14 +97,16 @@ def candidates(probability: np.ndarray, threshold: float) -> list[np.ndarray]:
 
 
 def decide(probability: np.ndarray, request: PolicyRequest, threshold: float, cell: float,
-           extent: np.ndarray | None = None, one_target: bool = False, measured: bool = True) -> Response:
+           extent: np.ndarray | None = None, one_target: bool = False, measured: bool = True,
+           snap=None) -> Response:
     """One turn from the probability map (per pixel of the slice) and the current mask;
     ``cell``: the map's resolution in pixels (how far its edges may be trusted). ``extent``:
     where a second source (the atlas) puts the target; then the mask spills only where it
     leaves both the map's region and the extent, and misses only what both hold. ``one_target``:
     all the likely parts are one structure (both lungs), not candidates to choose among.
     ``measured``: ``probability`` is the model's (its peak is a confidence it states), not a
-    region read by other means (which it does not)."""
+    region read by other means (which it does not). ``snap``: where the first click goes instead
+    of the region's innermost point, given it, (row, col, why) or None to leave it there."""
     from scipy import ndimage as ndi
 
     height, width = probability.shape
@@ -127,6 +129,9 @@ def decide(probability: np.ndarray, request: PolicyRequest, threshold: float, ce
                             terminate=True, answer="I could not segment the structure.")
         seen = (f" I see {others + 1} candidates; I take the most likely one, around {place}." if others
                 else f" It lies around {place}" + (f" ({peak:.0%} confident)." if measured else "."))
+        moved = snap(*centre) if snap is not None else None
+        if moved is not None:
+            centre, seen = moved[:2], f"{seen} {moved[2]}"
         action = request.profile.action_at(*centre, True, height, width, target=None)
         return Response(thought=f"There is no mask yet.{seen} I place a positive point inside it.", actions=(action,))
     reach = max(1, int(round(cell)))
@@ -472,7 +477,8 @@ class PointerPolicy(DecidingPolicy):
         extent = None if prior is None or first_turn else self._extent(request.query)
         cell = self._framing.size / self._framing.grid / self._framing.scale
         fit = self._fits.get(request.query)
-        response = decide(probability, request, self._presence_threshold(request.query), cell, extent)
+        snap = self._tissue_snap(request, probability) if first_turn and not request.clicks else None
+        response = decide(probability, request, self._presence_threshold(request.query), cell, extent, snap=snap)
         if prior is not None and first_turn and response.actions:
             import dataclasses
 
@@ -536,6 +542,31 @@ class PointerPolicy(DecidingPolicy):
         if asked is None and not (volume.view == "axial" and by_the_lungs_level(name or query)):
             return None
         return asked, name
+
+    def _tissue_snap(self, request: PolicyRequest, probability: np.ndarray):
+        """On a CT volume, for a structure of one kind of tissue (a bone, a muscle:
+        :func:`~napari_ibis.grounding.ct_anatomy.tissue_of`), the first click's move onto that
+        tissue near where the map put it (:func:`~napari_ibis.grounding.ct_anatomy.onto_tissue`);
+        else None."""
+        from ..grounding.ct_anatomy import onto_tissue, tissue_of
+
+        volume = request.volume
+        if volume is None or not self.read_ct_units or self.atlas is None or names_a_lesion(request.query):
+            return None
+        tissue = tissue_of(self.atlas.name_in(request.query) or "")
+        if tissue is None or self.ct_anatomy(volume) is None:
+            return None
+        from ..geometry import VIEWS, oriented
+
+        hu = np.asarray(oriented(volume.volume, VIEWS[volume.view])[volume.index], dtype=np.float32)
+        shape, cut_width = probability.shape, hu.shape[1]
+        if hu.shape != shape:
+            from skimage.transform import resize
+
+            hu = resize(hu, shape, order=1, preserve_range=True, anti_aliasing=False)
+        columns_mm = volume.spacing[1] if volume.view == "sagittal" else volume.spacing[2]
+        pixel_mm = float(columns_mm) * cut_width / shape[1]
+        return lambda row, col: onto_tissue(hu, probability, row, col, tissue, pixel_mm)
 
     def _decide_ct(self, request: PolicyRequest, first_turn: bool, read: CtRead) -> Response:
         """A turn where the CT's Hounsfield units decide (:meth:`ct_reading`): "not present" where
