@@ -544,17 +544,17 @@ class PointerPolicy(DecidingPolicy):
         return asked, name
 
     def _tissue_snap(self, request: PolicyRequest, probability: np.ndarray):
-        """On a CT volume, for a structure of one kind of tissue (a bone, a muscle:
-        :func:`~napari_ibis.grounding.ct_anatomy.tissue_of`), the first click's move onto that
-        tissue near where the map put it (:func:`~napari_ibis.grounding.ct_anatomy.onto_tissue`);
-        else None."""
-        from ..grounding.ct_anatomy import onto_tissue, tissue_of
+        """On a CT volume, for a structure of one kind of tissue (a vertebra, a muscle along the
+        spine: :func:`~napari_ibis.grounding.ct_anatomy.tissue_of`), the first click's move onto
+        that tissue near where the map put it (:func:`~napari_ibis.grounding.ct_anatomy.onto_tissue`);
+        else None. Only the slice's units are read, not the volume's anatomy."""
+        from ..grounding.ct_anatomy import looks_like_ct, onto_tissue, tissue_of
 
         volume = request.volume
         if volume is None or not self.read_ct_units or self.atlas is None or names_a_lesion(request.query):
             return None
         tissue = tissue_of(self.atlas.name_in(request.query) or "")
-        if tissue is None or self.ct_anatomy(volume) is None:
+        if tissue is None or not looks_like_ct(volume.volume):
             return None
         from ..geometry import VIEWS, oriented
 
