@@ -20,7 +20,7 @@ air parts listed in docs/BENCHMARKS.md "A CT's lungs by their Hounsfield units")
 * ``heart-trachea``: the heart and the trachea asked on every slice of ``lung1`` and ``lung2``.
   No package labels them: where each lies was read by eye (``HEART_BY_EYE``, ``TRACHEA_BY_EYE``;
   the larynx above the trachea is asked of neither). The trachea's pixels: the air part nearest
-  the slice's middle column (``trachea_by_eye``, an independent rule); the heart's: the rule's own
+  the slice's middle column (``training.data.sources.trachea_by_eye``, an independent rule); the heart's: the rule's own
   region (looked at slice by slice, docs/images/ct-heart.png), that of the nearest slice where the
   rule read none, so its IoU says how well the agent follows the region, not how right it is.
 
@@ -89,23 +89,10 @@ TRACHEA_BY_EYE = {"lung1": (24, 43), "lung2": (40, 58)}
 LARYNX_BY_EYE = {"lung1": (44, 47), "lung2": (59, 60)}
 
 
-def trachea_by_eye(hu_slice: np.ndarray) -> np.ndarray:
-    """The trachea as one looks for it on a slice where it lies: the air part (below -500 HU, not
-    touching the image's edge) whose centre lies nearest the image's middle column."""
-    from scipy import ndimage as ndi
-
-    air = hu_slice < -500
-    parts, count = ndi.label(air)
-    edge = set(np.unique(np.concatenate([parts[0], parts[-1], parts[:, 0], parts[:, -1]])).tolist())
-    centres = ndi.center_of_mass(air, parts, range(1, count + 1))
-    inner = [(abs(c[1] - hu_slice.shape[1] / 2), label) for label, c in enumerate(centres, start=1) if label not in edge]
-    return parts == min(inner)[1]
-
-
 def mediastinum_cases() -> list:
     from napari_ibis import assets
     from napari_ibis.grounding.ct_anatomy import CtAnatomy
-    from training.data.sources import Sample
+    from training.data.sources import Sample, trachea_by_eye
 
     out = []
     for case in ("lung1", "lung2"):

@@ -274,18 +274,6 @@ def test_an_emphysematous_lung_of_purer_air_is_still_lung():
     assert 2 * (found & lungs).sum() / (found.sum() + lungs.sum()) > 0.9
 
 
-def _trachea_by_eye(hu_slice: np.ndarray) -> np.ndarray:
-    """The trachea on a neck or upper-chest slice as one looks for it: the air part (below -500 HU,
-    not touching the image's edge) nearest the image's middle column."""
-    from scipy import ndimage as ndi
-
-    parts, count = ndi.label(hu_slice < -500)
-    edge = set(np.unique(np.concatenate([parts[0], parts[-1], parts[:, 0], parts[:, -1]])))
-    centres = ndi.center_of_mass(hu_slice < -500, parts, range(1, count + 1))
-    inner = [(abs(c[1] - hu_slice.shape[1] / 2), label) for label, c in enumerate(centres, start=1) if label not in edge]
-    return parts == min(inner)[1]
-
-
 def test_on_a_real_chest_ct_the_heart_and_the_trachea_are_read_and_absent_beyond_their_slices(chest):
     """Before, "the heart" was answered "not present" on slice 30 of lung2, and the trachea was a
     guess of the words."""
@@ -298,7 +286,9 @@ def test_on_a_real_chest_ct_the_heart_and_the_trachea_are_read_and_absent_beyond
     above = _run(chest, 45, "segment the heart")
     assert above.current.not_present and "slices 18-34" in above.current.thought
     trachea = _run(chest, 50, "segment the trachea")
-    truth = _trachea_by_eye(loaded.data[50])
+    from training.data.sources import trachea_by_eye
+
+    truth = trachea_by_eye(loaded.data[50])
     assert (trachea.mask & truth).sum() / (trachea.mask | truth).sum() > 0.8
     assert "guess" not in " ".join(step.thought for step in trachea.steps)
     assert _run(chest, 20, "segment the trachea").current.not_present  # below where it divides
