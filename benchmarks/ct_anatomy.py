@@ -17,6 +17,10 @@ air parts listed in docs/BENCHMARKS.md "A CT's lungs by their Hounsfield units")
   the level rule misfiring);
 * ``upper-abdomen``: TotalSegmentator's held-out CT series (512 x 512 x 20, 2 mm, below the
   lungs): a lung on every slice (absent) and the pancreas and right adrenal gland where labelled.
+* ``spinal-cord``: the spinal cord where TotalSegmentator labels 20 px or more of it, on every
+  third slice of the abdominal CT (3 mm voxels, no contrast) and every slice of the held-out
+  upper-abdomen series (its label covers what lies inside the bony canal, below the cord's end
+  too, as the rule reads it).
 * ``heart-trachea``: the heart and the trachea asked on every slice of ``lung1`` and ``lung2``.
   No package labels them: where each lies was read by eye (``HEART_BY_EYE``, ``TRACHEA_BY_EYE``;
   the larynx above the trachea is asked of neither). The trachea's pixels: the air part nearest
@@ -24,7 +28,7 @@ air parts listed in docs/BENCHMARKS.md "A CT's lungs by their Hounsfield units")
   region (looked at slice by slice, docs/images/ct-heart.png), that of the nearest slice where the
   rule read none, so its IoU says how well the agent follows the region, not how right it is.
 
-    python benchmarks/ct_anatomy.py [--sets chest abdomen upper-abdomen heart-trachea] [--max-steps 8]
+    python benchmarks/ct_anatomy.py [--sets chest abdomen upper-abdomen heart-trachea spinal-cord] [--max-steps 8]
 
 Writes benchmarks/results/ct_anatomy.json and prints a table (agents_real.py's columns).
 """
@@ -46,7 +50,8 @@ OUT = Path(__file__).parent / "results" / "ct_anatomy.json"
 SETS = {"chest": "chest CTs, lungs by the -400 HU threshold (pyradiomics lung1/lung2, real)",
         "abdomen": "abdominal CT, TotalSegmentator's lung lobes and organs (real)",
         "upper-abdomen": "upper-abdomen CT series, held-out patient (TotalSegmentator, real)",
-        "heart-trachea": "chest CTs, the heart and the trachea where they lie by eye (pyradiomics lung1/lung2, real)"}
+        "heart-trachea": "chest CTs, the heart and the trachea where they lie by eye (pyradiomics lung1/lung2, real)",
+        "spinal-cord": "the spinal cord on two CTs, TotalSegmentator's labels (abdominal CT, held-out series; real)"}
 MIN_LUNG_PX_MM2 = 250.0  # a lung question is asked where the truth covers this much (ct_anatomy.MIN_LUNG_MM2)
 
 
@@ -153,6 +158,24 @@ def totalseg_cases(volume_name: str, lung_every: int, absent_every: int, organ_e
     return out
 
 
+def spinal_cord_cases() -> list:
+    from napari_ibis import assets, io
+    from training.data.sources import TOTALSEG_VOLUMES, Sample, totalseg_class_maps
+
+    root = assets.path("totalsegmentator", "tests/reference_files").parent.parent
+    out = []
+    for volume_name, every in (("abdomen_ct", 3), ("upper_abdomen_ct", 1)):
+        image_file, labels_file, class_map = TOTALSEG_VOLUMES[volume_name]
+        data, volume = _volume(root / image_file)
+        code = {v: int(k) for k, v in totalseg_class_maps()[class_map].items()}["spinal_cord"]
+        cord = io.read_image(root / labels_file).data == code
+        for z in np.flatnonzero(cord.sum(axis=(1, 2)) >= 20)[::every]:
+            out.append((Sample(image=np.ascontiguousarray(data[z]), mask=np.ascontiguousarray(cord[z]),
+                               target="spinal cord", modality="CT", source=f"totalseg:{volume_name}:z={z}:spinal cord",
+                               group=f"totalseg:{volume_name}"), volume.at(int(z))))
+    return out
+
+
 def case_sets(chosen) -> dict:
     out = {}
     if "chest" in chosen:
@@ -163,6 +186,8 @@ def case_sets(chosen) -> dict:
         out[SETS["upper-abdomen"]] = totalseg_cases("upper_abdomen_ct", lung_every=1, absent_every=1, organ_every=2)
     if "heart-trachea" in chosen:
         out[SETS["heart-trachea"]] = mediastinum_cases()
+    if "spinal-cord" in chosen:
+        out[SETS["spinal-cord"]] = spinal_cord_cases()
     return out
 
 

@@ -57,7 +57,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", choices=["default-agent", "volume", "tumour", "spleen", "hippocampus", "kidney-mr",
-                                           "chest", "lungs", "heart", "brain-mri"],
+                                           "chest", "lungs", "heart", "cord", "brain-mri"],
                         help="only that screenshot")
     args = parser.parse_args()
     out = ROOT / "docs" / "images"
@@ -89,6 +89,8 @@ def main() -> None:
         return lungs(out, wait)
     if args.only == "heart":
         return heart(out, wait)
+    if args.only == "cord":
+        return cord(out, wait)
     if args.only == "brain-mri":
         return brain_mri(out, wait)
     image, labels = test_image_nuclei_2d(return_mask=True)
@@ -252,6 +254,31 @@ def heart(out: Path, wait) -> None:
     """lung2 again: the default agent asked for the heart on slice 24 (before the CT's units gave
     it, "not present"). No package labels the heart: looked at, not scored."""
     viewer, _ = _pyradiomics_agent(out, wait, "lung2", "segment the heart", 24, "widget-heart.png")
+    viewer.close()
+
+
+def cord(out: Path, wait) -> None:
+    """lung2 again: the default agent asked for the spinal cord on slice 30 (before the CT's units gave
+    it, "not present"), then Propagate both ways, shown in a sagittal plane through the canal. No
+    package labels lung2's cord (looked at; TotalSegmentator's are scored in benchmarks/ct_anatomy.py)."""
+    import numpy as np
+
+    from napari_ibis import assets
+
+    path = str(assets.path("pyradiomics", "data/lung2_image.nrrd"))
+    viewer, widget, z, result = _propagated(path, np.zeros((61, 512, 512), bool), "segment the spinal cord", None,
+                                            wait, z=30)
+    print(widget.steps_panel.transcript.toPlainText())
+    column = int(np.argwhere(result[z]).mean(axis=0)[1])
+    viewer.dims.order = (2, 0, 1)  # a sagittal plane: the slices up, front to back across
+    viewer.dims.set_current_step(2, column)
+    viewer.layers[0].contrast_limits = (-200, 600)  # a bone window
+    viewer.reset_view()
+    from qtpy.QtWidgets import QApplication
+
+    QApplication.instance().processEvents()
+    viewer.window.screenshot(str(out / "widget-cord.png"), canvas_only=False)
+    print(widget.steps_panel.status.text(), f"(sagittal plane at column {column}; {int(result.sum()):,} voxels)")
     viewer.close()
 
 

@@ -335,3 +335,82 @@ def test_a_first_click_off_a_bone_or_a_muscle_moves_onto_it_on_the_side_the_map_
     row, col, _ = onto_tissue(muscle, favours_left, 60, 60, "muscle", 1.0)
     assert col > 60 and muscle[row, col] == 45
     assert onto_tissue(np.full((120, 120), -100.0), favours_left, 60, 60, "muscle", 1.0) is None  # none near
+
+
+def spine_phantom(seed: int = 0):
+    """(volume in HU, spacing, canal): a body of soft tissue (40 HU) in air with a vertebral
+    body (marrow 180 HU inside a 700 HU cortex) and, behind it, the spinal canal (20 HU) in a
+    bony ring (700 HU) closed on every fourth slice and open at the back between them (where
+    the arch is out of the slice), the canal drifting one pixel to the image's right every
+    five slices; display order, 1 mm pixels, 3 mm slices."""
+    rng = np.random.default_rng(seed)
+    depth, side = 24, 160
+    rows, cols = np.mgrid[:side, :side]
+    hu = np.full((depth, side, side), -1000.0)
+    canal = np.zeros(hu.shape, bool)
+    for z in range(depth):
+        col = 80 + z // 5
+        body = ((rows - 80) / 70) ** 2 + ((cols - 80) / 75) ** 2 <= 1
+        hu[z][body] = 40
+        vertebra = ((rows - 95) / 14) ** 2 + ((cols - col) / 16) ** 2 <= 1
+        hu[z][vertebra] = 700
+        hu[z][((rows - 95) / 11) ** 2 + ((cols - col) / 13) ** 2 <= 1] = 180
+        ring = ((rows - 121) / 12) ** 2 + ((cols - col) / 12) ** 2 <= 1
+        hu[z][ring] = 700
+        inside = ((rows - 121) / 8) ** 2 + ((cols - col) / 8) ** 2 <= 1
+        hu[z][inside] = 20
+        canal[z] = inside
+        if z % 4:
+            hu[z][(rows > 126) & (rows < 134) & (np.abs(cols - col) < 4)] = 40  # the ring open at the back
+    hu += rng.normal(0, 8, hu.shape)
+    return hu.astype(np.int16), (3.0, 1.0, 1.0), canal
+
+
+def test_the_spinal_cord_is_the_soft_tissue_in_the_bony_ring_followed_where_the_ring_opens():
+    hu, spacing, canal = spine_phantom()
+    anatomy = CtAnatomy(hu, spacing)
+    assert not anatomy.canal_read
+    found = anatomy.canal_volume(hu)
+    assert anatomy.canal_read and found.any(axis=(1, 2)).all()  # every slice, the open ones too
+    assert 2 * (found & canal).sum() / (found.sum() + canal.sum()) > 0.85
+    assert not (found & (hu > 150)).any()  # neither the ring nor the vertebral body's marrow
+    asked = ct_structure_asked("segment the spinal cord")
+    assert asked == CtAsked("spinal cord") == ct_structure_asked("Outline the spinal canal")
+    assert ct_structure_asked("segment the vocal cord") is None and ct_structure_asked("segment the spine") is None
+    assert anatomy.span(asked, hu) == (0, len(hu) - 1)
+    assert anatomy.region(asked, "axial", 5, hu).sum() == found[5].sum()
+    sagittal = anatomy.region(asked, "sagittal", 82, hu)
+    assert sagittal is not None and sagittal.any(axis=1).sum() == len(hu)  # the cord along the whole volume
+    assert anatomy.region(asked, "sagittal", 20, hu) is None  # a sagittal slice beside it: the units say nothing
+
+
+def test_a_ct_without_a_spine_reads_no_spinal_cord_and_leaves_it_to_the_map():
+    hu, spacing, *_ = chest_phantom()
+    anatomy = CtAnatomy(hu, spacing)
+    assert not anatomy.canal_volume(hu).any() and anatomy.span(CtAsked("spinal cord"), hu) is None
+    assert anatomy.region(CtAsked("spinal cord"), "axial", 12, hu) is None
+
+
+def test_on_a_real_ct_the_spinal_cord_is_segmented_from_the_units_and_followed_through_the_volume(chest, tmp_path):
+    """Before, the map answered "not present" for the spinal cord on lung2's slice 30 (3% confident);
+    TotalSegmentator's held-out series (a patient the agent never saw) is measured against its label."""
+    loaded, policy, _ = chest
+    cord = _run(chest, 30, "segment the spinal cord")
+    assert "bony ring" in cord.steps[0].thought and not cord.current.not_present
+    assert 250 < int(cord.mask.sum()) < 900  # the canal here: about 450 px (180 mm2)
+    assert cord.steps[0].kind == "placed"  # the region read to the pixel, not a click's coarser mask
+    assert float(np.median(loaded.data[30][cord.mask])) < 100  # soft tissue, not the bone around it
+    assert 340 < np.argwhere(cord.mask)[:, 0].mean() < 420  # behind the vertebral body (rows 280-350)
+    if not _available("totalsegmentator"):
+        return
+    from napari_ibis import assets, io
+    from napari_ibis.metrics import dice
+    from training.data.sources import TOTALSEG_VOLUMES, totalseg_class_maps
+
+    root = assets.path("totalsegmentator", "tests/reference_files").parent.parent
+    image_file, labels_file, class_map = TOTALSEG_VOLUMES["upper_abdomen_ct"]
+    held_out = io.read_image(root / image_file)
+    code = {v: int(k) for k, v in totalseg_class_maps()[class_map].items()}["spinal_cord"]
+    truth = io.read_image(root / labels_file).data == code
+    through = CtAnatomy(held_out.data, held_out.meta["geometry"].spacing).canal_volume(held_out.data)
+    assert dice(truth, through) > 0.75  # 0.84 measured

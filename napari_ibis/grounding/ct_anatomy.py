@@ -54,6 +54,15 @@ TRACHEA_SHRINK = 0.6  # nor does its cross-section fall below this share of the 
 BONE_HU = 200  # above: bone (or contrast)
 MIN_VERTEBRA_MM2 = 150.0  # the vertebra's front on an axial slice: the foremost bone part this size or more,
 SPINE_MIDLINE_MM = 25.0  # its centre within this of the body's middle column, in the body's back half
+CANAL_BONE_HU = 150  # the spinal canal's ring: a 3 x 3 median above this (an old vertebra's cortex at 3 mm voxels)
+CANAL_CLOSE_MM = 3.0  # the ring is closed by this much before its hole is taken
+CANAL_MM2 = (60.0, 600.0)  # the canal's cross-section (the cord and the fluid around it: 12-25 mm across)
+CANAL_MIDLINE_MM = 10.0  # its centre within this of the vertebra's centre, behind the vertebra's front
+CANAL_HU = (-30, 90)  # the cord and the fluid around it; fat (the epidural fat's edge) and bone left out
+CANAL_SEED_EVERY = 3  # the closed ring is looked for on every this many slices (where it is closed: about a third)
+CANAL_STEP_MM = 8.0  # from slice to slice the canal's centre moves less than this
+CANAL_RADIUS_MM = 12.0  # the canal's section lies within this of its centre
+CANAL_MIN_DEPTH_MM = 3.0  # its centre lies at least this deep in soft tissue (clear of bone and fat)
 SOFT_TISSUE_HU = (-60, 700)  # the heart's wall and blood, with contrast too; fat (below) is left out
 HEART_OPEN_MM = 5.0  # an opening this wide parts the heart from vessels touching it
 HEART_BEFORE_SPINE_MM = 10.0  # the heart ends this far in front of the vertebra (the oesophagus and the descending
@@ -76,6 +85,7 @@ _HEART = re.compile(r"\bheart\b", re.IGNORECASE)
 _PART_OF_THE_HEART = re.compile(r"\b(ventricles?|atri(a|um)|valves?|myocardium|pericardium|coronar\w*|chambers?)\b",
                                 re.IGNORECASE)
 _TRACHEA = re.compile(r"\b(trachea|windpipe)\b", re.IGNORECASE)
+_SPINAL_CORD = re.compile(r"\bspinal\s+(cord|canal)\b|\bthecal sac\b", re.IGNORECASE)
 
 
 def below_the_diaphragm(name: str) -> bool:
@@ -108,8 +118,8 @@ def lung_asked(query: str) -> LungAsked | None:
 
 @dataclass(frozen=True)
 class CtAsked:
-    """A structure a query names that a CT's units give: ``structure`` "lung", "heart" or
-    "trachea"; for a lung its side (None: both) and whether it names a lobe."""
+    """A structure a query names that a CT's units give: ``structure`` "lung", "heart",
+    "trachea" or "spinal cord"; for a lung its side (None: both) and whether it names a lobe."""
 
     structure: str
     side: str | None = None
@@ -118,7 +128,8 @@ class CtAsked:
 
 def ct_structure_asked(query: str) -> CtAsked | None:
     """The structure ``query`` asks for that :class:`CtAnatomy` reads, or None: a lung
-    (:func:`lung_asked`), the heart (not a part of it: "the left ventricle"), the trachea. A
+    (:func:`lung_asked`), the heart (not a part of it: "the left ventricle"), the trachea, the
+    spinal cord (or canal, or thecal sac: what lies inside the vertebrae's bony canal). A
     lesion ("the lung tumour") is the caller's to leave out."""
     lungs = lung_asked(query)
     if lungs is not None:
@@ -127,6 +138,8 @@ def ct_structure_asked(query: str) -> CtAsked | None:
         return CtAsked("heart")
     if _TRACHEA.search(query or ""):
         return CtAsked("trachea")
+    if _SPINAL_CORD.search(query or ""):
+        return CtAsked("spinal cord")
     return None
 
 
@@ -237,9 +250,9 @@ def _trachea(airways: dict[int, np.ndarray], middle: np.ndarray, pixel_mm: float
     return found
 
 
-def _vertebral_front(hu_slice: np.ndarray, body: np.ndarray, pixel_mm: float) -> int | None:
-    """The row of the front of the vertebra on an axial slice (anterior up): the top row of the
-    foremost bone part of ``MIN_VERTEBRA_MM2`` or more whose centre lies within
+def _vertebra(hu_slice: np.ndarray, body: np.ndarray, pixel_mm: float) -> tuple[int, float] | None:
+    """(the row of the vertebra's front, the column of its centre) on an axial slice (anterior
+    up): the foremost bone part of ``MIN_VERTEBRA_MM2`` or more whose centre lies within
     ``SPINE_MIDLINE_MM`` of the body's middle column in its back half (an old vertebral body's
     cancellous bone may lie below ``BONE_HU``, leaving its cortex in pieces smaller than the
     spinous process); None where there is none."""
@@ -253,12 +266,126 @@ def _vertebral_front(hu_slice: np.ndarray, body: np.ndarray, pixel_mm: float) ->
     best = None
     for label, box in enumerate(ndi.find_objects(parts), start=1):
         part_rows, part_cols = np.nonzero(parts[box] == label)
+        centre = float(part_cols.mean() + box[1].start)
         if part_rows.size * pixel_mm**2 < MIN_VERTEBRA_MM2 or part_rows.mean() + box[0].start < back \
-                or abs(part_cols.mean() + box[1].start - middle) * pixel_mm > SPINE_MIDLINE_MM:
+                or abs(centre - middle) * pixel_mm > SPINE_MIDLINE_MM:
             continue
         front = int(part_rows.min() + box[0].start)
-        best = front if best is None else min(best, front)
+        if best is None or front < best[0]:
+            best = (front, centre)
     return best
+
+
+def _vertebral_front(hu_slice: np.ndarray, body: np.ndarray, pixel_mm: float) -> int | None:
+    """The row of the vertebra's front (:func:`_vertebra`), or None."""
+    found = _vertebra(hu_slice, body, pixel_mm)
+    return None if found is None else found[0]
+
+
+def _closed_canal(hu_slice: np.ndarray, pixel_mm: float) -> tuple[float, float, np.ndarray] | None:
+    """The spinal canal on an axial slice where the vertebra's bony ring around it is closed:
+    (row, column of its centre, its section), or None. The ring: a 3 x 3 median above
+    ``CANAL_BONE_HU`` closed by ``CANAL_CLOSE_MM``; the canal: a hole in it of ``CANAL_MM2``,
+    centred within ``CANAL_MIDLINE_MM`` of the vertebra's centre behind its front, whose median
+    lies in ``CANAL_HU`` (the marrow of the vertebral body, also a hole in its cortex, lies
+    above); of several, the darkest."""
+    from scipy import ndimage as ndi
+    from skimage.morphology import disk
+
+    found = _vertebra(hu_slice, _body(hu_slice), pixel_mm)
+    if found is None:
+        return None
+    front, centre = found
+    smooth = ndi.median_filter(np.asarray(hu_slice, dtype=np.float32), size=3)
+    ring = ndi.binary_closing(smooth > CANAL_BONE_HU, structure=disk(max(1, int(round(CANAL_CLOSE_MM / pixel_mm)))))
+    holes, _ = ndi.label(ndi.binary_fill_holes(ring) & ~ring)
+    smallest, largest = (area / pixel_mm**2 for area in CANAL_MM2)
+    best = None
+    for label, box in enumerate(ndi.find_objects(holes), start=1):
+        hole = holes[box] == label
+        if not smallest <= hole.sum() <= largest:
+            continue
+        rows, cols = np.nonzero(hole)
+        row, col = rows.mean() + box[0].start, cols.mean() + box[1].start
+        level = float(np.median(smooth[box][hole]))
+        if abs(col - centre) * pixel_mm > CANAL_MIDLINE_MM or row < front or not CANAL_HU[0] <= level <= CANAL_HU[1]:
+            continue
+        if best is None or level < best[0]:
+            best = (level, row, col, holes == label)
+    return None if best is None else best[1:]
+
+
+def _canal_near(hu_slice: np.ndarray, pixel_mm: float, row: float, col: float) -> tuple[float, float, np.ndarray] | None:
+    """The spinal canal on an axial slice next to one where it was at (``row``, ``col``):
+    (row, column of its centre, its section), or None where it does not go on. Its centre: the
+    point deepest in soft tissue (``CANAL_HU``, away from bone) within ``CANAL_STEP_MM``, at least
+    ``CANAL_MIN_DEPTH_MM`` deep; its section: the soft tissue joined to it within
+    ``CANAL_RADIUS_MM``, holes filled."""
+    from scipy import ndimage as ndi
+
+    reach = int(np.ceil((CANAL_STEP_MM + CANAL_RADIUS_MM + 3.0) / pixel_mm))
+    top, left = max(0, int(row) - reach), max(0, int(col) - reach)
+    window = (slice(top, int(row) + reach + 1), slice(left, int(col) + reach + 1))
+    smooth = ndi.median_filter(np.asarray(hu_slice[window], dtype=np.float32), size=3)
+    soft = (smooth > CANAL_HU[0]) & (smooth < CANAL_HU[1]) & ~ndi.binary_dilation(smooth > CANAL_BONE_HU)
+    depth = ndi.distance_transform_edt(soft) * pixel_mm
+    rows, cols = np.indices(soft.shape)
+    near = (rows + top - row) ** 2 + (cols + left - col) ** 2 <= (CANAL_STEP_MM / pixel_mm) ** 2
+    depth = np.where(near, depth, 0.0)
+    if depth.max() < CANAL_MIN_DEPTH_MM:
+        return None
+    centre = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    within = (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= (CANAL_RADIUS_MM / pixel_mm) ** 2
+    parts, _ = ndi.label(soft & within)
+    section = np.zeros(np.shape(hu_slice), bool)
+    section[window] = ndi.binary_fill_holes(parts == parts[centre])
+    return float(centre[0] + top), float(centre[1] + left), section
+
+
+def _spinal_canal(volume: np.ndarray, pixel_mm: float) -> np.ndarray:
+    """The spinal canal, bool on the volume's grid (empty on the slices it is not read on): from the slices (every
+    ``CANAL_SEED_EVERY``th) where the vertebra's ring around it is closed (:func:`_closed_canal`),
+    followed up and down slice by slice (:func:`_canal_near`) until it no longer goes on or meets
+    a slice already read (each slice is read once; a slice where the canal is lost leaves the
+    slices beyond it to the next ring's following). Where
+    the closed rings disagree on the column (more than ``CANAL_MIDLINE_MM`` from their median),
+    the odd ones are left out."""
+    seeds = {}
+    for z in range(0, volume.shape[0], CANAL_SEED_EVERY):
+        found = _closed_canal(np.asarray(volume[z]), pixel_mm)
+        if found is not None:
+            seeds[z] = found
+    if seeds:
+        middle = float(np.median([col for _, col, _ in seeds.values()]))
+        seeds = {z: s for z, s in seeds.items() if abs(s[1] - middle) * pixel_mm <= CANAL_MIDLINE_MM}
+    canal = np.zeros(np.shape(volume), bool)
+    for z, seed in seeds.items():
+        canal[z] = seed[2]
+    for start in sorted(seeds):  # from each closed ring up and down, to the next slice already read
+        for step in (1, -1):
+            row, col = seeds[start][:2]
+            z = start + step
+            while 0 <= z < volume.shape[0] and not canal[z].any():
+                found = _canal_near(np.asarray(volume[z]), pixel_mm, row, col)
+                if found is None:
+                    break
+                row, col, canal[z] = found
+                z += step
+    return canal
+    for step in (1, -1):  # from the lowest ring up through the others to the top, then down from it
+        z = min(seeds)
+        row, col = seeds[z][:2]
+        z += step
+        while 0 <= z < volume.shape[0]:
+            if z in seeds:
+                row, col = seeds[z][:2]
+            else:
+                found = _canal_near(np.asarray(volume[z]), pixel_mm, row, col)
+                if found is None:
+                    break
+                row, col, canal[z] = found
+            z += step
+    return canal
 
 
 def _heart_section(hu_slice: np.ndarray, lungs: np.ndarray, pixel_mm: float) -> np.ndarray:
@@ -401,6 +528,7 @@ class CtAnatomy:
         self._heart: np.ndarray | None = None
         self._trachea: np.ndarray | None = None
         self._heart_slices: list[int] = []
+        self._canal: np.ndarray | None = None
         chest = [z for z in range(hu.shape[0]) if self.lung_share(z) >= CHEST_LEVEL_SHARE]
         self.chest_from = chest[0] if chest else None  # the lowest slice of the chest's level (axis 0 runs to the head)
 
@@ -467,13 +595,28 @@ class CtAnatomy:
         self._heart_slices = np.flatnonzero(self._heart.any(axis=(1, 2))).tolist()
         return self._heart
 
+    @property
+    def canal_read(self) -> bool:
+        """Whether the spinal canal was read already (:meth:`canal_volume`)."""
+        return self._canal is not None
+
+    def canal_volume(self, volume: np.ndarray) -> np.ndarray:
+        """The spinal canal (the cord and the fluid around it), bool on the volume's grid, read
+        from ``volume`` (the Hounsfield units this anatomy was read from) once: :func:`_spinal_canal`."""
+        if self._canal is None:
+            self._canal = _spinal_canal(volume, float(np.sqrt(self.pixel_mm2("axial"))))
+        return self._canal
+
     def region(self, asked: CtAsked, view: str, index: int, volume: np.ndarray) -> np.ndarray | None:
         """The structure ``asked`` on slice ``index`` of ``view``, bool on that slice's grid, empty
         where it is not on it; None where this CT cannot say (the heart of a volume without a
-        chest). ``volume``: the Hounsfield units this anatomy was read from (the heart is read
-        from them when first asked)."""
+        chest; the spinal canal on a slice it was not followed onto). ``volume``: the Hounsfield
+        units this anatomy was read from (the heart and the canal are read from them when first
+        asked)."""
         if asked.structure == "lung":
             return self.lung(asked.side, view, index)
+        if asked.structure == "spinal cord":
+            return self._canal_cut(view, index, volume)
         if self.span(asked, volume) is None:
             return None
         from ..geometry import VIEWS, oriented
@@ -481,9 +624,17 @@ class CtAnatomy:
         whole = self.trachea_volume() if asked.structure == "trachea" else self.heart_volume(volume)
         return np.array(oriented(whole, VIEWS[view])[index])
 
+    def _canal_cut(self, view: str, index: int, volume: np.ndarray) -> np.ndarray | None:
+        from ..geometry import VIEWS, oriented
+
+        cut = np.array(oriented(self.canal_volume(volume), VIEWS[view])[index])
+        return cut if cut.any() else None
+
     def span(self, asked: CtAsked, volume: np.ndarray) -> tuple[int, int] | None:
         """The first and last axial slice the structure ``asked`` lies on, or None."""
-        if asked.structure == "trachea":
+        if asked.structure == "spinal cord":
+            held = np.flatnonzero(self.canal_volume(volume).any(axis=(1, 2))).tolist()
+        elif asked.structure == "trachea":
             held = sorted(self.trachea)
         elif asked.structure == "heart":
             self.heart_volume(volume)
