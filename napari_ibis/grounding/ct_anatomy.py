@@ -343,13 +343,12 @@ def _canal_near(hu_slice: np.ndarray, pixel_mm: float, row: float, col: float) -
 
 
 def _spinal_canal(volume: np.ndarray, pixel_mm: float) -> np.ndarray:
-    """The spinal canal, bool on the volume's grid (empty on the slices it is not read on): from the slices (every
-    ``CANAL_SEED_EVERY``th) where the vertebra's ring around it is closed (:func:`_closed_canal`),
-    followed up and down slice by slice (:func:`_canal_near`) until it no longer goes on or meets
-    a slice already read (each slice is read once; a slice where the canal is lost leaves the
-    slices beyond it to the next ring's following). Where
-    the closed rings disagree on the column (more than ``CANAL_MIDLINE_MM`` from their median),
-    the odd ones are left out."""
+    """The spinal canal, bool on the volume's grid (empty on the slices it is not read on): from
+    the slices (every ``CANAL_SEED_EVERY``th) where the vertebra's ring around it is closed
+    (:func:`_closed_canal`), followed up and down slice by slice (:func:`_canal_near`) until it no
+    longer goes on or meets a slice already read (each slice is read once; where the canal is
+    lost, the next ring's following picks it up). Closed rings more than ``CANAL_MIDLINE_MM``
+    from the others' median column are left out."""
     seeds = {}
     for z in range(0, volume.shape[0], CANAL_SEED_EVERY):
         found = _closed_canal(np.asarray(volume[z]), pixel_mm)
@@ -371,20 +370,6 @@ def _spinal_canal(volume: np.ndarray, pixel_mm: float) -> np.ndarray:
                     break
                 row, col, canal[z] = found
                 z += step
-    return canal
-    for step in (1, -1):  # from the lowest ring up through the others to the top, then down from it
-        z = min(seeds)
-        row, col = seeds[z][:2]
-        z += step
-        while 0 <= z < volume.shape[0]:
-            if z in seeds:
-                row, col = seeds[z][:2]
-            else:
-                found = _canal_near(np.asarray(volume[z]), pixel_mm, row, col)
-                if found is None:
-                    break
-                row, col, canal[z] = found
-            z += step
     return canal
 
 
