@@ -315,7 +315,8 @@ def _closed_canal(hu_slice: np.ndarray, pixel_mm: float) -> tuple[float, float, 
     return None if best is None else best[1:]
 
 
-def _canal_near(hu_slice: np.ndarray, pixel_mm: float, row: float, col: float) -> tuple[float, float, np.ndarray] | None:
+def _canal_near(hu_slice: np.ndarray, pixel_mm: float, row: float,
+                col: float) -> tuple[float, float, np.ndarray] | None:
     """The spinal canal on an axial slice next to one where it was at (``row``, ``col``):
     (row, column of its centre, its section), or None where it does not go on. Its centre: the
     point deepest in soft tissue (``CANAL_HU``, away from bone) within ``CANAL_STEP_MM``, at least

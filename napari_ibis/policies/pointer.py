@@ -513,7 +513,8 @@ class PointerPolicy(DecidingPolicy):
         """What the Hounsfield units of the CT ``volume`` decide about ``query`` on its slice
         ``image``, or None where they decide nothing: the lungs, the heart, the trachea or the
         spinal cord asked for (their region on the slice, empty where they are not on it; for a
-        lobe only its absence; the cord only where it was followed onto the slice), or a structure the lungs' level rules out on an axial slice (an empty region:
+        lobe only its absence; the cord only where it was followed onto the slice), or a
+        structure the lungs' level rules out on an axial slice (an empty region:
         :meth:`~napari_ibis.grounding.ct_anatomy.CtAnatomy.level_rules_out`). A lesion ("the lung
         tumour") is left to the map."""
         question = self._ct_question(query, volume)
@@ -761,7 +762,8 @@ def _ct_words(anatomy, asked: CtAsked, volume: VolumeSlice, region: np.ndarray) 
 
 @dataclass
 class CtThrough:
-    """A structure read from a CT's Hounsfield units (lungs, heart, trachea, spinal cord), slice by slice in one view."""
+    """A structure read from a CT's Hounsfield units (lungs, heart, trachea, spinal cord), slice by slice in one
+    view."""
 
     anatomy: object  # a napari_ibis.grounding.ct_anatomy.CtAnatomy
     asked: CtAsked
