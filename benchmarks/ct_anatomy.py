@@ -21,6 +21,7 @@ air parts listed in docs/BENCHMARKS.md "A CT's lungs by their Hounsfield units")
   third slice of the abdominal CT (3 mm voxels, no contrast) and every slice of the held-out
   upper-abdomen series (its label covers what lies inside the bony canal, below the cord's end
   too, as the rule reads it).
+* ``back-muscles``: the left and the right autochthon, chosen as the spinal cord's slices.
 * ``heart-trachea``: the heart and the trachea asked on every slice of ``lung1`` and ``lung2``.
   No package labels them: where each lies was read by eye (``HEART_BY_EYE``, ``TRACHEA_BY_EYE``;
   the larynx above the trachea is asked of neither). The trachea's pixels: the air part nearest
@@ -28,7 +29,8 @@ air parts listed in docs/BENCHMARKS.md "A CT's lungs by their Hounsfield units")
   region (looked at slice by slice, docs/images/ct-heart.png), that of the nearest slice where the
   rule read none, so its IoU says how well the agent follows the region, not how right it is.
 
-    python benchmarks/ct_anatomy.py [--sets chest abdomen upper-abdomen heart-trachea spinal-cord] [--max-steps 8]
+    python benchmarks/ct_anatomy.py [--sets chest abdomen upper-abdomen heart-trachea spinal-cord back-muscles]
+        [--max-steps 8] [--place autochthon]
 
 Writes benchmarks/results/ct_anatomy.json and prints a table (agents_real.py's columns).
 """
@@ -51,7 +53,9 @@ SETS = {"chest": "chest CTs, lungs by the -400 HU threshold (pyradiomics lung1/l
         "abdomen": "abdominal CT, TotalSegmentator's lung lobes and organs (real)",
         "upper-abdomen": "upper-abdomen CT series, held-out patient (TotalSegmentator, real)",
         "heart-trachea": "chest CTs, the heart and the trachea where they lie by eye (pyradiomics lung1/lung2, real)",
-        "spinal-cord": "the spinal cord on two CTs, TotalSegmentator's labels (abdominal CT, held-out series; real)"}
+        "spinal-cord": "the spinal cord on two CTs, TotalSegmentator's labels (abdominal CT, held-out series; real)",
+        "back-muscles": "the left and right autochthon on two CTs, TotalSegmentator's labels (abdominal CT, held-out "
+                        "series; real)"}
 MIN_LUNG_PX_MM2 = 250.0  # a lung question is asked where the truth covers this much (ct_anatomy.MIN_LUNG_MM2)
 
 
@@ -158,7 +162,9 @@ def totalseg_cases(volume_name: str, lung_every: int, absent_every: int, organ_e
     return out
 
 
-def spinal_cord_cases() -> list:
+def labelled_cases(labels: dict[str, str]) -> list:
+    """Each TotalSegmentator label of ``labels`` (its name -> the target asked) where it covers 20 px
+    or more, on every third slice of the abdominal CT and every slice of the held-out series."""
     from napari_ibis import assets, io
     from training.data.sources import TOTALSEG_VOLUMES, Sample, totalseg_class_maps
 
@@ -167,12 +173,14 @@ def spinal_cord_cases() -> list:
     for volume_name, every in (("abdomen_ct", 3), ("upper_abdomen_ct", 1)):
         image_file, labels_file, class_map = TOTALSEG_VOLUMES[volume_name]
         data, volume = _volume(root / image_file)
-        code = {v: int(k) for k, v in totalseg_class_maps()[class_map].items()}["spinal_cord"]
-        cord = io.read_image(root / labels_file).data == code
-        for z in np.flatnonzero(cord.sum(axis=(1, 2)) >= 20)[::every]:
-            out.append((Sample(image=np.ascontiguousarray(data[z]), mask=np.ascontiguousarray(cord[z]),
-                               target="spinal cord", modality="CT", source=f"totalseg:{volume_name}:z={z}:spinal cord",
-                               group=f"totalseg:{volume_name}"), volume.at(int(z))))
+        codes = {v: int(k) for k, v in totalseg_class_maps()[class_map].items()}
+        all_labels = io.read_image(root / labels_file).data
+        for label, target in labels.items():
+            truth = all_labels == codes[label]
+            for z in np.flatnonzero(truth.sum(axis=(1, 2)) >= 20)[::every]:
+                out.append((Sample(image=np.ascontiguousarray(data[z]), mask=np.ascontiguousarray(truth[z]),
+                                   target=target, modality="CT", source=f"totalseg:{volume_name}:z={z}:{target}",
+                                   group=f"totalseg:{volume_name}"), volume.at(int(z))))
     return out
 
 
@@ -187,7 +195,10 @@ def case_sets(chosen) -> dict:
     if "heart-trachea" in chosen:
         out[SETS["heart-trachea"]] = mediastinum_cases()
     if "spinal-cord" in chosen:
-        out[SETS["spinal-cord"]] = spinal_cord_cases()
+        out[SETS["spinal-cord"]] = labelled_cases({"spinal_cord": "spinal cord"})
+    if "back-muscles" in chosen:
+        out[SETS["back-muscles"]] = labelled_cases({"autochthon_left": "left autochthon",
+                                                    "autochthon_right": "right autochthon"})
     return out
 
 
@@ -208,7 +219,15 @@ def main(argv=None) -> int:
     parser.add_argument("--max-steps", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--place", nargs="*", default=None,
+                        help="structures read from the units that the agent places as its mask (default: the "
+                             "agent's own, pointer.PLACED_FROM_UNITS)")
     args = parser.parse_args(argv)
+    if args.place is not None:
+        from napari_ibis.policies import pointer
+
+        pointer.PLACED_FROM_UNITS.clear()
+        pointer.PLACED_FROM_UNITS.update(args.place)
     torch.set_num_threads(args.threads)
     policy, segmenter = load_policy(args.agent), build_segmenter(args.segmenter)
     results = {"agent": args.agent, "segmenter": args.segmenter, "max_steps": args.max_steps, "sets": {}}

@@ -807,9 +807,9 @@ def cmd_structures(args: argparse.Namespace) -> int:
         print(f"and by kind, without the level or lobe: {', '.join(kinds)}.")
     if len(vocabulary.suggestions()) > len(vocabulary):
         print("An AAL brain region also by its full name (\"the left inferior frontal gyrus, opercular part\").")
-    print("On a CT volume it also reads the lungs (left, right, both), the heart, the trachea and the spinal cord from "
-          "the Hounsfield units, taught or not, and answers \"not present\" for a structure below the diaphragm at the "
-          "chest's level.")
+    print("On a CT volume it also reads the lungs (left, right, both), the heart, the trachea, the spinal cord and the "
+          "back muscles beside it from the Hounsfield units, taught or not, and answers \"not present\" for a structure "
+          "below the diaphragm at the chest's level.")
     return 0
 
 

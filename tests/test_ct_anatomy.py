@@ -344,13 +344,13 @@ def spine_phantom(seed: int = 0):
     the arch is out of the slice), the canal drifting one pixel to the image's right every
     five slices; display order, 1 mm pixels, 3 mm slices."""
     rng = np.random.default_rng(seed)
-    depth, side = 24, 160
+    depth, side = 24, 200
     rows, cols = np.mgrid[:side, :side]
     hu = np.full((depth, side, side), -1000.0)
     canal = np.zeros(hu.shape, bool)
     for z in range(depth):
         col = 80 + z // 5
-        body = ((rows - 80) / 70) ** 2 + ((cols - 80) / 75) ** 2 <= 1
+        body = ((rows - 95) / 85) ** 2 + ((cols - 80) / 75) ** 2 <= 1
         hu[z][body] = 40
         vertebra = ((rows - 95) / 14) ** 2 + ((cols - col) / 16) ** 2 <= 1
         hu[z][vertebra] = 700
@@ -391,7 +391,7 @@ def test_a_ct_without_a_spine_reads_no_spinal_cord_and_leaves_it_to_the_map():
     assert anatomy.region(CtAsked("spinal cord"), "axial", 12, hu) is None
 
 
-def test_on_a_real_ct_the_spinal_cord_is_segmented_from_the_units_and_followed_through_the_volume(chest, tmp_path):
+def test_on_a_real_ct_the_spinal_cord_and_the_back_muscles_are_read_from_the_units(chest, tmp_path):
     """Before, the map answered "not present" for the spinal cord on lung2's slice 30 (3% confident);
     TotalSegmentator's held-out series (a patient the agent never saw) is measured against its label."""
     loaded, policy, _ = chest
@@ -410,7 +410,42 @@ def test_on_a_real_ct_the_spinal_cord_is_segmented_from_the_units_and_followed_t
     root = assets.path("totalsegmentator", "tests/reference_files").parent.parent
     image_file, labels_file, class_map = TOTALSEG_VOLUMES["upper_abdomen_ct"]
     held_out = io.read_image(root / image_file)
-    code = {v: int(k) for k, v in totalseg_class_maps()[class_map].items()}["spinal_cord"]
-    truth = io.read_image(root / labels_file).data == code
-    through = CtAnatomy(held_out.data, held_out.meta["geometry"].spacing).canal_volume(held_out.data)
-    assert dice(truth, through) > 0.75  # 0.84 measured
+    def code_of(class_map, name):
+        return {v: int(k) for k, v in totalseg_class_maps()[class_map].items()}[name]
+
+    truth = io.read_image(root / labels_file).data == code_of(class_map, "spinal_cord")
+    anatomy = CtAnatomy(held_out.data, held_out.meta["geometry"].spacing)
+    assert dice(truth, anatomy.canal_volume(held_out.data)) > 0.75  # 0.84 measured
+    muscle = io.read_image(root / labels_file).data[10] == code_of(class_map, "autochthon_left")
+    read = anatomy.region(CtAsked("autochthon", "left"), "axial", 10, held_out.data)
+    assert dice(muscle, read) > 0.55  # the muscle beside the canal on the patient's left (the image's right)
+
+
+def test_the_back_muscles_beside_the_read_canal_are_read_by_side():
+    """The autochthon: the muscle behind the spine on the asked side, parted from a thin muscle over it
+    and from the other side's by the spinous process; only where the canal is read."""
+    hu, spacing, canal = spine_phantom()
+    hu = hu.astype(np.float32)
+    rows, cols = np.mgrid[: hu.shape[1], : hu.shape[2]]
+    z = 8
+    muscles = {side: (((rows - 148) / 12) ** 2 + ((cols - 81 - sign * 26) / 18) ** 2 <= 1)
+               for side, sign in (("left", 1), ("right", -1))}  # the patient's left: the image's right
+    for k in range(len(hu)):
+        ring = np.hypot(rows - 121, cols - 80 - k // 5) <= 12.5
+        hu[k][(rows > 110) & (hu[k] > -500) & ~ring] = -100  # fat beside and behind the vertebra's ring
+        for muscle in muscles.values():
+            hu[k][muscle] = 50
+        hu[k][(rows >= 162) & (rows < 164) & (np.abs(cols - 80) < 60)] = 45  # a thin muscle over them, 2 mm
+    hu = hu.astype(np.int16)
+    anatomy = CtAnatomy(hu, spacing)
+    for side in ("left", "right"):
+        asked = ct_structure_asked(f"segment the {side} erector spinae")
+        assert asked == CtAsked("autochthon", side)
+        cut = anatomy.region(asked, "axial", z, hu)
+        assert cut is not None
+        truth = muscles[side]
+        assert 2 * (cut & truth).sum() / (cut.sum() + truth.sum()) > 0.85, side
+        assert not cut[162:164].any()  # not the thin muscle over it
+    both = anatomy.region(ct_structure_asked("segment the autochthon"), "axial", z, hu)
+    assert both.sum() > 1.8 * anatomy.region(CtAsked("autochthon", "left"), "axial", z, hu).sum()
+    assert anatomy.region(CtAsked("autochthon", "left"), "coronal", 148, hu) is None  # other views: the map's

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .names import in_atlas_words
+
 AIR_HU = -400  # below: air or lung (threshold_lungs in training/data/sources.py uses the same)
 GAS_HU = -500  # below: not the body (the body is the largest part above it on a slice)
 LUNG_MEDIAN_HU = -930  # an air part whose inner voxels' median lies above this is lung, below: gas
@@ -63,6 +65,11 @@ CANAL_SEED_EVERY = 3  # the closed ring is looked for on every this many slices 
 CANAL_STEP_MM = 8.0  # from slice to slice the canal's centre moves less than this
 CANAL_RADIUS_MM = 12.0  # the canal's section lies within this of its centre
 CANAL_MIN_DEPTH_MM = 3.0  # its centre lies at least this deep in soft tissue (clear of bone and fat)
+AUTOCHTHON_HU = (-20, 120)  # the back muscles (3 x 3 median); fat between them and under the skin left out
+AUTOCHTHON_BEHIND_MM = (-5.0, 90.0)  # they lie from 5 mm in front of the canal's centre to 90 mm behind it,
+AUTOCHTHON_SIDE_MM = (3.0, 75.0)  # from 3 to 75 mm to its side,
+AUTOCHTHON_SEED_MM = (30.0, 25.0)  # hold the point 30 mm behind it and 25 mm to the side,
+AUTOCHTHON_OPEN_MM = 4.0  # and an opening this wide parts them from the thin muscles over them
 SOFT_TISSUE_HU = (-60, 700)  # the heart's wall and blood, with contrast too; fat (below) is left out
 HEART_OPEN_MM = 5.0  # an opening this wide parts the heart from vessels touching it
 HEART_BEFORE_SPINE_MM = 10.0  # the heart ends this far in front of the vertebra (the oesophagus and the descending
@@ -86,6 +93,7 @@ _PART_OF_THE_HEART = re.compile(r"\b(ventricles?|atri(a|um)|valves?|myocardium|p
                                 re.IGNORECASE)
 _TRACHEA = re.compile(r"\b(trachea|windpipe)\b", re.IGNORECASE)
 _SPINAL_CORD = re.compile(r"\bspinal\s+(cord|canal)\b|\bthecal sac\b", re.IGNORECASE)
+_AUTOCHTHON = re.compile(r"\bautochthon\b", re.IGNORECASE)  # in the atlas's words: the erector spinae too
 
 
 def below_the_diaphragm(name: str) -> bool:
@@ -119,7 +127,8 @@ def lung_asked(query: str) -> LungAsked | None:
 @dataclass(frozen=True)
 class CtAsked:
     """A structure a query names that a CT's units give: ``structure`` "lung", "heart",
-    "trachea" or "spinal cord"; for a lung its side (None: both) and whether it names a lobe."""
+    "trachea", "spinal cord" or "autochthon" (the back muscles beside the spine); for a lung or
+    the autochthon its side (None: both), for a lung whether it names a lobe."""
 
     structure: str
     side: str | None = None
@@ -129,7 +138,8 @@ class CtAsked:
 def ct_structure_asked(query: str) -> CtAsked | None:
     """The structure ``query`` asks for that :class:`CtAnatomy` reads, or None: a lung
     (:func:`lung_asked`), the heart (not a part of it: "the left ventricle"), the trachea, the
-    spinal cord (or canal, or thecal sac: what lies inside the vertebrae's bony canal). A
+    spinal cord (or canal, or thecal sac: what lies inside the vertebrae's bony canal), the
+    autochthon (the erector spinae, the paraspinal muscles) of a side or both. A
     lesion ("the lung tumour") is the caller's to leave out."""
     lungs = lung_asked(query)
     if lungs is not None:
@@ -140,6 +150,9 @@ def ct_structure_asked(query: str) -> CtAsked | None:
         return CtAsked("trachea")
     if _SPINAL_CORD.search(query or ""):
         return CtAsked("spinal cord")
+    if _AUTOCHTHON.search(in_atlas_words(query or "")):
+        sides = {side.lower() for side in _SIDE.findall(query)}
+        return CtAsked("autochthon", sides.pop() if len(sides) == 1 else None)
     return None
 
 
@@ -374,6 +387,40 @@ def _spinal_canal(volume: np.ndarray, pixel_mm: float) -> np.ndarray:
     return canal
 
 
+def _autochthon_section(hu_slice: np.ndarray, canal: np.ndarray, pixel_mm: float, side: str) -> np.ndarray | None:
+    """The autochthon (the deep back muscles) of the patient's ``side`` on an axial slice whose
+    spinal ``canal`` is read: the muscle (``AUTOCHTHON_HU``) within ``AUTOCHTHON_BEHIND_MM`` behind
+    the canal's centre and ``AUTOCHTHON_SIDE_MM`` to that side (the patient's left is the image's
+    right), opened by ``AUTOCHTHON_OPEN_MM``, the part nearest the point ``AUTOCHTHON_SEED_MM``
+    behind and beside the canal, holes filled; None where there is none."""
+    from scipy import ndimage as ndi
+    from skimage.morphology import disk
+
+    row, col = np.argwhere(canal).mean(axis=0)
+    sign = 1 if side == "left" else -1
+    near, far = (int(round(mm / pixel_mm)) for mm in AUTOCHTHON_SIDE_MM)
+    top, bottom = (int(round(row + mm / pixel_mm)) for mm in AUTOCHTHON_BEHIND_MM)
+    left, right = (int(round(col + near)), int(round(col + far))) if sign > 0 else \
+        (int(round(col - far)), int(round(col - near)))
+    top, left = max(0, top), max(0, left)
+    window = (slice(top, max(top, bottom) + 1), slice(left, max(left, right) + 1))
+    smooth = ndi.median_filter(np.asarray(hu_slice[window], dtype=np.float32), size=3)
+    if smooth.size == 0:
+        return None
+    muscle = ndi.binary_opening((smooth > AUTOCHTHON_HU[0]) & (smooth < AUTOCHTHON_HU[1]),
+                                structure=disk(max(1, int(round(AUTOCHTHON_OPEN_MM / pixel_mm)))))
+    parts, count = ndi.label(muscle)
+    if not count:
+        return None
+    seed = (int(np.clip(row + AUTOCHTHON_SEED_MM[0] / pixel_mm - top, 0, muscle.shape[0] - 1)),
+            int(np.clip(col + sign * AUTOCHTHON_SEED_MM[1] / pixel_mm - left, 0, muscle.shape[1] - 1)))
+    nearest = ndi.distance_transform_edt(parts == 0, return_indices=True)[1]
+    label = parts[nearest[0][seed], nearest[1][seed]]
+    section = np.zeros(np.shape(hu_slice), bool)
+    section[window] = ndi.binary_fill_holes(parts == label)
+    return section
+
+
 def _heart_section(hu_slice: np.ndarray, lungs: np.ndarray, pixel_mm: float) -> np.ndarray:
     """The heart's candidate on an axial slice where both lungs lie: the soft tissue (blood and
     wall, ``SOFT_TISSUE_HU``; fat left out) inside the lungs' convex hull and ``HEART_BEFORE_SPINE_MM``
@@ -603,6 +650,8 @@ class CtAnatomy:
             return self.lung(asked.side, view, index)
         if asked.structure == "spinal cord":
             return self._canal_cut(view, index, volume)
+        if asked.structure == "autochthon":
+            return self._autochthon_cut(asked.side, view, index, volume)
         if self.span(asked, volume) is None:
             return None
         from ..geometry import VIEWS, oriented
@@ -616,9 +665,20 @@ class CtAnatomy:
         cut = np.array(oriented(self.canal_volume(volume), VIEWS[view])[index])
         return cut if cut.any() else None
 
+    def _autochthon_cut(self, side: str | None, view: str, index: int, volume: np.ndarray) -> np.ndarray | None:
+        """The autochthon of ``side`` (None: both) on an axial slice where the spinal canal is read
+        (:func:`_autochthon_section`); None elsewhere and in other views (the map's)."""
+        if view != "axial" or not self.canal_volume(volume)[index].any():
+            return None
+        pixel_mm = float(np.sqrt(self.pixel_mm2("axial")))
+        found = [_autochthon_section(np.asarray(volume[index]), self._canal[index], pixel_mm, one)
+                 for one in ((side,) if side else ("right", "left"))]
+        found = [cut for cut in found if cut is not None]
+        return np.logical_or.reduce(found) if found else None
+
     def span(self, asked: CtAsked, volume: np.ndarray) -> tuple[int, int] | None:
         """The first and last axial slice the structure ``asked`` lies on, or None."""
-        if asked.structure == "spinal cord":
+        if asked.structure in ("spinal cord", "autochthon"):
             held = np.flatnonzero(self.canal_volume(volume).any(axis=(1, 2))).tolist()
         elif asked.structure == "trachea":
             held = sorted(self.trachea)

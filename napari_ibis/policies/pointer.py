@@ -56,6 +56,8 @@ from .oracle import describe_place
 
 SPILL_SHARE = 0.25  # of the mask, outside the (grown) target region, before a negative click
 MISS_SHARE = 0.3  # of the (shrunk) target region, outside the mask, before a positive click
+# read from a CT's units to their edges (bone, fat): placed as the mask, not clicked (place; docs/BENCHMARKS.md)
+PLACED_FROM_UNITS = {"spinal cord", "autochthon"}
 ATLAS_FILE = "atlas.npz"
 BRAIN_ATLAS_FILE = "brain_atlas.npz"
 ATLAS_POWER = 2  # the first click: the map times the atlas prior to this power (benchmarks/atlas_prior.py --fuse)
@@ -368,8 +370,9 @@ class PointerPolicy(DecidingPolicy):
         map's where it fitted by edges, which come as readily where the structure is absent.
         Measured against other choices in docs/BENCHMARKS.md ("Atlas regions placed"). Given
         the ``volume`` the slice is from, the region the brain atlas registered onto it puts on
-        the slice (:meth:`brain_region`) where that applies, and on a CT the spinal canal read from
-        its units (:meth:`ct_reading`), whose edge is the bony ring's."""
+        the slice (:meth:`brain_region`) where that applies, and on a CT the spinal canal and the
+        back muscles beside it read from its units (:meth:`ct_reading`, ``PLACED_FROM_UNITS``),
+        whose edges are the bone's and the fat's."""
         query, why = self.member_asked(image, query, volume, cancel)
         registered = self.brain_region(image, query, volume, cancel)
         if registered is not None:
@@ -381,10 +384,11 @@ class PointerPolicy(DecidingPolicy):
                 f"click along. {_registered_words(fit)}; I place the region where it lands on this slice, then check "
                 f"that mask against what I see."))
         read = self.ct_reading(image, query, volume)
-        if read is not None and read.through == CtAsked("spinal cord") and read.region.any():
+        if read is not None and read.through is not None and read.through.structure in PLACED_FROM_UNITS \
+                and read.region.any():
             return Placement(read.region, thought=(f"{why} " if why else "") + (
-                f"{read.why} Its edges are the bony ring's, read to the pixel, where a click would give a coarser mask "
-                f"of so small a section: I place it as it is, then check that mask against what I see."))
+                f"{read.why} Its edges are read to the pixel ({_PLACED_EDGES[read.through.structure]}), where a "
+                f"click would give a coarser mask: I place it as it is, then check that mask against what I see."))
         if self.atlas is None or self.atlas.name_in(query) not in self.atlas.regions or names_a_lesion(query):
             return None
         probability = self.guided_map(image, query, first_turn=True)
@@ -511,9 +515,10 @@ class PointerPolicy(DecidingPolicy):
 
     def ct_reading(self, image: np.ndarray, query: str, volume: VolumeSlice | None) -> CtRead | None:
         """What the Hounsfield units of the CT ``volume`` decide about ``query`` on its slice
-        ``image``, or None where they decide nothing: the lungs, the heart, the trachea or the
-        spinal cord asked for (their region on the slice, empty where they are not on it; for a
-        lobe only its absence; the cord only where it was followed onto the slice), or a
+        ``image``, or None where they decide nothing: the lungs, the heart, the trachea, the
+        spinal cord or the autochthon asked for (their region on the slice, empty where they are
+        not on it; for a lobe only its absence; the cord and the muscles beside it only where the
+        cord was followed onto the slice), or a
         structure the lungs' level rules out on an axial slice (an empty region:
         :meth:`~napari_ibis.grounding.ct_anatomy.CtAnatomy.level_rules_out`). A lesion ("the lung
         tumour") is left to the map."""
@@ -649,7 +654,8 @@ class PointerPolicy(DecidingPolicy):
         (:meth:`ct_anatomy`; about 1 s per 50 slices, the heart as much again when first asked,
         the spinal canal about 1.5 s per 100 slices), which the widget says it is spending: the query
         names a structure they give or rule out, the volume holds Hounsfield units and they were
-        not read for it (or, for the heart or the spinal cord, not that structure)."""
+        not read for it (or, for the heart, the spinal cord or the autochthon beside it, not that
+        structure)."""
         from ..grounding.ct_anatomy import looks_like_ct
 
         question = self._ct_question(query, volume)
@@ -662,7 +668,7 @@ class PointerPolicy(DecidingPolicy):
         if anatomy is None or asked is None:
             return False
         return (asked.structure == "heart" and not anatomy.heart_read) or \
-            (asked.structure == "spinal cord" and not anatomy.canal_read)
+            (asked.structure in ("spinal cord", "autochthon") and not anatomy.canal_read)
 
     @staticmethod
     def _volume_key(volume: VolumeSlice) -> tuple:
@@ -724,8 +730,8 @@ class RegionThrough:
 class CtRead:
     """What a CT's Hounsfield units decide for a query on one slice (:meth:`PointerPolicy.ct_reading`):
     the structure's region on the slice as the agent sees it (empty: not there), what it rests on,
-    the agent's words, and the structure read (lungs, heart, trachea, spinal cord) where it can be
-    followed through the volume."""
+    the agent's words, and the structure read (lungs, heart, trachea, spinal cord, autochthon) where
+    it can be followed through the volume."""
 
     region: np.ndarray
     basis: str
@@ -736,19 +742,23 @@ class CtRead:
 _CT_BASIS = {"lung": "the air-filled lung in this CT's Hounsfield units",
              "heart": "the soft tissue between the lungs in this CT's Hounsfield units",
              "trachea": "the airway joining the lungs in this CT's Hounsfield units",
-             "spinal cord": "the soft tissue inside the vertebrae's bony ring in this CT's Hounsfield units"}
+             "spinal cord": "the soft tissue inside the vertebrae's bony ring in this CT's Hounsfield units",
+             "autochthon": "the muscle behind the spine, beside the spinal canal, in this CT's Hounsfield units"}
+_PLACED_EDGES = {"spinal cord": "the bony ring's", "autochthon": "the fat's and the bone's around it"}
 _CT_WHAT = {"lung": "the air inside the body below -400 HU (gas in the gut, purer air, left out)",
             "heart": "the soft tissue between the two lungs in front of the spine (fat left out), on the slices where "
                      "it is heart-sized",
             "trachea": "the pure-air tube in the middle of the neck and chest that joins the lungs, down to where it "
                        "divides",
             "spinal cord": "the soft tissue inside the vertebrae's bony ring (the cord and the fluid around it), "
-                           "followed from the slices where the ring is closed"}
+                           "followed from the slices where the ring is closed",
+            "autochthon": "the muscle (-20 to 120 HU) behind the spine and beside the spinal canal, parted from the "
+                          "thin muscles over it"}
 
 
 def _ct_words(anatomy, asked: CtAsked, volume: VolumeSlice, region: np.ndarray) -> str:
     """What the agent says it read from the units for ``asked`` on this slice."""
-    structure = "lungs" if asked.structure == "lung" else asked.structure
+    structure = "lungs" if asked.structure == "lung" else " ".join(filter(None, (asked.side, asked.structure)))
     where = f"on the patient's {asked.side} of this slice" if asked.side else "on this slice"
     said = f"On this CT the {structure} {'are' if structure == 'lungs' else 'is'} {_CT_WHAT[asked.structure]}: "
     if region.any():
@@ -762,8 +772,8 @@ def _ct_words(anatomy, asked: CtAsked, volume: VolumeSlice, region: np.ndarray) 
 
 @dataclass
 class CtThrough:
-    """A structure read from a CT's Hounsfield units (lungs, heart, trachea, spinal cord), slice by slice in one
-    view."""
+    """A structure read from a CT's Hounsfield units (lungs, heart, trachea, spinal cord, autochthon), slice by
+    slice in one view."""
 
     anatomy: object  # a napari_ibis.grounding.ct_anatomy.CtAnatomy
     asked: CtAsked
