@@ -449,3 +449,8 @@ def test_the_back_muscles_beside_the_read_canal_are_read_by_side():
     both = anatomy.region(ct_structure_asked("segment the autochthon"), "axial", z, hu)
     assert both.sum() > 1.8 * anatomy.region(CtAsked("autochthon", "left"), "axial", z, hu).sum()
     assert anatomy.region(CtAsked("autochthon", "left"), "coronal", 148, hu) is None  # other views: the map's
+    from napari_ibis.policies.pointer import CtThrough
+
+    through = CtThrough(anatomy, CtAsked("autochthon", "left"), "axial", hu)  # what propagation follows
+    assert through.describe().startswith("the left autochthon as the muscle")
+    assert np.array_equal(through(z), anatomy.region(CtAsked("autochthon", "left"), "axial", z, hu))

@@ -789,7 +789,8 @@ class CtThrough:
         if self.asked.structure == "lung":
             which = "lungs" if self.asked.side is None else f"{self.asked.side} lung"
             return f"the {which} as the air inside the body below -400 HU on each slice of this CT (gas in the gut left out)"
-        return f"the {self.asked.structure} as {_CT_WHAT[self.asked.structure]}, on each slice of this CT"
+        name = " ".join(filter(None, (self.asked.side, self.asked.structure)))  # "the right autochthon"
+        return f"the {name} as {_CT_WHAT[self.asked.structure]}, on each slice of this CT"
 
 
 def _on_grid(cut: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
