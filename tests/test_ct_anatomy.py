@@ -376,6 +376,7 @@ def test_the_spinal_cord_is_the_soft_tissue_in_the_bony_ring_followed_where_the_
     assert not (found & (hu > 150)).any()  # neither the ring nor the vertebral body's marrow
     asked = ct_structure_asked("segment the spinal cord")
     assert asked == CtAsked("spinal cord") == ct_structure_asked("Outline the spinal canal")
+    assert ct_structure_asked("segment the vertebral canal") == ct_structure_asked("the cauda equina") == asked
     assert ct_structure_asked("segment the vocal cord") is None and ct_structure_asked("segment the spine") is None
     assert anatomy.span(asked, hu) == (0, len(hu) - 1)
     assert anatomy.region(asked, "axial", 5, hu).sum() == found[5].sum()

@@ -92,7 +92,7 @@ _HEART = re.compile(r"\bheart\b", re.IGNORECASE)
 _PART_OF_THE_HEART = re.compile(r"\b(ventricles?|atri(a|um)|valves?|myocardium|pericardium|coronar\w*|chambers?)\b",
                                 re.IGNORECASE)
 _TRACHEA = re.compile(r"\b(trachea|windpipe)\b", re.IGNORECASE)
-_SPINAL_CORD = re.compile(r"\bspinal\s+(cord|canal)\b|\bthecal sac\b", re.IGNORECASE)
+_SPINAL_CORD = re.compile(r"\b(spinal|vertebral)\s+(cord|canal)\b|\bthecal sac\b|\bcauda equina\b", re.IGNORECASE)
 _AUTOCHTHON = re.compile(r"\bautochthon\b", re.IGNORECASE)  # in the atlas's words: the erector spinae too
 
 
@@ -138,7 +138,8 @@ class CtAsked:
 def ct_structure_asked(query: str) -> CtAsked | None:
     """The structure ``query`` asks for that :class:`CtAnatomy` reads, or None: a lung
     (:func:`lung_asked`), the heart (not a part of it: "the left ventricle"), the trachea, the
-    spinal cord (or canal, or thecal sac: what lies inside the vertebrae's bony canal), the
+    spinal cord (or the spinal or vertebral canal, the thecal sac, the cauda equina: what lies
+    inside the vertebrae's bony canal), the
     autochthon (the erector spinae, the paraspinal muscles) of a side or both. A
     lesion ("the lung tumour") is the caller's to leave out."""
     lungs = lung_asked(query)
