@@ -74,7 +74,10 @@ def corrected_propagation(variant: str, Propagation):
     from napari_ibis.segmenters.base import Click, SegmentResult, prompts_from
 
     class Corrected(Propagation):
-        def _eroded_one(self, index, previous, step, distance, tracker=None):
+        def _one(self, index, previous, step, distance, tracker=None):
+            self._current = index  # the slice units-trim reads
+            if variant != "eroded-prior":
+                return super()._one(index, previous, step, distance, tracker)
             segmenter, original = self.segmenter, self.segmenter.prior_from_mask
 
             def eroded(mask):
@@ -128,20 +131,13 @@ def corrected_propagation(variant: str, Propagation):
             yield from super().run(start, mask, direction, cancel)
 
         def _units_trimmed(self, previous, read):
-            smooth = ndi.median_filter(np.asarray(self.volume[self._index_of(read)], np.float32), 3)
+            smooth = ndi.median_filter(np.asarray(self.volume[self._current], np.float32), 3)
             kept = read.mask & (smooth >= self._band[0]) & (smooth <= self._band[1])
             labels, count = ndi.label(kept)
             touching = [n for n in range(1, count + 1) if (previous & (labels == n)).any()]
             if not touching:
                 return None
             return SegmentResult(ndi.binary_fill_holes(np.isin(labels, touching)) & read.mask, None, read.score)
-
-        def _one(self, index, previous, step, distance, tracker=None):
-            self._current = index
-            return super()._one(index, previous, step, distance, tracker) if variant != "eroded-prior" else self._eroded_one(index, previous, step, distance, tracker)
-
-        def _index_of(self, read):
-            return self._current
 
         def _negative_click(self, previous, bad):
             labels, count = ndi.label(bad)

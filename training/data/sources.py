@@ -294,7 +294,6 @@ def threshold_lungs(hu: np.ndarray, min_part: int = 2000) -> tuple[np.ndarray, n
 BELOW_THE_LUNGS = ("urinary bladder", "left kidney", "right kidney")
 
 
-
 def trachea_by_eye(hu_slice: np.ndarray) -> np.ndarray:
     """The trachea as one looks for it on an axial CT slice where it lies: the air part (below
     -500 HU, not touching the image's edge) whose centre lies nearest the image's middle column.
@@ -307,6 +306,7 @@ def trachea_by_eye(hu_slice: np.ndarray) -> np.ndarray:
     centres = ndi.center_of_mass(air, parts, range(1, count + 1))
     inner = [(abs(c[1] - air.shape[1] / 2), label) for label, c in enumerate(centres, start=1) if label not in edge]
     return parts == min(inner)[1]
+
 
 def radiomics_lungs(cases=("lung1", "lung2"), every: int = 3, min_area: int = 500, seed: int = 0) -> Iterator[Sample]:
     """The right and the left lung on every ``every``-th axial slice of pyradiomics' two chest
