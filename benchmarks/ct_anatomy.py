@@ -22,6 +22,8 @@ air parts listed in docs/BENCHMARKS.md "A CT's lungs by their Hounsfield units")
   upper-abdomen series (its label covers what lies inside the bony canal, below the cord's end
   too, as the rule reads it).
 * ``back-muscles``: the left and the right autochthon, chosen as the spinal cord's slices.
+* ``aorta``: the aorta, chosen as the spinal cord's slices (the abdominal CT has no contrast: the
+  units read none there, and the map's answer must stay as it was; the held-out series has).
 * ``heart-trachea``: the heart and the trachea asked on every slice of ``lung1`` and ``lung2``.
   No package labels them: where each lies was read by eye (``HEART_BY_EYE``, ``TRACHEA_BY_EYE``;
   the larynx above the trachea is asked of neither). The trachea's pixels: the air part nearest
@@ -29,7 +31,7 @@ air parts listed in docs/BENCHMARKS.md "A CT's lungs by their Hounsfield units")
   region (looked at slice by slice, docs/images/ct-heart.png), that of the nearest slice where the
   rule read none, so its IoU says how well the agent follows the region, not how right it is.
 
-    python benchmarks/ct_anatomy.py [--sets chest abdomen upper-abdomen heart-trachea spinal-cord back-muscles]
+    python benchmarks/ct_anatomy.py [--sets chest abdomen upper-abdomen heart-trachea spinal-cord back-muscles aorta]
         [--max-steps 8] [--place autochthon]
 
 Writes benchmarks/results/ct_anatomy.json and prints a table (agents_real.py's columns).
@@ -55,7 +57,9 @@ SETS = {"chest": "chest CTs, lungs by the -400 HU threshold (pyradiomics lung1/l
         "heart-trachea": "chest CTs, the heart and the trachea where they lie by eye (pyradiomics lung1/lung2, real)",
         "spinal-cord": "the spinal cord on two CTs, TotalSegmentator's labels (abdominal CT, held-out series; real)",
         "back-muscles": "the left and right autochthon on two CTs, TotalSegmentator's labels (abdominal CT, held-out "
-                        "series; real)"}
+                        "series; real)",
+        "aorta": "the aorta on two CTs, TotalSegmentator's labels (abdominal CT without contrast, held-out series "
+                 "with; real)"}
 MIN_LUNG_PX_MM2 = 250.0  # a lung question is asked where the truth covers this much (ct_anatomy.MIN_LUNG_MM2)
 
 
@@ -199,6 +203,8 @@ def case_sets(chosen) -> dict:
     if "back-muscles" in chosen:
         out[SETS["back-muscles"]] = labelled_cases({"autochthon_left": "left autochthon",
                                                     "autochthon_right": "right autochthon"})
+    if "aorta" in chosen:
+        out[SETS["aorta"]] = labelled_cases({"aorta": "aorta"})
     return out
 
 

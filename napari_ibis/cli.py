@@ -808,8 +808,8 @@ def cmd_structures(args: argparse.Namespace) -> int:
     if len(vocabulary.suggestions()) > len(vocabulary):
         print("An AAL brain region also by its full name (\"the left inferior frontal gyrus, opercular part\").")
     print("On a CT volume it also reads the lungs (left, right, both), the heart, the trachea, the spinal cord and the "
-          "back muscles beside it from the Hounsfield units, taught or not, and answers \"not present\" for a structure "
-          "below the diaphragm at the chest's level.")
+          "back muscles beside it from the Hounsfield units, taught or not, the aorta below the chest where it is "
+          "filled with contrast, and answers \"not present\" for a structure below the diaphragm at the chest's level.")
     return 0
 
 

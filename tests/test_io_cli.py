@@ -210,6 +210,7 @@ def test_structures_lists_what_the_agent_can_be_asked_for(capsys, tiny_vlm_folde
     code, out, _ = run_cli(capsys, "structures", "--model", tmp_path / "v8")
     assert code == 0 and "taught 5 structures" in out
     assert "the spinal cord and the back muscles beside it from the Hounsfield units" in out  # on a CT, taught or not
+    assert "the aorta below the chest where it is filled with contrast" in out
     assert "left/right kidney" in out and "liver" in out and "by kind, without the level or lobe: vertebra" in out
     code, out, _ = run_cli(capsys, "structures", "--model", tiny_vlm_folder)
     assert code == 0 and "language model" in out

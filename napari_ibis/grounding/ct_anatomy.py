@@ -23,6 +23,13 @@ pure-air part in the middle of the neck and upper chest, followed down from the 
 divides (:meth:`CtAnatomy.trachea_volume`). The heart is the soft tissue between the two lungs in
 front of the spine, on the chest's slices where it is heart-sized (``HEART_MIN_MM2``; the great
 vessels above it are smaller): :meth:`CtAnatomy.heart_volume`.
+
+The spine is the other anchor. The spinal canal is the soft tissue inside the vertebrae's bony
+ring, followed from the slices where the ring is closed (:meth:`CtAnatomy.canal_volume`); beside
+it behind the spine lie the back muscles (:func:`_autochthon_section`), and in front of it, below
+the chest and to the patient's left, the aorta, read only where contrast fills it (a disc of blood
+above 120 HU on runs of slices: :meth:`CtAnatomy.aorta_volume`); without contrast its blood is
+soft tissue like its neighbours', and the map decides.
 """
 
 from __future__ import annotations
@@ -74,6 +81,21 @@ SOFT_TISSUE_HU = (-60, 700)  # the heart's wall and blood, with contrast too; fa
 HEART_OPEN_MM = 5.0  # an opening this wide parts the heart from vessels touching it
 HEART_BEFORE_SPINE_MM = 10.0  # the heart ends this far in front of the vertebra (the oesophagus and the descending
 # aorta lie between)
+AORTA_HU = (120.0, 650.0)  # contrast-filled blood (the held-out series' aorta: median 151 HU); a plain CT's, 30-60
+# HU like the soft tissue around it, is not read
+AORTA_AHEAD_MM = (35.0, 80.0)  # below the chest the aorta's centre lies this far in front of the spinal canal's
+AORTA_SIDE_MM = (-5.0, 35.0)  # centre, and this far to the patient's left (two CTs: 47-62 mm and 1-19 mm)
+AORTA_BODY_MM = (20.0, 45.0)  # not within this of the canal's column closer than this in front of it: the vertebral body
+AORTA_RADII_MM = (7.0, 9.0, 11.0, 13.0, 15.0, 17.0)  # the ring looked for (a disc of 0.7 times it inside)
+AORTA_GRID_MM = 2.0  # it is looked for on a grid this coarse
+AORTA_MIN_SCORE = 8.0  # the ring around it differs from the disc this many times the disc's own spread (the
+# held-out series' aorta 12.8-17.0; the vertebra's marrow and the psoas on three plain CTs at most 6.2)
+AORTA_STEP_MM = 10.0  # from slice to slice its centre moves less than this (the found centre jitters by a few mm)
+AORTA_MIN_SLICES = 3  # and it is found on this many slices in a row or more
+AORTA_REACH_MM = 20.0  # its section: the blood joined to its centre within this
+AORTA_FLANK_MM = 15.0  # where lung (an air part of 200 mm2 or more, not gas) lies on both sides within this of its row,
+FLANK_LUNG_MM2 = 200.0  # the slice is in the chest (a CT cropped to the heart, whose lungs its field cuts, is not
+# found at the chest's level by the lungs' share of the body): there the heart's chambers look as round
 HEART_SHARE = 0.5  # and on the slices of its level its section covers at least this share of its widest one
 MIN_LUNG_BESIDE_MM2 = 500.0  # the heart is read only on slices where each lung covers this much
 HEART_MIN_MM2 = 4000.0  # the heart's cross-section on the slices of its level (lung1, lung2: 4,000-12,000 mm2 by
@@ -93,6 +115,7 @@ _PART_OF_THE_HEART = re.compile(r"\b(ventricles?|atri(a|um)|valves?|myocardium|p
                                 re.IGNORECASE)
 _TRACHEA = re.compile(r"\b(trachea|windpipe)\b", re.IGNORECASE)
 _SPINAL_CORD = re.compile(r"\b(spinal|vertebral)\s+(cord|canal)\b|\bthecal sac\b|\bcauda equina\b", re.IGNORECASE)
+_AORTA = re.compile(r"\baorta\b", re.IGNORECASE)
 _AUTOCHTHON = re.compile(r"\bautochthon\b", re.IGNORECASE)  # in the atlas's words: the erector spinae too
 
 
@@ -127,7 +150,7 @@ def lung_asked(query: str) -> LungAsked | None:
 @dataclass(frozen=True)
 class CtAsked:
     """A structure a query names that a CT's units give: ``structure`` "lung", "heart",
-    "trachea", "spinal cord" or "autochthon" (the back muscles beside the spine); for a lung or
+    "trachea", "spinal cord", "aorta" or "autochthon" (the back muscles beside the spine); for a lung or
     the autochthon its side (None: both), for a lung whether it names a lobe."""
 
     structure: str
@@ -139,7 +162,7 @@ def ct_structure_asked(query: str) -> CtAsked | None:
     """The structure ``query`` asks for that :class:`CtAnatomy` reads, or None: a lung
     (:func:`lung_asked`), the heart (not a part of it: "the left ventricle"), the trachea, the
     spinal cord (or the spinal or vertebral canal, the thecal sac, the cauda equina: what lies
-    inside the vertebrae's bony canal), the
+    inside the vertebrae's bony canal), the aorta, the
     autochthon (the erector spinae, the paraspinal muscles) of a side or both. A
     lesion ("the lung tumour") is the caller's to leave out."""
     lungs = lung_asked(query)
@@ -151,6 +174,8 @@ def ct_structure_asked(query: str) -> CtAsked | None:
         return CtAsked("trachea")
     if _SPINAL_CORD.search(query or ""):
         return CtAsked("spinal cord")
+    if _AORTA.search(query or ""):
+        return CtAsked("aorta")
     if _AUTOCHTHON.search(in_atlas_words(query or "")):
         sides = {side.lower() for side in _SIDE.findall(query)}
         return CtAsked("autochthon", sides.pop() if len(sides) == 1 else None)
@@ -422,6 +447,122 @@ def _autochthon_section(hu_slice: np.ndarray, canal: np.ndarray, pixel_mm: float
     return section
 
 
+def _disc(radius: float, inner: float = 0.0) -> np.ndarray:
+    """A disc (or, given ``inner``, a ring from ``inner`` to ``radius``) of pixels, as weights summing to 1."""
+    n = int(np.ceil(radius))
+    distance = np.hypot(*np.mgrid[-n:n + 1, -n:n + 1])
+    kernel = ((distance <= radius) & (distance >= inner)).astype(np.float32)
+    return kernel / kernel.sum()
+
+
+def _aorta_centre(hu_slice: np.ndarray, canal: np.ndarray, pixel_mm: float) -> tuple[float, float, float, float] | None:
+    """The contrast-filled aorta below the chest on an axial slice whose spinal ``canal`` is read:
+    (row, column, its blood's mean HU, score) of the round part likest a vessel in the window
+    ``AORTA_AHEAD_MM`` in front of the canal and ``AORTA_SIDE_MM`` to the patient's left (the
+    vertebral body, ``AORTA_BODY_MM``, left out). A vessel is a disc of even blood (``AORTA_HU``)
+    whose ring (1.15-1.6 times its radius) differs from it: the score is the ring's spread about
+    the disc's mean over the disc's own spread, best over ``AORTA_RADII_MM``. None where no disc of
+    blood lies there."""
+    from scipy import ndimage as ndi
+    from scipy.signal import fftconvolve
+
+    canal_row, canal_col = np.argwhere(canal).mean(axis=0)
+    factor = max(1.0, AORTA_GRID_MM / pixel_mm)
+    image = np.clip(np.asarray(hu_slice, dtype=np.float32), -200, 800)
+    if factor > 1.2:
+        image = ndi.zoom(image, 1 / factor, order=1)
+    else:
+        factor = 1.0
+    grid_mm = pixel_mm * factor
+    rows, cols = np.mgrid[:image.shape[0], :image.shape[1]]
+    ahead, side = (canal_row / factor - rows) * grid_mm, (cols - canal_col / factor) * grid_mm
+    allowed = (ahead >= AORTA_AHEAD_MM[0]) & (ahead <= AORTA_AHEAD_MM[1]) & (side >= AORTA_SIDE_MM[0]) \
+        & (side <= AORTA_SIDE_MM[1]) & ~((np.abs(side) < AORTA_BODY_MM[0]) & (ahead < AORTA_BODY_MM[1]))
+    squared, best = image * image, None
+    for radius_mm in AORTA_RADII_MM:
+        radius = radius_mm / grid_mm
+        inside, ring = _disc(0.7 * radius), _disc(1.6 * radius, 1.15 * radius)
+        mean = fftconvolve(image, inside, "same")
+        spread = np.sqrt(np.maximum(fftconvolve(squared, inside, "same") - mean * mean, 0))
+        ring_mean, ring_squared = fftconvolve(image, ring, "same"), fftconvolve(squared, ring, "same")
+        differs = np.sqrt(np.maximum(ring_squared - 2 * mean * ring_mean + mean * mean, 0))
+        score = np.where(allowed & (mean >= AORTA_HU[0]) & (mean <= AORTA_HU[1]),
+                         differs / np.maximum(spread, 15.0), 0.0)
+        at = np.unravel_index(int(np.argmax(score)), score.shape)
+        if score[at] > 0 and (best is None or score[at] > best[3]):
+            best = (at[0] * factor, at[1] * factor, float(mean[at]), float(score[at]))
+    return best
+
+
+def _aorta_section(hu_slice: np.ndarray, row: float, col: float, blood_hu: float, pixel_mm: float) -> np.ndarray:
+    """The aorta's section around its centre (``row``, ``col``): the pixels within
+    ``AORTA_REACH_MM`` whose 3 x 3 median reaches 0.7 of its blood's HU (100 HU at least), opened
+    by 1.5 mm, the part holding the centre, holes filled, grown by 1 mm (its wall)."""
+    from scipy import ndimage as ndi
+
+    reach = int(np.ceil(AORTA_REACH_MM / pixel_mm)) + 2
+    top, left = max(0, int(row) - reach), max(0, int(col) - reach)
+    window = (slice(top, int(row) + reach + 1), slice(left, int(col) + reach + 1))
+    smooth = ndi.median_filter(np.asarray(hu_slice[window], dtype=np.float32), size=3)
+    rows, cols = np.mgrid[:smooth.shape[0], :smooth.shape[1]]
+    near = np.hypot(rows - (row - top), cols - (col - left)) * pixel_mm <= AORTA_REACH_MM
+    blood = ndi.binary_opening(near & (smooth >= max(100.0, 0.7 * blood_hu)),
+                               iterations=max(1, int(round(1.5 / pixel_mm))))
+    parts, _ = ndi.label(blood)
+    section = np.zeros(np.shape(hu_slice), bool)
+    label = parts[int(row) - top, int(col) - left]
+    if label:
+        section[window] = ndi.binary_dilation(ndi.binary_fill_holes(parts == label),
+                                              iterations=max(1, int(round(1.0 / pixel_mm))))
+    return section
+
+
+def _lungs_flank(hu_slice: np.ndarray, row: float, col: float, pixel_mm: float) -> bool:
+    """Whether lung lies on both sides of the point (``row``, ``col``) within ``AORTA_FLANK_MM`` of
+    its row: air parts (3 x 3 median below ``AIR_HU``) of ``FLANK_LUNG_MM2`` or more whose median lies
+    above ``LUNG_MEDIAN_HU`` (lung, not gas or the air around the body)."""
+    from scipy import ndimage as ndi
+
+    top = max(0, int(row - AORTA_FLANK_MM / pixel_mm))
+    strip = np.asarray(hu_slice[top:int(row + AORTA_FLANK_MM / pixel_mm) + 1], dtype=np.float32)
+    parts, _ = ndi.label(ndi.median_filter(strip, size=3) < AIR_HU)
+    sides = set()
+    for label, box in enumerate(ndi.find_objects(parts), start=1):
+        part = parts[box] == label
+        if part.sum() * pixel_mm**2 >= FLANK_LUNG_MM2 and float(np.median(strip[box][part])) > LUNG_MEDIAN_HU:
+            sides.add(bool(np.nonzero(part)[1].mean() + box[1].start > col))
+    return len(sides) == 2
+
+
+def _abdominal_aorta(volume: np.ndarray, canal: np.ndarray, pixel_mm: float, slices) -> np.ndarray:
+    """The contrast-filled aorta on the axial ``slices`` (below the chest, the canal read), bool on
+    the volume's grid: :func:`_aorta_centre` where it scores ``AORTA_MIN_SCORE`` or more and lung
+    does not flank it (:func:`_lungs_flank`), on runs
+    of ``AORTA_MIN_SLICES`` such slices in a row or more whose centres move less than
+    ``AORTA_STEP_MM`` (a vessel runs on; a marrow or a loop of gut that looks round on one slice
+    does not), each slice's :func:`_aorta_section`. Empty where there is none (a CT without
+    contrast)."""
+    found = {}
+    for z in slices:
+        centre = _aorta_centre(np.asarray(volume[z]), canal[z], pixel_mm)
+        if centre is not None and centre[3] >= AORTA_MIN_SCORE \
+                and not _lungs_flank(np.asarray(volume[z]), centre[0], centre[1], pixel_mm):
+            found[int(z)] = centre
+    runs: list[list[int]] = []
+    for z in sorted(found):
+        last = runs[-1][-1] if runs else None
+        if last == z - 1 and np.hypot(found[z][0] - found[last][0], found[z][1] - found[last][1]) * pixel_mm \
+                < AORTA_STEP_MM:
+            runs[-1].append(z)
+        else:
+            runs.append([z])
+    aorta = np.zeros(np.shape(volume), bool)
+    for z in (z for run in runs if len(run) >= AORTA_MIN_SLICES for z in run):
+        row, col, blood_hu, _ = found[z]
+        aorta[z] = _aorta_section(np.asarray(volume[z]), row, col, blood_hu, pixel_mm)
+    return aorta
+
+
 def _heart_section(hu_slice: np.ndarray, lungs: np.ndarray, pixel_mm: float) -> np.ndarray:
     """The heart's candidate on an axial slice where both lungs lie: the soft tissue (blood and
     wall, ``SOFT_TISSUE_HU``; fat left out) inside the lungs' convex hull and ``HEART_BEFORE_SPINE_MM``
@@ -563,6 +704,7 @@ class CtAnatomy:
         self._trachea: np.ndarray | None = None
         self._heart_slices: list[int] = []
         self._canal: np.ndarray | None = None
+        self._aorta: np.ndarray | None = None
         chest = [z for z in range(hu.shape[0]) if self.lung_share(z) >= CHEST_LEVEL_SHARE]
         self.chest_from = chest[0] if chest else None  # the lowest slice of the chest's level (axis 0 runs to the head)
 
@@ -641,10 +783,21 @@ class CtAnatomy:
             self._canal = _spinal_canal(volume, float(np.sqrt(self.pixel_mm2("axial"))))
         return self._canal
 
+    def aorta_volume(self, volume: np.ndarray) -> np.ndarray:
+        """The contrast-filled aorta below the chest (:func:`_abdominal_aorta` on the slices where
+        the spinal canal is read and the chest's level is not reached), bool on the volume's grid,
+        read from ``volume`` once; empty on a CT without contrast."""
+        if self._aorta is None:
+            canal = self.canal_volume(volume)
+            slices = [z for z in np.flatnonzero(canal.any(axis=(1, 2))) if not self.at_chest_level(int(z))]
+            self._aorta = _abdominal_aorta(volume, canal, float(np.sqrt(self.pixel_mm2("axial"))), slices)
+        return self._aorta
+
     def region(self, asked: CtAsked, view: str, index: int, volume: np.ndarray) -> np.ndarray | None:
         """The structure ``asked`` on slice ``index`` of ``view``, bool on that slice's grid, empty
         where it is not on it; None where this CT cannot say (the heart of a volume without a
-        chest; the spinal canal on a slice it was not followed onto). ``volume``: the Hounsfield
+        chest; the spinal canal on a slice it was not followed onto; the aorta where it was not
+        read: in the chest, without contrast, in another view). ``volume``: the Hounsfield
         units this anatomy was read from (the heart and the canal are read from them when first
         asked)."""
         if asked.structure == "lung":
@@ -653,6 +806,9 @@ class CtAnatomy:
             return self._canal_cut(view, index, volume)
         if asked.structure == "autochthon":
             return self._autochthon_cut(asked.side, view, index, volume)
+        if asked.structure == "aorta":  # on the axial slices it was read on; elsewhere the map's
+            cut = self.aorta_volume(volume)[index] if view == "axial" else None
+            return np.array(cut) if cut is not None and cut.any() else None
         if self.span(asked, volume) is None:
             return None
         from ..geometry import VIEWS, oriented
@@ -681,6 +837,8 @@ class CtAnatomy:
         """The first and last axial slice the structure ``asked`` lies on, or None."""
         if asked.structure in ("spinal cord", "autochthon"):
             held = np.flatnonzero(self.canal_volume(volume).any(axis=(1, 2))).tolist()
+        elif asked.structure == "aorta":
+            held = np.flatnonzero(self.aorta_volume(volume).any(axis=(1, 2))).tolist()
         elif asked.structure == "trachea":
             held = sorted(self.trachea)
         elif asked.structure == "heart":

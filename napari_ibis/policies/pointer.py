@@ -516,9 +516,10 @@ class PointerPolicy(DecidingPolicy):
     def ct_reading(self, image: np.ndarray, query: str, volume: VolumeSlice | None) -> CtRead | None:
         """What the Hounsfield units of the CT ``volume`` decide about ``query`` on its slice
         ``image``, or None where they decide nothing: the lungs, the heart, the trachea, the
-        spinal cord or the autochthon asked for (their region on the slice, empty where they are
+        spinal cord, the aorta or the autochthon asked for (their region on the slice, empty where they are
         not on it; for a lobe only its absence; the cord and the muscles beside it only where the
-        cord was followed onto the slice), or a
+        cord was followed onto the slice; the aorta only on the axial slices below the chest where
+        it was read, never its absence), or a
         structure the lungs' level rules out on an axial slice (an empty region:
         :meth:`~napari_ibis.grounding.ct_anatomy.CtAnatomy.level_rules_out`). A lesion ("the lung
         tumour") is left to the map."""
@@ -540,8 +541,10 @@ class PointerPolicy(DecidingPolicy):
         region = _on_grid(cut, image.shape[:2])
         if asked.lobe and region.any():
             return None  # which lobe, the units cannot tell: the map decides
+        # the aorta runs on into the chest, where it is not read: there the segmenter carries it through the volume
+        followed = None if asked.lobe or asked.structure == "aorta" else asked
         return CtRead(region, basis=_CT_BASIS[asked.structure], why=_ct_words(anatomy, asked, volume, region),
-                      through=None if asked.lobe else asked)
+                      through=followed)
 
     def _ct_question(self, query: str, volume: VolumeSlice | None) -> tuple[CtAsked | None, str | None] | None:
         """Where a CT's units may decide ``query`` on ``volume``'s slice: (the structure they give,
@@ -654,8 +657,8 @@ class PointerPolicy(DecidingPolicy):
         (:meth:`ct_anatomy`; about 1 s per 50 slices, the heart as much again when first asked,
         the spinal canal about 1.5 s per 100 slices), which the widget says it is spending: the query
         names a structure they give or rule out, the volume holds Hounsfield units and they were
-        not read for it (or, for the heart, the spinal cord or the autochthon beside it, not that
-        structure)."""
+        not read for it (or, for the heart, the spinal cord, the autochthon or the aorta beside it,
+        not that structure)."""
         from ..grounding.ct_anatomy import looks_like_ct
 
         question = self._ct_question(query, volume)
@@ -668,7 +671,7 @@ class PointerPolicy(DecidingPolicy):
         if anatomy is None or asked is None:
             return False
         return (asked.structure == "heart" and not anatomy.heart_read) or \
-            (asked.structure in ("spinal cord", "autochthon") and not anatomy.canal_read)
+            (asked.structure in ("spinal cord", "autochthon", "aorta") and not anatomy.canal_read)
 
     @staticmethod
     def _volume_key(volume: VolumeSlice) -> tuple:
@@ -743,7 +746,8 @@ _CT_BASIS = {"lung": "the air-filled lung in this CT's Hounsfield units",
              "heart": "the soft tissue between the lungs in this CT's Hounsfield units",
              "trachea": "the airway joining the lungs in this CT's Hounsfield units",
              "spinal cord": "the soft tissue inside the vertebrae's bony ring in this CT's Hounsfield units",
-             "autochthon": "the muscle behind the spine, beside the spinal canal, in this CT's Hounsfield units"}
+             "autochthon": "the muscle behind the spine, beside the spinal canal, in this CT's Hounsfield units",
+             "aorta": "the contrast-filled vessel in front of the spine in this CT's Hounsfield units"}
 _PLACED_EDGES = {"spinal cord": "the bony ring's", "autochthon": "the fat's and the bone's around it"}
 _CT_WHAT = {"lung": "the air inside the body below -400 HU (gas in the gut, purer air, left out)",
             "heart": "the soft tissue between the two lungs in front of the spine (fat left out), on the slices where "
@@ -753,7 +757,9 @@ _CT_WHAT = {"lung": "the air inside the body below -400 HU (gas in the gut, pure
             "spinal cord": "the soft tissue inside the vertebrae's bony ring (the cord and the fluid around it), "
                            "followed from the slices where the ring is closed",
             "autochthon": "the muscle (-20 to 120 HU) behind the spine and beside the spinal canal, parted from the "
-                          "thin muscles over it"}
+                          "thin muscles over it",
+            "aorta": "the round vessel of contrast-filled blood (above 120 HU) in front of the spine, to its left, "
+                     "below the chest, followed over the slices in a row where it is found"}
 
 
 def _ct_words(anatomy, asked: CtAsked, volume: VolumeSlice, region: np.ndarray) -> str:
