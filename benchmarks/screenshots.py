@@ -57,7 +57,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", choices=["default-agent", "volume", "tumour", "spleen", "hippocampus", "kidney-mr",
-                                           "chest", "lungs", "heart", "cord", "brain-mri"],
+                                           "chest", "lungs", "heart", "cord", "aorta", "brain-mri"],
                         help="only that screenshot")
     args = parser.parse_args()
     out = ROOT / "docs" / "images"
@@ -91,6 +91,8 @@ def main() -> None:
         return heart(out, wait)
     if args.only == "cord":
         return cord(out, wait)
+    if args.only == "aorta":
+        return aorta(out, wait)
     if args.only == "brain-mri":
         return brain_mri(out, wait)
     image, labels = test_image_nuclei_2d(return_mask=True)
@@ -409,6 +411,22 @@ def spleen(out: Path, wait) -> None:
     print(widget.steps_panel.transcript.toPlainText())
     viewer.layers["IBIS clicks"].visible = True
     _shoot(viewer, widget, out / "widget-spleen.png", result, truth, "TotalSegmentator's spleen")
+
+
+def aorta(out: Path, wait) -> None:
+    """The default agent asked for the aorta on slice 12 of the same real CT series (contrast-filled:
+    read from the units since 2026-12-07; before, its map clicked in front of it), then Propagate both
+    ways (the segmenter carries it); 3-D Dice with TotalSegmentator's aorta."""
+    from napari_ibis import assets, io
+    from training.data.sources import totalseg_class_maps
+
+    root = assets.path("totalsegmentator", "tests/reference_files")
+    labels = io.read_image(root / "example_seg_dicom.nii.gz").data
+    truth = labels == next(k for k, v in totalseg_class_maps()["total"].items() if v == "aorta")
+    viewer, widget, z, result = _propagated(str(root / "example_ct_dicom"), truth, "segment the aorta", None, wait, z=12)
+    print(widget.steps_panel.transcript.toPlainText())
+    viewer.layers["IBIS clicks"].visible = True
+    _shoot(viewer, widget, out / "widget-aorta.png", result, truth, "TotalSegmentator's aorta")
 
 
 def tumour(out: Path, wait) -> None:
