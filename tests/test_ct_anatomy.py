@@ -512,7 +512,7 @@ def test_on_real_cts_the_aorta_is_read_with_contrast_and_left_to_the_map_without
     from training.data.sources import TOTALSEG_VOLUMES, totalseg_class_maps
 
     root = assets.path("totalsegmentator", "tests/reference_files").parent.parent
-    for name, least in (("upper_abdomen_ct", 0.7), ("abdomen_ct", None)):
+    for name, least in (("upper_abdomen_ct", 0.85), ("abdomen_ct", None)):
         image_file, labels_file, class_map = TOTALSEG_VOLUMES[name]
         ct = io.read_image(root / image_file)
         code = {v: int(k) for k, v in totalseg_class_maps()[class_map].items()}["aorta"]
@@ -521,7 +521,7 @@ def test_on_real_cts_the_aorta_is_read_with_contrast_and_left_to_the_map_without
         if least is None:
             assert not read.any(), name
             continue
-        assert read.any(axis=(1, 2)).all() and dice(truth, read) > least, name  # 0.80 measured, all 20 slices
+        assert read.any(axis=(1, 2)).all() and dice(truth, read) > least, name  # 0.90 measured, all 20 slices
         session = Session(ct.data[12], "segment the aorta", policy, segmenter, max_steps=5,
                           volume=volume_slice(ct.data, ct.meta["geometry"].spacing, (), 12))
         list(session.run())

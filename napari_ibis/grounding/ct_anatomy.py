@@ -92,7 +92,8 @@ AORTA_MIN_SCORE = 8.0  # the ring around it differs from the disc this many time
 # held-out series' aorta 12.8-17.0; the vertebra's marrow and the psoas on three plain CTs at most 6.2)
 AORTA_STEP_MM = 10.0  # from slice to slice its centre moves less than this (the found centre jitters by a few mm)
 AORTA_MIN_SLICES = 3  # and it is found on this many slices in a row or more
-AORTA_REACH_MM = 20.0  # its section: the blood joined to its centre within this
+AORTA_REACH_MM = 20.0  # its section: the blood joined to its centre within this,
+AORTA_OPEN_MM = 5.0  # opened by a disc this wide, which parts it from the vertebral body's marrow where they touch
 AORTA_FLANK_MM = 15.0  # where lung (an air part of 200 mm2 or more, not gas) lies on both sides within this of its row,
 FLANK_LUNG_MM2 = 200.0  # the slice is in the chest (a CT cropped to the heart, whose lungs its field cuts, is not
 # found at the chest's level by the lungs' share of the body): there the heart's chambers look as round
@@ -497,8 +498,9 @@ def _aorta_centre(hu_slice: np.ndarray, canal: np.ndarray, pixel_mm: float) -> t
 def _aorta_section(hu_slice: np.ndarray, row: float, col: float, blood_hu: float, pixel_mm: float) -> np.ndarray:
     """The aorta's section around its centre (``row``, ``col``): the pixels within
     ``AORTA_REACH_MM`` whose 3 x 3 median reaches 0.7 of its blood's HU (100 HU at least), opened
-    by 1.5 mm, the part holding the centre, holes filled, grown by 1 mm (its wall)."""
+    by a disc of ``AORTA_OPEN_MM``, the part holding the centre, holes filled, grown by 1 mm (its wall)."""
     from scipy import ndimage as ndi
+    from skimage.morphology import disk
 
     reach = int(np.ceil(AORTA_REACH_MM / pixel_mm)) + 2
     top, left = max(0, int(row) - reach), max(0, int(col) - reach)
@@ -507,7 +509,7 @@ def _aorta_section(hu_slice: np.ndarray, row: float, col: float, blood_hu: float
     rows, cols = np.mgrid[:smooth.shape[0], :smooth.shape[1]]
     near = np.hypot(rows - (row - top), cols - (col - left)) * pixel_mm <= AORTA_REACH_MM
     blood = ndi.binary_opening(near & (smooth >= max(100.0, 0.7 * blood_hu)),
-                               iterations=max(1, int(round(1.5 / pixel_mm))))
+                               structure=disk(max(1, int(round(AORTA_OPEN_MM / pixel_mm)))))
     parts, _ = ndi.label(blood)
     section = np.zeros(np.shape(hu_slice), bool)
     label = parts[int(row) - top, int(col) - left]

@@ -384,10 +384,10 @@ class PointerPolicy(DecidingPolicy):
                 f"click along. {_registered_words(fit)}; I place the region where it lands on this slice, then check "
                 f"that mask against what I see."))
         read = self.ct_reading(image, query, volume)
-        if read is not None and read.through is not None and read.through.structure in PLACED_FROM_UNITS \
+        if read is not None and read.asked is not None and read.asked.structure in PLACED_FROM_UNITS \
                 and read.region.any():
             return Placement(read.region, thought=(f"{why} " if why else "") + (
-                f"{read.why} Its edges are read to the pixel ({_PLACED_EDGES[read.through.structure]}), where a "
+                f"{read.why} Its edges are read to the pixel ({_PLACED_EDGES[read.asked.structure]}), where a "
                 f"click would give a coarser mask: I place it as it is, then check that mask against what I see."))
         if self.atlas is None or self.atlas.name_in(query) not in self.atlas.regions or names_a_lesion(query):
             return None
@@ -541,10 +541,8 @@ class PointerPolicy(DecidingPolicy):
         region = _on_grid(cut, image.shape[:2])
         if asked.lobe and region.any():
             return None  # which lobe, the units cannot tell: the map decides
-        # the aorta runs on into the chest, where it is not read: there the segmenter carries it through the volume
-        followed = None if asked.lobe or asked.structure == "aorta" else asked
         return CtRead(region, basis=_CT_BASIS[asked.structure], why=_ct_words(anatomy, asked, volume, region),
-                      through=followed)
+                      asked=asked, through=None if asked.lobe or asked.structure == "aorta" else asked)
 
     def _ct_question(self, query: str, volume: VolumeSlice | None) -> tuple[CtAsked | None, str | None] | None:
         """Where a CT's units may decide ``query`` on ``volume``'s slice: (the structure they give,
@@ -733,12 +731,14 @@ class RegionThrough:
 class CtRead:
     """What a CT's Hounsfield units decide for a query on one slice (:meth:`PointerPolicy.ct_reading`):
     the structure's region on the slice as the agent sees it (empty: not there), what it rests on,
-    the agent's words, and the structure read (lungs, heart, trachea, spinal cord, autochthon) where
-    it can be followed through the volume."""
+    the agent's words, the structure read, and the same where the units follow it through the
+    volume (lungs, heart, trachea, spinal cord, autochthon; not the aorta, which runs on into the
+    chest, where it is not read)."""
 
     region: np.ndarray
     basis: str
     why: str
+    asked: CtAsked | None = None
     through: CtAsked | None = None
 
 
@@ -748,7 +748,8 @@ _CT_BASIS = {"lung": "the air-filled lung in this CT's Hounsfield units",
              "spinal cord": "the soft tissue inside the vertebrae's bony ring in this CT's Hounsfield units",
              "autochthon": "the muscle behind the spine, beside the spinal canal, in this CT's Hounsfield units",
              "aorta": "the contrast-filled vessel in front of the spine in this CT's Hounsfield units"}
-_PLACED_EDGES = {"spinal cord": "the bony ring's", "autochthon": "the fat's and the bone's around it"}
+_PLACED_EDGES = {"spinal cord": "the bony ring's", "autochthon": "the fat's and the bone's around it",
+                 "aorta": "the contrast's"}
 _CT_WHAT = {"lung": "the air inside the body below -400 HU (gas in the gut, purer air, left out)",
             "heart": "the soft tissue between the two lungs in front of the spine (fat left out), on the slices where "
                      "it is heart-sized",
