@@ -401,32 +401,30 @@ def volume(out: Path, wait) -> None:
 def spleen(out: Path, wait) -> None:
     """The default agent itself (v8 with its atlas) asked for the spleen on the middle slice
     of the same real CT series, then Propagate both ways."""
-    from napari_ibis import assets, io
-    from training.data.sources import totalseg_class_maps
-
-    root = assets.path("totalsegmentator", "tests/reference_files")
-    labels = io.read_image(root / "example_seg_dicom.nii.gz").data
-    truth = labels == next(k for k, v in totalseg_class_maps()["total"].items() if v == "spleen")
-    viewer, widget, z, result = _propagated(str(root / "example_ct_dicom"), truth, "segment the spleen", None, wait, z=10)
-    print(widget.steps_panel.transcript.toPlainText())
-    viewer.layers["IBIS clicks"].visible = True
-    _shoot(viewer, widget, out / "widget-spleen.png", result, truth, "TotalSegmentator's spleen")
+    _held_out_agent(out, wait, "spleen", 10, "widget-spleen.png")
 
 
 def aorta(out: Path, wait) -> None:
     """The default agent asked for the aorta on slice 12 of the same real CT series (contrast-filled:
     read from the units since 2026-12-07; before, its map clicked in front of it), then Propagate both
-    ways (the segmenter carries it); 3-D Dice with TotalSegmentator's aorta."""
+    ways (the segmenter carries it)."""
+    _held_out_agent(out, wait, "aorta", 12, "widget-aorta.png")
+
+
+def _held_out_agent(out: Path, wait, structure: str, z: int, file: str) -> None:
+    """The default agent asked for ``structure`` on slice ``z`` of TotalSegmentator's DICOM CT series,
+    then Propagate both ways; the transcript and the 3-D Dice with its label printed."""
     from napari_ibis import assets, io
     from training.data.sources import totalseg_class_maps
 
     root = assets.path("totalsegmentator", "tests/reference_files")
     labels = io.read_image(root / "example_seg_dicom.nii.gz").data
-    truth = labels == next(k for k, v in totalseg_class_maps()["total"].items() if v == "aorta")
-    viewer, widget, z, result = _propagated(str(root / "example_ct_dicom"), truth, "segment the aorta", None, wait, z=12)
+    truth = labels == next(k for k, v in totalseg_class_maps()["total"].items() if v == structure)
+    viewer, widget, z, result = _propagated(str(root / "example_ct_dicom"), truth, f"segment the {structure}", None,
+                                            wait, z=z)
     print(widget.steps_panel.transcript.toPlainText())
     viewer.layers["IBIS clicks"].visible = True
-    _shoot(viewer, widget, out / "widget-aorta.png", result, truth, "TotalSegmentator's aorta")
+    _shoot(viewer, widget, out / file, result, truth, f"TotalSegmentator's {structure}")
 
 
 def tumour(out: Path, wait) -> None:
