@@ -468,8 +468,16 @@ def _aorta_centre(hu_slice: np.ndarray, canal: np.ndarray, pixel_mm: float) -> t
     from scipy.signal import fftconvolve
 
     canal_row, canal_col = np.argwhere(canal).mean(axis=0)
+    margin = 1.6 * max(AORTA_RADII_MM) + 2 * AORTA_GRID_MM  # the window and the rings around it, no more
+    top = int(max(0, canal_row - (AORTA_AHEAD_MM[1] + margin) / pixel_mm))
+    left = int(max(0, canal_col + (AORTA_SIDE_MM[0] - margin) / pixel_mm))
+    window = (slice(top, max(top, int(canal_row - (AORTA_AHEAD_MM[0] - margin) / pixel_mm))),
+              slice(left, max(left, int(canal_col + (AORTA_SIDE_MM[1] + margin) / pixel_mm))))
+    canal_row, canal_col = canal_row - top, canal_col - left
     factor = max(1.0, AORTA_GRID_MM / pixel_mm)
-    image = np.clip(np.asarray(hu_slice, dtype=np.float32), -200, 800)
+    image = np.clip(np.asarray(hu_slice[window], dtype=np.float32), -200, 800)
+    if image.size == 0:
+        return None
     if factor > 1.2:
         image = ndi.zoom(image, 1 / factor, order=1)
     else:
@@ -491,7 +499,7 @@ def _aorta_centre(hu_slice: np.ndarray, canal: np.ndarray, pixel_mm: float) -> t
                          differs / np.maximum(spread, 15.0), 0.0)
         at = np.unravel_index(int(np.argmax(score)), score.shape)
         if score[at] > 0 and (best is None or score[at] > best[3]):
-            best = (at[0] * factor, at[1] * factor, float(mean[at]), float(score[at]))
+            best = (top + at[0] * factor, left + at[1] * factor, float(mean[at]), float(score[at]))
     return best
 
 

@@ -653,7 +653,8 @@ class PointerPolicy(DecidingPolicy):
     def will_read_ct(self, query: str, volume: VolumeSlice | None) -> bool:
         """Whether the first turn on ``volume`` for ``query`` will read the CT's Hounsfield units
         (:meth:`ct_anatomy`; about 1 s per 50 slices, the heart as much again when first asked,
-        the spinal canal about 1.5 s per 100 slices), which the widget says it is spending: the query
+        the spinal canal about 1.5 s per 100 slices, the aorta 0.5 s more), which the widget says it is
+        spending: the query
         names a structure they give or rule out, the volume holds Hounsfield units and they were
         not read for it (or, for the heart, the spinal cord, the autochthon or the aorta beside it,
         not that structure)."""
