@@ -81,11 +81,15 @@ SOFT_TISSUE_HU = (-60, 700)  # the heart's wall and blood, with contrast too; fa
 HEART_OPEN_MM = 5.0  # an opening this wide parts the heart from vessels touching it
 HEART_BEFORE_SPINE_MM = 10.0  # the heart ends this far in front of the vertebra (the oesophagus and the descending
 # aorta lie between)
+HEART_SHARE = 0.5  # and on the slices of its level its section covers at least this share of its widest one
+MIN_LUNG_BESIDE_MM2 = 500.0  # the heart is read only on slices where each lung covers this much
+HEART_MIN_MM2 = 4000.0  # the heart's cross-section on the slices of its level (lung1, lung2: 4,000-12,000 mm2 by
+# eye); the great vessels above it, read the same way, cover 2,000-3,800
 AORTA_HU = (120.0, 650.0)  # contrast-filled blood (the held-out series' aorta: median 151 HU); a plain CT's, 30-60
 # HU like the soft tissue around it, is not read
 AORTA_AHEAD_MM = (35.0, 80.0)  # below the chest the aorta's centre lies this far in front of the spinal canal's
 AORTA_SIDE_MM = (-5.0, 35.0)  # centre, and this far to the patient's left (two CTs: 47-62 mm and 1-19 mm)
-AORTA_BODY_MM = (20.0, 45.0)  # not within this of the canal's column closer than this in front of it: the vertebral body
+AORTA_BODY_MM = (20.0, 45.0)  # not within this of the canal's column and closer than this in front: the vertebral body
 AORTA_RADII_MM = (7.0, 9.0, 11.0, 13.0, 15.0, 17.0)  # the ring looked for (a disc of 0.7 times it inside)
 AORTA_GRID_MM = 2.0  # it is looked for on a grid this coarse
 AORTA_MIN_SCORE = 8.0  # the ring around it differs from the disc this many times the disc's own spread (the
@@ -94,13 +98,11 @@ AORTA_STEP_MM = 10.0  # from slice to slice its centre moves less than this (the
 AORTA_MIN_SLICES = 3  # and it is found on this many slices in a row or more
 AORTA_REACH_MM = 20.0  # its section: the blood joined to its centre within this,
 AORTA_OPEN_MM = 5.0  # opened by a disc this wide, which parts it from the vertebral body's marrow where they touch
-AORTA_FLANK_MM = 15.0  # where lung (an air part of 200 mm2 or more, not gas) lies on both sides within this of its row,
-FLANK_LUNG_MM2 = 200.0  # the slice is in the chest (a CT cropped to the heart, whose lungs its field cuts, is not
-# found at the chest's level by the lungs' share of the body): there the heart's chambers look as round
-HEART_SHARE = 0.5  # and on the slices of its level its section covers at least this share of its widest one
-MIN_LUNG_BESIDE_MM2 = 500.0  # the heart is read only on slices where each lung covers this much
-HEART_MIN_MM2 = 4000.0  # the heart's cross-section on the slices of its level (lung1, lung2: 4,000-12,000 mm2 by
-# eye); the great vessels above it, read the same way, cover 2,000-3,800
+# Lung on both sides of it, within AORTA_FLANK_MM of its row (air parts of AORTA_FLANK_LUNG_MM2 or more, not gas):
+# the slice is in the chest, where the heart's chambers look as round. A CT cropped to the heart, whose lungs its
+# field cuts, is not found at the chest's level by the lungs' share of the body.
+AORTA_FLANK_MM = 15.0
+AORTA_FLANK_LUNG_MM2 = 200.0
 
 # structures that lie wholly below the diaphragm's dome (the liver, the spleen and the stomach
 # reach up into it, beside the lungs, so they are not here)
@@ -529,8 +531,8 @@ def _aorta_section(hu_slice: np.ndarray, row: float, col: float, blood_hu: float
 
 def _lungs_flank(hu_slice: np.ndarray, row: float, col: float, pixel_mm: float) -> bool:
     """Whether lung lies on both sides of the point (``row``, ``col``) within ``AORTA_FLANK_MM`` of
-    its row: air parts (3 x 3 median below ``AIR_HU``) of ``FLANK_LUNG_MM2`` or more whose median lies
-    above ``LUNG_MEDIAN_HU`` (lung, not gas or the air around the body)."""
+    its row: air parts (3 x 3 median below ``AIR_HU``) of ``AORTA_FLANK_LUNG_MM2`` or more whose median
+    lies above ``LUNG_MEDIAN_HU`` (lung, not gas or the air around the body)."""
     from scipy import ndimage as ndi
 
     top = max(0, int(row - AORTA_FLANK_MM / pixel_mm))
@@ -539,7 +541,7 @@ def _lungs_flank(hu_slice: np.ndarray, row: float, col: float, pixel_mm: float) 
     sides = set()
     for label, box in enumerate(ndi.find_objects(parts), start=1):
         part = parts[box] == label
-        if part.sum() * pixel_mm**2 >= FLANK_LUNG_MM2 and float(np.median(strip[box][part])) > LUNG_MEDIAN_HU:
+        if part.sum() * pixel_mm**2 >= AORTA_FLANK_LUNG_MM2 and float(np.median(strip[box][part])) > LUNG_MEDIAN_HU:
             sides.add(bool(np.nonzero(part)[1].mean() + box[1].start > col))
     return len(sides) == 2
 
@@ -547,11 +549,10 @@ def _lungs_flank(hu_slice: np.ndarray, row: float, col: float, pixel_mm: float) 
 def _abdominal_aorta(volume: np.ndarray, canal: np.ndarray, pixel_mm: float, slices) -> np.ndarray:
     """The contrast-filled aorta on the axial ``slices`` (below the chest, the canal read), bool on
     the volume's grid: :func:`_aorta_centre` where it scores ``AORTA_MIN_SCORE`` or more and lung
-    does not flank it (:func:`_lungs_flank`), on runs
-    of ``AORTA_MIN_SLICES`` such slices in a row or more whose centres move less than
-    ``AORTA_STEP_MM`` (a vessel runs on; a marrow or a loop of gut that looks round on one slice
-    does not), each slice's :func:`_aorta_section`. Empty where there is none (a CT without
-    contrast)."""
+    does not flank it (:func:`_lungs_flank`), on runs of ``AORTA_MIN_SLICES`` such slices in a row
+    or more whose centres move less than ``AORTA_STEP_MM`` (a vessel runs on; a marrow or a loop of
+    gut that looks round on one slice does not), each slice's :func:`_aorta_section`. Empty where
+    there is none (a CT without contrast)."""
     found = {}
     for z in slices:
         centre = _aorta_centre(np.asarray(volume[z]), canal[z], pixel_mm)

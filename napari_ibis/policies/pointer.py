@@ -516,11 +516,10 @@ class PointerPolicy(DecidingPolicy):
     def ct_reading(self, image: np.ndarray, query: str, volume: VolumeSlice | None) -> CtRead | None:
         """What the Hounsfield units of the CT ``volume`` decide about ``query`` on its slice
         ``image``, or None where they decide nothing: the lungs, the heart, the trachea, the
-        spinal cord, the aorta or the autochthon asked for (their region on the slice, empty where they are
-        not on it; for a lobe only its absence; the cord and the muscles beside it only where the
-        cord was followed onto the slice; the aorta only on the axial slices below the chest where
-        it was read, never its absence), or a
-        structure the lungs' level rules out on an axial slice (an empty region:
+        spinal cord, the aorta or the autochthon asked for (their region on the slice, empty where
+        they are not on it; for a lobe only its absence; the cord and the muscles beside it only
+        where the cord was followed onto the slice; the aorta only on the axial slices below the
+        chest where it was read, never its absence), or a structure the lungs' level rules out on an axial slice (an empty region:
         :meth:`~napari_ibis.grounding.ct_anatomy.CtAnatomy.level_rules_out`). A lesion ("the lung
         tumour") is left to the map."""
         question = self._ct_question(query, volume)
@@ -653,11 +652,10 @@ class PointerPolicy(DecidingPolicy):
     def will_read_ct(self, query: str, volume: VolumeSlice | None) -> bool:
         """Whether the first turn on ``volume`` for ``query`` will read the CT's Hounsfield units
         (:meth:`ct_anatomy`; about 1 s per 50 slices, the heart as much again when first asked,
-        the spinal canal about 1.5 s per 100 slices, the aorta 0.5 s more), which the widget says it is
-        spending: the query
-        names a structure they give or rule out, the volume holds Hounsfield units and they were
-        not read for it (or, for the heart, the spinal cord, the autochthon or the aorta beside it,
-        not that structure)."""
+        the spinal canal about 1.5 s per 100 slices, the aorta 0.5 s more), which the widget says it
+        is spending: the query names a structure they give or rule out, the volume holds Hounsfield
+        units and they were not read for it (or, for the heart, the spinal cord, the autochthon or
+        the aorta beside it, not that structure)."""
         from ..grounding.ct_anatomy import looks_like_ct
 
         question = self._ct_question(query, volume)
