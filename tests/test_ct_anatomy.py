@@ -310,7 +310,9 @@ def test_the_widget_is_told_beforehand_when_a_run_will_read_the_ct_units(chest):
     policy.ct_reading(loaded.data[24], "segment the left lung", volume)  # the lungs read
     assert not policy.will_read_ct("segment the lungs", volume) and policy.will_read_ct("segment the heart", volume)
     policy.ct_reading(loaded.data[24], "segment the heart", volume)
-    assert not policy.will_read_ct("segment the heart", volume)
+    assert not policy.will_read_ct("segment the heart", volume) and policy.will_read_ct("segment the aorta", volume)
+    policy.ct_reading(loaded.data[24], "segment the aorta", volume)  # the canal and the aorta read (none: no contrast)
+    assert not policy.will_read_ct("segment the aorta", volume) and not policy.will_read_ct("the spinal cord", volume)
 
 
 def test_a_first_click_off_a_bone_or_a_muscle_moves_onto_it_on_the_side_the_map_favours():

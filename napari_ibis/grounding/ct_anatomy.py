@@ -794,6 +794,11 @@ class CtAnatomy:
             self._canal = _spinal_canal(volume, float(np.sqrt(self.pixel_mm2("axial"))))
         return self._canal
 
+    @property
+    def aorta_read(self) -> bool:
+        """Whether the aorta was read already (:meth:`aorta_volume`)."""
+        return self._aorta is not None
+
     def aorta_volume(self, volume: np.ndarray) -> np.ndarray:
         """The contrast-filled aorta below the chest (:func:`_abdominal_aorta` on the slices where
         the spinal canal is read and the chest's level is not reached), bool on the volume's grid,

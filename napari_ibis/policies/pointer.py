@@ -668,7 +668,8 @@ class PointerPolicy(DecidingPolicy):
         if anatomy is None or asked is None:
             return False
         return (asked.structure == "heart" and not anatomy.heart_read) or \
-            (asked.structure in ("spinal cord", "autochthon", "aorta") and not anatomy.canal_read)
+            (asked.structure in ("spinal cord", "autochthon") and not anatomy.canal_read) or \
+            (asked.structure == "aorta" and not anatomy.aorta_read)
 
     @staticmethod
     def _volume_key(volume: VolumeSlice) -> tuple:
