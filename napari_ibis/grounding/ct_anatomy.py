@@ -318,12 +318,6 @@ def _vertebra(hu_slice: np.ndarray, body: np.ndarray, pixel_mm: float) -> tuple[
     return best
 
 
-def _vertebral_front(hu_slice: np.ndarray, body: np.ndarray, pixel_mm: float) -> int | None:
-    """The row of the vertebra's front (:func:`_vertebra`), or None."""
-    found = _vertebra(hu_slice, body, pixel_mm)
-    return None if found is None else found[0]
-
-
 def _closed_canal(hu_slice: np.ndarray, pixel_mm: float) -> tuple[float, float, np.ndarray] | None:
     """The spinal canal on an axial slice where the vertebra's bony ring around it is closed:
     (row, column of its centre, its section), or None. The ring: a 3 x 3 median above
@@ -587,9 +581,9 @@ def _heart_section(hu_slice: np.ndarray, lungs: np.ndarray, pixel_mm: float) -> 
     hull = convex_hull_image(lungs[box])
     low, high = SOFT_TISSUE_HU
     tissue = hull & ~lungs[box] & (hu_slice[box] > low) & (hu_slice[box] < high)
-    front = _vertebral_front(hu_slice, _body(hu_slice), pixel_mm)
-    if front is not None:
-        tissue[max(0, front - int(round(HEART_BEFORE_SPINE_MM / pixel_mm)) - box[0].start):] = False
+    vertebra = _vertebra(hu_slice, _body(hu_slice), pixel_mm)
+    if vertebra is not None:
+        tissue[max(0, vertebra[0] - int(round(HEART_BEFORE_SPINE_MM / pixel_mm)) - box[0].start):] = False
     tissue = ndi.binary_opening(tissue, structure=disk(max(1, int(round(HEART_OPEN_MM / pixel_mm)))))
     parts, count = ndi.label(tissue)
     section = np.zeros(lungs.shape, bool)

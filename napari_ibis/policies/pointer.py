@@ -519,9 +519,9 @@ class PointerPolicy(DecidingPolicy):
         spinal cord, the aorta or the autochthon asked for (their region on the slice, empty where
         they are not on it; for a lobe only its absence; the cord and the muscles beside it only
         where the cord was followed onto the slice; the aorta only on the axial slices below the
-        chest where it was read, never its absence), or a structure the lungs' level rules out on an axial slice (an empty region:
-        :meth:`~napari_ibis.grounding.ct_anatomy.CtAnatomy.level_rules_out`). A lesion ("the lung
-        tumour") is left to the map."""
+        chest where it was read, never its absence), or a structure the lungs' level rules out on an
+        axial slice (an empty region: :meth:`~napari_ibis.grounding.ct_anatomy.CtAnatomy.level_rules_out`).
+        A lesion ("the lung tumour") is left to the map."""
         question = self._ct_question(query, volume)
         if question is None:
             return None
@@ -541,7 +541,7 @@ class PointerPolicy(DecidingPolicy):
         if asked.lobe and region.any():
             return None  # which lobe, the units cannot tell: the map decides
         return CtRead(region, basis=_CT_BASIS[asked.structure], why=_ct_words(anatomy, asked, volume, region),
-                      asked=asked, through=None if asked.lobe or asked.structure == "aorta" else asked)
+                      asked=asked)
 
     def _ct_question(self, query: str, volume: VolumeSlice | None) -> tuple[CtAsked | None, str | None] | None:
         """Where a CT's units may decide ``query`` on ``volume``'s slice: (the structure they give,
@@ -731,15 +731,21 @@ class RegionThrough:
 class CtRead:
     """What a CT's Hounsfield units decide for a query on one slice (:meth:`PointerPolicy.ct_reading`):
     the structure's region on the slice as the agent sees it (empty: not there), what it rests on,
-    the agent's words, the structure read, and the same where the units follow it through the
-    volume (lungs, heart, trachea, spinal cord, autochthon; not the aorta, which runs on into the
-    chest, where it is not read)."""
+    the agent's words and the structure read."""
 
     region: np.ndarray
     basis: str
     why: str
     asked: CtAsked | None = None
-    through: CtAsked | None = None
+
+    @property
+    def through(self) -> CtAsked | None:
+        """The structure read where the units follow it through the volume (lungs, heart, trachea,
+        spinal cord, autochthon), else None: a lobe (which one, the units cannot tell), the aorta
+        (it runs on into the chest, where it is not read: the segmenter carries it)."""
+        if self.asked is None or self.asked.lobe or self.asked.structure == "aorta":
+            return None
+        return self.asked
 
 
 _CT_BASIS = {"lung": "the air-filled lung in this CT's Hounsfield units",
