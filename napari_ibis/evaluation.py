@@ -58,7 +58,7 @@ def evaluate_volume(volume: np.ndarray, truth: np.ndarray, segmenter: Segmenter,
                     window: str | None = None, checker=None, check: str | int = "none", pixel_aspect: float = 1.0,
                     corrections: int = 0, click_budget: int | None = None, start: int | None = None) -> dict:
     """One volume case: the start slice (``start``; None: where ``truth`` is largest) is segmented by
-    ``start_mask_of(rgb, gt_slice) -> (mask, clicks, agent_steps[, region_of])``, then propagated
+    ``start_mask_of(rgb, gt_slice, slice_values) -> (mask, clicks, agent_steps[, region_of])``, then propagated
     with no further clicks unless ``check`` asks the agent (``region_of``: what the agent knows of
     the structure on every slice, :class:`~napari_ibis.propagation.Propagation`); 3-D Dice and IoU
     against ``truth``.
@@ -79,7 +79,7 @@ def evaluate_volume(volume: np.ndarray, truth: np.ndarray, segmenter: Segmenter,
     start = largest if start is None else int(start)
     started = time.perf_counter()
     propagation = Propagation(volume, segmenter, window=window, checker=checker, check=check, pixel_aspect=pixel_aspect)
-    mask, clicks, agent_steps, *known = start_mask_of(propagation.rgb(start), truth[start])
+    mask, clicks, agent_steps, *known = start_mask_of(propagation.rgb(start), truth[start], volume[start])
     propagation.region_of = known[0] if known else None
     if not np.asarray(mask).any():
         labels, slices = np.zeros_like(truth), []
@@ -137,24 +137,39 @@ def _correct(propagation, segmenter: Segmenter, truth: np.ndarray, labels: np.nd
 
 
 def oracle_start(segmenter: Segmenter, max_clicks: int = 5, stop_iou: float = 0.9):
-    """The start slice segmented by the click simulator (at most ``max_clicks``, stopping at ``stop_iou``)."""
+    """The start slice segmented by the click simulator (at most ``max_clicks``, stopping at ``stop_iou``),
+    seen as a session would show it to the segmenter (:func:`as_a_session_shows`)."""
 
-    def start(rgb: np.ndarray, gt: np.ndarray):
-        run = simulate_clicks(segmenter, rgb, gt, max_clicks=max_clicks, stop_iou=stop_iou)
+    def start(rgb: np.ndarray, gt: np.ndarray, values: np.ndarray | None = None):
+        run = simulate_clicks(segmenter, as_a_session_shows(rgb, gt, values), gt, max_clicks=max_clicks, stop_iou=stop_iou)
         return run.mask, len(run.clicks), 0
 
     return start
 
 
+def as_a_session_shows(rgb: np.ndarray, gt: np.ndarray, values: np.ndarray | None) -> np.ndarray:
+    """``rgb`` (the slice ``values`` as the agent sees it), or where ``values`` is a CT slice in
+    Hounsfield units and the click simulator's first click lands on soft tissue, the slice in the
+    window a session then shows the segmenter (:func:`napari_ibis.session.soft_tissue_window`)."""
+    from .overlay import to_rgb8
+    from .session import hounsfield_slice, soft_tissue_window
+
+    hounsfield = None if values is None else hounsfield_slice(values)
+    first = next_click(np.asarray(gt, bool), np.zeros(np.shape(gt), bool))
+    window = None if hounsfield is None or first is None else soft_tissue_window(hounsfield, first[0], first[1])
+    return rgb if window is None else to_rgb8(hounsfield, window)
+
+
 def agent_start(policy, query: str, segmenter: Segmenter, profile: str = "ibis-release", max_steps: int = 8,
                 pixel_aspect: float = 1.0, volume=None):
-    """The start slice segmented by the agent, as in the widget; ``volume``: the
-    :class:`~napari_ibis.policies.base.VolumeSlice` of the start slice, for an agent that looks
-    through it (then also what it knows of the structure on every slice, for propagation)."""
+    """The start slice segmented by the agent, as in the widget (the slice's own values where
+    given, else ``rgb``); ``volume``: the :class:`~napari_ibis.policies.base.VolumeSlice` of the
+    start slice, for an agent that looks through it (then also what it knows of the structure on
+    every slice, for propagation)."""
     from .session import Session
 
-    def start(rgb: np.ndarray, gt: np.ndarray):
-        session = Session(rgb, query, policy, segmenter, profile=profile, max_steps=max_steps, pixel_aspect=pixel_aspect,
+    def start(rgb: np.ndarray, gt: np.ndarray, values: np.ndarray | None = None):
+        session = Session(rgb if values is None else values, query, policy, segmenter, profile=profile, max_steps=max_steps, pixel_aspect=pixel_aspect,
                           volume=volume)
         for _ in session.run():
             pass
@@ -173,8 +188,8 @@ def oracle_case(case, segmenter, max_clicks: int) -> dict:
     from .square_pixels import square_pixels
 
     started = time.perf_counter()
-    run = simulate_clicks(square_pixels(segmenter, case.pixel_aspect), to_rgb8(case.image), case.mask,
-                          max_clicks=max_clicks)
+    rgb = as_a_session_shows(to_rgb8(case.image), case.mask, case.image)
+    run = simulate_clicks(square_pixels(segmenter, case.pixel_aspect), rgb, case.mask, max_clicks=max_clicks)
     seconds = time.perf_counter() - started
     final = run.mask if run.mask is not None else np.zeros_like(case.mask)
     return {

@@ -17,6 +17,13 @@ any other, and the agent's turns go on from it.
 
 Each step's mask comes from the segmenter with every click in effect plus the
 previous step's low-res logits, so :meth:`replay` rebuilds the same mask.
+
+What the segmenter sees: the slice as the agent sees it, except on a CT in Hounsfield
+units shown with the automatic window, where a first positive click on soft tissue
+(:data:`SOFT_TISSUE`) shows it the slice in a 400 HU window centred on the tissue under
+that click, the contrast a reader picks for an organ (propagation centres the same
+window on the structure). The automatic window spans air to bone and leaves neighbouring
+organs a few grey levels apart.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from typing import Iterator
 import numpy as np
 
 from .errors import ActionParseError, Cancelled, IbisError, InputError
+from .grounding.ct_anatomy import looks_like_ct
 from .metrics import iou
 from .overlay import to_rgb8
 from .policies.base import Policy, PolicyRequest, VolumeSlice
@@ -40,6 +48,9 @@ from .square_pixels import SquareGrid, square_pixels
 MIN_SIDE = 8
 REPEAT_LIMIT = 3  # the release stops when the same action comes three times in a row
 NO_CHANGE_IOU = 0.99  # a repeated click whose mask overlaps the current one this much changes nothing
+SOFT_TISSUE = (-150.0, 150.0)  # Hounsfield units under a first positive click that get the segmenter a window
+WINDOW_WIDTH = 400.0  # centred there this wide (docs/BENCHMARKS.md, "What the segmenter sees of a CT")
+CLICK_PATCH = 2  # the tissue under a click: the median of the (2 * CLICK_PATCH + 1)^2 pixels around it
 
 
 def failure_line(exc: Exception) -> str:
@@ -171,6 +182,9 @@ class Session:
         self.max_steps = max_steps
         self.use_history = self.profile.use_history if use_history is None else use_history
         self.window = window
+        self._hounsfield = hounsfield_slice(image, volume) if window is None else None
+        self._windowed: tuple[str, np.ndarray] | None = None  # the last soft-tissue window and the slice in it
+        self.segmenter_window: str | None = None  # the window the segmenter last saw the slice in (None: self.rgb)
         self.segmenter.set_image(self.rgb)
         self._initial = self._initial_step(init_mask)
         self._steps: list[Step] = []
@@ -326,10 +340,29 @@ class Session:
         self._push(step)
         return step
 
+    def _show_segmenter(self, clicks: tuple[Click, ...]) -> None:
+        """Give the segmenter the slice as it should see it for ``clicks`` (module docstring);
+        the segmenter embeds it only if it holds another image."""
+        window = self._click_window(clicks)
+        if window is None:
+            self.segmenter.set_image(self.rgb)
+        else:
+            if self._windowed is None or self._windowed[0] != window:
+                self._windowed = (window, to_rgb8(self._hounsfield, window))
+            self.segmenter.set_image(self._windowed[1])
+        self.segmenter_window = window
+
+    def _click_window(self, clicks: tuple[Click, ...]) -> str | None:
+        first = next((c for c in clicks if c.positive), None)
+        if self._hounsfield is None or first is None:
+            return None
+        return soft_tissue_window(self._hounsfield, first.row, first.col)
+
     def _click_step(self, source: str, added: tuple[Click, ...], actions: tuple[Action, ...], **fields) -> Step:
         before = self.current
         clicks = before.clicks + added
         started = time.perf_counter()
+        self._show_segmenter(clicks)
         result = self.segmenter.segment(clicks, before.logits)
         step = Step(
             index=self._cursor + 1,
@@ -349,10 +382,10 @@ class Session:
 
     def replay(self) -> np.ndarray:
         """Rebuild the current mask from the initial state and the active steps' clicks."""
-        self.segmenter.set_image(self.rgb)
         mask, logits = self._initial.mask, self._initial.logits
         for step in self.steps:
             if step.kind == "click":
+                self._show_segmenter(step.clicks)
                 result = self.segmenter.segment(step.clicks, logits)
                 mask, logits = result.mask, result.logits
             elif step.kind in ("edit", "placed"):
@@ -404,7 +437,7 @@ class Session:
     def run(self, cancel: threading.Event | None = None) -> Iterator[Event]:
         """Let the agent work from the current state; yields events until it stops."""
         cancel = cancel or threading.Event()
-        self.segmenter.set_image(self.rgb)
+        self._show_segmenter(self.current.clicks)
         for _ in range(self.max_steps):
             stop = yield from self._agent_turn(cancel)
             if stop is not None:
@@ -521,6 +554,7 @@ class Session:
         in_effect = {(c.row, c.col, c.positive) for c in before.clicks}
         if not added or any((c.row, c.col, c.positive) not in in_effect for c in added):
             return False
+        self._show_segmenter(before.clicks + added)
         result = self.segmenter.segment(before.clicks + added, before.logits)
         return iou(before.mask, result.mask) >= NO_CHANGE_IOU
 
@@ -571,6 +605,7 @@ class Session:
             "image_shape": [height, width],
             "pixel_aspect": self.pixel_aspect,
             "window": self.window,
+            "segmenter_window": self.segmenter_window,
             "policy": self.policy.identity(),
             "segmenter": self.segmenter.identity(),
             "initial_mask_area": self._initial.area,
@@ -580,3 +615,21 @@ class Session:
             "stop": None if self.last_stop is None else {"reason": self.last_stop.reason, "message": self.last_stop.message},
             "final_mask_area": self.current.area,
         }
+
+
+def hounsfield_slice(image: np.ndarray, volume: VolumeSlice | None = None) -> np.ndarray | None:
+    """``image`` where it is a grey CT slice in Hounsfield units (judged on its volume where
+    there is one), else None."""
+    image = np.asarray(image)
+    if image.ndim != 2 or image.dtype == np.uint8 or not np.issubdtype(image.dtype, np.number):
+        return None
+    return image if looks_like_ct(image[None] if volume is None else volume.volume) else None
+
+
+def soft_tissue_window(hounsfield: np.ndarray, row: int, col: int) -> str | None:
+    """A :data:`WINDOW_WIDTH` window (``"ct:LEVEL,WIDTH"``) centred on the tissue at (``row``,
+    ``col``) of a CT slice in Hounsfield units, the median of its neighbourhood, where that is
+    soft tissue (within :data:`SOFT_TISSUE`); else None."""
+    tissue = hounsfield[max(0, row - CLICK_PATCH):row + CLICK_PATCH + 1, max(0, col - CLICK_PATCH):col + CLICK_PATCH + 1]
+    level = float(np.nanmedian(tissue))
+    return f"ct:{level:.0f},{WINDOW_WIDTH:g}" if SOFT_TISSUE[0] <= level <= SOFT_TISSUE[1] else None

@@ -8,6 +8,7 @@ from conftest import TERMINATE, ScriptedPolicy, disk_image, point
 from napari_ibis.errors import InputError
 from napari_ibis.policies.oracle import OraclePolicy
 from napari_ibis.segmenters import build_segmenter
+from napari_ibis.segmenters.base import Segmenter, SegmentResult
 from napari_ibis.session import ActionTaken, Answered, MaskUpdated, Session, StepStarted, Stopped, ThoughtDelta
 
 
@@ -134,8 +135,6 @@ def test_a_repeated_click_that_changes_nothing_ends_the_run_as_finished(case, cl
 
 
 def test_the_same_action_three_times_stops_the_run_when_each_changes_the_mask(case):
-    from napari_ibis.segmenters.base import Segmenter, SegmentResult
-
     class Growing(Segmenter):
         """Each call returns a larger disk around the first click."""
 
@@ -295,3 +294,71 @@ def test_no_placement_over_an_imported_mask_nor_from_an_unusable_one(case, class
     assert [s.kind for s in session.steps] == ["answer"]
     assert np.array_equal(session.mask, mask if init else np.zeros_like(mask))
     assert policy.asked == (0 if init else 1)
+
+
+class _Seeing(Segmenter):
+    """A segmenter that keeps each image it embeds and marks a disk around the first click."""
+
+    def _embed(self, image):
+        self.seen = getattr(self, "seen", []) + [image.copy()]
+
+    def _segment(self, clicks, prior):
+        rows, cols = np.ogrid[: self.image_shape[0], : self.image_shape[1]]
+        return SegmentResult((rows - clicks[0].row) ** 2 + (cols - clicks[0].col) ** 2 <= 36, None)
+
+
+def _ct_slice():
+    """A CT slice in Hounsfield units: air around a 40 HU body holding a 70 HU organ and a 700 HU bone."""
+    rows, cols = np.ogrid[:96, :96]
+    image = np.full((96, 96), -1000.0, dtype=np.float32)
+    image[(rows - 48) ** 2 + (cols - 48) ** 2 <= 42 ** 2] = 40
+    image[(rows - 40) ** 2 + (cols - 52) ** 2 <= 12 ** 2] = 70
+    image[(rows - 70) ** 2 + (cols - 40) ** 2 <= 6 ** 2] = 700
+    return image
+
+
+def test_on_a_ct_a_click_on_soft_tissue_shows_the_segmenter_a_window_centred_there():
+    from napari_ibis.overlay import to_rgb8
+
+    image = _ct_slice()
+    segmenter = _Seeing()
+    session = Session(image, "segment the organ", ScriptedPolicy([point(True, *inside()), TERMINATE]), segmenter)
+    assert np.array_equal(segmenter.seen[-1], session.rgb)  # before any click: the agent's view
+    run_all(session)
+    assert session.segmenter_window == "ct:70,400"
+    assert np.array_equal(segmenter.seen[-1], to_rgb8(image, "ct:70,400"))
+    organ, body = segmenter.seen[-1][40, 52, 0], segmenter.seen[-1][40, 80, 0]
+    assert int(organ) - int(body) >= 15 > int(session.rgb[40, 52, 0]) - int(session.rgb[40, 80, 0])
+    assert session.trajectory()["segmenter_window"] == "ct:70,400"
+    # a person's click after another slice was embedded (a propagation shares the segmenter)
+    segmenter.set_image(np.zeros((96, 96, 3), np.uint8))
+    step = session.add_click(45, 52, True)
+    assert np.array_equal(segmenter.seen[-1], to_rgb8(image, "ct:70,400")) and step.mask[45, 52]
+    assert np.array_equal(session.replay(), session.mask)
+
+
+@pytest.mark.parametrize("where", ["bone", "not ct", "window chosen"])
+def test_the_segmenter_sees_the_agents_view_off_soft_tissue_or_off_ct(where):
+    image = _ct_slice()
+    x, y = (40.5 / 96, 70.5 / 96) if where == "bone" else inside()
+    window = "ct:40,400" if where == "window chosen" else None
+    if where == "not ct":
+        image = image + 1024  # an MRI's or an unrescaled CT's values: never below zero
+    segmenter = _Seeing()
+    session = Session(image, "segment it", ScriptedPolicy([point(True, x, y), TERMINATE]), segmenter, window=window)
+    run_all(session)
+    assert session.segmenter_window is None
+    assert all(np.array_equal(seen, session.rgb) for seen in segmenter.seen)
+
+
+def test_the_click_simulator_segments_a_ct_start_slice_as_a_session_shows_it():
+    from napari_ibis.evaluation import oracle_start
+    from napari_ibis.overlay import to_rgb8
+
+    image = _ct_slice()
+    organ = image == 70
+    segmenter = _Seeing()
+    oracle_start(segmenter, max_clicks=1)(to_rgb8(image), organ, image)
+    assert np.array_equal(segmenter.seen[-1], to_rgb8(image, "ct:70,400"))
+    oracle_start(segmenter, max_clicks=1)(to_rgb8(image), image == 700, image)  # the bone: the agent's view
+    assert np.array_equal(segmenter.seen[-1], to_rgb8(image))
