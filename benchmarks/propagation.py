@@ -120,6 +120,9 @@ def main() -> int:
     parser.add_argument("--sources", nargs="*", default=[], help="only cases whose source is one of these (e.g. totalseg:abdomen_mr)")
     parser.add_argument("--tag", default="", help="suffix of the result's key (e.g. the window tried)")
     parser.add_argument("--start-clicks", type=int, default=5, help="the click simulator's most clicks on the start slice")
+    parser.add_argument("--start-as-session", action="store_true",
+                        help="the start slice as a session shows it to the segmenter (on a CT, a window centred on the "
+                             "soft tissue first clicked: evaluation.as_a_session_shows); default: as the agent sees it")
     parser.add_argument("--click-budget", type=int, default=None,
                         help="clicks per volume in all: what the start slice leaves goes to corrections, each on the "
                              "slice propagation got most wrong, propagating on from it (evaluation.evaluate_volume)")
@@ -136,7 +139,8 @@ def main() -> int:
         for case in all_cases:
             checker = agent_checker(policy, f"segment the {case['target']}", segmenter) if check else None
             window = default_window(case["volume"])[0] if args.window == "volume" else args.window
-            row = evaluate_volume(case["volume"], case["mask"], segmenter, oracle_start(segmenter, args.start_clicks), window=window,
+            start = oracle_start(segmenter, args.start_clicks, as_session=args.start_as_session)
+            row = evaluate_volume(case["volume"], case["mask"], segmenter, start, window=window,
                                   checker=checker, check=check, click_budget=args.click_budget)
             row.pop("_labels")
             rows.append({k: case[k] for k in ("group", "source", "target", "cm3")} | row)
@@ -151,6 +155,7 @@ def main() -> int:
                              "agent_steps": float(np.mean([r["agent_steps"] for r in chosen])),
                              "seconds_per_slice": float(np.mean([r["seconds_per_slice"] for r in chosen]))}
         results[spec + args.tag] = {"window": args.window or "default", "check": args.check,
+                                    "start_as_session": args.start_as_session,
                                     "start_clicks": args.start_clicks, "click_budget": args.click_budget,
                                     "groups": groups, "cases": rows,
                                     "seconds": time.perf_counter() - started,

@@ -136,12 +136,14 @@ def _correct(propagation, segmenter: Segmenter, truth: np.ndarray, labels: np.nd
     return corrected
 
 
-def oracle_start(segmenter: Segmenter, max_clicks: int = 5, stop_iou: float = 0.9):
-    """The start slice segmented by the click simulator (at most ``max_clicks``, stopping at ``stop_iou``),
-    seen as a session would show it to the segmenter (:func:`as_a_session_shows`)."""
+def oracle_start(segmenter: Segmenter, max_clicks: int = 5, stop_iou: float = 0.9, as_session: bool = False):
+    """The start slice segmented by the click simulator (at most ``max_clicks``, stopping at ``stop_iou``)
+    on the slice as the agent sees it, or with ``as_session`` as a session would show it to the
+    segmenter (:func:`as_a_session_shows`; measured, not the protocol's default: docs/BENCHMARKS.md)."""
 
     def start(rgb: np.ndarray, gt: np.ndarray, values: np.ndarray | None = None):
-        run = simulate_clicks(segmenter, as_a_session_shows(rgb, gt, values), gt, max_clicks=max_clicks, stop_iou=stop_iou)
+        seen = as_a_session_shows(rgb, gt, values) if as_session else rgb
+        run = simulate_clicks(segmenter, seen, gt, max_clicks=max_clicks, stop_iou=stop_iou)
         return run.mask, len(run.clicks), 0
 
     return start
@@ -162,14 +164,14 @@ def as_a_session_shows(rgb: np.ndarray, gt: np.ndarray, values: np.ndarray | Non
 
 def agent_start(policy, query: str, segmenter: Segmenter, profile: str = "ibis-release", max_steps: int = 8,
                 pixel_aspect: float = 1.0, volume=None):
-    """The start slice segmented by the agent, as in the widget (the slice's own values where
-    given, else ``rgb``); ``volume``: the :class:`~napari_ibis.policies.base.VolumeSlice` of the
-    start slice, for an agent that looks through it (then also what it knows of the structure on
-    every slice, for propagation)."""
+    """The start slice segmented by the agent, as in the widget, on ``rgb`` (the slice's values
+    go unused); ``volume``: the :class:`~napari_ibis.policies.base.VolumeSlice` of the start
+    slice, for an agent that looks through it (then also what it knows of the structure on every
+    slice, for propagation)."""
     from .session import Session
 
     def start(rgb: np.ndarray, gt: np.ndarray, values: np.ndarray | None = None):
-        session = Session(rgb if values is None else values, query, policy, segmenter, profile=profile, max_steps=max_steps, pixel_aspect=pixel_aspect,
+        session = Session(rgb, query, policy, segmenter, profile=profile, max_steps=max_steps, pixel_aspect=pixel_aspect,
                           volume=volume)
         for _ in session.run():
             pass
@@ -188,8 +190,8 @@ def oracle_case(case, segmenter, max_clicks: int) -> dict:
     from .square_pixels import square_pixels
 
     started = time.perf_counter()
-    rgb = as_a_session_shows(to_rgb8(case.image), case.mask, case.image)
-    run = simulate_clicks(square_pixels(segmenter, case.pixel_aspect), rgb, case.mask, max_clicks=max_clicks)
+    run = simulate_clicks(square_pixels(segmenter, case.pixel_aspect), to_rgb8(case.image), case.mask,
+                          max_clicks=max_clicks)
     seconds = time.perf_counter() - started
     final = run.mask if run.mask is not None else np.zeros_like(case.mask)
     return {

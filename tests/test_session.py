@@ -351,14 +351,16 @@ def test_the_segmenter_sees_the_agents_view_off_soft_tissue_or_off_ct(where):
     assert all(np.array_equal(seen, session.rgb) for seen in segmenter.seen)
 
 
-def test_the_click_simulator_segments_a_ct_start_slice_as_a_session_shows_it():
+def test_the_click_simulator_can_segment_a_ct_start_slice_as_a_session_shows_it():
     from napari_ibis.evaluation import oracle_start
     from napari_ibis.overlay import to_rgb8
 
     image = _ct_slice()
     organ = image == 70
     segmenter = _Seeing()
-    oracle_start(segmenter, max_clicks=1)(to_rgb8(image), organ, image)
+    oracle_start(segmenter, max_clicks=1, as_session=True)(to_rgb8(image), organ, image)
     assert np.array_equal(segmenter.seen[-1], to_rgb8(image, "ct:70,400"))
-    oracle_start(segmenter, max_clicks=1)(to_rgb8(image), image == 700, image)  # the bone: the agent's view
+    oracle_start(segmenter, max_clicks=1, as_session=True)(to_rgb8(image), image == 700, image)  # bone: the agent's view
     assert np.array_equal(segmenter.seen[-1], to_rgb8(image))
+    oracle_start(segmenter, max_clicks=1)(to_rgb8(image, "ct:0,100"), organ, image)  # the protocol's default
+    assert np.array_equal(segmenter.seen[-1], to_rgb8(image, "ct:0,100"))
