@@ -5,7 +5,7 @@ import pytest
 from conftest import disk_image
 
 from napari_ibis.policies.base import PolicyRequest
-from napari_ibis.policies.pointer import decide
+from napari_ibis.policies.pointer import decide, one_tissue
 from napari_ibis.protocol import get_profile
 from napari_ibis.segmenters.base import Click
 
@@ -67,6 +67,36 @@ def test_a_mask_spilling_far_outside_gets_a_negative_click_there():
     response = decide(probability, request(mask=spilled, clicks=[Click(50, 40, True)]), 0.5, 4)
     row, col, positive = landing(response)
     assert not positive and blob((100, 120), (50, 95), 14)[row, col]
+
+
+def test_on_a_ct_a_spill_with_the_units_of_the_rest_of_the_mask_is_kept():
+    target = blob((100, 120), (50, 40), 10)
+    probability = np.where(target, 0.9, 0.02)
+    spilled = target | blob((100, 120), (50, 62), 16)  # the organ goes on past where the map puts it
+    rng = np.random.default_rng(0)
+    organ = 70 + rng.normal(0, 8, (100, 120))
+    kept = decide(probability, request(mask=spilled, clicks=[Click(50, 40, True)]), 0.5, 4,
+                  same_tissue=lambda spill, rest: one_tissue(organ, spill, rest))
+    assert kept.terminate and not kept.actions and "units of what it keeps" in kept.thought and "so I keep it" in kept.thought
+    fat_beside = np.where(blob((100, 120), (50, 62), 16) & ~target, -90.0, organ)  # a neighbour of other units
+    cut = decide(probability, request(mask=spilled, clicks=[Click(50, 40, True)]), 0.5, 4,
+                 same_tissue=lambda spill, rest: one_tissue(fat_beside, spill, rest))
+    assert not landing(cut)[2]
+    mixed = np.where(rng.random((100, 120)) < 0.5, 0.0, 120.0)  # one median, but two tissues
+    assert one_tissue(mixed, blob((100, 120), (50, 62), 16) & ~target, target) is None
+
+
+def test_a_muscles_or_a_lesions_spill_is_cut_even_where_its_units_match():
+    from types import SimpleNamespace
+
+    from napari_ibis.policies.pointer import PointerPolicy
+
+    agent = SimpleNamespace(_slice_units=lambda volume, shape: (np.full(shape, 70.0), 1.0))
+    asked = lambda query: PolicyRequest(profile=PROFILE, query=query, image=np.zeros((100, 120, 3), np.uint8),  # noqa: E731
+                                        mask=None, clicks=(), step=2)
+    assert PointerPolicy._same_tissue(agent, asked("segment the spleen"), (100, 120)) is not None
+    for query in ("segment the left gluteus medius", "segment the psoas", "segment the liver tumour"):
+        assert PointerPolicy._same_tissue(agent, asked(query), (100, 120)) is None
 
 
 def test_a_mask_missing_most_of_the_region_gets_a_positive_click_in_the_missed_part():

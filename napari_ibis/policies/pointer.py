@@ -41,6 +41,7 @@ from the air inside the body, a kidney or the bladder asked at the chest's level
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,11 @@ from .oracle import describe_place
 
 SPILL_SHARE = 0.25  # of the mask, outside the (grown) target region, before a negative click
 MISS_SHARE = 0.3  # of the (shrunk) target region, outside the mask, before a positive click
+# on a CT, a spill is kept where it has the units of the rest of the mask: medians this close, in HU,
+ONE_TISSUE_HU = 20.0
+ONE_TISSUE_SPREAD_HU = 45.0  # and both interquartile ranges at most this (docs/BENCHMARKS.md)
+# not for a muscle: muscles lie against muscles of their own units (the gluteus minimus under the medius)
+MUSCLE_NAME = re.compile(r"\b(gluteus|iliopsoas|psoas|autochthon|erector spinae|muscles?)\b", re.IGNORECASE)
 # read from a CT's units to their edges (bone, fat): placed as the mask, not clicked (place; docs/BENCHMARKS.md)
 PLACED_FROM_UNITS = {"spinal cord", "autochthon"}
 ATLAS_FILE = "atlas.npz"
@@ -74,6 +80,18 @@ def interior_point(region: np.ndarray) -> tuple[int, int]:
     distance = ndi.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
     row, col = np.unravel_index(int(np.argmax(distance)), distance.shape)
     return int(row), int(col)
+
+
+def one_tissue(hu: np.ndarray, spill: np.ndarray, rest: np.ndarray) -> str | None:
+    """Why the ``spill`` of a mask and the ``rest`` of it are one tissue on a CT slice in Hounsfield
+    units ``hu`` (their medians within ``ONE_TISSUE_HU``, both interquartile ranges within
+    ``ONE_TISSUE_SPREAD_HU``), or None where they are not."""
+    if not spill.any() or not rest.any():
+        return None
+    (low_s, mid_s, high_s), (low_r, mid_r, high_r) = (np.percentile(hu[part], [25, 50, 75]) for part in (spill, rest))
+    if abs(mid_s - mid_r) > ONE_TISSUE_HU or max(high_s - low_s, high_r - low_r) > ONE_TISSUE_SPREAD_HU:
+        return None
+    return f"what it would cut has the units of what it keeps ({mid_s:.0f} against {mid_r:.0f} HU)"
 
 
 def _largest_part(mask: np.ndarray) -> np.ndarray:
@@ -100,7 +118,7 @@ def candidates(probability: np.ndarray, threshold: float) -> list[np.ndarray]:
 
 def decide(probability: np.ndarray, request: PolicyRequest, threshold: float, cell: float,
            extent: np.ndarray | None = None, one_target: bool = False, measured: bool = True,
-           snap=None) -> Response:
+           snap=None, same_tissue=None) -> Response:
     """One turn from the probability map (per pixel of the slice) and the current mask;
     ``cell``: the map's resolution in pixels (how far its edges may be trusted). ``extent``:
     where a second source (the atlas) puts the target; then the mask spills only where it
@@ -108,7 +126,9 @@ def decide(probability: np.ndarray, request: PolicyRequest, threshold: float, ce
     all the likely parts are one structure (both lungs), not candidates to choose among.
     ``measured``: ``probability`` is the model's (its peak is a confidence it states), not a
     region read by other means (which it does not). ``snap``: where the first click goes instead
-    of the region's innermost point, given it, (row, col, why) or None to leave it there."""
+    of the region's innermost point, given it, (row, col, why) or None to leave it there.
+    ``same_tissue``: given the spill and the rest of the mask, why they are one tissue (the spill
+    is kept, no negative click) or None."""
     from scipy import ndimage as ndi
 
     height, width = probability.shape
@@ -140,22 +160,28 @@ def decide(probability: np.ndarray, request: PolicyRequest, threshold: float, ce
     grown = ndi.binary_dilation(region if extent is None else region | extent, iterations=reach)
     shrunk = ndi.binary_erosion(region if extent is None else region & extent, iterations=max(1, reach // 2))
     spill = _largest_part(mask & ~grown)
+    kept = ""
     if spill.sum() > SPILL_SHARE * mask.sum():
         row, col = interior_point(spill)
-        action = request.profile.action_at(row, col, False, height, width, target=None)
-        return Response(thought=(f"The mask spills over tissue that is not the target around "
-                                 f"{describe_place(row, col, height, width)}; I place a negative point there."),
-                        actions=(action,))
+        same = same_tissue(spill, mask & ~spill) if same_tissue is not None else None
+        if same is None:
+            action = request.profile.action_at(row, col, False, height, width, target=None)
+            return Response(thought=(f"The mask spills over tissue that is not the target around "
+                                     f"{describe_place(row, col, height, width)}; I place a negative point there."),
+                            actions=(action,))
+        kept = (f"The mask reaches past where I expect the target around {describe_place(row, col, height, width)}, "
+                f"but {same}, so I keep it. ")
     miss = _largest_part(shrunk & ~mask)
     if shrunk.any() and miss.sum() > MISS_SHARE * shrunk.sum():
         row, col = interior_point(miss)
         if not any(c.row == row and c.col == col for c in request.clicks):
             action = request.profile.action_at(row, col, True, height, width, target=None)
-            return Response(thought=(f"The mask misses part of the target around "
+            return Response(thought=(f"{kept}The mask misses part of the target around "
                                      f"{describe_place(row, col, height, width)}; I add a positive point there."),
                             actions=(action,))
     which = f" I segmented the one around {place}; {others} other candidate(s) remain." if others else ""
-    return Response(thought="The green mask covers the target and stays within it; no further click is needed." + which,
+    covers = "The mask covers the target" if kept else "The green mask covers the target and stays within it"
+    return Response(thought=f"{kept}{covers}; no further click is needed." + which,
                     terminate=True, answer="The segmentation is complete." + which)
 
 
@@ -488,7 +514,9 @@ class PointerPolicy(DecidingPolicy):
         cell = self._framing.size / self._framing.grid / self._framing.scale
         fit = self._fits.get(request.query)
         snap = self._tissue_snap(request, probability) if first_turn and not request.clicks else None
-        response = decide(probability, request, self._presence_threshold(request.query), cell, extent, snap=snap)
+        same_tissue = None if first_turn else self._same_tissue(request, probability.shape)
+        response = decide(probability, request, self._presence_threshold(request.query), cell, extent, snap=snap,
+                          same_tissue=same_tissue)
         if prior is not None and first_turn and response.actions:
             import dataclasses
 
@@ -560,25 +588,44 @@ class PointerPolicy(DecidingPolicy):
         spine: :func:`~napari_ibis.grounding.ct_anatomy.tissue_of`), the first click's move onto
         that tissue near where the map put it (:func:`~napari_ibis.grounding.ct_anatomy.onto_tissue`);
         else None. Only the slice's units are read, not the volume's anatomy."""
-        from ..grounding.ct_anatomy import looks_like_ct, onto_tissue, tissue_of
+        from ..grounding.ct_anatomy import onto_tissue, tissue_of
 
-        volume = request.volume
-        if volume is None or not self.read_ct_units or self.atlas is None or names_a_lesion(request.query):
+        if self.atlas is None or names_a_lesion(request.query):
             return None
         tissue = tissue_of(self.atlas.name_in(request.query) or "")
-        if tissue is None or not looks_like_ct(volume.volume):
+        units = None if tissue is None else self._slice_units(request.volume, probability.shape)
+        if units is None:
+            return None
+        hu, pixel_mm = units
+        return lambda row, col: onto_tissue(hu, probability, row, col, tissue, pixel_mm)
+
+    def _same_tissue(self, request: PolicyRequest, shape: tuple[int, int]):
+        """On a CT volume, :func:`one_tissue` on its slice's units, as a function of (spill, rest);
+        None off a CT, for a lesion or for a muscle (``MUSCLE_NAME``)."""
+        if names_a_lesion(request.query) or MUSCLE_NAME.search(in_atlas_words(request.query)):
+            return None
+        units = self._slice_units(request.volume, shape)
+        if units is None:
+            return None
+        return lambda spill, rest: one_tissue(units[0], spill, rest)
+
+    def _slice_units(self, volume: VolumeSlice | None, shape: tuple[int, int]) -> tuple[np.ndarray, float] | None:
+        """The Hounsfield units of ``volume``'s slice on a grid of ``shape`` and that grid's pixel
+        in mm, or None: no volume, not a CT, or the units not read (:attr:`read_ct_units`)."""
+        from ..grounding.ct_anatomy import looks_like_ct
+
+        if volume is None or not self.read_ct_units or not looks_like_ct(volume.volume):
             return None
         from ..geometry import VIEWS, oriented
 
         hu = np.asarray(oriented(volume.volume, VIEWS[volume.view])[volume.index], dtype=np.float32)
-        shape, cut_width = probability.shape, hu.shape[1]
-        if hu.shape != shape:
+        cut_width = hu.shape[1]
+        if hu.shape != tuple(shape):
             from skimage.transform import resize
 
             hu = resize(hu, shape, order=1, preserve_range=True, anti_aliasing=False)
         columns_mm = volume.spacing[1] if volume.view == "sagittal" else volume.spacing[2]
-        pixel_mm = float(columns_mm) * cut_width / shape[1]
-        return lambda row, col: onto_tissue(hu, probability, row, col, tissue, pixel_mm)
+        return hu, float(columns_mm) * cut_width / shape[1]
 
     def _decide_ct(self, request: PolicyRequest, first_turn: bool, read: CtRead) -> Response:
         """A turn where the CT's Hounsfield units decide (:meth:`ct_reading`): "not present" where
