@@ -41,9 +41,9 @@ def measure(clicks: int, segmenter_name: str) -> dict:
     from napari_ibis.clicker import next_click
     from napari_ibis.evaluation import simulate_clicks
     from napari_ibis.grounding.ct_anatomy import looks_like_ct
-    from napari_ibis.overlay import to_rgb8
+    from napari_ibis.overlay import centred_window, to_rgb8
     from napari_ibis.segmenters import build_segmenter
-    from napari_ibis.session import CLICK_PATCH, WINDOW_WIDTH, soft_tissue_window
+    from napari_ibis.session import CLICK_PATCH, soft_tissue_window
     from training.data.sources import totalseg_reference
 
     segmenter = build_segmenter(segmenter_name)
@@ -55,7 +55,7 @@ def measure(clicks: int, segmenter_name: str) -> dict:
         row, col, _ = next_click(truth, np.zeros_like(truth), ties="negative", padding=True)
         tissue = image[max(0, row - CLICK_PATCH):row + CLICK_PATCH + 1, max(0, col - CLICK_PATCH):col + CLICK_PATCH + 1]
         level = float(np.median(tissue))
-        windows = {"auto": None, "soft": "ct:40,400", "centred": f"ct:{level:.0f},{WINDOW_WIDTH:g}"}
+        windows = {"auto": None, "soft": "ct:40,400", "centred": centred_window(level)}
         curves = {arm: simulate_clicks(segmenter, to_rgb8(image, w), truth, max_clicks=clicks).ious for arm, w in windows.items()}
         shipped = soft_tissue_window(image, row, col)
         assert shipped in (None, windows["centred"])

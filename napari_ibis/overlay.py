@@ -92,6 +92,14 @@ def window_bounds(image: np.ndarray, window: str | None) -> tuple[float, float]:
     return float(low), float(max(high, low + 1e-6))
 
 
+CENTRED_WIDTH = 400.0  # Hounsfield units: a window centred on one tissue (a soft-tissue window's width)
+
+
+def centred_window(level: float, width: float = CENTRED_WIDTH) -> str:
+    """The CT window ``width`` HU wide centred on ``level``: ``"ct:LEVEL,WIDTH"``."""
+    return f"ct:{level:.0f},{width:g}"
+
+
 def to_rgb8(image: np.ndarray, window: str | None = None) -> np.ndarray:
     """An (H, W) or (H, W, 3|4) slice as (H, W, 3) uint8, through ``window``."""
     image = np.asarray(image)

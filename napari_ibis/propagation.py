@@ -62,7 +62,7 @@ import numpy as np
 from .errors import Cancelled, InputError
 from .appearance import Appearance
 from .metrics import iou
-from .overlay import percentiles, to_rgb8
+from .overlay import CENTRED_WIDTH, centred_window, percentiles, to_rgb8
 from .segmenters.base import Click, Segmenter, SegmentResult, prompts_from
 from .square_pixels import square_pixels
 
@@ -357,12 +357,12 @@ def default_window(volume: np.ndarray) -> tuple[str | None, bool]:
     return f"range:{low:g},{max(high, low + 1e-6):g}", bool(volume.ndim == 3 and -1100 <= low <= -900 and high >= 100)
 
 
-def structure_window(slice_hu: np.ndarray, mask: np.ndarray, width: float = 400.0) -> str:
+def structure_window(slice_hu: np.ndarray, mask: np.ndarray, width: float = CENTRED_WIDTH) -> str:
     """A CT window ``width`` HU wide centred on the structure's median on the start slice: a
     soft-tissue window for the liver (about 40, 400), one that keeps a contrast-filled aorta
     (about 450 HU) mid-grey between darker tissue and brighter bone instead of white like both."""
     level = float(np.nanmedian(np.asarray(slice_hu, dtype=np.float64)[np.asarray(mask, bool)]))
-    return f"ct:{level:.0f},{width:g}"
+    return centred_window(level, width)
 
 
 def parse_check(check: str | int) -> int:

@@ -39,7 +39,7 @@ import numpy as np
 from .errors import ActionParseError, Cancelled, IbisError, InputError
 from .grounding.ct_anatomy import looks_like_ct
 from .metrics import iou
-from .overlay import to_rgb8
+from .overlay import centred_window, to_rgb8
 from .policies.base import Policy, PolicyRequest, VolumeSlice
 from .protocol import Action, Profile, Turn, get_profile
 from .segmenters.base import Click, Segmenter
@@ -48,8 +48,9 @@ from .square_pixels import SquareGrid, square_pixels
 MIN_SIDE = 8
 REPEAT_LIMIT = 3  # the release stops when the same action comes three times in a row
 NO_CHANGE_IOU = 0.99  # a repeated click whose mask overlaps the current one this much changes nothing
-SOFT_TISSUE = (-150.0, 150.0)  # Hounsfield units under a first positive click that get the segmenter a window
-WINDOW_WIDTH = 400.0  # centred there this wide (docs/BENCHMARKS.md, "What the segmenter sees of a CT")
+# Hounsfield units under a first positive click that get the segmenter a window centred there
+# (overlay.centred_window; docs/BENCHMARKS.md, "What MobileSAM sees of a CT")
+SOFT_TISSUE = (-150.0, 150.0)
 CLICK_PATCH = 2  # the tissue under a click: the median of the (2 * CLICK_PATCH + 1)^2 pixels around it
 
 
@@ -627,9 +628,9 @@ def hounsfield_slice(image: np.ndarray, volume: VolumeSlice | None = None) -> np
 
 
 def soft_tissue_window(hounsfield: np.ndarray, row: int, col: int) -> str | None:
-    """A :data:`WINDOW_WIDTH` window (``"ct:LEVEL,WIDTH"``) centred on the tissue at (``row``,
+    """A window (:func:`~napari_ibis.overlay.centred_window`) centred on the tissue at (``row``,
     ``col``) of a CT slice in Hounsfield units, the median of its neighbourhood, where that is
     soft tissue (within :data:`SOFT_TISSUE`); else None."""
     tissue = hounsfield[max(0, row - CLICK_PATCH):row + CLICK_PATCH + 1, max(0, col - CLICK_PATCH):col + CLICK_PATCH + 1]
     level = float(np.nanmedian(tissue))
-    return f"ct:{level:.0f},{WINDOW_WIDTH:g}" if SOFT_TISSUE[0] <= level <= SOFT_TISSUE[1] else None
+    return centred_window(level) if SOFT_TISSUE[0] <= level <= SOFT_TISSUE[1] else None
