@@ -24,6 +24,8 @@ air parts listed in docs/BENCHMARKS.md "A CT's lungs by their Hounsfield units")
 * ``back-muscles``: the left and the right autochthon, chosen as the spinal cord's slices.
 * ``aorta``: the aorta, chosen as the spinal cord's slices (the abdominal CT has no contrast: the
   units read none there, and the map's answer must stay as it was; the held-out series has).
+* ``costal-cartilages``: the costal cartilages, chosen as the spinal cord's slices (present only:
+  whether they are on a slice stays the map's call).
 * ``heart-trachea``: the heart and the trachea asked on every slice of ``lung1`` and ``lung2``.
   No package labels them: where each lies was read by eye (``HEART_BY_EYE``, ``TRACHEA_BY_EYE``;
   the larynx above the trachea is asked of neither). The trachea's pixels: the air part nearest
@@ -31,7 +33,8 @@ air parts listed in docs/BENCHMARKS.md "A CT's lungs by their Hounsfield units")
   region (looked at slice by slice, docs/images/ct-heart.png), that of the nearest slice where the
   rule read none, so its IoU says how well the agent follows the region, not how right it is.
 
-    python benchmarks/ct_anatomy.py [--sets chest abdomen upper-abdomen heart-trachea spinal-cord back-muscles aorta]
+    python benchmarks/ct_anatomy.py [--sets chest abdomen upper-abdomen heart-trachea spinal-cord back-muscles aorta
+        costal-cartilages]
         [--max-steps 8] [--place autochthon]
 
 Writes benchmarks/results/ct_anatomy.json and prints a table (agents_real.py's columns).
@@ -59,7 +62,9 @@ SETS = {"chest": "chest CTs, lungs by the -400 HU threshold (pyradiomics lung1/l
         "back-muscles": "the left and right autochthon on two CTs, TotalSegmentator's labels (abdominal CT, held-out "
                         "series; real)",
         "aorta": "the aorta on two CTs, TotalSegmentator's labels (abdominal CT without contrast, held-out series "
-                 "with; real)"}
+                 "with; real)",
+        "costal-cartilages": "the costal cartilages on two CTs, TotalSegmentator's labels (abdominal CT, held-out "
+                             "series; real)"}
 MIN_LUNG_PX_MM2 = 250.0  # a lung question is asked where the truth covers this much (ct_anatomy.MIN_LUNG_MM2)
 
 
@@ -205,6 +210,8 @@ def case_sets(chosen) -> dict:
                                                     "autochthon_right": "right autochthon"})
     if "aorta" in chosen:
         out[SETS["aorta"]] = labelled_cases({"aorta": "aorta"})
+    if "costal-cartilages" in chosen:
+        out[SETS["costal-cartilages"]] = labelled_cases({"costal_cartilages": "costal cartilages"})
     return out
 
 

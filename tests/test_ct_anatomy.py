@@ -425,8 +425,9 @@ def test_on_a_real_ct_the_spinal_cord_and_the_back_muscles_are_read_from_the_uni
 
 
 def test_the_back_muscles_beside_the_read_canal_are_read_by_side():
-    """The autochthon: the muscle behind the spine on the asked side, parted from a thin muscle over it
-    and from the other side's by the spinous process; only where the canal is read."""
+    """The autochthon: the muscle behind the spine on the asked side, parted from a thin muscle over it,
+    from the muscle in front of a rib and from the other side's by the spinous process; only where
+    the canal is read."""
     hu, spacing, canal = spine_phantom()
     hu = hu.astype(np.float32)
     rows, cols = np.mgrid[: hu.shape[1], : hu.shape[2]]
@@ -439,6 +440,10 @@ def test_the_back_muscles_beside_the_read_canal_are_read_by_side():
         for muscle in muscles.values():
             hu[k][muscle] = 50
         hu[k][(rows >= 162) & (rows < 164) & (np.abs(cols - 80) < 60)] = 45  # a thin muscle over them, 2 mm
+        hu[k][116:130, 100:150] = 50  # on the patient's left a muscle in front of a rib, 14 mm thick,
+        hu[k][130:134, 96:140] = 400  # the rib,
+        hu[k][116:152, 140:152] = 50  # joined to the back muscle round the rib's end
+        hu[k][142:152, 120:152] = 50
     hu = hu.astype(np.int16)
     anatomy = CtAnatomy(hu, spacing)
     for side in ("left", "right"):
@@ -449,6 +454,7 @@ def test_the_back_muscles_beside_the_read_canal_are_read_by_side():
         truth = muscles[side]
         assert 2 * (cut & truth).sum() / (cut.sum() + truth.sum()) > 0.85, side
         assert not cut[162:164].any()  # not the thin muscle over it
+        assert not cut[:130].any()  # nor the muscle in front of the rib
     both = anatomy.region(ct_structure_asked("segment the autochthon"), "axial", z, hu)
     assert both.sum() > 1.8 * anatomy.region(CtAsked("autochthon", "left"), "axial", z, hu).sum()
     assert anatomy.region(CtAsked("autochthon", "left"), "coronal", 148, hu) is None  # other views: the map's
@@ -555,3 +561,55 @@ def test_on_a_held_out_ct_the_agent_keeps_the_spleen_its_first_click_found(chest
     assert not any(not c.positive for c in session.current.clicks)
     assert "so I keep it" in " ".join(step.thought for step in session.steps)
     assert iou(truth, session.mask) > 0.8  # 0.91 measured
+
+
+def test_the_costal_cartilages_are_the_bands_brighter_than_soft_tissue_in_the_front_of_the_wall():
+    """Read slice by slice: bands of 130 HU in the front of the body wall, not a bright band as deep in
+    the back, not the organ behind them (80 HU), not the ribs' bone; nothing said of other views."""
+    rows, cols = np.mgrid[:160, :200]
+    body = ((rows - 80) / 70) ** 2 + ((cols - 100) / 90) ** 2 <= 1
+    hu = np.where(body, 40.0, -1000.0)
+    hu[body & (((rows - 80) / 62) ** 2 + ((cols - 100) / 82) ** 2 > 1)] = -100  # fat under the skin, 8 mm
+    hu[(((rows - 80) / 45) ** 2 + ((cols - 100) / 70) ** 2 <= 1) & (rows < 100)] = 80  # an organ behind the wall
+    cartilages = np.zeros((160, 200), bool)
+    for centre in (70, 130):
+        cartilages |= (np.abs(rows - 22) <= 2) & (np.abs(cols - centre) <= 18)  # 15 mm under the skin
+    hu[cartilages] = 130
+    hu[(np.abs(rows - 138) <= 2) & (np.abs(cols - 100) <= 18)] = 130  # as bright, as deep, in the back
+    hu[(np.abs(rows - 30) <= 2) & (np.abs(cols - 35) <= 6)] = 700  # a rib's bone
+    hu = hu + np.random.default_rng(0).normal(0, 6, hu.shape)
+    volume = np.repeat(hu[None], 3, axis=0).astype(np.int16)
+    anatomy = CtAnatomy(volume, (5.0, 1.0, 1.0))
+    asked = ct_structure_asked("Please segment the costal cartilages")
+    assert asked == CtAsked("costal cartilages") == ct_structure_asked("the costal cartilage")
+    read = anatomy.region(asked, "axial", 1, volume)
+    assert 2 * (read & cartilages).sum() / (read.sum() + cartilages.sum()) > 0.85
+    assert not read[100:].any() and not read[26:100].any()  # not the back's band, not the organ
+    assert anatomy.region(asked, "coronal", 80, volume) is None and anatomy.span(asked, volume) is None
+
+
+def test_on_a_held_out_ct_the_costal_cartilages_are_placed_from_the_units_where_the_map_finds_them(chest,
+                                                                                                    monkeypatch):
+    """TotalSegmentator's held-out series, slice 11: the map put its click outside the body (IoU 0);
+    the units give the cartilages in the front of the wall (IoU 0.60). Where the map finds none, the
+    units do not say they are there."""
+    if not _available("totalsegmentator"):
+        pytest.skip("totalsegmentator not fetched")
+    from napari_ibis import assets, io
+    from napari_ibis.metrics import iou
+    from napari_ibis.session import Session
+    from training.data.sources import TOTALSEG_VOLUMES, totalseg_class_maps
+
+    _, policy, segmenter = chest
+    root = assets.path("totalsegmentator", "tests/reference_files").parent.parent
+    image_file, labels_file, class_map = TOTALSEG_VOLUMES["upper_abdomen_ct"]
+    ct = io.read_image(root / image_file)
+    code = {v: int(k) for k, v in totalseg_class_maps()[class_map].items()}["costal_cartilages"]
+    truth = io.read_image(root / labels_file).data[11] == code
+    volume = volume_slice(ct.data, ct.meta["geometry"].spacing, (), 11)
+    session = Session(ct.data[11], "segment the costal cartilages", policy, segmenter, max_steps=5, volume=volume)
+    list(session.run())
+    assert session.steps[0].kind == "placed" and "front of the body wall" in session.steps[0].thought
+    assert iou(truth, session.mask) > 0.5  # 0.60 measured
+    monkeypatch.setattr(policy, "_map_finds", lambda image, query: False)
+    assert policy.ct_reading(ct.data[11], "segment the costal cartilages", volume) is None

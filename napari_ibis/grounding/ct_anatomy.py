@@ -73,10 +73,13 @@ CANAL_STEP_MM = 8.0  # from slice to slice the canal's centre moves less than th
 CANAL_RADIUS_MM = 12.0  # the canal's section lies within this of its centre
 CANAL_MIN_DEPTH_MM = 3.0  # its centre lies at least this deep in soft tissue (clear of bone and fat)
 AUTOCHTHON_HU = (-20, 120)  # the back muscles (3 x 3 median); fat between them and under the skin left out
-AUTOCHTHON_BEHIND_MM = (-5.0, 90.0)  # they lie from 5 mm in front of the canal's centre to 90 mm behind it,
+AUTOCHTHON_BEHIND_MM = (10.0, 90.0)  # they lie from 10 to 90 mm behind the canal's centre,
 AUTOCHTHON_SIDE_MM = (3.0, 75.0)  # from 3 to 75 mm to its side,
 AUTOCHTHON_SEED_MM = (30.0, 25.0)  # hold the point 30 mm behind it and 25 mm to the side,
-AUTOCHTHON_OPEN_MM = 4.0  # and an opening this wide parts them from the thin muscles over them
+AUTOCHTHON_OPEN_MM = 6.0  # and an opening this wide parts them from the thin muscles over them;
+# behind the bone in their column (the arch, the ribs' necks: CANAL_BONE_HU), bone up to this far behind the
+# canal's centre and this far to its side looked at (not the spinous process, which they lie beside)
+AUTOCHTHON_BONE_MM = (35.0, 10.0)
 SOFT_TISSUE_HU = (-60, 700)  # the heart's wall and blood, with contrast too; fat (below) is left out
 HEART_OPEN_MM = 5.0  # an opening this wide parts the heart from vessels touching it
 HEART_BEFORE_SPINE_MM = 10.0  # the heart ends this far in front of the vertebra (the oesophagus and the descending
@@ -85,6 +88,15 @@ HEART_SHARE = 0.5  # and on the slices of its level its section covers at least 
 MIN_LUNG_BESIDE_MM2 = 500.0  # the heart is read only on slices where each lung covers this much
 HEART_MIN_MM2 = 4000.0  # the heart's cross-section on the slices of its level (lung1, lung2: 4,000-12,000 mm2 by
 # eye); the great vessels above it, read the same way, cover 2,000-3,800
+# The costal cartilages on an axial slice: in the body's front CARTILAGE_FRONT (of its height on the slice), within
+# CARTILAGE_DEPTH_MM of the skin, a 3 x 3 median CARTILAGE_ABOVE_HU above the slice's soft tissue (the median of its
+# -30 to 200 HU) and below CARTILAGE_TOP_HU (the ribs' bone), in parts of CARTILAGE_MIN_MM2 or more. Set from the
+# abdominal CT's labels (95% of them in the front 40%, within 31 mm of the skin, 101 HU against soft tissue's 25)
+CARTILAGE_FRONT = 0.4
+CARTILAGE_DEPTH_MM = 32.0
+CARTILAGE_ABOVE_HU = 40.0
+CARTILAGE_TOP_HU = 300.0
+CARTILAGE_MIN_MM2 = 20.0
 AORTA_HU = (120.0, 650.0)  # contrast-filled blood (the held-out series' aorta: median 151 HU); a plain CT's, 30-60
 # HU like the soft tissue around it, is not read
 AORTA_AHEAD_MM = (35.0, 80.0)  # below the chest the aorta's centre lies this far in front of the spinal canal's
@@ -120,6 +132,7 @@ _TRACHEA = re.compile(r"\b(trachea|windpipe)\b", re.IGNORECASE)
 _SPINAL_CORD = re.compile(r"\b(spinal|vertebral)\s+(cord|canal)\b|\bthecal sac\b|\bcauda equina\b", re.IGNORECASE)
 _AORTA = re.compile(r"\baorta\b", re.IGNORECASE)
 _AUTOCHTHON = re.compile(r"\bautochthon\b", re.IGNORECASE)  # in the atlas's words: the erector spinae too
+_COSTAL_CARTILAGES = re.compile(r"\bcostal\s+cartilages?\b", re.IGNORECASE)
 
 
 def below_the_diaphragm(name: str) -> bool:
@@ -153,8 +166,8 @@ def lung_asked(query: str) -> LungAsked | None:
 @dataclass(frozen=True)
 class CtAsked:
     """A structure a query names that a CT's units give: ``structure`` "lung", "heart",
-    "trachea", "spinal cord", "aorta" or "autochthon" (the back muscles beside the spine); for a lung or
-    the autochthon its side (None: both), for a lung whether it names a lobe."""
+    "trachea", "spinal cord", "aorta", "autochthon" (the back muscles beside the spine) or "costal
+    cartilages"; for a lung or the autochthon its side (None: both), for a lung whether it names a lobe."""
 
     structure: str
     side: str | None = None
@@ -166,8 +179,8 @@ def ct_structure_asked(query: str) -> CtAsked | None:
     (:func:`lung_asked`), the heart (not a part of it: "the left ventricle"), the trachea, the
     spinal cord (or the spinal or vertebral canal, the thecal sac, the cauda equina: what lies
     inside the vertebrae's bony canal), the aorta, the
-    autochthon (the erector spinae, the paraspinal muscles) of a side or both. A
-    lesion ("the lung tumour") is the caller's to leave out."""
+    autochthon (the erector spinae, the paraspinal muscles) of a side or both, the costal
+    cartilages. A lesion ("the lung tumour") is the caller's to leave out."""
     lungs = lung_asked(query)
     if lungs is not None:
         return CtAsked("lung", lungs.side, lungs.lobe)
@@ -182,6 +195,8 @@ def ct_structure_asked(query: str) -> CtAsked | None:
     if _AUTOCHTHON.search(in_atlas_words(query or "")):
         sides = {side.lower() for side in _SIDE.findall(query)}
         return CtAsked("autochthon", sides.pop() if len(sides) == 1 else None)
+    if _COSTAL_CARTILAGES.search(query or ""):
+        return CtAsked("costal cartilages")
     return None
 
 
@@ -414,8 +429,10 @@ def _autochthon_section(hu_slice: np.ndarray, canal: np.ndarray, pixel_mm: float
     """The autochthon (the deep back muscles) of the patient's ``side`` on an axial slice whose
     spinal ``canal`` is read: the muscle (``AUTOCHTHON_HU``) within ``AUTOCHTHON_BEHIND_MM`` behind
     the canal's centre and ``AUTOCHTHON_SIDE_MM`` to that side (the patient's left is the image's
-    right), opened by ``AUTOCHTHON_OPEN_MM``, the part nearest the point ``AUTOCHTHON_SEED_MM``
-    behind and beside the canal, holes filled; None where there is none."""
+    right), behind the bone of the arch and the ribs in each column (``AUTOCHTHON_BONE_MM``: the
+    muscles between the ribs and in front of them left out), opened by ``AUTOCHTHON_OPEN_MM``, the
+    part nearest the point ``AUTOCHTHON_SEED_MM`` behind and beside the canal, holes filled; None
+    where there is none."""
     from scipy import ndimage as ndi
     from skimage.morphology import disk
 
@@ -430,7 +447,11 @@ def _autochthon_section(hu_slice: np.ndarray, canal: np.ndarray, pixel_mm: float
     smooth = ndi.median_filter(np.asarray(hu_slice[window], dtype=np.float32), size=3)
     if smooth.size == 0:
         return None
-    muscle = ndi.binary_opening((smooth > AUTOCHTHON_HU[0]) & (smooth < AUTOCHTHON_HU[1]),
+    rows, cols = np.mgrid[top:top + smooth.shape[0], left:left + smooth.shape[1]]
+    bone = (smooth > CANAL_BONE_HU) & ((rows - row) * pixel_mm < AUTOCHTHON_BONE_MM[0]) \
+        & (np.abs(cols - col) * pixel_mm > AUTOCHTHON_BONE_MM[1])
+    deepest = np.where(bone.any(axis=0), top + smooth.shape[0] - 1 - np.argmax(bone[::-1], axis=0), -1)
+    muscle = ndi.binary_opening((smooth > AUTOCHTHON_HU[0]) & (smooth < AUTOCHTHON_HU[1]) & (rows > deepest),
                                 structure=disk(max(1, int(round(AUTOCHTHON_OPEN_MM / pixel_mm)))))
     parts, count = ndi.label(muscle)
     if not count:
@@ -442,6 +463,31 @@ def _autochthon_section(hu_slice: np.ndarray, canal: np.ndarray, pixel_mm: float
     section = np.zeros(np.shape(hu_slice), bool)
     section[window] = ndi.binary_fill_holes(parts == label)
     return section
+
+
+def _cartilage_section(hu_slice: np.ndarray, pixel_mm: float) -> np.ndarray:
+    """What has the costal cartilages' units where they lie on an axial slice (``CARTILAGE_*``):
+    the anterior body wall's parts brighter than the slice's soft tissue and darker than bone.
+    Where the slice is below or above them, other things may have those units there (bowel,
+    calcified vessels): whether the cartilages are on the slice is not read here."""
+    from scipy import ndimage as ndi
+
+    smooth = ndi.median_filter(np.asarray(hu_slice, dtype=np.float32), size=3)
+    body = _body(smooth)
+    if not body.any():
+        return body
+    soft = smooth[body & (smooth > -30) & (smooth < 200)]
+    level = float(np.median(soft)) if soft.size else 40.0
+    rows = np.flatnonzero(body.any(axis=1))
+    front = rows[0] + CARTILAGE_FRONT * (rows[-1] - rows[0])
+    wall = body & (np.arange(body.shape[0])[:, None] <= front) \
+        & (ndi.distance_transform_edt(body) * pixel_mm <= CARTILAGE_DEPTH_MM)
+    found = wall & (smooth >= level + CARTILAGE_ABOVE_HU) & (smooth <= CARTILAGE_TOP_HU)
+    parts, count = ndi.label(found)
+    if not count:
+        return found
+    sizes = ndi.sum(found, parts, range(1, count + 1)) * pixel_mm**2
+    return np.isin(parts, 1 + np.flatnonzero(sizes >= CARTILAGE_MIN_MM2))
 
 
 def _disc(radius: float, inner: float = 0.0) -> np.ndarray:
@@ -807,7 +853,8 @@ class CtAnatomy:
         """The structure ``asked`` on slice ``index`` of ``view``, bool on that slice's grid, empty
         where it is not on it; None where this CT cannot say (the heart of a volume without a
         chest; the spinal canal on a slice it was not followed onto; the aorta where it was not
-        read: in the chest, without contrast, in another view). ``volume``: the Hounsfield
+        read: in the chest, without contrast, in another view; the costal cartilages where none is
+        read, and whether they are on the slice at all). ``volume``: the Hounsfield
         units this anatomy was read from (the heart and the canal are read from them when first
         asked)."""
         if asked.structure == "lung":
@@ -816,6 +863,10 @@ class CtAnatomy:
             return self._canal_cut(view, index, volume)
         if asked.structure == "autochthon":
             return self._autochthon_cut(asked.side, view, index, volume)
+        if asked.structure == "costal cartilages":  # on an axial slice, where any is read; whether they are there: no
+            cut = _cartilage_section(np.asarray(volume[index]), float(np.sqrt(self.pixel_mm2("axial")))) \
+                if view == "axial" else None
+            return cut if cut is not None and cut.any() else None
         if asked.structure == "aorta":  # on the axial slices it was read on; elsewhere the map's
             cut = self.aorta_volume(volume)[index] if view == "axial" else None
             return np.array(cut) if cut is not None and cut.any() else None
@@ -845,6 +896,8 @@ class CtAnatomy:
 
     def span(self, asked: CtAsked, volume: np.ndarray) -> tuple[int, int] | None:
         """The first and last axial slice the structure ``asked`` lies on, or None."""
+        if asked.structure == "costal cartilages":
+            return None  # read slice by slice where they are asked, not followed through the volume
         if asked.structure in ("spinal cord", "autochthon"):
             held = np.flatnonzero(self.canal_volume(volume).any(axis=(1, 2))).tolist()
         elif asked.structure == "aorta":

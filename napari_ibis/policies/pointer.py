@@ -63,7 +63,7 @@ ONE_TISSUE_SPREAD_HU = 45.0  # and both interquartile ranges at most this (docs/
 # not for a muscle: muscles lie against muscles of their own units (the gluteus minimus under the medius)
 MUSCLE_NAME = re.compile(r"\b(gluteus|iliopsoas|psoas|autochthon|erector spinae|muscles?)\b", re.IGNORECASE)
 # read from a CT's units to their edges (bone, fat): placed as the mask, not clicked (place; docs/BENCHMARKS.md)
-PLACED_FROM_UNITS = {"spinal cord", "autochthon"}
+PLACED_FROM_UNITS = {"spinal cord", "autochthon", "costal cartilages"}
 ATLAS_FILE = "atlas.npz"
 BRAIN_ATLAS_FILE = "brain_atlas.npz"
 ATLAS_POWER = 2  # the first click: the map times the atlas prior to this power (benchmarks/atlas_prior.py --fuse)
@@ -568,8 +568,16 @@ class PointerPolicy(DecidingPolicy):
         region = _on_grid(cut, image.shape[:2])
         if asked.lobe and region.any():
             return None  # which lobe, the units cannot tell: the map decides
+        if asked.structure == "costal cartilages" and not self._map_finds(image, query):
+            return None  # whether they are on the slice, the units cannot tell: the map decides
         return CtRead(region, basis=_CT_BASIS[asked.structure], why=_ct_words(anatomy, asked, volume, region),
                       asked=asked)
+
+    def _map_finds(self, image: np.ndarray, query: str) -> bool:
+        """Whether the first turn's map finds the structure ``query`` names on ``image`` (a
+        region reaching the presence threshold, on a kind of scan that may hold it)."""
+        probability = self.guided_map(image, query, first_turn=True)
+        return bool(candidates(probability, self._presence_threshold(query))) and not self._kinds.get(query)
 
     def _ct_question(self, query: str, volume: VolumeSlice | None) -> tuple[CtAsked | None, str | None] | None:
         """Where a CT's units may decide ``query`` on ``volume``'s slice: (the structure they give,
@@ -789,8 +797,9 @@ class CtRead:
     def through(self) -> CtAsked | None:
         """The structure read where the units follow it through the volume (lungs, heart, trachea,
         spinal cord, autochthon), else None: a lobe (which one, the units cannot tell), the aorta
-        (it runs on into the chest, where it is not read: the segmenter carries it)."""
-        if self.asked is None or self.asked.lobe or self.asked.structure == "aorta":
+        (it runs on into the chest, where it is not read: the segmenter carries it), the costal
+        cartilages (whether they are on a slice, the units cannot tell)."""
+        if self.asked is None or self.asked.lobe or self.asked.structure in ("aorta", "costal cartilages"):
             return None
         return self.asked
 
@@ -800,9 +809,11 @@ _CT_BASIS = {"lung": "the air-filled lung in this CT's Hounsfield units",
              "trachea": "the airway joining the lungs in this CT's Hounsfield units",
              "spinal cord": "the soft tissue inside the vertebrae's bony ring in this CT's Hounsfield units",
              "autochthon": "the muscle behind the spine, beside the spinal canal, in this CT's Hounsfield units",
-             "aorta": "the contrast-filled vessel in front of the spine in this CT's Hounsfield units"}
+             "aorta": "the contrast-filled vessel in front of the spine in this CT's Hounsfield units",
+             "costal cartilages": "what is brighter than soft tissue, and darker than bone, in the front of the "
+                                  "body wall in this CT's Hounsfield units"}
 _PLACED_EDGES = {"spinal cord": "the bony ring's", "autochthon": "the fat's and the bone's around it",
-                 "aorta": "the contrast's"}
+                 "aorta": "the contrast's", "costal cartilages": "the muscle's and the fat's around them"}
 _CT_WHAT = {"lung": "the air inside the body below -400 HU (gas in the gut, purer air, left out)",
             "heart": "the soft tissue between the two lungs in front of the spine (fat left out), on the slices where "
                      "it is heart-sized",
@@ -813,16 +824,19 @@ _CT_WHAT = {"lung": "the air inside the body below -400 HU (gas in the gut, pure
             "autochthon": "the muscle (-20 to 120 HU) behind the spine and beside the spinal canal, parted from the "
                           "thin muscles over it",
             "aorta": "the round vessel of contrast-filled blood (above 120 HU) in front of the spine, to its left, "
-                     "below the chest, followed over the slices in a row where it is found"}
+                     "below the chest, followed over the slices in a row where it is found",
+            "costal cartilages": "what lies in the front of the body wall, within 32 mm of the skin, 40 HU or more "
+                                 "above the slice's soft tissue and below bone's 300 HU"}
 
 
 def _ct_words(anatomy, asked: CtAsked, volume: VolumeSlice, region: np.ndarray) -> str:
     """What the agent says it read from the units for ``asked`` on this slice."""
     structure = "lungs" if asked.structure == "lung" else " ".join(filter(None, (asked.side, asked.structure)))
     where = f"on the patient's {asked.side} of this slice" if asked.side else "on this slice"
-    said = f"On this CT the {structure} {'are' if structure == 'lungs' else 'is'} {_CT_WHAT[asked.structure]}: "
+    plural = structure in ("lungs", "costal cartilages")
+    said = f"On this CT the {structure} {'are' if plural else 'is'} {_CT_WHAT[asked.structure]}: "
     if region.any():
-        return said + f"{'they cover' if structure == 'lungs' else 'it covers'} {int(region.sum()):,} px {where}."
+        return said + f"{'they cover' if plural else 'it covers'} {int(region.sum()):,} px {where}."
     if asked.structure == "lung" or volume.view != "axial":
         return said + f"there is none {where}."
     span = anatomy.span(asked, volume.volume)
