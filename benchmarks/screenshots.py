@@ -33,6 +33,7 @@ CT's Hounsfield units); widget-lungs.png: the same, then Propagate both ways, se
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only chest
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only lungs
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only brain-mri
+    xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only cartilages
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", choices=["default-agent", "volume", "tumour", "spleen", "hippocampus", "kidney-mr",
-                                           "chest", "lungs", "heart", "cord", "aorta", "brain-mri"],
+                                           "chest", "lungs", "heart", "cord", "aorta", "cartilages", "brain-mri"],
                         help="only that screenshot")
     args = parser.parse_args()
     out = ROOT / "docs" / "images"
@@ -93,6 +94,8 @@ def main() -> None:
         return cord(out, wait)
     if args.only == "aorta":
         return aorta(out, wait)
+    if args.only == "cartilages":
+        return cartilages(out, wait)
     if args.only == "brain-mri":
         return brain_mri(out, wait)
     image, labels = test_image_nuclei_2d(return_mask=True)
@@ -411,6 +414,13 @@ def aorta(out: Path, wait) -> None:
     _held_out_agent(out, wait, "aorta", 12, "widget-aorta.png")
 
 
+def cartilages(out: Path, wait) -> None:
+    """The default agent asked for the costal cartilages on slice 11 of the same real CT series (read
+    from the units where its map finds them since 2026-12-07; before, it clicked outside the body
+    wall), then Propagate both ways (the segmenter carries them)."""
+    _held_out_agent(out, wait, "costal_cartilages", 11, "widget-cartilages.png")
+
+
 def _held_out_agent(out: Path, wait, structure: str, z: int, file: str) -> None:
     """The default agent asked for ``structure`` on slice ``z`` of TotalSegmentator's DICOM CT series,
     then Propagate both ways; the transcript and the 3-D Dice with its label printed."""
@@ -420,11 +430,11 @@ def _held_out_agent(out: Path, wait, structure: str, z: int, file: str) -> None:
     root = assets.path("totalsegmentator", "tests/reference_files")
     labels = io.read_image(root / "example_seg_dicom.nii.gz").data
     truth = labels == next(k for k, v in totalseg_class_maps()["total"].items() if v == structure)
-    viewer, widget, z, result = _propagated(str(root / "example_ct_dicom"), truth, f"segment the {structure}", None,
-                                            wait, z=z)
+    viewer, widget, z, result = _propagated(str(root / "example_ct_dicom"), truth,
+                                            f"segment the {structure.replace('_', ' ')}", None, wait, z=z)
     print(widget.steps_panel.transcript.toPlainText())
     viewer.layers["IBIS clicks"].visible = True
-    _shoot(viewer, widget, out / file, result, truth, f"TotalSegmentator's {structure}")
+    _shoot(viewer, widget, out / file, result, truth, f"TotalSegmentator's {structure.replace('_', ' ')}")
 
 
 def tumour(out: Path, wait) -> None:
