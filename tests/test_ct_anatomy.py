@@ -144,6 +144,23 @@ def chest():
     return loaded, load_policy(None), build_segmenter("mobilesam")
 
 
+def _held_out_series(label: str, z: int):
+    """TotalSegmentator's held-out upper-abdomen series (real CT, a patient the agent never saw):
+    slice ``z`` in Hounsfield units, its label ``label`` there, the slice's volume (skipped where the
+    package was not fetched)."""
+    if not _available("totalsegmentator"):
+        pytest.skip("totalsegmentator not fetched")
+    from napari_ibis import assets, io
+    from training.data.sources import TOTALSEG_VOLUMES, totalseg_class_maps
+
+    root = assets.path("totalsegmentator", "tests/reference_files").parent.parent
+    image_file, labels_file, class_map = TOTALSEG_VOLUMES["upper_abdomen_ct"]
+    ct = io.read_image(root / image_file)
+    code = {v: int(k) for k, v in totalseg_class_maps()[class_map].items()}[label]
+    truth = io.read_image(root / labels_file).data[z] == code
+    return ct.data[z], truth, volume_slice(ct.data, ct.meta["geometry"].spacing, (), z)
+
+
 def _run(chest, z: int, query: str, volume: bool = True):
     from napari_ibis.session import Session
 
@@ -542,20 +559,12 @@ def test_on_a_held_out_ct_the_agent_keeps_the_spleen_its_first_click_found(chest
     """TotalSegmentator's held-out series, slice 12: the first click's mask, made in a window centred on
     the spleen (session.soft_tissue_window), is the spleen (IoU 0.91); before, the agent's map did not reach
     the spleen's back and a negative click cut it to 0.58. Now that part has the units of the rest: kept."""
-    if not _available("totalsegmentator"):
-        pytest.skip("totalsegmentator not fetched")
-    from napari_ibis import assets, io
     from napari_ibis.metrics import iou
     from napari_ibis.session import Session
-    from training.data.sources import TOTALSEG_VOLUMES, totalseg_class_maps
 
     _, policy, segmenter = chest
-    root = assets.path("totalsegmentator", "tests/reference_files").parent.parent
-    image_file, labels_file, class_map = TOTALSEG_VOLUMES["upper_abdomen_ct"]
-    ct = io.read_image(root / image_file)
-    truth = io.read_image(root / labels_file).data[12] == {v: int(k) for k, v in totalseg_class_maps()[class_map].items()}["spleen"]
-    session = Session(ct.data[12], "segment the spleen", policy, segmenter, max_steps=5,
-                      volume=volume_slice(ct.data, ct.meta["geometry"].spacing, (), 12))
+    hu, truth, volume = _held_out_series("spleen", 12)
+    session = Session(hu, "segment the spleen", policy, segmenter, max_steps=5, volume=volume)
     list(session.run())
     assert session.segmenter_window is not None and session.segmenter_window.startswith("ct:")
     assert not any(not c.positive for c in session.current.clicks)
@@ -593,23 +602,14 @@ def test_on_a_held_out_ct_the_costal_cartilages_are_placed_from_the_units_where_
     """TotalSegmentator's held-out series, slice 11: the map put its click outside the body (IoU 0);
     the units give the cartilages in the front of the wall (IoU 0.60). Where the map finds none, the
     units do not say they are there."""
-    if not _available("totalsegmentator"):
-        pytest.skip("totalsegmentator not fetched")
-    from napari_ibis import assets, io
     from napari_ibis.metrics import iou
     from napari_ibis.session import Session
-    from training.data.sources import TOTALSEG_VOLUMES, totalseg_class_maps
 
     _, policy, segmenter = chest
-    root = assets.path("totalsegmentator", "tests/reference_files").parent.parent
-    image_file, labels_file, class_map = TOTALSEG_VOLUMES["upper_abdomen_ct"]
-    ct = io.read_image(root / image_file)
-    code = {v: int(k) for k, v in totalseg_class_maps()[class_map].items()}["costal_cartilages"]
-    truth = io.read_image(root / labels_file).data[11] == code
-    volume = volume_slice(ct.data, ct.meta["geometry"].spacing, (), 11)
-    session = Session(ct.data[11], "segment the costal cartilages", policy, segmenter, max_steps=5, volume=volume)
+    hu, truth, volume = _held_out_series("costal_cartilages", 11)
+    session = Session(hu, "segment the costal cartilages", policy, segmenter, max_steps=5, volume=volume)
     list(session.run())
     assert session.steps[0].kind == "placed" and "front of the body wall" in session.steps[0].thought
     assert iou(truth, session.mask) > 0.5  # 0.60 measured
     monkeypatch.setattr(policy, "_map_finds", lambda image, query: False)
-    assert policy.ct_reading(ct.data[11], "segment the costal cartilages", volume) is None
+    assert policy.ct_reading(hu, "segment the costal cartilages", volume) is None
