@@ -48,7 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..grounding.ct_anatomy import CtAsked, by_the_lungs_level, ct_structure_asked
+from ..grounding.ct_anatomy import (CARTILAGE_ABOVE_HU, CARTILAGE_DEPTH_MM, CARTILAGE_TOP_HU, CtAsked, by_the_lungs_level,
+                                    ct_structure_asked)
 from ..grounding.names import in_atlas_words, spoken
 from ..grounding.vocabulary import Vocabulary, names_a_lesion
 from ..protocol import Response
@@ -412,9 +413,10 @@ class PointerPolicy(DecidingPolicy):
         read = self.ct_reading(image, query, volume)
         if read is not None and read.asked is not None and read.asked.structure in PLACED_FROM_UNITS \
                 and read.region.any():
+            its, it = ("Their", "them as they are") if read.asked.structure == "costal cartilages" else ("Its", "it as it is")
             return Placement(read.region, thought=(f"{why} " if why else "") + (
-                f"{read.why} Its edges are read to the pixel ({_PLACED_EDGES[read.asked.structure]}), where a "
-                f"click would give a coarser mask: I place it as it is, then check that mask against what I see."))
+                f"{read.why} {its} edges are read to the pixel ({_PLACED_EDGES[read.asked.structure]}), where a "
+                f"click would give a coarser mask: I place {it}, then check that mask against what I see."))
         if self.atlas is None or self.atlas.name_in(query) not in self.atlas.regions or names_a_lesion(query):
             return None
         probability = self.guided_map(image, query, first_turn=True)
@@ -825,8 +827,9 @@ _CT_WHAT = {"lung": "the air inside the body below -400 HU (gas in the gut, pure
                           "thin muscles over it",
             "aorta": "the round vessel of contrast-filled blood (above 120 HU) in front of the spine, to its left, "
                      "below the chest, followed over the slices in a row where it is found",
-            "costal cartilages": "what lies in the front of the body wall, within 32 mm of the skin, 40 HU or more "
-                                 "above the slice's soft tissue and below bone's 300 HU"}
+            "costal cartilages": f"what lies in the front of the body wall, within {CARTILAGE_DEPTH_MM:.0f} mm of the "
+                                 f"skin, {CARTILAGE_ABOVE_HU:.0f} HU or more above the slice's soft tissue and below "
+                                 f"bone's {CARTILAGE_TOP_HU:.0f} HU"}
 
 
 def _ct_words(anatomy, asked: CtAsked, volume: VolumeSlice, region: np.ndarray) -> str:
