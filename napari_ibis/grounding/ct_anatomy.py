@@ -80,6 +80,11 @@ AUTOCHTHON_OPEN_MM = 6.0  # and an opening this wide parts them from the thin mu
 # behind the bone in their column (the arch, the ribs' necks: CANAL_BONE_HU), bone up to this far behind the
 # canal's centre and this far to its side looked at (not the spinous process, which they lie beside)
 AUTOCHTHON_BONE_MM = (35.0, 10.0)
+# A side's section under AUTOCHTHON_MIN_MM2 (or none): muscle marbled with fat (an older patient's), read again where
+# the units' mean over AUTOCHTHON_FATTY_MM (fat between the fibres averaged in) lies above AUTOCHTHON_FATTY_HU
+AUTOCHTHON_MIN_MM2 = 300.0
+AUTOCHTHON_FATTY_MM = 3.0
+AUTOCHTHON_FATTY_HU = -30.0
 SOFT_TISSUE_HU = (-60, 700)  # the heart's wall and blood, with contrast too; fat (below) is left out
 HEART_OPEN_MM = 5.0  # an opening this wide parts the heart from vessels touching it
 HEART_BEFORE_SPINE_MM = 10.0  # the heart ends this far in front of the vertebra (the oesophagus and the descending
@@ -431,8 +436,19 @@ def _autochthon_section(hu_slice: np.ndarray, canal: np.ndarray, pixel_mm: float
     the canal's centre and ``AUTOCHTHON_SIDE_MM`` to that side (the patient's left is the image's
     right), behind the bone of the arch and the ribs in each column (``AUTOCHTHON_BONE_MM``: the
     muscles between the ribs and in front of them left out), opened by ``AUTOCHTHON_OPEN_MM``, the
-    part nearest the point ``AUTOCHTHON_SEED_MM`` behind and beside the canal, holes filled; None
-    where there is none."""
+    part nearest the point ``AUTOCHTHON_SEED_MM`` behind and beside the canal, holes filled; where
+    that is under ``AUTOCHTHON_MIN_MM2``, muscle marbled with fat read as such
+    (``AUTOCHTHON_FATTY_*``); None where there is none."""
+    section = _muscle_behind(hu_slice, canal, pixel_mm, side, fatty=False)
+    if section is None or section.sum() * pixel_mm**2 < AUTOCHTHON_MIN_MM2:
+        section = _muscle_behind(hu_slice, canal, pixel_mm, side, fatty=True)
+    return section
+
+
+def _muscle_behind(hu_slice: np.ndarray, canal: np.ndarray, pixel_mm: float, side: str,
+                   fatty: bool) -> np.ndarray | None:
+    """:func:`_autochthon_section`'s reading of the muscle; ``fatty``: the units' mean over
+    ``AUTOCHTHON_FATTY_MM`` above ``AUTOCHTHON_FATTY_HU`` is muscle (with the fat between its fibres)."""
     from scipy import ndimage as ndi
     from skimage.morphology import disk
 
@@ -444,14 +460,19 @@ def _autochthon_section(hu_slice: np.ndarray, canal: np.ndarray, pixel_mm: float
         (int(round(col - far)), int(round(col - near)))
     top, left = max(0, top), max(0, left)
     window = (slice(top, max(top, bottom) + 1), slice(left, max(left, right) + 1))
-    smooth = ndi.median_filter(np.asarray(hu_slice[window], dtype=np.float32), size=3)
-    if smooth.size == 0:
+    raw = np.asarray(hu_slice[window], dtype=np.float32)
+    if raw.size == 0:
         return None
+    smooth = ndi.median_filter(raw, size=3)
+    tissue = smooth > AUTOCHTHON_HU[0]
+    if fatty:
+        width = max(3, int(round(2 * AUTOCHTHON_FATTY_MM / pixel_mm)) | 1)
+        tissue = ndi.binary_fill_holes(ndi.uniform_filter(np.clip(raw, -200, 200), size=width) > AUTOCHTHON_FATTY_HU)
     rows, cols = np.mgrid[top:top + smooth.shape[0], left:left + smooth.shape[1]]
     bone = (smooth > CANAL_BONE_HU) & ((rows - row) * pixel_mm < AUTOCHTHON_BONE_MM[0]) \
         & (np.abs(cols - col) * pixel_mm > AUTOCHTHON_BONE_MM[1])
     deepest = np.where(bone.any(axis=0), top + smooth.shape[0] - 1 - np.argmax(bone[::-1], axis=0), -1)
-    muscle = ndi.binary_opening((smooth > AUTOCHTHON_HU[0]) & (smooth < AUTOCHTHON_HU[1]) & (rows > deepest),
+    muscle = ndi.binary_opening(tissue & (smooth < AUTOCHTHON_HU[1]) & (rows > deepest),
                                 structure=disk(max(1, int(round(AUTOCHTHON_OPEN_MM / pixel_mm)))))
     parts, count = ndi.label(muscle)
     if not count:
