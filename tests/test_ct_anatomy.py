@@ -644,3 +644,12 @@ def test_on_a_held_out_ct_the_costal_cartilages_are_placed_from_the_units_where_
     assert iou(truth, session.mask) > 0.5  # 0.60 measured
     monkeypatch.setattr(policy, "_map_finds", lambda image, query: False)
     assert policy.ct_reading(hu, "segment the costal cartilages", volume) is None
+
+
+def test_on_a_chest_ct_the_liver_is_not_looked_for_in_the_lung(chest):
+    """pyradiomics' lung2, slice 18, at the lungs' bases: the map put the liver in the right lung and
+    the mask was 99% air; now the map is not taken where the units are air (pointer._off_air)."""
+    loaded, _, _ = chest
+    session = _run(chest, 18, "segment the liver")
+    mask = session.mask
+    assert session.current.not_present or (mask.any() and float(np.mean(loaded.data[18][mask] < -400)) < 0.1)

@@ -99,6 +99,34 @@ def test_a_muscles_or_a_lesions_spill_is_cut_even_where_its_units_match():
         assert PointerPolicy._same_tissue(agent, asked(query), (100, 120)) is None
 
 
+def test_on_a_ct_a_solid_structure_is_not_looked_for_in_air():
+    """A map whose peak lies in a lung gives no click there for the liver on a CT: the click goes to
+    the soft tissue the map favours next; the lungs, the gut and anything off a CT keep their map."""
+    from types import SimpleNamespace
+
+    from napari_ibis.grounding.ct_anatomy import holds_air
+    from napari_ibis.policies.pointer import PointerPolicy
+
+    rows, cols = np.mgrid[:100, :120]
+    hu = np.full((100, 120), 50.0)
+    lung = blob((100, 120), (40, 40), 18)
+    hu[lung] = -850
+    agent = SimpleNamespace(_slice_units=lambda volume, shape: (hu, 1.0))
+    probability = 0.9 * blob((100, 120), (40, 40), 12) + 0.5 * blob((100, 120), (70, 90), 8)
+    gated = PointerPolicy._off_air(agent, probability, object(), "segment the liver")
+    row, col, _ = landing(decide(gated, request(), 0.3, 4.0))
+    assert not lung[row, col] and hu[row, col] == 50
+    assert not decide(PointerPolicy._off_air(agent, 0.9 * blob((100, 120), (40, 40), 12), object(), "segment the liver"),
+                      request(), 0.3, 4.0).actions  # only air was likely: not present
+    rim = blob((100, 120), (40, 40), 20) & ~lung  # the soft tissue within 2 mm of the lung
+    assert not decide(PointerPolicy._off_air(agent, 0.9 * rim, object(), "segment the liver"), request(), 0.3, 4.0).actions
+    assert holds_air("right lung upper lobe") and holds_air("stomach") and not holds_air("spleen")
+    for query in ("segment the right lung", "segment the stomach", "segment the colon"):
+        assert PointerPolicy._off_air(agent, probability, object(), query) is probability
+    off_ct = SimpleNamespace(_slice_units=lambda volume, shape: None)
+    assert PointerPolicy._off_air(off_ct, probability, None, "segment the liver") is probability
+
+
 def test_a_mask_missing_most_of_the_region_gets_a_positive_click_in_the_missed_part():
     target = np.zeros((100, 120), bool)
     target[20:80, 20:100] = True

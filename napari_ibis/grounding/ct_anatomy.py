@@ -138,6 +138,26 @@ _SPINAL_CORD = re.compile(r"\b(spinal|vertebral)\s+(cord|canal)\b|\bthecal sac\b
 _AORTA = re.compile(r"\baorta\b", re.IGNORECASE)
 _AUTOCHTHON = re.compile(r"\bautochthon\b", re.IGNORECASE)  # in the atlas's words: the erector spinae too
 _COSTAL_CARTILAGES = re.compile(r"\bcostal\s+cartilages?\b", re.IGNORECASE)
+# what may hold air or gas on a CT; every other structure lies where the units are not air (solid_tissue)
+_HOLDS_AIR = re.compile(r"\b(lungs?|lobes?|airways?|bronch\w*|trachea|windpipe|larynx|pharynx|sinus\w*|stomach|colon|"
+                        r"bowel|duodenum|oesophagus|esophagus|rectum|sigmoid|caecum|cecum|appendix|intestines?|gut|gas|"
+                        r"air)\b", re.IGNORECASE)
+AIR_HU = -400.0  # a 3 x 3 median below this is air: the lungs, gas (the lungs' rule's threshold)
+SOLID_DEPTH_MM = 3.0  # solid tissue this deep from air (solid_tissue)
+
+
+def holds_air(name: str) -> bool:
+    """Whether the structure ``name`` may hold air or gas (a lung, an airway, the gut)."""
+    return bool(_HOLDS_AIR.search(name or ""))
+
+
+def solid_tissue(hu_slice: np.ndarray, pixel_mm: float) -> np.ndarray:
+    """Where a CT slice in Hounsfield units is not air (its 3 x 3 median at ``AIR_HU`` or above) and
+    ``SOLID_DEPTH_MM`` or more from air (the rim of soft tissue around a lung left out)."""
+    from scipy import ndimage as ndi
+
+    solid = ndi.median_filter(np.asarray(hu_slice, dtype=np.float32), size=3) >= AIR_HU
+    return ndi.binary_erosion(solid, iterations=max(1, int(round(SOLID_DEPTH_MM / pixel_mm))), border_value=1)
 
 
 def below_the_diaphragm(name: str) -> bool:

@@ -48,8 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..grounding.ct_anatomy import (CARTILAGE_ABOVE_HU, CARTILAGE_DEPTH_MM, CARTILAGE_TOP_HU, CtAsked, by_the_lungs_level,
-                                    ct_structure_asked)
+from ..grounding.ct_anatomy import (AIR_HU, CARTILAGE_ABOVE_HU, CARTILAGE_DEPTH_MM, CARTILAGE_TOP_HU, CtAsked,
+                                    by_the_lungs_level, ct_structure_asked)
 from ..grounding.names import in_atlas_words, spoken
 from ..grounding.vocabulary import Vocabulary, names_a_lesion
 from ..protocol import Response
@@ -450,7 +450,7 @@ class PointerPolicy(DecidingPolicy):
         if read is not None:
             area = float(read.region.sum())
             return Located(score=area, peak=1.0 if area else 0.0, present=area > 0, basis=read.basis)
-        probability = self.guided_map(image, asked, first_turn=True)
+        probability = self._off_air(self.guided_map(image, asked, first_turn=True), volume, asked)
         found = candidates(probability, self._presence_threshold(asked))
         likest = self._elsewhere.get(asked)
         ruled_out = bool(self._kinds.get(asked)) or (likest is not None and likest >= ATLAS_KNOWN)
@@ -494,7 +494,8 @@ class PointerPolicy(DecidingPolicy):
         read = self.ct_reading(request.image, request.query, request.volume)
         if read is not None and (read.region.any() or (first_turn and not request.clicks)):
             return self._decide_ct(request, first_turn, read)
-        probability = self.guided_map(request.image, request.query, first_turn)
+        mapped = self.guided_map(request.image, request.query, first_turn)
+        probability = self._off_air(mapped, request.volume, request.query)
         kind = self._kinds.get(request.query)
         if first_turn and not request.clicks and kind:
             name = self.atlas.name_in(request.query)
@@ -511,14 +512,22 @@ class PointerPolicy(DecidingPolicy):
                 thought=(f"The {spoken(name)} is a region an atlas draws. This slice is very like labelled slices of "
                          f"mine (correlation {likest:.2f}), and those at its level do not hold the {spoken(name)}."),
                 terminate=True, not_present=True, answer="The requested structure is not present in this image.")
+        threshold = self._presence_threshold(request.query)
+        if first_turn and not request.clicks and probability is not mapped and candidates(mapped, threshold) \
+                and not candidates(probability, threshold):
+            return Response(
+                thought=(f"My map puts the {spoken(self.atlas.name_in(request.query) if self.atlas else None) or 'structure'}"
+                         f" where this CT's units are air (below {AIR_HU:.0f} HU: the lungs, gas), and it does not "
+                         f"hold air; where they are not, the most likely place reaches only {probability.max():.0%}, "
+                         f"below the {threshold:.0%} I need to call it present."),
+                terminate=True, not_present=True, answer="The requested structure is not present in this image.")
         prior = self._priors.get(request.query)
         extent = None if prior is None or first_turn else self._extent(request.query)
         cell = self._framing.size / self._framing.grid / self._framing.scale
         fit = self._fits.get(request.query)
         snap = self._tissue_snap(request, probability) if first_turn and not request.clicks else None
         same_tissue = None if first_turn else self._same_tissue(request, probability.shape)
-        response = decide(probability, request, self._presence_threshold(request.query), cell, extent, snap=snap,
-                          same_tissue=same_tissue)
+        response = decide(probability, request, threshold, cell, extent, snap=snap, same_tissue=same_tissue)
         if prior is not None and first_turn and response.actions:
             import dataclasses
 
@@ -618,6 +627,18 @@ class PointerPolicy(DecidingPolicy):
         if units is None:
             return None
         return lambda spill, rest: one_tissue(units[0], spill, rest)
+
+    def _off_air(self, probability: np.ndarray, volume: VolumeSlice | None, query: str) -> np.ndarray:
+        """On a CT volume, ``probability`` zeroed where its slice is air
+        (:func:`~napari_ibis.grounding.ct_anatomy.solid_tissue`), for a structure that never holds
+        air (the liver, not the lungs or the gut: :func:`~napari_ibis.grounding.ct_anatomy.holds_air`);
+        else ``probability`` itself."""
+        from ..grounding.ct_anatomy import holds_air, solid_tissue
+
+        if holds_air(in_atlas_words(query)):
+            return probability
+        units = self._slice_units(volume, probability.shape)
+        return probability if units is None else probability * solid_tissue(*units)
 
     def _slice_units(self, volume: VolumeSlice | None, shape: tuple[int, int]) -> tuple[np.ndarray, float] | None:
         """The Hounsfield units of ``volume``'s slice on a grid of ``shape`` and that grid's pixel
