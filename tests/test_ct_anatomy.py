@@ -605,7 +605,8 @@ def test_on_a_held_out_ct_the_agent_keeps_the_spleen_its_first_click_found(chest
 
 def test_the_costal_cartilages_are_the_bands_brighter_than_soft_tissue_in_the_front_of_the_wall():
     """Read slice by slice: bands of 130 HU in the front of the body wall, not a bright band as deep in
-    the back, not the organ behind them (80 HU), not the ribs' bone; nothing said of other views."""
+    the back, not the organ behind them (80 HU), not the ribs' bone nor their ends at the side; nothing
+    said of other views."""
     rows, cols = np.mgrid[:160, :200]
     body = ((rows - 80) / 70) ** 2 + ((cols - 100) / 90) ** 2 <= 1
     hu = np.where(body, 40.0, -1000.0)
@@ -617,6 +618,7 @@ def test_the_costal_cartilages_are_the_bands_brighter_than_soft_tissue_in_the_fr
     hu[cartilages] = 130
     hu[(np.abs(rows - 138) <= 2) & (np.abs(cols - 100) <= 18)] = 130  # as bright, as deep, in the back
     hu[(np.abs(rows - 30) <= 2) & (np.abs(cols - 35) <= 6)] = 700  # a rib's bone
+    hu[58:63, 20:28] = 130  # a rib's end at the side, with the cartilages' units
     hu = hu + np.random.default_rng(0).normal(0, 6, hu.shape)
     volume = np.repeat(hu[None], 3, axis=0).astype(np.int16)
     anatomy = CtAnatomy(volume, (5.0, 1.0, 1.0))
@@ -624,14 +626,14 @@ def test_the_costal_cartilages_are_the_bands_brighter_than_soft_tissue_in_the_fr
     assert asked == CtAsked("costal cartilages") == ct_structure_asked("the costal cartilage")
     read = anatomy.region(asked, "axial", 1, volume)
     assert 2 * (read & cartilages).sum() / (read.sum() + cartilages.sum()) > 0.85
-    assert not read[100:].any() and not read[26:100].any()  # not the back's band, not the organ
+    assert not read[100:].any() and not read[26:100].any()  # not the back's band, not the organ, not the side
     assert anatomy.region(asked, "coronal", 80, volume) is None and anatomy.span(asked, volume) is None
 
 
 def test_on_a_held_out_ct_the_costal_cartilages_are_placed_from_the_units_where_the_map_finds_them(chest,
                                                                                                     monkeypatch):
     """TotalSegmentator's held-out series, slice 11: the map put its click outside the body (IoU 0);
-    the units give the cartilages in the front of the wall (IoU 0.60). Where the map finds none, the
+    the units give the cartilages in the front of the wall (IoU 0.64). Where the map finds none, the
     units do not say they are there."""
     from napari_ibis.metrics import iou
     from napari_ibis.session import Session
@@ -641,7 +643,7 @@ def test_on_a_held_out_ct_the_costal_cartilages_are_placed_from_the_units_where_
     session = Session(hu, "segment the costal cartilages", policy, segmenter, max_steps=5, volume=volume)
     list(session.run())
     assert session.steps[0].kind == "placed" and "front of the body wall" in session.steps[0].thought
-    assert iou(truth, session.mask) > 0.5  # 0.60 measured
+    assert iou(truth, session.mask) > 0.5  # 0.64 measured
     monkeypatch.setattr(policy, "_map_finds", lambda image, query: False)
     assert policy.ct_reading(hu, "segment the costal cartilages", volume) is None
 

@@ -102,6 +102,9 @@ CARTILAGE_DEPTH_MM = 32.0
 CARTILAGE_ABOVE_HU = 40.0
 CARTILAGE_TOP_HU = 300.0
 CARTILAGE_MIN_MM2 = 20.0
+# and whose centre lies CARTILAGE_MIN_DEG or more above the level of the body's centre, seen from it (the ribs' ends
+# at the sides have the cartilages' units too)
+CARTILAGE_MIN_DEG = 20.0
 AORTA_HU = (120.0, 650.0)  # contrast-filled blood (the held-out series' aorta: median 151 HU); a plain CT's, 30-60
 # HU like the soft tissue around it, is not read
 AORTA_AHEAD_MM = (35.0, 80.0)  # below the chest the aorta's centre lies this far in front of the spinal canal's
@@ -508,7 +511,8 @@ def _muscle_behind(hu_slice: np.ndarray, canal: np.ndarray, pixel_mm: float, sid
 
 def _cartilage_section(hu_slice: np.ndarray, pixel_mm: float) -> np.ndarray:
     """What has the costal cartilages' units where they lie on an axial slice (``CARTILAGE_*``):
-    the anterior body wall's parts brighter than the slice's soft tissue and darker than bone.
+    the anterior body wall's parts brighter than the slice's soft tissue and darker than bone, not
+    at its sides.
     Where the slice is below or above them, other things may have those units there (bowel,
     calcified vessels): whether the cartilages are on the slice is not read here."""
     from scipy import ndimage as ndi
@@ -527,8 +531,13 @@ def _cartilage_section(hu_slice: np.ndarray, pixel_mm: float) -> np.ndarray:
     parts, count = ndi.label(found)
     if not count:
         return found
-    sizes = ndi.sum(found, parts, range(1, count + 1)) * pixel_mm**2
-    return np.isin(parts, 1 + np.flatnonzero(sizes >= CARTILAGE_MIN_MM2))
+    labels = range(1, count + 1)
+    sizes = ndi.sum(found, parts, labels) * pixel_mm**2
+    centres = np.array(ndi.center_of_mass(found, parts, labels)).reshape(-1, 2)
+    columns = np.flatnonzero(body.any(axis=0))
+    middle_row, middle_col = (rows[0] + rows[-1]) / 2, (columns[0] + columns[-1]) / 2
+    above = np.degrees(np.arctan2(middle_row - centres[:, 0], np.abs(centres[:, 1] - middle_col)))
+    return np.isin(parts, 1 + np.flatnonzero((sizes >= CARTILAGE_MIN_MM2) & (above >= CARTILAGE_MIN_DEG)))
 
 
 def _disc(radius: float, inner: float = 0.0) -> np.ndarray:

@@ -848,7 +848,7 @@ _CT_WHAT = {"lung": "the air inside the body below -400 HU (gas in the gut, pure
                           "thin muscles over it",
             "aorta": "the round vessel of contrast-filled blood (above 120 HU) in front of the spine, to its left, "
                      "below the chest, followed over the slices in a row where it is found",
-            "costal cartilages": f"what lies in the front of the body wall, within {CARTILAGE_DEPTH_MM:.0f} mm of the "
+            "costal cartilages": f"what lies in the front of the body wall, not at its sides, within {CARTILAGE_DEPTH_MM:.0f} mm of the "
                                  f"skin, {CARTILAGE_ABOVE_HU:.0f} HU or more above the slice's soft tissue and below "
                                  f"bone's {CARTILAGE_TOP_HU:.0f} HU"}
 
