@@ -215,6 +215,7 @@ class PointerPolicy(DecidingPolicy):
         self._turn = threading.local()  # the Stop event of the turn running on this thread
         self.device = torch.device("cpu" if device == "auto" else device)
         self._image_key = None
+        self._units: tuple | None = None  # the last slice read: (its volume array, (view, index, shape), _slice_units)
         self._cells = None
         self._framing = None
         self._maps: dict[str, np.ndarray] = {}
@@ -413,7 +414,7 @@ class PointerPolicy(DecidingPolicy):
         read = self.ct_reading(image, query, volume)
         if read is not None and read.asked is not None and read.asked.structure in PLACED_FROM_UNITS \
                 and read.region.any():
-            its, it = ("Their", "them as they are") if read.asked.structure == "costal cartilages" else ("Its", "it as it is")
+            its, it = ("Their", "them as they are") if read.asked.structure in _PLURAL else ("Its", "it as it is")
             return Placement(read.region, thought=(f"{why} " if why else "") + (
                 f"{read.why} {its} edges are read to the pixel ({_PLACED_EDGES[read.asked.structure]}), where a "
                 f"click would give a coarser mask: I place {it}, then check that mask against what I see."))
@@ -642,21 +643,15 @@ class PointerPolicy(DecidingPolicy):
 
     def _slice_units(self, volume: VolumeSlice | None, shape: tuple[int, int]) -> tuple[np.ndarray, float] | None:
         """The Hounsfield units of ``volume``'s slice on a grid of ``shape`` and that grid's pixel
-        in mm, or None: no volume, not a CT, or the units not read (:attr:`read_ct_units`)."""
-        from ..grounding.ct_anatomy import looks_like_ct
-
-        if volume is None or not self.read_ct_units or not looks_like_ct(volume.volume):
+        in mm, or None: no volume, not a CT, or the units not read (:attr:`read_ct_units`). A turn
+        asks for them up to three times (the air, the first click's tissue, a spill's): the last
+        slice's are kept."""
+        if volume is None or not self.read_ct_units:
             return None
-        from ..geometry import VIEWS, oriented
-
-        hu = np.asarray(oriented(volume.volume, VIEWS[volume.view])[volume.index], dtype=np.float32)
-        cut_width = hu.shape[1]
-        if hu.shape != tuple(shape):
-            from skimage.transform import resize
-
-            hu = resize(hu, shape, order=1, preserve_range=True, anti_aliasing=False)
-        columns_mm = volume.spacing[1] if volume.view == "sagittal" else volume.spacing[2]
-        return hu, float(columns_mm) * cut_width / shape[1]
+        key = (volume.view, volume.index, tuple(shape))
+        if self._units is None or self._units[0] is not volume.volume or self._units[1] != key:
+            self._units = (volume.volume, key, _read_slice_units(volume, tuple(shape)))
+        return self._units[2]
 
     def _decide_ct(self, request: PolicyRequest, first_turn: bool, read: CtRead) -> Response:
         """A turn where the CT's Hounsfield units decide (:meth:`ct_reading`): "not present" where
@@ -788,6 +783,23 @@ class PointerPolicy(DecidingPolicy):
                       measured=False)
 
 
+def _read_slice_units(volume: VolumeSlice, shape: tuple[int, int]) -> tuple[np.ndarray, float] | None:
+    """:meth:`PointerPolicy._slice_units`, read: None where ``volume`` is no CT."""
+    from ..geometry import VIEWS, oriented
+    from ..grounding.ct_anatomy import looks_like_ct
+
+    if not looks_like_ct(volume.volume):
+        return None
+    hu = np.asarray(oriented(volume.volume, VIEWS[volume.view])[volume.index], dtype=np.float32)
+    cut_width = hu.shape[1]
+    if hu.shape != shape:
+        from skimage.transform import resize
+
+        hu = resize(hu, shape, order=1, preserve_range=True, anti_aliasing=False)
+    columns_mm = volume.spacing[1] if volume.view == "sagittal" else volume.spacing[2]
+    return hu, float(columns_mm) * cut_width / shape[1]
+
+
 @dataclass
 class RegionThrough:
     """A region of the brain atlas registered onto a volume, slice by slice in one view."""
@@ -827,6 +839,7 @@ class CtRead:
         return self.asked
 
 
+_PLURAL = {"lung", "costal cartilages"}  # the structures read that the agent names in the plural ("the lungs")
 _CT_BASIS = {"lung": "the air-filled lung in this CT's Hounsfield units",
              "heart": "the soft tissue between the lungs in this CT's Hounsfield units",
              "trachea": "the airway joining the lungs in this CT's Hounsfield units",
@@ -857,7 +870,7 @@ def _ct_words(anatomy, asked: CtAsked, volume: VolumeSlice, region: np.ndarray) 
     """What the agent says it read from the units for ``asked`` on this slice."""
     structure = "lungs" if asked.structure == "lung" else " ".join(filter(None, (asked.side, asked.structure)))
     where = f"on the patient's {asked.side} of this slice" if asked.side else "on this slice"
-    plural = structure in ("lungs", "costal cartilages")
+    plural = asked.structure in _PLURAL
     said = f"On this CT the {structure} {'are' if plural else 'is'} {_CT_WHAT[asked.structure]}: "
     if region.any():
         return said + f"{'they cover' if plural else 'it covers'} {int(region.sum()):,} px {where}."
