@@ -13,8 +13,12 @@ its largest area, how far (slices) from the slice of largest area, slices looked
 seconds (2 cores unless --threads; the agent's encoders included, its loading not).
 
     python benchmarks/key_slice.py
+    python benchmarks/key_slice.py --unsure-from benchmarks/results/key_slice.json
 
-Writes benchmarks/results/key_slice.json and prints a table.
+Writes benchmarks/results/key_slice.json and prints a table. Each case records whether the
+search called its slice a guess (``unsure``: a lesion seen on most of the first pass's slices,
+:attr:`napari_ibis.key_slice.KeySlice.unsure`); ``--unsure-from`` reads that off an earlier run's
+recorded looks (the first pass is the same) and prints it per case, without looking again.
 """
 
 from __future__ import annotations
@@ -49,6 +53,24 @@ def group_of(case: dict) -> str:
     if source.startswith("totalseg"):
         return "real organs, held-out patients" if source in HELD_OUT else "real organs, trained-on patients"
     return case["group"]
+
+
+def print_unsure(results: dict) -> int:
+    """Per case of an earlier run: the first pass's slices where the structure was seen, and
+    whether the search now calls its slice a guess."""
+    from napari_ibis.grounding.vocabulary import names_a_lesion
+    from napari_ibis.key_slice import KeySlice, first_pass
+    from napari_ibis.policies.base import Located
+
+    print("| case | target | seen on (first pass) | a guess | slice on the structure |")
+    print("|---|---|---|---|---|")
+    for row in results["cases"]:
+        looked = {seen["slice"]: Located(seen["score"], seen["peak"], seen["present"]) for seen in row["looked"]}
+        key = KeySlice(row["slice"], row["slices"], looked, names_a_lesion(row["target"]), tuple(first_pass(row["slices"])))
+        if key.found:
+            print(f"| {row['source']} | {row['target']} | {key.seen_on} / {len(key.spread)} | {'yes' if key.unsure else 'no'}"
+                  f" | {row.get('on_structure', '-')} |")
+    return 0
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -86,7 +108,10 @@ def main() -> int:
     parser.add_argument("--no-absent", action="store_true", help="leave out the questions about absent structures")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--keep-as", help="keep the earlier results under this name (OUT-NAME.json) before writing")
+    parser.add_argument("--unsure-from", type=Path, help="an earlier run's JSON: which of its cases are a guess")
     args = parser.parse_args()
+    if args.unsure_from:
+        return print_unsure(json.loads(args.unsure_from.read_text()))
     if args.keep_as and args.out.is_file():
         args.out.rename(args.out.with_name(f"{args.out.stem}-{args.keep_as}.json"))
     torch.set_num_threads(args.threads)
@@ -108,7 +133,7 @@ def main() -> int:
         seconds = time.perf_counter() - started
         row = {"group": group_of(case) if present else case["group"], "source": case["source"], "target": case["target"],
                "present": present, "slice": key.index, "looks": len(key.looked), "slices": key.count,
-               "seconds": round(seconds, 1), "looked": key.record()["looked"]}
+               "seconds": round(seconds, 1), "looked": key.record()["looked"], "unsure": key.unsure}
         if present:
             areas = case["mask"].sum(axis=(1, 2))
             on = key.index is not None and areas[key.index] > 0

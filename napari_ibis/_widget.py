@@ -470,7 +470,8 @@ class IbisWidget(QWidget):
         if layer is not None:
             along = len(index) - 1
             go_to_slice(self.viewer, layer, key.index, axes[along] if axes else along)
-        self.controller.set_status(said[0].upper() + said[1:] + ": shown now. Press Run to segment it there.")
+        self.controller.set_status(said[0].upper() + said[1:] + (
+            ". It is shown now." if key.unsure else ": shown now. Press Run to segment it there."))
 
     def continue_run(self) -> None:
         """Let the agent go on from the current step (after undo, a user click or a stop)."""

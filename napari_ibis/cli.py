@@ -335,8 +335,12 @@ def _find_start(args, loaded, policy):
         print(f"Looking for the {target_of(args.query)} through {count} {plane}slices...", flush=True)
     key = find_slice(loaded.stack, args.query, policy, window=args.window, pixel_aspect=loaded.pixel_aspect,
                      volume=loaded.volume_slice())
-    print(key.describe(f"the {target_of(args.query)}", plane) + (
-        f" ({_how_sure(key.looked[key.index])}); working there." if key.found else "."), flush=True)
+    said = key.describe(f"the {target_of(args.query)}", plane)
+    if key.unsure:
+        said += " (--slice N); working there."
+    else:
+        said += f" ({_how_sure(key.looked[key.index])}); working there." if key.found else "."
+    print(said, flush=True)
     return key
 
 

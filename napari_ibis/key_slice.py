@@ -7,7 +7,9 @@ pointer agent, how large and clear its map's most likely region is), takes the m
 the slices where the structure looks clear (:func:`middle_of_clear`), then closes in, within
 one step of it, on the best-scoring slice by halving the step. Where no slice looked at holds
 the structure, the answer is that it is not in the volume, as a session on one slice would
-answer for that slice.
+answer for that slice. A lesion lies on a few slices; where the agent sees one on most of the
+slices it looked at (``LESION_EVERYWHERE``), its map does not know where the lesion is, and the
+search says so (:attr:`KeySlice.unsure`) rather than present its slice as found.
 
 Each slice is shown to the policy as a session would show it (its own window, square
 pixels); a 112-slice CT costs about 20 looks, each one encoder pass and one map.
@@ -28,6 +30,7 @@ from .square_pixels import SquareGrid
 
 LOOKS = 16  # slices of the first, even pass (then about 2 log2(count / LOOKS) more close to the best)
 CLEAR = 0.5  # of the best score: the slices where the structure looks clear (middle_of_clear)
+LESION_EVERYWHERE = 0.6  # a lesion seen on this share of the first pass's slices, or more: KeySlice.unsure
 
 
 @dataclass
@@ -38,21 +41,40 @@ class KeySlice:
     index: int | None
     count: int  # slices in the stack
     looked: dict[int, Located] = field(default_factory=dict)
+    lesion: bool = False  # the query names a lesion (a tumour, a nodule), which lies on few slices
+    spread: tuple[int, ...] = ()  # the slices of the first, even pass (a fair sample of the stack)
 
     @property
     def found(self) -> bool:
         return self.index is not None
+
+    @property
+    def seen_on(self) -> int:
+        """Of the first pass's slices (spread evenly), those where the policy saw the structure."""
+        return sum(self.looked[z].present for z in self.spread if z in self.looked)
+
+    @property
+    def unsure(self) -> bool:
+        """A lesion seen on ``LESION_EVERYWHERE`` or more of the first pass's slices (at least
+        four): the map does not tell where it is, and the chosen slice is a guess
+        (docs/BENCHMARKS.md, "Finding the slice to start on")."""
+        return self.found and self.lesion and len(self.spread) >= 4 and \
+            self.seen_on >= LESION_EVERYWHERE * len(self.spread)
 
     def describe(self, target: str, plane: str = "") -> str:
         """One line for a person: where the search looked and what it chose."""
         where = f"{len(self.looked)} of the {self.count} {plane}slices"
         if self.index is None:
             return f"looked for {target} on {where}: not found on any"
+        if self.unsure:
+            return (f"looked for {target} on {where}: seen on {self.seen_on} of the {len(self.spread)} spread through "
+                    f"the stack, but a lesion lies on few slices, so where it is cannot be told from them; slice "
+                    f"{self.index} is a guess: check it, or go to the lesion yourself")
         return f"looked for {target} on {where}: seen clearly around slice {self.index}"
 
     def record(self) -> dict:
         """For a trajectory file: the choice and every slice looked at."""
-        return {"slice": self.index, "count": self.count,
+        return {"slice": self.index, "count": self.count, "unsure": self.unsure,
                 "looked": [{"slice": z, "score": round(seen.score, 1), "peak": round(seen.peak, 3),
                             "present": seen.present} for z, seen in sorted(self.looked.items())]}
 
@@ -86,7 +108,10 @@ def search(stack: np.ndarray, query: str, policy: Policy, *, window: str | None 
     stack = np.asarray(stack)
     if stack.ndim not in (3, 4) or len(stack) == 0:
         raise InputError(f"finding a slice needs a 3-D volume, not an array of shape {stack.shape}")
-    found = KeySlice(index=None, count=len(stack))
+    from .grounding.vocabulary import names_a_lesion
+
+    spread = first_pass(len(stack), looks)
+    found = KeySlice(index=None, count=len(stack), lesion=names_a_lesion(query), spread=tuple(spread))
 
     def look(z: int) -> Located:
         if cancel is not None and cancel.is_set():
@@ -100,7 +125,7 @@ def search(stack: np.ndarray, query: str, policy: Policy, *, window: str | None 
         found.looked[z] = seen
         return seen
 
-    for z in first_pass(len(stack), looks):
+    for z in spread:
         yield z, look(z)
     centre = middle_of_clear(found.looked)
     if centre is not None:  # closes in on the best slice within one first-pass step of the centre

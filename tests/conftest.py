@@ -85,6 +85,14 @@ class Locating(ScriptedPolicy):
         return Located(score=float(bright.sum()), peak=0.9 if bright.any() else 0.05, present=bool(bright.any()))
 
 
+class SeesItEverywhere(Locating):
+    """A map that finds the structure on every slice (as the agent's does for a real tumour)."""
+
+    def locate(self, image, query, volume=None, cancel=None):
+        self.looked_at += 1
+        return Located(score=100.0 + float(image[..., 0].mean()), peak=0.9, present=True)
+
+
 def point(positive: bool, x: float, y: float, thought: str = "looking") -> str:
     sign = "Positive" if positive else "Negative"
     return f"<think>\n{thought}\n</think>\n<action>\n{sign} Point ({x:.4f}, {y:.4f})\n</action>"

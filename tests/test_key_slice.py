@@ -6,7 +6,7 @@ import threading
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import LARGEST, TERMINATE, Locating, ScriptedPolicy, ball_volume, point
+from conftest import LARGEST, TERMINATE, Locating, ScriptedPolicy, SeesItEverywhere, ball_volume, point
 
 from napari_ibis.cli import main
 from napari_ibis.errors import Cancelled, InputError
@@ -29,6 +29,32 @@ def test_a_structure_on_no_slice_is_not_found():
     key = find_slice(volume, "segment the disk", Locating())
     assert key.index is None and not key.found
     assert "not found on any" in key.describe("the disk")
+
+
+def test_a_lesion_seen_on_most_slices_is_a_guess_and_said_to_be_one(tmp_path, capsys, monkeypatch):
+    """A lesion lies on a few slices: where the map finds one on nearly every slice looked at, the
+    search says its slice is a guess (and the CLI names --slice); an organ seen as widely is not."""
+    volume, _ = ball_volume()
+    key = find_slice(volume, "segment the liver tumour", SeesItEverywhere())
+    assert key.found and key.unsure and key.record()["unsure"]
+    said = key.describe("the liver tumour")
+    assert "seen on 16 of the 16 spread through the stack" in said and f"slice {key.index} is a guess" in said
+    organ = find_slice(volume, "segment the liver", SeesItEverywhere())
+    assert not organ.unsure and "seen clearly" in organ.describe("the liver")
+    few = volume.copy()
+    few[np.abs(np.arange(len(few)) - LARGEST) > 4] = 30  # the disk on nine slices only: a lesion's extent
+    focal = find_slice(few, "segment the tumour", Locating())
+    assert focal.found and not focal.unsure and abs(focal.index - LARGEST) <= 4
+    path = _write(tmp_path, volume)
+    monkeypatch.setattr("napari_ibis.policies.load_policy", lambda *a, **k: SeesItEverywhere([TERMINATE]))
+    monkeypatch.setattr("napari_ibis.policies.can_locate", lambda model: True)
+    out = tmp_path / "t.nii.gz"
+    code = main(["segment", path, "--query", "segment the liver tumour", "--slice", "auto", "--segmenter", "classical",
+                 "--out", str(out)])
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    assert "is a guess" in stdout and "(--slice N); working there." in stdout
+    assert json.loads(out.with_name("t.ibis.json").read_text())["key_slice"]["unsure"] is True
 
 
 def test_a_policy_that_cannot_locate_is_refused_in_one_line_and_a_search_can_be_stopped():

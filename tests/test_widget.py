@@ -5,7 +5,7 @@ import threading
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import LARGEST, TERMINATE, Locating, ScriptedPolicy, ball_volume, disk_image, point
+from conftest import LARGEST, TERMINATE, Locating, ScriptedPolicy, SeesItEverywhere, ball_volume, disk_image, point
 
 pytest.importorskip("napari")
 pytestmark = pytest.mark.gui
@@ -691,6 +691,11 @@ def test_find_slice_goes_to_where_the_agent_sees_the_structure_best(make_widget,
     w2.use_policy(ScriptedPolicy([TERMINATE]), key="words")
     run_and_wait(w2, qtbot, w2.find_slice)
     assert "cannot look for a structure through a volume" in w2.controller.status and w2.run_panel.run_button.isEnabled()
+
+    w.use_policy(SeesItEverywhere(), key="everywhere")  # a map that finds a lesion on every slice
+    w.run_panel.query_edit.setText("segment the liver tumour")
+    run_and_wait(w, qtbot, w.find_slice)
+    assert "is a guess: check it, or go to the lesion yourself. It is shown now." in w.controller.status
 
 
 def test_the_query_box_suggests_what_the_agent_knows_and_an_untaught_lesion_is_refused(make_widget, qtbot, monkeypatch):
