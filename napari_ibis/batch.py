@@ -226,7 +226,8 @@ def write_item(item: Item, image, results: dict, out: Path) -> dict:
         stop = (record.get("session") or {}).get("stop") or {}
         not_found = record["start"] is None or stop.get("reason") == "not_present"
         return {"input": item.name, "labels": item.labels_path(out).name, "query": item.query, "sessions": 1,
-                "start": record["start"], "slices_with_result": int(labels.any(axis=(1, 2)).sum()),
+                "start": record["start"], "start_a_guess": bool((record.get("key_slice") or {}).get("unsure")),
+                "slices_with_result": int(labels.any(axis=(1, 2)).sum()),
                 "voxels": int(np.count_nonzero(labels)), "not_present": int(not_found), "seconds": record["seconds"]}
 
     whole = item.whole_volume(image)

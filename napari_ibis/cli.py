@@ -630,7 +630,7 @@ def _evaluate_volumes(args, entries, out) -> int:
     if corrections or rest:
         keys += ("corrections",)
     if args.start == "auto":
-        keys += ("start_found", "start_on_structure")
+        keys += ("start_found", "start_a_guess", "start_on_structure")
     report = {"cases": len(rows)} | {f"mean_{k}": float(np.mean([r[k] for r in rows])) for k in keys}
     width = max(len(k) for k in report)
     for key, value in report.items():
@@ -760,7 +760,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
                     line = batch.write_item(items[unit.item], loaded.pop(unit.item), results.pop(unit.item), out)
                     note(line)
                     if unit.volume:
-                        where = "not found" if line["start"] is None else f"from slice {line['start']}"
+                        where = "not found" if line["start"] is None else f"from slice {line['start']}" + (
+                            " (a guess: check it)" if line["start_a_guess"] else "")
                         bar.write(f"{line['input']}: {where}: {line['voxels']:,} voxels on {line['slices_with_result']} "
                                   f"slice(s) -> {line['labels']}")
                     else:

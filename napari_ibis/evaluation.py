@@ -277,7 +277,7 @@ def volume_case(case, segmenter, policy, protocol: VolumeProtocol) -> dict:
     if protocol.corrections or protocol.rest:
         row["corrections"] = len(row["corrected_slices"])
     if key is not None:  # the search is part of the time a person waits for the volume
-        row |= {"start_found": True, "looks": len(key.looked), "search_seconds": searched,
+        row |= {"start_found": True, "start_a_guess": key.unsure, "looks": len(key.looked), "search_seconds": searched,
                 "seconds": row["seconds"] + searched}
     return {"source": case.source, "target": case.target} | size | row
 
@@ -290,4 +290,5 @@ def not_found_row(truth: np.ndarray, key, searched: float) -> dict:
             "dice_3d": 0.0 if present else 1.0, "iou_3d": 0.0 if present else 1.0, "start_iou": 0.0, "clicks": 0,
             "corrected_slices": [], "agent_steps": 0, "slices_propagated": 0,
             "slices_true": int(truth.any(axis=along).sum()), "slices_labelled": 0, "seconds": searched,
-            "seconds_per_slice": 0.0, "start_found": False, "looks": len(key.looked), "search_seconds": searched}
+            "seconds_per_slice": 0.0, "start_found": False, "start_a_guess": False, "looks": len(key.looked),
+            "search_seconds": searched}

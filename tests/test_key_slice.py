@@ -55,6 +55,16 @@ def test_a_lesion_seen_on_most_slices_is_a_guess_and_said_to_be_one(tmp_path, ca
     assert code == 0, err
     assert "is a guess" in stdout and "(--slice N); working there." in stdout
     assert json.loads(out.with_name("t.ibis.json").read_text())["key_slice"]["unsure"] is True
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _write(folder, volume)
+    monkeypatch.setattr("napari_ibis.policies.check_model", lambda *a, **k: None)
+    code = main(["batch", str(folder), "--query", "segment the liver tumour", "--out", str(tmp_path / "out"),
+                 "--model", "any", "--segmenter", "classical", "--propagate", "both"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert json.loads((tmp_path / "out" / "batch.jsonl").read_text())["start_a_guess"] is True
+    assert "(a guess: check it)" in captured.out
 
 
 def test_a_policy_that_cannot_locate_is_refused_in_one_line_and_a_search_can_be_stopped():
@@ -133,7 +143,7 @@ def test_eval_start_auto_scores_the_one_query_protocol(tmp_path, capsys, monkeyp
     assert code == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "r.json").read_text())
     row = report["cases"][0]
-    assert row["start_found"] and row["start_on_structure"] and row["start"] == row["largest"]
+    assert row["start_found"] and row["start_on_structure"] and row["start"] == row["largest"] and not row["start_a_guess"]
     assert row["looks"] < 30 and row["dice_3d"] > 0.8
     assert report["summary"]["mean_start_on_structure"] == 1.0
     assert main(["eval", str(tmp_path / "m.jsonl"), "--propagate", "both", "--start", "auto"]) == 2
@@ -163,6 +173,7 @@ def test_batch_propagate_makes_one_structure_per_volume_from_the_slice_the_agent
     assert code == 0, captured.err
     lines = {line["input"]: line for line in map(json.loads, (out / "batch.jsonl").read_text().splitlines())}
     assert lines["with"]["start"] == LARGEST and lines["without"]["start"] is None and lines["without"]["not_present"]
+    assert not lines["with"]["start_a_guess"] and "a guess" not in captured.out
     labels = np.asarray(nib.load(out / "with.ibis.nii.gz").dataobj).transpose(2, 1, 0)[:, ::-1, ::-1] > 0
     occupied = np.nonzero(labels.any(axis=(1, 2)))[0]
     assert LARGEST in occupied and len(occupied) > 20  # carried through the slices, not the start slice alone
