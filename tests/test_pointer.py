@@ -299,3 +299,31 @@ def test_a_query_is_checked_without_loading_torch():
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'a model library was imported'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_rib_asked_by_its_number_is_said_not_to_be_counted(tmp_path):
+    """One slice cannot tell rib 9 from rib 10 (they are counted from the first or the twelfth):
+    the first thought and the answer say so, whether the rib is found or answered not present;
+    a rib not named by number, and other structures, get no such words."""
+    from napari_ibis.grounding.head import PointerHead, PointerHeadConfig
+    from napari_ibis.policies import load_policy
+    from napari_ibis.protocol import Response
+
+    PointerHead(PointerHeadConfig(presence_threshold=0.0, structures=TAUGHT + ["left rib 9"])).save_pretrained(
+        tmp_path / "v8")
+    policy = load_policy(tmp_path / "v8")
+    image = np.zeros((64, 64, 3), np.uint8)
+    first = policy.decide(PolicyRequest(profile=PROFILE, query="segment the left rib 9", image=image, mask=None,
+                                        clicks=(), step=1))
+    assert first.thought.startswith("A rib's number is counted from the first or the twelfth rib")
+    for answer, absent, check in (("The segmentation is complete.", False, "check that this is rib 9"),
+                                  ("The requested structure is not present in this image.", True,
+                                   "rib 9 may be one of the ribs here")):
+        policy._decide = lambda request, answer=answer, absent=absent: Response(
+            thought="Done.", terminate=True, answer=answer, not_present=absent)
+        said = policy.decide(PolicyRequest(profile=PROFILE, query="Outline the left rib 9.", image=image, mask=None,
+                                           clicks=(), step=2)).answer
+        assert said == f"{answer} The rib's number is not counted on one slice: {check}."
+    for query in ("segment the liver", "segment the ribs"):
+        said = policy.decide(PolicyRequest(profile=PROFILE, query=query, image=image, mask=None, clicks=(), step=2))
+        assert "not counted" not in said.answer and "not counted" not in said.thought

@@ -65,6 +65,8 @@ ONE_TISSUE_SPREAD_HU = 45.0  # and both interquartile ranges at most this (docs/
 MUSCLE_NAME = re.compile(r"\b(gluteus|iliopsoas|psoas|autochthon|erector spinae|muscles?)\b", re.IGNORECASE)
 # read from a CT's units to their edges (bone, fat): placed as the mask, not clicked (place; docs/BENCHMARKS.md)
 PLACED_FROM_UNITS = {"spinal cord", "autochthon", "costal cartilages"}
+# a rib named by its number ("the left rib 9"), which one slice cannot give (docs/BENCHMARKS.md, "numbered ribs")
+NUMBERED_RIB = re.compile(r"\brib (\d+)\b", re.IGNORECASE)
 ATLAS_FILE = "atlas.npz"
 BRAIN_ATLAS_FILE = "brain_atlas.npz"
 ATLAS_POWER = 2  # the first click: the map times the atlas prior to this power (benchmarks/atlas_prior.py --fuse)
@@ -485,6 +487,8 @@ class PointerPolicy(DecidingPolicy):
             if response.terminate and response.answer:
                 response = dataclasses.replace(response, answer=(
                     f"{response.answer} This is a guess: I was not taught the {untaught.target}."))
+        else:
+            response = _rib_number_caveat(response, request.query, fresh)
         return response
 
     def _decide(self, request: PolicyRequest) -> Response:
@@ -781,6 +785,29 @@ class PointerPolicy(DecidingPolicy):
         cell = self._framing.size / self._framing.grid / self._framing.scale
         return decide(probability, request, self.head.config.presence_threshold, cell, None if first_turn else region,
                       measured=False)
+
+
+def _rib_number_caveat(response: Response, query: str, fresh: bool) -> Response:
+    """``response`` saying, where ``query`` names a rib by its number, that the number is not
+    counted: ribs are numbered from the first or the twelfth, which one slice does not show, and
+    the agent's map places them where labelled scans have them (on the held-out CT series its first
+    click landed on the named rib for none of 26 ribs)."""
+    import dataclasses
+
+    named = NUMBERED_RIB.search(in_atlas_words(query))
+    if named is None:
+        return response
+    number = named.group(1)
+    if fresh:
+        response = dataclasses.replace(response, thought=(
+            f"A rib's number is counted from the first or the twelfth rib, which one slice does not show; I look "
+            f"where labelled scans have rib {number}, so the number is not counted. {response.thought}"))
+    if response.terminate and response.answer:
+        check = (f"rib {number} may be one of the ribs here" if response.not_present
+                 else f"check that this is rib {number}")
+        response = dataclasses.replace(response, answer=(
+            f"{response.answer} The rib's number is not counted on one slice: {check}."))
+    return response
 
 
 def _read_slice_units(volume: VolumeSlice, shape: tuple[int, int]) -> tuple[np.ndarray, float] | None:
