@@ -182,6 +182,30 @@ def test_augmented_copies_move_image_and_masks_together_and_never_swap_sides():
     assert any("edge" not in copy.masks for copy in copies)  # a structure pushed out is dropped, not kept as a sliver
 
 
+def test_recontrasted_copies_show_a_ct_slice_in_other_contrasts_as_mri_with_the_same_masks():
+    """Pseudo-MR copies of a CT slice (SynthSeg-style): the tissues' order of brightness changes
+    from copy to copy (fat above the organ in some), the air stays dark, the masks and names are
+    the CT's, the copies are labelled MRI, and an MR slice is not copied."""
+    from training.grounding.dataset import Slice, recontrasted
+
+    rgb = np.zeros((96, 128, 3), np.uint8)  # air
+    rgb[16:80, 8:120] = 115  # fat around the body
+    organ = np.zeros((96, 128), bool)
+    organ[30:66, 30:98] = True
+    rgb[organ] = 135  # a soft-tissue organ, a little brighter than fat on CT
+    item = Slice(rgb, {"liver": organ}, ("spleen",), "CT", "s:z=0", "totalseg")
+    copies = recontrasted([item, Slice(rgb, {"liver": organ}, (), "MRI", "m:z=0", "totalseg")], 12, seed=1)
+    assert len(copies) == 12 and recontrasted([item], 12, seed=1)[3].rgb.tobytes() == copies[3].rgb.tobytes()
+    fat_brighter = 0
+    for copy in copies:
+        assert copy.modality == "MRI" and copy.source.startswith("s:z=0:recontrasted=") and copy.absent == ("spleen",)
+        assert copy.masks["liver"] is organ
+        grey = copy.rgb[..., 0].astype(float)
+        assert grey[:8].mean() < 0.2 * grey[16:80, 8:120].mean()  # air stays dark
+        fat_brighter += grey[20:26, 10:118].mean() > grey[organ].mean()
+    assert 0 < fat_brighter < len(copies)  # the contrast changes from copy to copy, both ways
+
+
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "training").glob("*/pointer-*.yaml")), ids=lambda p: p.name)
 def test_every_pointer_config_in_the_repository_reads_into_its_settings(path):
     from training.config import read_config

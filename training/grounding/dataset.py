@@ -118,6 +118,46 @@ def augmented(slices: list[Slice], copies: int, seed: int = 0, min_kept: float =
     return out
 
 
+def recontrasted(slices: list[Slice], copies: int, seed: int = 0, knots: int = 6) -> list[Slice]:
+    """``copies`` of each CT slice in another contrast, as an MR sequence might show the same
+    anatomy (the way SynthSeg learns segmentation for any contrast: Billot et al., Medical Image
+    Analysis 2023): the body's grey levels through a random curve that need not rise, with its
+    ``knots`` at random quantiles of the body's grey levels (so that fat, fluid, the organs and
+    bone each get a level of their own: fat may come out brighter than the organs and bone dark),
+    air kept dark as an MR shows it (the slice blurred a little first: a CT's grain, steepened by the
+    curve, is no MR's), then a random gamma, a smooth random brightness field across
+    the slice (a coil's falloff) and a little noise. Labelled "MRI", so that the queries which
+    name the modality are asked of them too. The masks stay as they are; only CT slices are copied
+    (an MR's grey levels carry no Hounsfield scale)."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for item in slices:
+        if item.modality != "CT":
+            continue
+        grey = item.rgb[..., 0].astype(np.float32) / 255.0
+        height, width = grey.shape
+        air = float(np.quantile(grey, 0.02)) + 0.1  # the air around the body and in the lungs lies below
+        body = grey[grey > air]
+        if body.size < 100:
+            continue
+        for copy in range(copies):
+            where = np.r_[0.0, air, np.sort(np.quantile(body, rng.uniform(0, 1, knots))), 1.0 + 1e-6]
+            levels = np.r_[0.0, rng.uniform(0.0, 0.1), rng.uniform(0.1, 1.0, knots + 1)]
+            smooth = ndi.gaussian_filter(grey, rng.uniform(0.5, 1.0))  # a CT's grain, steepened by the curve, is no MR's
+            curve = np.interp(smooth, np.maximum.accumulate(where), levels)
+            field = ndi.zoom(rng.uniform(0.7, 1.3, (3, 3)), (height / 3, width / 3), order=1)
+            field = np.pad(field, ((0, max(0, height - field.shape[0])), (0, max(0, width - field.shape[1]))),
+                           mode="edge")[:height, :width]
+            seen = curve ** rng.uniform(0.7, 1.4) * field + rng.normal(0, 0.02, grey.shape)
+            seen = np.clip(seen, 0, None) / max(float(np.quantile(seen, 0.999)), 1e-6)
+            out.append(Slice(np.repeat(np.round(np.clip(seen, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=2),
+                             item.masks, item.absent, "MRI", f"{item.source}:recontrasted={copy}", item.kind,
+                             item.ambiguous))
+    return out
+
+
 def aal_slices(side: str, step: int = 2, min_area: int = 20, view: str = "axial") -> list[Slice]:
     """Colin27 slices with every AAL region on them; ``side`` by the AAL slice hash.
 

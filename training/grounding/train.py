@@ -244,6 +244,7 @@ class PointerConfig:
     session_share: float = 0.5  # with sessions: the share of each step's slices drawn from them
     atlas: bool = False  # also write atlas.npz (the training scans' labelled slices: write_atlas)
     augment: int = 0  # altered copies of each real CT/MR training slice (dataset.augmented); 0: none
+    recontrast: int = 0  # copies of each real CT training slice in a random contrast, as MRI (dataset.recontrasted)
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -272,8 +273,8 @@ def main(argv=None) -> int:
     from napari_ibis.policies.pointer import ATLAS_FILE
     from napari_ibis.grounding.head import PointerHead, PointerHeadConfig
     from training.config import config_parser, load_config
-    from training.grounding.dataset import (aal_slices, augmented, nuclei_slices, phantom_slices, session_slices,
-                                            totalseg_slices)
+    from training.grounding.dataset import (aal_slices, augmented, nuclei_slices, phantom_slices, recontrasted,
+                                            session_slices, totalseg_slices)
 
     parser = config_parser("napari-ibis pointer", PointerConfig, main.__doc__.splitlines()[0])
     args = parser.parse_args(argv)
@@ -283,6 +284,7 @@ def main(argv=None) -> int:
     encoder = build_encoder(config.encoder)
     patients = totalseg_slices("train", step_mm=config.totalseg_step_mm)
     slices = (patients + augmented(patients, config.augment, seed=config.seed)
+              + recontrasted(patients, config.recontrast, seed=config.seed)
               + aal_slices("train", step=config.aal_step) + nuclei_slices("train") + phantom_slices(range(config.phantoms)))
     kept = [item for inbox in config.sessions for item in session_slices(inbox)]
     if config.sessions and not kept:
