@@ -7,8 +7,8 @@ pointer agent, how large and clear its map's most likely region is), takes the m
 the slices where the structure looks clear (:func:`middle_of_clear`), then closes in, within
 one step of it, on the best-scoring slice by halving the step. Where no slice looked at holds
 the structure, the answer is that it is not in the volume, as a session on one slice would
-answer for that slice. A lesion lies on a few slices; where the agent sees one on most of the
-slices it looked at (``LESION_EVERYWHERE``), its map does not know where the lesion is, and the
+answer for that slice. A lesion lies on a few slices; where the agent sees one on most of the even
+first pass's slices (``LESION_EVERYWHERE``), its map does not know where the lesion is, and the
 search says so (:attr:`KeySlice.unsure`) rather than present its slice as found.
 
 Each slice is shown to the policy as a session would show it (its own window, square

@@ -45,16 +45,10 @@ def test_a_lesion_seen_on_most_slices_is_a_guess_and_said_to_be_one(tmp_path, ca
     few[np.abs(np.arange(len(few)) - LARGEST) > 4] = 30  # the disk on nine slices only: a lesion's extent
     focal = find_slice(few, "segment the tumour", Locating())
     assert focal.found and not focal.unsure and abs(focal.index - LARGEST) <= 4
-    path = _write(tmp_path, volume)
-    monkeypatch.setattr("napari_ibis.policies.load_policy", lambda *a, **k: SeesItEverywhere([TERMINATE]))
-    monkeypatch.setattr("napari_ibis.policies.can_locate", lambda model: True)
-    out = tmp_path / "t.nii.gz"
-    code = main(["segment", path, "--query", "segment the liver tumour", "--slice", "auto", "--segmenter", "classical",
-                 "--out", str(out)])
-    stdout, err = capsys.readouterr()
-    assert code == 0, err
+    stdout, out = _segment_auto(tmp_path, capsys, monkeypatch, volume, SeesItEverywhere([TERMINATE]),
+                                "segment the liver tumour")
     assert "is a guess" in stdout and "(--slice N); working there." in stdout
-    assert json.loads(out.with_name("t.ibis.json").read_text())["key_slice"]["unsure"] is True
+    assert json.loads(out.with_name("disk.ibis.json").read_text())["key_slice"]["unsure"] is True
     folder = tmp_path / "in"
     folder.mkdir()
     _write(folder, volume)
@@ -84,13 +78,13 @@ def _write(tmp_path, volume) -> str:
     return str(tmp_path / "ball.nii.gz")
 
 
-def _segment_auto(tmp_path, capsys, monkeypatch, volume, policy):
-    """``napari-ibis segment VOLUME --slice auto`` with ``policy``: (stdout, the labels file)."""
+def _segment_auto(tmp_path, capsys, monkeypatch, volume, policy, query="segment the disk"):
+    """``napari-ibis segment VOLUME --slice auto --query QUERY`` with ``policy``: (stdout, the labels file)."""
     path = _write(tmp_path, volume)
     monkeypatch.setattr("napari_ibis.policies.load_policy", lambda *a, **k: policy)
     monkeypatch.setattr("napari_ibis.policies.can_locate", lambda model: True)
     out = tmp_path / "disk.nii.gz"
-    code = main(["segment", path, "--query", "segment the disk", "--slice", "auto", "--segmenter", "classical",
+    code = main(["segment", path, "--query", query, "--slice", "auto", "--segmenter", "classical",
                  "--out", str(out)])
     stdout, err = capsys.readouterr()
     assert code == 0, err
