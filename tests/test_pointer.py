@@ -301,10 +301,11 @@ def test_a_query_is_checked_without_loading_torch():
     assert done.returncode == 0, done.stderr
 
 
-def test_a_rib_asked_by_its_number_is_said_not_to_be_counted(tmp_path):
-    """One slice cannot tell rib 9 from rib 10 (they are counted from the first or the twelfth):
-    the first thought and the answer say so, whether the rib is found or answered not present;
-    a rib not named by number, and other structures, get no such words."""
+def test_a_rib_asked_by_its_number_or_a_vertebra_by_its_level_is_said_not_to_be_counted(tmp_path):
+    """One slice cannot tell rib 9 from rib 10, or L3 from L4 (they are counted from the first or
+    the twelfth rib, or from the sacrum): the first thought and the answer say so, whether the
+    structure is found or answered not present; a rib or vertebra not named by number, a T2 image,
+    and other structures get no such words."""
     from napari_ibis.grounding.head import PointerHead, PointerHeadConfig
     from napari_ibis.policies import load_policy
     from napari_ibis.protocol import Response
@@ -324,6 +325,11 @@ def test_a_rib_asked_by_its_number_is_said_not_to_be_counted(tmp_path):
         said = policy.decide(PolicyRequest(profile=PROFILE, query="Outline the left rib 9.", image=image, mask=None,
                                            clicks=(), step=2)).answer
         assert said == f"{answer} The rib's number is not counted on one slice: {check}."
-    for query in ("segment the liver", "segment the ribs"):
+    policy._decide = lambda request: Response(thought="Done.", terminate=True, answer="The segmentation is complete.")
+    said = policy.decide(PolicyRequest(profile=PROFILE, query="segment the L2 vertebra", image=image, mask=None,
+                                       clicks=(), step=1))
+    assert said.thought.startswith("A vertebra's level is counted from the sacrum or from the first rib")
+    assert said.answer.endswith("The vertebra's level is not counted on one slice: check that this is L2.")
+    for query in ("segment the liver", "segment the ribs", "segment the vertebrae", "segment the liver on this T2 image"):
         said = policy.decide(PolicyRequest(profile=PROFILE, query=query, image=image, mask=None, clicks=(), step=2))
         assert "not counted" not in said.answer and "not counted" not in said.thought

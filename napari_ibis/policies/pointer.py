@@ -65,8 +65,10 @@ ONE_TISSUE_SPREAD_HU = 45.0  # and both interquartile ranges at most this (docs/
 MUSCLE_NAME = re.compile(r"\b(gluteus|iliopsoas|psoas|autochthon|erector spinae|muscles?)\b", re.IGNORECASE)
 # read from a CT's units to their edges (bone, fat): placed as the mask, not clicked (place; docs/BENCHMARKS.md)
 PLACED_FROM_UNITS = {"spinal cord", "autochthon", "costal cartilages"}
-# a rib named by its number ("the left rib 9"), which one slice cannot give (docs/BENCHMARKS.md, "numbered ribs")
+# a rib named by its number ("the left rib 9") or a vertebra by its level ("the L3 vertebra"), which one
+# slice cannot give (docs/BENCHMARKS.md, "Numbered ribs" and "A vertebra's level")
 NUMBERED_RIB = re.compile(r"\brib (\d+)\b", re.IGNORECASE)
+VERTEBRA_LEVEL = re.compile(r"\b([CTLS]\d{1,2}) vertebra|\bvertebra ([CTLS]\d{1,2})\b", re.IGNORECASE)
 ATLAS_FILE = "atlas.npz"
 BRAIN_ATLAS_FILE = "brain_atlas.npz"
 ATLAS_POWER = 2  # the first click: the map times the atlas prior to this power (benchmarks/atlas_prior.py --fuse)
@@ -488,7 +490,7 @@ class PointerPolicy(DecidingPolicy):
                 response = dataclasses.replace(response, answer=(
                     f"{response.answer} This is a guess: I was not taught the {untaught.target}."))
         else:
-            response = _rib_number_caveat(response, request.query, fresh)
+            response = _not_counted_caveat(response, request.query, fresh)
         return response
 
     def _decide(self, request: PolicyRequest) -> Response:
@@ -787,26 +789,33 @@ class PointerPolicy(DecidingPolicy):
                       measured=False)
 
 
-def _rib_number_caveat(response: Response, query: str, fresh: bool) -> Response:
-    """``response`` saying, where ``query`` names a rib by its number, that the number is not
-    counted: ribs are numbered from the first or the twelfth, which one slice does not show, and
-    the agent's map places them where labelled scans have them (on the held-out CT series its first
-    click landed on the named rib for none of 26 ribs)."""
+def _not_counted_caveat(response: Response, query: str, fresh: bool) -> Response:
+    """``response`` saying, where ``query`` names a rib by its number or a vertebra by its level,
+    that the number is not counted: ribs and vertebrae are numbered by counting from the first or
+    the twelfth rib, or from the sacrum, which one slice does not show, and the agent's map places
+    them where labelled scans have them (on the held-out CT series its first click landed on the
+    named rib for none of 26 ribs, and it calls every lumbar and lower thoracic level present on
+    every slice with a vertebra: docs/BENCHMARKS.md)."""
     import dataclasses
 
-    named = NUMBERED_RIB.search(in_atlas_words(query))
-    if named is None:
+    words = in_atlas_words(query)
+    rib, level = NUMBERED_RIB.search(words), VERTEBRA_LEVEL.search(words)
+    if rib is not None:
+        what, counted, noun, here = (f"rib {rib.group(1)}", "A rib's number is counted from the first or the twelfth "
+                                     "rib", "number", "one of the ribs here")
+    elif level is not None:
+        what, counted, noun, here = ((level.group(1) or level.group(2)).upper(), "A vertebra's level is counted from "
+                                     "the sacrum or from the first rib", "level", "the vertebra here")
+    else:
         return response
-    number = named.group(1)
     if fresh:
         response = dataclasses.replace(response, thought=(
-            f"A rib's number is counted from the first or the twelfth rib, which one slice does not show; I look "
-            f"where labelled scans have rib {number}, so the number is not counted. {response.thought}"))
+            f"{counted}, which one slice does not show; I look where labelled scans have {what}, so the {noun} is "
+            f"not counted. {response.thought}"))
     if response.terminate and response.answer:
-        check = (f"rib {number} may be one of the ribs here" if response.not_present
-                 else f"check that this is rib {number}")
+        check = f"{what} may be {here}" if response.not_present else f"check that this is {what}"
         response = dataclasses.replace(response, answer=(
-            f"{response.answer} The rib's number is not counted on one slice: {check}."))
+            f"{response.answer} The {'rib' if rib else 'vertebra'}'s {noun} is not counted on one slice: {check}."))
     return response
 
 
