@@ -801,21 +801,22 @@ def _not_counted_caveat(response: Response, query: str, fresh: bool) -> Response
     words = in_atlas_words(query)
     rib, level = NUMBERED_RIB.search(words), VERTEBRA_LEVEL.search(words)
     if rib is not None:
-        what, counted, noun, here = (f"rib {rib.group(1)}", "A rib's number is counted from the first or the twelfth "
-                                     "rib", "number", "one of the ribs here")
+        kind, noun, what, counted_from = "rib", "number", f"rib {rib.group(1)}", "the first or the twelfth rib"
+        here = "one of the ribs here"
     elif level is not None:
-        what, counted, noun, here = ((level.group(1) or level.group(2)).upper(), "A vertebra's level is counted from "
-                                     "the sacrum or from the first rib", "level", "the vertebra here")
+        kind, noun, what, counted_from = "vertebra", "level", (level.group(1) or level.group(2)).upper(), \
+            "the sacrum or from the first rib"
+        here = "the vertebra here"
     else:
         return response
     if fresh:
         response = dataclasses.replace(response, thought=(
-            f"{counted}, which one slice does not show; I look where labelled scans have {what}, so the {noun} is "
-            f"not counted. {response.thought}"))
+            f"A {kind}'s {noun} is counted from {counted_from}, which one slice does not show; I look where labelled "
+            f"scans have {what}, so the {noun} is not counted. {response.thought}"))
     if response.terminate and response.answer:
         check = f"{what} may be {here}" if response.not_present else f"check that this is {what}"
         response = dataclasses.replace(response, answer=(
-            f"{response.answer} The {'rib' if rib else 'vertebra'}'s {noun} is not counted on one slice: {check}."))
+            f"{response.answer} The {kind}'s {noun} is not counted on one slice: {check}."))
     return response
 
 
