@@ -396,7 +396,8 @@ class IbisWidget(QWidget):
         )
 
     def _layer_and_query(self):
-        """The chosen image layer, the query, and the note where the query names a structure the
+        """The chosen image layer, the query (a misspelt structure's name put right, said in a
+        warning: "read 'livr' as the liver"), and the note where the query names a structure the
         chosen agent was not taught (its answer will be a guess: also shown as a warning), else "";
         IbisError where the layer or the query is missing or the query names a lesion the agent
         was never taught."""
@@ -407,14 +408,17 @@ class IbisWidget(QWidget):
         if not query:
             raise IbisError("type a query first, e.g. 'segment the liver tumour'")
         from .errors import ModelError
-        from .policies import check_query
+        from .policies import check_query, spelled_query
 
+        model = self.run_panel.model_edit.text().strip() or None
         try:
-            untaught = check_query(self.run_panel.model_edit.text().strip() or None, query)
+            query, read_as = spelled_query(model, query)
+            untaught = check_query(model, query)
         except ModelError:
-            untaught = None  # a model that cannot be read: the run says so as it loads it
-        if untaught:
-            self.warn(untaught[0].upper() + untaught[1:])
+            read_as = untaught = None  # a model that cannot be read: the run says so as it loads it
+        for note in (read_as, untaught):
+            if note:
+                self.warn(note[0].upper() + note[1:])
         return self.viewer.layers[name], query, untaught or ""
 
     def run(self) -> None:

@@ -184,7 +184,7 @@ def _default_out(image: Path) -> Path:
 def cmd_segment(args: argparse.Namespace) -> int:
     from . import io
     from .overlay import parse_window
-    from .policies import can_locate, check_model, check_query, default_model_folder, load_policy
+    from .policies import can_locate, check_model, check_query, default_model_folder, load_policy, spelled_query
     from .propagation import parse_check
     from .segmenters import build_segmenter, check_spec, default_segmenter
     from .session import Session, Stopped
@@ -230,9 +230,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if args.propagate and len(loaded.slice_index) != 1 + bool(loaded.frames):
         raise InputError(f"--propagate needs a 3-D volume; {image_path.name} has shape {loaded.data.shape}")
     init_mask = io.read_mask(args.init_mask, loaded, args.label) if args.init_mask else None
-    untaught = check_query(args.model, args.query) if args.max_steps else None  # --max-steps 0: no agent asked
-    if untaught and not args.quiet:
-        print(f"Note: {untaught[0].upper()}{untaught[1:]}.")
+    typed, read_as = args.query, None
+    if args.max_steps:  # --max-steps 0: no agent asked
+        args.query, read_as = spelled_query(args.model, args.query)
+    untaught = check_query(args.model, args.query) if args.max_steps else None
+    for note in (read_as, untaught):
+        if note and not args.quiet:
+            print(f"Note: {note[0].upper()}{note[1:]}.")
     segmenter = build_segmenter(args.segmenter, device=args.device)
     policy = load_policy(args.model, device=args.device, remote_model=args.remote_model)
     key = None
@@ -276,6 +280,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     record["init_mask"] = str(args.init_mask) if args.init_mask else None
     if untaught:
         record["untaught"] = untaught
+    if read_as:
+        record["query_as_typed"], record["read_as"] = typed, read_as
     if key is not None:
         record["key_slice"] = key.record()
     if not args.quiet:
@@ -663,7 +669,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     from . import batch, workers
     from .overlay import parse_window
-    from .policies import can_locate, check_model, check_query, default_model_folder, load_policy
+    from .policies import can_locate, check_model, check_query, default_model_folder, load_policy, spelled_query
     from .segmenters import check_spec, default_segmenter
 
     args.segmenter = args.segmenter or default_segmenter()
@@ -673,10 +679,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
     endpoints, served = _policies_of(args.model or default_model_folder())
     if not served:
         check_model(endpoints[0])
-        for query in dict.fromkeys(item.query for item in items):
-            untaught = check_query(endpoints[0], query)
-            if untaught:
-                print(f"note: {untaught}", file=sys.stderr)
+        read = {query: spelled_query(endpoints[0], query) for query in dict.fromkeys(item.query for item in items)}
+        items = [dataclasses.replace(item, query=read[item.query][0]) for item in items]
+        for query, (fixed, read_as) in read.items():
+            untaught = check_query(endpoints[0], fixed)
+            for note in (read_as, untaught):
+                if note:
+                    print(f"note: {note}", file=sys.stderr)
     if args.propagate and any(item.slice is None for item in items) and not can_locate(endpoints[0]):
         raise InputError(f"the model {Path(endpoints[0]).name} cannot look for a structure through a volume (only the "
                          "pointer agent can): give each volume's start slice in a manifest (\"slice\")")

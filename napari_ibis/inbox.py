@@ -58,6 +58,7 @@ def target_of(query: str) -> str:
         rf"\b(?:is there|are there|there's|there is)\s+{article}(.+?){_TARGET_END}",
         rf"\b{_QUERY_VERBS}\b(?:\s+and\s+{_QUERY_VERBS})?\s+(?:me\s+)?{article}(.+?){_TARGET_END}",
         rf"^visible\s+{article}(.+?){_TARGET_END}",
+        rf"^where(?:'s|\s+is|\s+are)\s+{article}(.+?){_TARGET_END}",
     )
     for pattern in patterns:
         found = re.search(pattern, text)

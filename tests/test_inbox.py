@@ -24,6 +24,8 @@ INSIDE = (52.5 / 96, 40.5 / 96)
     ("I'm wondering if there's a nucleus here; could you show me where it is?", "nucleus"),
     ("Visible polyp? Please provide segmentation.", "polyp"),
     ("left hippocampus", "left hippocampus"),
+    ("Where is the spleen?", "spleen"),
+    ("where are the kidneys in this scan", "kidneys"),
 ])
 def test_the_target_is_read_from_the_query(query, target):
     assert target_of(query) == target

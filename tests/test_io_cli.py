@@ -193,13 +193,28 @@ def test_a_structure_the_default_agent_was_not_taught_is_a_guess_said_before_and
 
     if not all(assets.available(n) for n in ("mobile_sam", "minilm")):
         pytest.skip("the pointer agent's files were not fetched")
+    code, out, _ = run_cli(capsys, "segment", files / "img.png", "--query", "segment the pancreatic head", "--max-steps",
+                           "2", "--segmenter", "classical", "--out", files / "g.tif")
+    assert code == 0
+    assert out.startswith("Note: This agent was not taught the pancreatic head: its answer is a guess")
+    assert "did you mean the pancreas?" in out.splitlines()[0]
+    record = json.loads((files / "g.ibis.json").read_text())
+    assert "not taught the pancreatic head" in record["untaught"]
+
+
+def test_a_misspelt_structure_is_read_as_the_one_known_name_spelled_alike_said_and_recorded(files, capsys):
+    from napari_ibis import assets
+
+    if not all(assets.available(n) for n in ("mobile_sam", "minilm")):
+        pytest.skip("the pointer agent's files were not fetched")
     code, out, _ = run_cli(capsys, "segment", files / "img.png", "--query", "segment the gallblader", "--max-steps", "2",
                            "--segmenter", "classical", "--out", files / "g.tif")
     assert code == 0
-    assert out.startswith("Note: This agent was not taught the gallblader: its answer is a guess")
-    assert "did you mean the gallbladder?" in out.splitlines()[0]
+    assert out.splitlines()[0] == "Note: Read 'gallblader' as the gallbladder (a name this agent was taught)."
+    assert "not taught" not in out and "guess" not in out
     record = json.loads((files / "g.ibis.json").read_text())
-    assert "not taught the gallblader" in record["untaught"]
+    assert record["query"] == "segment the gallbladder" and record["query_as_typed"] == "segment the gallblader"
+    assert "untaught" not in record
 
 
 def test_structures_lists_what_the_agent_can_be_asked_for(capsys, tiny_vlm_folder, tmp_path):

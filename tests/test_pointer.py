@@ -215,6 +215,25 @@ def test_a_query_naming_nothing_taught_gets_one_line_with_what_it_knows_and_a_le
     assert ("is a guess" in untaught.line) is not refused
 
 
+@pytest.mark.parametrize("names, query, fixed", [
+    (TAUGHT, "segment the gallblader", "segment the gallbladder"),
+    (TAUGHT, "Please segment the right kidny.", "Please segment the right kidney."),
+    (TAUGHT, "where is the Inferior Vena Cva?", "where is the inferior vena cava?"),
+    (TAUGHT, "segment the L3 vertebra", None),  # another level, not a misspelt L1 or L2
+    (TAUGHT, "segment the pancreatic head", None),  # a word stem alike: a suggestion, not a reading
+    (TAUGHT, "segment the banana", None),
+    (TAUGHT, "segment the livr tumour", None),  # a lesion is never read as another
+    (TAUGHT, "segment the liver", None),
+    (["kidney", "kidnay"], "segment the kidny", None)])  # two names as close: which one is not guessed
+def test_a_misspelt_name_is_read_as_the_one_taught_name_spelled_almost_alike(names, query, fixed):
+    from napari_ibis.grounding.vocabulary import Vocabulary
+
+    misspelt = Vocabulary(names).misspelt(query)
+    assert (misspelt and misspelt.fixed) == fixed
+    if fixed:
+        assert Vocabulary(names).untaught(misspelt.fixed) is None and "\n" not in misspelt.line
+
+
 def test_a_folder_that_lists_no_structures_takes_any_query():
     from napari_ibis.grounding.vocabulary import Vocabulary
 

@@ -719,14 +719,19 @@ def test_the_query_box_suggests_what_the_agent_knows_and_an_untaught_lesion_is_r
     assert "was not taught the lung tumour" in w.controller.status
     warned = []
     monkeypatch.setattr(w, "warn", warned.append)
-    w.run_panel.query_edit.setText("segment the gallblader")
+    w.run_panel.query_edit.setText("segment the pancreatic head")
     w.run_panel.max_steps.setValue(2)
     run_and_wait(w, qtbot)  # the bundled agent looks all the same; the status and the record say it guessed
-    assert len(warned) == 1 and "not taught the gallblader: its answer is a guess" in warned[0]
+    assert len(warned) == 1 and "not taught the pancreatic head: its answer is a guess" in warned[0]
     assert w.controller.status.startswith("A guess (the agent was not taught what the query names). Finished")
-    assert "not taught the gallblader" in w.controller.record()["untaught"]
+    assert "not taught the pancreatic head" in w.controller.record()["untaught"]
+    w.run_panel.query_edit.setText("segment the gallblader")  # a misspelling: read as the name, said, no guess
+    run_and_wait(w, qtbot)
+    assert warned[1] == "Read 'gallblader' as the gallbladder (a name this agent was taught)" and len(warned) == 2
+    assert w.controller.record()["query"] == "segment the gallbladder" and "untaught" not in w.controller.record()
+    assert not w.controller.status.startswith("A guess")
     w.use_policy(ScriptedPolicy([TERMINATE]))  # a model the list does not apply to: no suggestions, any query
     w._suggest_structures()
     assert w.run_panel.query_edit.completer() is None
     w.gather()
-    assert len(warned) == 1
+    assert len(warned) == 2

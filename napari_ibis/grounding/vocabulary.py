@@ -23,6 +23,7 @@ IRREGULAR_PLURALS = {"vertebra": "vertebrae", "nucleus": "nuclei"}
 SUGGESTIONS = 3  # closest known names offered
 STEM = 5  # letters of a word compared when no known name is spelled alike
 CLOSE_SPELLING = 0.75  # difflib's ratio from which a known name counts as a likely misspelling
+MISSPELT = 0.85  # difflib's ratio from which the one known name spelled so alike is taken as the one meant
 
 
 def names_a_lesion(query: str) -> bool:
@@ -43,6 +44,10 @@ def _term_pattern(term: str) -> str:
     *head, last = term.split()
     forms = [re.escape(last) + "(?:s|es)?"] + ([re.escape(IRREGULAR_PLURALS[last])] if last in IRREGULAR_PLURALS else [])
     return r"\s+".join([*map(re.escape, head), "(?:" + "|".join(forms) + ")"])
+
+
+def _unsided(name: str) -> str:
+    return re.sub(r"^(left|right)\s+", "", name.lower())
 
 
 def _stems(text: str) -> set[str]:
@@ -96,8 +101,7 @@ class Vocabulary:
         kinds, names = sorted(self.kinds), [n for n in self.names if n.lower() not in self.kinds]
         choices = [*names, *kinds] if side else [*kinds, *names]
 
-        def unsided(name: str) -> str:
-            return re.sub(r"^(left|right)\s+", "", name.lower())
+        unsided = _unsided
 
         def kind_of(name: str) -> str:  # "left kidney", "L1 vertebra", "left lung upper lobe": one entry each kind
             return re.sub(r" (upper|middle|lower) lobe$", "", re.sub(r"^[clts]\d+ ", "", unsided(name)))
@@ -116,6 +120,30 @@ class Vocabulary:
             if kind_of(name) not in {kind_of(s) for s in seen}:
                 seen.append(name)
         return seen[:SUGGESTIONS]
+
+    def misspelt(self, query: str) -> Misspelt | None:
+        """Where ``query`` names nothing taught but one known name or kind is spelled almost like
+        what it names (difflib's ratio at least ``MISSPELT``, no other as close, the same digits:
+        "highlight the livr", "the left kidny", not "the L6 vertebra" for the L5), the query with
+        that name put in; None otherwise, and for a lesion (refused or looked for as asked)."""
+        if not self.names or self.named_in(query) or names_a_lesion(query):
+            return None
+        from ..inbox import target_of
+
+        target = target_of(query)
+        side = re.match(r"(left|right)\s+", target)
+        core = target[side.end():] if side else target
+        digits = re.findall(r"\d+", core)
+        known = sorted({_unsided(n) for n in self.names} | set(self.kinds))
+        scored = sorted(((difflib.SequenceMatcher(None, core, name).ratio(), name) for name in known
+                         if re.findall(r"\d+", name) == digits), reverse=True)
+        if not scored or scored[0][0] < MISSPELT or (len(scored) > 1 and scored[1][0] >= MISSPELT):
+            return None
+        meant = (side.group(0) if side else "") + scored[0][1]
+        words = r"\s+".join(map(re.escape, target.split()))
+        fixed, found = re.subn(rf"\b{words}\b", lambda _: meant, query, count=1, flags=re.IGNORECASE)
+        fixed = fixed if found else f"segment the {meant}"
+        return Misspelt(query, fixed, target, meant) if self.named_in(fixed) else None
 
     def named_in(self, query: str) -> list[str]:
         """The known names and kinds ``query`` names, as they are spelled in the query."""
@@ -150,6 +178,21 @@ class Vocabulary:
         on_ct = "on a CT volume it reads it from the Hounsfield units; elsewhere " if ct_structure_asked(query) else ""
         return Untaught(target, refused=False,
                         line=f"this agent was not taught the {target}: {on_ct}its answer is a guess from the words ({hint})")
+
+
+@dataclass(frozen=True)
+class Misspelt:
+    """A query whose structure's name was misspelt, and the query with the known name put in."""
+
+    query: str  # as typed
+    fixed: str  # as the agent works on it
+    written: str  # the name as typed ("livr")
+    meant: str  # the known name taken for it ("liver")
+
+    @property
+    def line(self) -> str:
+        """One line for a person."""
+        return f"read '{self.written}' as the {self.meant} (a name this agent was taught)"
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from .._resources import resource_path
 from ..errors import ModelError
 from .base import Policy, PolicyRequest
 
-__all__ = ["Policy", "PolicyRequest", "can_locate", "check_model", "check_query", "default_model_folder", "load_policy",
+__all__ = ["Policy", "PolicyRequest", "can_locate", "check_model", "check_query", "default_model_folder", "load_policy", "spelled_query",
            "vocabulary_of"]
 
 POINTER_MODEL = ("models", "pointer")  # v8: the default once its encoders are fetched
@@ -74,6 +74,16 @@ def vocabulary_of(model: str | Path | None):
 
     config = (Path(text) if text else default_model_folder()) / "config.json"
     return Vocabulary(json.loads(config.read_text()).get("structures") or []) if config.is_file() else None
+
+
+def spelled_query(model: str | Path | None, query: str) -> tuple[str, str | None]:
+    """The query the model ``--model`` names will work on, and the line saying how it was read
+    where a structure's name in it was misspelt and one it was taught is spelled almost alike
+    ("highlight the livr": the liver; :meth:`~napari_ibis.grounding.vocabulary.Vocabulary.misspelt`);
+    else ``(query, None)``. Read before anything heavy loads."""
+    vocabulary = vocabulary_of(model)
+    misspelt = None if vocabulary is None else vocabulary.misspelt(query)
+    return (query, None) if misspelt is None else (misspelt.fixed, misspelt.line)
 
 
 def check_query(model: str | Path | None, query: str) -> str | None:
