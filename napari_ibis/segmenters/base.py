@@ -98,7 +98,26 @@ class Segmenter(ABC):
                 return SegmentResult(np.zeros((height, width), dtype=bool), None, 0.0)
             mask = carve(self.mask_from_prior(prior), [c for c in clicks if not c.positive])
             return SegmentResult(mask, self.prior_from_mask(mask), float("nan"))
+        if self.decodes_parts_apart:
+            from .parts import segment_in_parts
+
+            parted = segment_in_parts(self, list(clicks), prior)
+            if parted is not None:
+                return parted
         return self._segment(list(clicks), prior)
+
+    def object_at(self, click: Click) -> np.ndarray:
+        """The object one positive ``click`` finds alone on the current slice, as a first click
+        makes it (SAM: the finest of its three masks; a coarser one, often the body around a
+        kidney, joined the two kidneys' clicks: benchmarks/parts_apart.py), kept for the slice:
+        what :mod:`~napari_ibis.segmenters.parts` groups clicks by."""
+        cache = self.__dict__.setdefault("_objects", {})
+        if cache.get("slice") != self._key:
+            cache.clear()
+            cache["slice"] = self._key
+        if (click.row, click.col) not in cache:
+            cache[(click.row, click.col)] = self._segment([click], None).mask
+        return cache[(click.row, click.col)]
 
     def follow(self, previous: np.ndarray) -> SegmentResult:
         """The structure on the current slice, from the neighbouring slice's mask (propagation
@@ -127,6 +146,7 @@ class Segmenter(ABC):
         return prior > 0
 
     encoder_size: int | None = None  # TinyViT backends: the side of the encoder's input
+    decodes_parts_apart: bool = False  # clicks on objects apart are decoded apart (segmenters/parts.py)
 
     def speed_up(self) -> None:
         """Prepare for many slices in a row (a propagation): a TinyViT encoder on a CPU is

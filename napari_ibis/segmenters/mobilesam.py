@@ -102,6 +102,7 @@ def build_mobile_sam():
 class MobileSAMSegmenter(Segmenter):
     name = "mobilesam"
     encoder_size = MODEL_SIZE
+    decodes_parts_apart = True
 
     def __init__(self, checkpoint: str | Path | None = None, device: str = "cpu") -> None:
         super().__init__()
