@@ -408,11 +408,11 @@ class IbisWidget(QWidget):
         if not query:
             raise IbisError("type a query first, e.g. 'segment the liver tumour'")
         from .errors import ModelError
-        from .policies import check_query, spelled_query
+        from .policies import check_query, read_query
 
         model = self.run_panel.model_edit.text().strip() or None
         try:
-            query, read_as = spelled_query(model, query)
+            query, read_as = read_query(model, query)
             untaught = check_query(model, query)
         except ModelError:
             read_as = untaught = None  # a model that cannot be read: the run says so as it loads it

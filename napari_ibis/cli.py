@@ -184,7 +184,7 @@ def _default_out(image: Path) -> Path:
 def cmd_segment(args: argparse.Namespace) -> int:
     from . import io
     from .overlay import parse_window
-    from .policies import can_locate, check_model, check_query, default_model_folder, load_policy, spelled_query
+    from .policies import can_locate, check_model, check_query, default_model_folder, load_policy, read_query
     from .propagation import parse_check
     from .segmenters import build_segmenter, check_spec, default_segmenter
     from .session import Session, Stopped
@@ -232,7 +232,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     init_mask = io.read_mask(args.init_mask, loaded, args.label) if args.init_mask else None
     typed, read_as = args.query, None
     if args.max_steps:  # --max-steps 0: no agent asked
-        args.query, read_as = spelled_query(args.model, args.query)
+        args.query, read_as = read_query(args.model, args.query)
     untaught = check_query(args.model, args.query) if args.max_steps else None
     for note in (read_as, untaught):
         if note and not args.quiet:
@@ -669,7 +669,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     from . import batch, workers
     from .overlay import parse_window
-    from .policies import can_locate, check_model, check_query, default_model_folder, load_policy, spelled_query
+    from .policies import can_locate, check_model, check_query, default_model_folder, load_policy, read_query
     from .segmenters import check_spec, default_segmenter
 
     args.segmenter = args.segmenter or default_segmenter()
@@ -679,7 +679,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     endpoints, served = _policies_of(args.model or default_model_folder())
     if not served:
         check_model(endpoints[0])
-        read = {query: spelled_query(endpoints[0], query) for query in dict.fromkeys(item.query for item in items)}
+        read = {query: read_query(endpoints[0], query) for query in dict.fromkeys(item.query for item in items)}
         items = [dataclasses.replace(item, query=read[item.query][0]) for item in items]
         for query, (fixed, read_as) in read.items():
             untaught = check_query(endpoints[0], fixed)

@@ -215,6 +215,11 @@ def test_a_misspelt_structure_is_read_as_the_one_known_name_spelled_alike_said_a
     record = json.loads((files / "g.ibis.json").read_text())
     assert record["query"] == "segment the gallbladder" and record["query_as_typed"] == "segment the gallblader"
     assert "untaught" not in record
+    code, out, _ = run_cli(capsys, "segment", files / "img.png", "--query", "segment the liver and the spleen",
+                           "--max-steps", "1", "--segmenter", "classical", "--out", files / "g.tif", "--force")
+    assert code == 0 and out.splitlines()[0] == ("Note: You asked for the liver and the spleen: this agent segments one "
+                                                 "structure a run, so it takes the liver; ask for the spleen next.")
+    assert json.loads((files / "g.ibis.json").read_text())["query"] == "segment the liver"
 
 
 def test_structures_lists_what_the_agent_can_be_asked_for(capsys, tiny_vlm_folder, tmp_path):

@@ -234,6 +234,23 @@ def test_a_misspelt_name_is_read_as_the_one_taught_name_spelled_almost_alike(nam
         assert Vocabulary(names).untaught(misspelt.fixed) is None and "\n" not in misspelt.line
 
 
+@pytest.mark.parametrize("query, fixed, others", [
+    ("segment the liver and the gallbladder in this CT", "segment the liver", ["gallbladder"]),
+    ("segment the IVC and the pancreas", "segment the inferior vena cava", ["pancreas"]),
+    ("segment the L1 vertebra and the L2 vertebra", "segment the L1 vertebra", ["L2 vertebra"]),
+    ("segment the left kidney and the right kidney", None, None),  # one mask of the two (pair_asked)
+    ("segment the kidney and the left kidney", None, None),  # one structure, named twice
+    ("segment the kidneys", None, None),
+    ("segment the liver tumour", None, None)])
+def test_a_query_naming_several_structures_is_run_for_the_first_and_says_so(query, fixed, others):
+    from napari_ibis.grounding.vocabulary import Vocabulary
+
+    several = Vocabulary(TAUGHT).several(query)
+    assert (several and several.fixed) == fixed
+    if fixed:
+        assert several.others == others and "this agent segments one structure a run" in several.line
+
+
 def test_a_folder_that_lists_no_structures_takes_any_query():
     from napari_ibis.grounding.vocabulary import Vocabulary
 

@@ -50,6 +50,11 @@ def _unsided(name: str) -> str:
     return re.sub(r"^(left|right)\s+", "", name.lower())
 
 
+def _kind_word(term: str) -> str:
+    """A term's kind, for telling two structures from one named twice ("kidneys", "left kidney": kidney)."""
+    return re.sub(r"(s|es)$", "", _unsided(term))
+
+
 def _stems(text: str) -> set[str]:
     """The first five letters of each word of five or more, but the sides ("pancreatic" -> "pancr")."""
     return {word[:STEM] for word in re.findall(r"[a-z]+", text.lower()) if len(word) >= STEM} - {"right"}
@@ -145,6 +150,18 @@ class Vocabulary:
         fixed = fixed if found else f"segment the {meant}"
         return Misspelt(query, fixed, target, meant) if self.named_in(fixed) else None
 
+    def several(self, query: str) -> Several | None:
+        """Where ``query`` names more than one structure this vocabulary knows ("the liver and the
+        spleen"), the query for the first of them alone ("segment the liver") and the others; None
+        where it names one, or a left and a right one of a kind (one mask of the two: "the left
+        kidney and the right kidney"), or one of them within the other's kind ("the kidney and
+        the left kidney")."""
+        spelled = {name.lower(): name for name in self.names}
+        found = list(dict.fromkeys(spelled.get(term.lower(), term.lower()) for term in self.named_in(query)))
+        if len({_kind_word(term) for term in found}) < 2:
+            return None
+        return Several(query, f"segment the {found[0]}", found[0], found[1:])
+
     def named_in(self, query: str) -> list[str]:
         """The known names and kinds ``query`` names, as they are spelled in the query."""
         return [] if self._pattern is None else self._pattern.findall(_spelled(query))
@@ -193,6 +210,22 @@ class Misspelt:
     def line(self) -> str:
         """One line for a person."""
         return f"read '{self.written}' as the {self.meant} (a name this agent was taught)"
+
+
+@dataclass(frozen=True)
+class Several:
+    """A query naming several structures, and the query for the first of them, which a run takes."""
+
+    query: str  # as typed
+    fixed: str  # "segment the FIRST"
+    first: str
+    others: list[str]
+
+    @property
+    def line(self) -> str:
+        """One line for a person."""
+        return (f"you asked for the {' and the '.join([self.first, *self.others])}: this agent segments one "
+                f"structure a run, so it takes the {self.first}; ask for the {' and the '.join(self.others)} next")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from .._resources import resource_path
 from ..errors import ModelError
 from .base import Policy, PolicyRequest
 
-__all__ = ["Policy", "PolicyRequest", "can_locate", "check_model", "check_query", "default_model_folder", "load_policy", "spelled_query",
+__all__ = ["Policy", "PolicyRequest", "can_locate", "check_model", "check_query", "default_model_folder", "load_policy", "read_query",
            "vocabulary_of"]
 
 POINTER_MODEL = ("models", "pointer")  # v8: the default once its encoders are fetched
@@ -76,14 +76,24 @@ def vocabulary_of(model: str | Path | None):
     return Vocabulary(json.loads(config.read_text()).get("structures") or []) if config.is_file() else None
 
 
-def spelled_query(model: str | Path | None, query: str) -> tuple[str, str | None]:
+def read_query(model: str | Path | None, query: str) -> tuple[str, str | None]:
     """The query the model ``--model`` names will work on, and the line saying how it was read
-    where a structure's name in it was misspelt and one it was taught is spelled almost alike
-    ("highlight the livr": the liver; :meth:`~napari_ibis.grounding.vocabulary.Vocabulary.misspelt`);
-    else ``(query, None)``. Read before anything heavy loads."""
+    where that is not ``query`` as typed: a structure's name misspelt where one it was taught
+    is spelled almost alike ("highlight the livr": the liver;
+    :meth:`~napari_ibis.grounding.vocabulary.Vocabulary.misspelt`), several structures named of
+    which a run takes the first ("the liver and the spleen":
+    :meth:`~napari_ibis.grounding.vocabulary.Vocabulary.several`); else ``(query, None)``. Read
+    before anything heavy loads."""
     vocabulary = vocabulary_of(model)
-    misspelt = None if vocabulary is None else vocabulary.misspelt(query)
-    return (query, None) if misspelt is None else (misspelt.fixed, misspelt.line)
+    if vocabulary is None:
+        return query, None
+    lines = []
+    for reading in (vocabulary.misspelt, vocabulary.several):
+        read = reading(query)
+        if read is not None:
+            query = read.fixed
+            lines.append(read.line)
+    return query, "; ".join(lines) or None
 
 
 def check_query(model: str | Path | None, query: str) -> str | None:
