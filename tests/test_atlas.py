@@ -601,3 +601,34 @@ def test_the_shipped_agent_asked_for_the_kidney_finds_one_and_says_which():
     tumour = Session(slice_, "segment the kidney tumour", policy, build_segmenter("classical"), max_steps=1)
     stop = list(tumour.run())[-1]  # a lesion is not its organ: never taught a kidney tumour, it does not guess
     assert not tumour.steps and stop.reason == "error" and "not taught the kidney tumour" in stop.message
+
+
+@pytest.mark.skipif(not all(__import__("napari_ibis.assets", fromlist=["available"]).available(n)
+                            for n in ("mobile_sam", "minilm", "totalsegmentator")), reason="assets not fetched")
+def test_the_shipped_agent_asked_for_both_kidneys_segments_the_two_as_one_mask():
+    """Held-out MR slice 4: "segment both kidneys" (or "the kidneys") is the two members as one
+    mask: a click in one, then, the mask not reaching the other, a click there, decoded apart
+    (segmenters/parts.py); "the kidney" is still one of them."""
+    from napari_ibis import assets, io
+    from napari_ibis._resources import resource_path
+    from napari_ibis.metrics import iou
+    from napari_ibis.policies import load_policy
+    from napari_ibis.segmenters import build_segmenter
+    from napari_ibis.session import Session
+
+    policy = load_policy(resource_path("models", "pointer"))
+    assert policy.pair_asked("segment the kidneys") == ["left kidney", "right kidney"]
+    assert policy.pair_asked("Please segment the left and right kidney.") == ["left kidney", "right kidney"]
+    assert policy.pair_asked("segment both hippocampi") == ["left hippocampus", "right hippocampus"]
+    for one in ("segment the kidney", "segment the left kidney", "segment the kidney tumours", "segment the liver"):
+        assert policy.pair_asked(one) is None
+    reference = assets.path("totalsegmentator", "tests/reference_files")
+    slice_ = io.read_image(reference / "example_mr_sm.nii.gz", 4).slice
+    labels = io.read_image(reference / "example_seg_mr.nii.gz").data[4]
+    kidneys = [labels == 2, labels == 3]  # total_mr: 2 right, 3 left
+    session = Session(slice_, "segment both kidneys", policy, build_segmenter("mobilesam"), max_steps=4)
+    list(session.run())
+    assert session.steps[0].thought.startswith("You asked for both: I look for the left kidney and the right kidney")
+    assert [c.positive for c in session.steps[-1].clicks] == [True, True]  # the clicks so far
+    assert iou(session.mask, kidneys[0] | kidneys[1]) > 0.7
+    assert all((session.mask & kidney).sum() > 0.6 * kidney.sum() for kidney in kidneys)

@@ -69,6 +69,8 @@ PLACED_FROM_UNITS = {"spinal cord", "autochthon", "costal cartilages"}
 # slice cannot give (docs/BENCHMARKS.md, "Numbered ribs" and "A vertebra's level")
 NUMBERED_RIB = re.compile(r"\brib (\d+)\b", re.IGNORECASE)
 VERTEBRA_LEVEL = re.compile(r"\b([CTLS]\d{1,2}) vertebra|\bvertebra ([CTLS]\d{1,2})\b", re.IGNORECASE)
+BOTH_SIDES = re.compile(r"\b(both|bilateral|left and right|right and left)\b", re.IGNORECASE)
+LATIN_PLURALS = {"hippocampi": "hippocampus", "thalami": "thalamus", "putamina": "putamen", "amygdalae": "amygdala"}
 ATLAS_FILE = "atlas.npz"
 BRAIN_ATLAS_FILE = "brain_atlas.npz"
 ATLAS_POWER = 2  # the first click: the map times the atlas prior to this power (benchmarks/atlas_prior.py --fuse)
@@ -322,6 +324,8 @@ class PointerPolicy(DecidingPolicy):
         if read is not None and not read.lobe and self.read_ct_units and self.ct_anatomy(volume) is not None \
                 and not names_a_lesion(query):
             return query, None  # the lungs, heart or trachea, read from the Hounsfield units (ct_reading), not a lobe
+        if self.pair_asked(query) is not None:
+            return query, None  # both members, as one mask (_decide_pair)
         found = None if self.atlas is None or names_a_lesion(query) else self.atlas.members_in(query)
         if found is None:  # a lesion ("the lung tumour") is looked for as asked, not as its organ
             return query, None
@@ -356,6 +360,28 @@ class PointerPolicy(DecidingPolicy):
                 chosen = f"segment the {elsewhere[0]}"
             self._members[key] = (chosen, why)
         return self._members[key]
+
+    def pair_asked(self, query: str) -> list[str] | None:
+        """The left and the right member of a kind where ``query`` asks for both ("the kidneys",
+        "both hippocampi", "the left and right iliopsoas": one mask of the two), else None (a
+        kind without a side is one member, :meth:`member_asked`)."""
+        if self.atlas is None or names_a_lesion(query):
+            return None
+        named = sorted({name.lower() for name in self.vocabulary.named_in(query)})
+        if len(named) == 2 and [n.partition(" ")[0] for n in named] == ["left", "right"] \
+                and len({n.partition(" ")[2] for n in named}) == 1:  # "the left kidney and the right kidney"
+            return sorted(name for name in self.vocabulary.names if name.lower() in named)
+        words = in_atlas_words(query).lower()
+        for plural, singular in LATIN_PLURALS.items():
+            words = re.sub(rf"\b{plural}\b", f"{singular}s", words)
+        found = self.atlas.members_in(re.sub(r"\b(left|right) and (left|right) ", "", words))
+        if found is None:
+            return None
+        kind, members = found
+        if sorted(m.partition(" ")[0].lower() for m in members) != ["left", "right"]:
+            return None
+        plural = re.search(rf"\b{re.escape(kind)}(?:s|es)\b", words)
+        return sorted(members) if plural or BOTH_SIDES.search(words) else None
 
     def guided_map(self, image: np.ndarray, query: str, first_turn: bool) -> np.ndarray:
         """The map the agent decides on: :meth:`probability_map`, weighted where the folder's
@@ -500,7 +526,10 @@ class PointerPolicy(DecidingPolicy):
             return self._decide_registered(request, first_turn, *registered)
         read = self.ct_reading(request.image, request.query, request.volume)
         if read is not None and (read.region.any() or (first_turn and not request.clicks)):
-            return self._decide_ct(request, first_turn, read)
+            return self._decide_ct(request, first_turn, read)  # both back muscles too, read from the units
+        pair = self.pair_asked(request.query)
+        if pair is not None:
+            return self._decide_pair(request, first_turn, pair)
         mapped = self.guided_map(request.image, request.query, first_turn)
         probability = self._off_air(mapped, request.volume, request.query)
         kind = self._kinds.get(request.query)
@@ -543,6 +572,60 @@ class PointerPolicy(DecidingPolicy):
             response = dataclasses.replace(response, thought=response.thought + (
                 f" I weighted my map by where labelled scans have the {spoken(name)} (their closest slice, fitted to this"
                 f" one, {what} {fit[1]:.2f})."))
+        return response
+
+    def _decide_pair(self, request: PolicyRequest, first_turn: bool, members: list[str]) -> Response:
+        """A turn for both members of a pair as one mask: each member's map, or its region where
+        the brain atlas registered onto the volume places it; those found on the slice are one
+        target (:func:`decide`'s ``one_target``): the first click goes into one, the mask's miss
+        of the other brings a click there, and the segmenter decodes the two parts apart
+        (:mod:`napari_ibis.segmenters.parts`)."""
+        import dataclasses
+
+        asked = [f"segment the {member}" for member in members]
+        cell = self._framing.size / self._framing.grid / self._framing.scale if self._framing else 1.0
+        registered = [self.brain_region(request.image, q, request.volume) for q in asked]
+        if all(r is not None for r in registered):
+            found = [(m, np.maximum(self.probability_map(request.image, q), r[0].astype(np.float32)), r[0])
+                     for m, q, r in zip(members, asked, registered) if r[0].any()]
+            threshold, extent = self.head.config.presence_threshold, np.logical_or.reduce([r[0] for r in registered])
+            measured = False
+        else:
+            found = []
+            for member, q in zip(members, asked):
+                probability = self._off_air(self.guided_map(request.image, q, first_turn), request.volume, q)
+                if candidates(probability, self._presence_threshold(q)):
+                    found.append((member, probability, None if self._priors.get(q) is None else self._extent(q)))
+            threshold = min(self._presence_threshold(q) for q in asked)
+            extent = None if any(e is None for _, _, e in found) or not found else np.logical_or.reduce([e for *_, e in found])
+            measured = True
+        both = " and the ".join(map(spoken, members))
+        if not found:
+            return Response(thought=f"You asked for both: I look for the {both}, and find neither on this slice.",
+                            terminate=True, not_present=True, answer="The requested structure is not present in this image.")
+        mask = None if first_turn else np.asarray(request.mask, dtype=bool)
+        for member, _, _ in found if mask is not None else ():
+            # a member the mask does not reach at all: a click where a first click would go (the parts are decoded apart)
+            asked_member = f"segment the {member}"
+            spots = candidates(self._off_air(self.guided_map(request.image, asked_member, True), request.volume,
+                                             asked_member), 0.0)
+            if spots and not (spots[0] & mask).any():
+                row, col = interior_point(spots[0])
+                if not any(c.row == row and c.col == col for c in request.clicks):
+                    height, width = mask.shape
+                    return Response(thought=(f"The mask holds one of the two but not the {spoken(member)}, around "
+                                             f"{describe_place(row, col, height, width)}; I add a positive point there."),
+                                    actions=(request.profile.action_at(row, col, True, height, width, target=None),))
+        peak = max(float(p.max()) for _, p, _ in found)
+        probability = np.maximum.reduce([p * (peak / max(float(p.max()), 1e-12)) for _, p, _ in found])
+        response = decide(probability, request, threshold, cell, None if first_turn else extent, one_target=True,
+                          measured=measured)
+        if first_turn and not request.clicks:
+            seen = ("both" if len(found) == 2 else
+                    f"only the {spoken(found[0][0])} on this slice: the {spoken(next(m for m in members if m != found[0][0]))}"
+                    " is not here")
+            response = dataclasses.replace(response, thought=(
+                f"You asked for both: I look for the {both} as one mask, and find {seen}. {response.thought}"))
         return response
 
     # -- a CT volume's Hounsfield units -------------------------------------------------
