@@ -18,6 +18,8 @@ widget-spleen.png: the default agent itself (empty model field: v8 with its atla
 for the spleen on slice 10 of the same CT series, then Propagate both ways.
 widget-kidney-mr.png: the default agent asked for the right kidney on slice 9 of
 TotalSegmentator's held-out abdominal MR (its CT atlas fitted by the slice's edges).
+widget-both-kidneys.png: the default agent asked for "both kidneys" on slice 4 of the same MR:
+one mask of the two, a click in each, decoded apart (segmenters/parts.py).
 widget-brain-mri.png: the default agent asked for the left thalamus on slice 12 of pyradiomics'
 brain1, a clinical contrast T1 MRI with its skull (NRRD, 6.5 mm slices): it registers its
 brain atlas onto the whole volume and places the region (no truth: AAL is not drawn on it).
@@ -35,6 +37,7 @@ CT's Hounsfield units); widget-lungs.png: the same, then Propagate both ways, se
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only brain-mri
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only cartilages
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only find-guess
+    xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only both-kidneys
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ def main() -> None:
     from napari_ibis.policies.oracle import OraclePolicy
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", choices=["default-agent", "volume", "tumour", "spleen", "hippocampus", "kidney-mr",
+    parser.add_argument("--only", choices=["default-agent", "volume", "tumour", "spleen", "hippocampus", "kidney-mr", "both-kidneys",
                                            "chest", "lungs", "heart", "cord", "aorta", "cartilages", "brain-mri", "find-guess"],
                         help="only that screenshot")
     args = parser.parse_args()
@@ -85,6 +88,8 @@ def main() -> None:
         return hippocampus(out, wait)
     if args.only == "kidney-mr":
         return kidney_mr(out, wait)
+    if args.only == "both-kidneys":
+        return both_kidneys(out, wait)
     if args.only == "chest":
         return chest(out, wait)
     if args.only == "lungs":
@@ -342,6 +347,21 @@ def kidney_mr(out: Path, wait) -> None:
     viewer.reset_view()
     viewer.window.screenshot(str(out / "widget-kidney-mr.png"), canvas_only=False)
     _dice_report(viewer, widget, labels.data[z] == 2, z, "TotalSegmentator's right kidney")
+    viewer.close()
+
+
+def both_kidneys(out: Path, wait) -> None:
+    """The held-out abdominal MR through the reader, the default agent asked for both kidneys on
+    slice 4 (one mask of the two: PointerPolicy.pair_asked); Dice with both of TotalSegmentator's."""
+    from napari_ibis import assets
+
+    folder = assets.path("totalsegmentator", "tests/reference_files")
+    viewer, widget, labels, z = _through_reader(str(folder / "example_mr_sm.nii.gz"),
+                                                str(folder / "example_seg_mr.nii.gz"),
+                                                "", "segment both kidneys", 4, 6, wait, 2)
+    viewer.reset_view()
+    viewer.window.screenshot(str(out / "widget-both-kidneys.png"), canvas_only=False)
+    _dice_report(viewer, widget, (labels.data[z] == 2) | (labels.data[z] == 3), z, "TotalSegmentator's two kidneys")
     viewer.close()
 
 

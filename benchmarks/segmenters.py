@@ -15,6 +15,10 @@ backend measured so far and writes ``benchmarks/results/segmenters.json``.
     python benchmarks/segmenters.py --backends mobilesam --threads 1 &
     python benchmarks/segmenters.py --backends litemedsam --threads 1
     python benchmarks/segmenters.py --table
+
+``--together`` decodes every call's clicks as one object, as SAM's decoder takes them (no
+parts apart, :mod:`napari_ibis.segmenters.parts`); with it or ``--sets`` the result goes to
+``benchmarks/results/parts-BACKEND[-together].json``, outside the table.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ def sets(nuclei: int) -> dict:
     }
 
 
-def measure(backend: str, clicks: int, nuclei: int) -> dict:
+def measure(backend: str, clicks: int, nuclei: int, together: bool = False, only: tuple[str, ...] = ()) -> dict:
     import torch
 
     from napari_ibis.evaluation import simulate_clicks
@@ -50,9 +54,13 @@ def measure(backend: str, clicks: int, nuclei: int) -> dict:
     from napari_ibis.segmenters import build_segmenter
 
     segmenter = build_segmenter(backend)
-    result = {"backend": backend, "identity": segmenter.identity(), "clicks": clicks,
+    if together:
+        segmenter.decodes_parts_apart = False  # every call's clicks as one object, as SAM's decoder takes them
+    result = {"backend": backend + ("@together" if together else ""), "identity": segmenter.identity(), "clicks": clicks,
               "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads", "sets": {}}
     for set_name, samples in sets(nuclei).items():
+        if only and not any(word in set_name for word in only):
+            continue
         started = time.perf_counter()
         curves = [simulate_clicks(segmenter, to_rgb8(s.image), s.mask, max_clicks=clicks).ious for s in samples]
         seconds = time.perf_counter() - started
@@ -89,6 +97,9 @@ def main() -> None:
     parser.add_argument("--backends", default="")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--table", action="store_true", help="print the table of every backend measured so far")
+    parser.add_argument("--together", action="store_true",
+                        help="decode every call's clicks as one object (no parts apart: segmenters/parts.py), to compare")
+    parser.add_argument("--sets", nargs="*", default=[], help="only the sets whose name holds one of these words")
     args = parser.parse_args()
     if args.table:
         print(table())
@@ -97,8 +108,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     for backend in filter(None, args.backends.split(",")):
-        result = measure(backend, args.clicks, args.nuclei)
-        out = RESULTS / f"segmenters-{backend.split(':')[0]}.json"
+        result = measure(backend, args.clicks, args.nuclei, args.together, tuple(args.sets))
+        out = RESULTS / (f"segmenters-{backend.split(':')[0]}.json" if not (args.together or args.sets) else
+                         f"parts-{backend.split(':')[0]}{'-together' if args.together else ''}.json")
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {out}")
 

@@ -139,6 +139,33 @@ def test_on_a_real_brain_mri_the_agent_places_a_region_through_the_volume_and_sa
 
 @pytest.mark.skipif(not _available("mobile_sam", "minilm", "pyradiomics"),
                     reason="mobile_sam, minilm or pyradiomics not fetched")
+def test_both_members_of_a_pair_on_a_brain_volume_are_the_two_registered_regions_as_one_mask():
+    """"the left and right caudate" on pyradiomics' brain2 (real MRI): both registered regions
+    placed as one mask, found through the volume and carried through it together; the query
+    names "right caudate" too, which must not take the run over as a single region."""
+    from napari_ibis import assets, io
+    from napari_ibis.policies import load_policy
+    from napari_ibis.segmenters import build_segmenter
+    from napari_ibis.session import Session
+
+    loaded = io.read_image(assets.path("pyradiomics", "data/brain2_image.nrrd"), 11)
+    policy, volume = load_policy(None), loaded.volume_slice()
+    session = Session(loaded.slice, "segment the left and right caudate", policy, build_segmenter("mobilesam"),
+                      max_steps=4, volume=volume)
+    list(session.run())
+    members = [policy.brain_region(session.seen, f"segment the {side} caudate", volume)[0] for side in ("left", "right")]
+    assert session.steps[0].kind == "placed" and session.steps[0].thought.startswith("You asked for both")
+    assert all(m.sum() > 100 for m in members) and np.array_equal(session.mask, members[0] | members[1])
+    assert not any(step.clicks and not step.clicks[-1].positive for step in session.steps)  # no cut into either
+    assert policy.locate(session.seen, "segment the left and right caudate", volume).score == sum(
+        policy.locate(session.seen, f"segment the {side} caudate", volume).score for side in ("left", "right"))
+    through = policy.region_through(session.seen, "segment the left and right caudate", volume)
+    singles = [policy.region_through(session.seen, f"segment the {side} caudate", volume) for side in ("left", "right")]
+    assert np.array_equal(through(12), singles[0](12) | singles[1](12)) and through(12).any()
+
+
+@pytest.mark.skipif(not _available("mobile_sam", "minilm", "pyradiomics"),
+                    reason="mobile_sam, minilm or pyradiomics not fetched")
 def test_a_brain_region_propagated_through_a_real_mri_follows_the_registered_region(tmp_path, capsys):
     """``--propagate`` on a region the atlas registered onto the volume takes that region slice by
     slice (a segmenter follows a region without edges for a few slices at most), and the

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 LESION_WORDS = ("tumour", "tumor", "lesion", "cyst", "nodule", "mass", "metasta", "cancer", "carcinoma", "polyp",
                 "infarct", "mitotic")
-IRREGULAR_PLURALS = {"vertebra": "vertebrae", "nucleus": "nuclei"}
+IRREGULAR_PLURALS = {"vertebra": "vertebrae", "nucleus": "nuclei", "hippocampus": "hippocampi", "thalamus": "thalami",
+                     "putamen": "putamina", "amygdala": "amygdalae"}
 SUGGESTIONS = 3  # closest known names offered
 STEM = 5  # letters of a word compared when no known name is spelled alike
 CLOSE_SPELLING = 0.75  # difflib's ratio from which a known name counts as a likely misspelling

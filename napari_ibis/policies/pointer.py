@@ -41,6 +41,7 @@ from the air inside the body, a kidney or the bladder asked at the chest's level
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ import numpy as np
 from ..grounding.ct_anatomy import (AIR_HU, CARTILAGE_ABOVE_HU, CARTILAGE_DEPTH_MM, CARTILAGE_TOP_HU, CtAsked,
                                     by_the_lungs_level, ct_structure_asked)
 from ..grounding.names import in_atlas_words, spoken
-from ..grounding.vocabulary import Vocabulary, names_a_lesion
+from ..grounding.vocabulary import IRREGULAR_PLURALS, Vocabulary, names_a_lesion
 from ..protocol import Response
 from .base import DecidingPolicy, Located, Placement, PolicyRequest, VolumeSlice
 from .oracle import describe_place
@@ -70,7 +71,6 @@ PLACED_FROM_UNITS = {"spinal cord", "autochthon", "costal cartilages"}
 NUMBERED_RIB = re.compile(r"\brib (\d+)\b", re.IGNORECASE)
 VERTEBRA_LEVEL = re.compile(r"\b([CTLS]\d{1,2}) vertebra|\bvertebra ([CTLS]\d{1,2})\b", re.IGNORECASE)
 BOTH_SIDES = re.compile(r"\b(both|bilateral|left and right|right and left)\b", re.IGNORECASE)
-LATIN_PLURALS = {"hippocampi": "hippocampus", "thalami": "thalamus", "putamina": "putamen", "amygdalae": "amygdala"}
 ATLAS_FILE = "atlas.npz"
 BRAIN_ATLAS_FILE = "brain_atlas.npz"
 ATLAS_POWER = 2  # the first click: the map times the atlas prior to this power (benchmarks/atlas_prior.py --fuse)
@@ -254,8 +254,6 @@ class PointerPolicy(DecidingPolicy):
     # -- the map -----------------------------------------------------------------------
     def probability_map(self, image: np.ndarray, query: str) -> np.ndarray:
         """Per pixel of ``image``: how likely it belongs to the structure ``query`` names."""
-        import dataclasses
-
         import torch
 
         from ..grounding.head import pool_features, position_channels, query_vectors
@@ -372,7 +370,7 @@ class PointerPolicy(DecidingPolicy):
                 and len({n.partition(" ")[2] for n in named}) == 1:  # "the left kidney and the right kidney"
             return sorted(name for name in self.vocabulary.names if name.lower() in named)
         words = in_atlas_words(query).lower()
-        for plural, singular in LATIN_PLURALS.items():
+        for singular, plural in IRREGULAR_PLURALS.items():
             words = re.sub(rf"\b{plural}\b", f"{singular}s", words)
         found = self.atlas.members_in(re.sub(r"\b(left|right) and (left|right) ", "", words))
         if found is None:
@@ -432,6 +430,16 @@ class PointerPolicy(DecidingPolicy):
         back muscles beside it read from its units (:meth:`ct_reading`, ``PLACED_FROM_UNITS``),
         whose edges are the bone's and the fat's."""
         query, why = self.member_asked(image, query, volume, cancel)
+        pair = self.pair_asked(query)
+        if pair is not None:  # both members: each one's placement, united
+            placed = {member: self.place(image, f"segment the {member}", volume, cancel) for member in pair}
+            placed = {member: placement for member, placement in placed.items() if placement is not None}
+            if not placed:
+                return None
+            which = " and the ".join(map(spoken, placed))
+            return Placement(np.logical_or.reduce([p.mask for p in placed.values()]), thought=(
+                f"You asked for both of the {' and the '.join(map(spoken, pair))}: I place the {which} as one mask. "
+                + next(iter(placed.values())).thought))
         registered = self.brain_region(image, query, volume, cancel)
         if registered is not None:
             region, fit = registered
@@ -472,6 +480,11 @@ class PointerPolicy(DecidingPolicy):
         Where the brain atlas registered onto ``volume`` applies (:meth:`brain_region`), the
         region's area on the slice is the score."""
         asked, _ = self.member_asked(image, query, volume, cancel)
+        pair = self.pair_asked(asked)
+        if pair is not None:  # both members: where the two together are seen best
+            located = [self.locate(image, f"segment the {member}", volume, cancel) for member in pair]
+            return dataclasses.replace(located[0], score=sum(one.score for one in located),
+                                       peak=max(one.peak for one in located), present=any(one.present for one in located))
         registered = self.brain_region(image, asked, volume, cancel)
         if registered is not None:  # the region's cross-section where the registered brain atlas puts it
             area = float(registered[0].sum())
@@ -497,8 +510,6 @@ class PointerPolicy(DecidingPolicy):
             self._turn.cancel = None
 
     def decide(self, request: PolicyRequest) -> Response:
-        import dataclasses
-
         asked, why = self.member_asked(request.image, request.query, request.volume)
         response = self._decide(dataclasses.replace(request, query=asked))
         fresh = (request.mask is None or not np.asarray(request.mask).any()) and not request.clicks
@@ -521,15 +532,15 @@ class PointerPolicy(DecidingPolicy):
 
     def _decide(self, request: PolicyRequest) -> Response:
         first_turn = request.mask is None or not np.asarray(request.mask).any()
-        registered = self.brain_region(request.image, request.query, request.volume)
-        if registered is not None:
-            return self._decide_registered(request, first_turn, *registered)
         read = self.ct_reading(request.image, request.query, request.volume)
         if read is not None and (read.region.any() or (first_turn and not request.clicks)):
             return self._decide_ct(request, first_turn, read)  # both back muscles too, read from the units
         pair = self.pair_asked(request.query)
-        if pair is not None:
+        if pair is not None:  # before the registered region: "the left and right caudate" names the right one too
             return self._decide_pair(request, first_turn, pair)
+        registered = self.brain_region(request.image, request.query, request.volume)
+        if registered is not None:
+            return self._decide_registered(request, first_turn, *registered)
         mapped = self.guided_map(request.image, request.query, first_turn)
         probability = self._off_air(mapped, request.volume, request.query)
         kind = self._kinds.get(request.query)
@@ -565,8 +576,6 @@ class PointerPolicy(DecidingPolicy):
         same_tissue = None if first_turn else self._same_tissue(request, probability.shape)
         response = decide(probability, request, threshold, cell, extent, snap=snap, same_tissue=same_tissue)
         if prior is not None and first_turn and response.actions:
-            import dataclasses
-
             what = "correlates" if fit[0] == "grey" else "matches in its edges at"
             name = self.atlas.name_in(request.query)
             response = dataclasses.replace(response, thought=response.thought + (
@@ -577,56 +586,57 @@ class PointerPolicy(DecidingPolicy):
     def _decide_pair(self, request: PolicyRequest, first_turn: bool, members: list[str]) -> Response:
         """A turn for both members of a pair as one mask: each member's map, or its region where
         the brain atlas registered onto the volume places it; those found on the slice are one
-        target (:func:`decide`'s ``one_target``): the first click goes into one, the mask's miss
-        of the other brings a click there, and the segmenter decodes the two parts apart
-        (:mod:`napari_ibis.segmenters.parts`)."""
-        import dataclasses
-
-        asked = [f"segment the {member}" for member in members]
-        cell = self._framing.size / self._framing.grid / self._framing.scale if self._framing else 1.0
-        registered = [self.brain_region(request.image, q, request.volume) for q in asked]
-        if all(r is not None for r in registered):
-            found = [(m, np.maximum(self.probability_map(request.image, q), r[0].astype(np.float32)), r[0])
-                     for m, q, r in zip(members, asked, registered) if r[0].any()]
-            threshold, extent = self.head.config.presence_threshold, np.logical_or.reduce([r[0] for r in registered])
-            measured = False
+        target (:func:`decide`'s ``one_target``). The first click goes into one; while the mask
+        does not reach a member found, a click goes where a first click for it would, and the
+        segmenter decodes the two parts apart (:mod:`napari_ibis.segmenters.parts`: each click
+        names its member)."""
+        asked = {member: f"segment the {member}" for member in members}
+        registered = {m: self.brain_region(request.image, q, request.volume) for m, q in asked.items()}
+        found = []  # (member, its map, its extent for later turns, where a first click for it goes)
+        if all(r is not None for r in registered.values()):
+            for member, (region, _) in registered.items():
+                if region.any():
+                    lifted = np.maximum(self.probability_map(request.image, asked[member]), region.astype(np.float32))
+                    found.append((member, lifted, region, region))
+            threshold, measured = self.head.config.presence_threshold, False
         else:
-            found = []
-            for member, q in zip(members, asked):
+            for member, q in asked.items():
                 probability = self._off_air(self.guided_map(request.image, q, first_turn), request.volume, q)
                 if candidates(probability, self._presence_threshold(q)):
-                    found.append((member, probability, None if self._priors.get(q) is None else self._extent(q)))
-            threshold = min(self._presence_threshold(q) for q in asked)
-            extent = None if any(e is None for _, _, e in found) or not found else np.logical_or.reduce([e for *_, e in found])
-            measured = True
+                    first = candidates(self._off_air(self.guided_map(request.image, q, True), request.volume, q), 0.0)
+                    extent = None if self._priors.get(q) is None else self._extent(q)
+                    found.append((member, probability, extent, first[0] if first else None))
+            threshold, measured = min(self._presence_threshold(q) for q in asked.values()), True
         both = " and the ".join(map(spoken, members))
         if not found:
             return Response(thought=f"You asked for both: I look for the {both}, and find neither on this slice.",
                             terminate=True, not_present=True, answer="The requested structure is not present in this image.")
-        mask = None if first_turn else np.asarray(request.mask, dtype=bool)
-        for member, _, _ in found if mask is not None else ():
-            # a member the mask does not reach at all: a click where a first click would go (the parts are decoded apart)
-            asked_member = f"segment the {member}"
-            spots = candidates(self._off_air(self.guided_map(request.image, asked_member, True), request.volume,
-                                             asked_member), 0.0)
-            if spots and not (spots[0] & mask).any():
-                row, col = interior_point(spots[0])
-                if not any(c.row == row and c.col == col for c in request.clicks):
-                    height, width = mask.shape
-                    return Response(thought=(f"The mask holds one of the two but not the {spoken(member)}, around "
-                                             f"{describe_place(row, col, height, width)}; I add a positive point there."),
-                                    actions=(request.profile.action_at(row, col, True, height, width, target=None),))
-        peak = max(float(p.max()) for _, p, _ in found)
-        probability = np.maximum.reduce([p * (peak / max(float(p.max()), 1e-12)) for _, p, _ in found])
-        response = decide(probability, request, threshold, cell, None if first_turn else extent, one_target=True,
-                          measured=measured)
-        if first_turn and not request.clicks:
-            seen = ("both" if len(found) == 2 else
-                    f"only the {spoken(found[0][0])} on this slice: the {spoken(next(m for m in members if m != found[0][0]))}"
-                    " is not here")
-            response = dataclasses.replace(response, thought=(
-                f"You asked for both: I look for the {both} as one mask, and find {seen}. {response.thought}"))
-        return response
+        height, width = np.shape(request.image)[:2]
+        mask = np.zeros((height, width), bool) if first_turn else np.asarray(request.mask, dtype=bool)
+        for member, _, _, spot in sorted(found, key=lambda f: -float(f[1].max())):
+            if spot is None or (spot & mask).any():
+                continue
+            row, col = interior_point(spot)  # a member the mask does not reach at all; each click names its member
+            if any(c.row == row and c.col == col for c in request.clicks):
+                continue
+            place = describe_place(row, col, height, width)
+            if first_turn and not request.clicks:
+                seen = "both" if len(found) == 2 else (
+                    f"only the {spoken(member)} on this slice: the "
+                    f"{spoken(next(m for m in members if m != member))} is not here")
+                thought = (f"You asked for both: I look for the {both} as one mask, and find {seen}. There is no mask "
+                           f"yet. The {spoken(member)} lies around {place}; I place a positive point inside it.")
+            else:
+                thought = (f"The mask holds one of the two but not the {spoken(member)}, around {place}; I add a "
+                           "positive point there.")
+            return Response(thought=thought, actions=(request.profile.action_at(row, col, True, height, width,
+                                                                                target=member),))
+        peak = max(float(p.max()) for _, p, _, _ in found)
+        probability = np.maximum.reduce([p * (peak / max(float(p.max()), 1e-12)) for _, p, _, _ in found])
+        extents = [e for _, _, e, _ in found]
+        extent = None if first_turn or any(e is None for e in extents) else np.logical_or.reduce(extents)
+        cell = self._framing.size / self._framing.grid / self._framing.scale
+        return decide(probability, request, threshold, cell, extent, one_target=True, measured=measured)
 
     # -- a CT volume's Hounsfield units -------------------------------------------------
     def ct_anatomy(self, volume: VolumeSlice | None):
@@ -746,8 +756,6 @@ class PointerPolicy(DecidingPolicy):
         """A turn where the CT's Hounsfield units decide (:meth:`ct_reading`): "not present" where
         the region is empty, else the region is where the structure lies and what the mask is
         judged by."""
-        import dataclasses
-
         if not read.region.any():
             return Response(thought=read.why, terminate=True, not_present=True,
                             answer="The requested structure is not present in this image.")
@@ -792,6 +800,10 @@ class PointerPolicy(DecidingPolicy):
         if volume is None:
             return None
         asked, _ = self.member_asked(image, query, volume)
+        pair = self.pair_asked(asked)
+        if pair is not None:  # both members, each where it is through the volume
+            parts = [self.region_through(image, f"segment the {member}", volume) for member in pair]
+            return None if any(part is None for part in parts) else RegionsThrough(parts)
         registered = self.brain_region(image, asked, volume)
         if registered is None:
             read = self.ct_reading(image, asked, volume)
@@ -879,8 +891,6 @@ def _not_counted_caveat(response: Response, query: str, fresh: bool) -> Response
     them where labelled scans have them (on the held-out CT series its first click landed on the
     named rib for none of 26 ribs, and it calls every lumbar and lower thoracic level present on
     every slice with a vertebra: docs/BENCHMARKS.md)."""
-    import dataclasses
-
     words = in_atlas_words(query)
     rib, level = NUMBERED_RIB.search(words), VERTEBRA_LEVEL.search(words)
     if rib is not None:
@@ -935,6 +945,23 @@ class RegionThrough:
     def describe(self) -> str:
         return (f"the {spoken(self.name)} where an atlas brain (Colin27, AAL) registered onto this volume in 3-D puts it "
                 f"(mutual information {self.fit.match:.2f})")
+
+
+@dataclass
+class RegionsThrough:
+    """Both members of a pair through a volume (each a :class:`RegionThrough` or :class:`CtThrough`), united."""
+
+    parts: list
+
+    def __call__(self, index: int) -> np.ndarray:
+        return np.logical_or.reduce([part(index) for part in self.parts])
+
+    def describe(self) -> str:
+        if all(isinstance(part, RegionThrough) for part in self.parts):
+            names = " and the ".join(spoken(part.name) for part in self.parts)
+            return (f"the {names} where an atlas brain (Colin27, AAL) registered onto this volume in 3-D puts them "
+                    f"(mutual information {self.parts[0].fit.match:.2f})")
+        return "; ".join(part.describe() for part in self.parts)
 
 
 @dataclass

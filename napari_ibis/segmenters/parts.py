@@ -26,7 +26,9 @@ TOUCH = 2  # pixels: objects this close count as touching
 def click_groups(positives: list[Click], objects: list[np.ndarray]) -> list[list[int]]:
     """Indices of ``positives`` grouped into parts, in click order: linked where the object
     one click finds alone (``objects``, one per click) holds the other click or lies within
-    ``TOUCH`` pixels of the other's object."""
+    ``TOUCH`` pixels of the other's object; never two clicks that name different targets
+    (the agent's "left kidney" and "right kidney": a single click's object can be the whole
+    region around both)."""
     from scipy import ndimage as ndi
 
     grown = [ndi.binary_dilation(o, iterations=TOUCH) for o in objects]
@@ -40,6 +42,8 @@ def click_groups(positives: list[Click], objects: list[np.ndarray]) -> list[list
     for i, a in enumerate(positives):
         for j in range(i):
             b = positives[j]
+            if a.target and b.target and a.target.lower() != b.target.lower():
+                continue
             if objects[i][b.row, b.col] or objects[j][a.row, a.col] or (grown[i] & objects[j]).any():
                 parent[root(i)] = root(j)
     roots = list(dict.fromkeys(root(i) for i in range(len(positives))))
