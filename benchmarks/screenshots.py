@@ -335,34 +335,35 @@ def brain_mri(out: Path, wait) -> None:
     viewer.close()
 
 
-def kidney_mr(out: Path, wait) -> None:
-    """TotalSegmentator's held-out abdominal MR through the reader, the default agent asked for
-    the right kidney (label 2) on slice 9; Dice with TotalSegmentator's own label."""
+def _held_out_mr(out: Path, wait, query: str, z: int, max_steps: int, labels_of_truth: tuple[int, ...], name: str,
+                 what: str) -> None:
+    """TotalSegmentator's held-out abdominal MR through the reader, the default agent asked
+    ``query`` on slice ``z``; the screenshot ``name`` and the Dice with its labels ``labels_of_truth``."""
+    import numpy as np
+
     from napari_ibis import assets
 
     folder = assets.path("totalsegmentator", "tests/reference_files")
     viewer, widget, labels, z = _through_reader(str(folder / "example_mr_sm.nii.gz"),
                                                 str(folder / "example_seg_mr.nii.gz"),
-                                                "", "segment the right kidney", 9, 8, wait, 2)
+                                                "", query, z, max_steps, wait, labels_of_truth[0])
     viewer.reset_view()
-    viewer.window.screenshot(str(out / "widget-kidney-mr.png"), canvas_only=False)
-    _dice_report(viewer, widget, labels.data[z] == 2, z, "TotalSegmentator's right kidney")
+    viewer.window.screenshot(str(out / name), canvas_only=False)
+    _dice_report(viewer, widget, np.isin(labels.data[z], labels_of_truth), z, what)
     viewer.close()
+
+
+def kidney_mr(out: Path, wait) -> None:
+    """The default agent asked for the right kidney (label 2) on slice 9 of the held-out MR."""
+    _held_out_mr(out, wait, "segment the right kidney", 9, 8, (2,), "widget-kidney-mr.png",
+                 "TotalSegmentator's right kidney")
 
 
 def both_kidneys(out: Path, wait) -> None:
-    """The held-out abdominal MR through the reader, the default agent asked for both kidneys on
-    slice 4 (one mask of the two: PointerPolicy.pair_asked); Dice with both of TotalSegmentator's."""
-    from napari_ibis import assets
-
-    folder = assets.path("totalsegmentator", "tests/reference_files")
-    viewer, widget, labels, z = _through_reader(str(folder / "example_mr_sm.nii.gz"),
-                                                str(folder / "example_seg_mr.nii.gz"),
-                                                "", "segment both kidneys", 4, 6, wait, 2)
-    viewer.reset_view()
-    viewer.window.screenshot(str(out / "widget-both-kidneys.png"), canvas_only=False)
-    _dice_report(viewer, widget, (labels.data[z] == 2) | (labels.data[z] == 3), z, "TotalSegmentator's two kidneys")
-    viewer.close()
+    """The default agent asked for both kidneys (labels 2, 3) on slice 4 of the held-out MR: one
+    mask of the two (PointerPolicy.pair_asked)."""
+    _held_out_mr(out, wait, "segment both kidneys", 4, 6, (2, 3), "widget-both-kidneys.png",
+                 "TotalSegmentator's two kidneys")
 
 
 def default_agent(out: Path, wait) -> None:

@@ -240,6 +240,10 @@ def test_a_click_on_each_kidney_segments_both_not_what_lies_between():
     assert iou(both, segmenter._segment(clicks, None).mask) < 0.2  # what SAM's decoder makes of them together
     first = segmenter.segment(clicks)
     assert iou(both, first.mask) > 0.75
+    settled = segmenter.segment(clicks, first.logits)  # nothing new asked: each part kept, not re-decoded smaller
+    assert iou(first.mask, settled.mask) > 0.95
+    one = segmenter.segment(clicks[:1])
+    assert iou(both, segmenter.segment(clicks, one.logits).mask) > 0.75  # the second kidney clicked later
     assert all(iou(k, first.mask & ndi.binary_dilation(k, iterations=3)) > 0.6 for k in kidneys)
     outside = np.argwhere(~ndi.binary_dilation(both, iterations=6) & (volume[4] > np.percentile(volume[4], 60)))[0]
     again = segmenter.segment([*clicks, Click(int(outside[0]), int(outside[1]), False)], first.logits)

@@ -588,8 +588,8 @@ class PointerPolicy(DecidingPolicy):
         the brain atlas registered onto the volume places it; those found on the slice are one
         target (:func:`decide`'s ``one_target``). The first click goes into one; while the mask
         does not reach a member found, a click goes where a first click for it would, and the
-        segmenter decodes the two parts apart (:mod:`napari_ibis.segmenters.parts`: each click
-        names its member)."""
+        segmenter decodes the two parts apart (:mod:`napari_ibis.segmenters.parts`; in the paper's
+        grammar, where a click names its target, the two members' clicks are never joined)."""
         asked = {member: f"segment the {member}" for member in members}
         registered = {m: self.brain_region(request.image, q, request.volume) for m, q in asked.items()}
         found = []  # (member, its map, its extent for later turns, where a first click for it goes)
@@ -616,7 +616,7 @@ class PointerPolicy(DecidingPolicy):
         for member, _, _, spot in sorted(found, key=lambda f: -float(f[1].max())):
             if spot is None or (spot & mask).any():
                 continue
-            row, col = interior_point(spot)  # a member the mask does not reach at all; each click names its member
+            row, col = interior_point(spot)  # a member the mask does not reach at all (the click names it)
             if any(c.row == row and c.col == col for c in request.clicks):
                 continue
             place = describe_place(row, col, height, width)

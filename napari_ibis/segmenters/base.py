@@ -103,7 +103,7 @@ class Segmenter(ABC):
 
             parted = segment_in_parts(self, list(clicks), prior)
             if parted is not None:
-                return parted
+                return SegmentResult(*parted)
         return self._segment(list(clicks), prior)
 
     def object_at(self, click: Click) -> np.ndarray:

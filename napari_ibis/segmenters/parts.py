@@ -7,23 +7,20 @@ So where a backend sets ``decodes_parts_apart`` (MobileSAM, SAM 2), :meth:`Segme
 hands its clicks here first. Two positive clicks belong to one part where the object one of
 them finds alone (:meth:`Segmenter.object_at`) holds the other or touches the other's; each
 part is decoded with its own positive clicks, the negative clicks inside it or nearest to
-it, and, as its prior, the pieces of the previous mask that belong to it (a part that holds
-none starts without one); the parts' masks are united. Clicks that all belong to one part are decoded together, as before.
+it, and, as its prior, the pieces of the previous mask that belong to it (a new part, none of
+whose clicks the previous mask holds, starts without one); a part the previous mask settles
+(it holds the part's positive clicks and none of its negative ones: nothing asks for a change
+there) keeps its pieces as they were. The parts' masks are united. Clicks that all belong to one part are decoded together, as before.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
-
-if TYPE_CHECKING:
-    from .base import Click, Segmenter, SegmentResult
 
 TOUCH = 2  # pixels: objects this close count as touching
 
 
-def click_groups(positives: list[Click], objects: list[np.ndarray]) -> list[list[int]]:
+def click_groups(positives: list, objects: list[np.ndarray]) -> list[list[int]]:
     """Indices of ``positives`` grouped into parts, in click order: linked where the object
     one click finds alone (``objects``, one per click) holds the other click or lies within
     ``TOUCH`` pixels of the other's object; never two clicks that name different targets
@@ -50,12 +47,11 @@ def click_groups(positives: list[Click], objects: list[np.ndarray]) -> list[list
     return [[i for i in range(len(positives)) if root(i) == r] for r in roots]
 
 
-def segment_in_parts(segmenter: Segmenter, clicks: list[Click], prior: np.ndarray | None) -> SegmentResult | None:
-    """The mask of ``clicks`` decoded part by part (module docstring), or None where the
-    positive clicks make one part (decode them together)."""
+def segment_in_parts(segmenter, clicks: list, prior: np.ndarray | None):
+    """(mask, logits, score) of ``clicks`` (:class:`~napari_ibis.segmenters.base.Click`) decoded part
+    by part by ``segmenter`` (module docstring), or None where the positive clicks make one part
+    (decode them together)."""
     from scipy import ndimage as ndi
-
-    from .base import SegmentResult
 
     positives = [c for c in clicks if c.positive]
     if len(positives) < 2:
@@ -71,17 +67,15 @@ def segment_in_parts(segmenter: Segmenter, clicks: list[Click], prior: np.ndarra
                               for group in groups]))
 
     previous = segmenter.mask_from_prior(prior) if prior is not None else None
-    held = [False] * len(groups)  # whether a part holds a piece of the previous mask (else it is new: no prior)
-    if previous is not None and previous.any():  # each piece of the previous mask to the part it overlaps most
+    kept = [np.zeros_like(r) for r in regions]  # the previous mask's pieces, each with the part it overlaps most
+    if previous is not None and previous.any():
         pieces, count = ndi.label(previous)
-        found = [r.copy() for r in regions]
         for label in range(1, count + 1):
             piece = pieces == label
-            overlaps = [int((piece & r).sum()) for r in found]
+            overlaps = [int((piece & r).sum()) for r in regions]
             rows, cols = np.nonzero(piece)
-            owner = int(np.argmax(overlaps)) if max(overlaps) else nearest(rows.mean(), cols.mean())
-            regions[owner] |= piece
-            held[owner] = True
+            kept[int(np.argmax(overlaps)) if max(overlaps) else nearest(rows.mean(), cols.mean())] |= piece
+    regions = [r | k for r, k in zip(regions, kept)]
     part_clicks = [[positives[i] for i in group] for group in groups]
     for click in clicks:
         if not click.positive:
@@ -89,16 +83,24 @@ def segment_in_parts(segmenter: Segmenter, clicks: list[Click], prior: np.ndarra
             part_clicks[inside[0] if inside else nearest(click.row, click.col)].append(click)
     order = {id(c): n for n, c in enumerate(clicks)}
     mask, logits, scores = None, None, []
-    for region, own, holds in zip(regions, part_clicks, held):
+    for region, own, pieces_kept in zip(regions, part_clicks, kept):
         own.sort(key=lambda c: order[id(c)])
-        part_prior = None
-        if prior is not None and holds:
-            inside = segmenter.prior_from_mask(ndi.binary_dilation(region, iterations=3))
-            part_prior = prior if inside is None else np.where(inside > 0, prior, np.minimum(prior, -8.0)).astype(np.float32)
-        result = segmenter._segment(own, part_prior)
-        mask = result.mask if mask is None else mask | result.mask
-        if result.logits is not None:
-            logits = result.logits if logits is None else np.maximum(logits, result.logits)
-        scores.append(result.score)
-    return SegmentResult(mask=mask, logits=logits, score=float(np.nanmin(scores)) if np.isfinite(scores).any()
-                         else float("nan"))
+        held = [pieces_kept[c.row, c.col] for c in own]
+        if pieces_kept.any() and all(h == c.positive for h, c in zip(held, own)):
+            # settled: the previous mask holds its positive clicks and none of its negative ones, so nothing asks
+            # for a change here (SAM re-decoding a part from its own mask and one click shrinks it: 189 -> 94 px)
+            frame = None if prior is None else segmenter.prior_from_mask(pieces_kept)
+            part_logits = prior if frame is None else np.where(frame > 0, prior, -8.0).astype(np.float32)
+            part = (pieces_kept, part_logits, float("nan"))
+        else:
+            part_prior = None  # a new part (none of its clicks in the previous mask) starts without one
+            if prior is not None and any(held):
+                inside = segmenter.prior_from_mask(ndi.binary_dilation(region, iterations=3))
+                part_prior = prior if inside is None else np.where(inside > 0, prior, np.minimum(prior, -8.0)).astype(np.float32)
+            result = segmenter._segment(own, part_prior)
+            part = (result.mask, result.logits, result.score)
+        mask = part[0] if mask is None else mask | part[0]
+        if part[1] is not None:
+            logits = part[1] if logits is None else np.maximum(logits, part[1])
+        scores.append(part[2])
+    return mask, logits, float(np.nanmin(scores)) if np.isfinite(scores).any() else float("nan")
