@@ -48,6 +48,7 @@ def _term_pattern(term: str) -> str:
 
 
 def _unsided(name: str) -> str:
+    """A name without its side, lower-cased ("Left Kidney" -> "kidney")."""
     return re.sub(r"^(left|right)\s+", "", name.lower())
 
 
@@ -107,17 +108,15 @@ class Vocabulary:
         kinds, names = sorted(self.kinds), [n for n in self.names if n.lower() not in self.kinds]
         choices = [*names, *kinds] if side else [*kinds, *names]
 
-        unsided = _unsided
-
         def kind_of(name: str) -> str:  # "left kidney", "L1 vertebra", "left lung upper lobe": one entry each kind
-            return re.sub(r" (upper|middle|lower) lobe$", "", re.sub(r"^[clts]\d+ ", "", unsided(name)))
+            return re.sub(r" (upper|middle|lower) lobe$", "", re.sub(r"^[clts]\d+ ", "", _unsided(name)))
 
         def fits(name: str) -> bool:  # no "left kidney" for "the right kidny"
             return side is None or not re.match(r"(left|right)\s", name) or name.startswith(side.group(1))
 
-        close = set(difflib.get_close_matches(core, sorted({unsided(c) for c in choices}), n=SUGGESTIONS,
+        close = set(difflib.get_close_matches(core, sorted({_unsided(c) for c in choices}), n=SUGGESTIONS,
                                               cutoff=CLOSE_SPELLING))
-        found = [c for c in choices if unsided(c) in close and fits(c)]
+        found = [c for c in choices if _unsided(c) in close and fits(c)]
         if not found:
             stems = _stems(core)
             found = [c for c in choices if stems & _stems(c) and fits(c)]

@@ -10,8 +10,8 @@ from .._resources import resource_path
 from ..errors import ModelError
 from .base import Policy, PolicyRequest
 
-__all__ = ["Policy", "PolicyRequest", "can_locate", "check_model", "check_query", "default_model_folder", "load_policy", "read_query",
-           "vocabulary_of"]
+__all__ = ["Policy", "PolicyRequest", "can_locate", "check_model", "check_query", "default_model_folder", "load_policy",
+           "read_query", "vocabulary_of"]
 
 POINTER_MODEL = ("models", "pointer")  # v8: the default once its encoders are fetched
 DEFAULT_MODEL = ("models", "default")  # v7: the small VLM trained from scratch, needs nothing fetched
