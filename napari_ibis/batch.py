@@ -39,6 +39,11 @@ class Item:
     query: str
     slice: tuple[int, ...] | None = None
     series: str | None = None  # which series of a DICOM study folder (formats.choose_series)
+    typed: str = ""  # the query as typed, where the agent works on it read otherwise (policies.read_query)
+
+    def query_fields(self) -> dict:
+        """The query for a record: as worked on, and as typed where that differs."""
+        return {"query": self.query, **({"query_as_typed": self.typed} if self.typed else {})}
 
     def labels_path(self, out: Path) -> Path:
         return out / f"{self.name}.ibis{labels_suffix_for(self.path)}"
@@ -221,11 +226,11 @@ def write_item(item: Item, image, results: dict, out: Path) -> dict:
         labels = labels.astype(np.uint8)
         io.write_labels(item.labels_path(out), labels, replace(image, slice_index=frame), force=True)
         io.write_json(item.trace_path(out), {"image": {"name": item.path.name, "shape": list(image.data.shape),
-                                                       "propagated": True}, "query": item.query, "volume": record},
+                                                       "propagated": True}, **item.query_fields(), "volume": record},
                       force=True)
         stop = (record.get("session") or {}).get("stop") or {}
         not_found = record["start"] is None or stop.get("reason") == "not_present"
-        return {"input": item.name, "labels": item.labels_path(out).name, "query": item.query, "sessions": 1,
+        return {"input": item.name, "labels": item.labels_path(out).name, **item.query_fields(), "sessions": 1,
                 "start": record["start"], "start_a_guess": bool((record.get("key_slice") or {}).get("unsure")),
                 "slices_with_result": int(labels.any(axis=(1, 2)).sum()),
                 "voxels": int(np.count_nonzero(labels)), "not_present": int(not_found), "seconds": record["seconds"]}
@@ -240,10 +245,10 @@ def write_item(item: Item, image, results: dict, out: Path) -> dict:
     io.write_labels(item.labels_path(out), labels, like, force=True)
     sessions = [dict(record, slice=list(index)) for index, (_, record) in sorted(results.items())]
     trace = {"image": {"name": item.path.name, "shape": list(image.data.shape), "whole_volume": whole},
-             "query": item.query, "sessions": sessions}
+             **item.query_fields(), "sessions": sessions}
     io.write_json(item.trace_path(out), trace, force=True)
     occupied = [s["slice"] for s in sessions if s["final_mask_area"]]
-    return {"input": item.name, "labels": item.labels_path(out).name, "query": item.query, "sessions": len(sessions),
+    return {"input": item.name, "labels": item.labels_path(out).name, **item.query_fields(), "sessions": len(sessions),
             "slices_with_result": len(occupied), "voxels": int(np.count_nonzero(labels)),
             "not_present": sum(1 for s in sessions if s["stop"] and s["stop"]["reason"] == "not_present"),
             "seconds": round(sum(s["seconds"] for s in sessions), 3)}

@@ -680,7 +680,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if not served:
         check_model(endpoints[0])
         read = {query: read_query(endpoints[0], query) for query in dict.fromkeys(item.query for item in items)}
-        items = [dataclasses.replace(item, query=read[item.query][0]) for item in items]
+        items = [item if read[item.query][0] == item.query else
+                 dataclasses.replace(item, query=read[item.query][0], typed=item.query) for item in items]
         for query, (fixed, read_as) in read.items():
             untaught = check_query(endpoints[0], fixed)
             for note in (read_as, untaught):

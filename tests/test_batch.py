@@ -102,6 +102,22 @@ def test_a_batch_asking_the_default_agent_for_an_untaught_lesion_is_refused_befo
     assert not list((tmp_path / "out").glob("*.ibis*"))
 
 
+def test_a_batch_with_a_misspelt_name_runs_the_name_meant_and_keeps_what_was_typed(inputs, tmp_path, capsys):
+    from napari_ibis import assets
+
+    if not all(assets.available(n) for n in ("mobile_sam", "minilm")):
+        pytest.skip("the pointer agent's files were not fetched")
+    (tmp_path / "one").mkdir()
+    (inputs / "photo.png").rename(tmp_path / "one" / "photo.png")
+    code, _, err = run(capsys, tmp_path / "one", "--query", "segment the gallblader", "--out", tmp_path / "out",
+                       "--segmenter", "classical", "--max-steps", "1")
+    assert code == 0 and "note: read 'gallblader' as the gallbladder" in err and "not taught" not in err
+    line = json.loads((tmp_path / "out" / "batch.jsonl").read_text().splitlines()[0])
+    assert line["query"] == "segment the gallbladder" and line["query_as_typed"] == "segment the gallblader"
+    trace = json.loads((tmp_path / "out" / "photo.ibis.json").read_text())
+    assert trace["query"] == "segment the gallbladder" and trace["query_as_typed"] == "segment the gallblader"
+
+
 def test_a_dicom_series_folder_without_suffixes_is_one_input(tmp_path, capsys):
     from test_geometry import write_dicom_series
 
