@@ -76,15 +76,16 @@ def segment_in_parts(segmenter, clicks: list, prior: np.ndarray | None):
             rows, cols = np.nonzero(piece)
             kept[int(np.argmax(overlaps)) if max(overlaps) else nearest(rows.mean(), cols.mean())] |= piece
     regions = [r | k for r, k in zip(regions, kept)]
-    part_clicks = [[positives[i] for i in group] for group in groups]
+    part_of = {id(positives[i]): k for k, group in enumerate(groups) for i in group}
+    part_clicks = [[] for _ in groups]  # each part's clicks in the order they were made
     for click in clicks:
-        if not click.positive:
+        if click.positive:
+            part_clicks[part_of[id(click)]].append(click)
+        else:  # a negative click: the part it lies in, else the nearest
             inside = [k for k, region in enumerate(regions) if region[click.row, click.col]]
             part_clicks[inside[0] if inside else nearest(click.row, click.col)].append(click)
-    order = {id(c): n for n, c in enumerate(clicks)}
     mask, logits, scores = None, None, []
     for region, own, pieces_kept in zip(regions, part_clicks, kept):
-        own.sort(key=lambda c: order[id(c)])
         held = [pieces_kept[c.row, c.col] for c in own]
         if pieces_kept.any() and all(h == c.positive for h, c in zip(held, own)):
             # settled: the previous mask holds its positive clicks and none of its negative ones, so nothing asks
