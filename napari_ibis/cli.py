@@ -230,10 +230,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if args.propagate and len(loaded.slice_index) != 1 + bool(loaded.frames):
         raise InputError(f"--propagate needs a 3-D volume; {image_path.name} has shape {loaded.data.shape}")
     init_mask = io.read_mask(args.init_mask, loaded, args.label) if args.init_mask else None
-    typed, read_as = args.query, None
+    typed, read_as, untaught = args.query, None, None
     if args.max_steps:  # --max-steps 0: no agent asked
         args.query, read_as = read_query(args.model, args.query)
-    untaught = check_query(args.model, args.query) if args.max_steps else None
+        untaught = check_query(args.model, args.query)
     for note in (read_as, untaught):
         if note and not args.quiet:
             print(f"Note: {note[0].upper()}{note[1:]}.")
