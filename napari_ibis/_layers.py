@@ -98,6 +98,15 @@ def slice_pixel_aspect(layer, axes: tuple[int, ...] = ()) -> float:
     return pixel_aspect(in_view_order((float(v) for v in layer.scale[-spatial_ndim(layer):]), axes))
 
 
+def slice_spacing_of(layer, axes: tuple[int, ...] = ()) -> float | None:
+    """The distance between the layer's slices seen along ``axes`` in its scale's units (mm for a
+    scan the reader opened); None for a 2-D layer or one left at napari's default scale of 1."""
+    scale = tuple(float(v) for v in layer.scale[-spatial_ndim(layer):])
+    if len(scale) < 3 or all(v == 1.0 for v in scale):
+        return None
+    return float(in_view_order(scale, axes)[-3])
+
+
 def layer_slice(layer, index: tuple[int, ...], axes: tuple[int, ...] = ()) -> np.ndarray:
     """The 2-D slice (grey or RGB) of an Image layer at ``index`` (along ``axes[:-2]``)."""
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data

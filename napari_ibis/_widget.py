@@ -32,6 +32,7 @@ from ._layers import (
     layer_volume_slice,
     paint_slice,
     slice_pixel_aspect,
+    slice_spacing_of,
     spatial_shape,
     turn_camera,
     view_axes,
@@ -391,6 +392,7 @@ class IbisWidget(QWidget):
             history=panel.history_box.isChecked(), device=panel.device_combo.currentText(), init_mask=init_mask,
             layer=image_layer.name, index=index, axes=axes, layer_shape=spatial_shape(image_layer),
             geometry=geometry_of(image_layer), pixel_aspect=slice_pixel_aspect(image_layer, axes),
+            slice_spacing=slice_spacing_of(image_layer, axes),
             modality=str(image_layer.metadata.get("ibis_modality", "")), untaught=untaught,
             volume=layer_volume_slice(image_layer, axes, index),
         )
@@ -584,7 +586,7 @@ class IbisWidget(QWidget):
             max_steps=int(meta.get("max_steps", 20)), history=bool(meta.get("history", False)),
             device=meta.get("device", "auto"), layer=layer.name, index=index, axes=axes,
             layer_shape=spatial_shape(layer), geometry=geometry_of(layer), pixel_aspect=slice_pixel_aspect(layer, axes),
-            volume=layer_volume_slice(layer, axes, index),
+            slice_spacing=slice_spacing_of(layer, axes), volume=layer_volume_slice(layer, axes, index),
         )
         if index:  # show the slice as it was seen: the same axes on screen, the same position
             offset = self.viewer.dims.ndim - len(spatial_shape(layer))

@@ -47,18 +47,35 @@ class Appearance:
         found = segmenter.embedding_cells()
         return None if found is None else cls(*found, mask)
 
+    def _chosen(self, segmenter: Segmenter, mask: np.ndarray):
+        """(the vectors of the cells ``mask`` covers at least half, where they lie on the grid), or None."""
+        found = segmenter.embedding_cells()
+        if found is None or not len(self.surroundings):
+            return None
+        cells, filled = found
+        chosen = _coverage(mask, filled, cells.shape[0]) >= 0.5
+        return None if not chosen.any() else (cells[chosen], chosen, filled)
+
+    def _alike(self, vectors: np.ndarray) -> np.ndarray:
+        """Per cell vector: does its most similar start cell lie in the structure rather than around it?"""
+        return (vectors @ self.structure.T).max(axis=1) > (vectors @ self.surroundings.T).max(axis=1)
+
+    def unlike(self, segmenter: Segmenter, mask: np.ndarray) -> np.ndarray | None:
+        """The pixels of ``mask`` whose cell looks more like the surroundings than like the
+        structure (bool, the mask's shape); None when it cannot be measured."""
+        from skimage.transform import resize
+
+        found = self._chosen(segmenter, mask)
+        if found is None:
+            return None
+        vectors, chosen, filled = found
+        grid = np.zeros(chosen.shape, dtype=np.float32)
+        grid[chosen] = ~self._alike(vectors)
+        return (resize(grid[: filled[0], : filled[1]], mask.shape, order=0) > 0.5) & np.asarray(mask, bool)
+
     def likeness(self, segmenter: Segmenter, mask: np.ndarray) -> float:
         """The share of ``mask``'s cells (those it covers at least half) on the segmenter's
         current slice that look more like the structure than like its surroundings; NaN
         when it cannot be measured (a mask smaller than half a cell, no embedding)."""
-        found = segmenter.embedding_cells()
-        if found is None or not len(self.surroundings):
-            return float("nan")
-        cells, filled = found
-        chosen = _coverage(mask, filled, cells.shape[0]) >= 0.5
-        if not chosen.any():
-            return float("nan")
-        vectors = cells[chosen]
-        nearest_structure = (vectors @ self.structure.T).max(axis=1)
-        nearest_surroundings = (vectors @ self.surroundings.T).max(axis=1)
-        return float(np.mean(nearest_structure > nearest_surroundings))
+        found = self._chosen(segmenter, mask)
+        return float("nan") if found is None else float(np.mean(self._alike(found[0])))

@@ -172,6 +172,7 @@ def segment_volume(stack: np.ndarray, query: str, policy, segmenter, profile: st
     from .key_slice import find_slice
     from .policies.base import volume_slice
     from .propagation import Propagation
+    from .structure_limits import limits_for
 
     started = time.perf_counter()
     labels = np.zeros(stack.shape[:3], dtype=bool)
@@ -186,7 +187,8 @@ def segment_volume(stack: np.ndarray, query: str, policy, segmenter, profile: st
                                               pixel_aspect, None if volume is None else volume.at(start))
         if session.mask.any():
             through = session.region_through()
-            propagation = Propagation(stack, segmenter, window=window, pixel_aspect=pixel_aspect, region_of=through)
+            propagation = Propagation(stack, segmenter, window=window, pixel_aspect=pixel_aspect, region_of=through,
+                                      limits=limits_for(query), slice_spacing_mm=None if spacing is None else spacing[0])
             done = propagation.run_to_end(start, session.mask, direction)
             labels = done.labels
             record["propagation"] = {"flagged": done.flagged, "slices": [

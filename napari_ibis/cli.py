@@ -382,6 +382,7 @@ def _spacing(loaded) -> tuple[float, ...] | None:
 def _propagate(args, loaded, session, segmenter, policy, check_every: int):
     """The start slice's mask carried through the volume; (3-D labels, the record for the trajectory)."""
     from .propagation import Propagation, PropagationDone, agent_checker
+    from .structure_limits import limits_for
 
     start = loaded.slice_index[-1]
     aspect = loaded.pixel_aspect
@@ -392,7 +393,8 @@ def _propagate(args, loaded, session, segmenter, policy, check_every: int):
     if through is not None and not args.quiet:
         print(f"Following {through.describe()}, slice by slice (no segmenter).", flush=True)
     propagation = Propagation(loaded.stack, segmenter, window=args.window, checker=checker, check=check_every,
-                              pixel_aspect=aspect, region_of=through)
+                              pixel_aspect=aspect, region_of=through, limits=limits_for(args.query),
+                              slice_spacing_mm=loaded.slice_spacing)
     started = time.perf_counter()
     for event in propagation.run(start, session.mask, args.propagate):
         if isinstance(event, PropagationDone):

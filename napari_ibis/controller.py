@@ -62,6 +62,7 @@ class RunSpec:
     geometry: Geometry | None = field(default=None, repr=False)
     modality: str = ""  # as the file says (DICOM's Modality), if it does
     pixel_aspect: float = 1.0  # the slice's row spacing over its column spacing (napari_ibis.square_pixels)
+    slice_spacing: float | None = None  # the distance between the volume's slices (mm), where the layer's scale gives it
     untaught: str = ""  # where the query names something the agent was not taught: the note that it guesses
     volume: VolumeSlice | None = field(default=None, repr=False)  # the volume the slice is from, for the agent
 
@@ -179,6 +180,7 @@ class Controller:
     def propagate_job(self, volume: np.ndarray, mask: np.ndarray, direction: str, check: str) -> Iterator[tuple]:
         """Carry ``mask`` (the result on the session's slice) through ``volume`` (Z, H, W[, 3])."""
         from .propagation import Propagation, agent_checker
+        from .structure_limits import limits_for
 
         spec = self.spec
         yield ("status", f"Propagating {direction} from slice {spec.index[-1]}…")
@@ -194,7 +196,8 @@ class Controller:
             if through is not None:
                 yield ("status", f"Propagating {direction} from slice {spec.index[-1]}: following {through.describe()}…")
             propagation = Propagation(volume, segmenter, checker=checker, check=check, pixel_aspect=spec.pixel_aspect,
-                                      region_of=through)
+                                      region_of=through, limits=limits_for(spec.query),
+                                      slice_spacing_mm=spec.slice_spacing)
             for event in propagation.run(spec.index[-1], mask, direction, self.cancel):
                 yield ("propagated", event)
         except IbisError as exc:

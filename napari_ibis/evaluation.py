@@ -56,7 +56,8 @@ def simulate_clicks(
 
 def evaluate_volume(volume: np.ndarray, truth: np.ndarray, segmenter: Segmenter, start_mask_of, direction: str = "both",
                     window: str | None = None, checker=None, check: str | int = "none", pixel_aspect: float = 1.0,
-                    corrections: int = 0, click_budget: int | None = None, start: int | None = None) -> dict:
+                    corrections: int = 0, click_budget: int | None = None, start: int | None = None,
+                    limits=None, slice_spacing_mm: float | None = None) -> dict:
     """One volume case: the start slice (``start``; None: where ``truth`` is largest) is segmented by
     ``start_mask_of(rgb, gt_slice, slice_values) -> (mask, clicks, agent_steps[, region_of])``, then propagated
     with no further clicks unless ``check`` asks the agent (``region_of``: what the agent knows of
@@ -68,7 +69,8 @@ def evaluate_volume(volume: np.ndarray, truth: np.ndarray, segmenter: Segmenter,
     propagated mask as the prior), the structure propagated on from that slice away from the start
     slice (an erased slice ends it there); one that makes the volume worse is undone, as a person
     looking at the result would. ``click_budget``: instead, the clicks the start slice
-    left of that many for the whole volume."""
+    left of that many for the whole volume. ``limits``, ``slice_spacing_mm``: what anatomy says about
+    the structure (:func:`~napari_ibis.structure_limits.limits_for`) and the slices' distance in mm."""
     import time
 
     from .metrics import dice
@@ -78,7 +80,8 @@ def evaluate_volume(volume: np.ndarray, truth: np.ndarray, segmenter: Segmenter,
     largest = int(np.argmax(truth.sum(axis=tuple(range(1, truth.ndim)))))
     start = largest if start is None else int(start)
     started = time.perf_counter()
-    propagation = Propagation(volume, segmenter, window=window, checker=checker, check=check, pixel_aspect=pixel_aspect)
+    propagation = Propagation(volume, segmenter, window=window, checker=checker, check=check, pixel_aspect=pixel_aspect,
+                              limits=limits, slice_spacing_mm=slice_spacing_mm)
     mask, clicks, agent_steps, *known = start_mask_of(propagation.rgb(start), truth[start], volume[start])
     propagation.region_of = known[0] if known else None
     if not np.asarray(mask).any():
@@ -247,6 +250,7 @@ def volume_case(case, segmenter, policy, protocol: VolumeProtocol) -> dict:
     from .policies.base import volume_slice
     from .propagation import agent_checker, parse_check
     from .square_pixels import square_pixels
+    from .structure_limits import limits_for
 
     aspect = case.pixel_aspect
     check = parse_check(protocol.check)
@@ -272,7 +276,8 @@ def volume_case(case, segmenter, policy, protocol: VolumeProtocol) -> dict:
     row = evaluate_volume(case.image, case.mask, segmenter, start, protocol.direction, checker=checker, check=check,
                           pixel_aspect=aspect, corrections=0 if protocol.rest else protocol.corrections,
                           click_budget=protocol.max_clicks if protocol.rest else None,
-                          start=None if key is None else key.index)
+                          start=None if key is None else key.index, limits=limits_for(case.query),
+                          slice_spacing_mm=None if case.spacing is None else case.spacing[0])
     row.pop("_labels")
     if protocol.corrections or protocol.rest:
         row["corrections"] = len(row["corrected_slices"])

@@ -283,6 +283,15 @@ def in_view_order(values, axes: tuple[int, ...]) -> tuple:
     return tuple(values[a] for a in axes) if axes and len(values) == len(axes) else values
 
 
+def slice_spacing(geometry, axes: tuple[int, ...]) -> float | None:
+    """The distance in mm between the slices of a volume seen along ``axes`` (view order: the
+    slice index first); None without a geometry or for a 2-D image."""
+    if geometry is None:
+        return None
+    spacing = in_view_order(geometry.display_spacing, axes)
+    return float(spacing[-3]) if len(spacing) >= 3 else None
+
+
 def view_to_data(points: np.ndarray, axes: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
     """Points (N, ndim) in view coordinates (the slice index first, then row and column) as
     coordinates of the array of spatial ``shape`` that ``oriented`` views."""

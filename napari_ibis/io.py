@@ -100,6 +100,13 @@ class LoadedImage:
         geometry = self.meta.get("geometry")
         return pixel_aspect(None if geometry is None else in_view_order(geometry.display_spacing, self.axes))
 
+    @property
+    def slice_spacing(self) -> float | None:
+        """The distance in mm between the slices a volume is stepped through (None: not known)."""
+        from .geometry import slice_spacing
+
+        return slice_spacing(self.meta.get("geometry"), self.axes)
+
     def in_file_order(self, labels: np.ndarray) -> np.ndarray:
         """Labels of the whole volume in view order, back in the order the file was read in."""
         if not self.axes:

@@ -11,8 +11,11 @@ structure is followed to the neighbouring slices, up (increasing index), down or
    part's box (``Segmenter.follow_boxed``: MobileSAM), that reading is kept when at least
    ``min_added_likeness`` of the cells it adds look like the structure to the encoder
    (below): the clicks alone lose part of a vessel's arch or of a loop of bowel, the box
-   alone holds on where a structure ends;
-2. the structure ends in a direction when the new mask is empty, smaller than
+   alone holds on where a structure ends; for an organ that looks alike throughout (the
+   liver, the spleen: ``limits.uniform``), a mask that drifts is read again with a negative
+   click in its part that looks like the surroundings (:meth:`Propagation._without_neighbour`);
+2. the structure ends in a direction when it has gone as far as the structure the query names
+   reaches (``limits``: one vertebra, :mod:`napari_ibis.structure_limits`), when the new mask is empty, smaller than
    ``min_area`` pixels or than ``min_ratio`` of the previous one, grows beyond
    ``max_growth`` times it (a leak), overlaps it by less than ``min_overlap`` (IoU: it
    jumped elsewhere), when the segmenter's own quality estimate (SAM's predicted IoU)
@@ -65,10 +68,12 @@ from .metrics import iou
 from .overlay import CENTRED_WIDTH, centred_window, percentiles, to_rgb8
 from .segmenters.base import Click, Segmenter, SegmentResult, prompts_from
 from .square_pixels import square_pixels
+from .structure_limits import StructureLimits
 
 DIRECTIONS = ("both", "up", "down")
 MIN_LIKENESS = 0.2  # see appearance.py and docs/BENCHMARKS.md (propagation: when a structure ends)
 MIN_ADDED_LIKENESS = 0.7  # the box's reading is kept where this share of what it adds looks like the structure
+UNLIKE_SHARE = 0.1  # a uniform organ's mask is read again where this share of it looks like its surroundings
 DRIFT_LIKENESS = 0.7  # the first of two or more slices in a row below this is listed for review (docs/BENCHMARKS.md)
 
 
@@ -134,19 +139,24 @@ class Propagation:
     the structure on any slice index (bool, the slice's grid), where something already knows
     it through the volume (a brain region of an atlas registered onto it:
     :meth:`~napari_ibis.policies.pointer.PointerPolicy.region_through`): each slice takes it
-    instead of the segmenter's reading, and the structure ends where it does.
+    instead of the segmenter's reading, and the structure ends where it does. ``limits``: what
+    anatomy says about the structure the query names (:func:`~napari_ibis.structure_limits.limits_for`);
+    ``slice_spacing_mm``: the distance between slices, which a limit in millimetres needs.
     """
 
     def __init__(self, volume: np.ndarray, segmenter: Segmenter, window: str | None = None, min_area: int = 10,
                  min_ratio: float = 0.15, max_growth: float = 1.8, min_overlap: float = 0.2, min_score: float = 0.4,
                  min_likeness: float = MIN_LIKENESS, min_added_likeness: float = MIN_ADDED_LIKENESS,
                  checker=None, check: str | int = "none",
-                 min_agreement: float = 0.5, video: bool = True, pixel_aspect: float = 1.0, region_of=None) -> None:
+                 min_agreement: float = 0.5, video: bool = True, pixel_aspect: float = 1.0, region_of=None,
+                 limits: StructureLimits | None = None, slice_spacing_mm: float | None = None) -> None:
         volume = np.asarray(volume)
         if volume.ndim not in (3, 4) or (volume.ndim == 4 and volume.shape[-1] not in (3, 4)):
             raise InputError(f"propagation needs a volume (Z, H, W) or (Z, H, W, 3), got shape {volume.shape}")
         self.volume = volume
         self.region_of = region_of
+        self.limits = limits or StructureLimits()
+        self.reach = self.limits.reach_slices(slice_spacing_mm)  # slices from the start it may go (None: no limit)
         self.video = video and getattr(segmenter, "name", "") == "sam2"  # SAM 2's video propagation (not for a region_of)
         # slices with unequal row and column spacing are followed at square pixels (SAM 2's video
         # predictor resizes every frame to a square of its own)
@@ -163,6 +173,7 @@ class Propagation:
         self.min_likeness = min_likeness
         self.min_added_likeness = min_added_likeness
         self._appearance: Appearance | None = None
+        self._reading_drifted = False
         self.checker = checker
         self.check = parse_check(check)
         self.min_agreement = min_agreement
@@ -213,6 +224,7 @@ class Propagation:
                 self._appearance = Appearance.of(self.segmenter, mask)
             for step in steps:
                 previous, index = mask, start + step
+                self._reading_drifted = False  # the uniform organ's reading on the slice before (_without_neighbour)
                 tracker = self._tracker(start, mask, step)
                 ahead = None  # the next slice, computed early to judge one that looks unlike the structure
                 low_run: list[SliceResult] = []  # the slices in a row whose mask looks partly unlike the structure
@@ -246,6 +258,10 @@ class Propagation:
         return track(self.segmenter, self.rgb, self.depth, start, mask, reverse=step < 0)
 
     def _one(self, index: int, previous: np.ndarray, step: int, distance: int, tracker=None) -> SliceResult:
+        if self.reach is not None and distance > self.reach:  # not read: the structure cannot reach it
+            return SliceResult(index, np.zeros_like(previous), (),
+                               stopped=f"{self.limits.why} reaches no more than {self.limits.reach_mm:g} mm from the "
+                                       "slice it started on")
         started = time.perf_counter()
         rgb = self.rgb(index)
         if self.region_of is not None:
@@ -261,6 +277,8 @@ class Propagation:
             followed = self.segmenter.follow(previous)
         boxed = None if tracker is not None or self.region_of is not None else self._boxed_if_alike(previous, followed)
         followed = boxed or followed
+        if self.limits.uniform and tracker is None and self.region_of is None:
+            followed = self._without_neighbour(previous, followed)
         mask = followed.mask
         outcome = SliceResult(index, mask, clicks, boxed=bool(boxed))
         if self.check and distance % self.check == 0:
@@ -317,6 +335,29 @@ class Propagation:
         added = boxed.mask & ~followed.mask
         alike = self._appearance.likeness(self.segmenter, added) if added.any() else float("nan")
         return boxed if alike >= self.min_added_likeness else None
+
+    def _without_neighbour(self, previous: np.ndarray, read: SegmentResult) -> SegmentResult:
+        """For an organ that looks alike throughout (``limits.uniform``): where the segmenter's
+        reading drifts on this slice and the one before (fewer than ``DRIFT_LIKENESS`` of its cells
+        look like the organ; one slice alone is often the encoder's noise) and at least
+        ``UNLIKE_SHARE`` of it looks like the start slice's surroundings, the slice is read again
+        with a negative click in that part (:meth:`Segmenter.follow`); kept where more of the new
+        mask looks like the organ and it is smaller, but by no more than 70%."""
+        if self._appearance is None or not read.mask.any():
+            return read
+        drifting = self._appearance.likeness(self.segmenter, read.mask) < DRIFT_LIKENESS
+        before, self._reading_drifted = self._reading_drifted, drifting
+        if not (drifting and before):
+            return read
+        unlike = self._appearance.unlike(self.segmenter, read.mask)
+        if unlike is None or unlike.sum() < UNLIKE_SHARE * read.mask.sum():
+            return read
+        again = self.segmenter.follow(previous, leave_out=unlike)
+        likeness = self._appearance.likeness
+        if (0.3 * read.mask.sum() <= again.mask.sum() < read.mask.sum()
+                and likeness(self.segmenter, again.mask) > likeness(self.segmenter, read.mask)):
+            return again
+        return read
 
     def _judge_unlike(self, result: SliceResult, step: int, start: int, tracker) -> SliceResult | None:
         """A slice that looks unlike the structure: one such slice is often the encoder's noise;

@@ -160,8 +160,9 @@ class SquarePixelSegmenter:
                 raise InputError(f"click ({click.row}, {click.col}) lies outside the {height}x{width} image")
         return self._out(self.inner.segment([self.grid.click_in(c) for c in clicks], prior))
 
-    def follow(self, previous: np.ndarray) -> SegmentResult:
-        return self._out(self.inner.follow(self.grid.mask_in(previous)))
+    def follow(self, previous: np.ndarray, leave_out: np.ndarray | None = None) -> SegmentResult:
+        return self._out(self.inner.follow(self.grid.mask_in(previous),
+                                           None if leave_out is None else self.grid.mask_in(leave_out)))
 
     def follow_boxed(self, previous: np.ndarray) -> SegmentResult | None:
         return self._out(self.inner.follow_boxed(self.grid.mask_in(previous)))

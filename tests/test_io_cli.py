@@ -805,3 +805,27 @@ def test_a_jpeg_lossless_dicom_reads_and_an_undecodable_one_is_one_line(tmp_path
     code, _, err = run_cli(capsys, "segment", extended, "--query", "q", "--model", tiny_vlm_folder)
     assert code == 2 and err.strip().count("\n") == 0
     assert "JPGExtended.dcm: its pixels are stored as 'JPEG Extended (Process 2 and 4)', which no installed decoder reads" in err
+
+
+def test_one_vertebra_is_propagated_only_as_far_as_a_vertebra_reaches(tmp_path, capsys, tiny_vlm_folder):
+    """Asked for the L3 vertebra on a spine that looks the same from end to end, the CLI stops
+    35 mm each side of the slice it starts on (the file's 3 mm slices) and says why."""
+    import nibabel as nib
+
+    volume = np.full((64, 64, 40), 40, dtype=np.int16)  # x, y, z as the file stores it
+    xx, yy = np.mgrid[:64, :64]
+    volume[(xx - 32) ** 2 + (yy - 32) ** 2 < 12 ** 2, :] = 220
+    nib.save(nib.Nifti1Image(volume, np.diag([0.8, 0.8, 3.0, 1.0])), tmp_path / "spine.nii.gz")
+    np.save(tmp_path / "start.npy", (volume[:, :, 20] > 100).T)
+    out = tmp_path / "l3.nii.gz"
+    code, stdout, err = run_cli(capsys, "segment", tmp_path / "spine.nii.gz", "--query", "segment the L3 vertebra",
+                                "--slice", 20, "--init-mask", tmp_path / "start.npy", "--model", tiny_vlm_folder,
+                                "--segmenter", "classical", "--max-steps", "0", "--propagate", "both", "--out", out)
+    assert code == 0, err
+    assert "slice 32: 0 px (a vertebra reaches no more than 35 mm from the slice it started on)" in stdout
+    written = np.asarray(nib.load(out).dataobj) > 0
+    occupied = np.nonzero(written.any(axis=(0, 1)))[0]
+    assert (occupied.min(), occupied.max()) == (9, 31)
+    stops = {s["slice"]: s["stopped"] for s in json.loads(io.trace_path(out).read_text())["propagation"]["slices"]
+             if s["stopped"]}
+    assert set(stops) == {8, 32}

@@ -583,3 +583,60 @@ def test_corrections_click_the_worst_slice_and_propagate_on_from_it():
     assert corrected["clicks"] == 2 and 13 <= corrected["corrected_slices"][0] <= 23
     assert corrected["dice_3d"] > 0.9, corrected["dice_3d"]
     assert evaluate_volume(volume, truth, segmenter, oracle_start(segmenter, 1), corrections=1)["dice_3d"] > 0.9
+
+
+class _FollowsAndLeavesOut(_TakesInANeighbour):
+    """Takes in the flat neighbour beside the structure unless told which pixels to leave out
+    (a negative click there, as :meth:`Segmenter.follow` is given ``leave_out``)."""
+
+    def follow(self, previous, leave_out=None):
+        taken = super().follow(previous)
+        if leave_out is None:
+            return taken
+        self.left_out = getattr(self, "left_out", 0) + 1
+        return SegmentResult(taken.mask & ~leave_out, None, float("nan"))
+
+
+def test_a_uniform_organ_that_takes_in_a_neighbour_is_read_again_without_it():
+    """The liver looks alike throughout: where part of its mask looks like the surroundings, that
+    part is a neighbour taken in, and the slice is read again with a negative click there."""
+    from napari_ibis.structure_limits import limits_for
+
+    volume = _tumour_beside_a_vessel(tumour_slices=range(6))
+    volume[2:5, 16:40, 32:56] = 120.0  # slices 2-4: half the mask would be the neighbour
+    start = np.zeros((64, 64), bool)
+    start[16:40, 8:32] = True
+    segmenter = _FollowsAndLeavesOut()
+    done = run(Propagation(volume, segmenter, max_growth=3, limits=limits_for("segment the liver")), 0, start, "up")
+    # one slice that looks partly unlike is often the encoder's noise: the second in a row is read again
+    assert segmenter.left_out == 2 and done.labels[2, 16:40, 32:56].all() and not done.labels[3:, :, 32:].any()
+    assert [r.likeness for r in done.slices] == [1.0, 0.5, 1.0, 1.0, 1.0]
+    # a hollow organ's contents change from slice to slice: its mask is not cut by its looks
+    kept = run(Propagation(volume, _FollowsAndLeavesOut(), max_growth=3, limits=limits_for("segment the stomach")),
+               0, start, "up")
+    assert kept.labels[2:5, 16:40, 32:56].all()
+
+
+def test_one_vertebra_is_followed_no_farther_than_a_vertebra_reaches():
+    """The vertebrae above and below look the same to the segmenter: asked for one, propagation
+    stops where a vertebra cannot reach (35 mm from the slice it started on), not at the spine's end."""
+    from napari_ibis.structure_limits import limits_for
+
+    volume = np.full((40, 64, 64), 40.0)
+    yy, xx = np.mgrid[:64, :64]
+    volume[:, (yy - 32) ** 2 + (xx - 32) ** 2 < 12 ** 2] = 220.0  # a column of bone through every slice
+    start = volume[20] > 100
+    vertebra = Propagation(volume, build_segmenter("classical"), limits=limits_for("segment the L3 vertebra"),
+                           slice_spacing_mm=3.0)
+    done = run(vertebra, 20, start)
+    occupied = np.nonzero(done.labels.any(axis=(1, 2)))[0]
+    assert (occupied.min(), occupied.max()) == (9, 31)  # 11 slices of 3 mm each way
+    ends = {r.index: r.stopped for r in done.slices if r.stopped}
+    assert ends == {32: "a vertebra reaches no more than 35 mm from the slice it started on",
+                    8: "a vertebra reaches no more than 35 mm from the slice it started on"}
+    assert sorted(done.flagged) == [8, 32]
+    spine = run(Propagation(volume, build_segmenter("classical"), limits=limits_for("segment the spine"),
+                            slice_spacing_mm=3.0), 20, start)
+    assert spine.labels.any(axis=(1, 2)).all()
+    unknown = run(Propagation(volume, build_segmenter("classical"), limits=limits_for("segment the L3 vertebra")), 20, start)
+    assert unknown.labels.any(axis=(1, 2)).all()  # no spacing, no limit in millimetres

@@ -619,6 +619,27 @@ def test_propagate_fills_a_3d_labels_layer_lists_slices_to_review_and_undoes(mak
     assert np.array_equal(viewer.layers[w.volume_name].data, other)
 
 
+def test_one_vertebra_is_propagated_only_as_far_as_a_vertebra_reaches_by_the_layers_scale(make_widget,
+                                                                                           make_napari_viewer, qtbot):
+    """A spine that looks the same from end to end, 3 mm between slices (the layer's scale): asked
+    for the L3 vertebra, Propagate stops 35 mm each side and the review list says why."""
+    volume = np.full((40, 64, 64), 40, dtype=np.uint8)
+    yy, xx = np.mgrid[:64, :64]
+    volume[:, (yy - 32) ** 2 + (xx - 32) ** 2 < 12 ** 2] = 220
+    viewer = make_napari_viewer()
+    viewer.add_image(volume, name="spine", scale=(3.0, 0.8, 0.8))
+    viewer.dims.set_point(0, 20 * 3.0)
+    w = make_widget(viewer, name="spine")
+    w.run_panel.query_edit.setText("segment the L3 vertebra")
+    w.use_policy(ScriptedPolicy([point(True, 0.5, 0.5), TERMINATE]))
+    run_and_wait(w, qtbot)
+    run_and_wait(w, qtbot, w.propagate)
+    occupied = np.nonzero(viewer.layers[w.volume_name].data.any(axis=(1, 2)))[0]
+    assert (occupied.min(), occupied.max()) == (9, 31)  # 11 slices of 3 mm each way
+    tips = [w.volume_panel.review_list.item(i).toolTip() for i in range(w.volume_panel.review_list.count())]
+    assert tips.count("ended: a vertebra reaches no more than 35 mm from the slice it started on") == 2
+
+
 def test_a_scan_of_several_volumes_propagates_within_its_frame_and_saves_on_their_grid(make_widget, make_napari_viewer,
                                                                                         qtbot, tmp_path):
     """A two-sequence MRI (x, y, z, 2) through the reader: the session's frame and slice, the

@@ -119,10 +119,13 @@ class Segmenter(ABC):
             cache[(click.row, click.col)] = self._segment([click], None).mask
         return cache[(click.row, click.col)]
 
-    def follow(self, previous: np.ndarray) -> SegmentResult:
+    def follow(self, previous: np.ndarray, leave_out: np.ndarray | None = None) -> SegmentResult:
         """The structure on the current slice, from the neighbouring slice's mask (propagation
-        through a volume): a positive click inside each part of it, and it as the prior."""
-        return self.segment(prompts_from(previous), self.prior_from_mask(previous))
+        through a volume): a positive click inside each part of it, and it as the prior.
+        ``leave_out``: pixels of this slice that are not the structure (a neighbour an earlier
+        reading took in): a negative click inside its largest part, the rest as the prior."""
+        clicks, prior = following_prompts(previous, leave_out)
+        return self.segment(clicks, self.prior_from_mask(prior))
 
     def follow_boxed(self, previous: np.ndarray) -> SegmentResult | None:
         """A second reading of the structure on the current slice, each part of ``previous``
@@ -231,6 +234,25 @@ def prompts_from(mask: np.ndarray, min_part: int = 30, most: int = 4) -> list[Cl
         row, col = np.unravel_index(int(np.argmax(distance)), distance.shape)
         clicks.append(Click(int(row), int(col), True, source="propagation"))
     return clicks
+
+
+def following_prompts(previous: np.ndarray, leave_out: np.ndarray | None = None) -> tuple[list[Click], np.ndarray]:
+    """The clicks and the prior mask with which a segmenter follows ``previous`` onto the next
+    slice (:meth:`Segmenter.follow`): a positive click in each part; with ``leave_out``, those of
+    what lies outside its largest part, a negative click at that part's innermost point, and
+    ``previous`` without ``leave_out`` as the prior."""
+    from scipy import ndimage
+
+    previous = np.asarray(previous, dtype=bool)
+    if leave_out is None or not np.any(leave_out):
+        return prompts_from(previous), previous
+    leave_out = np.asarray(leave_out, dtype=bool)
+    labels, count = ndimage.label(leave_out)
+    part = labels == int(np.argmax(ndimage.sum(leave_out, labels, range(1, count + 1)))) + 1
+    depth = ndimage.distance_transform_edt(np.pad(part, 1))[1:-1, 1:-1]
+    row, col = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    positives = prompts_from(previous & ~part) or prompts_from(previous)
+    return positives + [Click(int(row), int(col), False)], previous & ~leave_out
 
 
 def carve(mask: np.ndarray, negatives: Sequence[Click]) -> np.ndarray:

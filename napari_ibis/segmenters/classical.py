@@ -86,9 +86,10 @@ class ClassicalSegmenter(Segmenter):
         mask = full > 0
         return SegmentResult(mask=mask, logits=logits, score=float(probability[logits > 0].mean()) if mask.any() else 0.0)
 
-    def follow(self, previous: np.ndarray) -> SegmentResult:
+    def follow(self, previous: np.ndarray, leave_out: np.ndarray | None = None) -> SegmentResult:
         """The neighbouring slice's mask as the prior: its eroded inside seeds the object,
-        everything beyond its grown outline the background, and the walker settles the edge."""
+        everything beyond its grown outline (and ``leave_out``) the background, and the walker
+        settles the edge."""
         import warnings
 
         from scipy import ndimage as ndi
@@ -100,8 +101,10 @@ class ClassicalSegmenter(Segmenter):
         seeds = np.zeros(small.shape, dtype=np.int32)
         seeds[~ndi.binary_dilation(small, iterations=margin)] = 2
         seeds[ndi.binary_erosion(small, iterations=margin)] = 1
+        if leave_out is not None:
+            seeds[resize(np.asarray(leave_out, np.float32), self._grey.shape, order=1) > 0.5] = 2
         if not (seeds == 1).any() or not (seeds == 2).any():
-            return super().follow(previous)
+            return super().follow(previous, leave_out)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             probability = random_walker(self._grey, seeds, beta=self.beta, mode="cg_j", tol=1e-3, return_full_prob=True)[0]

@@ -244,7 +244,7 @@ class LiteMedSAMSegmenter(Segmenter):
         low_res[:new_h, :new_w] = edited
         return SegmentResult(mask=self._to_image(low_res), logits=low_res, score=float(predicted_iou[best]))
 
-    def follow(self, previous: np.ndarray) -> SegmentResult:
+    def follow(self, previous: np.ndarray, leave_out: np.ndarray | None = None) -> SegmentResult:
         """The structure on this slice from the neighbouring slice's mask, as MedSAM is prompted:
         the previous mask's box (and a click inside each of its parts) to the decoder, without
         the random-walker refinement that a person's clicks get (it would double the time per
@@ -252,7 +252,7 @@ class LiteMedSAMSegmenter(Segmenter):
         fuse, merge = self.fuse, self.merge
         self.fuse, self.merge = False, "none"
         try:
-            return super().follow(previous)
+            return super().follow(previous, leave_out)
         finally:
             self.fuse, self.merge = fuse, merge
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..metrics import iou
-from .base import Click, Segmenter, SegmentResult, load_weights, mask_parts, prompts_from
+from .base import Click, Segmenter, SegmentResult, following_prompts, load_weights, mask_parts, prompts_from
 
 MODEL_SIZE = 1024
 LOW_RES = 256
@@ -145,15 +145,15 @@ class MobileSAMSegmenter(Segmenter):
         low_res = logits[0]  # one click: the finest of the three levels
         return SegmentResult(mask=self.mask_from_prior(low_res), logits=low_res, score=float(scores[0]))
 
-    def follow(self, previous: np.ndarray) -> SegmentResult:
+    def follow(self, previous: np.ndarray, leave_out: np.ndarray | None = None) -> SegmentResult:
         """The structure on this slice from the neighbouring slice's mask: a click inside each
-        of its parts and the mask as the prior; of SAM's three masks, the one that overlaps the
-        previous slice's most (the finest level alone, right for a person's first click,
-        shrinks a vessel to a few pixels in the next slice)."""
-        clicks = prompts_from(previous)
-        if not clicks:
+        of its parts and the mask as the prior (with ``leave_out``, :func:`following_prompts`);
+        of SAM's three masks, the one that overlaps the previous slice's most (the finest level
+        alone, right for a person's first click, shrinks a vessel to a few pixels in the next slice)."""
+        clicks, prior = following_prompts(previous, leave_out)
+        if not any(click.positive for click in clicks):
             return SegmentResult(np.zeros(self.image_shape, dtype=bool), None, 0.0)
-        logits, scores = self._decode(clicks, self.prior_from_mask(previous), multimask=True)
+        logits, scores = self._decode(clicks, self.prior_from_mask(prior), multimask=True)
         masks = [self.mask_from_prior(candidate) for candidate in logits]
         best = int(np.argmax([iou(previous, mask) for mask in masks]))
         return SegmentResult(mask=masks[best], logits=logits[best], score=float(scores[best]))
