@@ -11,6 +11,8 @@ structure (:mod:`napari_ibis.appearance`):
 * ``negative-click``: where at least 10% of the mask looks unlike, a negative click in the
   largest such part, the previous mask's clicks and its likely part as the prior; kept where
   more of the new mask looks like the structure;
+  (Shipped since for the liver and the spleen only, where the reading drifts on two slices in a
+  row: ``Propagation._without_neighbour``, docs/BENCHMARKS.md.)
 * ``trim``: the unlike cells cut out of the mask (the parts touching the previous mask kept);
   kept on the same condition;
 * ``leak-negative-click``: only on a slice the growth rule would end (a leak), the negative
@@ -51,27 +53,15 @@ ERODED_SHARE = 0.1  # eroded-prior: of the mask's equivalent radius
 
 def unlike_pixels(appearance, segmenter, mask: np.ndarray) -> np.ndarray | None:
     """The pixels of ``mask`` whose embedding cell looks more like the start slice's surroundings
-    than like the structure; None where nothing can be measured."""
-    from skimage.transform import resize
-
-    from napari_ibis.appearance import _coverage
-
-    cells, filled = segmenter.embedding_cells()
-    chosen = _coverage(mask, filled, cells.shape[0]) >= 0.5
-    if not chosen.any():
-        return None
-    grid = np.zeros(chosen.shape, dtype=bool)
-    vectors = cells[chosen]
-    grid[chosen] = (vectors @ appearance.structure.T).max(1) <= (vectors @ appearance.surroundings.T).max(1)
-    return (resize(grid[: filled[0], : filled[1]].astype(np.float32), mask.shape, order=0) > 0.5) & mask
+    than like the structure; None where nothing can be measured (:meth:`Appearance.unlike`)."""
+    return appearance.unlike(segmenter, mask)
 
 
 def corrected_propagation(variant: str, Propagation):
     """A subclass of ``Propagation`` whose reading of each slice goes through ``variant`` first."""
     from scipy import ndimage as ndi
 
-    from napari_ibis.metrics import iou
-    from napari_ibis.segmenters.base import Click, SegmentResult, prompts_from
+    from napari_ibis.segmenters.base import SegmentResult
 
     class Corrected(Propagation):
         def _one(self, index, previous, step, distance, tracker=None):
@@ -140,16 +130,7 @@ def corrected_propagation(variant: str, Propagation):
             return SegmentResult(ndi.binary_fill_holes(np.isin(labels, touching)) & read.mask, None, read.score)
 
         def _negative_click(self, previous, bad):
-            labels, count = ndi.label(bad)
-            part = labels == int(np.argmax(ndi.sum(bad, labels, range(1, count + 1)))) + 1
-            distance = ndi.distance_transform_edt(np.pad(part, 1))[1:-1, 1:-1]
-            row, col = np.unravel_index(int(np.argmax(distance)), distance.shape)
-            clicks = (prompts_from(previous & ~part) or prompts_from(previous)) + [Click(int(row), int(col), False)]
-            seg = self.segmenter
-            logits, scores = seg._decode(clicks, seg.prior_from_mask(previous & ~bad), multimask=True)
-            masks = [seg.mask_from_prior(candidate) for candidate in logits]
-            best = int(np.argmax([iou(previous, mask) for mask in masks]))
-            return SegmentResult(masks[best], logits[best], float(scores[best]))
+            return self.segmenter.follow(previous, leave_out=bad)  # shipped for uniform organs, gated
 
         def _within_limits(self, new, previous):
             area, before = new.mask.sum(), previous.sum()
