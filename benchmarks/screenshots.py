@@ -38,6 +38,7 @@ CT's Hounsfield units); widget-lungs.png: the same, then Propagate both ways, se
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only cartilages
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only find-guess
     xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only both-kidneys
+    xvfb-run -a -s "-screen 0 1400x900x24" python benchmarks/screenshots.py --only vertebra
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", choices=["default-agent", "volume", "tumour", "spleen", "hippocampus", "kidney-mr", "both-kidneys",
-                                           "chest", "lungs", "heart", "cord", "aorta", "cartilages", "brain-mri", "find-guess"],
+                                           "chest", "lungs", "heart", "cord", "aorta", "cartilages", "brain-mri", "find-guess",
+                                           "vertebra"],
                         help="only that screenshot")
     args = parser.parse_args()
     out = ROOT / "docs" / "images"
@@ -106,6 +108,8 @@ def main() -> None:
         return brain_mri(out, wait)
     if args.only == "find-guess":
         return find_guess(out, wait)
+    if args.only == "vertebra":
+        return vertebra(out, wait)
     image, labels = test_image_nuclei_2d(return_mask=True)
     target = labels == 119
     viewer = napari.Viewer(show=True)
@@ -455,6 +459,22 @@ def volume(out: Path, wait) -> None:
                                             "oracle (TotalSegmentator label)", wait)
     viewer.dims.set_current_step(0, max(0, z - 4))
     _shoot(viewer, widget, out / "widget-volume.png", result, liver, "TotalSegmentator's liver")
+
+
+def vertebra(out: Path, wait) -> None:
+    """The default agent asked for the L3 vertebra on slice 76 of the trained-on abdominal CT (NIfTI,
+    3 mm slices), then Propagate both ways: it stops 35 mm each side (structure_limits), not at the spine's end."""
+    from napari_ibis import assets, io
+    from training.data.sources import totalseg_class_maps
+
+    root = assets.path("totalsegmentator", "tests/reference_files")
+    labels = io.read_image(root / "example_seg_fast_force_split.nii.gz").data
+    l3 = labels == next(k for k, v in totalseg_class_maps()["total"].items() if v == "vertebrae_L3")
+    viewer, widget, z, result = _propagated(str(root / "example_ct.nii.gz"), l3, "segment the L3 vertebra", None, wait, z=76)
+    occupied = [int(i) for i in (result.any(axis=(1, 2))).nonzero()[0]]
+    print(f"labelled slices {occupied[0]}-{occupied[-1]}; L3 on {int(l3.any(axis=(1, 2)).sum())} slices")
+    viewer.dims.set_current_step(0, occupied[0])
+    _shoot(viewer, widget, out / "widget-vertebra.png", result, l3, "TotalSegmentator's L3")
 
 
 def spleen(out: Path, wait) -> None:
