@@ -345,7 +345,9 @@ class Propagation:
         mask looks like the organ and it is smaller, but by no more than 70%."""
         if self._appearance is None or not read.mask.any():
             return read
-        drifting = self._appearance.likeness(self.segmenter, read.mask) < DRIFT_LIKENESS
+        likeness = self._appearance.likeness
+        read_likeness = likeness(self.segmenter, read.mask)
+        drifting = read_likeness < DRIFT_LIKENESS
         before, self._reading_drifted = self._reading_drifted, drifting
         if not (drifting and before):
             return read
@@ -353,9 +355,7 @@ class Propagation:
         if unlike is None or unlike.sum() < UNLIKE_SHARE * read.mask.sum():
             return read
         again = self.segmenter.follow(previous, leave_out=unlike)
-        likeness = self._appearance.likeness
-        if (0.3 * read.mask.sum() <= again.mask.sum() < read.mask.sum()
-                and likeness(self.segmenter, again.mask) > likeness(self.segmenter, read.mask)):
+        if 0.3 * read.mask.sum() <= again.mask.sum() < read.mask.sum() and likeness(self.segmenter, again.mask) > read_likeness:
             return again
         return read
 

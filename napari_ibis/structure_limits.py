@@ -28,8 +28,7 @@ from dataclasses import dataclass
 VERTEBRA_REACH_MM = 35.0
 UNIFORM_ORGANS = ("liver", "spleen")
 
-_ONE_VERTEBRA = re.compile(r"\bvertebra\b|\bvertebral body\b|\b[CTL]\d{1,2} vertebra|\bvertebra [CTLS]\d{1,2}\b",
-                           re.IGNORECASE)
+_ONE_VERTEBRA = re.compile(r"\bvertebra\b|\bvertebral body\b", re.IGNORECASE)  # "the L3 vertebra", "vertebra L4"
 _MANY_VERTEBRAE = re.compile(r"\bvertebrae\b|\bspine\b|\bspinal column\b|\bvertebral column\b|\bsacrum\b",
                              re.IGNORECASE)
 _UNIFORM = re.compile(r"\b(" + "|".join(UNIFORM_ORGANS) + r")\b", re.IGNORECASE)
